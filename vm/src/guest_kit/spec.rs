@@ -1,0 +1,359 @@
+//! The CLI spec of a builtin guest: `builtin:<program>[:key=value,...]`, numbers in
+//! decimal or `0x` hex. Missing keys take the program's defaults.
+
+use super::{BuiltinGuest, CounterParams, DirtierParams, GuestKitError};
+use std::fmt;
+use std::str::FromStr;
+
+const PREFIX: &str = "builtin:";
+const COUNTER_KEYS: &str = "words, passes, base";
+const DIRTIER_KEYS: &str = "mib, rate, base";
+
+impl FromStr for BuiltinGuest {
+    type Err = GuestKitError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let rest = spec
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| GuestKitError::NotBuiltin {
+                spec: spec.to_owned(),
+            })?;
+        let (name, params) = match rest.split_once(':') {
+            Some((name, params)) => (name, Some(params)),
+            None => (rest, None),
+        };
+        match name {
+            "hello" => {
+                parse_params("hello", params, "(none)", |_, _| Ok(false))?;
+                Ok(BuiltinGuest::Hello)
+            }
+            "counter" => {
+                let mut p = CounterParams::default();
+                parse_params("counter", params, COUNTER_KEYS, |key, value| {
+                    let slot = match key {
+                        "words" => &mut p.words,
+                        "passes" => &mut p.passes,
+                        "base" => &mut p.base,
+                        _ => return Ok(false),
+                    };
+                    *slot = parse_number("counter", key, value)?;
+                    Ok(true)
+                })?;
+                Ok(BuiltinGuest::Counter(p))
+            }
+            "dirtier" => {
+                let mut p = DirtierParams::default();
+                parse_params("dirtier", params, DIRTIER_KEYS, |key, value| {
+                    let slot = match key {
+                        "mib" => &mut p.mib,
+                        "rate" => &mut p.rate_mib_s,
+                        "base" => &mut p.base,
+                        _ => return Ok(false),
+                    };
+                    *slot = parse_number("dirtier", key, value)?;
+                    Ok(true)
+                })?;
+                Ok(BuiltinGuest::Dirtier(p))
+            }
+            _ => Err(GuestKitError::UnknownProgram {
+                name: name.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Splits `key=value,...` and hands each pair to `set`, which returns `Ok(false)` for a key
+/// it does not know. Rejects malformed, unknown and repeated keys.
+fn parse_params<F>(
+    program: &'static str,
+    params: Option<&str>,
+    known: &'static str,
+    mut set: F,
+) -> Result<(), GuestKitError>
+where
+    F: FnMut(&'static str, &str) -> Result<bool, GuestKitError>,
+{
+    let Some(params) = params else {
+        return Ok(());
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for param in params.split(',') {
+        let (key, value) = param
+            .split_once('=')
+            .ok_or_else(|| GuestKitError::MalformedParam {
+                program,
+                param: param.to_owned(),
+            })?;
+        if seen.contains(&key) {
+            return Err(GuestKitError::DuplicateKey {
+                program,
+                key: key.to_owned(),
+            });
+        }
+        let unknown = || GuestKitError::UnknownKey {
+            program,
+            key: key.to_owned(),
+            known,
+        };
+        let static_key = static_key(key).ok_or_else(unknown)?;
+        if !set(static_key, value)? {
+            return Err(unknown());
+        }
+        seen.push(key);
+    }
+    Ok(())
+}
+
+/// Maps a key to its `'static` spelling so errors can name it without allocating.
+fn static_key(key: &str) -> Option<&'static str> {
+    ["words", "passes", "base", "mib", "rate"]
+        .into_iter()
+        .find(|k| *k == key)
+}
+
+/// Parses a decimal or `0x`/`0X` hex `u64`.
+fn parse_number(
+    program: &'static str,
+    key: &'static str,
+    value: &str,
+) -> Result<u64, GuestKitError> {
+    let parsed = match value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+    {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => value.parse::<u64>(),
+    };
+    // from_str_radix accepts a leading '+'; a spec should not.
+    match parsed {
+        Ok(n) if !value.contains('+') => Ok(n),
+        _ => Err(GuestKitError::BadNumber {
+            program,
+            key,
+            value: value.to_owned(),
+        }),
+    }
+}
+
+impl fmt::Display for BuiltinGuest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuiltinGuest::Hello => write!(f, "{PREFIX}hello"),
+            BuiltinGuest::Counter(p) => write!(
+                f,
+                "{PREFIX}counter:words={},passes={},base={:#x}",
+                p.words, p.passes, p.base
+            ),
+            BuiltinGuest::Dirtier(p) => write!(
+                f,
+                "{PREFIX}dirtier:mib={},rate={},base={:#x}",
+                p.mib, p.rate_mib_s, p.base
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout;
+
+    fn parse(spec: &str) -> Result<BuiltinGuest, GuestKitError> {
+        spec.parse()
+    }
+
+    #[test]
+    fn parses_defaults() {
+        assert_eq!(parse("builtin:hello").unwrap(), BuiltinGuest::Hello);
+        assert_eq!(
+            parse("builtin:counter").unwrap(),
+            BuiltinGuest::Counter(CounterParams::default())
+        );
+        assert_eq!(
+            parse("builtin:dirtier").unwrap(),
+            BuiltinGuest::Dirtier(DirtierParams::default())
+        );
+        assert_eq!(CounterParams::default().base, layout::COUNTER_DEFAULT_BASE);
+        assert_eq!(
+            DirtierParams::default(),
+            DirtierParams {
+                base: layout::DIRTIER_DEFAULT_BASE,
+                mib: 128,
+                rate_mib_s: 20
+            }
+        );
+    }
+
+    #[test]
+    fn parses_parameters_in_any_order_decimal_and_hex() {
+        assert_eq!(
+            parse("builtin:counter:words=1024,passes=8,base=0x200000").unwrap(),
+            BuiltinGuest::Counter(CounterParams {
+                base: 0x20_0000,
+                words: 1024,
+                passes: 8
+            })
+        );
+        assert_eq!(
+            parse("builtin:counter:passes=0X10").unwrap(),
+            BuiltinGuest::Counter(CounterParams {
+                passes: 16,
+                ..CounterParams::default()
+            })
+        );
+        assert_eq!(
+            parse("builtin:dirtier:mib=128,rate=20,base=0x6000000").unwrap(),
+            BuiltinGuest::Dirtier(DirtierParams {
+                base: 0x600_0000,
+                mib: 128,
+                rate_mib_s: 20
+            })
+        );
+        assert_eq!(
+            parse("builtin:dirtier:rate=0,mib=1").unwrap(),
+            BuiltinGuest::Dirtier(DirtierParams {
+                mib: 1,
+                rate_mib_s: 0,
+                ..DirtierParams::default()
+            })
+        );
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let guests = [
+            BuiltinGuest::Hello,
+            BuiltinGuest::Counter(CounterParams::default()),
+            BuiltinGuest::Counter(CounterParams {
+                base: u64::MAX,
+                words: 0,
+                passes: u64::MAX,
+            }),
+            BuiltinGuest::Dirtier(DirtierParams::default()),
+            BuiltinGuest::Dirtier(DirtierParams {
+                base: 0x1234_5000,
+                mib: 7,
+                rate_mib_s: 0,
+            }),
+        ];
+        for guest in guests {
+            let spec = guest.to_string();
+            assert!(spec.starts_with(&format!("builtin:{}", guest.name())));
+            assert_eq!(parse(&spec).unwrap(), guest, "spec {spec}");
+        }
+    }
+
+    #[test]
+    fn rejects_non_builtin_and_unknown_program() {
+        assert!(matches!(
+            parse("counter"),
+            Err(GuestKitError::NotBuiltin { spec }) if spec == "counter"
+        ));
+        assert!(matches!(parse(""), Err(GuestKitError::NotBuiltin { .. })));
+        assert!(matches!(
+            parse("builtin:fizz:a=1"),
+            Err(GuestKitError::UnknownProgram { name }) if name == "fizz"
+        ));
+        assert!(matches!(
+            parse("builtin:"),
+            Err(GuestKitError::UnknownProgram { name }) if name.is_empty()
+        ));
+        assert!(matches!(
+            parse("builtin:Hello"),
+            Err(GuestKitError::UnknownProgram { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_malformed_and_duplicate_keys() {
+        assert!(matches!(
+            parse("builtin:counter:mib=3"),
+            Err(GuestKitError::UnknownKey { program: "counter", key, .. }) if key == "mib"
+        ));
+        assert!(matches!(
+            parse("builtin:dirtier:words=3"),
+            Err(GuestKitError::UnknownKey { program: "dirtier", key, .. }) if key == "words"
+        ));
+        assert!(matches!(
+            parse("builtin:hello:base=0"),
+            Err(GuestKitError::UnknownKey { program: "hello", key, .. }) if key == "base"
+        ));
+        assert!(matches!(
+            parse("builtin:counter:speed=9"),
+            Err(GuestKitError::UnknownKey { key, .. }) if key == "speed"
+        ));
+        assert!(matches!(
+            parse("builtin:counter:words"),
+            Err(GuestKitError::MalformedParam { param, .. }) if param == "words"
+        ));
+        assert!(matches!(
+            parse("builtin:counter:"),
+            Err(GuestKitError::MalformedParam { param, .. }) if param.is_empty()
+        ));
+        assert!(matches!(
+            parse("builtin:counter:words=1,"),
+            Err(GuestKitError::MalformedParam { .. })
+        ));
+        assert!(matches!(
+            parse("builtin:dirtier:mib=1,mib=2"),
+            Err(GuestKitError::DuplicateKey { program: "dirtier", key }) if key == "mib"
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_numbers() {
+        for bad in [
+            "",
+            "x",
+            "0x",
+            "-1",
+            "+1",
+            "0x+1",
+            "1.5",
+            "1e3",
+            " 1",
+            "0b11",
+            "18446744073709551616",
+            "0x10000000000000000",
+        ] {
+            let spec = format!("builtin:counter:words={bad}");
+            match parse(&spec) {
+                Err(GuestKitError::BadNumber {
+                    program: "counter",
+                    key: "words",
+                    value,
+                }) => assert_eq!(value, bad),
+                other => panic!("{spec}: expected BadNumber, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse("builtin:dirtier:rate=fast"),
+            Err(GuestKitError::BadNumber {
+                program: "dirtier",
+                key: "rate",
+                ..
+            })
+        ));
+        assert_eq!(
+            parse("builtin:counter:words=18446744073709551615").unwrap(),
+            BuiltinGuest::Counter(CounterParams {
+                words: u64::MAX,
+                ..CounterParams::default()
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let err = parse("builtin:dirtier:rate=fast").unwrap_err().to_string();
+        assert!(
+            err.contains("dirtier") && err.contains("rate") && err.contains("fast"),
+            "{err}"
+        );
+        let err = parse("builtin:counter:speed=1").unwrap_err().to_string();
+        assert!(
+            err.contains("speed") && err.contains("words, passes, base"),
+            "{err}"
+        );
+    }
+}
