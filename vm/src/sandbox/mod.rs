@@ -1,2 +1,3 @@
 //! (being written)
+pub mod landlock;
 pub mod seccomp;
