@@ -1,3 +1,4 @@
 //! (being written)
 pub mod landlock;
+pub mod namespaces;
 pub mod seccomp;
