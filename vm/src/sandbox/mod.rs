@@ -1,4 +1,5 @@
 //! (being written)
 pub mod landlock;
 pub mod namespaces;
+pub mod rlimits;
 pub mod seccomp;
