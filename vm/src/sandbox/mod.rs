@@ -1,4 +1,5 @@
 //! (being written)
+pub mod cgroup;
 pub mod landlock;
 pub mod namespaces;
 pub mod rlimits;
