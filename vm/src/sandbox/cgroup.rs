@@ -303,16 +303,7 @@ impl VmCgroup {
         if let Some(bytes) = limits.memory_bytes.filter(|b| *b < (1 << 20)) {
             return Err(CgroupError::InvalidMemory { bytes });
         }
-        let dirs = match layout {
-            CgroupLayout::V2 { root } => vec![root.join(PARENT).join(name)],
-            CgroupLayout::V1 { memory, cpu } => {
-                let mut dirs = vec![memory.join(PARENT).join(name)];
-                if cpu != memory {
-                    dirs.push(cpu.join(PARENT).join(name));
-                }
-                dirs
-            }
-        };
+        let dirs = Self::dirs_for(layout, name);
         let cgroup = Self {
             layout: layout.clone(),
             dirs,
@@ -386,6 +377,46 @@ impl VmCgroup {
             }
         }
         Ok(())
+    }
+
+    /// Re-attach to an existing `novacron/<name>` (e.g. in the daemon, to remove the cgroup
+    /// of a `novacron vmm` process that has exited). Fails if a directory is missing.
+    pub fn open(layout: &CgroupLayout, name: &str) -> Result<Self, CgroupError> {
+        validate_name(name)?;
+        let dirs = Self::dirs_for(layout, name);
+        for dir in &dirs {
+            if !dir.is_dir() {
+                return Err(CgroupError::Read {
+                    path: dir.clone(),
+                    source: std::io::Error::from(ErrorKind::NotFound),
+                });
+            }
+        }
+        Ok(Self {
+            layout: layout.clone(),
+            dirs,
+            kill_on_cleanup: false,
+            removed: false,
+        })
+    }
+
+    fn dirs_for(layout: &CgroupLayout, name: &str) -> Vec<PathBuf> {
+        match layout {
+            CgroupLayout::V2 { root } => vec![root.join(PARENT).join(name)],
+            CgroupLayout::V1 { memory, cpu } => {
+                let mut dirs = vec![memory.join(PARENT).join(name)];
+                if cpu != memory {
+                    dirs.push(cpu.join(PARENT).join(name));
+                }
+                dirs
+            }
+        }
+    }
+
+    /// Stop owning the directory: it is not removed on drop. For the process that joined
+    /// its own cgroup (it cannot remove a cgroup it is in); whoever spawned it removes it.
+    pub fn keep(mut self) {
+        self.removed = true;
     }
 
     /// The cgroup directories (v2: one; v1: memory then cpu).

@@ -144,14 +144,14 @@ pub const GROUPS: &[SyscallGroup] = &[
                 SYS_ioctl,
                 ArgMatch::Equals {
                     arg: 1,
-                    value: libc::TCGETS as u64
+                    value: libc::TCGETS
                 }
             ),
             sys!(
                 SYS_ioctl,
                 ArgMatch::Equals {
                     arg: 1,
-                    value: libc::FIONBIO as u64
+                    value: libc::FIONBIO
                 }
             ),
         ],
@@ -264,6 +264,26 @@ pub const GROUPS: &[SyscallGroup] = &[
             sys!(SYS_clone3),
             // std::thread::available_parallelism (rayon pool sizing).
             sys!(SYS_sched_getaffinity),
+        ],
+    },
+    SyscallGroup {
+        purpose: "a thread spawned under this filter installs its own (stacked) vCPU filter",
+        threads: VMM_ONLY,
+        syscalls: &[
+            sys!(
+                SYS_prctl,
+                ArgMatch::Equals {
+                    arg: 0,
+                    value: libc::PR_SET_NO_NEW_PRIVS as u64
+                }
+            ),
+            sys!(
+                SYS_seccomp,
+                ArgMatch::Equals {
+                    arg: 0,
+                    value: libc::SECCOMP_SET_MODE_FILTER as u64
+                }
+            ),
         ],
     },
     SyscallGroup {
