@@ -161,6 +161,7 @@ mod tests {
         for round in 0..5 {
             let sub = dir.path().join(format!("r{round}"));
             let f = measure(&sub, 512 << 20, 64 << 20, 8 << 20).unwrap();
+            std::fs::remove_dir_all(&sub).unwrap();
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             println!(
                 "full {:.1} ms (fsync {:.1}, layer {:.1}) | restore {:.1} ms (load {:.2}, apply {:.1}) | incremental {:.1} ms (fsync {:.1})",
