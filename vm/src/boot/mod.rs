@@ -6,10 +6,12 @@
 //! so it is unit-tested without /dev/kvm. The integrator owns the ioctls and their order.
 
 pub mod gdt;
+pub mod linux;
 pub mod paging;
 pub mod regions;
 
 pub use gdt::{long_mode_sregs, write_gdt_and_idt};
+pub use linux::{e820_map, load_linux, E820Entry, KernelKind, LinuxBoot};
 pub use paging::identity_page_tables;
 pub use regions::ram_regions;
 
