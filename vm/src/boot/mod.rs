@@ -7,11 +7,13 @@
 
 pub mod gdt;
 pub mod linux;
+pub mod mptable;
 pub mod paging;
 pub mod regions;
 
 pub use gdt::{long_mode_sregs, write_gdt_and_idt};
 pub use linux::{e820_map, load_linux, E820Entry, KernelKind, LinuxBoot};
+pub use mptable::setup_mptable;
 pub use paging::identity_page_tables;
 pub use regions::ram_regions;
 
