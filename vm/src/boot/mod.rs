@@ -5,15 +5,19 @@
 //! Nothing here touches KVM: every function is pure or writes into a `GuestMemoryBackend`,
 //! so it is unit-tested without /dev/kvm. The integrator owns the ioctls and their order.
 
+pub mod cpuid;
 pub mod gdt;
 pub mod linux;
 pub mod mptable;
+pub mod msrs;
 pub mod paging;
 pub mod regions;
 
+pub use cpuid::filter_cpuid;
 pub use gdt::{long_mode_sregs, write_gdt_and_idt};
 pub use linux::{e820_map, load_linux, E820Entry, KernelKind, LinuxBoot};
 pub use mptable::setup_mptable;
+pub use msrs::{boot_msr_entries, snapshot_msr_indices};
 pub use paging::identity_page_tables;
 pub use regions::ram_regions;
 
