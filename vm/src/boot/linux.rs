@@ -67,6 +67,8 @@ const ELFCLASS64: u8 = 2;
 const ELFDATA2LSB: u8 = 1;
 const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
+/// linux-loader parses notes looking for a PVH entry; their file range must be sane.
+const PT_NOTE: u32 = 4;
 /// e_phnum value meaning "the real count is elsewhere" (not supported).
 const PN_XNUM: u16 = 0xFFFF;
 /// How many leading bytes of the kernel are examined to recognise it.
@@ -534,6 +536,25 @@ fn check_elf_segment(
     Ok(seg.paddr..end)
 }
 
+/// A PT_NOTE must lie inside the file: linux-loader walks it note by note.
+fn check_elf_note(seg: &ElfSegment, index: usize, size: u64, path: &Path) -> Result<(), BootError> {
+    if seg
+        .offset
+        .checked_add(seg.filesz)
+        .is_none_or(|end| end > size)
+    {
+        return Err(BootError::BadElf {
+            path: path.to_path_buf(),
+            reason: format!(
+                "program header {index}: note range {:#x}+{:#x} runs past the end of the \
+                 {size}-byte file",
+                seg.offset, seg.filesz
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn load_elf<M, F>(
     mem: &M,
     file: &mut F,
@@ -554,8 +575,10 @@ where
     let segments = read_elf_segments(file, path, &header, size)?;
     let mut ranges = Vec::new();
     for (index, seg) in segments.iter().enumerate() {
-        if seg.p_type == PT_LOAD {
-            ranges.push(check_elf_segment(seg, index, size, ram_end, path)?);
+        match seg.p_type {
+            PT_LOAD => ranges.push(check_elf_segment(seg, index, size, ram_end, path)?),
+            PT_NOTE => check_elf_note(seg, index, size, path)?,
+            _ => {}
         }
     }
     let (Some(start), Some(end)) = (
@@ -736,6 +759,9 @@ where
 fn prepare_bzimage_header(header: &mut setup_header) {
     header.code32_start = HIMEM_START as u32;
     header.type_of_loader = KERNEL_LOADER_OTHER;
+    // Whatever the file holds here is not ours; set again if an initrd is loaded.
+    header.ramdisk_image = 0;
+    header.ramdisk_size = 0;
     // No real-mode heap: the 64-bit entry skips the real-mode code that would use it.
     header.loadflags &= !CAN_USE_HEAP;
     header.heap_end_ptr = 0;

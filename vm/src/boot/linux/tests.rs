@@ -270,9 +270,16 @@ fn bzimage_header_stops_at_its_own_end() {
     let mut image = bzimage(4, 0x1000);
     image[0x201] = 0x66; // a 2.14 kernel: header ends at 0x268, setup code follows
     put32(&mut image, 0x268, 0xDEAD_BEEF);
+    // Loader-owned fields the file should not have set.
+    put32(&mut image, 0x218, 0x1234_5000);
+    put32(&mut image, 0x21C, 0x1000);
+    put64(&mut image, 0x250, 0x5000);
     load(&mem, mem_bytes, &image, None, "").expect("load");
     let hdr = params(&mem).hdr;
     assert_eq!({ hdr.kernel_info_offset }, 0, "setup code is not header");
+    assert_eq!({ hdr.ramdisk_image }, 0);
+    assert_eq!({ hdr.ramdisk_size }, 0);
+    assert_eq!({ hdr.setup_data }, 0);
     assert_eq!({ hdr.init_size }, TEST_INIT_SIZE);
 }
 
@@ -493,7 +500,7 @@ fn unsupported_bzimages_are_rejected() {
 fn unsupported_elfs_are_rejected() {
     let mem_bytes = 64 * MIB;
     let mem = guest(mem_bytes);
-    let cases: [Tweak; 7] = [
+    let cases: [Tweak; 8] = [
         ("EI_CLASS", |b| b[4] = 1),
         ("EI_DATA", |b| b[5] = 2),
         ("e_machine", |b| put16(b, 18, 3)),
@@ -501,6 +508,7 @@ fn unsupported_elfs_are_rejected() {
         ("entry point", |b| put64(b, 24, 0x200_0000)),
         ("below", |b| put64(b, 64 + 24, 0x8000)),
         ("p_filesz", |b| put64(b, 64 + 32, 0x10_0000)),
+        ("note range", |b| put64(b, 64 + 2 * 56 + 8, u64::MAX - 4)),
     ];
     for (needle, tweak) in cases {
         let mut image = elf();
