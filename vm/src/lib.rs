@@ -2,9 +2,24 @@
 //!
 //! A minimal KVM VMM in the spirit of Firecracker: guest memory, vCPU threads, a handful of
 //! legacy devices, Linux and builtin-guest boot, snapshots and the per-process sandbox.
+//! See docs/vm.md for the design, the snapshot format and the sandbox rules.
 
+pub mod arch;
 pub mod boot;
+pub mod control;
+pub mod devices;
 pub mod guest_kit;
+pub mod launcher;
 pub mod layout;
+pub mod machine;
+pub mod memory;
 pub mod sandbox;
+pub mod snapshot;
+pub mod state;
 pub mod storage;
+pub mod vcpu;
+pub mod vmm;
+mod vmm_sandbox;
+
+pub use machine::{BootSource, Lifecycle, Machine, MachineConfig, VmError};
+pub use snapshot::{SnapshotError, SnapshotKind, SnapshotStats};

@@ -254,6 +254,8 @@ pub const GROUPS: &[SyscallGroup] = &[
             sys!(SYS_mkdirat),
             sys!(SYS_getdents64),
             sys!(SYS_fcntl),
+            // Snapshot directories are locked against a second writer.
+            sys!(SYS_flock),
         ],
     },
     SyscallGroup {
@@ -307,9 +309,14 @@ pub const LEGACY_X86_64: &[SyscallGroup] = &[
         syscalls: &[sys!(SYS_poll), sys!(SYS_epoll_wait)],
     },
     SyscallGroup {
-        purpose: "files: legacy renameat",
+        purpose: "files: legacy path calls glibc still uses for rename(3), unlink(3), mkdir(3)",
         threads: VMM_ONLY,
-        syscalls: &[sys!(SYS_renameat)],
+        syscalls: &[
+            sys!(SYS_rename),
+            sys!(SYS_renameat),
+            sys!(SYS_unlink),
+            sys!(SYS_mkdir),
+        ],
     },
 ];
 

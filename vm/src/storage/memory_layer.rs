@@ -87,9 +87,11 @@ pub struct LayerInfo {
 }
 
 /// What [`apply_layer`] applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerStats {
     pub runs: u64,
+    /// The page runs this layer wrote into guest memory.
+    pub applied: Vec<PageRun>,
     pub pages: u64,
     /// File size in bytes.
     pub bytes: u64,
@@ -334,6 +336,7 @@ fn apply_layer_with_lanes(
     }
     Ok(LayerStats {
         runs: header.run_count,
+        applied: runs,
         pages: header.total_pages,
         bytes: file_len,
         elapsed: started.elapsed(),

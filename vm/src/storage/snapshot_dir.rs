@@ -78,9 +78,11 @@ pub struct LoadedSnapshot {
 }
 
 /// What [`LoadedSnapshot::apply_memory`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreStats {
     pub layers: usize,
+    /// Every page run any layer wrote (runs of later layers may overlap earlier ones).
+    pub applied: Vec<PageRun>,
     pub pages: u64,
     pub bytes: u64,
     pub elapsed: Duration,
@@ -114,10 +116,17 @@ impl SnapshotDir {
     pub fn create_or_open(dir: &Path) -> Result<SnapshotDir> {
         create_dir_durably(dir)?;
         let lock = lock_dir(dir)?;
-        let base = read_manifest(dir).map_err(|e| e.to_string());
-        if let Err(reason) = &base {
-            tracing::warn!(dir = %dir.display(), %reason, "no usable snapshot manifest");
+        let manifest = read_manifest(dir);
+        match &manifest {
+            Err(StorageError::NotFound { .. }) => {
+                tracing::debug!(dir = %dir.display(), "new snapshot directory")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), reason = %e, "no usable snapshot manifest")
+            }
+            Ok(_) => {}
         }
+        let base = manifest.map_err(|e| e.to_string());
         let highest = highest_generation(dir)?;
         let committed = base.as_ref().map_or(0, |m| m.generation);
         let mut this = SnapshotDir {
@@ -457,6 +466,7 @@ impl LoadedSnapshot {
         check_layout(&self.dir, &self.memory, mem)?;
         let mut stats = RestoreStats {
             layers: 0,
+            applied: Vec::new(),
             pages: 0,
             bytes: 0,
             elapsed: Duration::ZERO,
@@ -466,6 +476,7 @@ impl LoadedSnapshot {
             stats.layers += 1;
             stats.pages += s.pages;
             stats.bytes += s.bytes;
+            stats.applied.extend(s.applied);
         }
         stats.elapsed = started.elapsed();
         Ok(stats)

@@ -1,0 +1,31 @@
+//! `novacron bench <suite>`: measurements, printed as a human table or one JSON object.
+//! Benchmarks are not tests: they report speed and compare it with a reference measured in
+//! the same run, never assert it.
+
+mod report;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+#[derive(Subcommand, Debug)]
+pub enum Suite {
+    /// The VM engine: VMM start, memory overhead, snapshot and restore.
+    Vm(vm::VmBenchArgs),
+}
+
+pub fn run(suite: Suite) -> anyhow::Result<ExitCode> {
+    let (report, json) = match suite {
+        Suite::Vm(args) => {
+            let json = args.json();
+            (vm::run(&args)?, json)
+        }
+    };
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,121 @@
+//! A benchmark's results: named figures with units and goals, as a table or JSON.
+
+use serde_json::{Map, Value};
+
+pub struct Figure {
+    pub key: String,
+    pub value: f64,
+    pub unit: &'static str,
+    /// The goal, in words ("<= 5"), if it has one.
+    pub goal: Option<String>,
+}
+
+pub struct Report {
+    pub suite: &'static str,
+    pub figures: Vec<Figure>,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn new(suite: &'static str) -> Self {
+        Report {
+            suite,
+            figures: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, key: &str, value: f64, unit: &'static str, goal: Option<&str>) {
+        self.figures.push(Figure {
+            key: key.to_string(),
+            value,
+            unit,
+            goal: goal.map(str::to_string),
+        });
+    }
+
+    /// One JSON object: {"suite": ..., "<key>": value, ..., "notes": [...]}. Keys with dots
+    /// ("idle.downtime_ms") become nested objects.
+    pub fn to_json(&self) -> String {
+        let mut root = Map::new();
+        root.insert("suite".into(), Value::from(self.suite));
+        for f in &self.figures {
+            let rounded = (f.value * 1000.0).round() / 1000.0;
+            insert_dotted(&mut root, &f.key, Value::from(rounded));
+        }
+        root.insert("notes".into(), Value::from(self.notes.clone()));
+        Value::Object(root).to_string()
+    }
+
+    pub fn to_table(&self) -> String {
+        let width = self.figures.iter().map(|f| f.key.len()).max().unwrap_or(10);
+        let mut out = format!("novacron bench {}\n\n", self.suite);
+        out.push_str(&format!(
+            "{:<width$}  {:>12}  {:<6}  {}\n",
+            "figure", "value", "unit", "goal"
+        ));
+        for f in &self.figures {
+            out.push_str(&format!(
+                "{:<width$}  {:>12.3}  {:<6}  {}\n",
+                f.key,
+                f.value,
+                f.unit,
+                f.goal.as_deref().unwrap_or("")
+            ));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("\nnote: {n}"));
+        }
+        out.push('\n');
+        out
+    }
+}
+
+/// Inserts `value` at a dotted path, creating the intermediate objects.
+fn insert_dotted(map: &mut Map<String, Value>, key: &str, value: Value) {
+    match key.split_once('.') {
+        None => {
+            map.insert(key.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let child = map
+                .entry(head.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(child) = child {
+                insert_dotted(child, rest, value);
+            }
+        }
+    }
+}
+
+/// The median of some samples (0 when there are none).
+pub fn median(samples: &mut [f64]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(f64::total_cmp);
+    let mid = samples.len() / 2;
+    if samples.len() % 2 == 0 {
+        (samples[mid - 1] + samples[mid]) / 2.0
+    } else {
+        samples[mid]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_nests_dotted_keys_and_table_lists_all() {
+        let mut r = Report::new("vm");
+        r.add("a_ms", 1.23456, "ms", Some("<= 5"));
+        r.add("idle.downtime_ms", 2.0, "ms", None);
+        let v: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["a_ms"], 1.235);
+        assert_eq!(v["idle"]["downtime_ms"], 2.0);
+        assert!(r.to_table().contains("idle.downtime_ms"));
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

@@ -1,0 +1,54 @@
+//! Command-line interface (clap derive).
+
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "novacron",
+    version,
+    about = "NovaCron: a peer-to-peer volunteer compute mesh of KVM microVMs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand, Debug)]
+enum Top {
+    /// Run, snapshot and restore one microVM in the foreground.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Measure a subsystem (human table, or one JSON object with --json).
+    Bench {
+        #[command(subcommand)]
+        suite: crate::bench::Suite,
+    },
+    /// Internal: the per-VM sandboxed VMM process (spawned by novacron itself; its
+    /// control socket is fd 3).
+    #[command(hide = true)]
+    Vmm,
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NOVACRON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Top::Vm(cmd) => vm::run(cmd),
+        Top::Bench { suite } => crate::bench::run(suite),
+        Top::Vmm => {
+            let code = novacron_vm::vmm::main();
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! `novacron vm ...`: one microVM in the foreground, in its own sandboxed VMM process.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use novacron_vm::control::{
+    Command, Event, ExitReason, Launch, LaunchSource, SandboxSettings, SnapshotMode,
+};
+use novacron_vm::launcher::{LaunchError, VmmProcess};
+
+use crate::size::parse_size;
+
+#[derive(Subcommand, Debug)]
+pub enum VmCommand {
+    /// Boot a guest and stream its serial console to stdout; exits 0 when the guest halts.
+    ///
+    /// Examples:
+    ///   novacron vm run --guest builtin:counter --mem 256M --vcpus 1
+    ///   novacron vm run --guest builtin:counter --snapshot-at 1500 --snapshot-to /tmp/snap
+    ///   novacron vm run --kernel bzImage --initrd initrd.img --cmdline "console=ttyS0"
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+    /// Resume a snapshot in a fresh VMM process and stream the rest of its output.
+    ///
+    /// Example: novacron vm restore /tmp/snap
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A builtin guest kit program: builtin:hello, builtin:counter[:words=N,passes=N],
+    /// builtin:dirtier[:mib=N,rate=N,base=ADDR].
+    #[arg(long, conflicts_with = "kernel")]
+    guest: Option<String>,
+    /// A Linux kernel (bzImage or ELF vmlinux) to boot instead of a builtin guest.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// An initramfs for --kernel.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line for --kernel.
+    #[arg(
+        long,
+        requires = "kernel",
+        default_value = "console=ttyS0 reboot=k panic=1"
+    )]
+    cmdline: String,
+    /// Guest memory (256M, 1G, ...).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    mem: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The snapshot directory.
+    dir: PathBuf,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+struct CommonArgs {
+    /// Milliseconds after the guest starts at which to snapshot it: one value stops the
+    /// guest into --snapshot-to; a list (1000,2000,3000) writes a full snapshot, then
+    /// incremental ones, and stops at the last.
+    #[arg(long, value_delimiter = ',', requires = "snapshot_to")]
+    snapshot_at: Vec<u64>,
+    /// Where --snapshot-at writes (created if missing).
+    #[arg(long, requires = "snapshot_at")]
+    snapshot_to: Option<PathBuf>,
+    /// Run the VMM without its sandbox (for measuring the sandbox's cost only).
+    #[arg(long)]
+    no_sandbox: bool,
+}
+
+pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        VmCommand::Run(args) => {
+            let source = match (&args.guest, &args.kernel) {
+                (Some(spec), None) => LaunchSource::Builtin { spec: spec.clone() },
+                (None, Some(kernel)) => LaunchSource::Linux {
+                    kernel: absolute(kernel)?,
+                    initrd: args.initrd.as_deref().map(absolute).transpose()?,
+                    cmdline: args.cmdline.clone(),
+                },
+                _ => bail!("say what to boot: --guest builtin:NAME or --kernel PATH"),
+            };
+            if let Some(spec) = &args.guest {
+                spec.parse::<novacron_vm::guest_kit::BuiltinGuest>()
+                    .map_err(|e| anyhow::anyhow!("--guest: {e}"))?;
+            }
+            drive(source, args.mem, args.vcpus, &args.common, None)
+        }
+        VmCommand::Restore(args) => {
+            let dir = absolute(&args.dir)?;
+            if !dir.is_dir() {
+                bail!("{} is not a snapshot directory", dir.display());
+            }
+            drive(
+                LaunchSource::Restore { dir: dir.clone() },
+                0,
+                0,
+                &args.common,
+                Some(&dir),
+            )
+        }
+    }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))
+}
+
+/// Spawns the VMM process and follows it to the end.
+fn drive(
+    source: LaunchSource,
+    mem_bytes: u64,
+    vcpus: u8,
+    common: &CommonArgs,
+    restored_from: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let snapshot_to = common.snapshot_to.as_deref().map(absolute).transpose()?;
+    if let Some(dir) = &snapshot_to {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create snapshot directory {}", dir.display()))?;
+    }
+    let mut schedule = common.snapshot_at.clone();
+    if schedule.windows(2).any(|w| w[0] >= w[1]) {
+        bail!("--snapshot-at times must increase");
+    }
+    schedule.reverse();
+    let launch = Launch {
+        vm_id: novacron_vm::launcher::new_vm_id(),
+        source,
+        mem_bytes,
+        vcpus,
+        fill_pattern: None,
+        start_paused: false,
+        sandbox: SandboxSettings {
+            enabled: !common.no_sandbox,
+            writable_dirs: snapshot_to.iter().cloned().collect(),
+            ..SandboxSettings::default()
+        },
+    };
+    let exe = std::env::current_exe().context("cannot find the novacron executable")?;
+    let mut vmm = VmmProcess::spawn(&exe, &launch, Stdio::inherit())?;
+    vmm.wait_for(Duration::from_secs(60), |e| match e {
+        Event::Ready { .. } => Some(Ok(())),
+        Event::Exited(reason) => Some(Err(reason.clone())),
+        _ => None,
+    })?
+    .map_err(|r| anyhow::anyhow!("the VM did not start: {}", describe(&r)))?;
+    let started = Instant::now();
+    // The first snapshot continues the chain it was restored from, if it writes there.
+    let mut next_mode = match (restored_from, &snapshot_to) {
+        (Some(from), Some(to)) if from == to.as_path() => SnapshotMode::Incremental,
+        _ => SnapshotMode::Full,
+    };
+    loop {
+        let timeout = schedule
+            .last()
+            .map(|ms| Duration::from_millis(*ms).saturating_sub(started.elapsed()));
+        let event = match vmm.next_event(timeout) {
+            Ok(e) => e,
+            Err(LaunchError::Timeout(_)) => {
+                schedule.pop();
+                let dir = snapshot_to
+                    .clone()
+                    .context("internal: no snapshot directory")?;
+                vmm.send(&Command::Snapshot {
+                    dir,
+                    mode: next_mode,
+                    then_stop: schedule.is_empty(),
+                })?;
+                next_mode = SnapshotMode::Incremental;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match event {
+            Event::SnapshotDone {
+                dir,
+                mode,
+                pages,
+                micros,
+                ..
+            } => eprintln!(
+                "novacron: {mode:?} snapshot of {pages} pages written to {} in {:.1} ms",
+                dir.display(),
+                micros as f64 / 1000.0
+            ),
+            Event::CommandFailed { message } => bail!("{message}"),
+            Event::Exited(reason) => {
+                let _ = vmm.wait();
+                return match reason {
+                    ExitReason::GuestExit { status: 0 }
+                    | ExitReason::Stopped
+                    | ExitReason::Shutdown
+                    | ExitReason::Reset => Ok(ExitCode::SUCCESS),
+                    other => bail!("{}", describe(&other)),
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
+fn describe(reason: &ExitReason) -> String {
+    match reason {
+        ExitReason::GuestExit { status } => format!("the guest exited with status {status}"),
+        ExitReason::Reset => "the guest reset itself".into(),
+        ExitReason::Shutdown => "the guest shut down".into(),
+        ExitReason::Stopped => "stopped".into(),
+        ExitReason::Failed { message } => message.clone(),
+    }
+}

@@ -1,0 +1,233 @@
+//! The control protocol between a VMM process and whoever spawned it: JSON lines over a
+//! Unix socket pair. The parent does not trust the VMM process (a guest may have taken it
+//! over), so lines are size-limited and every field is validated where it is used.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest line either side accepts.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// What the VMM process should run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum LaunchSource {
+    /// A builtin guest kit program, by spec ("builtin:counter:passes=4").
+    Builtin { spec: String },
+    Linux {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// Restore the snapshot in this directory.
+    Restore { dir: PathBuf },
+}
+
+/// The first message: everything the VMM process needs to build its machine.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Launch {
+    /// Names the VM (its cgroup is `novacron/vm-<vm_id>`): 1-32 of [A-Za-z0-9_-].
+    pub vm_id: String,
+    pub source: LaunchSource,
+    /// Ignored for a restore (the snapshot says).
+    pub mem_bytes: u64,
+    /// Ignored for a restore (the snapshot says).
+    pub vcpus: u8,
+    /// Before start, the host writes the benchmark pattern here: (guest address, length).
+    pub fill_pattern: Option<(u64, u64)>,
+    /// Stay paused after building the machine until told to resume.
+    pub start_paused: bool,
+    pub sandbox: SandboxSettings,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SandboxSettings {
+    /// Jail the process (seccomp, landlock, namespaces, rlimits, cgroup). Off only for
+    /// measuring the sandbox's own cost.
+    pub enabled: bool,
+    /// Directories the VMM may write snapshots into (it may create them).
+    pub writable_dirs: Vec<PathBuf>,
+    /// cgroup memory limit; None = guest memory plus a margin for the VMM.
+    pub memory_limit_bytes: Option<u64>,
+    /// cgroup CPU limit in CPUs (1.5 = one and a half); None = one per vCPU.
+    pub cpu_limit: Option<f64>,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            enabled: true,
+            writable_dirs: Vec::new(),
+            memory_limit_bytes: None,
+            cpu_limit: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    Full,
+    Incremental,
+}
+
+/// Parent -> VMM.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "cmd")]
+pub enum Command {
+    Pause,
+    Resume,
+    /// Pause, snapshot into `dir`, then stop the VM (`then_stop`) or resume it.
+    Snapshot {
+        dir: PathBuf,
+        mode: SnapshotMode,
+        then_stop: bool,
+    },
+    /// Report process statistics.
+    Stats,
+    /// Stop the guest and exit.
+    Stop,
+}
+
+/// Why a VM stopped.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum ExitReason {
+    /// The guest reported EXIT through the paravirtual port.
+    GuestExit { status: u64 },
+    /// The guest pulsed the i8042 reset line.
+    Reset,
+    /// Triple fault or power-off.
+    Shutdown,
+    /// The parent asked it to stop (possibly after a snapshot).
+    Stopped,
+    /// Something failed; the message says what.
+    Failed { message: String },
+}
+
+/// VMM -> parent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum Event {
+    /// The machine is built (and running unless `start_paused`).
+    Ready {
+        /// CLOCK_MONOTONIC ns when the VMM process began building its machine.
+        process_start_ns: u64,
+        /// CLOCK_MONOTONIC ns when the machine was built and (unless paused) resumed.
+        ready_ns: u64,
+        guest: String,
+        sandbox: String,
+    },
+    /// The guest's first port-I/O exit, CLOCK_MONOTONIC ns.
+    FirstIoExit {
+        at_ns: u64,
+    },
+    /// A paravirtual-port report.
+    Guest {
+        code: u32,
+        value: u64,
+    },
+    Paused,
+    Resumed,
+    SnapshotDone {
+        dir: PathBuf,
+        mode: SnapshotMode,
+        pages: u64,
+        state_bytes: u64,
+        micros: u64,
+    },
+    Stats {
+        rss_bytes: u64,
+        guest_touched_bytes: u64,
+    },
+    /// A command failed; the VM is as it was before the command.
+    CommandFailed {
+        message: String,
+    },
+    /// The VM stopped and the process is about to exit.
+    Exited(ExitReason),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control channel closed")]
+    Closed,
+    #[error("control line longer than {MAX_LINE_BYTES} bytes")]
+    TooLong,
+    #[error("control channel: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad control message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Writes one message as one line.
+pub fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ControlError> {
+    let mut line = serde_json::to_vec(msg)?;
+    line.push(b'\n');
+    w.write_all(&line)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one message, refusing lines over the limit without buffering them.
+pub fn recv<T: for<'de> Deserialize<'de>>(r: &mut impl BufRead) -> Result<T, ControlError> {
+    let mut line = Vec::new();
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Err(ControlError::Closed);
+        }
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        if line.len() + chunk.len() > MAX_LINE_BYTES {
+            return Err(ControlError::TooLong);
+        }
+        line.extend_from_slice(chunk);
+        let used = chunk.len();
+        r.consume(used);
+        if done {
+            return Ok(serde_json::from_slice(&line)?);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn messages_round_trip_one_per_line() {
+        let mut buf = Vec::new();
+        send(&mut buf, &Command::Pause).unwrap();
+        send(
+            &mut buf,
+            &Event::Exited(ExitReason::GuestExit { status: 0 }),
+        )
+        .unwrap();
+        let mut r = Cursor::new(buf);
+        assert_eq!(recv::<Command>(&mut r).unwrap(), Command::Pause);
+        assert_eq!(
+            recv::<Event>(&mut r).unwrap(),
+            Event::Exited(ExitReason::GuestExit { status: 0 })
+        );
+        assert!(matches!(recv::<Event>(&mut r), Err(ControlError::Closed)));
+    }
+
+    #[test]
+    fn oversized_and_garbled_lines_are_refused() {
+        let long = vec![b'x'; MAX_LINE_BYTES + 10];
+        assert!(matches!(
+            recv::<Command>(&mut Cursor::new(long)),
+            Err(ControlError::TooLong)
+        ));
+        assert!(matches!(
+            recv::<Command>(&mut Cursor::new(b"{\"cmd\":\"explode\"}\n".to_vec())),
+            Err(ControlError::Malformed(_))
+        ));
+    }
+}

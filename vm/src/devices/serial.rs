@@ -1,0 +1,90 @@
+//! COM1: an 8250 UART (vm-superio) whose transmitter writes to a host sink and whose
+//! interrupt line is an irqfd into the in-kernel irqchip.
+
+use std::io::Write;
+
+use vm_superio::serial::{NoEvents, SerialState};
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::state::SerialSnapshot;
+
+/// Raises the UART's interrupt by signalling the irqfd KVM routes to IRQ 4.
+pub struct IrqLine(pub EventFd);
+
+impl Trigger for IrqLine {
+    type E = std::io::Error;
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.write(1)
+    }
+}
+
+/// Where the guest's serial output goes (stdout of the VMM process, or a test buffer).
+pub type SerialSink = Box<dyn Write + Send>;
+
+pub struct SerialConsole {
+    uart: Serial<IrqLine, NoEvents, SerialSink>,
+}
+
+impl SerialConsole {
+    pub fn new(irq: EventFd, sink: SerialSink) -> Self {
+        SerialConsole {
+            uart: Serial::new(IrqLine(irq), sink),
+        }
+    }
+
+    pub fn from_snapshot(
+        snap: &SerialSnapshot,
+        irq: EventFd,
+        sink: SerialSink,
+    ) -> Result<Self, String> {
+        let state = SerialState {
+            baud_divisor_low: snap.registers[0],
+            baud_divisor_high: snap.registers[1],
+            interrupt_enable: snap.registers[2],
+            interrupt_identification: snap.registers[3],
+            line_control: snap.registers[4],
+            line_status: snap.registers[5],
+            modem_control: snap.registers[6],
+            modem_status: snap.registers[7],
+            scratch: snap.registers[8],
+            in_buffer: snap.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&state, IrqLine(irq), NoEvents, sink)
+            .map_err(|e| format!("serial state refused: {e:?}"))?;
+        Ok(SerialConsole { uart })
+    }
+
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    pub fn write(&mut self, offset: u8, value: u8) {
+        // A failed interrupt trigger or sink write loses console bytes, never guest state.
+        if let Err(e) = self.uart.write(offset, value) {
+            tracing::debug!("serial write: {e:?}");
+        }
+    }
+
+    pub fn read(&mut self, offset: u8) -> u8 {
+        self.uart.read(offset)
+    }
+
+    pub fn flush(&mut self) {
+        let _ = self.uart.writer_mut().flush();
+    }
+}

@@ -1,0 +1,220 @@
+//! Snapshots of a whole machine: capture its state, write it with its memory to a snapshot
+//! directory (full or incremental), and build a paused machine back from one.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+};
+
+use crate::arch;
+use crate::boot;
+use crate::devices::lock;
+use crate::machine::{Lifecycle, Machine, MachineConfig, MachineIo, VcpuSetupFactory, VmError};
+use crate::memory::{take_vmm_dirty_bits, DirtyTracker, PageBitmaps};
+use crate::state::{from_blob, to_blob, MachineState, STATE_FORMAT_VERSION};
+use crate::storage::{self, SnapshotDir, StorageError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// Every page the guest or VMM ever wrote.
+    Full,
+    /// Only pages written since the previous snapshot (which must exist in the directory).
+    Incremental,
+}
+
+#[derive(Clone, Debug)]
+pub struct SnapshotStats {
+    pub kind: SnapshotKind,
+    pub pages: u64,
+    pub state_bytes: u64,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("snapshot in {dir} describes an impossible machine: {reason}")]
+    BadSnapshot { dir: String, reason: String },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn read_irqchip(m: &Machine, chip_id: u32) -> Result<Vec<u8>, VmError> {
+    let mut chip = kvm_irqchip {
+        chip_id,
+        ..Default::default()
+    };
+    m.vm_fd()
+        .get_irqchip(&mut chip)
+        .map_err(kvm_err("get irqchip"))?;
+    Ok(to_blob(&chip))
+}
+
+fn write_irqchip(m: &Machine, chip_id: u32, blob: &[u8]) -> Result<(), VmError> {
+    let mut chip: kvm_irqchip = from_blob("irqchip", blob)?;
+    if chip.chip_id != chip_id {
+        return Err(VmError::Vcpu(format!(
+            "saved irqchip {} is in the slot of irqchip {chip_id}",
+            chip.chip_id
+        )));
+    }
+    chip.chip_id = chip_id;
+    m.vm_fd().set_irqchip(&chip).map_err(kvm_err("set irqchip"))
+}
+
+impl Machine {
+    /// Captures everything but memory. The machine must not be running.
+    pub fn capture_state(&self) -> Result<MachineState, VmError> {
+        if self.lifecycle() == Lifecycle::Running {
+            return Err(VmError::WrongState {
+                actual: Lifecycle::Running,
+                needed: "paused",
+            });
+        }
+        let supported = self
+            .kvm()
+            .get_msr_index_list()
+            .map_err(kvm_err("get MSR index list"))?;
+        let msr_indices = boot::msrs::snapshot_msr_indices(supported.as_slice());
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for index in 0..self.vcpus.len() {
+            let indices = msr_indices.clone();
+            vcpus.push(self.on_vcpu(index, move |fd| arch::save_vcpu(fd, &indices))??);
+        }
+        let mut clock = self.vm_fd().get_clock().map_err(kvm_err("get clock"))?;
+        clock.flags = 0;
+        Ok(MachineState {
+            format_version: STATE_FORMAT_VERSION,
+            mem_regions: self.layout().to_vec(),
+            guest: self.guest_description().to_string(),
+            vcpus,
+            pic_master: read_irqchip(self, KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: read_irqchip(self, KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: read_irqchip(self, KVM_IRQCHIP_IOAPIC)?,
+            pit: to_blob(&self.vm_fd().get_pit2().map_err(kvm_err("get PIT"))?),
+            clock: to_blob(&clock),
+            serial: lock(&self.devices().serial).snapshot(),
+            pv_port: lock(&self.devices().pv_port).snapshot(),
+        })
+    }
+
+    /// Writes a snapshot of this machine into `dir`. The machine must be paused (or never
+    /// started); it stays paused. If writing fails, the previous snapshot in `dir` is
+    /// intact and the pages this one would have saved count as dirty again.
+    pub fn snapshot(
+        &mut self,
+        dir: &Path,
+        kind: SnapshotKind,
+    ) -> Result<SnapshotStats, SnapshotError> {
+        let started = Instant::now();
+        let state = self.capture_state()?.encode().map_err(VmError::from)?;
+        self.sync_dirty_log()?;
+        let taken = self.dirty.take_since_checkpoint();
+        let result = self.write_snapshot(dir, kind, &state, &taken);
+        match result {
+            Ok(pages) => Ok(SnapshotStats {
+                kind,
+                pages,
+                state_bytes: state.len() as u64,
+                elapsed: started.elapsed(),
+            }),
+            Err(e) => {
+                self.dirty.restore(&taken);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_snapshot(
+        &self,
+        dir: &Path,
+        kind: SnapshotKind,
+        state: &[u8],
+        since_checkpoint: &PageBitmaps,
+    ) -> Result<u64, SnapshotError> {
+        let mut snap_dir = SnapshotDir::create_or_open(dir)?;
+        let pages = match kind {
+            SnapshotKind::Full => self.dirty.touched(),
+            SnapshotKind::Incremental => since_checkpoint,
+        };
+        let runs = page_runs(pages);
+        match kind {
+            SnapshotKind::Full => snap_dir.write_full(state, self.memory(), &runs)?,
+            SnapshotKind::Incremental => snap_dir.write_incremental(state, self.memory(), &runs)?,
+        };
+        Ok(pages.count_pages())
+    }
+
+    /// Builds a paused machine from the snapshot in `dir`.
+    pub fn restore(
+        dir: &Path,
+        io: MachineIo,
+        vcpu_setup: VcpuSetupFactory<'_>,
+    ) -> Result<Machine, SnapshotError> {
+        let loaded = storage::load(dir)?;
+        let state = MachineState::decode(&loaded.state).map_err(VmError::from)?;
+        let bad = |reason: String| SnapshotError::BadSnapshot {
+            dir: dir.display().to_string(),
+            reason,
+        };
+        let vcpus = u8::try_from(state.vcpus.len())
+            .map_err(|_| bad(format!("{} vCPUs", state.vcpus.len())))?;
+        let config = MachineConfig {
+            mem_bytes: state.mem_regions.iter().map(|r| r.1).sum(),
+            vcpus,
+        };
+        let mut machine = Machine::create_with(
+            &config,
+            io,
+            Some((&state.serial, &state.pv_port)),
+            vcpu_setup,
+        )?;
+        if machine.layout() != state.mem_regions.as_slice() {
+            return Err(bad(format!(
+                "memory regions {:?} do not match this VMM's layout {:?}",
+                state.mem_regions,
+                machine.layout()
+            )));
+        }
+        let restored = loaded.apply_memory(machine.memory())?;
+        take_vmm_dirty_bits(machine.memory());
+        let mut bitmaps = PageBitmaps::empty_for(machine.layout());
+        for run in &restored.applied {
+            bitmaps.mark_range(run.first_page_gpa, run.pages * crate::layout::PAGE_SIZE);
+        }
+        machine.dirty = DirtyTracker::from_restored(bitmaps);
+
+        let vm = machine.vm_fd();
+        vm.set_pit2(&from_blob("PIT", &state.pit).map_err(VmError::from)?)
+            .map_err(kvm_err("set PIT"))?;
+        vm.set_clock(&from_blob("clock", &state.clock).map_err(VmError::from)?)
+            .map_err(kvm_err("set clock"))?;
+        write_irqchip(&machine, KVM_IRQCHIP_PIC_MASTER, &state.pic_master)?;
+        write_irqchip(&machine, KVM_IRQCHIP_PIC_SLAVE, &state.pic_slave)?;
+        write_irqchip(&machine, KVM_IRQCHIP_IOAPIC, &state.ioapic)?;
+        for (index, vcpu_state) in state.vcpus.into_iter().enumerate() {
+            machine.on_vcpu(index, move |fd| arch::restore_vcpu(fd, &vcpu_state))??;
+        }
+        machine.set_guest_description(state.guest);
+        machine.set_lifecycle(Lifecycle::Paused);
+        Ok(machine)
+    }
+}
+
+/// Sorted runs of consecutive set pages.
+pub fn page_runs(bitmaps: &PageBitmaps) -> Vec<storage::PageRun> {
+    bitmaps
+        .regions
+        .iter()
+        .flat_map(|(start, words)| {
+            storage::runs_from_dirty_bitmap(*start, words.len() as u64 * 64, words)
+        })
+        .collect()
+}

@@ -1,0 +1,360 @@
+//! The VMM process (`novacron vmm`): one VM per process, jailed, driven over the control
+//! socket on fd 3. Its stdout is the guest's serial console.
+//!
+//! Order matters: the launch message is read while the process is single-threaded, so the
+//! process-wide sandbox (cgroup, rlimits, namespaces, landlock) applies to every thread
+//! created after it; each thread then installs its own seccomp filter.
+
+use std::io::BufReader;
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::control::{self, Command, Event, ExitReason, Launch, LaunchSource, SnapshotMode};
+use crate::guest_kit::BuiltinGuest;
+use crate::launcher::CONTROL_FD;
+use crate::layout::{pv_event, PAGE_SIZE};
+use crate::machine::{BootSource, Machine, MachineConfig, MachineIo, VmError};
+use crate::memory::fill_pattern;
+use crate::snapshot::SnapshotKind;
+use crate::vcpu::{monotonic_ns, EventSink, VcpuEvent};
+use crate::vmm_sandbox::{self, JailedThreads};
+
+enum Input {
+    Command(Command),
+    ControlClosed(String),
+    Vcpu(VcpuEvent),
+}
+
+/// Entry point of `novacron vmm`. Returns the process exit code.
+pub fn main() -> i32 {
+    let process_start_ns = monotonic_ns();
+    // SAFETY: the spawner put our end of the control socket on CONTROL_FD; nothing else
+    // in this process owns that descriptor.
+    let control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
+    let mut writer = match control.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("novacron vmm: control socket on fd {CONTROL_FD} is unusable: {e}");
+            return 2;
+        }
+    };
+    let mut reader = BufReader::new(control);
+    let launch: Launch = match control::recv(&mut reader) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("novacron vmm: no launch message: {e}");
+            return 2;
+        }
+    };
+    match run(process_start_ns, launch, reader, &mut writer) {
+        Ok(reason) => {
+            let code = match &reason {
+                ExitReason::Failed { .. } => 1,
+                _ => 0,
+            };
+            let _ = control::send(&mut writer, &Event::Exited(reason));
+            code
+        }
+        Err(message) => {
+            let _ = control::send(
+                &mut writer,
+                &Event::Exited(ExitReason::Failed {
+                    message: message.clone(),
+                }),
+            );
+            eprintln!("novacron vmm: {message}");
+            1
+        }
+    }
+}
+
+fn run(
+    process_start_ns: u64,
+    launch: Launch,
+    reader: BufReader<UnixStream>,
+    writer: &mut UnixStream,
+) -> Result<ExitReason, String> {
+    if launch.vm_id.is_empty()
+        || launch.vm_id.len() > 32
+        || !launch
+            .vm_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "vm id {:?} is not 1-32 characters of [A-Za-z0-9_-]",
+            launch.vm_id
+        ));
+    }
+    let jail = vmm_sandbox::enter(&launch).map_err(|e| format!("sandbox: {e}"))?;
+    let (tx, rx) = mpsc::channel::<Input>();
+    spawn_control_reader(reader, tx.clone(), &jail)?;
+    let sink_tx = Mutex::new(tx);
+    let events: EventSink = Arc::new(move |e| {
+        if let Ok(tx) = sink_tx.lock() {
+            let _ = tx.send(Input::Vcpu(e));
+        }
+    });
+    let io = MachineIo {
+        serial: Box::new(std::io::stdout()),
+        events,
+    };
+    let vcpu_setup = |_index| jail.vcpu_thread_setup();
+    let mut machine = match &launch.source {
+        LaunchSource::Restore { dir } => {
+            Machine::restore(dir, io, &vcpu_setup).map_err(|e| e.to_string())?
+        }
+        LaunchSource::Builtin { spec } => {
+            let guest: BuiltinGuest = spec.parse().map_err(|e| format!("{e}"))?;
+            build(&launch, io, &vcpu_setup, BootSource::Builtin(guest))?
+        }
+        LaunchSource::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        } => build(
+            &launch,
+            io,
+            &vcpu_setup,
+            BootSource::Linux {
+                kernel: kernel.clone(),
+                initrd: initrd.clone(),
+                cmdline: cmdline.clone(),
+            },
+        )?,
+    };
+    jail.lock_current_thread()?;
+    if !launch.start_paused {
+        machine.resume().map_err(|e| e.to_string())?;
+    }
+    send(
+        writer,
+        &Event::Ready {
+            process_start_ns,
+            ready_ns: monotonic_ns(),
+            guest: machine.guest_description().to_string(),
+            sandbox: jail.summary(),
+        },
+    )?;
+    event_loop(&mut machine, &rx, writer)
+}
+
+fn build(
+    launch: &Launch,
+    io: MachineIo,
+    vcpu_setup: &dyn Fn(usize) -> Option<crate::vcpu::ThreadSetup>,
+    source: BootSource,
+) -> Result<Machine, String> {
+    let config = MachineConfig {
+        mem_bytes: launch.mem_bytes,
+        vcpus: launch.vcpus,
+    };
+    let mut machine = Machine::create(&config, io, vcpu_setup).map_err(|e| e.to_string())?;
+    if let Some((gpa, len)) = launch.fill_pattern {
+        fill_pattern(machine.memory(), gpa, len).map_err(|e| e.to_string())?;
+    }
+    machine.load(&source).map_err(|e| e.to_string())?;
+    Ok(machine)
+}
+
+fn send(writer: &mut UnixStream, event: &Event) -> Result<(), String> {
+    control::send(writer, event).map_err(|e| format!("cannot report to the parent: {e}"))
+}
+
+fn spawn_control_reader(
+    mut reader: BufReader<UnixStream>,
+    tx: Sender<Input>,
+    jail: &JailedThreads,
+) -> Result<(), String> {
+    let setup = jail.control_thread_setup();
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            if let Some(setup) = setup {
+                if let Err(e) = setup() {
+                    let _ = tx.send(Input::ControlClosed(format!("control thread jail: {e}")));
+                    return;
+                }
+            }
+            loop {
+                match control::recv::<Command>(&mut reader) {
+                    Ok(cmd) => {
+                        if tx.send(Input::Command(cmd)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Input::ControlClosed(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the control thread: {e}"))
+}
+
+fn event_loop(
+    machine: &mut Machine,
+    rx: &Receiver<Input>,
+    writer: &mut UnixStream,
+) -> Result<ExitReason, String> {
+    let mut first_exit_reported = false;
+    loop {
+        let input = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(i) => Some(i),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err("internal: every event source is gone".into())
+            }
+        };
+        if !first_exit_reported {
+            if let Some(at_ns) = machine.first_io_exit_ns() {
+                send(writer, &Event::FirstIoExit { at_ns })?;
+                first_exit_reported = true;
+            }
+        }
+        let Some(input) = input else { continue };
+        match input {
+            Input::Vcpu(event) => {
+                if let Some(reason) = on_vcpu_event(machine, event, writer)? {
+                    return Ok(reason);
+                }
+            }
+            Input::Command(cmd) => {
+                if let Some(reason) = on_command(machine, cmd, writer)? {
+                    return Ok(reason);
+                }
+            }
+            Input::ControlClosed(why) => {
+                // The owner is gone; a VM nobody controls must not keep running.
+                machine.stop().map_err(|e| e.to_string())?;
+                return Ok(ExitReason::Failed {
+                    message: format!("control channel lost: {why}"),
+                });
+            }
+        }
+    }
+}
+
+fn on_vcpu_event(
+    machine: &mut Machine,
+    event: VcpuEvent,
+    writer: &mut UnixStream,
+) -> Result<Option<ExitReason>, String> {
+    let reason = match event {
+        VcpuEvent::Report { report, .. } => {
+            send(
+                writer,
+                &Event::Guest {
+                    code: report.code,
+                    value: report.value,
+                },
+            )?;
+            if report.code != pv_event::EXIT {
+                return Ok(None);
+            }
+            ExitReason::GuestExit {
+                status: report.value,
+            }
+        }
+        VcpuEvent::Reset { .. } => ExitReason::Reset,
+        VcpuEvent::Shutdown { .. } => ExitReason::Shutdown,
+        VcpuEvent::Failed { vcpu, reason } => ExitReason::Failed {
+            message: format!("vCPU {vcpu}: {reason}"),
+        },
+    };
+    machine.stop().map_err(|e| e.to_string())?;
+    Ok(Some(reason))
+}
+
+fn on_command(
+    machine: &mut Machine,
+    cmd: Command,
+    writer: &mut UnixStream,
+) -> Result<Option<ExitReason>, String> {
+    let outcome: Result<Option<Event>, VmError> = match cmd {
+        Command::Pause => machine.pause().map(|_| Some(Event::Paused)),
+        Command::Resume => machine.resume().map(|_| Some(Event::Resumed)),
+        Command::Stats => machine.sync_dirty_log().map(|_| {
+            Some(Event::Stats {
+                rss_bytes: current_rss_bytes(),
+                guest_touched_bytes: machine.dirty.touched().count_pages() * PAGE_SIZE,
+            })
+        }),
+        Command::Stop => {
+            machine.stop().map_err(|e| e.to_string())?;
+            return Ok(Some(ExitReason::Stopped));
+        }
+        Command::Snapshot {
+            dir,
+            mode,
+            then_stop,
+        } => {
+            let event = snapshot(machine, &dir, mode, then_stop)?;
+            send(writer, &event)?;
+            if then_stop && matches!(event, Event::SnapshotDone { .. }) {
+                return Ok(Some(ExitReason::Stopped));
+            }
+            return Ok(None);
+        }
+    };
+    let event = outcome.unwrap_or_else(|e| {
+        Some(Event::CommandFailed {
+            message: e.to_string(),
+        })
+    });
+    if let Some(event) = event {
+        send(writer, &event)?;
+    }
+    Ok(None)
+}
+
+/// Pauses, snapshots, and resumes unless told to stop. A failed snapshot is reported and
+/// the VM keeps running as before.
+fn snapshot(
+    machine: &mut Machine,
+    dir: &Path,
+    mode: SnapshotMode,
+    then_stop: bool,
+) -> Result<Event, String> {
+    let was_running = machine.lifecycle() == crate::machine::Lifecycle::Running;
+    machine.pause().map_err(|e| e.to_string())?;
+    let kind = match mode {
+        SnapshotMode::Full => SnapshotKind::Full,
+        SnapshotMode::Incremental => SnapshotKind::Incremental,
+    };
+    let result = machine.snapshot(dir, kind);
+    let ok = result.is_ok();
+    if was_running && !(then_stop && ok) {
+        machine.resume().map_err(|e| e.to_string())?;
+    }
+    Ok(match result {
+        Ok(stats) => Event::SnapshotDone {
+            dir: dir.to_path_buf(),
+            mode,
+            pages: stats.pages,
+            state_bytes: stats.state_bytes,
+            micros: stats.elapsed.as_micros() as u64,
+        },
+        Err(e) => Event::CommandFailed {
+            message: format!("snapshot to {} failed: {e}", dir.display()),
+        },
+    })
+}
+
+/// Peak resident set size of this process. The VMM's memory only grows, so the peak is
+/// the current size; getrusage needs no filesystem access, which the jail does not give.
+fn current_rss_bytes() -> u64 {
+    // SAFETY: getrusage fills the struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_maxrss.max(0) as u64 * 1024
+}

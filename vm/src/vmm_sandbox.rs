@@ -1,0 +1,126 @@
+//! Turns a launch request into the VMM process's jail (see `sandbox` for the mechanisms):
+//! which paths it may touch, its cgroup limits, and the seccomp filter of each thread.
+
+use crate::control::{Launch, LaunchSource};
+use crate::sandbox::{
+    CgroupLimits, FsAccess, FsRule, Sandbox, SandboxPolicy, SeccompFilters, ThreadKind,
+};
+use crate::vcpu::ThreadSetup;
+
+/// Memory the VMM process may use beyond guest RAM (its own heap, stacks, page tables,
+/// snapshot buffers).
+const VMM_MEMORY_MARGIN: u64 = 256 << 20;
+
+/// The jail after its process-wide part is in force; threads still install their filters.
+pub struct JailedThreads {
+    filters: Option<SeccompFilters>,
+    summary: String,
+}
+
+/// The cgroup name of a VM (the parent removes it after the process exits).
+pub fn cgroup_name(vm_id: &str) -> String {
+    format!("vm-{vm_id}")
+}
+
+/// Enters the process-wide jail. Must run while the process is single-threaded. With a
+/// new pid namespace the sandbox forks: this returns in the child, which becomes pid 1.
+pub fn enter(launch: &Launch) -> Result<JailedThreads, String> {
+    if !launch.sandbox.enabled {
+        return Ok(JailedThreads {
+            filters: None,
+            summary: "sandbox disabled".into(),
+        });
+    }
+    let mut policy = SandboxPolicy::new(cgroup_name(&launch.vm_id));
+    policy.fs_rules = fs_rules(launch);
+    let guest_bytes = match &launch.source {
+        LaunchSource::Restore { .. } => None, // size known only from the snapshot
+        _ => Some(launch.mem_bytes),
+    };
+    policy.cgroup = Some(CgroupLimits {
+        memory_bytes: launch
+            .sandbox
+            .memory_limit_bytes
+            .or(guest_bytes.map(|g| g + VMM_MEMORY_MARGIN)),
+        cpus: launch
+            .sandbox
+            .cpu_limit
+            .or((launch.vcpus > 0).then_some(f64::from(launch.vcpus))),
+    });
+    let mut sandbox = Sandbox::prepare(&policy).map_err(|e| error_chain(&e))?;
+    let report = sandbox.enter_process_wide().map_err(|e| error_chain(&e))?;
+    tracing::info!(%report, "VMM sandbox in force");
+    Ok(JailedThreads {
+        filters: Some(sandbox.filters()),
+        summary: report.to_string(),
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// /dev/kvm, what the guest boots from (read-only), and the snapshot directories.
+fn fs_rules(launch: &Launch) -> Vec<FsRule> {
+    let mut rules = vec![FsRule {
+        path: "/dev/kvm".into(),
+        access: FsAccess::ReadWrite,
+    }];
+    let read_only = |path: &std::path::Path| FsRule {
+        path: path.to_path_buf(),
+        access: FsAccess::ReadOnly,
+    };
+    match &launch.source {
+        LaunchSource::Builtin { .. } => {}
+        LaunchSource::Linux { kernel, initrd, .. } => {
+            rules.push(read_only(kernel));
+            rules.extend(initrd.as_deref().map(read_only));
+        }
+        LaunchSource::Restore { dir } => rules.push(read_only(dir)),
+    }
+    rules.extend(launch.sandbox.writable_dirs.iter().map(|d| FsRule {
+        path: d.clone(),
+        access: FsAccess::ReadWrite,
+    }));
+    rules
+}
+
+impl JailedThreads {
+    fn setup(&self, kind: ThreadKind) -> Option<ThreadSetup> {
+        let filters = self.filters.clone()?;
+        Some(Box::new(move || {
+            filters
+                .apply_to_current_thread(kind)
+                .map_err(|e| error_chain(&e))
+        }))
+    }
+
+    /// What a vCPU thread runs first.
+    pub fn vcpu_thread_setup(&self) -> Option<ThreadSetup> {
+        self.setup(ThreadKind::Vcpu)
+    }
+
+    /// What the control-socket reader thread runs first.
+    pub fn control_thread_setup(&self) -> Option<ThreadSetup> {
+        self.setup(ThreadKind::Vmm)
+    }
+
+    /// Filters the calling (main) thread.
+    pub fn lock_current_thread(&self) -> Result<(), String> {
+        match self.setup(ThreadKind::Vmm) {
+            Some(apply) => apply(),
+            None => Ok(()),
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        self.summary.clone()
+    }
+}
