@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use crate::control::{self, Command, ControlError, Event, Launch};
+use crate::control::{self, Command, ControlError, Event, ExitReason, Launch};
 use crate::vcpu::monotonic_ns;
 
 /// The file descriptor number the VMM process finds its control socket on.
@@ -25,6 +25,17 @@ pub enum LaunchError {
     Died(String),
     #[error("the VMM process sent nothing for {0:?}")]
     Timeout(Duration),
+    #[error("the VM stopped: {0}")]
+    Stopped(String),
+}
+
+/// What a VMM process says when its machine is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ready {
+    pub process_start_ns: u64,
+    pub ready_ns: u64,
+    pub guest: String,
+    pub sandbox: String,
 }
 
 pub struct VmmProcess {
@@ -137,6 +148,25 @@ impl VmmProcess {
         }
     }
 
+    /// Waits until the machine is built (and running unless launched paused).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Ready, LaunchError> {
+        self.wait_for(timeout, |e| match e {
+            Event::Ready {
+                process_start_ns,
+                ready_ns,
+                guest,
+                sandbox,
+            } => Some(Ok(Ready {
+                process_start_ns: *process_start_ns,
+                ready_ns: *ready_ns,
+                guest: guest.clone(),
+                sandbox: sandbox.clone(),
+            })),
+            Event::Exited(reason) => Some(Err(LaunchError::Stopped(describe_reason(reason)))),
+            _ => None,
+        })?
+    }
+
     /// When the channel broke, the process usually died: say how.
     fn explain(&mut self, e: ControlError) -> LaunchError {
         if !matches!(e, ControlError::Closed | ControlError::Io(_)) {
@@ -194,6 +224,17 @@ impl VmmProcess {
 impl Drop for VmmProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A reason a VM stopped, in words.
+pub fn describe_reason(reason: &ExitReason) -> String {
+    match reason {
+        ExitReason::GuestExit { status } => format!("the guest exited with status {status}"),
+        ExitReason::Reset => "the guest reset itself".into(),
+        ExitReason::Shutdown => "the guest shut down".into(),
+        ExitReason::Stopped => "stopped on request".into(),
+        ExitReason::Failed { message } => message.clone(),
     }
 }
 

@@ -60,13 +60,16 @@ pub fn main() -> i32 {
             code
         }
         Err(message) => {
-            let _ = control::send(
+            let reported = control::send(
                 &mut writer,
                 &Event::Exited(ExitReason::Failed {
                     message: message.clone(),
                 }),
             );
-            eprintln!("novacron vmm: {message}");
+            // A parent that hung up does not need telling; anyone else gets it on stderr.
+            if reported.is_ok() || !message.contains(PARENT_GONE) {
+                eprintln!("novacron vmm: {message}");
+            }
             1
         }
     }
@@ -90,7 +93,7 @@ fn run(
             launch.vm_id
         ));
     }
-    let jail = vmm_sandbox::enter(&launch).map_err(|e| format!("sandbox: {e}"))?;
+    let jail = vmm_sandbox::enter(&launch)?;
     let (tx, rx) = mpsc::channel::<Input>();
     spawn_control_reader(reader, tx.clone(), &jail)?;
     let sink_tx = Mutex::new(tx);
@@ -161,8 +164,10 @@ fn build(
     Ok(machine)
 }
 
+const PARENT_GONE: &str = "cannot report to the parent";
+
 fn send(writer: &mut UnixStream, event: &Event) -> Result<(), String> {
-    control::send(writer, event).map_err(|e| format!("cannot report to the parent: {e}"))
+    control::send(writer, event).map_err(|e| format!("{PARENT_GONE}: {e}"))
 }
 
 fn spawn_control_reader(

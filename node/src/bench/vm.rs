@@ -163,6 +163,7 @@ fn start_to_first_exit_ms(exe: &Path, sandbox: bool) -> anyhow::Result<f64> {
         _ => None,
     })?;
     let at = at.map_err(|r| anyhow::anyhow!("hello guest ended early: {r:?}"))?;
+    vmm.wait_for(TIMEOUT, |e| matches!(e, Event::Exited(_)).then_some(()))?;
     let _ = vmm.wait();
     Ok(at.saturating_sub(spawned) as f64 / 1e6)
 }
@@ -297,8 +298,9 @@ fn snapshot_full_then_incremental(exe: &Path, dir: &Path) -> anyhow::Result<(f64
     );
     l.fill_pattern = Some((PATTERN_BASE, 64 * MIB));
     l.start_paused = true;
+    std::fs::create_dir_all(dir)?;
     let mut vmm = VmmProcess::spawn(exe, &l, Stdio::null())?;
-    vmm.wait_for(TIMEOUT, |e| matches!(e, Event::Ready { .. }).then_some(()))?;
+    vmm.wait_ready(TIMEOUT)?;
     let full = snapshot(&mut vmm, dir, SnapshotMode::Full, false)?;
     vmm.send(&Command::Resume)?;
     wait_progress(&mut vmm, 8 * MIB / 4096)?;
@@ -319,17 +321,8 @@ fn restore_ms(exe: &Path, dir: &Path) -> anyhow::Result<(f64, f64)> {
     );
     let mut vmm = VmmProcess::spawn(exe, &l, Stdio::null())?;
     let spawned = vmm.spawned_ns;
-    let (start, ready) = vmm
-        .wait_for(TIMEOUT, |e| match e {
-            Event::Ready {
-                process_start_ns,
-                ready_ns,
-                ..
-            } => Some(Ok((*process_start_ns, *ready_ns))),
-            Event::Exited(r) => Some(Err(r.clone())),
-            _ => None,
-        })?
-        .map_err(|r| anyhow::anyhow!("restore failed: {r:?}"))?;
+    let ready = vmm.wait_ready(TIMEOUT).context("restore failed")?;
+    let (start, ready) = (ready.process_start_ns, ready.ready_ns);
     vmm.send(&Command::Stop)?;
     let _ = vmm.wait();
     Ok((

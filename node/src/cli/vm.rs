@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use novacron_vm::control::{
     Command, Event, ExitReason, Launch, LaunchSource, SandboxSettings, SnapshotMode,
 };
-use novacron_vm::launcher::{LaunchError, VmmProcess};
+use novacron_vm::launcher::{describe_reason, LaunchError, VmmProcess};
 
 use crate::size::parse_size;
 
@@ -152,12 +152,8 @@ fn drive(
     };
     let exe = std::env::current_exe().context("cannot find the novacron executable")?;
     let mut vmm = VmmProcess::spawn(&exe, &launch, Stdio::inherit())?;
-    vmm.wait_for(Duration::from_secs(60), |e| match e {
-        Event::Ready { .. } => Some(Ok(())),
-        Event::Exited(reason) => Some(Err(reason.clone())),
-        _ => None,
-    })?
-    .map_err(|r| anyhow::anyhow!("the VM did not start: {}", describe(&r)))?;
+    vmm.wait_ready(Duration::from_secs(60))
+        .context("the VM did not start")?;
     let started = Instant::now();
     // The first snapshot continues the chain it was restored from, if it writes there.
     let mut next_mode = match (restored_from, &snapshot_to) {
@@ -205,20 +201,10 @@ fn drive(
                     | ExitReason::Stopped
                     | ExitReason::Shutdown
                     | ExitReason::Reset => Ok(ExitCode::SUCCESS),
-                    other => bail!("{}", describe(&other)),
+                    other => bail!("{}", describe_reason(&other)),
                 };
             }
             _ => {}
         }
-    }
-}
-
-fn describe(reason: &ExitReason) -> String {
-    match reason {
-        ExitReason::GuestExit { status } => format!("the guest exited with status {status}"),
-        ExitReason::Reset => "the guest reset itself".into(),
-        ExitReason::Shutdown => "the guest shut down".into(),
-        ExitReason::Stopped => "stopped".into(),
-        ExitReason::Failed { message } => message.clone(),
     }
 }

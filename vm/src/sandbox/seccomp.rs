@@ -269,6 +269,11 @@ pub const GROUPS: &[SyscallGroup] = &[
         ],
     },
     SyscallGroup {
+        purpose: "process statistics reported to the parent (resident memory)",
+        threads: VMM_ONLY,
+        syscalls: &[sys!(SYS_getrusage)],
+    },
+    SyscallGroup {
         purpose: "a thread spawned under this filter installs its own (stacked) vCPU filter",
         threads: VMM_ONLY,
         syscalls: &[
