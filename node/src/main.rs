@@ -13,8 +13,24 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("novacron: error: {e:#}");
+            eprintln!("novacron: error: {}", error_text(&e));
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, skipping causes whose text an outer message
+/// already quotes (library errors often include their source in their own message).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }

@@ -87,8 +87,21 @@ pub enum Command {
     },
     /// Report process statistics.
     Stats,
+    /// Check the jail from inside: try something it must forbid and report what happened.
+    Probe(SandboxProbe),
     /// Stop the guest and exit.
     Stop,
+}
+
+/// A self-check of the VMM's jail (`novacron vm check-sandbox`, and the tests).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "probe")]
+pub enum SandboxProbe {
+    /// Open `path` for reading from the VMM's main thread.
+    Open { path: PathBuf },
+    /// Make a system call outside the seccomp allowlist (`socket(AF_INET)`): a jailed VMM
+    /// is killed by SIGSYS; an unjailed one reports that it was allowed.
+    ForbiddenSyscall,
 }
 
 /// Why a VM stopped.
@@ -141,6 +154,11 @@ pub enum Event {
     Stats {
         rss_bytes: u64,
         guest_touched_bytes: u64,
+    },
+    /// What a sandbox probe found: whether the jail allowed it, and the error if not.
+    ProbeResult {
+        allowed: bool,
+        detail: String,
     },
     /// A command failed; the VM is as it was before the command.
     CommandFailed {

@@ -25,7 +25,7 @@ pub enum LaunchError {
     Died(String),
     #[error("the VMM process sent nothing for {0:?}")]
     Timeout(Duration),
-    #[error("the VM stopped: {0}")]
+    #[error("{0}")]
     Stopped(String),
 }
 

@@ -13,7 +13,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::control::{self, Command, Event, ExitReason, Launch, LaunchSource, SnapshotMode};
+use crate::control::{
+    self, Command, Event, ExitReason, Launch, LaunchSource, SandboxProbe, SnapshotMode,
+};
 use crate::guest_kit::BuiltinGuest;
 use crate::launcher::CONTROL_FD;
 use crate::layout::{pv_event, PAGE_SIZE};
@@ -66,8 +68,8 @@ pub fn main() -> i32 {
                     message: message.clone(),
                 }),
             );
-            // A parent that hung up does not need telling; anyone else gets it on stderr.
-            if reported.is_ok() || !message.contains(PARENT_GONE) {
+            // The parent shows the error; stderr is for when it could not be told.
+            if reported.is_err() && !message.contains(PARENT_GONE) {
                 eprintln!("novacron vmm: {message}");
             }
             1
@@ -93,6 +95,8 @@ fn run(
             launch.vm_id
         ));
     }
+    // Without KVM nothing else matters; say so before the jail hides /dev from view.
+    kvm_ioctls::Kvm::new().map_err(|e| VmError::NoKvm(e).to_string())?;
     let jail = vmm_sandbox::enter(&launch)?;
     let (tx, rx) = mpsc::channel::<Input>();
     spawn_control_reader(reader, tx.clone(), &jail)?;
@@ -291,6 +295,7 @@ fn on_command(
                 guest_touched_bytes: machine.dirty.touched().count_pages() * PAGE_SIZE,
             })
         }),
+        Command::Probe(probe) => Ok(Some(run_probe(&probe))),
         Command::Stop => {
             machine.stop().map_err(|e| e.to_string())?;
             return Ok(Some(ExitReason::Stopped));
@@ -317,6 +322,33 @@ fn on_command(
         send(writer, &event)?;
     }
     Ok(None)
+}
+
+fn run_probe(probe: &SandboxProbe) -> Event {
+    match probe {
+        SandboxProbe::Open { path } => match std::fs::File::open(path) {
+            Ok(_) => Event::ProbeResult {
+                allowed: true,
+                detail: format!("opened {}", path.display()),
+            },
+            Err(e) => Event::ProbeResult {
+                allowed: false,
+                detail: format!("open {}: {e}", path.display()),
+            },
+        },
+        SandboxProbe::ForbiddenSyscall => {
+            // SAFETY: socket(2) with constant arguments; the descriptor is closed at once.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            if fd >= 0 {
+                // SAFETY: closing the descriptor socket(2) just returned.
+                unsafe { libc::close(fd) };
+            }
+            Event::ProbeResult {
+                allowed: true,
+                detail: format!("socket(AF_INET) returned {fd}: no seccomp filter stopped it"),
+            }
+        }
+    }
 }
 
 /// Pauses, snapshots, and resumes unless told to stop. A failed snapshot is reported and

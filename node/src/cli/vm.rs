@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use novacron_vm::control::{
-    Command, Event, ExitReason, Launch, LaunchSource, SandboxSettings, SnapshotMode,
+    Command, Event, ExitReason, Launch, LaunchSource, SandboxProbe, SandboxSettings, SnapshotMode,
 };
 use novacron_vm::launcher::{describe_reason, LaunchError, VmmProcess};
 
@@ -27,6 +27,9 @@ pub enum VmCommand {
     ///
     /// Example: novacron vm restore /tmp/snap
     Restore(RestoreArgs),
+    /// Check the VMM jail on this host: start a jailed VMM, have it try to open a file
+    /// outside its allowed paths and make a forbidden system call; both must fail.
+    CheckSandbox,
 }
 
 #[derive(Args, Debug)]
@@ -87,8 +90,12 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
             let source = match (&args.guest, &args.kernel) {
                 (Some(spec), None) => LaunchSource::Builtin { spec: spec.clone() },
                 (None, Some(kernel)) => LaunchSource::Linux {
-                    kernel: absolute(kernel)?,
-                    initrd: args.initrd.as_deref().map(absolute).transpose()?,
+                    kernel: readable_file("kernel", kernel)?,
+                    initrd: args
+                        .initrd
+                        .as_deref()
+                        .map(|i| readable_file("initrd", i))
+                        .transpose()?,
                     cmdline: args.cmdline.clone(),
                 },
                 _ => bail!("say what to boot: --guest builtin:NAME or --kernel PATH"),
@@ -99,6 +106,7 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
             }
             drive(source, args.mem, args.vcpus, &args.common, None)
         }
+        VmCommand::CheckSandbox => check_sandbox(),
         VmCommand::Restore(args) => {
             let dir = absolute(&args.dir)?;
             if !dir.is_dir() {
@@ -113,6 +121,12 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
             )
         }
     }
+}
+
+/// The absolute path of a file the VMM will read, checked now so the error is plain.
+fn readable_file(what: &str, p: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::File::open(p).with_context(|| format!("cannot read {what} {}", p.display()))?;
+    absolute(p)
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
@@ -207,4 +221,51 @@ fn drive(
             _ => {}
         }
     }
+}
+
+/// Runs the jail's self-checks and prints what each found.
+fn check_sandbox() -> anyhow::Result<ExitCode> {
+    let launch = Launch {
+        vm_id: novacron_vm::launcher::new_vm_id(),
+        source: LaunchSource::Builtin {
+            spec: "builtin:hello".into(),
+        },
+        mem_bytes: 16 << 20,
+        vcpus: 1,
+        fill_pattern: None,
+        start_paused: true,
+        sandbox: SandboxSettings::default(),
+    };
+    let exe = std::env::current_exe().context("cannot find the novacron executable")?;
+    let mut vmm = VmmProcess::spawn(&exe, &launch, Stdio::null())?;
+    let ready = vmm.wait_ready(Duration::from_secs(60))?;
+    println!("jail: {}", ready.sandbox);
+    let mut ok = true;
+    for path in ["/etc/passwd", "/proc/1/environ", "/root"] {
+        vmm.send(&Command::Probe(SandboxProbe::Open { path: path.into() }))?;
+        let (allowed, detail) = probe_result(&mut vmm)?;
+        ok &= !allowed;
+        println!("{:<8} {detail}", if allowed { "OPEN" } else { "denied" });
+    }
+    vmm.send(&Command::Probe(SandboxProbe::ForbiddenSyscall))?;
+    match probe_result(&mut vmm) {
+        Ok((_, detail)) => {
+            ok = false;
+            println!("ALLOWED  {detail}");
+        }
+        Err(e) => println!("killed   socket(AF_INET): {e}"),
+    }
+    if ok {
+        println!("the VMM jail holds on this host");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("the VMM jail let something through (see above)")
+    }
+}
+
+fn probe_result(vmm: &mut VmmProcess) -> Result<(bool, String), LaunchError> {
+    vmm.wait_for(Duration::from_secs(10), |e| match e {
+        Event::ProbeResult { allowed, detail } => Some((*allowed, detail.clone())),
+        _ => None,
+    })
 }
