@@ -113,11 +113,13 @@ fn run(
     let vcpu_setup = |_index| jail.vcpu_thread_setup();
     let mut machine = match &launch.source {
         LaunchSource::Restore { dir } => {
+            // The restore maps and fills guest memory at once: join the cgroup first.
+            jail.wait_cgroup_joined()?;
             Machine::restore(dir, io, &vcpu_setup).map_err(|e| e.to_string())?
         }
         LaunchSource::Builtin { spec } => {
             let guest: BuiltinGuest = spec.parse().map_err(|e| format!("{e}"))?;
-            build(&launch, io, &vcpu_setup, BootSource::Builtin(guest))?
+            build(&launch, io, &jail, BootSource::Builtin(guest))?
         }
         LaunchSource::Linux {
             kernel,
@@ -126,7 +128,7 @@ fn run(
         } => build(
             &launch,
             io,
-            &vcpu_setup,
+            &jail,
             BootSource::Linux {
                 kernel: kernel.clone(),
                 initrd: initrd.clone(),
@@ -150,17 +152,22 @@ fn run(
     event_loop(&mut machine, &rx, writer)
 }
 
+/// Creates the machine; the KVM objects are made while the cgroup join may still be under
+/// way, guest memory only once it is complete.
 fn build(
     launch: &Launch,
     io: MachineIo,
-    vcpu_setup: &dyn Fn(usize) -> Option<crate::vcpu::ThreadSetup>,
+    jail: &JailedThreads,
     source: BootSource,
 ) -> Result<Machine, String> {
     let config = MachineConfig {
         mem_bytes: launch.mem_bytes,
         vcpus: launch.vcpus,
     };
-    let mut machine = Machine::create(&config, io, vcpu_setup).map_err(|e| e.to_string())?;
+    let vcpu_setup = |_index| jail.vcpu_thread_setup();
+    let joined = || jail.wait_cgroup_joined();
+    let mut machine =
+        Machine::create_gated(&config, io, &vcpu_setup, &joined).map_err(|e| e.to_string())?;
     if let Some((gpa, len)) = launch.fill_pattern {
         fill_pattern(machine.memory(), gpa, len).map_err(|e| e.to_string())?;
     }

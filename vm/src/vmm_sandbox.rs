@@ -2,8 +2,10 @@
 //! which paths it may touch, its cgroup limits, and the seccomp filter of each thread.
 
 use crate::control::{Launch, LaunchSource};
+use std::sync::Mutex;
+
 use crate::sandbox::{
-    CgroupLimits, FsAccess, FsRule, Sandbox, SandboxPolicy, SeccompFilters, ThreadKind,
+    CgroupJoin, CgroupLimits, FsAccess, FsRule, Sandbox, SandboxPolicy, SeccompFilters, ThreadKind,
 };
 use crate::vcpu::ThreadSetup;
 
@@ -15,6 +17,8 @@ const VMM_MEMORY_MARGIN: u64 = 256 << 20;
 pub struct JailedThreads {
     filters: Option<SeccompFilters>,
     summary: String,
+    /// The cgroup join, possibly still done by the pid-namespace waiter.
+    join: Mutex<CgroupJoin>,
 }
 
 /// The cgroup name of a VM (the parent removes it after the process exits).
@@ -24,11 +28,14 @@ pub fn cgroup_name(vm_id: &str) -> String {
 
 /// Enters the process-wide jail. Must run while the process is single-threaded. With a
 /// new pid namespace the sandbox forks: this returns in the child, which becomes pid 1.
+/// The cgroup join may still be under way: call [`JailedThreads::wait_cgroup_joined`]
+/// before mapping guest memory.
 pub fn enter(launch: &Launch) -> Result<JailedThreads, String> {
     if !launch.sandbox.enabled {
         return Ok(JailedThreads {
             filters: None,
             summary: "sandbox disabled".into(),
+            join: Mutex::new(CgroupJoin::done()),
         });
     }
     let mut policy = SandboxPolicy::new(cgroup_name(&launch.vm_id));
@@ -53,6 +60,7 @@ pub fn enter(launch: &Launch) -> Result<JailedThreads, String> {
     Ok(JailedThreads {
         filters: Some(sandbox.filters()),
         summary: report.to_string(),
+        join: Mutex::new(sandbox.take_cgroup_join()),
     })
 }
 
@@ -112,8 +120,20 @@ impl JailedThreads {
         self.setup(ThreadKind::Vmm)
     }
 
-    /// Filters the calling (main) thread.
+    /// Blocks until the process is in its VM cgroup (at once if it already is). Call it
+    /// before guest memory is mapped; an error means the VM must not start.
+    pub fn wait_cgroup_joined(&self) -> Result<(), String> {
+        let mut join = self
+            .join
+            .lock()
+            .map_err(|_| "internal: the cgroup join lock is poisoned".to_string())?;
+        join.wait().map_err(|e| error_chain(&e))
+    }
+
+    /// Filters the calling (main) thread. Also makes sure the cgroup join is complete, so
+    /// no guest starts outside its limits even if a caller forgot to wait.
     pub fn lock_current_thread(&self) -> Result<(), String> {
+        self.wait_cgroup_joined()?;
         match self.setup(ThreadKind::Vmm) {
             Some(apply) => apply(),
             None => Ok(()),

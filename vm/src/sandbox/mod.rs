@@ -11,9 +11,17 @@
 //!    opens every landlock rule path. Open `/dev/kvm`, disk images and sockets now too if
 //!    you can: files opened before step 2 are not subject to landlock.
 //! 2. [`Sandbox::enter_process_wide`] while still SINGLE-THREADED (checked: `Threads:` in
-//!    `/proc/self/status`), in this order: join the cgroup, set rlimits, unshare namespaces
-//!    (a pid namespace forks: see [`namespaces`]), enforce landlock. Landlock binds this thread
-//!    and every thread created afterwards.
+//!    `/proc/self/status`), in this order: set rlimits, unshare namespaces (a pid namespace
+//!    forks: see [`namespaces`]), join the cgroup, enforce landlock. Landlock binds this
+//!    thread and every thread created afterwards.
+//!    When the pid namespace forks (and no user namespace is needed), the cgroup join is
+//!    done by the waiter, in parallel with the child, because a cgroup v1 attach waits for
+//!    an RCU grace period (~5.6 ms measured). The child then holds a pending
+//!    [`CgroupJoin`] (see [`Sandbox::take_cgroup_join`]) and MUST [`CgroupJoin::wait`] it
+//!    before mapping guest memory or running the guest: until then only the VMM's small
+//!    startup allocations (KVM VM, irqchip, PIT, vCPUs, thread stacks) are charged to the
+//!    spawner's cgroup instead of the VM's. Dropping a pending join without waiting is a
+//!    bug: the limits would hold only if the waiter happened to succeed.
 //! 3. Every thread calls [`Sandbox::apply_thread_filter`] (or
 //!    [`SeccompFilters::apply_to_current_thread`] on a clone from [`Sandbox::filters`]) with
 //!    its [`ThreadKind`] before touching guest input. Filters stack with the inherited ones:
@@ -36,7 +44,7 @@ use std::path::PathBuf;
 
 pub use self::cgroup::{CgroupError, CgroupLayout, CgroupLimits, VmCgroup};
 pub use self::landlock::{FsAccess, FsRule, LandlockError, LandlockReport};
-pub use self::namespaces::{NamespaceError, NamespaceReport, NamespaceRequest};
+pub use self::namespaces::{AttachError, NamespaceError, NamespaceReport, NamespaceRequest};
 pub use self::rlimits::{RlimitError, RlimitPolicy, RlimitReport};
 pub use self::seccomp::{SeccompError, SeccompFilters, ThreadKind};
 
@@ -85,6 +93,47 @@ pub enum SandboxError {
     Landlock(#[from] LandlockError),
     #[error("sandbox: enter_process_wide was already called for VM {vm_name:?}")]
     AlreadyEntered { vm_name: String },
+    #[error("sandbox: joining the VM cgroup {dirs:?}")]
+    CgroupJoin {
+        dirs: Vec<PathBuf>,
+        #[source]
+        source: AttachError,
+    },
+}
+
+/// The VM cgroup join, possibly still under way in the pid-namespace waiter. Wait for it
+/// before guest memory is mapped (see the module docs).
+#[derive(Debug)]
+pub struct CgroupJoin {
+    pending: Option<namespaces::AttachGate>,
+    dirs: Vec<PathBuf>,
+}
+
+impl CgroupJoin {
+    /// A join that is already complete (or no cgroup at all).
+    pub fn done() -> Self {
+        Self {
+            pending: None,
+            dirs: Vec::new(),
+        }
+    }
+
+    /// Whether [`wait`](Self::wait) would block on the waiter.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Blocks until the process is in its cgroup; an error means it is not, and the VM
+    /// must not start. Later calls return at once.
+    pub fn wait(&mut self) -> Result<(), SandboxError> {
+        let Some(gate) = self.pending.take() else {
+            return Ok(());
+        };
+        gate.wait().map_err(|source| SandboxError::CgroupJoin {
+            dirs: self.dirs.clone(),
+            source,
+        })
+    }
 }
 
 /// Where the VMM's cgroup is.
@@ -92,6 +141,8 @@ pub enum SandboxError {
 pub struct CgroupReport {
     pub v2: bool,
     pub dirs: Vec<PathBuf>,
+    /// The join is done by the pid-namespace waiter (see [`CgroupJoin`]).
+    pub joined_by_waiter: bool,
 }
 
 /// What [`Sandbox::enter_process_wide`] applied. Log it (`Display` is one line).
@@ -108,9 +159,14 @@ impl fmt::Display for SandboxReport {
         match &self.cgroup {
             Some(c) => write!(
                 f,
-                "cgroup {} {:?}; ",
+                "cgroup {} {:?}{}; ",
                 if c.v2 { "v2" } else { "v1" },
-                c.dirs
+                c.dirs,
+                if c.joined_by_waiter {
+                    " (joined by the waiter)"
+                } else {
+                    ""
+                }
             )?,
             None => f.write_str("no cgroup; ")?,
         }
@@ -131,6 +187,7 @@ pub struct Sandbox {
     landlock: Option<landlock::PreparedLandlock>,
     rlimits: RlimitPolicy,
     namespaces: NamespaceRequest,
+    join: CgroupJoin,
 }
 
 impl Sandbox {
@@ -154,10 +211,12 @@ impl Sandbox {
             landlock: Some(prepared_landlock),
             rlimits: policy.rlimits,
             namespaces: policy.namespaces,
+            join: CgroupJoin::done(),
         })
     }
 
-    /// Step 2, once, while single-threaded: join the cgroup, set rlimits, enter namespaces,
+    /// Step 2, once, while single-threaded: set rlimits, enter namespaces, join the cgroup
+    /// (possibly through the pid-namespace waiter: see [`take_cgroup_join`](Self::take_cgroup_join)),
     /// enforce landlock on this thread and its future threads. Without a cgroup this makes
     /// raw syscalls only (it may then run in a forked child).
     pub fn enter_process_wide(&mut self) -> Result<SandboxReport, SandboxError> {
@@ -167,9 +226,11 @@ impl Sandbox {
             });
         };
         namespaces::ensure_single_threaded()?;
-        let cgroup = self.join_cgroup()?;
         let rlimits = rlimits::apply(&self.rlimits)?;
-        let namespaces = namespaces::enter(self.namespaces)?;
+        let attach = self.waiter_attach();
+        let (namespaces, gate) =
+            namespaces::enter_single_threaded(self.namespaces, attach.as_ref());
+        let cgroup = self.join_cgroup(gate)?;
         let landlock = prepared_landlock.restrict_current_thread()?;
         Ok(SandboxReport {
             cgroup,
@@ -179,18 +240,50 @@ impl Sandbox {
         })
     }
 
-    /// Move this process into the VM cgroup, which it then no longer removes on drop.
-    fn join_cgroup(&mut self) -> Result<Option<CgroupReport>, SandboxError> {
+    /// What the pid-namespace waiter should attach, when it can: a cgroup, a pid namespace
+    /// that forks, and no user namespace (as root none is made), whose waiter could not
+    /// write the host's cgroupfs.
+    fn waiter_attach(&self) -> Option<namespaces::ChildAttach> {
+        let cgroup = self.cgroup.as_ref()?;
+        let needs_user_ns = self.namespaces.user && !namespaces::is_root();
+        if !self.namespaces.pid || needs_user_ns {
+            return None;
+        }
+        namespaces::ChildAttach::new(cgroup.dirs())
+    }
+
+    /// Move this process into the VM cgroup (or take the waiter's pending join), which it
+    /// then no longer removes on drop: the spawner does.
+    fn join_cgroup(
+        &mut self,
+        gate: Option<namespaces::AttachGate>,
+    ) -> Result<Option<CgroupReport>, SandboxError> {
         let Some(cgroup) = self.cgroup.take() else {
             return Ok(None);
         };
-        cgroup.add_pid(std::process::id())?;
+        let joined_by_waiter = gate.is_some();
+        match gate {
+            Some(gate) => {
+                self.join = CgroupJoin {
+                    pending: Some(gate),
+                    dirs: cgroup.dirs().to_vec(),
+                }
+            }
+            None => cgroup.add_pid(std::process::id())?,
+        }
         let report = CgroupReport {
             v2: matches!(cgroup.layout(), CgroupLayout::V2 { .. }),
             dirs: cgroup.dirs().to_vec(),
+            joined_by_waiter,
         };
         cgroup.keep();
         Ok(Some(report))
+    }
+
+    /// The cgroup join after step 2: complete, or pending in the waiter. The caller must
+    /// [`CgroupJoin::wait`] before mapping guest memory. Later calls return a done join.
+    pub fn take_cgroup_join(&mut self) -> CgroupJoin {
+        std::mem::replace(&mut self.join, CgroupJoin::done())
     }
 
     /// Step 3: install the `kind` filter on the calling thread. Irreversible.
