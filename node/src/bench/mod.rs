@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+pub use vm::bare_kvm_first_exit_ns;
+
 #[derive(Subcommand, Debug)]
 pub enum Suite {
     /// The VM engine: VMM start, memory overhead, snapshot and restore.

@@ -59,10 +59,13 @@ fn measure(exe: &Path, scratch: &Path, args: &VmBenchArgs) -> anyhow::Result<Rep
     let mut sandboxed = Vec::new();
     let mut unsandboxed = Vec::new();
     let mut bare = Vec::new();
+    let mut bare_in_process = Vec::new();
     for _ in 0..args.starts.max(1) {
         sandboxed.push(start_to_first_exit_ms(exe, true)?);
         unsandboxed.push(start_to_first_exit_ms(exe, false)?);
-        bare.push(bare_kvm_first_exit_ms()?);
+        bare.push(bare_kvm_process_ms(exe)?);
+        let t = novacron_vm::vcpu::monotonic_ns();
+        bare_in_process.push((bare_kvm_first_exit_ns()? - t) as f64 / 1e6);
     }
     let sandboxed = median(&mut sandboxed);
     let bare = median(&mut bare);
@@ -74,6 +77,12 @@ fn measure(exe: &Path, scratch: &Path, args: &VmBenchArgs) -> anyhow::Result<Rep
         None,
     );
     report.add("bare_kvm_first_exit_ms_p50", bare, "ms", None);
+    report.add(
+        "bare_kvm_in_process_ms_p50",
+        median(&mut bare_in_process),
+        "ms",
+        None,
+    );
     report.add(
         "start_vs_bare_ratio",
         sandboxed / bare.max(1e-9),
@@ -168,11 +177,31 @@ fn start_to_first_exit_ms(exe: &Path, sandbox: bool) -> anyhow::Result<f64> {
     Ok(at.saturating_sub(spawned) as f64 / 1e6)
 }
 
+/// The reference program: spawn this binary as `novacron bare-kvm` (the same executable
+/// the VMM runs, so exec costs match) and time spawn to its first I/O exit.
+fn bare_kvm_process_ms(exe: &Path) -> anyhow::Result<f64> {
+    let spawned = novacron_vm::vcpu::monotonic_ns();
+    let out = std::process::Command::new(exe)
+        .arg("bare-kvm")
+        .output()
+        .context("cannot run the bare-KVM reference")?;
+    if !out.status.success() {
+        bail!(
+            "bare-KVM reference failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let at: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("bare-KVM reference printed no time")?;
+    Ok(at.saturating_sub(spawned) as f64 / 1e6)
+}
+
 /// The reference: create a VM, 1 MiB of memory and one vCPU in real mode, run to the
-/// first `out` — no process, no sandbox, no devices.
-fn bare_kvm_first_exit_ms() -> anyhow::Result<f64> {
+/// first `out` — no sandbox, no devices, no irqchip. Returns CLOCK_MONOTONIC ns of the exit.
+pub fn bare_kvm_first_exit_ns() -> anyhow::Result<u64> {
     use kvm_ioctls::{Kvm, VcpuExit};
-    let started = Instant::now();
     let kvm = Kvm::new().context("bare KVM: /dev/kvm")?;
     let vm = kvm.create_vm().context("bare KVM: create VM")?;
     let size = 1 << 20;
@@ -206,7 +235,7 @@ fn bare_kvm_first_exit_ms() -> anyhow::Result<f64> {
         memory_size: size as u64,
         userspace_addr: host as u64,
     };
-    let result = (|| -> anyhow::Result<f64> {
+    let result = (|| -> anyhow::Result<u64> {
         // SAFETY: the region maps memory we own for the VM's lifetime (VM dropped first).
         unsafe { vm.set_user_memory_region(region) }.context("bare KVM: memory")?;
         let mut vcpu = vm.create_vcpu(0).context("bare KVM: vCPU")?;
@@ -221,7 +250,7 @@ fn bare_kvm_first_exit_ms() -> anyhow::Result<f64> {
         })?;
         loop {
             match vcpu.run().context("bare KVM: run")? {
-                VcpuExit::IoOut(..) => return Ok(started.elapsed().as_secs_f64() * 1e3),
+                VcpuExit::IoOut(..) => return Ok(novacron_vm::vcpu::monotonic_ns()),
                 VcpuExit::Hlt => bail!("bare KVM: halted before the out"),
                 _ => {}
             }

@@ -31,6 +31,10 @@ enum Top {
     /// control socket is fd 3).
     #[command(hide = true)]
     Vmm,
+    /// Internal: the bare-KVM reference program of `novacron bench vm` (prints the
+    /// CLOCK_MONOTONIC ns of its first I/O exit).
+    #[command(hide = true)]
+    BareKvm,
 }
 
 pub fn init_logging() {
@@ -46,6 +50,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Top::Vm(cmd) => vm::run(cmd),
         Top::Bench { suite } => crate::bench::run(suite),
+        Top::BareKvm => {
+            println!("{}", crate::bench::bare_kvm_first_exit_ns()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Top::Vmm => {
             let code = novacron_vm::vmm::main();
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
