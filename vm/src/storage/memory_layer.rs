@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::atomic::{write_atomically_with, FaultHook};
+use super::atomic::{parent_dir, sync_dir, FaultHook, PendingFile};
 use super::checksummed::check_file_len;
 use super::page_runs::{merge_runs, validate_runs, PageRun};
 use super::{Result, StorageError};
@@ -140,47 +140,94 @@ pub(crate) fn write_layer_with(
     hook: Option<FaultHook<'_>>,
 ) -> Result<LayerInfo> {
     let started = Instant::now();
-    let runs = merge_runs(runs)?;
-    let pages = validate_runs(&runs, mem).map_err(|reason| StorageError::InvalidRuns { reason })?;
-    if runs.len() as u64 > MAX_LAYER_RUNS {
-        return Err(StorageError::InvalidRuns {
-            reason: format!("{} runs, above the limit of {MAX_LAYER_RUNS}", runs.len()),
-        });
+    let prepared = PreparedLayer::new(mem, runs)?;
+    let mut pending = PendingFile::create(path, hook)?;
+    let result = (|| {
+        let mut info = prepared.write_into(&mut pending)?;
+        let file_sync = pending.sync()?;
+        pending.rename()?;
+        let dir_sync = sync_dir(&parent_dir(path))?;
+        pending.dir_synced()?;
+        info.sync_time = file_sync + dir_sync;
+        info.elapsed = started.elapsed();
+        Ok(info)
+    })();
+    if result.is_err() {
+        pending.discard();
     }
-    let prefix = encode_prefix(&runs, pages)?;
-    let chunks = guest_chunks(mem, &runs)
-        .map_err(|reason| StorageError::InvalidRuns { reason })?
-        .into_iter()
-        // SAFETY: the ranges come from `mem`'s mappings, which outlive this call (`mem` is
-        // borrowed); the caller guarantees no one writes guest memory during the snapshot.
-        .map(|(ptr, len)| unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
-        .collect::<Vec<&[u8]>>();
-    let mut hash = None;
-    let sync = write_atomically_with(path, hook, |w| {
-        let h = write_and_hash(w, &prefix, &chunks)?;
-        w.write_all(&encode_trailer(&h))?;
-        hash = Some(h);
-        Ok(())
-    })?;
-    let hash = hash.ok_or_else(|| StorageError::Io {
-        path: path.to_path_buf(),
-        op: "hash layer",
-        source: io::Error::other("writer returned without a hash"),
-    })?;
-    let data = pages * PAGE_SIZE;
-    let info = LayerInfo {
-        file_name: file_name_of(path),
-        bytes: prefix.len() as u64 + data + TRAILER_LEN,
-        pages,
-        runs: runs.len() as u64,
-        hash,
-        sync_time: sync.0,
-        elapsed: started.elapsed(),
-    };
-    tracing::debug!(path = %path.display(), pages, runs = info.runs, bytes = info.bytes,
-        sync_ms = sync.0.as_secs_f64() * 1e3, total_ms = info.elapsed.as_secs_f64() * 1e3,
-        "memory layer written");
-    Ok(info)
+    result
+}
+
+/// A layer whose runs were validated against guest memory and whose header and run table
+/// are encoded: everything but the I/O. Borrows the guest memory it will write.
+pub(crate) struct PreparedLayer<'m> {
+    runs: u64,
+    pages: u64,
+    prefix: Vec<u8>,
+    chunks: Vec<&'m [u8]>,
+}
+
+impl<'m> PreparedLayer<'m> {
+    /// Merges and validates `runs` (any order; overlapping or adjacent runs are merged)
+    /// against `mem` and encodes the file prefix. Touches no file.
+    pub(crate) fn new(mem: &'m GuestMemoryMmap<AtomicBitmap>, runs: &[PageRun]) -> Result<Self> {
+        let runs = merge_runs(runs)?;
+        let pages =
+            validate_runs(&runs, mem).map_err(|reason| StorageError::InvalidRuns { reason })?;
+        if runs.len() as u64 > MAX_LAYER_RUNS {
+            return Err(StorageError::InvalidRuns {
+                reason: format!("{} runs, above the limit of {MAX_LAYER_RUNS}", runs.len()),
+            });
+        }
+        let prefix = encode_prefix(&runs, pages)?;
+        let chunks = guest_chunks(mem, &runs)
+            .map_err(|reason| StorageError::InvalidRuns { reason })?
+            .into_iter()
+            // SAFETY: the ranges come from `mem`'s mappings, which outlive `'m` (`mem` is
+            // borrowed for it); the caller guarantees no one writes guest memory during the
+            // snapshot.
+            .map(|(ptr, len)| unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
+            .collect();
+        Ok(PreparedLayer {
+            runs: runs.len() as u64,
+            pages,
+            prefix,
+            chunks,
+        })
+    }
+
+    /// Writes the whole layer (prefix, pages, trailer) into `pending` while another thread
+    /// hashes it. Does not sync or rename: `sync_time` is zero and `elapsed` covers the
+    /// write only.
+    pub(crate) fn write_into(&self, pending: &mut PendingFile<'_>) -> Result<LayerInfo> {
+        let started = Instant::now();
+        let mut hash = None;
+        pending.write(|w| {
+            let h = write_and_hash(w, &self.prefix, &self.chunks)?;
+            w.write_all(&encode_trailer(&h))?;
+            hash = Some(h);
+            Ok(())
+        })?;
+        let path = pending.target();
+        let hash = hash.ok_or_else(|| StorageError::Io {
+            path: path.to_path_buf(),
+            op: "hash layer",
+            source: io::Error::other("writer returned without a hash"),
+        })?;
+        let info = LayerInfo {
+            file_name: file_name_of(path),
+            bytes: self.prefix.len() as u64 + self.pages * PAGE_SIZE + TRAILER_LEN,
+            pages: self.pages,
+            runs: self.runs,
+            hash,
+            sync_time: Duration::ZERO,
+            elapsed: started.elapsed(),
+        };
+        tracing::debug!(path = %path.display(), pages = info.pages, runs = info.runs,
+            bytes = info.bytes, write_ms = info.elapsed.as_secs_f64() * 1e3,
+            "memory layer data written");
+        Ok(info)
+    }
 }
 
 fn file_name_of(path: &Path) -> String {
