@@ -140,7 +140,16 @@ impl<'h> PendingFile<'h> {
     where
         F: FnOnce(&mut dyn Write) -> io::Result<()>,
     {
-        write(&mut self.file).map_err(|e| StorageError::io(&self.temp, "write temp file", e))?;
+        self.write_file(|mut file| write(&mut file))
+    }
+
+    /// Hands the open temp file to `write` as a shared `&File`, which several threads may
+    /// use at once (e.g. one writing, one starting writeback with `fdatasync`).
+    pub(crate) fn write_file<F>(&mut self, write: F) -> Result<()>
+    where
+        F: FnOnce(&File) -> io::Result<()>,
+    {
+        write(&self.file).map_err(|e| StorageError::io(&self.temp, "write temp file", e))?;
         self.step(WriteStep::DataWritten, "write temp file (injected)")
     }
 

@@ -64,6 +64,9 @@ const CHUNK_BYTES: usize = 1 << 20;
 const READ_LANES: usize = 1;
 /// Buffers per `writev` call (Linux's IOV_MAX).
 const IOV_BATCH: usize = 1024;
+/// Large layers are handed to the page cache in groups of this many bytes, each followed
+/// by an early `fdatasync` (see `write_with_early_writeback`).
+const WRITEBACK_BYTES: usize = 16 << 20;
 /// Chunks read ahead of the hashing thread while applying.
 const APPLY_QUEUE_DEPTH: usize = 32;
 
@@ -202,8 +205,9 @@ impl<'m> PreparedLayer<'m> {
     pub(crate) fn write_into(&self, pending: &mut PendingFile<'_>) -> Result<LayerInfo> {
         let started = Instant::now();
         let mut hash = None;
-        pending.write(|w| {
-            let h = write_and_hash(w, &self.prefix, &self.chunks)?;
+        pending.write_file(|file| {
+            let h = write_and_hash(file, &self.prefix, &self.chunks)?;
+            let mut w = file;
             w.write_all(&encode_trailer(&h))?;
             hash = Some(h);
             Ok(())
@@ -236,8 +240,9 @@ fn file_name_of(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Writes prefix and chunks on this thread while another thread hashes them.
-fn write_and_hash(w: &mut dyn Write, prefix: &[u8], chunks: &[&[u8]]) -> io::Result<blake3::Hash> {
+/// Writes prefix and chunks on this thread while another thread hashes them (and, for
+/// large layers, a third starts writeback early; see [`write_with_early_writeback`]).
+fn write_and_hash(file: &File, prefix: &[u8], chunks: &[&[u8]]) -> io::Result<blake3::Hash> {
     std::thread::scope(|s| {
         let hasher = s.spawn(|| {
             let mut h = blake3::Hasher::new();
@@ -247,7 +252,7 @@ fn write_and_hash(w: &mut dyn Write, prefix: &[u8], chunks: &[&[u8]]) -> io::Res
             }
             h.finalize()
         });
-        let written = write_all_chunks(w, prefix, chunks);
+        let written = write_with_early_writeback(s, file, prefix, chunks);
         let hash = hasher
             .join()
             .map_err(|_| io::Error::other("layer hashing thread panicked"));
@@ -255,13 +260,80 @@ fn write_and_hash(w: &mut dyn Write, prefix: &[u8], chunks: &[&[u8]]) -> io::Res
     })
 }
 
-/// Writes prefix then chunks with `writev`, up to [`IOV_BATCH`] buffers per call, so many
-/// small runs (an incremental snapshot) do not cost one syscall each.
-fn write_all_chunks(w: &mut dyn Write, prefix: &[u8], chunks: &[&[u8]]) -> io::Result<()> {
+/// Writes prefix then chunks. When there is more than [`WRITEBACK_BYTES`] of data, a helper
+/// thread runs `fdatasync` each time another [`WRITEBACK_BYTES`] has been handed to the page
+/// cache, so the device writes earlier data while this thread copies later data (the final
+/// fsync then has little left to do). An error of any early `fdatasync` fails the write:
+/// the kernel reports a writeback error only once per open file, so the final fsync could
+/// miss it.
+fn write_with_early_writeback<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    file: &'s File,
+    prefix: &[u8],
+    chunks: &[&[u8]],
+) -> io::Result<()> {
     let all: Vec<&[u8]> = std::iter::once(prefix)
         .chain(chunks.iter().copied())
         .collect();
-    for batch in all.chunks(IOV_BATCH) {
+    let total: usize = all.iter().map(|c| c.len()).sum();
+    let mut w: &File = file;
+    if total <= WRITEBACK_BYTES {
+        return write_all_chunks(&mut w, &all);
+    }
+    let (tx, rx) = mpsc::channel::<()>();
+    let syncer = std::thread::Builder::new()
+        .name("layer-writeback".into())
+        .spawn_scoped(scope, move || -> io::Result<()> {
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {}
+                file.sync_data()?;
+            }
+            Ok(())
+        });
+    let syncer = match syncer {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::debug!(error = %e, "writeback thread not started");
+            return write_all_chunks(&mut w, &all);
+        }
+    };
+    let mut written = Ok(());
+    for group in groups_of_bytes(&all, WRITEBACK_BYTES) {
+        written = write_all_chunks(&mut w, group);
+        if written.is_err() {
+            break;
+        }
+        // A closed channel means the syncer failed; its error is reported below.
+        let _ = tx.send(());
+    }
+    drop(tx);
+    let synced = syncer
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("layer writeback thread panicked")));
+    written.and(synced)
+}
+
+/// Splits `bufs` into consecutive groups of about `bytes` bytes each (whole buffers).
+fn groups_of_bytes<'a, 'b>(bufs: &'a [&'b [u8]], bytes: usize) -> Vec<&'a [&'b [u8]]> {
+    let mut groups = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, b) in bufs.iter().enumerate() {
+        size += b.len();
+        if size >= bytes {
+            groups.push(&bufs[start..=i]);
+            (start, size) = (i + 1, 0);
+        }
+    }
+    if start < bufs.len() {
+        groups.push(&bufs[start..]);
+    }
+    groups
+}
+
+/// Writes `bufs` with `writev`, up to [`IOV_BATCH`] buffers per call, so many small runs
+/// (an incremental snapshot) do not cost one syscall each.
+fn write_all_chunks(w: &mut dyn Write, bufs: &[&[u8]]) -> io::Result<()> {
+    for batch in bufs.chunks(IOV_BATCH) {
         let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
@@ -745,6 +817,40 @@ mod tests {
             matches!(err, StorageError::ChecksumMismatch { .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn groups_cover_every_buffer_once_in_order() {
+        let bufs: Vec<&[u8]> = vec![&[1; 3], &[2; 5], &[3; 1], &[4; 8], &[5; 2]];
+        let groups = groups_of_bytes(&bufs, 6);
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [2, 2, 1]
+        );
+        assert_eq!(groups.concat(), bufs);
+        assert!(groups_of_bytes(&[], 6).is_empty());
+    }
+
+    #[test]
+    fn large_layer_written_with_early_writeback_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("large");
+        let layout: &[(u64, usize)] = &[(0, 48 << 20)];
+        let src = mem_of(layout);
+        fill_pattern(&src, 13);
+        // More than two writeback groups, in runs of different sizes.
+        let runs = [run(PAGE_SIZE, 7000), run(40 << 20, 2048), run(30 << 20, 1)];
+        let info = write_layer(&path, &src, &runs).unwrap();
+        assert!(info.pages * PAGE_SIZE > 2 * WRITEBACK_BYTES as u64);
+        let whole = std::fs::read(&path).unwrap();
+        let body = &whole[..whole.len() - TRAILER_LEN as usize];
+        assert_eq!(info.hash, blake3::hash(body));
+        let dst = mem_of(layout);
+        apply_layer(&path, &dst, Some(info.hash)).unwrap();
+        for r in runs {
+            let len = (r.pages * PAGE_SIZE) as usize;
+            assert!(dump(&dst, r.first_page_gpa, len) == dump(&src, r.first_page_gpa, len));
+        }
     }
 
     #[test]
