@@ -117,7 +117,12 @@ impl Machine {
         let state = self.capture_state()?.encode().map_err(VmError::from)?;
         self.sync_dirty_log()?;
         let taken = self.dirty.take_since_checkpoint();
+        let captured_at = started.elapsed();
         let result = self.write_snapshot(dir, kind, &state, &taken);
+        tracing::debug!(dir = %dir.display(), ?kind,
+            capture_ms = captured_at.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3, ok = result.is_ok(),
+            "machine snapshot");
         match result {
             Ok(pages) => Ok(SnapshotStats {
                 kind,
@@ -158,8 +163,10 @@ impl Machine {
         io: MachineIo,
         vcpu_setup: VcpuSetupFactory<'_>,
     ) -> Result<Machine, SnapshotError> {
+        let started = Instant::now();
         let loaded = storage::load(dir)?;
         let state = MachineState::decode(&loaded.state).map_err(VmError::from)?;
+        let loaded_at = started.elapsed();
         let bad = |reason: String| SnapshotError::BadSnapshot {
             dir: dir.display().to_string(),
             reason,
@@ -183,7 +190,9 @@ impl Machine {
                 machine.layout()
             )));
         }
+        let created_at = started.elapsed();
         let restored = loaded.apply_memory(machine.memory())?;
+        let applied_at = started.elapsed();
         take_vmm_dirty_bits(machine.memory());
         let mut bitmaps = PageBitmaps::empty_for(machine.layout());
         for run in &restored.applied {
@@ -204,6 +213,11 @@ impl Machine {
         }
         machine.set_guest_description(state.guest);
         machine.set_lifecycle(Lifecycle::Paused);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(dir = %dir.display(), load_ms = ms(loaded_at),
+            create_ms = ms(created_at - loaded_at), memory_ms = ms(applied_at - created_at),
+            devices_ms = ms(started.elapsed() - applied_at), pages = restored.pages,
+            "machine restored");
         Ok(machine)
     }
 }

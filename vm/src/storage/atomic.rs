@@ -63,56 +63,210 @@ pub(crate) fn write_atomically_with<F>(
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
-    let dir = parent_dir(path);
-    let temp = temp_path(path)?;
-    let step = |s: WriteStep| hook.map_or(Ok(()), |h| h(path, s));
-
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(|e| StorageError::io(&temp, "create temp file", e))?;
-    let file_sync = match fill_and_sync(&mut file, &temp, write, &step) {
-        Ok(t) => t,
-        Err(e) => {
-            drop(file);
-            remove_temp(&temp);
-            return Err(e);
-        }
-    };
-    drop(file);
-
-    if let Err(e) = std::fs::rename(&temp, path) {
-        remove_temp(&temp);
-        return Err(StorageError::io(path, "rename temp file over target", e));
+    let mut pending = PendingFile::create(path, hook)?;
+    let steps = (|| {
+        pending.write(write)?;
+        let file_sync = pending.sync()?;
+        pending.rename()?;
+        let dir_sync = sync_dir(&parent_dir(path))?;
+        pending.dir_synced()?;
+        Ok(SyncTime(file_sync + dir_sync))
+    })();
+    if steps.is_err() {
+        pending.discard();
     }
-    step(WriteStep::Renamed).map_err(|e| StorageError::io(path, "rename (injected)", e))?;
-
-    let dir_sync = sync_dir(&dir)?;
-    step(WriteStep::DirSynced).map_err(|e| StorageError::io(&dir, "fsync dir (injected)", e))?;
-    Ok(SyncTime(file_sync + dir_sync))
+    steps
 }
 
-/// Steps before the rename: write, fsync; returns the fsync time.
-fn fill_and_sync<F>(
-    file: &mut File,
-    temp: &Path,
-    write: F,
-    step: &dyn Fn(WriteStep) -> io::Result<()>,
-) -> Result<Duration>
-where
-    F: FnOnce(&mut dyn Write) -> io::Result<()>,
-{
-    let io_err = |op| move |e| StorageError::io(temp, op, e);
-    step(WriteStep::TempCreated).map_err(io_err("create temp file (injected)"))?;
-    write(file).map_err(io_err("write temp file"))?;
-    step(WriteStep::DataWritten).map_err(io_err("write temp file (injected)"))?;
+/// One file on its way to replacing `target`: a temp file in the same directory that is
+/// written, fsynced and renamed over the target in separate steps, so a caller can batch the
+/// fsyncs of several files and share one directory fsync among their renames.
+///
+/// The steps must run in order (write, [`sync`](Self::sync), [`rename`](Self::rename), then
+/// a directory fsync by the caller followed by [`dir_synced`](Self::dir_synced)); each calls
+/// the fault hook. What this cannot do: it never removes the temp file by itself (a simulated
+/// crash must leave it behind); call [`discard`](Self::discard) after a failure.
+pub(crate) struct PendingFile<'h> {
+    target: PathBuf,
+    temp: PathBuf,
+    file: File,
+    hook: Option<FaultHook<'h>>,
+    renamed: bool,
+}
+
+impl std::fmt::Debug for PendingFile<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingFile")
+            .field("target", &self.target)
+            .field("temp", &self.temp)
+            .field("renamed", &self.renamed)
+            .finish()
+    }
+}
+
+impl<'h> PendingFile<'h> {
+    /// Creates the (empty) temp file for `target`, mode 0600 (snapshots hold guest memory).
+    pub(crate) fn create(target: &Path, hook: Option<FaultHook<'h>>) -> Result<Self> {
+        let temp = temp_path(target)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| StorageError::io(&temp, "create temp file", e))?;
+        let pending = PendingFile {
+            target: target.to_path_buf(),
+            temp,
+            file,
+            hook,
+            renamed: false,
+        };
+        match pending.step(WriteStep::TempCreated, "create temp file (injected)") {
+            Ok(()) => Ok(pending),
+            Err(e) => {
+                pending.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// The path the file will have once renamed.
+    pub(crate) fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Hands the open temp file to `write`.
+    pub(crate) fn write<F>(&mut self, write: F) -> Result<()>
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    {
+        self.write_file(|mut file| write(&mut file))
+    }
+
+    /// Hands the open temp file to `write` as a shared `&File`, which several threads may
+    /// use at once (e.g. one writing, one starting writeback with `fdatasync`).
+    pub(crate) fn write_file<F>(&mut self, write: F) -> Result<()>
+    where
+        F: FnOnce(&File) -> io::Result<()>,
+    {
+        write(&self.file).map_err(|e| StorageError::io(&self.temp, "write temp file", e))?;
+        self.step(WriteStep::DataWritten, "write temp file (injected)")
+    }
+
+    /// What another thread needs to fsync the temp file (the fault hook may not be
+    /// shareable between threads). Report the finished fsync with [`synced`](Self::synced)
+    /// on the thread that owns the hook.
+    pub(crate) fn sync_handle(&self) -> SyncHandle<'_> {
+        SyncHandle {
+            file: &self.file,
+            temp: &self.temp,
+        }
+    }
+
+    /// Reports a completed [`SyncHandle::sync`] to the fault hook.
+    pub(crate) fn synced(&self) -> Result<()> {
+        self.step(WriteStep::FileSynced, "fsync temp file (injected)")
+    }
+
+    /// Fsyncs the temp file, then [`synced`](Self::synced); returns the time fsync took.
+    pub(crate) fn sync(&self) -> Result<Duration> {
+        let took = self.sync_handle().sync()?;
+        self.synced()?;
+        Ok(took)
+    }
+
+    /// Renames the temp file over the target. Only after [`sync`](Self::sync).
+    pub(crate) fn rename(&mut self) -> Result<()> {
+        std::fs::rename(&self.temp, &self.target)
+            .map_err(|e| StorageError::io(&self.target, "rename temp file over target", e))?;
+        self.renamed = true;
+        self.hook_step(WriteStep::Renamed, &self.target, "rename (injected)")
+    }
+
+    /// Reports that the caller fsynced the directory after [`rename`](Self::rename).
+    pub(crate) fn dir_synced(&self) -> Result<()> {
+        let dir = parent_dir(&self.target);
+        self.hook_step(WriteStep::DirSynced, &dir, "fsync dir (injected)")
+    }
+
+    /// Removes the temp file unless it was already renamed (after a failed step).
+    pub(crate) fn discard(self) {
+        if !self.renamed {
+            drop(self.file);
+            remove_temp(&self.temp);
+        }
+    }
+
+    fn step(&self, step: WriteStep, op: &'static str) -> Result<()> {
+        self.hook_step(step, &self.temp, op)
+    }
+
+    fn hook_step(&self, step: WriteStep, blame: &Path, op: &'static str) -> Result<()> {
+        match self.hook {
+            Some(h) => h(&self.target, step).map_err(|e| StorageError::io(blame, op, e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A pending file's open temp file, to fsync from any thread.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SyncHandle<'a> {
+    file: &'a File,
+    temp: &'a Path,
+}
+
+impl SyncHandle<'_> {
+    /// Makes the temp file's data durable; returns the time fsync took.
+    pub(crate) fn sync(self) -> Result<Duration> {
+        let started = Instant::now();
+        self.file
+            .sync_all()
+            .map_err(|e| StorageError::io(self.temp, "fsync temp file", e))?;
+        Ok(started.elapsed())
+    }
+}
+
+/// Fsyncs several pending files at once, one thread each (the first on this thread), so
+/// their journal commits and device flushes overlap instead of queueing. Returns the wall
+/// time. Falls back to this thread if a thread cannot be started.
+pub(crate) fn sync_concurrently(handles: &[SyncHandle<'_>]) -> Result<Duration> {
     let started = Instant::now();
-    file.sync_all().map_err(io_err("fsync temp file"))?;
-    let synced = started.elapsed();
-    step(WriteStep::FileSynced).map_err(io_err("fsync temp file (injected)"))?;
-    Ok(synced)
+    let Some((first, rest)) = handles.split_first() else {
+        return Ok(Duration::ZERO);
+    };
+    std::thread::scope(|s| {
+        let mut inline = Vec::new();
+        let mut spawned = Vec::new();
+        for &h in rest {
+            match std::thread::Builder::new()
+                .name("snapshot-fsync".into())
+                .spawn_scoped(s, move || h.sync())
+            {
+                Ok(j) => spawned.push((h, j)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "fsync thread not started; syncing inline");
+                    inline.push(h);
+                }
+            }
+        }
+        let mut result = first.sync().map(|_| ());
+        for h in inline {
+            result = result.and(h.sync().map(|_| ()));
+        }
+        for (h, j) in spawned {
+            let r = j.join().unwrap_or_else(|_| {
+                Err(StorageError::Io {
+                    path: h.temp.to_path_buf(),
+                    op: "fsync temp file",
+                    source: io::Error::other("fsync thread panicked"),
+                })
+            });
+            result = result.and(r.map(|_| ()));
+        }
+        result
+    })?;
+    Ok(started.elapsed())
 }
 
 /// Fsyncs a directory so renames and unlinks inside it are durable; returns the time taken.

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use super::atomic::{write_atomically_with, FaultHook, SyncTime};
+use super::atomic::{write_atomically_with, FaultHook, PendingFile, SyncTime};
 use super::{Result, StorageError};
 
 /// Magic at the start of every framed file.
@@ -49,6 +49,22 @@ pub(crate) fn write_checksummed_with(
         w.write_all(payload)
     })?;
     Ok((hash, sync))
+}
+
+/// Writes `payload` framed with a header of the given kind into a pending (not yet synced
+/// or renamed) file; returns the blake3 of the payload.
+pub(crate) fn write_framed_into(
+    pending: &mut PendingFile<'_>,
+    kind: u16,
+    payload: &[u8],
+) -> Result<blake3::Hash> {
+    let hash = hash_payload(payload);
+    let header = encode_header(kind, payload.len() as u64, &hash);
+    pending.write(|w| {
+        w.write_all(&header)?;
+        w.write_all(payload)
+    })?;
+    Ok(hash)
 }
 
 /// Reads and verifies a framed file of the given kind whose payload is at most `max_len`

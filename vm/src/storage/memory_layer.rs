@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::atomic::{write_atomically_with, FaultHook};
+use super::atomic::{parent_dir, sync_dir, FaultHook, PendingFile};
 use super::checksummed::check_file_len;
 use super::page_runs::{merge_runs, validate_runs, PageRun};
 use super::{Result, StorageError};
@@ -64,6 +64,9 @@ const CHUNK_BYTES: usize = 1 << 20;
 const READ_LANES: usize = 1;
 /// Buffers per `writev` call (Linux's IOV_MAX).
 const IOV_BATCH: usize = 1024;
+/// Large layers are handed to the page cache in groups of this many bytes, each followed
+/// by an early `fdatasync` (see `write_with_early_writeback`).
+const WRITEBACK_BYTES: usize = 16 << 20;
 /// Chunks read ahead of the hashing thread while applying.
 const APPLY_QUEUE_DEPTH: usize = 32;
 
@@ -140,47 +143,95 @@ pub(crate) fn write_layer_with(
     hook: Option<FaultHook<'_>>,
 ) -> Result<LayerInfo> {
     let started = Instant::now();
-    let runs = merge_runs(runs)?;
-    let pages = validate_runs(&runs, mem).map_err(|reason| StorageError::InvalidRuns { reason })?;
-    if runs.len() as u64 > MAX_LAYER_RUNS {
-        return Err(StorageError::InvalidRuns {
-            reason: format!("{} runs, above the limit of {MAX_LAYER_RUNS}", runs.len()),
-        });
+    let prepared = PreparedLayer::new(mem, runs)?;
+    let mut pending = PendingFile::create(path, hook)?;
+    let result = (|| {
+        let mut info = prepared.write_into(&mut pending)?;
+        let file_sync = pending.sync()?;
+        pending.rename()?;
+        let dir_sync = sync_dir(&parent_dir(path))?;
+        pending.dir_synced()?;
+        info.sync_time = file_sync + dir_sync;
+        info.elapsed = started.elapsed();
+        Ok(info)
+    })();
+    if result.is_err() {
+        pending.discard();
     }
-    let prefix = encode_prefix(&runs, pages)?;
-    let chunks = guest_chunks(mem, &runs)
-        .map_err(|reason| StorageError::InvalidRuns { reason })?
-        .into_iter()
-        // SAFETY: the ranges come from `mem`'s mappings, which outlive this call (`mem` is
-        // borrowed); the caller guarantees no one writes guest memory during the snapshot.
-        .map(|(ptr, len)| unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
-        .collect::<Vec<&[u8]>>();
-    let mut hash = None;
-    let sync = write_atomically_with(path, hook, |w| {
-        let h = write_and_hash(w, &prefix, &chunks)?;
-        w.write_all(&encode_trailer(&h))?;
-        hash = Some(h);
-        Ok(())
-    })?;
-    let hash = hash.ok_or_else(|| StorageError::Io {
-        path: path.to_path_buf(),
-        op: "hash layer",
-        source: io::Error::other("writer returned without a hash"),
-    })?;
-    let data = pages * PAGE_SIZE;
-    let info = LayerInfo {
-        file_name: file_name_of(path),
-        bytes: prefix.len() as u64 + data + TRAILER_LEN,
-        pages,
-        runs: runs.len() as u64,
-        hash,
-        sync_time: sync.0,
-        elapsed: started.elapsed(),
-    };
-    tracing::debug!(path = %path.display(), pages, runs = info.runs, bytes = info.bytes,
-        sync_ms = sync.0.as_secs_f64() * 1e3, total_ms = info.elapsed.as_secs_f64() * 1e3,
-        "memory layer written");
-    Ok(info)
+    result
+}
+
+/// A layer whose runs were validated against guest memory and whose header and run table
+/// are encoded: everything but the I/O. Borrows the guest memory it will write.
+pub(crate) struct PreparedLayer<'m> {
+    runs: u64,
+    pages: u64,
+    prefix: Vec<u8>,
+    chunks: Vec<&'m [u8]>,
+}
+
+impl<'m> PreparedLayer<'m> {
+    /// Merges and validates `runs` (any order; overlapping or adjacent runs are merged)
+    /// against `mem` and encodes the file prefix. Touches no file.
+    pub(crate) fn new(mem: &'m GuestMemoryMmap<AtomicBitmap>, runs: &[PageRun]) -> Result<Self> {
+        let runs = merge_runs(runs)?;
+        let pages =
+            validate_runs(&runs, mem).map_err(|reason| StorageError::InvalidRuns { reason })?;
+        if runs.len() as u64 > MAX_LAYER_RUNS {
+            return Err(StorageError::InvalidRuns {
+                reason: format!("{} runs, above the limit of {MAX_LAYER_RUNS}", runs.len()),
+            });
+        }
+        let prefix = encode_prefix(&runs, pages)?;
+        let chunks = guest_chunks(mem, &runs)
+            .map_err(|reason| StorageError::InvalidRuns { reason })?
+            .into_iter()
+            // SAFETY: the ranges come from `mem`'s mappings, which outlive `'m` (`mem` is
+            // borrowed for it); the caller guarantees no one writes guest memory during the
+            // snapshot.
+            .map(|(ptr, len)| unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
+            .collect();
+        Ok(PreparedLayer {
+            runs: runs.len() as u64,
+            pages,
+            prefix,
+            chunks,
+        })
+    }
+
+    /// Writes the whole layer (prefix, pages, trailer) into `pending` while another thread
+    /// hashes it. Does not sync or rename: `sync_time` is zero and `elapsed` covers the
+    /// write only.
+    pub(crate) fn write_into(&self, pending: &mut PendingFile<'_>) -> Result<LayerInfo> {
+        let started = Instant::now();
+        let mut hash = None;
+        pending.write_file(|file| {
+            let h = write_and_hash(file, &self.prefix, &self.chunks)?;
+            let mut w = file;
+            w.write_all(&encode_trailer(&h))?;
+            hash = Some(h);
+            Ok(())
+        })?;
+        let path = pending.target();
+        let hash = hash.ok_or_else(|| StorageError::Io {
+            path: path.to_path_buf(),
+            op: "hash layer",
+            source: io::Error::other("writer returned without a hash"),
+        })?;
+        let info = LayerInfo {
+            file_name: file_name_of(path),
+            bytes: self.prefix.len() as u64 + self.pages * PAGE_SIZE + TRAILER_LEN,
+            pages: self.pages,
+            runs: self.runs,
+            hash,
+            sync_time: Duration::ZERO,
+            elapsed: started.elapsed(),
+        };
+        tracing::debug!(path = %path.display(), pages = info.pages, runs = info.runs,
+            bytes = info.bytes, write_ms = info.elapsed.as_secs_f64() * 1e3,
+            "memory layer data written");
+        Ok(info)
+    }
 }
 
 fn file_name_of(path: &Path) -> String {
@@ -189,8 +240,9 @@ fn file_name_of(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Writes prefix and chunks on this thread while another thread hashes them.
-fn write_and_hash(w: &mut dyn Write, prefix: &[u8], chunks: &[&[u8]]) -> io::Result<blake3::Hash> {
+/// Writes prefix and chunks on this thread while another thread hashes them (and, for
+/// large layers, a third starts writeback early; see [`write_with_early_writeback`]).
+fn write_and_hash(file: &File, prefix: &[u8], chunks: &[&[u8]]) -> io::Result<blake3::Hash> {
     std::thread::scope(|s| {
         let hasher = s.spawn(|| {
             let mut h = blake3::Hasher::new();
@@ -200,7 +252,7 @@ fn write_and_hash(w: &mut dyn Write, prefix: &[u8], chunks: &[&[u8]]) -> io::Res
             }
             h.finalize()
         });
-        let written = write_all_chunks(w, prefix, chunks);
+        let written = write_with_early_writeback(s, file, prefix, chunks);
         let hash = hasher
             .join()
             .map_err(|_| io::Error::other("layer hashing thread panicked"));
@@ -208,13 +260,80 @@ fn write_and_hash(w: &mut dyn Write, prefix: &[u8], chunks: &[&[u8]]) -> io::Res
     })
 }
 
-/// Writes prefix then chunks with `writev`, up to [`IOV_BATCH`] buffers per call, so many
-/// small runs (an incremental snapshot) do not cost one syscall each.
-fn write_all_chunks(w: &mut dyn Write, prefix: &[u8], chunks: &[&[u8]]) -> io::Result<()> {
+/// Writes prefix then chunks. When there is more than [`WRITEBACK_BYTES`] of data, a helper
+/// thread runs `fdatasync` each time another [`WRITEBACK_BYTES`] has been handed to the page
+/// cache, so the device writes earlier data while this thread copies later data (the final
+/// fsync then has little left to do). An error of any early `fdatasync` fails the write:
+/// the kernel reports a writeback error only once per open file, so the final fsync could
+/// miss it.
+fn write_with_early_writeback<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    file: &'s File,
+    prefix: &[u8],
+    chunks: &[&[u8]],
+) -> io::Result<()> {
     let all: Vec<&[u8]> = std::iter::once(prefix)
         .chain(chunks.iter().copied())
         .collect();
-    for batch in all.chunks(IOV_BATCH) {
+    let total: usize = all.iter().map(|c| c.len()).sum();
+    let mut w: &File = file;
+    if total <= WRITEBACK_BYTES {
+        return write_all_chunks(&mut w, &all);
+    }
+    let (tx, rx) = mpsc::channel::<()>();
+    let syncer = std::thread::Builder::new()
+        .name("layer-writeback".into())
+        .spawn_scoped(scope, move || -> io::Result<()> {
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {}
+                file.sync_data()?;
+            }
+            Ok(())
+        });
+    let syncer = match syncer {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::debug!(error = %e, "writeback thread not started");
+            return write_all_chunks(&mut w, &all);
+        }
+    };
+    let mut written = Ok(());
+    for group in groups_of_bytes(&all, WRITEBACK_BYTES) {
+        written = write_all_chunks(&mut w, group);
+        if written.is_err() {
+            break;
+        }
+        // A closed channel means the syncer failed; its error is reported below.
+        let _ = tx.send(());
+    }
+    drop(tx);
+    let synced = syncer
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("layer writeback thread panicked")));
+    written.and(synced)
+}
+
+/// Splits `bufs` into consecutive groups of about `bytes` bytes each (whole buffers).
+fn groups_of_bytes<'a, 'b>(bufs: &'a [&'b [u8]], bytes: usize) -> Vec<&'a [&'b [u8]]> {
+    let mut groups = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, b) in bufs.iter().enumerate() {
+        size += b.len();
+        if size >= bytes {
+            groups.push(&bufs[start..=i]);
+            (start, size) = (i + 1, 0);
+        }
+    }
+    if start < bufs.len() {
+        groups.push(&bufs[start..]);
+    }
+    groups
+}
+
+/// Writes `bufs` with `writev`, up to [`IOV_BATCH`] buffers per call, so many small runs
+/// (an incremental snapshot) do not cost one syscall each.
+fn write_all_chunks(w: &mut dyn Write, bufs: &[&[u8]]) -> io::Result<()> {
+    for batch in bufs.chunks(IOV_BATCH) {
         let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
@@ -698,6 +817,40 @@ mod tests {
             matches!(err, StorageError::ChecksumMismatch { .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn groups_cover_every_buffer_once_in_order() {
+        let bufs: Vec<&[u8]> = vec![&[1; 3], &[2; 5], &[3; 1], &[4; 8], &[5; 2]];
+        let groups = groups_of_bytes(&bufs, 6);
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [2, 2, 1]
+        );
+        assert_eq!(groups.concat(), bufs);
+        assert!(groups_of_bytes(&[], 6).is_empty());
+    }
+
+    #[test]
+    fn large_layer_written_with_early_writeback_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("large");
+        let layout: &[(u64, usize)] = &[(0, 48 << 20)];
+        let src = mem_of(layout);
+        fill_pattern(&src, 13);
+        // More than two writeback groups, in runs of different sizes.
+        let runs = [run(PAGE_SIZE, 7000), run(40 << 20, 2048), run(30 << 20, 1)];
+        let info = write_layer(&path, &src, &runs).unwrap();
+        assert!(info.pages * PAGE_SIZE > 2 * WRITEBACK_BYTES as u64);
+        let whole = std::fs::read(&path).unwrap();
+        let body = &whole[..whole.len() - TRAILER_LEN as usize];
+        assert_eq!(info.hash, blake3::hash(body));
+        let dst = mem_of(layout);
+        apply_layer(&path, &dst, Some(info.hash)).unwrap();
+        for r in runs {
+            let len = (r.pages * PAGE_SIZE) as usize;
+            assert!(dump(&dst, r.first_page_gpa, len) == dump(&src, r.first_page_gpa, len));
+        }
     }
 
     #[test]

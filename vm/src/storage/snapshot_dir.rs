@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use super::atomic::{is_temp_name, sync_dir, FaultHook, WriteStep};
-use super::checksummed::{check_file_len, kind, read_checksummed_hashed, write_checksummed_with};
+use super::atomic::{is_temp_name, sync_concurrently, sync_dir, FaultHook, PendingFile, WriteStep};
+use super::checksummed::{check_file_len, kind, read_checksummed_hashed, write_framed_into};
 use super::manifest::{Manifest, ManifestEntry, MAX_CHAIN_LAYERS, MAX_MANIFEST_BYTES};
-use super::memory_layer::{apply_layer, write_layer_with, LayerInfo};
+use super::memory_layer::{apply_layer, LayerInfo, PreparedLayer};
 use super::page_runs::PageRun;
 use super::{Result, StorageError};
 
@@ -226,24 +226,55 @@ impl SnapshotDir {
         };
         tracing::info!(dir = %self.dir.display(), generation, chain_len,
             pages = report.layer.pages, ms = report.elapsed.as_secs_f64() * 1e3,
+            layer_write_ms = report.layer.elapsed.as_secs_f64() * 1e3,
             sync_ms = sync_time.as_secs_f64() * 1e3, "snapshot committed");
         Ok(report)
     }
 
+    /// Stages layer, state and manifest as temp files, then commits them (see
+    /// [`commit_staged`]). On failure every temp file not yet renamed is removed.
     fn write_and_commit(
         &self,
         generation: u64,
         state: &[u8],
         mem: &GuestMemoryMmap<AtomicBitmap>,
         runs: &[PageRun],
-        mut chain: Vec<ManifestEntry>,
+        chain: Vec<ManifestEntry>,
     ) -> Result<(Manifest, LayerInfo, Duration)> {
         let hook: Option<FaultHook<'_>> = self.fault_hook.as_deref().map(|h| h as FaultHook<'_>);
+        // Validate the runs before anything touches the disk.
+        let prepared = PreparedLayer::new(mem, runs)?;
+        let mut files = Vec::with_capacity(3);
+        let result = self.stage(generation, state, mem, &prepared, chain, hook, &mut files);
+        let result = result.and_then(|(manifest, mut layer)| {
+            let sync = commit_staged(&self.dir, &mut files)?;
+            layer.sync_time = sync.files_fsync;
+            Ok((manifest, layer, sync.total))
+        });
+        if result.is_err() {
+            files.into_iter().for_each(PendingFile::discard);
+        }
+        result
+    }
+
+    /// Writes the layer, state and manifest temp files of `generation` (in that order, into
+    /// `files`), unsynced. Returns the manifest and the layer's figures.
+    #[allow(clippy::too_many_arguments)]
+    fn stage<'h>(
+        &self,
+        generation: u64,
+        state: &[u8],
+        mem: &GuestMemoryMmap<AtomicBitmap>,
+        prepared: &PreparedLayer<'_>,
+        mut chain: Vec<ManifestEntry>,
+        hook: Option<FaultHook<'h>>,
+        files: &mut Vec<PendingFile<'h>>,
+    ) -> Result<(Manifest, LayerInfo)> {
         let layer_name = format!("{LAYER_PREFIX}{generation:020}{LAYER_SUFFIX}");
-        let layer = write_layer_with(&self.dir.join(&layer_name), mem, runs, hook)?;
+        let layer = prepared.write_into(push(files, &self.dir.join(&layer_name), hook)?)?;
         let state_name = format!("{STATE_PREFIX}{generation:020}{STATE_SUFFIX}");
-        let (state_hash, state_sync) =
-            write_checksummed_with(&self.dir.join(&state_name), kind::STATE, state, hook)?;
+        let state_file = push(files, &self.dir.join(&state_name), hook)?;
+        let state_hash = write_framed_into(state_file, kind::STATE, state)?;
         chain.push(ManifestEntry {
             name: layer_name,
             hash: layer.hash,
@@ -261,20 +292,15 @@ impl SnapshotDir {
             },
             layers: chain,
         };
+        let manifest_path = self.dir.join(MANIFEST_NAME);
         let payload = manifest
             .encode()
             .map_err(|reason| StorageError::InvalidManifest {
-                path: self.dir.join(MANIFEST_NAME),
+                path: manifest_path.clone(),
                 reason,
             })?;
-        let (_, manifest_sync) = write_checksummed_with(
-            &self.dir.join(MANIFEST_NAME),
-            kind::MANIFEST,
-            &payload,
-            hook,
-        )?;
-        let sync = layer.sync_time + state_sync.0 + manifest_sync.0;
-        Ok((manifest, layer, sync))
+        write_framed_into(push(files, &manifest_path, hook)?, kind::MANIFEST, &payload)?;
+        Ok((manifest, layer))
     }
 
     /// Deletes temp files and layer/state files the committed manifest does not name.
@@ -315,6 +341,66 @@ impl SnapshotDir {
     pub(crate) fn set_fault_hook(&mut self, hook: Option<BoxedHook>) {
         self.fault_hook = hook;
     }
+}
+
+/// Creates the temp file for `target`, keeps it in `files` (so a failure can discard it)
+/// and returns it.
+fn push<'f, 'h>(
+    files: &'f mut Vec<PendingFile<'h>>,
+    target: &Path,
+    hook: Option<FaultHook<'h>>,
+) -> Result<&'f mut PendingFile<'h>> {
+    files.push(PendingFile::create(target, hook)?);
+    let last = files.len() - 1;
+    Ok(&mut files[last])
+}
+
+/// Time spent making a snapshot durable.
+struct CommitSync {
+    /// The three file fsyncs, run together (the layer's dominates).
+    files_fsync: Duration,
+    /// Wall time of all fsyncs (files, run together, and the two directory syncs).
+    total: Duration,
+}
+
+/// Commits staged temp files `[layer, state, manifest]`, in this order:
+/// 1. fsync all three at once (their journal commits and device flushes overlap);
+/// 2. rename layer and state to their final names, fsync the directory: both names are
+///    durable before anything can name them;
+/// 3. rename the manifest over `MANIFEST` (the commit point), fsync the directory.
+///
+/// A crash before step 3 leaves the old manifest, naming only old files; after it, every
+/// file the new manifest names is durable. Two directory fsyncs instead of one per file.
+fn commit_staged(dir: &Path, files: &mut [PendingFile<'_>]) -> Result<CommitSync> {
+    let [layer, state, manifest] = files else {
+        return Err(StorageError::Io {
+            path: dir.to_path_buf(),
+            op: "commit snapshot",
+            source: io::Error::other(format!("{} staged files, expected 3", files.len())),
+        });
+    };
+    let started = Instant::now();
+    let handles = [
+        layer.sync_handle(),
+        state.sync_handle(),
+        manifest.sync_handle(),
+    ];
+    let files_fsync = sync_concurrently(&handles)?;
+    for f in [&*layer, &*state, &*manifest] {
+        f.synced()?;
+    }
+    layer.rename()?;
+    state.rename()?;
+    sync_dir(dir)?;
+    layer.dir_synced()?;
+    state.dir_synced()?;
+    manifest.rename()?;
+    sync_dir(dir)?;
+    manifest.dir_synced()?;
+    Ok(CommitSync {
+        files_fsync,
+        total: started.elapsed(),
+    })
 }
 
 fn check_state_len(dir: &Path, state: &[u8]) -> Result<()> {
@@ -725,6 +811,36 @@ mod tests {
                 names(dir.path())
             );
         }
+    }
+
+    #[test]
+    fn every_file_is_durable_before_the_manifest_names_it() {
+        let dir = chain_dir();
+        let src = mem();
+        let (steps, outcome, _) = faulty_write(dir.path(), &src, false, usize::MAX, false);
+        assert_eq!(outcome, Some(true));
+        let at = |name_prefix: &str, step: WriteStep| {
+            steps
+                .iter()
+                .position(|(n, s)| n.starts_with(name_prefix) && *s == step)
+                .unwrap_or_else(|| panic!("no {step:?} of {name_prefix}: {steps:?}"))
+        };
+        let commit = at(MANIFEST_NAME, WriteStep::Renamed);
+        for file in [LAYER_PREFIX, STATE_PREFIX, MANIFEST_NAME] {
+            assert!(at(file, WriteStep::DataWritten) < at(file, WriteStep::FileSynced));
+            // No rename before every file's data is durable.
+            for other in [LAYER_PREFIX, STATE_PREFIX, MANIFEST_NAME] {
+                assert!(
+                    at(file, WriteStep::FileSynced) < at(other, WriteStep::Renamed),
+                    "{file} synced after {other} renamed: {steps:?}"
+                );
+            }
+        }
+        for file in [LAYER_PREFIX, STATE_PREFIX] {
+            assert!(at(file, WriteStep::DirSynced) < commit, "{steps:?}");
+        }
+        assert_eq!(commit + 1, at(MANIFEST_NAME, WriteStep::DirSynced));
+        assert_eq!(commit + 2, steps.len());
     }
 
     #[test]
