@@ -31,9 +31,10 @@ pub struct Launch {
     /// Names the VM (its cgroup is `novacron/vm-<vm_id>`): 1-32 of [A-Za-z0-9_-].
     pub vm_id: String,
     pub source: LaunchSource,
-    /// Ignored for a restore (the snapshot says).
+    /// Guest memory. For a restore, the most the snapshot may have (it sizes the jail);
+    /// `Machine::describe_snapshot` reads what a snapshot needs.
     pub mem_bytes: u64,
-    /// Ignored for a restore (the snapshot says).
+    /// vCPUs. For a restore, the most the snapshot may have.
     pub vcpus: u8,
     /// Before start, the host writes the benchmark pattern here: (guest address, length).
     pub fill_pattern: Option<(u64, u64)>,
@@ -51,7 +52,7 @@ pub struct SandboxSettings {
     pub writable_dirs: Vec<PathBuf>,
     /// cgroup memory limit; None = guest memory plus a margin for the VMM.
     pub memory_limit_bytes: Option<u64>,
-    /// cgroup CPU limit in CPUs (1.5 = one and a half); None = one per vCPU.
+    /// cgroup CPU limit in CPUs (1.5 = one and a half); None = one per vCPU plus one.
     pub cpu_limit: Option<f64>,
 }
 

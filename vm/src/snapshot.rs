@@ -157,6 +157,14 @@ impl Machine {
         Ok(pages.count_pages())
     }
 
+    /// The machine a snapshot describes (memory and vCPUs), read and verified without
+    /// building it: a spawner sizes the VMM's jail with it.
+    pub fn describe_snapshot(dir: &Path) -> Result<MachineConfig, SnapshotError> {
+        let loaded = storage::load(dir)?;
+        let state = MachineState::decode(&loaded.state).map_err(VmError::from)?;
+        snapshot_config(dir, &state)
+    }
+
     /// Builds a paused machine from the snapshot in `dir`.
     pub fn restore(
         dir: &Path,
@@ -220,6 +228,23 @@ impl Machine {
             "machine restored");
         Ok(machine)
     }
+}
+
+fn snapshot_config(dir: &Path, state: &MachineState) -> Result<MachineConfig, SnapshotError> {
+    let bad = |reason: String| SnapshotError::BadSnapshot {
+        dir: dir.display().to_string(),
+        reason,
+    };
+    let vcpus =
+        u8::try_from(state.vcpus.len()).map_err(|_| bad(format!("{} vCPUs", state.vcpus.len())))?;
+    let mem_bytes = state
+        .mem_regions
+        .iter()
+        .try_fold(0u64, |sum, r| sum.checked_add(r.1))
+        .ok_or_else(|| bad("memory regions overflow".into()))?;
+    let config = MachineConfig { mem_bytes, vcpus };
+    config.validate()?;
+    Ok(config)
 }
 
 /// Sorted runs of consecutive set pages.

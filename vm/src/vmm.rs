@@ -113,6 +113,18 @@ fn run(
     let vcpu_setup = |_index| jail.vcpu_thread_setup();
     let mut machine = match &launch.source {
         LaunchSource::Restore { dir } => {
+            let saved = Machine::describe_snapshot(dir).map_err(|e| e.to_string())?;
+            if saved.mem_bytes > launch.mem_bytes || saved.vcpus > launch.vcpus {
+                return Err(format!(
+                    "the snapshot in {} needs {} MiB and {} vCPUs, but this VMM was sized for \
+                     {} MiB and {} vCPUs",
+                    dir.display(),
+                    saved.mem_bytes >> 20,
+                    saved.vcpus,
+                    launch.mem_bytes >> 20,
+                    launch.vcpus
+                ));
+            }
             // The restore maps and fills guest memory at once: join the cgroup first.
             jail.wait_cgroup_joined()?;
             Machine::restore(dir, io, &vcpu_setup).map_err(|e| e.to_string())?

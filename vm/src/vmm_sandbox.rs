@@ -40,19 +40,20 @@ pub fn enter(launch: &Launch) -> Result<JailedThreads, String> {
     }
     let mut policy = SandboxPolicy::new(cgroup_name(&launch.vm_id));
     policy.fs_rules = fs_rules(launch);
-    let guest_bytes = match &launch.source {
-        LaunchSource::Restore { .. } => None, // size known only from the snapshot
-        _ => Some(launch.mem_bytes),
-    };
     policy.cgroup = Some(CgroupLimits {
-        memory_bytes: launch
-            .sandbox
-            .memory_limit_bytes
-            .or(guest_bytes.map(|g| g + VMM_MEMORY_MARGIN)),
-        cpus: launch
-            .sandbox
-            .cpu_limit
-            .or((launch.vcpus > 0).then_some(f64::from(launch.vcpus))),
+        memory_bytes: Some(
+            launch
+                .sandbox
+                .memory_limit_bytes
+                .unwrap_or(launch.mem_bytes + VMM_MEMORY_MARGIN),
+        ),
+        // One CPU per vCPU plus one for the VMM's own work (snapshots, migration streams).
+        cpus: Some(
+            launch
+                .sandbox
+                .cpu_limit
+                .unwrap_or(f64::from(launch.vcpus) + 1.0),
+        ),
     });
     let mut sandbox = Sandbox::prepare(&policy).map_err(|e| error_chain(&e))?;
     let report = sandbox.enter_process_wide().map_err(|e| error_chain(&e))?;

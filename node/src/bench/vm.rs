@@ -338,18 +338,21 @@ fn snapshot_full_then_incremental(exe: &Path, dir: &Path) -> anyhow::Result<(f64
     Ok((full, incremental))
 }
 
-/// Spawn to running again, and the in-process part of it.
+/// Reading the snapshot's size, spawning, to running again; and the in-process part.
 fn restore_ms(exe: &Path, dir: &Path) -> anyhow::Result<(f64, f64)> {
-    let l = launch(
+    let asked = novacron_vm::vcpu::monotonic_ns();
+    let saved = novacron_vm::Machine::describe_snapshot(dir)?;
+    let mut l = launch(
         LaunchSource::Restore {
             dir: dir.to_path_buf(),
         },
-        0,
+        saved.mem_bytes,
         true,
         vec![],
     );
+    l.vcpus = saved.vcpus;
     let mut vmm = VmmProcess::spawn(exe, &l, Stdio::null())?;
-    let spawned = vmm.spawned_ns;
+    let spawned = asked;
     let ready = vmm.wait_ready(TIMEOUT).context("restore failed")?;
     let (start, ready) = (ready.process_start_ns, ready.ready_ns);
     vmm.send(&Command::Stop)?;

@@ -112,10 +112,12 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
             if !dir.is_dir() {
                 bail!("{} is not a snapshot directory", dir.display());
             }
+            let saved = novacron_vm::Machine::describe_snapshot(&dir)
+                .with_context(|| format!("cannot restore {}", dir.display()))?;
             drive(
                 LaunchSource::Restore { dir: dir.clone() },
-                0,
-                0,
+                saved.mem_bytes,
+                saved.vcpus,
                 &args.common,
                 Some(&dir),
             )
