@@ -93,7 +93,8 @@ pub enum VmError {
     BeforeMemory(String),
 }
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+/// Maps a failed KVM ioctl to an error that says which one.
+pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 

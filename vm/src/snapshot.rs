@@ -11,7 +11,9 @@ use kvm_bindings::{
 use crate::arch;
 use crate::boot;
 use crate::devices::lock;
-use crate::machine::{Lifecycle, Machine, MachineConfig, MachineIo, VcpuSetupFactory, VmError};
+use crate::machine::{
+    kvm_err, Lifecycle, Machine, MachineConfig, MachineIo, VcpuSetupFactory, VmError,
+};
 use crate::memory::{take_vmm_dirty_bits, DirtyTracker, PageBitmaps};
 use crate::state::{from_blob, to_blob, MachineState, STATE_FORMAT_VERSION};
 use crate::storage::{self, SnapshotDir, StorageError};
@@ -40,10 +42,6 @@ pub enum SnapshotError {
     Storage(#[from] StorageError),
     #[error("snapshot in {dir} describes an impossible machine: {reason}")]
     BadSnapshot { dir: String, reason: String },
-}
-
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    move |source| VmError::Kvm { what, source }
 }
 
 fn read_irqchip(m: &Machine, chip_id: u32) -> Result<Vec<u8>, VmError> {
