@@ -4,22 +4,16 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use novacron_vm::guest_kit::{counter_expected, result_line, CounterParams};
+use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
 
 fn novacron() -> Command {
     Command::new(env!("CARGO_BIN_EXE_novacron"))
 }
 
 fn kvm_usable(test: &str) -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("skipping {test}: /dev/kvm is missing or not accessible");
-    }
-    ok
+    novacron_vm::machine::check_kvm()
+        .map_err(|e| eprintln!("skipping {test}: {e}"))
+        .is_ok()
 }
 
 fn run(args: &[&str]) -> Output {
@@ -70,10 +64,7 @@ fn counter_prints_the_reference_result() {
         passes: 5,
         ..CounterParams::default()
     };
-    let spec = format!(
-        "builtin:counter:words={},passes={}",
-        params.words, params.passes
-    );
+    let spec = BuiltinGuest::Counter(params).to_string();
     let out = run(&[
         "vm", "run", "--guest", &spec, "--mem", "256M", "--vcpus", "2",
     ]);

@@ -93,6 +93,11 @@ pub enum VmError {
     BeforeMemory(String),
 }
 
+/// Says whether this host can run VMs: `/dev/kvm` opens. The error says what to check.
+pub fn check_kvm() -> Result<(), VmError> {
+    Kvm::new().map(drop).map_err(VmError::NoKvm)
+}
+
 /// Maps a failed KVM ioctl to an error that says which one.
 pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }

@@ -96,7 +96,7 @@ fn run(
         ));
     }
     // Without KVM nothing else matters; say so before the jail hides /dev from view.
-    kvm_ioctls::Kvm::new().map_err(|e| VmError::NoKvm(e).to_string())?;
+    crate::machine::check_kvm().map_err(|e| e.to_string())?;
     let jail = vmm_sandbox::enter(&launch)?;
     let (tx, rx) = mpsc::channel::<Input>();
     spawn_control_reader(reader, tx.clone(), &jail)?;

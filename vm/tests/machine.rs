@@ -16,15 +16,9 @@ use novacron_vm::vcpu::VcpuEvent;
 use novacron_vm::{BootSource, Lifecycle, Machine, MachineConfig, SnapshotKind};
 
 fn kvm_usable(test: &str) -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("skipping {test}: /dev/kvm is missing or not accessible");
-    }
-    ok
+    novacron_vm::machine::check_kvm()
+        .map_err(|e| eprintln!("skipping {test}: {e}"))
+        .is_ok()
 }
 
 #[derive(Clone, Default)]
@@ -122,10 +116,7 @@ fn a_failed_snapshot_gives_its_dirty_pages_back() {
         passes: 6,
         ..CounterParams::default()
     };
-    let spec = format!(
-        "builtin:counter:words={},passes={}",
-        params.words, params.passes
-    );
+    let spec = BuiltinGuest::Counter(params).to_string();
     let (mut m, _, rx) = boot(&spec, 64 << 20);
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("snap");
@@ -170,10 +161,7 @@ fn restored_memory_is_identical_through_a_chain_of_layers() {
         rate_mib_s: 0,
         ..DirtierParams::default()
     };
-    let spec = format!(
-        "builtin:dirtier:mib={},rate={},base={:#x}",
-        dirtier.mib, dirtier.rate_mib_s, dirtier.base
-    );
+    let spec = BuiltinGuest::Dirtier(dirtier).to_string();
     let mem_bytes = 256 << 20;
     let (mut m, _, rx) = boot(&spec, mem_bytes);
     novacron_vm::memory::fill_pattern(m.memory(), novacron_vm::layout::PATTERN_BASE, 8 << 20)
