@@ -4,6 +4,11 @@
 //! The floating pointer structure sits at `EBDA_START` (639 KiB, the "last KiB of base memory"
 //! Linux scans); the configuration table follows it directly and may run past the first KiB
 //! into the rest of the `[EBDA_START, HIMEM_START)` range the e820 map reserves.
+//!
+//! Only kernels built with CONFIG_X86_MPPARSE read it (Debian's generic kernel does: it logs
+//! "Intel MultiProcessor Specification v1.4", our CPUs and "IOAPIC[0]: apic_id N"). Kernels
+//! without it (e.g. Debian's cloud flavour) need ACPI (a MADT) to see more than one CPU or the
+//! IOAPIC, and on such kernels `acpi=off` disables the local APIC altogether.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 

@@ -43,6 +43,10 @@ pub const MSR_KVM_ASYNC_PF_INT: u32 = 0x4B56_4D06;
 /// MISC_ENABLE bit 0: fast-string operations (`rep movs/stos`) enabled.
 pub const MISC_ENABLE_FAST_STRING: u64 = 1;
 
+/// MTRR_DEF_TYPE: MTRRs enabled (bit 11), default memory type write-back (6). Without it
+/// Linux finds MTRRs disabled and skips PAT initialisation.
+pub const MTRR_DEF_TYPE_ENABLED_WB: u64 = (1 << 11) | 6;
+
 /// Variable-range MTRR pairs saved (base/mask 0..7).
 const MTRR_VARIABLE_PAIRS: u32 = 8;
 
@@ -56,7 +60,8 @@ fn msr(index: u32, data: u64) -> kvm_msr_entry {
 
 /// The MSRs to set with `KVM_SET_MSRS` before a vCPU first runs: the fast system-call
 /// MSRs zeroed (the guest programs its own), `KERNEL_GS_BASE` zeroed, the TSC at 0 (every
-/// vCPU of a fresh VM starts at the same count) and MISC_ENABLE with fast strings on.
+/// vCPU of a fresh VM starts at the same count), MISC_ENABLE with fast strings on, and
+/// MTRRs enabled with write-back as the default type (PAT still makes MMIO uncached).
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
     vec![
         msr(MSR_IA32_SYSENTER_CS, 0),
@@ -69,6 +74,7 @@ pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
         msr(MSR_LSTAR, 0),
         msr(MSR_IA32_TSC, 0),
         msr(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        msr(MSR_MTRR_DEF_TYPE, MTRR_DEF_TYPE_ENABLED_WB),
     ]
 }
 
@@ -87,7 +93,6 @@ fn snapshot_candidates() -> Vec<u32> {
         MSR_IA32_XSS,
         MSR_IA32_MCG_STATUS,
         MSR_IA32_MCG_CTL,
-        MSR_MTRR_DEF_TYPE,
         MSR_MTRR_FIX_64K_00000,
         MSR_MTRR_FIX_16K_80000,
         MSR_MTRR_FIX_16K_A0000,
@@ -140,6 +145,7 @@ mod tests {
         let get = |i: u32| entries.iter().find(|e| e.index == i).map(|e| e.data);
         assert_eq!(get(MSR_IA32_MISC_ENABLE), Some(1));
         assert_eq!(get(MSR_IA32_TSC), Some(0));
+        assert_eq!(get(MSR_MTRR_DEF_TYPE), Some(0x806));
         for i in [
             MSR_IA32_SYSENTER_CS,
             MSR_IA32_SYSENTER_ESP,
@@ -152,7 +158,7 @@ mod tests {
         ] {
             assert_eq!(get(i), Some(0), "msr {i:#x}");
         }
-        assert_eq!(entries.len(), 10);
+        assert_eq!(entries.len(), 11);
     }
 
     #[test]
