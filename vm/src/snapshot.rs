@@ -177,12 +177,7 @@ impl Machine {
             dir: dir.display().to_string(),
             reason,
         };
-        let vcpus = u8::try_from(state.vcpus.len())
-            .map_err(|_| bad(format!("{} vCPUs", state.vcpus.len())))?;
-        let config = MachineConfig {
-            mem_bytes: state.mem_regions.iter().map(|r| r.1).sum(),
-            vcpus,
-        };
+        let config = snapshot_config(dir, &state)?;
         let mut machine = Machine::create_with(
             &config,
             io,
@@ -229,20 +224,31 @@ impl Machine {
 }
 
 fn snapshot_config(dir: &Path, state: &MachineState) -> Result<MachineConfig, SnapshotError> {
-    let bad = |reason: String| SnapshotError::BadSnapshot {
+    let config = config_of(state).map_err(|reason| SnapshotError::BadSnapshot {
         dir: dir.display().to_string(),
         reason,
-    };
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The machine a decoded state asks for. The state came from a file: its region sizes may
+/// add up past `u64::MAX` and its vCPU count past `u8::MAX`; both are errors, not panics
+/// (the sizes themselves are checked by `MachineConfig::validate`).
+fn config_of(state: &MachineState) -> Result<MachineConfig, String> {
     let vcpus =
-        u8::try_from(state.vcpus.len()).map_err(|_| bad(format!("{} vCPUs", state.vcpus.len())))?;
+        u8::try_from(state.vcpus.len()).map_err(|_| format!("{} vCPUs", state.vcpus.len()))?;
     let mem_bytes = state
         .mem_regions
         .iter()
-        .try_fold(0u64, |sum, r| sum.checked_add(r.1))
-        .ok_or_else(|| bad("memory regions overflow".into()))?;
-    let config = MachineConfig { mem_bytes, vcpus };
-    config.validate()?;
-    Ok(config)
+        .try_fold(0u64, |total, r| total.checked_add(r.1))
+        .ok_or_else(|| {
+            format!(
+                "the sizes of its {} memory regions add up past 64 bits",
+                state.mem_regions.len()
+            )
+        })?;
+    Ok(MachineConfig { mem_bytes, vcpus })
 }
 
 /// Sorted runs of consecutive set pages.
@@ -254,4 +260,36 @@ pub fn page_runs(bitmaps: &PageBitmaps) -> Vec<storage::PageRun> {
             storage::runs_from_dirty_bitmap(*start, words.len() as u64 * 64, words)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{PvPortSnapshot, SerialSnapshot};
+
+    fn state(mem_regions: Vec<(u64, u64)>) -> MachineState {
+        MachineState {
+            format_version: STATE_FORMAT_VERSION,
+            mem_regions,
+            guest: "linux".into(),
+            vcpus: Vec::new(),
+            pic_master: Vec::new(),
+            pic_slave: Vec::new(),
+            ioapic: Vec::new(),
+            pit: Vec::new(),
+            clock: Vec::new(),
+            serial: SerialSnapshot::default(),
+            pv_port: PvPortSnapshot::default(),
+        }
+    }
+
+    #[test]
+    fn config_of_a_hostile_state_is_an_error_not_an_overflow() {
+        let config = config_of(&state(vec![(0, 3 << 30), (1 << 32, 1 << 30)])).unwrap();
+        assert_eq!((config.mem_bytes, config.vcpus), (4 << 30, 0));
+        // Regression: the sizes used to be summed with `sum()`, which panics on overflow in
+        // debug builds (and wraps to a small, valid-looking size in release builds).
+        let err = config_of(&state(vec![(0, u64::MAX), (1 << 32, 2)])).unwrap_err();
+        assert!(err.contains("add up past 64 bits"), "{err}");
+    }
 }

@@ -1,0 +1,99 @@
+//! Shared bodies of the novacron-vm fuzz targets.
+//!
+//! Each module is one target: `check(data)` feeds arbitrary bytes to the real decoder and
+//! asserts the invariants that hold whenever it accepts them (it returns whether the input
+//! was accepted, so tests can prove the seeds reach the success path), and `seeds()` builds
+//! small valid inputs with the real encoders. The `fuzz_targets/*.rs` binaries are one-line
+//! wrappers around `check`; `examples/make_seeds.rs` writes `seeds()` under `seeds/<target>/`.
+//!
+//! What this cannot do: the checks only see what a decoder returns; a decoder that accepts
+//! garbage without breaking an invariant below goes unnoticed.
+
+pub mod checksummed_frame;
+pub mod control_recv;
+pub mod guest_spec;
+pub mod linux_image;
+pub mod manifest_decode;
+pub mod memory_layer;
+pub mod scratch;
+pub mod snapshot_load;
+pub mod state_decode;
+
+/// A named seed input.
+pub type Seed = (&'static str, Vec<u8>);
+
+/// A target: its name (as in Cargo.toml and `seeds/`), its check and its seed builder.
+pub type Target = (&'static str, fn(&[u8]) -> bool, fn() -> Vec<Seed>);
+
+/// Every target.
+pub const TARGETS: &[Target] = &[
+    ("state_decode", state_decode::check, state_decode::seeds),
+    (
+        "checksummed_frame",
+        checksummed_frame::check,
+        checksummed_frame::seeds,
+    ),
+    (
+        "manifest_decode",
+        manifest_decode::check,
+        manifest_decode::seeds,
+    ),
+    ("snapshot_load", snapshot_load::check, snapshot_load::seeds),
+    ("memory_layer", memory_layer::check, memory_layer::seeds),
+    ("control_recv", control_recv::check, control_recv::seeds),
+    ("guest_spec", guest_spec::check, guest_spec::seeds),
+    ("linux_image", linux_image::check, linux_image::seeds),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn every_generated_seed_is_accepted() {
+        for (name, check, seeds) in TARGETS {
+            let seeds = seeds();
+            assert!(!seeds.is_empty(), "{name}: no seeds");
+            for (seed, bytes) in seeds {
+                assert!(check(&bytes), "{name}/{seed} was rejected");
+                assert!(
+                    bytes.len() <= 16 << 10,
+                    "{name}/{seed} is {} bytes",
+                    bytes.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn committed_seeds_match_the_generator() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+        for (name, _, seeds) in TARGETS {
+            for (seed, bytes) in seeds() {
+                let path = root.join(name).join(seed);
+                let committed = std::fs::read(&path).unwrap_or_else(|e| {
+                    panic!(
+                        "{}: {e}; run `cargo run --example make_seeds`",
+                        path.display()
+                    )
+                });
+                assert_eq!(committed, bytes, "{} is stale", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn empty_and_junk_inputs_are_rejected_without_panics() {
+        for (name, check, _) in TARGETS {
+            for junk in [&b""[..], b"\0", b"\xff\xff\xff\xff", &[0xA5; 700]] {
+                // Only the guest spec can accept junk-looking text; nothing may panic.
+                let accepted = check(junk);
+                assert!(
+                    !accepted || *name == "guest_spec",
+                    "{name} accepted {junk:?}"
+                );
+            }
+        }
+    }
+}
