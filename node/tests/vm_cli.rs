@@ -147,6 +147,42 @@ fn counter_survives_a_chain_of_incremental_snapshots_across_processes() {
     );
 }
 
+#[test]
+fn a_chatty_guest_is_snapshotted_on_time_and_restored() {
+    if !kvm_usable("dirtier snapshot") {
+        return;
+    }
+    // The unpaced dirtier reports progress thousands of times a second: the snapshot
+    // deadline must still be met while those events stream in.
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap");
+    let s = snap.to_str().unwrap();
+    let spec = "builtin:dirtier:mib=8,rate=0";
+    let out = run(&[
+        "vm",
+        "run",
+        "--guest",
+        spec,
+        "--snapshot-at",
+        "300,600",
+        "--snapshot-to",
+        s,
+    ]);
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("Incremental snapshot"));
+    let out = run(&[
+        "vm",
+        "restore",
+        s,
+        "--snapshot-at",
+        "300",
+        "--snapshot-to",
+        s,
+    ]);
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("Incremental snapshot"));
+}
+
 fn snapshot_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()

@@ -111,6 +111,10 @@ impl VmmProcess {
 
     /// Waits for the next event; `timeout` None waits forever.
     pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Event, LaunchError> {
+        if timeout.is_some_and(|t| t.is_zero()) {
+            // A deadline that already passed (the socket refuses a zero timeout).
+            return Err(LaunchError::Timeout(Duration::ZERO));
+        }
         self.reader
             .get_ref()
             .set_read_timeout(timeout)
