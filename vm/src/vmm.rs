@@ -98,6 +98,7 @@ fn run(
     // Without KVM nothing else matters; say so before the jail hides /dev from view.
     crate::machine::check_kvm().map_err(|e| e.to_string())?;
     let jail = vmm_sandbox::enter(&launch)?;
+    let jailed_ns = monotonic_ns();
     let (tx, rx) = mpsc::channel::<Input>();
     spawn_control_reader(reader, tx.clone(), &jail)?;
     let sink_tx = Mutex::new(tx);
@@ -148,10 +149,18 @@ fn run(
             },
         )?,
     };
+    let built_ns = monotonic_ns();
     jail.lock_current_thread()?;
     if !launch.start_paused {
         machine.resume().map_err(|e| e.to_string())?;
     }
+    let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
+    tracing::debug!(
+        jail_ms = ms(process_start_ns, jailed_ns),
+        build_ms = ms(jailed_ns, built_ns),
+        start_ms = ms(built_ns, monotonic_ns()),
+        "VMM start phases"
+    );
     send(
         writer,
         &Event::Ready {
