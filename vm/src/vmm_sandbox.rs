@@ -29,7 +29,7 @@ pub fn cgroup_name(vm_id: &str) -> String {
 /// Enters the process-wide jail. Must run while the process is single-threaded. With a
 /// new pid namespace the sandbox forks: this returns in the child, which becomes pid 1.
 /// The cgroup join may still be under way: call [`JailedThreads::wait_cgroup_joined`]
-/// before mapping guest memory.
+/// before touching guest memory.
 pub fn enter(launch: &Launch) -> Result<JailedThreads, String> {
     if !launch.sandbox.enabled {
         return Ok(JailedThreads {

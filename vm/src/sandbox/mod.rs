@@ -18,9 +18,9 @@
 //!    done by the waiter, in parallel with the child, because a cgroup v1 attach waits for
 //!    an RCU grace period (~5.6 ms measured). The child then holds a pending
 //!    [`CgroupJoin`] (see [`Sandbox::take_cgroup_join`]) and MUST [`CgroupJoin::wait`] it
-//!    before mapping guest memory or running the guest: until then only the VMM's small
-//!    startup allocations (KVM VM, irqchip, PIT, vCPUs, thread stacks) are charged to the
-//!    spawner's cgroup instead of the VM's. Dropping a pending join without waiting is a
+//!    before touching guest memory or running the guest: until then only the VMM's small
+//!    startup allocations (KVM VM, memslot metadata, irqchip, PIT, vCPUs, thread stacks)
+//!    are charged to the spawner's cgroup instead of the VM's. Dropping a pending join without waiting is a
 //!    bug: the limits would hold only if the waiter happened to succeed.
 //! 3. Every thread calls [`Sandbox::apply_thread_filter`] (or
 //!    [`SeccompFilters::apply_to_current_thread`] on a clone from [`Sandbox::filters`]) with
@@ -281,7 +281,7 @@ impl Sandbox {
     }
 
     /// The cgroup join after step 2: complete, or pending in the waiter. The caller must
-    /// [`CgroupJoin::wait`] before mapping guest memory. Later calls return a done join.
+    /// [`CgroupJoin::wait`] before touching guest memory. Later calls return a done join.
     pub fn take_cgroup_join(&mut self) -> CgroupJoin {
         std::mem::replace(&mut self.join, CgroupJoin::done())
     }
