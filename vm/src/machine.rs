@@ -155,7 +155,7 @@ impl Machine {
         io: MachineIo,
         vcpu_setup: VcpuSetupFactory<'_>,
     ) -> Result<Machine, VmError> {
-        Self::create_with(config, io, None, vcpu_setup)
+        Self::create_inner(config, io, None, vcpu_setup, &|| Ok(()))
     }
 
     /// [`create`](Self::create), calling `before_memory` after the KVM objects exist and
@@ -170,15 +170,6 @@ impl Machine {
         Self::create_inner(config, io, None, vcpu_setup, before_memory)
     }
 
-    pub(crate) fn create_with(
-        config: &MachineConfig,
-        io: MachineIo,
-        saved_devices: Option<(&crate::state::SerialSnapshot, &crate::state::PvPortSnapshot)>,
-        vcpu_setup: VcpuSetupFactory<'_>,
-    ) -> Result<Machine, VmError> {
-        Self::create_inner(config, io, saved_devices, vcpu_setup, &|| Ok(()))
-    }
-
     /// The creation order. Guest memory is mapped (not touched: nothing is allocated or
     /// charged yet) and given to KVM first, right after the VM: a memslot change waits for
     /// an SRCU grace period once an irqchip exists (3-9 ms on this nested host, against
@@ -187,7 +178,7 @@ impl Machine {
     /// its cgroup. Nothing writes guest memory before it returns, so every guest page is
     /// charged to the VM's cgroup; only KVM's per-page metadata from the memslot (8 bytes
     /// per 4 KiB page with shadow paging, 0.2% of guest RAM) is charged to the spawner's.
-    fn create_inner(
+    pub(crate) fn create_inner(
         config: &MachineConfig,
         io: MachineIo,
         saved_devices: Option<(&crate::state::SerialSnapshot, &crate::state::PvPortSnapshot)>,

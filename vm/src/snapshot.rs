@@ -12,7 +12,7 @@ use crate::arch;
 use crate::boot;
 use crate::devices::lock;
 use crate::machine::{
-    kvm_err, Lifecycle, Machine, MachineConfig, MachineIo, VcpuSetupFactory, VmError,
+    kvm_err, BeforeMemory, Lifecycle, Machine, MachineConfig, MachineIo, VcpuSetupFactory, VmError,
 };
 use crate::memory::{take_vmm_dirty_bits, DirtyTracker, PageBitmaps};
 use crate::state::{from_blob, to_blob, MachineState, STATE_FORMAT_VERSION};
@@ -169,6 +169,17 @@ impl Machine {
         io: MachineIo,
         vcpu_setup: VcpuSetupFactory<'_>,
     ) -> Result<Machine, SnapshotError> {
+        Self::restore_gated(dir, io, vcpu_setup, &|| Ok(()))
+    }
+
+    /// [`restore`](Self::restore), calling `before_memory` once the KVM objects exist and
+    /// before the snapshot's memory is written (see [`Machine::create_gated`]).
+    pub fn restore_gated(
+        dir: &Path,
+        io: MachineIo,
+        vcpu_setup: VcpuSetupFactory<'_>,
+        before_memory: BeforeMemory<'_>,
+    ) -> Result<Machine, SnapshotError> {
         let started = Instant::now();
         let loaded = storage::load(dir)?;
         let state = MachineState::decode(&loaded.state).map_err(VmError::from)?;
@@ -178,11 +189,12 @@ impl Machine {
             reason,
         };
         let config = snapshot_config(dir, &state)?;
-        let mut machine = Machine::create_with(
+        let mut machine = Machine::create_inner(
             &config,
             io,
             Some((&state.serial, &state.pv_port)),
             vcpu_setup,
+            before_memory,
         )?;
         if machine.layout() != state.mem_regions.as_slice() {
             return Err(bad(format!(

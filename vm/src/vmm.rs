@@ -126,9 +126,8 @@ fn run(
                     launch.vcpus
                 ));
             }
-            // The restore maps and fills guest memory at once: join the cgroup first.
-            jail.wait_cgroup_joined()?;
-            Machine::restore(dir, io, &vcpu_setup).map_err(|e| e.to_string())?
+            let joined = || jail.wait_cgroup_joined();
+            Machine::restore_gated(dir, io, &vcpu_setup, &joined).map_err(|e| e.to_string())?
         }
         LaunchSource::Builtin { spec } => {
             let guest: BuiltinGuest = spec.parse().map_err(|e| format!("{e}"))?;
