@@ -3,6 +3,7 @@
 //! directory, every read verified.
 
 pub mod batch;
+pub mod bench_support;
 pub mod bitmap;
 pub mod chunking;
 pub mod codec;
