@@ -2,3 +2,4 @@
 //! migration, snapshots and images share; the swarm, cells and placement come later.
 
 pub mod chunks;
+pub mod workload;

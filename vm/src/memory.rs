@@ -191,26 +191,10 @@ pub fn take_vmm_dirty_bits(mem: &GuestMem) -> Vec<Vec<u64>> {
         .collect()
 }
 
-/// The benchmark pattern: 8-byte little-endian words whose low 32 bits are successive
-/// xorshift32 outputs (seed 0x2545F491; x ^= x<<13; x ^= x>>17; x ^= x<<5) and whose high
-/// 32 bits are zero. It compresses about 1.95x with zstd level 1.
-pub fn pattern_bytes(len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len.next_multiple_of(8));
-    let mut x: u32 = 0x2545_F491;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        out.extend_from_slice(&u64::from(x).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// Writes the benchmark pattern into guest memory through vm-memory, so the pages count as
+/// Writes the benchmark pattern (`novacron_mesh::workload::pattern`) into guest memory through vm-memory, so the pages count as
 /// touched and dirty.
 pub fn fill_pattern(mem: &GuestMem, gpa: u64, len: u64) -> Result<(), MemoryError> {
-    let data = pattern_bytes(len as usize);
+    let data = novacron_mesh::workload::pattern(len as usize);
     mem.write_slice(&data, GuestAddress(gpa))
         .map_err(|source| MemoryError::Write { gpa, len, source })
 }
@@ -226,19 +210,6 @@ pub fn hash_range(mem: &GuestMem, gpa: u64, len: u64) -> Result<blake3::Hash, Me
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pattern_starts_with_known_xorshift_words() {
-        let p = pattern_bytes(24);
-        let w0 = u64::from_le_bytes(p[0..8].try_into().unwrap());
-        let mut x: u32 = 0x2545_F491;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        assert_eq!(w0, u64::from(x));
-        assert_eq!(w0 >> 32, 0);
-        assert_eq!(pattern_bytes(13).len(), 13);
-    }
 
     #[test]
     fn host_writes_are_tracked_and_put_back_on_failure() {

@@ -16,9 +16,6 @@ use super::store::{ChunkStore, StoreError};
 /// Chunks per batch commit in the store figures.
 const BATCH_CHUNKS: usize = 1024;
 
-/// Seed of the benchmark "pattern" (the migration issue's workload).
-pub const PATTERN_SEED: u32 = 0x2545_F491;
-
 /// Why a measurement could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -239,46 +236,6 @@ fn store_round_trip(
     result
 }
 
-/// The benchmark "pattern": 8-byte little-endian words whose low 32 bits are successive
-/// xorshift32 outputs from [`PATTERN_SEED`] and whose high 32 bits are zero (~1.95x with
-/// zstd 1). `len` is rounded down to whole words.
-pub fn pattern(len: usize) -> Vec<u8> {
-    let mut x = PATTERN_SEED;
-    let mut out = Vec::with_capacity(len);
-    for _ in 0..len / 8 {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        out.extend_from_slice(&u64::from(x).to_le_bytes());
-    }
-    out
-}
-
-/// Incompressible bytes (xorshift64* from `seed`); `len` is rounded down to whole words.
-pub fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    for _ in 0..len / 8 {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out
-}
-
-/// A mostly-zero buffer: one 4 KiB page in 32 holds the pattern (~3% of the bytes), the
-/// rest is zero, like a freshly booted guest.
-pub fn mostly_zero(len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let page = pattern(4096);
-    for chunk in out.chunks_mut(32 * 4096) {
-        let n = chunk.len().min(4096);
-        chunk[..n].copy_from_slice(&page[..n]);
-    }
-    out
-}
-
 impl fmt::Display for ChunkBench {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -334,37 +291,7 @@ impl fmt::Display for ChunkBench {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pattern_matches_the_definition() {
-        let p = pattern(24);
-        // xorshift32 from 0x2545F491, computed by hand from the definition.
-        let mut x: u32 = 0x2545_F491;
-        for word in p.chunks_exact(8) {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            assert_eq!(&word[..4], &x.to_le_bytes());
-            assert_eq!(&word[4..], &[0, 0, 0, 0]);
-        }
-        assert_eq!(pattern(13).len(), 8);
-    }
-
-    #[test]
-    fn generators_have_the_expected_compressibility() {
-        let len = 1 << 20;
-        let ratio = |b: &[u8]| b.len() as f64 / zstd::bulk::compress(b, 1).unwrap().len() as f64;
-        let p = ratio(&pattern(len));
-        assert!((1.8..2.1).contains(&p), "pattern ratio {p}");
-        let r = ratio(&random(len, 1));
-        assert!(r < 1.01, "random ratio {r}");
-        let z = mostly_zero(len);
-        let nonzero_pages = z
-            .chunks(4096)
-            .filter(|p| !crate::chunks::is_zero(p))
-            .count();
-        assert_eq!(nonzero_pages, len / 4096 / 32);
-    }
+    use crate::workload::{mostly_zero, pattern, random};
 
     #[test]
     fn measure_reports_consistent_counts() {

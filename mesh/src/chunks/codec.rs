@@ -342,18 +342,9 @@ pub fn decode_chunk(
 pub(crate) mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random bytes (xorshift64), incompressible to zstd.
+    /// Deterministic incompressible bytes.
     pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-        out.truncate(len);
-        out
+        crate::workload::random(len, seed)
     }
 
     /// Text-like bytes that zstd compresses well.

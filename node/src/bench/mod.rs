@@ -2,6 +2,7 @@
 //! Benchmarks are not tests: they report speed and compare it with a reference measured in
 //! the same run, never assert it.
 
+mod chunks;
 mod report;
 mod vm;
 
@@ -15,14 +16,15 @@ pub use vm::bare_kvm_first_exit_ns;
 pub enum Suite {
     /// The VM engine: VMM start, memory overhead, snapshot and restore.
     Vm(vm::VmBenchArgs),
+    /// The content-addressed chunk store: chunk sizes 4/16/64 KiB on the benchmark
+    /// workloads, against blake3 and zstd over the whole buffer.
+    Chunks(chunks::ChunksBenchArgs),
 }
 
 pub fn run(suite: Suite) -> anyhow::Result<ExitCode> {
     let (report, json) = match suite {
-        Suite::Vm(args) => {
-            let json = args.json();
-            (vm::run(&args)?, json)
-        }
+        Suite::Vm(args) => (vm::run(&args)?, args.json()),
+        Suite::Chunks(args) => (chunks::run(&args)?, args.json()),
     };
     if json {
         println!("{}", report.to_json());

@@ -365,7 +365,7 @@ fn restore_ms(exe: &Path, dir: &Path) -> anyhow::Result<(f64, f64)> {
 
 /// memcpy and blake3 of 64 MiB of the pattern, for scale.
 fn references_64mib() -> (f64, f64) {
-    let src = novacron_vm::memory::pattern_bytes((64 * MIB) as usize);
+    let src = novacron_mesh::workload::pattern((64 * MIB) as usize);
     let mut dst = vec![0u8; src.len()];
     dst.copy_from_slice(&src); // fault the pages in before timing
     let t = Instant::now();
