@@ -342,24 +342,14 @@ fn format_decimal(value: u32, buf: &mut [u8; 32]) -> usize {
 }
 
 /// Format `"<id> <id> 1\n"` (an identity map of one id) into `buf`; returns the length.
+/// No allocation: it runs in a forked child of a multi-threaded process.
 fn format_id_map(id: u32, buf: &mut [u8; 32]) -> usize {
-    let mut digits = [0u8; 10];
-    let mut n = 0;
-    let mut v = id;
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
+    let mut number = [0u8; 32];
+    let n = format_decimal(id, &mut number);
     let mut len = 0;
     for _ in 0..2 {
-        for i in (0..n).rev() {
-            buf[len] = digits[i];
-            len += 1;
-        }
+        buf[len..len + n].copy_from_slice(&number[..n]);
+        len += n;
         buf[len] = b' ';
         len += 1;
     }
