@@ -15,7 +15,9 @@
 //! connection asks the destination ([`messages::Message::Query`]) — it neither resumes nor
 //! discards on a guess, so the VM never runs twice.
 
+pub mod destination;
 pub mod messages;
+pub mod source;
 
 use messages::MemRegion;
 use novacron_mesh::chunks::ChunkSize;
