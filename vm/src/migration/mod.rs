@@ -19,6 +19,9 @@ pub mod destination;
 pub mod messages;
 pub mod source;
 
+#[cfg(test)]
+mod sim;
+
 use messages::MemRegion;
 use novacron_mesh::chunks::ChunkSize;
 
