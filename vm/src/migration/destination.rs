@@ -82,9 +82,8 @@ pub enum Output {
         start: u64,
         count: u64,
     },
-    /// Copy the chunk `id` from the store into chunk `index`. The driver must verify the
-    /// store's read (the store does) and feed [`Input::StartFailed`]-style failure as
-    /// [`Input::Cancel`] if it cannot.
+    /// Copy the chunk `id` from the store into chunk `index`. The store verifies what it
+    /// reads; if the read fails, the driver feeds [`Input::Cancel`] (the migration rolls back).
     CopyFromStore {
         index: u64,
         id: ChunkId,
