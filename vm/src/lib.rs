@@ -13,6 +13,7 @@ pub mod launcher;
 pub mod layout;
 pub mod machine;
 pub mod memory;
+pub mod migration;
 pub mod sandbox;
 pub mod snapshot;
 pub mod state;

@@ -1,0 +1,877 @@
+//! The source side of a migration as a sans-IO state machine.
+//!
+//! The source never sees memory bytes: it asks the driver for each round's chunk refs
+//! ([`Output::CollectRound`]) and tells it which chunks to read, compress and send
+//! ([`Output::SendChunk`]). It decides when to switch over, and it alone decides the fate of
+//! the VM on its side: [`Output::DiscardVm`] only after [`Message::Confirm`] (or a
+//! destination's [`Message::Status`] saying it started), [`Output::ResumeVm`] on any
+//! rollback while the VM is paused.
+
+use std::collections::HashMap;
+
+use novacron_mesh::chunks::{Bitmap, ChunkId, ChunkRef, ChunkSize};
+use tracing::{debug, info, warn};
+
+use super::messages::{
+    MemRegion, Message, Mode, OfferEntry, ZeroRun, MAX_OFFER_CHUNKS, PROTOCOL_VERSION,
+};
+use super::{Geometry, Phase, Progress, ProtocolError};
+
+/// What to do when live pre-copy does not converge within the round or time limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoConverge {
+    /// Ask the driver to throttle the vCPUs harder each round (auto-converge).
+    Throttle,
+    /// Pause and finish as a warm migration.
+    FallbackWarm,
+}
+
+/// First throttle step and increment, in percent of vCPU time taken away.
+const THROTTLE_FIRST: u8 = 20;
+const THROTTLE_STEP: u8 = 10;
+const THROTTLE_MAX: u8 = 99;
+
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub vm_id: [u8; 16],
+    pub regions: Vec<MemRegion>,
+    pub chunk_size: ChunkSize,
+    pub mode: Mode,
+    /// Switch over once the estimated downtime is at most this.
+    pub downtime_budget_ms: u64,
+    /// Live rounds before [`SourceConfig::on_no_converge`] applies.
+    pub max_rounds: u32,
+    /// Pre-copy time before [`SourceConfig::on_no_converge`] applies.
+    pub max_precopy_ms: u64,
+    pub on_no_converge: NoConverge,
+    /// Silence from the peer, while waiting for it, after which the migration fails.
+    pub timeout_ms: u64,
+}
+
+impl SourceConfig {
+    /// Defaults from the issue: 50 ms budget, 30 rounds, 30 s of pre-copy, fall back to warm.
+    pub fn new(vm_id: [u8; 16], regions: Vec<MemRegion>, mode: Mode) -> Self {
+        Self {
+            vm_id,
+            regions,
+            chunk_size: ChunkSize::K16,
+            mode,
+            downtime_budget_ms: 50,
+            max_rounds: 30,
+            max_precopy_ms: 30_000,
+            on_no_converge: NoConverge::FallbackWarm,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    Received(Message),
+    /// The chunk refs of a round: all memory for a full round, else the chunks dirtied since
+    /// the previous collect plus the `extra` indices asked for.
+    RoundData {
+        round: u32,
+        refs: Vec<ChunkRef>,
+    },
+    /// Latest measurements from the driver, bytes per second.
+    Measured {
+        bandwidth_bps: u64,
+        dirty_rate_bps: u64,
+    },
+    /// The archived vCPU/device state asked for by [`Output::CaptureState`].
+    StateCaptured(Vec<u8>),
+    /// The connection broke (reset, closed, unreadable frame).
+    LinkDown,
+    /// A new connection to the destination exists (only used while in doubt).
+    Reconnected,
+    /// The local user cancels. Too late once the state was sent.
+    Cancel {
+        reason: String,
+    },
+    Tick {
+        now_ms: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Send(Message),
+    /// Pause (warm, live switchover) or stop (cold) the vCPUs.
+    PauseVm,
+    /// Rollback: run the VM again here.
+    ResumeVm,
+    /// Take this percentage of vCPU time away (0 = no throttle).
+    Throttle {
+        percent: u8,
+    },
+    /// Answer with [`Input::RoundData`]: all memory when `full`, else the dirty chunks since
+    /// the last collect plus `extra`. For live mode the driver starts dirty logging before
+    /// reading a full round.
+    CollectRound {
+        round: u32,
+        full: bool,
+        extra: Vec<u64>,
+    },
+    /// Read chunk `index`, hash and compress it, and send it as [`Message::Chunk`] with the
+    /// id of the bytes read (which may differ from `id` if the guest wrote it meanwhile).
+    SendChunk {
+        index: u64,
+        id: ChunkId,
+    },
+    /// Answer with [`Input::StateCaptured`]; the VM is paused.
+    CaptureState,
+    /// The destination runs the VM: destroy it here.
+    DiscardVm,
+    /// The link failed after the state was sent. Keep the VM paused, reconnect and feed
+    /// [`Input::Reconnected`].
+    InDoubt,
+    Progress(Progress),
+    /// The migration is over and rolled back.
+    Fail {
+        reason: String,
+    },
+}
+
+/// One offer of the current round, until its want arrives.
+struct SentOffer {
+    chunks: Vec<(u64, ChunkId, u32)>,
+}
+
+enum State {
+    Idle,
+    Handshake,
+    /// Waiting for the driver's round data.
+    Collecting,
+    /// Offers out; `offers` holds those not yet answered.
+    Offering {
+        offers: HashMap<u32, SentOffer>,
+    },
+    AwaitAck,
+    AwaitCapture,
+    AwaitConfirm,
+    InDoubt,
+    Resolving,
+    Done,
+    Failed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Idle => "Idle",
+            State::Handshake => "Handshake",
+            State::Collecting => "Collecting",
+            State::Offering { .. } => "Offering",
+            State::AwaitAck => "AwaitAck",
+            State::AwaitCapture => "AwaitCapture",
+            State::AwaitConfirm => "AwaitConfirm",
+            State::InDoubt => "InDoubt",
+            State::Resolving => "Resolving",
+            State::Done => "Done",
+            State::Failed => "Failed",
+        }
+    }
+
+    /// Phases in which the source waits for the peer, so silence counts toward the timeout.
+    fn waits_for_peer(&self) -> bool {
+        matches!(
+            self,
+            State::Handshake
+                | State::Offering { .. }
+                | State::AwaitAck
+                | State::AwaitConfirm
+                | State::Resolving
+        )
+    }
+}
+
+pub struct Source {
+    cfg: SourceConfig,
+    geo: Geometry,
+    state: State,
+    now_ms: u64,
+    last_heard_ms: u64,
+    paused: bool,
+    throttle: u8,
+    round: u32,
+    /// True once the VM is paused for good: the current round is a final one.
+    final_round: bool,
+    round_started_ms: u64,
+    precopy_started_ms: u64,
+    round_dirty_bytes: u64,
+    round_left_bytes: u64,
+    progress: Progress,
+}
+
+impl Source {
+    /// Checks the configuration; [`Source::start`] begins.
+    pub fn new(cfg: SourceConfig) -> Result<Self, ProtocolError> {
+        let geo = Geometry::new(&cfg.regions, cfg.chunk_size, u64::MAX)?;
+        Ok(Self {
+            cfg,
+            geo,
+            state: State::Idle,
+            now_ms: 0,
+            last_heard_ms: 0,
+            paused: false,
+            throttle: 0,
+            round: 0,
+            final_round: false,
+            round_started_ms: 0,
+            precopy_started_ms: 0,
+            round_dirty_bytes: 0,
+            round_left_bytes: 0,
+            progress: Progress {
+                phase: Phase::Handshake,
+                round: 0,
+                bytes_sent: 0,
+                bytes_skipped_zero: 0,
+                bytes_skipped_held: 0,
+                dirty_rate_bps: 0,
+                bandwidth_bps: 0,
+                est_remaining_ms: None,
+                est_downtime_ms: None,
+            },
+        })
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// The last progress figures.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// True once the migration ended either way (done or rolled back).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Done | State::Failed)
+    }
+
+    /// Sends the hello (stopping the VM first in cold mode).
+    pub fn start(&mut self, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if !matches!(self.state, State::Idle) {
+            return out;
+        }
+        self.now_ms = now_ms;
+        self.last_heard_ms = now_ms;
+        if self.cfg.mode == Mode::Cold {
+            self.pause(&mut out);
+        }
+        out.push(Output::Send(Message::Hello {
+            version: PROTOCOL_VERSION,
+            vm_id: self.cfg.vm_id,
+            regions: self.cfg.regions.clone(),
+            chunk_size: self.cfg.chunk_size.bytes() as u32,
+            mode: self.cfg.mode,
+        }));
+        self.state = State::Handshake;
+        self.report(&mut out);
+        out
+    }
+
+    pub fn handle(&mut self, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        if matches!(self.state, State::Done | State::Failed | State::Idle) {
+            return out;
+        }
+        let result = match input {
+            Input::Received(msg) => {
+                self.last_heard_ms = self.now_ms;
+                self.on_message(msg, &mut out)
+            }
+            Input::RoundData { round, refs } => self.on_round_data(round, refs, &mut out),
+            Input::Measured {
+                bandwidth_bps,
+                dirty_rate_bps,
+            } => {
+                self.progress.bandwidth_bps = bandwidth_bps;
+                self.progress.dirty_rate_bps = dirty_rate_bps;
+                Ok(())
+            }
+            Input::StateCaptured(state) => self.on_state(state, &mut out),
+            Input::LinkDown => {
+                self.link_lost("link down", &mut out);
+                Ok(())
+            }
+            Input::Reconnected => {
+                self.on_reconnected(&mut out);
+                Ok(())
+            }
+            Input::Cancel { reason } => {
+                self.on_cancel(reason, &mut out);
+                Ok(())
+            }
+            Input::Tick { now_ms } => {
+                self.on_tick(now_ms, &mut out);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            self.on_protocol_error(e, &mut out);
+        }
+        out
+    }
+
+    fn on_message(&mut self, msg: Message, out: &mut Vec<Output>) -> Result<(), ProtocolError> {
+        match (&mut self.state, msg) {
+            (_, Message::Abort { reason }) => {
+                // The destination only aborts before it starts the VM, so resuming is safe
+                // even after the state was sent.
+                self.fail(format!("destination aborted: {reason}"), false, out);
+                Ok(())
+            }
+            (State::Handshake, Message::Ready) => {
+                if self.cfg.mode == Mode::Warm {
+                    self.pause(out);
+                }
+                self.precopy_started_ms = self.now_ms;
+                self.final_round = self.paused;
+                self.collect(0, true, Vec::new(), out);
+                Ok(())
+            }
+            (
+                State::Offering { .. },
+                Message::Want {
+                    round,
+                    seq,
+                    len,
+                    words,
+                },
+            ) => self.on_want(round, seq, len, words, out),
+            (State::AwaitAck, Message::RoundAck { round, missing }) => {
+                self.on_ack(round, missing, out)
+            }
+            (State::AwaitConfirm | State::InDoubt | State::Resolving, Message::Confirm) => {
+                self.finish(out);
+                Ok(())
+            }
+            (State::Resolving, Message::Status { started }) => {
+                if started {
+                    self.finish(out);
+                } else {
+                    self.fail("destination did not start the VM".into(), false, out);
+                }
+                Ok(())
+            }
+            (state, msg) => Err(ProtocolError::Unexpected {
+                kind: msg.kind(),
+                phase: state.name(),
+            }),
+        }
+    }
+
+    fn on_round_data(
+        &mut self,
+        round: u32,
+        refs: Vec<ChunkRef>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ProtocolError> {
+        if !matches!(self.state, State::Collecting) {
+            return Err(ProtocolError::Unexpected {
+                kind: "RoundData",
+                phase: self.state.name(),
+            });
+        }
+        if round != self.round {
+            return Err(ProtocolError::Round {
+                what: "round data",
+                got: round,
+                want: self.round,
+            });
+        }
+        for r in &refs {
+            self.check_ref(r)?;
+        }
+        self.round_dirty_bytes = refs.iter().map(|r| u64::from(r.len)).sum();
+        let zero_bytes: u64 = refs
+            .iter()
+            .filter(|r| r.is_zero())
+            .map(|r| u64::from(r.len))
+            .sum();
+        self.progress.bytes_skipped_zero += zero_bytes;
+        self.round_left_bytes = self.round_dirty_bytes - zero_bytes;
+        let offers = split_offers(&refs);
+        let mut pending = HashMap::with_capacity(offers.len());
+        for (seq, (chunks, zeros)) in offers.into_iter().enumerate() {
+            let seq = seq as u32;
+            let entries = chunks
+                .iter()
+                .map(|(index, id, _)| OfferEntry {
+                    index: *index,
+                    id: *id.as_bytes(),
+                })
+                .collect();
+            out.push(Output::Send(Message::Offer {
+                round,
+                seq,
+                chunks: entries,
+                zeros,
+            }));
+            pending.insert(seq, SentOffer { chunks });
+        }
+        debug!(
+            round,
+            offers = pending.len(),
+            bytes = self.round_dirty_bytes,
+            "round offered"
+        );
+        self.last_heard_ms = self.now_ms;
+        if pending.is_empty() {
+            self.round_done(out);
+        } else {
+            self.state = State::Offering { offers: pending };
+        }
+        self.report(out);
+        Ok(())
+    }
+
+    fn check_ref(&self, r: &ChunkRef) -> Result<(), ProtocolError> {
+        self.geo.check_index("round data", r.index)?;
+        let want = self.geo.chunk_len(r.index).unwrap_or(0);
+        if r.len as usize != want {
+            return Err(ProtocolError::RefLength {
+                index: r.index,
+                got: r.len,
+                want,
+            });
+        }
+        Ok(())
+    }
+
+    fn on_want(
+        &mut self,
+        round: u32,
+        seq: u32,
+        len: u32,
+        words: Vec<u64>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ProtocolError> {
+        if round != self.round {
+            return Err(ProtocolError::Round {
+                what: "want",
+                got: round,
+                want: self.round,
+            });
+        }
+        let State::Offering { offers } = &mut self.state else {
+            return Err(ProtocolError::Seq { round, seq });
+        };
+        let Some(offer) = offers.remove(&seq) else {
+            return Err(ProtocolError::Seq { round, seq });
+        };
+        let nwords = words.len();
+        let bad_shape = || ProtocolError::WantShape {
+            seq,
+            got: len,
+            words: nwords,
+            want: offer.chunks.len(),
+        };
+        if len as usize != offer.chunks.len() {
+            return Err(bad_shape());
+        }
+        let wanted = Bitmap::from_words(words, len as usize).ok_or_else(bad_shape)?;
+        let all_answered = offers.is_empty();
+        for (i, (index, id, clen)) in offer.chunks.iter().enumerate() {
+            let bytes = u64::from(*clen);
+            if wanted.get(i) {
+                self.progress.bytes_sent += bytes;
+                out.push(Output::SendChunk {
+                    index: *index,
+                    id: *id,
+                });
+            } else {
+                self.progress.bytes_skipped_held += bytes;
+            }
+            self.round_left_bytes = self.round_left_bytes.saturating_sub(bytes);
+        }
+        if all_answered {
+            self.round_done(out);
+        }
+        Ok(())
+    }
+
+    fn round_done(&mut self, out: &mut Vec<Output>) {
+        out.push(Output::Send(Message::RoundDone {
+            round: self.round,
+            dirty_bytes: self.round_dirty_bytes,
+        }));
+        self.state = State::AwaitAck;
+    }
+
+    fn on_ack(
+        &mut self,
+        round: u32,
+        missing: Vec<u64>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ProtocolError> {
+        if round != self.round {
+            return Err(ProtocolError::Round {
+                what: "round ack",
+                got: round,
+                want: self.round,
+            });
+        }
+        for &index in &missing {
+            self.geo.check_index("round ack", index)?;
+        }
+        let next = round.saturating_add(1);
+        if self.final_round {
+            if missing.is_empty() {
+                out.push(Output::CaptureState);
+                self.state = State::AwaitCapture;
+            } else {
+                self.collect(next, false, missing, out);
+            }
+            self.report(out);
+            return Ok(());
+        }
+        let est = self.estimate_downtime_ms();
+        self.progress.est_downtime_ms = est;
+        let converged = est.is_some_and(|ms| ms <= self.cfg.downtime_budget_ms);
+        if converged || self.give_up_precopy(out) {
+            info!(round, est_downtime_ms = ?est, converged, "switching over");
+            self.pause(out);
+            self.final_round = true;
+        }
+        self.collect(next, false, missing, out);
+        Ok(())
+    }
+
+    /// Dirty bytes expected in the next round (measured dirty rate over the last round's
+    /// length, or the last round's size when no rate was measured) over the bandwidth.
+    fn estimate_downtime_ms(&self) -> Option<u64> {
+        let bw = self.progress.bandwidth_bps;
+        if bw == 0 {
+            return None;
+        }
+        let elapsed = self.now_ms.saturating_sub(self.round_started_ms).max(1);
+        let mem = self.geo.chunk_count() * self.geo.chunk_size().bytes() as u64;
+        let dirty = if self.progress.dirty_rate_bps > 0 {
+            (u128::from(self.progress.dirty_rate_bps) * u128::from(elapsed) / 1000)
+                .min(u128::from(mem)) as u64
+        } else {
+            self.round_dirty_bytes
+        };
+        Some((u128::from(dirty) * 1000 / u128::from(bw)) as u64)
+    }
+
+    /// Past the round or time limit: throttle harder (false: keep iterating) or give up on
+    /// pre-copy (true: switch over now). A throttle already at its maximum for as many
+    /// rounds again switches over too, over budget, rather than never finishing.
+    fn give_up_precopy(&mut self, out: &mut Vec<Output>) -> bool {
+        let rounds = self.round.saturating_add(1);
+        let elapsed = self.now_ms.saturating_sub(self.precopy_started_ms);
+        if rounds < self.cfg.max_rounds && elapsed < self.cfg.max_precopy_ms {
+            return false;
+        }
+        match self.cfg.on_no_converge {
+            NoConverge::FallbackWarm => true,
+            NoConverge::Throttle => {
+                if self.throttle == THROTTLE_MAX && rounds >= self.cfg.max_rounds.saturating_mul(2)
+                {
+                    warn!(
+                        rounds,
+                        "auto-converge failed at full throttle; switching over"
+                    );
+                    return true;
+                }
+                self.throttle = if self.throttle == 0 {
+                    THROTTLE_FIRST
+                } else {
+                    self.throttle
+                        .saturating_add(THROTTLE_STEP)
+                        .min(THROTTLE_MAX)
+                };
+                out.push(Output::Throttle {
+                    percent: self.throttle,
+                });
+                false
+            }
+        }
+    }
+
+    fn collect(&mut self, round: u32, full: bool, extra: Vec<u64>, out: &mut Vec<Output>) {
+        self.round = round;
+        self.round_started_ms = self.now_ms;
+        out.push(Output::CollectRound { round, full, extra });
+        self.state = State::Collecting;
+    }
+
+    fn on_state(&mut self, state: Vec<u8>, out: &mut Vec<Output>) -> Result<(), ProtocolError> {
+        if !matches!(self.state, State::AwaitCapture) {
+            return Err(ProtocolError::Unexpected {
+                kind: "StateCaptured",
+                phase: self.state.name(),
+            });
+        }
+        out.push(Output::Send(Message::Switchover { state }));
+        self.last_heard_ms = self.now_ms;
+        self.state = State::AwaitConfirm;
+        self.report(out);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<Output>) {
+        out.push(Output::DiscardVm);
+        self.state = State::Done;
+        info!(round = self.round, "migration done; VM discarded here");
+        self.report(out);
+    }
+
+    fn on_reconnected(&mut self, out: &mut Vec<Output>) {
+        if matches!(self.state, State::InDoubt) {
+            out.push(Output::Send(Message::Query {
+                vm_id: self.cfg.vm_id,
+            }));
+            self.last_heard_ms = self.now_ms;
+            self.state = State::Resolving;
+        }
+    }
+
+    fn on_cancel(&mut self, reason: String, out: &mut Vec<Output>) {
+        if self.state_sent() {
+            warn!(%reason, "cancel ignored: the state is already with the destination");
+            return;
+        }
+        self.fail(format!("cancelled: {reason}"), true, out);
+    }
+
+    fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        self.now_ms = self.now_ms.max(now_ms);
+        if !self.state.waits_for_peer() {
+            return;
+        }
+        let silent = self.now_ms.saturating_sub(self.last_heard_ms);
+        if silent > self.cfg.timeout_ms {
+            let reason = format!(
+                "no message from the destination for {silent} ms in phase {} (timeout {} ms)",
+                self.state.name(),
+                self.cfg.timeout_ms
+            );
+            self.link_lost(&reason, out);
+        }
+    }
+
+    /// After the state went out, a lost link or a silent peer leaves the outcome unknown.
+    fn state_sent(&self) -> bool {
+        matches!(
+            self.state,
+            State::AwaitConfirm | State::InDoubt | State::Resolving
+        )
+    }
+
+    fn link_lost(&mut self, reason: &str, out: &mut Vec<Output>) {
+        if self.state_sent() {
+            if !matches!(self.state, State::InDoubt) {
+                warn!(
+                    reason,
+                    "link lost after switchover: in doubt, VM stays paused"
+                );
+                self.state = State::InDoubt;
+                out.push(Output::InDoubt);
+                self.report(out);
+            }
+            return;
+        }
+        self.fail(reason.to_string(), true, out);
+    }
+
+    fn on_protocol_error(&mut self, e: ProtocolError, out: &mut Vec<Output>) {
+        if self.state_sent() {
+            // The destination may have started; only its answer can settle it.
+            warn!(error = %e, "protocol error after switchover: in doubt");
+            self.link_lost(&e.to_string(), out);
+            return;
+        }
+        self.fail(e.to_string(), true, out);
+    }
+
+    fn pause(&mut self, out: &mut Vec<Output>) {
+        if !self.paused {
+            out.push(Output::PauseVm);
+            self.paused = true;
+        }
+    }
+
+    /// Rolls back: tells the peer (when `tell`), lifts the throttle, resumes a paused VM.
+    fn fail(&mut self, reason: String, tell: bool, out: &mut Vec<Output>) {
+        warn!(%reason, paused = self.paused, "migration rolled back");
+        if tell {
+            out.push(Output::Send(Message::Abort {
+                reason: reason.clone(),
+            }));
+        }
+        if self.throttle != 0 {
+            self.throttle = 0;
+            out.push(Output::Throttle { percent: 0 });
+        }
+        if self.paused {
+            self.paused = false;
+            out.push(Output::ResumeVm);
+        }
+        self.state = State::Failed;
+        self.report(out);
+        out.push(Output::Fail { reason });
+    }
+
+    fn report(&mut self, out: &mut Vec<Output>) {
+        self.progress.phase = match self.state {
+            State::Idle | State::Handshake => Phase::Handshake,
+            State::Done => Phase::Done,
+            State::Failed => Phase::Failed,
+            State::InDoubt | State::Resolving => Phase::InDoubt,
+            State::AwaitConfirm => Phase::AwaitConfirm,
+            _ if self.paused => Phase::Stopped,
+            _ => Phase::Precopy,
+        };
+        self.progress.round = self.round;
+        let bw = self.progress.bandwidth_bps;
+        self.progress.est_remaining_ms =
+            (bw > 0).then(|| (u128::from(self.round_left_bytes) * 1000 / u128::from(bw)) as u64);
+        out.push(Output::Progress(self.progress.clone()));
+    }
+}
+
+/// The non-zero chunks and zero runs of one offer.
+type OfferParts = (Vec<(u64, ChunkId, u32)>, Vec<ZeroRun>);
+
+/// Cuts a round's refs into offers of at most [`MAX_OFFER_CHUNKS`] chunks each, zero
+/// chunks folded into runs of consecutive indices.
+fn split_offers(refs: &[ChunkRef]) -> Vec<OfferParts> {
+    refs.chunks(MAX_OFFER_CHUNKS)
+        .map(|part| {
+            let mut chunks = Vec::new();
+            let mut zeros: Vec<ZeroRun> = Vec::new();
+            for r in part {
+                match r.id {
+                    Some(id) => chunks.push((r.index, id, r.len)),
+                    None => match zeros.last_mut() {
+                        Some(run) if run.start + run.count == r.index => run.count += 1,
+                        _ => zeros.push(ZeroRun {
+                            start: r.index,
+                            count: 1,
+                        }),
+                    },
+                }
+            }
+            (chunks, zeros)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(index: u64, id: Option<u8>) -> ChunkRef {
+        ChunkRef {
+            index,
+            id: id.map(|b| ChunkId::from_bytes([b; 32])),
+            len: 4096,
+        }
+    }
+
+    #[test]
+    fn offers_fold_zero_runs_and_respect_the_size_limit() {
+        let refs = vec![
+            r(0, None),
+            r(1, None),
+            r(2, Some(1)),
+            r(3, None),
+            r(5, None),
+        ];
+        let offers = split_offers(&refs);
+        assert_eq!(offers.len(), 1);
+        assert_eq!(offers[0].0.len(), 1);
+        assert_eq!(
+            offers[0].1,
+            vec![
+                ZeroRun { start: 0, count: 2 },
+                ZeroRun { start: 3, count: 1 },
+                ZeroRun { start: 5, count: 1 }
+            ]
+        );
+        let many: Vec<_> = (0..MAX_OFFER_CHUNKS as u64 * 2 + 1)
+            .map(|i| r(i, Some(1)))
+            .collect();
+        assert_eq!(split_offers(&many).len(), 3);
+    }
+
+    fn source(mode: Mode) -> Source {
+        let regions = vec![MemRegion {
+            guest_addr: 0,
+            len: 8 * 4096,
+        }];
+        let mut cfg = SourceConfig::new([1; 16], regions, mode);
+        cfg.chunk_size = ChunkSize::K4;
+        Source::new(cfg).unwrap()
+    }
+
+    #[test]
+    fn confirm_before_switchover_rolls_back_and_never_discards() {
+        let mut s = source(Mode::Warm);
+        s.start(0);
+        let out = s.handle(Input::Received(Message::Ready));
+        assert!(out.contains(&Output::PauseVm));
+        let out = s.handle(Input::Received(Message::Confirm));
+        assert!(out.contains(&Output::ResumeVm), "{out:?}");
+        assert!(!out.contains(&Output::DiscardVm));
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn timeout_in_handshake_fails_without_resume_when_never_paused() {
+        let mut s = source(Mode::Live);
+        s.start(0);
+        assert!(s.handle(Input::Tick { now_ms: 5_000 }).is_empty());
+        let out = s.handle(Input::Tick { now_ms: 20_000 });
+        assert!(!out.contains(&Output::ResumeVm));
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::Fail { reason } if reason.contains("no message"))));
+    }
+
+    #[test]
+    fn round_data_with_a_wrong_length_is_refused() {
+        let mut s = source(Mode::Cold);
+        s.start(0);
+        s.handle(Input::Received(Message::Ready));
+        let mut bad = r(0, Some(1));
+        bad.len = 100;
+        let out = s.handle(Input::RoundData {
+            round: 0,
+            refs: vec![bad],
+        });
+        assert!(out.contains(&Output::ResumeVm));
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::Fail { reason } if reason.contains("length of 100"))));
+    }
+
+    #[test]
+    fn want_of_the_wrong_shape_is_refused() {
+        let mut s = source(Mode::Cold);
+        s.start(0);
+        s.handle(Input::Received(Message::Ready));
+        s.handle(Input::RoundData {
+            round: 0,
+            refs: vec![r(0, Some(1)), r(1, Some(2))],
+        });
+        let out = s.handle(Input::Received(Message::Want {
+            round: 0,
+            seq: 0,
+            len: 2,
+            words: vec![0b111],
+        }));
+        assert!(
+            out.iter().any(
+                |o| matches!(o, Output::Fail { reason } if reason.contains("want for offer 0"))
+            ),
+            "{out:?}"
+        );
+    }
+}
