@@ -15,6 +15,7 @@ pub mod guest_spec;
 pub mod linux_image;
 pub mod manifest_decode;
 pub mod memory_layer;
+pub mod migration_frame;
 pub mod scratch;
 pub mod snapshot_load;
 pub mod state_decode;
@@ -42,6 +43,11 @@ pub const TARGETS: &[Target] = &[
     ("memory_layer", memory_layer::check, memory_layer::seeds),
     ("control_recv", control_recv::check, control_recv::seeds),
     ("guest_spec", guest_spec::check, guest_spec::seeds),
+    (
+        "migration_frame",
+        migration_frame::check,
+        migration_frame::seeds,
+    ),
     ("linux_image", linux_image::check, linux_image::seeds),
 ];
 
