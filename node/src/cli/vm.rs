@@ -212,6 +212,12 @@ fn drive(
             Event::CommandFailed { message } => bail!("{message}"),
             Event::Exited(reason) => {
                 let _ = vmm.wait();
+                if let Some(ms) = schedule.last() {
+                    eprintln!(
+                        "novacron: the guest ended before the snapshot at {ms} ms: no snapshot \
+                         was written for it"
+                    );
+                }
                 return match reason {
                     ExitReason::GuestExit { status: 0 }
                     | ExitReason::Stopped
