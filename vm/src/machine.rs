@@ -20,7 +20,8 @@ use crate::devices::Devices;
 use crate::guest_kit::BuiltinGuest;
 use crate::layout::{self, COM1_IRQ, MAX_MEM_BYTES, MAX_VCPUS, MIN_MEM_BYTES};
 use crate::memory::{
-    create_guest_memory, region_layout, take_vmm_dirty_bits, DirtyTracker, GuestMem, MemoryError,
+    create_guest_memory, region_layout, take_vmm_dirty_bits, DirtyConsumer, DirtyTracker, GuestMem,
+    MemoryError, PageBitmaps,
 };
 use crate::vcpu::{pause_all, EventSink, ThreadSetup, VcpuShared, VcpuThread};
 
@@ -91,6 +92,8 @@ pub enum VmError {
     State(#[from] crate::state::StateError),
     #[error("before touching guest memory: {0}")]
     BeforeMemory(String),
+    #[error("the machine state does not fit this VMM: {0}")]
+    StateMismatch(String),
 }
 
 /// Says whether this host can run VMs: `/dev/kvm` opens. The error says what to check.
@@ -426,6 +429,20 @@ impl Machine {
             self.dirty.absorb(slot, bits);
         }
         Ok(())
+    }
+
+    /// Syncs the dirty log, then takes the pages written since `consumer` last took them
+    /// (the other consumers keep theirs). Pages the guest writes after the sync count for
+    /// the next take; so a reader that takes first and reads after never misses a write.
+    pub fn take_dirty_pages(&mut self, consumer: DirtyConsumer) -> Result<PageBitmaps, VmError> {
+        self.sync_dirty_log()?;
+        Ok(self.dirty.take(consumer))
+    }
+
+    /// Gives back pages from [`take_dirty_pages`](Self::take_dirty_pages) that `consumer`
+    /// could not use (a failed round or snapshot), so the next take carries them again.
+    pub fn restore_dirty_pages(&mut self, consumer: DirtyConsumer, taken: &PageBitmaps) {
+        self.dirty.restore_to(consumer, taken);
     }
 }
 

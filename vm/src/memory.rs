@@ -3,10 +3,11 @@
 //!
 //! Two sources say a page changed: KVM's dirty log (pages the guest wrote) and vm-memory's
 //! own bitmap (pages the VMM wrote through `Bytes`, e.g. a host fill). [`DirtyTracker`]
-//! folds both into two bitmaps per region: `touched` (ever written: what a full snapshot
-//! must save) and `since_checkpoint` (written since the last successful snapshot: what an
-//! incremental snapshot saves). A failed snapshot hands its bits back with
-//! [`DirtyTracker::restore`], so no write is ever forgotten.
+//! folds both into bitmaps per region: `touched` (ever written: what a full snapshot must
+//! save) and one "written since you last took them" set per [`DirtyConsumer`]: snapshot
+//! checkpoints (what an incremental snapshot saves) and migration rounds (what the next
+//! round sends). A consumer whose work failed hands its bits back with
+//! [`DirtyTracker::restore_to`], so no write is ever forgotten.
 
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{
@@ -80,6 +81,17 @@ impl PageBitmaps {
         }
     }
 
+    /// The same regions with no page set.
+    pub fn cleared(&self) -> Self {
+        PageBitmaps {
+            regions: self
+                .regions
+                .iter()
+                .map(|(start, words)| (*start, vec![0; words.len()]))
+                .collect(),
+        }
+    }
+
     pub fn count_pages(&self) -> u64 {
         self.regions
             .iter()
@@ -117,45 +129,59 @@ fn or_into(dst: &mut [u64], src: &[u64]) {
     }
 }
 
-/// Folds KVM's dirty log and the VMM's own write bitmap into "touched" and
-/// "since checkpoint" page sets. See the module documentation.
+/// Who consumes "pages written since I last looked". Each consumer has its own set, taken
+/// and given back on its own, so a migration round never hides a page from the next
+/// incremental snapshot, nor the other way round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirtyConsumer {
+    /// Snapshots: pages written since the last successful snapshot.
+    Checkpoint,
+    /// Migration: pages written since the last migration round was collected.
+    MigrationRound,
+}
+
+impl DirtyConsumer {
+    /// Every consumer; the tracker keeps one set per entry, in this order.
+    pub const ALL: [DirtyConsumer; 2] = [DirtyConsumer::Checkpoint, DirtyConsumer::MigrationRound];
+
+    fn slot(self) -> usize {
+        match self {
+            DirtyConsumer::Checkpoint => 0,
+            DirtyConsumer::MigrationRound => 1,
+        }
+    }
+}
+
+/// Folds KVM's dirty log and the VMM's own write bitmap into a "touched" page set and one
+/// "since last taken" set per [`DirtyConsumer`]. See the module documentation.
 #[derive(Debug)]
 pub struct DirtyTracker {
     touched: PageBitmaps,
-    since_checkpoint: PageBitmaps,
+    since: [PageBitmaps; DirtyConsumer::ALL.len()],
 }
 
 impl DirtyTracker {
     pub fn new(layout: &[(u64, u64)]) -> Self {
-        DirtyTracker {
-            touched: PageBitmaps::empty_for(layout),
-            since_checkpoint: PageBitmaps::empty_for(layout),
-        }
+        Self::from_restored(PageBitmaps::empty_for(layout))
     }
 
-    /// Starts from a restored image: `present` pages hold data, none is dirty yet.
+    /// Starts from a restored image: `present` pages hold data, none is dirty yet for any
+    /// consumer.
     pub fn from_restored(present: PageBitmaps) -> Self {
-        let layout_empty = PageBitmaps {
-            regions: present
-                .regions
-                .iter()
-                .map(|(s, w)| (*s, vec![0; w.len()]))
-                .collect(),
-        };
+        let empty = present.cleared();
         DirtyTracker {
             touched: present,
-            since_checkpoint: layout_empty,
+            since: [empty.clone(), empty],
         }
     }
 
     /// Records the pages of region `index` that one dirty source reported.
     pub fn absorb(&mut self, index: usize, bits: &[u64]) {
-        if let (Some((_, t)), Some((_, s))) = (
-            self.touched.regions.get_mut(index),
-            self.since_checkpoint.regions.get_mut(index),
-        ) {
-            or_into(t, bits);
-            or_into(s, bits);
+        let sets = std::iter::once(&mut self.touched).chain(self.since.iter_mut());
+        for set in sets {
+            if let Some((_, words)) = set.regions.get_mut(index) {
+                or_into(words, bits);
+            }
         }
     }
 
@@ -164,23 +190,28 @@ impl DirtyTracker {
         &self.touched
     }
 
-    /// Takes the pages written since the last checkpoint, leaving the set empty.
-    /// Give them back with [`restore`](Self::restore) if the checkpoint fails.
-    pub fn take_since_checkpoint(&mut self) -> PageBitmaps {
-        let empty = PageBitmaps::empty_for(
-            &self
-                .since_checkpoint
-                .regions
-                .iter()
-                .map(|(s, w)| (*s, w.len() as u64 * 64 * PAGE_SIZE))
-                .collect::<Vec<_>>(),
-        );
-        std::mem::replace(&mut self.since_checkpoint, empty)
+    /// Takes the pages written since `consumer` last took them, leaving its set empty; the
+    /// other consumers' sets are untouched. Give them back with
+    /// [`restore_to`](Self::restore_to) if what the consumer did with them failed.
+    pub fn take(&mut self, consumer: DirtyConsumer) -> PageBitmaps {
+        let set = &mut self.since[consumer.slot()];
+        let empty = set.cleared();
+        std::mem::replace(set, empty)
     }
 
-    /// Puts back pages taken by a checkpoint that failed.
+    /// Puts back pages `consumer` took and could not use.
+    pub fn restore_to(&mut self, consumer: DirtyConsumer, taken: &PageBitmaps) {
+        self.since[consumer.slot()].merge(taken);
+    }
+
+    /// [`take`](Self::take) for snapshots.
+    pub fn take_since_checkpoint(&mut self) -> PageBitmaps {
+        self.take(DirtyConsumer::Checkpoint)
+    }
+
+    /// [`restore_to`](Self::restore_to) for snapshots.
     pub fn restore(&mut self, taken: &PageBitmaps) {
-        self.since_checkpoint.merge(taken);
+        self.restore_to(DirtyConsumer::Checkpoint, taken);
     }
 }
 
@@ -227,6 +258,27 @@ mod tests {
         tracker.restore(&taken);
         assert_eq!(tracker.take_since_checkpoint(), taken);
         assert_eq!(tracker.touched().count_pages(), 2);
+    }
+
+    #[test]
+    fn consumers_take_and_restore_independently() {
+        let layout = [(0, 1 << 20), (1 << 32, 1 << 20)];
+        let mut tracker = DirtyTracker::new(&layout);
+        tracker.absorb(0, &[0b1010]);
+        let round = tracker.take(DirtyConsumer::MigrationRound);
+        assert_eq!(round.count_pages(), 2);
+        tracker.absorb(1, &[0b1]);
+        // The checkpoint still sees everything; the migration set only what came after.
+        let checkpoint = tracker.take(DirtyConsumer::Checkpoint);
+        assert_eq!(checkpoint.count_pages(), 3);
+        let next_round = tracker.take(DirtyConsumer::MigrationRound);
+        assert_eq!(next_round.count_pages(), 1);
+        assert_eq!(next_round.regions[1].1[0], 1);
+        // A failed round gives its pages back to itself only.
+        tracker.restore_to(DirtyConsumer::MigrationRound, &round);
+        assert_eq!(tracker.take(DirtyConsumer::Checkpoint).count_pages(), 0);
+        assert_eq!(tracker.take(DirtyConsumer::MigrationRound), round);
+        assert_eq!(tracker.touched().count_pages(), 3);
     }
 
     #[test]

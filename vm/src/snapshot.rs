@@ -14,7 +14,7 @@ use crate::devices::lock;
 use crate::machine::{
     kvm_err, BeforeMemory, Lifecycle, Machine, MachineConfig, MachineIo, VcpuSetupFactory, VmError,
 };
-use crate::memory::{take_vmm_dirty_bits, DirtyTracker, PageBitmaps};
+use crate::memory::{take_vmm_dirty_bits, DirtyConsumer, DirtyTracker, PageBitmaps};
 use crate::state::{from_blob, to_blob, MachineState, STATE_FORMAT_VERSION};
 use crate::storage::{self, SnapshotDir, StorageError};
 
@@ -113,8 +113,7 @@ impl Machine {
     ) -> Result<SnapshotStats, SnapshotError> {
         let started = Instant::now();
         let state = self.capture_state()?.encode().map_err(VmError::from)?;
-        self.sync_dirty_log()?;
-        let taken = self.dirty.take_since_checkpoint();
+        let taken = self.take_dirty_pages(DirtyConsumer::Checkpoint)?;
         let captured_at = started.elapsed();
         let result = self.write_snapshot(dir, kind, &state, &taken);
         tracing::debug!(dir = %dir.display(), ?kind,
@@ -129,7 +128,7 @@ impl Machine {
                 elapsed: started.elapsed(),
             }),
             Err(e) => {
-                self.dirty.restore(&taken);
+                self.restore_dirty_pages(DirtyConsumer::Checkpoint, &taken);
                 Err(e)
             }
         }
@@ -188,21 +187,11 @@ impl Machine {
             dir: dir.display().to_string(),
             reason,
         };
-        let config = snapshot_config(dir, &state)?;
-        let mut machine = Machine::create_inner(
-            &config,
-            io,
-            Some((&state.serial, &state.pv_port)),
-            vcpu_setup,
-            before_memory,
-        )?;
-        if machine.layout() != state.mem_regions.as_slice() {
-            return Err(bad(format!(
-                "memory regions {:?} do not match this VMM's layout {:?}",
-                state.mem_regions,
-                machine.layout()
-            )));
-        }
+        let mut machine = Machine::create_for_state(&state, io, vcpu_setup, before_memory)
+            .map_err(|e| match e {
+                VmError::StateMismatch(reason) => bad(reason),
+                e => SnapshotError::Vm(e),
+            })?;
         let created_at = started.elapsed();
         let restored = loaded.apply_memory(machine.memory())?;
         let applied_at = started.elapsed();
@@ -212,26 +201,80 @@ impl Machine {
             bitmaps.mark_range(run.first_page_gpa, run.pages * crate::layout::PAGE_SIZE);
         }
         machine.dirty = DirtyTracker::from_restored(bitmaps);
-
-        let vm = machine.vm_fd();
-        vm.set_pit2(&from_blob("PIT", &state.pit).map_err(VmError::from)?)
-            .map_err(kvm_err("set PIT"))?;
-        vm.set_clock(&from_blob("clock", &state.clock).map_err(VmError::from)?)
-            .map_err(kvm_err("set clock"))?;
-        write_irqchip(&machine, KVM_IRQCHIP_PIC_MASTER, &state.pic_master)?;
-        write_irqchip(&machine, KVM_IRQCHIP_PIC_SLAVE, &state.pic_slave)?;
-        write_irqchip(&machine, KVM_IRQCHIP_IOAPIC, &state.ioapic)?;
-        for (index, vcpu_state) in state.vcpus.into_iter().enumerate() {
-            machine.on_vcpu(index, move |fd| arch::restore_vcpu(fd, &vcpu_state))??;
-        }
-        machine.set_guest_description(state.guest);
-        machine.set_lifecycle(Lifecycle::Paused);
+        machine.apply_state(&state)?;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::debug!(dir = %dir.display(), load_ms = ms(loaded_at),
             create_ms = ms(created_at - loaded_at), memory_ms = ms(applied_at - created_at),
             devices_ms = ms(started.elapsed() - applied_at), pages = restored.pages,
             "machine restored");
         Ok(machine)
+    }
+
+    /// Creates the machine a decoded state describes: its memory layout, vCPU count and
+    /// saved devices (serial, paravirtual port), with `before_memory` called as in
+    /// [`Machine::create_gated`]. Guest memory is left zeroed and nothing else of the state
+    /// is applied: write the memory (from a snapshot or migration chunks), then call
+    /// [`apply_state`](Self::apply_state). A state that cannot describe a machine this VMM
+    /// builds (hostile sizes, a different layout) is [`VmError::StateMismatch`].
+    pub fn create_for_state(
+        state: &MachineState,
+        io: MachineIo,
+        vcpu_setup: VcpuSetupFactory<'_>,
+        before_memory: BeforeMemory<'_>,
+    ) -> Result<Machine, VmError> {
+        let config = config_of(state).map_err(VmError::StateMismatch)?;
+        config.validate()?;
+        let machine = Machine::create_inner(
+            &config,
+            io,
+            Some((&state.serial, &state.pv_port)),
+            vcpu_setup,
+            before_memory,
+        )?;
+        if machine.layout() != state.mem_regions.as_slice() {
+            return Err(VmError::StateMismatch(format!(
+                "memory regions {:?} do not match this VMM's layout {:?}",
+                state.mem_regions,
+                machine.layout()
+            )));
+        }
+        Ok(machine)
+    }
+
+    /// Applies everything of `state` but memory and devices (which
+    /// [`create_for_state`](Self::create_for_state) took): PIT, clock, irqchips, every
+    /// vCPU's registers, and the guest description. The machine must be freshly created;
+    /// it ends paused, ready to [`resume`](Self::resume). Memory must already hold the
+    /// state's memory: vCPU registers point into it.
+    pub fn apply_state(&mut self, state: &MachineState) -> Result<(), VmError> {
+        if self.lifecycle() != Lifecycle::Created {
+            return Err(VmError::WrongState {
+                actual: self.lifecycle(),
+                needed: "freshly created for the state",
+            });
+        }
+        if state.vcpus.len() != self.vcpus.len() {
+            return Err(VmError::StateMismatch(format!(
+                "the state has {} vCPUs, the machine {}",
+                state.vcpus.len(),
+                self.vcpus.len()
+            )));
+        }
+        let vm = self.vm_fd();
+        vm.set_pit2(&from_blob("PIT", &state.pit)?)
+            .map_err(kvm_err("set PIT"))?;
+        vm.set_clock(&from_blob("clock", &state.clock)?)
+            .map_err(kvm_err("set clock"))?;
+        write_irqchip(self, KVM_IRQCHIP_PIC_MASTER, &state.pic_master)?;
+        write_irqchip(self, KVM_IRQCHIP_PIC_SLAVE, &state.pic_slave)?;
+        write_irqchip(self, KVM_IRQCHIP_IOAPIC, &state.ioapic)?;
+        for (index, vcpu_state) in state.vcpus.iter().enumerate() {
+            let vcpu_state = vcpu_state.clone();
+            self.on_vcpu(index, move |fd| arch::restore_vcpu(fd, &vcpu_state))??;
+        }
+        self.set_guest_description(state.guest.clone());
+        self.set_lifecycle(Lifecycle::Paused);
+        Ok(())
     }
 }
 
