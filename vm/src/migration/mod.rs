@@ -16,6 +16,7 @@
 //! discards on a guess, so the VM never runs twice.
 
 pub mod destination;
+pub mod machine_glue;
 pub mod messages;
 pub mod source;
 
