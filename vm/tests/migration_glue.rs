@@ -2,73 +2,19 @@
 //! chunks read from a running guest, written into a second machine created for the first's
 //! state, which then finishes the guest's work.
 
+mod common;
+use common::{io, kvm_usable, no_setup, wait_report};
+
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use novacron_mesh::chunks::{ChunkRef, ChunkSize};
 use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
 use novacron_vm::layout::pv_event;
-use novacron_vm::machine::MachineIo;
 use novacron_vm::memory::{hash_range, DirtyConsumer};
-use novacron_vm::vcpu::VcpuEvent;
 use novacron_vm::{BootSource, Machine, MachineConfig};
 
 const MEM_BYTES: u64 = 64 << 20;
 const SIZE: ChunkSize = ChunkSize::K16;
-
-fn kvm_usable(test: &str) -> bool {
-    novacron_vm::machine::check_kvm()
-        .map_err(|e| eprintln!("skipping {test}: {e}"))
-        .is_ok()
-}
-
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn io() -> (MachineIo, Console, Receiver<VcpuEvent>) {
-    let console = Console::default();
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    let io = MachineIo {
-        serial: Box::new(console.clone()),
-        events: Arc::new(move |e| {
-            let _ = tx.lock().unwrap().send(e);
-        }),
-    };
-    (io, console, rx)
-}
-
-fn no_setup(_: usize) -> Option<novacron_vm::vcpu::ThreadSetup> {
-    None
-}
-
-fn wait_report(rx: &Receiver<VcpuEvent>, code: u32, min: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(VcpuEvent::Report { report, .. }) if report.code == code && report.value >= min => {
-                return report.value
-            }
-            Ok(VcpuEvent::Failed { reason, .. }) => panic!("vCPU failed: {reason}"),
-            Ok(_) => {}
-            Err(e) => panic!("no report {code} >= {min}: {e}"),
-        }
-    }
-}
 
 /// What the destination holds so far: chunk index -> bytes (`None` = all zero).
 type Held = BTreeMap<u64, Option<Vec<u8>>>;
@@ -165,7 +111,7 @@ fn rounds_of_chunks_move_a_running_counter_to_a_second_machine() {
     dest.resume().unwrap();
     wait_report(&rx_b, pv_event::EXIT, 0);
     dest.stop().unwrap();
-    let text = String::from_utf8_lossy(&console_b.0.lock().unwrap()).into_owned();
+    let text = console_b.text();
     assert_eq!(text.trim_end(), result_line(counter_expected(&params)));
-    assert!(console_a.0.lock().unwrap().is_empty());
+    assert!(console_a.text().is_empty());
 }
