@@ -24,6 +24,13 @@ pub enum ParseChunkIdError {
 
 impl ChunkId {
     /// Hashes `data` (the uncompressed chunk) into its id.
+    ///
+    /// ```
+    /// use novacron_mesh::chunks::ChunkId;
+    /// let id = ChunkId::of(b"chunk");
+    /// assert_eq!(id.to_string().parse::<ChunkId>().unwrap(), id);
+    /// assert_ne!(id, ChunkId::of(b"other"));
+    /// ```
     pub fn of(data: &[u8]) -> Self {
         Self(*blake3::hash(data).as_bytes())
     }

@@ -9,6 +9,15 @@ const PREFIX: &str = "builtin:";
 const COUNTER_KEYS: &str = "words, passes, base";
 const DIRTIER_KEYS: &str = "mib, rate, base";
 
+/// Parses the CLI spec of a builtin guest; `Display` gives it back.
+///
+/// ```
+/// use novacron_vm::guest_kit::BuiltinGuest;
+/// let guest: BuiltinGuest = "builtin:counter:words=1024,passes=2".parse().unwrap();
+/// assert_eq!(guest.name(), "counter");
+/// assert_eq!(guest.to_string().parse::<BuiltinGuest>().unwrap(), guest);
+/// assert!("builtin:nope".parse::<BuiltinGuest>().is_err());
+/// ```
 impl FromStr for BuiltinGuest {
     type Err = GuestKitError;
 

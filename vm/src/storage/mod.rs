@@ -12,14 +12,12 @@
 //! - [`memory_layer`]: writing guest pages into a layer file and applying it back.
 //! - [`manifest`]: the manifest's binary format.
 //! - [`snapshot_dir`]: the snapshot directory (full/incremental writes, load, garbage collection).
-//! - [`bench_support`]: timing helpers for the benchmark suite.
 //!
 //! What this module cannot do: it does not pause vCPUs. Every function that reads or writes
 //! guest memory assumes no vCPU runs and no other thread touches that memory meanwhile
 //! (otherwise the written pages are torn and their checksum will not match on restore).
 
 pub mod atomic;
-pub mod bench_support;
 pub mod checksummed;
 pub mod manifest;
 pub mod memory_layer;
