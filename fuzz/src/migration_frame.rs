@@ -48,6 +48,7 @@ pub fn seeds() -> Vec<Seed> {
                     guest_addr: 0,
                     len: 64 << 20,
                 }],
+                vcpus: 1,
                 chunk_size: 16 << 10,
                 mode: Mode::Live,
             },

@@ -158,7 +158,7 @@ impl Machine {
         io: MachineIo,
         vcpu_setup: VcpuSetupFactory<'_>,
     ) -> Result<Machine, VmError> {
-        Self::create_inner(config, io, None, vcpu_setup, &|| Ok(()))
+        Self::create_inner(config, io, vcpu_setup, &|| Ok(()))
     }
 
     /// [`create`](Self::create), calling `before_memory` after the KVM objects exist and
@@ -170,7 +170,7 @@ impl Machine {
         vcpu_setup: VcpuSetupFactory<'_>,
         before_memory: BeforeMemory<'_>,
     ) -> Result<Machine, VmError> {
-        Self::create_inner(config, io, None, vcpu_setup, before_memory)
+        Self::create_inner(config, io, vcpu_setup, before_memory)
     }
 
     /// The creation order. Guest memory is mapped (not touched: nothing is allocated or
@@ -184,7 +184,6 @@ impl Machine {
     pub(crate) fn create_inner(
         config: &MachineConfig,
         io: MachineIo,
-        saved_devices: Option<(&crate::state::SerialSnapshot, &crate::state::PvPortSnapshot)>,
         vcpu_setup: VcpuSetupFactory<'_>,
         before_memory: BeforeMemory<'_>,
     ) -> Result<Machine, VmError> {
@@ -217,14 +216,10 @@ impl Machine {
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Thread)?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(kvm_err("register serial irqfd"))?;
-        let (serial, pv_port) = match saved_devices {
-            Some((s, p)) => (
-                SerialConsole::from_snapshot(s, serial_irq, io.serial).map_err(VmError::Vcpu)?,
-                PvPort::from_snapshot(p),
-            ),
-            None => (SerialConsole::new(serial_irq, io.serial), PvPort::default()),
-        };
-        let devices = Arc::new(Devices::new(serial, pv_port));
+        let devices = Arc::new(Devices::new(
+            SerialConsole::new(serial_irq, io.serial),
+            PvPort::default(),
+        ));
         let shared = VcpuShared::new(devices, io.events);
 
         let supported_cpuid = kvm

@@ -210,12 +210,11 @@ impl Machine {
         Ok(machine)
     }
 
-    /// Creates the machine a decoded state describes: its memory layout, vCPU count and
-    /// saved devices (serial, paravirtual port), with `before_memory` called as in
-    /// [`Machine::create_gated`]. Guest memory is left zeroed and nothing else of the state
-    /// is applied: write the memory (from a snapshot or migration chunks), then call
-    /// [`apply_state`](Self::apply_state). A state that cannot describe a machine this VMM
-    /// builds (hostile sizes, a different layout) is [`VmError::StateMismatch`].
+    /// Creates the machine a decoded state describes (its memory size and vCPU count), with
+    /// `before_memory` called as in [`Machine::create_gated`]. Guest memory is left zeroed
+    /// and nothing of the state is applied: write the memory (from a snapshot or migration
+    /// chunks), then call [`apply_state`](Self::apply_state). A state that cannot describe a
+    /// machine this VMM builds (hostile sizes) is [`VmError::StateMismatch`].
     pub fn create_for_state(
         state: &MachineState,
         io: MachineIo,
@@ -223,35 +222,28 @@ impl Machine {
         before_memory: BeforeMemory<'_>,
     ) -> Result<Machine, VmError> {
         let config = config_of(state).map_err(VmError::StateMismatch)?;
-        config.validate()?;
-        let machine = Machine::create_inner(
-            &config,
-            io,
-            Some((&state.serial, &state.pv_port)),
-            vcpu_setup,
-            before_memory,
-        )?;
-        if machine.layout() != state.mem_regions.as_slice() {
-            return Err(VmError::StateMismatch(format!(
-                "memory regions {:?} do not match this VMM's layout {:?}",
-                state.mem_regions,
-                machine.layout()
-            )));
-        }
-        Ok(machine)
+        Machine::create_gated(&config, io, vcpu_setup, before_memory)
     }
 
-    /// Applies everything of `state` but memory and devices (which
-    /// [`create_for_state`](Self::create_for_state) took): PIT, clock, irqchips, every
-    /// vCPU's registers, and the guest description. The machine must be freshly created;
-    /// it ends paused, ready to [`resume`](Self::resume). Memory must already hold the
-    /// state's memory: vCPU registers point into it.
+    /// Applies everything of `state` but memory: devices (serial, paravirtual port), PIT,
+    /// clock, irqchips, every vCPU's registers, and the guest description. The machine must
+    /// be freshly created with the state's memory layout and vCPU count (else
+    /// [`VmError::StateMismatch`], nothing applied); it ends paused, ready to
+    /// [`resume`](Self::resume). Memory must already hold the state's memory: vCPU registers
+    /// point into it.
     pub fn apply_state(&mut self, state: &MachineState) -> Result<(), VmError> {
         if self.lifecycle() != Lifecycle::Created {
             return Err(VmError::WrongState {
                 actual: self.lifecycle(),
                 needed: "freshly created for the state",
             });
+        }
+        if self.layout() != state.mem_regions.as_slice() {
+            return Err(VmError::StateMismatch(format!(
+                "memory regions {:?} do not match this machine's layout {:?}",
+                state.mem_regions,
+                self.layout()
+            )));
         }
         if state.vcpus.len() != self.vcpus.len() {
             return Err(VmError::StateMismatch(format!(
@@ -260,6 +252,9 @@ impl Machine {
                 self.vcpus.len()
             )));
         }
+        self.devices()
+            .restore(&state.serial, &state.pv_port)
+            .map_err(VmError::StateMismatch)?;
         let vm = self.vm_fd();
         vm.set_pit2(&from_blob("PIT", &state.pit)?)
             .map_err(kvm_err("set PIT"))?;

@@ -70,6 +70,17 @@ impl Devices {
         data.fill(value);
     }
 
+    /// Puts both devices back as a saved state had them.
+    pub fn restore(
+        &self,
+        serial: &crate::state::SerialSnapshot,
+        pv_port: &crate::state::PvPortSnapshot,
+    ) -> Result<(), String> {
+        lock(&self.serial).restore(serial)?;
+        lock(&self.pv_port).restore(pv_port);
+        Ok(())
+    }
+
     pub fn flush_console(&self) {
         lock(&self.serial).flush();
     }

@@ -18,11 +18,9 @@ pub struct PvPort {
 }
 
 impl PvPort {
-    pub fn from_snapshot(s: &PvPortSnapshot) -> Self {
-        PvPort {
-            value_lo: s.value_lo,
-            value_hi: s.value_hi,
-        }
+    pub fn restore(&mut self, s: &PvPortSnapshot) {
+        self.value_lo = s.value_lo;
+        self.value_hi = s.value_hi;
     }
 
     pub fn snapshot(&self) -> PvPortSnapshot {

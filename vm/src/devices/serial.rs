@@ -33,26 +33,29 @@ impl SerialConsole {
         }
     }
 
-    pub fn from_snapshot(
-        snap: &SerialSnapshot,
-        irq: EventFd,
-        sink: SerialSink,
-    ) -> Result<Self, String> {
-        let state = SerialState {
-            baud_divisor_low: snap.registers[0],
-            baud_divisor_high: snap.registers[1],
-            interrupt_enable: snap.registers[2],
-            interrupt_identification: snap.registers[3],
-            line_control: snap.registers[4],
-            line_status: snap.registers[5],
-            modem_control: snap.registers[6],
-            modem_status: snap.registers[7],
-            scratch: snap.registers[8],
-            in_buffer: snap.in_buffer.clone(),
-        };
-        let uart = Serial::from_state(&state, IrqLine(irq), NoEvents, sink)
+    /// Puts the UART's registers and receive FIFO back as `snap` had them, keeping this
+    /// console's interrupt line and output sink.
+    pub fn restore(&mut self, snap: &SerialSnapshot) -> Result<(), String> {
+        let state = serial_state(snap);
+        let irq = self
+            .uart
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(|e| format!("cannot clone the serial irqfd: {e}"))?;
+        // vm-superio rebuilds a UART from state only by value: swap a placeholder in while
+        // the sink moves from the old UART to the restored one.
+        let placeholder_irq = irq
+            .try_clone()
+            .map_err(|e| format!("cannot clone the serial irqfd: {e}"))?;
+        let placeholder: SerialSink = Box::new(std::io::sink());
+        let old = std::mem::replace(
+            &mut self.uart,
+            Serial::new(IrqLine(placeholder_irq), placeholder),
+        );
+        self.uart = Serial::from_state(&state, IrqLine(irq), NoEvents, old.into_writer())
             .map_err(|e| format!("serial state refused: {e:?}"))?;
-        Ok(SerialConsole { uart })
+        Ok(())
     }
 
     pub fn snapshot(&self) -> SerialSnapshot {
@@ -86,5 +89,20 @@ impl SerialConsole {
 
     pub fn flush(&mut self) {
         let _ = self.uart.writer_mut().flush();
+    }
+}
+
+fn serial_state(snap: &SerialSnapshot) -> SerialState {
+    SerialState {
+        baud_divisor_low: snap.registers[0],
+        baud_divisor_high: snap.registers[1],
+        interrupt_enable: snap.registers[2],
+        interrupt_identification: snap.registers[3],
+        line_control: snap.registers[4],
+        line_status: snap.registers[5],
+        modem_control: snap.registers[6],
+        modem_status: snap.registers[7],
+        scratch: snap.registers[8],
+        in_buffer: snap.in_buffer.clone(),
     }
 }

@@ -20,6 +20,8 @@ use super::{Geometry, ProtocolError};
 pub struct DestinationConfig {
     /// Largest guest this side accepts.
     pub max_mem_bytes: u64,
+    /// Most vCPUs this side accepts.
+    pub max_vcpus: u32,
     /// Silence from the source, once the hello arrived, after which it gives up.
     pub timeout_ms: u64,
     /// Refuse any other VM.
@@ -30,6 +32,7 @@ impl Default for DestinationConfig {
     fn default() -> Self {
         Self {
             max_mem_bytes: 64 << 30,
+            max_vcpus: 64,
             timeout_ms: 10_000,
             expect_vm_id: None,
         }
@@ -45,6 +48,9 @@ pub enum Input {
         seq: u32,
         held: Bitmap,
     },
+    /// A [`Message::Chunk`] that a driver thread already checked with [`verify_chunk`]
+    /// (or the reason it failed), so decompression and hashing run off the protocol thread.
+    Chunk(Result<VerifiedChunk, ProtocolError>),
     /// The VM started after [`Output::StartVm`].
     VmStarted,
     /// The state was refused or the VM could not start; nothing runs here.
@@ -68,6 +74,7 @@ pub enum Output {
     PrepareMemory {
         vm_id: [u8; 16],
         regions: Vec<MemRegion>,
+        vcpus: u32,
         chunk_size: ChunkSize,
         mode: Mode,
     },
@@ -106,6 +113,46 @@ pub enum Output {
     },
     /// Migration over, the VM runs here.
     Done,
+}
+
+/// Chunk bytes that were decoded and hashed to the id they came with, and fit the chunk's
+/// place in guest memory; only [`verify_chunk`] makes one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedChunk {
+    index: u64,
+    id: ChunkId,
+    plain: Vec<u8>,
+}
+
+impl VerifiedChunk {
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+}
+
+/// Decodes a received chunk (bounded: never more than the chunk's length) and checks that
+/// it hashes to `id` and that `index` lies in guest memory. Pure: drivers call it on reader
+/// threads and feed the result as [`Input::Chunk`].
+pub fn verify_chunk(
+    geo: &Geometry,
+    index: u64,
+    id: [u8; 32],
+    raw: bool,
+    bytes: Vec<u8>,
+) -> Result<VerifiedChunk, ProtocolError> {
+    let len = geo.chunk_len(index).ok_or(ProtocolError::Index {
+        what: "chunk",
+        index,
+        count: geo.chunk_count(),
+    })?;
+    let id = ChunkId::from_bytes(id);
+    let plain = decode_chunk(&EncodedChunk { raw, bytes }, &id, len).map_err(|e| {
+        ProtocolError::CorruptChunk {
+            index,
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(VerifiedChunk { index, id, plain })
 }
 
 /// A wanted chunk: the id offered for its index and the same-id indices of the offer that
@@ -175,6 +222,17 @@ impl Destination {
         self.geo.as_ref()
     }
 
+    /// Wanted chunks of the current round that have not arrived yet. A driver that reads
+    /// chunks on other streams than the control messages holds a [`Message::RoundDone`] or
+    /// [`Message::Switchover`] back until this is 0 (or the link fails).
+    pub fn awaiting_chunks(&self) -> usize {
+        if self.state == State::Receiving {
+            self.wanted.len()
+        } else {
+            0
+        }
+    }
+
     pub fn handle(&mut self, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
         let result = match input {
@@ -183,6 +241,14 @@ impl Destination {
                 self.on_message(msg, &mut out)
             }
             Input::Have { round, seq, held } => self.on_have(round, seq, held, &mut out),
+            Input::Chunk(chunk) => {
+                if self.state == State::Receiving {
+                    self.last_heard_ms = self.now_ms;
+                    self.on_chunk(chunk, &mut out)
+                } else {
+                    Ok(())
+                }
+            }
             Input::VmStarted => {
                 self.on_started(&mut out);
                 Ok(())
@@ -221,16 +287,7 @@ impl Destination {
                 self.fail(format!("source aborted: {reason}"), false, out);
                 Ok(())
             }
-            (
-                State::AwaitHello,
-                Message::Hello {
-                    version,
-                    vm_id,
-                    regions,
-                    chunk_size,
-                    mode,
-                },
-            ) => self.on_hello(version, vm_id, regions, chunk_size, mode, out),
+            (State::AwaitHello, hello @ Message::Hello { .. }) => self.on_hello(hello, out),
             (
                 State::Receiving,
                 Message::Offer {
@@ -248,7 +305,12 @@ impl Destination {
                     raw,
                     bytes,
                 },
-            ) => self.on_chunk(index, ChunkId::from_bytes(id), raw, bytes, out),
+            ) => {
+                let chunk = self
+                    .geo()
+                    .and_then(|geo| verify_chunk(geo, index, id, raw, bytes));
+                self.on_chunk(chunk, out)
+            }
             (State::Receiving, Message::RoundDone { round, .. }) => self.on_round_done(round, out),
             (State::Receiving, Message::Switchover { state }) => self.on_switchover(state, out),
             (state, msg) => Err(ProtocolError::Unexpected {
@@ -258,15 +320,21 @@ impl Destination {
         }
     }
 
-    fn on_hello(
-        &mut self,
-        version: u32,
-        vm_id: [u8; 16],
-        regions: Vec<MemRegion>,
-        chunk_size: u32,
-        mode: Mode,
-        out: &mut Vec<Output>,
-    ) -> Result<(), ProtocolError> {
+    fn on_hello(&mut self, hello: Message, out: &mut Vec<Output>) -> Result<(), ProtocolError> {
+        let Message::Hello {
+            version,
+            vm_id,
+            regions,
+            vcpus,
+            chunk_size,
+            mode,
+        } = hello
+        else {
+            return Err(ProtocolError::Unexpected {
+                kind: hello.kind(),
+                phase: "AwaitHello",
+            });
+        };
         if version != PROTOCOL_VERSION {
             return Err(ProtocolError::Version {
                 got: version,
@@ -278,11 +346,18 @@ impl Destination {
         }
         let size = ChunkSize::new(u64::from(chunk_size))
             .map_err(|_| ProtocolError::ChunkSize { got: chunk_size })?;
+        if vcpus == 0 || vcpus > self.cfg.max_vcpus {
+            return Err(ProtocolError::Vcpus {
+                got: vcpus,
+                limit: self.cfg.max_vcpus,
+            });
+        }
         let geo = Geometry::new(&regions, size, self.cfg.max_mem_bytes)?;
         info!(chunks = geo.chunk_count(), ?mode, "migration accepted");
         out.push(Output::PrepareMemory {
             vm_id,
             regions,
+            vcpus,
             chunk_size: size,
             mode,
         });
@@ -422,29 +497,16 @@ impl Destination {
 
     fn on_chunk(
         &mut self,
-        index: u64,
-        id: ChunkId,
-        raw: bool,
-        bytes: Vec<u8>,
+        chunk: Result<VerifiedChunk, ProtocolError>,
         out: &mut Vec<Output>,
     ) -> Result<(), ProtocolError> {
-        let len = self.geo()?.chunk_len(index);
+        let VerifiedChunk { index, id, plain } = chunk?;
         let Some(wanted) = self.wanted.remove(&index) else {
             return Err(ProtocolError::Unwanted {
                 index,
                 round: self.round,
             });
         };
-        let len = len.ok_or(ProtocolError::Unwanted {
-            index,
-            round: self.round,
-        })?;
-        let plain = decode_chunk(&EncodedChunk { raw, bytes }, &id, len).map_err(|e| {
-            ProtocolError::CorruptChunk {
-                index,
-                reason: e.to_string(),
-            }
-        })?;
         let mut indices = vec![index];
         if wanted.id == id {
             indices.extend(wanted.dups);
@@ -614,6 +676,7 @@ mod tests {
                 guest_addr: 0,
                 len: 4 * 4096,
             }],
+            vcpus: 1,
             chunk_size: 4096,
             mode: Mode::Warm,
         }
@@ -688,6 +751,7 @@ mod tests {
         let out = d.handle(Input::Received(Message::Hello {
             version: 99,
             vm_id,
+            vcpus: 1,
             regions,
             chunk_size,
             mode,

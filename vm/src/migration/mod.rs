@@ -85,6 +85,8 @@ pub enum ProtocolError {
     ChunkSize { got: u32 },
     #[error("memory layout has {got} regions, limit {limit}")]
     TooManyRegions { got: usize, limit: usize },
+    #[error("{got} vCPUs is out of range: this side accepts 1 to {limit}")]
+    Vcpus { got: u32, limit: u32 },
     #[error("memory layout has no regions")]
     NoRegions,
     #[error("memory region {region} at {guest_addr:#x} is empty")]

@@ -540,7 +540,7 @@ fn check_outcome(sim: &Sim) -> Result<Outcome, String> {
 }
 
 fn config(mode: Mode) -> SourceConfig {
-    let mut cfg = SourceConfig::new([9; 16], regions(), mode);
+    let mut cfg = SourceConfig::new([9; 16], regions(), 1, mode);
     cfg.chunk_size = ChunkSize::K4;
     cfg.timeout_ms = 300;
     cfg.downtime_budget_ms = 1;

@@ -35,6 +35,7 @@ const THROTTLE_MAX: u8 = 99;
 pub struct SourceConfig {
     pub vm_id: [u8; 16],
     pub regions: Vec<MemRegion>,
+    pub vcpus: u32,
     pub chunk_size: ChunkSize,
     pub mode: Mode,
     /// Switch over once the estimated downtime is at most this.
@@ -50,10 +51,11 @@ pub struct SourceConfig {
 
 impl SourceConfig {
     /// Defaults from the issue: 50 ms budget, 30 rounds, 30 s of pre-copy, fall back to warm.
-    pub fn new(vm_id: [u8; 16], regions: Vec<MemRegion>, mode: Mode) -> Self {
+    pub fn new(vm_id: [u8; 16], regions: Vec<MemRegion>, vcpus: u32, mode: Mode) -> Self {
         Self {
             vm_id,
             regions,
+            vcpus,
             chunk_size: ChunkSize::K16,
             mode,
             downtime_budget_ms: 50,
@@ -265,6 +267,7 @@ impl Source {
             version: PROTOCOL_VERSION,
             vm_id: self.cfg.vm_id,
             regions: self.cfg.regions.clone(),
+            vcpus: self.cfg.vcpus,
             chunk_size: self.cfg.chunk_size.bytes() as u32,
             mode: self.cfg.mode,
         }));
@@ -806,7 +809,7 @@ mod tests {
             guest_addr: 0,
             len: 8 * 4096,
         }];
-        let mut cfg = SourceConfig::new([1; 16], regions, mode);
+        let mut cfg = SourceConfig::new([1; 16], regions, 1, mode);
         cfg.chunk_size = ChunkSize::K4;
         Source::new(cfg).unwrap()
     }
