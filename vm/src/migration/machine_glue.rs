@@ -14,7 +14,7 @@ use super::messages::MemRegion;
 use super::{Geometry, ProtocolError};
 use crate::layout::{MAX_MEM_BYTES, PAGE_SIZE};
 use crate::machine::{Machine, VmError};
-use crate::memory::PageBitmaps;
+use crate::memory::{GuestMem, PageBitmaps};
 
 /// Chunks are copied out of guest memory and hashed this many bytes at a time (rounded to
 /// whole chunks), which bounds the buffer and lets large runs hash on several cores.
@@ -53,8 +53,68 @@ struct ChunkPlace {
     len: usize,
 }
 
+/// Reads chunks of a machine's guest memory from any thread: it holds its own reference to
+/// the memory mapping, so migration sender threads read while the machine runs.
+#[derive(Clone, Debug)]
+pub struct ChunkReader {
+    mem: GuestMem,
+    geo: Geometry,
+}
+
+impl ChunkReader {
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// Copies chunk `index` into `buf` (resized to the chunk's length).
+    pub fn read_into(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), GlueError> {
+        let place = place_of(&self.geo, index)?;
+        buf.resize(place.len, 0);
+        read_place(&self.mem, index, place, buf)
+    }
+}
+
 impl Machine {
-    /// This machine's memory as the migration protocol numbers it.
+    /// A [`ChunkReader`] of this machine's memory cut into chunks of `size`.
+    pub fn chunk_reader(&self, size: ChunkSize) -> Result<ChunkReader, GlueError> {
+        Ok(ChunkReader {
+            mem: self.memory().clone(),
+            geo: self.geometry(size)?,
+        })
+    }
+
+    /// The refs of a first (full) migration round without reading memory nobody wrote:
+    /// chunks holding a page ever written (by the guest or the VMM, after a dirty-log sync)
+    /// are read and hashed, every other chunk is a zero ref. A fresh destination's memory
+    /// is zero, so this is what a full read would give, for the price of the touched bytes.
+    pub fn touched_chunk_refs(&mut self, size: ChunkSize) -> Result<Vec<ChunkRef>, GlueError> {
+        self.sync_dirty_log()?;
+        let touched = self.dirty.touched().clone();
+        let geo = self.geometry(size)?;
+        let mut refs = self.chunk_refs(Some(&touched), size)?;
+        let mut zeros = Vec::new();
+        let mut next = 0u64;
+        let push_zeros = |from: u64, to: u64, zeros: &mut Vec<ChunkRef>| {
+            for index in from..to {
+                if let Some(len) = geo.chunk_len(index) {
+                    zeros.push(ChunkRef {
+                        index,
+                        id: None,
+                        len: len as u32,
+                    });
+                }
+            }
+        };
+        for r in &refs {
+            push_zeros(next, r.index, &mut zeros);
+            next = r.index + 1;
+        }
+        push_zeros(next, geo.chunk_count(), &mut zeros);
+        refs.extend(zeros);
+        refs.sort_unstable_by_key(|r| r.index);
+        Ok(refs)
+    }
+
     pub fn geometry(&self, size: ChunkSize) -> Result<Geometry, GlueError> {
         let regions: Vec<MemRegion> = self
             .layout()
@@ -152,16 +212,24 @@ impl Machine {
     }
 
     fn read_place(&self, index: u64, place: ChunkPlace, buf: &mut [u8]) -> Result<(), GlueError> {
-        self.memory()
-            .read_slice(buf, GuestAddress(place.gpa))
-            .map_err(|source| GlueError::Access {
-                what: "read",
-                index,
-                gpa: place.gpa,
-                len: place.len,
-                source,
-            })
+        read_place(self.memory(), index, place, buf)
     }
+}
+
+fn read_place(
+    mem: &GuestMem,
+    index: u64,
+    place: ChunkPlace,
+    buf: &mut [u8],
+) -> Result<(), GlueError> {
+    mem.read_slice(buf, GuestAddress(place.gpa))
+        .map_err(|source| GlueError::Access {
+            what: "read",
+            index,
+            gpa: place.gpa,
+            len: place.len,
+            source,
+        })
 }
 
 fn place_of(geo: &Geometry, index: u64) -> Result<ChunkPlace, GlueError> {

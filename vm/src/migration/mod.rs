@@ -16,9 +16,12 @@
 //! discards on a guess, so the VM never runs twice.
 
 pub mod destination;
+pub mod level;
+pub mod links;
 pub mod machine_glue;
 pub mod messages;
 pub mod source;
+pub mod wire;
 
 #[cfg(test)]
 mod sim;

@@ -1,0 +1,282 @@
+//! The TCP connections of one migration: a control stream for the protocol messages and
+//! one or more data streams that carry chunks in parallel. Each connection opens with a
+//! fixed 24-byte preamble naming the migration session and the stream's place in it, so
+//! the listener can group connections that arrive in any order.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Bytes of the preamble: magic, version, stream index, stream count, session id.
+pub const PREAMBLE_LEN: usize = 24;
+const MAGIC: [u8; 4] = *b"NCMG";
+const PREAMBLE_VERSION: u16 = 1;
+/// Most data streams of one migration.
+pub const MAX_DATA_STREAMS: u8 = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preamble {
+    pub session: [u8; 16],
+    /// 0 is the control stream, 1.. the data streams.
+    pub index: u8,
+    /// Streams in the session, control included.
+    pub count: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("not a NovaCron migration stream (magic {0:02x?})")]
+    Magic([u8; 4]),
+    #[error("migration stream preamble version {0}, this side speaks {PREAMBLE_VERSION}")]
+    Version(u16),
+    #[error("stream {index} of {count}: a session has 2 to {} streams", MAX_DATA_STREAMS + 1)]
+    Shape { index: u8, count: u8 },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("migration stream: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no complete migration session arrived within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Preamble {
+    pub fn encode(&self) -> [u8; PREAMBLE_LEN] {
+        let mut out = [0u8; PREAMBLE_LEN];
+        out[..4].copy_from_slice(&MAGIC);
+        out[4..6].copy_from_slice(&PREAMBLE_VERSION.to_le_bytes());
+        out[6] = self.index;
+        out[7] = self.count;
+        out[8..].copy_from_slice(&self.session);
+        out
+    }
+
+    pub fn decode(b: &[u8; PREAMBLE_LEN]) -> Result<Self, LinkError> {
+        let magic = [b[0], b[1], b[2], b[3]];
+        if magic != MAGIC {
+            return Err(LinkError::Magic(magic));
+        }
+        let version = u16::from_le_bytes([b[4], b[5]]);
+        if version != PREAMBLE_VERSION {
+            return Err(LinkError::Version(version));
+        }
+        let (index, count) = (b[6], b[7]);
+        if count < 2 || count > MAX_DATA_STREAMS + 1 || index >= count {
+            return Err(LinkError::Shape { index, count });
+        }
+        let mut session = [0u8; 16];
+        session.copy_from_slice(&b[8..]);
+        Ok(Self {
+            session,
+            index,
+            count,
+        })
+    }
+}
+
+/// The connections of one migration, control first.
+#[derive(Debug)]
+pub struct Links {
+    pub session: [u8; 16],
+    pub control: TcpStream,
+    pub data: Vec<TcpStream>,
+}
+
+impl Links {
+    /// Every stream, control first (the order in which they are handed to a VMM process).
+    pub fn into_streams(self) -> Vec<TcpStream> {
+        std::iter::once(self.control).chain(self.data).collect()
+    }
+
+    /// Rebuilds links from [`into_streams`](Self::into_streams)' order.
+    pub fn from_streams(session: [u8; 16], mut streams: Vec<TcpStream>) -> Option<Self> {
+        if streams.len() < 2 {
+            return None;
+        }
+        let control = streams.remove(0);
+        Some(Self {
+            session,
+            control,
+            data: streams,
+        })
+    }
+
+    /// Shuts every stream down (both directions), so threads blocked on them return.
+    pub fn shutdown(&self) {
+        for s in std::iter::once(&self.control).chain(&self.data) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// A fresh random session id.
+pub fn new_session() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    // SAFETY: getrandom writes at most `id.len()` bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    if n != id.len() as isize {
+        // Entropy unavailable: a clock-derived id still keeps concurrent sessions apart.
+        let t = crate::vcpu::monotonic_ns().to_le_bytes();
+        id[..8].copy_from_slice(&t);
+        id[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    id
+}
+
+/// Opens the control stream and `data_streams` data streams to `addr`.
+pub fn connect(
+    addr: SocketAddr,
+    data_streams: u8,
+    session: [u8; 16],
+    timeout: Duration,
+) -> Result<Links, LinkError> {
+    let count = data_streams.clamp(1, MAX_DATA_STREAMS) + 1;
+    let mut streams = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let mut s = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|source| LinkError::Connect { addr, source })?;
+        s.set_nodelay(true)?;
+        s.write_all(
+            &Preamble {
+                session,
+                index,
+                count,
+            }
+            .encode(),
+        )?;
+        streams.push(s);
+    }
+    Ok(Links::from_streams(session, streams).expect("count >= 2"))
+}
+
+/// Accepts connections until one session has all its streams, within `timeout`. Streams
+/// with a bad preamble, or that send none within a second, are dropped (and logged).
+pub fn accept(listener: &TcpListener, timeout: Duration) -> Result<Links, LinkError> {
+    let deadline = Instant::now() + timeout;
+    let mut partial: HashMap<[u8; 16], Vec<Option<TcpStream>>> = HashMap::new();
+    listener.set_nonblocking(true)?;
+    loop {
+        let (mut s, peer) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(LinkError::Timeout(timeout));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut raw = [0u8; PREAMBLE_LEN];
+        let pre = match s
+            .read_exact(&mut raw)
+            .map_err(LinkError::from)
+            .and_then(|_| Preamble::decode(&raw))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "dropping a connection that is not a migration stream");
+                continue;
+            }
+        };
+        s.set_read_timeout(None)?;
+        s.set_nodelay(true)?;
+        let slots = partial
+            .entry(pre.session)
+            .or_insert_with(|| (0..pre.count).map(|_| None).collect());
+        let fits = slots.len() == pre.count as usize;
+        match slots.get_mut(pre.index as usize) {
+            Some(slot @ None) if fits => *slot = Some(s),
+            _ => {
+                tracing::warn!(%peer, ?pre, "dropping a duplicate or inconsistent migration stream");
+                continue;
+            }
+        }
+        let slots = partial.get(&pre.session).map(|v| v.iter().all(Option::is_some));
+        if slots == Some(true) {
+            let streams = partial
+                .remove(&pre.session)
+                .unwrap_or_default()
+                .into_iter()
+                .flatten()
+                .collect();
+            listener.set_nonblocking(false)?;
+            return Links::from_streams(pre.session, streams).ok_or(LinkError::Shape {
+                index: pre.index,
+                count: pre.count,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preambles_round_trip_and_bad_ones_are_named() {
+        let p = Preamble {
+            session: [5; 16],
+            index: 2,
+            count: 3,
+        };
+        assert_eq!(Preamble::decode(&p.encode()).unwrap(), p);
+        let mut bad = p.encode();
+        bad[0] = b'X';
+        assert!(matches!(Preamble::decode(&bad), Err(LinkError::Magic(_))));
+        let mut bad = p.encode();
+        bad[6] = 3;
+        assert!(matches!(
+            Preamble::decode(&bad),
+            Err(LinkError::Shape { .. })
+        ));
+        let mut bad = p.encode();
+        bad[7] = MAX_DATA_STREAMS + 2;
+        assert!(Preamble::decode(&bad).is_err());
+        let mut bad = p.encode();
+        bad[4] = 9;
+        assert!(matches!(Preamble::decode(&bad), Err(LinkError::Version(9))));
+    }
+
+    #[test]
+    fn streams_of_a_session_are_grouped_whatever_else_connects() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            // Noise first: a stranger, then a truncated preamble.
+            let mut stranger = TcpStream::connect(addr).unwrap();
+            stranger.write_all(&[0u8; PREAMBLE_LEN]).unwrap();
+            let mut cut = TcpStream::connect(addr).unwrap();
+            cut.write_all(b"NCMG").unwrap();
+            let links = connect(addr, 2, [7; 16], Duration::from_secs(5)).unwrap();
+            let mut control = links.control;
+            control.write_all(b"c").unwrap();
+            let mut d1 = links.data.into_iter().nth(1).unwrap();
+            d1.write_all(b"2").unwrap();
+            (stranger, cut)
+        });
+        let links = accept(&listener, Duration::from_secs(10)).unwrap();
+        assert_eq!(links.session, [7; 16]);
+        assert_eq!(links.data.len(), 2);
+        let mut b = [0u8; 1];
+        let mut control = links.control;
+        control.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"c");
+        let mut d1 = links.data.into_iter().nth(1).unwrap();
+        d1.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"2");
+        drop(client.join().unwrap());
+    }
+
+    #[test]
+    fn accept_gives_up_after_its_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = accept(&listener, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(err, LinkError::Timeout(_)), "{err}");
+    }
+}
