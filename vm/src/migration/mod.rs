@@ -16,6 +16,8 @@
 //! discards on a guess, so the VM never runs twice.
 
 pub mod destination;
+pub mod drive_destination;
+pub mod drive_source;
 pub mod level;
 pub mod links;
 pub mod machine_glue;
@@ -72,6 +74,22 @@ pub struct Progress {
     pub est_remaining_ms: Option<u64>,
     /// Downtime a switchover now would cost: estimated dirty bytes / bandwidth.
     pub est_downtime_ms: Option<u64>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            phase: Phase::Handshake,
+            round: 0,
+            bytes_sent: 0,
+            bytes_skipped_zero: 0,
+            bytes_skipped_held: 0,
+            dirty_rate_bps: 0,
+            bandwidth_bps: 0,
+            est_remaining_ms: None,
+            est_downtime_ms: None,
+        }
+    }
 }
 
 /// A message or request that breaks the protocol; its text becomes the abort reason.

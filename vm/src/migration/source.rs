@@ -224,17 +224,7 @@ impl Source {
             precopy_started_ms: 0,
             round_dirty_bytes: 0,
             round_left_bytes: 0,
-            progress: Progress {
-                phase: Phase::Handshake,
-                round: 0,
-                bytes_sent: 0,
-                bytes_skipped_zero: 0,
-                bytes_skipped_held: 0,
-                dirty_rate_bps: 0,
-                bandwidth_bps: 0,
-                est_remaining_ms: None,
-                est_downtime_ms: None,
-            },
+            progress: Progress::default(),
         })
     }
 

@@ -1,0 +1,413 @@
+//! Runs the [`Destination`] state machine over TCP [`Links`]: the control stream and one
+//! reader thread per data stream, which decode and verify chunks ([`verify_chunk`]) before
+//! the protocol thread sees them. The machine is created as soon as the hello names its
+//! layout, chunks are written into it as they arrive, and the state is applied at
+//! switchover, so the VM's downtime covers only the last round and the state.
+//!
+//! Chunks travel on other streams than the control messages, so a `RoundDone` or
+//! `Switchover` can overtake the last chunks of its round; such messages (and everything
+//! after them on the control stream) wait until the state machine has every wanted chunk.
+
+use std::collections::VecDeque;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use novacron_mesh::chunks::{Bitmap, ChunkStore};
+
+use super::destination::{verify_chunk, Destination, DestinationConfig, Input, Output};
+use super::links::Links;
+use super::messages::{MemRegion, Message};
+use super::wire::{write_message, FrameReader};
+use super::{Geometry, ProtocolError};
+use crate::machine::{Machine, MachineConfig};
+use crate::state::MachineState;
+use crate::vcpu::monotonic_ns;
+
+const POLL: Duration = Duration::from_millis(5);
+
+pub struct DestinationOptions {
+    pub config: DestinationConfig,
+    /// Chunks already held here (earlier snapshots, images, VMs); only missing ones travel.
+    pub store: Option<ChunkStore>,
+}
+
+/// The process around the driver.
+pub trait DestinationHost {
+    /// Builds a machine for `config` (guest memory mapped, zero, untouched).
+    fn create_machine(&mut self, config: &MachineConfig) -> Result<Machine, String>;
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestinationSummary {
+    /// Bytes read from every stream.
+    pub wire_bytes: u64,
+    pub chunks_received: u64,
+    pub chunks_from_store: u64,
+    /// CLOCK_MONOTONIC ns when the VM was resumed here.
+    pub resumed_ns: Option<u64>,
+}
+
+pub enum DestinationOutcome {
+    /// The VM runs here.
+    Running {
+        machine: Machine,
+        summary: DestinationSummary,
+    },
+    /// Nothing runs here; whatever was received is gone.
+    Failed {
+        reason: String,
+        summary: DestinationSummary,
+    },
+}
+
+enum Event {
+    Control(Message),
+    Data(Message),
+    Chunk(Result<super::destination::VerifiedChunk, ProtocolError>),
+    LinkDown(String),
+}
+
+/// Receives a VM over `links`.
+pub fn run_destination(
+    links: Links,
+    opts: DestinationOptions,
+    host: &mut dyn DestinationHost,
+) -> DestinationOutcome {
+    let mut d = DestinationDriver {
+        dest: Destination::new(opts.config, 0),
+        store: opts.store,
+        t0: Instant::now(),
+        geometry: Arc::new(OnceLock::new()),
+        wire: Arc::new(AtomicU64::new(0)),
+        machine: None,
+        written: Vec::new(),
+        summary: DestinationSummary::default(),
+        outcome: None,
+    };
+    d.run(links, host)
+}
+
+struct DestinationDriver {
+    dest: Destination,
+    store: Option<ChunkStore>,
+    t0: Instant,
+    geometry: Arc<OnceLock<Geometry>>,
+    wire: Arc<AtomicU64>,
+    machine: Option<Machine>,
+    /// Chunks this side wrote (the rest of fresh memory is zero and need not be cleared).
+    written: Vec<bool>,
+    summary: DestinationSummary,
+    outcome: Option<Result<(), String>>,
+}
+
+impl DestinationDriver {
+    fn run(&mut self, links: Links, host: &mut dyn DestinationHost) -> DestinationOutcome {
+        let (tx, rx) = mpsc::channel();
+        let mut control = match self.start_readers(&links, tx) {
+            Ok(c) => c,
+            Err(reason) => return self.failed(reason),
+        };
+        let mut held: VecDeque<Message> = VecDeque::new();
+        loop {
+            match rx.recv_timeout(POLL) {
+                Ok(event) => self.on_event(event, &mut held, &mut control, host),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.feed(Input::LinkDown, &mut control, host)
+                }
+            }
+            while self.dest.awaiting_chunks() == 0 {
+                let Some(msg) = held.pop_front() else { break };
+                self.feed(Input::Received(msg), &mut control, host);
+            }
+            let now_ms = self.t0.elapsed().as_millis() as u64;
+            self.feed(Input::Tick { now_ms }, &mut control, host);
+            match self.outcome.take() {
+                Some(Ok(())) => {
+                    links.shutdown();
+                    self.summary.wire_bytes = self.wire.load(Ordering::Relaxed);
+                    return match self.machine.take() {
+                        Some(machine) => DestinationOutcome::Running {
+                            machine,
+                            summary: self.summary.clone(),
+                        },
+                        None => self.failed("internal: started without a machine".into()),
+                    };
+                }
+                Some(Err(reason)) => {
+                    links.shutdown();
+                    return self.failed(reason);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn failed(&mut self, reason: String) -> DestinationOutcome {
+        self.machine = None;
+        self.summary.wire_bytes = self.wire.load(Ordering::Relaxed);
+        DestinationOutcome::Failed {
+            reason,
+            summary: self.summary.clone(),
+        }
+    }
+
+    /// Feeds one event; a control message that must wait for chunks (and any after it)
+    /// goes to `held`.
+    fn on_event(
+        &mut self,
+        event: Event,
+        held: &mut VecDeque<Message>,
+        control: &mut TcpStream,
+        host: &mut dyn DestinationHost,
+    ) {
+        let input = match event {
+            Event::Control(msg) => {
+                let waits = matches!(msg, Message::RoundDone { .. } | Message::Switchover { .. });
+                if !held.is_empty() || (waits && self.dest.awaiting_chunks() > 0) {
+                    held.push_back(msg);
+                    return;
+                }
+                Input::Received(msg)
+            }
+            Event::Data(msg) => Input::Received(msg),
+            Event::Chunk(chunk) => Input::Chunk(chunk),
+            Event::LinkDown(why) => {
+                tracing::warn!(%why, "migration link down");
+                Input::LinkDown
+            }
+        };
+        self.feed(input, control, host);
+    }
+
+    /// Hands `input` to the state machine and carries out everything that follows.
+    fn feed(&mut self, input: Input, control: &mut TcpStream, host: &mut dyn DestinationHost) {
+        let mut pending = VecDeque::from([input]);
+        while let Some(input) = pending.pop_front() {
+            for output in self.dest.handle(input) {
+                pending.extend(self.execute(control, host, output));
+            }
+        }
+    }
+
+    fn start_readers(&self, links: &Links, tx: Sender<Event>) -> Result<TcpStream, String> {
+        let share = |s: &TcpStream| {
+            s.try_clone()
+                .map_err(|e| format!("cannot share a migration stream: {e}"))
+        };
+        let control = share(&links.control)?;
+        spawn_reader("mig-control".into(), control, tx.clone(), self.wire.clone(), None)?;
+        for (n, s) in links.data.iter().enumerate() {
+            spawn_reader(
+                format!("mig-recv{n}"),
+                share(s)?,
+                tx.clone(),
+                self.wire.clone(),
+                Some(self.geometry.clone()),
+            )?;
+        }
+        share(&links.control)
+    }
+
+    fn execute(
+        &mut self,
+        control: &mut TcpStream,
+        host: &mut dyn DestinationHost,
+        output: Output,
+    ) -> Vec<Input> {
+        match output {
+            Output::Send(msg) => match write_message(control, &msg) {
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = msg.kind(), "control stream write failed");
+                    vec![Input::LinkDown]
+                }
+            },
+            Output::PrepareMemory {
+                regions,
+                vcpus,
+                chunk_size,
+                ..
+            } => match self.prepare(host, &regions, vcpus, chunk_size) {
+                Ok(()) => Vec::new(),
+                Err(reason) => vec![Input::Cancel { reason }],
+            },
+            Output::CheckHave { round, seq, ids } => {
+                let held = match &self.store {
+                    Some(store) => store.have(&ids),
+                    None => Bitmap::new(ids.len()),
+                };
+                vec![Input::Have { round, seq, held }]
+            }
+            Output::ZeroChunks { start, count } => {
+                let result = (start..start.saturating_add(count))
+                    .try_for_each(|index| self.zero_chunk(index));
+                cancel_on_error(result)
+            }
+            Output::CopyFromStore { index, id } => {
+                let result = match &self.store {
+                    Some(store) => store
+                        .get(&id)
+                        .map_err(|e| format!("chunk {id} from the store: {e}"))
+                        .and_then(|bytes| self.write_chunk(index, &bytes)),
+                    None => Err(format!("asked to copy chunk {id} without a store")),
+                };
+                self.summary.chunks_from_store += 1;
+                cancel_on_error(result)
+            }
+            Output::WriteChunk { indices, bytes } => {
+                self.summary.chunks_received += 1;
+                let result = indices
+                    .iter()
+                    .try_for_each(|&index| self.write_chunk(index, &bytes));
+                cancel_on_error(result)
+            }
+            Output::StartVm { state } => match self.start(&state) {
+                Ok(()) => vec![Input::VmStarted],
+                Err(reason) => vec![Input::StartFailed { reason }],
+            },
+            Output::DiscardVm => {
+                self.machine = None;
+                Vec::new()
+            }
+            Output::Fail { reason } => {
+                self.outcome = Some(Err(reason));
+                Vec::new()
+            }
+            Output::Done => {
+                self.outcome = Some(Ok(()));
+                Vec::new()
+            }
+        }
+    }
+
+    fn prepare(
+        &mut self,
+        host: &mut dyn DestinationHost,
+        regions: &[MemRegion],
+        vcpus: u32,
+        chunk_size: novacron_mesh::chunks::ChunkSize,
+    ) -> Result<(), String> {
+        let mem_bytes = regions.iter().map(|r| r.len).sum();
+        let vcpus = u8::try_from(vcpus).map_err(|_| format!("{vcpus} vCPUs"))?;
+        let machine = host.create_machine(&MachineConfig { mem_bytes, vcpus })?;
+        let layout: Vec<(u64, u64)> = regions.iter().map(|r| (r.guest_addr, r.len)).collect();
+        if machine.layout() != layout.as_slice() {
+            return Err(format!(
+                "the source's memory layout {layout:x?} is not what this VMM builds for {} \
+                 MiB ({:x?})",
+                mem_bytes >> 20,
+                machine.layout()
+            ));
+        }
+        let geo = machine.geometry(chunk_size).map_err(|e| e.to_string())?;
+        self.written = vec![false; geo.chunk_count() as usize];
+        let _ = self.geometry.set(geo);
+        self.machine = Some(machine);
+        Ok(())
+    }
+
+    fn geo(&self) -> Result<&Geometry, String> {
+        self.geometry
+            .get()
+            .ok_or_else(|| "internal: chunk data before the memory was prepared".to_string())
+    }
+
+    fn write_chunk(&mut self, index: u64, bytes: &[u8]) -> Result<(), String> {
+        let size = self.geo()?.chunk_size();
+        let machine = self
+            .machine
+            .as_ref()
+            .ok_or_else(|| "internal: no machine to write into".to_string())?;
+        machine
+            .write_chunk(index, size, bytes)
+            .map_err(|e| e.to_string())?;
+        if let Some(w) = self.written.get_mut(index as usize) {
+            *w = true;
+        }
+        Ok(())
+    }
+
+    /// Zeroes a chunk this side wrote before; fresh memory is already zero.
+    fn zero_chunk(&mut self, index: u64) -> Result<(), String> {
+        if !self.written.get(index as usize).copied().unwrap_or(false) {
+            return Ok(());
+        }
+        let len = self
+            .geo()?
+            .chunk_len(index)
+            .ok_or_else(|| format!("chunk {index} is outside guest memory"))?;
+        self.write_chunk(index, &vec![0u8; len])?;
+        self.written[index as usize] = false;
+        Ok(())
+    }
+
+    fn start(&mut self, state: &[u8]) -> Result<(), String> {
+        let machine = self
+            .machine
+            .as_mut()
+            .ok_or_else(|| "internal: no machine to start".to_string())?;
+        let state = MachineState::decode(state).map_err(|e| e.to_string())?;
+        machine.apply_state(&state).map_err(|e| e.to_string())?;
+        machine.resume().map_err(|e| e.to_string())?;
+        self.summary.resumed_ns = Some(monotonic_ns());
+        Ok(())
+    }
+}
+
+fn cancel_on_error(result: Result<(), String>) -> Vec<Input> {
+    match result {
+        Ok(()) => Vec::new(),
+        Err(reason) => vec![Input::Cancel { reason }],
+    }
+}
+
+/// Reads one stream into events. Data streams verify chunks here once the geometry is
+/// known; anything else is passed on for the state machine to judge.
+fn spawn_reader(
+    name: String,
+    stream: TcpStream,
+    tx: Sender<Event>,
+    wire: Arc<AtomicU64>,
+    geometry: Option<Arc<OnceLock<Geometry>>>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let mut reader = FrameReader::new(stream);
+            let mut counted = 0;
+            loop {
+                let msg = reader.read_message();
+                let read = reader.bytes_read();
+                wire.fetch_add(read - counted, Ordering::Relaxed);
+                counted = read;
+                let event = match (msg, &geometry) {
+                    (Err(e), _) => {
+                        let _ = tx.send(Event::LinkDown(format!("{name}: {e}")));
+                        return;
+                    }
+                    (Ok(msg), None) => Event::Control(msg),
+                    (Ok(msg), Some(geo)) => match (msg, geo.get()) {
+                        (
+                            Message::Chunk {
+                                index,
+                                id,
+                                raw,
+                                bytes,
+                            },
+                            Some(geo),
+                        ) => Event::Chunk(verify_chunk(geo, index, id, raw, bytes)),
+                        (msg, _) => Event::Data(msg),
+                    },
+                };
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start a migration reader: {e}"))
+}

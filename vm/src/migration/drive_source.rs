@@ -1,0 +1,705 @@
+//! Runs the [`Source`] state machine against a live [`Machine`] over TCP [`Links`]: the
+//! protocol messages on the control stream, the chunks spread over the data streams by a
+//! pool of sender threads (read from guest memory, hash, compress, write), each owning one
+//! stream. The state machine decides; this module only carries out its outputs and feeds
+//! it what happened, with the time.
+
+use std::collections::VecDeque;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use novacron_mesh::chunks::{ChunkEncoder, ChunkId, ChunkRef, ChunkSize, Level};
+
+use super::level::{next_level, SendTimes, MIN_LEVEL};
+use super::links::Links;
+use super::machine_glue::ChunkReader;
+use super::messages::{MemRegion, Message, Mode};
+use super::source::{Input, NoConverge, Output, Source, SourceConfig};
+use super::wire::{write_message, FrameReader};
+use super::{Phase, Progress};
+use crate::layout::PAGE_SIZE;
+use crate::machine::{Lifecycle, Machine};
+use crate::memory::DirtyConsumer;
+use crate::vcpu::monotonic_ns;
+
+/// How often the driver wakes without events: timer ticks, throttle steps, measurements.
+const POLL: Duration = Duration::from_millis(2);
+/// How often measurements (bandwidth, dirty rate, zstd level) are fed to the machine.
+const MEASURE_EVERY: Duration = Duration::from_millis(50);
+/// Progress reports to the host at most this often (phase changes always go out).
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// Throttle duty-cycle period: the vCPUs are paused for `percent` of each period.
+const THROTTLE_PERIOD_MS: u64 = 100;
+
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    pub mode: Mode,
+    pub chunk_size: ChunkSize,
+    pub downtime_budget_ms: u64,
+    pub max_rounds: u32,
+    pub max_precopy_ms: u64,
+    pub on_no_converge: NoConverge,
+    /// Silence from the destination after which the migration fails (or is in doubt).
+    pub timeout_ms: u64,
+    /// How long to wait for the host to reconnect when in doubt before giving up (the VM
+    /// then stays paused for an operator).
+    pub in_doubt_wait_ms: u64,
+}
+
+impl SourceOptions {
+    pub fn new(mode: Mode) -> Self {
+        let d = SourceConfig::new([0; 16], Vec::new(), 1, mode);
+        Self {
+            mode,
+            chunk_size: d.chunk_size,
+            downtime_budget_ms: d.downtime_budget_ms,
+            max_rounds: d.max_rounds,
+            max_precopy_ms: d.max_precopy_ms,
+            on_no_converge: d.on_no_converge,
+            timeout_ms: d.timeout_ms,
+            in_doubt_wait_ms: 60_000,
+        }
+    }
+}
+
+/// What the process running the driver feeds it besides the network.
+pub enum HostInput {
+    Cancel(String),
+    /// New links to the destination, after [`SourceHost::in_doubt`].
+    Reconnected(Links),
+}
+
+/// The process around the driver: where progress goes, where cancels and reconnections
+/// come from.
+pub trait SourceHost {
+    fn report(&mut self, report: &Report);
+    /// The link failed after the state was sent: please reconnect (answer with
+    /// [`HostInput::Reconnected`]).
+    fn in_doubt(&mut self);
+    /// A host input, if one is waiting. Must not block.
+    fn poll(&mut self) -> Option<HostInput>;
+}
+
+/// A progress report with what only the driver knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub progress: Progress,
+    /// Bytes written to the sockets (frames, compressed chunks, preambles excluded).
+    pub wire_bytes: u64,
+    pub zstd_level: i32,
+}
+
+/// What happened, with the figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub report: Report,
+    /// CLOCK_MONOTONIC ns: start, the final pause, the end (confirm or rollback).
+    pub started_ns: u64,
+    pub paused_ns: Option<u64>,
+    pub ended_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceOutcome {
+    /// The destination runs the VM; it is stopped here.
+    Moved(Summary),
+    /// The VM stays here, running as before (or paused if it was).
+    RolledBack { reason: String, summary: Summary },
+    /// The state went out and nobody could say whether the destination started: the VM is
+    /// paused here, for an operator to decide.
+    InDoubt(Summary),
+}
+
+enum Event {
+    Received(Message),
+    LinkDown(String),
+}
+
+/// Migrates `machine` (running or paused) out over `links`.
+pub fn run_source(
+    machine: &mut Machine,
+    links: Links,
+    vm_id: [u8; 16],
+    opts: &SourceOptions,
+    host: &mut dyn SourceHost,
+) -> SourceOutcome {
+    let started_ns = monotonic_ns();
+    let mut driver = match SourceDriver::new(machine, links, vm_id, opts, started_ns) {
+        Ok(d) => d,
+        Err(reason) => {
+            return SourceOutcome::RolledBack {
+                reason,
+                summary: Summary {
+                    report: Report {
+                        progress: Progress::default(),
+                        wire_bytes: 0,
+                        zstd_level: MIN_LEVEL,
+                    },
+                    started_ns,
+                    paused_ns: None,
+                    ended_ns: monotonic_ns(),
+                },
+            }
+        }
+    };
+    let outcome = driver.run(machine, host);
+    driver.close();
+    outcome
+}
+
+struct SourceDriver {
+    source: Source,
+    opts: SourceOptions,
+    t0: Instant,
+    events: Receiver<Event>,
+    event_tx: Sender<Event>,
+    control: TcpStream,
+    control_bytes: u64,
+    pool: SenderPool,
+    links: Links,
+    throttle: Throttle,
+    started_ns: u64,
+    paused_ns: Option<u64>,
+    last_collect: Instant,
+    last_measure: Instant,
+    last_report: Instant,
+    last_phase: Option<Phase>,
+    last_times: SendTimes,
+    bandwidth_bps: u64,
+    dirty_rate_bps: u64,
+    fail_reason: Option<String>,
+}
+
+impl SourceDriver {
+    fn new(
+        machine: &Machine,
+        links: Links,
+        vm_id: [u8; 16],
+        opts: &SourceOptions,
+        started_ns: u64,
+    ) -> Result<Self, String> {
+        let regions: Vec<MemRegion> = machine
+            .layout()
+            .iter()
+            .map(|&(guest_addr, len)| MemRegion { guest_addr, len })
+            .collect();
+        let mut cfg = SourceConfig::new(
+            vm_id,
+            regions,
+            u32::from(machine.config().vcpus),
+            opts.mode,
+        );
+        cfg.chunk_size = opts.chunk_size;
+        cfg.downtime_budget_ms = opts.downtime_budget_ms;
+        cfg.max_rounds = opts.max_rounds;
+        cfg.max_precopy_ms = opts.max_precopy_ms;
+        cfg.on_no_converge = opts.on_no_converge;
+        cfg.timeout_ms = opts.timeout_ms;
+        let source = Source::new(cfg).map_err(|e| e.to_string())?;
+        let reader = machine
+            .chunk_reader(opts.chunk_size)
+            .map_err(|e| e.to_string())?;
+        let (event_tx, events) = mpsc::channel();
+        let data = links
+            .data
+            .iter()
+            .map(TcpStream::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot share a data stream: {e}"))?;
+        let pool = SenderPool::start(data, reader, event_tx.clone())?;
+        spawn_control_reader(&links.control, event_tx.clone())?;
+        let control = links
+            .control
+            .try_clone()
+            .map_err(|e| format!("cannot share the control stream: {e}"))?;
+        let now = Instant::now();
+        Ok(Self {
+            source,
+            opts: opts.clone(),
+            t0: now,
+            events,
+            event_tx,
+            control,
+            control_bytes: 0,
+            pool,
+            links,
+            throttle: Throttle::default(),
+            started_ns,
+            paused_ns: None,
+            last_collect: now,
+            last_measure: now,
+            last_report: now - REPORT_EVERY,
+            last_phase: None,
+            last_times: SendTimes::default(),
+            bandwidth_bps: 0,
+            dirty_rate_bps: 0,
+            fail_reason: None,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
+    }
+
+    fn run(&mut self, machine: &mut Machine, host: &mut dyn SourceHost) -> SourceOutcome {
+        let mut pending: VecDeque<Output> = self.source.start(self.now_ms()).into();
+        let mut in_doubt_since: Option<Instant> = None;
+        loop {
+            while let Some(output) = pending.pop_front() {
+                let inputs = self.execute(machine, host, output, &mut in_doubt_since);
+                for input in inputs {
+                    pending.extend(self.source.handle(input));
+                }
+            }
+            if let Some(outcome) = self.finished(machine) {
+                return outcome;
+            }
+            if let Some(since) = in_doubt_since {
+                if since.elapsed() > Duration::from_millis(self.opts.in_doubt_wait_ms) {
+                    return SourceOutcome::InDoubt(self.summary());
+                }
+            }
+            while let Some(input) = host.poll() {
+                match input {
+                    HostInput::Cancel(reason) => {
+                        pending.extend(self.source.handle(Input::Cancel { reason }))
+                    }
+                    HostInput::Reconnected(links) => {
+                        if let Err(e) = self.reconnect(links) {
+                            tracing::warn!(error = %e, "reconnection unusable");
+                            continue;
+                        }
+                        in_doubt_since = None;
+                        pending.extend(self.source.handle(Input::Reconnected));
+                    }
+                }
+            }
+            let input = match self.events.recv_timeout(POLL) {
+                Ok(Event::Received(msg)) => Some(Input::Received(msg)),
+                Ok(Event::LinkDown(why)) => {
+                    tracing::warn!(%why, "migration link down");
+                    Some(Input::LinkDown)
+                }
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Input::LinkDown),
+            };
+            if let Some(input) = input {
+                pending.extend(self.source.handle(input));
+            }
+            if self.throttle.step(machine, self.now_ms()) {
+                tracing::trace!("throttle step");
+            }
+            if self.last_measure.elapsed() >= MEASURE_EVERY {
+                pending.extend(self.measure());
+            }
+            pending.extend(self.source.handle(Input::Tick {
+                now_ms: self.now_ms(),
+            }));
+        }
+    }
+
+    fn finished(&mut self, machine: &mut Machine) -> Option<SourceOutcome> {
+        if !self.source.is_finished() {
+            return None;
+        }
+        let summary = self.summary();
+        Some(match self.source.progress().phase {
+            Phase::Done => SourceOutcome::Moved(summary),
+            _ => {
+                self.throttle.release(machine);
+                SourceOutcome::RolledBack {
+                    reason: self.fail_reason.take().unwrap_or_default(),
+                    summary,
+                }
+            }
+        })
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            report: self.report(),
+            started_ns: self.started_ns,
+            paused_ns: self.paused_ns,
+            ended_ns: monotonic_ns(),
+        }
+    }
+
+    fn report(&self) -> Report {
+        Report {
+            progress: self.source.progress().clone(),
+            wire_bytes: self.pool.stats.wire.load(Ordering::Relaxed) + self.control_bytes,
+            zstd_level: self.pool.stats.level.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Carries out one output; returns the inputs it produced.
+    fn execute(
+        &mut self,
+        machine: &mut Machine,
+        host: &mut dyn SourceHost,
+        output: Output,
+        in_doubt_since: &mut Option<Instant>,
+    ) -> Vec<Input> {
+        match output {
+            Output::Send(msg) => match write_message(&mut self.control, &msg) {
+                Ok(n) => {
+                    self.control_bytes += n as u64;
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = msg.kind(), "control stream write failed");
+                    vec![Input::LinkDown]
+                }
+            },
+            Output::PauseVm => {
+                self.throttle.release(machine);
+                self.throttle.percent = 0;
+                let paused = machine.pause();
+                self.paused_ns = Some(monotonic_ns());
+                match paused {
+                    Ok(()) => Vec::new(),
+                    Err(e) => vec![Input::Cancel {
+                        reason: format!("cannot pause the VM: {e}"),
+                    }],
+                }
+            }
+            Output::ResumeVm => {
+                self.throttle.release(machine);
+                if let Err(e) = machine.resume() {
+                    tracing::error!(error = %e, "cannot resume the VM after a rollback");
+                }
+                Vec::new()
+            }
+            Output::Throttle { percent } => {
+                tracing::info!(percent, "auto-converge: throttling the vCPUs");
+                self.throttle.percent = percent;
+                if percent == 0 {
+                    self.throttle.release(machine);
+                }
+                Vec::new()
+            }
+            Output::CollectRound { round, full, extra } => {
+                match self.collect(machine, full, &extra) {
+                    Ok(refs) => vec![Input::RoundData { round, refs }],
+                    Err(reason) => vec![Input::Cancel { reason }],
+                }
+            }
+            Output::SendChunk { index, id } => {
+                self.pool.submit(index, id);
+                Vec::new()
+            }
+            Output::CaptureState => {
+                let state = machine
+                    .capture_state()
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| s.encode().map_err(|e| e.to_string()));
+                match state {
+                    Ok(bytes) => vec![Input::StateCaptured(bytes)],
+                    Err(e) => vec![Input::Cancel {
+                        reason: format!("cannot capture the VM state: {e}"),
+                    }],
+                }
+            }
+            Output::DiscardVm => {
+                if let Err(e) = machine.stop() {
+                    tracing::error!(error = %e, "stopping the migrated VM");
+                }
+                Vec::new()
+            }
+            Output::InDoubt => {
+                *in_doubt_since = Some(Instant::now());
+                self.links.shutdown();
+                host.in_doubt();
+                Vec::new()
+            }
+            Output::Progress(p) => {
+                let phase_changed = self.last_phase != Some(p.phase);
+                if phase_changed || self.last_report.elapsed() >= REPORT_EVERY {
+                    self.last_phase = Some(p.phase);
+                    self.last_report = Instant::now();
+                    host.report(&self.report());
+                }
+                Vec::new()
+            }
+            Output::Fail { reason } => {
+                self.fail_reason = Some(reason);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The refs of a round: every touched chunk (and zero refs for the rest) for a full
+    /// round, else the chunks dirtied since the last collect plus `extra`.
+    fn collect(
+        &mut self,
+        machine: &mut Machine,
+        full: bool,
+        extra: &[u64],
+    ) -> Result<Vec<ChunkRef>, String> {
+        let size = self.opts.chunk_size;
+        // Taking the set starts (or restarts) dirty tracking for the next round.
+        let mut pages = machine
+            .take_dirty_pages(DirtyConsumer::MigrationRound)
+            .map_err(|e| e.to_string())?;
+        let elapsed = self.last_collect.elapsed();
+        self.last_collect = Instant::now();
+        if full {
+            return machine.touched_chunk_refs(size).map_err(|e| e.to_string());
+        }
+        let dirty_bytes = pages.count_pages() * PAGE_SIZE;
+        self.dirty_rate_bps = (u128::from(dirty_bytes) * 1_000_000_000
+            / elapsed.as_nanos().max(1)) as u64;
+        let geo = machine.geometry(size).map_err(|e| e.to_string())?;
+        for &index in extra {
+            let (region, offset) = geo
+                .locate(index)
+                .ok_or_else(|| format!("chunk {index} asked again is outside guest memory"))?;
+            let start = geo.regions()[region].guest_addr + offset;
+            let len = geo.chunk_len(index).unwrap_or(0) as u64;
+            pages.mark_range(start, len);
+        }
+        machine
+            .chunk_refs(Some(&pages), size)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Feeds bandwidth and dirty rate, and moves the zstd level.
+    fn measure(&mut self) -> Vec<Output> {
+        self.last_measure = Instant::now();
+        let stats = &self.pool.stats;
+        let busy = stats.busy_ns.load(Ordering::Relaxed);
+        let plain = stats.plain.load(Ordering::Relaxed);
+        if busy > 0 && plain > 0 {
+            let workers = self.pool.workers.len().max(1) as u128;
+            self.bandwidth_bps =
+                (u128::from(plain) * 1_000_000_000 * workers / u128::from(busy)) as u64;
+        }
+        let times = SendTimes {
+            compress_ns: stats.compress_ns.load(Ordering::Relaxed),
+            write_ns: stats.write_ns.load(Ordering::Relaxed),
+        };
+        let delta = SendTimes {
+            compress_ns: times.compress_ns - self.last_times.compress_ns,
+            write_ns: times.write_ns - self.last_times.write_ns,
+        };
+        self.last_times = times;
+        let level = stats.level.load(Ordering::Relaxed);
+        let next = next_level(level, delta);
+        if next != level {
+            tracing::debug!(level, next, ?delta, "zstd level");
+            stats.level.store(next, Ordering::Relaxed);
+        }
+        self.source.handle(Input::Measured {
+            bandwidth_bps: self.bandwidth_bps,
+            dirty_rate_bps: self.dirty_rate_bps,
+        })
+    }
+
+    fn reconnect(&mut self, links: Links) -> Result<(), String> {
+        spawn_control_reader(&links.control, self.event_tx.clone())?;
+        self.control = links
+            .control
+            .try_clone()
+            .map_err(|e| format!("cannot share the control stream: {e}"))?;
+        self.links = links;
+        Ok(())
+    }
+
+    fn close(self) {
+        self.links.shutdown();
+        self.pool.close();
+    }
+}
+
+/// Reads the control stream into events until it fails.
+fn spawn_control_reader(stream: &TcpStream, tx: Sender<Event>) -> Result<(), String> {
+    let stream = stream
+        .try_clone()
+        .map_err(|e| format!("cannot share the control stream: {e}"))?;
+    std::thread::Builder::new()
+        .name("mig-control".into())
+        .spawn(move || {
+            let mut reader = FrameReader::new(stream);
+            loop {
+                match reader.read_message() {
+                    Ok(msg) => {
+                        if tx.send(Event::Received(msg)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Event::LinkDown(format!("control stream: {e}")));
+                        return;
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the control reader: {e}"))
+}
+
+/// Counters the sender threads share with the driver.
+#[derive(Default)]
+struct PoolStats {
+    /// Uncompressed chunk bytes sent.
+    plain: AtomicU64,
+    wire: AtomicU64,
+    busy_ns: AtomicU64,
+    compress_ns: AtomicU64,
+    write_ns: AtomicU64,
+    level: AtomicI32,
+}
+
+/// Sender threads, one per data stream, taking chunk indices from one queue.
+struct SenderPool {
+    jobs: Option<Sender<u64>>,
+    workers: Vec<JoinHandle<()>>,
+    stats: Arc<PoolStats>,
+}
+
+impl SenderPool {
+    fn start(
+        streams: Vec<TcpStream>,
+        reader: ChunkReader,
+        events: Sender<Event>,
+    ) -> Result<Self, String> {
+        let (tx, rx) = mpsc::channel::<u64>();
+        let rx = Arc::new(Mutex::new(rx));
+        let stats = Arc::new(PoolStats::default());
+        stats.level.store(MIN_LEVEL, Ordering::Relaxed);
+        let mut workers = Vec::with_capacity(streams.len());
+        for (n, stream) in streams.into_iter().enumerate() {
+            let (rx, reader, stats, events) =
+                (rx.clone(), reader.clone(), stats.clone(), events.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("mig-send{n}"))
+                .spawn(move || {
+                    if let Err(e) = send_chunks(stream, &rx, &reader, &stats) {
+                        let _ = events.send(Event::LinkDown(format!("data stream {n}: {e}")));
+                    }
+                })
+                .map_err(|e| format!("cannot start a sender thread: {e}"))?;
+            workers.push(handle);
+        }
+        Ok(Self {
+            jobs: Some(tx),
+            workers,
+            stats,
+        })
+    }
+
+    fn submit(&self, index: u64, _offered: ChunkId) {
+        if let Some(jobs) = &self.jobs {
+            // A send error means every sender died; each reported why (link down).
+            let _ = jobs.send(index);
+        }
+    }
+
+    fn close(mut self) {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// One sender thread: chunk indices in, `Chunk` frames out on its own stream.
+fn send_chunks(
+    mut stream: TcpStream,
+    jobs: &Mutex<Receiver<u64>>,
+    reader: &ChunkReader,
+    stats: &PoolStats,
+) -> Result<(), String> {
+    let size = reader.geometry().chunk_size();
+    let mut buf = Vec::with_capacity(size.bytes());
+    let mut level = stats.level.load(Ordering::Relaxed);
+    let mut encoder = encoder_at(level)?;
+    loop {
+        let index = {
+            let jobs = jobs.lock().map_err(|_| "sender queue poisoned".to_string())?;
+            match jobs.recv() {
+                Ok(i) => i,
+                Err(_) => return Ok(()),
+            }
+        };
+        let begin = Instant::now();
+        let wanted = stats.level.load(Ordering::Relaxed);
+        if wanted != level {
+            level = wanted;
+            encoder = encoder_at(level)?;
+        }
+        reader
+            .read_into(index, &mut buf)
+            .map_err(|e| e.to_string())?;
+        let id = ChunkId::of(&buf);
+        let enc = encoder.encode(&buf).map_err(|e| e.to_string())?;
+        let encoded_at = Instant::now();
+        let msg = Message::Chunk {
+            index,
+            id: *id.as_bytes(),
+            raw: enc.raw,
+            bytes: enc.bytes,
+        };
+        let n = write_message(&mut stream, &msg).map_err(|e| e.to_string())?;
+        let done = Instant::now();
+        stats.plain.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        stats.wire.fetch_add(n as u64, Ordering::Relaxed);
+        stats.compress_ns.fetch_add(
+            (encoded_at - begin).as_nanos() as u64,
+            Ordering::Relaxed,
+        );
+        stats
+            .write_ns
+            .fetch_add((done - encoded_at).as_nanos() as u64, Ordering::Relaxed);
+        stats
+            .busy_ns
+            .fetch_add((done - begin).as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+fn encoder_at(level: i32) -> Result<ChunkEncoder, String> {
+    Level::new(level)
+        .and_then(ChunkEncoder::new)
+        .map_err(|e| format!("zstd level {level}: {e}"))
+}
+
+/// Auto-converge: pauses the vCPUs for `percent` of every period while pre-copy runs.
+#[derive(Default)]
+struct Throttle {
+    percent: u8,
+    /// True while this throttle holds the VM paused.
+    holding: bool,
+}
+
+impl Throttle {
+    /// Pauses or resumes for the current point of the duty cycle; true if it acted.
+    fn step(&mut self, machine: &mut Machine, now_ms: u64) -> bool {
+        if self.percent == 0 {
+            return false;
+        }
+        let off = now_ms % THROTTLE_PERIOD_MS < u64::from(self.percent) * THROTTLE_PERIOD_MS / 100;
+        match (off, self.holding, machine.lifecycle()) {
+            (true, false, Lifecycle::Running) => {
+                self.holding = machine.pause().is_ok();
+                true
+            }
+            (false, true, _) => {
+                self.release(machine);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn release(&mut self, machine: &mut Machine) {
+        if std::mem::take(&mut self.holding) && machine.lifecycle() == Lifecycle::Paused {
+            if let Err(e) = machine.resume() {
+                tracing::error!(error = %e, "cannot resume a throttled VM");
+            }
+        }
+    }
+}

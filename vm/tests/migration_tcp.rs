@@ -1,0 +1,186 @@
+//! The TCP migration drivers on real KVM and real loopback sockets, in one process: a
+//! counter guest moved mid-run in each mode finishes on the destination with the reference
+//! result, and a chunk corrupted in flight rolls the migration back with the guest still
+//! running (and finishing) on the source.
+
+mod common;
+use common::{io, kvm_usable, no_setup, wait_report, Console};
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
+use novacron_vm::layout::pv_event;
+use novacron_vm::migration::destination::DestinationConfig;
+use novacron_vm::migration::drive_destination::{
+    run_destination, DestinationHost, DestinationOptions, DestinationOutcome,
+};
+use novacron_vm::migration::drive_source::{
+    run_source, HostInput, Report, SourceHost, SourceOptions, SourceOutcome,
+};
+use novacron_vm::migration::links::{accept, connect, new_session, PREAMBLE_LEN};
+use novacron_vm::migration::messages::Mode;
+use novacron_vm::vcpu::VcpuEvent;
+use novacron_vm::{BootSource, Machine, MachineConfig};
+
+const MEM_BYTES: u64 = 64 << 20;
+
+fn params() -> CounterParams {
+    CounterParams {
+        words: 256 * 1024,
+        passes: 6,
+        ..CounterParams::default()
+    }
+}
+
+struct QuietSource;
+
+impl SourceHost for QuietSource {
+    fn report(&mut self, _: &Report) {}
+    fn in_doubt(&mut self) {}
+    fn poll(&mut self) -> Option<HostInput> {
+        None
+    }
+}
+
+struct Dest {
+    console: Option<(Console, Receiver<VcpuEvent>)>,
+}
+
+impl DestinationHost for Dest {
+    fn create_machine(&mut self, config: &MachineConfig) -> Result<Machine, String> {
+        let (io, console, rx) = io();
+        self.console = Some((console, rx));
+        Machine::create(config, io, &no_setup).map_err(|e| e.to_string())
+    }
+}
+
+/// Starts a counter guest and migrates it to `addr` once it reported progress.
+fn source_thread(
+    addr: SocketAddr,
+    mode: Mode,
+) -> std::thread::JoinHandle<(SourceOutcome, String, Option<u64>)> {
+    std::thread::spawn(move || {
+        let (io_a, console_a, rx) = io();
+        let config = MachineConfig {
+            mem_bytes: MEM_BYTES,
+            vcpus: 1,
+        };
+        let mut m = Machine::create(&config, io_a, &no_setup).unwrap();
+        m.load(&BootSource::Builtin(BuiltinGuest::Counter(params())))
+            .unwrap();
+        m.resume().unwrap();
+        wait_report(&rx, pv_event::PROGRESS, 1);
+        let links = connect(addr, 2, new_session(), Duration::from_secs(5)).unwrap();
+        let outcome = run_source(&mut m, links, [3; 16], &SourceOptions::new(mode), &mut QuietSource);
+        // After a rollback the guest must still run here and finish.
+        let exit = matches!(outcome, SourceOutcome::RolledBack { .. })
+            .then(|| wait_report(&rx, pv_event::EXIT, 0));
+        drop(m);
+        (outcome, console_a.text(), exit)
+    })
+}
+
+fn options() -> DestinationOptions {
+    DestinationOptions {
+        config: DestinationConfig::default(),
+        store: None,
+    }
+}
+
+#[test]
+fn a_counter_moved_mid_run_in_each_mode_keeps_its_result() {
+    if !kvm_usable("migration over TCP") {
+        return;
+    }
+    for mode in [Mode::Live, Mode::Warm, Mode::Cold] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let source = source_thread(listener.local_addr().unwrap(), mode);
+        let links = accept(&listener, Duration::from_secs(60)).unwrap();
+        let mut host = Dest { console: None };
+        let outcome = run_destination(links, options(), &mut host);
+        let DestinationOutcome::Running { mut machine, summary } = outcome else {
+            panic!("{mode:?}: destination did not start the VM");
+        };
+        let (source_outcome, source_text, _) = source.join().unwrap();
+        let SourceOutcome::Moved(s) = source_outcome else {
+            panic!("{mode:?}: source outcome {source_outcome:?}");
+        };
+        assert!(s.report.wire_bytes > 0 && summary.wire_bytes > 0);
+        assert!(summary.resumed_ns.unwrap() > s.paused_ns.unwrap());
+        let (console, rx) = host.console.take().unwrap();
+        wait_report(&rx, pv_event::EXIT, 0);
+        machine.stop().unwrap();
+        assert_eq!(
+            console.text().trim_end(),
+            result_line(counter_expected(&params())),
+            "{mode:?}"
+        );
+        assert!(source_text.is_empty(), "{mode:?}: source printed {source_text:?}");
+    }
+}
+
+/// Forwards connections to `target`, flipping one byte of the first data stream's bytes
+/// at `flip_at` (counted after its preamble).
+fn corrupting_proxy(target: SocketAddr, flip_at: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(client) = conn else { return };
+            let server = TcpStream::connect(target).unwrap();
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || pump(s2, c2, None));
+            let flip = (n == 1).then_some(PREAMBLE_LEN + flip_at);
+            std::thread::spawn(move || pump(client, server, flip));
+        }
+    });
+    addr
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, flip: Option<usize>) {
+    let mut buf = [0u8; 64 << 10];
+    let mut seen = 0usize;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(at) = flip {
+            if at >= seen && at < seen + n {
+                buf[at - seen] ^= 0x5a;
+            }
+        }
+        seen += n;
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+#[test]
+fn a_chunk_corrupted_in_flight_rolls_back_and_the_guest_finishes_on_the_source() {
+    if !kvm_usable("migration rollback over TCP") {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = corrupting_proxy(listener.local_addr().unwrap(), 100_000);
+    let source = source_thread(proxy, Mode::Live);
+    let links = accept(&listener, Duration::from_secs(60)).unwrap();
+    let mut host = Dest { console: None };
+    let outcome = run_destination(links, options(), &mut host);
+    let DestinationOutcome::Failed { reason, .. } = outcome else {
+        panic!("destination started a VM from a corrupt stream");
+    };
+    assert!(reason.contains("corrupt") || reason.contains("frame"), "{reason}");
+    let (source_outcome, source_text, exit) = source.join().unwrap();
+    let SourceOutcome::RolledBack { reason, .. } = source_outcome else {
+        panic!("source outcome {source_outcome:?}");
+    };
+    assert!(!reason.is_empty());
+    assert_eq!(exit, Some(0));
+    assert_eq!(source_text.trim_end(), result_line(counter_expected(&params())));
+}
