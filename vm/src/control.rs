@@ -23,6 +23,13 @@ pub enum LaunchSource {
     },
     /// Restore the snapshot in this directory.
     Restore { dir: PathBuf },
+    /// Receive a migrating VM over the migration streams passed with the launch message
+    /// (control stream first, SCM_RIGHTS). `mem_bytes` and `vcpus` of the launch are the
+    /// most this side accepts. Chunks the `store` holds are not sent again.
+    Incoming {
+        session: [u8; 16],
+        store: Option<PathBuf>,
+    },
 }
 
 /// The first message: everything the VMM process needs to build its machine.
@@ -92,6 +99,74 @@ pub enum Command {
     Probe(SandboxProbe),
     /// Stop the guest and exit.
     Stop,
+    /// Migrate the VM out over the streams passed with this message (control stream first,
+    /// SCM_RIGHTS). The VMM exits once the destination confirms; on any failure the VM
+    /// keeps running here.
+    MigrateOut(MigrateOut),
+    /// New streams to the destination after [`Event::MigrationInDoubt`].
+    MigrationReconnect { session: [u8; 16] },
+    /// Abandon the migration in progress (too late once the state was sent).
+    CancelMigration { reason: String },
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationMode {
+    Cold,
+    Warm,
+    Live,
+}
+
+/// What live pre-copy does when it does not converge.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNoConverge {
+    /// Throttle the vCPUs harder each round (auto-converge).
+    Throttle,
+    /// Pause and finish as a warm migration.
+    Warm,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MigrateOut {
+    pub session: [u8; 16],
+    pub mode: MigrationMode,
+    pub downtime_budget_ms: u64,
+    pub max_rounds: u32,
+    pub max_precopy_ms: u64,
+    pub on_no_converge: OnNoConverge,
+    /// After the move, keep the VM's memory chunks here, so a later migration back to this
+    /// host sends only what changed.
+    pub store: Option<PathBuf>,
+}
+
+/// Migration progress, as the VMM reports it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MigrationProgress {
+    /// handshake, precopy, stopped, await_confirm, done, failed, in_doubt.
+    pub phase: String,
+    pub round: u32,
+    pub bytes_sent: u64,
+    pub bytes_skipped_zero: u64,
+    pub bytes_skipped_held: u64,
+    /// Bytes on the wire: frames with compressed chunks.
+    pub wire_bytes: u64,
+    pub dirty_rate_bps: u64,
+    pub bandwidth_bps: u64,
+    pub est_remaining_ms: Option<u64>,
+    pub est_downtime_ms: Option<u64>,
+    pub zstd_level: i32,
+}
+
+/// The end of a migration on the source, with CLOCK_MONOTONIC timestamps.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MigrationSummary {
+    pub progress: MigrationProgress,
+    pub started_ns: u64,
+    /// When the VM was paused for the last time (None: never paused).
+    pub paused_ns: Option<u64>,
+    /// Confirm received (moved) or rollback finished.
+    pub ended_ns: u64,
 }
 
 /// A self-check of the VMM's jail (`novacron vm check-sandbox`, and the tests).
@@ -119,6 +194,8 @@ pub enum ExitReason {
     Stopped,
     /// Something failed; the message says what.
     Failed { message: String },
+    /// The VM migrated away: it runs on the destination now.
+    MigratedAway,
 }
 
 /// VMM -> parent.
@@ -164,6 +241,26 @@ pub enum Event {
     /// A command failed; the VM is as it was before the command.
     CommandFailed {
         message: String,
+    },
+    MigrationProgress(MigrationProgress),
+    /// The destination runs the VM; this VMM exits next ([`ExitReason::MigratedAway`]).
+    MigratedOut(MigrationSummary),
+    /// Rolled back: the VM runs here as before.
+    MigrationFailed {
+        reason: String,
+        summary: MigrationSummary,
+    },
+    /// The link failed after the state was sent: the VM stays paused until new streams
+    /// ([`Command::MigrationReconnect`]) let the destination say whether it started.
+    MigrationInDoubt,
+    /// Persisting the VM's chunks to the store after the move finished.
+    ChunksKept { new_chunks: u64, held_chunks: u64 },
+    /// This VMM received a VM, which now runs here.
+    MigratedIn {
+        resumed_ns: u64,
+        wire_bytes: u64,
+        chunks_received: u64,
+        chunks_from_store: u64,
     },
     /// The VM stopped and the process is about to exit.
     Exited(ExitReason),

@@ -58,6 +58,17 @@ impl VmmProcess {
     /// Spawns `exe vmm` (the novacron binary) and sends it `launch`. The guest's serial
     /// console goes to `stdout`.
     pub fn spawn(exe: &Path, launch: &Launch, stdout: Stdio) -> Result<Self, LaunchError> {
+        Self::spawn_with_streams(exe, launch, stdout, &[])
+    }
+
+    /// [`spawn`](Self::spawn), passing `streams` with the launch message (an incoming
+    /// migration's streams, control first).
+    pub fn spawn_with_streams(
+        exe: &Path,
+        launch: &Launch,
+        stdout: Stdio,
+        streams: &[std::net::TcpStream],
+    ) -> Result<Self, LaunchError> {
         let (parent_end, child_end) = UnixStream::pair().map_err(|source| LaunchError::Spawn {
             exe: exe.display().to_string(),
             source,
@@ -93,8 +104,31 @@ impl VmmProcess {
                 .then(|| crate::vmm_sandbox::cgroup_name(&launch.vm_id)),
             exited: None,
         };
-        process.send_raw(launch)?;
+        process.send_raw_with_streams(launch, streams)?;
         Ok(process)
+    }
+
+    fn send_raw_with_streams<T: serde::Serialize>(
+        &mut self,
+        msg: &T,
+        streams: &[std::net::TcpStream],
+    ) -> Result<(), LaunchError> {
+        if streams.is_empty() {
+            return self.send_raw(msg);
+        }
+        let mut line = serde_json::to_vec(msg).map_err(ControlError::from)?;
+        line.push(b'\n');
+        crate::fd_passing::send_with_streams(&mut self.writer, &line, streams)
+            .map_err(|e| self.explain(ControlError::Io(e)))
+    }
+
+    /// Sends a command with `streams` attached (a migration's streams, control first).
+    pub fn send_with_streams(
+        &mut self,
+        cmd: &Command,
+        streams: &[std::net::TcpStream],
+    ) -> Result<(), LaunchError> {
+        self.send_raw_with_streams(cmd, streams)
     }
 
     fn send_raw<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), LaunchError> {
@@ -239,6 +273,7 @@ pub fn describe_reason(reason: &ExitReason) -> String {
         ExitReason::Shutdown => "the guest shut down".into(),
         ExitReason::Stopped => "stopped on request".into(),
         ExitReason::Failed { message } => message.clone(),
+        ExitReason::MigratedAway => "the VM migrated away".into(),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod arch;
 pub mod boot;
 pub mod control;
 pub mod devices;
+pub mod fd_passing;
 pub mod guest_kit;
 pub mod launcher;
 pub mod layout;
@@ -20,6 +21,7 @@ pub mod state;
 pub mod storage;
 pub mod vcpu;
 pub mod vmm;
+mod vmm_migration;
 mod vmm_sandbox;
 
 pub use machine::{BootSource, Lifecycle, Machine, MachineConfig, VmError};

@@ -13,6 +13,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::fd_passing::{FdQueue, FdStream};
+use crate::vmm_migration;
 use crate::control::{
     self, Command, Event, ExitReason, Launch, LaunchSource, SandboxProbe, SnapshotMode,
 };
@@ -25,7 +27,7 @@ use crate::snapshot::SnapshotKind;
 use crate::vcpu::{monotonic_ns, EventSink, VcpuEvent};
 use crate::vmm_sandbox::{self, JailedThreads};
 
-enum Input {
+pub(crate) enum Input {
     Command(Command),
     ControlClosed(String),
     Vcpu(VcpuEvent),
@@ -44,6 +46,7 @@ pub fn main() -> i32 {
             return 2;
         }
     };
+    let (control, fds) = FdStream::new(control);
     let mut reader = BufReader::new(control);
     let launch: Launch = match control::recv(&mut reader) {
         Ok(l) => l,
@@ -52,7 +55,7 @@ pub fn main() -> i32 {
             return 2;
         }
     };
-    match run(process_start_ns, launch, reader, &mut writer) {
+    match run(process_start_ns, launch, reader, &fds, &mut writer) {
         Ok(reason) => {
             let code = match &reason {
                 ExitReason::Failed { .. } => 1,
@@ -80,7 +83,8 @@ pub fn main() -> i32 {
 fn run(
     process_start_ns: u64,
     launch: Launch,
-    reader: BufReader<UnixStream>,
+    reader: BufReader<FdStream>,
+    fds: &FdQueue,
     writer: &mut UnixStream,
 ) -> Result<ExitReason, String> {
     if launch.vm_id.is_empty()
@@ -112,7 +116,17 @@ fn run(
         events,
     };
     let vcpu_setup = |_index| jail.vcpu_thread_setup();
+    let running = matches!(launch.source, LaunchSource::Incoming { .. });
     let mut machine = match &launch.source {
+        LaunchSource::Incoming { session, store } => {
+            // Bytes from the network are parsed only under the seccomp filter.
+            jail.lock_current_thread()?;
+            let max = MachineConfig {
+                mem_bytes: launch.mem_bytes,
+                vcpus: launch.vcpus,
+            };
+            vmm_migration::receive(*session, store.as_deref(), max, io, &jail, fds, writer)?
+        }
         LaunchSource::Restore { dir } => {
             let saved = Machine::describe_snapshot(dir).map_err(|e| e.to_string())?;
             if saved.mem_bytes > launch.mem_bytes || saved.vcpus > launch.vcpus {
@@ -150,7 +164,7 @@ fn run(
     };
     let built_ns = monotonic_ns();
     jail.lock_current_thread()?;
-    if !launch.start_paused {
+    if !launch.start_paused && !running {
         machine.resume().map_err(|e| e.to_string())?;
     }
     let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
@@ -169,7 +183,7 @@ fn run(
             sandbox: jail.summary(),
         },
     )?;
-    event_loop(&mut machine, &rx, writer)
+    event_loop(&mut machine, &rx, fds, writer)
 }
 
 /// Creates the machine; the KVM objects are made while the cgroup join may still be under
@@ -197,12 +211,12 @@ fn build(
 
 const PARENT_GONE: &str = "cannot report to the parent";
 
-fn send(writer: &mut UnixStream, event: &Event) -> Result<(), String> {
+pub(crate) fn send(writer: &mut UnixStream, event: &Event) -> Result<(), String> {
     control::send(writer, event).map_err(|e| format!("{PARENT_GONE}: {e}"))
 }
 
 fn spawn_control_reader(
-    mut reader: BufReader<UnixStream>,
+    mut reader: BufReader<FdStream>,
     tx: Sender<Input>,
     jail: &JailedThreads,
 ) -> Result<(), String> {
@@ -237,16 +251,23 @@ fn spawn_control_reader(
 fn event_loop(
     machine: &mut Machine,
     rx: &Receiver<Input>,
+    fds: &FdQueue,
     writer: &mut UnixStream,
 ) -> Result<ExitReason, String> {
     let mut first_exit_reported = false;
+    // Inputs that arrived while a migration ran, handled after it.
+    let mut deferred: Vec<Input> = Vec::new();
     loop {
-        let input = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(i) => Some(i),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err("internal: every event source is gone".into())
+        let input = if deferred.is_empty() {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(i) => Some(i),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err("internal: every event source is gone".into())
+                }
             }
+        } else {
+            Some(deferred.remove(0))
         };
         if !first_exit_reported {
             if let Some(at_ns) = machine.first_io_exit_ns() {
@@ -258,6 +279,13 @@ fn event_loop(
         match input {
             Input::Vcpu(event) => {
                 if let Some(reason) = on_vcpu_event(machine, event, writer)? {
+                    return Ok(reason);
+                }
+            }
+            Input::Command(Command::MigrateOut(cmd)) => {
+                let exit =
+                    vmm_migration::migrate_out(machine, cmd, fds, rx, writer, &mut deferred)?;
+                if let Some(reason) = exit {
                     return Ok(reason);
                 }
             }
@@ -323,6 +351,11 @@ fn on_command(
             })
         }),
         Command::Probe(probe) => Ok(Some(run_probe(&probe))),
+        Command::MigrateOut(_)
+        | Command::MigrationReconnect { .. }
+        | Command::CancelMigration { .. } => Ok(Some(Event::CommandFailed {
+            message: "no migration is in progress".into(),
+        })),
         Command::Stop => {
             machine.stop().map_err(|e| e.to_string())?;
             return Ok(Some(ExitReason::Stopped));

@@ -93,6 +93,8 @@ fn fs_rules(launch: &Launch) -> Vec<FsRule> {
             rules.extend(initrd.as_deref().map(read_only));
         }
         LaunchSource::Restore { dir } => rules.push(read_only(dir)),
+        // The store is in `writable_dirs` (the parent puts it there).
+        LaunchSource::Incoming { .. } => {}
     }
     rules.extend(launch.sandbox.writable_dirs.iter().map(|d| FsRule {
         path: d.clone(),

@@ -21,6 +21,7 @@ pub mod drive_source;
 pub mod level;
 pub mod links;
 pub mod machine_glue;
+pub mod persist;
 pub mod messages;
 pub mod source;
 pub mod wire;

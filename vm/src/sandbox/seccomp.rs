@@ -250,6 +250,8 @@ pub const GROUPS: &[SyscallGroup] = &[
             sys!(SYS_fdatasync),
             sys!(SYS_ftruncate),
             sys!(SYS_renameat2),
+            // The chunk store publishes a chunk by hard-linking its temp file.
+            sys!(SYS_linkat),
             sys!(SYS_unlinkat),
             sys!(SYS_mkdirat),
             sys!(SYS_getdents64),
@@ -301,6 +303,8 @@ pub const GROUPS: &[SyscallGroup] = &[
             sys!(SYS_recvmsg),
             sys!(SYS_sendto),
             sys!(SYS_recvfrom),
+            // Unblocking migration readers when a migration ends.
+            sys!(SYS_shutdown),
         ],
     },
 ];

@@ -1,0 +1,286 @@
+//! The VMM process's side of migration: glue between the control channel (commands with
+//! streams attached, progress events) and the TCP drivers in [`crate::migration`].
+
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::Receiver;
+
+use novacron_mesh::chunks::{ChunkSize, ChunkStore, Level};
+
+use crate::control::{
+    Command, Event, ExitReason, MigrateOut, MigrationMode, MigrationProgress,
+    MigrationSummary, OnNoConverge,
+};
+use crate::fd_passing::{take_streams, FdQueue};
+use crate::machine::{Machine, MachineConfig, MachineIo};
+use crate::migration::destination::DestinationConfig;
+use crate::migration::drive_destination::{
+    run_destination, DestinationHost, DestinationOptions, DestinationOutcome,
+};
+use crate::migration::drive_source::{
+    run_source, HostInput, Report, SourceHost, SourceOptions, SourceOutcome, Summary,
+};
+use crate::migration::links::Links;
+use crate::migration::messages::Mode;
+use crate::migration::persist::keep_memory;
+use crate::migration::source::NoConverge;
+use crate::migration::Phase;
+use crate::vmm::{send, Input};
+use crate::vmm_sandbox::JailedThreads;
+
+/// Chunk size of migrations and of the chunks kept in stores.
+pub const CHUNK_SIZE: ChunkSize = ChunkSize::K16;
+
+fn open_store(dir: &std::path::Path) -> Result<ChunkStore, String> {
+    ChunkStore::open(dir, Level::default())
+        .map_err(|e| format!("chunk store {}: {e}", dir.display()))
+}
+
+fn links_from(queue: &FdQueue, session: [u8; 16]) -> Result<Links, String> {
+    let streams = take_streams(queue);
+    let n = streams.len();
+    Links::from_streams(session, streams).ok_or_else(|| {
+        format!("a migration needs a control stream and at least one data stream; {n} came")
+    })
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Handshake => "handshake",
+        Phase::Precopy => "precopy",
+        Phase::Stopped => "stopped",
+        Phase::AwaitConfirm => "await_confirm",
+        Phase::Done => "done",
+        Phase::Failed => "failed",
+        Phase::InDoubt => "in_doubt",
+    }
+}
+
+pub fn progress_of(report: &Report) -> MigrationProgress {
+    let p = &report.progress;
+    MigrationProgress {
+        phase: phase_name(p.phase).into(),
+        round: p.round,
+        bytes_sent: p.bytes_sent,
+        bytes_skipped_zero: p.bytes_skipped_zero,
+        bytes_skipped_held: p.bytes_skipped_held,
+        wire_bytes: report.wire_bytes,
+        dirty_rate_bps: p.dirty_rate_bps,
+        bandwidth_bps: p.bandwidth_bps,
+        est_remaining_ms: p.est_remaining_ms,
+        est_downtime_ms: p.est_downtime_ms,
+        zstd_level: report.zstd_level,
+    }
+}
+
+fn summary_of(s: &Summary) -> MigrationSummary {
+    MigrationSummary {
+        progress: progress_of(&s.report),
+        started_ns: s.started_ns,
+        paused_ns: s.paused_ns,
+        ended_ns: s.ended_ns,
+    }
+}
+
+/// The VMM as the source driver's host: progress to the parent, cancels and reconnections
+/// from it; other commands and vCPU events wait until the migration is over.
+struct VmmSourceHost<'a> {
+    writer: &'a mut UnixStream,
+    rx: &'a Receiver<Input>,
+    fds: &'a FdQueue,
+    deferred: &'a mut Vec<Input>,
+    parent_gone: bool,
+}
+
+impl SourceHost for VmmSourceHost<'_> {
+    fn report(&mut self, report: &Report) {
+        let event = Event::MigrationProgress(progress_of(report));
+        self.parent_gone |= send(self.writer, &event).is_err();
+    }
+
+    fn in_doubt(&mut self) {
+        self.parent_gone |= send(self.writer, &Event::MigrationInDoubt).is_err();
+    }
+
+    fn poll(&mut self) -> Option<HostInput> {
+        if self.parent_gone {
+            return Some(HostInput::Cancel("the parent process is gone".into()));
+        }
+        loop {
+            match self.rx.try_recv().ok()? {
+                Input::Command(Command::CancelMigration { reason }) => {
+                    return Some(HostInput::Cancel(reason))
+                }
+                Input::Command(Command::MigrationReconnect { session }) => {
+                    match links_from(self.fds, session) {
+                        Ok(links) => return Some(HostInput::Reconnected(links)),
+                        Err(e) => tracing::warn!(error = %e, "reconnection refused"),
+                    }
+                }
+                Input::ControlClosed(why) => {
+                    self.parent_gone = true;
+                    self.deferred.push(Input::ControlClosed(why));
+                    return Some(HostInput::Cancel("the control channel closed".into()));
+                }
+                other => self.deferred.push(other),
+            }
+        }
+    }
+}
+
+/// Runs an outgoing migration. `Some(exit)` when the VM left (the process should exit).
+pub fn migrate_out(
+    machine: &mut Machine,
+    cmd: MigrateOut,
+    fds: &FdQueue,
+    rx: &Receiver<Input>,
+    writer: &mut UnixStream,
+    deferred: &mut Vec<Input>,
+) -> Result<Option<ExitReason>, String> {
+    let links = match links_from(fds, cmd.session) {
+        Ok(l) => l,
+        Err(reason) => {
+            send(
+                writer,
+                &Event::MigrationFailed {
+                    reason,
+                    summary: MigrationSummary::default(),
+                },
+            )?;
+            return Ok(None);
+        }
+    };
+    let mut opts = SourceOptions::new(match cmd.mode {
+        MigrationMode::Cold => Mode::Cold,
+        MigrationMode::Warm => Mode::Warm,
+        MigrationMode::Live => Mode::Live,
+    });
+    opts.chunk_size = CHUNK_SIZE;
+    opts.downtime_budget_ms = cmd.downtime_budget_ms;
+    opts.max_rounds = cmd.max_rounds;
+    opts.max_precopy_ms = cmd.max_precopy_ms;
+    opts.on_no_converge = match cmd.on_no_converge {
+        OnNoConverge::Throttle => NoConverge::Throttle,
+        OnNoConverge::Warm => NoConverge::FallbackWarm,
+    };
+    let mut host = VmmSourceHost {
+        writer,
+        rx,
+        fds,
+        deferred,
+        parent_gone: false,
+    };
+    let outcome = run_source(machine, links, cmd.session, &opts, &mut host);
+    match outcome {
+        SourceOutcome::Moved(summary) => {
+            send(writer, &Event::MigratedOut(summary_of(&summary)))?;
+            if let Some(dir) = &cmd.store {
+                let kept = open_store(dir).and_then(|store| keep_memory(machine, &store, CHUNK_SIZE));
+                match kept {
+                    Ok(k) => send(
+                        writer,
+                        &Event::ChunksKept {
+                            new_chunks: k.new_chunks,
+                            held_chunks: k.held_chunks,
+                        },
+                    )?,
+                    Err(e) => tracing::warn!(error = %e, "could not keep the VM's chunks"),
+                }
+            }
+            Ok(Some(ExitReason::MigratedAway))
+        }
+        SourceOutcome::RolledBack { reason, summary } => {
+            send(
+                writer,
+                &Event::MigrationFailed {
+                    reason,
+                    summary: summary_of(&summary),
+                },
+            )?;
+            Ok(None)
+        }
+        SourceOutcome::InDoubt(summary) => {
+            send(
+                writer,
+                &Event::MigrationFailed {
+                    reason: "in doubt: nobody could say whether the destination started the \
+                             VM; it stays paused here"
+                        .into(),
+                    summary: summary_of(&summary),
+                },
+            )?;
+            Ok(None)
+        }
+    }
+}
+
+struct VmmDestinationHost<'a> {
+    io: Option<MachineIo>,
+    jail: &'a JailedThreads,
+    max: MachineConfig,
+}
+
+impl DestinationHost for VmmDestinationHost<'_> {
+    fn create_machine(&mut self, config: &MachineConfig) -> Result<Machine, String> {
+        if config.mem_bytes > self.max.mem_bytes || config.vcpus > self.max.vcpus {
+            return Err(format!(
+                "the VM needs {} MiB and {} vCPUs; this VMM was sized for {} MiB and {} vCPUs",
+                config.mem_bytes >> 20,
+                config.vcpus,
+                self.max.mem_bytes >> 20,
+                self.max.vcpus
+            ));
+        }
+        let io = self
+            .io
+            .take()
+            .ok_or_else(|| "internal: a second machine for one migration".to_string())?;
+        let vcpu_setup = |_index| self.jail.vcpu_thread_setup();
+        let joined = || self.jail.wait_cgroup_joined();
+        Machine::create_gated(config, io, &vcpu_setup, &joined).map_err(|e| e.to_string())
+    }
+}
+
+/// Receives the VM over the streams that came with the launch; returns it running.
+pub fn receive(
+    session: [u8; 16],
+    store: Option<&std::path::Path>,
+    max: MachineConfig,
+    io: MachineIo,
+    jail: &JailedThreads,
+    fds: &FdQueue,
+    writer: &mut UnixStream,
+) -> Result<Machine, String> {
+    let links = links_from(fds, session)?;
+    let store = store.map(open_store).transpose()?;
+    let opts = DestinationOptions {
+        config: DestinationConfig {
+            max_mem_bytes: max.mem_bytes,
+            max_vcpus: u32::from(max.vcpus),
+            expect_vm_id: Some(session),
+            ..DestinationConfig::default()
+        },
+        store,
+    };
+    let mut host = VmmDestinationHost {
+        io: Some(io),
+        jail,
+        max,
+    };
+    match run_destination(links, opts, &mut host) {
+        DestinationOutcome::Running { machine, summary } => {
+            send(
+                writer,
+                &Event::MigratedIn {
+                    resumed_ns: summary.resumed_ns.unwrap_or_default(),
+                    wire_bytes: summary.wire_bytes,
+                    chunks_received: summary.chunks_received,
+                    chunks_from_store: summary.chunks_from_store,
+                },
+            )?;
+            Ok(machine)
+        }
+        DestinationOutcome::Failed { reason, .. } => {
+            Err(format!("incoming migration rolled back: {reason}"))
+        }
+    }
+}
