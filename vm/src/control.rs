@@ -29,6 +29,8 @@ pub enum LaunchSource {
     Incoming {
         session: [u8; 16],
         store: Option<PathBuf>,
+        /// Hash all guest memory before resuming (tests; costs downtime).
+        verify_memory: bool,
     },
 }
 
@@ -104,9 +106,13 @@ pub enum Command {
     /// keeps running here.
     MigrateOut(MigrateOut),
     /// New streams to the destination after [`Event::MigrationInDoubt`].
-    MigrationReconnect { session: [u8; 16] },
+    MigrationReconnect {
+        session: [u8; 16],
+    },
     /// Abandon the migration in progress (too late once the state was sent).
-    CancelMigration { reason: String },
+    CancelMigration {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -138,6 +144,8 @@ pub struct MigrateOut {
     /// After the move, keep the VM's memory chunks here, so a later migration back to this
     /// host sends only what changed.
     pub store: Option<PathBuf>,
+    /// Hash all guest memory at switchover (tests; costs downtime).
+    pub verify_memory: bool,
 }
 
 /// Migration progress, as the VMM reports it.
@@ -167,6 +175,8 @@ pub struct MigrationSummary {
     pub paused_ns: Option<u64>,
     /// Confirm received (moved) or rollback finished.
     pub ended_ns: u64,
+    /// blake3 of guest memory at switchover, when `verify_memory` asked for it.
+    pub memory_blake3: Option<String>,
 }
 
 /// A self-check of the VMM's jail (`novacron vm check-sandbox`, and the tests).
@@ -254,13 +264,18 @@ pub enum Event {
     /// ([`Command::MigrationReconnect`]) let the destination say whether it started.
     MigrationInDoubt,
     /// Persisting the VM's chunks to the store after the move finished.
-    ChunksKept { new_chunks: u64, held_chunks: u64 },
+    ChunksKept {
+        new_chunks: u64,
+        held_chunks: u64,
+    },
     /// This VMM received a VM, which now runs here.
     MigratedIn {
         resumed_ns: u64,
         wire_bytes: u64,
         chunks_received: u64,
         chunks_from_store: u64,
+        /// blake3 of guest memory before it resumed, when `verify_memory` asked for it.
+        memory_blake3: Option<String>,
     },
     /// The VM stopped and the process is about to exit.
     Exited(ExitReason),

@@ -13,11 +13,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::fd_passing::{FdQueue, FdStream};
-use crate::vmm_migration;
 use crate::control::{
     self, Command, Event, ExitReason, Launch, LaunchSource, SandboxProbe, SnapshotMode,
 };
+use crate::fd_passing::{FdQueue, FdStream};
 use crate::guest_kit::BuiltinGuest;
 use crate::launcher::CONTROL_FD;
 use crate::layout::{pv_event, PAGE_SIZE};
@@ -25,6 +24,7 @@ use crate::machine::{BootSource, Machine, MachineConfig, MachineIo, VmError};
 use crate::memory::fill_pattern;
 use crate::snapshot::SnapshotKind;
 use crate::vcpu::{monotonic_ns, EventSink, VcpuEvent};
+use crate::vmm_migration;
 use crate::vmm_sandbox::{self, JailedThreads};
 
 pub(crate) enum Input {
@@ -118,14 +118,10 @@ fn run(
     let vcpu_setup = |_index| jail.vcpu_thread_setup();
     let running = matches!(launch.source, LaunchSource::Incoming { .. });
     let mut machine = match &launch.source {
-        LaunchSource::Incoming { session, store } => {
+        LaunchSource::Incoming { .. } => {
             // Bytes from the network are parsed only under the seccomp filter.
             jail.lock_current_thread()?;
-            let max = MachineConfig {
-                mem_bytes: launch.mem_bytes,
-                vcpus: launch.vcpus,
-            };
-            vmm_migration::receive(*session, store.as_deref(), max, io, &jail, fds, writer)?
+            vmm_migration::receive(&launch, io, &jail, fds, writer)?
         }
         LaunchSource::Restore { dir } => {
             let saved = Machine::describe_snapshot(dir).map_err(|e| e.to_string())?;

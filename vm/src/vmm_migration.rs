@@ -7,7 +7,7 @@ use std::sync::mpsc::Receiver;
 use novacron_mesh::chunks::{ChunkSize, ChunkStore, Level};
 
 use crate::control::{
-    Command, Event, ExitReason, MigrateOut, MigrationMode, MigrationProgress,
+    Command, Event, ExitReason, Launch, LaunchSource, MigrateOut, MigrationMode, MigrationProgress,
     MigrationSummary, OnNoConverge,
 };
 use crate::fd_passing::{take_streams, FdQueue};
@@ -78,6 +78,7 @@ fn summary_of(s: &Summary) -> MigrationSummary {
         started_ns: s.started_ns,
         paused_ns: s.paused_ns,
         ended_ns: s.ended_ns,
+        memory_blake3: s.memory_blake3.clone(),
     }
 }
 
@@ -155,6 +156,7 @@ pub fn migrate_out(
         MigrationMode::Live => Mode::Live,
     });
     opts.chunk_size = CHUNK_SIZE;
+    opts.hash_memory = cmd.verify_memory;
     opts.downtime_budget_ms = cmd.downtime_budget_ms;
     opts.max_rounds = cmd.max_rounds;
     opts.max_precopy_ms = cmd.max_precopy_ms;
@@ -174,7 +176,8 @@ pub fn migrate_out(
         SourceOutcome::Moved(summary) => {
             send(writer, &Event::MigratedOut(summary_of(&summary)))?;
             if let Some(dir) = &cmd.store {
-                let kept = open_store(dir).and_then(|store| keep_memory(machine, &store, CHUNK_SIZE));
+                let kept =
+                    open_store(dir).and_then(|store| keep_memory(machine, &store, CHUNK_SIZE));
                 match kept {
                     Ok(k) => send(
                         writer,
@@ -240,18 +243,30 @@ impl DestinationHost for VmmDestinationHost<'_> {
     }
 }
 
-/// Receives the VM over the streams that came with the launch; returns it running.
+/// Receives the VM over the streams that came with an [`LaunchSource::Incoming`] launch;
+/// returns it running.
 pub fn receive(
-    session: [u8; 16],
-    store: Option<&std::path::Path>,
-    max: MachineConfig,
+    launch: &Launch,
     io: MachineIo,
     jail: &JailedThreads,
     fds: &FdQueue,
     writer: &mut UnixStream,
 ) -> Result<Machine, String> {
+    let LaunchSource::Incoming {
+        session,
+        store,
+        verify_memory,
+    } = &launch.source
+    else {
+        return Err("internal: not an incoming launch".into());
+    };
+    let (session, verify_memory) = (*session, *verify_memory);
+    let max = MachineConfig {
+        mem_bytes: launch.mem_bytes,
+        vcpus: launch.vcpus,
+    };
     let links = links_from(fds, session)?;
-    let store = store.map(open_store).transpose()?;
+    let store = store.as_deref().map(open_store).transpose()?;
     let opts = DestinationOptions {
         config: DestinationConfig {
             max_mem_bytes: max.mem_bytes,
@@ -260,6 +275,7 @@ pub fn receive(
             ..DestinationConfig::default()
         },
         store,
+        hash_memory: verify_memory,
     };
     let mut host = VmmDestinationHost {
         io: Some(io),
@@ -275,6 +291,7 @@ pub fn receive(
                     wire_bytes: summary.wire_bytes,
                     chunks_received: summary.chunks_received,
                     chunks_from_store: summary.chunks_from_store,
+                    memory_blake3: summary.memory_blake3,
                 },
             )?;
             Ok(machine)

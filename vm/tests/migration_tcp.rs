@@ -74,7 +74,13 @@ fn source_thread(
         m.resume().unwrap();
         wait_report(&rx, pv_event::PROGRESS, 1);
         let links = connect(addr, 2, new_session(), Duration::from_secs(5)).unwrap();
-        let outcome = run_source(&mut m, links, [3; 16], &SourceOptions::new(mode), &mut QuietSource);
+        let outcome = run_source(
+            &mut m,
+            links,
+            [3; 16],
+            &SourceOptions::new(mode),
+            &mut QuietSource,
+        );
         // After a rollback the guest must still run here and finish.
         let exit = matches!(outcome, SourceOutcome::RolledBack { .. })
             .then(|| wait_report(&rx, pv_event::EXIT, 0));
@@ -87,6 +93,7 @@ fn options() -> DestinationOptions {
     DestinationOptions {
         config: DestinationConfig::default(),
         store: None,
+        hash_memory: false,
     }
 }
 
@@ -101,7 +108,11 @@ fn a_counter_moved_mid_run_in_each_mode_keeps_its_result() {
         let links = accept(&listener, Duration::from_secs(60)).unwrap();
         let mut host = Dest { console: None };
         let outcome = run_destination(links, options(), &mut host);
-        let DestinationOutcome::Running { mut machine, summary } = outcome else {
+        let DestinationOutcome::Running {
+            mut machine,
+            summary,
+        } = outcome
+        else {
             panic!("{mode:?}: destination did not start the VM");
         };
         let (source_outcome, source_text, _) = source.join().unwrap();
@@ -118,12 +129,16 @@ fn a_counter_moved_mid_run_in_each_mode_keeps_its_result() {
             result_line(counter_expected(&params())),
             "{mode:?}"
         );
-        assert!(source_text.is_empty(), "{mode:?}: source printed {source_text:?}");
+        assert!(
+            source_text.is_empty(),
+            "{mode:?}: source printed {source_text:?}"
+        );
     }
 }
 
-/// Forwards connections to `target`, flipping one byte of the first data stream's bytes
-/// at `flip_at` (counted after its preamble).
+/// Forwards connections to `target`, flipping 64 bytes of the first data stream from
+/// `flip_at` on (counted after its preamble): more than any archive padding, so the damage
+/// always lands in a checked field or chunk bytes.
 fn corrupting_proxy(target: SocketAddr, flip_at: usize) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -149,8 +164,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, flip: Option<usize>) {
             Ok(n) => n,
         };
         if let Some(at) = flip {
-            if at >= seen && at < seen + n {
-                buf[at - seen] ^= 0x5a;
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                if (at..at + 64).contains(&(seen + i)) {
+                    *b ^= 0x5a;
+                }
             }
         }
         seen += n;
@@ -175,12 +192,18 @@ fn a_chunk_corrupted_in_flight_rolls_back_and_the_guest_finishes_on_the_source()
     let DestinationOutcome::Failed { reason, .. } = outcome else {
         panic!("destination started a VM from a corrupt stream");
     };
-    assert!(reason.contains("corrupt") || reason.contains("frame"), "{reason}");
+    assert!(
+        reason.contains("corrupt") || reason.contains("frame"),
+        "{reason}"
+    );
     let (source_outcome, source_text, exit) = source.join().unwrap();
     let SourceOutcome::RolledBack { reason, .. } = source_outcome else {
         panic!("source outcome {source_outcome:?}");
     };
     assert!(!reason.is_empty());
     assert_eq!(exit, Some(0));
-    assert_eq!(source_text.trim_end(), result_line(counter_expected(&params())));
+    assert_eq!(
+        source_text.trim_end(),
+        result_line(counter_expected(&params()))
+    );
 }

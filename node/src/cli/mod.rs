@@ -1,5 +1,7 @@
 //! Command-line interface (clap derive).
 
+mod migrate;
+mod receive;
 mod vm;
 
 use std::process::ExitCode;

@@ -1,5 +1,6 @@
 //! `novacron vm ...`: one microVM in the foreground, in its own sandboxed VMM process.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -11,6 +12,8 @@ use novacron_vm::control::{
 };
 use novacron_vm::launcher::{describe_reason, LaunchError, VmmProcess};
 
+use super::migrate::{self, MigrateOpts, ProgressView};
+use super::receive;
 use crate::size::parse_size;
 
 #[derive(Subcommand, Debug)]
@@ -21,8 +24,24 @@ pub enum VmCommand {
     ///   novacron vm run --guest builtin:counter --mem 256M --vcpus 1
     ///   novacron vm run --guest builtin:counter --snapshot-at 1500 --snapshot-to /tmp/snap
     ///   novacron vm run --kernel bzImage --initrd initrd.img --cmdline "console=ttyS0"
+    ///   novacron vm run --guest builtin:counter --migrate-to 127.0.0.1:7070 \
+    ///       --migrate-after 1500 --mode live
     #[command(verbatim_doc_comment)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Boot a guest and migrate it mid-run to a `novacron vm receive`, with a progress bar
+    /// (or JSON lines with --json). Same options as `run`; --migrate-to is required.
+    ///
+    /// Example:
+    ///   novacron vm migrate --guest builtin:dirtier --mem 1G --migrate-to 127.0.0.1:7070 \
+    ///       --migrate-after 3000 --mode live --json
+    #[command(verbatim_doc_comment)]
+    Migrate(Box<RunArgs>),
+    /// Wait for a migrating VM, run it here and stream the rest of its console to stdout.
+    ///
+    /// Example:
+    ///   novacron vm receive --listen 127.0.0.1:7070 --store /var/lib/novacron/chunks
+    #[command(verbatim_doc_comment)]
+    Receive(receive::ReceiveArgs),
     /// Resume a snapshot in a fresh VMM process and stream the rest of its output.
     ///
     /// Example: novacron vm restore /tmp/snap
@@ -57,6 +76,12 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
+    /// Before the guest starts, fill guest memory with the benchmark pattern:
+    /// ADDR:LEN (e.g. 16M:64M).
+    #[arg(long, value_parser = parse_fill)]
+    fill_pattern: Option<(u64, u64)>,
+    #[command(flatten)]
+    migrate: MigrateOpts,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -82,11 +107,26 @@ struct CommonArgs {
     /// Run the VMM without its sandbox (for measuring the sandbox's cost only).
     #[arg(long)]
     no_sandbox: bool,
+    /// Chunk store of this host: after migrating away, the VM's memory chunks are kept
+    /// here, so a migration back sends only what changed (created if missing).
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+fn parse_fill(s: &str) -> Result<(u64, u64), String> {
+    let (addr, len) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: give ADDR:LEN, e.g. 16M:64M"))?;
+    Ok((parse_size(addr)?, parse_size(len)?))
 }
 
 pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        VmCommand::Run(args) => {
+        VmCommand::Receive(args) => receive::run(args),
+        VmCommand::Migrate(args) if args.migrate.migrate_to.is_none() => {
+            bail!("vm migrate needs --migrate-to HOST:PORT")
+        }
+        VmCommand::Run(args) | VmCommand::Migrate(args) => {
             let source = match (&args.guest, &args.kernel) {
                 (Some(spec), None) => LaunchSource::Builtin { spec: spec.clone() },
                 (None, Some(kernel)) => LaunchSource::Linux {
@@ -104,7 +144,11 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
                 spec.parse::<novacron_vm::guest_kit::BuiltinGuest>()
                     .map_err(|e| anyhow::anyhow!("--guest: {e}"))?;
             }
-            drive(source, args.mem, args.vcpus, &args.common, None)
+            let plan = Plan {
+                fill_pattern: args.fill_pattern,
+                migrate: Some(args.migrate.clone()),
+            };
+            drive(source, args.mem, args.vcpus, &args.common, None, &plan)
         }
         VmCommand::CheckSandbox => check_sandbox(),
         VmCommand::Restore(args) => {
@@ -120,6 +164,7 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
                 saved.vcpus,
                 &args.common,
                 Some(&dir),
+                &Plan::default(),
             )
         }
     }
@@ -131,8 +176,21 @@ fn readable_file(what: &str, p: &Path) -> anyhow::Result<PathBuf> {
     absolute(p)
 }
 
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+pub(super) fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))
+}
+
+/// What to do with the VM besides running it.
+#[derive(Default)]
+struct Plan {
+    fill_pattern: Option<(u64, u64)>,
+    migrate: Option<MigrateOpts>,
+}
+
+/// Something `drive` does at a time after the guest started.
+enum Due {
+    Snapshot,
+    Migrate,
 }
 
 /// Spawns the VMM process and follows it to the end.
@@ -142,35 +200,59 @@ fn drive(
     vcpus: u8,
     common: &CommonArgs,
     restored_from: Option<&Path>,
+    plan: &Plan,
 ) -> anyhow::Result<ExitCode> {
     let snapshot_to = common.snapshot_to.as_deref().map(absolute).transpose()?;
     if let Some(dir) = &snapshot_to {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create snapshot directory {}", dir.display()))?;
     }
-    let mut schedule = common.snapshot_at.clone();
-    if schedule.windows(2).any(|w| w[0] >= w[1]) {
+    let store = common.store.as_deref().map(absolute).transpose()?;
+    if let Some(dir) = &store {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create chunk store {}", dir.display()))?;
+    }
+    if common.snapshot_at.windows(2).any(|w| w[0] >= w[1]) {
         bail!("--snapshot-at times must increase");
     }
-    schedule.reverse();
+    let migrate = plan.migrate.as_ref().filter(|m| m.migrate_to.is_some());
+    let target = migrate.map(MigrateOpts::target).transpose()?.flatten();
+    // (ms, what), latest first, so the next one is at the end.
+    let mut schedule: Vec<(u64, Due)> = common
+        .snapshot_at
+        .iter()
+        .map(|&ms| (ms, Due::Snapshot))
+        .chain(migrate.map(|m| (m.migrate_after, Due::Migrate)))
+        .collect();
+    schedule.sort_by_key(|(ms, _)| std::cmp::Reverse(*ms));
+    let json = migrate.is_some_and(|m| m.json);
     let launch = Launch {
         vm_id: novacron_vm::launcher::new_vm_id(),
         source,
         mem_bytes,
         vcpus,
-        fill_pattern: None,
+        fill_pattern: plan.fill_pattern,
         start_paused: false,
         sandbox: SandboxSettings {
             enabled: !common.no_sandbox,
-            writable_dirs: snapshot_to.iter().cloned().collect(),
+            writable_dirs: snapshot_to.iter().chain(&store).cloned().collect(),
             ..SandboxSettings::default()
         },
     };
     let exe = std::env::current_exe().context("cannot find the novacron executable")?;
-    let mut vmm = VmmProcess::spawn(&exe, &launch, Stdio::inherit())?;
+    // With --json, stdout carries JSON lines only; the guest console goes to stderr.
+    let console = if json {
+        Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?)
+    } else {
+        Stdio::inherit()
+    };
+    let mut vmm = VmmProcess::spawn(&exe, &launch, console)?;
     vmm.wait_ready(Duration::from_secs(60))
         .context("the VM did not start")?;
     let started = Instant::now();
+    let view = migrate.map(|m| ProgressView::new(m.json, mem_bytes));
+    let mut session = None;
+    let mut snapshot_left = common.snapshot_at.len();
     // The first snapshot continues the chain it was restored from, if it writes there.
     let mut next_mode = match (restored_from, &snapshot_to) {
         (Some(from), Some(to)) if from == to.as_path() => SnapshotMode::Incremental,
@@ -179,20 +261,30 @@ fn drive(
     loop {
         let timeout = schedule
             .last()
-            .map(|ms| Duration::from_millis(*ms).saturating_sub(started.elapsed()));
+            .map(|(ms, _)| Duration::from_millis(*ms).saturating_sub(started.elapsed()));
         let event = match vmm.next_event(timeout) {
             Ok(e) => e,
             Err(LaunchError::Timeout(_)) => {
-                schedule.pop();
-                let dir = snapshot_to
-                    .clone()
-                    .context("internal: no snapshot directory")?;
-                vmm.send(&Command::Snapshot {
-                    dir,
-                    mode: next_mode,
-                    then_stop: schedule.is_empty(),
-                })?;
-                next_mode = SnapshotMode::Incremental;
+                match schedule.pop() {
+                    Some((_, Due::Snapshot)) => {
+                        snapshot_left -= 1;
+                        let dir = snapshot_to
+                            .clone()
+                            .context("internal: no snapshot directory")?;
+                        vmm.send(&Command::Snapshot {
+                            dir,
+                            mode: next_mode,
+                            then_stop: snapshot_left == 0 && migrate.is_none(),
+                        })?;
+                        next_mode = SnapshotMode::Incremental;
+                    }
+                    Some((_, Due::Migrate)) => {
+                        if let (Some(m), Some(addr)) = (migrate, target) {
+                            session = Some(migrate::start(&mut vmm, addr, m, store.clone())?);
+                        }
+                    }
+                    None => {}
+                }
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -210,24 +302,60 @@ fn drive(
                 micros as f64 / 1000.0
             ),
             Event::CommandFailed { message } => bail!("{message}"),
+            Event::MigrationProgress(p) => {
+                if let Some(v) = &view {
+                    v.progress(&p);
+                }
+            }
+            Event::MigratedOut(summary) => {
+                if let Some(v) = &view {
+                    v.done(&summary);
+                }
+            }
+            Event::ChunksKept {
+                new_chunks,
+                held_chunks,
+            } => eprintln!(
+                "novacron: kept the VM's memory in the chunk store: {new_chunks} new chunks, \
+                 {held_chunks} already there"
+            ),
+            Event::MigrationFailed { reason, summary } => {
+                if let Some(v) = &view {
+                    v.failed(&reason, &summary);
+                }
+            }
+            Event::MigrationInDoubt => {
+                eprintln!(
+                    "novacron: the link failed after the VM state was sent; the VM stays \
+                     paused until the destination says whether it started"
+                );
+                if let (Some(addr), Some(session)) = (target, session) {
+                    migrate::reconnect(&mut vmm, addr, session)?;
+                }
+            }
             Event::Exited(reason) => {
                 let _ = vmm.wait();
-                if let Some(ms) = schedule.last() {
+                if let Some((ms, _)) = schedule.last() {
                     eprintln!(
-                        "novacron: the guest ended before the snapshot at {ms} ms: no snapshot \
-                         was written for it"
+                        "novacron: the guest ended before what was due at {ms} ms: it did \
+                         not happen"
                     );
                 }
-                return match reason {
-                    ExitReason::GuestExit { status: 0 }
-                    | ExitReason::Stopped
-                    | ExitReason::Shutdown
-                    | ExitReason::Reset => Ok(ExitCode::SUCCESS),
-                    other => bail!("{}", describe_reason(&other)),
-                };
+                return exit_code(reason);
             }
             _ => {}
         }
+    }
+}
+
+pub(super) fn exit_code(reason: ExitReason) -> anyhow::Result<ExitCode> {
+    match reason {
+        ExitReason::GuestExit { status: 0 }
+        | ExitReason::Stopped
+        | ExitReason::Shutdown
+        | ExitReason::Reset
+        | ExitReason::MigratedAway => Ok(ExitCode::SUCCESS),
+        other => bail!("{}", describe_reason(&other)),
     }
 }
 

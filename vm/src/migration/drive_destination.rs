@@ -32,6 +32,8 @@ pub struct DestinationOptions {
     pub config: DestinationConfig,
     /// Chunks already held here (earlier snapshots, images, VMs); only missing ones travel.
     pub store: Option<ChunkStore>,
+    /// Hash all guest memory before resuming, into [`DestinationSummary::memory_blake3`].
+    pub hash_memory: bool,
 }
 
 /// The process around the driver.
@@ -48,6 +50,8 @@ pub struct DestinationSummary {
     pub chunks_from_store: u64,
     /// CLOCK_MONOTONIC ns when the VM was resumed here.
     pub resumed_ns: Option<u64>,
+    /// blake3 of guest memory just before the VM resumed, when asked for.
+    pub memory_blake3: Option<String>,
 }
 
 pub enum DestinationOutcome {
@@ -79,6 +83,7 @@ pub fn run_destination(
     let mut d = DestinationDriver {
         dest: Destination::new(opts.config, 0),
         store: opts.store,
+        hash_memory: opts.hash_memory,
         t0: Instant::now(),
         geometry: Arc::new(OnceLock::new()),
         wire: Arc::new(AtomicU64::new(0)),
@@ -93,6 +98,7 @@ pub fn run_destination(
 struct DestinationDriver {
     dest: Destination,
     store: Option<ChunkStore>,
+    hash_memory: bool,
     t0: Instant,
     geometry: Arc<OnceLock<Geometry>>,
     wire: Arc<AtomicU64>,
@@ -199,7 +205,13 @@ impl DestinationDriver {
                 .map_err(|e| format!("cannot share a migration stream: {e}"))
         };
         let control = share(&links.control)?;
-        spawn_reader("mig-control".into(), control, tx.clone(), self.wire.clone(), None)?;
+        spawn_reader(
+            "mig-control".into(),
+            control,
+            tx.clone(),
+            self.wire.clone(),
+            None,
+        )?;
         for (n, s) in links.data.iter().enumerate() {
             spawn_reader(
                 format!("mig-recv{n}"),
@@ -352,6 +364,11 @@ impl DestinationDriver {
             .ok_or_else(|| "internal: no machine to start".to_string())?;
         let state = MachineState::decode(state).map_err(|e| e.to_string())?;
         machine.apply_state(&state).map_err(|e| e.to_string())?;
+        if self.hash_memory {
+            self.summary.memory_blake3 = crate::memory::memory_digest(machine.memory())
+                .map(|h| h.to_hex().to_string())
+                .ok();
+        }
         machine.resume().map_err(|e| e.to_string())?;
         self.summary.resumed_ns = Some(monotonic_ns());
         Ok(())

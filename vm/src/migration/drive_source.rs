@@ -45,6 +45,9 @@ pub struct SourceOptions {
     pub on_no_converge: NoConverge,
     /// Silence from the destination after which the migration fails (or is in doubt).
     pub timeout_ms: u64,
+    /// Hash all guest memory at switchover (paused, after the last round) into
+    /// [`Summary::memory_blake3`]. Costs downtime; for tests.
+    pub hash_memory: bool,
     /// How long to wait for the host to reconnect when in doubt before giving up (the VM
     /// then stays paused for an operator).
     pub in_doubt_wait_ms: u64,
@@ -62,6 +65,7 @@ impl SourceOptions {
             on_no_converge: d.on_no_converge,
             timeout_ms: d.timeout_ms,
             in_doubt_wait_ms: 60_000,
+            hash_memory: false,
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Summary {
     pub started_ns: u64,
     pub paused_ns: Option<u64>,
     pub ended_ns: u64,
+    /// blake3 of guest memory at switchover, when asked for.
+    pub memory_blake3: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +148,7 @@ pub fn run_source(
                     started_ns,
                     paused_ns: None,
                     ended_ns: monotonic_ns(),
+                    memory_blake3: None,
                 },
             }
         }
@@ -172,6 +179,7 @@ struct SourceDriver {
     bandwidth_bps: u64,
     dirty_rate_bps: u64,
     fail_reason: Option<String>,
+    memory_blake3: Option<String>,
 }
 
 impl SourceDriver {
@@ -187,12 +195,8 @@ impl SourceDriver {
             .iter()
             .map(|&(guest_addr, len)| MemRegion { guest_addr, len })
             .collect();
-        let mut cfg = SourceConfig::new(
-            vm_id,
-            regions,
-            u32::from(machine.config().vcpus),
-            opts.mode,
-        );
+        let mut cfg =
+            SourceConfig::new(vm_id, regions, u32::from(machine.config().vcpus), opts.mode);
         cfg.chunk_size = opts.chunk_size;
         cfg.downtime_budget_ms = opts.downtime_budget_ms;
         cfg.max_rounds = opts.max_rounds;
@@ -238,6 +242,7 @@ impl SourceDriver {
             bandwidth_bps: 0,
             dirty_rate_bps: 0,
             fail_reason: None,
+            memory_blake3: None,
         })
     }
 
@@ -279,7 +284,14 @@ impl SourceDriver {
                 }
             }
             let input = match self.events.recv_timeout(POLL) {
-                Ok(Event::Received(msg)) => Some(Input::Received(msg)),
+                Ok(Event::Received(msg)) => {
+                    // A round's end is when the machine decides on convergence: give it
+                    // fresh figures first.
+                    if matches!(msg, Message::RoundAck { .. }) {
+                        pending.extend(self.measure());
+                    }
+                    Some(Input::Received(msg))
+                }
                 Ok(Event::LinkDown(why)) => {
                     tracing::warn!(%why, "migration link down");
                     Some(Input::LinkDown)
@@ -325,6 +337,7 @@ impl SourceDriver {
             started_ns: self.started_ns,
             paused_ns: self.paused_ns,
             ended_ns: monotonic_ns(),
+            memory_blake3: self.memory_blake3.clone(),
         }
     }
 
@@ -393,6 +406,11 @@ impl SourceDriver {
                 Vec::new()
             }
             Output::CaptureState => {
+                if self.opts.hash_memory {
+                    self.memory_blake3 = crate::memory::memory_digest(machine.memory())
+                        .map(|h| h.to_hex().to_string())
+                        .ok();
+                }
                 let state = machine
                     .capture_state()
                     .map_err(|e| e.to_string())
@@ -451,8 +469,8 @@ impl SourceDriver {
             return machine.touched_chunk_refs(size).map_err(|e| e.to_string());
         }
         let dirty_bytes = pages.count_pages() * PAGE_SIZE;
-        self.dirty_rate_bps = (u128::from(dirty_bytes) * 1_000_000_000
-            / elapsed.as_nanos().max(1)) as u64;
+        self.dirty_rate_bps =
+            (u128::from(dirty_bytes) * 1_000_000_000 / elapsed.as_nanos().max(1)) as u64;
         let geo = machine.geometry(size).map_err(|e| e.to_string())?;
         for &index in extra {
             let (region, offset) = geo
@@ -620,7 +638,9 @@ fn send_chunks(
     let mut encoder = encoder_at(level)?;
     loop {
         let index = {
-            let jobs = jobs.lock().map_err(|_| "sender queue poisoned".to_string())?;
+            let jobs = jobs
+                .lock()
+                .map_err(|_| "sender queue poisoned".to_string())?;
             match jobs.recv() {
                 Ok(i) => i,
                 Err(_) => return Ok(()),
@@ -648,10 +668,9 @@ fn send_chunks(
         let done = Instant::now();
         stats.plain.fetch_add(buf.len() as u64, Ordering::Relaxed);
         stats.wire.fetch_add(n as u64, Ordering::Relaxed);
-        stats.compress_ns.fetch_add(
-            (encoded_at - begin).as_nanos() as u64,
-            Ordering::Relaxed,
-        );
+        stats
+            .compress_ns
+            .fetch_add((encoded_at - begin).as_nanos() as u64, Ordering::Relaxed);
         stats
             .write_ns
             .fetch_add((done - encoded_at).as_nanos() as u64, Ordering::Relaxed);

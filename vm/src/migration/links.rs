@@ -64,7 +64,7 @@ impl Preamble {
             return Err(LinkError::Version(version));
         }
         let (index, count) = (b[6], b[7]);
-        if count < 2 || count > MAX_DATA_STREAMS + 1 || index >= count {
+        if !(2..=MAX_DATA_STREAMS + 1).contains(&count) || index >= count {
             return Err(LinkError::Shape { index, count });
         }
         let mut session = [0u8; 16];
@@ -197,7 +197,9 @@ pub fn accept(listener: &TcpListener, timeout: Duration) -> Result<Links, LinkEr
                 continue;
             }
         }
-        let slots = partial.get(&pre.session).map(|v| v.iter().all(Option::is_some));
+        let slots = partial
+            .get(&pre.session)
+            .map(|v| v.iter().all(Option::is_some));
         if slots == Some(true) {
             let streams = partial
                 .remove(&pre.session)

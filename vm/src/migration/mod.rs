@@ -21,8 +21,8 @@ pub mod drive_source;
 pub mod level;
 pub mod links;
 pub mod machine_glue;
-pub mod persist;
 pub mod messages;
+pub mod persist;
 pub mod source;
 pub mod wire;
 

@@ -141,9 +141,7 @@ mod tests {
                 raw: true,
                 bytes: vec![9; 700_000],
             },
-            Message::Abort {
-                reason: "x".into(),
-            },
+            Message::Abort { reason: "x".into() },
         ]
     }
 
