@@ -7,7 +7,7 @@
 use super::{CounterParams, DirtierParams, Pacing};
 use super::{
     COUNTER_MULTIPLIER, COUNTER_ROTATE, COUNTER_SEED, DIRTIER_PROGRESS_PAGES, PROGRAM_ID_COUNTER,
-    PROGRAM_ID_DIRTIER, PROGRAM_ID_HELLO,
+    PROGRAM_ID_DIRTIER, PROGRAM_ID_HELLO, PROGRAM_ID_IDLE,
 };
 use crate::layout::{self, pv_event};
 use iced_x86::code_asm::*;
@@ -23,6 +23,15 @@ pub(super) fn hello() -> AsmResult<Vec<u8>> {
     report_imm(&mut a, pv_event::STARTED, PROGRAM_ID_HELLO)?;
     print_str(&mut a, HELLO_MESSAGE)?;
     exit_and_park(&mut a)?;
+    a.assemble(layout::GUEST_KIT_CODE_ADDR)
+}
+
+/// `idle`: STARTED, then halts for good without exiting (the migration benchmark's idle
+/// guest: nothing runs, nothing is dirtied).
+pub(super) fn idle() -> AsmResult<Vec<u8>> {
+    let mut a = CodeAssembler::new(64)?;
+    report_imm(&mut a, pv_event::STARTED, PROGRAM_ID_IDLE)?;
+    park(&mut a)?;
     a.assemble(layout::GUEST_KIT_CODE_ADDR)
 }
 
@@ -209,6 +218,11 @@ fn print_hex64(a: &mut CodeAssembler, value: AsmRegister64) -> AsmResult<()> {
 /// Reports EXIT(0), then parks the vCPU for good (`cli; hlt; jmp` back).
 fn exit_and_park(a: &mut CodeAssembler) -> AsmResult<()> {
     report_imm(a, pv_event::EXIT, 0)?;
+    park(a)
+}
+
+/// Parks the vCPU for good: interrupts off, `hlt`, and back should anything wake it.
+fn park(a: &mut CodeAssembler) -> AsmResult<()> {
     let mut park = a.create_label();
     a.set_label(&mut park)?;
     a.cli()?;

@@ -5,6 +5,7 @@
 //! - `hello`: prints a greeting on COM1 and exits.
 //! - `counter`: a deterministic register + memory computation whose result changes if a
 //!   snapshot, restore or migration loses either; [`counter_expected`] is its reference.
+//! - `idle`: reports STARTED and halts for good (no EXIT).
 //! - `dirtier`: dirties one word per 4 KiB page of a working set at a paced rate, forever.
 //!
 //! Execution environment the programs rely on (the VMM must provide it): 64-bit long mode
@@ -31,6 +32,8 @@ pub const PROGRAM_ID_HELLO: u64 = 1;
 pub const PROGRAM_ID_COUNTER: u64 = 2;
 /// Program id reported with `STARTED` by `dirtier`.
 pub const PROGRAM_ID_DIRTIER: u64 = 3;
+/// `STARTED` value of `idle`.
+pub const PROGRAM_ID_IDLE: u64 = 4;
 
 /// Default number of 8-byte words of the `counter` data range (2 MiB, so the default range
 /// `[COUNTER_DEFAULT_BASE, +2 MiB)` fits in the smallest guest, `layout::MIN_MEM_BYTES`).
@@ -114,6 +117,7 @@ impl Default for DirtierParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuiltinGuest {
     Hello,
+    Idle,
     Counter(CounterParams),
     Dirtier(DirtierParams),
 }
@@ -217,6 +221,7 @@ impl BuiltinGuest {
     pub fn name(&self) -> &'static str {
         match self {
             BuiltinGuest::Hello => "hello",
+            BuiltinGuest::Idle => "idle",
             BuiltinGuest::Counter(_) => "counter",
             BuiltinGuest::Dirtier(_) => "dirtier",
         }
@@ -226,6 +231,7 @@ impl BuiltinGuest {
     pub fn program_id(&self) -> u64 {
         match self {
             BuiltinGuest::Hello => PROGRAM_ID_HELLO,
+            BuiltinGuest::Idle => PROGRAM_ID_IDLE,
             BuiltinGuest::Counter(_) => PROGRAM_ID_COUNTER,
             BuiltinGuest::Dirtier(_) => PROGRAM_ID_DIRTIER,
         }
@@ -243,6 +249,7 @@ impl BuiltinGuest {
         let program = self.name();
         let code = match self {
             BuiltinGuest::Hello => asm::hello(),
+            BuiltinGuest::Idle => asm::idle(),
             BuiltinGuest::Counter(p) => {
                 validate_counter(p, mem_bytes)?;
                 asm::counter(p)
@@ -443,6 +450,7 @@ mod tests {
     fn all_guests() -> Vec<BuiltinGuest> {
         vec![
             BuiltinGuest::Hello,
+            BuiltinGuest::Idle,
             BuiltinGuest::Counter(CounterParams::default()),
             BuiltinGuest::Counter(CounterParams {
                 base: 0x30_0008,
@@ -542,6 +550,7 @@ mod tests {
     fn finishing_programs_end_parked_in_cli_hlt_jmp() {
         for guest in [
             BuiltinGuest::Hello,
+            BuiltinGuest::Idle,
             BuiltinGuest::Counter(CounterParams::default()),
         ] {
             let image = guest.assemble(MEM, 0).unwrap();
@@ -770,9 +779,10 @@ mod tests {
         let guests = all_guests();
         assert_eq!(
             guests.iter().map(|g| g.name()).collect::<Vec<_>>(),
-            ["hello", "counter", "counter", "dirtier", "dirtier"]
+            ["hello", "idle", "counter", "counter", "dirtier", "dirtier"]
         );
-        assert_ne!(guests[0].program_id(), guests[1].program_id());
-        assert_ne!(guests[1].program_id(), guests[3].program_id());
+        let mut ids: Vec<u64> = [0, 1, 2, 4].iter().map(|&i| guests[i].program_id()).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 4, "{ids:?}");
     }
 }

@@ -36,6 +36,10 @@ impl FromStr for BuiltinGuest {
                 parse_params("hello", params, "(none)", |_, _| Ok(false))?;
                 Ok(BuiltinGuest::Hello)
             }
+            "idle" => {
+                parse_params("idle", params, "(none)", |_, _| Ok(false))?;
+                Ok(BuiltinGuest::Idle)
+            }
             "counter" => {
                 let mut p = CounterParams::default();
                 parse_params("counter", params, COUNTER_KEYS, |key, value| {
@@ -148,6 +152,7 @@ impl fmt::Display for BuiltinGuest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BuiltinGuest::Hello => write!(f, "{PREFIX}hello"),
+            BuiltinGuest::Idle => write!(f, "{PREFIX}idle"),
             BuiltinGuest::Counter(p) => write!(
                 f,
                 "{PREFIX}counter:words={},passes={},base={:#x}",
@@ -174,6 +179,7 @@ mod tests {
     #[test]
     fn parses_defaults() {
         assert_eq!(parse("builtin:hello").unwrap(), BuiltinGuest::Hello);
+        assert_eq!(parse("builtin:idle").unwrap(), BuiltinGuest::Idle);
         assert_eq!(
             parse("builtin:counter").unwrap(),
             BuiltinGuest::Counter(CounterParams::default())
@@ -232,6 +238,7 @@ mod tests {
     fn display_round_trips() {
         let guests = [
             BuiltinGuest::Hello,
+            BuiltinGuest::Idle,
             BuiltinGuest::Counter(CounterParams::default()),
             BuiltinGuest::Counter(CounterParams {
                 base: u64::MAX,
