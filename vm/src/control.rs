@@ -97,6 +97,13 @@ pub enum Command {
     },
     /// Report process statistics.
     Stats,
+    /// The host writes data into guest memory (benchmarks and tests: "the host fills guest
+    /// memory where a test needs data"); the writes count as dirty like the guest's.
+    Fill {
+        gpa: u64,
+        len: u64,
+        data: FillData,
+    },
     /// Check the jail from inside: try something it must forbid and report what happened.
     Probe(SandboxProbe),
     /// Stop the guest and exit.
@@ -113,6 +120,16 @@ pub enum Command {
     CancelMigration {
         reason: String,
     },
+}
+
+/// What [`Command::Fill`] writes.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum FillData {
+    /// The benchmark pattern (`novacron_mesh::workload::pattern`), ~1.95x with zstd-1.
+    Pattern,
+    /// Incompressible bytes from `seed` (`novacron_mesh::workload::random`).
+    Random { seed: u64 },
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -232,6 +249,8 @@ pub enum Event {
     },
     Paused,
     Resumed,
+    /// A [`Command::Fill`] is written.
+    Filled,
     SnapshotDone {
         dir: PathBuf,
         mode: SnapshotMode,

@@ -230,6 +230,13 @@ pub fn fill_pattern(mem: &GuestMem, gpa: u64, len: u64) -> Result<(), MemoryErro
         .map_err(|source| MemoryError::Write { gpa, len, source })
 }
 
+/// Writes `len` incompressible bytes from `seed` at `gpa`.
+pub fn fill_random(mem: &GuestMem, gpa: u64, len: u64, seed: u64) -> Result<(), MemoryError> {
+    let data = novacron_mesh::workload::random(len as usize, seed);
+    mem.write_slice(&data, GuestAddress(gpa))
+        .map_err(|source| MemoryError::Write { gpa, len, source })
+}
+
 /// blake3 of guest memory in [gpa, gpa + len), for comparing two machines' memory.
 pub fn hash_range(mem: &GuestMem, gpa: u64, len: u64) -> Result<blake3::Hash, MemoryError> {
     let mut buf = vec![0u8; len as usize];

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::control::{
-    self, Command, Event, ExitReason, Launch, LaunchSource, SandboxProbe, SnapshotMode,
+    self, Command, Event, ExitReason, FillData, Launch, LaunchSource, SandboxProbe, SnapshotMode,
 };
 use crate::fd_passing::{FdQueue, FdStream};
 use crate::guest_kit::BuiltinGuest;
@@ -347,6 +347,9 @@ fn on_command(
             })
         }),
         Command::Probe(probe) => Ok(Some(run_probe(&probe))),
+        Command::Fill { gpa, len, data } => {
+            fill(machine, gpa, len, data).map(|_| Some(Event::Filled))
+        }
         Command::MigrateOut(_)
         | Command::MigrationReconnect { .. }
         | Command::CancelMigration { .. } => Ok(Some(Event::CommandFailed {
@@ -378,6 +381,14 @@ fn on_command(
         send(writer, &event)?;
     }
     Ok(None)
+}
+
+fn fill(machine: &Machine, gpa: u64, len: u64, data: FillData) -> Result<(), VmError> {
+    let result = match data {
+        FillData::Pattern => fill_pattern(machine.memory(), gpa, len),
+        FillData::Random { seed } => crate::memory::fill_random(machine.memory(), gpa, len, seed),
+    };
+    Ok(result?)
 }
 
 fn run_probe(probe: &SandboxProbe) -> Event {

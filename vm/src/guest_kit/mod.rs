@@ -781,7 +781,11 @@ mod tests {
             guests.iter().map(|g| g.name()).collect::<Vec<_>>(),
             ["hello", "idle", "counter", "counter", "dirtier", "dirtier"]
         );
-        let mut ids: Vec<u64> = [0, 1, 2, 4].iter().map(|&i| guests[i].program_id()).collect();
+        let mut ids: Vec<u64> = [0, 1, 2, 4]
+            .iter()
+            .map(|&i| guests[i].program_id())
+            .collect();
+        ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 4, "{ids:?}");
     }
