@@ -9,30 +9,68 @@ pub const PATTERN_SEED: u32 = 0x2545_F491;
 /// xorshift32 outputs from [`PATTERN_SEED`] and whose high 32 bits are zero (~1.95x with
 /// zstd 1). Exactly `len` bytes (a partial last word is cut).
 pub fn pattern(len: usize) -> Vec<u8> {
-    let mut x = PATTERN_SEED;
-    let mut out = Vec::with_capacity(len.next_multiple_of(8));
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        out.extend_from_slice(&u64::from(x).to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0u8; len];
+    PatternStream::new().fill(&mut out);
     out
 }
 
 /// Incompressible bytes (xorshift64* from `seed`); exactly `len` bytes.
 pub fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len.next_multiple_of(8));
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0u8; len];
+    RandomStream::new(seed).fill(&mut out);
     out
+}
+
+/// The pattern as a stream, for filling large areas piece by piece: consecutive `fill`s of
+/// whole words give the same bytes as one `pattern` of the total length.
+pub struct PatternStream(u32);
+
+impl PatternStream {
+    pub fn new() -> Self {
+        Self(PATTERN_SEED)
+    }
+
+    pub fn fill(&mut self, out: &mut [u8]) {
+        fill_words(out, || {
+            let x = &mut self.0;
+            *x ^= *x << 13;
+            *x ^= *x >> 17;
+            *x ^= *x << 5;
+            u64::from(*x)
+        });
+    }
+}
+
+impl Default for PatternStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// [`random`] as a stream (see [`PatternStream`]).
+pub struct RandomStream(u64);
+
+impl RandomStream {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn fill(&mut self, out: &mut [u8]) {
+        fill_words(out, || {
+            let x = &mut self.0;
+            *x ^= *x >> 12;
+            *x ^= *x << 25;
+            *x ^= *x >> 27;
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        });
+    }
+}
+
+fn fill_words(out: &mut [u8], mut next: impl FnMut() -> u64) {
+    for word in out.chunks_mut(8) {
+        let bytes = next().to_le_bytes();
+        word.copy_from_slice(&bytes[..word.len()]);
+    }
 }
 
 /// A mostly-zero buffer: one 4 KiB page in 32 holds the pattern (~3% of the bytes), the
@@ -50,6 +88,19 @@ pub fn mostly_zero(len: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_in_pieces_equal_one_buffer() {
+        let mut p = PatternStream::new();
+        let mut r = RandomStream::new(7);
+        let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
+        p.fill(&mut a[..1024]);
+        p.fill(&mut a[1024..]);
+        r.fill(&mut b[..8]);
+        r.fill(&mut b[8..]);
+        assert_eq!(a, pattern(4096));
+        assert_eq!(b, random(4096, 7));
+    }
 
     #[test]
     fn pattern_matches_the_definition() {

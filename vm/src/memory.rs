@@ -225,16 +225,40 @@ pub fn take_vmm_dirty_bits(mem: &GuestMem) -> Vec<Vec<u64>> {
 /// Writes the benchmark pattern (`novacron_mesh::workload::pattern`) into guest memory through vm-memory, so the pages count as
 /// touched and dirty.
 pub fn fill_pattern(mem: &GuestMem, gpa: u64, len: u64) -> Result<(), MemoryError> {
-    let data = novacron_mesh::workload::pattern(len as usize);
-    mem.write_slice(&data, GuestAddress(gpa))
-        .map_err(|source| MemoryError::Write { gpa, len, source })
+    let mut stream = novacron_mesh::workload::PatternStream::new();
+    fill_with(mem, gpa, len, |buf| stream.fill(buf))
 }
 
 /// Writes `len` incompressible bytes from `seed` at `gpa`.
 pub fn fill_random(mem: &GuestMem, gpa: u64, len: u64, seed: u64) -> Result<(), MemoryError> {
-    let data = novacron_mesh::workload::random(len as usize, seed);
-    mem.write_slice(&data, GuestAddress(gpa))
-        .map_err(|source| MemoryError::Write { gpa, len, source })
+    let mut stream = novacron_mesh::workload::RandomStream::new(seed);
+    fill_with(mem, gpa, len, |buf| stream.fill(buf))
+}
+
+/// Writes `len` bytes at `gpa`, produced 4 MiB at a time (a whole-guest fill must not need
+/// a second guest's worth of memory in the VMM's cgroup).
+fn fill_with(
+    mem: &GuestMem,
+    gpa: u64,
+    len: u64,
+    mut produce: impl FnMut(&mut [u8]),
+) -> Result<(), MemoryError> {
+    const STEP: u64 = 4 << 20;
+    let mut buf = vec![0u8; STEP.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = STEP.min(len - done) as usize;
+        produce(&mut buf[..n]);
+        let at = gpa + done;
+        mem.write_slice(&buf[..n], GuestAddress(at))
+            .map_err(|source| MemoryError::Write {
+                gpa: at,
+                len: n as u64,
+                source,
+            })?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// blake3 of guest memory in [gpa, gpa + len), for comparing two machines' memory.
