@@ -194,6 +194,8 @@ pub struct MigrationSummary {
     pub ended_ns: u64,
     /// blake3 of guest memory at switchover, when `verify_memory` asked for it.
     pub memory_blake3: Option<String>,
+    /// CPU time the VMM process used during the migration (all its threads).
+    pub cpu_ns: u64,
 }
 
 /// A self-check of the VMM's jail (`novacron vm check-sandbox`, and the tests).
@@ -295,6 +297,8 @@ pub enum Event {
         chunks_from_store: u64,
         /// blake3 of guest memory before it resumed, when `verify_memory` asked for it.
         memory_blake3: Option<String>,
+        /// CPU time the VMM process used from its start to the VM's resume.
+        cpu_ns: u64,
     },
     /// The VM stopped and the process is about to exit.
     Exited(ExitReason),

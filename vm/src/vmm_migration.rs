@@ -24,7 +24,7 @@ use crate::migration::messages::Mode;
 use crate::migration::persist::keep_memory;
 use crate::migration::source::NoConverge;
 use crate::migration::Phase;
-use crate::vmm::{send, Input};
+use crate::vmm::{cpu_time_ns, send, Input};
 use crate::vmm_sandbox::JailedThreads;
 
 /// Chunk size of migrations and of the chunks kept in stores.
@@ -72,13 +72,14 @@ pub fn progress_of(report: &Report) -> MigrationProgress {
     }
 }
 
-fn summary_of(s: &Summary) -> MigrationSummary {
+fn summary_of(s: &Summary, cpu_ns: u64) -> MigrationSummary {
     MigrationSummary {
         progress: progress_of(&s.report),
         started_ns: s.started_ns,
         paused_ns: s.paused_ns,
         ended_ns: s.ended_ns,
         memory_blake3: s.memory_blake3.clone(),
+        cpu_ns,
     }
 }
 
@@ -171,10 +172,12 @@ pub fn migrate_out(
         deferred,
         parent_gone: false,
     };
+    let cpu_before = cpu_time_ns();
     let outcome = run_source(machine, links, cmd.session, &opts, &mut host);
+    let cpu_ns = cpu_time_ns().saturating_sub(cpu_before);
     match outcome {
         SourceOutcome::Moved(summary) => {
-            send(writer, &Event::MigratedOut(summary_of(&summary)))?;
+            send(writer, &Event::MigratedOut(summary_of(&summary, cpu_ns)))?;
             if let Some(dir) = &cmd.store {
                 let kept =
                     open_store(dir).and_then(|store| keep_memory(machine, &store, CHUNK_SIZE));
@@ -196,7 +199,7 @@ pub fn migrate_out(
                 writer,
                 &Event::MigrationFailed {
                     reason,
-                    summary: summary_of(&summary),
+                    summary: summary_of(&summary, cpu_ns),
                 },
             )?;
             Ok(None)
@@ -208,7 +211,7 @@ pub fn migrate_out(
                     reason: "in doubt: nobody could say whether the destination started the \
                              VM; it stays paused here"
                         .into(),
-                    summary: summary_of(&summary),
+                    summary: summary_of(&summary, cpu_ns),
                 },
             )?;
             Ok(None)
@@ -292,6 +295,7 @@ pub fn receive(
                     chunks_received: summary.chunks_received,
                     chunks_from_store: summary.chunks_from_store,
                     memory_blake3: summary.memory_blake3,
+                    cpu_ns: cpu_time_ns(),
                 },
             )?;
             Ok(machine)

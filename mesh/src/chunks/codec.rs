@@ -241,6 +241,23 @@ impl ChunkDecoder {
         Ok(out)
     }
 
+    /// [`decode`](Self::decode) taking the encoded chunk by value: a raw chunk's bytes are
+    /// checked and handed back without a copy.
+    pub fn decode_owned(
+        &mut self,
+        encoded: EncodedChunk,
+        expected_id: &ChunkId,
+        expected_len: usize,
+    ) -> Result<Vec<u8>, CodecError> {
+        if !encoded.raw {
+            return self.decode(&encoded, expected_id, expected_len);
+        }
+        check_len(expected_len)?;
+        check_raw(&encoded.bytes, expected_len)?;
+        verify(&encoded.bytes, expected_id)?;
+        Ok(encoded.bytes)
+    }
+
     /// Decodes into `out` (whose length is the expected length), e.g. straight into guest
     /// memory. On error `out` holds unspecified bytes: the caller must not use them.
     pub fn decode_into(

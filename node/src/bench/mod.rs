@@ -3,6 +3,7 @@
 //! the same run, never assert it.
 
 mod chunks;
+mod migrate;
 mod report;
 mod vm;
 
@@ -19,12 +20,16 @@ pub enum Suite {
     /// The content-addressed chunk store: chunk sizes 4/16/64 KiB on the benchmark
     /// workloads, against blake3 and zstd over the whole buffer.
     Chunks(chunks::ChunksBenchArgs),
+    /// Live migration between two jailed VMM processes over loopback TCP, on the
+    /// workloads QEMU 7.2 was measured on (idle, dirtier, random, remigrate).
+    Migrate(migrate::MigrateBenchArgs),
 }
 
 pub fn run(suite: Suite) -> anyhow::Result<ExitCode> {
     let (report, json) = match suite {
         Suite::Vm(args) => (vm::run(&args)?, args.json()),
         Suite::Chunks(args) => (chunks::run(&args)?, args.json()),
+        Suite::Migrate(args) => (migrate::run(&args)?, args.json()),
     };
     if json {
         println!("{}", report.to_json());

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use novacron_mesh::chunks::{decode_chunk, Bitmap, ChunkId, ChunkSize, EncodedChunk};
+use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkId, ChunkSize, EncodedChunk};
 use tracing::{debug, info, warn};
 
 use super::messages::{
@@ -131,9 +131,10 @@ impl VerifiedChunk {
 }
 
 /// Decodes a received chunk (bounded: never more than the chunk's length) and checks that
-/// it hashes to `id` and that `index` lies in guest memory. Pure: drivers call it on reader
-/// threads and feed the result as [`Input::Chunk`].
+/// it hashes to `id` and that `index` lies in guest memory. Drivers call it on reader
+/// threads, each with its own decoder, and feed the result as [`Input::Chunk`].
 pub fn verify_chunk(
+    decoder: &mut ChunkDecoder,
     geo: &Geometry,
     index: u64,
     id: [u8; 32],
@@ -146,12 +147,12 @@ pub fn verify_chunk(
         count: geo.chunk_count(),
     })?;
     let id = ChunkId::from_bytes(id);
-    let plain = decode_chunk(&EncodedChunk { raw, bytes }, &id, len).map_err(|e| {
-        ProtocolError::CorruptChunk {
+    let plain = decoder
+        .decode_owned(EncodedChunk { raw, bytes }, &id, len)
+        .map_err(|e| ProtocolError::CorruptChunk {
             index,
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     Ok(VerifiedChunk { index, id, plain })
 }
 
@@ -306,9 +307,9 @@ impl Destination {
                     bytes,
                 },
             ) => {
-                let chunk = self
-                    .geo()
-                    .and_then(|geo| verify_chunk(geo, index, id, raw, bytes));
+                let chunk = self.geo().and_then(|geo| {
+                    verify_chunk(&mut ChunkDecoder::new(), geo, index, id, raw, bytes)
+                });
                 self.on_chunk(chunk, out)
             }
             (State::Receiving, Message::RoundDone { round, .. }) => self.on_round_done(round, out),

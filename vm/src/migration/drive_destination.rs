@@ -11,11 +11,11 @@
 use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use novacron_mesh::chunks::{Bitmap, ChunkStore};
+use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkStore};
 
 use super::destination::{verify_chunk, Destination, DestinationConfig, Input, Output};
 use super::links::Links;
@@ -27,6 +27,9 @@ use crate::state::MachineState;
 use crate::vcpu::monotonic_ns;
 
 const POLL: Duration = Duration::from_millis(5);
+/// Events (mostly decoded chunks, 16 KiB each) queued for the protocol thread: readers
+/// wait beyond this, so a slow writer bounds memory instead of growing without limit.
+const EVENT_QUEUE: usize = 512;
 
 pub struct DestinationOptions {
     pub config: DestinationConfig,
@@ -111,7 +114,7 @@ struct DestinationDriver {
 
 impl DestinationDriver {
     fn run(&mut self, links: Links, host: &mut dyn DestinationHost) -> DestinationOutcome {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
         let mut control = match self.start_readers(&links, tx) {
             Ok(c) => c,
             Err(reason) => return self.failed(reason),
@@ -199,7 +202,7 @@ impl DestinationDriver {
         }
     }
 
-    fn start_readers(&self, links: &Links, tx: Sender<Event>) -> Result<TcpStream, String> {
+    fn start_readers(&self, links: &Links, tx: SyncSender<Event>) -> Result<TcpStream, String> {
         let share = |s: &TcpStream| {
             s.try_clone()
                 .map_err(|e| format!("cannot share a migration stream: {e}"))
@@ -387,7 +390,7 @@ fn cancel_on_error(result: Result<(), String>) -> Vec<Input> {
 fn spawn_reader(
     name: String,
     stream: TcpStream,
-    tx: Sender<Event>,
+    tx: SyncSender<Event>,
     wire: Arc<AtomicU64>,
     geometry: Option<Arc<OnceLock<Geometry>>>,
 ) -> Result<(), String> {
@@ -395,6 +398,7 @@ fn spawn_reader(
         .name(name.clone())
         .spawn(move || {
             let mut reader = FrameReader::new(stream);
+            let mut decoder = ChunkDecoder::new();
             let mut counted = 0;
             loop {
                 let msg = reader.read_message();
@@ -416,7 +420,7 @@ fn spawn_reader(
                                 bytes,
                             },
                             Some(geo),
-                        ) => Event::Chunk(verify_chunk(geo, index, id, raw, bytes)),
+                        ) => Event::Chunk(verify_chunk(&mut decoder, geo, index, id, raw, bytes)),
                         (msg, _) => Event::Data(msg),
                     },
                 };

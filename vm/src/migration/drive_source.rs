@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use novacron_mesh::chunks::{ChunkEncoder, ChunkId, ChunkRef, ChunkSize, Level};
 
-use super::level::{next_level, SendTimes, MIN_LEVEL};
+use super::level::{level_for_bandwidth, MIN_LEVEL};
 use super::links::Links;
 use super::machine_glue::ChunkReader;
 use super::messages::{MemRegion, Message, Mode};
@@ -175,11 +175,16 @@ struct SourceDriver {
     last_measure: Instant,
     last_report: Instant,
     last_phase: Option<Phase>,
-    last_times: SendTimes,
+    /// Wire bytes and chunks done at the last measurement.
+    last_wire: (u64, u64),
+    wire_bps: Option<u64>,
     bandwidth_bps: u64,
     dirty_rate_bps: u64,
     fail_reason: Option<String>,
     memory_blake3: Option<String>,
+    /// When the link bandwidth was last sampled, and whether senders had work then.
+    last_measure_at: Instant,
+    was_busy: bool,
 }
 
 impl SourceDriver {
@@ -238,11 +243,14 @@ impl SourceDriver {
             last_measure: now,
             last_report: now - REPORT_EVERY,
             last_phase: None,
-            last_times: SendTimes::default(),
+            last_wire: (0, 0),
+            wire_bps: None,
             bandwidth_bps: 0,
             dirty_rate_bps: 0,
             fail_reason: None,
             memory_blake3: None,
+            last_measure_at: now,
+            was_busy: false,
         })
     }
 
@@ -496,19 +504,27 @@ impl SourceDriver {
             self.bandwidth_bps =
                 (u128::from(plain) * 1_000_000_000 * workers / u128::from(busy)) as u64;
         }
-        let times = SendTimes {
-            compress_ns: stats.compress_ns.load(Ordering::Relaxed),
-            write_ns: stats.write_ns.load(Ordering::Relaxed),
-        };
-        let delta = SendTimes {
-            compress_ns: times.compress_ns - self.last_times.compress_ns,
-            write_ns: times.write_ns - self.last_times.write_ns,
-        };
-        self.last_times = times;
+        // Link bandwidth: wire bytes over wall time, for windows the senders were busy in
+        // from start to end (work queued at both ends).
+        let wire = stats.wire.load(Ordering::Relaxed);
+        let done = stats.done.load(Ordering::Relaxed);
+        let busy_window = self.pool.pending() > 0 && done > self.last_wire.1;
+        let elapsed = self.last_measure_at.elapsed();
+        if busy_window && self.was_busy && !elapsed.is_zero() {
+            let bps =
+                (u128::from(wire - self.last_wire.0) * 1_000_000_000 / elapsed.as_nanos()) as u64;
+            self.wire_bps = Some(match self.wire_bps {
+                Some(old) => (old * 3 + bps) / 4,
+                None => bps,
+            });
+        }
+        self.was_busy = self.pool.pending() > 0;
+        self.last_wire = (wire, done);
+        self.last_measure_at = Instant::now();
         let level = stats.level.load(Ordering::Relaxed);
-        let next = next_level(level, delta);
+        let next = level_for_bandwidth(self.wire_bps);
         if next != level {
-            tracing::debug!(level, next, ?delta, "zstd level");
+            tracing::debug!(level, next, wire_bps = ?self.wire_bps, "zstd level");
             stats.level.store(next, Ordering::Relaxed);
         }
         self.source.handle(Input::Measured {
@@ -567,8 +583,9 @@ struct PoolStats {
     plain: AtomicU64,
     wire: AtomicU64,
     busy_ns: AtomicU64,
-    compress_ns: AtomicU64,
-    write_ns: AtomicU64,
+    /// Chunks submitted to and finished by the senders.
+    submitted: AtomicU64,
+    done: AtomicU64,
     level: AtomicI32,
 }
 
@@ -610,7 +627,16 @@ impl SenderPool {
         })
     }
 
+    /// Chunks submitted and not yet written.
+    fn pending(&self) -> u64 {
+        let s = &self.stats;
+        s.submitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(s.done.load(Ordering::Relaxed))
+    }
+
     fn submit(&self, index: u64, _offered: ChunkId) {
+        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
         if let Some(jobs) = &self.jobs {
             // A send error means every sender died; each reported why (link down).
             let _ = jobs.send(index);
@@ -657,7 +683,6 @@ fn send_chunks(
             .map_err(|e| e.to_string())?;
         let id = ChunkId::of(&buf);
         let enc = encoder.encode(&buf).map_err(|e| e.to_string())?;
-        let encoded_at = Instant::now();
         let msg = Message::Chunk {
             index,
             id: *id.as_bytes(),
@@ -668,12 +693,7 @@ fn send_chunks(
         let done = Instant::now();
         stats.plain.fetch_add(buf.len() as u64, Ordering::Relaxed);
         stats.wire.fetch_add(n as u64, Ordering::Relaxed);
-        stats
-            .compress_ns
-            .fetch_add((encoded_at - begin).as_nanos() as u64, Ordering::Relaxed);
-        stats
-            .write_ns
-            .fetch_add((done - encoded_at).as_nanos() as u64, Ordering::Relaxed);
+        stats.done.fetch_add(1, Ordering::Relaxed);
         stats
             .busy_ns
             .fetch_add((done - begin).as_nanos() as u64, Ordering::Relaxed);

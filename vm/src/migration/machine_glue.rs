@@ -141,16 +141,16 @@ impl Machine {
             }
         };
         let batch = (READ_BATCH_BYTES / size.bytes() as u64).max(1);
-        let mut refs = Vec::new();
+        let mut batches = Vec::new();
         for (first, count) in runs {
             let mut done = 0;
             while done < count {
                 let n = batch.min(count - done);
-                refs.extend(self.refs_of_run(&geo, first + done, n)?);
+                batches.push((first + done, n));
                 done += n;
             }
         }
-        Ok(refs)
+        refs_of_batches(self.memory(), &geo, &batches)
     }
 
     /// Copies chunk `index` out of guest memory.
@@ -185,35 +185,86 @@ impl Machine {
             })
     }
 
-    /// Refs of `count` chunks from `first`, which lie back to back in one region.
-    fn refs_of_run(
-        &self,
-        geo: &Geometry,
-        first: u64,
-        count: u64,
-    ) -> Result<Vec<ChunkRef>, GlueError> {
-        let start = place_of(geo, first)?;
-        let last = place_of(geo, first + count - 1)?;
-        let len = (last.gpa - start.gpa) as usize + last.len;
-        let mut buf = vec![0u8; len];
-        self.read_place(
-            first,
-            ChunkPlace {
-                gpa: start.gpa,
-                len,
-            },
-            &mut buf,
-        )?;
-        let mut refs = chunk_refs(&buf, geo.chunk_size());
-        for r in &mut refs {
-            r.index += first;
-        }
-        Ok(refs)
-    }
-
     fn read_place(&self, index: u64, place: ChunkPlace, buf: &mut [u8]) -> Result<(), GlueError> {
         read_place(self.memory(), index, place, buf)
     }
+}
+
+/// Refs of every batch, in order, hashed on up to all cores: a batch is (first chunk,
+/// count) of back-to-back chunks of one region.
+fn refs_of_batches(
+    mem: &GuestMem,
+    geo: &Geometry,
+    batches: &[(u64, u64)],
+) -> Result<Vec<ChunkRef>, GlueError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(batches.len());
+    if threads <= 1 {
+        let mut refs = Vec::new();
+        for &(first, count) in batches {
+            refs.extend(refs_of_run(mem, geo, first, count)?);
+        }
+        return Ok(refs);
+    }
+    let per_thread = batches.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<ChunkRef>, GlueError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = batches
+            .chunks(per_thread)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut refs = Vec::new();
+                    for &(first, count) in part {
+                        refs.extend(refs_of_run(mem, geo, first, count)?);
+                    }
+                    Ok(refs)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(GlueError::Geometry(ProtocolError::Unexpected {
+                        kind: "a hashing thread",
+                        phase: "panicked",
+                    }))
+                })
+            })
+            .collect()
+    });
+    let mut refs = Vec::new();
+    for part in parts {
+        refs.extend(part?);
+    }
+    Ok(refs)
+}
+
+/// Refs of `count` chunks from `first`, which lie back to back in one region.
+fn refs_of_run(
+    mem: &GuestMem,
+    geo: &Geometry,
+    first: u64,
+    count: u64,
+) -> Result<Vec<ChunkRef>, GlueError> {
+    let start = place_of(geo, first)?;
+    let last = place_of(geo, first + count - 1)?;
+    let len = (last.gpa - start.gpa) as usize + last.len;
+    let mut buf = vec![0u8; len];
+    read_place(
+        mem,
+        first,
+        ChunkPlace {
+            gpa: start.gpa,
+            len,
+        },
+        &mut buf,
+    )?;
+    let mut refs = chunk_refs(&buf, geo.chunk_size());
+    for r in &mut refs {
+        r.index += first;
+    }
+    Ok(refs)
 }
 
 fn read_place(

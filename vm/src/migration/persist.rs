@@ -12,8 +12,12 @@ pub struct Kept {
     pub held_chunks: u64,
 }
 
-/// Stores every non-zero chunk of `machine`'s memory that `store` lacks, in one atomic
-/// batch. The machine should be paused or stopped (a running guest would make the ids
+/// Chunks per committed batch: bounds the encoded bytes held in memory (a VMM's cgroup
+/// leaves little beyond guest memory).
+const BATCH_CHUNKS: usize = 1024;
+
+/// Stores every non-zero chunk of `machine`'s memory that `store` lacks, in atomic batches
+/// of [`BATCH_CHUNKS`]. The machine should be paused or stopped (a running guest would make the ids
 /// describe bytes that no longer exist).
 pub fn keep_memory(
     machine: &mut Machine,
@@ -36,6 +40,10 @@ pub fn keep_memory(
             .map_err(|e| e.to_string())?;
         batch.put(&bytes).map_err(|e| e.to_string())?;
         kept.new_chunks += 1;
+        if batch.len() >= BATCH_CHUNKS {
+            batch.commit().map_err(|e| e.to_string())?;
+            batch = store.batch();
+        }
     }
     batch.commit().map_err(|e| e.to_string())?;
     Ok(kept)
