@@ -224,12 +224,8 @@ fn refs_of_batches(
         handles
             .into_iter()
             .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(GlueError::Geometry(ProtocolError::Unexpected {
-                        kind: "a hashing thread",
-                        phase: "panicked",
-                    }))
-                })
+                // Hashing never panics on guest data; if it did, that is a bug to surface.
+                h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect()
     });
