@@ -48,7 +48,7 @@ pub fn check(data: &[u8]) -> bool {
 /// The data range a program touches, if its length is representable.
 fn data_range(guest: &BuiltinGuest) -> Option<(u64, u64)> {
     match guest {
-        BuiltinGuest::Hello => None,
+        BuiltinGuest::Hello | BuiltinGuest::Idle => None,
         BuiltinGuest::Counter(p) => Some((p.base, p.words.saturating_mul(8))),
         BuiltinGuest::Dirtier(p) => Some((p.base, p.mib.saturating_mul(1 << 20))),
     }

@@ -16,6 +16,7 @@ pub mod linux_image;
 pub mod manifest_decode;
 pub mod memory_layer;
 pub mod migration_frame;
+pub mod migration_stream;
 pub mod scratch;
 pub mod snapshot_load;
 pub mod state_decode;
@@ -49,6 +50,11 @@ pub const TARGETS: &[Target] = &[
         migration_frame::seeds,
     ),
     ("linux_image", linux_image::check, linux_image::seeds),
+    (
+        "migration_stream",
+        migration_stream::check,
+        migration_stream::seeds,
+    ),
 ];
 
 #[cfg(test)]

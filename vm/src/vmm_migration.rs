@@ -24,6 +24,8 @@ use crate::migration::messages::Mode;
 use crate::migration::persist::keep_memory;
 use crate::migration::source::NoConverge;
 use crate::migration::Phase;
+use crate::layout::pv_event;
+use crate::vcpu::VcpuEvent;
 use crate::vmm::{cpu_time_ns, send, Input};
 use crate::vmm_sandbox::JailedThreads;
 
@@ -118,6 +120,13 @@ impl SourceHost for VmmSourceHost<'_> {
                         Err(e) => tracing::warn!(error = %e, "reconnection refused"),
                     }
                 }
+                Input::Vcpu(event) if ends_the_vm(&event) => {
+                    // A VM whose guest ended (or whose vCPU failed) must not be moved: roll
+                    // back, and let the event end it here afterwards.
+                    let why = describe_end(&event);
+                    self.deferred.push(Input::Vcpu(event));
+                    return Some(HostInput::Cancel(why));
+                }
                 Input::ControlClosed(why) => {
                     self.parent_gone = true;
                     self.deferred.push(Input::ControlClosed(why));
@@ -126,6 +135,25 @@ impl SourceHost for VmmSourceHost<'_> {
                 other => self.deferred.push(other),
             }
         }
+    }
+}
+
+/// True for vCPU events after which the VM does not go on (the VMM stops it).
+fn ends_the_vm(event: &VcpuEvent) -> bool {
+    match event {
+        VcpuEvent::Report { report, .. } => report.code == pv_event::EXIT,
+        VcpuEvent::Reset { .. } | VcpuEvent::Shutdown { .. } | VcpuEvent::Failed { .. } => true,
+    }
+}
+
+fn describe_end(event: &VcpuEvent) -> String {
+    match event {
+        VcpuEvent::Report { report, .. } => {
+            format!("the guest exited (status {}) during the migration", report.value)
+        }
+        VcpuEvent::Reset { .. } => "the guest reset itself during the migration".into(),
+        VcpuEvent::Shutdown { .. } => "the guest shut down during the migration".into(),
+        VcpuEvent::Failed { vcpu, reason } => format!("vCPU {vcpu} failed: {reason}"),
     }
 }
 

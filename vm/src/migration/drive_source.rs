@@ -414,6 +414,18 @@ impl SourceDriver {
                 Vec::new()
             }
             Output::CaptureState => {
+                // Last chance before the state leaves: the VM is paused, so anything its
+                // vCPUs reported (a guest exit, say) is with the host by now.
+                let mut inputs = Vec::new();
+                while let Some(input) = host.poll() {
+                    match input {
+                        HostInput::Cancel(reason) => inputs.push(Input::Cancel { reason }),
+                        HostInput::Reconnected(_) => {}
+                    }
+                }
+                if !inputs.is_empty() {
+                    return inputs;
+                }
                 if self.opts.hash_memory {
                     self.memory_blake3 = crate::memory::memory_digest(machine.memory())
                         .map(|h| h.to_hex().to_string())
