@@ -1,0 +1,5 @@
+//! Helpers of the end-to-end migration tests: CLI processes under test and a
+//! fault-injecting TCP proxy.
+
+pub mod proc;
+pub mod proxy;
