@@ -429,9 +429,6 @@ fn a_chunk_corrupted_in_flight_rolls_back_to_the_source() {
 /// once, the finished VM must not be started at the destination, and both sides must
 /// exit.
 #[test]
-#[ignore = "product bug: a guest exit during an outgoing migration is deferred by the \
-            source VMM (VmmSourceHost::poll) and the finished VM is migrated; the receiver \
-            then runs it forever. Un-ignore once fixed."]
 fn a_guest_that_ends_during_precopy_is_not_started_at_the_destination() {
     if !kvm_usable("guest exit during pre-copy") {
         return;
