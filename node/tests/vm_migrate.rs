@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use common::confirm_cutter::ConfirmCutter;
 use common::proc::Proc;
 use common::proxy::{Corrupt, Proxy, ProxyConfig};
 use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
@@ -473,4 +474,40 @@ fn a_guest_that_ends_during_precopy_is_not_started_at_the_destination() {
     if !result_lines(&src_out).is_empty() {
         assert!(!d.success(), "the receiver exited 0 though no VM arrived");
     }
+}
+
+/// The link fails after the source sent the state, and the destination's Confirm is lost:
+/// the source cannot know whether the VM started there. It keeps the VM paused, reconnects,
+/// asks (`Query`), learns from `novacron vm receive` that it started, and discards its
+/// copy: the guest's result appears once, at the destination.
+#[test]
+fn a_lost_confirm_is_resolved_by_asking_the_destination() {
+    if !kvm_usable("in-doubt migration") {
+        return;
+    }
+    let (spec, expected) = counter(3);
+    let (mut dst, dst_addr) = spawn_receiver(&[]);
+    let cutter = ConfirmCutter::start(dst_addr);
+    let mut src = spawn_source(&spec, cutter.addr, 1000, &["--mode", "live"]);
+    let s = src.wait(EXIT_TIMEOUT);
+    let d = dst.wait(EXIT_TIMEOUT);
+    eprintln!("{}\n{}", src.dump(), dst.dump());
+    assert!(cutter.cut(), "the cutter never saw a Switchover");
+    assert!(
+        cutter.connections() > 3,
+        "the source never reconnected ({} connections)",
+        cutter.connections()
+    );
+    assert!(
+        src.stderr()
+            .contains("the link failed after the VM state was sent"),
+        "the source did not report the doubt"
+    );
+    assert!(s.success(), "source: {s:?}");
+    assert!(d.success(), "destination: {d:?}");
+    assert!(
+        result_lines(&src.stdout()).is_empty(),
+        "the source ran the guest too"
+    );
+    assert_eq!(result_lines(&dst.stdout()), vec![expected.as_str()]);
 }

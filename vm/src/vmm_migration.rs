@@ -11,6 +11,7 @@ use crate::control::{
     MigrationSummary, OnNoConverge,
 };
 use crate::fd_passing::{take_streams, FdQueue};
+use crate::layout::pv_event;
 use crate::machine::{Machine, MachineConfig, MachineIo};
 use crate::migration::destination::DestinationConfig;
 use crate::migration::drive_destination::{
@@ -24,7 +25,6 @@ use crate::migration::messages::Mode;
 use crate::migration::persist::keep_memory;
 use crate::migration::source::NoConverge;
 use crate::migration::Phase;
-use crate::layout::pv_event;
 use crate::vcpu::VcpuEvent;
 use crate::vmm::{cpu_time_ns, send, Input};
 use crate::vmm_sandbox::JailedThreads;
@@ -149,7 +149,10 @@ fn ends_the_vm(event: &VcpuEvent) -> bool {
 fn describe_end(event: &VcpuEvent) -> String {
     match event {
         VcpuEvent::Report { report, .. } => {
-            format!("the guest exited (status {}) during the migration", report.value)
+            format!(
+                "the guest exited (status {}) during the migration",
+                report.value
+            )
         }
         VcpuEvent::Reset { .. } => "the guest reset itself during the migration".into(),
         VcpuEvent::Shutdown { .. } => "the guest shut down during the migration".into(),

@@ -225,7 +225,8 @@ fn refs_of_batches(
             .into_iter()
             .map(|h| {
                 // Hashing never panics on guest data; if it did, that is a bug to surface.
-                h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect()
     });
