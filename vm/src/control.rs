@@ -181,6 +181,8 @@ pub struct MigrationProgress {
     pub est_remaining_ms: Option<u64>,
     pub est_downtime_ms: Option<u64>,
     pub zstd_level: i32,
+    /// Share of vCPU time auto-converge takes away, percent.
+    pub throttle_percent: u8,
 }
 
 /// The end of a migration on the source, with CLOCK_MONOTONIC timestamps.

@@ -71,6 +71,7 @@ pub fn progress_of(report: &Report) -> MigrationProgress {
         est_remaining_ms: p.est_remaining_ms,
         est_downtime_ms: p.est_downtime_ms,
         zstd_level: report.zstd_level,
+        throttle_percent: report.throttle_percent,
     }
 }
 

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
+use novacron_mesh::chunks::{ChunkSize, ChunkStore, Level};
 use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
 use novacron_vm::layout::pv_event;
 use novacron_vm::migration::destination::DestinationConfig;
@@ -22,6 +23,7 @@ use novacron_vm::migration::drive_source::{
 };
 use novacron_vm::migration::links::{accept, connect, new_session, PREAMBLE_LEN};
 use novacron_vm::migration::messages::Mode;
+use novacron_vm::migration::persist::keep_memory;
 use novacron_vm::vcpu::VcpuEvent;
 use novacron_vm::{BootSource, Machine, MachineConfig};
 
@@ -136,9 +138,10 @@ fn a_counter_moved_mid_run_in_each_mode_keeps_its_result() {
     }
 }
 
-/// Forwards connections to `target`, flipping 64 bytes of the first data stream from
-/// `flip_at` on (counted after its preamble): more than any archive padding, so the damage
-/// always lands in a checked field or chunk bytes.
+/// Forwards connections to `target`, flipping 64 bytes of every data stream from `flip_at`
+/// on (counted after its preamble): more than any archive padding, so the damage always
+/// lands in a checked field or chunk bytes. (Every data stream: how the senders share the
+/// chunks between them depends on scheduling, but together they carry megabytes.)
 fn corrupting_proxy(target: SocketAddr, flip_at: usize) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -148,7 +151,7 @@ fn corrupting_proxy(target: SocketAddr, flip_at: usize) -> SocketAddr {
             let server = TcpStream::connect(target).unwrap();
             let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
             std::thread::spawn(move || pump(s2, c2, None));
-            let flip = (n == 1).then_some(PREAMBLE_LEN + flip_at);
+            let flip = (n >= 1).then_some(PREAMBLE_LEN + flip_at);
             std::thread::spawn(move || pump(client, server, flip));
         }
     });
@@ -184,7 +187,7 @@ fn a_chunk_corrupted_in_flight_rolls_back_and_the_guest_finishes_on_the_source()
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy = corrupting_proxy(listener.local_addr().unwrap(), 100_000);
+    let proxy = corrupting_proxy(listener.local_addr().unwrap(), 20_000);
     let source = source_thread(proxy, Mode::Live);
     let links = accept(&listener, Duration::from_secs(60)).unwrap();
     let mut host = Dest { console: None };
@@ -206,4 +209,166 @@ fn a_chunk_corrupted_in_flight_rolls_back_and_the_guest_finishes_on_the_source()
         source_text.trim_end(),
         result_line(counter_expected(&params()))
     );
+}
+
+/// Records the largest throttle any progress report showed.
+#[derive(Default)]
+struct Recorder {
+    max_throttle: u8,
+    reports: usize,
+}
+
+impl SourceHost for Recorder {
+    fn report(&mut self, r: &Report) {
+        self.max_throttle = self.max_throttle.max(r.throttle_percent);
+        self.reports += 1;
+    }
+    fn in_doubt(&mut self) {}
+    fn poll(&mut self) -> Option<HostInput> {
+        None
+    }
+}
+
+/// Migrates `m` over loopback to a fresh machine; returns both outcomes and the
+/// destination's console.
+fn migrate_machine(
+    m: &mut Machine,
+    opts: SourceOptions,
+    dest_opts: DestinationOptions,
+    host: &mut dyn SourceHost,
+) -> (SourceOutcome, DestinationOutcome) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let session = new_session();
+    let receiver = std::thread::spawn(move || {
+        let links = accept(&listener, Duration::from_secs(30)).unwrap();
+        let mut host = Dest { console: None };
+        let outcome = run_destination(links, dest_opts, &mut host);
+        // Keep the console alive as long as the machine.
+        (outcome, host.console.map(|(c, _)| c))
+    });
+    let links = connect(addr, 2, session, Duration::from_secs(5)).unwrap();
+    let outcome = run_source(m, links, session, &opts, host);
+    let (dest, _console) = receiver.join().unwrap();
+    (outcome, dest)
+}
+
+#[test]
+fn auto_converge_throttles_a_guest_that_dirties_faster_than_the_budget() {
+    if !kvm_usable("auto-converge") {
+        return;
+    }
+    let (io_a, _console, rx) = io();
+    let config = MachineConfig {
+        mem_bytes: MEM_BYTES,
+        vcpus: 1,
+    };
+    let mut m = Machine::create(&config, io_a, &no_setup).unwrap();
+    // Unpaced: the guest rewrites its 16 MiB as fast as it can.
+    m.load(&BootSource::Builtin(
+        "builtin:dirtier:mib=16,rate=0,base=33554432"
+            .parse()
+            .unwrap(),
+    ))
+    .unwrap();
+    m.resume().unwrap();
+    wait_report(&rx, pv_event::STARTED, 0);
+    let mut opts = SourceOptions::new(Mode::Live);
+    opts.downtime_budget_ms = 0;
+    opts.max_rounds = 2;
+    opts.on_no_converge = novacron_vm::migration::source::NoConverge::Throttle;
+    opts.hash_memory = true;
+    let dest_opts = DestinationOptions {
+        hash_memory: true,
+        ..options()
+    };
+    let mut recorder = Recorder::default();
+    let (outcome, dest) = migrate_machine(&mut m, opts, dest_opts, &mut recorder);
+    let SourceOutcome::Moved(summary) = outcome else {
+        panic!("not moved: {outcome:?}");
+    };
+    let DestinationOutcome::Running {
+        mut machine,
+        summary: dest_summary,
+    } = dest
+    else {
+        panic!("the destination did not start the VM");
+    };
+    machine.stop().unwrap();
+    assert!(
+        recorder.max_throttle >= 20,
+        "never throttled (max {}% over {} reports)",
+        recorder.max_throttle,
+        recorder.reports
+    );
+    assert!(summary.report.progress.round >= 2, "{summary:?}");
+    assert_eq!(
+        summary.report.throttle_percent, 0,
+        "throttle lifted at the end"
+    );
+    assert!(summary.memory_blake3.is_some());
+    assert_eq!(summary.memory_blake3, dest_summary.memory_blake3);
+}
+
+#[test]
+fn a_vm_moved_back_to_a_host_that_kept_its_chunks_sends_only_what_changed() {
+    if !kvm_usable("remigration") {
+        return;
+    }
+    let store_dir = tempfile::tempdir().unwrap();
+    let (io_a, _console_a, _rx) = io();
+    let config = MachineConfig {
+        mem_bytes: MEM_BYTES,
+        vcpus: 1,
+    };
+    let mut a = Machine::create(&config, io_a, &no_setup).unwrap();
+    a.load(&BootSource::Builtin(BuiltinGuest::Idle)).unwrap();
+    novacron_vm::memory::fill_pattern(a.memory(), 16 << 20, 8 << 20).unwrap();
+    a.resume().unwrap();
+    let (outcome, dest) = migrate_machine(
+        &mut a,
+        SourceOptions::new(Mode::Live),
+        options(),
+        &mut QuietSource,
+    );
+    let SourceOutcome::Moved(first) = outcome else {
+        panic!("first move: {outcome:?}");
+    };
+    let store = ChunkStore::open(store_dir.path(), Level::new(1).unwrap()).unwrap();
+    let kept = keep_memory(&mut a, &store, ChunkSize::K16).unwrap();
+    assert!(kept.new_chunks >= 512, "{kept:?}");
+    drop(a);
+    let DestinationOutcome::Running { machine: mut b, .. } = dest else {
+        panic!("first move did not start");
+    };
+    // One chunk changes on B; the rest is what A kept.
+    novacron_vm::memory::fill_random(b.memory(), 20 << 20, 16 << 10, 99).unwrap();
+    let mut opts = SourceOptions::new(Mode::Live);
+    opts.hash_memory = true;
+    let back = DestinationOptions {
+        store: Some(ChunkStore::open(store_dir.path(), Level::new(1).unwrap()).unwrap()),
+        hash_memory: true,
+        ..options()
+    };
+    let (outcome, dest) = migrate_machine(&mut b, opts, back, &mut QuietSource);
+    let SourceOutcome::Moved(second) = outcome else {
+        panic!("second move: {outcome:?}");
+    };
+    let DestinationOutcome::Running {
+        machine: mut c,
+        summary,
+    } = dest
+    else {
+        panic!("second move did not start");
+    };
+    c.stop().unwrap();
+    assert!(summary.chunks_from_store >= 500, "{summary:?}");
+    assert!(summary.chunks_received <= 8, "{summary:?}");
+    assert!(
+        second.report.wire_bytes * 20 < first.report.wire_bytes,
+        "second {} vs first {}",
+        second.report.wire_bytes,
+        first.report.wire_bytes
+    );
+    assert_eq!(second.memory_blake3, summary.memory_blake3);
 }

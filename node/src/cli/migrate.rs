@@ -185,7 +185,7 @@ impl ProgressView {
                 let est = |v: Option<u64>| v.map_or("?".into(), |ms| format!("{ms} ms"));
                 bar.set_message(format!(
                     "{} round {} | wire {:.1} MiB | zero {:.0} MiB, held {:.0} MiB | dirty {:.1} \
-                     MiB/s | bw {:.0} MiB/s | left {} | downtime {}",
+                     MiB/s | bw {:.0} MiB/s | left {} | downtime {}{}",
                     p.phase,
                     p.round,
                     mib(p.wire_bytes),
@@ -195,6 +195,11 @@ impl ProgressView {
                     mib(p.bandwidth_bps),
                     est(p.est_remaining_ms),
                     est(p.est_downtime_ms),
+                    if p.throttle_percent > 0 {
+                        format!(" | throttle {}%", p.throttle_percent)
+                    } else {
+                        String::new()
+                    },
                 ));
             }
         }

@@ -95,6 +95,8 @@ pub struct Report {
     /// Bytes written to the sockets (frames, compressed chunks, preambles excluded).
     pub wire_bytes: u64,
     pub zstd_level: i32,
+    /// Share of vCPU time auto-converge takes away, percent (0: not throttling).
+    pub throttle_percent: u8,
 }
 
 /// What happened, with the figures.
@@ -144,6 +146,7 @@ pub fn run_source(
                         progress: Progress::default(),
                         wire_bytes: 0,
                         zstd_level: MIN_LEVEL,
+                        throttle_percent: 0,
                     },
                     started_ns,
                     paused_ns: None,
@@ -354,6 +357,7 @@ impl SourceDriver {
             progress: self.source.progress().clone(),
             wire_bytes: self.pool.stats.wire.load(Ordering::Relaxed) + self.control_bytes,
             zstd_level: self.pool.stats.level.load(Ordering::Relaxed),
+            throttle_percent: self.throttle.percent,
         }
     }
 
@@ -401,6 +405,8 @@ impl SourceDriver {
                 if percent == 0 {
                     self.throttle.release(machine);
                 }
+                // A throttle change is news for whoever watches, like a phase change.
+                host.report(&self.report());
                 Vec::new()
             }
             Output::CollectRound { round, full, extra } => {
