@@ -245,8 +245,12 @@ impl ProgressView {
     }
 }
 
+/// One JSON line on stdout. A reader that went away (`| head`) must not stop the migration:
+/// write errors are ignored.
 fn print_json<T: Serialize>(line: &T) {
+    use std::io::Write;
     if let Ok(text) = serde_json::to_string(line) {
-        println!("{text}");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}").and_then(|_| out.flush());
     }
 }

@@ -319,6 +319,10 @@ impl SourceDriver {
             if self.last_measure.elapsed() >= MEASURE_EVERY {
                 pending.extend(self.measure());
             }
+            if self.last_report.elapsed() >= REPORT_EVERY {
+                self.last_report = Instant::now();
+                host.report(&self.report());
+            }
             pending.extend(self.source.handle(Input::Tick {
                 now_ms: self.now_ms(),
             }));
@@ -353,8 +357,17 @@ impl SourceDriver {
     }
 
     fn report(&self) -> Report {
+        let mut progress = self.source.progress().clone();
+        // The machine counts a chunk as sent once it is wanted; the senders may still have
+        // it queued. What is left is both.
+        let bw = progress.bandwidth_bps;
+        if bw > 0 && !matches!(progress.phase, Phase::Done | Phase::Failed) {
+            let queued = self.pool.pending() * self.opts.chunk_size.bytes() as u64;
+            let queued_ms = (u128::from(queued) * 1000 / u128::from(bw)) as u64;
+            progress.est_remaining_ms = Some(progress.est_remaining_ms.unwrap_or(0) + queued_ms);
+        }
         Report {
-            progress: self.source.progress().clone(),
+            progress,
             wire_bytes: self.pool.stats.wire.load(Ordering::Relaxed) + self.control_bytes,
             zstd_level: self.pool.stats.level.load(Ordering::Relaxed),
             throttle_percent: self.throttle.percent,
@@ -461,8 +474,8 @@ impl SourceDriver {
                 Vec::new()
             }
             Output::Progress(p) => {
-                let phase_changed = self.last_phase != Some(p.phase);
-                if phase_changed || self.last_report.elapsed() >= REPORT_EVERY {
+                // Phase changes go out at once; the loop reports the rest periodically.
+                if self.last_phase != Some(p.phase) {
                     self.last_phase = Some(p.phase);
                     self.last_report = Instant::now();
                     host.report(&self.report());
