@@ -11,7 +11,7 @@
 use std::io::Read;
 
 use novacron_vm::migration::destination::{
-    verify_chunk, Destination, DestinationConfig, Input, Output,
+    verify_chunk_message, Destination, DestinationConfig, Input, Output,
 };
 use novacron_vm::migration::links::{Preamble, PREAMBLE_LEN};
 use novacron_vm::migration::messages::{
@@ -60,17 +60,12 @@ pub fn check(data: &[u8]) -> bool {
     while let Ok(msg) = reader.read_message() {
         assert!(reader.bytes_read() <= body.len() as u64, "read past the input");
         accepted += 1;
-        let input = match (msg, dest.geometry().cloned()) {
-            (
-                Message::Chunk {
-                    index,
-                    id,
-                    raw,
-                    bytes,
-                },
-                Some(geo),
-            ) => Input::Chunk(verify_chunk(&mut decoder, &geo, index, id, raw, bytes)),
-            (msg, _) => Input::Received(msg),
+        let input = match dest.geometry().cloned() {
+            Some(geo) => match verify_chunk_message(&mut decoder, &geo, msg) {
+                Ok(chunk) => Input::Chunk(chunk),
+                Err(other) => Input::Received(other),
+            },
+            None => Input::Received(msg),
         };
         let mut pending = vec![input];
         while let Some(input) = pending.pop() {

@@ -19,7 +19,7 @@ use novacron_vm::launcher::VmmProcess;
 use novacron_vm::layout::{pv_event, PATTERN_BASE};
 use novacron_vm::migration::links;
 
-use super::report::{median, Report};
+use super::report::{in_scratch_dir, median, Report};
 
 #[derive(Args, Debug)]
 pub struct MigrateBenchArgs {
@@ -75,20 +75,14 @@ const REMIGRATE_DIRTY_PERCENT: u64 = 4;
 
 pub fn run(args: &MigrateBenchArgs) -> anyhow::Result<Report> {
     let exe = std::env::current_exe().context("cannot find the novacron executable")?;
-    let scratch = match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("novacron-bench-migrate-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&scratch)
-        .with_context(|| format!("cannot create {}", scratch.display()))?;
-    let bench = Bench {
-        exe,
-        args,
-        scratch: scratch.clone(),
-    };
-    let result = bench.measure();
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+    in_scratch_dir("migrate", args.dir.as_deref(), |scratch| {
+        Bench {
+            exe,
+            args,
+            scratch: scratch.to_path_buf(),
+        }
+        .measure()
+    })
 }
 
 struct Bench<'a> {

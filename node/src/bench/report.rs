@@ -102,6 +102,25 @@ pub fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
+/// Runs `measure` in a scratch directory (`dir`, or a fresh one under the system temp dir
+/// named after `suite`), removed afterwards whatever happened.
+pub fn in_scratch_dir<T>(
+    suite: &str,
+    dir: Option<&std::path::Path>,
+    measure: impl FnOnce(&std::path::Path) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    use anyhow::Context;
+    let scratch = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::temp_dir().join(format!("novacron-bench-{suite}-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    let result = measure(&scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use novacron_vm::control::{
 use novacron_vm::launcher::VmmProcess;
 use novacron_vm::layout::{pv_event, PATTERN_BASE};
 
-use super::report::{median, Report};
+use super::report::{in_scratch_dir, median, Report};
 
 #[derive(Args, Debug)]
 pub struct VmBenchArgs {
@@ -43,15 +43,9 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn run(args: &VmBenchArgs) -> anyhow::Result<Report> {
     let exe = std::env::current_exe().context("cannot find the novacron executable")?;
-    let scratch = match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("novacron-bench-vm-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&scratch)
-        .with_context(|| format!("cannot create {}", scratch.display()))?;
-    let result = measure(&exe, &scratch, args);
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+    in_scratch_dir("vm", args.dir.as_deref(), |scratch| {
+        measure(&exe, scratch, args)
+    })
 }
 
 fn measure(exe: &Path, scratch: &Path, args: &VmBenchArgs) -> anyhow::Result<Report> {

@@ -156,6 +156,24 @@ pub fn verify_chunk(
     Ok(VerifiedChunk { index, id, plain })
 }
 
+/// [`verify_chunk`] for a received message: a `Chunk` is verified, any other message is
+/// handed back untouched (`Err`).
+pub fn verify_chunk_message(
+    decoder: &mut ChunkDecoder,
+    geo: &Geometry,
+    msg: Message,
+) -> Result<Result<VerifiedChunk, ProtocolError>, Message> {
+    match msg {
+        Message::Chunk {
+            index,
+            id,
+            raw,
+            bytes,
+        } => Ok(verify_chunk(decoder, geo, index, id, raw, bytes)),
+        other => Err(other),
+    }
+}
+
 /// A wanted chunk: the id offered for its index and the same-id indices of the offer that
 /// wait for its bytes.
 struct Wanted {

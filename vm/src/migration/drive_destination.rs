@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkStore};
 
-use super::destination::{verify_chunk, Destination, DestinationConfig, Input, Output};
+use super::destination::{verify_chunk_message, Destination, DestinationConfig, Input, Output};
 use super::links::Links;
 use super::messages::{MemRegion, Message};
 use super::wire::{write_message, FrameReader};
@@ -411,17 +411,12 @@ fn spawn_reader(
                         return;
                     }
                     (Ok(msg), None) => Event::Control(msg),
-                    (Ok(msg), Some(geo)) => match (msg, geo.get()) {
-                        (
-                            Message::Chunk {
-                                index,
-                                id,
-                                raw,
-                                bytes,
-                            },
-                            Some(geo),
-                        ) => Event::Chunk(verify_chunk(&mut decoder, geo, index, id, raw, bytes)),
-                        (msg, _) => Event::Data(msg),
+                    (Ok(msg), Some(geo)) => match geo.get() {
+                        Some(geo) => match verify_chunk_message(&mut decoder, geo, msg) {
+                            Ok(chunk) => Event::Chunk(chunk),
+                            Err(other) => Event::Data(other),
+                        },
+                        None => Event::Data(msg),
                     },
                 };
                 if tx.send(event).is_err() {
