@@ -244,7 +244,7 @@ impl SourceDriver {
             paused_ns: None,
             last_collect: now,
             last_measure: now,
-            last_report: now - REPORT_EVERY,
+            last_report: now,
             last_phase: None,
             last_wire: (0, 0),
             wire_bps: None,
@@ -428,8 +428,8 @@ impl SourceDriver {
                     Err(reason) => vec![Input::Cancel { reason }],
                 }
             }
-            Output::SendChunk { index, id } => {
-                self.pool.submit(index, id);
+            Output::SendChunk { index, .. } => {
+                self.pool.submit(index);
                 Vec::new()
             }
             Output::CaptureState => {
@@ -666,7 +666,8 @@ impl SenderPool {
             .saturating_sub(s.done.load(Ordering::Relaxed))
     }
 
-    fn submit(&self, index: u64, _offered: ChunkId) {
+    /// Queues chunk `index`; the sender reads it and sends it with the id of what it read.
+    fn submit(&self, index: u64) {
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
         if let Some(jobs) = &self.jobs {
             // A send error means every sender died; each reported why (link down).
