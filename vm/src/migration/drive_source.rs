@@ -122,9 +122,11 @@ pub enum SourceOutcome {
     InDoubt(Summary),
 }
 
+/// What the reader and sender threads report, tagged with the generation of the links
+/// they serve: after a reconnection, the old links' last words are stale.
 enum Event {
-    Received(Message),
-    LinkDown(String),
+    Received(u32, Message),
+    LinkDown(u32, String),
 }
 
 /// Migrates `machine` (running or paused) out over `links`.
@@ -185,6 +187,8 @@ struct SourceDriver {
     dirty_rate_bps: u64,
     fail_reason: Option<String>,
     memory_blake3: Option<String>,
+    /// Links in use: 0 the first, one more per reconnection.
+    generation: u32,
     /// When the link bandwidth was last sampled, and whether senders had work then.
     last_measure_at: Instant,
     was_busy: bool,
@@ -223,7 +227,7 @@ impl SourceDriver {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cannot share a data stream: {e}"))?;
         let pool = SenderPool::start(data, reader, event_tx.clone())?;
-        spawn_control_reader(&links.control, event_tx.clone())?;
+        spawn_control_reader(&links.control, event_tx.clone(), 0)?;
         let control = links
             .control
             .try_clone()
@@ -252,6 +256,7 @@ impl SourceDriver {
             dirty_rate_bps: 0,
             fail_reason: None,
             memory_blake3: None,
+            generation: 0,
             last_measure_at: now,
             was_busy: false,
         })
@@ -295,7 +300,12 @@ impl SourceDriver {
                 }
             }
             let input = match self.events.recv_timeout(POLL) {
-                Ok(Event::Received(msg)) => {
+                Ok(Event::Received(generation, _) | Event::LinkDown(generation, _))
+                    if generation != self.generation =>
+                {
+                    None
+                }
+                Ok(Event::Received(_, msg)) => {
                     // A round's end is when the machine decides on convergence: give it
                     // fresh figures first.
                     if matches!(msg, Message::RoundAck { .. }) {
@@ -303,7 +313,7 @@ impl SourceDriver {
                     }
                     Some(Input::Received(msg))
                 }
-                Ok(Event::LinkDown(why)) => {
+                Ok(Event::LinkDown(_, why)) => {
                     tracing::warn!(%why, "migration link down");
                     Some(Input::LinkDown)
                 }
@@ -565,7 +575,8 @@ impl SourceDriver {
     }
 
     fn reconnect(&mut self, links: Links) -> Result<(), String> {
-        spawn_control_reader(&links.control, self.event_tx.clone())?;
+        self.generation += 1;
+        spawn_control_reader(&links.control, self.event_tx.clone(), self.generation)?;
         self.control = links
             .control
             .try_clone()
@@ -581,7 +592,11 @@ impl SourceDriver {
 }
 
 /// Reads the control stream into events until it fails.
-fn spawn_control_reader(stream: &TcpStream, tx: Sender<Event>) -> Result<(), String> {
+fn spawn_control_reader(
+    stream: &TcpStream,
+    tx: Sender<Event>,
+    generation: u32,
+) -> Result<(), String> {
     let stream = stream
         .try_clone()
         .map_err(|e| format!("cannot share the control stream: {e}"))?;
@@ -592,12 +607,13 @@ fn spawn_control_reader(stream: &TcpStream, tx: Sender<Event>) -> Result<(), Str
             loop {
                 match reader.read_message() {
                     Ok(msg) => {
-                        if tx.send(Event::Received(msg)).is_err() {
+                        if tx.send(Event::Received(generation, msg)).is_err() {
                             return;
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Event::LinkDown(format!("control stream: {e}")));
+                        let _ =
+                            tx.send(Event::LinkDown(generation, format!("control stream: {e}")));
                         return;
                     }
                 }
@@ -645,7 +661,7 @@ impl SenderPool {
                 .name(format!("mig-send{n}"))
                 .spawn(move || {
                     if let Err(e) = send_chunks(stream, &rx, &reader, &stats) {
-                        let _ = events.send(Event::LinkDown(format!("data stream {n}: {e}")));
+                        let _ = events.send(Event::LinkDown(0, format!("data stream {n}: {e}")));
                     }
                 })
                 .map_err(|e| format!("cannot start a sender thread: {e}"))?;
