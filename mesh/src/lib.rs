@@ -1,5 +1,12 @@
-//! NovaCron's mesh crate. For now it holds the content-addressed chunk store that
-//! migration, snapshots and images share; the swarm, cells and placement come later.
+//! NovaCron's mesh crate.
+//!
+//! - [`identity`]: the node's ed25519 key on disk and the libp2p `PeerId` it gives.
+//! - [`chunks`]: the content-addressed chunk store that migration, snapshots and images share.
+//! - [`workload`]: synthetic memory contents for chunk-store tests and benchmarks.
+//!
+//! The libp2p swarm, chitchat cells and placement come later; what is here is pure or local
+//! to the node and is what the simulator reuses.
 
 pub mod chunks;
+pub mod identity;
 pub mod workload;
