@@ -1,6 +1,7 @@
 //! NovaCron's mesh crate.
 //!
 //! - [`identity`]: the node's ed25519 key on disk and the libp2p `PeerId` it gives.
+//! - [`records`]: signed node records (addresses, capacity, version) and the book of the newest.
 //! - [`chunks`]: the content-addressed chunk store that migration, snapshots and images share.
 //! - [`workload`]: synthetic memory contents for chunk-store tests and benchmarks.
 //!
@@ -9,4 +10,5 @@
 
 pub mod chunks;
 pub mod identity;
+pub mod records;
 pub mod workload;
