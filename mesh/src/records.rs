@@ -148,6 +148,14 @@ pub enum RecordError {
     Expired { expires_at: u64, now: u64 },
     #[error("issued at {issued_at}, more than {skew} s after now ({now})")]
     FromTheFuture { issued_at: u64, now: u64, skew: u64 },
+    #[error("field {field}: peer {peer} is not in cell {cell}")]
+    NotInCell {
+        field: &'static str,
+        peer: String,
+        cell: String,
+    },
+    #[error("summary signed by {signer}, who is not one of its contacts")]
+    SignerNotContact { signer: String },
     #[error("cannot sign a record about {claimed} with the key of {signer}")]
     NotOurs { signer: String, claimed: String },
     #[error("record of {peer} has sequence number {got}, not newer than the {have} already held")]
