@@ -345,6 +345,16 @@ pub struct SummaryRecord {
 }
 
 impl SummaryRecord {
+    /// The summary's archive (what [`sign_summary`] signs).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, RecordError> {
+        archive("cell summary", self)
+    }
+
+    /// Validates (bytecheck) and reads a summary archive; checks no limit and no signature.
+    pub fn from_bytes(bytes: &[u8]) -> Result<SummaryRecord, RecordError> {
+        unarchive("cell summary", bytes)
+    }
+
     /// Refuses fields over their limits, and a signer that is not one of the contacts.
     pub fn check_limits(&self) -> Result<PeerId, RecordError> {
         self.summary.check_limits()?;
@@ -371,8 +381,7 @@ pub fn sign_summary(
             claimed: claimed.to_string(),
         });
     }
-    let payload = archive("cell summary", record)?;
-    let signed = SignedRecord::seal(identity, CELL_SUMMARY_DOMAIN, payload);
+    let signed = SignedRecord::seal(identity, CELL_SUMMARY_DOMAIN, record.to_bytes()?);
     let len = signed.encode()?.len();
     check_signed_len(len)?;
     Ok(signed)
@@ -394,7 +403,7 @@ fn check_signed_len(len: usize) -> Result<(), RecordError> {
 pub fn verify_summary(bytes: &[u8], now: u64) -> Result<SummaryRecord, RecordError> {
     check_signed_len(bytes.len())?;
     let signed = SignedRecord::decode(bytes, MAX_SIGNED_SUMMARY_LEN)?;
-    let record: SummaryRecord = unarchive("cell summary", &signed.record_bytes)?;
+    let record = SummaryRecord::from_bytes(&signed.record_bytes)?;
     let claimed = record.check_limits()?;
     let signer = signed.open(CELL_SUMMARY_DOMAIN)?;
     if signer != claimed {

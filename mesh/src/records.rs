@@ -310,6 +310,16 @@ impl Capacity {
 }
 
 impl NodeRecord {
+    /// The record's archive (what [`SignedRecord::sign`] signs).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, RecordError> {
+        archive("node record", self)
+    }
+
+    /// Validates (bytecheck) and reads a record archive; checks no limit and no signature.
+    pub fn from_bytes(bytes: &[u8]) -> Result<NodeRecord, RecordError> {
+        unarchive("node record", bytes)
+    }
+
     /// The record's subject as a PeerId.
     pub fn peer_id(&self) -> Result<PeerId, RecordError> {
         parse_peer_id("peer_id", &self.peer_id)
@@ -385,8 +395,7 @@ impl SignedRecord {
                 claimed: claimed.to_string(),
             });
         }
-        let payload = archive("node record", record)?;
-        let signed = SignedRecord::seal(identity, NODE_RECORD_DOMAIN, payload);
+        let signed = SignedRecord::seal(identity, NODE_RECORD_DOMAIN, record.to_bytes()?);
         let len = signed.encode()?.len();
         if len > MAX_SIGNED_RECORD_LEN {
             return Err(RecordError::TooLarge {
@@ -401,7 +410,7 @@ impl SignedRecord {
     /// Checks wire bytes from anyone and returns the record they carry.
     pub fn verify(bytes: &[u8], now: u64) -> Result<NodeRecord, RecordError> {
         let signed = SignedRecord::decode(bytes, MAX_SIGNED_RECORD_LEN)?;
-        let record: NodeRecord = unarchive("node record", &signed.record_bytes)?;
+        let record = NodeRecord::from_bytes(&signed.record_bytes)?;
         record.check_limits()?;
         let claimed = record.peer_id()?;
         let signer = signed.open(NODE_RECORD_DOMAIN)?;
