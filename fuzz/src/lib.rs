@@ -1,4 +1,5 @@
-//! Shared bodies of the novacron-vm fuzz targets.
+//! Shared bodies of the fuzz targets of every decoder of outside bytes (novacron-vm and
+//! novacron-mesh).
 //!
 //! Each module is one target: `check(data)` feeds arbitrary bytes to the real decoder and
 //! asserts the invariants that hold whenever it accepts them (it returns whether the input
@@ -9,6 +10,7 @@
 //! What this cannot do: the checks only see what a decoder returns; a decoder that accepts
 //! garbage without breaking an invariant below goes unnoticed.
 
+pub mod cell_summary;
 pub mod checksummed_frame;
 pub mod control_recv;
 pub mod guest_spec;
@@ -17,6 +19,7 @@ pub mod manifest_decode;
 pub mod memory_layer;
 pub mod migration_frame;
 pub mod migration_stream;
+pub mod node_record;
 pub mod scratch;
 pub mod snapshot_load;
 pub mod state_decode;
@@ -55,6 +58,8 @@ pub const TARGETS: &[Target] = &[
         migration_stream::check,
         migration_stream::seeds,
     ),
+    ("node_record", node_record::check, node_record::seeds),
+    ("cell_summary", cell_summary::check, cell_summary::seeds),
 ];
 
 #[cfg(test)]

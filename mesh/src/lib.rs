@@ -1,5 +1,21 @@
-//! NovaCron's mesh crate. For now it holds the content-addressed chunk store that
-//! migration, snapshots and images share; the swarm, cells and placement come later.
+//! NovaCron's mesh crate.
+//!
+//! - [`identity`]: the node's ed25519 key on disk (`<data_dir>/node.key`, 0600) and the
+//!   libp2p `PeerId` it gives.
+//! - [`records`]: signed node records (addresses, capacity, version, reachability) with a
+//!   sequence number and expiry, their verification, and the book of each peer's newest.
+//! - [`cells`]: pure cell assignment by a prefix of blake3(PeerId), the prefix length for a
+//!   mesh size (with hysteresis), rendezvous representatives and signed cell summaries.
+//! - [`chunks`]: the content-addressed chunk store that migration, snapshots and images share.
+//! - [`workload`]: synthetic memory contents for chunk-store tests and benchmarks.
+//!
+//! [`records`] and [`cells`] do no IO and read no clock (callers pass `now`), so the
+//! simulator runs the same code as the node. Everything decoded from outside is size-limited
+//! and bytecheck-validated before use. The libp2p swarm, chitchat inside cells, chunk
+//! transfer and placement are not here yet.
 
+pub mod cells;
 pub mod chunks;
+pub mod identity;
+pub mod records;
 pub mod workload;
