@@ -438,8 +438,12 @@ impl SourceDriver {
                     Err(reason) => vec![Input::Cancel { reason }],
                 }
             }
-            Output::SendChunk { index, .. } => {
-                self.pool.submit(index);
+            Output::SendChunk { index, id } => {
+                // Refs collected after the final pause describe memory nothing can change
+                // any more: their ids need no second hash. Before it, the guest may have
+                // written the chunk since it was offered.
+                let trusted = self.paused_ns.is_some().then_some(id);
+                self.pool.submit(Job { index, trusted });
                 Vec::new()
             }
             Output::CaptureState => {
@@ -636,9 +640,16 @@ struct PoolStats {
     level: AtomicI32,
 }
 
+/// One chunk to send: its index, and its id when the VM was paused for good before the
+/// round was collected (the bytes cannot have changed, so they need not be hashed again).
+struct Job {
+    index: u64,
+    trusted: Option<ChunkId>,
+}
+
 /// Sender threads, one per data stream, taking chunk indices from one queue.
 struct SenderPool {
-    jobs: Option<Sender<u64>>,
+    jobs: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
     stats: Arc<PoolStats>,
 }
@@ -649,7 +660,7 @@ impl SenderPool {
         reader: ChunkReader,
         events: Sender<Event>,
     ) -> Result<Self, String> {
-        let (tx, rx) = mpsc::channel::<u64>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(PoolStats::default());
         stats.level.store(MIN_LEVEL, Ordering::Relaxed);
@@ -682,12 +693,12 @@ impl SenderPool {
             .saturating_sub(s.done.load(Ordering::Relaxed))
     }
 
-    /// Queues chunk `index`; the sender reads it and sends it with the id of what it read.
-    fn submit(&self, index: u64) {
+    /// Queues a chunk; the sender reads it and sends it with the id of what it read.
+    fn submit(&self, job: Job) {
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
         if let Some(jobs) = &self.jobs {
             // A send error means every sender died; each reported why (link down).
-            let _ = jobs.send(index);
+            let _ = jobs.send(job);
         }
     }
 
@@ -702,7 +713,7 @@ impl SenderPool {
 /// One sender thread: chunk indices in, `Chunk` frames out on its own stream.
 fn send_chunks(
     mut stream: TcpStream,
-    jobs: &Mutex<Receiver<u64>>,
+    jobs: &Mutex<Receiver<Job>>,
     reader: &ChunkReader,
     stats: &PoolStats,
 ) -> Result<(), String> {
@@ -711,7 +722,7 @@ fn send_chunks(
     let mut level = stats.level.load(Ordering::Relaxed);
     let mut encoder = encoder_at(level)?;
     loop {
-        let index = {
+        let Job { index, trusted } = {
             let jobs = jobs
                 .lock()
                 .map_err(|_| "sender queue poisoned".to_string())?;
@@ -729,7 +740,7 @@ fn send_chunks(
         reader
             .read_into(index, &mut buf)
             .map_err(|e| e.to_string())?;
-        let id = ChunkId::of(&buf);
+        let id = trusted.unwrap_or_else(|| ChunkId::of(&buf));
         let enc = encoder.encode(&buf).map_err(|e| e.to_string())?;
         let msg = Message::Chunk {
             index,
