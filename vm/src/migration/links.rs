@@ -162,10 +162,11 @@ pub fn accept(listener: &TcpListener, timeout: Duration) -> Result<Links, LinkEr
         let (mut s, peer) = match listener.accept() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     return Err(LinkError::Timeout(timeout));
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                wait_readable(listener, left)?;
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -214,6 +215,27 @@ pub fn accept(listener: &TcpListener, timeout: Duration) -> Result<Links, LinkEr
             });
         }
     }
+}
+
+/// Sleeps until `listener` has a connection to accept or `limit` passed (no busy loop: a
+/// receiver may wait for hours).
+fn wait_readable(listener: &TcpListener, limit: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = limit.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: one pollfd we own, for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
