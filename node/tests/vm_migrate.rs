@@ -511,3 +511,26 @@ fn a_lost_confirm_is_resolved_by_asking_the_destination() {
     );
     assert_eq!(result_lines(&dst.stdout()), vec![expected.as_str()]);
 }
+
+/// A destination that accepts at most 64 MiB refuses a 256 MiB VM with a reason naming the
+/// sizes; the source keeps its VM, which finishes there.
+#[test]
+fn a_vm_too_large_for_the_destination_is_refused_and_stays_at_the_source() {
+    if !kvm_usable("oversized migration") {
+        return;
+    }
+    let (spec, expected) = counter(3);
+    let (mut dst, dst_addr) = spawn_receiver(&["--max-mem", "64M"]);
+    let mut src = spawn_source(&spec, dst_addr, 500, &["--mode", "live"]);
+    let (s, d) = wait_both(&mut src, &mut dst);
+    assert!(s.success(), "source: {s:?}");
+    assert!(!d.success(), "the receiver exited 0 without a VM");
+    let reason = src.stderr();
+    assert!(
+        reason.contains("migration rolled back")
+            && reason.contains("exceeds the limit of 67108864 bytes"),
+        "the source did not say why: {reason}"
+    );
+    assert_eq!(result_lines(&src.stdout()), vec![expected.as_str()]);
+    assert!(result_lines(&dst.stdout()).is_empty());
+}
