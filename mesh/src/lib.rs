@@ -20,5 +20,6 @@ pub mod cells;
 pub mod chunks;
 pub mod identity;
 pub mod records;
+#[cfg(feature = "swarm")]
 pub mod swarm;
 pub mod workload;

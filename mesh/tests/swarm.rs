@@ -1,6 +1,8 @@
 //! In-process mesh nodes on real loopback TCP (ephemeral ports): joining through a
 //! bootstrap node, identify, Kademlia tables, lookups, the subnet cap and announcements.
 
+#![cfg(feature = "swarm")]
+
 use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
