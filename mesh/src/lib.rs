@@ -7,15 +7,19 @@
 //! - [`cells`]: pure cell assignment by a prefix of blake3(PeerId), the prefix length for a
 //!   mesh size (with hysteresis), rendezvous representatives and signed cell summaries.
 //! - [`chunks`]: the content-addressed chunk store that migration, snapshots and images share.
+//! - [`swarm`]: the libp2p swarm (TCP/QUIC, Kademlia with a per-subnet cap, identify,
+//!   autonat, relay, dcutr, mDNS, gossipsub) behind the async [`swarm::MeshNode`] handle.
 //! - [`workload`]: synthetic memory contents for chunk-store tests and benchmarks.
 //!
 //! [`records`] and [`cells`] do no IO and read no clock (callers pass `now`), so the
 //! simulator runs the same code as the node. Everything decoded from outside is size-limited
-//! and bytecheck-validated before use. The libp2p swarm, chitchat inside cells, chunk
-//! transfer and placement are not here yet.
+//! and bytecheck-validated before use. Chitchat inside cells, chunk transfer over the mesh and
+//! placement are not here yet.
 
 pub mod cells;
 pub mod chunks;
 pub mod identity;
 pub mod records;
+#[cfg(feature = "swarm")]
+pub mod swarm;
 pub mod workload;

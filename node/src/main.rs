@@ -1,5 +1,5 @@
 //! `novacron`: the one NovaCron binary. Today: the VM engine's commands, the internal VMM
-//! process and the VM benchmark.
+//! process, a minimal mesh node (`novacron node`) and the benchmarks.
 
 mod bench;
 mod cli;

@@ -1,6 +1,7 @@
 //! Command-line interface (clap derive).
 
 mod migrate;
+mod node;
 mod receive;
 mod vm;
 
@@ -24,6 +25,8 @@ enum Top {
     /// Run, snapshot and restore one microVM in the foreground.
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Join the mesh and run in the foreground until SIGINT or SIGTERM.
+    Node(node::NodeArgs),
     /// Measure a subsystem (human table, or one JSON object with --json).
     Bench {
         #[command(subcommand)]
@@ -51,6 +54,7 @@ pub fn init_logging() {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Top::Vm(cmd) => vm::run(cmd),
+        Top::Node(args) => node::run(args),
         Top::Bench { suite } => crate::bench::run(suite),
         Top::BareKvm => {
             println!("{}", crate::bench::bare_kvm_first_exit_ns()?);

@@ -1,0 +1,164 @@
+//! The libp2p swarm of a mesh node: transports, discovery and the [`MeshNode`] handle.
+//!
+//! One `Swarm` on tokio, built from the node's [`NodeIdentity`]:
+//! - transports: TCP + noise + yamux, QUIC, and relay v2 circuits (client);
+//! - [`behaviour::MeshBehaviour`]: connection limits, identify (with signed peer records),
+//!   ping, Kademlia (`/novacron/kad/1.0.0`; client until autonat confirms public
+//!   reachability, or server from the start with [`SwarmConfig::force_kad_server`]),
+//!   autonat, relay server (only when configured), dcutr, mDNS (when configured) and
+//!   gossipsub with peer scoring on one announcement topic;
+//! - [`sybil`]: the per-subnet cap every routing-table insert passes.
+//!
+//! Size limits on what peers send: Kademlia messages [`KAD_MAX_PACKET_BYTES`], records
+//! [`KAD_MAX_RECORD_BYTES`], gossipsub frames [`GOSSIP_MAX_TRANSMIT_BYTES`], announcements
+//! [`MAX_ANNOUNCEMENT_BYTES`] (larger ones are rejected, which lowers the sender's score).
+//! The other protocols bound their own messages.
+//!
+//! What this cannot do yet: cells (chitchat over libp2p), signed node records in the DHT
+//! and chunk transfer are not wired in; Kademlia records from others are not stored at all
+//! until record validation exists; there is no persistent peer store, so a restarted node
+//! knows only its bootstrap peers.
+
+mod behaviour;
+mod config;
+mod driver;
+mod node;
+pub mod sybil;
+
+use std::collections::{HashMap, HashSet};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{noise, tcp, yamux};
+use tokio::sync::{broadcast, mpsc};
+
+pub use config::{
+    SwarmConfig, ANNOUNCE_TOPIC, GOSSIP_MAX_TRANSMIT_BYTES, IDENTIFY_PROTOCOL_VERSION,
+    KAD_MAX_PACKET_BYTES, KAD_MAX_RECORDS, KAD_MAX_RECORD_BYTES, KAD_PROTOCOL, MAX_ADDRS_PER_PEER,
+};
+pub use libp2p::{Multiaddr, PeerId};
+pub use node::{MeshEvent, MeshNode};
+
+use crate::identity::{IdentityError, NodeIdentity};
+
+/// Largest mesh-wide announcement published or accepted.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 4096;
+
+/// How many commands may wait for the swarm task.
+const COMMAND_QUEUE: usize = 64;
+
+/// Why the swarm could not start or a request to it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    #[error("swarm: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("swarm: cannot set up the {what} transport: {reason}")]
+    Transport { what: &'static str, reason: String },
+    #[error("swarm: cannot set up the network behaviour: {0}")]
+    Behaviour(String),
+    #[error("swarm: cannot start mDNS: {0}")]
+    Mdns(std::io::Error),
+    #[error("swarm: cannot set up gossipsub: {0}")]
+    Gossipsub(String),
+    #[error("swarm: cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("swarm: bootstrap address {0} does not end in /p2p/PEERID")]
+    BootstrapWithoutPeerId(Multiaddr),
+    #[error("swarm: cannot dial {addr}: {reason}")]
+    Dial { addr: Multiaddr, reason: String },
+    #[error("swarm: announcement of {len} bytes is over the {max}-byte limit")]
+    AnnouncementTooLarge { len: usize, max: usize },
+    #[error("swarm: cannot publish: {0}")]
+    Publish(String),
+    #[error("swarm: the Kademlia query timed out and found no peer")]
+    QueryTimeout,
+    #[error("swarm: the swarm task has stopped")]
+    Stopped,
+}
+
+/// The peer id at the end of `addr` (`.../p2p/PEERID`).
+pub fn peer_id_of_addr(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+impl MeshNode {
+    /// Builds the swarm, starts listening and joining, and spawns its task on the current
+    /// tokio runtime (call it from inside one).
+    pub fn start(identity: &NodeIdentity, cfg: SwarmConfig) -> Result<MeshNode, SwarmError> {
+        let mut bootstrap = Vec::new();
+        for addr in &cfg.bootstrap {
+            let peer = peer_id_of_addr(addr)
+                .ok_or_else(|| SwarmError::BootstrapWithoutPeerId(addr.clone()))?;
+            bootstrap.push((peer, addr.clone()));
+        }
+        let key = identity.to_libp2p_keypair()?;
+        let behaviour_cfg = cfg.clone();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::new().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| SwarmError::Transport {
+                what: "TCP",
+                reason: e.to_string(),
+            })?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| SwarmError::Transport {
+                what: "relay",
+                reason: e.to_string(),
+            })?
+            .with_behaviour(|key, relay_client| {
+                behaviour::MeshBehaviour::new(key, relay_client, &behaviour_cfg)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| SwarmError::Behaviour(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
+            .build();
+
+        for addr in &cfg.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| SwarmError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let mut bootstrap_peers = HashSet::new();
+        for (peer, addr) in bootstrap {
+            if peer == *swarm.local_peer_id() {
+                continue;
+            }
+            bootstrap_peers.insert(peer);
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        if !bootstrap_peers.is_empty() {
+            // Fails only with an empty table, which the loop above just filled.
+            if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
+                tracing::warn!(error = %e, "kademlia bootstrap");
+            }
+        }
+
+        let peer_id = *swarm.local_peer_id();
+        let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (event_tx, _) = broadcast::channel(cfg.event_capacity.max(1));
+        let driver = driver::Driver {
+            swarm,
+            commands: command_rx,
+            events: event_tx.clone(),
+            cfg,
+            bootstrap_peers,
+            closest: HashMap::new(),
+            table_size: 0,
+        };
+        let task = tokio::spawn(driver.run());
+        Ok(MeshNode::new(peer_id, command_tx, event_tx, task))
+    }
+}

@@ -1,0 +1,152 @@
+//! [`MeshNode`]: the async handle of a running swarm. The swarm lives in one spawned tokio
+//! task that owns it outright; the handle talks to it over a command channel (each request
+//! carries a oneshot for its answer) and hears from it over a broadcast channel of
+//! [`MeshEvent`]s. No lock is shared between them.
+//!
+//! What this cannot do: events sent before [`MeshNode::subscribe`] are not replayed (ask
+//! [`MeshNode::listen_addrs`] and friends for the current state), and a subscriber that falls
+//! more than `event_capacity` events behind loses the oldest (its receiver says how many).
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::sybil::Admission;
+use super::SwarmError;
+
+/// Something that happened in the swarm.
+#[derive(Clone, Debug)]
+pub enum MeshEvent {
+    /// A listener got an address (`/p2p/` not included).
+    Listening(Multiaddr),
+    /// A listen address went away.
+    ListenAddrExpired(Multiaddr),
+    /// The first connection to a peer opened.
+    Connected { peer: PeerId, addr: Multiaddr },
+    /// The last connection to a peer closed.
+    Disconnected { peer: PeerId },
+    /// A peer told us who it is (identify).
+    Identified {
+        peer: PeerId,
+        agent: String,
+        listen_addrs: Vec<Multiaddr>,
+        /// It serves the NovaCron DHT.
+        kad_server: bool,
+    },
+    /// The number of peers in the Kademlia routing table changed.
+    RoutingTable { peers: usize },
+    /// A peer address was kept out of the routing table.
+    RoutingRefused {
+        peer: PeerId,
+        addr: Multiaddr,
+        reason: Admission,
+    },
+    /// Autonat's view of our reachability changed.
+    Reachability { public: bool },
+    /// We now serve the DHT (true) or only query it (false).
+    KadServer(bool),
+    /// A valid mesh-wide announcement arrived (gossipsub).
+    Announcement { from: Option<PeerId>, data: Vec<u8> },
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+/// A request to the swarm task.
+pub(super) enum Command {
+    ListenAddrs(Reply<Vec<Multiaddr>>),
+    ConnectedPeers(Reply<Vec<PeerId>>),
+    RoutingTable(Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
+    FindClosest(PeerId, Reply<Result<Vec<PeerId>, SwarmError>>),
+    Dial(Multiaddr, Reply<Result<(), SwarmError>>),
+    Announce(Vec<u8>, Reply<Result<(), SwarmError>>),
+    Stop,
+}
+
+/// A running mesh node. Dropping it stops the swarm task (the command channel closes).
+pub struct MeshNode {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<MeshEvent>,
+    task: JoinHandle<()>,
+}
+
+impl MeshNode {
+    pub(super) fn new(
+        peer_id: PeerId,
+        commands: mpsc::Sender<Command>,
+        events: broadcast::Sender<MeshEvent>,
+        task: JoinHandle<()>,
+    ) -> MeshNode {
+        MeshNode {
+            peer_id,
+            commands,
+            events,
+            task,
+        }
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<MeshEvent> {
+        self.events.subscribe()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SwarmError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| SwarmError::Stopped)?;
+        rx.await.map_err(|_| SwarmError::Stopped)
+    }
+
+    /// Addresses the node listens on now (without `/p2p/`).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, SwarmError> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    /// Peers with at least one open connection.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, SwarmError> {
+        self.ask(Command::ConnectedPeers).await
+    }
+
+    /// The Kademlia routing table: each peer and its known addresses.
+    pub async fn routing_table(&self) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, SwarmError> {
+        self.ask(Command::RoutingTable).await
+    }
+
+    /// The peers of the routing table.
+    pub async fn routing_table_peers(&self) -> Result<Vec<PeerId>, SwarmError> {
+        Ok(self
+            .routing_table()
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    /// Runs a Kademlia lookup for the peers closest to `target` (up to k = 20).
+    pub async fn find_closest_peers(&self, target: PeerId) -> Result<Vec<PeerId>, SwarmError> {
+        self.ask(|r| Command::FindClosest(target, r)).await?
+    }
+
+    /// Dials an address (with or without `/p2p/`).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), SwarmError> {
+        self.ask(|r| Command::Dial(addr, r)).await?
+    }
+
+    /// Publishes a mesh-wide announcement (at most
+    /// [`MAX_ANNOUNCEMENT_BYTES`](super::MAX_ANNOUNCEMENT_BYTES)).
+    pub async fn announce(&self, data: Vec<u8>) -> Result<(), SwarmError> {
+        self.ask(|r| Command::Announce(data, r)).await?
+    }
+
+    /// Stops the swarm task and waits for it to end (its connections close with it).
+    pub async fn stop(self) {
+        let _ = self.commands.send(Command::Stop).await;
+        let _ = self.task.await;
+    }
+}

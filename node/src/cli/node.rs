@@ -1,0 +1,114 @@
+//! `novacron node`: joins the mesh and stays in the foreground until SIGINT or SIGTERM.
+//!
+//! Minimal for now: the identity, the swarm and a few lines on stderr that scripts and
+//! tests parse —
+//! `novacron: node PEERID listening on MULTIADDR/p2p/PEERID` (one per address, as soon as
+//! known; the address can be given to another node's `--bootstrap`) and
+//! `novacron: routing table has N peers` (at start and on every change).
+//!
+//! What this cannot do yet: no daemon API, jobs or cells; the node forgets its peers when it
+//! stops (only `--bootstrap` brings it back into the mesh).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use novacron_mesh::identity::NodeIdentity;
+use novacron_mesh::swarm::{MeshEvent, MeshNode, Multiaddr, PeerId, SwarmConfig};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::broadcast::error::RecvError;
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// Directory of the node's identity (`node.key`, created on first start).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Address to listen on (repeatable).
+    #[arg(
+        long = "listen",
+        value_name = "MULTIADDR",
+        default_values = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
+    )]
+    listen: Vec<Multiaddr>,
+    /// A peer to join the mesh through, ending in /p2p/PEERID (repeatable).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Serve the DHT from the start instead of once autonat confirms this node is publicly
+    /// reachable. For loopback tests and LANs only (autonat trusts global addresses only).
+    #[arg(long)]
+    kad_server: bool,
+    /// Discover peers on the local network with mDNS.
+    #[arg(long)]
+    mdns: bool,
+    /// Run a relay for others (only on a publicly reachable node).
+    #[arg(long)]
+    relay_server: bool,
+}
+
+pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let identity = NodeIdentity::load_or_create(&args.data_dir)
+        .with_context(|| format!("data directory {}", args.data_dir.display()))?;
+    let cfg = SwarmConfig {
+        listen: args.listen,
+        bootstrap: args.bootstrap,
+        force_kad_server: args.kad_server,
+        mdns: args.mdns,
+        relay_server: args.relay_server,
+        ..SwarmConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(&identity, cfg))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(identity: &NodeIdentity, cfg: SwarmConfig) -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    let node = MeshNode::start(identity, cfg)?;
+    let me = node.peer_id();
+    let mut events = node.subscribe();
+    // Addresses that came up before the subscription are only in the listener list.
+    let mut shown = HashSet::new();
+    for addr in node.listen_addrs().await? {
+        show_listen_addr(me, &addr, &mut shown);
+    }
+    let mut table = node.routing_table_peers().await?.len();
+    eprintln!("novacron: routing table has {table} peers");
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            event = events.recv() => match event {
+                Ok(MeshEvent::Listening(addr)) => show_listen_addr(me, &addr, &mut shown),
+                Ok(MeshEvent::RoutingTable { peers }) if peers != table => {
+                    table = peers;
+                    eprintln!("novacron: routing table has {peers} peers");
+                }
+                Ok(MeshEvent::RoutingRefused { peer, addr, reason }) => {
+                    tracing::info!(%peer, %addr, ?reason, "kept out of the routing table");
+                }
+                Ok(MeshEvent::Reachability { public }) => {
+                    tracing::info!(public, "reachability");
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => tracing::debug!(n, "missed mesh events"),
+                Err(RecvError::Closed) => anyhow::bail!("the mesh task stopped unexpectedly"),
+            },
+        }
+    }
+    node.stop().await;
+    eprintln!("novacron: node {me} stopped");
+    Ok(())
+}
+
+fn show_listen_addr(me: PeerId, addr: &Multiaddr, shown: &mut HashSet<Multiaddr>) {
+    if shown.insert(addr.clone()) {
+        eprintln!("novacron: node {me} listening on {addr}/p2p/{me}");
+    }
+}
