@@ -30,8 +30,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::identity::NodeIdentity;
 use crate::records::{
-    archive, check_at_most, check_count, check_validity, parse_peer_id, unarchive, Capacity,
-    RecordError, SignedRecord, MAX_LOAD_PERMILLE,
+    archive, check_at_most, check_count, parse_peer_id, unarchive, Capacity, RecordError,
+    SignedRecord, MAX_LOAD_PERMILLE,
 };
 
 /// Longest prefix: 2^32 cells, far beyond any mesh this is built for.
@@ -405,14 +405,12 @@ pub fn verify_summary(bytes: &[u8], now: u64) -> Result<SummaryRecord, RecordErr
     let signed = SignedRecord::decode(bytes, MAX_SIGNED_SUMMARY_LEN)?;
     let record = SummaryRecord::from_bytes(&signed.record_bytes)?;
     let claimed = record.check_limits()?;
-    let signer = signed.open(CELL_SUMMARY_DOMAIN)?;
-    if signer != claimed {
-        return Err(RecordError::KeyMismatch {
-            signer: signer.to_string(),
-            claimed: claimed.to_string(),
-        });
-    }
-    check_validity(record.issued_at, record.expires_at, now)?;
+    signed.check_signed_by(
+        CELL_SUMMARY_DOMAIN,
+        &claimed,
+        (record.issued_at, record.expires_at),
+        now,
+    )?;
     Ok(record)
 }
 

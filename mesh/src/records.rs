@@ -413,15 +413,32 @@ impl SignedRecord {
         let record = NodeRecord::from_bytes(&signed.record_bytes)?;
         record.check_limits()?;
         let claimed = record.peer_id()?;
-        let signer = signed.open(NODE_RECORD_DOMAIN)?;
-        if signer != claimed {
+        signed.check_signed_by(
+            NODE_RECORD_DOMAIN,
+            &claimed,
+            (record.issued_at, record.expires_at),
+            now,
+        )?;
+        Ok(record)
+    }
+
+    /// The envelope's signature is valid under `domain`, made by `claimed`'s key, and the
+    /// payload's lifetime (`issued_at`, `expires_at`) holds at `now`.
+    pub fn check_signed_by(
+        &self,
+        domain: &[u8],
+        claimed: &PeerId,
+        (issued_at, expires_at): (u64, u64),
+        now: u64,
+    ) -> Result<(), RecordError> {
+        let signer = self.open(domain)?;
+        if signer != *claimed {
             return Err(RecordError::KeyMismatch {
                 signer: signer.to_string(),
                 claimed: claimed.to_string(),
             });
         }
-        check_validity(record.issued_at, record.expires_at, now)?;
-        Ok(record)
+        check_validity(issued_at, expires_at, now)
     }
 }
 
