@@ -187,11 +187,13 @@ impl Machine {
             dir: dir.display().to_string(),
             reason,
         };
+        // A state that does not fit this VMM is the snapshot's fault: name its directory.
+        let snapshot_error = |e| match e {
+            VmError::StateMismatch(reason) => bad(reason),
+            e => SnapshotError::Vm(e),
+        };
         let mut machine = Machine::create_for_state(&state, io, vcpu_setup, before_memory)
-            .map_err(|e| match e {
-                VmError::StateMismatch(reason) => bad(reason),
-                e => SnapshotError::Vm(e),
-            })?;
+            .map_err(snapshot_error)?;
         let created_at = started.elapsed();
         let restored = loaded.apply_memory(machine.memory())?;
         let applied_at = started.elapsed();
@@ -201,7 +203,7 @@ impl Machine {
             bitmaps.mark_range(run.first_page_gpa, run.pages * crate::layout::PAGE_SIZE);
         }
         machine.dirty = DirtyTracker::from_restored(bitmaps);
-        machine.apply_state(&state)?;
+        machine.apply_state(&state).map_err(snapshot_error)?;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::debug!(dir = %dir.display(), load_ms = ms(loaded_at),
             create_ms = ms(created_at - loaded_at), memory_ms = ms(applied_at - created_at),

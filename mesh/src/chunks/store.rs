@@ -677,6 +677,21 @@ pub(super) mod tests {
         );
     }
 
+    /// The read failed its hash check, and the error names the chunk's file.
+    fn assert_hash_mismatch(err: Option<StoreError>, path: &Path) {
+        assert!(
+            matches!(
+                &err,
+                Some(StoreError::CorruptChunk {
+                    source: CodecError::HashMismatch { .. },
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert_names(err, path);
+    }
+
     #[test]
     fn corrupted_compressed_chunk_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -708,18 +723,7 @@ pub(super) mod tests {
         let raw = noise(4096, 5);
         let id = store.put(&raw).unwrap().id;
         let path = tamper(&store, &id, |b| b[HEADER_LEN + 1000] ^= 1);
-        let err = store.get(&id).err();
-        assert!(
-            matches!(
-                &err,
-                Some(StoreError::CorruptChunk {
-                    source: CodecError::HashMismatch { .. },
-                    ..
-                })
-            ),
-            "{err:?}"
-        );
-        assert_names(err, &path);
+        assert_hash_mismatch(store.get(&id).err(), &path);
     }
 
     #[test]
@@ -750,18 +754,7 @@ pub(super) mod tests {
         // The file of `b` under the name of `a`: well-formed, but not `a`.
         let b_bytes = fs::read(store.path_of(&b)).unwrap();
         let path = tamper(&store, &a, |bytes| bytes.clone_from(&b_bytes));
-        let err = store.get(&a).err();
-        assert!(
-            matches!(
-                &err,
-                Some(StoreError::CorruptChunk {
-                    source: CodecError::HashMismatch { .. },
-                    ..
-                })
-            ),
-            "{err:?}"
-        );
-        assert_names(err, &path);
+        assert_hash_mismatch(store.get(&a).err(), &path);
     }
 
     #[test]

@@ -323,9 +323,7 @@ impl SourceDriver {
             if let Some(input) = input {
                 pending.extend(self.source.handle(input));
             }
-            if self.throttle.step(machine, self.now_ms()) {
-                tracing::trace!("throttle step");
-            }
+            self.throttle.step(machine, self.now_ms());
             if self.last_measure.elapsed() >= MEASURE_EVERY {
                 pending.extend(self.measure());
             }
@@ -774,22 +772,16 @@ struct Throttle {
 }
 
 impl Throttle {
-    /// Pauses or resumes for the current point of the duty cycle; true if it acted.
-    fn step(&mut self, machine: &mut Machine, now_ms: u64) -> bool {
+    /// Pauses or resumes for the current point of the duty cycle.
+    fn step(&mut self, machine: &mut Machine, now_ms: u64) {
         if self.percent == 0 {
-            return false;
+            return;
         }
         let off = now_ms % THROTTLE_PERIOD_MS < u64::from(self.percent) * THROTTLE_PERIOD_MS / 100;
         match (off, self.holding, machine.lifecycle()) {
-            (true, false, Lifecycle::Running) => {
-                self.holding = machine.pause().is_ok();
-                true
-            }
-            (false, true, _) => {
-                self.release(machine);
-                true
-            }
-            _ => false,
+            (true, false, Lifecycle::Running) => self.holding = machine.pause().is_ok(),
+            (false, true, _) => self.release(machine),
+            _ => {}
         }
     }
 
