@@ -137,6 +137,10 @@ async fn three_nodes_join_through_one_bootstrap_and_know_each_other() {
     let closest = c.find_closest_peers(ib).await.unwrap();
     assert!(closest.contains(&ib), "{closest:?}");
 
+    // The bandwidth counters saw the join: the bootstrap node answered two peers.
+    let bytes = a.wire_bytes().await.unwrap();
+    assert!(bytes.sent > 1000 && bytes.received > 1000, "{bytes:?}");
+
     for n in [a, b, c] {
         n.stop().await;
     }

@@ -29,6 +29,9 @@ pub struct MeshBehaviour {
     pub dcutr: dcutr::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub gossipsub: gossipsub::Behaviour,
+    /// Plain streams for NovaCron's own protocols (cell gossip, chunk transfer): each
+    /// protocol opens and accepts them through a [`libp2p_stream::Control`].
+    pub stream: libp2p_stream::Behaviour,
 }
 
 impl MeshBehaviour {
@@ -71,6 +74,7 @@ impl MeshBehaviour {
             dcutr: dcutr::Behaviour::new(me),
             mdns: mdns.into(),
             gossipsub: gossip(key)?,
+            stream: libp2p_stream::Behaviour::new(),
         })
     }
 }

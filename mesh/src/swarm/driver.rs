@@ -43,6 +43,8 @@ pub(super) struct Driver {
     pub bootstrap_peers: HashSet<PeerId>,
     pub closest: HashMap<QueryId, (Vec<PeerId>, ClosestReply)>,
     pub table_size: usize,
+    /// libp2p's bandwidth counters.
+    pub metrics: prometheus_client::registry::Registry,
 }
 
 impl Driver {
@@ -91,6 +93,14 @@ impl Driver {
             }
             Command::Announce(data, r) => {
                 let _ = r.send(self.announce(data));
+            }
+            Command::AddPeerAddresses(peer, addrs) => {
+                for addr in addrs.into_iter().filter(dialable).take(MAX_ADDRS_PER_PEER) {
+                    self.swarm.add_peer_address(peer, addr);
+                }
+            }
+            Command::WireBytes(r) => {
+                let _ = r.send(super::wire_metrics::wire_bytes(&self.metrics));
             }
             Command::Stop => {}
         }

@@ -24,6 +24,7 @@ mod config;
 mod driver;
 mod node;
 pub mod sybil;
+mod wire_metrics;
 
 use std::collections::{HashMap, HashSet};
 
@@ -36,7 +37,7 @@ pub use config::{
     KAD_MAX_PACKET_BYTES, KAD_MAX_RECORDS, KAD_MAX_RECORD_BYTES, KAD_PROTOCOL, MAX_ADDRS_PER_PEER,
 };
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{MeshEvent, MeshNode};
+pub use node::{MeshEvent, MeshNode, WireBytes};
 
 use crate::identity::{IdentityError, NodeIdentity};
 
@@ -95,6 +96,7 @@ impl MeshNode {
         }
         let key = identity.to_libp2p_keypair()?;
         let behaviour_cfg = cfg.clone();
+        let mut metrics = prometheus_client::registry::Registry::default();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(
@@ -112,6 +114,7 @@ impl MeshNode {
                 what: "relay",
                 reason: e.to_string(),
             })?
+            .with_bandwidth_metrics(&mut metrics)
             .with_behaviour(|key, relay_client| {
                 behaviour::MeshBehaviour::new(key, relay_client, &behaviour_cfg)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
@@ -147,6 +150,7 @@ impl MeshNode {
         }
 
         let peer_id = *swarm.local_peer_id();
+        let streams = swarm.behaviour().stream.new_control();
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, _) = broadcast::channel(cfg.event_capacity.max(1));
         let driver = driver::Driver {
@@ -157,8 +161,9 @@ impl MeshNode {
             bootstrap_peers,
             closest: HashMap::new(),
             table_size: 0,
+            metrics,
         };
         let task = tokio::spawn(driver.run());
-        Ok(MeshNode::new(peer_id, command_tx, event_tx, task))
+        Ok(MeshNode::new(peer_id, streams, command_tx, event_tx, task))
     }
 }

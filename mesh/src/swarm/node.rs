@@ -49,6 +49,13 @@ pub enum MeshEvent {
     Announcement { from: Option<PeerId>, data: Vec<u8> },
 }
 
+/// Bytes on the wire since the node started, all connections and protocols together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WireBytes {
+    pub sent: u64,
+    pub received: u64,
+}
+
 type Reply<T> = oneshot::Sender<T>;
 
 /// A request to the swarm task.
@@ -59,12 +66,15 @@ pub(super) enum Command {
     FindClosest(PeerId, Reply<Result<Vec<PeerId>, SwarmError>>),
     Dial(Multiaddr, Reply<Result<(), SwarmError>>),
     Announce(Vec<u8>, Reply<Result<(), SwarmError>>),
+    AddPeerAddresses(PeerId, Vec<Multiaddr>),
+    WireBytes(Reply<WireBytes>),
     Stop,
 }
 
 /// A running mesh node. Dropping it stops the swarm task (the command channel closes).
 pub struct MeshNode {
     peer_id: PeerId,
+    streams: libp2p_stream::Control,
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<MeshEvent>,
     task: JoinHandle<()>,
@@ -73,12 +83,14 @@ pub struct MeshNode {
 impl MeshNode {
     pub(super) fn new(
         peer_id: PeerId,
+        streams: libp2p_stream::Control,
         commands: mpsc::Sender<Command>,
         events: broadcast::Sender<MeshEvent>,
         task: JoinHandle<()>,
     ) -> MeshNode {
         MeshNode {
             peer_id,
+            streams,
             commands,
             events,
             task,
@@ -87,6 +99,13 @@ impl MeshNode {
 
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Opens and accepts streams of NovaCron's own protocols. Opening a stream to a peer
+    /// without a connection dials it with the addresses the swarm knows (routing table,
+    /// [`MeshNode::add_peer_addresses`]).
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     /// Events from now on.
@@ -142,6 +161,25 @@ impl MeshNode {
     /// [`MAX_ANNOUNCEMENT_BYTES`](super::MAX_ANNOUNCEMENT_BYTES)).
     pub async fn announce(&self, data: Vec<u8>) -> Result<(), SwarmError> {
         self.ask(|r| Command::Announce(data, r)).await?
+    }
+
+    /// Tells the swarm where `peer` can be reached (learned outside libp2p, e.g. from a
+    /// cell member's gossiped addresses), so streams to it can dial.
+    pub async fn add_peer_addresses(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), SwarmError> {
+        self.commands
+            .send(Command::AddPeerAddresses(peer, addrs))
+            .await
+            .map_err(|_| SwarmError::Stopped)
+    }
+
+    /// Bytes this node has sent and received on all its connections (after encryption
+    /// and multiplexing: what the network carried).
+    pub async fn wire_bytes(&self) -> Result<WireBytes, SwarmError> {
+        self.ask(Command::WireBytes).await
     }
 
     /// Stops the swarm task and waits for it to end (its connections close with it).
