@@ -6,6 +6,7 @@
 //!   sequence number and expiry, their verification, and the book of each peer's newest.
 //! - [`cells`]: pure cell assignment by a prefix of blake3(PeerId), the prefix length for a
 //!   mesh size (with hysteresis), rendezvous representatives and signed cell summaries.
+//! - [`dht_keys`]: the DHT key namespaces (cells, chunk sets); only these are stored for others.
 //! - [`chunks`]: the content-addressed chunk store that migration, snapshots and images share.
 //! - [`swarm`]: the libp2p swarm (TCP/QUIC, Kademlia with a per-subnet cap, identify,
 //!   autonat, relay, dcutr, mDNS, gossipsub) behind the async [`swarm::MeshNode`] handle.
@@ -18,6 +19,7 @@
 
 pub mod cells;
 pub mod chunks;
+pub mod dht_keys;
 pub mod identity;
 pub mod records;
 #[cfg(feature = "swarm")]

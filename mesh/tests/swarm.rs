@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
+use novacron_mesh::dht_keys::DhtKey;
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::swarm::sybil::{Admission, Subnet, SubnetLimits};
 use novacron_mesh::swarm::{MeshEvent, MeshNode, Multiaddr, PeerId, SwarmConfig, SwarmError};
@@ -262,4 +263,35 @@ async fn a_bootstrap_address_without_a_peer_id_is_refused() {
         matches!(err, SwarmError::BootstrapWithoutPeerId(_)),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_record_published_on_one_node_is_found_from_another() {
+    let a = start(config(vec![]));
+    let boot = dial_addr(&a).await;
+    let b = start(config(vec![boot.clone()]));
+    let c = start(config(vec![boot]));
+    wait_table_holds(&b, &[a.peer_id()]).await;
+    wait_table_holds(&c, &[a.peer_id()]).await;
+
+    let set = DhtKey::ChunkSet([7; 32]);
+    b.start_providing(set).await.unwrap();
+    let found = eventually("c finds b as the provider", || async {
+        let found = c.providers(set).await.ok()?;
+        found.contains(&b.peer_id()).then_some(found)
+    })
+    .await;
+    assert!(!found.contains(&c.peer_id()), "{found:?}");
+
+    // Nobody provides another key.
+    let other = DhtKey::ChunkSet([8; 32]);
+    assert!(c
+        .providers(other)
+        .await
+        .map(|p| p.is_empty())
+        .unwrap_or(true));
+
+    for n in [a, b, c] {
+        n.stop().await;
+    }
 }

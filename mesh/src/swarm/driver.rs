@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::kad::store::RecordStore;
 use libp2p::kad::{self, QueryId, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
@@ -28,12 +29,20 @@ use super::config::{
 use super::node::{Command, MeshEvent};
 use super::sybil::{admit, Admission};
 use super::{SwarmError, MAX_ANNOUNCEMENT_BYTES};
+use crate::dht_keys::DhtKey;
 
 /// How often the routing-table size is checked for changes Kademlia does not report
 /// (entries dropped after failed dials).
 const TABLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-type ClosestReply = oneshot::Sender<Result<Vec<PeerId>, SwarmError>>;
+type Reply<T> = oneshot::Sender<Result<T, SwarmError>>;
+
+/// A Kademlia query someone waits for.
+pub(super) enum PendingQuery {
+    Closest(Vec<PeerId>, Reply<Vec<PeerId>>),
+    Providers(HashSet<PeerId>, Reply<HashSet<PeerId>>),
+    Provide(Reply<()>),
+}
 
 pub(super) struct Driver {
     pub swarm: Swarm<MeshBehaviour>,
@@ -41,7 +50,7 @@ pub(super) struct Driver {
     pub events: broadcast::Sender<MeshEvent>,
     pub cfg: SwarmConfig,
     pub bootstrap_peers: HashSet<PeerId>,
-    pub closest: HashMap<QueryId, (Vec<PeerId>, ClosestReply)>,
+    pub queries: HashMap<QueryId, PendingQuery>,
     pub table_size: usize,
     /// libp2p's bandwidth counters.
     pub metrics: prometheus_client::registry::Registry,
@@ -82,7 +91,28 @@ impl Driver {
             }
             Command::FindClosest(target, r) => {
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(target);
-                self.closest.insert(id, (Vec::new(), r));
+                self.queries
+                    .insert(id, PendingQuery::Closest(Vec::new(), r));
+            }
+            Command::StartProviding(key, r) => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                match kad.start_providing(kad::RecordKey::new(&key.to_bytes())) {
+                    Ok(id) => {
+                        self.queries.insert(id, PendingQuery::Provide(r));
+                    }
+                    Err(e) => {
+                        let _ = r.send(Err(SwarmError::Provide(e.to_string())));
+                    }
+                }
+            }
+            Command::GetProviders(key, r) => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(&key.to_bytes()));
+                self.queries
+                    .insert(id, PendingQuery::Providers(HashSet::new(), r));
             }
             Command::Dial(addr, r) => {
                 let result = self.swarm.dial(addr.clone()).map_err(|e| SwarmError::Dial {
@@ -312,15 +342,7 @@ impl Driver {
             kad::Event::ModeChanged { new_mode } => {
                 tracing::info!(%new_mode, "kademlia mode");
             }
-            kad::Event::InboundRequest { request } => {
-                // Record filtering is on and nothing validates records yet: drop them.
-                if matches!(
-                    request,
-                    kad::InboundRequest::PutRecord { .. } | kad::InboundRequest::AddProvider { .. }
-                ) {
-                    tracing::debug!("dropped an unvalidated kademlia record");
-                }
-            }
+            kad::Event::InboundRequest { request } => self.on_kad_inbound(request),
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             } => self.on_query(id, result, step.last),
@@ -328,31 +350,88 @@ impl Driver {
         }
     }
 
+    /// Stores a provider record for a NovaCron key (Kademlia made sure the provider is the
+    /// peer that sent it); values and foreign keys are dropped (nothing validates values yet).
+    fn on_kad_inbound(&mut self, request: kad::InboundRequest) {
+        match request {
+            kad::InboundRequest::AddProvider {
+                record: Some(record),
+            } => match DhtKey::parse(record.key.as_ref()) {
+                Ok(key) => {
+                    let provider = record.provider;
+                    if let Err(e) = self
+                        .swarm
+                        .behaviour_mut()
+                        .kad
+                        .store_mut()
+                        .add_provider(record)
+                    {
+                        tracing::debug!(%provider, %key, error = %e, "provider record not stored");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "dropped a provider record"),
+            },
+            kad::InboundRequest::PutRecord { .. } => {
+                tracing::debug!("dropped an unvalidated kademlia record");
+            }
+            _ => {}
+        }
+    }
+
     fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
-        let QueryResult::GetClosestPeers(result) = result else {
+        let Some(pending) = self.queries.get_mut(&id) else {
             return;
         };
-        let Some((found, _)) = self.closest.get_mut(&id) else {
-            return;
-        };
-        let outcome = match result {
-            Ok(ok) => {
-                found.extend(ok.peers.into_iter().map(|p| p.peer_id));
-                None
+        let failure = match (pending, result) {
+            (PendingQuery::Closest(found, _), QueryResult::GetClosestPeers(result)) => match result
+            {
+                Ok(ok) => {
+                    found.extend(ok.peers.into_iter().map(|p| p.peer_id));
+                    None
+                }
+                Err(kad::GetClosestPeersError::Timeout { peers, .. }) => {
+                    found.extend(peers.into_iter().map(|p| p.peer_id));
+                    Some(SwarmError::QueryTimeout)
+                }
+            },
+            (PendingQuery::Providers(found, _), QueryResult::GetProviders(result)) => {
+                match result {
+                    Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                        found.extend(providers);
+                        None
+                    }
+                    Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => None,
+                    Err(kad::GetProvidersError::Timeout { .. }) => Some(SwarmError::QueryTimeout),
+                }
             }
-            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => {
-                found.extend(peers.into_iter().map(|p| p.peer_id));
-                Some(SwarmError::QueryTimeout)
+            (PendingQuery::Provide(_), QueryResult::StartProviding(result)) => {
+                result.err().map(|e| SwarmError::Provide(e.to_string()))
             }
+            _ => None,
         };
-        if !last && outcome.is_none() {
+        if !last && failure.is_none() {
             return;
         }
-        if let Some((found, reply)) = self.closest.remove(&id) {
-            let _ = reply.send(match outcome {
-                Some(e) if found.is_empty() => Err(e),
-                _ => Ok(found),
-            });
+        let Some(pending) = self.queries.remove(&id) else {
+            return;
+        };
+        // A query that found something before it timed out answers with what it found.
+        match pending {
+            PendingQuery::Closest(found, reply) => {
+                let _ = reply.send(match failure {
+                    Some(e) if found.is_empty() => Err(e),
+                    _ => Ok(found),
+                });
+            }
+            PendingQuery::Providers(found, reply) => {
+                let _ = reply.send(match failure {
+                    Some(e) if found.is_empty() => Err(e),
+                    _ => Ok(found),
+                });
+            }
+            PendingQuery::Provide(reply) => {
+                let _ = reply.send(failure.map_or(Ok(()), Err));
+            }
         }
     }
 }

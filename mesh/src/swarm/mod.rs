@@ -70,6 +70,8 @@ pub enum SwarmError {
     AnnouncementTooLarge { len: usize, max: usize },
     #[error("swarm: cannot publish: {0}")]
     Publish(String),
+    #[error("swarm: cannot announce a DHT provider record: {0}")]
+    Provide(String),
     #[error("swarm: the Kademlia query timed out and found no peer")]
     QueryTimeout,
     #[error("swarm: the swarm task has stopped")]
@@ -159,7 +161,7 @@ impl MeshNode {
             events: event_tx.clone(),
             cfg,
             bootstrap_peers,
-            closest: HashMap::new(),
+            queries: HashMap::new(),
             table_size: 0,
             metrics,
         };

@@ -7,12 +7,15 @@
 //! [`MeshNode::listen_addrs`] and friends for the current state), and a subscriber that falls
 //! more than `event_capacity` events behind loses the oldest (its receiver says how many).
 
+use std::collections::HashSet;
+
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::sybil::Admission;
 use super::SwarmError;
+use crate::dht_keys::DhtKey;
 
 /// Something that happened in the swarm.
 #[derive(Clone, Debug)]
@@ -64,6 +67,8 @@ pub(super) enum Command {
     ConnectedPeers(Reply<Vec<PeerId>>),
     RoutingTable(Reply<Vec<(PeerId, Vec<Multiaddr>)>>),
     FindClosest(PeerId, Reply<Result<Vec<PeerId>, SwarmError>>),
+    StartProviding(DhtKey, Reply<Result<(), SwarmError>>),
+    GetProviders(DhtKey, Reply<Result<HashSet<PeerId>, SwarmError>>),
     Dial(Multiaddr, Reply<Result<(), SwarmError>>),
     Announce(Vec<u8>, Reply<Result<(), SwarmError>>),
     AddPeerAddresses(PeerId, Vec<Multiaddr>),
@@ -150,6 +155,18 @@ impl MeshNode {
     /// Runs a Kademlia lookup for the peers closest to `target` (up to k = 20).
     pub async fn find_closest_peers(&self, target: PeerId) -> Result<Vec<PeerId>, SwarmError> {
         self.ask(|r| Command::FindClosest(target, r)).await?
+    }
+
+    /// Announces in the DHT that this node provides `key` (a cell it belongs to, a chunk set
+    /// it holds); returns once the record reached the closest peers. Kademlia republishes it
+    /// while the node runs.
+    pub async fn start_providing(&self, key: DhtKey) -> Result<(), SwarmError> {
+        self.ask(|r| Command::StartProviding(key, r)).await?
+    }
+
+    /// Looks up the peers providing `key` (this node included if it does).
+    pub async fn providers(&self, key: DhtKey) -> Result<HashSet<PeerId>, SwarmError> {
+        self.ask(|r| Command::GetProviders(key, r)).await?
     }
 
     /// Dials an address (with or without `/p2p/`).
