@@ -1,8 +1,11 @@
 //! `novacron`: the one NovaCron binary. Today: the VM engine's commands, the internal VMM
 //! process, a minimal mesh node (`novacron node`) and the benchmarks.
 
+mod api;
 mod bench;
 mod cli;
+mod daemon;
+mod local_mesh;
 mod size;
 
 use clap::Parser;

@@ -3,6 +3,7 @@
 //! the same run, never assert it.
 
 mod chunks;
+mod mesh;
 mod migrate;
 mod report;
 mod vm;
@@ -23,6 +24,9 @@ pub enum Suite {
     /// Live migration between two jailed VMM processes over loopback TCP, on the
     /// workloads QEMU 7.2 was measured on (idle, dirtier, random, remigrate).
     Migrate(migrate::MigrateBenchArgs),
+    /// N real `novacron node` processes on loopback: join time, failure detection, bytes
+    /// per node in steady state.
+    Mesh(mesh::MeshBenchArgs),
 }
 
 pub fn run(suite: Suite) -> anyhow::Result<ExitCode> {
@@ -30,6 +34,7 @@ pub fn run(suite: Suite) -> anyhow::Result<ExitCode> {
         Suite::Vm(args) => (vm::run(&args)?, args.json()),
         Suite::Chunks(args) => (chunks::run(&args)?, args.json()),
         Suite::Migrate(args) => (migrate::run(&args)?, args.json()),
+        Suite::Mesh(args) => (mesh::run(&args)?, args.json()),
     };
     if json {
         println!("{}", report.to_json());

@@ -2,6 +2,7 @@
 
 mod migrate;
 mod node;
+mod nodes;
 mod receive;
 mod vm;
 
@@ -27,6 +28,8 @@ enum Top {
     Vm(vm::VmCommand),
     /// Join the mesh and run in the foreground until SIGINT or SIGTERM.
     Node(node::NodeArgs),
+    /// The live members of the local node's cell (asks the running node).
+    Nodes(nodes::NodesArgs),
     /// Measure a subsystem (human table, or one JSON object with --json).
     Bench {
         #[command(subcommand)]
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Top::Vm(cmd) => vm::run(cmd),
         Top::Node(args) => node::run(args),
+        Top::Nodes(args) => nodes::run(args),
         Top::Bench { suite } => crate::bench::run(suite),
         Top::BareKvm => {
             println!("{}", crate::bench::bare_kvm_first_exit_ns()?);

@@ -10,9 +10,12 @@
 //! stops (only `--bootstrap` brings it back into the mesh).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use crate::api;
+use crate::daemon::Daemon;
 use anyhow::Context;
 use clap::Args;
 use novacron_mesh::identity::NodeIdentity;
@@ -63,14 +66,17 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(&identity, cfg))?;
+    runtime.block_on(serve(&identity, &args.data_dir, cfg))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(identity: &NodeIdentity, cfg: SwarmConfig) -> anyhow::Result<()> {
+async fn serve(identity: &NodeIdentity, data_dir: &Path, cfg: SwarmConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
-    let node = MeshNode::start(identity, cfg)?;
+    let api = api::socket::bind(data_dir)?;
+    let daemon = Daemon::new(MeshNode::start(identity, cfg)?);
+    let api_task = tokio::spawn(api::socket::serve(api, daemon.clone()));
+    let node = &daemon.mesh;
     let me = node.peer_id();
     let mut events = node.subscribe();
     // Addresses that came up before the subscription are only in the listener list.
@@ -102,7 +108,14 @@ async fn serve(identity: &NodeIdentity, cfg: SwarmConfig) -> anyhow::Result<()> 
             },
         }
     }
-    node.stop().await;
+    api_task.abort();
+    let _ = api_task.await;
+    let _ = std::fs::remove_file(api::socket::socket_path(data_dir));
+    drop(events);
+    match Arc::try_unwrap(daemon) {
+        Ok(d) => d.mesh.stop().await,
+        Err(_) => tracing::warn!("the API still holds the node; its task ends with the process"),
+    }
     eprintln!("novacron: node {me} stopped");
     Ok(())
 }

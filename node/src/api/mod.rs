@@ -1,0 +1,76 @@
+//! The node's local API: what `novacron nodes` (and later the dashboard and the job
+//! commands) ask a running `novacron node`, and the answers.
+//!
+//! Carried as JSON lines over a Unix socket in the data directory ([`socket`]): one request
+//! per line, one answer per line. Only the node's owner can reach it (the socket is 0600 in
+//! a directory the node owns); it is not a network API.
+
+pub mod socket;
+
+use serde::{Deserialize, Serialize};
+
+/// A request to a running node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Who the node is, its cell's members and the cell summaries it knows.
+    Status,
+}
+
+/// The answer to a request: exactly one of the fields is set.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Status(Box<NodeStatus>),
+    Error(String),
+}
+
+/// A node's view of itself and the mesh.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    pub peer_id: String,
+    pub version: String,
+    pub uptime_s: f64,
+    pub listen_addrs: Vec<String>,
+    pub connected_peers: usize,
+    pub routing_table_peers: usize,
+    /// Bytes on the wire since start (all connections, after encryption and multiplexing).
+    pub wire_sent: u64,
+    pub wire_received: u64,
+    /// The node's cell, once cell membership runs.
+    pub cell: Option<CellStatus>,
+}
+
+/// The node's cell as its chitchat instance sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CellStatus {
+    /// `<prefix bits>/<prefix hex>`.
+    pub id: String,
+    /// Every member known, this node included, live ones first.
+    pub members: Vec<MemberStatus>,
+    /// Bytes of cell gossip frames sent and received.
+    pub gossip_sent: u64,
+    pub gossip_received: u64,
+}
+
+/// One member of a cell and what it reports about itself.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MemberStatus {
+    pub peer_id: String,
+    pub live: bool,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub free_slots: u32,
+    pub load_permille: u32,
+    pub version: String,
+    pub addrs: Vec<String>,
+}
+
+impl NodeStatus {
+    /// The live members of the node's cell (itself included).
+    pub fn live_members(&self) -> impl Iterator<Item = &MemberStatus> {
+        self.cell
+            .iter()
+            .flat_map(|c| c.members.iter().filter(|m| m.live))
+    }
+}

@@ -1,0 +1,76 @@
+//! `novacron nodes`: the live members of the local node's cell, asked over its API socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::api::socket::ask;
+use crate::api::{NodeStatus, Request, Response};
+
+#[derive(Args, Debug)]
+pub struct NodesArgs {
+    /// The data directory of the running node to ask.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Every member, the dead ones too.
+    #[arg(long)]
+    all: bool,
+    /// Print the node's whole status as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: NodesArgs) -> anyhow::Result<ExitCode> {
+    let status = match ask(&args.data_dir, &Request::Status)? {
+        Response::Status(s) => s,
+        Response::Error(e) => bail!("the node answered: {e}"),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        print!("{}", table(&status, args.all));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human view: one header line, then one line per member.
+fn table(status: &NodeStatus, all: bool) -> String {
+    let mut out = format!(
+        "node {}  up {:.0} s  {} connected, {} in the routing table, {} B sent / {} B received\n",
+        status.peer_id,
+        status.uptime_s,
+        status.connected_peers,
+        status.routing_table_peers,
+        status.wire_sent,
+        status.wire_received
+    );
+    let Some(cell) = &status.cell else {
+        out.push_str("no cell yet\n");
+        return out;
+    };
+    let live = cell.members.iter().filter(|m| m.live).count();
+    out.push_str(&format!(
+        "cell {}: {live} live of {} known\n",
+        cell.id,
+        cell.members.len()
+    ));
+    out.push_str(&format!(
+        "{:<52}  {:<4}  {:>5}  {:>9}  {:>5}  {:>6}  {}\n",
+        "PEER", "STATE", "VCPUS", "MEM MiB", "SLOTS", "LOAD", "VERSION"
+    ));
+    for m in cell.members.iter().filter(|m| all || m.live) {
+        out.push_str(&format!(
+            "{:<52}  {:<4}  {:>5}  {:>9}  {:>5}  {:>5.1}%  {}\n",
+            m.peer_id,
+            if m.live { "live" } else { "dead" },
+            m.vcpus,
+            m.mem_mib,
+            m.free_slots,
+            f64::from(m.load_permille) / 10.0,
+            m.version
+        ));
+    }
+    out
+}

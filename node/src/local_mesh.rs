@@ -1,0 +1,176 @@
+//! A mesh of real `novacron node` processes on this machine, on loopback: what
+//! `novacron bench mesh` measures (and what a local demo runs).
+//!
+//! Each node gets its own data directory under a root directory, listens on an ephemeral
+//! loopback TCP port, serves the DHT (`--kad-server`: autonat never confirms loopback) and
+//! joins through the first node. Every line a node writes on stderr is kept with the instant
+//! it was read, so callers can time events (a member seen up or down) without polling.
+//! Dropping a node kills it (SIGKILL) and reaps it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::api::socket::ask;
+use crate::api::{NodeStatus, Request, Response};
+
+/// A line of a node's stderr and when it was read.
+pub type TimedLine = (Instant, String);
+
+/// One `novacron node` process.
+pub struct NodeProc {
+    pub name: String,
+    pub data_dir: PathBuf,
+    child: Child,
+    lines: Arc<Mutex<Vec<TimedLine>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl NodeProc {
+    /// Starts `novacron node` on `data_dir` with `extra` arguments after the usual ones.
+    pub fn spawn(
+        name: &str,
+        data_dir: &Path,
+        bootstrap: Option<&str>,
+        extra: &[String],
+    ) -> anyhow::Result<NodeProc> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let exe = std::env::current_exe().context("cannot find the novacron binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("node").arg("--data-dir").arg(data_dir).args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--kad-server",
+        ]);
+        if let Some(b) = bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        cmd.args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start node {name}"))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let reader = child.stderr.take().map(|pipe| {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { return };
+                    lock(&lines).push((Instant::now(), line));
+                }
+            })
+        });
+        Ok(NodeProc {
+            name: name.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            child,
+            lines,
+            reader,
+        })
+    }
+
+    /// The first stderr line (and when it came) that `pick` accepts, if any yet.
+    pub fn find_line<T>(&self, mut pick: impl FnMut(&str) -> Option<T>) -> Option<(Instant, T)> {
+        lock(&self.lines)
+            .iter()
+            .find_map(|(at, line)| pick(line).map(|v| (*at, v)))
+    }
+
+    /// Every stderr line so far.
+    pub fn stderr(&self) -> String {
+        lock(&self.lines)
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for the node's `listening on` line and returns its dial address
+    /// (`.../p2p/PEERID`) and PeerId.
+    pub fn wait_listening(&mut self, timeout: Duration) -> anyhow::Result<(String, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.find_line(|line| {
+                let rest = line.strip_prefix("novacron: node ")?;
+                let (peer, addr) = rest.split_once(" listening on ")?;
+                Some((addr.trim().to_string(), peer.to_string()))
+            });
+            if let Some((_, found)) = found {
+                return Ok(found);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("node {} exited with {status}: {}", self.name, self.stderr());
+            }
+            if Instant::now() > deadline {
+                bail!("node {} did not listen within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The node's status over its API socket.
+    pub fn status(&self) -> anyhow::Result<NodeStatus> {
+        match ask(&self.data_dir, &Request::Status)? {
+            Response::Status(s) => Ok(*s),
+            Response::Error(e) => bail!("node {} answered: {e}", self.name),
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// N nodes joined through the first.
+pub struct LocalMesh {
+    pub nodes: Vec<NodeProc>,
+    /// When the joiners were started (after the first node listened).
+    pub started: Instant,
+}
+
+impl LocalMesh {
+    /// Starts `n` nodes under `root` (`root/node-000`, ...): the first, then, once it
+    /// listens, all the others at once.
+    pub fn start(root: &Path, n: usize, extra: &[String]) -> anyhow::Result<LocalMesh> {
+        if n == 0 {
+            bail!("a mesh needs at least one node");
+        }
+        let mut first = NodeProc::spawn("node-000", &root.join("node-000"), None, extra)?;
+        let (bootstrap, _) = first.wait_listening(Duration::from_secs(30))?;
+        let started = Instant::now();
+        let mut nodes = vec![first];
+        for i in 1..n {
+            let name = format!("node-{i:03}");
+            nodes.push(NodeProc::spawn(
+                &name,
+                &root.join(&name),
+                Some(&bootstrap),
+                extra,
+            )?);
+        }
+        Ok(LocalMesh { nodes, started })
+    }
+}
