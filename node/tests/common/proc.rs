@@ -38,7 +38,18 @@ fn collect(pipe: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> JoinHa
 impl Proc {
     /// Spawns `novacron ARGS` with stdout and stderr piped.
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_novacron"))
+        Proc::spawn_wrapped(name, &[], args)
+    }
+
+    /// Spawns `WRAPPER... novacron ARGS` (e.g. `ip netns exec NS`), stdout and stderr piped.
+    pub fn spawn_wrapped(name: &str, wrapper: &[&str], args: &[&str]) -> Proc {
+        let exe = env!("CARGO_BIN_EXE_novacron");
+        let (program, rest) = match wrapper.split_first() {
+            Some((first, rest)) => (*first, rest.iter().copied().chain([exe]).collect()),
+            None => (exe, Vec::new()),
+        };
+        let mut child = Command::new(program)
+            .args(rest)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
