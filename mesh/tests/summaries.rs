@@ -12,7 +12,8 @@ use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{gossipsub, kad, noise, tcp, yamux, Swarm};
 use novacron_mesh::cells::{
-    cell_id, sign_summary, CellId, SummaryRecord, CELL_SUMMARY_DOMAIN, MAX_SIGNED_SUMMARY_LEN,
+    cell_id, representatives, sign_summary, CellId, SummaryRecord, CELL_SUMMARY_DOMAIN,
+    MAX_SIGNED_SUMMARY_LEN,
 };
 use novacron_mesh::dht_keys::DhtKey;
 use novacron_mesh::identity::NodeIdentity;
@@ -404,6 +405,45 @@ async fn the_dht_stores_only_valid_summaries_under_their_own_cell() {
     .await;
     assert_eq!(got, vec![valid]);
     assert_eq!(t.get_cell_summaries(cell).await.unwrap(), vec![record]);
+
+    // Two representatives of one cell (0/0) put different summaries under its key: the slot
+    // keeps the better-ranked signer's (and its newer ones), not a worse-ranked signer's newer one.
+    let whole = CellId::new(0, 0).unwrap();
+    let (worse, better) = {
+        let (a, b) = (&adv_id, &other_id);
+        let best = representatives(whole, [a.peer_id(), b.peer_id()].iter(), 1)[0];
+        if best == a.peer_id() {
+            (b, a)
+        } else {
+            (a, b)
+        }
+    };
+    let t0 = now();
+    let (_, worse_rec, worse_old) = own_summary(worse, 0, t0, 600);
+    let (_, better_rec, better_old) = own_summary(better, 0, t0, 600);
+    let (_, _, worse_new) = own_summary(worse, 0, t0 + 5, 600);
+    let (_, better_new_rec, better_new) = own_summary(better, 0, t0 + 5, 600);
+    let held = || async { t.get_cell_summaries(whole).await.unwrap() };
+    adv.put(cell_key(whole), worse_old, target).await;
+    assert_eq!(
+        held().await,
+        vec![worse_rec],
+        "an empty slot takes any valid one"
+    );
+    adv.put(cell_key(whole), better_old.clone(), target).await;
+    assert_eq!(held().await, vec![better_rec], "the better-ranked replaces");
+    adv.put(cell_key(whole), worse_new, target).await;
+    assert_eq!(
+        adv.get(cell_key(whole)).await,
+        vec![better_old],
+        "a newer worse-ranked does not"
+    );
+    adv.put(cell_key(whole), better_new, target).await;
+    assert_eq!(
+        held().await,
+        vec![better_new_rec],
+        "its own newer one replaces"
+    );
 
     // Still answering, and nothing of the above reached its book.
     assert!(t.cell_summaries().await.unwrap().is_empty());
