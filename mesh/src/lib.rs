@@ -6,6 +6,8 @@
 //!   sequence number and expiry, their verification, and the book of each peer's newest.
 //! - [`cells`]: pure cell assignment by a prefix of blake3(PeerId), the prefix length for a
 //!   mesh size (with hysteresis), rendezvous representatives and signed cell summaries.
+//! - [`summaries`]: which members publish their cell's summary, how it is built, the book of
+//!   summaries heard (newest per signer, capped) and the one to trust when signers disagree.
 //! - [`dht_keys`]: the DHT key namespaces (cells, chunk sets); only these are stored for others.
 //! - [`chunks`]: the content-addressed chunk store that migration, snapshots and images share.
 //! - [`swarm`]: the libp2p swarm (TCP/QUIC, Kademlia with a per-subnet cap, identify,
@@ -22,6 +24,7 @@ pub mod chunks;
 pub mod dht_keys;
 pub mod identity;
 pub mod records;
+pub mod summaries;
 #[cfg(feature = "swarm")]
 pub mod swarm;
 pub mod workload;

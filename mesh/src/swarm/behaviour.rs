@@ -11,7 +11,7 @@ use libp2p::{
 };
 
 use super::config::{
-    SwarmConfig, ANNOUNCE_TOPIC, GOSSIP_MAX_TRANSMIT_BYTES, IDENTIFY_PROTOCOL_VERSION,
+    SwarmConfig, ANNOUNCE_TOPIC, CELLS_TOPIC, GOSSIP_MAX_TRANSMIT_BYTES, IDENTIFY_PROTOCOL_VERSION,
     KAD_MAX_PACKET_BYTES, KAD_MAX_RECORDS, KAD_MAX_RECORD_BYTES, KAD_PROTOCOL,
 };
 use super::SwarmError;
@@ -80,8 +80,8 @@ impl MeshBehaviour {
 }
 
 /// Kademlia with k = 20, α = 3, manual routing-table inserts (every insert passes the
-/// subnet cap) and records only stored after the node validated them (nothing validates
-/// them yet, so none from others are stored).
+/// subnet cap) and records only stored after the node validated them (the driver stores
+/// provider records under NovaCron keys and verified cell summaries under their cell's key).
 fn kademlia(me: PeerId, cfg: &SwarmConfig) -> kad::Behaviour<kad::store::MemoryStore> {
     let mut kc = kad::Config::new(KAD_PROTOCOL);
     kc.set_kbucket_inserts(kad::BucketInserts::Manual)
@@ -111,9 +111,10 @@ fn kademlia(me: PeerId, cfg: &SwarmConfig) -> kad::Behaviour<kad::store::MemoryS
     kad
 }
 
-/// Gossipsub for rare announcements: signed messages only, the application validates each
-/// (size), peer scoring on. Mesh-delivery penalties are off for the announcement topic: with
-/// rare messages every peer would look like it under-delivers.
+/// Gossipsub for rare announcements and cell summaries: signed messages only, the
+/// application validates each (announcements: size; summaries: signature, limits, lifetime),
+/// peer scoring on both topics, where an invalid message costs its sender. Mesh-delivery
+/// penalties are off: with messages this rare every peer would look like it under-delivers.
 fn gossip(key: &Keypair) -> Result<gossipsub::Behaviour, SwarmError> {
     let config = gossipsub::ConfigBuilder::default()
         .max_transmit_size(GOSSIP_MAX_TRANSMIT_BYTES)
@@ -125,28 +126,36 @@ fn gossip(key: &Keypair) -> Result<gossipsub::Behaviour, SwarmError> {
     let mut g =
         gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
             .map_err(|e| SwarmError::Gossipsub(e.to_string()))?;
-    let topic = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
+    let topics = [ANNOUNCE_TOPIC, CELLS_TOPIC].map(gossipsub::IdentTopic::new);
     let mut params = gossipsub::PeerScoreParams::default();
-    params.topics.insert(
-        topic.hash(),
-        gossipsub::TopicScoreParams {
-            topic_weight: 0.5,
-            time_in_mesh_weight: 0.01,
-            time_in_mesh_quantum: Duration::from_secs(1),
-            time_in_mesh_cap: 3600.0,
-            first_message_deliveries_weight: 1.0,
-            first_message_deliveries_decay: 0.5,
-            first_message_deliveries_cap: 100.0,
-            mesh_message_deliveries_weight: 0.0,
-            mesh_failure_penalty_weight: 0.0,
-            invalid_message_deliveries_weight: -100.0,
-            invalid_message_deliveries_decay: 0.3,
-            ..gossipsub::TopicScoreParams::default()
-        },
-    );
+    for topic in &topics {
+        params.topics.insert(topic.hash(), rare_topic_score());
+    }
     g.with_peer_score(params, gossipsub::PeerScoreThresholds::default())
         .map_err(SwarmError::Gossipsub)?;
-    g.subscribe(&topic)
-        .map_err(|e| SwarmError::Gossipsub(e.to_string()))?;
+    for topic in &topics {
+        g.subscribe(topic)
+            .map_err(|e| SwarmError::Gossipsub(e.to_string()))?;
+    }
     Ok(g)
+}
+
+/// Score parameters of a topic with rare messages: time in mesh and first deliveries count a
+/// little, each invalid message costs 50 points (weight −100 × topic weight 0.5, squared
+/// per count), decaying by 0.3 per decay interval.
+fn rare_topic_score() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 0.5,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 3600.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: 0.5,
+        first_message_deliveries_cap: 100.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.3,
+        ..gossipsub::TopicScoreParams::default()
+    }
 }

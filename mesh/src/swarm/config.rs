@@ -16,6 +16,10 @@ pub const IDENTIFY_PROTOCOL_VERSION: &str = "/novacron/1.0.0";
 /// The gossipsub topic of rare mesh-wide announcements.
 pub const ANNOUNCE_TOPIC: &str = "/novacron/announce/1";
 
+/// The gossipsub topic of signed cell summaries (each validated before it is accepted or
+/// forwarded).
+pub const CELLS_TOPIC: &str = "/novacron/cells/1";
+
 /// Largest Kademlia message (request or response) accepted.
 pub const KAD_MAX_PACKET_BYTES: usize = 16 * 1024;
 

@@ -11,7 +11,7 @@
 //! evicts a peer to make room for another.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use libp2p::kad::store::RecordStore;
@@ -24,12 +24,15 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::behaviour::{MeshBehaviour, MeshBehaviourEvent};
 use super::config::{
-    SwarmConfig, ANNOUNCE_TOPIC, IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, MAX_ADDRS_PER_PEER,
+    SwarmConfig, ANNOUNCE_TOPIC, CELLS_TOPIC, IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL,
+    MAX_ADDRS_PER_PEER,
 };
 use super::node::{Command, MeshEvent};
 use super::sybil::{admit, Admission};
 use super::{SwarmError, MAX_ANNOUNCEMENT_BYTES};
+use crate::cells::{verify_summary, CellId, SummaryRecord};
 use crate::dht_keys::DhtKey;
+use crate::summaries::{dht_prefers, SummaryBook};
 
 /// How often the routing-table size is checked for changes Kademlia does not report
 /// (entries dropped after failed dials).
@@ -42,6 +45,28 @@ pub(super) enum PendingQuery {
     Closest(Vec<PeerId>, Reply<Vec<PeerId>>),
     Providers(HashSet<PeerId>, Reply<HashSet<PeerId>>),
     Provide(Reply<()>),
+    PutSummary(CellId, Reply<CellId>),
+    /// Verified summaries of the cell found so far.
+    GetSummaries(CellId, Vec<SummaryRecord>, Reply<Vec<SummaryRecord>>),
+}
+
+/// Unix seconds of the wall clock (0 if it reads before 1970: everything then looks
+/// issued in the future and is refused).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Verifies `bytes` as a summary of `cell` at `now`.
+fn verify_summary_of(cell: CellId, bytes: &[u8], now: u64) -> Result<SummaryRecord, String> {
+    let record = verify_summary(bytes, now).map_err(|e| e.to_string())?;
+    match record.summary.cell() {
+        Ok(c) if c == cell => Ok(record),
+        Ok(c) => Err(format!("summary of cell {c} under the key of cell {cell}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub(super) struct Driver {
@@ -54,6 +79,8 @@ pub(super) struct Driver {
     pub table_size: usize,
     /// libp2p's bandwidth counters.
     pub metrics: prometheus_client::registry::Registry,
+    /// Verified cell summaries heard on gossipsub or put by this node.
+    pub book: SummaryBook,
 }
 
 impl Driver {
@@ -67,7 +94,10 @@ impl Driver {
                     Some(Command::Stop) | None => break,
                     Some(c) => self.on_command(c),
                 },
-                _ = tick.tick() => self.check_table(),
+                _ = tick.tick() => {
+                    self.check_table();
+                    self.book.prune(unix_now());
+                }
             }
         }
         tracing::debug!("swarm task stopped");
@@ -132,6 +162,30 @@ impl Driver {
             Command::WireBytes(r) => {
                 let _ = r.send(super::wire_metrics::wire_bytes(&self.metrics));
             }
+            Command::PutCellSummary(bytes, r) => match self.put_summary(bytes) {
+                Ok((cell, id)) => {
+                    self.queries.insert(id, PendingQuery::PutSummary(cell, r));
+                }
+                Err(e) => {
+                    let _ = r.send(Err(e));
+                }
+            },
+            Command::PublishCellSummary(bytes, r) => {
+                let _ = r.send(self.publish_summary(bytes));
+            }
+            Command::GetCellSummaries(cell, r) => {
+                let key = kad::RecordKey::new(&DhtKey::Cell(cell).to_bytes());
+                let id = self.swarm.behaviour_mut().kad.get_record(key);
+                self.queries
+                    .insert(id, PendingQuery::GetSummaries(cell, Vec::new(), r));
+            }
+            Command::CellSummaries(r) => {
+                self.book.prune(unix_now());
+                let _ = r.send(self.book.all().cloned().collect());
+            }
+            Command::GossipPeerScore(peer, r) => {
+                let _ = r.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
             Command::Stop => {}
         }
     }
@@ -150,6 +204,74 @@ impl Driver {
             .publish(topic, data)
             .map(|_| ())
             .map_err(|e| SwarmError::Publish(e.to_string()))
+    }
+
+    /// Verifies our own summary and keeps it in the book (an older or crowded-out one is
+    /// still sent: the network may need it more than the book does).
+    fn own_summary(&mut self, bytes: &[u8], now: u64) -> Result<SummaryRecord, SwarmError> {
+        let record = verify_summary(bytes, now)?;
+        let cell = record.summary.cell()?;
+        if let Err(e) = self.book.insert(record.clone(), now) {
+            tracing::debug!(%cell, error = %e, "own summary not kept in the book");
+        }
+        Ok(record)
+    }
+
+    /// Starts a Kademlia put of a verified summary under its cell's key, expiring with it.
+    fn put_summary(&mut self, bytes: Vec<u8>) -> Result<(CellId, QueryId), SwarmError> {
+        let now = unix_now();
+        let record = self.own_summary(&bytes, now)?;
+        let cell = record.summary.cell()?;
+        let key = kad::RecordKey::new(&DhtKey::Cell(cell).to_bytes());
+        let held = self.held_summary(&key, cell, now);
+        let mut kad_record = kad::Record::new(key, bytes);
+        kad_record.expires =
+            Some(Instant::now() + Duration::from_secs(record.expires_at.saturating_sub(now)));
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let id = kad
+            .put_record(kad_record, kad::Quorum::One)
+            .map_err(|e| SwarmError::PutRecord(e.to_string()))?;
+        // libp2p stores the publisher's own copy unconditionally; put back a summary this
+        // node held for others that the rule prefers, so its answer does not depend on
+        // whether it is itself a representative.
+        if let Some((held_record, held_summary)) = held {
+            if !dht_prefers(&held_summary, &record) {
+                if let Err(e) = kad.store_mut().put(held_record) {
+                    tracing::debug!(%cell, error = %e, "held summary not restored");
+                }
+            }
+        }
+        Ok((cell, id))
+    }
+
+    fn publish_summary(&mut self, bytes: Vec<u8>) -> Result<CellId, SwarmError> {
+        let record = self.own_summary(&bytes, unix_now())?;
+        let cell = record.summary.cell()?;
+        let topic = gossipsub::IdentTopic::new(CELLS_TOPIC);
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, bytes)
+            .map_err(|e| SwarmError::Publish(e.to_string()))?;
+        Ok(cell)
+    }
+
+    /// The record stored under `key` and the summary it carries, if it still verifies.
+    fn held_summary(
+        &mut self,
+        key: &kad::RecordKey,
+        cell: CellId,
+        now: u64,
+    ) -> Option<(kad::Record, SummaryRecord)> {
+        let held = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .get(key)?
+            .into_owned();
+        let summary = verify_summary_of(cell, &held.value, now).ok()?;
+        Some((held, summary))
     }
 
     fn routing_table(&mut self) -> Vec<(PeerId, Vec<Multiaddr>)> {
@@ -280,27 +402,68 @@ impl Driver {
                 message_id,
                 message,
             }) => {
-                let ok = message.data.len() <= MAX_ANNOUNCEMENT_BYTES;
-                let acceptance = if ok {
-                    gossipsub::MessageAcceptance::Accept
+                let acceptance = if message.topic == gossipsub::IdentTopic::new(CELLS_TOPIC).hash()
+                {
+                    self.on_gossiped_summary(propagation_source, &message.data)
+                } else if message.topic == gossipsub::IdentTopic::new(ANNOUNCE_TOPIC).hash() {
+                    self.on_announcement(propagation_source, message.source, message.data)
                 } else {
+                    tracing::debug!(%propagation_source, topic = %message.topic,
+                        "message on a topic we do not serve rejected");
                     gossipsub::MessageAcceptance::Reject
                 };
                 self.swarm
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
-                if ok {
-                    self.emit(MeshEvent::Announcement {
-                        from: message.source,
-                        data: message.data,
-                    });
-                } else {
-                    tracing::debug!(%propagation_source, len = message.data.len(),
-                        "oversized announcement rejected");
-                }
             }
             _ => {}
+        }
+    }
+
+    fn on_announcement(
+        &mut self,
+        propagation_source: PeerId,
+        from: Option<PeerId>,
+        data: Vec<u8>,
+    ) -> gossipsub::MessageAcceptance {
+        if data.len() > MAX_ANNOUNCEMENT_BYTES {
+            tracing::debug!(%propagation_source, len = data.len(),
+                "oversized announcement rejected");
+            return gossipsub::MessageAcceptance::Reject;
+        }
+        self.emit(MeshEvent::Announcement { from, data });
+        gossipsub::MessageAcceptance::Accept
+    }
+
+    /// A summary that does not verify is rejected (its sender's score drops); a valid one the
+    /// book does not take (older than held, crowded out, book full) is ignored: not forwarded,
+    /// not penalised.
+    fn on_gossiped_summary(
+        &mut self,
+        propagation_source: PeerId,
+        data: &[u8],
+    ) -> gossipsub::MessageAcceptance {
+        let now = unix_now();
+        let record = match verify_summary(data, now) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%propagation_source, error = %e, "invalid cell summary rejected");
+                return gossipsub::MessageAcceptance::Reject;
+            }
+        };
+        let (Ok(cell), Ok(signer)) = (record.summary.cell(), record.check_limits()) else {
+            return gossipsub::MessageAcceptance::Reject;
+        };
+        match self.book.insert(record, now) {
+            Ok(_) => {
+                self.emit(MeshEvent::CellSummary { cell, signer });
+                gossipsub::MessageAcceptance::Accept
+            }
+            Err(e) => {
+                tracing::debug!(%propagation_source, error = %e, "cell summary not kept");
+                gossipsub::MessageAcceptance::Ignore
+            }
         }
     }
 
@@ -351,7 +514,8 @@ impl Driver {
     }
 
     /// Stores a provider record for a NovaCron key (Kademlia made sure the provider is the
-    /// peer that sent it); values and foreign keys are dropped (nothing validates values yet).
+    /// peer that sent it) and a value that is a valid summary of the cell its key names
+    /// ([`Driver::on_put_record`]); everything else is dropped.
     fn on_kad_inbound(&mut self, request: kad::InboundRequest) {
         match request {
             kad::InboundRequest::AddProvider {
@@ -371,10 +535,48 @@ impl Driver {
                 }
                 Err(e) => tracing::debug!(error = %e, "dropped a provider record"),
             },
-            kad::InboundRequest::PutRecord { .. } => {
-                tracing::debug!("dropped an unvalidated kademlia record");
-            }
+            kad::InboundRequest::PutRecord {
+                source,
+                record: Some(record),
+                ..
+            } => self.on_put_record(source, record),
             _ => {}
+        }
+    }
+
+    /// Stores a value from `source` only when its key is a cell, it verifies now as a summary
+    /// of that cell, and it beats the summary held under the key ([`dht_prefers`]). The
+    /// record keeps the expiry Kademlia gave it, capped at the summary's own.
+    fn on_put_record(&mut self, source: PeerId, mut record: kad::Record) {
+        let cell = match DhtKey::parse(record.key.as_ref()) {
+            Ok(DhtKey::Cell(cell)) => cell,
+            Ok(key) => {
+                tracing::debug!(%source, %key, "dropped a value under a key that takes none");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%source, error = %e, "dropped a value under a foreign key");
+                return;
+            }
+        };
+        let now = unix_now();
+        let summary = match verify_summary_of(cell, &record.value, now) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%source, %cell, error = %e, "dropped an invalid cell summary");
+                return;
+            }
+        };
+        if let Some((_, held)) = self.held_summary(&record.key, cell, now) {
+            if !dht_prefers(&held, &summary) {
+                tracing::debug!(%source, %cell, "kept the cell summary already held");
+                return;
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(summary.expires_at.saturating_sub(now));
+        record.expires = Some(record.expires.map_or(until, |e| e.min(until)));
+        if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
+            tracing::debug!(%source, %cell, error = %e, "cell summary not stored");
         }
     }
 
@@ -407,6 +609,27 @@ impl Driver {
             (PendingQuery::Provide(_), QueryResult::StartProviding(result)) => {
                 result.err().map(|e| SwarmError::Provide(e.to_string()))
             }
+            (PendingQuery::PutSummary(..), QueryResult::PutRecord(result)) => {
+                result.err().map(|e| SwarmError::PutRecord(e.to_string()))
+            }
+            (PendingQuery::GetSummaries(cell, found, _), QueryResult::GetRecord(result)) => {
+                match result {
+                    Ok(kad::GetRecordOk::FoundRecord(peer_record)) => {
+                        let from = peer_record.peer;
+                        match verify_summary_of(*cell, &peer_record.record.value, unix_now()) {
+                            Ok(summary) => found.push(summary),
+                            Err(e) => {
+                                tracing::debug!(?from, %cell, error = %e,
+                                    "dropped an invalid cell summary from the DHT");
+                            }
+                        }
+                        None
+                    }
+                    Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. })
+                    | Err(kad::GetRecordError::NotFound { .. }) => None,
+                    Err(kad::GetRecordError::Timeout { .. }) => Some(SwarmError::QueryTimeout),
+                }
+            }
             _ => None,
         };
         if !last && failure.is_none() {
@@ -432,8 +655,28 @@ impl Driver {
             PendingQuery::Provide(reply) => {
                 let _ = reply.send(failure.map_or(Ok(()), Err));
             }
+            PendingQuery::PutSummary(cell, reply) => {
+                let _ = reply.send(failure.map_or(Ok(cell), Err));
+            }
+            PendingQuery::GetSummaries(cell, found, reply) => {
+                let _ = reply.send(match failure {
+                    Some(e) if found.is_empty() => Err(e),
+                    _ => Ok(newest_per_signer(cell, found)),
+                });
+            }
         }
     }
+}
+
+/// The newest summary of each signer among `found`, best-ranked signer first (at most
+/// [`crate::cells::MAX_CONTACTS`]).
+fn newest_per_signer(cell: CellId, found: Vec<SummaryRecord>) -> Vec<SummaryRecord> {
+    let mut book = SummaryBook::new(1);
+    let now = unix_now();
+    for record in found {
+        let _ = book.insert(record, now);
+    }
+    book.for_cell(cell).into_iter().cloned().collect()
 }
 
 /// An address worth putting in the routing table: it has an IP that is not unspecified and a

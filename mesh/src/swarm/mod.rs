@@ -6,7 +6,7 @@
 //!   ping, Kademlia (`/novacron/kad/1.0.0`; client until autonat confirms public
 //!   reachability, or server from the start with [`SwarmConfig::force_kad_server`]),
 //!   autonat, relay server (only when configured), dcutr, mDNS (when configured) and
-//!   gossipsub with peer scoring on one announcement topic;
+//!   gossipsub with peer scoring on two topics (announcements, cell summaries);
 //! - [`sybil`]: the per-subnet cap every routing-table insert passes.
 //!
 //! Size limits on what peers send: Kademlia messages [`KAD_MAX_PACKET_BYTES`], records
@@ -14,10 +14,19 @@
 //! [`MAX_ANNOUNCEMENT_BYTES`] (larger ones are rejected, which lowers the sender's score).
 //! The other protocols bound their own messages.
 //!
+//! Cell summaries ([`crate::summaries`]): put in the DHT under their cell's key and published
+//! on [`CELLS_TOPIC`]; every one received either way is verified (size, archive, limits,
+//! signer among the contacts, signature, lifetime against the wall clock) before it is stored,
+//! kept or forwarded. A DHT record is stored for others only when its key is a cell, its value
+//! a summary that verifies and names that same cell, and it beats the one held
+//! ([`crate::summaries::dht_prefers`]); everything else is dropped. Gossiped summaries that do
+//! not verify are rejected, which lowers the sender's score.
+//!
 //! What this cannot do yet: cells (chitchat over libp2p), signed node records in the DHT
-//! and chunk transfer are not wired in; Kademlia records from others are not stored at all
-//! until record validation exists; there is no persistent peer store, so a restarted node
-//! knows only its bootstrap peers.
+//! and chunk transfer are not wired in; Kademlia values other than cell summaries are not
+//! stored; the node does not yet decide by itself when to publish its cell's summary (the
+//! cell layer calls [`MeshNode::put_cell_summary`] / [`MeshNode::publish_cell_summary`]);
+//! there is no persistent peer store, so a restarted node knows only its bootstrap peers.
 
 mod behaviour;
 mod config;
@@ -33,7 +42,7 @@ use libp2p::{noise, tcp, yamux};
 use tokio::sync::{broadcast, mpsc};
 
 pub use config::{
-    SwarmConfig, ANNOUNCE_TOPIC, GOSSIP_MAX_TRANSMIT_BYTES, IDENTIFY_PROTOCOL_VERSION,
+    SwarmConfig, ANNOUNCE_TOPIC, CELLS_TOPIC, GOSSIP_MAX_TRANSMIT_BYTES, IDENTIFY_PROTOCOL_VERSION,
     KAD_MAX_PACKET_BYTES, KAD_MAX_RECORDS, KAD_MAX_RECORD_BYTES, KAD_PROTOCOL, MAX_ADDRS_PER_PEER,
 };
 pub use libp2p::{Multiaddr, PeerId};
@@ -74,6 +83,10 @@ pub enum SwarmError {
     Provide(String),
     #[error("swarm: the Kademlia query timed out and found no peer")]
     QueryTimeout,
+    #[error("swarm: refusing an invalid cell summary: {0}")]
+    InvalidSummary(#[from] crate::records::RecordError),
+    #[error("swarm: cannot store a record in the DHT: {0}")]
+    PutRecord(String),
     #[error("swarm: the swarm task has stopped")]
     Stopped,
 }
@@ -164,6 +177,7 @@ impl MeshNode {
             queries: HashMap::new(),
             table_size: 0,
             metrics,
+            book: crate::summaries::SummaryBook::default(),
         };
         let task = tokio::spawn(driver.run());
         Ok(MeshNode::new(peer_id, streams, command_tx, event_tx, task))

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::sybil::Admission;
 use super::SwarmError;
+use crate::cells::{CellId, SummaryRecord};
 use crate::dht_keys::DhtKey;
 
 /// Something that happened in the swarm.
@@ -50,6 +51,9 @@ pub enum MeshEvent {
     KadServer(bool),
     /// A valid mesh-wide announcement arrived (gossipsub).
     Announcement { from: Option<PeerId>, data: Vec<u8> },
+    /// A valid cell summary newer than what the book held arrived (gossipsub) and is now in
+    /// [`MeshNode::cell_summaries`].
+    CellSummary { cell: CellId, signer: PeerId },
 }
 
 /// Bytes on the wire since the node started, all connections and protocols together.
@@ -73,6 +77,11 @@ pub(super) enum Command {
     Announce(Vec<u8>, Reply<Result<(), SwarmError>>),
     AddPeerAddresses(PeerId, Vec<Multiaddr>),
     WireBytes(Reply<WireBytes>),
+    PutCellSummary(Vec<u8>, Reply<Result<CellId, SwarmError>>),
+    PublishCellSummary(Vec<u8>, Reply<Result<CellId, SwarmError>>),
+    GetCellSummaries(CellId, Reply<Result<Vec<SummaryRecord>, SwarmError>>),
+    CellSummaries(Reply<Vec<SummaryRecord>>),
+    GossipPeerScore(PeerId, Reply<Option<f64>>),
     Stop,
 }
 
@@ -197,6 +206,42 @@ impl MeshNode {
     /// and multiplexing: what the network carried).
     pub async fn wire_bytes(&self) -> Result<WireBytes, SwarmError> {
         self.ask(Command::WireBytes).await
+    }
+
+    /// Stores a signed cell summary ([`crate::cells::sign_summary`], encoded) in the DHT under
+    /// its cell's key ([`DhtKey::Cell`]) with the summary's own expiry, and in this node's
+    /// summary book; returns the cell once at least one other peer acknowledged the record.
+    /// Bytes that do not verify now are refused before anything is sent. The DHT keeps one
+    /// summary per cell key; which one wins is [`crate::summaries::dht_prefers`].
+    pub async fn put_cell_summary(&self, signed: Vec<u8>) -> Result<CellId, SwarmError> {
+        self.ask(|r| Command::PutCellSummary(signed, r)).await?
+    }
+
+    /// Publishes a signed cell summary on the cells topic
+    /// ([`CELLS_TOPIC`](super::CELLS_TOPIC)) and keeps it in this node's summary book.
+    /// Refused when the bytes do not verify now, or when no peer subscribes to the topic
+    /// yet (gossipsub's "insufficient peers").
+    pub async fn publish_cell_summary(&self, signed: Vec<u8>) -> Result<CellId, SwarmError> {
+        self.ask(|r| Command::PublishCellSummary(signed, r)).await?
+    }
+
+    /// Reads `cell`'s summaries from the DHT: every distinct value the closest peers (and
+    /// this node's store) return that verifies now and names `cell`, newest per signer,
+    /// best-ranked signer first. Values that fail are dropped (logged at debug). An empty
+    /// list means nobody stored one. Not added to the book: readers decide what to keep.
+    pub async fn get_cell_summaries(&self, cell: CellId) -> Result<Vec<SummaryRecord>, SwarmError> {
+        self.ask(|r| Command::GetCellSummaries(cell, r)).await?
+    }
+
+    /// The summary book: every unexpired summary heard on gossipsub or put by this node.
+    pub async fn cell_summaries(&self) -> Result<Vec<SummaryRecord>, SwarmError> {
+        self.ask(Command::CellSummaries).await
+    }
+
+    /// This node's gossipsub score of `peer` (None when the node does not track it): invalid
+    /// messages from it lower it.
+    pub async fn gossip_peer_score(&self, peer: PeerId) -> Result<Option<f64>, SwarmError> {
+        self.ask(|r| Command::GossipPeerScore(peer, r)).await
     }
 
     /// Stops the swarm task and waits for it to end (its connections close with it).
