@@ -15,11 +15,12 @@
 //! The other protocols bound their own messages.
 //!
 //! What this cannot do yet: cells (chitchat over libp2p), signed node records in the DHT
-//! and chunk transfer are not wired in; Kademlia records from others are not stored at all
+//! are not wired in (chunk sets travel over [`chunk_exchange`]); Kademlia records from others are not stored at all
 //! until record validation exists; there is no persistent peer store, so a restarted node
 //! knows only its bootstrap peers.
 
 mod behaviour;
+pub mod chunk_exchange;
 mod config;
 mod driver;
 mod node;
@@ -32,6 +33,9 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{noise, tcp, yamux};
 use tokio::sync::{broadcast, mpsc};
 
+pub use chunk_exchange::{
+    ChunkExchange, ExchangeConfig, ExchangeError, FetchReport, ServeStats, CHUNKS_PROTOCOL,
+};
 pub use config::{
     SwarmConfig, ANNOUNCE_TOPIC, GOSSIP_MAX_TRANSMIT_BYTES, IDENTIFY_PROTOCOL_VERSION,
     KAD_MAX_PACKET_BYTES, KAD_MAX_RECORDS, KAD_MAX_RECORD_BYTES, KAD_PROTOCOL, MAX_ADDRS_PER_PEER,

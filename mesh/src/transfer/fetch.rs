@@ -19,7 +19,7 @@
 //!   gone; a provider that answers `NotFound` for a chunk is not asked for it again;
 //! - a busy provider is left alone until its `retry_after` has passed (not a failure).
 //!
-//! The fetch ends [`Progress::Done`] with a [`FetchReport`], or [`Progress::Failed`] naming
+//! The fetch ends [`Progress::Done`] with a [`SchedulerReport`], or [`Progress::Failed`] naming
 //! the chunks no provider could give, once nothing is in flight and nothing can be sent.
 //!
 //! What this cannot do: it does not find providers (the caller may add some with
@@ -103,7 +103,7 @@ pub enum Dropped {
 
 /// How a fetch went.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FetchReport<P: Eq + Hash> {
+pub struct SchedulerReport<P: Eq + Hash> {
     /// Chunks fetched and their raw bytes.
     pub chunks: u64,
     pub bytes: u64,
@@ -125,11 +125,11 @@ pub struct FetchReport<P: Eq + Hash> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress<P: Eq + Hash> {
     Running,
-    Done(FetchReport<P>),
+    Done(SchedulerReport<P>),
     /// These chunks could not be had from any provider.
     Failed {
         missing: Vec<ChunkId>,
-        report: FetchReport<P>,
+        report: SchedulerReport<P>,
     },
 }
 
@@ -630,8 +630,8 @@ impl<P: Clone + Eq + Hash + Debug> FetchScheduler<P> {
     }
 
     /// The report so far.
-    pub fn report(&self) -> FetchReport<P> {
-        let mut r = FetchReport {
+    pub fn report(&self) -> SchedulerReport<P> {
+        let mut r = SchedulerReport {
             chunks: 0,
             bytes: 0,
             wire_bytes: 0,
@@ -812,7 +812,7 @@ mod tests {
         }
     }
 
-    fn done(p: Progress<u32>) -> FetchReport<u32> {
+    fn done(p: Progress<u32>) -> SchedulerReport<u32> {
         match p {
             Progress::Done(r) => r,
             other => panic!("not done: {other:?}"),

@@ -88,7 +88,10 @@ pub enum ManifestError {
     #[error("manifest: bytes hash to {got}, not to the chunk set id {expected}")]
     WrongId { expected: String, got: String },
     #[error("manifest {name:?}: {source}")]
-    Store { name: String, source: StoreError },
+    Store {
+        name: String,
+        source: Box<StoreError>,
+    },
     #[error("manifest {name:?}: chunk {index} ({id}) decodes to {got} bytes, expected {expected}")]
     StoredLength {
         name: String,
@@ -152,7 +155,7 @@ impl ChunkSetManifest {
         }
         let store_err = |source| ManifestError::Store {
             name: name.to_string(),
-            source,
+            source: Box::new(source),
         };
         for group in non_zero.chunks(STORE_BATCH) {
             let mut batch = store.batch();
@@ -325,7 +328,7 @@ impl ChunkSetManifest {
                     let id = c.chunk_id();
                     let raw = store.get(&id).map_err(|source| ManifestError::Store {
                         name: self.name.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                     if raw.len() != expected as usize {
                         return Err(ManifestError::StoredLength {

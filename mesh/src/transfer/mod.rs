@@ -12,8 +12,8 @@ pub mod rate;
 pub mod wire;
 
 pub use fetch::{
-    Action, Arrival, FetchConfig, FetchReport, FetchScheduler, Heard, PeerStats, Progress,
-    RequestId,
+    Action, Arrival, FetchConfig, FetchScheduler, Heard, PeerStats, Progress, RequestId,
+    SchedulerReport,
 };
 pub use manifest::{manifest_id, ChunkSetManifest, ManifestChunk, ManifestError};
 pub use rate::{RateConfig, RateLimiter, Refusal};
