@@ -55,6 +55,9 @@ pub const CHUNKS_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::PROTOCOL_N
 /// Events a fetch's request tasks may queue before the fetch loop reads them.
 const EVENT_QUEUE: usize = 1024;
 
+/// Streams a request tries before it counts as failed (see `RequestJob::exchange`).
+const OPEN_TRIES: u32 = 3;
+
 /// How a node serves and fetches chunk sets.
 #[derive(Clone, Debug)]
 pub struct ExchangeConfig {
@@ -488,6 +491,7 @@ impl ChunkExchange {
         let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
         let mut tasks = Tasks::default();
         let mut idle: HashMap<PeerId, Vec<Stream>> = HashMap::new();
+        let mut openers: HashMap<PeerId, Arc<tokio::sync::Mutex<()>>> = HashMap::new();
         loop {
             let now = shared.now();
             for action in sched.poll(now) {
@@ -507,6 +511,7 @@ impl ChunkExchange {
                             chunks,
                             stream: idle.get_mut(&peer).and_then(Vec::pop),
                             control: self.control.clone(),
+                            open_lock: openers.entry(peer).or_default().clone(),
                             store: shared.store.clone(),
                             events: tx.clone(),
                         };
@@ -570,10 +575,15 @@ impl ChunkExchange {
                 }
                 Event::Busy {
                     request,
+                    peer,
                     retry_after,
+                    stream,
                 } => {
                     tasks.0.remove(&request);
-                    sched.busy(request, retry_after, shared.now());
+                    let heard = sched.busy(request, retry_after, shared.now());
+                    if let (Heard::Taken, Some(stream)) = (heard, stream) {
+                        idle.entry(peer).or_default().push(stream);
+                    }
                 }
                 Event::Failed { request, reason } => {
                     tasks.0.remove(&request);
@@ -725,6 +735,21 @@ async fn answer(
     stream: &mut Stream,
     request: Request,
 ) -> Result<(), ServeError> {
+    // Manifests (up to 4 MiB) count against the byte rate like chunks.
+    let admitted = shared.limiter().admit(&peer, shared.now());
+    if let Err(refusal) = admitted {
+        bump(&shared.counters.busy, 1);
+        let busy = Response::Busy {
+            retry_after_ms: retry_ms(&refusal),
+        };
+        send(shared, stream, &busy.encode()).await?;
+        return stream.flush().await.map_err(ServeError::Write);
+    }
+    let charge = |frame: &[u8]| {
+        shared
+            .limiter()
+            .take(&peer, frame.len() as u64, shared.now());
+    };
     match request {
         Request::Manifest(id) => {
             let found = shared.sets_read().manifests.get(&id).cloned();
@@ -735,23 +760,14 @@ async fn answer(
                     Response::NotFound(id)
                 }
             };
-            send(shared, stream, &response.encode()).await?;
+            let frame = response.encode();
+            charge(&frame);
+            send(shared, stream, &frame).await?;
         }
         Request::Chunks(ids) => {
-            let admitted = shared.limiter().admit(&peer, shared.now());
-            if let Err(refusal) = admitted {
-                bump(&shared.counters.busy, 1);
-                let busy = Response::Busy {
-                    retry_after_ms: retry_ms(&refusal),
-                };
-                send(shared, stream, &busy.encode()).await?;
-                return stream.flush().await.map_err(ServeError::Write);
-            }
             for id in ids {
                 let frame = chunk_response(shared, id).await.encode();
-                shared
-                    .limiter()
-                    .take(&peer, frame.len() as u64, shared.now());
+                charge(&frame);
                 send(shared, stream, &frame).await?;
             }
             send(shared, stream, &Response::End.encode()).await?;
@@ -835,6 +851,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 
 // ---- fetching ----
 
+/// Asks `peer` for manifest `id`, waiting out up to three `Busy` answers (the caller
+/// bounds the whole with a timeout). `None`: the peer does not serve it.
 async fn ask_manifest(
     mut control: libp2p_stream::Control,
     peer: PeerId,
@@ -844,20 +862,29 @@ async fn ask_manifest(
         .open_stream(peer, CHUNKS_PROTOCOL)
         .await
         .map_err(|e| e.to_string())?;
-    stream
-        .write_all(&Request::Manifest(id).encode())
-        .await
-        .map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
-    let body = read_frame(&mut stream, MAX_RESPONSE_BODY)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the stream closed without an answer")?;
-    let _ = stream.close().await;
-    match Response::decode(&body).map_err(|e| e.to_string())? {
-        Response::Manifest(bytes) => Ok(Some(bytes)),
-        Response::NotFound(_) => Ok(None),
-        other => Err(format!("unexpected answer {}", kind(&other))),
+    let mut busy = 0;
+    loop {
+        stream
+            .write_all(&Request::Manifest(id).encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+        let body = read_frame(&mut stream, MAX_RESPONSE_BODY)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the stream closed without an answer")?;
+        match Response::decode(&body).map_err(|e| e.to_string())? {
+            Response::Manifest(bytes) => {
+                let _ = stream.close().await;
+                return Ok(Some(bytes));
+            }
+            Response::NotFound(_) => return Ok(None),
+            Response::Busy { retry_after_ms } if busy < 3 => {
+                busy += 1;
+                tokio::time::sleep(Duration::from_millis(u64::from(retry_after_ms))).await;
+            }
+            other => return Err(format!("unexpected answer {}", kind(&other))),
+        }
     }
 }
 
@@ -890,7 +917,9 @@ enum Event {
     },
     Busy {
         request: RequestId,
+        peer: PeerId,
         retry_after: Duration,
+        stream: Option<Stream>,
     },
     Failed {
         request: RequestId,
@@ -909,7 +938,8 @@ struct Received {
 /// What a request's answer was (rarely `Busy`: the size difference does not matter).
 #[allow(clippy::large_enum_variant)]
 enum Answer {
-    Busy(Duration),
+    /// Wait this long; the stream can carry the next request.
+    Busy(Duration, Option<Stream>),
     Chunks {
         received: Vec<Received>,
         not_found: Vec<ChunkId>,
@@ -926,6 +956,8 @@ struct RequestJob {
     chunks: Vec<(ChunkId, u32)>,
     stream: Option<Stream>,
     control: libp2p_stream::Control,
+    /// Held while opening a stream to `peer` (shared by the fetch's requests to it).
+    open_lock: Arc<tokio::sync::Mutex<()>>,
     store: Arc<ChunkStore>,
     events: mpsc::Sender<Event>,
 }
@@ -935,9 +967,11 @@ impl RequestJob {
         let request = self.request;
         let event = match self.exchange().await {
             Err(reason) => Event::Failed { request, reason },
-            Ok(Answer::Busy(retry_after)) => Event::Busy {
+            Ok(Answer::Busy(retry_after, stream)) => Event::Busy {
                 request,
+                peer: self.peer,
                 retry_after,
+                stream,
             },
             Ok(Answer::Chunks {
                 received,
@@ -972,19 +1006,27 @@ impl RequestJob {
         let _ = self.events.send(event).await;
     }
 
-    /// Sends the request and reads its whole answer (chunks are not verified yet). A stream
-    /// that ends before any answer (an idle stream the server closed, or a new one its
-    /// accept queue dropped in a burst) is replaced by a fresh one, once.
+    /// Sends the request and reads its whole answer (chunks are not verified yet).
+    ///
+    /// A stream that ends before any answer is replaced by a fresh one, up to
+    /// [`OPEN_TRIES`] times: an idle stream the server closed, or a new stream dropped by
+    /// the server's libp2p-stream accept queue, which holds one stream and drops the next
+    /// if two arrive before the accept loop runs. New streams to one peer are opened one at
+    /// a time (`open_lock`) so that a fetch does not cause such bursts itself.
     async fn exchange(&mut self) -> Result<Answer, String> {
-        let mut retried = false;
-        loop {
+        for attempt in 0..OPEN_TRIES {
             let mut stream = match self.stream.take() {
                 Some(s) => s,
-                None => self
-                    .control
-                    .open_stream(self.peer, CHUNKS_PROTOCOL)
-                    .await
-                    .map_err(|e| e.to_string())?,
+                None => {
+                    if attempt > 0 {
+                        tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                    }
+                    let _one_at_a_time = self.open_lock.lock().await;
+                    self.control
+                        .open_stream(self.peer, CHUNKS_PROTOCOL)
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
             };
             match Self::attempt(&self.chunks, &mut stream).await? {
                 Some(Answer::Chunks {
@@ -1000,11 +1042,14 @@ impl RequestJob {
                         stream: Some(stream),
                     })
                 }
+                Some(Answer::Busy(retry_after, _)) => {
+                    return Ok(Answer::Busy(retry_after, Some(stream)))
+                }
                 Some(answer) => return Ok(answer),
-                None if !retried => retried = true,
-                None => return Err("the provider closed the stream without answering".into()),
+                None => {}
             }
         }
+        Err("the provider closed every stream without answering".into())
     }
 
     /// One try on `stream`: `None` when it ended before the first answer frame.
@@ -1039,9 +1084,8 @@ impl RequestJob {
                 Response::Busy { retry_after_ms }
                     if received.is_empty() && not_found.is_empty() =>
                 {
-                    return Ok(Some(Answer::Busy(Duration::from_millis(u64::from(
-                        retry_after_ms,
-                    )))));
+                    let wait = Duration::from_millis(u64::from(retry_after_ms));
+                    return Ok(Some(Answer::Busy(wait, None)));
                 }
                 Response::Chunk {
                     id,
