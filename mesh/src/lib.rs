@@ -12,6 +12,8 @@
 //! - [`chunks`]: the content-addressed chunk store that migration, snapshots and images share.
 //! - [`swarm`]: the libp2p swarm (TCP/QUIC, Kademlia with a per-subnet cap, identify,
 //!   autonat, relay, dcutr, mDNS, gossipsub) behind the async [`swarm::MeshNode`] handle.
+//! - [`transfer`]: chunk sets across the mesh: manifests, the `/novacron/chunks/1` messages,
+//!   the fetch scheduler and per-peer rate limits (pure; the glue is `swarm::chunk_exchange`).
 //! - [`workload`]: synthetic memory contents for chunk-store tests and benchmarks.
 //!
 //! [`records`] and [`cells`] do no IO and read no clock (callers pass `now`), so the
@@ -27,4 +29,5 @@ pub mod records;
 pub mod summaries;
 #[cfg(feature = "swarm")]
 pub mod swarm;
+pub mod transfer;
 pub mod workload;

@@ -22,13 +22,15 @@
 //! ([`crate::summaries::dht_prefers`]); everything else is dropped. Gossiped summaries that do
 //! not verify are rejected, which lowers the sender's score.
 //!
-//! What this cannot do yet: cells (chitchat over libp2p), signed node records in the DHT
-//! and chunk transfer are not wired in; Kademlia values other than cell summaries are not
-//! stored; the node does not yet decide by itself when to publish its cell's summary (the
-//! cell layer calls [`MeshNode::put_cell_summary`] / [`MeshNode::publish_cell_summary`]);
-//! there is no persistent peer store, so a restarted node knows only its bootstrap peers.
+//! Chunk sets travel over [`chunk_exchange`] (`/novacron/chunks/1`), their providers found
+//! in the DHT.
+//!
+//! What this cannot do yet: signed node records are not put in the DHT; Kademlia values
+//! other than cell summaries are not stored; there is no persistent peer store, so a
+//! restarted node knows only its bootstrap peers.
 
 mod behaviour;
+pub mod chunk_exchange;
 mod config;
 mod driver;
 mod node;
@@ -41,6 +43,9 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{noise, tcp, yamux};
 use tokio::sync::{broadcast, mpsc};
 
+pub use chunk_exchange::{
+    ChunkExchange, ExchangeConfig, ExchangeError, FetchReport, ServeStats, CHUNKS_PROTOCOL,
+};
 pub use config::{
     SwarmConfig, ANNOUNCE_TOPIC, CELLS_TOPIC, GOSSIP_MAX_TRANSMIT_BYTES, IDENTIFY_PROTOCOL_VERSION,
     KAD_MAX_PACKET_BYTES, KAD_MAX_RECORDS, KAD_MAX_RECORD_BYTES, KAD_PROTOCOL, MAX_ADDRS_PER_PEER,
