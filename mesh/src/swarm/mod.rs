@@ -14,12 +14,16 @@
 //! [`MAX_ANNOUNCEMENT_BYTES`] (larger ones are rejected, which lowers the sender's score).
 //! The other protocols bound their own messages.
 //!
-//! What this cannot do yet: cells (chitchat over libp2p), signed node records in the DHT
+//! - [`cell`]: cell membership (chitchat) over [`cell_transport`] streams.
+//!
+//! What this cannot do yet: signed node records in the DHT
 //! and chunk transfer are not wired in; Kademlia records from others are not stored at all
 //! until record validation exists; there is no persistent peer store, so a restarted node
 //! knows only its bootstrap peers.
 
 mod behaviour;
+pub mod cell;
+pub mod cell_transport;
 mod config;
 mod driver;
 mod node;
