@@ -255,8 +255,11 @@ async fn a_stopped_node_is_declared_dead_and_comes_back_after_a_restart() {
     let back = start_node(&victim_id, Some(boot), 9).await;
     assert_eq!(back.peer(), vpeer);
     for rx in &mut watchers {
-        next_event(rx, |e| matches!(e, CellEvent::MemberJoined { peer, .. } if *peer == vpeer))
-            .await;
+        next_event(
+            rx,
+            |e| matches!(e, CellEvent::MemberJoined { peer, .. } if *peer == vpeer),
+        )
+        .await;
     }
     for n in &nodes {
         let m = members(n).await;
@@ -327,5 +330,145 @@ async fn garbage_and_oversized_frames_are_refused_without_harm() {
     intruder.stop().await;
     for n in nodes {
         n.stop().await;
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Measures steady-state cell bytes per node and failure detection with the default gossip
+/// parameters (`CELL_NODES`, default 25; `CELL_INTERVAL_MS`, `CELL_PHI` override them).
+/// Run by hand: `cargo test -p novacron-mesh --test cells -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: about a minute"]
+async fn measure_cell_bytes_and_failure_detection() {
+    let n: usize = env_or("CELL_NODES", 25);
+    let defaults = CellConfig::default();
+    let interval = Duration::from_millis(env_or(
+        "CELL_INTERVAL_MS",
+        defaults.gossip_interval.as_millis() as u64,
+    ));
+    let phi: f64 = env_or("CELL_PHI", defaults.phi_threshold);
+    let start = |identity: NodeIdentity, boot: Option<(PeerId, Multiaddr)>| async move {
+        let bootstrap = boot
+            .iter()
+            .map(|(p, a)| format!("{a}/p2p/{p}").parse().unwrap())
+            .collect();
+        let node = Arc::new(MeshNode::start(&identity, swarm_config(bootstrap)).unwrap());
+        let addr = listen_addr(&node).await;
+        let cfg = CellConfig {
+            gossip_interval: interval,
+            phi_threshold: phi,
+            initial_candidates: boot.map(|(p, a)| vec![(p, vec![a])]).unwrap_or_default(),
+            ..CellConfig::default()
+        };
+        let cell = CellMembership::start(node.clone(), cfg, info(4, vec![addr.clone()]))
+            .await
+            .unwrap();
+        CellNode { node, cell, addr }
+    };
+    let first = start(NodeIdentity::generate().unwrap(), None).await;
+    let boot = (first.peer(), first.addr.clone());
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        nodes.push(start(NodeIdentity::generate().unwrap(), Some(boot.clone())).await);
+    }
+    let peers: Vec<PeerId> = nodes.iter().map(CellNode::peer).collect();
+    let t0 = Instant::now();
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let m = members(node).await;
+            if peers.iter().all(|p| m.get(p).is_some_and(|m| m.live)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cell did not converge");
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eprintln!("{n} nodes all live everywhere after {:?}", t0.elapsed());
+    sleep(Duration::from_secs(5)).await;
+
+    let window = Duration::from_secs(10);
+    let cell0: Vec<_> = nodes.iter().map(|c| c.cell.cell_bytes()).collect();
+    let mut wire0 = Vec::new();
+    for c in &nodes {
+        wire0.push(c.node.wire_bytes().await.unwrap());
+    }
+    sleep(window).await;
+    let (mut cell_sent, mut cell_recv, mut wire_sent, mut wire_recv) = (0u64, 0u64, 0u64, 0u64);
+    let (mut frames_sent, mut frames_recv) = (0u64, 0u64);
+    for (i, c) in nodes.iter().enumerate() {
+        let b = c.cell.cell_bytes();
+        let w = c.node.wire_bytes().await.unwrap();
+        cell_sent += b.sent - cell0[i].sent;
+        cell_recv += b.received - cell0[i].received;
+        frames_sent += b.frames_sent - cell0[i].frames_sent;
+        frames_recv += b.frames_received - cell0[i].frames_received;
+        wire_sent += w.sent - wire0[i].sent;
+        wire_recv += w.received - wire0[i].received;
+    }
+    let per = |total: u64| total as f64 / n as f64 / window.as_secs_f64() / 1000.0;
+    eprintln!(
+        "interval {interval:?} phi {phi}: per node: cell frames sent {:.1} KB/s received {:.1} KB/s; \
+         all protocols on the wire sent {:.1} KB/s received {:.1} KB/s",
+        per(cell_sent),
+        per(cell_recv),
+        per(wire_sent),
+        per(wire_recv)
+    );
+
+    eprintln!(
+        "frames per node per second: sent {:.1}, received {:.1}; mean frame {} bytes",
+        frames_sent as f64 / n as f64 / window.as_secs_f64(),
+        frames_recv as f64 / n as f64 / window.as_secs_f64(),
+        cell_sent / frames_sent.max(1)
+    );
+
+    // Failure detection: stop the last node, time each other node's verdict.
+    let victim = nodes.pop().unwrap();
+    let vpeer = victim.peer();
+    let stopped_at = Instant::now();
+    victim.stop().await;
+    let mut times = Vec::new();
+    let mut pending: Vec<usize> = (0..nodes.len()).collect();
+    while !pending.is_empty() {
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(120),
+            "not detected"
+        );
+        let mut still = Vec::new();
+        for i in pending {
+            if members(&nodes[i])
+                .await
+                .get(&vpeer)
+                .is_some_and(|m| !m.live)
+            {
+                times.push(stopped_at.elapsed());
+            } else {
+                still.push(i);
+            }
+        }
+        pending = still;
+        sleep(Duration::from_millis(100)).await;
+    }
+    times.sort();
+    eprintln!(
+        "failure detection: p50 {:?}, max {:?}",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    // No false positives while measuring.
+    for c in &nodes {
+        let m = members(c).await;
+        let dead: Vec<_> = peers[..n - 1].iter().filter(|p| !m[*p].live).collect();
+        assert!(dead.is_empty(), "{dead:?} falsely dead");
+    }
+    for c in nodes {
+        c.stop().await;
     }
 }

@@ -91,6 +91,8 @@ impl Default for CellTransportConfig {
 pub struct CellBytes {
     pub sent: u64,
     pub received: u64,
+    pub frames_sent: u64,
+    pub frames_received: u64,
     /// Inbound frames refused (malformed, or over an admission cap).
     pub refused_frames: u64,
 }
@@ -110,6 +112,8 @@ struct Shared {
     admission: Mutex<Admission>,
     sent: AtomicU64,
     received: AtomicU64,
+    frames_sent: AtomicU64,
+    frames_received: AtomicU64,
     refused: AtomicU64,
     next_writer: AtomicU64,
     opened: AtomicBool,
@@ -187,6 +191,8 @@ impl CellTransport {
                 admission: Mutex::new(admission),
                 sent: AtomicU64::new(0),
                 received: AtomicU64::new(0),
+                frames_sent: AtomicU64::new(0),
+                frames_received: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 next_writer: AtomicU64::new(0),
                 opened: AtomicBool::new(false),
@@ -211,6 +217,8 @@ impl CellTransport {
         CellBytes {
             sent: self.shared.sent.load(Ordering::Relaxed),
             received: self.shared.received.load(Ordering::Relaxed),
+            frames_sent: self.shared.frames_sent.load(Ordering::Relaxed),
+            frames_received: self.shared.frames_received.load(Ordering::Relaxed),
             refused_frames: self.shared.refused.load(Ordering::Relaxed),
         }
     }
@@ -336,6 +344,7 @@ async fn write_frames(shared: Arc<Shared>, peer: PeerId, id: u64, mut rx: mpsc::
         match written {
             Ok(Ok(())) => {
                 shared.sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                shared.frames_sent.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "cell: write failed, stream dropped");
@@ -447,6 +456,7 @@ async fn read_frames(
         shared
             .received
             .fetch_add((FRAME_HEADER_BYTES + len) as u64, Ordering::Relaxed);
+        shared.frames_received.fetch_add(1, Ordering::Relaxed);
         let envelope = match cell_wire::decode_body(&body) {
             Ok(env) => env,
             Err(e) => {

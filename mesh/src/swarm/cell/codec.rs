@@ -229,3 +229,50 @@ mod tests {
         assert_eq!(env.message, chitchat::ChitchatMessage::BadCluster);
     }
 }
+#[cfg(test)]
+mod sizes {
+    use super::*;
+    use crate::cell_wire::{
+        decode_body, encode_body, DigestEncoding, DigestEntry, Envelope, WireMessage, WireNodeId,
+    };
+
+    /// The arithmetic behind the gossip parameters: chitchat's compressed digest (protocol
+    /// version 1) costs ~60 bytes per member, the plain one ~100.
+    #[tokio::test]
+    async fn a_fifty_member_digest_is_about_three_kilobytes_compressed() {
+        let mut enc = Encoder::open().await.unwrap();
+        let mut dec = Decoder::open().await.unwrap();
+        let mut sizes = Vec::new();
+        for encoding in [DigestEncoding::Plain, DigestEncoding::Blocks] {
+            let mut digest: Vec<_> = (0..50u64)
+                .map(|i| DigestEntry {
+                    node: WireNodeId {
+                        peer: libp2p::PeerId::random(),
+                        generation: 1_780_000_000_000 + i * 977,
+                    },
+                    heartbeat: 1000 + i * 37,
+                    last_gc_version: 0,
+                    max_version: 7,
+                })
+                .collect();
+            digest.sort_by_key(|e| e.node.peer.to_base58());
+            let syn = Envelope {
+                encoding,
+                message: WireMessage::Syn {
+                    digest,
+                    cluster_id: "novacron-cell/0/0".into(),
+                },
+            };
+            let env = dec.decode(&encode_body(&syn)).await.unwrap();
+            let bytes = enc.encode(env).await.unwrap();
+            assert_eq!(decode_body(&bytes), Ok(syn));
+            sizes.push(bytes.len());
+        }
+        let (plain, blocks) = (sizes[0], sizes[1]);
+        assert!((4500..5500).contains(&plain), "plain digest {plain} bytes");
+        assert!(
+            (2500..3400).contains(&blocks),
+            "compressed digest {blocks} bytes"
+        );
+    }
+}

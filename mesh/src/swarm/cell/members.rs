@@ -330,7 +330,11 @@ mod tests {
         let t0 = Instant::now();
         let a = build_members(
             peer(1),
-            vec![view(1, 10, true, 5), view(2, 10, true, 5), view(3, 10, true, 5)],
+            vec![
+                view(1, 10, true, 5),
+                view(2, 10, true, 5),
+                view(3, 10, true, 5),
+            ],
             &mut clock,
             t0,
         );
