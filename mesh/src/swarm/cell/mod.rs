@@ -57,7 +57,8 @@ use crate::cells::{cell_id, CellId, MAX_PREFIX_BITS};
 
 /// Default gossip interval. Measured on loopback (15 in-process nodes, debug build): 6.3
 /// frames and 4.3 KB per node per second; a 50-member digest is ~3 KB, so ~12.5 KB/s per
-/// node at 50 (goal: 20 KB/s). See docs/mesh.md.
+/// node at 50 (goal: 20 KB/s). Re-measure with the ignored test
+/// `measure_cell_bytes_and_failure_detection` in `mesh/tests/cells.rs`.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(1500);
 /// Default phi threshold: a member is declared dead once silent for this many mean heartbeat
 /// intervals. With [`GOSSIP_INTERVAL`]: failure detection p50 8.1 s, max 9.9 s (15 nodes;
