@@ -10,6 +10,7 @@
 //! What this cannot do: the checks only see what a decoder returns; a decoder that accepts
 //! garbage without breaking an invariant below goes unnoticed.
 
+pub mod cell_frame;
 pub mod cell_summary;
 pub mod checksummed_frame;
 pub mod control_recv;
@@ -60,6 +61,7 @@ pub const TARGETS: &[Target] = &[
     ),
     ("node_record", node_record::check, node_record::seeds),
     ("cell_summary", cell_summary::check, cell_summary::seeds),
+    ("cell_frame", cell_frame::check, cell_frame::seeds),
 ];
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //!   libp2p `PeerId` it gives.
 //! - [`records`]: signed node records (addresses, capacity, version, reachability) with a
 //!   sequence number and expiry, their verification, and the book of each peer's newest.
+//! - [`cell_wire`]: frames of cell membership (chitchat) on libp2p streams: a validating
+//!   parser of chitchat's format, virtual gossip addresses and admission caps.
 //! - [`cells`]: pure cell assignment by a prefix of blake3(PeerId), the prefix length for a
 //!   mesh size (with hysteresis), rendezvous representatives and signed cell summaries.
 //! - [`summaries`]: which members publish their cell's summary, how it is built, the book of
@@ -21,6 +23,7 @@
 //! and bytecheck-validated before use. Chitchat inside cells, chunk transfer over the mesh and
 //! placement are not here yet.
 
+pub mod cell_wire;
 pub mod cells;
 pub mod chunks;
 pub mod dht_keys;

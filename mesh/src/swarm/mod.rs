@@ -14,6 +14,10 @@
 //! [`MAX_ANNOUNCEMENT_BYTES`] (larger ones are rejected, which lowers the sender's score).
 //! The other protocols bound their own messages.
 //!
+//! Cells ([`cell`]): chitchat membership and failure detection inside the node's cell, its
+//! packets carried on [`cell_transport`] streams (`/novacron/cell/1`), so they are
+//! authenticated and encrypted by the connection.
+//!
 //! Cell summaries ([`crate::summaries`]): put in the DHT under their cell's key and published
 //! on [`CELLS_TOPIC`]; every one received either way is verified (size, archive, limits,
 //! signer among the contacts, signature, lifetime against the wall clock) before it is stored,
@@ -30,6 +34,8 @@
 //! restarted node knows only its bootstrap peers.
 
 mod behaviour;
+pub mod cell;
+pub mod cell_transport;
 pub mod chunk_exchange;
 mod config;
 mod driver;

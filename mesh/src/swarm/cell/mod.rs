@@ -1,0 +1,439 @@
+//! Cell membership: chitchat (scuttlebutt gossip, phi-accrual failure detection, node
+//! key-values) among the members of this node's cell, over the libp2p streams of
+//! [`CellTransport`](super::cell_transport::CellTransport).
+//!
+//! [`CellMembership::start`] spawns chitchat with
+//! - cluster id [`cluster_id`] of the node's cell (`cells::cell_id` at
+//!   [`CellConfig::prefix_bits`]): chitchat answers a Syn of another cell with BadCluster;
+//! - chitchat id: node id = the PeerId in base58, generation = start time in ms, gossip
+//!   address = the peer's [`virtual_addr`];
+//! - the key-values of a [`MemberInfo`] (capacity, load, reachability, version, up to 4
+//!   listen addresses so members can dial each other);
+//! - the compressed digest (`ProtocolVersion::V1`).
+//!
+//! Every gossip interval a runner task reads chitchat's state into [`Member`]s, registers
+//! every member's virtual address with the transport and hands its gossiped addresses to the
+//! swarm, emits [`CellEvent`]s, and finds cell peers chitchat does not know yet: connected
+//! peers and routing-table peers of the same cell, plus [`CellMembership::add_candidates`];
+//! it asks chitchat to gossip with a few of those it does not know yet (each at most every
+//! [`CellConfig::candidate_retry`]). A node that knows only its bootstrap peer so
+//! reaches its whole cell: the bootstrap peer's digest names every member.
+//!
+//! What is authenticated: the sender of every frame (the libp2p connection), so a peer
+//! cannot speak as another; node ids must be PeerIds inside the cell with their own virtual
+//! address. What is not: what members say, about themselves or (relayed) about others —
+//! chitchat state is unsigned hearsay, so any member can forge another's key-values or keep a
+//! dead member's heartbeat going. Capacity figures are hints for placement, which must ask the
+//! node. State is bounded by the transport's admission (members, generations, keys per
+//! member, value sizes; see [`crate::cell_wire`]).
+//!
+//! What this cannot do: the prefix length is fixed at start (no re-split of a growing cell
+//! yet); a member that restarts within the dead-node grace period is listed once, by its
+//! newest generation, while chitchat still holds the old one.
+
+pub(crate) mod codec;
+mod members;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chitchat::{
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+pub use members::{
+    build_members, diff_members, CellEvent, HeartbeatClock, Member, MemberInfo, NodeView,
+    MAX_GOSSIPED_ADDRS,
+};
+
+use super::cell_transport::{CellBytes, CellTransport, CellTransportConfig};
+use super::{MeshNode, SwarmError};
+use crate::cell_wire::{virtual_addr, WireNodeId};
+use crate::cells::{cell_id, CellId, MAX_PREFIX_BITS};
+
+/// Default gossip interval. Measured on loopback (15 in-process nodes, debug build): 6.3
+/// frames and 4.3 KB per node per second; a 50-member digest is ~3 KB, so ~12.5 KB/s per
+/// node at 50 (goal: 20 KB/s). Re-measure with the ignored test
+/// `measure_cell_bytes_and_failure_detection` in `mesh/tests/cells.rs`.
+pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(1500);
+/// Default phi threshold: a member is declared dead once silent for this many mean heartbeat
+/// intervals. With [`GOSSIP_INTERVAL`]: failure detection p50 8.1 s, max 9.9 s (15 nodes;
+/// goal: p50 ≤ 10 s).
+pub const PHI_THRESHOLD: f64 = 6.0;
+/// A peer that may be in the cell, with addresses to dial it.
+pub type Candidate = (PeerId, Vec<Multiaddr>);
+
+/// Most candidates kept waiting between ticks.
+const MAX_PENDING_CANDIDATES: usize = 1024;
+/// Forget the addresses handed to the swarm when this many peers are remembered.
+const MAX_FED_PEERS: usize = 4096;
+
+/// How a node runs its cell membership.
+#[derive(Clone, Debug)]
+pub struct CellConfig {
+    /// Cell prefix length: 0 = one cell (meshes under ~300 nodes); see
+    /// [`crate::cells::prefix_bits_for`].
+    pub prefix_bits: u8,
+    /// How often chitchat gossips (with 3 live members, maybe a dead one and a seed).
+    pub gossip_interval: Duration,
+    /// Phi above which a member is declared dead.
+    pub phi_threshold: f64,
+    /// How long a dead member stays in chitchat's state before it is collected.
+    pub dead_node_grace_period: Duration,
+    /// Peers to start from (chitchat seeds) with addresses to dial them.
+    pub initial_candidates: Vec<(PeerId, Vec<Multiaddr>)>,
+    /// Candidates chitchat is asked to gossip with per tick.
+    pub candidates_per_tick: usize,
+    /// A candidate is asked again at most this often.
+    pub candidate_retry: Duration,
+    /// Events a slow subscriber may fall behind before it loses some.
+    pub event_capacity: usize,
+    pub transport: CellTransportConfig,
+}
+
+impl Default for CellConfig {
+    fn default() -> Self {
+        CellConfig {
+            prefix_bits: 0,
+            gossip_interval: GOSSIP_INTERVAL,
+            phi_threshold: PHI_THRESHOLD,
+            dead_node_grace_period: Duration::from_secs(10 * 60),
+            initial_candidates: Vec::new(),
+            candidates_per_tick: 3,
+            candidate_retry: Duration::from_secs(10),
+            event_capacity: 256,
+            transport: CellTransportConfig::default(),
+        }
+    }
+}
+
+/// Why cell membership could not start or answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CellError {
+    #[error("cell: prefix of {0} bits is over the maximum of {MAX_PREFIX_BITS}")]
+    PrefixBits(u8),
+    #[error("cell: gossip interval must be positive")]
+    ZeroInterval,
+    #[error("cell: cannot start chitchat: {0}")]
+    Chitchat(String),
+    #[error("cell: {0}")]
+    Swarm(#[from] SwarmError),
+}
+
+/// The chitchat cluster id of a cell: `novacron-cell/<bits>/<prefix hex>`.
+pub fn cluster_id(cell: CellId) -> String {
+    format!("novacron-cell/{}/{:x}", cell.prefix_bits(), cell.prefix())
+}
+
+/// A running cell membership. Dropping it stops the runner (as [`CellMembership::stop`]
+/// does, without waiting).
+pub struct CellMembership {
+    me: PeerId,
+    cell: CellId,
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    transport: CellTransport,
+    candidates: Arc<Mutex<Vec<Candidate>>>,
+    clock: Arc<Mutex<HeartbeatClock>>,
+    events: broadcast::Sender<CellEvent>,
+    stop_tx: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Chitchat's nodes as [`NodeView`]s, and the ids it holds. Node ids that are not PeerIds
+/// (none pass the transport) are skipped.
+fn read_views(cc: &Chitchat) -> (Vec<NodeView>, BTreeSet<WireNodeId>) {
+    let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
+    let mut views = Vec::new();
+    let mut held = BTreeSet::new();
+    for (id, state) in cc.node_states() {
+        let Ok(peer) = id.node_id.parse::<PeerId>() else {
+            continue;
+        };
+        held.insert(WireNodeId {
+            peer,
+            generation: id.generation_id,
+        });
+        views.push(NodeView {
+            peer,
+            generation: id.generation_id,
+            live: live.contains(id),
+            heartbeat: u64::from(state.heartbeat()),
+            key_values: state
+                .key_values()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        });
+    }
+    (views, held)
+}
+
+impl CellMembership {
+    /// Starts chitchat for `node`'s cell and the runner that feeds it peers. `node` is shared
+    /// with the runner until [`CellMembership::stop`] returns.
+    pub async fn start(
+        node: Arc<MeshNode>,
+        cfg: CellConfig,
+        me_info: MemberInfo,
+    ) -> Result<CellMembership, CellError> {
+        if cfg.prefix_bits > MAX_PREFIX_BITS {
+            return Err(CellError::PrefixBits(cfg.prefix_bits));
+        }
+        if cfg.gossip_interval.is_zero() {
+            return Err(CellError::ZeroInterval);
+        }
+        let me = node.peer_id();
+        let cell = cell_id(&me, cfg.prefix_bits);
+        let transport = CellTransport::new(me, node.stream_control(), cell, cfg.transport.clone());
+        let my_addr = virtual_addr(&me);
+        transport.register(me);
+
+        let mut seeds = Vec::new();
+        for (peer, addrs) in &cfg.initial_candidates {
+            if *peer == me || !cell.contains(peer) {
+                continue;
+            }
+            if let Some(addr) = transport.register(*peer) {
+                seeds.push(addr.to_string());
+            }
+            if !addrs.is_empty() {
+                node.add_peer_addresses(*peer, addrs.clone()).await?;
+            }
+        }
+        let failure_detector_config = FailureDetectorConfig {
+            phi_threshold: cfg.phi_threshold,
+            initial_interval: cfg.gossip_interval,
+            dead_node_grace_period: cfg.dead_node_grace_period,
+            ..FailureDetectorConfig::default()
+        };
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(me.to_base58(), now_ms(), my_addr),
+            cluster_id: cluster_id(cell),
+            gossip_interval: cfg.gossip_interval,
+            listen_addr: my_addr,
+            seed_nodes: seeds,
+            failure_detector_config,
+            marked_for_deletion_grace_period: cfg.dead_node_grace_period,
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V1,
+        };
+        let handle = spawn_chitchat(config, me_info.to_key_values(), &transport)
+            .await
+            .map_err(|e| CellError::Chitchat(e.to_string()))?;
+        let (events, _) = broadcast::channel(cfg.event_capacity.max(1));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut membership = CellMembership {
+            me,
+            cell,
+            chitchat: handle.chitchat(),
+            transport: transport.clone(),
+            candidates: Arc::new(Mutex::new(Vec::new())),
+            clock: Arc::new(Mutex::new(HeartbeatClock::default())),
+            events: events.clone(),
+            stop_tx,
+            task: None,
+        };
+        let runner = Runner {
+            me,
+            cell,
+            node,
+            handle,
+            transport,
+            candidates: membership.candidates.clone(),
+            clock: membership.clock.clone(),
+            events,
+            cfg,
+            prev: BTreeMap::new(),
+            fed: HashMap::new(),
+            tried: HashMap::new(),
+        };
+        membership.task = Some(tokio::spawn(runner.run(stop_rx)));
+        Ok(membership)
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.me
+    }
+
+    /// This node's cell.
+    pub fn cell(&self) -> CellId {
+        self.cell
+    }
+
+    /// Every member chitchat holds (this node included), one per peer (newest generation).
+    pub async fn members(&self) -> Vec<Member> {
+        let (views, _) = read_views(&*self.chitchat.lock().await);
+        let mut clock = lock(&self.clock);
+        build_members(self.me, views, &mut clock, Instant::now())
+            .into_values()
+            .collect()
+    }
+
+    /// Publishes new key-values for this node.
+    pub async fn update_self(&self, info: MemberInfo) {
+        let mut cc = self.chitchat.lock().await;
+        let state = cc.self_node_state();
+        for (k, v) in info.to_key_values() {
+            if state.get(&k) != Some(v.as_str()) {
+                state.set(k, v);
+            }
+        }
+    }
+
+    /// More peers that may be in the cell (e.g. from DHT provider records); the runner
+    /// considers them on its next tick.
+    pub fn add_candidates(&self, peers: Vec<(PeerId, Vec<Multiaddr>)>) {
+        let mut pending = lock(&self.candidates);
+        let room = MAX_PENDING_CANDIDATES.saturating_sub(pending.len());
+        pending.extend(peers.into_iter().take(room));
+    }
+
+    /// Membership changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<CellEvent> {
+        self.events.subscribe()
+    }
+
+    /// Bytes of the cell protocol on the wire (frames with their length prefix).
+    pub fn cell_bytes(&self) -> CellBytes {
+        self.transport.bytes()
+    }
+
+    /// Stops gossiping (no goodbye: others will declare this node dead) and waits for the
+    /// runner, which drops its share of the [`MeshNode`].
+    pub async fn stop(mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for CellMembership {
+    fn drop(&mut self) {
+        let _ = self.stop_tx.send(true);
+    }
+}
+
+struct Runner {
+    me: PeerId,
+    cell: CellId,
+    node: Arc<MeshNode>,
+    handle: chitchat::ChitchatHandle,
+    transport: CellTransport,
+    candidates: Arc<Mutex<Vec<Candidate>>>,
+    clock: Arc<Mutex<HeartbeatClock>>,
+    events: broadcast::Sender<CellEvent>,
+    cfg: CellConfig,
+    prev: BTreeMap<PeerId, Member>,
+    /// Addresses already handed to the swarm, per peer.
+    fed: HashMap<PeerId, Vec<Multiaddr>>,
+    /// When chitchat was last asked to gossip with a candidate.
+    tried: HashMap<PeerId, Instant>,
+}
+
+impl Runner {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.cfg.gossip_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            if let Err(e) = self.tick().await {
+                tracing::debug!(error = %e, "cell: the swarm has stopped");
+                break;
+            }
+        }
+        if let Err(e) = self.handle.shutdown().await {
+            tracing::debug!(error = %e, "cell: chitchat ended with an error");
+        }
+        self.transport.close();
+    }
+
+    async fn feed(&mut self, peer: PeerId, addrs: &[Multiaddr]) -> Result<(), SwarmError> {
+        if addrs.is_empty() || self.fed.get(&peer).is_some_and(|a| a == addrs) {
+            return Ok(());
+        }
+        if self.fed.len() >= MAX_FED_PEERS {
+            self.fed.clear();
+        }
+        self.fed.insert(peer, addrs.to_vec());
+        self.node.add_peer_addresses(peer, addrs.to_vec()).await
+    }
+
+    async fn tick(&mut self) -> Result<(), SwarmError> {
+        let (views, held) = read_views(&*self.handle.chitchat().lock().await);
+        let members = {
+            let mut clock = lock(&self.clock);
+            build_members(self.me, views, &mut clock, Instant::now())
+        };
+        self.transport.retain_admitted(&held);
+        for m in members.values().filter(|m| !m.is_self) {
+            self.transport.register(m.peer);
+            let addrs = m.info.addrs.clone();
+            self.feed(m.peer, &addrs).await?;
+        }
+        for event in diff_members(&self.prev, &members) {
+            tracing::debug!(?event, "cell");
+            let _ = self.events.send(event);
+        }
+        self.prev = members;
+
+        let mut found: Vec<Candidate> = std::mem::take(&mut *lock(&self.candidates));
+        found.extend(
+            self.node
+                .connected_peers()
+                .await?
+                .into_iter()
+                .map(|p| (p, Vec::new())),
+        );
+        found.extend(self.node.routing_table().await?);
+        let mut waiting = BTreeSet::new();
+        for (peer, addrs) in found {
+            if peer == self.me || !self.cell.contains(&peer) {
+                continue;
+            }
+            if self.transport.register(peer).is_none() {
+                continue;
+            }
+            self.feed(peer, &addrs).await?;
+            // Only peers chitchat does not know: it gossips with its dead members itself, and
+            // asking it again for them would add load exactly when a loaded cell flaps.
+            if !self.prev.contains_key(&peer) {
+                waiting.insert(peer);
+            }
+        }
+        let now = Instant::now();
+        let retry = self.cfg.candidate_retry;
+        self.tried
+            .retain(|_, at| now.saturating_duration_since(*at) < retry);
+        let picked: Vec<PeerId> = waiting
+            .into_iter()
+            .filter(|p| !self.tried.contains_key(p))
+            .take(self.cfg.candidates_per_tick)
+            .collect();
+        for peer in picked {
+            self.tried.insert(peer, now);
+            if self.handle.gossip(virtual_addr(&peer)).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
