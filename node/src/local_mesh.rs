@@ -121,6 +121,7 @@ impl NodeProc {
         match ask(&self.data_dir, &Request::Status)? {
             Response::Status(s) => Ok(*s),
             Response::Error(e) => bail!("node {} answered: {e}", self.name),
+            other => bail!("node {} gave an unexpected answer: {other:?}", self.name),
         }
     }
 

@@ -7,6 +7,8 @@
 
 pub mod socket;
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 /// A request to a running node.
@@ -15,6 +17,10 @@ use serde::{Deserialize, Serialize};
 pub enum Request {
     /// Who the node is, its cell's members and the cell summaries it knows.
     Status,
+    /// Put a file's chunks in the node's store and provide it to the mesh as a chunk set.
+    PublishFile { path: PathBuf, name: Option<String> },
+    /// Fetch a chunk set (64 hex digits) from its providers, verify it and write it to `out`.
+    Fetch { id: String, out: PathBuf },
 }
 
 /// The answer to a request: exactly one of the fields is set.
@@ -22,7 +28,38 @@ pub enum Request {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Status(Box<NodeStatus>),
+    Published(Published),
+    Fetched(Box<Fetched>),
     Error(String),
+}
+
+/// A chunk set the node now provides.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Published {
+    pub id: String,
+    pub name: String,
+    pub bytes: u64,
+    /// Non-zero chunks (zero chunks are not stored).
+    pub chunks: usize,
+}
+
+/// How a fetch went.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Fetched {
+    pub id: String,
+    pub name: String,
+    /// The set's length, as written to `out`.
+    pub bytes: u64,
+    /// Chunks fetched (those already in the store are not), their raw and wire bytes.
+    pub chunks_fetched: u64,
+    pub bytes_fetched: u64,
+    pub wire_bytes: u64,
+    pub seconds: f64,
+    pub mib_per_sec: f64,
+    /// Each provider that gave chunks: peer id and chunk count.
+    pub providers: Vec<(String, u64)>,
+    pub retries: u64,
+    pub bad_providers: Vec<String>,
 }
 
 /// A node's view of itself and the mesh.
@@ -39,6 +76,23 @@ pub struct NodeStatus {
     pub wire_received: u64,
     /// The node's cell, once cell membership runs.
     pub cell: Option<CellStatus>,
+    /// Verified cell summaries the node holds (its own cell's included), newest per signer.
+    pub summaries: Vec<SummaryStatus>,
+}
+
+/// A signed cell summary as a representative published it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SummaryStatus {
+    pub cell: String,
+    pub signer: String,
+    /// Unix seconds.
+    pub issued_at: u64,
+    pub members: u32,
+    pub total_vcpus: u64,
+    pub free_vcpus: u64,
+    pub total_memory_mib: u64,
+    pub free_slots: u64,
+    pub mean_load_permille: u32,
 }
 
 /// The node's cell as its chitchat instance sees it.

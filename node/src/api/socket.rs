@@ -151,9 +151,7 @@ mod tests {
     struct Echo;
     impl Handler for Echo {
         async fn handle(&self, request: Request) -> Response {
-            match request {
-                Request::Status => Response::Error("status asked".into()),
-            }
+            Response::Error(format!("asked {request:?}"))
         }
     }
 
@@ -172,7 +170,7 @@ mod tests {
         let listener = rt.block_on(async { bind(dir.path()) }).unwrap();
         rt.spawn(serve(listener, Arc::new(Echo)));
         let answer = ask(dir.path(), &Request::Status).unwrap();
-        assert_eq!(answer, Response::Error("status asked".into()));
+        assert_eq!(answer, Response::Error("asked Status".into()));
 
         let mut raw = std::os::unix::net::UnixStream::connect(socket_path(dir.path())).unwrap();
         raw.write_all(b"{\"op\":\"format_disk\"}\n").unwrap();

@@ -1,5 +1,6 @@
 //! Command-line interface (clap derive).
 
+mod chunks;
 mod migrate;
 mod node;
 mod nodes;
@@ -30,6 +31,9 @@ enum Top {
     Node(node::NodeArgs),
     /// The live members of the local node's cell (asks the running node).
     Nodes(nodes::NodesArgs),
+    /// Share files with the mesh as chunk sets (through the running node).
+    #[command(subcommand)]
+    Chunks(chunks::ChunksCommand),
     /// Measure a subsystem (human table, or one JSON object with --json).
     Bench {
         #[command(subcommand)]
@@ -59,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Vm(cmd) => vm::run(cmd),
         Top::Node(args) => node::run(args),
         Top::Nodes(args) => nodes::run(args),
+        Top::Chunks(cmd) => chunks::run(cmd),
         Top::Bench { suite } => crate::bench::run(suite),
         Top::BareKvm => {
             println!("{}", crate::bench::bare_kvm_first_exit_ns()?);

@@ -12,13 +12,14 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use crate::api;
+use crate::daemon::lines::{member_line, MemberChange};
 use crate::daemon::Daemon;
 use anyhow::Context;
 use clap::Args;
 use novacron_mesh::identity::NodeIdentity;
+use novacron_mesh::swarm::cell::CellEvent;
 use novacron_mesh::swarm::{MeshEvent, MeshNode, Multiaddr, PeerId, SwarmConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast::error::RecvError;
@@ -74,7 +75,10 @@ async fn serve(identity: &NodeIdentity, data_dir: &Path, cfg: SwarmConfig) -> an
     let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
     let api = api::socket::bind(data_dir)?;
-    let daemon = Daemon::new(MeshNode::start(identity, cfg)?);
+    let mesh = MeshNode::start(identity, cfg)?;
+    let daemon = Daemon::start(mesh, identity.clone(), data_dir).await?;
+    let maintenance = tokio::spawn(daemon.clone().maintain());
+    let mut cell_events = daemon.cell.subscribe();
     let api_task = tokio::spawn(api::socket::serve(api, daemon.clone()));
     let node = &daemon.mesh;
     let me = node.peer_id();
@@ -106,18 +110,44 @@ async fn serve(identity: &NodeIdentity, data_dir: &Path, cfg: SwarmConfig) -> an
                 Err(RecvError::Lagged(n)) => tracing::debug!(n, "missed mesh events"),
                 Err(RecvError::Closed) => anyhow::bail!("the mesh task stopped unexpectedly"),
             },
+            event = cell_events.recv() => match event {
+                Ok(e) => show_cell_event(&daemon, e).await,
+                Err(RecvError::Lagged(n)) => tracing::warn!(n, "missed cell events"),
+                Err(RecvError::Closed) => anyhow::bail!("the cell membership stopped unexpectedly"),
+            },
         }
     }
     api_task.abort();
     let _ = api_task.await;
+    maintenance.abort();
+    let _ = maintenance.await;
+    drop(cell_events);
     let _ = std::fs::remove_file(api::socket::socket_path(data_dir));
     drop(events);
-    match Arc::try_unwrap(daemon) {
-        Ok(d) => d.mesh.stop().await,
-        Err(_) => tracing::warn!("the API still holds the node; its task ends with the process"),
-    }
+    daemon.stop().await;
     eprintln!("novacron: node {me} stopped");
     Ok(())
+}
+
+/// Prints a member's arrival or death with the live count after it (the line format of
+/// [`crate::daemon::lines`]); a member collected after its grace period is only logged.
+async fn show_cell_event(daemon: &Daemon, event: CellEvent) {
+    let (change, peer) = match event {
+        CellEvent::MemberJoined { peer, .. } => (MemberChange::Up, peer),
+        CellEvent::MemberDied { peer } => (MemberChange::Down, peer),
+        CellEvent::MemberLeft { peer } => {
+            tracing::info!(%peer, "cell member forgotten");
+            return;
+        }
+    };
+    let live = daemon
+        .cell
+        .members()
+        .await
+        .iter()
+        .filter(|m| m.live)
+        .count();
+    eprintln!("{}", member_line(change, &peer.to_string(), live));
 }
 
 fn show_listen_addr(me: PeerId, addr: &Multiaddr, shown: &mut HashSet<Multiaddr>) {

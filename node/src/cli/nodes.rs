@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Args;
 
 use crate::api::socket::ask;
-use crate::api::{NodeStatus, Request, Response};
+use crate::api::{CellStatus, NodeStatus, Request, Response, SummaryStatus};
 
 #[derive(Args, Debug)]
 pub struct NodesArgs {
@@ -26,6 +26,7 @@ pub fn run(args: NodesArgs) -> anyhow::Result<ExitCode> {
     let status = match ask(&args.data_dir, &Request::Status)? {
         Response::Status(s) => s,
         Response::Error(e) => bail!("the node answered: {e}"),
+        other => bail!("the node gave an unexpected answer: {other:?}"),
     };
     if args.json {
         println!("{}", serde_json::to_string(&status)?);
@@ -50,6 +51,13 @@ fn table(status: &NodeStatus, all: bool) -> String {
         out.push_str("no cell yet\n");
         return out;
     };
+    out.push_str(&members_table(cell, all));
+    out.push_str(&summaries_table(&status.summaries));
+    out
+}
+
+fn members_table(cell: &CellStatus, all: bool) -> String {
+    let mut out = String::new();
     let live = cell.members.iter().filter(|m| m.live).count();
     out.push_str(&format!(
         "cell {}: {live} live of {} known\n",
@@ -70,6 +78,35 @@ fn table(status: &NodeStatus, all: bool) -> String {
             m.free_slots,
             f64::from(m.load_permille) / 10.0,
             m.version
+        ));
+    }
+    out
+}
+
+/// The cell summaries known, one line per (cell, signer); capacities are self-reported.
+fn summaries_table(summaries: &[SummaryStatus]) -> String {
+    if summaries.is_empty() {
+        return "no cell summaries known yet\n".into();
+    }
+    let mut out = format!(
+        "{} cell summaries (self-reported capacity):\n",
+        summaries.len()
+    );
+    out.push_str(&format!(
+        "{:<12}  {:>7}  {:>9}  {:>11}  {:>5}  {:>6}  {}\n",
+        "CELL", "MEMBERS", "VCPUS", "MEM MiB", "SLOTS", "LOAD", "SIGNED BY"
+    ));
+    for s in summaries {
+        out.push_str(&format!(
+            "{:<12}  {:>7}  {:>4}/{:<4}  {:>11}  {:>5}  {:>5.1}%  {}\n",
+            s.cell,
+            s.members,
+            s.free_vcpus,
+            s.total_vcpus,
+            s.total_memory_mib,
+            s.free_slots,
+            f64::from(s.mean_load_permille) / 10.0,
+            s.signer
         ));
     }
     out

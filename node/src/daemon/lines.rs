@@ -13,7 +13,6 @@ pub enum MemberChange {
 
 const PREFIX: &str = "novacron: cell member ";
 
-#[allow(dead_code)] // written by the cell watcher (next commit)
 pub fn member_line(change: MemberChange, peer: &str, live: usize) -> String {
     let word = match change {
         MemberChange::Up => "up",

@@ -1,0 +1,154 @@
+//! Chunk sets on a running node: publishing a file from the local disk and fetching a set
+//! from the mesh into a file. The chunks live in `<data_dir>/chunks` (the store migration
+//! uses too); the mesh part is [`ChunkExchange`].
+//!
+//! What this cannot do: files are read whole into memory (sets up to [`MAX_FILE_BYTES`]);
+//! published sets are forgotten when the node stops (it still holds their chunks, but
+//! must publish them again to serve them).
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use novacron_mesh::chunks::ChunkStore;
+use novacron_mesh::swarm::{ChunkExchange, MeshNode};
+use novacron_mesh::transfer::ChunkSetManifest;
+
+use crate::api::{Fetched, Published};
+
+/// Largest file published in one go.
+pub const MAX_FILE_BYTES: u64 = 4 << 30;
+
+pub async fn publish(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    path: &Path,
+    name: Option<String>,
+) -> anyhow::Result<Published> {
+    let name = match name {
+        Some(n) => n,
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unnamed".into()),
+    };
+    let store = exchange.store().clone();
+    let file = path.to_path_buf();
+    let set_name = name.clone();
+    let manifest = tokio::task::spawn_blocking(move || -> anyhow::Result<ChunkSetManifest> {
+        let len = std::fs::metadata(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .len();
+        if len > MAX_FILE_BYTES {
+            bail!(
+                "{} is {len} bytes, over the {MAX_FILE_BYTES}-byte limit",
+                file.display()
+            );
+        }
+        let data =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        Ok(ChunkSetManifest::from_store_data(&set_name, &data, &store)?)
+    })
+    .await??;
+    let id = exchange.publish(mesh, &manifest).await?;
+    Ok(Published {
+        id: hex(&id),
+        name,
+        bytes: manifest.total_len(),
+        chunks: manifest.chunks().len(),
+    })
+}
+
+pub async fn fetch(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    id: &str,
+    out: &Path,
+) -> anyhow::Result<Fetched> {
+    let set = parse_id(id)?;
+    let report = exchange.fetch(mesh, set).await?;
+    let manifest = exchange
+        .manifest(&set)
+        .with_context(|| format!("chunk set {id} was fetched but its manifest is not held"))?;
+    let store = exchange.store().clone();
+    let out = out.to_path_buf();
+    tokio::task::spawn_blocking(move || write_set(&manifest, &store, &out)).await??;
+    Ok(Fetched {
+        id: id.to_string(),
+        name: report.name.clone(),
+        bytes: report.total_len,
+        chunks_fetched: report.chunks,
+        bytes_fetched: report.bytes,
+        wire_bytes: report.wire_bytes,
+        seconds: report.seconds,
+        mib_per_sec: report.mib_per_sec,
+        providers: report
+            .providers
+            .iter()
+            .map(|(p, s)| (p.to_string(), s.chunks))
+            .collect(),
+        retries: report.retries,
+        bad_providers: report.bad_providers.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+/// Reassembles the set into `out` through a temp file renamed into place, so `out` never
+/// holds half a set.
+fn write_set(
+    manifest: &ChunkSetManifest,
+    store: &Arc<ChunkStore>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        manifest.reassemble_to(store, &mut w)?;
+        w.flush()
+            .with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot sync {}", out.display()))?;
+    tmp.persist(out)
+        .with_context(|| format!("cannot move the fetched set to {}", out.display()))?;
+    Ok(())
+}
+
+fn parse_id(id: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = id.as_bytes();
+    if bytes.len() != 64 {
+        bail!("chunk set id {id:?} is not 64 hex digits");
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let text = std::str::from_utf8(pair).unwrap_or("zz");
+        out[i] = u8::from_str_radix(text, 16)
+            .with_context(|| format!("chunk set id {id:?} is not hex"))?;
+    }
+    Ok(out)
+}
+
+fn hex(id: &[u8; 32]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_as_hex_and_bad_ones_are_named() {
+        let id = [0xab; 32];
+        assert_eq!(parse_id(&hex(&id)).unwrap(), id);
+        for bad in ["abc", &"zz".repeat(32), &"é".repeat(32)] {
+            let err = parse_id(bad).unwrap_err().to_string();
+            assert!(err.contains("chunk set id"), "{err}");
+        }
+    }
+}
