@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::codec::EncodedChunk;
 use super::id::ChunkId;
-use super::store::{checked_id, verify_encoded, ChunkStore, StoreError, TempFile};
+use super::store::{checked_id, verify_encoded, ChunkStore, Durability, StoreError, TempFile};
 
 /// Chunks waiting to be committed to a [`ChunkStore`]. Holds their encoded bytes in memory
 /// until `commit`: the caller bounds a batch's size. Dropping it uncommitted writes nothing.
@@ -108,7 +108,7 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// Writes and syncs one temp file per chunk, pushing each to `temps` as soon as it exists so
+/// Writes one temp file per chunk, then syncs them all at once, pushing each to `temps` as soon as it exists so
 /// the caller can remove them whatever happens.
 fn write_all(
     store: &ChunkStore,
@@ -116,9 +116,9 @@ fn write_all(
     temps: &mut Vec<TempFile>,
 ) -> Result<(), StoreError> {
     for p in todo {
-        temps.push(store.write_temp(&p.encoded, p.len)?);
+        temps.push(store.write_temp_with(&p.encoded, p.len, Durability::Deferred)?);
     }
-    Ok(())
+    store.sync_temps(temps)
 }
 
 /// Creates the fan-out directories, links every temp file into place, then syncs each

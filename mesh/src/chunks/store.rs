@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -309,12 +310,27 @@ impl ChunkStore {
         encoded: &EncodedChunk,
         len: usize,
     ) -> Result<TempFile, StoreError> {
+        self.write_temp_with(encoded, len, Durability::Synced)
+    }
+
+    /// Writes the chunk file to a fresh temp file, syncing its data only if asked (a batch
+    /// writes all its temp files, then makes them durable at once with [`Self::sync_temps`]).
+    pub(super) fn write_temp_with(
+        &self,
+        encoded: &EncodedChunk,
+        len: usize,
+        durability: Durability,
+    ) -> Result<TempFile, StoreError> {
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("{}-{n}.tmp", std::process::id()));
         let bytes = file_format::encode_file(encoded, len);
         let mut file = File::create_new(&path).map_err(io_err("create temp file", &path))?;
         // From here on the file is ours: remove it if it cannot be completed.
-        match file.write_all(&bytes).and_then(|()| file.sync_data()) {
+        let written = file.write_all(&bytes).and_then(|()| match durability {
+            Durability::Synced => file.sync_data(),
+            Durability::Deferred => Ok(()),
+        });
+        match written {
             Ok(()) => Ok(TempFile {
                 path,
                 len: bytes.len() as u64,
@@ -368,6 +384,28 @@ impl ChunkStore {
         }
     }
 
+    /// Makes the data of unsynced temp files durable: one `syncfs(2)` of the store's file
+    /// system (one journal commit for a whole batch instead of one per chunk); if the kernel
+    /// refuses it, each file's data is synced on its own.
+    pub(super) fn sync_temps(&self, temps: &[TempFile]) -> Result<(), StoreError> {
+        if temps.is_empty() {
+            return Ok(());
+        }
+        let dir = File::open(&self.tmp).map_err(io_err("open temp directory", &self.tmp))?;
+        // SAFETY: syncfs takes a file descriptor we own for the duration of the call.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        warn!(error = %err, "syncfs failed; syncing chunk files one by one");
+        for temp in temps {
+            File::open(&temp.path)
+                .and_then(|f| f.sync_data())
+                .map_err(io_err("sync temp file", &temp.path))?;
+        }
+        Ok(())
+    }
+
     pub(super) fn sync_dir(&self, dir: &Path) -> Result<(), StoreError> {
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -416,7 +454,14 @@ fn scan_fanout(dir: &Path, stats: &mut StoreStats) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A synced temp file holding a complete chunk file.
+/// Whether a temp file's data is synced as it is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Durability {
+    Synced,
+    Deferred,
+}
+
+/// A temp file holding a complete chunk file (synced, or to be synced by its batch).
 #[derive(Debug)]
 pub(super) struct TempFile {
     pub(super) path: PathBuf,
