@@ -116,9 +116,14 @@ impl NodeProc {
         }
     }
 
+    /// Sends one request to the node's API socket.
+    pub fn ask(&self, request: &Request) -> anyhow::Result<Response> {
+        ask(&self.data_dir, request)
+    }
+
     /// The node's status over its API socket.
     pub fn status(&self) -> anyhow::Result<NodeStatus> {
-        match ask(&self.data_dir, &Request::Status)? {
+        match self.ask(&Request::Status)? {
             Response::Status(s) => Ok(*s),
             Response::Error(e) => bail!("node {} answered: {e}", self.name),
             other => bail!("node {} gave an unexpected answer: {other:?}", self.name),

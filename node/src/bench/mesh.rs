@@ -6,17 +6,27 @@
 //!   received per node per second (libp2p's counters after noise and yamux: gossip, pings,
 //!   identify, Kademlia refreshes, everything), and the cell gossip's own share;
 //! - `failure_detect_s_p50` / `_max`: `--kill` nodes are killed with SIGKILL at once; for each
-//!   victim and each surviving member, the time until that member reported it down.
+//!   victim and each surviving member, the time until that member reported it down;
+//! - `chunk_fetch_mib_s`: a `--fetch-mib` pattern set published on two nodes, fetched by a
+//!   third (chunk phase, raw MiB/s), against one plain loopback TCP connection in this
+//!   process moving the same bytes (`loopback_tcp_mib_s`) and storing them durably in a fresh
+//!   local chunk store (`local_store_put_mib_s`: the same per-chunk work minus the network).
 //!
 //! The figures include the cost of running N processes on this machine's cores; a node's
 //! own work per second is what the bytes figure shows.
 
 use std::time::{Duration, Instant};
 
+use std::path::Path;
+
 use anyhow::{bail, Context};
 use clap::Args;
+use novacron_mesh::chunks::{ChunkStore, Level};
+use novacron_mesh::transfer::ChunkSetManifest;
+use novacron_mesh::workload::PatternStream;
 
 use super::report::{in_scratch_dir, median, Report};
+use crate::api::{Request, Response};
 use crate::daemon::lines::{parse_member_line, MemberChange};
 use crate::local_mesh::{LocalMesh, NodeProc};
 
@@ -31,6 +41,9 @@ pub struct MeshBenchArgs {
     /// Seconds of steady state over which bytes are counted.
     #[arg(long, default_value_t = 20)]
     steady_secs: u64,
+    /// MiB of the chunk set fetched (a pattern that compresses ~2x, as memory does).
+    #[arg(long, default_value_t = 64)]
+    fetch_mib: usize,
     /// Give up waiting for the join (or a detection) after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
@@ -90,6 +103,29 @@ fn measure(args: &MeshBenchArgs, scratch: &std::path::Path) -> anyhow::Result<Re
         Some("<= 20000 at 50 nodes"),
     );
     report.add("cell_gossip_bytes_per_node_per_s", gossip, "B/s", None);
+
+    let fetch = chunk_fetch(&mesh, scratch, args.fetch_mib)?;
+    report.add("chunk_fetch_mib_s", fetch.mib_per_sec, "MiB/s", None);
+    report.add("chunk_fetch_providers", fetch.providers as f64, "", None);
+    report.add("loopback_tcp_mib_s", fetch.tcp_mib_per_sec, "MiB/s", None);
+    report.add(
+        "local_store_put_mib_s",
+        fetch.store_mib_per_sec,
+        "MiB/s",
+        None,
+    );
+    report.add(
+        "chunk_fetch_vs_local_store_put",
+        fetch.mib_per_sec / fetch.store_mib_per_sec.max(1e-9),
+        "x",
+        None,
+    );
+    report.add(
+        "chunk_fetch_vs_loopback_tcp",
+        fetch.mib_per_sec / fetch.tcp_mib_per_sec.max(1e-9),
+        "x",
+        None,
+    );
 
     let (p50, max) = failure_detection(&mut mesh, args.kill, timeout)?;
     report.add("failure_detect_s_p50", p50, "s", Some("<= 10 at 50 nodes"));
@@ -152,6 +188,100 @@ fn steady_bytes(mesh: &LocalMesh, span: Duration) -> anyhow::Result<(f64, f64)> 
     }
     let n = mesh.nodes.len() as f64;
     Ok((total / n, gossip / n))
+}
+
+struct FetchFigures {
+    mib_per_sec: f64,
+    providers: usize,
+    tcp_mib_per_sec: f64,
+    store_mib_per_sec: f64,
+}
+
+/// Publishes a `mib` MiB pattern file on two nodes and fetches it on a third (the chunk phase
+/// rate, verified chunks written to its store), then moves the same bytes over one plain
+/// loopback TCP connection in this process, as the reference.
+fn chunk_fetch(mesh: &LocalMesh, scratch: &Path, mib: usize) -> anyhow::Result<FetchFigures> {
+    if mesh.nodes.len() < 3 {
+        bail!("the chunk fetch needs 3 nodes");
+    }
+    let mut data = vec![0u8; mib << 20];
+    PatternStream::new().fill(&mut data);
+    let file = scratch.join("chunk-set.bin");
+    std::fs::write(&file, &data).with_context(|| format!("cannot write {}", file.display()))?;
+    let mut id = String::new();
+    for node in &mesh.nodes[1..3] {
+        match node.ask(&Request::PublishFile {
+            path: file.clone(),
+            name: Some("bench".into()),
+        })? {
+            Response::Published(p) => id = p.id,
+            other => bail!("{} could not publish: {other:?}", node.name),
+        }
+    }
+    let out = scratch.join("chunk-set.fetched");
+    let fetched = match mesh.nodes[mesh.nodes.len() - 1].ask(&Request::Fetch {
+        id,
+        out: out.clone(),
+    })? {
+        Response::Fetched(f) => f,
+        other => bail!("the fetch failed: {other:?}"),
+    };
+    if std::fs::read(&out)? != data {
+        bail!("the fetched chunk set differs from the published file");
+    }
+    Ok(FetchFigures {
+        mib_per_sec: fetched.mib_per_sec,
+        providers: fetched.providers.len(),
+        tcp_mib_per_sec: loopback_tcp_mib_s(&data)?,
+        store_mib_per_sec: local_store_put_mib_s(&data, &scratch.join("reference-store"))?,
+    })
+}
+
+/// MiB/s of chunking, hashing, compressing and durably storing `data` in a fresh local
+/// chunk store: what a fetch does with each chunk minus the network.
+fn local_store_put_mib_s(data: &[u8], dir: &Path) -> anyhow::Result<f64> {
+    let store = ChunkStore::open(dir, Level::default())?;
+    // Flush what the benchmark wrote before (the set's file, the fetched copy), so the
+    // store's syncs time only its own chunks.
+    // SAFETY: sync(2) has no arguments and cannot fail.
+    unsafe { libc::sync() };
+    let started = Instant::now();
+    ChunkSetManifest::from_store_data("reference", data, &store)?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    Ok(data.len() as f64 / secs / (1 << 20) as f64)
+}
+
+/// MiB/s of `data` written through one loopback TCP connection and read on the other end.
+fn loopback_tcp_mib_s(data: &[u8]) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let len = data.len();
+    let reader = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        while total < len {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        Ok(total)
+    });
+    let started = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.write_all(data)?;
+    drop(s);
+    let got = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reference reader panicked"))??;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    if got != len {
+        bail!("the reference connection carried {got} of {len} bytes");
+    }
+    Ok(len as f64 / secs / (1 << 20) as f64)
 }
 
 /// Kills `kill` nodes at once (never the first) and times, for every survivor, its `down`
