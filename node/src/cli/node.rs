@@ -78,7 +78,7 @@ async fn serve(identity: &NodeIdentity, data_dir: &Path, cfg: SwarmConfig) -> an
     let mesh = MeshNode::start(identity, cfg)?;
     let daemon = Daemon::start(mesh, identity.clone(), data_dir).await?;
     let maintenance = tokio::spawn(daemon.clone().maintain());
-    let mut cell_events = daemon.cell.subscribe();
+    let mut cell_events = daemon.cell_events();
     let api_task = tokio::spawn(api::socket::serve(api, daemon.clone()));
     let node = &daemon.mesh;
     let me = node.peer_id();
@@ -140,13 +140,7 @@ async fn show_cell_event(daemon: &Daemon, event: CellEvent) {
             return;
         }
     };
-    let live = daemon
-        .cell
-        .members()
-        .await
-        .iter()
-        .filter(|m| m.live)
-        .count();
+    let live = daemon.live_members().await;
     eprintln!("{}", member_line(change, &peer.to_string(), live));
 }
 

@@ -11,10 +11,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use novacron_mesh::cells::sign_summary;
+use novacron_mesh::cells::{next_prefix_bits, SummaryRecord};
 use novacron_mesh::dht_keys::DhtKey;
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::records::{Capacity, Reachability};
-use novacron_mesh::summaries::{build_summary_record, is_representative, DEFAULT_REPRESENTATIVES};
+use novacron_mesh::summaries::{
+    build_summary_record, estimate_mesh_size_from_book, is_representative, SummaryBook,
+    DEFAULT_REPRESENTATIVES,
+};
 use novacron_mesh::swarm::cell::{CellMembership, Member, MemberInfo};
 use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId};
 
@@ -113,9 +117,84 @@ pub async fn publish_summary_if_representative(
     Ok(true)
 }
 
+/// The prefix length the mesh-size estimate calls for, with the estimate, when it differs
+/// from `bits`: the estimate pools this cell (`live` members at `bits`) with the consensus of
+/// each other cell in `summaries`; `next_prefix_bits` keeps cells of 100–250 with hysteresis.
+pub fn next_cell_bits(
+    bits: u8,
+    live: u64,
+    summaries: impl IntoIterator<Item = SummaryRecord>,
+    now: u64,
+) -> Option<(u8, u64)> {
+    let mut book = SummaryBook::default();
+    for s in summaries {
+        // The node's book verified them; expired or crowded-out ones simply do not count.
+        let _ = book.insert(s, now);
+    }
+    let estimate = estimate_mesh_size_from_book(&book, Some((live, bits)))?;
+    let next = next_prefix_bits(bits, estimate);
+    (next != bits).then_some((next, estimate))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use novacron_mesh::cells::{cell_id, CellId};
+
+    /// A summary of `members` members for the cell of `bits` bits that `signer` is in.
+    fn summary(signer: &NodeIdentity, bits: u8, members: u64) -> SummaryRecord {
+        let me = signer.peer_id();
+        let cell = cell_id(&me, bits);
+        let cap = Capacity {
+            vcpus: 2,
+            free_vcpus: 2,
+            memory_bytes: 1 << 30,
+            free_memory_bytes: 1 << 30,
+            free_slots: 2,
+            load_permille: 100,
+        };
+        let mut record = build_summary_record(cell, [(&me, &cap)], &me, 3, 1_000, 600).unwrap();
+        record.summary.members = u32::try_from(members).unwrap();
+        record
+    }
+
+    /// Identities in `n` distinct cells of `bits` bits.
+    fn in_distinct_cells(n: usize, bits: u8) -> Vec<NodeIdentity> {
+        let mut seen: Vec<CellId> = Vec::new();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let id = NodeIdentity::generate().unwrap();
+            let cell = cell_id(&id.peer_id(), bits);
+            if !seen.contains(&cell) {
+                seen.push(cell);
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_node_in_one_cell_of_a_large_mesh_moves_to_its_prefix_length() {
+        // Five cells of a 50,000-node mesh (8 bits, ~195 members each) are heard of.
+        let heard: Vec<SummaryRecord> = in_distinct_cells(5, 8)
+            .iter()
+            .map(|id| summary(id, 8, 195))
+            .collect();
+        let (bits, estimate) = next_cell_bits(0, 1, heard.clone(), 1_100).unwrap();
+        assert_eq!(bits, 8, "estimate {estimate}");
+        assert!(estimate > 35_000, "{estimate}");
+        // Once there (a cell of ~195 live members at 8 bits), it stays.
+        assert_eq!(next_cell_bits(8, 195, heard.clone(), 1_100), None);
+        // Expired summaries do not count: alone, a small cell keeps 0 bits.
+        assert_eq!(next_cell_bits(0, 40, heard, 5_000), None);
+    }
+
+    #[test]
+    fn a_small_mesh_keeps_one_cell_and_a_shrunken_one_merges() {
+        assert_eq!(next_cell_bits(0, 50, Vec::new(), 1_000), None);
+        // A 2-bit cell that shrank to 10 members (mesh of ~40): back to one cell.
+        assert_eq!(next_cell_bits(2, 10, Vec::new(), 1_000), Some((0, 40)));
+    }
 
     #[test]
     fn gossiped_info_reads_back_as_capacity() {

@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use novacron_mesh::chunks::{ChunkStore, Level};
 use novacron_mesh::identity::NodeIdentity;
-use novacron_mesh::swarm::cell::{CellConfig, CellMembership};
+use novacron_mesh::swarm::cell::{CellConfig, CellEvent, CellMembership, MemberInfo};
 use novacron_mesh::swarm::{ChunkExchange, ExchangeConfig, MeshNode, Multiaddr};
+use tokio::sync::{broadcast, RwLock};
+use tokio::task::JoinHandle;
 
 use crate::api::socket::Handler;
 use crate::api::{CellStatus, MemberStatus, NodeStatus, Request, Response, SummaryStatus};
@@ -36,10 +38,17 @@ pub const CHUNKS_DIR: &str = "chunks";
 pub struct Daemon {
     pub mesh: Arc<MeshNode>,
     pub exchange: ChunkExchange,
-    pub cell: CellMembership,
+    /// The cell membership; replaced when the mesh grows or shrinks past a cell size bound.
+    cell: RwLock<Option<CellMembership>>,
+    /// Events of whichever membership runs (a forwarder task copies them here).
+    cell_events: broadcast::Sender<CellEvent>,
+    forwarder: std::sync::Mutex<Option<JoinHandle<()>>>,
     identity: NodeIdentity,
     pub started: Instant,
 }
+
+/// Capacity of the daemon's cell event channel.
+const CELL_EVENT_CAPACITY: usize = 1024;
 
 impl Daemon {
     /// Opens the chunk store, starts serving chunk sets and joins the node's cell.
@@ -55,13 +64,51 @@ impl Daemon {
         let mesh = Arc::new(mesh);
         let me = cell::member_info(&capacity::host_capacity(), Vec::new());
         let cell = CellMembership::start(mesh.clone(), CellConfig::default(), me).await?;
-        Ok(Arc::new(Daemon {
+        let (cell_events, _) = broadcast::channel(CELL_EVENT_CAPACITY);
+        let daemon = Arc::new(Daemon {
             mesh,
             exchange,
-            cell,
+            forwarder: std::sync::Mutex::new(Some(forward(&cell, cell_events.clone()))),
+            cell: RwLock::new(Some(cell)),
+            cell_events,
             identity,
             started: Instant::now(),
-        }))
+        });
+        Ok(daemon)
+    }
+
+    /// Member events of the node's cell, whichever cell that is.
+    pub fn cell_events(&self) -> broadcast::Receiver<CellEvent> {
+        self.cell_events.subscribe()
+    }
+
+    /// Live members of the node's cell (itself included).
+    pub async fn live_members(&self) -> usize {
+        match &*self.cell.read().await {
+            Some(c) => c.members().await.iter().filter(|m| m.live).count(),
+            None => 0,
+        }
+    }
+
+    /// Moves to the cell of `bits` prefix bits: stops the current membership (its protocol
+    /// must be free before the next one registers), starts the new one with what the node
+    /// last told its cell, and forwards the new one's events. The node has no cell in between.
+    async fn move_cell(&self, bits: u8, me: MemberInfo) -> anyhow::Result<()> {
+        let mut cell = self.cell.write().await;
+        if let Some(f) = lock(&self.forwarder).take() {
+            f.abort();
+        }
+        if let Some(old) = cell.take() {
+            old.stop().await;
+        }
+        let cfg = CellConfig {
+            prefix_bits: bits,
+            ..CellConfig::default()
+        };
+        let new = CellMembership::start(self.mesh.clone(), cfg, me).await?;
+        *lock(&self.forwarder) = Some(forward(&new, self.cell_events.clone()));
+        *cell = Some(new);
+        Ok(())
     }
 
     /// Keeps the node's cell entry current, finds members through the DHT and publishes the
@@ -75,32 +122,55 @@ impl Daemon {
             tick.tick().await;
             let addrs = self.advertised_addrs().await;
             let info = cell::member_info(&capacity::host_capacity(), addrs);
-            if told.as_ref() != Some(&info) {
-                self.cell.update_self(info.clone()).await;
-                told = Some(info);
-            }
-            // The DHT needs a routing table; the first rounds may find none yet.
-            if round % SUMMARY_EVERY_ROUNDS <= 1 {
-                match cell::find_members_in_dht(&self.mesh, &self.cell).await {
-                    Ok(n) => tracing::debug!(n, "cell members found in the DHT"),
-                    Err(e) => tracing::debug!(error = %e, "cell lookup in the DHT"),
+            let publish_round = round % SUMMARY_EVERY_ROUNDS == 1;
+            let lookup_round = round % SUMMARY_EVERY_ROUNDS <= 1;
+            round = round.wrapping_add(1);
+            let next_bits = {
+                let guard = self.cell.read().await;
+                let Some(cell) = guard.as_ref() else { continue };
+                if told.as_ref() != Some(&info) {
+                    cell.update_self(info.clone()).await;
+                    told = Some(info.clone());
                 }
-            }
-            if round % SUMMARY_EVERY_ROUNDS == 1 {
-                match cell::publish_summary_if_representative(
-                    &self.mesh,
-                    &self.identity,
-                    &self.cell,
-                )
-                .await
+                // The DHT needs a routing table; the first rounds may find none yet.
+                if lookup_round {
+                    match cell::find_members_in_dht(&self.mesh, cell).await {
+                        Ok(n) => tracing::debug!(n, "cell members found in the DHT"),
+                        Err(e) => tracing::debug!(error = %e, "cell lookup in the DHT"),
+                    }
+                }
+                if !publish_round {
+                    continue;
+                }
+                match cell::publish_summary_if_representative(&self.mesh, &self.identity, cell)
+                    .await
                 {
-                    Ok(true) => tracing::info!(cell = %self.cell.cell(), "cell summary published"),
+                    Ok(true) => tracing::info!(cell = %cell.cell(), "cell summary published"),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot publish the cell summary"),
                 }
+                self.cell_bits_for_mesh_size(cell).await
+            };
+            if let Some((bits, estimate)) = next_bits {
+                match self.move_cell(bits, info).await {
+                    Ok(()) => eprintln!(
+                        "novacron: moved to a cell of {bits} prefix bits (mesh of ~{estimate} nodes)"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "cannot move to the new cell"),
+                }
+                told = None;
             }
-            round = round.wrapping_add(1);
         }
+    }
+
+    /// The prefix length the mesh-size estimate calls for, when it differs from the current
+    /// cell's (with the estimate); the estimate pools this cell's live members and the
+    /// summaries of other cells the node holds.
+    async fn cell_bits_for_mesh_size(&self, cell: &CellMembership) -> Option<(u8, u64)> {
+        let live = cell.members().await.iter().filter(|m| m.live).count() as u64;
+        let bits = cell.cell().prefix_bits();
+        let summaries = self.mesh.cell_summaries().await.ok()?;
+        cell::next_cell_bits(bits, live, summaries, unix_now())
     }
 
     /// Listen addresses worth telling the cell (no unspecified ones).
@@ -120,7 +190,12 @@ impl Daemon {
         match Arc::try_unwrap(self) {
             Ok(d) => {
                 drop(d.exchange);
-                d.cell.stop().await;
+                if let Some(f) = lock(&d.forwarder).take() {
+                    f.abort();
+                }
+                if let Some(cell) = d.cell.into_inner() {
+                    cell.stop().await;
+                }
                 match Arc::try_unwrap(d.mesh) {
                     Ok(mesh) => mesh.stop().await,
                     Err(_) => tracing::warn!("the mesh is still shared; it stops with the process"),
@@ -147,14 +222,15 @@ impl Daemon {
             routing_table_peers: self.mesh.routing_table_peers().await?.len(),
             wire_sent: wire.sent,
             wire_received: wire.received,
-            cell: Some(self.cell_status().await),
+            cell: self.cell_status().await,
             summaries: self.summaries().await?,
         })
     }
 
-    async fn cell_status(&self) -> CellStatus {
-        let mut members: Vec<MemberStatus> = self
-            .cell
+    async fn cell_status(&self) -> Option<CellStatus> {
+        let guard = self.cell.read().await;
+        let cell = guard.as_ref()?;
+        let mut members: Vec<MemberStatus> = cell
             .members()
             .await
             .into_iter()
@@ -170,13 +246,13 @@ impl Daemon {
             })
             .collect();
         members.sort_by(|a, b| b.live.cmp(&a.live).then(a.peer_id.cmp(&b.peer_id)));
-        let bytes = self.cell.cell_bytes();
-        CellStatus {
-            id: self.cell.cell().to_string(),
+        let bytes = cell.cell_bytes();
+        Some(CellStatus {
+            id: cell.cell().to_string(),
             members,
             gossip_sent: bytes.sent,
             gossip_received: bytes.received,
-        }
+        })
     }
 
     async fn summaries(&self) -> anyhow::Result<Vec<SummaryStatus>> {
@@ -202,6 +278,34 @@ impl Daemon {
             })
             .collect())
     }
+}
+
+/// Copies a membership's events into the daemon's channel until the task is aborted.
+fn forward(cell: &CellMembership, to: broadcast::Sender<CellEvent>) -> JoinHandle<()> {
+    let mut from = cell.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match from.recv().await {
+                Ok(e) => {
+                    let _ = to.send(e);
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(n, "missed cell events");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn answer<T>(result: anyhow::Result<T>, wrap: impl FnOnce(T) -> Response) -> Response {
