@@ -1,9 +1,10 @@
 //! Command-line interface (clap derive).
 
 mod chunks;
+mod demo;
 mod migrate;
 mod node;
-mod nodes;
+pub(crate) mod nodes;
 mod receive;
 mod vm;
 
@@ -31,6 +32,8 @@ enum Top {
     Node(node::NodeArgs),
     /// The live members of the local node's cell (asks the running node).
     Nodes(nodes::NodesArgs),
+    /// A local mesh: N node processes on loopback, joined in one cell, shown live until Ctrl-C.
+    Demo(demo::DemoArgs),
     /// Share files with the mesh as chunk sets (through the running node).
     #[command(subcommand)]
     Chunks(chunks::ChunksCommand),
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Node(args) => node::run(args),
         Top::Nodes(args) => nodes::run(args),
         Top::Chunks(cmd) => chunks::run(cmd),
+        Top::Demo(args) => demo::run(args),
         Top::Bench { suite } => crate::bench::run(suite),
         Top::BareKvm => {
             println!("{}", crate::bench::bare_kvm_first_exit_ns()?);

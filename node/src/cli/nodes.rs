@@ -37,7 +37,7 @@ pub fn run(args: NodesArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The human view: one header line, then one line per member.
-fn table(status: &NodeStatus, all: bool) -> String {
+pub(crate) fn table(status: &NodeStatus, all: bool) -> String {
     let mut out = format!(
         "node {}  up {:.0} s  {} connected, {} in the routing table, {} B sent / {} B received\n",
         status.peer_id,
