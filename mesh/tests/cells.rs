@@ -432,6 +432,15 @@ async fn measure_cell_bytes_and_failure_detection() {
             if peers.iter().all(|p| m.get(p).is_some_and(|m| m.live)) {
                 break;
             }
+            if std::env::var("CELL_TRACE").is_ok() {
+                let live = m.values().filter(|m| m.live).count();
+                eprintln!(
+                    "{:?}: {} listed, {live} live, {:?}",
+                    t0.elapsed(),
+                    m.len(),
+                    node.cell.cell_bytes()
+                );
+            }
             assert!(Instant::now() < deadline, "the cell did not converge");
             sleep(Duration::from_millis(200)).await;
         }
