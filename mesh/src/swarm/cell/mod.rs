@@ -60,14 +60,18 @@ use super::{MeshNode, SwarmError};
 use crate::cell_wire::{check_peer_key, virtual_addr, ShortId, WireNodeId, PEER_KEY};
 use crate::cells::{cell_id, CellId, MAX_PREFIX_BITS};
 
-/// Default gossip interval. Measured on loopback (15 in-process nodes, debug build): 6.3
-/// frames and 4.3 KB per node per second; a 50-member digest is ~3 KB, so ~12.5 KB/s per
-/// node at 50 (goal: 20 KB/s). Re-measure with the ignored test
-/// `measure_cell_bytes_and_failure_detection` in `mesh/tests/cells.rs`.
+/// Default gossip interval. With short node ids a 50-member digest is ~1.05 KB (21 B per
+/// member; PeerId ids made it ~3 KB). Measured in-process (25 nodes, debug build, noisy
+/// 2-core machine, `measure_cell_bytes_and_failure_detection` in `mesh/tests/cells.rs`): cell
+/// frames 4.8 KB/s per node sent + received, 6 frames/s of ~400 B (PeerId ids: 13.0 KB/s of
+/// ~1050 B frames). The 50-process benchmark measured 24.6 KB/s of cell gossip with PeerId ids:
+/// expect ~9 KB/s now (goal: 20 KB/s for everything). The byte headroom would allow ~1.0 s
+/// (≈ 14 KB/s) for faster detection; not taken without a 50-process run.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(1500);
-/// Default phi threshold: a member is declared dead once silent for this many mean heartbeat
-/// intervals. With [`GOSSIP_INTERVAL`]: failure detection p50 8.1 s, max 9.9 s (15 nodes;
-/// goal: p50 ≤ 10 s).
+/// Default phi threshold: a member is declared dead after ~14 mean heartbeat arrival
+/// intervals of silence (phi = silence / (mean · ln 10)). With [`GOSSIP_INTERVAL`]: failure
+/// detection p50 7.3–9.3 s, max 9–12 s in-process (25 nodes, noisy machine); 7.9 s / 11 s
+/// in the 50-process benchmark (goal: p50 ≤ 10 s).
 pub const PHI_THRESHOLD: f64 = 6.0;
 /// A peer that may be in the cell, with addresses to dial it.
 pub type Candidate = (PeerId, Vec<Multiaddr>);
