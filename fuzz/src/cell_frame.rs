@@ -1,14 +1,15 @@
 //! `cell_wire::decode_frame`: chitchat frames read from `/novacron/cell/1` streams.
 //!
 //! Invariants when bytes decode: the frame was within the size limit; every node id is a
-//! peer id; no digest or delta is over the member cap and no node carries more operations
-//! than allowed; re-encoding the envelope decodes to the same envelope; admission into a
-//! one-cell mesh never panics, and a refused frame leaves it unchanged.
+//! short id whose text reads back to itself; every `peer` key-value is a set of a PeerId
+//! with its node's short id; no digest or delta is over the member cap and no node carries
+//! more operations than allowed; re-encoding the envelope decodes to the same envelope;
+//! admission into a one-cell mesh never panics, and a refused frame leaves it unchanged.
 
 use novacron_mesh::cell_wire::{
-    decode_body, decode_frame, encode_body, encode_frame, Admission, DigestEncoding, DigestEntry,
-    Envelope, KvStatus, NodeDelta, NodeOp, WireMessage, WireNodeId, FRAME_HEADER_BYTES,
-    MAX_BODY_BYTES, MAX_MEMBERS, MAX_OPS_PER_NODE,
+    check_peer_key, decode_body, decode_frame, encode_body, encode_frame, Admission,
+    DigestEncoding, DigestEntry, Envelope, KvStatus, NodeDelta, NodeOp, ShortId, WireMessage,
+    WireNodeId, FRAME_HEADER_BYTES, MAX_BODY_BYTES, MAX_MEMBERS, MAX_OPS_PER_NODE, PEER_KEY,
 };
 use novacron_mesh::cells::CellId;
 use novacron_mesh::identity::NodeIdentity;
@@ -36,6 +37,28 @@ pub fn check(data: &[u8]) -> bool {
         env.nodes().count() <= 2 * MAX_MEMBERS,
         "too many nodes mentioned"
     );
+    for node in env.nodes() {
+        assert_eq!(
+            ShortId::parse(node.id.as_str()).as_ref(),
+            Ok(&node.id),
+            "a node id does not read back"
+        );
+    }
+    for d in deltas {
+        for op in &d.ops {
+            if let NodeOp::KeyValue {
+                key, value, status, ..
+            } = op
+            {
+                if key == PEER_KEY {
+                    assert_eq!(*status, KvStatus::Set, "a peer key is deleted");
+                    let peer = check_peer_key(&d.node.id, value)
+                        .expect("a peer key that is no PeerId of its short id");
+                    assert!(d.node.id.is_of(&peer), "a peer key of another short id");
+                }
+            }
+        }
+    }
     assert_eq!(
         decode_body(&encode_body(&env)).as_ref(),
         Ok(&env),
@@ -48,11 +71,13 @@ pub fn check(data: &[u8]) -> bool {
     true
 }
 
+fn identity(i: u8) -> NodeIdentity {
+    NodeIdentity::from_seed(&[i; 32]).expect("seed identity")
+}
+
 fn node(i: u8) -> WireNodeId {
     WireNodeId {
-        peer: NodeIdentity::from_seed(&[i; 32])
-            .expect("seed identity")
-            .peer_id(),
+        id: ShortId::of(&identity(i).peer_id()),
         generation: 1_780_000_000_000 + u64::from(i),
     }
 }
@@ -87,7 +112,13 @@ pub fn seeds() -> Vec<Seed> {
                 version: 2,
                 status: KvStatus::Set,
             },
-            NodeOp::SetMaxVersion(3),
+            NodeOp::KeyValue {
+                key: PEER_KEY.into(),
+                value: identity(2).peer_id().to_base58(),
+                version: 3,
+                status: KvStatus::Set,
+            },
+            NodeOp::SetMaxVersion(4),
         ],
     }];
     vec![
@@ -111,7 +142,10 @@ pub fn seeds() -> Vec<Seed> {
                 },
             ),
         ),
-        ("ack", frame(DigestEncoding::Blocks, WireMessage::Ack { delta })),
+        (
+            "ack",
+            frame(DigestEncoding::Blocks, WireMessage::Ack { delta }),
+        ),
         (
             "bad_cluster",
             frame(DigestEncoding::Plain, WireMessage::BadCluster),

@@ -13,9 +13,18 @@
 //!   datagram could inflate to ~180 MB), more than [`MAX_MEMBERS`] digest entries or node
 //!   deltas, keys over [`MAX_KEY_BYTES`], values over [`MAX_VALUE_BYTES`], more than
 //!   [`MAX_OPS_PER_NODE`] key-value operations for one node;
-//! - a node id that is not a canonical base58 [`PeerId`], and an advertised gossip address
-//!   other than that peer's [`virtual_addr`] (so chitchat only ever gossips to addresses the
-//!   transport can map back to an authenticated peer).
+//! - a node id that is not a [`ShortId`], and an advertised gossip address other than that
+//!   short id's [`ShortId::virtual_addr`] (so chitchat only ever gossips to addresses the
+//!   transport can map back to an authenticated peer);
+//! - a [`PEER_KEY`] key-value that is not a Set of a canonical base58 [`PeerId`] whose short
+//!   id is the node's (so the PeerId behind a short id cannot be forged without a second
+//!   preimage of blake3, see [`ShortId`]).
+//!
+//! Node ids are short, cell-local ids ([`ShortId`]: 15 base32 characters, 75 bits of
+//! blake3(peer id bytes)), not PeerIds (52 base58 characters): every digest carries every
+//! member's id, and the short one with an address made of the same characters costs ~22
+//! bytes per member in a compressed 50-member digest instead of ~61. The full PeerId travels
+//! once per member, as its [`PEER_KEY`] key-value in deltas.
 //!
 //! [`Admission`] then bounds what the frames of a whole cell may make chitchat hold: members
 //! outside the cell, more than [`MAX_MEMBERS`] members, more than
@@ -30,6 +39,7 @@
 //! the fakes are declared dead and collected.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
@@ -114,41 +124,164 @@ pub enum CellWireError {
     OpWithoutNode,
     #[error("cell frame: key-value versions of {node} do not increase ({version} after {max})")]
     VersionNotIncreasing {
-        node: PeerId,
+        node: ShortId,
         version: u64,
         max: u64,
     },
     #[error("cell frame: the delta names {node} generation {generation} twice")]
-    DuplicateNode { node: PeerId, generation: u64 },
-    #[error("cell frame: node id {0:?} is not a base58 peer id")]
-    NotAPeerId(String),
+    DuplicateNode { node: ShortId, generation: u64 },
+    #[error("cell frame: node id {0:?} is not a short id (15 characters of a-z, 2-7)")]
+    NotAShortId(String),
     #[error("cell frame: {node} advertises {addr}, not its virtual address")]
-    WrongAddress { node: PeerId, addr: SocketAddr },
+    WrongAddress { node: ShortId, addr: SocketAddr },
+    #[error("cell frame: the peer key of {0} is deleted (only a set is valid)")]
+    PeerKeyNotSet(ShortId),
+    #[error("cell frame: the peer key of {node} ({value:?}) is not a canonical peer id with that short id")]
+    PeerKeyMismatch { node: ShortId, value: String },
     #[error("cell frame: member {0} is outside this cell")]
-    OutsideCell(PeerId),
+    OutsideCell(ShortId),
     #[error("cell frame: the cell already holds {1} members; {0} refused")]
-    MemberCap(PeerId, usize),
+    MemberCap(ShortId, usize),
     #[error("cell frame: {0} already has {1} generations")]
-    GenerationCap(PeerId, usize),
+    GenerationCap(ShortId, usize),
     #[error("cell frame: {0} would have more than {1} keys")]
-    KeyCap(PeerId, usize),
+    KeyCap(ShortId, usize),
 }
 
-/// The chitchat gossip address of a peer: `[fdXX:XXXX:…]:1`, the 15 bytes after `fd` taken
-/// from blake3(peer id bytes). Never routed: the cell transport maps it back to the peer.
+/// Characters of a [`ShortId`].
+pub const SHORT_ID_CHARS: usize = 15;
+/// Bits of blake3(peer id bytes) a [`ShortId`] carries (5 per character).
+pub const SHORT_ID_BITS: u32 = 75;
+/// The key-value under which a member gossips its full PeerId (base58).
+pub const PEER_KEY: &str = "peer";
+
+const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+fn base32_value(c: u8) -> Option<u8> {
+    match c {
+        b'a'..=b'z' => Some(c - b'a'),
+        b'2'..=b'7' => Some(c - b'2' + 26),
+        _ => None,
+    }
+}
+
+/// A member's chitchat node id: the first [`SHORT_ID_BITS`] bits of blake3(peer id bytes) as
+/// [`SHORT_ID_CHARS`] characters of lower-case RFC 4648 base32 (no padding; every such
+/// string is canonical). Ordered like the string, as chitchat orders node ids.
+///
+/// Strength: an accidental collision in a cell of [`MAX_MEMBERS`] members has probability
+/// about 1024² / 2^76 ≈ 2^-56. Taking a given member's short id (to be gossiped to in its
+/// place) needs a second preimage: ~2^75 key generations and hashes (millions of GPU-years;
+/// 64 bits would be ~2^64, thousands of GPU-years, which a well-funded attacker could buy,
+/// and saves only 2 characters). What it cannot do: a birthday search (~2^37.5) finds two
+/// keys of the attacker's own with the same short id; those two then share one chitchat
+/// identity, which harms only the attacker's own nodes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShortId([u8; SHORT_ID_CHARS]);
+
+impl ShortId {
+    /// The short id of `peer`.
+    pub fn of(peer: &PeerId) -> ShortId {
+        let hash = blake3::hash(&peer.to_bytes());
+        let mut first = [0u8; 16];
+        first[..10].copy_from_slice(&hash.as_bytes()[..10]);
+        let bits = u128::from_be_bytes(first);
+        let mut out = [0u8; SHORT_ID_CHARS];
+        for (i, c) in out.iter_mut().enumerate() {
+            let index = (bits >> (128 - 5 * (i + 1))) & 31;
+            *c = BASE32[index as usize];
+        }
+        ShortId(out)
+    }
+
+    /// Reads a short id: exactly [`SHORT_ID_CHARS`] characters of `a-z2-7`.
+    pub fn parse(s: &str) -> Result<ShortId, CellWireError> {
+        let bytes = s.as_bytes();
+        if bytes.len() != SHORT_ID_CHARS || !bytes.iter().all(|c| base32_value(*c).is_some()) {
+            return Err(CellWireError::NotAShortId(s.to_owned()));
+        }
+        let mut out = [0u8; SHORT_ID_CHARS];
+        out.copy_from_slice(bytes);
+        Ok(ShortId(out))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only base32 characters are ever stored: always ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// Whether `peer` has this short id.
+    pub fn is_of(&self, peer: &PeerId) -> bool {
+        ShortId::of(peer) == *self
+    }
+
+    /// The first 32 bits of blake3(peer id bytes): what cell assignment reads.
+    fn hash_prefix(&self) -> u32 {
+        // 7 characters hold 35 bits; keep the first 32.
+        let bits = self.0[..7].iter().fold(0u64, |acc, c| {
+            (acc << 5) | u64::from(base32_value(*c).unwrap_or(0))
+        });
+        (bits >> 3) as u32
+    }
+
+    /// Whether the member with this short id belongs to `cell` (the same answer as
+    /// [`CellId::contains`] on its PeerId: cells take at most 32 bits of the same hash).
+    pub fn in_cell(&self, cell: CellId) -> bool {
+        let prefix = match cell.prefix_bits() {
+            0 => 0,
+            bits => self.hash_prefix() >> (32 - u32::from(bits.min(32))),
+        };
+        prefix == cell.prefix()
+    }
+
+    /// The chitchat gossip address: `[fd ‖ the 15 characters as bytes]:1`. Never routed
+    /// (unique local range); the cell transport maps it back to the peer. Made of the id's
+    /// own characters so zstd finds the repeat in a digest entry: the address costs ~3 bytes
+    /// instead of 15 random ones.
+    pub fn virtual_addr(&self) -> SocketAddr {
+        let mut octets = [0u8; 16];
+        octets[0] = 0xfd;
+        octets[1..].copy_from_slice(&self.0);
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), VIRTUAL_PORT)
+    }
+}
+
+impl fmt::Display for ShortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for ShortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShortId({})", self.as_str())
+    }
+}
+
+/// The chitchat gossip address of a peer: [`ShortId::virtual_addr`] of its short id.
 pub fn virtual_addr(peer: &PeerId) -> SocketAddr {
-    let hash = blake3::hash(&peer.to_bytes());
-    let mut octets = [0u8; 16];
-    octets[0] = 0xfd;
-    octets[1..].copy_from_slice(&hash.as_bytes()[..15]);
-    SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), VIRTUAL_PORT)
+    ShortId::of(peer).virtual_addr()
 }
 
-/// A chitchat node id: the peer (base58 node id) and its generation (start time in ms). Its
-/// gossip address is always [`virtual_addr`] of the peer.
+/// Reads a [`PEER_KEY`] value: the PeerId it names if it is canonical base58 and has short
+/// id `node`.
+pub fn check_peer_key(node: &ShortId, value: &str) -> Result<PeerId, CellWireError> {
+    let mismatch = || CellWireError::PeerKeyMismatch {
+        node: *node,
+        value: value.to_owned(),
+    };
+    let peer = PeerId::from_str(value).map_err(|_| mismatch())?;
+    if peer.to_base58() != value || !node.is_of(&peer) {
+        return Err(mismatch());
+    }
+    Ok(peer)
+}
+
+/// A chitchat node id: the member's short id and its generation (start time in ms). Its
+/// gossip address is always the short id's [`ShortId::virtual_addr`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WireNodeId {
-    pub peer: PeerId,
+    pub id: ShortId,
     pub generation: u64,
 }
 
@@ -243,12 +376,28 @@ impl Envelope {
     }
 
     /// Every key the message sets or deletes, with the node it belongs to.
-    pub fn keys(&self) -> impl Iterator<Item = (&PeerId, &str)> {
+    pub fn keys(&self) -> impl Iterator<Item = (&ShortId, &str)> {
         let (_, delta) = self.parts();
         delta.iter().flat_map(|d| {
             d.ops.iter().filter_map(move |op| match op {
-                NodeOp::KeyValue { key, .. } => Some((&d.node.peer, key.as_str())),
+                NodeOp::KeyValue { key, .. } => Some((&d.node.id, key.as_str())),
                 NodeOp::SetMaxVersion(_) => None,
+            })
+        })
+    }
+
+    /// Every [`PEER_KEY`] the message carries: the node and the PeerId (already checked by
+    /// [`decode_body`] to have that short id).
+    pub fn peers(&self) -> impl Iterator<Item = (ShortId, PeerId)> + '_ {
+        let (_, delta) = self.parts();
+        delta.iter().flat_map(|d| {
+            d.ops.iter().filter_map(move |op| match op {
+                NodeOp::KeyValue { key, value, .. } if key == PEER_KEY => {
+                    check_peer_key(&d.node.id, value)
+                        .ok()
+                        .map(|peer| (d.node.id, peer))
+                }
+                _ => None,
             })
         })
     }
@@ -396,14 +545,11 @@ impl<'a> Reader<'a> {
             v => return Err(CellWireError::BadIpVersion(v)),
         };
         let addr = SocketAddr::new(addr, self.u16("port")?);
-        let peer = PeerId::from_str(&id).map_err(|_| CellWireError::NotAPeerId(id.clone()))?;
-        if peer.to_base58() != id {
-            return Err(CellWireError::NotAPeerId(id));
+        let id = ShortId::parse(&id)?;
+        if addr != id.virtual_addr() {
+            return Err(CellWireError::WrongAddress { node: id, addr });
         }
-        if addr != virtual_addr(&peer) {
-            return Err(CellWireError::WrongAddress { node: peer, addr });
-        }
-        Ok(WireNodeId { peer, generation })
+        Ok(WireNodeId { id, generation })
     }
 }
 
@@ -504,7 +650,7 @@ fn read_delta(r: &mut Reader<'_>) -> Result<Vec<NodeDelta>, CellWireError> {
                 let from_version_excluded = inner.u64("delta node")?;
                 if !seen.insert(node) {
                     return Err(CellWireError::DuplicateNode {
-                        node: node.peer,
+                        node: node.id,
                         generation: node.generation,
                     });
                 }
@@ -530,10 +676,16 @@ fn read_delta(r: &mut Reader<'_>) -> Result<Vec<NodeDelta>, CellWireError> {
                 let node = nodes.last_mut().ok_or(CellWireError::OpWithoutNode)?;
                 if version <= max_version {
                     return Err(CellWireError::VersionNotIncreasing {
-                        node: node.node.peer,
+                        node: node.node.id,
                         version,
                         max: max_version,
                     });
+                }
+                if key == PEER_KEY {
+                    if status != KvStatus::Set {
+                        return Err(CellWireError::PeerKeyNotSet(node.node.id));
+                    }
+                    check_peer_key(&node.node.id, &value)?;
                 }
                 max_version = version;
                 push_op(
@@ -603,9 +755,9 @@ fn write_str(w: &mut Vec<u8>, s: &str) {
 }
 
 fn write_node_id(w: &mut Vec<u8>, node: &WireNodeId) {
-    write_str(w, &node.peer.to_base58());
+    write_str(w, node.id.as_str());
     w.extend_from_slice(&node.generation.to_le_bytes());
-    let addr = virtual_addr(&node.peer);
+    let addr = node.id.virtual_addr();
     match addr.ip() {
         IpAddr::V4(ip) => {
             w.push(4);
@@ -699,7 +851,7 @@ struct Admitted {
 pub struct Admission {
     cell: CellId,
     max_members: usize,
-    members: HashMap<PeerId, Admitted>,
+    members: HashMap<ShortId, Admitted>,
 }
 
 impl Admission {
@@ -713,61 +865,61 @@ impl Admission {
 
     /// Admits everything `env` mentions or refuses the whole frame (nothing is recorded then).
     pub fn admit(&mut self, env: &Envelope, now_ms: u64) -> Result<(), CellWireError> {
-        let mut new_members: BTreeSet<PeerId> = BTreeSet::new();
-        let mut new_gens: HashMap<PeerId, BTreeSet<u64>> = HashMap::new();
-        let mut new_keys: HashMap<PeerId, BTreeSet<&str>> = HashMap::new();
+        let mut new_members: BTreeSet<ShortId> = BTreeSet::new();
+        let mut new_gens: HashMap<ShortId, BTreeSet<u64>> = HashMap::new();
+        let mut new_keys: HashMap<ShortId, BTreeSet<&str>> = HashMap::new();
         for node in env.nodes() {
-            if !self.cell.contains(&node.peer) {
-                return Err(CellWireError::OutsideCell(node.peer));
+            if !node.id.in_cell(self.cell) {
+                return Err(CellWireError::OutsideCell(node.id));
             }
-            let known = self.members.get(&node.peer);
-            if known.is_none() && new_members.insert(node.peer) {
+            let known = self.members.get(&node.id);
+            if known.is_none() && new_members.insert(node.id) {
                 let total = self.members.len() + new_members.len();
                 if total > self.max_members {
-                    return Err(CellWireError::MemberCap(node.peer, self.max_members));
+                    return Err(CellWireError::MemberCap(node.id, self.max_members));
                 }
             }
             let have = known.map_or(0, |a| a.generations.len());
             let known_gen = known.is_some_and(|a| a.generations.contains(&node.generation));
             if !known_gen {
-                let gens = new_gens.entry(node.peer).or_default();
+                let gens = new_gens.entry(node.id).or_default();
                 gens.insert(node.generation);
                 if have + gens.len() > MAX_GENERATIONS_PER_MEMBER {
                     return Err(CellWireError::GenerationCap(
-                        node.peer,
+                        node.id,
                         MAX_GENERATIONS_PER_MEMBER,
                     ));
                 }
             }
         }
-        for (peer, key) in env.keys() {
-            let known = self.members.get(peer);
+        for (id, key) in env.keys() {
+            let known = self.members.get(id);
             if known.is_some_and(|a| a.keys.contains(key)) {
                 continue;
             }
             let have = known.map_or(0, |a| a.keys.len());
-            let keys = new_keys.entry(*peer).or_default();
+            let keys = new_keys.entry(*id).or_default();
             keys.insert(key);
             if have + keys.len() > MAX_KEYS_PER_MEMBER {
-                return Err(CellWireError::KeyCap(*peer, MAX_KEYS_PER_MEMBER));
+                return Err(CellWireError::KeyCap(*id, MAX_KEYS_PER_MEMBER));
             }
         }
-        for peer in new_members {
+        for id in new_members {
             self.members.insert(
-                peer,
+                id,
                 Admitted {
                     since_ms: now_ms,
                     ..Admitted::default()
                 },
             );
         }
-        for (peer, gens) in new_gens {
-            if let Some(a) = self.members.get_mut(&peer) {
+        for (id, gens) in new_gens {
+            if let Some(a) = self.members.get_mut(&id) {
                 a.generations.extend(gens);
             }
         }
-        for (peer, keys) in new_keys {
-            if let Some(a) = self.members.get_mut(&peer) {
+        for (id, keys) in new_keys {
+            if let Some(a) = self.members.get_mut(&id) {
                 a.keys.extend(keys.into_iter().map(str::to_owned));
             }
         }
@@ -778,10 +930,10 @@ impl Admission {
     /// none left that were admitted more than `min_age_ms` ago (younger ones may still be on
     /// their way to chitchat).
     pub fn retain(&mut self, held: &BTreeSet<WireNodeId>, now_ms: u64, min_age_ms: u64) {
-        self.members.retain(|peer, a| {
+        self.members.retain(|id, a| {
             a.generations.retain(|g| {
                 held.contains(&WireNodeId {
-                    peer: *peer,
+                    id: *id,
                     generation: *g,
                 })
             });
@@ -810,9 +962,13 @@ mod tests {
             .unwrap_or_else(|e| panic!("seed identity: {e}"))
     }
 
+    fn sid(i: u8) -> ShortId {
+        ShortId::of(&peer(i))
+    }
+
     fn node(i: u8, generation: u64) -> WireNodeId {
         WireNodeId {
-            peer: peer(i),
+            id: sid(i),
             generation,
         }
     }
@@ -1083,24 +1239,56 @@ mod tests {
 
     #[test]
     fn every_node_id_error_is_named() {
-        let good = peer(1);
-        let addr = virtual_addr(&good);
-        let ok = ack_with(&raw_node(&good.to_base58(), addr));
+        let good = sid(1);
+        let addr = good.virtual_addr();
+        let ok = ack_with(&raw_node(good.as_str(), addr));
         assert!(decode_body(&ok).is_ok());
-        assert_eq!(
-            decode_body(&ack_with(&raw_node("not-a-peer", addr))),
-            Err(CellWireError::NotAPeerId("not-a-peer".into()))
-        );
+        // A PeerId (today's ids elsewhere), the right length with a bad character, upper
+        // case, one character short or long: all refused.
+        let upper = good.as_str().to_uppercase();
+        let short = &good.as_str()[..14];
+        let long = format!("{good}a");
+        let bad_char = format!("{}1", &good.as_str()[..14]);
+        for id in [
+            peer(1).to_base58().as_str(),
+            "not-a-peer",
+            upper.as_str(),
+            short,
+            long.as_str(),
+            bad_char.as_str(),
+            "",
+        ] {
+            assert_eq!(
+                decode_body(&ack_with(&raw_node(id, addr))),
+                Err(CellWireError::NotAShortId(id.into())),
+                "{id}"
+            );
+        }
         let wrong: SocketAddr = "127.0.0.1:7280".parse().unwrap();
-        assert_eq!(
-            decode_body(&ack_with(&raw_node(&good.to_base58(), wrong))),
-            Err(CellWireError::WrongAddress {
-                node: good,
-                addr: wrong
-            })
-        );
-        let mut bad_ip = raw_node(&good.to_base58(), addr);
-        let ip_at = 1 + 2 + good.to_base58().len() + 8;
+        let others = [
+            wrong,
+            sid(2).virtual_addr(),
+            SocketAddr::new(addr.ip(), 2),
+            // The old address scheme: 15 hash bytes after fd.
+            {
+                let hash = blake3::hash(&peer(1).to_bytes());
+                let mut o = [0u8; 16];
+                o[0] = 0xfd;
+                o[1..].copy_from_slice(&hash.as_bytes()[..15]);
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), VIRTUAL_PORT)
+            },
+        ];
+        for other in others {
+            assert_eq!(
+                decode_body(&ack_with(&raw_node(good.as_str(), other))),
+                Err(CellWireError::WrongAddress {
+                    node: good,
+                    addr: other
+                })
+            );
+        }
+        let mut bad_ip = raw_node(good.as_str(), addr);
+        let ip_at = 1 + 2 + SHORT_ID_CHARS + 8;
         bad_ip[ip_at] = 5;
         assert_eq!(
             decode_body(&ack_with(&bad_ip)),
@@ -1110,8 +1298,8 @@ mod tests {
 
     #[test]
     fn every_delta_error_is_named() {
-        let p = peer(1);
-        let head = raw_node(&p.to_base58(), virtual_addr(&p));
+        let p = sid(1);
+        let head = raw_node(p.as_str(), p.virtual_addr());
         let kv = |version: u64, status: u8, key: &str, value: &str| {
             let mut o = vec![1u8];
             write_str(&mut o, key);
@@ -1204,11 +1392,105 @@ mod tests {
                 IpAddr::V4(_) => panic!("not IPv6"),
             }
         }
-        let hash = blake3::hash(&peer(1).to_bytes());
         match a.ip() {
-            IpAddr::V6(ip) => assert_eq!(&ip.octets()[1..], &hash.as_bytes()[..15]),
+            IpAddr::V6(ip) => assert_eq!(&ip.octets()[1..], sid(1).as_str().as_bytes()),
             IpAddr::V4(_) => unreachable!(),
         }
+    }
+
+    /// Reference: the first 75 bits of the hash, 5 at a time, most significant first.
+    fn base32_of_hash(peer: &PeerId) -> String {
+        let hash = blake3::hash(&peer.to_bytes());
+        let bits: String = hash.as_bytes()[..10]
+            .iter()
+            .map(|b| format!("{b:08b}"))
+            .collect();
+        (0..SHORT_ID_CHARS)
+            .map(|i| {
+                let v = u8::from_str_radix(&bits[5 * i..5 * i + 5], 2).unwrap();
+                BASE32[usize::from(v)] as char
+            })
+            .collect()
+    }
+
+    #[test]
+    fn short_ids_are_base32_of_the_hash_and_know_their_cell() {
+        for i in 0..64u8 {
+            let p = peer(i);
+            let id = ShortId::of(&p);
+            assert_eq!(id.as_str(), base32_of_hash(&p));
+            assert_eq!(id.as_str().len(), SHORT_ID_CHARS);
+            assert_eq!(ShortId::parse(id.as_str()), Ok(id));
+            assert!(id.is_of(&p));
+            assert!(!id.is_of(&peer(i.wrapping_add(1))));
+            assert_eq!(id.to_string(), id.as_str());
+            for bits in [0u8, 1, 3, 8, 13, 31, 32] {
+                let cell = cell_id(&p, bits);
+                assert!(id.in_cell(cell), "{i} at {bits} bits");
+                let other = cell_id(&peer(i.wrapping_add(1)), bits);
+                assert_eq!(id.in_cell(other), other == cell);
+            }
+        }
+        // Random peers too (not only seed identities).
+        for _ in 0..200 {
+            let p = PeerId::random();
+            let id = ShortId::of(&p);
+            assert_eq!(id.as_str(), base32_of_hash(&p));
+            assert!(id.in_cell(cell_id(&p, 32)));
+            assert!(id.in_cell(cell_id(&p, 17)));
+        }
+        // Ordered like the strings, as chitchat orders node ids.
+        let mut ids: Vec<ShortId> = (0..20).map(sid).collect();
+        ids.sort();
+        let strs: Vec<&str> = ids.iter().map(ShortId::as_str).collect();
+        let mut sorted = strs.clone();
+        sorted.sort();
+        assert_eq!(strs, sorted);
+    }
+
+    #[test]
+    fn the_peer_key_must_be_a_set_of_the_nodes_own_peer_id() {
+        let kv = |key: &str, value: String, status: KvStatus| NodeDelta {
+            node: node(1, 5),
+            last_gc_version: 0,
+            from_version_excluded: 0,
+            ops: vec![NodeOp::KeyValue {
+                key: key.into(),
+                value,
+                version: 1,
+                status,
+            }],
+        };
+        let good = ack_of(vec![kv(PEER_KEY, peer(1).to_base58(), KvStatus::Set)]);
+        let decoded = decode_body(&encode_body(&good)).unwrap();
+        assert_eq!(decoded.peers().collect::<Vec<_>>(), vec![(sid(1), peer(1))]);
+        // Another member's PeerId, garbage, a non-canonical spelling, a deletion.
+        for value in [
+            peer(2).to_base58(),
+            "garbage".into(),
+            String::new(),
+            format!("{} ", peer(1).to_base58()),
+        ] {
+            let env = ack_of(vec![kv(PEER_KEY, value.clone(), KvStatus::Set)]);
+            assert_eq!(
+                decode_body(&encode_body(&env)),
+                Err(CellWireError::PeerKeyMismatch {
+                    node: sid(1),
+                    value
+                })
+            );
+        }
+        for status in [KvStatus::Delete, KvStatus::DeleteAfterTtl] {
+            let env = ack_of(vec![kv(PEER_KEY, peer(1).to_base58(), status)]);
+            assert_eq!(
+                decode_body(&encode_body(&env)),
+                Err(CellWireError::PeerKeyNotSet(sid(1)))
+            );
+        }
+        // Other keys may hold anything.
+        let other = ack_of(vec![kv("peerish", peer(2).to_base58(), KvStatus::Delete)]);
+        assert!(decode_body(&encode_body(&other)).is_ok());
+        assert_eq!(check_peer_key(&sid(1), &peer(1).to_base58()), Ok(peer(1)));
     }
 
     fn ack_of(deltas: Vec<NodeDelta>) -> Envelope {
@@ -1227,7 +1509,7 @@ mod tests {
         assert_eq!(adm.len(), 3);
         assert_eq!(
             adm.admit(&ack_of(vec![delta(4, &[])]), 0),
-            Err(CellWireError::MemberCap(peer(4), 3))
+            Err(CellWireError::MemberCap(sid(4), 3))
         );
         // A refused frame records nothing.
         assert_eq!(adm.len(), 3);
@@ -1243,7 +1525,7 @@ mod tests {
         assert_eq!(
             adm.admit(&ack_of(vec![d]), 0),
             Err(CellWireError::GenerationCap(
-                peer(1),
+                sid(1),
                 MAX_GENERATIONS_PER_MEMBER
             ))
         );
@@ -1257,7 +1539,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             adm.admit(&ack_of(vec![delta(2, &["one-more", "and-another"])]), 0),
-            Err(CellWireError::KeyCap(peer(2), MAX_KEYS_PER_MEMBER))
+            Err(CellWireError::KeyCap(sid(2), MAX_KEYS_PER_MEMBER))
         );
 
         // Retain: members chitchat no longer holds go once old enough.
@@ -1276,7 +1558,7 @@ mod tests {
             .expect("some peer in the other half");
         assert_eq!(
             half.admit(&ack_of(vec![delta(other, &[])]), 0),
-            Err(CellWireError::OutsideCell(peer(other)))
+            Err(CellWireError::OutsideCell(sid(other)))
         );
         assert!(half.admit(&ack_of(vec![delta(1, &[])]), 0).is_ok());
     }

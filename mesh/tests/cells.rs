@@ -1,6 +1,7 @@
 //! Cell membership (chitchat over `/novacron/cell/1` streams) among in-process mesh nodes
 //! on real loopback TCP: joining through one bootstrap peer, key-values and their updates,
-//! failure detection, a restart with the same identity, and refusal of bad frames.
+//! failure detection, a restart with the same identity, and refusal of bad frames (garbage,
+//! oversized, and `peer` key-values that do not hash to their node's short id).
 
 #![cfg(feature = "swarm")]
 
@@ -10,6 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
+use novacron_mesh::cell_wire::{
+    encode_body, encode_frame, DigestEncoding, Envelope, KvStatus, NodeDelta, NodeOp, ShortId,
+    WireMessage, WireNodeId, PEER_KEY,
+};
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::swarm::cell::{CellConfig, CellEvent, CellMembership, Member, MemberInfo};
 use novacron_mesh::swarm::cell_transport::CELL_PROTOCOL;
@@ -286,6 +291,29 @@ async fn remote_closes_after(from: &MeshNode, to: PeerId, bytes: &[u8]) -> bool 
     )
 }
 
+/// An Ack whose delta sets the `peer` key of `node`'s short id to `claimed`.
+fn peer_claim(node: PeerId, claimed: PeerId) -> Vec<u8> {
+    let delta = NodeDelta {
+        node: WireNodeId {
+            id: ShortId::of(&node),
+            generation: 1,
+        },
+        last_gc_version: 0,
+        from_version_excluded: 0,
+        ops: vec![NodeOp::KeyValue {
+            key: PEER_KEY.into(),
+            value: claimed.to_base58(),
+            version: 1,
+            status: KvStatus::Set,
+        }],
+    };
+    let env = Envelope {
+        encoding: DigestEncoding::Blocks,
+        message: WireMessage::Ack { delta: vec![delta] },
+    };
+    encode_frame(&encode_body(&env)).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversized_frames_are_refused_without_harm() {
     let nodes = start_cell(3).await;
@@ -311,8 +339,26 @@ async fn garbage_and_oversized_frames_are_refused_without_harm() {
     let mut zero = 0u32.to_le_bytes().to_vec();
     zero.extend_from_slice(b"xx");
     assert!(remote_closes_after(&intruder, target.peer(), &zero).await);
-    eventually("three refused frames", || async {
-        (target.cell.cell_bytes().refused_frames >= 3).then_some(())
+    // Well-formed chitchat whose `peer` key gives the intruder's short id a member's PeerId.
+    assert!(
+        remote_closes_after(
+            &intruder,
+            target.peer(),
+            &peer_claim(intruder.peer_id(), peers[1])
+        )
+        .await
+    );
+    // ... or a member's short id the intruder's PeerId.
+    assert!(
+        remote_closes_after(
+            &intruder,
+            target.peer(),
+            &peer_claim(peers[2], intruder.peer_id())
+        )
+        .await
+    );
+    eventually("five refused frames", || async {
+        (target.cell.cell_bytes().refused_frames >= 5).then_some(())
     })
     .await;
 
@@ -385,6 +431,15 @@ async fn measure_cell_bytes_and_failure_detection() {
             let m = members(node).await;
             if peers.iter().all(|p| m.get(p).is_some_and(|m| m.live)) {
                 break;
+            }
+            if std::env::var("CELL_TRACE").is_ok() {
+                let live = m.values().filter(|m| m.live).count();
+                eprintln!(
+                    "{:?}: {} listed, {live} live, {:?}",
+                    t0.elapsed(),
+                    m.len(),
+                    node.cell.cell_bytes()
+                );
             }
             assert!(Instant::now() < deadline, "the cell did not converge");
             sleep(Duration::from_millis(200)).await;

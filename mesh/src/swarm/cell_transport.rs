@@ -2,10 +2,16 @@
 //! between cell members is authenticated and encrypted by the libp2p connection (noise).
 //!
 //! Addressing: chitchat names peers by socket address; each peer's is its
-//! [`virtual_addr`](crate::cell_wire::virtual_addr). The transport maps virtual addresses back
-//! to peers: [`CellTransport::register`] (the runner registers every peer it learns) and every
-//! authenticated inbound stream fill the map. A send to an address it does not know is
-//! dropped, like a datagram (chitchat retries next round).
+//! [`virtual_addr`](crate::cell_wire::virtual_addr), made of its
+//! [`ShortId`](crate::cell_wire::ShortId) (75 bits of blake3 of the PeerId), so the address
+//! alone does not give the PeerId. The transport maps virtual addresses back to peers:
+//! [`CellTransport::register`] (the runner registers every member whose PeerId it has read
+//! from the member's checked `peer` key-value, and every candidate) and every authenticated
+//! inbound stream fill the map. A send to an address it does not know (a member known only
+//! from a digest so far) is dropped, like a datagram: chitchat retries next round, and the
+//! member's `peer` key arrives in the delta of the same exchange. Answers always find their
+//! way: a received frame's `from_addr` is the virtual address of the connection's
+//! authenticated PeerId, registered before chitchat sees the frame.
 //!
 //! Sending: each envelope is encoded (by chitchat's encoder, see `cell::codec`) and queued as
 //! one frame (`u32 LE length || body`) for a writer task per peer, which keeps one outbound
@@ -17,8 +23,10 @@
 //! reads frames, validates each with [`cell_wire::decode_body`] and [`Admission`] (member,
 //! generation, key caps, members outside the cell) and hands it to one decoder task, whose
 //! envelopes `recv` returns with `from_addr` = the sender's virtual address (the sender's
-//! PeerId comes from the connection, so it cannot be forged). A malformed frame closes its
-//! stream; a frame refused by admission is dropped and the stream stays open.
+//! PeerId comes from the connection, so it cannot be forged; its short id is computed from
+//! it). A frame whose `peer` key-value for the sender's own short id names another PeerId
+//! (two keys with one short id: a birthday search of ~2^37.5) is refused. A malformed frame
+//! closes its stream; a frame refused by admission is dropped and the stream stays open.
 //!
 //! What this cannot do: it authenticates the sender of a frame, not what the frame says about
 //! other members (see [`crate::cell_wire`]); the map of virtual addresses is capped
@@ -39,7 +47,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 
 use super::cell::codec::{Decoder, Encoder};
-use crate::cell_wire::{self, virtual_addr, Admission, WireNodeId, FRAME_HEADER_BYTES};
+use crate::cell_wire::{self, virtual_addr, Admission, ShortId, WireNodeId, FRAME_HEADER_BYTES};
 use crate::cells::CellId;
 
 /// The protocol of cell membership streams.
@@ -465,6 +473,11 @@ async fn read_frames(
                 return;
             }
         };
+        if let Some(claimed) = impersonated(&envelope, peer) {
+            tracing::debug!(%peer, %claimed, "cell: frame gives the sender's short id to another peer, refused");
+            shared.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let now = shared.now_ms();
         if let Err(e) = lock(&shared.admission).admit(&envelope, now) {
             tracing::debug!(%peer, error = %e, "cell: frame refused");
@@ -476,6 +489,16 @@ async fn read_frames(
             return;
         }
     }
+}
+
+/// A PeerId other than `sender` that the frame's `peer` key-values give the sender's own
+/// short id, if any.
+fn impersonated(envelope: &cell_wire::Envelope, sender: PeerId) -> Option<PeerId> {
+    let mine = ShortId::of(&sender);
+    envelope
+        .peers()
+        .find(|(id, peer)| *id == mine && *peer != sender)
+        .map(|(_, peer)| peer)
 }
 
 /// Turns validated frames into chitchat envelopes, one at a time.

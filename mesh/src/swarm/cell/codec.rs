@@ -144,7 +144,7 @@ impl Decoder {
 mod tests {
     use super::*;
     use crate::cell_wire::{
-        decode_body, encode_body, virtual_addr, DigestEncoding, Envelope, NodeDelta, NodeOp,
+        decode_body, encode_body, DigestEncoding, Envelope, NodeDelta, NodeOp, ShortId,
         WireMessage, WireNodeId,
     };
     use crate::identity::NodeIdentity;
@@ -154,7 +154,7 @@ mod tests {
             .map(|id| id.peer_id())
             .unwrap_or_else(|e| panic!("{e}"));
         WireNodeId {
-            peer,
+            id: ShortId::of(&peer),
             generation: 7,
         }
     }
@@ -177,7 +177,7 @@ mod tests {
                 })
                 .collect();
             // chitchat keeps a digest ordered by node id.
-            digest.sort_by_key(|e| e.node.peer.to_base58());
+            digest.sort_by_key(|e| e.node.id);
             let syn = Envelope {
                 encoding,
                 message: WireMessage::Syn {
@@ -213,7 +213,7 @@ mod tests {
                 chitchat::ChitchatMessage::SynAck { .. }
             ));
         }
-        assert_eq!(virtual_addr(&node(1).peer).port(), 1);
+        assert_eq!(node(1).id.virtual_addr().port(), 1);
     }
 
     #[tokio::test]
@@ -233,46 +233,150 @@ mod tests {
 mod sizes {
     use super::*;
     use crate::cell_wire::{
-        decode_body, encode_body, DigestEncoding, DigestEntry, Envelope, WireMessage, WireNodeId,
+        decode_body, encode_body, DigestEncoding, DigestEntry, Envelope, ShortId, WireMessage,
+        WireNodeId,
     };
+    use libp2p::PeerId;
 
-    /// The arithmetic behind the gossip parameters: chitchat's compressed digest (protocol
-    /// version 1) costs ~60 bytes per member, the plain one ~100.
+    const MEMBERS: usize = 50;
+
+    /// One digest entry in chitchat's format with any node id and IPv6 address.
+    fn raw_entry(out: &mut Vec<u8>, id: &str, ip: [u8; 16], generation: u64, heartbeat: u64) {
+        out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&generation.to_le_bytes());
+        out.push(6);
+        out.extend_from_slice(&ip);
+        out.extend_from_slice(&1u16.to_le_bytes());
+        for v in [heartbeat, 0, 7] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// A version-1 Syn whose digest stream is `entries` in one plain block.
+    fn raw_syn(entries: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x53, 0xb0, 1, 0, 2];
+        b.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        b.extend_from_slice(entries);
+        b.push(0);
+        let cluster = b"novacron-cell/0/0";
+        b.extend_from_slice(&(cluster.len() as u16).to_le_bytes());
+        b.extend_from_slice(cluster);
+        b
+    }
+
+    /// Generation (start times over 20 s) and heartbeat of member `i`, as in a running cell.
+    fn counters(i: u64) -> (u64, u64) {
+        (
+            1_780_000_000_000 + (i * 7919) % 20_000,
+            2_000 + (i * 13) % 40,
+        )
+    }
+
+    /// What chitchat's own encoder makes of a body it decoded (its compressed digest).
+    async fn chitchat_size(enc: &mut Encoder, dec: &mut Decoder, body: &[u8]) -> usize {
+        let env = dec.decode(body).await.unwrap();
+        enc.encode(env).await.unwrap().len()
+    }
+
+    /// Bytes per member of a 50-member digest through chitchat's real encoder, for the node
+    /// id schemes considered (run with `--nocapture` to see the figures):
+    /// - PeerId in base58 + 15 hash bytes in the address (the first version): ~61;
+    /// - 16 base32 characters (80 bits) + the same 10 bytes raw in the address: ~31;
+    /// - [`ShortId`]: 15 base32 characters (75 bits) + the same characters as the address
+    ///   bytes, which zstd encodes as a repeat: ~22.
     #[tokio::test]
-    async fn a_fifty_member_digest_is_about_three_kilobytes_compressed() {
+    async fn a_fifty_member_digest_costs_about_22_bytes_per_member_compressed() {
         let mut enc = Encoder::open().await.unwrap();
         let mut dec = Decoder::open().await.unwrap();
+        let peers: Vec<PeerId> = (0..MEMBERS).map(|_| PeerId::random()).collect();
+
+        let mut legacy: Vec<(String, [u8; 16])> = peers
+            .iter()
+            .map(|p| {
+                let hash = blake3::hash(&p.to_bytes());
+                let mut ip = [0u8; 16];
+                ip[0] = 0xfd;
+                ip[1..].copy_from_slice(&hash.as_bytes()[..15]);
+                (p.to_base58(), ip)
+            })
+            .collect();
+        legacy.sort();
+        let mut eighty: Vec<(String, [u8; 16])> = peers
+            .iter()
+            .map(|p| {
+                let hash = blake3::hash(&p.to_bytes());
+                let mut ip = [0u8; 16];
+                ip[0] = 0xfd;
+                ip[1..11].copy_from_slice(&hash.as_bytes()[..10]);
+                let id: String = ShortId::of(p).as_str().to_owned();
+                // The 16th character: the last 5 of the 80 bits.
+                let last = hash.as_bytes()[9] & 31;
+                let c = b"abcdefghijklmnopqrstuvwxyz234567"[usize::from(last)] as char;
+                (format!("{id}{c}"), ip)
+            })
+            .collect();
+        eighty.sort();
         let mut sizes = Vec::new();
-        for encoding in [DigestEncoding::Plain, DigestEncoding::Blocks] {
-            let mut digest: Vec<_> = (0..50u64)
-                .map(|i| DigestEntry {
+        for scheme in [legacy, eighty] {
+            let mut entries = Vec::new();
+            for (i, (id, ip)) in scheme.iter().enumerate() {
+                let (generation, heartbeat) = counters(i as u64);
+                raw_entry(&mut entries, id, *ip, generation, heartbeat);
+            }
+            sizes.push(chitchat_size(&mut enc, &mut dec, &raw_syn(&entries)).await);
+        }
+
+        let mut digest: Vec<_> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (generation, heartbeat) = counters(i as u64);
+                DigestEntry {
                     node: WireNodeId {
-                        peer: libp2p::PeerId::random(),
-                        generation: 1_780_000_000_000 + i * 977,
+                        id: ShortId::of(p),
+                        generation,
                     },
-                    heartbeat: 1000 + i * 37,
+                    heartbeat,
                     last_gc_version: 0,
                     max_version: 7,
-                })
-                .collect();
-            digest.sort_by_key(|e| e.node.peer.to_base58());
+                }
+            })
+            .collect();
+        digest.sort_by_key(|e| e.node.id);
+        let mut plain = 0;
+        for encoding in [DigestEncoding::Plain, DigestEncoding::Blocks] {
             let syn = Envelope {
                 encoding,
                 message: WireMessage::Syn {
-                    digest,
+                    digest: digest.clone(),
                     cluster_id: "novacron-cell/0/0".into(),
                 },
             };
             let env = dec.decode(&encode_body(&syn)).await.unwrap();
             let bytes = enc.encode(env).await.unwrap();
             assert_eq!(decode_body(&bytes), Ok(syn));
-            sizes.push(bytes.len());
+            match encoding {
+                DigestEncoding::Plain => plain = bytes.len(),
+                DigestEncoding::Blocks => sizes.push(bytes.len()),
+            }
         }
-        let (plain, blocks) = (sizes[0], sizes[1]);
-        assert!((4500..5500).contains(&plain), "plain digest {plain} bytes");
-        assert!(
-            (2500..3400).contains(&blocks),
-            "compressed digest {blocks} bytes"
+        let per = |bytes: usize| bytes as f64 / MEMBERS as f64;
+        eprintln!(
+            "{MEMBERS}-member Syn, bytes per member: PeerId ids {:.1}, 80-bit ids with raw \
+             address bytes {:.1}, short ids {:.1} (uncompressed {:.1})",
+            per(sizes[0]),
+            per(sizes[1]),
+            per(sizes[2]),
+            per(plain)
         );
+        let (legacy, eighty, short) = (sizes[0], sizes[1], sizes[2]);
+        assert!(
+            (2500..3400).contains(&legacy),
+            "PeerId digest {legacy} bytes"
+        );
+        assert!(short < eighty && eighty < legacy, "{sizes:?}");
+        assert!(short <= 1250, "short-id digest {short} bytes");
+        assert!((3300..3600).contains(&plain), "plain digest {plain} bytes");
     }
 }

@@ -5,13 +5,17 @@
 //! [`CellMembership::start`] spawns chitchat with
 //! - cluster id [`cluster_id`] of the node's cell (`cells::cell_id` at
 //!   [`CellConfig::prefix_bits`]): chitchat answers a Syn of another cell with BadCluster;
-//! - chitchat id: node id = the PeerId in base58, generation = start time in ms, gossip
-//!   address = the peer's [`virtual_addr`];
+//! - chitchat id: node id = the peer's [`ShortId`] (15 base32 characters of blake3 of the
+//!   PeerId: every digest carries every member's id, and a PeerId costs ~3 times more),
+//!   generation = start time in ms, gossip address = the short id's [`virtual_addr`];
 //! - the key-values of a [`MemberInfo`] (capacity, load, reachability, version, up to 4
-//!   listen addresses so members can dial each other);
+//!   listen addresses so members can dial each other) and [`PEER_KEY`] = the PeerId in
+//!   base58, sent once per member in deltas, never in digests;
 //! - the compressed digest (`ProtocolVersion::V1`).
 //!
-//! Every gossip interval a runner task reads chitchat's state into [`Member`]s, registers
+//! Every gossip interval a runner task reads chitchat's state into [`Member`]s (a node whose
+//! `peer` key has not arrived yet, or does not hash to its short id, is not listed: it is
+//! known from digests only and cannot be dialed until its delta arrives), registers
 //! every member's virtual address with the transport and hands its gossiped addresses to the
 //! swarm, emits [`CellEvent`]s, and finds cell peers chitchat does not know yet: connected
 //! peers and routing-table peers of the same cell, plus [`CellMembership::add_candidates`];
@@ -20,8 +24,9 @@
 //! reaches its whole cell: the bootstrap peer's digest names every member.
 //!
 //! What is authenticated: the sender of every frame (the libp2p connection), so a peer
-//! cannot speak as another; node ids must be PeerIds inside the cell with their own virtual
-//! address. What is not: what members say, about themselves or (relayed) about others —
+//! cannot speak as another; node ids must be short ids inside the cell with their own virtual
+//! address, and a `peer` key must name a PeerId with that short id (checked by the transport
+//! on every frame and again here). What is not: what members say, about themselves or (relayed) about others —
 //! chitchat state is unsigned hearsay, so any member can forge another's key-values or keep a
 //! dead member's heartbeat going. Capacity figures are hints for placement, which must ask the
 //! node. State is bounded by the transport's admission (members, generations, keys per
@@ -52,17 +57,21 @@ pub use members::{
 
 use super::cell_transport::{CellBytes, CellTransport, CellTransportConfig};
 use super::{MeshNode, SwarmError};
-use crate::cell_wire::{virtual_addr, WireNodeId};
+use crate::cell_wire::{check_peer_key, virtual_addr, ShortId, WireNodeId, PEER_KEY};
 use crate::cells::{cell_id, CellId, MAX_PREFIX_BITS};
 
-/// Default gossip interval. Measured on loopback (15 in-process nodes, debug build): 6.3
-/// frames and 4.3 KB per node per second; a 50-member digest is ~3 KB, so ~12.5 KB/s per
-/// node at 50 (goal: 20 KB/s). Re-measure with the ignored test
-/// `measure_cell_bytes_and_failure_detection` in `mesh/tests/cells.rs`.
+/// Default gossip interval. With short node ids a 50-member digest is ~1.05 KB (21 B per
+/// member; PeerId ids made it ~3 KB). Measured in-process (25 nodes, debug build, noisy
+/// 2-core machine, `measure_cell_bytes_and_failure_detection` in `mesh/tests/cells.rs`): cell
+/// frames 4.8 KB/s per node sent + received, 6 frames/s of ~400 B (PeerId ids: 13.0 KB/s of
+/// ~1050 B frames). The 50-process benchmark measured 24.6 KB/s of cell gossip with PeerId ids:
+/// expect ~9 KB/s now (goal: 20 KB/s for everything). The byte headroom would allow ~1.0 s
+/// (≈ 14 KB/s) for faster detection; not taken without a 50-process run.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(1500);
-/// Default phi threshold: a member is declared dead once silent for this many mean heartbeat
-/// intervals. With [`GOSSIP_INTERVAL`]: failure detection p50 8.1 s, max 9.9 s (15 nodes;
-/// goal: p50 ≤ 10 s).
+/// Default phi threshold: a member is declared dead after ~14 mean heartbeat arrival
+/// intervals of silence (phi = silence / (mean · ln 10)). With [`GOSSIP_INTERVAL`]: failure
+/// detection p50 7.3–9.3 s, max 9–12 s in-process (25 nodes, noisy machine); 7.9 s / 11 s
+/// in the 50-process benchmark (goal: p50 ≤ 10 s).
 pub const PHI_THRESHOLD: f64 = 6.0;
 /// A peer that may be in the cell, with addresses to dial it.
 pub type Candidate = (PeerId, Vec<Multiaddr>);
@@ -154,20 +163,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Chitchat's nodes as [`NodeView`]s, and the ids it holds. Node ids that are not PeerIds
-/// (none pass the transport) are skipped.
+/// Chitchat's nodes as [`NodeView`]s, and the ids it holds. Node ids that are not short ids
+/// (none pass the transport) are skipped; so are nodes (held, not viewed) without a `peer`
+/// key-value naming a PeerId with their short id.
 fn read_views(cc: &Chitchat) -> (Vec<NodeView>, BTreeSet<WireNodeId>) {
     let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
     let mut views = Vec::new();
     let mut held = BTreeSet::new();
     for (id, state) in cc.node_states() {
-        let Ok(peer) = id.node_id.parse::<PeerId>() else {
+        let Ok(short) = ShortId::parse(&id.node_id) else {
             continue;
         };
         held.insert(WireNodeId {
-            peer,
+            id: short,
             generation: id.generation_id,
         });
+        let Some(Ok(peer)) = state.get(PEER_KEY).map(|v| check_peer_key(&short, v)) else {
+            continue;
+        };
         views.push(NodeView {
             peer,
             generation: id.generation_id,
@@ -221,7 +234,7 @@ impl CellMembership {
             ..FailureDetectorConfig::default()
         };
         let config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(me.to_base58(), now_ms(), my_addr),
+            chitchat_id: ChitchatId::new(ShortId::of(&me).as_str(), now_ms(), my_addr),
             cluster_id: cluster_id(cell),
             gossip_interval: cfg.gossip_interval,
             listen_addr: my_addr,
@@ -232,7 +245,9 @@ impl CellMembership {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V1,
         };
-        let handle = spawn_chitchat(config, me_info.to_key_values(), &transport)
+        let mut key_values = me_info.to_key_values();
+        key_values.push((PEER_KEY.to_owned(), me.to_base58()));
+        let handle = spawn_chitchat(config, key_values, &transport)
             .await
             .map_err(|e| CellError::Chitchat(e.to_string()))?;
         let (events, _) = broadcast::channel(cfg.event_capacity.max(1));
