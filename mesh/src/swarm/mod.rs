@@ -45,7 +45,6 @@ mod wire_metrics;
 
 use std::collections::{HashMap, HashSet};
 
-use libp2p::multiaddr::Protocol;
 use libp2p::{noise, tcp, yamux};
 use tokio::sync::{broadcast, mpsc};
 
@@ -56,6 +55,7 @@ pub use config::{
     SwarmConfig, ANNOUNCE_TOPIC, CELLS_TOPIC, GOSSIP_MAX_TRANSMIT_BYTES, IDENTIFY_PROTOCOL_VERSION,
     KAD_MAX_PACKET_BYTES, KAD_MAX_RECORDS, KAD_MAX_RECORD_BYTES, KAD_PROTOCOL, MAX_ADDRS_PER_PEER,
 };
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{MeshEvent, MeshNode, WireBytes};
 

@@ -7,7 +7,7 @@
 //! a new cell when the estimate changes. Free capacity is what the machine has free: no VMs
 //! run under the daemon yet.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use novacron_mesh::cells::sign_summary;
@@ -117,6 +117,25 @@ pub async fn publish_summary_if_representative(
     Ok(true)
 }
 
+/// Cell gossip bytes per node per second the interval is chosen for (sent + received; the
+/// goal is 20 KB/s for everything, the rest of the node's traffic included).
+pub const GOSSIP_BUDGET_BYTES_PER_S: u64 = 15_000;
+
+/// Bytes one member costs per gossip round, as measured: ~12 digests pass through a node
+/// per round (3 exchanges started, ~3 answered, a digest each way), ~21 B per member each.
+const ROUND_BYTES_PER_MEMBER: u64 = 12 * 21;
+
+/// The gossip interval that keeps a cell of `members` within the byte budget: 1 s up to
+/// ~60 members, growing linearly after (195 members: ~3.3 s), at most 5 s. Failure detection
+/// takes ~6 intervals, so big cells detect more slowly; that is the price of the budget.
+pub fn gossip_interval_for(members: u64) -> Duration {
+    let ms = members
+        .saturating_mul(ROUND_BYTES_PER_MEMBER)
+        .saturating_mul(1000)
+        / GOSSIP_BUDGET_BYTES_PER_S;
+    Duration::from_millis(ms.clamp(1000, 5000))
+}
+
 /// The prefix length the mesh-size estimate calls for, with the estimate, when it differs
 /// from `bits`: the estimate pools this cell (`live` members at `bits`) with the consensus of
 /// each other cell in `summaries`; `next_prefix_bits` keeps cells of 100–250 with hysteresis.
@@ -187,6 +206,18 @@ mod tests {
         assert_eq!(next_cell_bits(8, 195, heard.clone(), 1_100), None);
         // Expired summaries do not count: alone, a small cell keeps 0 bits.
         assert_eq!(next_cell_bits(0, 40, heard, 5_000), None);
+    }
+
+    #[test]
+    fn the_interval_keeps_bigger_cells_within_the_budget() {
+        assert_eq!(gossip_interval_for(0), Duration::from_secs(1));
+        assert_eq!(gossip_interval_for(50), Duration::from_secs(1));
+        let big = gossip_interval_for(195);
+        assert!(
+            big > Duration::from_secs(3) && big < Duration::from_secs(4),
+            "{big:?}"
+        );
+        assert_eq!(gossip_interval_for(100_000), Duration::from_secs(5));
     }
 
     #[test]

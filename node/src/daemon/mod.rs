@@ -93,7 +93,7 @@ impl Daemon {
     /// Moves to the cell of `bits` prefix bits: stops the current membership (its protocol
     /// must be free before the next one registers), starts the new one with what the node
     /// last told its cell, and forwards the new one's events. The node has no cell in between.
-    async fn move_cell(&self, bits: u8, me: MemberInfo) -> anyhow::Result<()> {
+    async fn move_cell(&self, bits: u8, estimate: u64, me: MemberInfo) -> anyhow::Result<()> {
         let mut cell = self.cell.write().await;
         if let Some(f) = lock(&self.forwarder).take() {
             f.abort();
@@ -103,6 +103,7 @@ impl Daemon {
         }
         let cfg = CellConfig {
             prefix_bits: bits,
+            gossip_interval: cell::gossip_interval_for(estimate >> bits),
             ..CellConfig::default()
         };
         let new = CellMembership::start(self.mesh.clone(), cfg, me).await?;
@@ -152,7 +153,7 @@ impl Daemon {
                 self.cell_bits_for_mesh_size(cell).await
             };
             if let Some((bits, estimate)) = next_bits {
-                match self.move_cell(bits, info).await {
+                match self.move_cell(bits, estimate, info).await {
                     Ok(()) => eprintln!(
                         "novacron: moved to a cell of {bits} prefix bits (mesh of ~{estimate} nodes)"
                     ),

@@ -61,17 +61,16 @@ use crate::cell_wire::{check_peer_key, virtual_addr, ShortId, WireNodeId, PEER_K
 use crate::cells::{cell_id, CellId, MAX_PREFIX_BITS};
 
 /// Default gossip interval. With short node ids a 50-member digest is ~1.05 KB (21 B per
-/// member; PeerId ids made it ~3 KB). Measured in-process (25 nodes, debug build, noisy
-/// 2-core machine, `measure_cell_bytes_and_failure_detection` in `mesh/tests/cells.rs`): cell
-/// frames 4.8 KB/s per node sent + received, 6 frames/s of ~400 B (PeerId ids: 13.0 KB/s of
-/// ~1050 B frames). The 50-process benchmark measured 24.6 KB/s of cell gossip with PeerId ids:
-/// expect ~9 KB/s now (goal: 20 KB/s for everything). The byte headroom would allow ~1.0 s
-/// (≈ 14 KB/s) for faster detection; not taken without a 50-process run.
-pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(1500);
+/// member; PeerId ids made it ~3 KB). Measured with `novacron bench mesh --nodes 50` (50
+/// release-build processes, one cell, noisy 2-core machine): at 1.5 s, 9.8 KB/s per node on
+/// the wire (sent + received, everything) and failure detection p50 8.6 s (max 11.7); at
+/// 1.0 s, 14.3 KB/s and p50 5.9 s (max 7.7). 1.0 s keeps both goals (20 KB/s, 10 s) with a
+/// margin. Bytes grow with the cell's size: the daemon lengthens the interval for larger
+/// cells (`gossip_interval_for` in the node's daemon).
+pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(1000);
 /// Default phi threshold: a member is declared dead after ~14 mean heartbeat arrival
 /// intervals of silence (phi = silence / (mean · ln 10)). With [`GOSSIP_INTERVAL`]: failure
-/// detection p50 7.3–9.3 s, max 9–12 s in-process (25 nodes, noisy machine); 7.9 s / 11 s
-/// in the 50-process benchmark (goal: p50 ≤ 10 s).
+/// detection p50 5.9 s, max 7.7 s in the 50-process benchmark (goal: p50 ≤ 10 s).
 pub const PHI_THRESHOLD: f64 = 6.0;
 /// A peer that may be in the cell, with addresses to dial it.
 pub type Candidate = (PeerId, Vec<Multiaddr>);
