@@ -5,8 +5,10 @@
 
 #![cfg(feature = "swarm")]
 
+mod common;
+
+use common::{eventually, listen_addr, WAIT};
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +23,6 @@ use novacron_mesh::swarm::cell_transport::CELL_PROTOCOL;
 use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId, SwarmConfig};
 use tokio::sync::broadcast;
 use tokio::time::{sleep, timeout, Instant};
-
-const WAIT: Duration = Duration::from_secs(20);
 
 fn swarm_config(bootstrap: Vec<Multiaddr>) -> SwarmConfig {
     SwarmConfig {
@@ -53,28 +53,6 @@ fn info(vcpus: u32, addrs: Vec<Multiaddr>) -> MemberInfo {
         addrs,
         ..MemberInfo::default()
     }
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn listen_addr(node: &MeshNode) -> Multiaddr {
-    eventually("a listen address", || async {
-        node.listen_addrs().await.unwrap().into_iter().next()
-    })
-    .await
 }
 
 /// A mesh node plus its cell membership.

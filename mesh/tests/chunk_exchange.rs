@@ -4,7 +4,9 @@
 
 #![cfg(feature = "swarm")]
 
-use std::future::Future;
+mod common;
+
+use common::{dial_addr, eventually, WAIT};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +21,7 @@ use novacron_mesh::swarm::{
 use novacron_mesh::transfer::wire::{Request, Response, MAX_RESPONSE_BODY};
 use novacron_mesh::transfer::{ChunkSetManifest, RateConfig};
 use novacron_mesh::workload::{PatternStream, RandomStream};
-use tokio::time::{sleep, timeout, Instant};
-
-const WAIT: Duration = Duration::from_secs(20);
+use tokio::time::timeout;
 
 /// A mesh node with its own store and exchange.
 struct Peer {
@@ -50,32 +50,6 @@ fn temp_dir() -> tempfile::TempDir {
         }
     }
     tempfile::tempdir().unwrap()
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn dial_addr(node: &MeshNode) -> Multiaddr {
-    let addrs = eventually("a listen address", || async {
-        let a = node.listen_addrs().await.ok()?;
-        (!a.is_empty()).then_some(a)
-    })
-    .await;
-    format!("{}/p2p/{}", addrs[0], node.peer_id())
-        .parse()
-        .unwrap()
 }
 
 fn start_peer(bootstrap: Vec<Multiaddr>, cfg: ExchangeConfig) -> Peer {

@@ -4,8 +4,10 @@
 
 #![cfg(feature = "swarm")]
 
+mod common;
+
+use common::{dial_addr, eventually, WAIT};
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -24,8 +26,6 @@ use novacron_mesh::swarm::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
-
-const WAIT: Duration = Duration::from_secs(20);
 
 fn now() -> u64 {
     SystemTime::now()
@@ -47,33 +47,6 @@ fn start(bootstrap: Vec<Multiaddr>) -> (NodeIdentity, MeshNode) {
     let identity = NodeIdentity::generate().unwrap();
     let node = MeshNode::start(&identity, config(bootstrap)).unwrap();
     (identity, node)
-}
-
-/// Polls `check` every 50 ms until it returns Some, or panics naming `what` after `WAIT`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn dial_addr(node: &MeshNode) -> Multiaddr {
-    let addrs = eventually("a listen address", || async {
-        let addrs = node.listen_addrs().await.unwrap();
-        (!addrs.is_empty()).then_some(addrs)
-    })
-    .await;
-    format!("{}/p2p/{}", addrs[0], node.peer_id())
-        .parse()
-        .unwrap()
 }
 
 async fn wait_table_holds(node: &MeshNode, want: &[PeerId]) {

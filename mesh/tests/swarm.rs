@@ -3,8 +3,10 @@
 
 #![cfg(feature = "swarm")]
 
+mod common;
+
+use common::{dial_addr, eventually, WAIT};
 use std::collections::HashSet;
-use std::future::Future;
 use std::time::Duration;
 
 use novacron_mesh::dht_keys::DhtKey;
@@ -12,9 +14,7 @@ use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::swarm::sybil::{Admission, Subnet, SubnetLimits};
 use novacron_mesh::swarm::{MeshEvent, MeshNode, Multiaddr, PeerId, SwarmConfig, SwarmError};
 use tokio::sync::broadcast;
-use tokio::time::{sleep, timeout, Instant};
-
-const WAIT: Duration = Duration::from_secs(30);
+use tokio::time::{sleep, timeout};
 
 fn config(bootstrap: Vec<Multiaddr>) -> SwarmConfig {
     SwarmConfig {
@@ -28,33 +28,6 @@ fn config(bootstrap: Vec<Multiaddr>) -> SwarmConfig {
 fn start(cfg: SwarmConfig) -> MeshNode {
     let identity = NodeIdentity::generate().unwrap();
     MeshNode::start(&identity, cfg).unwrap()
-}
-
-/// Polls `check` every 50 ms until it returns Some, or panics with `what` after `WAIT`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The node's first TCP listen address with its `/p2p/` suffix.
-async fn dial_addr(node: &MeshNode) -> Multiaddr {
-    let addrs = eventually("a listen address", || async {
-        let addrs = node.listen_addrs().await.unwrap();
-        (!addrs.is_empty()).then_some(addrs)
-    })
-    .await;
-    let addr = addrs[0].clone();
-    format!("{addr}/p2p/{}", node.peer_id()).parse().unwrap()
 }
 
 async fn table(node: &MeshNode) -> HashSet<PeerId> {

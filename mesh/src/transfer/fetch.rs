@@ -296,19 +296,29 @@ impl<P: Clone + Eq + Hash + Debug> FetchScheduler<P> {
         Ok((r.peer.clone(), index))
     }
 
-    /// A chunk of request `request` arrived, verified or not.
-    pub fn chunk_arrived(&mut self, request: RequestId, id: &ChunkId, arrival: Arrival) -> Heard {
+    /// Takes chunk `id` off what `request` still owes; a provider answering with a chunk it
+    /// was not asked for is dropped as bad.
+    fn answer_to(&mut self, request: RequestId, id: &ChunkId) -> Result<(P, usize), Heard> {
         let (peer, index) = match self.request_of(request, id) {
             Ok(v) => v,
             Err(Heard::Unasked) => {
                 self.drop_peer(request, Dropped::Bad);
-                return Heard::Unasked;
+                return Err(Heard::Unasked);
             }
-            Err(h) => return h,
+            Err(h) => return Err(h),
         };
         if let Some(r) = self.requests.get_mut(&request) {
             r.remaining.retain(|&i| i != index);
         }
+        Ok((peer, index))
+    }
+
+    /// A chunk of request `request` arrived, verified or not.
+    pub fn chunk_arrived(&mut self, request: RequestId, id: &ChunkId, arrival: Arrival) -> Heard {
+        let (peer, index) = match self.answer_to(request, id) {
+            Ok(v) => v,
+            Err(h) => return h,
+        };
         match arrival {
             Arrival::Verified { wire_bytes } => {
                 let len = u64::from(self.chunks[index].len);
@@ -330,17 +340,10 @@ impl<P: Clone + Eq + Hash + Debug> FetchScheduler<P> {
 
     /// The provider of `request` does not have chunk `id`.
     pub fn not_found(&mut self, request: RequestId, id: &ChunkId) -> Heard {
-        let (peer, index) = match self.request_of(request, id) {
+        let (peer, index) = match self.answer_to(request, id) {
             Ok(v) => v,
-            Err(Heard::Unasked) => {
-                self.drop_peer(request, Dropped::Bad);
-                return Heard::Unasked;
-            }
             Err(h) => return h,
         };
-        if let Some(r) = self.requests.get_mut(&request) {
-            r.remaining.retain(|&i| i != index);
-        }
         self.chunks[index].not_at.push(peer);
         self.requeue(index, None, false);
         Heard::Taken

@@ -59,15 +59,7 @@ pub(crate) struct Encoder {
 
 impl Encoder {
     pub(crate) async fn open() -> Result<Encoder, CodecError> {
-        let chitchat = ChitchatUdp::open(loopback())
-            .await
-            .map_err(|e| CodecError::Chitchat(e.to_string()))?;
-        let from = chitchat
-            .local_addr()
-            .map_err(|e| CodecError::Chitchat(e.to_string()))?;
-        let tap = UdpSocket::bind(loopback()).await?;
-        tap.connect(from).await?;
-        let tap_addr = tap.local_addr()?;
+        let (chitchat, tap, tap_addr) = connected_pair().await?;
         Ok(Encoder {
             chitchat,
             tap,
@@ -94,6 +86,20 @@ impl Encoder {
     }
 }
 
+/// A chitchat socket on loopback and a plain socket connected to it (with its address).
+async fn connected_pair() -> Result<(ChitchatUdp, UdpSocket, SocketAddr), CodecError> {
+    let chitchat = ChitchatUdp::open(loopback())
+        .await
+        .map_err(|e| CodecError::Chitchat(e.to_string()))?;
+    let chitchat_addr = chitchat
+        .local_addr()
+        .map_err(|e| CodecError::Chitchat(e.to_string()))?;
+    let plain = UdpSocket::bind(loopback()).await?;
+    plain.connect(chitchat_addr).await?;
+    let plain_addr = plain.local_addr()?;
+    Ok((chitchat, plain, plain_addr))
+}
+
 /// Decodes bodies with chitchat's decoder.
 pub(crate) struct Decoder {
     chitchat: ChitchatUdp,
@@ -103,15 +109,7 @@ pub(crate) struct Decoder {
 
 impl Decoder {
     pub(crate) async fn open() -> Result<Decoder, CodecError> {
-        let chitchat = ChitchatUdp::open(loopback())
-            .await
-            .map_err(|e| CodecError::Chitchat(e.to_string()))?;
-        let to = chitchat
-            .local_addr()
-            .map_err(|e| CodecError::Chitchat(e.to_string()))?;
-        let injector = UdpSocket::bind(loopback()).await?;
-        injector.connect(to).await?;
-        let injector_addr = injector.local_addr()?;
+        let (chitchat, injector, injector_addr) = connected_pair().await?;
         Ok(Decoder {
             chitchat,
             injector,
