@@ -4,6 +4,7 @@
 mod api;
 mod bench;
 mod cli;
+mod config;
 mod daemon;
 mod local_mesh;
 mod size;
@@ -12,7 +13,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging();
+    if !args.configures_logging() {
+        cli::init_logging("warn");
+    }
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -52,13 +52,22 @@ enum Top {
     BareKvm,
 }
 
-pub fn init_logging() {
+/// Logs to stderr at `default` (an env-filter directive) unless NOVACRON_LOG says otherwise.
+/// The first call wins.
+pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NOVACRON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+impl Cli {
+    /// Whether the command sets up logging itself (from its configuration).
+    pub fn configures_logging(&self) -> bool {
+        matches!(self.command, Top::Node(_))
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {

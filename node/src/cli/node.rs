@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::api;
+use crate::config::{LogLevel, NodeConfig};
 use crate::daemon::lines::{member_line, MemberChange};
 use crate::daemon::Daemon;
 use anyhow::Context;
@@ -26,17 +27,20 @@ use tokio::sync::broadcast::error::RecvError;
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
-    /// Directory of the node's identity (`node.key`, created on first start).
+    /// YAML configuration (keys: nodeId, logLevel, api, dataDir, dbUrl, mesh); environment
+    /// variables NODE_ID, LOG_LEVEL, API_PORT, DB_URL override it, flags override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of the node's identity (`node.key`, created on first start), chunks and API
+    /// socket (config: dataDir).
     #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
-    /// Address to listen on (repeatable).
-    #[arg(
-        long = "listen",
-        value_name = "MULTIADDR",
-        default_values = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
-    )]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (repeatable; default: TCP and QUIC on every interface, ephemeral
+    /// ports; config: mesh.listen).
+    #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
-    /// A peer to join the mesh through, ending in /p2p/PEERID (repeatable).
+    /// A peer to join the mesh through, ending in /p2p/PEERID (repeatable; config:
+    /// mesh.bootstrap).
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     bootstrap: Vec<Multiaddr>,
     /// Serve the DHT from the start instead of once autonat confirms this node is publicly
@@ -51,15 +55,44 @@ pub struct NodeArgs {
     relay_server: bool,
 }
 
+impl NodeArgs {
+    /// The configuration: file, then environment, then these flags.
+    fn config(&self) -> anyhow::Result<NodeConfig> {
+        let mut cfg = NodeConfig::load(self.config.as_deref(), |k| std::env::var(k).ok())?;
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = Some(d.clone());
+        }
+        if !self.listen.is_empty() {
+            cfg.mesh.listen = self.listen.clone();
+        }
+        if !self.bootstrap.is_empty() {
+            cfg.mesh.bootstrap = self.bootstrap.clone();
+        }
+        cfg.mesh.kad_server |= self.kad_server;
+        cfg.mesh.mdns |= self.mdns;
+        cfg.mesh.relay_server |= self.relay_server;
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
-    let identity = NodeIdentity::load_or_create(&args.data_dir)
-        .with_context(|| format!("data directory {}", args.data_dir.display()))?;
-    let cfg = SwarmConfig {
-        listen: args.listen,
-        bootstrap: args.bootstrap,
-        force_kad_server: args.kad_server,
-        mdns: args.mdns,
-        relay_server: args.relay_server,
+    let cfg = args.config()?;
+    crate::cli::init_logging(&node_log_filter(cfg.log_level));
+    let Some(data_dir) = cfg.data_dir.clone() else {
+        anyhow::bail!("no data directory: give --data-dir DIR or dataDir in the config file");
+    };
+    let identity = NodeIdentity::load_or_create(&data_dir)
+        .with_context(|| format!("data directory {}", data_dir.display()))?;
+    if let Some(name) = &cfg.node_id {
+        tracing::info!(node_id = %name, peer = %identity.peer_id(), "starting");
+    }
+    let swarm = SwarmConfig {
+        listen: cfg.mesh.listen,
+        bootstrap: cfg.mesh.bootstrap,
+        force_kad_server: cfg.mesh.kad_server,
+        mdns: cfg.mesh.mdns,
+        relay_server: cfg.mesh.relay_server,
         ..SwarmConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -67,8 +100,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(&identity, &args.data_dir, cfg))?;
+    runtime.block_on(serve(&identity, &data_dir, swarm))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The node's own crates at the configured level, libraries at warn (libp2p at info is
+/// chatty); NOVACRON_LOG, when set, wins.
+fn node_log_filter(level: LogLevel) -> String {
+    let l = level.as_str();
+    format!("novacron={l},novacron_node={l},novacron_mesh={l},novacron_vm={l},warn")
 }
 
 async fn serve(identity: &NodeIdentity, data_dir: &Path, cfg: SwarmConfig) -> anyhow::Result<()> {

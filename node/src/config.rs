@@ -1,0 +1,351 @@
+//! The node's configuration: a YAML file, then environment variables, then flags.
+//!
+//! The file accepts the sample of the node issue as it is:
+//!
+//! ```yaml
+//! nodeId: node1
+//! logLevel: info
+//! api: {host: 0.0.0.0, port: 8080, tlsEnabled: false}
+//! ```
+//!
+//! plus `dataDir`, `dbUrl` and a `mesh` section (`listen`, `bootstrap`, `kadServer`, `mdns`,
+//! `relayServer`). Unknown keys are errors that name the key and where it is; so are bad
+//! values. Environment variables `NODE_ID`, `LOG_LEVEL`, `API_PORT`, `DB_URL` override the
+//! file; flags override both. Everything has a default, so no file is needed.
+//!
+//! What this cannot do yet: the API and the database it configures come with the daemon
+//! proper (the node issue); today `novacron node` uses the mesh, data-directory and log
+//! settings.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use novacron_mesh::swarm::Multiaddr;
+use serde::Deserialize;
+
+/// Largest config file read.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: cannot read it: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {len} bytes is over the {MAX_FILE_BYTES}-byte limit")]
+    TooLarge { path: PathBuf, len: u64 },
+    #[error("config {path}: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("config key {key}: {reason}")]
+    Value { key: &'static str, reason: String },
+}
+
+/// How much the node logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" => Ok(LogLevel::Error),
+            "warn" | "warning" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            _ => Err("not one of error, warn, info, debug, trace".into()),
+        }
+    }
+}
+
+/// The node's HTTP API (served by the daemon proper).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub host: IpAddr,
+    pub port: u16,
+    pub tls_enabled: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8080,
+            tls_enabled: false,
+        }
+    }
+}
+
+/// How the node joins the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MeshConfig {
+    #[serde(deserialize_with = "multiaddrs")]
+    pub listen: Vec<Multiaddr>,
+    #[serde(deserialize_with = "multiaddrs")]
+    pub bootstrap: Vec<Multiaddr>,
+    pub kad_server: bool,
+    pub mdns: bool,
+    pub relay_server: bool,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            listen: ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            bootstrap: Vec::new(),
+            kad_server: false,
+            mdns: false,
+            relay_server: false,
+        }
+    }
+}
+
+fn multiaddrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts
+        .iter()
+        .map(|t| {
+            t.parse()
+                .map_err(|e| serde::de::Error::custom(format!("{t:?} is not a multiaddr: {e}")))
+        })
+        .collect()
+}
+
+/// Everything the node is configured with.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// A name for the operator's eyes (the node's identity is its key's PeerId).
+    pub node_id: Option<String>,
+    pub log_level: LogLevel,
+    pub api: ApiConfig,
+    /// Where the node keeps its key, chunks and database.
+    pub data_dir: Option<PathBuf>,
+    /// The database (default: SQLite in the data directory).
+    pub db_url: Option<String>,
+    pub mesh: MeshConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: None,
+            log_level: LogLevel::Info,
+            api: ApiConfig::default(),
+            data_dir: None,
+            db_url: None,
+            mesh: MeshConfig::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads `path` (when given), then applies the environment as `env` reports it.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<NodeConfig, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => NodeConfig::from_file(p)?,
+            None => NodeConfig::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(read_err)?.len();
+        if len > MAX_FILE_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+                len,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        NodeConfig::from_yaml(&text).map_err(|message| ConfigError::Yaml {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses YAML text; an empty document is the defaults.
+    pub fn from_yaml(text: &str) -> Result<NodeConfig, String> {
+        if text.trim().is_empty() {
+            return Ok(NodeConfig::default());
+        }
+        serde_norway::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("NODE_ID") {
+            self.node_id = Some(v);
+        }
+        if let Some(v) = env("LOG_LEVEL") {
+            self.log_level = v.parse().map_err(|reason| ConfigError::Env {
+                var: "LOG_LEVEL",
+                value: v.clone(),
+                reason,
+            })?;
+        }
+        if let Some(v) = env("API_PORT") {
+            self.api.port = v.trim().parse().map_err(|_| ConfigError::Env {
+                var: "API_PORT",
+                value: v.clone(),
+                reason: "not a port number (1-65535)".into(),
+            })?;
+        }
+        if let Some(v) = env("DB_URL") {
+            self.db_url = Some(v);
+        }
+        Ok(())
+    }
+
+    /// Values each key must hold whatever set them.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.node_id {
+            if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_control()) {
+                return Err(ConfigError::Value {
+                    key: "nodeId",
+                    reason: format!("{id:?} must be 1 to 64 printable characters"),
+                });
+            }
+        }
+        if self.api.port == 0 {
+            return Err(ConfigError::Value {
+                key: "api.port",
+                reason: "0 is not a port the API can be reached on".into(),
+            });
+        }
+        if self.mesh.listen.is_empty() {
+            return Err(ConfigError::Value {
+                key: "mesh.listen",
+                reason: "at least one address is needed".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn the_issue_sample_is_accepted_as_it_is() {
+        let cfg = NodeConfig::from_yaml(
+            "nodeId: node1\nlogLevel: info\napi: {host: 0.0.0.0, port: 8080, tlsEnabled: false}\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.node_id.as_deref(), Some("node1"));
+        assert_eq!(cfg.log_level, LogLevel::Info);
+        assert_eq!(cfg.api.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(cfg.api.port, 8080);
+        assert!(!cfg.api.tls_enabled);
+        assert_eq!(cfg.mesh, MeshConfig::default());
+        cfg.check().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        for (yaml, needle) in [
+            ("nodeID: x\n", "nodeID"),
+            ("api: {port: 8080, tls: true}\n", "tls"),
+            ("logLevel: loud\n", "loud"),
+            ("api: {port: 70000}\n", "port"),
+            ("api: {host: not-an-ip}\n", "host"),
+            ("mesh: {listen: [\"/ip4/1.2.3.4/tcpp/1\"]}\n", "tcpp"),
+        ] {
+            let err = NodeConfig::from_yaml(yaml).unwrap_err();
+            assert!(err.contains(needle), "{yaml:?}: {err}");
+        }
+        let cfg = NodeConfig::from_yaml("nodeId: \"\"\n").unwrap();
+        let err = cfg.check().unwrap_err().to_string();
+        assert!(err.contains("nodeId"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_bad_values_name_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.yaml");
+        std::fs::write(&path, "nodeId: node1\nlogLevel: info\napi: {port: 8080}\n").unwrap();
+        let env = |k: &str| match k {
+            "NODE_ID" => Some("node2".to_string()),
+            "LOG_LEVEL" => Some("DEBUG".to_string()),
+            "API_PORT" => Some("9090".to_string()),
+            "DB_URL" => Some("sqlite:///var/lib/novacron/state.db".to_string()),
+            _ => None,
+        };
+        let cfg = NodeConfig::load(Some(&path), env).unwrap();
+        assert_eq!(cfg.node_id.as_deref(), Some("node2"));
+        assert_eq!(cfg.log_level, LogLevel::Debug);
+        assert_eq!(cfg.api.port, 9090);
+        assert_eq!(
+            cfg.db_url.as_deref(),
+            Some("sqlite:///var/lib/novacron/state.db")
+        );
+
+        let err = NodeConfig::load(Some(&path), |k: &str| {
+            (k == "API_PORT").then(|| "eighty".to_string())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("API_PORT") && err.contains("eighty"), "{err}");
+        let err = NodeConfig::load(None, |k: &str| (k == "LOG_LEVEL").then(|| "x".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LOG_LEVEL"), "{err}");
+    }
+
+    #[test]
+    fn no_file_is_the_defaults_and_a_missing_file_is_named() {
+        assert_eq!(
+            NodeConfig::load(None, no_env).unwrap(),
+            NodeConfig::default()
+        );
+        let err = NodeConfig::load(Some(Path::new("/nonexistent/node.yaml")), no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/node.yaml"), "{err}");
+    }
+}
