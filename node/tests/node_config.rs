@@ -77,3 +77,67 @@ fn the_sample_config_runs_a_node_and_bad_ones_are_named() {
     let err = refused(&[], &[]);
     assert!(err.contains("--data-dir"), "{err}");
 }
+
+#[test]
+fn install_writes_config_token_and_unit_keeps_them_on_reinstall_and_the_node_runs_from_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let root = tmp.path().join("root");
+    let data = tmp.path().join("data");
+    let (root_s, data_s) = (root.to_str().unwrap(), data.to_str().unwrap());
+    let install = |extra: &[&str]| {
+        let mut args = vec!["node", "install", "--root", root_s, "--data-dir", data_s];
+        args.extend_from_slice(extra);
+        let mut p = Proc::spawn("install", &args);
+        assert!(p.wait(TIMEOUT).success(), "{}", p.dump());
+        p.stdout()
+    };
+    let first = install(&[]);
+    assert!(first.contains("systemctl daemon-reload && systemctl enable --now novacron-node"));
+    let config = root.join("etc/novacron/node.yaml");
+    let token = root.join("etc/novacron/api.token");
+    let unit = root.join("etc/systemd/system/novacron-node.service");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&token), 0o600, "the API token is the owner's only");
+    let token_text = std::fs::read_to_string(&token).unwrap();
+    assert_eq!(token_text.trim().len(), 64, "{token_text:?}");
+    let unit_text = std::fs::read_to_string(&unit).unwrap();
+    assert!(unit_text.contains("Restart=on-failure"), "{unit_text}");
+    assert!(
+        unit_text.contains("node --config /etc/novacron/node.yaml"),
+        "{unit_text}"
+    );
+
+    // A reinstall keeps the owner's configuration and token.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("logLevel: info", "logLevel: warn"),
+    )
+    .unwrap();
+    let again = install(&[]);
+    assert!(again.contains("kept (it exists)"), "{again}");
+    assert!(std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("logLevel: warn"));
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), token_text);
+
+    // The node runs from the installed configuration (on a loopback port for the test).
+    let mut node = Proc::spawn(
+        "installed",
+        &[
+            "node",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+    );
+    let line = node.wait_stderr_line(" listening on /ip4/127.0.0.1/tcp/", TIMEOUT);
+    assert!(line.is_some(), "{}", node.dump());
+    assert!(
+        data.join("node.key").exists(),
+        "the key is in the installed dataDir"
+    );
+}

@@ -26,7 +26,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast::error::RecvError;
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct NodeArgs {
+    #[command(subcommand)]
+    action: Option<NodeAction>,
     /// YAML configuration (keys: nodeId, logLevel, api, dataDir, dbUrl, mesh); environment
     /// variables NODE_ID, LOG_LEVEL, API_PORT, DB_URL override it, flags override both.
     #[arg(long, value_name = "FILE")]
@@ -55,6 +58,13 @@ pub struct NodeArgs {
     relay_server: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum NodeAction {
+    /// Write a default configuration, an API token and a systemd unit, and say how to start
+    /// the service (existing configuration and token are kept).
+    Install(crate::install::InstallArgs),
+}
+
 impl NodeArgs {
     /// The configuration: file, then environment, then these flags.
     fn config(&self) -> anyhow::Result<NodeConfig> {
@@ -77,6 +87,10 @@ impl NodeArgs {
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(NodeAction::Install(install)) = args.action {
+        crate::cli::init_logging("warn");
+        return crate::install::run(install);
+    }
     let cfg = args.config()?;
     crate::cli::init_logging(&node_log_filter(cfg.log_level));
     let Some(data_dir) = cfg.data_dir.clone() else {
