@@ -112,6 +112,9 @@ pub struct CellStatus {
 pub struct MemberStatus {
     pub peer_id: String,
     pub live: bool,
+    /// The member's signed node record verified (its key, its newest); the other fields are
+    /// what it gossips (self-reported, relayed by others: hints).
+    pub signed: bool,
     pub vcpus: u32,
     pub mem_mib: u64,
     pub free_slots: u32,

@@ -65,14 +65,15 @@ fn members_table(cell: &CellStatus, all: bool) -> String {
         cell.members.len()
     ));
     out.push_str(&format!(
-        "{:<52}  {:<4}  {:>5}  {:>9}  {:>5}  {:>6}  {}\n",
-        "PEER", "STATE", "VCPUS", "MEM MiB", "SLOTS", "LOAD", "VERSION"
+        "{:<52}  {:<4}  {:<6}  {:>5}  {:>9}  {:>5}  {:>6}  {}\n",
+        "PEER", "STATE", "RECORD", "VCPUS", "MEM MiB", "SLOTS", "LOAD", "VERSION"
     ));
     for m in cell.members.iter().filter(|m| all || m.live) {
         out.push_str(&format!(
-            "{:<52}  {:<4}  {:>5}  {:>9}  {:>5}  {:>5.1}%  {}\n",
+            "{:<52}  {:<4}  {:<6}  {:>5}  {:>9}  {:>5}  {:>5.1}%  {}\n",
             m.peer_id,
             if m.live { "live" } else { "dead" },
+            if m.signed { "signed" } else { "-" },
             m.vcpus,
             m.mem_mib,
             m.free_slots,

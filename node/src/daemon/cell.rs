@@ -10,16 +10,18 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+
+use crate::hex::{from_hex, to_hex};
 use novacron_mesh::cells::sign_summary;
 use novacron_mesh::cells::{next_prefix_bits, SummaryRecord};
 use novacron_mesh::dht_keys::DhtKey;
 use novacron_mesh::identity::NodeIdentity;
-use novacron_mesh::records::{Capacity, Reachability};
+use novacron_mesh::records::{Capacity, NodeRecord, Reachability, RecordBook, SignedRecord};
 use novacron_mesh::summaries::{
     build_summary_record, estimate_mesh_size_from_book, is_representative, SummaryBook,
     DEFAULT_REPRESENTATIVES,
 };
-use novacron_mesh::swarm::cell::{CellMembership, Member, MemberInfo};
+use novacron_mesh::swarm::cell::{CellMembership, Member, MemberInfo, MAX_GOSSIPED_ADDRS};
 use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId};
 
 /// How long a published summary is valid.
@@ -37,6 +39,100 @@ pub fn member_info(cap: &Capacity, addrs: Vec<Multiaddr>) -> MemberInfo {
         reachability: Reachability::Unknown,
         version: env!("CARGO_PKG_VERSION").to_string(),
         addrs,
+        signed_record: None,
+    }
+}
+
+/// A signed node record is re-issued at least this often (it lives twice as long).
+const RECORD_RESIGN_S: u64 = 30 * 60;
+
+/// Issues the node's signed record for its cell: its stable facts (addresses, version, the
+/// machine's totals as its offer), signed with the node key, re-signed when they change or
+/// after [`RECORD_RESIGN_S`]. The changing load and free capacity travel unsigned beside it
+/// (re-signing them every round would cost every member a record per member per round).
+pub struct RecordSigner {
+    identity: NodeIdentity,
+    seq: u64,
+    facts: Option<(Vec<String>, Capacity)>,
+    issued_at: u64,
+    hex: Option<String>,
+}
+
+impl RecordSigner {
+    pub fn new(identity: NodeIdentity) -> RecordSigner {
+        RecordSigner {
+            identity,
+            seq: 0,
+            facts: None,
+            issued_at: 0,
+            hex: None,
+        }
+    }
+
+    /// The current signed record as hex (None if signing failed: logged).
+    pub fn current(&mut self, cap: &Capacity, addrs: &[Multiaddr], now: u64) -> Option<String> {
+        let offer = Capacity {
+            free_vcpus: cap.vcpus,
+            free_memory_bytes: cap.memory_bytes,
+            load_permille: 0,
+            ..*cap
+        };
+        let texts: Vec<String> = addrs
+            .iter()
+            .take(MAX_GOSSIPED_ADDRS)
+            .map(|a| a.to_string())
+            .collect();
+        let facts = (texts, offer);
+        let fresh = now.saturating_sub(self.issued_at) < RECORD_RESIGN_S;
+        if self.facts.as_ref() == Some(&facts) && fresh && self.hex.is_some() {
+            return self.hex.clone();
+        }
+        // Sequence numbers grow across restarts too: start from the clock.
+        self.seq = (self.seq + 1).max(now.saturating_mul(1000));
+        let record = NodeRecord {
+            peer_id: self.identity.peer_id().to_bytes(),
+            seq: self.seq,
+            issued_at: now,
+            expires_at: now + 2 * RECORD_RESIGN_S,
+            listen_addrs: facts.0.clone(),
+            capacity: facts.1,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            reachability: Reachability::Unknown,
+        };
+        match SignedRecord::sign(&self.identity, &record).and_then(|s| s.encode()) {
+            Ok(bytes) => {
+                self.hex = Some(to_hex(&bytes));
+                self.facts = Some(facts);
+                self.issued_at = now;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot sign the node record"),
+        }
+        self.hex.clone()
+    }
+}
+
+/// Whether `member`'s gossiped record is its own, valid and the newest seen: its bytes
+/// verify (signature, key owning the peer id, lifetime, limits), it names `member`, and the
+/// book takes it or already holds this very record (a replayed older one is not counted).
+pub fn member_record_verified(
+    member: &PeerId,
+    hex: Option<&str>,
+    book: &mut RecordBook,
+    now: u64,
+) -> bool {
+    let Some(bytes) = hex.and_then(from_hex) else {
+        return false;
+    };
+    let Ok(record) = SignedRecord::verify(&bytes, now) else {
+        return false;
+    };
+    if record.peer_id().ok().as_ref() != Some(member) {
+        return false;
+    }
+    let seq = record.seq;
+    match book.insert(record, now) {
+        Ok(_) => true,
+        Err(_) => book.get(member).is_some_and(|held| held.seq == seq),
     }
 }
 
@@ -206,6 +302,91 @@ mod tests {
         assert_eq!(next_cell_bits(8, 195, heard.clone(), 1_100), None);
         // Expired summaries do not count: alone, a small cell keeps 0 bits.
         assert_eq!(next_cell_bits(0, 40, heard, 5_000), None);
+    }
+
+    #[test]
+    fn members_records_verify_only_when_signed_by_them_and_newest() {
+        let a = NodeIdentity::generate().unwrap();
+        let b = NodeIdentity::generate().unwrap();
+        let cap = Capacity {
+            vcpus: 4,
+            free_vcpus: 1,
+            memory_bytes: 8 << 30,
+            free_memory_bytes: 2 << 30,
+            free_slots: 1,
+            load_permille: 700,
+        };
+        let addrs: Vec<Multiaddr> = vec!["/ip4/10.0.0.1/tcp/4001".parse().unwrap()];
+        let mut signer = RecordSigner::new(a.clone());
+        let first = signer.current(&cap, &addrs, 1_000_000).unwrap();
+        // Same facts, load changed: the same record is kept.
+        let busier = Capacity {
+            load_permille: 900,
+            ..cap
+        };
+        assert_eq!(
+            signer.current(&busier, &addrs, 1_000_010),
+            Some(first.clone())
+        );
+        let mut book = RecordBook::new(16);
+        assert!(member_record_verified(
+            &a.peer_id(),
+            Some(&first),
+            &mut book,
+            1_000_020
+        ));
+        // b cannot pass a's record off as its own, nor garbage as a record.
+        assert!(!member_record_verified(
+            &b.peer_id(),
+            Some(&first),
+            &mut book,
+            1_000_020
+        ));
+        assert!(!member_record_verified(
+            &a.peer_id(),
+            Some("zz"),
+            &mut book,
+            1_000_020
+        ));
+        assert!(!member_record_verified(
+            &a.peer_id(),
+            None,
+            &mut book,
+            1_000_020
+        ));
+        // New facts: a newer record; the older one replayed afterwards no longer counts.
+        let moved: Vec<Multiaddr> = vec!["/ip4/10.0.0.2/tcp/4001".parse().unwrap()];
+        let second = signer.current(&cap, &moved, 1_000_030).unwrap();
+        assert_ne!(second, first);
+        assert!(member_record_verified(
+            &a.peer_id(),
+            Some(&second),
+            &mut book,
+            1_000_040
+        ));
+        assert!(!member_record_verified(
+            &a.peer_id(),
+            Some(&first),
+            &mut book,
+            1_000_040
+        ));
+        // A tampered byte breaks the signature.
+        let mut bad = second.clone().into_bytes();
+        let i = bad.len() - 3;
+        bad[i] = if bad[i] == b'0' { b'1' } else { b'0' };
+        let bad = String::from_utf8(bad).unwrap();
+        assert!(!member_record_verified(
+            &a.peer_id(),
+            Some(&bad),
+            &mut RecordBook::new(4),
+            1_000_040
+        ));
+        // The hex fits one gossiped value.
+        assert!(
+            second.len() <= novacron_mesh::cell_wire::MAX_VALUE_BYTES,
+            "{}",
+            second.len()
+        );
     }
 
     #[test]

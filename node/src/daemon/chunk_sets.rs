@@ -16,6 +16,7 @@ use novacron_mesh::swarm::{ChunkExchange, MeshNode};
 use novacron_mesh::transfer::ChunkSetManifest;
 
 use crate::api::{Fetched, Published};
+use crate::hex::{from_hex, to_hex};
 
 /// Largest file published in one go.
 pub const MAX_FILE_BYTES: u64 = 4 << 30;
@@ -53,7 +54,7 @@ pub async fn publish(
     .await??;
     let id = exchange.publish(mesh, &manifest).await?;
     Ok(Published {
-        id: hex(&id),
+        id: to_hex(&id),
         name,
         bytes: manifest.total_len(),
         chunks: manifest.chunks().len(),
@@ -121,21 +122,9 @@ fn write_set(
 }
 
 fn parse_id(id: &str) -> anyhow::Result<[u8; 32]> {
-    let bytes = id.as_bytes();
-    if bytes.len() != 64 {
-        bail!("chunk set id {id:?} is not 64 hex digits");
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        let text = std::str::from_utf8(pair).unwrap_or("zz");
-        out[i] = u8::from_str_radix(text, 16)
-            .with_context(|| format!("chunk set id {id:?} is not hex"))?;
-    }
-    Ok(out)
-}
-
-fn hex(id: &[u8; 32]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    from_hex(id)
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .with_context(|| format!("chunk set id {id:?} is not 64 hex digits"))
 }
 
 #[cfg(test)]
@@ -145,7 +134,7 @@ mod tests {
     #[test]
     fn ids_parse_as_hex_and_bad_ones_are_named() {
         let id = [0xab; 32];
-        assert_eq!(parse_id(&hex(&id)).unwrap(), id);
+        assert_eq!(parse_id(&to_hex(&id)).unwrap(), id);
         for bad in ["abc", &"zz".repeat(32), &"é".repeat(32)] {
             let err = parse_id(bad).unwrap_err().to_string();
             assert!(err.contains("chunk set id"), "{err}");

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use novacron_mesh::chunks::{ChunkStore, Level};
 use novacron_mesh::identity::NodeIdentity;
+use novacron_mesh::records::RecordBook;
 use novacron_mesh::swarm::cell::{CellConfig, CellEvent, CellMembership, MemberInfo};
 use novacron_mesh::swarm::{ChunkExchange, ExchangeConfig, MeshNode, Multiaddr};
 use tokio::sync::{broadcast, RwLock};
@@ -44,8 +45,13 @@ pub struct Daemon {
     cell_events: broadcast::Sender<CellEvent>,
     forwarder: std::sync::Mutex<Option<JoinHandle<()>>>,
     identity: NodeIdentity,
+    /// The newest verified signed record of each member heard of.
+    records: std::sync::Mutex<RecordBook>,
     pub started: Instant,
 }
+
+/// Members whose signed records are remembered.
+const RECORD_BOOK_PEERS: usize = 4096;
 
 /// Capacity of the daemon's cell event channel.
 const CELL_EVENT_CAPACITY: usize = 1024;
@@ -72,6 +78,7 @@ impl Daemon {
             cell: RwLock::new(Some(cell)),
             cell_events,
             identity,
+            records: std::sync::Mutex::new(RecordBook::new(RECORD_BOOK_PEERS)),
             started: Instant::now(),
         });
         Ok(daemon)
@@ -119,10 +126,13 @@ impl Daemon {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round: u32 = 0;
         let mut told = None;
+        let mut signer = cell::RecordSigner::new(self.identity.clone());
         loop {
             tick.tick().await;
             let addrs = self.advertised_addrs().await;
-            let info = cell::member_info(&capacity::host_capacity(), addrs);
+            let cap = capacity::host_capacity();
+            let mut info = cell::member_info(&cap, addrs);
+            info.signed_record = signer.current(&cap, &info.addrs, unix_now());
             let publish_round = round % SUMMARY_EVERY_ROUNDS == 1;
             let lookup_round = round % SUMMARY_EVERY_ROUNDS <= 1;
             round = round.wrapping_add(1);
@@ -236,6 +246,12 @@ impl Daemon {
             .await
             .into_iter()
             .map(|m| MemberStatus {
+                signed: cell::member_record_verified(
+                    &m.peer,
+                    m.info.signed_record.as_deref(),
+                    &mut lock(&self.records),
+                    unix_now(),
+                ),
                 peer_id: m.peer.to_string(),
                 live: m.live,
                 vcpus: m.info.vcpus,

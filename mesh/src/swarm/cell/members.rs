@@ -20,6 +20,7 @@ const KEY_LOAD: &str = "load_permille";
 const KEY_REACH: &str = "reach";
 const KEY_VERSION: &str = "version";
 const KEY_ADDRS: &str = "addrs";
+const KEY_RECORD: &str = "record";
 
 /// What a member tells its cell about itself. Self-reported and relayed unsigned: treat as a
 /// hint (placement must verify by asking the node).
@@ -33,6 +34,10 @@ pub struct MemberInfo {
     pub version: String,
     /// Listen addresses (at most [`MAX_GOSSIPED_ADDRS`] are gossiped).
     pub addrs: Vec<Multiaddr>,
+    /// The member's signed node record (`records::SignedRecord`, encoded, as hex): the same
+    /// facts, signed by the member itself, so a reader can tell them from what other members
+    /// relay. Gossiped only when it fits one value ([`MAX_VALUE_BYTES`]); checked by readers.
+    pub signed_record: Option<String>,
 }
 
 impl Default for MemberInfo {
@@ -45,6 +50,7 @@ impl Default for MemberInfo {
             reachability: Reachability::Unknown,
             version: String::new(),
             addrs: Vec::new(),
+            signed_record: None,
         }
     }
 }
@@ -81,7 +87,7 @@ impl MemberInfo {
             }
             addrs.push_str(&a);
         }
-        vec![
+        let mut kvs = vec![
             (KEY_VCPUS.into(), self.vcpus.to_string()),
             (KEY_MEM_MIB.into(), self.mem_mib.to_string()),
             (KEY_FREE_SLOTS.into(), self.free_slots.to_string()),
@@ -89,7 +95,15 @@ impl MemberInfo {
             (KEY_REACH.into(), reach_str(self.reachability).into()),
             (KEY_VERSION.into(), truncate(&self.version, MAX_VERSION_LEN)),
             (KEY_ADDRS.into(), addrs),
-        ]
+        ];
+        if let Some(r) = self
+            .signed_record
+            .as_ref()
+            .filter(|r| r.len() <= MAX_VALUE_BYTES)
+        {
+            kvs.push((KEY_RECORD.into(), r.clone()));
+        }
+        kvs
     }
 
     /// Reads the key-values back; a missing or malformed field reads as its default, unknown
@@ -117,6 +131,7 @@ impl MemberInfo {
                         .take(MAX_GOSSIPED_ADDRS)
                         .collect()
                 }
+                KEY_RECORD => info.signed_record = Some(v.to_owned()),
                 _ => {}
             }
         }
@@ -275,6 +290,7 @@ mod tests {
                 "/ip4/127.0.0.1/tcp/4001".parse().unwrap(),
                 "/ip4/10.0.0.1/udp/4001/quic-v1".parse().unwrap(),
             ],
+            signed_record: Some("00ff".repeat(100)),
         }
     }
 
