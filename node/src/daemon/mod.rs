@@ -32,6 +32,11 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 /// A summary is republished after this many maintenance rounds (well inside its lifetime).
 const SUMMARY_EVERY_ROUNDS: u32 = 6;
 
+/// After moving to another cell the node stays at least this long (a summary's lifetime):
+/// while the mesh moves, half-filled new cells and the old cells' summaries would otherwise
+/// make the estimate swing and the node move back and forth.
+const CELL_MOVE_HOLD_DOWN: Duration = Duration::from_secs(cell::SUMMARY_TTL_S);
+
 /// The chunk store's directory inside the data directory.
 pub const CHUNKS_DIR: &str = "chunks";
 
@@ -127,6 +132,7 @@ impl Daemon {
         let mut round: u32 = 0;
         let mut told = None;
         let mut signer = cell::RecordSigner::new(self.identity.clone());
+        let mut moved_at: Option<Instant> = None;
         loop {
             tick.tick().await;
             let addrs = self.advertised_addrs().await;
@@ -160,9 +166,13 @@ impl Daemon {
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot publish the cell summary"),
                 }
+                if moved_at.is_some_and(|t| t.elapsed() < CELL_MOVE_HOLD_DOWN) {
+                    continue;
+                }
                 self.cell_bits_for_mesh_size(cell).await
             };
             if let Some((bits, estimate)) = next_bits {
+                moved_at = Some(Instant::now());
                 match self.move_cell(bits, estimate, info).await {
                     Ok(()) => eprintln!(
                         "novacron: moved to a cell of {bits} prefix bits (mesh of ~{estimate} nodes)"
