@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{eventually, listen_addr, WAIT};
+use common::{eventually, listen_addr, loopback_config, WAIT};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,18 +20,9 @@ use novacron_mesh::cell_wire::{
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::swarm::cell::{CellConfig, CellEvent, CellMembership, Member, MemberInfo};
 use novacron_mesh::swarm::cell_transport::CELL_PROTOCOL;
-use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId, SwarmConfig};
+use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId};
 use tokio::sync::broadcast;
 use tokio::time::{sleep, timeout, Instant};
-
-fn swarm_config(bootstrap: Vec<Multiaddr>) -> SwarmConfig {
-    SwarmConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        force_kad_server: true,
-        ..SwarmConfig::default()
-    }
-}
 
 /// Fast gossip for tests: 300 ms rounds.
 fn cell_config(candidates: Vec<(PeerId, Vec<Multiaddr>)>) -> CellConfig {
@@ -86,7 +77,7 @@ async fn start_node(
         .iter()
         .map(|(p, a)| format!("{a}/p2p/{p}").parse().unwrap())
         .collect();
-    let node = Arc::new(MeshNode::start(identity, swarm_config(bootstrap)).unwrap());
+    let node = Arc::new(MeshNode::start(identity, loopback_config(bootstrap)).unwrap());
     let addr = listen_addr(&node).await;
     let candidates = boot.map(|(p, a)| vec![(p, vec![a])]).unwrap_or_default();
     let cell = CellMembership::start(
@@ -302,7 +293,7 @@ async fn garbage_and_oversized_frames_are_refused_without_harm() {
     // An intruder: a mesh node with no cell of its own.
     let intruder = MeshNode::start(
         &NodeIdentity::generate().unwrap(),
-        swarm_config(vec![format!("{}/p2p/{}", nodes[0].addr, peers[0])
+        loopback_config(vec![format!("{}/p2p/{}", nodes[0].addr, peers[0])
             .parse()
             .unwrap()]),
     )
@@ -382,7 +373,7 @@ async fn measure_cell_bytes_and_failure_detection() {
             .iter()
             .map(|(p, a)| format!("{a}/p2p/{p}").parse().unwrap())
             .collect();
-        let node = Arc::new(MeshNode::start(&identity, swarm_config(bootstrap)).unwrap());
+        let node = Arc::new(MeshNode::start(&identity, loopback_config(bootstrap)).unwrap());
         let addr = listen_addr(&node).await;
         let cfg = CellConfig {
             gossip_interval: interval,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{dial_addr, eventually, WAIT};
+use common::{dial_addr, eventually, loopback_config, WAIT};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use novacron_mesh::dht_keys::DhtKey;
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::swarm::chunk_exchange::read_frame;
 use novacron_mesh::swarm::{
-    ChunkExchange, ExchangeConfig, MeshNode, Multiaddr, PeerId, SwarmConfig, CHUNKS_PROTOCOL,
+    ChunkExchange, ExchangeConfig, MeshNode, Multiaddr, PeerId, CHUNKS_PROTOCOL,
 };
 use novacron_mesh::transfer::wire::{Request, Response, MAX_RESPONSE_BODY};
 use novacron_mesh::transfer::{ChunkSetManifest, RateConfig};
@@ -55,12 +55,7 @@ fn temp_dir() -> tempfile::TempDir {
 fn start_peer(bootstrap: Vec<Multiaddr>, cfg: ExchangeConfig) -> Peer {
     let node = MeshNode::start(
         &NodeIdentity::generate().unwrap(),
-        SwarmConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            bootstrap,
-            force_kad_server: true,
-            ..SwarmConfig::default()
-        },
+        loopback_config(bootstrap),
     )
     .unwrap();
     let dir = temp_dir();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{dial_addr, eventually, WAIT};
+use common::{dial_addr, eventually, loopback_config, WAIT};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +22,7 @@ use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::records::{Capacity, SignedRecord};
 use novacron_mesh::summaries::{build_summary_record, DEFAULT_REPRESENTATIVES};
 use novacron_mesh::swarm::{
-    MeshEvent, MeshNode, Multiaddr, PeerId, SwarmConfig, SwarmError, CELLS_TOPIC, KAD_PROTOCOL,
+    MeshEvent, MeshNode, Multiaddr, PeerId, SwarmError, CELLS_TOPIC, KAD_PROTOCOL,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
@@ -34,18 +34,9 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn config(bootstrap: Vec<Multiaddr>) -> SwarmConfig {
-    SwarmConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        force_kad_server: true,
-        ..SwarmConfig::default()
-    }
-}
-
 fn start(bootstrap: Vec<Multiaddr>) -> (NodeIdentity, MeshNode) {
     let identity = NodeIdentity::generate().unwrap();
-    let node = MeshNode::start(&identity, config(bootstrap)).unwrap();
+    let node = MeshNode::start(&identity, loopback_config(bootstrap)).unwrap();
     (identity, node)
 }
 

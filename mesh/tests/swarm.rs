@@ -5,25 +5,16 @@
 
 mod common;
 
-use common::{dial_addr, eventually, WAIT};
+use common::{dial_addr, eventually, loopback_config, WAIT};
 use std::collections::HashSet;
 use std::time::Duration;
 
 use novacron_mesh::dht_keys::DhtKey;
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::swarm::sybil::{Admission, Subnet, SubnetLimits};
-use novacron_mesh::swarm::{MeshEvent, MeshNode, Multiaddr, PeerId, SwarmConfig, SwarmError};
+use novacron_mesh::swarm::{MeshEvent, MeshNode, PeerId, SwarmConfig, SwarmError};
 use tokio::sync::broadcast;
 use tokio::time::{sleep, timeout};
-
-fn config(bootstrap: Vec<Multiaddr>) -> SwarmConfig {
-    SwarmConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        force_kad_server: true,
-        ..SwarmConfig::default()
-    }
-}
 
 fn start(cfg: SwarmConfig) -> MeshNode {
     let identity = NodeIdentity::generate().unwrap();
@@ -71,11 +62,11 @@ async fn next_event<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_join_through_one_bootstrap_and_know_each_other() {
-    let a = start(config(vec![]));
+    let a = start(loopback_config(vec![]));
     let mut a_events = a.subscribe();
     let boot = dial_addr(&a).await;
-    let b = start(config(vec![boot.clone()]));
-    let c = start(config(vec![boot]));
+    let b = start(loopback_config(vec![boot.clone()]));
+    let c = start(loopback_config(vec![boot]));
     let (ia, ib, ic) = (a.peer_id(), b.peer_id(), c.peer_id());
 
     // Identify reached the bootstrap node from both joiners, naming them DHT servers.
@@ -129,11 +120,13 @@ async fn the_subnet_cap_refuses_the_third_peer_of_a_slash_24() {
     };
     let a = start(SwarmConfig {
         subnet_limits: strict,
-        ..config(vec![])
+        ..loopback_config(vec![])
     });
     let mut a_events = a.subscribe();
     let boot = dial_addr(&a).await;
-    let joiners: Vec<MeshNode> = (0..3).map(|_| start(config(vec![boot.clone()]))).collect();
+    let joiners: Vec<MeshNode> = (0..3)
+        .map(|_| start(loopback_config(vec![boot.clone()])))
+        .collect();
     let ids: HashSet<PeerId> = joiners.iter().map(|n| n.peer_id()).collect();
 
     let refused = next_event(&mut a_events, "a refusal", |e| match e {
@@ -180,10 +173,10 @@ async fn the_subnet_cap_refuses_the_third_peer_of_a_slash_24() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announcements_reach_other_nodes_and_oversized_ones_are_refused() {
-    let a = start(config(vec![]));
+    let a = start(loopback_config(vec![]));
     let boot = dial_addr(&a).await;
-    let b = start(config(vec![boot.clone()]));
-    let c = start(config(vec![boot]));
+    let b = start(loopback_config(vec![boot.clone()]));
+    let c = start(loopback_config(vec![boot]));
     let mut c_events = c.subscribe();
 
     let too_big = vec![0u8; novacron_mesh::swarm::MAX_ANNOUNCEMENT_BYTES + 1];
@@ -228,7 +221,7 @@ async fn a_bootstrap_address_without_a_peer_id_is_refused() {
     let identity = NodeIdentity::generate().unwrap();
     let err = MeshNode::start(
         &identity,
-        config(vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()]),
+        loopback_config(vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()]),
     )
     .err()
     .unwrap();
@@ -240,10 +233,10 @@ async fn a_bootstrap_address_without_a_peer_id_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_record_published_on_one_node_is_found_from_another() {
-    let a = start(config(vec![]));
+    let a = start(loopback_config(vec![]));
     let boot = dial_addr(&a).await;
-    let b = start(config(vec![boot.clone()]));
-    let c = start(config(vec![boot]));
+    let b = start(loopback_config(vec![boot.clone()]));
+    let c = start(loopback_config(vec![boot]));
     wait_table_holds(&b, &[a.peer_id()]).await;
     wait_table_holds(&c, &[a.peer_id()]).await;
 

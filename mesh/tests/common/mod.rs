@@ -1,14 +1,28 @@
-//! Helpers shared by the swarm tests: polling for a condition and a node's dial address.
+//! Helpers shared by the swarm tests: a loopback node's config, polling for a condition and a
+//! node's dial address.
 #![allow(dead_code)] // each test binary uses a subset
 
 use std::future::Future;
 use std::time::Duration;
 
-use novacron_mesh::swarm::{MeshNode, Multiaddr};
+use novacron_mesh::swarm::{MeshNode, Multiaddr, SwarmConfig};
 use tokio::time::{sleep, Instant};
 
 /// How long any single wait of these tests may take.
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A node on an ephemeral loopback TCP port, serving the DHT (autonat never confirms
+/// loopback), joining through `bootstrap`.
+pub fn loopback_config(bootstrap: Vec<Multiaddr>) -> SwarmConfig {
+    SwarmConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0"
+            .parse()
+            .expect("a loopback multiaddr")],
+        bootstrap,
+        force_kad_server: true,
+        ..SwarmConfig::default()
+    }
+}
 
 /// Polls `check` every 50 ms until it returns Some, or panics naming `what` after [`WAIT`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T

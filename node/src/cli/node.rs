@@ -1,13 +1,14 @@
 //! `novacron node`: joins the mesh and stays in the foreground until SIGINT or SIGTERM.
 //!
-//! Minimal for now: the identity, the swarm and a few lines on stderr that scripts and
-//! tests parse —
+//! Runs the [`Daemon`] (swarm, chunk exchange, cell, local API socket) from the
+//! configuration, and writes lines on stderr that scripts and tests parse —
 //! `novacron: node PEERID listening on MULTIADDR/p2p/PEERID` (one per address, as soon as
-//! known; the address can be given to another node's `--bootstrap`) and
-//! `novacron: routing table has N peers` (at start and on every change).
+//! known; the address can be given to another node's `--bootstrap`),
+//! `novacron: routing table has N peers` (at start and on every change) and the cell member
+//! lines of [`crate::daemon::lines`].
 //!
-//! What this cannot do yet: no daemon API, jobs or cells; the node forgets its peers when it
-//! stops (only `--bootstrap` brings it back into the mesh).
+//! What this cannot do yet: jobs, VMs, the REST API (the node issue); the node forgets its
+//! peers when it stops (only `--bootstrap` brings it back into the mesh).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
