@@ -1,0 +1,78 @@
+//! What the REST API asks of the node: the daemon implements [`NodeService`]; the HTTP
+//! layer only translates requests and answers (tests drive it with a small fake).
+
+use std::future::Future;
+
+use tokio::sync::broadcast;
+
+use super::types::{
+    EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec,
+};
+use super::NodeStatus;
+
+/// Why a request could not be done; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ServiceError {
+    /// 404: no such VM or migration.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400: the request names something impossible (a bad spec, an unknown peer).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 409: the request does not fit the current state (stop a VM that is migrating).
+    #[error("{0}")]
+    Conflict(String),
+    /// 503: the node cannot take it now (no capacity, draining, the owner needs the machine).
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: something on this node failed; the message says what.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<anyhow::Error> for ServiceError {
+    fn from(e: anyhow::Error) -> Self {
+        ServiceError::Internal(format!("{e:#}"))
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// The node as the API sees it.
+pub trait NodeService: Send + Sync + 'static {
+    /// Who the node is, its cell and the summaries it holds.
+    fn status(&self) -> impl Future<Output = ServiceResult<NodeStatus>> + Send;
+
+    /// Every VM the node knows (running ones and the history it keeps), by id.
+    fn vms(&self) -> Vec<VmInfo>;
+    fn vm(&self, id: &str) -> Option<VmInfo>;
+    fn create_vm(&self, spec: VmSpec) -> impl Future<Output = ServiceResult<VmInfo>> + Send;
+    fn stop_vm(&self, id: &str) -> impl Future<Output = ServiceResult<VmInfo>> + Send;
+    fn pause_vm(&self, id: &str) -> impl Future<Output = ServiceResult<VmInfo>> + Send;
+    fn resume_vm(&self, id: &str) -> impl Future<Output = ServiceResult<VmInfo>> + Send;
+
+    /// Migrations in and out, newest first.
+    fn migrations(&self) -> Vec<MigrationInfo>;
+    fn migration(&self, id: &str) -> Option<MigrationInfo>;
+    /// Starts moving a VM; answers once the migration is under way (watch it by id or on the
+    /// event stream).
+    fn start_migration(
+        &self,
+        vm_id: &str,
+        request: MigrationRequest,
+    ) -> impl Future<Output = ServiceResult<MigrationInfo>> + Send;
+    fn cancel_migration(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = ServiceResult<MigrationInfo>> + Send;
+
+    /// What the politeness policy allows now.
+    fn politeness(&self) -> PolitenessInfo;
+    /// Starts draining: every VM moves away (or is snapshotted) within `deadline_s`.
+    fn drain(&self, deadline_s: u64) -> impl Future<Output = ServiceResult<()>> + Send;
+
+    /// Node, VM and migration events from now on.
+    fn subscribe(&self) -> broadcast::Receiver<EventEnvelope>;
+    /// Prometheus text exposition of the node's metrics.
+    fn metrics_text(&self) -> impl Future<Output = String> + Send;
+}

@@ -1,0 +1,297 @@
+//! The types of the node's REST API (`/api/v1`) and its event stream: what the daemon's VM
+//! manager, migrations and politeness report, and what clients send. JSON, snake_case;
+//! every request type refuses unknown fields so a typo is an error, not a silent default.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Where a VM runs.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// A KVM microVM in a jailed VMM process (the VM engine).
+    #[default]
+    Kvm,
+    /// A command in the same jail, for hosts without KVM; it moves only by cold restart.
+    Process,
+}
+
+/// How a VM may move when its node needs it gone, in the order tried.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationMode {
+    Live,
+    Warm,
+    Cold,
+}
+
+/// What to run: `POST /api/v1/vms`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// A name for people (1-64 printable characters); the id names the VM.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub backend: Backend,
+    /// kvm: a builtin guest kit program (`builtin:counter:passes=4`).
+    #[serde(default)]
+    pub guest: Option<String>,
+    /// kvm: a Linux kernel on this host to boot instead of a builtin guest.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// process: the program and its arguments.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Guest memory (kvm) or memory limit (process), MiB.
+    #[serde(default = "default_mem_mib")]
+    pub mem_mib: u64,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// How the VM moves when its node needs it gone (default live, then warm).
+    #[serde(default = "default_migration_modes")]
+    pub migration: Vec<MigrationMode>,
+}
+
+pub fn default_mem_mib() -> u64 {
+    64
+}
+
+pub fn default_vcpus() -> u8 {
+    1
+}
+
+pub fn default_migration_modes() -> Vec<MigrationMode> {
+    vec![MigrationMode::Live, MigrationMode::Warm]
+}
+
+/// Where a VM is in its life.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Its VMM process is being started (or restored).
+    Starting,
+    Running,
+    /// Paused by a person or the API; resumes when told.
+    Paused,
+    /// Migrating out of this node.
+    Migrating,
+    /// Snapshotted and stopped because the owner needs the machine and no peer could take
+    /// it; resumes from the snapshot when the politeness policy allows.
+    Suspended,
+    /// The guest ended (exit, reset, power-off) or was stopped.
+    Exited,
+    /// The VMM failed; `detail` says why.
+    Failed,
+    /// It runs on another node now (`detail` names the peer).
+    MovedAway,
+}
+
+impl VmState {
+    /// Whether the VM still occupies this node (counts against its capacity).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Paused | VmState::Migrating
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Migrating => "migrating",
+            VmState::Suspended => "suspended",
+            VmState::Exited => "exited",
+            VmState::Failed => "failed",
+            VmState::MovedAway => "moved_away",
+        }
+    }
+
+    pub const ALL: [VmState; 8] = [
+        VmState::Starting,
+        VmState::Running,
+        VmState::Paused,
+        VmState::Migrating,
+        VmState::Suspended,
+        VmState::Exited,
+        VmState::Failed,
+        VmState::MovedAway,
+    ];
+}
+
+/// A VM this node runs or ran.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct VmInfo {
+    pub id: String,
+    pub spec: VmSpec,
+    pub state: VmState,
+    /// Why it is in this state, when that is not obvious (the failure, the peer it moved to).
+    pub detail: Option<String>,
+    /// The VMM (or process backend) process, while one runs.
+    pub pid: Option<u32>,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// The last snapshot the node holds of it (Unix ms), for restarts and suspends.
+    pub snapshot_at_ms: Option<u64>,
+    /// The last paravirtual report of the guest (code, value): builtin guests report progress.
+    pub last_report: Option<(u32, u64)>,
+    /// How many times a restarted daemon found this VM's VMM still running and took it back.
+    pub adoptions: u32,
+}
+
+/// `POST /api/v1/vms/{id}/migrate`, and `novacron migrate`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationRequest {
+    /// A PeerId, or `auto` to pick the peer with the most free capacity in the cell.
+    pub to: String,
+    #[serde(default = "default_mode")]
+    pub mode: MigrationMode,
+    /// Live mode switches over once the estimated downtime is at most this.
+    #[serde(default)]
+    pub downtime_budget_ms: Option<u64>,
+}
+
+fn default_mode() -> MigrationMode {
+    MigrationMode::Live
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationDirection {
+    Out,
+    In,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationState {
+    Running,
+    /// The destination confirmed: the VM runs there.
+    Done,
+    /// Rolled back: the VM runs on the source as before (`error` says why).
+    Failed,
+    Cancelled,
+}
+
+impl MigrationState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, MigrationState::Running)
+    }
+}
+
+/// Where a migration is (the VMM's progress report).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct MigrationProgressInfo {
+    /// handshake, precopy, stopped, await_confirm, done, failed, in_doubt.
+    pub phase: String,
+    pub round: u32,
+    pub bytes_sent: u64,
+    pub wire_bytes: u64,
+    pub bytes_skipped_zero: u64,
+    pub bytes_skipped_held: u64,
+    pub bandwidth_bps: u64,
+    pub dirty_rate_bps: u64,
+    pub est_remaining_ms: Option<u64>,
+}
+
+/// A migration into or out of this node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct MigrationInfo {
+    pub id: String,
+    pub vm_id: String,
+    pub direction: MigrationDirection,
+    /// The other node's PeerId.
+    pub peer: String,
+    pub mode: MigrationMode,
+    pub state: MigrationState,
+    pub started_at_ms: u64,
+    pub ended_at_ms: Option<u64>,
+    /// How long the VM was paused (source side, final).
+    pub downtime_ms: Option<f64>,
+    pub wire_bytes: u64,
+    pub error: Option<String>,
+    pub progress: Option<MigrationProgressInfo>,
+}
+
+/// What the politeness policy lets the node do now.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct PolitenessInfo {
+    /// run, throttled, evacuate, suspended.
+    pub state: String,
+    /// Why (owner active, on battery, outside the time window, ...).
+    pub reasons: Vec<String>,
+    /// Seconds since the owner's last input or activity, when known.
+    pub owner_idle_s: Option<u64>,
+    pub on_battery: bool,
+    /// The share of each CPU VMs may use, percent.
+    pub cpu_cap_percent: u8,
+    /// The memory VMs may use now, MiB.
+    pub mem_cap_mib: u64,
+}
+
+/// One event of `GET /api/v1/events` (WebSocket, one JSON text message each).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct EventEnvelope {
+    /// Increases by one per event of this daemon run.
+    pub seq: u64,
+    pub at_ms: u64,
+    pub event: NodeEvent,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NodeEvent {
+    /// A VM changed state (or its report or pid changed).
+    Vm { vm: Box<VmInfo> },
+    /// A migration started, progressed or ended.
+    Migration { migration: Box<MigrationInfo> },
+    /// A cell member came up or went down.
+    Member { peer_id: String, live: bool },
+    /// The politeness decision changed.
+    Politeness { politeness: PolitenessInfo },
+    /// The node is draining (SIGTERM or `novacron drain`): VMs move away before it exits.
+    Draining { deadline_s: u64 },
+}
+
+/// Every error answer of the API: a status code and this body.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ApiError {
+    /// What went wrong and, where it helps, what to do.
+    pub error: String,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_spec_gets_the_defaults_and_typos_are_refused() {
+        let spec: VmSpec = serde_json::from_str(r#"{"guest":"builtin:counter"}"#).unwrap();
+        assert_eq!(spec.backend, Backend::Kvm);
+        assert_eq!(spec.mem_mib, 64);
+        assert_eq!(spec.vcpus, 1);
+        assert_eq!(
+            spec.migration,
+            vec![MigrationMode::Live, MigrationMode::Warm]
+        );
+        let err = serde_json::from_str::<VmSpec>(r#"{"guest":"builtin:counter","memmib":4}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memmib"), "{err}");
+    }
+}
