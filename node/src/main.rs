@@ -10,6 +10,8 @@ mod hex;
 mod install;
 mod local_mesh;
 mod size;
+#[allow(dead_code)] // the daemon (in progress) uses it
+mod state;
 
 use clap::Parser;
 
