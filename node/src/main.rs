@@ -9,6 +9,7 @@ mod daemon;
 mod hex;
 mod install;
 mod local_mesh;
+mod politeness;
 mod size;
 
 use clap::Parser;
