@@ -13,6 +13,9 @@
 //! values. Environment variables `NODE_ID`, `LOG_LEVEL`, `API_PORT`, `DB_URL` override the
 //! file; flags override both. Everything has a default, so no file is needed.
 //!
+//! The `politeness` section holds the owner's rules with BOINC's defaults
+//! ([`crate::politeness::Policy`]).
+//!
 //! What this cannot do yet: the API and the database it configures come with the daemon
 //! proper (the node issue); today `novacron node` uses the mesh, data-directory and log
 //! settings.
@@ -23,6 +26,8 @@ use std::str::FromStr;
 
 use novacron_mesh::swarm::Multiaddr;
 use serde::Deserialize;
+
+use crate::politeness::Policy;
 
 /// Largest config file read.
 const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -156,6 +161,8 @@ pub struct NodeConfig {
     /// The database (default: SQLite in the data directory).
     pub db_url: Option<String>,
     pub mesh: MeshConfig,
+    /// What VMs may do on the volunteer's machine (BOINC's defaults).
+    pub politeness: Policy,
 }
 
 impl Default for NodeConfig {
@@ -167,6 +174,7 @@ impl Default for NodeConfig {
             data_dir: None,
             db_url: None,
             mesh: MeshConfig::default(),
+            politeness: Policy::default(),
         }
     }
 }
@@ -259,6 +267,10 @@ impl NodeConfig {
                 reason: "at least one address is needed".into(),
             });
         }
+        self.politeness.validate().map_err(|e| ConfigError::Value {
+            key: e.key,
+            reason: e.reason,
+        })?;
         Ok(())
     }
 }
@@ -335,6 +347,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("LOG_LEVEL"), "{err}");
+    }
+
+    #[test]
+    fn politeness_section_defaults_parses_and_names_bad_keys() {
+        let cfg = NodeConfig::from_yaml("nodeId: n\n").unwrap();
+        assert_eq!(cfg.politeness, Policy::default());
+        let cfg = NodeConfig::from_yaml(
+            "politeness:\n  runWhileInUse: false\n  idleTimeToRunMin: 5\n  startHour: 22\n  \
+             endHour: 7\n  days: {sat: {startHour: 0, endHour: 24}}\n",
+        )
+        .unwrap();
+        cfg.check().unwrap();
+        assert!(!cfg.politeness.run_while_in_use);
+        assert_eq!(cfg.politeness.idle_time_to_run_min, 5);
+        assert_eq!(cfg.politeness.ram_max_used_idle_pct, 90);
+
+        for (yaml, needle) in [
+            ("politeness: {ramMaxUsedBusy: 50}\n", "ramMaxUsedBusy"),
+            ("politeness: {cpuUsageLimitPct: -5}\n", "cpuUsageLimitPct"),
+            (
+                "politeness: {days: {mon: {startHour: 1, endHour: 2, x: 1}}}\n",
+                "x",
+            ),
+        ] {
+            let err = NodeConfig::from_yaml(yaml).unwrap_err();
+            assert!(err.contains(needle), "{yaml:?}: {err}");
+        }
+        for (yaml, key) in [
+            (
+                "politeness: {ramMaxUsedIdlePct: 120}\n",
+                "politeness.ramMaxUsedIdlePct",
+            ),
+            ("politeness: {endHour: 25}\n", "politeness.endHour"),
+            (
+                "politeness: {days: {fri: {startHour: 30, endHour: 1}}}\n",
+                "politeness.days.fri.startHour",
+            ),
+        ] {
+            let err = NodeConfig::from_yaml(yaml).unwrap().check().unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("config key {key}:")),
+                "{yaml:?}: {text}"
+            );
+        }
     }
 
     #[test]

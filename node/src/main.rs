@@ -9,6 +9,7 @@ mod daemon;
 mod hex;
 mod install;
 mod local_mesh;
+mod politeness;
 mod size;
 #[allow(dead_code)] // the daemon (in progress) uses it
 mod state;

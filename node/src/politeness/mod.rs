@@ -1,0 +1,35 @@
+//! The politeness policy: the volunteer's machine comes first. BOINC-like rules (BOINC's
+//! defaults) decide whether NovaCron's VMs may run here now, within which CPU and memory
+//! caps, or must move away or stop. See docs/node.md "Politeness".
+//!
+//! - [`Policy`]: the owner's rules (the `politeness:` config section).
+//! - [`Politeness`]: the sans-IO state machine, [`Observation`] in, [`Decision`] out.
+//! - [`sources`]: the Linux readings behind an observation ([`Sampler`]).
+//! - [`cpu_cap`]: turning the CPU cap into each VMM cgroup's `cpu.max`.
+//!
+//! The daemon's loop: every [`SAMPLE_INTERVAL`], `sampler.set_vm_pids(..)`,
+//! `politeness.observe(now_ms, &sampler.sample())`, and on `Some(decision)` act on it
+//! (publish `info()` as an event). What this module cannot do by itself: it moves and parks
+//! no VM; that is the daemon's, by the decision.
+
+// The daemon (in progress) is the user; remove once it drives the loop above.
+#![allow(dead_code, unused_imports)]
+
+pub mod cpu_cap;
+pub mod decision;
+pub mod machine;
+pub mod observation;
+pub mod policy;
+pub mod sources;
+pub mod window;
+
+use std::time::Duration;
+
+pub use decision::{Decision, Reason};
+pub use machine::Politeness;
+pub use observation::{LocalTime, Observation, OwnerSignal};
+pub use policy::{Park, Policy, PolicyError};
+pub use sources::{HostPaths, Sampler};
+
+/// How often the daemon samples the host (BOINC polls once a second).
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,0 +1,98 @@
+//! How long the owner has been away from the keyboard: the newest access time among the
+//! input event devices (`/dev/input/event*`), the virtual consoles (`/dev/ttyN`) and the
+//! pseudo-terminals (`/dev/pts/N`, SSH and terminal emulators), as BOINC's Linux client
+//! does for terminals.
+//!
+//! What it cannot see: a device whose access time the kernel does not update on read
+//! (mounts with `noatime`; some drivers), a graphical session whose compositor holds input
+//! devices it reads without touching their timestamps, and input the daemon may not stat.
+//! Such a desktop looks idle; the owner-activity hook (`<dataDir>/owner-active`, or the API)
+//! is the way to say otherwise. A host with none of these files gets `None`: the policy then
+//! judges the owner by CPU load.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// Most directory entries looked at per directory (a `/dev` has a few hundred).
+const MAX_ENTRIES: usize = 4096;
+
+/// Time since the newest access of an input device or terminal under `dev` (normally
+/// `/dev`), as of `now`; None when there are none. An access time in the future counts as
+/// now.
+pub fn owner_idle(dev: &Path, now: SystemTime) -> Option<Duration> {
+    let newest = [
+        newest_atime(&dev.join("input"), |n| n.starts_with("event")),
+        newest_atime(dev, is_console_tty),
+        newest_atime(&dev.join("pts"), |n| {
+            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .max()?;
+    Some(now.duration_since(newest).unwrap_or(Duration::ZERO))
+}
+
+/// `tty` followed by digits: the virtual consoles, not serial ports (`ttyS0`) or `/dev/tty`.
+fn is_console_tty(name: &str) -> bool {
+    name.strip_prefix("tty")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn newest_atime(dir: &Path, wanted: impl Fn(&str) -> bool) -> Option<SystemTime> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries
+        .take(MAX_ENTRIES)
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(&wanted))
+        .filter_map(|e| e.metadata().ok()?.accessed().ok())
+        .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::{File, FileTimes};
+
+    fn touch(path: &Path, atime: SystemTime) {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        let f = File::create(path).unwrap();
+        f.set_times(FileTimes::new().set_accessed(atime).set_modified(atime))
+            .unwrap();
+    }
+
+    #[test]
+    fn newest_input_or_terminal_wins() {
+        let dev = tempfile::tempdir().unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ago = |s| now - Duration::from_secs(s);
+        touch(&dev.path().join("input/event0"), ago(500));
+        touch(&dev.path().join("input/mice"), ago(1)); // not an event device
+        touch(&dev.path().join("tty1"), ago(300));
+        touch(&dev.path().join("ttyS0"), ago(2)); // a serial port
+        touch(&dev.path().join("tty"), ago(3)); // the controlling terminal alias
+        touch(&dev.path().join("pts/ptmx"), ago(4));
+        assert_eq!(owner_idle(dev.path(), now), Some(Duration::from_secs(300)));
+        touch(&dev.path().join("pts/3"), ago(40));
+        assert_eq!(owner_idle(dev.path(), now), Some(Duration::from_secs(40)));
+        touch(&dev.path().join("input/event7"), ago(7));
+        assert_eq!(owner_idle(dev.path(), now), Some(Duration::from_secs(7)));
+        // A timestamp from the future is "now".
+        touch(&dev.path().join("tty2"), now + Duration::from_secs(60));
+        assert_eq!(owner_idle(dev.path(), now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn no_devices_is_unknown() {
+        let dev = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        assert_eq!(owner_idle(dev.path(), now), None);
+        touch(&dev.path().join("null"), now);
+        touch(&dev.path().join("ttyS1"), now);
+        std::fs::create_dir_all(dev.path().join("input")).unwrap();
+        assert_eq!(owner_idle(dev.path(), now), None);
+        assert_eq!(owner_idle(Path::new("/nonexistent/dev"), now), None);
+    }
+}
