@@ -21,6 +21,17 @@ use crate::metrics::Metrics;
 
 /// How long open connections (event streams included) get to finish after shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's head (slow clients hold no connection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/1 settings shared by the plain and TLS servers.
+fn tune<A>(server: &mut axum_server::Server<A>) {
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -128,7 +139,8 @@ pub async fn serve<S: NodeService>(
             tokio::spawn(server.serve(app))
         }
         None => {
-            let server = axum_server::from_tcp(listener).handle(handle.clone());
+            let mut server = axum_server::from_tcp(listener).handle(handle.clone());
+            tune(&mut server);
             tokio::spawn(server.serve(app))
         }
     };
