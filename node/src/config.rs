@@ -90,14 +90,26 @@ impl FromStr for LogLevel {
     }
 }
 
-/// The node's HTTP API (served by the daemon proper).
+/// The node's HTTP API (`/api/v1`, `/metrics`; see `api::rest`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub host: IpAddr,
+    /// 0 asks for any free port (the bound address is written to `<dataDir>/api.url`).
     pub port: u16,
     pub tls_enabled: bool,
+    /// The bearer token callers off loopback must send (the file's contents, trimmed).
+    /// Default: `<dataDir>/api.token` if it exists, else [`INSTALLED_TOKEN_FILE`] if it
+    /// exists, else none (then only loopback callers are served).
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain and private key for TLS; with neither, a self-signed pair is
+    /// made in the data directory on first start.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
+
+/// Where `novacron node install` writes the API token.
+pub const INSTALLED_TOKEN_FILE: &str = "/etc/novacron/api.token";
 
 impl Default for ApiConfig {
     fn default() -> Self {
@@ -105,7 +117,26 @@ impl Default for ApiConfig {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 8080,
             tls_enabled: false,
+            token_file: None,
+            tls_cert: None,
+            tls_key: None,
         }
+    }
+}
+
+impl ApiConfig {
+    /// The token file in force: `api.tokenFile` when set, else the first of
+    /// `<data_dir>/api.token` and [`INSTALLED_TOKEN_FILE`] that exists.
+    pub fn token_file(&self, data_dir: &Path) -> Option<PathBuf> {
+        if let Some(f) = &self.token_file {
+            return Some(f.clone());
+        }
+        [
+            data_dir.join("api.token"),
+            PathBuf::from(INSTALLED_TOKEN_FILE),
+        ]
+        .into_iter()
+        .find(|p| p.exists())
     }
 }
 
@@ -236,7 +267,7 @@ impl NodeConfig {
             self.api.port = v.trim().parse().map_err(|_| ConfigError::Env {
                 var: "API_PORT",
                 value: v.clone(),
-                reason: "not a port number (1-65535)".into(),
+                reason: "not a port number (0-65535; 0 = any free port)".into(),
             })?;
         }
         if let Some(v) = env("DB_URL") {
@@ -255,11 +286,46 @@ impl NodeConfig {
                 });
             }
         }
-        if self.api.port == 0 {
-            return Err(ConfigError::Value {
-                key: "api.port",
-                reason: "0 is not a port the API can be reached on".into(),
-            });
+        match (&self.api.tls_cert, &self.api.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Value {
+                    key: "api.tlsKey",
+                    reason: "api.tlsCert is set but not its key: set api.tlsKey to the PEM \
+                             private key (or remove both for a self-signed certificate)"
+                        .into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Value {
+                    key: "api.tlsCert",
+                    reason: "api.tlsKey is set but not its certificate: set api.tlsCert to the \
+                             PEM certificate chain (or remove both for a self-signed one)"
+                        .into(),
+                })
+            }
+            (Some(_), Some(_)) if !self.api.tls_enabled => {
+                return Err(ConfigError::Value {
+                    key: "api.tlsEnabled",
+                    reason: "api.tlsCert and api.tlsKey are set but TLS is off: set \
+                             api.tlsEnabled: true (or remove them)"
+                        .into(),
+                })
+            }
+            _ => {}
+        }
+        for (key, path) in [
+            ("api.tokenFile", &self.api.token_file),
+            ("api.tlsCert", &self.api.tls_cert),
+            ("api.tlsKey", &self.api.tls_key),
+        ] {
+            if let Some(p) = path {
+                if p.as_os_str().is_empty() {
+                    return Err(ConfigError::Value {
+                        key,
+                        reason: "an empty path: give a file or remove the key".into(),
+                    });
+                }
+            }
         }
         if self.mesh.listen.is_empty() {
             return Err(ConfigError::Value {
@@ -307,6 +373,9 @@ mod tests {
             ("api: {port: 70000}\n", "port"),
             ("api: {host: not-an-ip}\n", "host"),
             ("mesh: {listen: [\"/ip4/1.2.3.4/tcpp/1\"]}\n", "tcpp"),
+            ("api: {tokenfile: /x}\n", "tokenfile"),
+            ("api: {tlsCert: [1, 2]}\n", "tlsCert"),
+            ("api: {tlsKey: {a: 1}}\n", "tlsKey"),
         ] {
             let err = NodeConfig::from_yaml(yaml).unwrap_err();
             assert!(err.contains(needle), "{yaml:?}: {err}");
@@ -404,5 +473,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/node.yaml"), "{err}");
+    }
+
+    #[test]
+    fn api_token_and_tls_keys_are_read_and_checked() {
+        let cfg = NodeConfig::from_yaml(
+            "api: {port: 0, tlsEnabled: true, tokenFile: /etc/t, tlsCert: /c.pem, tlsKey: /k.pem}\n",
+        )
+        .unwrap();
+        cfg.check().unwrap();
+        assert_eq!(cfg.api.port, 0, "port 0 is an ephemeral port");
+        assert_eq!(cfg.api.token_file.as_deref(), Some(Path::new("/etc/t")));
+        assert_eq!(cfg.api.tls_cert.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(cfg.api.tls_key.as_deref(), Some(Path::new("/k.pem")));
+
+        for (yaml, key) in [
+            ("api: {tlsEnabled: true, tlsCert: /c.pem}\n", "api.tlsKey"),
+            ("api: {tlsEnabled: true, tlsKey: /k.pem}\n", "api.tlsCert"),
+            ("api: {tlsCert: /c.pem, tlsKey: /k.pem}\n", "api.tlsEnabled"),
+            ("api: {tokenFile: \"\"}\n", "api.tokenFile"),
+        ] {
+            let err = NodeConfig::from_yaml(yaml)
+                .unwrap()
+                .check()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{yaml:?}: {err}");
+        }
+        let cfg = NodeConfig::load(None, |k: &str| (k == "API_PORT").then(|| "0".into())).unwrap();
+        assert_eq!(cfg.api.port, 0);
+    }
+
+    #[test]
+    fn the_token_file_defaults_to_the_data_directory_when_it_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = ApiConfig::default();
+        let installed = Path::new(INSTALLED_TOKEN_FILE).exists();
+        let found = api.token_file(dir.path());
+        if installed {
+            assert_eq!(found.as_deref(), Some(Path::new(INSTALLED_TOKEN_FILE)));
+        } else {
+            assert_eq!(found, None);
+        }
+        std::fs::write(dir.path().join("api.token"), "ab\n").unwrap();
+        assert_eq!(
+            api.token_file(dir.path()),
+            Some(dir.path().join("api.token"))
+        );
+        let set = ApiConfig {
+            token_file: Some("/elsewhere".into()),
+            ..ApiConfig::default()
+        };
+        assert_eq!(
+            set.token_file(dir.path()),
+            Some(PathBuf::from("/elsewhere"))
+        );
     }
 }

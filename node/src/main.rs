@@ -9,6 +9,8 @@ mod daemon;
 mod hex;
 mod install;
 mod local_mesh;
+#[allow(dead_code)] // the daemon feeds it (node issue, being wired)
+mod metrics;
 mod politeness;
 mod size;
 #[allow(dead_code)] // the daemon (in progress) uses it

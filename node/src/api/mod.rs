@@ -5,6 +5,8 @@
 //! per line, one answer per line. Only the node's owner can reach it (the socket is 0600 in
 //! a directory the node owns); it is not a network API.
 
+#[allow(dead_code, unused_imports)] // the daemon serves it (node issue, being wired)
+pub mod rest;
 #[allow(dead_code)] // the REST API (in progress) uses them
 pub mod service;
 pub mod socket;
@@ -67,7 +69,7 @@ pub struct Fetched {
 }
 
 /// A node's view of itself and the mesh.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct NodeStatus {
     pub peer_id: String,
     pub version: String,
@@ -85,7 +87,7 @@ pub struct NodeStatus {
 }
 
 /// A signed cell summary as a representative published it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SummaryStatus {
     pub cell: String,
     pub signer: String,
@@ -100,7 +102,7 @@ pub struct SummaryStatus {
 }
 
 /// The node's cell as its chitchat instance sees it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CellStatus {
     /// `<prefix bits>/<prefix hex>`.
     pub id: String,
@@ -112,7 +114,7 @@ pub struct CellStatus {
 }
 
 /// One member of a cell and what it reports about itself.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MemberStatus {
     pub peer_id: String,
     pub live: bool,

@@ -1,0 +1,273 @@
+//! A small in-memory [`NodeService`] for the API's tests: VMs and migrations in maps, an
+//! error to answer with on demand, events published by the test.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+use crate::api::service::{NodeService, ServiceError, ServiceResult};
+use crate::api::types::{
+    EventEnvelope, MigrationDirection, MigrationInfo, MigrationRequest, MigrationState, NodeEvent,
+    PolitenessInfo, VmInfo, VmSpec, VmState,
+};
+use crate::api::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
+use crate::metrics::Metrics;
+
+pub struct Fake {
+    pub vms: Mutex<BTreeMap<String, VmInfo>>,
+    pub migrations: Mutex<BTreeMap<String, MigrationInfo>>,
+    /// Answered (once) by the next call that can fail.
+    pub fail_next: Mutex<Option<ServiceError>>,
+    pub drained: Mutex<Option<u64>>,
+    pub events: broadcast::Sender<EventEnvelope>,
+    pub metrics: Arc<Metrics>,
+    seq: Mutex<u64>,
+}
+
+impl Fake {
+    pub fn new(event_capacity: usize) -> Arc<Fake> {
+        let (events, _) = broadcast::channel(event_capacity);
+        Arc::new(Fake {
+            vms: Mutex::new(BTreeMap::new()),
+            migrations: Mutex::new(BTreeMap::new()),
+            fail_next: Mutex::new(None),
+            drained: Mutex::new(None),
+            events,
+            metrics: Arc::new(Metrics::new()),
+            seq: Mutex::new(0),
+        })
+    }
+
+    pub fn fail_with(&self, e: ServiceError) {
+        *self.fail_next.lock().unwrap() = Some(e);
+    }
+
+    fn check(&self) -> ServiceResult<()> {
+        match self.fail_next.lock().unwrap().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    pub fn publish(&self, event: NodeEvent) -> u64 {
+        let mut seq = self.seq.lock().unwrap();
+        let envelope = EventEnvelope {
+            seq: *seq,
+            at_ms: crate::api::types::now_ms(),
+            event,
+        };
+        *seq += 1;
+        let _ = self.events.send(envelope);
+        *seq - 1
+    }
+
+    /// Sets a migration's state and publishes the change.
+    pub fn update_migration(&self, id: &str, state: MigrationState) {
+        let m = {
+            let mut all = self.migrations.lock().unwrap();
+            let Some(m) = all.get_mut(id) else { return };
+            m.state = state;
+            if state.is_final() {
+                m.ended_at_ms = Some(m.started_at_ms + 1500);
+            }
+            m.clone()
+        };
+        self.publish(NodeEvent::Migration {
+            migration: Box::new(m),
+        });
+    }
+
+    fn set_vm_state(&self, id: &str, want_from: &[VmState], to: VmState) -> ServiceResult<VmInfo> {
+        self.check()?;
+        let mut vms = self.vms.lock().unwrap();
+        let vm = vms
+            .get_mut(id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no VM {id}")))?;
+        if !want_from.contains(&vm.state) {
+            return Err(ServiceError::Conflict(format!(
+                "VM {id} is {}",
+                vm.state.as_str()
+            )));
+        }
+        vm.state = to;
+        Ok(vm.clone())
+    }
+}
+
+pub fn member(peer: &str, live: bool) -> MemberStatus {
+    MemberStatus {
+        peer_id: peer.into(),
+        live,
+        signed: true,
+        vcpus: 4,
+        mem_mib: 8192,
+        free_slots: 2,
+        load_permille: 100,
+        version: "0.1.0".into(),
+        addrs: vec!["/ip4/10.0.0.2/tcp/4001".into()],
+    }
+}
+
+pub fn migration(id: &str, vm: &str) -> MigrationInfo {
+    MigrationInfo {
+        id: id.into(),
+        vm_id: vm.into(),
+        direction: MigrationDirection::Out,
+        peer: "12D3KooWPeer".into(),
+        mode: crate::api::types::MigrationMode::Live,
+        state: MigrationState::Running,
+        started_at_ms: 1_000,
+        ended_at_ms: None,
+        downtime_ms: None,
+        wire_bytes: 0,
+        error: None,
+        progress: None,
+    }
+}
+
+impl NodeService for Fake {
+    async fn status(&self) -> ServiceResult<NodeStatus> {
+        self.check()?;
+        Ok(NodeStatus {
+            peer_id: "12D3KooWSelf".into(),
+            version: "0.1.0".into(),
+            uptime_s: 1.5,
+            listen_addrs: vec![],
+            connected_peers: 1,
+            routing_table_peers: 1,
+            wire_sent: 0,
+            wire_received: 0,
+            cell: Some(CellStatus {
+                id: "1/0".into(),
+                members: vec![member("12D3KooWSelf", true), member("12D3KooWPeer", false)],
+                gossip_sent: 0,
+                gossip_received: 0,
+            }),
+            summaries: vec![SummaryStatus {
+                cell: "1/0".into(),
+                signer: "12D3KooWSelf".into(),
+                issued_at: 1,
+                members: 2,
+                total_vcpus: 8,
+                free_vcpus: 4,
+                total_memory_mib: 16384,
+                free_slots: 4,
+                mean_load_permille: 100,
+            }],
+        })
+    }
+
+    fn vms(&self) -> Vec<VmInfo> {
+        self.vms.lock().unwrap().values().cloned().collect()
+    }
+
+    fn vm(&self, id: &str) -> Option<VmInfo> {
+        self.vms.lock().unwrap().get(id).cloned()
+    }
+
+    async fn create_vm(&self, spec: VmSpec) -> ServiceResult<VmInfo> {
+        self.check()?;
+        if spec.mem_mib == 0 {
+            return Err(ServiceError::BadRequest(
+                "mem_mib must be at least 1".into(),
+            ));
+        }
+        let mut vms = self.vms.lock().unwrap();
+        let id = format!("vm{}", vms.len());
+        let info = VmInfo {
+            id: id.clone(),
+            spec,
+            state: VmState::Starting,
+            detail: None,
+            pid: None,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            snapshot_at_ms: None,
+            last_report: None,
+            adoptions: 0,
+        };
+        vms.insert(id, info.clone());
+        Ok(info)
+    }
+
+    async fn stop_vm(&self, id: &str) -> ServiceResult<VmInfo> {
+        self.set_vm_state(
+            id,
+            &[VmState::Starting, VmState::Running, VmState::Paused],
+            VmState::Exited,
+        )
+    }
+
+    async fn pause_vm(&self, id: &str) -> ServiceResult<VmInfo> {
+        self.set_vm_state(id, &[VmState::Running, VmState::Starting], VmState::Paused)
+    }
+
+    async fn resume_vm(&self, id: &str) -> ServiceResult<VmInfo> {
+        self.set_vm_state(id, &[VmState::Paused], VmState::Running)
+    }
+
+    fn migrations(&self) -> Vec<MigrationInfo> {
+        self.migrations.lock().unwrap().values().cloned().collect()
+    }
+
+    fn migration(&self, id: &str) -> Option<MigrationInfo> {
+        self.migrations.lock().unwrap().get(id).cloned()
+    }
+
+    async fn start_migration(
+        &self,
+        vm_id: &str,
+        request: MigrationRequest,
+    ) -> ServiceResult<MigrationInfo> {
+        self.check()?;
+        if !self.vms.lock().unwrap().contains_key(vm_id) {
+            return Err(ServiceError::NotFound(format!("no VM {vm_id}")));
+        }
+        let mut all = self.migrations.lock().unwrap();
+        let id = format!("m{}", all.len());
+        let mut m = migration(&id, vm_id);
+        m.peer = request.to;
+        m.mode = request.mode;
+        all.insert(id, m.clone());
+        Ok(m)
+    }
+
+    async fn cancel_migration(&self, id: &str) -> ServiceResult<MigrationInfo> {
+        self.check()?;
+        let mut all = self.migrations.lock().unwrap();
+        let m = all
+            .get_mut(id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no migration {id}")))?;
+        if m.state.is_final() {
+            return Err(ServiceError::Conflict(format!("migration {id} has ended")));
+        }
+        m.state = MigrationState::Cancelled;
+        Ok(m.clone())
+    }
+
+    fn politeness(&self) -> PolitenessInfo {
+        PolitenessInfo {
+            state: "run".into(),
+            reasons: vec![],
+            owner_idle_s: Some(600),
+            on_battery: false,
+            cpu_cap_percent: 100,
+            mem_cap_mib: 4096,
+        }
+    }
+
+    async fn drain(&self, deadline_s: u64) -> ServiceResult<()> {
+        self.check()?;
+        *self.drained.lock().unwrap() = Some(deadline_s);
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<EventEnvelope> {
+        self.events.subscribe()
+    }
+
+    async fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+}

@@ -1,0 +1,206 @@
+//! The listener: binds `api.host:api.port` (0 = any free port), serves HTTP or HTTPS with
+//! the caller's address known to the auth check, writes `<dataDir>/api.url` for the CLI and
+//! tests, and shuts down gracefully when told.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum_server::tls_rustls::RustlsConfig;
+use axum_server::Handle;
+use tokio::task::JoinHandle;
+
+use super::auth::{ApiAuth, TokenError};
+use super::tls::{self, TlsError};
+use crate::api::service::NodeService;
+use crate::config::ApiConfig;
+use crate::metrics::Metrics;
+
+/// How long open connections (event streams included) get to finish after shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's head (slow clients hold no connection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/1 settings shared by the plain and TLS servers.
+fn tune<A>(server: &mut axum_server::Server<A>) {
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("API: cannot listen on {addr}: {source} (is another node or program on that port? set api.port or API_PORT, 0 for any free port)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("API: {0}")]
+    Token(#[from] TokenError),
+    #[error("API: {0}")]
+    Tls(#[from] TlsError),
+    #[error("API: cannot write {path}: {source}")]
+    UrlFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A running API server.
+pub struct BoundApi {
+    /// The address it listens on (the real port when 0 was asked).
+    pub addr: SocketAddr,
+    /// How a client on this machine reaches it (`http://127.0.0.1:41234`), as in `api.url`.
+    pub url: String,
+    /// The certificate's SHA-256 fingerprint when serving TLS.
+    pub tls_fingerprint: Option<String>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl BoundApi {
+    /// Waits until the server has stopped (after the shutdown future completed and open
+    /// connections finished or the grace ran out).
+    pub async fn stopped(self) -> std::io::Result<()> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(format!(
+                "the API task ended badly: {e}"
+            ))),
+        }
+    }
+}
+
+/// The file the URL is written to.
+pub fn url_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("api.url")
+}
+
+/// Serves `service` as `config` says until `shutdown` completes. The token is read from
+/// `config.token_file(data_dir)`; with TLS the certificate comes from the config or is made
+/// in `data_dir`. Returns once listening.
+pub async fn serve<S: NodeService>(
+    config: &ApiConfig,
+    data_dir: &Path,
+    service: Arc<S>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<BoundApi, ServeError> {
+    let token_file = config.token_file(data_dir);
+    let auth = ApiAuth::load(token_file.as_deref())?;
+    let tls = if config.tls_enabled {
+        Some(tls::setup(config, data_dir)?)
+    } else {
+        None
+    };
+
+    let want = SocketAddr::new(config.host, config.port);
+    let bind_err = |source| ServeError::Bind { addr: want, source };
+    let listener = std::net::TcpListener::bind(want).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
+
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", reachable(addr));
+    match &token_file {
+        Some(f) if auth.has_token() => {
+            tracing::info!(token_file = %f.display(), "API token loaded")
+        }
+        _ if !is_loopback_only(config.host) => eprintln!(
+            "novacron: the API has no token: it answers only callers on this machine \
+             (run `novacron node install` or set api.tokenFile)"
+        ),
+        _ => {}
+    }
+
+    let app =
+        super::router(service, metrics, auth).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = Handle::new();
+    let fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
+    let task = match tls {
+        Some(t) => {
+            eprintln!(
+                "novacron: API TLS certificate {}{} SHA-256 {}",
+                t.cert_path.display(),
+                if t.generated {
+                    " (self-signed, made now)"
+                } else {
+                    ""
+                },
+                t.fingerprint
+            );
+            let server =
+                axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(t.config))
+                    .handle(handle.clone());
+            tokio::spawn(server.serve(app))
+        }
+        None => {
+            let mut server = axum_server::from_tcp(listener).handle(handle.clone());
+            tune(&mut server);
+            tokio::spawn(server.serve(app))
+        }
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+
+    let path = url_path(data_dir);
+    write_atomic(&path, format!("{url}\n").as_bytes()).map_err(|source| ServeError::UrlFile {
+        path: path.clone(),
+        source,
+    })?;
+    eprintln!("novacron: API on {url} (listening on {addr})");
+    Ok(BoundApi {
+        addr,
+        url,
+        tls_fingerprint: fingerprint,
+        task,
+    })
+}
+
+/// Whether binding `host` keeps the API on this machine.
+fn is_loopback_only(host: IpAddr) -> bool {
+    super::auth::is_loopback(host)
+}
+
+/// The address a local client dials: the bound one, with a wildcard host made loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(v6) if v6.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("url.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_hosts_are_written_as_loopback() {
+        let a: SocketAddr = "0.0.0.0:80".parse().unwrap();
+        assert_eq!(reachable(a).to_string(), "127.0.0.1:80");
+        let a: SocketAddr = "[::]:80".parse().unwrap();
+        assert_eq!(reachable(a).to_string(), "[::1]:80");
+        let a: SocketAddr = "10.1.2.3:80".parse().unwrap();
+        assert_eq!(reachable(a), a);
+    }
+}
