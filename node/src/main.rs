@@ -12,6 +12,10 @@ mod local_mesh;
 mod size;
 #[allow(dead_code)] // the daemon (in progress) uses it
 mod state;
+#[allow(dead_code)] // the VM manager (in progress) uses it
+mod vms {
+    pub mod process_backend;
+}
 
 use clap::Parser;
 
