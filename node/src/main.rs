@@ -15,6 +15,10 @@ mod politeness;
 mod size;
 #[allow(dead_code)] // the daemon (in progress) uses it
 mod state;
+#[allow(dead_code)] // the VM manager (in progress) uses it
+mod vms {
+    pub mod process_backend;
+}
 
 use clap::Parser;
 

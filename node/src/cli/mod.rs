@@ -2,6 +2,7 @@
 
 mod chunks;
 mod demo;
+mod jail_run;
 mod migrate;
 mod node;
 pub(crate) mod nodes;
@@ -46,6 +47,9 @@ enum Top {
     /// control socket is fd 3).
     #[command(hide = true)]
     Vmm,
+    /// Internal: a `process`-backend command in the VM jail (spawned by the daemon).
+    #[command(hide = true)]
+    JailRun(jail_run::JailRunArgs),
     /// Internal: the bare-KVM reference program of `novacron bench vm` (prints the
     /// CLOCK_MONOTONIC ns of its first I/O exit).
     #[command(hide = true)]
@@ -82,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", crate::bench::bare_kvm_first_exit_ns()?);
             Ok(ExitCode::SUCCESS)
         }
+        Top::JailRun(args) => Ok(jail_run::run(args)),
         Top::Vmm => {
             let code = novacron_vm::vmm::main();
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
