@@ -120,7 +120,9 @@ fn an_abandoned_vmm_keeps_running_and_is_adopted() {
     let spec = counter(4096, 1_000_000);
     let mut vmm =
         VmmProcess::spawn(&exe, &launch(&id, &spec, Some(&socket)), Stdio::null()).expect("spawn");
-    vmm.wait_ready(READY).expect("ready");
+    let ready = vmm.wait_ready(READY).expect("ready");
+    // The whole jail is on (as root: namespaces and landlock too) and adoption works in it.
+    eprintln!("sandbox: {}", ready.sandbox);
     let ticks = vmm.start_ticks().expect("start ticks of the spawned VMM");
     assert_eq!(
         novacron_vm::adopt::process_start_ticks(vmm.pid()),
@@ -269,4 +271,38 @@ fn adopting_the_wrong_pid_or_socket_is_a_clear_error() {
         .err()
         .expect("missing socket");
     assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[test]
+fn a_paused_vm_is_adopted_paused_and_an_adopted_vmm_can_be_killed() {
+    let Some(exe) = novacron_exe("a_paused_vm_is_adopted_paused_and_an_adopted_vmm_can_be_killed")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vmm.sock");
+    let id = vm_id("paused");
+    let mut l = launch(&id, &counter(4096, 1_000_000), Some(&socket));
+    l.start_paused = true;
+    let mut vmm = VmmProcess::spawn(&exe, &l, Stdio::null()).expect("spawn");
+    vmm.wait_ready(READY).expect("ready");
+    let pid = vmm.abandon();
+
+    let (mut vmm, adopted) = VmmProcess::adopt(&socket, pid, cgroup(&id)).expect("adopt");
+    assert_eq!(adopted.state, AdoptedState::Paused);
+    assert_eq!(
+        adopted.last_guest, None,
+        "a paused guest reported {adopted:?}"
+    );
+    vmm.send(&control::Command::Resume).unwrap();
+    progress_at_least(&mut vmm, 1);
+
+    // Killed outright: no tombstone, and the owner removes the socket the VMM could not.
+    let watch = PidFd::open(pid).unwrap();
+    vmm.kill();
+    assert!(watch.wait_exit(Some(Duration::ZERO)).unwrap());
+    assert!(!socket.exists(), "the killed VMM's socket file stays");
+    assert_eq!(read_tombstone(&socket).unwrap(), None);
+    let err = VmmProcess::adopt(&socket, pid, None).err().expect("gone");
+    assert!(err.to_string().contains(&pid.to_string()), "{err}");
 }
