@@ -104,6 +104,7 @@ fn launch(source: LaunchSource) -> Launch {
         vcpus: 2,
         fill_pattern: Some((0x20_0000, 4096)),
         start_paused: false,
+        adopt: None,
         sandbox: SandboxSettings {
             enabled: true,
             writable_dirs: vec!["/var/lib/novacron/snap".into()],

@@ -50,6 +50,13 @@ pub struct Launch {
     /// Stay paused after building the machine until told to resume.
     pub start_paused: bool,
     pub sandbox: SandboxSettings,
+    /// Make the VMM adoptable through this Unix socket path (see docs/vm.md, "Adoption"):
+    /// the spawner binds it and passes the listener on `ADOPT_FD`; when the control
+    /// channel closes the VM keeps running until a new owner connects. Its directory also
+    /// receives the exit tombstone (`exit.json`). None: the VMM stops when the channel
+    /// closes.
+    #[serde(default)]
+    pub adopt: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -81,6 +88,17 @@ impl Default for SandboxSettings {
 pub enum SnapshotMode {
     Full,
     Incremental,
+}
+
+/// What an adopted VM is doing when its new owner connects.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AdoptedState {
+    Running,
+    /// Paused (by a command, or by a migration left in doubt).
+    Paused,
+    /// The VM ended while nobody owned it; `exit` says why, and the VMM exits next.
+    Exited,
 }
 
 /// Parent -> VMM.
@@ -304,6 +322,17 @@ pub enum Event {
     },
     /// The VM stopped and the process is about to exit.
     Exited(ExitReason),
+    /// The first event on a connection to the adopt socket: this connection owns the VMM
+    /// now. Events the VMM could not send while nobody owned it were dropped
+    /// (`dropped_events`), except the newest guest report (`last_guest`, (code, value))
+    /// and the exit (`exit`, then [`Event::Exited`] follows).
+    Adopted {
+        vm_id: String,
+        state: AdoptedState,
+        last_guest: Option<(u32, u64)>,
+        exit: Option<ExitReason>,
+        dropped_events: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -372,6 +401,32 @@ mod tests {
             Event::Exited(ExitReason::GuestExit { status: 0 })
         );
         assert!(matches!(recv::<Event>(&mut r), Err(ControlError::Closed)));
+    }
+
+    #[test]
+    fn launch_lines_without_adopt_still_parse() {
+        let line = br#"{"vm_id":"a","source":{"kind":"builtin","spec":"builtin:hello"},"mem_bytes":67108864,"vcpus":1,"fill_pattern":null,"start_paused":false,"sandbox":{"enabled":true,"writable_dirs":[],"memory_limit_bytes":null,"cpu_limit":null}}
+"#;
+        let launch: Launch = recv(&mut Cursor::new(line.to_vec())).unwrap();
+        assert_eq!(launch.adopt, None);
+    }
+
+    #[test]
+    fn adopted_event_has_its_documented_shape() {
+        let event = Event::Adopted {
+            vm_id: "vm1".into(),
+            state: AdoptedState::Running,
+            last_guest: Some((3, 7)),
+            exit: None,
+            dropped_events: 2,
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["event"], "adopted");
+        assert_eq!(json["state"], "running");
+        assert_eq!(json["last_guest"], serde_json::json!([3, 7]));
+        let mut buf = Vec::new();
+        send(&mut buf, &event).unwrap();
+        assert_eq!(recv::<Event>(&mut Cursor::new(buf)).unwrap(), event);
     }
 
     #[test]

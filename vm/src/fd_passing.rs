@@ -35,6 +35,18 @@ impl FdStream {
             fds,
         )
     }
+
+    /// A reader for a new connection that queues its descriptors on an existing `fds`
+    /// queue (an adopted VMM's next owner: commands find their streams where they did).
+    pub fn with_queue(sock: UnixStream, fds: FdQueue) -> Self {
+        Self { sock, fds }
+    }
+}
+
+impl AsRawFd for FdStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
 }
 
 impl Read for FdStream {

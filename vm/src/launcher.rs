@@ -1,19 +1,29 @@
 //! The parent's side of a VMM process: spawn `novacron vmm` with a control socket on fd 3,
-//! send it commands, read its events, and turn its death into a clear error.
+//! send it commands, read its events, and turn its death into a clear error. An adoptable
+//! VMM (`Launch.adopt`) also gets a listening socket on fd 4 and outlives its parent; a
+//! later parent takes it back with [`VmmProcess::adopt`] (docs/vm.md, "Adoption").
 
 use std::io::BufReader;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use crate::control::{self, Command, ControlError, Event, ExitReason, Launch};
+use crate::adopt::{AdoptError, PidFd};
+use crate::control::{self, AdoptedState, Command, ControlError, Event, ExitReason, Launch};
 use crate::vcpu::monotonic_ns;
 
 /// The file descriptor number the VMM process finds its control socket on.
 pub const CONTROL_FD: i32 = 3;
+
+/// The file descriptor number an adoptable VMM process finds its adopt listener on.
+pub const ADOPT_FD: i32 = 4;
+
+/// How long [`VmmProcess::adopt`] waits for the VMM's [`Event::Adopted`]. A VMM busy in a
+/// long command (a snapshot, a migration's rollback) answers after it.
+pub const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -27,6 +37,34 @@ pub enum LaunchError {
     Timeout(Duration),
     #[error("{0}")]
     Stopped(String),
+    #[error("{0}")]
+    AdoptSocket(#[from] AdoptError),
+    #[error("cannot adopt VMM process {pid} through {socket}: {problem}")]
+    Adopt {
+        pid: u32,
+        socket: PathBuf,
+        problem: String,
+    },
+}
+
+/// What an adopted VMM said when its new owner connected ([`Event::Adopted`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adopted {
+    pub vm_id: String,
+    pub state: AdoptedState,
+    /// The newest guest report, (code, value).
+    pub last_guest: Option<(u32, u64)>,
+    /// Why the VM ended while nobody owned it; [`Event::Exited`] follows.
+    pub exit: Option<ExitReason>,
+    /// Events the VMM could not send while nobody owned it.
+    pub dropped_events: u64,
+}
+
+/// The VMM process: our child, or adopted (then waited for and signalled through a pidfd,
+/// and its exit status is unknowable unless it happens to be our child after all).
+enum Process {
+    Child(Child),
+    Adopted(PidFd),
 }
 
 /// What a VMM process says when its machine is built.
@@ -39,14 +77,20 @@ pub struct Ready {
 }
 
 pub struct VmmProcess {
-    child: Child,
+    process: Process,
     reader: BufReader<UnixStream>,
     writer: UnixStream,
-    /// CLOCK_MONOTONIC ns just before the process was spawned.
+    /// CLOCK_MONOTONIC ns just before the process was spawned (0 for an adopted process).
     pub spawned_ns: u64,
     /// The VM's cgroup, which only the parent can remove once the process is gone.
     cgroup: Option<String>,
     exited: Option<std::process::ExitStatus>,
+    /// Start time of the process in clock ticks ([`crate::adopt::process_start_ticks`]).
+    start_ticks: Option<u64>,
+    /// The adopt socket (absolute), for an adoptable VMM.
+    adopt: Option<PathBuf>,
+    /// Dropping leaves the process alone ([`VmmProcess::abandon`]).
+    abandoned: bool,
 }
 
 /// A fresh VM id: this process's pid and the monotonic clock, unique on this host.
@@ -73,28 +117,28 @@ impl VmmProcess {
             exe: exe.display().to_string(),
             source,
         })?;
+        let (launch, listener) = prepare_adoption(launch)?;
+        let launch = &launch;
         let child_fd = child_end.as_raw_fd();
+        let listener_fd = listener.as_ref().map(AsRawFd::as_raw_fd);
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("vmm").stdin(Stdio::null()).stdout(stdout);
-        // SAFETY: between fork and exec only async-signal-safe calls: dup2 of an fd we
-        // own onto CONTROL_FD (dup2 clears close-on-exec on the copy).
+        // SAFETY: between fork and exec only async-signal-safe calls on fds we own.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(child_fd, CONTROL_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || place_fds(child_fd, listener_fd));
         }
         let spawned_ns = monotonic_ns();
         let child = cmd.spawn().map_err(|source| LaunchError::Spawn {
             exe: exe.display().to_string(),
             source,
         })?;
+        // The VMM holds the listener now; once it is gone, connecting is refused.
+        drop(listener);
         drop(child_end);
         let reader_end = parent_end.try_clone().map_err(ControlError::from)?;
         let mut process = VmmProcess {
-            child,
+            start_ticks: crate::adopt::process_start_ticks(child.id()),
+            process: Process::Child(child),
             reader: BufReader::new(reader_end),
             writer: parent_end,
             spawned_ns,
@@ -103,9 +147,113 @@ impl VmmProcess {
                 .enabled
                 .then(|| crate::vmm_sandbox::cgroup_name(&launch.vm_id)),
             exited: None,
+            adopt: launch.adopt.clone(),
+            abandoned: false,
         };
         process.send_raw_with_streams(launch, streams)?;
         Ok(process)
+    }
+
+    /// Takes back a running adoptable VMM whose previous owner is gone: checks that `pid`
+    /// is the process listening on `socket`, connects, and reads [`Event::Adopted`] (within
+    /// [`ADOPT_TIMEOUT`]). Then commands and events work as for a spawned VMM; `wait`,
+    /// `kill` and `pid` work although the process is not our child. `cgroup` is the VM's
+    /// cgroup name (`vm-<vm_id>` for a jailed VMM), removed once the process is gone.
+    ///
+    /// The caller should have checked `pid` against the start time it recorded
+    /// ([`crate::adopt::process_start_ticks`]); this refuses a pid that does not hold the
+    /// socket's listener, but cannot tell when /proc hides the process's descriptors. On
+    /// any error the process is left alone (not killed).
+    pub fn adopt(
+        socket: &Path,
+        pid: u32,
+        cgroup: Option<String>,
+    ) -> Result<(VmmProcess, Adopted), LaunchError> {
+        let fail = |problem: String| LaunchError::Adopt {
+            pid,
+            socket: socket.to_path_buf(),
+            problem,
+        };
+        let pidfd = PidFd::open(pid).map_err(|e| {
+            fail(match e.raw_os_error() {
+                Some(libc::ESRCH) => {
+                    "there is no such process (it ended: read its tombstone)".into()
+                }
+                _ => format!("cannot open a pidfd: {e}"),
+            })
+        })?;
+        let absolute = crate::adopt::absolute_socket_path(socket)?;
+        match crate::adopt::listens_on(pid, ADOPT_FD, &absolute) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(fail(format!(
+                    "the process does not hold this socket's listener on fd {ADOPT_FD}: it \
+                     is not this VM's VMM (a recycled pid?) or the VMM is gone"
+                )))
+            }
+            Err(e) => tracing::debug!(pid, error = %e, "cannot check the VMM's descriptors"),
+        }
+        let stream = UnixStream::connect(&absolute).map_err(|e| fail(format!("connect: {e}")))?;
+        let reader = stream.try_clone().map_err(|e| fail(e.to_string()))?;
+        let mut process = VmmProcess {
+            process: Process::Adopted(pidfd),
+            reader: BufReader::new(reader),
+            writer: stream,
+            spawned_ns: 0,
+            cgroup,
+            exited: None,
+            start_ticks: crate::adopt::process_start_ticks(pid),
+            adopt: Some(absolute),
+            // Until the VMM accepted us, an error must not kill it.
+            abandoned: true,
+        };
+        match process.next_event(Some(ADOPT_TIMEOUT)) {
+            Ok(Event::Adopted {
+                vm_id,
+                state,
+                last_guest,
+                exit,
+                dropped_events,
+            }) => {
+                process.abandoned = false;
+                let adopted = Adopted {
+                    vm_id,
+                    state,
+                    last_guest,
+                    exit,
+                    dropped_events,
+                };
+                Ok((process, adopted))
+            }
+            Ok(Event::CommandFailed { message }) => {
+                Err(fail(format!("the VMM refused the connection: {message}")))
+            }
+            Ok(other) => Err(fail(format!(
+                "the VMM's first event was {other:?}, not adopted"
+            ))),
+            Err(e) => Err(fail(e.to_string())),
+        }
+    }
+
+    /// Closes the control channel and forgets the process without stopping or waiting for
+    /// it, as if this parent had died: an adoptable VMM keeps its VM running for the next
+    /// owner; another stops it. Its cgroup stays. Returns the pid. A child that later ends
+    /// stays a zombie until this process adopts and waits for it, or exits.
+    pub fn abandon(mut self) -> u32 {
+        self.abandoned = true;
+        self.pid()
+    }
+
+    /// The adopt socket of an adoptable VMM (absolute). Its directory holds the tombstone:
+    /// [`crate::adopt::read_tombstone`].
+    pub fn adopt_socket(&self) -> Option<&Path> {
+        self.adopt.as_deref()
+    }
+
+    /// The process's start time in clock ticks after boot; record it with the pid so a
+    /// later owner never adopts a recycled pid. None if /proc could not say.
+    pub fn start_ticks(&self) -> Option<u64> {
+        self.start_ticks
     }
 
     fn send_raw_with_streams<T: serde::Serialize>(
@@ -140,7 +288,10 @@ impl VmmProcess {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.process {
+            Process::Child(child) => child.id(),
+            Process::Adopted(pidfd) => pidfd.pid(),
+        }
     }
 
     /// Waits for the next event; `timeout` None waits forever.
@@ -211,36 +362,128 @@ impl VmmProcess {
             return LaunchError::Control(e);
         }
         for _ in 0..100 {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return LaunchError::Died(describe_exit(status));
+            match &mut self.process {
+                Process::Child(child) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return LaunchError::Died(describe_exit(status));
+                    }
+                }
+                Process::Adopted(pidfd) => {
+                    if pidfd.wait_exit(Some(Duration::ZERO)).unwrap_or(false) {
+                        return LaunchError::Died(self.describe_adopted_end());
+                    }
+                }
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         LaunchError::Control(e)
     }
 
-    /// Waits for the process to exit (closing its control channel first, which tells a
-    /// VMM that is still running to stop) and removes its cgroup.
+    /// How an adopted process that ended did so: its real status if it is our child after
+    /// all, else what its tombstone says.
+    fn describe_adopted_end(&self) -> String {
+        if let Process::Adopted(pidfd) = &self.process {
+            if let Some(status) = pidfd.try_reap() {
+                return describe_exit(status);
+            }
+        }
+        match self.adopt.as_deref().map(crate::adopt::read_tombstone) {
+            Some(Ok(Some(reason))) => {
+                format!("ended: {} (its tombstone)", describe_reason(&reason))
+            }
+            Some(Err(e)) => format!("ended; {e}"),
+            _ => "ended without a tombstone (killed?); it is not our child, so its exit status \
+                  is unknown"
+                .into(),
+        }
+    }
+
+    /// Waits for the process to exit and cleans up after it (cgroup, adopt socket). Closing
+    /// the control channel first tells a VMM that is still running to stop; an adoptable
+    /// VMM would go on without an owner, so it is sent [`Command::Stop`] first.
+    ///
+    /// An adopted process is not our child: its status is made up from its tombstone
+    /// (exit code 1 for [`ExitReason::Failed`], else 0), and without a tombstone this
+    /// fails with an error that says so.
     pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         if let Some(status) = self.exited {
             return Ok(status);
         }
+        if self.adopt.is_some() {
+            let _ = control::send(&mut self.writer, &Command::Stop);
+        }
         let _ = self.writer.shutdown(std::net::Shutdown::Both);
-        let status = self.child.wait()?;
+        let status = match &mut self.process {
+            Process::Child(child) => child.wait()?,
+            Process::Adopted(pidfd) => {
+                pidfd.wait_exit(None)?;
+                match pidfd.try_reap() {
+                    Some(status) => status,
+                    None => self.status_from_tombstone()?,
+                }
+            }
+        };
         self.exited = Some(status);
-        self.remove_cgroup();
+        self.clean_up();
         Ok(status)
+    }
+
+    fn status_from_tombstone(&self) -> std::io::Result<std::process::ExitStatus> {
+        let socket = self.adopt.as_deref().unwrap_or(Path::new(""));
+        match crate::adopt::read_tombstone(socket) {
+            Ok(Some(ExitReason::Failed { .. })) => Ok(std::process::ExitStatus::from_raw(1 << 8)),
+            Ok(Some(_)) => Ok(std::process::ExitStatus::from_raw(0)),
+            Ok(None) => Err(std::io::Error::other(format!(
+                "the adopted VMM process {} ended without a tombstone in {} (killed, e.g. \
+                 SIGKILL or out of memory); it is not our child, so its exit status is unknown",
+                self.pid(),
+                crate::adopt::tombstone_path(socket).display()
+            ))),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
     }
 
     /// Kills the process (SIGKILL) and cleans up after it.
     pub fn kill(&mut self) {
         if self.exited.is_none() {
-            let _ = self.child.kill();
-            if let Ok(status) = self.child.wait() {
-                self.exited = Some(status);
+            match &mut self.process {
+                Process::Child(child) => {
+                    let _ = child.kill();
+                    if let Ok(status) = child.wait() {
+                        self.exited = Some(status);
+                    }
+                }
+                Process::Adopted(pidfd) => {
+                    let _ = pidfd.signal(libc::SIGKILL);
+                    if pidfd
+                        .wait_exit(Some(Duration::from_secs(10)))
+                        .unwrap_or(false)
+                    {
+                        let status = pidfd.try_reap();
+                        self.exited =
+                            Some(status.unwrap_or_else(|| {
+                                std::process::ExitStatus::from_raw(libc::SIGKILL)
+                            }));
+                    }
+                }
             }
         }
+        self.clean_up();
+    }
+
+    /// After the process is gone: remove its cgroup and, if it could not (killed), its
+    /// adopt socket.
+    fn clean_up(&mut self) {
         self.remove_cgroup();
+        if self.exited.is_some() {
+            if let Some(socket) = &self.adopt {
+                let refused = UnixStream::connect(socket)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+                if refused {
+                    let _ = std::fs::remove_file(socket);
+                }
+            }
+        }
     }
 
     fn remove_cgroup(&mut self) {
@@ -261,8 +504,69 @@ impl VmmProcess {
 
 impl Drop for VmmProcess {
     fn drop(&mut self) {
-        self.kill();
+        if !self.abandoned {
+            self.kill();
+        }
     }
+}
+
+/// For an adoptable launch: binds its socket and lets the VMM write the socket's directory
+/// (tombstone, socket removal). Returns the launch to send.
+fn prepare_adoption(
+    launch: &Launch,
+) -> Result<(Launch, Option<std::os::unix::net::UnixListener>), LaunchError> {
+    let mut launch = launch.clone();
+    let Some(socket) = &launch.adopt else {
+        return Ok((launch, None));
+    };
+    let listener = crate::adopt::bind_listener(socket)?;
+    let socket = crate::adopt::absolute_socket_path(socket)?;
+    let dir = socket.parent().unwrap_or(Path::new("/")).to_path_buf();
+    if launch.sandbox.enabled && !launch.sandbox.writable_dirs.contains(&dir) {
+        launch.sandbox.writable_dirs.push(dir);
+    }
+    launch.adopt = Some(socket);
+    Ok((launch, Some(listener)))
+}
+
+/// In the child between fork and exec (async-signal-safe calls only): the control socket
+/// on [`CONTROL_FD`], the adopt listener on [`ADOPT_FD`], and for an adoptable VMM a session
+/// of its own.
+///
+/// Why setsid rather than setpgid: both keep a terminal's Ctrl-C and a harness's
+/// kill(-pgid) away from the VMM, but only a new session also detaches it from the
+/// controlling terminal, so the terminal's hang-up (SIGHUP when the owner's shell exits)
+/// and job-control stops (SIGTTOU) cannot reach it either. The VMM needs no terminal.
+fn place_fds(control: i32, listener: Option<i32>) -> std::io::Result<()> {
+    // SAFETY: fcntl, dup2 and setsid on descriptors this process owns.
+    unsafe {
+        // Copy both above the fixed numbers first: either may sit on 3 or 4 already, and
+        // dup2 of an fd onto itself would keep its close-on-exec flag.
+        let control = libc::fcntl(control, libc::F_DUPFD_CLOEXEC, 10);
+        if control < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let listener = match listener {
+            Some(fd) => {
+                let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                if copy < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Some(copy)
+            }
+            None => None,
+        };
+        // dup2 clears close-on-exec on the copy.
+        if libc::dup2(control, CONTROL_FD) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if let Some(listener) = listener {
+            if libc::dup2(listener, ADOPT_FD) < 0 || libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A reason a VM stopped, in words.

@@ -4,6 +4,7 @@
 //! legacy devices, Linux and builtin-guest boot, snapshots and the per-process sandbox.
 //! See docs/vm.md for the design, the snapshot format and the sandbox rules.
 
+pub mod adopt;
 pub mod arch;
 pub mod boot;
 pub mod control;

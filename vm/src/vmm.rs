@@ -4,21 +4,27 @@
 //! Order matters: the launch message is read while the process is single-threaded, so the
 //! process-wide sandbox (cgroup, rlimits, namespaces, landlock) applies to every thread
 //! created after it; each thread then installs its own seccomp filter.
+//!
+//! An adoptable VMM (`Launch.adopt`, listener on fd 4) does not stop when its control
+//! channel closes: the VM goes on, events are dropped, and the control thread accepts the
+//! next owner (docs/vm.md, "Adoption").
 
 use std::io::BufReader;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::adopt::{self, Owner, ORPHAN_EXIT_WAIT, PARENT_GONE};
 use crate::control::{
-    self, Command, Event, ExitReason, FillData, Launch, LaunchSource, SandboxProbe, SnapshotMode,
+    self, AdoptedState, Command, Event, ExitReason, FillData, Launch, LaunchSource, SandboxProbe,
+    SnapshotMode,
 };
 use crate::fd_passing::{FdQueue, FdStream};
 use crate::guest_kit::BuiltinGuest;
-use crate::launcher::CONTROL_FD;
+use crate::launcher::{ADOPT_FD, CONTROL_FD};
 use crate::layout::{pv_event, PAGE_SIZE};
 use crate::machine::{BootSource, Machine, MachineConfig, MachineIo, VmError};
 use crate::memory::fill_pattern;
@@ -31,6 +37,8 @@ pub(crate) enum Input {
     Command(Command),
     ControlClosed(String),
     Vcpu(VcpuEvent),
+    /// A new owner connected to the adopt socket: events go to this stream now.
+    Adopted(UnixStream),
 }
 
 /// Entry point of `novacron vmm`. Returns the process exit code.
@@ -39,7 +47,7 @@ pub fn main() -> i32 {
     // SAFETY: the spawner put our end of the control socket on CONTROL_FD; nothing else
     // in this process owns that descriptor.
     let control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
-    let mut writer = match control.try_clone() {
+    let writer = match control.try_clone() {
         Ok(w) => w,
         Err(e) => {
             eprintln!("novacron vmm: control socket on fd {CONTROL_FD} is unusable: {e}");
@@ -55,38 +63,125 @@ pub fn main() -> i32 {
             return 2;
         }
     };
-    match run(process_start_ns, launch, reader, &fds, &mut writer) {
-        Ok(reason) => {
-            let code = match &reason {
-                ExitReason::Failed { .. } => 1,
-                _ => 0,
-            };
-            let _ = control::send(&mut writer, &Event::Exited(reason));
-            code
+    let mut owner = Owner::new(writer, launch.adopt.is_some());
+    let listener = match launch
+        .adopt
+        .is_some()
+        .then(|| adopt::take_listener(ADOPT_FD))
+    {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(message)) => {
+            let _ = owner.send(&Event::Exited(ExitReason::Failed {
+                message: message.clone(),
+            }));
+            eprintln!("novacron vmm: {message}");
+            return 2;
         }
+    };
+    let mut inputs = None;
+    let result = run(
+        process_start_ns,
+        &launch,
+        Control {
+            reader,
+            listener,
+            fds: &fds,
+        },
+        &mut owner,
+        &mut inputs,
+    );
+    // An error of `run` goes to stderr when the parent could not be told (and it is not
+    // that very failure).
+    let (reason, quiet) = match result {
+        Ok(reason) => (reason, true),
         Err(message) => {
-            let reported = control::send(
-                &mut writer,
-                &Event::Exited(ExitReason::Failed {
-                    message: message.clone(),
-                }),
-            );
-            // The parent shows the error; stderr is for when it could not be told.
-            if reported.is_err() && !message.contains(PARENT_GONE) {
-                eprintln!("novacron vmm: {message}");
+            let quiet = message.contains(PARENT_GONE);
+            (ExitReason::Failed { message }, quiet)
+        }
+    };
+    let code = match &reason {
+        ExitReason::Failed { .. } => 1,
+        _ => 0,
+    };
+    let told = finish(&launch, &reason, &mut owner, inputs.as_ref());
+    if let (false, false, ExitReason::Failed { message }) = (told, quiet, &reason) {
+        eprintln!("novacron vmm: {message}");
+    }
+    code
+}
+
+/// The control channel as `main` hands it to `run`.
+struct Control<'a> {
+    reader: BufReader<FdStream>,
+    /// The adopt listener (adoptable VMMs only).
+    listener: Option<OwnedFd>,
+    fds: &'a FdQueue,
+}
+
+/// The VM has ended: leave the tombstone, tell the owner (waiting for one for a while if
+/// nobody owns the VMM), and remove the adopt socket. True if an owner was told.
+///
+/// The tombstone is written before the wait, so it is there even if the VMM is killed
+/// while it waits; a process that is still alive is adopted, not judged by its tombstone.
+fn finish(
+    launch: &Launch,
+    reason: &ExitReason,
+    owner: &mut Owner,
+    inputs: Option<&Receiver<Input>>,
+) -> bool {
+    let Some(socket) = &launch.adopt else {
+        return owner.send(&Event::Exited(reason.clone())).is_ok();
+    };
+    if let Err(e) = adopt::write_tombstone(socket, reason) {
+        tracing::warn!(error = %e, "could not leave the exit tombstone");
+    }
+    if owner.is_owned() {
+        let _ = owner.send(&Event::Exited(reason.clone()));
+    }
+    if !owner.is_owned() {
+        if let Some(inputs) = inputs {
+            wait_for_owner(&launch.vm_id, reason, owner, inputs);
+        }
+    }
+    if let Err(e) = std::fs::remove_file(socket) {
+        tracing::debug!(error = %e, "could not remove the adopt socket; its owner will");
+    }
+    owner.is_owned()
+}
+
+/// Stays alive up to [`ORPHAN_EXIT_WAIT`] so that a new owner learns how the VM ended.
+fn wait_for_owner(vm_id: &str, reason: &ExitReason, owner: &mut Owner, inputs: &Receiver<Input>) {
+    let deadline = Instant::now() + ORPHAN_EXIT_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match inputs.recv_timeout(left) {
+            Ok(Input::Adopted(writer)) => {
+                let _ = owner.adopt(writer, vm_id, AdoptedState::Exited, Some(reason.clone()));
+                let _ = owner.send(&Event::Exited(reason.clone()));
+                if owner.is_owned() {
+                    return;
+                }
             }
-            1
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!("nobody adopted the ended VM; its tombstone says how it ended");
+                return;
+            }
         }
     }
 }
 
+/// Builds and runs the VM. `inputs` receives the event loop's input channel once there is
+/// one, so that `finish` can wait for a new owner on it.
 fn run(
     process_start_ns: u64,
-    launch: Launch,
-    reader: BufReader<FdStream>,
-    fds: &FdQueue,
-    writer: &mut UnixStream,
+    launch: &Launch,
+    control: Control<'_>,
+    writer: &mut Owner,
+    inputs: &mut Option<Receiver<Input>>,
 ) -> Result<ExitReason, String> {
+    let fds = control.fds;
     if launch.vm_id.is_empty()
         || launch.vm_id.len() > 32
         || !launch
@@ -101,10 +196,11 @@ fn run(
     }
     // Without KVM nothing else matters; say so before the jail hides /dev from view.
     crate::machine::check_kvm().map_err(|e| e.to_string())?;
-    let jail = vmm_sandbox::enter(&launch)?;
+    let jail = vmm_sandbox::enter(launch)?;
     let jailed_ns = monotonic_ns();
     let (tx, rx) = mpsc::channel::<Input>();
-    spawn_control_reader(reader, tx.clone(), &jail)?;
+    spawn_control_reader(control, tx.clone(), &jail)?;
+    let rx = &*inputs.insert(rx);
     let sink_tx = Mutex::new(tx);
     let events: EventSink = Arc::new(move |e| {
         if let Ok(tx) = sink_tx.lock() {
@@ -121,7 +217,7 @@ fn run(
         LaunchSource::Incoming { .. } => {
             // Bytes from the network are parsed only under the seccomp filter.
             jail.lock_current_thread()?;
-            vmm_migration::receive(&launch, io, &jail, fds, writer)?
+            vmm_migration::receive(launch, io, &jail, fds, writer)?
         }
         LaunchSource::Restore { dir } => {
             let saved = Machine::describe_snapshot(dir).map_err(|e| e.to_string())?;
@@ -141,14 +237,14 @@ fn run(
         }
         LaunchSource::Builtin { spec } => {
             let guest: BuiltinGuest = spec.parse().map_err(|e| format!("{e}"))?;
-            build(&launch, io, &jail, BootSource::Builtin(guest))?
+            build(launch, io, &jail, BootSource::Builtin(guest))?
         }
         LaunchSource::Linux {
             kernel,
             initrd,
             cmdline,
         } => build(
-            &launch,
+            launch,
             io,
             &jail,
             BootSource::Linux {
@@ -179,7 +275,7 @@ fn run(
             sandbox: jail.summary(),
         },
     )?;
-    event_loop(&mut machine, &rx, fds, writer)
+    event_loop(&mut machine, &launch.vm_id, rx, fds, writer)
 }
 
 /// Creates the machine; the KVM objects are made while the cgroup join may still be under
@@ -205,18 +301,23 @@ fn build(
     Ok(machine)
 }
 
-const PARENT_GONE: &str = "cannot report to the parent";
-
-pub(crate) fn send(writer: &mut UnixStream, event: &Event) -> Result<(), String> {
-    control::send(writer, event).map_err(|e| format!("{PARENT_GONE}: {e}"))
+/// Sends an event to the owner; see [`Owner::send`].
+pub(crate) fn send(owner: &mut Owner, event: &Event) -> Result<(), String> {
+    owner.send(event)
 }
 
 fn spawn_control_reader(
-    mut reader: BufReader<FdStream>,
+    control: Control<'_>,
     tx: Sender<Input>,
     jail: &JailedThreads,
 ) -> Result<(), String> {
     let setup = jail.control_thread_setup();
+    let Control {
+        reader,
+        listener,
+        fds,
+    } = control;
+    let fds = fds.clone();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -226,29 +327,85 @@ fn spawn_control_reader(
                     return;
                 }
             }
-            loop {
-                match control::recv::<Command>(&mut reader) {
-                    Ok(cmd) => {
-                        if tx.send(Input::Command(cmd)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Input::ControlClosed(e.to_string()));
-                        return;
-                    }
-                }
-            }
+            control_thread(reader, listener, &fds, &tx);
         })
         .map(|_| ())
         .map_err(|e| format!("cannot start the control thread: {e}"))
 }
 
+/// Reads commands from the owner; for an adoptable VMM, then waits for the next owner and
+/// reads its commands, and so on. Returns when the event loop is gone, or when the channel
+/// closed and the VMM is not adoptable.
+fn control_thread(
+    mut reader: BufReader<FdStream>,
+    listener: Option<OwnedFd>,
+    fds: &FdQueue,
+    tx: &Sender<Input>,
+) {
+    loop {
+        let Some(why) = serve_owner(&mut reader, listener.as_ref(), tx) else {
+            return;
+        };
+        if tx.send(Input::ControlClosed(why)).is_err() {
+            return;
+        }
+        let Some(listener) = &listener else { return };
+        let (conn, writer) = match adopt::accept_owner(listener).and_then(|conn| {
+            let writer = conn.try_clone()?;
+            Ok((conn, writer))
+        }) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(error = %e, "the adopt socket failed: nobody can adopt this VMM");
+                return;
+            }
+        };
+        // Streams the previous owner sent and no command took are not the new owner's.
+        fds.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if tx.send(Input::Adopted(writer)).is_err() {
+            return;
+        }
+        reader = BufReader::new(FdStream::with_queue(conn, fds.clone()));
+    }
+}
+
+/// Forwards the owner's commands until its connection ends (Some(why)) or the event loop
+/// is gone (None). Meanwhile a second connection to the adopt socket is turned away.
+fn serve_owner(
+    reader: &mut BufReader<FdStream>,
+    listener: Option<&OwnedFd>,
+    tx: &Sender<Input>,
+) -> Option<String> {
+    loop {
+        if let Some(listener) = listener {
+            if !reader.buffer().contains(&b'\n') {
+                match adopt::wait_readable(reader.get_ref().as_raw_fd(), listener) {
+                    Ok(adopt::Ready::Control) => {}
+                    Ok(adopt::Ready::Listener) => {
+                        adopt::refuse_one(listener);
+                        continue;
+                    }
+                    Err(e) => return Some(format!("waiting for the control channel: {e}")),
+                }
+            }
+        }
+        match control::recv::<Command>(reader) {
+            Ok(cmd) => {
+                if tx.send(Input::Command(cmd)).is_err() {
+                    return None;
+                }
+            }
+            Err(e) => return Some(e.to_string()),
+        }
+    }
+}
+
 fn event_loop(
     machine: &mut Machine,
+    vm_id: &str,
     rx: &Receiver<Input>,
     fds: &FdQueue,
-    writer: &mut UnixStream,
+    writer: &mut Owner,
 ) -> Result<ExitReason, String> {
     let mut first_exit_reported = false;
     // Inputs that arrived while a migration ran, handled after it.
@@ -290,12 +447,21 @@ fn event_loop(
                     return Ok(reason);
                 }
             }
+            Input::ControlClosed(why) if writer.adoptable() => writer.orphan(&why),
             Input::ControlClosed(why) => {
                 // The owner is gone; a VM nobody controls must not keep running.
                 machine.stop().map_err(|e| e.to_string())?;
                 return Ok(ExitReason::Failed {
                     message: format!("control channel lost: {why}"),
                 });
+            }
+            Input::Adopted(stream) => {
+                let state = match machine.lifecycle() {
+                    crate::machine::Lifecycle::Running => AdoptedState::Running,
+                    _ => AdoptedState::Paused,
+                };
+                writer.adopt(stream, vm_id, state, None)?;
+                tracing::info!("adopted by a new owner");
             }
         }
     }
@@ -304,7 +470,7 @@ fn event_loop(
 fn on_vcpu_event(
     machine: &mut Machine,
     event: VcpuEvent,
-    writer: &mut UnixStream,
+    writer: &mut Owner,
 ) -> Result<Option<ExitReason>, String> {
     let reason = match event {
         VcpuEvent::Report { report, .. } => {
@@ -335,7 +501,7 @@ fn on_vcpu_event(
 fn on_command(
     machine: &mut Machine,
     cmd: Command,
-    writer: &mut UnixStream,
+    writer: &mut Owner,
 ) -> Result<Option<ExitReason>, String> {
     let outcome: Result<Option<Event>, VmError> = match cmd {
         Command::Pause => machine.pause().map(|_| Some(Event::Paused)),

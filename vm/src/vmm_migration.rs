@@ -1,11 +1,11 @@
 //! The VMM process's side of migration: glue between the control channel (commands with
 //! streams attached, progress events) and the TCP drivers in [`crate::migration`].
 
-use std::os::unix::net::UnixStream;
 use std::sync::mpsc::Receiver;
 
 use novacron_mesh::chunks::{ChunkSize, ChunkStore, Level};
 
+use crate::adopt::Owner;
 use crate::control::{
     Command, Event, ExitReason, Launch, LaunchSource, MigrateOut, MigrationMode, MigrationProgress,
     MigrationSummary, OnNoConverge,
@@ -89,7 +89,7 @@ fn summary_of(s: &Summary, cpu_ns: u64) -> MigrationSummary {
 /// The VMM as the source driver's host: progress to the parent, cancels and reconnections
 /// from it; other commands and vCPU events wait until the migration is over.
 struct VmmSourceHost<'a> {
-    writer: &'a mut UnixStream,
+    writer: &'a mut Owner,
     rx: &'a Receiver<Input>,
     fds: &'a FdQueue,
     deferred: &'a mut Vec<Input>,
@@ -107,6 +107,9 @@ impl SourceHost for VmmSourceHost<'_> {
     }
 
     fn poll(&mut self) -> Option<HostInput> {
+        // An adoptable VMM whose owner is gone sends nothing and fails nothing: it rolls
+        // back all the same (nobody would learn the outcome), and is adopted afterwards.
+        self.parent_gone |= !self.writer.is_owned();
         if self.parent_gone {
             return Some(HostInput::Cancel("the parent process is gone".into()));
         }
@@ -167,7 +170,7 @@ pub fn migrate_out(
     cmd: MigrateOut,
     fds: &FdQueue,
     rx: &Receiver<Input>,
-    writer: &mut UnixStream,
+    writer: &mut Owner,
     deferred: &mut Vec<Input>,
 ) -> Result<Option<ExitReason>, String> {
     let links = match links_from(fds, cmd.session) {
@@ -285,7 +288,7 @@ pub fn receive(
     io: MachineIo,
     jail: &JailedThreads,
     fds: &FdQueue,
-    writer: &mut UnixStream,
+    writer: &mut Owner,
 ) -> Result<Machine, String> {
     let LaunchSource::Incoming {
         session,

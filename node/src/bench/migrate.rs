@@ -340,6 +340,7 @@ impl Bench<'_> {
             vcpus: 1,
             fill_pattern,
             start_paused: false,
+            adopt: None,
             sandbox: SandboxSettings {
                 writable_dirs: store.map(Path::to_path_buf).into_iter().collect(),
                 ..SandboxSettings::default()
@@ -380,6 +381,7 @@ impl Bench<'_> {
             vcpus: 1,
             fill_pattern: None,
             start_paused: false,
+            adopt: None,
             sandbox: SandboxSettings {
                 writable_dirs: dest_store.map(Path::to_path_buf).into_iter().collect(),
                 ..SandboxSettings::default()

@@ -143,6 +143,7 @@ fn launch(source: LaunchSource, mem_bytes: u64, sandbox: bool, dirs: Vec<PathBuf
         vcpus: 1,
         fill_pattern: None,
         start_paused: false,
+        adopt: None,
         sandbox: SandboxSettings {
             enabled: sandbox,
             writable_dirs: dirs,

@@ -97,6 +97,7 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
         vcpus: args.max_vcpus,
         fill_pattern: None,
         start_paused: false,
+        adopt: None,
         sandbox: SandboxSettings {
             enabled: !args.no_sandbox,
             writable_dirs: store.into_iter().collect(),

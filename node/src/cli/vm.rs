@@ -233,6 +233,7 @@ fn drive(
         vcpus,
         fill_pattern: plan.fill_pattern,
         start_paused: false,
+        adopt: None,
         sandbox: SandboxSettings {
             enabled: !common.no_sandbox,
             writable_dirs: snapshot_to.iter().chain(&store).cloned().collect(),
@@ -370,6 +371,7 @@ fn check_sandbox() -> anyhow::Result<ExitCode> {
         vcpus: 1,
         fill_pattern: None,
         start_paused: true,
+        adopt: None,
         sandbox: SandboxSettings::default(),
     };
     let exe = std::env::current_exe().context("cannot find the novacron executable")?;

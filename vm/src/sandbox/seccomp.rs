@@ -129,6 +129,15 @@ pub const GROUPS: &[SyscallGroup] = &[
             sys!(SYS_pwrite64),
             // A vCPU thread may drop (close) its own vCPU fd or eventfds when it ends.
             sys!(SYS_close),
+            // ... and std (built with debug assertions) checks that a descriptor is open
+            // before it closes it: fcntl(fd, F_GETFD), which only reads the fd's flags.
+            sys!(
+                SYS_fcntl,
+                ArgMatch::Equals {
+                    arg: 1,
+                    value: libc::F_GETFD as u64
+                }
+            ),
         ],
     },
     SyscallGroup {
@@ -306,6 +315,17 @@ pub const GROUPS: &[SyscallGroup] = &[
             // Unblocking migration readers when a migration ends.
             sys!(SYS_shutdown),
         ],
+    },
+    SyscallGroup {
+        purpose: "an adoptable VMM accepts its next owner on the inherited adopt listener only",
+        threads: VMM_ONLY,
+        syscalls: &[sys!(
+            SYS_accept4,
+            ArgMatch::Equals {
+                arg: 0,
+                value: crate::launcher::ADOPT_FD as u64
+            }
+        )],
     },
 ];
 
@@ -513,12 +533,29 @@ mod tests {
         for kind in ThreadKind::ALL {
             let names: Vec<&str> = allowed_syscalls(kind).iter().map(|a| a.name()).collect();
             for bad in [
-                "socket", "connect", "bind", "listen", "accept4", "ptrace", "execve", "open",
+                "socket", "connect", "bind", "listen", "accept", "ptrace", "execve", "open",
                 "mount", "unshare", "setns", "kill",
             ] {
                 assert!(!names.contains(&bad), "{bad} must not be allowed on {kind}");
             }
         }
+    }
+
+    #[test]
+    fn accept4_only_on_the_adopt_listener_and_only_on_vmm_threads() {
+        let only_adopt_fd = ArgMatch::Equals {
+            arg: 0,
+            value: crate::launcher::ADOPT_FD as u64,
+        };
+        let accepts: Vec<Allowed> = allowed_syscalls(ThreadKind::Vmm)
+            .into_iter()
+            .filter(|a| a.name() == "accept4")
+            .collect();
+        assert_eq!(accepts.len(), 1);
+        assert_eq!(accepts[0].args, only_adopt_fd);
+        assert!(!allowed_syscalls(ThreadKind::Vcpu)
+            .iter()
+            .any(|a| a.name() == "accept4"));
     }
 
     #[test]
@@ -564,6 +601,9 @@ mod tests {
         Ptrace,
         Tiocsti,
         Openat,
+        /// accept4 on the adopt fd (allowed: EBADF) and then on fd 5 (forbidden).
+        AcceptAdoptThenOther,
+        AcceptAdoptOnly,
     }
 
     /// Fork; in the child install `kind`'s filter and run `action` with raw syscalls only.
@@ -600,6 +640,14 @@ mod tests {
                     }
                     ChildAction::Openat => {
                         let _ = libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY);
+                    }
+                    ChildAction::AcceptAdoptOnly | ChildAction::AcceptAdoptThenOther => {
+                        let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
+                        let nb = libc::SOCK_NONBLOCK;
+                        let _ = libc::accept4(crate::launcher::ADOPT_FD, addr, len, nb);
+                        if matches!(action, ChildAction::AcceptAdoptThenOther) {
+                            let _ = libc::accept4(crate::launcher::ADOPT_FD + 1, addr, len, nb);
+                        }
                     }
                 }
                 libc::_exit(0);
@@ -643,6 +691,8 @@ mod tests {
             (ThreadKind::Vcpu, ChildAction::Openat),
             (ThreadKind::Vmm, ChildAction::Socket),
             (ThreadKind::Vmm, ChildAction::Tiocsti),
+            (ThreadKind::Vmm, ChildAction::AcceptAdoptThenOther),
+            (ThreadKind::Vcpu, ChildAction::AcceptAdoptOnly),
         ] {
             let status = run_filtered_child(&filters, kind, action);
             assert!(killed_by_sigsys(status), "{kind}: status {status:#x}");
@@ -653,6 +703,8 @@ mod tests {
     fn vmm_filter_allows_files() {
         let filters = SeccompFilters::compile().unwrap();
         let status = run_filtered_child(&filters, ThreadKind::Vmm, ChildAction::Openat);
+        assert!(exited_zero(status), "status {status:#x}");
+        let status = run_filtered_child(&filters, ThreadKind::Vmm, ChildAction::AcceptAdoptOnly);
         assert!(exited_zero(status), "status {status:#x}");
     }
 }
