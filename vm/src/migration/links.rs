@@ -85,8 +85,8 @@ impl Preamble {
 
 /// One connected stream socket of a migration: TCP, or a Unix stream socket (one end of a
 /// socketpair a daemon bridges to the mesh). Reading, writing, shutting down and cloning are
-/// the same system calls for both (recvfrom, sendto, shutdown, fcntl: what the VMM's seccomp
-/// filter allows), so the drivers need not know which it is; half-close (shutdown of the
+/// the same system calls for both (read, write, shutdown, fcntl, as std's sockets use: what
+/// the VMM's seccomp filter allows), so the drivers need not know which it is; half-close (shutdown of the
 /// write side, the peer reads end of stream) works on both.
 ///
 /// What it cannot do: tell which kind of socket it holds (that would take getsockopt, which
@@ -146,21 +146,14 @@ impl MigrationStream {
 
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: writes at most `buf.len()` bytes into `buf`, which outlives the call.
-        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         cvt_size(n)
     }
 
     fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: reads at most `buf.len()` bytes from `buf`. MSG_NOSIGNAL: a peer that went
-        // away is an EPIPE error, not a SIGPIPE.
-        let n = unsafe {
-            libc::send(
-                self.0.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
+        // SAFETY: reads at most `buf.len()` bytes from `buf`. A peer that went away is an
+        // EPIPE error: Rust programs ignore SIGPIPE.
+        let n = unsafe { libc::write(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
         cvt_size(n)
     }
 }
