@@ -9,6 +9,7 @@ mod daemon;
 mod hex;
 mod install;
 mod local_mesh;
+mod mesh_migration;
 mod size;
 
 use clap::Parser;
