@@ -9,6 +9,7 @@ mod daemon;
 mod hex;
 mod install;
 mod local_mesh;
+mod mesh_migration;
 #[allow(dead_code)] // the daemon feeds it (node issue, being wired)
 mod metrics;
 mod politeness;

@@ -1,16 +1,18 @@
 //! Passing sockets to a jailed VMM process: the VMM has no network of its own (it runs in
 //! an empty network namespace and seccomp forbids socket/connect), so its parent opens the
 //! migration streams and hands them over the control socket with SCM_RIGHTS, attached to
-//! the control line that uses them.
+//! the control line that uses them. A stream is any connected stream socket: TCP, or a Unix
+//! socket whose other end the parent bridges to a libp2p stream.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use crate::migration::links::MigrationStream;
 
 /// Most descriptors one control line may carry (control stream plus data streams).
 pub const MAX_FDS: usize = 16;
@@ -71,17 +73,17 @@ impl Read for FdStream {
     }
 }
 
-/// Takes every queued descriptor as a TCP stream.
-pub fn take_streams(queue: &FdQueue) -> Vec<TcpStream> {
+/// Takes every queued descriptor as a migration stream.
+pub fn take_streams(queue: &FdQueue) -> Vec<MigrationStream> {
     let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
-    queue.drain(..).map(TcpStream::from).collect()
+    queue.drain(..).map(MigrationStream::from).collect()
 }
 
-/// Sends `line` with `streams` attached to its first byte.
-pub fn send_with_streams(
+/// Sends `line` with `streams` (sockets: TCP or Unix) attached to its first byte.
+pub fn send_with_streams<S: AsFd>(
     sock: &mut UnixStream,
     line: &[u8],
-    streams: &[TcpStream],
+    streams: &[S],
 ) -> io::Result<()> {
     if streams.len() > MAX_FDS {
         return Err(io::Error::new(
@@ -89,7 +91,7 @@ pub fn send_with_streams(
             format!("{} streams, at most {MAX_FDS} per message", streams.len()),
         ));
     }
-    let fds: Vec<RawFd> = streams.iter().map(AsRawFd::as_raw_fd).collect();
+    let fds: Vec<RawFd> = streams.iter().map(|s| s.as_fd().as_raw_fd()).collect();
     let sent = sock
         .send_with_fds(&[line], &fds)
         .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
@@ -101,7 +103,7 @@ pub fn send_with_streams(
 mod tests {
     use super::*;
     use std::io::BufRead;
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
 
     #[test]
     fn streams_arrive_with_their_line_and_work() {
@@ -110,7 +112,7 @@ mod tests {
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         send_with_streams(&mut a, b"first\n", &[server]).unwrap();
-        send_with_streams(&mut a, b"second\n", &[]).unwrap();
+        send_with_streams::<TcpStream>(&mut a, b"second\n", &[]).unwrap();
         let (stream, queue) = FdStream::new(b);
         let mut r = io::BufReader::new(stream);
         let mut line = String::new();
@@ -126,5 +128,30 @@ mod tests {
         r.read_line(&mut line).unwrap();
         assert_eq!(line, "second\n");
         assert!(take_streams(&queue).is_empty());
+    }
+
+    #[test]
+    fn a_unix_stream_works_after_passing_and_half_close_reaches_the_peer() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let (mut near, far) = UnixStream::pair().unwrap();
+        send_with_streams(&mut a, b"go\n", &[far]).unwrap();
+        let (stream, queue) = FdStream::new(b);
+        let mut r = io::BufReader::new(stream);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let mut got = take_streams(&queue);
+        assert_eq!(got.len(), 1);
+        let mut s = got.remove(0);
+        let mut clone = s.try_clone().unwrap();
+        clone.write_all(b"over").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut all = Vec::new();
+        near.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"over");
+        near.write_all(b"back").unwrap();
+        near.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"back");
     }
 }

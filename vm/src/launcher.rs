@@ -102,16 +102,16 @@ impl VmmProcess {
     /// Spawns `exe vmm` (the novacron binary) and sends it `launch`. The guest's serial
     /// console goes to `stdout`.
     pub fn spawn(exe: &Path, launch: &Launch, stdout: Stdio) -> Result<Self, LaunchError> {
-        Self::spawn_with_streams(exe, launch, stdout, &[])
+        Self::spawn_with_streams::<std::os::fd::OwnedFd>(exe, launch, stdout, &[])
     }
 
     /// [`spawn`](Self::spawn), passing `streams` with the launch message (an incoming
-    /// migration's streams, control first).
-    pub fn spawn_with_streams(
+    /// migration's streams, control first: connected stream sockets, TCP or Unix).
+    pub fn spawn_with_streams<S: std::os::fd::AsFd>(
         exe: &Path,
         launch: &Launch,
         stdout: Stdio,
-        streams: &[std::net::TcpStream],
+        streams: &[S],
     ) -> Result<Self, LaunchError> {
         let (parent_end, child_end) = UnixStream::pair().map_err(|source| LaunchError::Spawn {
             exe: exe.display().to_string(),
@@ -256,10 +256,10 @@ impl VmmProcess {
         self.start_ticks
     }
 
-    fn send_raw_with_streams<T: serde::Serialize>(
+    fn send_raw_with_streams<T: serde::Serialize, S: std::os::fd::AsFd>(
         &mut self,
         msg: &T,
-        streams: &[std::net::TcpStream],
+        streams: &[S],
     ) -> Result<(), LaunchError> {
         if streams.is_empty() {
             return self.send_raw(msg);
@@ -270,11 +270,12 @@ impl VmmProcess {
             .map_err(|e| self.explain(ControlError::Io(e)))
     }
 
-    /// Sends a command with `streams` attached (a migration's streams, control first).
-    pub fn send_with_streams(
+    /// Sends a command with `streams` attached (a migration's streams, control first:
+    /// connected stream sockets, TCP or Unix).
+    pub fn send_with_streams<S: std::os::fd::AsFd>(
         &mut self,
         cmd: &Command,
-        streams: &[std::net::TcpStream],
+        streams: &[S],
     ) -> Result<(), LaunchError> {
         self.send_raw_with_streams(cmd, streams)
     }

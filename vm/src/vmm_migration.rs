@@ -1,5 +1,5 @@
 //! The VMM process's side of migration: glue between the control channel (commands with
-//! streams attached, progress events) and the TCP drivers in [`crate::migration`].
+//! streams attached, progress events) and the drivers in [`crate::migration`].
 
 use std::sync::mpsc::Receiver;
 

@@ -56,7 +56,7 @@ pub use config::{
     KAD_MAX_PACKET_BYTES, KAD_MAX_RECORDS, KAD_MAX_RECORD_BYTES, KAD_PROTOCOL, MAX_ADDRS_PER_PEER,
 };
 pub use libp2p::multiaddr::Protocol;
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use node::{MeshEvent, MeshNode, WireBytes};
 
 use crate::identity::{IdentityError, NodeIdentity};

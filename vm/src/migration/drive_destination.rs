@@ -1,4 +1,4 @@
-//! Runs the [`Destination`] state machine over TCP [`Links`]: the control stream and one
+//! Runs the [`Destination`] state machine over [`Links`] (TCP or Unix stream sockets): the control stream and one
 //! reader thread per data stream, which decode and verify chunks ([`verify_chunk`]) before
 //! the protocol thread sees them. The machine is created as soon as the hello names its
 //! layout, chunks are written into it as they arrive, and the state is applied at
@@ -9,7 +9,6 @@
 //! after them on the control stream) wait until the state machine has every wanted chunk.
 
 use std::collections::VecDeque;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, OnceLock};
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkStore};
 
 use super::destination::{verify_chunk_message, Destination, DestinationConfig, Input, Output};
-use super::links::Links;
+use super::links::{Links, MigrationStream};
 use super::messages::{MemRegion, Message};
 use super::wire::{write_message, FrameReader};
 use super::{Geometry, ProtocolError};
@@ -170,7 +169,7 @@ impl DestinationDriver {
         &mut self,
         event: Event,
         held: &mut VecDeque<Message>,
-        control: &mut TcpStream,
+        control: &mut MigrationStream,
         host: &mut dyn DestinationHost,
     ) {
         let input = match event {
@@ -193,7 +192,12 @@ impl DestinationDriver {
     }
 
     /// Hands `input` to the state machine and carries out everything that follows.
-    fn feed(&mut self, input: Input, control: &mut TcpStream, host: &mut dyn DestinationHost) {
+    fn feed(
+        &mut self,
+        input: Input,
+        control: &mut MigrationStream,
+        host: &mut dyn DestinationHost,
+    ) {
         let mut pending = VecDeque::from([input]);
         while let Some(input) = pending.pop_front() {
             for output in self.dest.handle(input) {
@@ -202,8 +206,12 @@ impl DestinationDriver {
         }
     }
 
-    fn start_readers(&self, links: &Links, tx: SyncSender<Event>) -> Result<TcpStream, String> {
-        let share = |s: &TcpStream| {
+    fn start_readers(
+        &self,
+        links: &Links,
+        tx: SyncSender<Event>,
+    ) -> Result<MigrationStream, String> {
+        let share = |s: &MigrationStream| {
             s.try_clone()
                 .map_err(|e| format!("cannot share a migration stream: {e}"))
         };
@@ -229,7 +237,7 @@ impl DestinationDriver {
 
     fn execute(
         &mut self,
-        control: &mut TcpStream,
+        control: &mut MigrationStream,
         host: &mut dyn DestinationHost,
         output: Output,
     ) -> Vec<Input> {
@@ -389,7 +397,7 @@ fn cancel_on_error(result: Result<(), String>) -> Vec<Input> {
 /// known; anything else is passed on for the state machine to judge.
 fn spawn_reader(
     name: String,
-    stream: TcpStream,
+    stream: MigrationStream,
     tx: SyncSender<Event>,
     wire: Arc<AtomicU64>,
     geometry: Option<Arc<OnceLock<Geometry>>>,

@@ -1,11 +1,10 @@
-//! Runs the [`Source`] state machine against a live [`Machine`] over TCP [`Links`]: the
+//! Runs the [`Source`] state machine against a live [`Machine`] over [`Links`] (TCP or Unix stream sockets): the
 //! protocol messages on the control stream, the chunks spread over the data streams by a
 //! pool of sender threads (read from guest memory, hash, compress, write), each owning one
 //! stream. The state machine decides; this module only carries out its outputs and feeds
 //! it what happened, with the time.
 
 use std::collections::VecDeque;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 use novacron_mesh::chunks::{ChunkEncoder, ChunkId, ChunkRef, ChunkSize, Level};
 
 use super::level::{level_for_bandwidth, MIN_LEVEL};
-use super::links::Links;
+use super::links::{Links, MigrationStream};
 use super::machine_glue::ChunkReader;
 use super::messages::{MemRegion, Message, Mode};
 use super::source::{Input, NoConverge, Output, Source, SourceConfig};
@@ -169,7 +168,7 @@ struct SourceDriver {
     t0: Instant,
     events: Receiver<Event>,
     event_tx: Sender<Event>,
-    control: TcpStream,
+    control: MigrationStream,
     control_bytes: u64,
     pool: SenderPool,
     links: Links,
@@ -223,7 +222,7 @@ impl SourceDriver {
         let data = links
             .data
             .iter()
-            .map(TcpStream::try_clone)
+            .map(MigrationStream::try_clone)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cannot share a data stream: {e}"))?;
         let pool = SenderPool::start(data, reader, event_tx.clone())?;
@@ -595,7 +594,7 @@ impl SourceDriver {
 
 /// Reads the control stream into events until it fails.
 fn spawn_control_reader(
-    stream: &TcpStream,
+    stream: &MigrationStream,
     tx: Sender<Event>,
     generation: u32,
 ) -> Result<(), String> {
@@ -654,7 +653,7 @@ struct SenderPool {
 
 impl SenderPool {
     fn start(
-        streams: Vec<TcpStream>,
+        streams: Vec<MigrationStream>,
         reader: ChunkReader,
         events: Sender<Event>,
     ) -> Result<Self, String> {
@@ -710,7 +709,7 @@ impl SenderPool {
 
 /// One sender thread: chunk indices in, `Chunk` frames out on its own stream.
 fn send_chunks(
-    mut stream: TcpStream,
+    mut stream: MigrationStream,
     jobs: &Mutex<Receiver<Job>>,
     reader: &ChunkReader,
     stats: &PoolStats,

@@ -1,11 +1,17 @@
-//! The TCP connections of one migration: a control stream for the protocol messages and
-//! one or more data streams that carry chunks in parallel. Each connection opens with a
-//! fixed 24-byte preamble naming the migration session and the stream's place in it, so
-//! the listener can group connections that arrive in any order.
+//! The streams of one migration: a control stream for the protocol messages and one or
+//! more data streams that carry chunks in parallel. Each stream opens with a fixed 24-byte
+//! preamble naming the migration session and the stream's place in it, so the listener can
+//! group streams that arrive in any order.
+//!
+//! A stream is any connected stream socket ([`MigrationStream`]): a TCP connection (the
+//! CLI's `--migrate-to` / `vm receive`) or one end of a Unix socketpair whose other end a
+//! daemon bridges to a libp2p stream of the mesh.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 /// Bytes of the preamble: magic, version, stream index, stream count, session id.
@@ -77,22 +83,190 @@ impl Preamble {
     }
 }
 
-/// The connections of one migration, control first.
+/// One connected stream socket of a migration: TCP, or a Unix stream socket (one end of a
+/// socketpair a daemon bridges to the mesh). Reading, writing, shutting down and cloning are
+/// the same system calls for both (read, write, shutdown, fcntl, as std's sockets use: what
+/// the VMM's seccomp filter allows), so the drivers need not know which it is; half-close (shutdown of the
+/// write side, the peer reads end of stream) works on both.
+///
+/// What it cannot do: tell which kind of socket it holds (that would take getsockopt, which
+/// the jailed VMM may not call), so TCP options (TCP_NODELAY) are set by whoever opens a TCP
+/// connection, before it becomes a `MigrationStream`; an fd that is not a socket fails on
+/// the first read or write (ENOTSOCK), not when it is wrapped.
+#[derive(Debug)]
+pub struct MigrationStream(OwnedFd);
+
+impl MigrationStream {
+    /// Another handle on the same socket (close-on-exec).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        self.0.try_clone().map(Self)
+    }
+
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        let how = match how {
+            std::net::Shutdown::Read => libc::SHUT_RD,
+            std::net::Shutdown::Write => libc::SHUT_WR,
+            std::net::Shutdown::Both => libc::SHUT_RDWR,
+        };
+        // SAFETY: shutdown on a descriptor this value owns.
+        cvt(unsafe { libc::shutdown(self.0.as_raw_fd(), how) }).map(drop)
+    }
+
+    /// Read timeout (None: block forever). Calls setsockopt: for the parent process only,
+    /// the VMM's seccomp filter forbids it.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let tv = match timeout {
+            Some(t) if t.is_zero() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a zero read timeout would mean none; pass None to block",
+                ))
+            }
+            Some(t) => libc::timeval {
+                tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+                tv_usec: t.subsec_micros().max(u32::from(t.as_secs() == 0)) as libc::suseconds_t,
+            },
+            None => libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
+        };
+        // SAFETY: a timeval we own, with its size, for the duration of the call.
+        cvt(unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        })
+        .map(drop)
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: writes at most `buf.len()` bytes into `buf`, which outlives the call.
+        let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        cvt_size(n)
+    }
+
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: reads at most `buf.len()` bytes from `buf`. A peer that went away is an
+        // EPIPE error: Rust programs ignore SIGPIPE.
+        let n = unsafe { libc::write(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        cvt_size(n)
+    }
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cvt_size(n: libc::ssize_t) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+impl Read for MigrationStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv(buf)
+    }
+}
+
+impl Read for &MigrationStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv(buf)
+    }
+}
+
+impl Write for MigrationStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for &MigrationStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl From<TcpStream> for MigrationStream {
+    fn from(s: TcpStream) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<UnixStream> for MigrationStream {
+    fn from(s: UnixStream) -> Self {
+        Self(s.into())
+    }
+}
+
+/// The caller promises a connected stream socket (see the type's doc for what happens if not).
+impl From<OwnedFd> for MigrationStream {
+    fn from(fd: OwnedFd) -> Self {
+        Self(fd)
+    }
+}
+
+impl From<MigrationStream> for OwnedFd {
+    fn from(s: MigrationStream) -> Self {
+        s.0
+    }
+}
+
+impl AsFd for MigrationStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for MigrationStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl FromRawFd for MigrationStream {
+    /// # Safety
+    /// `fd` must be an open descriptor nothing else owns.
+    unsafe fn from_raw_fd(fd: RawFd) -> Self {
+        Self(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// The streams of one migration, control first.
 #[derive(Debug)]
 pub struct Links {
     pub session: [u8; 16],
-    pub control: TcpStream,
-    pub data: Vec<TcpStream>,
+    pub control: MigrationStream,
+    pub data: Vec<MigrationStream>,
 }
 
 impl Links {
     /// Every stream, control first (the order in which they are handed to a VMM process).
-    pub fn into_streams(self) -> Vec<TcpStream> {
+    pub fn into_streams(self) -> Vec<MigrationStream> {
         std::iter::once(self.control).chain(self.data).collect()
     }
 
     /// Rebuilds links from [`into_streams`](Self::into_streams)' order.
-    pub fn from_streams(session: [u8; 16], mut streams: Vec<TcpStream>) -> Option<Self> {
+    pub fn from_streams(session: [u8; 16], mut streams: Vec<MigrationStream>) -> Option<Self> {
         if streams.len() < 2 {
             return None;
         }
@@ -147,16 +321,21 @@ pub fn connect(
             }
             .encode(),
         )?;
-        streams.push(s);
+        streams.push(MigrationStream::from(s));
     }
-    Ok(Links::from_streams(session, streams).expect("count >= 2"))
+    let control = streams.remove(0);
+    Ok(Links {
+        session,
+        control,
+        data: streams,
+    })
 }
 
 /// Accepts connections until one session has all its streams, within `timeout`. Streams
 /// with a bad preamble, or that send none within a second, are dropped (and logged).
 pub fn accept(listener: &TcpListener, timeout: Duration) -> Result<Links, LinkError> {
     let deadline = Instant::now() + timeout;
-    let mut partial: HashMap<[u8; 16], Vec<Option<TcpStream>>> = HashMap::new();
+    let mut partial: HashMap<[u8; 16], Vec<Option<MigrationStream>>> = HashMap::new();
     listener.set_nonblocking(true)?;
     loop {
         let (mut s, peer) = match listener.accept() {
@@ -187,6 +366,7 @@ pub fn accept(listener: &TcpListener, timeout: Duration) -> Result<Links, LinkEr
         };
         s.set_read_timeout(None)?;
         s.set_nodelay(true)?;
+        let s = MigrationStream::from(s);
         let slots = partial
             .entry(pre.session)
             .or_insert_with(|| (0..pre.count).map(|_| None).collect());
@@ -220,7 +400,6 @@ pub fn accept(listener: &TcpListener, timeout: Duration) -> Result<Links, LinkEr
 /// Sleeps until `listener` has a connection to accept or `limit` passed (no busy loop: a
 /// receiver may wait for hours).
 fn wait_readable(listener: &TcpListener, limit: Duration) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     let mut pfd = libc::pollfd {
         fd: listener.as_raw_fd(),
         events: libc::POLLIN,

@@ -1,0 +1,436 @@
+//! Live migration over the mesh: two in-process mesh nodes on loopback, each with
+//! `/novacron/migrate/1` ([`mesh_migration`]), and real jailed VMM processes (the
+//! `novacron` binary) on both sides whose migration streams are Unix sockets bridged to
+//! libp2p streams. A counter guest moved mid-run finishes on the destination with its
+//! result; a refused offer is a clear error; garbage and oversized offers are refused
+//! without harm; cutting the bridges mid-transfer rolls the source back and the guest
+//! finishes there.
+//!
+//! The KVM tests skip with a message when /dev/kvm is unusable.
+
+#[allow(dead_code)]
+#[path = "../src/api/types.rs"]
+mod types;
+/// `crate::api::types`, as the module sees it in the binary.
+mod api {
+    pub(crate) use super::types;
+}
+#[path = "../src/mesh_migration/mod.rs"]
+mod mesh_migration;
+
+use std::fs::File;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use mesh_migration::{
+    Answer, IncomingMigration, MeshMigrationError, MeshMigrations, MigrationOffer, MIGRATE_PROTOCOL,
+};
+use novacron_mesh::identity::NodeIdentity;
+use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId, SwarmConfig};
+use novacron_vm::control::{
+    Command, Event, Launch, LaunchSource, MigrateOut, MigrationMode as VmMode, OnNoConverge,
+    SandboxSettings,
+};
+use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
+use novacron_vm::launcher::{new_vm_id, LaunchError, VmmProcess};
+use novacron_vm::migration::links::{new_session, Preamble};
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc::Receiver;
+
+const WAIT: Duration = Duration::from_secs(25);
+const MEM: u64 = 256 << 20;
+
+fn kvm_usable(test: &str) -> bool {
+    novacron_vm::machine::check_kvm()
+        .map_err(|e| eprintln!("skipping {test}: {e}"))
+        .is_ok()
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn loopback(bootstrap: Vec<Multiaddr>) -> SwarmConfig {
+    SwarmConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a multiaddr")],
+        bootstrap,
+        force_kad_server: true,
+        ..SwarmConfig::default()
+    }
+}
+
+/// Two connected nodes: the source `a` and the destination `b`, whose `admit` refuses VMs
+/// named `refuse-me`.
+struct Pair {
+    a: MeshNode,
+    b: MeshNode,
+    mig_a: MeshMigrations,
+    _mig_b: MeshMigrations,
+    incoming_b: Receiver<IncomingMigration>,
+}
+
+async fn pair() -> Pair {
+    let a = MeshNode::start(&NodeIdentity::generate().unwrap(), loopback(vec![])).unwrap();
+    let addr = loop {
+        if let Some(addr) = a.listen_addrs().await.unwrap().into_iter().next() {
+            break addr;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let boot: Multiaddr = format!("{addr}/p2p/{}", a.peer_id()).parse().unwrap();
+    let b = MeshNode::start(&NodeIdentity::generate().unwrap(), loopback(vec![boot])).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !a.connected_peers().await.unwrap().contains(&b.peer_id()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never connected to a"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mig_a, _) = MeshMigrations::start(&a, |_, _| Ok(())).unwrap();
+    let (mig_b, incoming_b) = MeshMigrations::start(&b, |_, offer: &MigrationOffer| {
+        if offer.vm_id == "refuse-me" {
+            return Err("this node is busy with its owner".into());
+        }
+        Ok(())
+    })
+    .unwrap();
+    Pair {
+        a,
+        b,
+        mig_a,
+        _mig_b: mig_b,
+        incoming_b,
+    }
+}
+
+fn offer(vm_id: &str) -> MigrationOffer {
+    MigrationOffer {
+        session: new_session(),
+        vm_id: vm_id.into(),
+        spec: serde_json::from_str(r#"{"guest":"builtin:counter"}"#).unwrap(),
+        mode: api::types::MigrationMode::Live,
+        mem_bytes: MEM,
+        vcpus: 1,
+    }
+}
+
+fn counter(passes: u64) -> (String, String) {
+    let params = CounterParams {
+        passes,
+        ..CounterParams::default()
+    };
+    (
+        BuiltinGuest::Counter(params).to_string(),
+        result_line(counter_expected(&params)),
+    )
+}
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_novacron"))
+}
+
+fn console(dir: &Path, name: &str) -> (std::path::PathBuf, Stdio) {
+    let path = dir.join(name);
+    let file = File::create(&path).unwrap();
+    (path, Stdio::from(file))
+}
+
+fn results(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("result="))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A source VMM running `spec`, once its guest reported progress.
+fn source_vmm(spec: &str, fill: Option<(u64, u64)>, stdout: Stdio) -> (VmmProcess, String) {
+    let vm_id = new_vm_id();
+    let launch = Launch {
+        vm_id: vm_id.clone(),
+        source: LaunchSource::Builtin { spec: spec.into() },
+        mem_bytes: MEM,
+        vcpus: 1,
+        fill_pattern: fill,
+        start_paused: false,
+        sandbox: SandboxSettings::default(),
+        adopt: None,
+    };
+    let mut vmm = VmmProcess::spawn(exe(), &launch, stdout).unwrap();
+    vmm.wait_ready(WAIT).unwrap();
+    vmm.wait_for(WAIT, |e| matches!(e, Event::Guest { .. }).then_some(()))
+        .unwrap();
+    (vmm, vm_id)
+}
+
+/// Waits until the VMM ends: its `Exited` event, or its death. (At this tree's base a VMM is
+/// killed by SIGSYS, fcntl on its vCPU thread, as its guest exits, after the guest printed
+/// its result: the checks are on the console, which shows where the guest finished.)
+/// Panics if `forbidden` is seen first.
+fn wait_end(vmm: &mut VmmProcess, forbidden: impl Fn(&Event) -> bool) -> String {
+    let end = vmm.wait_for(WAIT, |e| {
+        assert!(!forbidden(e), "unexpected event {e:?}");
+        match e {
+            Event::Exited(r) => Some(format!("{r:?}")),
+            _ => None,
+        }
+    });
+    let _ = vmm.wait();
+    match end {
+        Ok(r) => r,
+        Err(LaunchError::Died(how)) => how,
+        Err(e) => panic!("the VMM did not end: {e}"),
+    }
+}
+
+fn migrate_out(session: [u8; 16]) -> Command {
+    Command::MigrateOut(MigrateOut {
+        session,
+        mode: VmMode::Live,
+        downtime_budget_ms: 50,
+        max_rounds: 30,
+        max_precopy_ms: 30_000,
+        on_no_converge: OnNoConverge::Warm,
+        store: None,
+        verify_memory: false,
+    })
+}
+
+/// Launches the destination VMM for an incoming migration.
+fn destination_vmm(incoming: &IncomingMigration, stdout: Stdio) -> VmmProcess {
+    let launch = Launch {
+        vm_id: new_vm_id(),
+        source: LaunchSource::Incoming {
+            session: incoming.offer.session,
+            store: None,
+            verify_memory: false,
+        },
+        mem_bytes: incoming.offer.mem_bytes,
+        vcpus: incoming.offer.vcpus,
+        fill_pattern: None,
+        start_paused: false,
+        sandbox: SandboxSettings::default(),
+        adopt: None,
+    };
+    VmmProcess::spawn_with_streams(exe(), &launch, stdout, &incoming.streams).unwrap()
+}
+
+fn recv_incoming(rt: &Runtime, rx: &mut Receiver<IncomingMigration>) -> IncomingMigration {
+    rt.block_on(tokio::time::timeout(WAIT, rx.recv()))
+        .expect("no incoming migration in time")
+        .expect("the incoming queue closed")
+}
+
+#[test]
+fn a_counter_moves_live_over_bridged_libp2p_streams_and_keeps_its_result() {
+    if !kvm_usable("live migration over the mesh") {
+        return;
+    }
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let mut p = rt.block_on(pair());
+    let tmp = tempfile::tempdir().unwrap();
+    let (spec, expected) = counter(3);
+    let (src_console, src_out) = console(tmp.path(), "source.txt");
+    let (dst_console, dst_out) = console(tmp.path(), "destination.txt");
+    let (mut src, vm_id) = source_vmm(&spec, None, src_out);
+    let offer = offer(&vm_id);
+    let session = offer.session;
+    let opened = rt
+        .block_on(p.mig_a.open(p.b.peer_id(), offer.clone(), 2))
+        .unwrap();
+    assert_eq!((opened.session, opened.streams.len()), (session, 3));
+    src.send_with_streams(&migrate_out(session), &opened.streams)
+        .unwrap();
+    let incoming = recv_incoming(&rt, &mut p.incoming_b);
+    assert_eq!(incoming.peer, p.a.peer_id());
+    assert_eq!(incoming.offer, offer);
+    let mut dst = destination_vmm(&incoming, dst_out);
+    let moved = src
+        .wait_for(WAIT, |e| match e {
+            Event::MigratedOut(s) => Some(Ok(s.clone())),
+            Event::MigrationFailed { reason, .. } => Some(Err(reason.clone())),
+            _ => None,
+        })
+        .unwrap();
+    let summary = moved.unwrap_or_else(|reason| panic!("the migration failed: {reason}"));
+    dst.wait_for(WAIT, |e| {
+        matches!(e, Event::MigratedIn { .. }).then_some(())
+    })
+    .unwrap();
+    let end = wait_end(&mut dst, |_| false);
+    let _ = src.wait();
+    assert_eq!(
+        results(&dst_console),
+        vec![expected],
+        "destination ended: {end}"
+    );
+    assert!(
+        results(&src_console).is_empty(),
+        "the guest finished on the source too"
+    );
+    // Everything the VMMs said went through the bridges.
+    assert!(opened.bridges.bytes_to_peer() >= summary.progress.wire_bytes);
+    assert!(opened.bridges.bytes_to_peer() > 0 && opened.bridges.bytes_from_peer() > 0);
+    assert_eq!(
+        incoming.bridges.bytes_from_peer(),
+        opened.bridges.bytes_to_peer()
+    );
+}
+
+#[test]
+fn cutting_the_bridges_mid_transfer_rolls_back_and_the_guest_finishes_on_the_source() {
+    if !kvm_usable("a cut mesh migration") {
+        return;
+    }
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let mut p = rt.block_on(pair());
+    let tmp = tempfile::tempdir().unwrap();
+    let (spec, expected) = counter(3);
+    let (src_console, src_out) = console(tmp.path(), "source.txt");
+    // 64 MiB of data to move, so the cut lands while chunks flow.
+    let (mut src, vm_id) = source_vmm(&spec, Some((16 << 20, 64 << 20)), src_out);
+    let offer = offer(&vm_id);
+    let opened = rt
+        .block_on(p.mig_a.open(p.b.peer_id(), offer.clone(), 2))
+        .unwrap();
+    src.send_with_streams(&migrate_out(offer.session), &opened.streams)
+        .unwrap();
+    let incoming = recv_incoming(&rt, &mut p.incoming_b);
+    let (dst_console, dst_out) = console(tmp.path(), "destination.txt");
+    let mut dst = destination_vmm(&incoming, dst_out);
+    src.wait_for(WAIT, |e| match e {
+        Event::MigrationProgress(pr) if pr.bytes_sent > 0 => Some(()),
+        Event::MigratedOut(_) => panic!("migrated before the cut"),
+        _ => None,
+    })
+    .unwrap();
+    opened.bridges.abort();
+    let reason = src
+        .wait_for(WAIT, |e| match e {
+            Event::MigrationFailed { reason, .. } => Some(reason.clone()),
+            Event::MigratedOut(_) => panic!("migrated although the links were cut"),
+            _ => None,
+        })
+        .unwrap();
+    assert!(!reason.is_empty());
+    // The destination VMM gives up; nothing runs there.
+    let dst_end = wait_end(&mut dst, |e| matches!(e, Event::MigratedIn { .. }));
+    assert!(results(&dst_console).is_empty(), "{dst_end}");
+    // The source still runs the guest, which finishes with its result.
+    let end = wait_end(&mut src, |e| matches!(e, Event::MigratedOut(_)));
+    assert_eq!(results(&src_console), vec![expected], "source ended: {end}");
+}
+
+/// Reads one answer frame from a raw stream.
+async fn answer_of(s: &mut novacron_mesh::swarm::Stream) -> Answer {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut body).await.unwrap();
+    Answer::decode(&body).unwrap()
+}
+
+async fn raw_answer(node: &MeshNode, to: PeerId, bytes: &[u8]) -> Answer {
+    let mut control = node.stream_control();
+    let mut s = control.open_stream(to, MIGRATE_PROTOCOL).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    s.flush().await.unwrap();
+    tokio::time::timeout(WAIT, answer_of(&mut s)).await.unwrap()
+}
+
+fn refusal(a: Answer) -> String {
+    match a {
+        Answer::Refuse { reason } => reason,
+        Answer::Accept => panic!("accepted"),
+    }
+}
+
+#[test]
+fn refused_garbage_and_oversized_offers_are_clear_errors_and_harmless() {
+    let rt = runtime();
+    rt.block_on(async {
+        let p = pair().await;
+        let b = p.b.peer_id();
+        // A refusal by the destination's policy names the peer and its reason.
+        let err = p.mig_a.open(b, offer("refuse-me"), 2).await.unwrap_err();
+        assert!(matches!(err, MeshMigrationError::Refused { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&b.to_string()) && text.contains("busy with its owner"),
+            "{text}"
+        );
+        // Bad arguments never reach the wire.
+        let err = p.mig_a.open(b, offer("a/b"), 2).await.unwrap_err();
+        assert!(err.to_string().contains("vm_id \"a/b\""), "{err}");
+        let err = p.mig_a.open(b, offer("ok"), 0).await.unwrap_err();
+        assert!(err.to_string().contains("give 1 to 8"), "{err}");
+
+        // Oversized: refused from the length prefix.
+        let huge = (10u32 << 20).to_le_bytes();
+        let reason = refusal(raw_answer(&p.a, b, &huge).await);
+        assert!(reason.contains("over the limit"), "{reason}");
+        // Garbage JSON of a valid length.
+        let mut garbage = 9u32.to_le_bytes().to_vec();
+        garbage.extend_from_slice(b"{not json");
+        let reason = refusal(raw_answer(&p.a, b, &garbage).await);
+        assert!(reason.contains("invalid offer"), "{reason}");
+        // Valid JSON, invalid figures.
+        let mut bad = offer("ok");
+        bad.vcpus = 0;
+        let body = serde_json::to_vec(&bad).unwrap();
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let reason = refusal(raw_answer(&p.a, b, &frame).await);
+        assert!(reason.contains("vcpus 0"), "{reason}");
+        // A data stream for a session nobody offered is not joined.
+        let mut control = p.a.stream_control();
+        let mut s = control.open_stream(b, MIGRATE_PROTOCOL).await.unwrap();
+        let pre = Preamble {
+            session: [9; 16],
+            index: 1,
+            count: 2,
+        };
+        s.write_all(&pre.encode()).await.unwrap();
+        s.flush().await.unwrap();
+        let mut joined = [9u8; 1];
+        tokio::time::timeout(WAIT, s.read_exact(&mut joined))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(joined, [0]);
+
+        // The destination still takes a good offer afterwards.
+        let mut incoming_b = p.incoming_b;
+        let good = offer("good");
+        let opened = p.mig_a.open(b, good.clone(), 1).await.unwrap();
+        let incoming = tokio::time::timeout(WAIT, incoming_b.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(incoming.offer, good);
+        assert_eq!((opened.streams.len(), incoming.streams.len()), (2, 2));
+        // The VMM ends are joined end to end: control to control, data to data.
+        let (mut src_ends, mut dst_ends) = (opened.streams, incoming.streams);
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            for (i, (s, d)) in src_ends.iter_mut().zip(dst_ends.iter_mut()).enumerate() {
+                s.write_all(&[i as u8; 3]).unwrap();
+                let mut got = [0u8; 3];
+                d.read_exact(&mut got).unwrap();
+                assert_eq!(got, [i as u8; 3]);
+            }
+        })
+        .await
+        .unwrap();
+    });
+}
