@@ -5,6 +5,7 @@
 //! per line, one answer per line. Only the node's owner can reach it (the socket is 0600 in
 //! a directory the node owns); it is not a network API.
 
+pub mod client;
 #[allow(dead_code)] // the REST API (in progress) uses them
 pub mod service;
 pub mod socket;
