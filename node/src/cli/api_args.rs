@@ -249,6 +249,14 @@ pub fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result
         .block_on(f)
 }
 
+/// Ctrl-C (SIGINT) from now on. One listener for the command's whole life: a Ctrl-C that
+/// comes between two waits is kept, not lost (and does not kill the process). Call it
+/// inside the runtime, before the work that Ctrl-C should interrupt.
+pub fn interrupts() -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for Ctrl-C")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use super::api_args::{block_on, ApiArgs};
+use super::api_args::{block_on, interrupts, ApiArgs};
 use super::events::line;
 use crate::api::types::{EventEnvelope, NodeEvent, VmInfo, VmState};
 
@@ -101,6 +101,7 @@ impl Tracker {
 pub fn run(args: DrainArgs) -> anyhow::Result<ExitCode> {
     let client = args.api.client()?;
     block_on(async move {
+        let mut sigint = interrupts()?;
         let mut ws = client.websocket::<EventEnvelope>("/api/v1/events").await?;
         let vms: Vec<VmInfo> = client.get("/api/v1/vms").await?;
         let mut tracker = Tracker::new(&vms);
@@ -163,7 +164,7 @@ pub fn run(args: DrainArgs) -> anyhow::Result<ExitCode> {
                         tracker.remaining_text()
                     ));
                 }
-                _ = tokio::signal::ctrl_c() => {
+                _ = sigint.recv() => {
                     break Err(anyhow::anyhow!(
                         "stopped following (the node keeps draining) with {}",
                         tracker.remaining_text()

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use super::api_args::{block_on, ApiArgs};
+use super::api_args::{block_on, interrupts, ApiArgs};
 use super::human::{bytes, clock, duration_ms, short_peer};
 use crate::api::types::{EventEnvelope, MigrationDirection, NodeEvent};
 
@@ -44,6 +44,7 @@ pub fn kind_of(e: &NodeEvent) -> Kind {
 pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let client = args.api.client()?;
     block_on(async move {
+        let mut sigint = interrupts()?;
         let mut ws = client.websocket::<EventEnvelope>("/api/v1/events").await?;
         loop {
             tokio::select! {
@@ -61,7 +62,7 @@ pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
                         return Ok(ExitCode::SUCCESS);
                     }
                 },
-                _ = tokio::signal::ctrl_c() => {
+                _ = sigint.recv() => {
                     ws.close().await;
                     return Ok(ExitCode::SUCCESS);
                 }

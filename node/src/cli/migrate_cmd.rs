@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::api_args::{block_on, ApiArgs};
+use super::api_args::{block_on, interrupts, ApiArgs};
 use super::human::{bytes, duration_ms, short_peer};
 use crate::api::client::{path_segment, ApiClient};
 use crate::api::types::{MigrationInfo, MigrationMode, MigrationRequest, MigrationState, VmInfo};
@@ -57,6 +57,7 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn migrate(client: ApiClient, args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let mut sigint = interrupts()?;
     let vm_id = super::vms::resolve(&client, &args.vm).await?;
     let vm: VmInfo = client
         .get(&format!("/api/v1/vms/{}", path_segment(&vm_id)))
@@ -88,7 +89,7 @@ async fn migrate(client: ApiClient, args: MigrateArgs) -> anyhow::Result<ExitCod
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let last = watch(&client, &started, &view).await?;
+    let last = watch(&client, &started, &view, &mut sigint).await?;
     Ok(view.finish(&last))
 }
 
@@ -97,6 +98,7 @@ async fn watch(
     client: &ApiClient,
     started: &MigrationInfo,
     view: &View,
+    sigint: &mut tokio::signal::unix::Signal,
 ) -> anyhow::Result<MigrationInfo> {
     let id = path_segment(&started.id);
     let mut last = started.clone();
@@ -121,7 +123,7 @@ async fn watch(
                     Some(Err(e)) => return Err(e.into()),
                     None => break,
                 },
-                _ = tokio::signal::ctrl_c() => {
+                _ = sigint.recv() => {
                     if cancelled {
                         view.clear();
                         bail!("left while migration {} is being cancelled; see `novacron events`", last.id);
@@ -131,10 +133,20 @@ async fn watch(
                         "Ctrl-C: cancelling migration {} (Ctrl-C again to leave now)",
                         last.id
                     ));
-                    let m: MigrationInfo = client
-                        .post(&format!("/api/v1/migrations/{id}/cancel"), &serde_json::json!({}))
-                        .await
-                        .context("cannot cancel the migration")?;
+                    let cancel = client
+                        .post::<_, MigrationInfo>(
+                            &format!("/api/v1/migrations/{id}/cancel"),
+                            &serde_json::json!({}),
+                        )
+                        .await;
+                    let m = match cancel {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // It may have ended meanwhile: the watch says how.
+                            view.note(&format!("the node did not cancel it: {e}"));
+                            continue;
+                        }
+                    };
                     view.update(&m);
                     let done = m.state.is_final();
                     last = m;

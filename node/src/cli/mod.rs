@@ -12,7 +12,7 @@ pub(crate) mod nodes;
 mod receive;
 mod status;
 mod vm;
-mod vms;
+pub(crate) mod vms;
 
 use std::process::ExitCode;
 

@@ -228,7 +228,7 @@ pub(crate) mod tests {
         for needle in [
             "node        12D3KooWTestPeer  version 0.1.0  up 1h02m",
             "addresses   /ip4/127.0.0.1/tcp/4001",
-            "3 connected, 12 in the routing table; 2.0 KiB sent, 5 MiB received",
+            "3 connected, 12 in the routing table; 2.0 KiB sent, 5.0 MiB received",
             "cell        none yet",
             "politeness  run  cpu cap 100%, memory cap 2.0 GiB, owner idle 10m00s",
             "vms         none",
