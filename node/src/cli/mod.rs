@@ -38,8 +38,10 @@ enum Top {
     Node(node::NodeArgs),
     /// The live members of the local node's cell (asks the running node).
     Nodes(nodes::NodesArgs),
-    /// The local node at a glance: identity, peers, cell, politeness, VMs, migrations
-    /// (asks its REST API).
+    /// The local node at a glance (asks its REST API)
+    ///
+    /// Identity, version, uptime, addresses, peers, cell, politeness, VMs by state and
+    /// migrations running.
     ///
     /// Examples:
     ///   novacron status
@@ -47,7 +49,8 @@ enum Top {
     ///   novacron status --api https://10.0.0.5:8080 --ca node.crt --token-file api.token
     #[command(verbatim_doc_comment)]
     Status(status::StatusArgs),
-    /// The local node's VMs: list them, or create, show, stop, pause and resume one.
+    /// The local node's VMs: list, create, show, stop, pause, resume
+    ///
     /// IDs may be given by a unique prefix.
     ///
     /// Examples:
@@ -59,9 +62,11 @@ enum Top {
     ///   novacron vms --json
     #[command(verbatim_doc_comment)]
     Vms(vms::VmsArgs),
-    /// Move a VM of the local node to a peer over the mesh and watch it move: exits 0 when
-    /// it runs there, 1 when the migration failed or was cancelled (the VM then keeps
-    /// running here). Ctrl-C while watching cancels the migration.
+    /// Move a VM of the local node to a peer over the mesh, and watch it move
+    ///
+    /// Exits 0 when the VM runs on the peer, 1 when the migration failed or was cancelled
+    /// (the VM then keeps running here). Ctrl-C while watching cancels the migration.
+    /// Not `novacron vm migrate`, which sends a foreground VM over direct TCP.
     ///
     /// Examples:
     ///   novacron migrate 3f2a --to auto
@@ -70,17 +75,20 @@ enum Top {
     ///   novacron migrate 3f2a --to auto --detach
     #[command(verbatim_doc_comment)]
     Migrate(migrate_cmd::MigrateArgs),
-    /// Ask the local node to move every VM away (to peers, or snapshotted when none can
-    /// take one) and follow until no VM is active here; exits 1 if the deadline passes
-    /// first.
+    /// Ask the local node to move every VM away, and follow until none is left
+    ///
+    /// VMs move to peers (or are snapshotted when no peer can take one). Exits 0 when no
+    /// VM is active on the node, 1 if the deadline (plus 10 s) passes first.
     ///
     /// Examples:
     ///   novacron drain
     ///   novacron drain --deadline 300 --json
     #[command(verbatim_doc_comment)]
     Drain(drain::DrainArgs),
-    /// Follow the local node's events (VMs, migrations, members, politeness, draining),
-    /// one line each, until Ctrl-C or the node closes the stream.
+    /// Follow the local node's events, one line each
+    ///
+    /// VMs, migrations, members, politeness, draining; from now on (no backlog), until
+    /// Ctrl-C or the node closes the stream.
     ///
     /// Examples:
     ///   novacron events
