@@ -23,6 +23,10 @@ const PEER: &str = "12D3KooWDestinationPeerOfTheTest";
 struct Fake {
     /// Migrations cancelled through the API.
     cancelled: Vec<String>,
+    /// The deadline of `POST /api/v1/drain`, once asked.
+    drain: Option<u64>,
+    /// The event stream waits for a drain (else it closes after its first event).
+    expect_drain: bool,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -133,6 +137,65 @@ async fn cancel(State(fake): State<Shared>, Path(id): Path<String>) -> Json<Valu
     ))
 }
 
+fn event(seq: u64, event: Value) -> Message {
+    Message::Text(
+        json!({"seq": seq, "at_ms": 1_000 * seq, "event": event})
+            .to_string()
+            .into(),
+    )
+}
+
+/// A member event, then (when the test expects a drain, once it was asked) the node's VMs
+/// leaving, then the end.
+async fn events(State(fake): State<Shared>, ws: WebSocketUpgrade) -> axum::response::Response {
+    ws.on_upgrade(move |mut socket| async move {
+        let member = json!({"kind": "member", "peer_id": PEER, "live": true});
+        if socket.send(event(1, member)).await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let drain = loop {
+            let (expected, asked) = {
+                let f = fake.lock().unwrap();
+                (f.expect_drain, f.drain)
+            };
+            if !expected || asked.is_some() || Instant::now() > deadline {
+                break asked;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if let Some(d) = drain {
+            let mut moved = vm(VM_A, "moved_away");
+            moved["detail"] = json!(format!("runs on {PEER}"));
+            for (seq, ev) in [
+                json!({"kind": "draining", "deadline_s": d}),
+                json!({"kind": "vm", "vm": vm(VM_A, "migrating")}),
+                json!({"kind": "migration", "migration": migration("mig-d", "done", "done", 2, None)}),
+                json!({"kind": "vm", "vm": moved}),
+                json!({"kind": "vm", "vm": vm(VM_B, "suspended")}),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if socket.send(event(seq as u64 + 2, ev)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = socket.send(Message::Close(None)).await;
+    })
+}
+
+async fn drain(State(fake): State<Shared>, Json(body): Json<Value>) -> axum::response::Response {
+    match body["deadline_s"].as_u64() {
+        Some(d) => {
+            fake.lock().unwrap().drain = Some(d);
+            (StatusCode::ACCEPTED, Json(json!({}))).into_response()
+        }
+        None => api_error(StatusCode::BAD_REQUEST, "deadline_s: a number of seconds"),
+    }
+}
+
 fn app(fake: Shared) -> Router {
     Router::new()
         .route(
@@ -175,6 +238,8 @@ fn app(fake: Shared) -> Router {
         )
         .route("/api/v1/migrations/{id}/watch", get(watch))
         .route("/api/v1/migrations/{id}/cancel", post(cancel))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/drain", post(drain))
         .with_state(fake)
 }
 
@@ -385,4 +450,54 @@ fn ctrl_c_while_watching_cancels_the_migration() {
         rest.lines().last().unwrap_or("").contains("\"cancelled\""),
         "{rest}"
     );
+}
+
+#[test]
+fn drain_follows_the_vms_until_none_is_active() {
+    let (url, fake) = serve();
+    fake.lock().unwrap().expect_drain = true;
+    let out = run(&url, &["drain", "--deadline", "30"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(fake.lock().unwrap().drain, Some(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "draining: 2 VMs still active: a1b2c3d4e5f60718 (running), a1ff00000000beef (paused) within 30 s",
+        &format!("vm         {VM_A} moved_away: runs on {PEER}"),
+        "migration  mig-d out vm",
+        "drained: no VM is active on the node",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in\n{text}");
+    }
+    assert!(
+        !text.contains("member"),
+        "member events are not drain news\n{text}"
+    );
+
+    let (url, fake) = serve();
+    fake.lock().unwrap().expect_drain = true;
+    let out = run(&url, &["drain", "--json"]);
+    let lines = json_lines(&out);
+    assert_eq!(lines.last(), Some(&json!({"drained": true, "active": {}})));
+    assert_eq!(lines[0]["event"]["kind"], "draining");
+}
+
+#[test]
+fn events_prints_a_line_per_event_and_ends_with_the_stream() {
+    let (url, _) = serve();
+    // No drain expected: the fake sends one member event and closes.
+    let out = run(&url, &["events", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["event"]["peer_id"], PEER);
+    let out = run(&url, &["events", "--kind", "vm,migration"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "filtered out");
+    let out = run(&url, &["events"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with(&format!("#1     member     {PEER} up\n")),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("closed the event stream"));
 }
