@@ -7,6 +7,7 @@
 
 #[allow(dead_code, unused_imports)] // the daemon serves it (node issue, being wired)
 pub mod rest;
+pub mod client;
 #[allow(dead_code)] // the REST API (in progress) uses them
 pub mod service;
 pub mod socket;
