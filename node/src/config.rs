@@ -194,7 +194,16 @@ pub struct NodeConfig {
     pub mesh: MeshConfig,
     /// What VMs may do on the volunteer's machine (BOINC's defaults).
     pub politeness: Policy,
+    /// On SIGTERM, VMs move away within this many seconds; past it they are snapshotted.
+    pub drain_deadline_s: u64,
+    /// Running VMs are checkpointed this often (BOINC's default checkpoint interval, 60 s,
+    /// from ../shared/data/mesh-models.toml), so a crash loses at most this much work.
+    pub checkpoint_interval_s: u64,
 }
+
+/// Bounds of the drain deadline and the checkpoint interval (seconds).
+pub const MAX_DRAIN_DEADLINE_S: u64 = 3600;
+pub const CHECKPOINT_INTERVAL_S: std::ops::RangeInclusive<u64> = 5..=86_400;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -206,6 +215,8 @@ impl Default for NodeConfig {
             db_url: None,
             mesh: MeshConfig::default(),
             politeness: Policy::default(),
+            drain_deadline_s: 120,
+            checkpoint_interval_s: 60,
         }
     }
 }
@@ -278,6 +289,26 @@ impl NodeConfig {
 
     /// Values each key must hold whatever set them.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_DRAIN_DEADLINE_S).contains(&self.drain_deadline_s) {
+            return Err(ConfigError::Value {
+                key: "drainDeadlineS",
+                reason: format!(
+                    "{} is outside 1..={MAX_DRAIN_DEADLINE_S} seconds",
+                    self.drain_deadline_s
+                ),
+            });
+        }
+        if !CHECKPOINT_INTERVAL_S.contains(&self.checkpoint_interval_s) {
+            return Err(ConfigError::Value {
+                key: "checkpointIntervalS",
+                reason: format!(
+                    "{} is outside {}..={} seconds",
+                    self.checkpoint_interval_s,
+                    CHECKPOINT_INTERVAL_S.start(),
+                    CHECKPOINT_INTERVAL_S.end()
+                ),
+            });
+        }
         if let Some(id) = &self.node_id {
             if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_control()) {
                 return Err(ConfigError::Value {
@@ -380,9 +411,19 @@ mod tests {
             let err = NodeConfig::from_yaml(yaml).unwrap_err();
             assert!(err.contains(needle), "{yaml:?}: {err}");
         }
-        let cfg = NodeConfig::from_yaml("nodeId: \"\"\n").unwrap();
-        let err = cfg.check().unwrap_err().to_string();
-        assert!(err.contains("nodeId"), "{err}");
+        for (yaml, key) in [
+            ("nodeId: \"\"\n", "nodeId"),
+            ("drainDeadlineS: 0\n", "drainDeadlineS"),
+            ("drainDeadlineS: 99999\n", "drainDeadlineS"),
+            ("checkpointIntervalS: 1\n", "checkpointIntervalS"),
+        ] {
+            let cfg = NodeConfig::from_yaml(yaml).unwrap();
+            let err = cfg.check().unwrap_err().to_string();
+            assert!(err.contains(key), "{yaml:?}: {err}");
+        }
+        let cfg = NodeConfig::from_yaml("drainDeadlineS: 30\ncheckpointIntervalS: 10\n").unwrap();
+        cfg.check().unwrap();
+        assert_eq!((cfg.drain_deadline_s, cfg.checkpoint_interval_s), (30, 10));
     }
 
     #[test]

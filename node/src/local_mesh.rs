@@ -47,6 +47,8 @@ impl NodeProc {
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--kad-server",
+            "--api-port",
+            "0",
         ]);
         if let Some(b) = bootstrap {
             cmd.args(["--bootstrap", b]);

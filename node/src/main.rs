@@ -10,16 +10,11 @@ mod hex;
 mod install;
 mod local_mesh;
 mod mesh_migration;
-#[allow(dead_code)] // the daemon feeds it (node issue, being wired)
 mod metrics;
 mod politeness;
 mod size;
-#[allow(dead_code)] // the daemon (in progress) uses it
 mod state;
-#[allow(dead_code)] // the VM manager (in progress) uses it
-mod vms {
-    pub mod process_backend;
-}
+mod vms;
 
 use clap::Parser;
 

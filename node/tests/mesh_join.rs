@@ -46,6 +46,8 @@ fn spawn_node(name: &str, data_dir: &Path, bootstrap: Option<&str>) -> Proc {
         "--listen",
         "/ip4/127.0.0.1/udp/0/quic-v1",
         "--kad-server",
+        "--api-port",
+        "0",
     ];
     if let Some(b) = bootstrap {
         args.extend(["--bootstrap", b]);

@@ -132,6 +132,8 @@ fn install_writes_config_token_and_unit_keeps_them_on_reinstall_and_the_node_run
             config.to_str().unwrap(),
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
+            "--api-port",
+            "0",
         ],
     );
     let line = node.wait_stderr_line(" listening on /ip4/127.0.0.1/tcp/", TIMEOUT);

@@ -15,6 +15,9 @@ use crate::adopt::{AdoptError, PidFd};
 use crate::control::{self, AdoptedState, Command, ControlError, Event, ExitReason, Launch};
 use crate::vcpu::monotonic_ns;
 
+/// The cgroup name of a VM's jailed VMM (its owner empties and removes it).
+pub use crate::vmm_sandbox::cgroup_name;
+
 /// The file descriptor number the VMM process finds its control socket on.
 pub const CONTROL_FD: i32 = 3;
 

@@ -5,13 +5,10 @@
 //! per line, one answer per line. Only the node's owner can reach it (the socket is 0600 in
 //! a directory the node owns); it is not a network API.
 
-#[allow(dead_code, unused_imports)] // the daemon serves it (node issue, being wired)
-pub mod rest;
 pub mod client;
-#[allow(dead_code)] // the REST API (in progress) uses them
+pub mod rest;
 pub mod service;
 pub mod socket;
-#[allow(dead_code)] // the REST API (in progress) uses them
 pub mod types;
 
 use std::path::PathBuf;

@@ -3,9 +3,9 @@
 mod api_args;
 mod chunks;
 mod demo;
-mod jail_run;
 mod drain;
 mod events;
+mod jail_run;
 mod migrate;
 mod migrate_cmd;
 mod node;

@@ -17,12 +17,14 @@ use std::process::ExitCode;
 use crate::api;
 use crate::config::{LogLevel, NodeConfig};
 use crate::daemon::lines::{member_line, MemberChange};
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, DaemonOptions};
+use crate::vms::VmOptions;
 use anyhow::Context;
 use clap::Args;
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::swarm::cell::CellEvent;
 use novacron_mesh::swarm::{MeshEvent, MeshNode, Multiaddr, PeerId, SwarmConfig};
+use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -57,6 +59,9 @@ pub struct NodeArgs {
     /// Run a relay for others (only on a publicly reachable node).
     #[arg(long)]
     relay_server: bool,
+    /// The REST API's port (0: any free port; config: api.port, env API_PORT).
+    #[arg(long, value_name = "PORT")]
+    api_port: Option<u16>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -82,6 +87,9 @@ impl NodeArgs {
         cfg.mesh.kad_server |= self.kad_server;
         cfg.mesh.mdns |= self.mdns;
         cfg.mesh.relay_server |= self.relay_server;
+        if let Some(port) = self.api_port {
+            cfg.api.port = port;
+        }
         cfg.check()?;
         Ok(cfg)
     }
@@ -103,8 +111,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(node_id = %name, peer = %identity.peer_id(), "starting");
     }
     let swarm = SwarmConfig {
-        listen: cfg.mesh.listen,
-        bootstrap: cfg.mesh.bootstrap,
+        listen: cfg.mesh.listen.clone(),
+        bootstrap: cfg.mesh.bootstrap.clone(),
         force_kad_server: cfg.mesh.kad_server,
         mdns: cfg.mesh.mdns,
         relay_server: cfg.mesh.relay_server,
@@ -115,7 +123,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(&identity, &data_dir, swarm))?;
+    runtime.block_on(serve(&identity, &cfg, &data_dir, swarm))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -126,12 +134,41 @@ fn node_log_filter(level: LogLevel) -> String {
     format!("novacron={l},novacron_node={l},novacron_mesh={l},novacron_vm={l},warn")
 }
 
-async fn serve(identity: &NodeIdentity, data_dir: &Path, cfg: SwarmConfig) -> anyhow::Result<()> {
+async fn serve(
+    identity: &NodeIdentity,
+    cfg: &NodeConfig,
+    data_dir: &Path,
+    swarm: SwarmConfig,
+) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
     let api = api::socket::bind(data_dir)?;
-    let mesh = MeshNode::start(identity, cfg)?;
-    let daemon = Daemon::start(mesh, identity.clone(), data_dir).await?;
+    let mesh = MeshNode::start(identity, swarm)?;
+    let exe = std::env::current_exe().context("cannot find the novacron executable")?;
+    let opts = DaemonOptions {
+        data_dir: data_dir.to_path_buf(),
+        db_path: crate::state::db_path(cfg.db_url.as_deref(), data_dir)?,
+        vms: VmOptions {
+            exe,
+            data_dir: data_dir.to_path_buf(),
+            sandbox: true,
+            checkpoint_every: Some(Duration::from_secs(cfg.checkpoint_interval_s)),
+        },
+        policy: cfg.politeness.clone(),
+    };
+    let (daemon, recovered) = Daemon::start(mesh, identity.clone(), opts).await?;
+    show_recovery(&recovered);
+    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let rest = api::rest::serve(
+        &cfg.api,
+        data_dir,
+        daemon.clone(),
+        daemon.metrics.clone(),
+        async {
+            let _ = api_stopped.await;
+        },
+    )
+    .await?;
     let maintenance = tokio::spawn(daemon.clone().maintain());
     let mut cell_events = daemon.cell_events();
     let api_task = tokio::spawn(api::socket::serve(api, daemon.clone()));
@@ -145,6 +182,13 @@ async fn serve(identity: &NodeIdentity, data_dir: &Path, cfg: SwarmConfig) -> an
     }
     let mut table = node.routing_table_peers().await?.len();
     eprintln!("novacron: routing table has {table} peers");
+    match &rest.tls_fingerprint {
+        Some(fp) => eprintln!(
+            "novacron: ready, API at {} ({}; TLS certificate SHA-256 {fp})",
+            rest.url, rest.addr
+        ),
+        None => eprintln!("novacron: ready, API at {} ({})", rest.url, rest.addr),
+    }
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -172,6 +216,17 @@ async fn serve(identity: &NodeIdentity, data_dir: &Path, cfg: SwarmConfig) -> an
             },
         }
     }
+    drain(
+        &daemon,
+        Duration::from_secs(cfg.drain_deadline_s),
+        &mut sigterm,
+        &mut sigint,
+    )
+    .await;
+    let _ = api_stop.send(());
+    if let Err(e) = rest.stopped().await {
+        tracing::warn!(error = %e, "the REST API did not stop cleanly");
+    }
     api_task.abort();
     let _ = api_task.await;
     maintenance.abort();
@@ -182,6 +237,48 @@ async fn serve(identity: &NodeIdentity, data_dir: &Path, cfg: SwarmConfig) -> an
     daemon.stop().await;
     eprintln!("novacron: node {me} stopped");
     Ok(())
+}
+
+/// Moves every VM away before the node exits (snapshotting what is still here at the
+/// deadline). A second SIGTERM or SIGINT cuts it short: VMs then keep running, to be
+/// adopted by the next start.
+async fn drain(
+    daemon: &std::sync::Arc<Daemon>,
+    deadline: Duration,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) {
+    let active = daemon.vms.active().len();
+    if active == 0 {
+        return;
+    }
+    eprintln!(
+        "novacron: draining: moving {active} VMs away (deadline {}s; signal again to leave them running)",
+        deadline.as_secs()
+    );
+    daemon.start_drain(deadline);
+    let wait = async {
+        while !daemon.vms.active().is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = wait => eprintln!("novacron: drained"),
+        _ = sigterm.recv() => eprintln!("novacron: drain cut short; VMs keep running"),
+        _ = sigint.recv() => eprintln!("novacron: drain cut short; VMs keep running"),
+    }
+}
+
+fn show_recovery(r: &crate::vms::RecoveryReport) {
+    if r.adopted.is_empty() && r.restored.is_empty() && r.ended.is_empty() {
+        return;
+    }
+    eprintln!(
+        "novacron: recovered VMs: {} adopted, {} restored from checkpoints, {} ended while the node was down",
+        r.adopted.len(),
+        r.restored.len(),
+        r.ended.len()
+    );
 }
 
 /// Prints a member's arrival or death with the live count after it (the line format of

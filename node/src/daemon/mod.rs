@@ -1,16 +1,20 @@
-//! The running node: the mesh swarm, the chunk exchange, its cell, and the local API that
-//! reports on them.
-//!
-//! Minimal for now (the node issue completes it): what runs is the mesh; VMs, jobs,
-//! politeness and persistence come with the daemon proper.
+//! The running node: the mesh swarm, the chunk exchange, its cell, its VMs (supervised,
+//! checkpointed, recovered after a crash, moved over the mesh), the owner's politeness
+//! policy, and the state database and event stream the API reports from.
 
 pub mod capacity;
 mod cell;
 mod chunk_sets;
 pub mod lines;
+mod moves;
+mod placement;
+mod polite;
+mod service;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -23,7 +27,15 @@ use tokio::sync::{broadcast, RwLock};
 use tokio::task::JoinHandle;
 
 use crate::api::socket::Handler;
+use crate::api::types::NodeEvent;
 use crate::api::{CellStatus, MemberStatus, NodeStatus, Request, Response, SummaryStatus};
+use crate::mesh_migration::MeshMigrations;
+use crate::metrics::Metrics;
+use crate::politeness::{Policy, Politeness, Sampler};
+use crate::state::StateDb;
+use crate::vms::events::EventBus;
+use crate::vms::registry::Registry;
+use crate::vms::{RecoveryReport, VmManager, VmOptions};
 
 /// How often the node refreshes what it tells its cell, looks for members in the DHT and,
 /// as a representative, republishes its cell's summary.
@@ -53,6 +65,27 @@ pub struct Daemon {
     /// The newest verified signed record of each member heard of.
     records: std::sync::Mutex<RecordBook>,
     pub started: Instant,
+    pub vms: Arc<VmManager>,
+    pub bus: Arc<EventBus>,
+    pub metrics: Arc<Metrics>,
+    state_db: Arc<StateDb>,
+    politeness: std::sync::Mutex<Politeness>,
+    /// VMs the policy paused in place (resumed when it allows again).
+    paused_by_policy: std::sync::Mutex<HashSet<String>>,
+    draining: AtomicBool,
+    migrations: Option<MeshMigrations>,
+    vm_opts_sandbox: bool,
+    /// The daemon itself, for work it starts from `&self` (drain from the API).
+    myself: Arc<OnceLock<Weak<Daemon>>>,
+}
+
+/// How the daemon runs its VMs and keeps its state.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    pub data_dir: PathBuf,
+    pub db_path: PathBuf,
+    pub vms: VmOptions,
+    pub policy: Policy,
 }
 
 /// Members whose signed records are remembered.
@@ -62,16 +95,37 @@ const RECORD_BOOK_PEERS: usize = 4096;
 const CELL_EVENT_CAPACITY: usize = 1024;
 
 impl Daemon {
-    /// Opens the chunk store, starts serving chunk sets and joins the node's cell.
+    /// Opens the state database and the chunk store, accounts for every VM a previous run
+    /// left (adopting, restoring or recording them), starts serving chunk sets and mesh
+    /// migrations, and joins the node's cell.
     pub async fn start(
         mesh: MeshNode,
         identity: NodeIdentity,
-        data_dir: &Path,
-    ) -> anyhow::Result<Arc<Daemon>> {
-        let dir = data_dir.join(CHUNKS_DIR);
+        opts: DaemonOptions,
+    ) -> anyhow::Result<(Arc<Daemon>, RecoveryReport)> {
+        let dir = opts.data_dir.join(CHUNKS_DIR);
         let store = ChunkStore::open(&dir, Level::default())
             .with_context(|| format!("chunk store {}", dir.display()))?;
         let exchange = ChunkExchange::start(&mesh, Arc::new(store), ExchangeConfig::default())?;
+        let state_db = Arc::new(StateDb::open(&opts.db_path)?);
+        let bus = Arc::new(EventBus::new(Some(state_db.clone())));
+        let registry = Arc::new(Registry::load(state_db.clone(), bus.clone())?);
+        let vm_opts_sandbox = opts.vms.sandbox;
+        let vms = VmManager::new(opts.vms.clone(), registry);
+        let recovered = {
+            let vms = vms.clone();
+            tokio::task::spawn_blocking(move || vms.recover())
+                .await
+                .context("VM recovery task")?
+        };
+        let slot: Arc<OnceLock<Weak<Daemon>>> = Arc::new(OnceLock::new());
+        let admit_slot = slot.clone();
+        let (migrations, incoming) = MeshMigrations::start(&mesh, move |peer, offer| {
+            match admit_slot.get().and_then(Weak::upgrade) {
+                Some(daemon) => daemon.admit(peer, offer),
+                None => Err("the node is starting".into()),
+            }
+        })?;
         let mesh = Arc::new(mesh);
         let me = cell::member_info(&capacity::host_capacity(), Vec::new());
         let cell = CellMembership::start(mesh.clone(), CellConfig::default(), me).await?;
@@ -85,8 +139,65 @@ impl Daemon {
             identity,
             records: std::sync::Mutex::new(RecordBook::new(RECORD_BOOK_PEERS)),
             started: Instant::now(),
+            vms,
+            bus,
+            metrics: Arc::new(Metrics::new()),
+            state_db,
+            politeness: std::sync::Mutex::new(Politeness::new(opts.policy.clone())),
+            paused_by_policy: std::sync::Mutex::new(HashSet::new()),
+            draining: AtomicBool::new(false),
+            migrations: Some(migrations),
+            vm_opts_sandbox,
+            myself: slot.clone(),
         });
-        Ok(daemon)
+        let _ = slot.set(Arc::downgrade(&daemon));
+        tokio::spawn(daemon.clone().take_incoming(incoming));
+        tokio::spawn(daemon.clone().announce_members());
+        let sampler = Sampler::new(crate::politeness::HostPaths::host(&opts.data_dir));
+        tokio::spawn(daemon.clone().politeness_loop(sampler));
+        Ok((daemon, recovered))
+    }
+
+    /// Member arrivals and deaths as node events (and failure detections as a metric).
+    async fn announce_members(self: Arc<Self>) {
+        let mut events = self.cell_events();
+        loop {
+            let (peer, live) = match events.recv().await {
+                Ok(CellEvent::MemberJoined { peer, .. }) => (peer, true),
+                Ok(CellEvent::MemberDied { peer }) => {
+                    self.metrics.failure_detected();
+                    (peer, false)
+                }
+                Ok(CellEvent::MemberLeft { .. }) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            self.bus.publish(NodeEvent::Member {
+                peer_id: peer.to_string(),
+                live,
+            });
+        }
+    }
+
+    /// Brings the gauges the daemon does not update as things happen up to date.
+    pub async fn refresh_metrics(&self) {
+        self.metrics.set_vms(&self.vms.list());
+        for m in self.vms.registry().migrations() {
+            self.metrics.observe_migration(&m);
+        }
+        let connected = self.mesh.connected_peers().await.map_or(0, |p| p.len());
+        let routing = self.mesh.routing_table_peers().await.map_or(0, |p| p.len());
+        let (live, dead) = match &*self.cell.read().await {
+            Some(c) => {
+                let members = c.members().await;
+                let live = members.iter().filter(|m| m.live).count();
+                (live, members.len() - live)
+            }
+            None => (0, 0),
+        };
+        self.metrics
+            .set_mesh(connected, routing, live, dead, live as u64);
+        self.metrics.set_politeness(&self.politeness_info());
     }
 
     /// Member events of the node's cell, whichever cell that is.
@@ -206,8 +317,10 @@ impl Daemon {
         addrs
     }
 
-    /// Stops serving and the swarm (once the API no longer holds the daemon).
+    /// Stops serving and the swarm (once the API no longer holds the daemon). VMs still
+    /// running keep running, to be adopted by the next start.
     pub async fn stop(self: Arc<Daemon>) {
+        self.vms.release_all();
         match Arc::try_unwrap(self) {
             Ok(d) => {
                 drop(d.exchange);
@@ -248,7 +361,7 @@ impl Daemon {
         })
     }
 
-    async fn cell_status(&self) -> Option<CellStatus> {
+    pub(super) async fn cell_status(&self) -> Option<CellStatus> {
         let guard = self.cell.read().await;
         let cell = guard.as_ref()?;
         let mut members: Vec<MemberStatus> = cell

@@ -60,6 +60,7 @@ impl Bridges {
     }
 
     /// Bridges of this migration still copying.
+    #[cfg(test)]
     pub fn running(&self) -> u64 {
         self.counters.running.load(Ordering::Relaxed)
     }

@@ -24,7 +24,6 @@
 
 // The daemon's migration manager (another change) is the user; until it lands only the
 // tests call this.
-#![allow(dead_code)]
 
 mod bridge;
 mod offer;
@@ -608,6 +607,7 @@ async fn data_stream(shared: &Shared, peer: PeerId, mut stream: Stream, magic: [
             return;
         }
     };
+    tracing::info!(%peer, session = %sessions::hex16(&complete.session), "migration streams complete");
     let mut bridges = Bridges::new();
     let mut ends = Vec::with_capacity(complete.streams.len());
     for s in complete.streams {

@@ -58,6 +58,7 @@ impl<P: PartialEq + Clone, M, T> Sessions<P, M, T> {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.pending.len()
     }

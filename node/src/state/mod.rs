@@ -14,7 +14,7 @@ pub mod schema;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use crate::api::types::{
     MigrationDirection, MigrationInfo, MigrationMode, MigrationState, VmInfo, VmSpec, VmState,
@@ -90,7 +90,6 @@ pub struct VmRecord {
 
 pub struct StateDb {
     conn: Mutex<Connection>,
-    path: PathBuf,
 }
 
 impl StateDb {
@@ -123,12 +122,7 @@ impl StateDb {
         })?;
         Ok(StateDb {
             conn: Mutex::new(conn),
-            path: path.to_path_buf(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -166,10 +160,11 @@ impl StateDb {
         Ok(())
     }
 
+    #[cfg(test)] // what the daemon writes, read back by the tests
     pub fn vm(&self, id: &str) -> Result<Option<VmRecord>, StateError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!("{VM_COLUMNS} WHERE id = ?1"))?;
-        let row = stmt.query_row([id], raw_vm).optional()?;
+        let row = rusqlite::OptionalExtension::optional(stmt.query_row([id], raw_vm))?;
         row.map(RawVm::parse).transpose()
     }
 
@@ -183,11 +178,6 @@ impl StateDb {
             out.push(row?.parse()?);
         }
         Ok(out)
-    }
-
-    pub fn delete_vm(&self, id: &str) -> Result<(), StateError> {
-        self.conn().execute("DELETE FROM vms WHERE id = ?1", [id])?;
-        Ok(())
     }
 
     /// Inserts or replaces a migration's row.
@@ -280,6 +270,7 @@ impl StateDb {
         Ok(seq.max(0) as u64)
     }
 
+    #[cfg(test)] // what the daemon writes, read back by the tests
     /// Events after `after_seq`, oldest first, at most `limit`: (seq, at_ms, kind, body).
     pub fn events_after(
         &self,
@@ -318,6 +309,7 @@ impl StateDb {
         Ok(())
     }
 
+    #[cfg(test)] // what the daemon writes, read back by the tests
     /// Peers of note: (peer id, note, addresses), newest first.
     pub fn peers(&self) -> Result<Vec<(String, String, Vec<String>)>, StateError> {
         let conn = self.conn();
@@ -508,8 +500,6 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].state, MigrationState::Done);
         assert_eq!(m[0].wire_bytes, 1 << 40);
-        db.delete_vm("b").unwrap();
-        assert_eq!(db.vms().unwrap().len(), 1);
     }
 
     #[test]

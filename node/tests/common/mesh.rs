@@ -27,6 +27,8 @@ pub fn spawn_node(
         "--listen",
         &listen,
         "--kad-server",
+        "--api-port",
+        "0",
     ];
     if let Some(b) = bootstrap {
         args.extend(["--bootstrap", b]);

@@ -33,7 +33,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use auth::ApiAuth;
-pub use serve::{serve, BoundApi, ServeError};
+pub use serve::serve;
 
 use crate::api::service::NodeService;
 use crate::metrics::Metrics;

@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::fake::{self, Fake};
-use super::{serve, BoundApi};
+use super::serve;
+use super::serve::BoundApi;
 use crate::api::types::{EventEnvelope, MigrationInfo, MigrationState, NodeEvent};
 use crate::config::ApiConfig;
 

@@ -1,0 +1,423 @@
+//! Moving VMs between this node and its peers over the mesh: migrations asked for through
+//! the API, migrations coming in, and emptying the node (drain on SIGTERM, or the owner
+//! needing the machine): each VM moves by its migration policy (live, then warm, ...) to the
+//! best peer that takes it, or is snapshotted and stopped here when none does.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use novacron_mesh::swarm::PeerId;
+use novacron_vm::control::{MigrateOut, OnNoConverge};
+use tokio::sync::mpsc;
+
+use crate::api::service::{ServiceError, ServiceResult};
+use crate::api::types::{
+    now_ms, Backend, MigrationDirection, MigrationInfo, MigrationMode, MigrationRequest,
+    MigrationState, NodeEvent, VmState,
+};
+use crate::mesh_migration::{IncomingMigration, MigrationOffer};
+
+use super::{placement, Daemon};
+
+/// How many data streams a mesh migration uses.
+const DATA_STREAMS: u8 = 2;
+
+/// Live mode's default downtime budget (ms), as for direct migrations.
+const DEFAULT_DOWNTIME_BUDGET_MS: u64 = 50;
+
+/// How long one migration may take before an evacuation gives up on it.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn control_mode(m: MigrationMode) -> novacron_vm::control::MigrationMode {
+    match m {
+        MigrationMode::Live => novacron_vm::control::MigrationMode::Live,
+        MigrationMode::Warm => novacron_vm::control::MigrationMode::Warm,
+        MigrationMode::Cold => novacron_vm::control::MigrationMode::Cold,
+    }
+}
+
+fn new_session() -> [u8; 16] {
+    let mut s = [0u8; 16];
+    if getrandom::fill(&mut s).is_err() {
+        s[..8].copy_from_slice(&now_ms().to_le_bytes());
+    }
+    s
+}
+
+impl Daemon {
+    /// Why the node takes no VMs now (draining, or the owner's policy), if so.
+    pub(super) fn why_not_accepting(&self) -> Option<String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Some("it is draining".into());
+        }
+        let info = self.politeness_info();
+        (info.state != "run" && info.state != "throttled").then(|| {
+            format!(
+                "its owner's policy says {} ({})",
+                info.state,
+                info.reasons.join(", ")
+            )
+        })
+    }
+
+    /// Starts moving VM `vm_id` as `request` says; answers once the VMM is migrating.
+    pub(super) async fn migrate_vm(
+        &self,
+        vm_id: &str,
+        request: MigrationRequest,
+    ) -> ServiceResult<MigrationInfo> {
+        let vm = self
+            .vms
+            .get(vm_id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no VM {vm_id}")))?;
+        if !matches!(vm.state, VmState::Running | VmState::Paused) {
+            return Err(ServiceError::Conflict(format!(
+                "VM {vm_id} is {}: only a running or paused VM can migrate",
+                vm.state.as_str()
+            )));
+        }
+        if vm.spec.backend == Backend::Process {
+            return Err(ServiceError::BadRequest(
+                "a process-backend VM moves only by cold restart: stop it here and create it \
+                 on the peer"
+                    .into(),
+            ));
+        }
+        let me = self.mesh.peer_id().to_string();
+        let peers: Vec<String> = if request.to == "auto" {
+            let members = self
+                .cell_status()
+                .await
+                .map(|c| c.members)
+                .unwrap_or_default();
+            placement::candidates(&members, &me, vm.spec.mem_mib, &[])
+                .into_iter()
+                .map(|m| m.peer_id.clone())
+                .collect()
+        } else {
+            let peer: PeerId = request.to.parse().map_err(|_| {
+                ServiceError::BadRequest(format!(
+                    "to: {:?} is neither a PeerId nor \"auto\"",
+                    request.to
+                ))
+            })?;
+            if peer.to_string() == me {
+                return Err(ServiceError::BadRequest(
+                    "to: that is this node; name another peer".into(),
+                ));
+            }
+            vec![peer.to_string()]
+        };
+        if peers.is_empty() {
+            return Err(ServiceError::Unavailable(
+                "no live peer in this node's cell has a free slot and enough memory for the VM"
+                    .into(),
+            ));
+        }
+        let mut refusals = Vec::new();
+        for peer in peers {
+            match self.migrate_to(vm_id, &peer, &request).await {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    tracing::info!(vm = vm_id, %peer, error = %e, "peer did not take the VM");
+                    refusals.push(format!("{peer}: {e}"));
+                }
+            }
+        }
+        Err(ServiceError::Unavailable(format!(
+            "no peer took VM {vm_id}: {}",
+            refusals.join("; ")
+        )))
+    }
+
+    /// Offers the VM to one peer and, once it accepted, starts the VMM's migration.
+    async fn migrate_to(
+        &self,
+        vm_id: &str,
+        peer: &str,
+        request: &MigrationRequest,
+    ) -> ServiceResult<MigrationInfo> {
+        let Some(migrations) = self.migrations.as_ref() else {
+            return Err(ServiceError::Unavailable(
+                "mesh migration is not running".into(),
+            ));
+        };
+        let vm = self
+            .vms
+            .get(vm_id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no VM {vm_id}")))?;
+        let peer_id: PeerId = peer
+            .parse()
+            .map_err(|_| ServiceError::BadRequest(format!("bad peer {peer}")))?;
+        let session = new_session();
+        let id = crate::hex::to_hex(&session[..8]);
+        let offer = MigrationOffer {
+            session,
+            vm_id: vm_id.to_string(),
+            spec: vm.spec.clone(),
+            mode: request.mode,
+            mem_bytes: vm.spec.mem_mib << 20,
+            vcpus: vm.spec.vcpus,
+        };
+        let mut info = MigrationInfo {
+            id: id.clone(),
+            vm_id: vm_id.to_string(),
+            direction: MigrationDirection::Out,
+            peer: peer.to_string(),
+            mode: request.mode,
+            state: MigrationState::Running,
+            started_at_ms: now_ms(),
+            ended_at_ms: None,
+            downtime_ms: None,
+            wire_bytes: 0,
+            error: None,
+            progress: None,
+        };
+        self.vms.registry().put_migration(info.clone(), true);
+        let fail = |info: &mut MigrationInfo, why: String| {
+            info.state = MigrationState::Failed;
+            info.ended_at_ms = Some(now_ms());
+            info.error = Some(why.clone());
+            self.vms.registry().put_migration(info.clone(), true);
+            ServiceError::Unavailable(why)
+        };
+        let opened = match migrations.open(peer_id, offer, DATA_STREAMS).await {
+            Ok(o) if o.session == session => o,
+            Ok(o) => {
+                o.bridges.abort();
+                return Err(fail(
+                    &mut info,
+                    "the streams opened for another session".into(),
+                ));
+            }
+            Err(e) => return Err(fail(&mut info, e.to_string())),
+        };
+        let cmd = MigrateOut {
+            session,
+            mode: control_mode(request.mode),
+            downtime_budget_ms: request
+                .downtime_budget_ms
+                .unwrap_or(DEFAULT_DOWNTIME_BUDGET_MS),
+            max_rounds: 30,
+            max_precopy_ms: 30_000,
+            on_no_converge: OnNoConverge::Warm,
+            store: None,
+            verify_memory: false,
+        };
+        if let Err(e) = self
+            .vms
+            .migrate_out(vm_id, cmd, opened.streams, &id, peer)
+            .await
+        {
+            opened.bridges.abort();
+            return Err(fail(&mut info, e.to_string()));
+        }
+        self.record_bridged_bytes(&id, opened.bridges);
+        if let Err(e) = self
+            .state_db
+            .note_peer(peer, "migrated a VM to it", &[], now_ms())
+        {
+            tracing::debug!(error = %e, "cannot note the peer");
+        }
+        Ok(self.vms.registry().migration(&id).unwrap_or(info))
+    }
+
+    /// Once migration `id` ends, records the bytes its streams carried to the peer (the
+    /// figure the destination records too).
+    fn record_bridged_bytes(&self, id: &str, bridges: crate::mesh_migration::Bridges) {
+        let registry = self.vms.registry().clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+            while tokio::time::Instant::now() < deadline {
+                match registry.migration(&id) {
+                    Some(m) if m.state.is_final() => {
+                        let bytes = bridges.bytes_to_peer();
+                        registry.update_migration(&id, true, |m| m.wire_bytes = bytes);
+                        return;
+                    }
+                    None => return,
+                    Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+    }
+
+    pub(super) async fn cancel_vm_migration(&self, id: &str) -> ServiceResult<MigrationInfo> {
+        let m = self
+            .vms
+            .registry()
+            .migration(id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no migration {id}")))?;
+        if m.state.is_final() {
+            return Err(ServiceError::Conflict(format!(
+                "migration {id} already ended ({:?})",
+                m.state
+            )));
+        }
+        if m.direction == MigrationDirection::In {
+            return Err(ServiceError::Conflict(
+                "an incoming migration is cancelled by its source".into(),
+            ));
+        }
+        self.vms
+            .cancel_migration(&m.vm_id, "cancelled through the API")
+            .await?;
+        Ok(self.vms.registry().migration(id).unwrap_or(m))
+    }
+
+    /// Waits until migration `id` reaches a final state (or `timeout`).
+    pub(super) async fn wait_migration(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Option<MigrationInfo> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.vms.registry().migration(id) {
+                Some(m) if m.state.is_final() => return Some(m),
+                None => return None,
+                Some(_) if tokio::time::Instant::now() >= deadline => return None,
+                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Whether the node could take an offered VM now (the answer to a peer's offer).
+    pub(super) fn admit(&self, peer: &PeerId, offer: &MigrationOffer) -> Result<(), String> {
+        if let Some(why) = self.why_not_accepting() {
+            return Err(format!("not taking VMs: {why}"));
+        }
+        if offer.spec.backend != Backend::Kvm {
+            return Err("only KVM VMs migrate".into());
+        }
+        if let Some(vm) = self.vms.get(&offer.vm_id) {
+            if vm.state.is_active() {
+                return Err(format!("VM {} already runs here", offer.vm_id));
+            }
+        }
+        let used: u64 = self.vms.active().iter().map(|v| v.spec.mem_mib << 20).sum();
+        let cap = self.politeness_info().mem_cap_mib << 20;
+        if cap > 0 && used + offer.mem_bytes > cap {
+            return Err(format!(
+                "no room: {} MiB in use, {} MiB offered, {} MiB allowed",
+                used >> 20,
+                offer.mem_bytes >> 20,
+                cap >> 20
+            ));
+        }
+        tracing::info!(%peer, vm = %offer.vm_id, "taking a migrating VM");
+        Ok(())
+    }
+
+    /// Runs incoming migrations as they complete their handshake.
+    pub(super) async fn take_incoming(self: Arc<Self>, mut rx: mpsc::Receiver<IncomingMigration>) {
+        while let Some(incoming) = rx.recv().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let vm = incoming.offer.vm_id.clone();
+                if let Err(e) = me.vms.receive(incoming).await {
+                    tracing::warn!(%vm, error = %e, "incoming migration failed");
+                }
+            });
+        }
+    }
+
+    /// Starts draining (once): every active VM moves away, or is snapshotted when the
+    /// deadline passes or no peer takes it.
+    pub fn start_drain(&self, deadline: Duration) {
+        let Some(me) = self.myself.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.bus.publish(NodeEvent::Draining {
+            deadline_s: deadline.as_secs(),
+        });
+        tokio::spawn(async move {
+            me.evacuate(deadline, "the node is draining").await;
+        });
+    }
+
+    /// Moves every active VM away (by its migration policy, to the best peer that takes
+    /// it), in parallel; a VM that cannot move, or is still here at `deadline`, is
+    /// snapshotted and stopped. Returns when no VM is active here.
+    pub(super) async fn evacuate(self: &Arc<Self>, deadline: Duration, why: &str) {
+        let vms = self.vms.active();
+        tracing::info!(n = vms.len(), why, "moving VMs away");
+        let mut tasks = Vec::new();
+        for vm in vms {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let moved = tokio::time::timeout(deadline, me.move_away(&vm.id)).await;
+                if !matches!(moved, Ok(true)) {
+                    me.park(&vm.id).await;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Tries each mode of the VM's policy against each candidate peer; true once it moved.
+    async fn move_away(self: &Arc<Self>, vm_id: &str) -> bool {
+        let Some(vm) = self.vms.get(vm_id) else {
+            return true;
+        };
+        if vm.spec.backend == Backend::Process {
+            return false;
+        }
+        for mode in vm.spec.migration.clone() {
+            let request = MigrationRequest {
+                to: "auto".into(),
+                mode,
+                downtime_budget_ms: None,
+            };
+            let Ok(started) = self.migrate_vm(vm_id, request).await else {
+                continue;
+            };
+            match self.wait_migration(&started.id, MIGRATION_TIMEOUT).await {
+                Some(m) if m.state == MigrationState::Done => return true,
+                Some(m) => tracing::info!(vm = vm_id, ?mode, error = ?m.error, "did not move"),
+                None => {
+                    let _ = self.vms.cancel_migration(vm_id, "took too long").await;
+                }
+            }
+        }
+        false
+    }
+
+    /// Snapshots a VM that must leave but cannot move, and stops it here (it resumes when
+    /// the node may run it again).
+    pub(super) async fn park(&self, vm_id: &str) {
+        let Some(vm) = self.vms.get(vm_id) else {
+            return;
+        };
+        if vm.state == VmState::Migrating {
+            let _ = self
+                .vms
+                .cancel_migration(vm_id, "the deadline passed")
+                .await;
+            let _ = self
+                .vms
+                .wait_state(vm_id, |s| s != VmState::Migrating, Duration::from_secs(30))
+                .await;
+        }
+        let Some(vm) = self.vms.get(vm_id) else {
+            return;
+        };
+        if !vm.state.is_active() {
+            return;
+        }
+        match self.vms.suspend(vm_id).await {
+            Ok(_) => tracing::info!(vm = vm_id, "snapshotted and stopped until allowed again"),
+            Err(e) => {
+                tracing::error!(vm = vm_id, error = %e, "cannot snapshot the VM; stopping it");
+                let _ = self.vms.stop(vm_id).await;
+            }
+        }
+    }
+}

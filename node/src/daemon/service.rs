@@ -1,0 +1,91 @@
+//! The daemon as the REST API sees it ([`NodeService`]): each call checks what the node's
+//! state and its owner's policy allow, then hands the work to the VM manager or the mesh
+//! migrations.
+
+use tokio::sync::broadcast;
+
+use crate::api::service::{NodeService, ServiceError, ServiceResult};
+use crate::api::types::{
+    EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec,
+};
+use crate::api::NodeStatus;
+
+use super::Daemon;
+
+impl NodeService for Daemon {
+    async fn status(&self) -> ServiceResult<NodeStatus> {
+        Daemon::status(self).await.map_err(ServiceError::from)
+    }
+
+    fn vms(&self) -> Vec<VmInfo> {
+        self.vms.list()
+    }
+
+    fn vm(&self, id: &str) -> Option<VmInfo> {
+        self.vms.get(id)
+    }
+
+    async fn create_vm(&self, spec: VmSpec) -> ServiceResult<VmInfo> {
+        if let Some(why) = self.why_not_accepting() {
+            return Err(ServiceError::Unavailable(format!(
+                "this node takes no new VMs now: {why}"
+            )));
+        }
+        self.vms.create(spec).await
+    }
+
+    async fn stop_vm(&self, id: &str) -> ServiceResult<VmInfo> {
+        self.vms.stop(id).await
+    }
+
+    async fn pause_vm(&self, id: &str) -> ServiceResult<VmInfo> {
+        self.vms.pause(id).await
+    }
+
+    async fn resume_vm(&self, id: &str) -> ServiceResult<VmInfo> {
+        if let Some(why) = self.why_not_accepting() {
+            return Err(ServiceError::Unavailable(format!(
+                "VMs may not run on this node now: {why}"
+            )));
+        }
+        self.vms.resume(id).await
+    }
+
+    fn migrations(&self) -> Vec<MigrationInfo> {
+        self.vms.registry().migrations()
+    }
+
+    fn migration(&self, id: &str) -> Option<MigrationInfo> {
+        self.vms.registry().migration(id)
+    }
+
+    async fn start_migration(
+        &self,
+        vm_id: &str,
+        request: MigrationRequest,
+    ) -> ServiceResult<MigrationInfo> {
+        self.migrate_vm(vm_id, request).await
+    }
+
+    async fn cancel_migration(&self, id: &str) -> ServiceResult<MigrationInfo> {
+        self.cancel_vm_migration(id).await
+    }
+
+    fn politeness(&self) -> PolitenessInfo {
+        self.politeness_info()
+    }
+
+    async fn drain(&self, deadline_s: u64) -> ServiceResult<()> {
+        self.start_drain(std::time::Duration::from_secs(deadline_s));
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<EventEnvelope> {
+        self.bus.subscribe()
+    }
+
+    async fn metrics_text(&self) -> String {
+        self.refresh_metrics().await;
+        self.metrics.encode()
+    }
+}

@@ -1,0 +1,649 @@
+//! The node's VMs: starting them in jailed VMM processes, supervising them, checkpointing
+//! them, and accounting for every one of them across daemon restarts.
+//!
+//! Each VM has a directory `<dataDir>/vms/<id>/` ([`paths::VmPaths`]: console, checkpoints,
+//! adoption socket, tombstone) and a row in the state database written before its VMM starts,
+//! so a daemon killed at any moment finds every VM it ever started ([`recovery`]).
+
+pub mod events;
+pub mod paths;
+#[allow(dead_code)] // the VM manager starts process VMs in the next change
+pub mod process_backend;
+pub mod recovery;
+pub mod registry;
+pub mod spec;
+mod supervisor;
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use std::os::unix::net::UnixStream;
+
+use novacron_vm::control::{
+    AdoptedState, Event, Launch, LaunchSource, MigrateOut, SandboxSettings,
+};
+use novacron_vm::launcher::{describe_reason, VmmProcess};
+use tokio::sync::oneshot;
+
+use crate::api::service::{ServiceError, ServiceResult};
+use crate::api::types::{
+    now_ms, Backend, MigrationDirection, MigrationInfo, MigrationState, VmInfo, VmSpec, VmState,
+};
+use crate::mesh_migration::IncomingMigration;
+use crate::state::VmRecord;
+
+use paths::VmPaths;
+use recovery::{Found, Plan};
+use registry::Registry;
+use supervisor::{Cmd, Supervisor};
+
+/// How long a VMM may take to build its machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a VM migrating in may take from its streams to running here.
+const INCOMING_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(Clone, Debug)]
+pub struct VmOptions {
+    /// The novacron binary (it runs the VMM as `novacron vmm`).
+    pub exe: PathBuf,
+    pub data_dir: PathBuf,
+    /// Jail the VMMs (off only for measurements).
+    pub sandbox: bool,
+    /// Checkpoint running VMs this often (BOINC's default checkpoint interval is 60 s).
+    pub checkpoint_every: Option<Duration>,
+}
+
+/// What a starting daemon found (see [`recovery`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecoveryReport {
+    pub adopted: Vec<String>,
+    pub restored: Vec<String>,
+    /// VMs that ended while the daemon was down, with their new state.
+    pub ended: Vec<(String, VmState)>,
+}
+
+pub struct VmManager {
+    opts: VmOptions,
+    registry: Arc<Registry>,
+    /// The command channel of each supervised VM.
+    handles: Mutex<HashMap<String, mpsc::Sender<Cmd>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The guest's console file, appended to across restores, adoptions and migrations in.
+fn open_console(paths: &VmPaths) -> Result<Stdio, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.console())
+        .map(Stdio::from)
+        .map_err(|e| format!("cannot open {}: {e}", paths.console().display()))
+}
+
+/// A fresh VM id: 16 hex digits of randomness.
+fn new_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = now_ms().to_le_bytes();
+    }
+    crate::hex::to_hex(&bytes)
+}
+
+impl VmManager {
+    pub fn new(opts: VmOptions, registry: Arc<Registry>) -> Arc<VmManager> {
+        Arc::new(VmManager {
+            opts,
+            registry,
+            handles: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    fn paths(&self, id: &str) -> VmPaths {
+        VmPaths::new(&self.opts.data_dir, id)
+    }
+
+    pub fn list(&self) -> Vec<VmInfo> {
+        self.registry.vm_infos()
+    }
+
+    pub fn get(&self, id: &str) -> Option<VmInfo> {
+        self.registry.vm(id).map(|r| r.info)
+    }
+
+    /// VMs that occupy this node now.
+    pub fn active(&self) -> Vec<VmInfo> {
+        self.list()
+            .into_iter()
+            .filter(|v| v.state.is_active())
+            .collect()
+    }
+
+    /// Starts a VM; answers once its machine is built and running.
+    pub async fn create(self: &Arc<Self>, spec: VmSpec) -> ServiceResult<VmInfo> {
+        spec::validate(&spec).map_err(ServiceError::BadRequest)?;
+        if spec.backend == Backend::Process {
+            return Err(ServiceError::Unavailable(
+                "the process backend is not available on this node yet; use backend kvm".into(),
+            ));
+        }
+        let id = new_id();
+        let now = now_ms();
+        let record = VmRecord {
+            info: VmInfo {
+                id: id.clone(),
+                spec,
+                state: VmState::Starting,
+                detail: None,
+                pid: None,
+                created_at_ms: now,
+                updated_at_ms: now,
+                snapshot_at_ms: None,
+                last_report: None,
+                adoptions: 0,
+            },
+            pid_start_ticks: None,
+        };
+        // The row exists before the VMM does: a daemon killed in between finds it.
+        self.registry.insert(record)?;
+        let me = self.clone();
+        let started = {
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || me.start_vmm(&id, false))
+                .await
+                .map_err(|e| ServiceError::Internal(format!("VM start task: {e}")))?
+        };
+        if let Err(e) = started {
+            self.registry.update(&id, |r| {
+                r.info.state = VmState::Failed;
+                r.info.detail = Some(e.clone());
+            });
+            return Err(ServiceError::Internal(format!(
+                "VM {id} did not start: {e}"
+            )));
+        }
+        self.get(&id)
+            .ok_or_else(|| ServiceError::Internal(format!("VM {id} vanished")))
+    }
+
+    /// Spawns the VMM of VM `id` (from its spec, or from its checkpoint when `restore`),
+    /// waits until it runs and hands it to a supervisor thread. Blocking.
+    fn start_vmm(&self, id: &str, restore: bool) -> Result<(), String> {
+        let record = self.registry.vm(id).ok_or_else(|| format!("no VM {id}"))?;
+        let spec = &record.info.spec;
+        let paths = self.paths(id);
+        std::fs::create_dir_all(&paths.dir)
+            .map_err(|e| format!("cannot create {}: {e}", paths.dir.display()))?;
+        let _ = std::fs::remove_file(paths.tombstone());
+        let source = if restore {
+            LaunchSource::Restore {
+                dir: paths.snapshot(),
+            }
+        } else {
+            spec::launch_source(spec)?
+        };
+        let launch = Launch {
+            vm_id: id.to_string(),
+            source,
+            mem_bytes: spec.mem_mib << 20,
+            vcpus: spec.vcpus,
+            fill_pattern: None,
+            start_paused: false,
+            sandbox: self.sandbox_settings(&paths),
+            adopt: Some(paths.control_socket()),
+        };
+        let console = open_console(&paths)?;
+        let mut vmm =
+            VmmProcess::spawn(&self.opts.exe, &launch, console).map_err(|e| e.to_string())?;
+        let pid = vmm.pid();
+        let ticks = vmm.start_ticks();
+        self.registry.update(id, |r| {
+            r.info.pid = Some(pid);
+            r.pid_start_ticks = ticks;
+        });
+        vmm.wait_ready(READY_TIMEOUT).map_err(|e| e.to_string())?;
+        self.registry.update(id, |r| {
+            r.info.state = VmState::Running;
+            if restore {
+                r.info.detail = Some("restored from its last checkpoint".into());
+            }
+        });
+        self.supervise(id, vmm);
+        Ok(())
+    }
+
+    /// The jail of a VM's VMM: it may write only its own directory (checkpoints, tombstone).
+    fn sandbox_settings(&self, paths: &VmPaths) -> SandboxSettings {
+        SandboxSettings {
+            enabled: self.opts.sandbox,
+            writable_dirs: vec![paths.dir.clone()],
+            memory_limit_bytes: None,
+            cpu_limit: None,
+        }
+    }
+
+    fn supervise(&self, id: &str, vmm: VmmProcess) {
+        let (tx, rx) = mpsc::channel();
+        lock(&self.handles).insert(id.to_string(), tx);
+        let sup = Supervisor {
+            id: id.to_string(),
+            vmm,
+            registry: self.registry.clone(),
+            paths: self.paths(id),
+            checkpoint_every: self.opts.checkpoint_every,
+        };
+        let name = format!("vm-{id}");
+        if let Err(e) = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || sup.run(rx))
+        {
+            tracing::error!(vm = id, error = %e, "cannot start the VM's supervisor thread");
+        }
+    }
+
+    /// Sends a command to a VM's supervisor and waits for its answer.
+    async fn ask(
+        &self,
+        id: &str,
+        make: impl FnOnce(supervisor::Reply) -> Cmd,
+    ) -> ServiceResult<()> {
+        let tx = lock(&self.handles)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| match self.get(id) {
+                Some(vm) => ServiceError::Conflict(format!(
+                    "VM {id} is {}: it has no running VMM",
+                    vm.state.as_str()
+                )),
+                None => ServiceError::NotFound(format!("no VM {id}")),
+            })?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(make(reply))
+            .map_err(|_| ServiceError::Conflict(format!("VM {id} has just ended")))?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServiceError::Conflict(format!("VM {id}: {e}"))),
+            Err(_) => Err(ServiceError::Conflict(format!("VM {id} ended meanwhile"))),
+        }
+    }
+
+    fn info(&self, id: &str) -> ServiceResult<VmInfo> {
+        self.get(id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no VM {id}")))
+    }
+
+    pub async fn pause(&self, id: &str) -> ServiceResult<VmInfo> {
+        self.ask(id, Cmd::Pause).await?;
+        self.info(id)
+    }
+
+    pub async fn resume(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
+        if self.info(id)?.state == VmState::Suspended {
+            return self.resume_suspended(id).await;
+        }
+        self.ask(id, Cmd::Resume).await?;
+        self.info(id)
+    }
+
+    /// Stops a VM; answers once its VMM has exited.
+    pub async fn stop(&self, id: &str) -> ServiceResult<VmInfo> {
+        let vm = self.info(id)?;
+        if vm.state == VmState::Suspended {
+            let vm = self
+                .registry
+                .update(id, |r| {
+                    r.info.state = VmState::Exited;
+                    r.info.detail = Some("stopped on request while suspended".into());
+                })
+                .map(|r| r.info);
+            return vm.ok_or_else(|| ServiceError::NotFound(format!("no VM {id}")));
+        }
+        if vm.state == VmState::Migrating {
+            return Err(ServiceError::Conflict(format!(
+                "VM {id} is migrating: cancel the migration first"
+            )));
+        }
+        self.ask(id, Cmd::Stop).await?;
+        self.wait_state(id, |s| !s.is_active(), Duration::from_secs(30))
+            .await
+    }
+
+    /// Snapshots the VM and stops its VMM; it waits on disk ([`VmState::Suspended`]).
+    pub async fn suspend(&self, id: &str) -> ServiceResult<VmInfo> {
+        self.ask(id, Cmd::Suspend).await?;
+        self.wait_state(id, |s| !s.is_active(), Duration::from_secs(30))
+            .await
+    }
+
+    /// Restores a suspended VM from its snapshot.
+    pub async fn resume_suspended(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
+        let vm = self.info(id)?;
+        if vm.state != VmState::Suspended {
+            return Err(ServiceError::Conflict(format!(
+                "VM {id} is {}, not suspended",
+                vm.state.as_str()
+            )));
+        }
+        self.registry
+            .update(id, |r| r.info.state = VmState::Starting);
+        let me = self.clone();
+        let vm_id = id.to_string();
+        let started = tokio::task::spawn_blocking(move || me.start_vmm(&vm_id, true))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("VM restore task: {e}")))?;
+        if let Err(e) = started {
+            self.registry.update(id, |r| {
+                r.info.state = VmState::Suspended;
+                r.info.detail = Some(format!("could not resume: {e}"));
+            });
+            return Err(ServiceError::Internal(format!(
+                "VM {id} did not resume: {e}"
+            )));
+        }
+        self.info(id)
+    }
+
+    /// Waits until the VM's state passes `done` (polling the registry).
+    pub async fn wait_state(
+        &self,
+        id: &str,
+        done: impl Fn(VmState) -> bool,
+        timeout: Duration,
+    ) -> ServiceResult<VmInfo> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let vm = self.info(id)?;
+            if done(vm.state) {
+                return Ok(vm);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ServiceError::Internal(format!(
+                    "VM {id} is still {} after {timeout:?}",
+                    vm.state.as_str()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Accounts for every VM the database lists (see [`recovery`]). Blocking; run once at
+    /// start, before the API takes requests.
+    pub fn recover(&self) -> RecoveryReport {
+        let mut report = RecoveryReport::default();
+        for record in self.registry.vms() {
+            let id = record.info.id.clone();
+            let paths = self.paths(&id);
+            let alive = record
+                .info
+                .pid
+                .is_some_and(|pid| recovery::same_process(pid, record.pid_start_ticks));
+            let found = if alive {
+                Found::Alive
+            } else {
+                Found::Gone(recovery::read_tombstone(&paths))
+            };
+            let mut plan = recovery::plan(&record, &found, paths.has_snapshot());
+            if plan == Plan::Adopt {
+                match self.adopt(&record, &paths) {
+                    Ok(()) => {
+                        report.adopted.push(id);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(vm = %id, error = %e, "cannot adopt its VMM; killing it");
+                        recovery::kill_leftovers(&id, record.info.pid, record.pid_start_ticks);
+                        let gone = Found::Gone(recovery::read_tombstone(&paths));
+                        plan = recovery::plan(&record, &gone, paths.has_snapshot());
+                    }
+                }
+            }
+            match plan {
+                Plan::Keep => {
+                    if record.info.state == VmState::Suspended {
+                        recovery::kill_leftovers(&id, record.info.pid, record.pid_start_ticks);
+                    }
+                }
+                Plan::Adopt => {}
+                Plan::Restore => {
+                    recovery::kill_leftovers(&id, None, None);
+                    match self.start_vmm(&id, true) {
+                        Ok(()) => report.restored.push(id),
+                        Err(e) => {
+                            self.registry.update(&id, |r| {
+                                r.info.state = VmState::Failed;
+                                r.info.pid = None;
+                                r.info.detail =
+                                    Some(format!("could not restore its checkpoint: {e}"));
+                            });
+                            report.ended.push((id, VmState::Failed));
+                        }
+                    }
+                }
+                Plan::Ended { state, detail } => {
+                    recovery::kill_leftovers(&id, None, None);
+                    self.registry.update(&id, |r| {
+                        r.info.state = state;
+                        r.info.detail = Some(detail);
+                        r.info.pid = None;
+                        r.pid_start_ticks = None;
+                    });
+                    report.ended.push((id, state));
+                }
+            }
+        }
+        report
+    }
+
+    /// Takes a running VMM back through its adoption socket.
+    fn adopt(&self, record: &VmRecord, paths: &VmPaths) -> Result<(), String> {
+        let id = &record.info.id;
+        let pid = record.info.pid.ok_or("no pid recorded")?;
+        let cgroup = self
+            .opts
+            .sandbox
+            .then(|| novacron_vm::launcher::cgroup_name(id));
+        let (vmm, adopted) =
+            VmmProcess::adopt(&paths.control_socket(), pid, cgroup).map_err(|e| e.to_string())?;
+        let state = match adopted.state {
+            AdoptedState::Paused => VmState::Paused,
+            AdoptedState::Exited => VmState::Exited,
+            AdoptedState::Running => VmState::Running,
+        };
+        self.registry.update(id, |r| {
+            r.info.adoptions += 1;
+            r.info.last_report = adopted.last_guest.or(r.info.last_report);
+            if state != VmState::Exited {
+                r.info.state = state;
+            }
+        });
+        self.supervise(id, vmm);
+        Ok(())
+    }
+
+    /// Hands `streams` (control first) to the VM's VMM and starts migrating it out; the
+    /// supervisor records the migration's progress and end under `migration_id`.
+    pub async fn migrate_out(
+        &self,
+        id: &str,
+        cmd: MigrateOut,
+        streams: Vec<UnixStream>,
+        migration_id: &str,
+        peer: &str,
+    ) -> ServiceResult<()> {
+        self.ask(id, |reply| Cmd::MigrateOut {
+            cmd: Box::new(cmd),
+            streams,
+            migration_id: migration_id.to_string(),
+            peer: peer.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn cancel_migration(&self, id: &str, reason: &str) -> ServiceResult<()> {
+        let reason = reason.to_string();
+        self.ask(id, |reply| Cmd::CancelMigration { reason, reply })
+            .await
+    }
+
+    /// Runs a VM migrating in: records it (and the migration), starts a VMM on the streams
+    /// and waits until the VM runs here. Blocking work runs off the async threads.
+    pub async fn receive(self: &Arc<Self>, incoming: IncomingMigration) -> anyhow::Result<()> {
+        let offer = incoming.offer.clone();
+        let id = offer.vm_id.clone();
+        let peer = incoming.peer.to_string();
+        let now = now_ms();
+        let migration = MigrationInfo {
+            id: crate::hex::to_hex(&offer.session[..8]),
+            vm_id: id.clone(),
+            direction: MigrationDirection::In,
+            peer: peer.clone(),
+            mode: offer.mode,
+            state: MigrationState::Running,
+            started_at_ms: now,
+            ended_at_ms: None,
+            downtime_ms: None,
+            wire_bytes: 0,
+            error: None,
+            progress: None,
+        };
+        self.registry.put_migration(migration.clone(), true);
+        let record = VmRecord {
+            info: VmInfo {
+                id: id.clone(),
+                spec: offer.spec.clone(),
+                state: VmState::Starting,
+                detail: Some(format!("migrating in from {peer}")),
+                pid: None,
+                created_at_ms: now,
+                updated_at_ms: now,
+                snapshot_at_ms: None,
+                last_report: None,
+                adoptions: 0,
+            },
+            pid_start_ticks: None,
+        };
+        // A VM that once ran here (and moved away) comes back under its old record.
+        if self.registry.vm(&id).is_some() {
+            let info = record.info.clone();
+            self.registry.update(&id, |r| {
+                r.info = VmInfo {
+                    created_at_ms: r.info.created_at_ms,
+                    ..info
+                };
+                r.pid_start_ticks = None;
+            });
+        } else {
+            self.registry.insert(record)?;
+        }
+        let me = self.clone();
+        let session = offer.session;
+        let (mem_bytes, vcpus) = (offer.mem_bytes, offer.vcpus);
+        let vm_id = id.clone();
+        let IncomingMigration {
+            streams, bridges, ..
+        } = incoming;
+        let result = tokio::task::spawn_blocking(move || {
+            me.start_incoming(&vm_id, session, mem_bytes, vcpus, &streams)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("incoming VM task: {e}"))?;
+        match result {
+            Ok(_) => {
+                // What crossed the mesh (after the VMMs' framing, before noise and yamux).
+                let wire_bytes = bridges.bytes_from_peer();
+                self.registry.update_migration(&migration.id, true, |m| {
+                    m.state = MigrationState::Done;
+                    m.ended_at_ms = Some(now_ms());
+                    m.wire_bytes = wire_bytes;
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.registry.update_migration(&migration.id, true, |m| {
+                    m.state = MigrationState::Failed;
+                    m.ended_at_ms = Some(now_ms());
+                    m.error = Some(e.clone());
+                });
+                self.registry.update(&id, |r| {
+                    r.info.state = VmState::MovedAway;
+                    r.info.detail = Some(format!(
+                        "an incoming migration from {peer} failed ({e}); it runs there"
+                    ));
+                    r.info.pid = None;
+                });
+                Err(anyhow::anyhow!(e))
+            }
+        }
+    }
+
+    /// Spawns the receiving VMM and waits until the VM runs; returns the wire bytes.
+    fn start_incoming(
+        &self,
+        id: &str,
+        session: [u8; 16],
+        mem_bytes: u64,
+        vcpus: u8,
+        streams: &[UnixStream],
+    ) -> Result<u64, String> {
+        let paths = self.paths(id);
+        std::fs::create_dir_all(&paths.dir)
+            .map_err(|e| format!("cannot create {}: {e}", paths.dir.display()))?;
+        let _ = std::fs::remove_file(paths.tombstone());
+        let launch = Launch {
+            vm_id: id.to_string(),
+            source: LaunchSource::Incoming {
+                session,
+                store: None,
+                verify_memory: false,
+            },
+            mem_bytes,
+            vcpus,
+            fill_pattern: None,
+            start_paused: false,
+            sandbox: self.sandbox_settings(&paths),
+            adopt: Some(paths.control_socket()),
+        };
+        let console = open_console(&paths)?;
+        let fds: Vec<std::os::fd::BorrowedFd<'_>> =
+            streams.iter().map(std::os::fd::AsFd::as_fd).collect();
+        let mut vmm = VmmProcess::spawn_with_streams(&self.opts.exe, &launch, console, &fds)
+            .map_err(|e| e.to_string())?;
+        let pid = vmm.pid();
+        let ticks = vmm.start_ticks();
+        self.registry.update(id, |r| {
+            r.info.pid = Some(pid);
+            r.pid_start_ticks = ticks;
+        });
+        let wire_bytes = vmm
+            .wait_for(INCOMING_TIMEOUT, |e| match e {
+                Event::MigratedIn { wire_bytes, .. } => Some(Ok(*wire_bytes)),
+                Event::Exited(reason) => Some(Err(describe_reason(reason))),
+                _ => None,
+            })
+            .map_err(|e| e.to_string())??;
+        self.registry.update(id, |r| {
+            r.info.state = VmState::Running;
+            r.info.detail = None;
+        });
+        self.supervise(id, vmm);
+        Ok(wire_bytes)
+    }
+
+    /// Lets go of every VMM without stopping it (the daemon exits; the next one adopts them).
+    pub fn release_all(&self) {
+        lock(&self.handles).clear();
+    }
+}

@@ -1,0 +1,183 @@
+//! What the daemon knows of its VMs and migrations, in memory, written through to the
+//! database and announced on the event bus. One lock each, held only to copy or change a
+//! record, never across I/O with a VMM.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::api::types::{now_ms, MigrationInfo, NodeEvent, VmInfo};
+use crate::state::{StateDb, VmRecord};
+
+use super::events::EventBus;
+
+/// Guest progress reports are announced at most this often per VM (they are not persisted:
+/// only the state changes are).
+const REPORT_EVENT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Finished migrations kept in memory for the API (all are in the database).
+const MIGRATIONS_KEPT: usize = 256;
+
+pub struct Registry {
+    vms: Mutex<BTreeMap<String, Slot>>,
+    migrations: Mutex<BTreeMap<String, MigrationInfo>>,
+    db: Arc<StateDb>,
+    pub bus: Arc<EventBus>,
+}
+
+struct Slot {
+    record: VmRecord,
+    last_report_event: Option<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    /// Loads what the database holds.
+    pub fn load(db: Arc<StateDb>, bus: Arc<EventBus>) -> anyhow::Result<Registry> {
+        let vms = db
+            .vms()?
+            .into_iter()
+            .map(|record| {
+                (
+                    record.info.id.clone(),
+                    Slot {
+                        record,
+                        last_report_event: None,
+                    },
+                )
+            })
+            .collect();
+        let migrations = db
+            .migrations(MIGRATIONS_KEPT)?
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        Ok(Registry {
+            vms: Mutex::new(vms),
+            migrations: Mutex::new(migrations),
+            db,
+            bus,
+        })
+    }
+
+    pub fn vm(&self, id: &str) -> Option<VmRecord> {
+        lock(&self.vms).get(id).map(|s| s.record.clone())
+    }
+
+    pub fn vms(&self) -> Vec<VmRecord> {
+        lock(&self.vms).values().map(|s| s.record.clone()).collect()
+    }
+
+    pub fn vm_infos(&self) -> Vec<VmInfo> {
+        lock(&self.vms)
+            .values()
+            .map(|s| s.record.info.clone())
+            .collect()
+    }
+
+    /// Adds a new VM (persisted before it is announced).
+    pub fn insert(&self, record: VmRecord) -> anyhow::Result<()> {
+        self.db.put_vm(&record)?;
+        let info = record.info.clone();
+        lock(&self.vms).insert(
+            info.id.clone(),
+            Slot {
+                record,
+                last_report_event: None,
+            },
+        );
+        self.bus.publish(NodeEvent::Vm { vm: Box::new(info) });
+        Ok(())
+    }
+
+    /// Changes a VM's record, persists it and announces it; returns the new record.
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut VmRecord)) -> Option<VmRecord> {
+        let record = {
+            let mut vms = lock(&self.vms);
+            let slot = vms.get_mut(id)?;
+            change(&mut slot.record);
+            slot.record.info.updated_at_ms = now_ms();
+            slot.record.clone()
+        };
+        if let Err(e) = self.db.put_vm(&record) {
+            tracing::error!(vm = id, error = %e, "cannot persist the VM's state");
+        }
+        self.bus.publish(NodeEvent::Vm {
+            vm: Box::new(record.info.clone()),
+        });
+        Some(record)
+    }
+
+    /// A guest progress report: kept in memory, announced at most once a second.
+    pub fn report(&self, id: &str, code: u32, value: u64) {
+        let announce = {
+            let mut vms = lock(&self.vms);
+            let Some(slot) = vms.get_mut(id) else { return };
+            slot.record.info.last_report = Some((code, value));
+            let due = slot
+                .last_report_event
+                .is_none_or(|t| t.elapsed() >= REPORT_EVENT_INTERVAL);
+            if due {
+                slot.last_report_event = Some(Instant::now());
+            }
+            due.then(|| slot.record.info.clone())
+        };
+        if let Some(info) = announce {
+            self.bus.publish(NodeEvent::Vm { vm: Box::new(info) });
+        }
+    }
+
+    pub fn migration(&self, id: &str) -> Option<MigrationInfo> {
+        lock(&self.migrations).get(id).cloned()
+    }
+
+    /// Migrations, newest first.
+    pub fn migrations(&self) -> Vec<MigrationInfo> {
+        let mut all: Vec<MigrationInfo> = lock(&self.migrations).values().cloned().collect();
+        all.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms).then(a.id.cmp(&b.id)));
+        all
+    }
+
+    /// Adds or replaces a migration; persisted when `persist` (starts and ends: progress
+    /// updates are only announced).
+    pub fn put_migration(&self, m: MigrationInfo, persist: bool) {
+        if persist {
+            if let Err(e) = self.db.put_migration(&m) {
+                tracing::error!(migration = %m.id, error = %e, "cannot persist the migration");
+            }
+        }
+        {
+            let mut all = lock(&self.migrations);
+            all.insert(m.id.clone(), m.clone());
+            if all.len() > MIGRATIONS_KEPT {
+                let oldest = all
+                    .values()
+                    .filter(|m| m.state.is_final())
+                    .min_by_key(|m| m.started_at_ms)
+                    .map(|m| m.id.clone());
+                if let Some(id) = oldest {
+                    all.remove(&id);
+                }
+            }
+        }
+        self.bus.publish(NodeEvent::Migration {
+            migration: Box::new(m),
+        });
+    }
+
+    /// Changes a migration (see [`put_migration`](Self::put_migration)).
+    pub fn update_migration(
+        &self,
+        id: &str,
+        persist: bool,
+        change: impl FnOnce(&mut MigrationInfo),
+    ) -> Option<MigrationInfo> {
+        let mut m = self.migration(id)?;
+        change(&mut m);
+        self.put_migration(m.clone(), persist);
+        Some(m)
+    }
+}
