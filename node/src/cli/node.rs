@@ -153,6 +153,7 @@ async fn serve(
             data_dir: data_dir.to_path_buf(),
             sandbox: true,
             checkpoint_every: Some(Duration::from_secs(cfg.checkpoint_interval_s)),
+            host_tag: crate::vms::host_tag(&identity.peer_id().to_bytes()),
         },
         policy: cfg.politeness.clone(),
     };

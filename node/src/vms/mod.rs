@@ -57,6 +57,14 @@ pub struct VmOptions {
     pub sandbox: bool,
     /// Checkpoint running VMs this often (BOINC's default checkpoint interval is 60 s).
     pub checkpoint_every: Option<Duration>,
+    /// Tells this node's VMMs from other nodes' on the same host: 8 hex digits, e.g. of
+    /// the node's PeerId ([`host_tag`]).
+    pub host_tag: String,
+}
+
+/// A node's tag for its VMM names: 8 hex digits of blake3 of `seed` (its PeerId).
+pub fn host_tag(seed: &[u8]) -> String {
+    crate::hex::to_hex(&blake3::hash(seed).as_bytes()[..4])
 }
 
 /// What a starting daemon found (see [`recovery`]).
@@ -109,6 +117,13 @@ impl VmManager {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The name of VM `id`'s VMM on this host (its cgroup is named after it): the VM id and
+    /// this node's tag, so two nodes on one host (tests, the demo) never share a cgroup
+    /// while a VM moves between them.
+    pub fn vmm_id(&self, id: &str) -> String {
+        format!("{id}-{}", self.opts.host_tag)
     }
 
     fn paths(&self, id: &str) -> VmPaths {
@@ -195,7 +210,7 @@ impl VmManager {
             spec::launch_source(spec)?
         };
         let launch = Launch {
-            vm_id: id.to_string(),
+            vm_id: self.vmm_id(id),
             source,
             mem_bytes: spec.mem_mib << 20,
             vcpus: spec.vcpus,
@@ -403,7 +418,7 @@ impl VmManager {
                     }
                     Err(e) => {
                         tracing::warn!(vm = %id, error = %e, "cannot adopt its VMM; killing it");
-                        recovery::kill_leftovers(&id, record.info.pid, record.pid_start_ticks);
+                        recovery::kill_leftovers(&self.vmm_id(&id), record.info.pid, record.pid_start_ticks);
                         let gone = Found::Gone(recovery::read_tombstone(&paths));
                         plan = recovery::plan(&record, &gone, paths.has_snapshot());
                     }
@@ -412,12 +427,12 @@ impl VmManager {
             match plan {
                 Plan::Keep => {
                     if record.info.state == VmState::Suspended {
-                        recovery::kill_leftovers(&id, record.info.pid, record.pid_start_ticks);
+                        recovery::kill_leftovers(&self.vmm_id(&id), record.info.pid, record.pid_start_ticks);
                     }
                 }
                 Plan::Adopt => {}
                 Plan::Restore => {
-                    recovery::kill_leftovers(&id, None, None);
+                    recovery::kill_leftovers(&self.vmm_id(&id), None, None);
                     match self.start_vmm(&id, true) {
                         Ok(()) => report.restored.push(id),
                         Err(e) => {
@@ -432,7 +447,7 @@ impl VmManager {
                     }
                 }
                 Plan::Ended { state, detail } => {
-                    recovery::kill_leftovers(&id, None, None);
+                    recovery::kill_leftovers(&self.vmm_id(&id), None, None);
                     self.registry.update(&id, |r| {
                         r.info.state = state;
                         r.info.detail = Some(detail);
@@ -453,7 +468,7 @@ impl VmManager {
         let cgroup = self
             .opts
             .sandbox
-            .then(|| novacron_vm::launcher::cgroup_name(id));
+            .then(|| novacron_vm::launcher::cgroup_name(&self.vmm_id(id)));
         let (vmm, adopted) =
             VmmProcess::adopt(&paths.control_socket(), pid, cgroup).map_err(|e| e.to_string())?;
         let state = match adopted.state {
@@ -603,7 +618,7 @@ impl VmManager {
             .map_err(|e| format!("cannot create {}: {e}", paths.dir.display()))?;
         let _ = std::fs::remove_file(paths.tombstone());
         let launch = Launch {
-            vm_id: id.to_string(),
+            vm_id: self.vmm_id(id),
             source: LaunchSource::Incoming {
                 session,
                 store: None,

@@ -116,7 +116,9 @@ pub fn same_process(pid: u32, start_ticks: Option<u64>) -> bool {
 
 /// Kills whatever still runs of VM `id`: its cgroup's processes, and the recorded process
 /// if it is still the same one.
-pub fn kill_leftovers(id: &str, pid: Option<u32>, start_ticks: Option<u64>) {
+/// `vmm_id` names the VMM on this host ([`super::VmManager::vmm_id`]).
+pub fn kill_leftovers(vmm_id: &str, pid: Option<u32>, start_ticks: Option<u64>) {
+    let id = vmm_id;
     if let Some(pid) = pid.filter(|&p| same_process(p, start_ticks)) {
         // SAFETY: kill(2) with a pid checked to be the VMM we recorded (pid + start time).
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
