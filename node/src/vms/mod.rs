@@ -418,7 +418,11 @@ impl VmManager {
                     }
                     Err(e) => {
                         tracing::warn!(vm = %id, error = %e, "cannot adopt its VMM; killing it");
-                        recovery::kill_leftovers(&self.vmm_id(&id), record.info.pid, record.pid_start_ticks);
+                        recovery::kill_leftovers(
+                            &self.vmm_id(&id),
+                            record.info.pid,
+                            record.pid_start_ticks,
+                        );
                         let gone = Found::Gone(recovery::read_tombstone(&paths));
                         plan = recovery::plan(&record, &gone, paths.has_snapshot());
                     }
@@ -427,7 +431,11 @@ impl VmManager {
             match plan {
                 Plan::Keep => {
                     if record.info.state == VmState::Suspended {
-                        recovery::kill_leftovers(&self.vmm_id(&id), record.info.pid, record.pid_start_ticks);
+                        recovery::kill_leftovers(
+                            &self.vmm_id(&id),
+                            record.info.pid,
+                            record.pid_start_ticks,
+                        );
                     }
                 }
                 Plan::Adopt => {}

@@ -1,0 +1,456 @@
+//! The node daemon end to end: real `novacron node` processes on loopback, real jailed VMMs
+//! (KVM), driven through the CLI and the REST API: mesh migration between two daemons, drain
+//! on SIGTERM, the owner-activity signal, kill -9 and restart, and a metrics scrape.
+
+#[allow(dead_code)]
+#[path = "common/mesh.rs"]
+mod mesh;
+#[allow(dead_code)]
+#[path = "common/proc.rs"]
+mod proc;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use mesh::{live_count, wait_listening, wait_until};
+use novacron_vm::guest_kit::{counter_expected, result_line, CounterParams};
+use proc::Proc;
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builtin guests run ~1000x slower than native here: a counter pass takes about 1.3 s
+/// alone on a 2-core machine, more while other tests run.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn kvm_usable(test: &str) -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("{test}: skipped: /dev/kvm is not usable here");
+    }
+    ok
+}
+
+/// A node under test: its process, data directory, PeerId and dial address.
+struct Node {
+    proc: Proc,
+    dir: PathBuf,
+    peer: String,
+    addr: String,
+}
+
+/// Starts a node on `dir` (with `config` as its YAML file when given), joined through
+/// `bootstrap`, and waits until its API answers.
+fn start_node(name: &str, dir: &Path, bootstrap: Option<&str>, config: Option<&str>) -> Node {
+    std::fs::create_dir_all(dir).unwrap();
+    let dir_s = dir.to_str().unwrap().to_string();
+    let mut args: Vec<String> = vec!["node".into()];
+    if let Some(yaml) = config {
+        let path = dir.join("node.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        args.extend(["--config".into(), path.to_str().unwrap().into()]);
+    }
+    args.extend(
+        [
+            "--data-dir",
+            &dir_s,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--kad-server",
+            "--api-port",
+            "0",
+        ]
+        .map(String::from),
+    );
+    if let Some(b) = bootstrap {
+        args.extend(["--bootstrap".into(), b.into()]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut proc = Proc::spawn(name, &refs);
+    let (peer, addr) = wait_listening(&mut proc);
+    assert!(
+        proc.wait_stderr_line("novacron: ready, API at", TIMEOUT)
+            .is_some(),
+        "{} did not get ready\n{}",
+        name,
+        proc.dump()
+    );
+    Node {
+        proc,
+        dir: dir.to_path_buf(),
+        peer,
+        addr,
+    }
+}
+
+/// Runs `novacron ARGS --data-dir DIR` to completion.
+fn cli(dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_novacron"));
+    cmd.args(args).arg("--data-dir").arg(dir);
+    cmd.output().expect("run novacron")
+}
+
+fn cli_json(dir: &Path, args: &[&str]) -> Value {
+    let out = cli(dir, args);
+    assert!(
+        out.status.success(),
+        "novacron {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "novacron {args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn vms(dir: &Path) -> Vec<Value> {
+    match cli_json(dir, &["vms", "--json"]) {
+        Value::Array(v) => v,
+        other => panic!("vms --json gave {other}"),
+    }
+}
+
+fn vm(dir: &Path, id: &str) -> Option<Value> {
+    vms(dir).into_iter().find(|v| v["id"] == id)
+}
+
+fn state_of(dir: &Path, id: &str) -> String {
+    vm(dir, id).map_or_else(String::new, |v| v["state"].as_str().unwrap_or("").into())
+}
+
+/// Creates a VM running `guest` and returns its id.
+fn create(dir: &Path, guest: &str) -> String {
+    let v = cli_json(
+        dir,
+        &["vms", "create", "--guest", guest, "--mem", "32M", "--json"],
+    );
+    assert_eq!(v["state"], "running", "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// The counter guest with `passes` passes, and the result line it prints when it ends.
+fn counter(passes: u64) -> (String, String) {
+    let params = CounterParams {
+        passes,
+        ..CounterParams::default()
+    };
+    (
+        format!("builtin:counter:passes={passes}"),
+        result_line(counter_expected(&params)),
+    )
+}
+
+fn console(dir: &Path, id: &str) -> String {
+    std::fs::read_to_string(dir.join("vms").join(id).join("console.log")).unwrap_or_default()
+}
+
+/// Sends `sig` to the node's daemon process only (not its VMMs).
+fn signal(node: &Node, sig: i32) {
+    // SAFETY: kill(2) with plain integers on our own child.
+    assert_eq!(unsafe { libc::kill(node.proc.pid(), sig) }, 0);
+}
+
+fn pid_alive(pid: i64) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks the pid.
+    pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}
+
+/// Processes whose cgroup names VM `id`'s VMM (any node's tag).
+fn vmm_processes(id: &str) -> Vec<i32> {
+    let needle = format!("/vm-{id}-");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(&needle))
+        })
+        .collect()
+}
+
+/// Plain HTTP GET on the node's API; (status, body).
+fn http_get(dir: &Path, path: &str) -> (u16, String) {
+    let url = std::fs::read_to_string(dir.join("api.url")).unwrap();
+    let host = url.trim().trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // Chunked bodies: good enough to search for lines in.
+    (status, body.to_string())
+}
+
+/// Stops every VM still active on the node (test cleanup: adopted VMMs are no children of
+/// the test's processes, so dropping them would not kill them).
+fn stop_all(dir: &Path) {
+    for v in vms(dir) {
+        if matches!(v["state"].as_str(), Some("running" | "paused")) {
+            let _ = cli(dir, &["vms", "stop", v["id"].as_str().unwrap()]);
+        }
+    }
+}
+
+#[test]
+fn a_live_migration_between_two_daemons_keeps_the_counter_result() {
+    if !kvm_usable("a_live_migration_between_two_daemons_keeps_the_counter_result") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start_node("a", &tmp.path().join("a"), None, None);
+    let b = start_node("b", &tmp.path().join("b"), Some(&a.addr), None);
+    let (guest, expected) = counter(8);
+    let id = create(&a.dir, &guest);
+    let out = cli(
+        &a.dir,
+        &["migrate", &id, "--to", &b.peer, "--mode", "live", "--json"],
+    );
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "migrate failed: {lines}{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.proc.dump(),
+        b.proc.dump()
+    );
+    let last: Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert_eq!(last["state"], "done", "{last}");
+    assert_eq!(last["peer"], b.peer.as_str());
+    assert!(last["downtime_ms"].as_f64().is_some(), "{last}");
+    assert_eq!(state_of(&a.dir, &id), "moved_away");
+    assert_eq!(state_of(&b.dir, &id), "running");
+    // The migration is on record on both sides, in each node's database.
+    let inbound = cli_json(&b.dir, &["vms", "show", &id, "--json"]);
+    assert_eq!(inbound["id"], id.as_str());
+    wait_until(
+        "the guest to finish on b",
+        GUEST_TIMEOUT,
+        &[&a.proc, &b.proc],
+        || console(&b.dir, &id).contains(&expected),
+    );
+    assert!(
+        !console(&a.dir, &id).contains(&expected),
+        "the guest finished on the source too"
+    );
+    wait_until("the VM to exit on b", TIMEOUT, &[&b.proc], || {
+        state_of(&b.dir, &id) == "exited"
+    });
+    assert!(vmm_processes(&id).is_empty(), "a VMM of {id} is left");
+}
+
+#[test]
+fn sigterm_drains_every_vm_to_a_peer_before_exit() {
+    if !kvm_usable("sigterm_drains_every_vm_to_a_peer_before_exit") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = start_node("a", &tmp.path().join("a"), None, None);
+    let b = start_node("b", &tmp.path().join("b"), Some(&a.addr), None);
+    wait_until(
+        "b to see a in its cell",
+        TIMEOUT,
+        &[&a.proc, &b.proc],
+        || live_count(&a.proc) == Some(2),
+    );
+    let (guest, _) = counter(2000);
+    let ids = [create(&a.dir, &guest), create(&a.dir, &guest)];
+    signal(&a, libc::SIGTERM);
+    let status = a.proc.wait(TIMEOUT);
+    assert!(
+        status.success(),
+        "a did not drain cleanly\n{}",
+        a.proc.dump()
+    );
+    assert!(
+        a.proc.stderr().contains("novacron: drained"),
+        "{}",
+        a.proc.dump()
+    );
+    for id in &ids {
+        assert_eq!(state_of(&b.dir, id), "running", "{}", b.proc.dump());
+    }
+    stop_all(&b.dir);
+    for id in &ids {
+        assert!(vmm_processes(id).is_empty(), "a VMM of {id} is left");
+    }
+}
+
+#[test]
+fn the_owner_needing_the_machine_moves_vms_away() {
+    if !kvm_usable("the_owner_needing_the_machine_moves_vms_away") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a_dir = tmp.path().join("a");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    // This host has no input devices: the hook says the owner has been away a long time.
+    std::fs::write(a_dir.join("owner-idle"), b"").unwrap();
+    let a = start_node(
+        "a",
+        &a_dir,
+        None,
+        Some("politeness: {runWhileInUse: false}\n"),
+    );
+    let b = start_node("b", &tmp.path().join("b"), Some(&a.addr), None);
+    wait_until("a and b in one cell", TIMEOUT, &[&a.proc, &b.proc], || {
+        live_count(&a.proc) == Some(2)
+    });
+    let (guest, _) = counter(2000);
+    let id = create(&a.dir, &guest);
+    let p = cli_json(&a.dir, &["status", "--json"]);
+    assert_eq!(p["politeness"]["state"], "run", "{p}");
+    // The owner comes back.
+    std::fs::remove_file(a_dir.join("owner-idle")).unwrap();
+    std::fs::write(a_dir.join("owner-active"), b"").unwrap();
+    wait_until("the VM to move to b", TIMEOUT, &[&a.proc, &b.proc], || {
+        state_of(&b.dir, &id) == "running"
+    });
+    assert_eq!(state_of(&a.dir, &id), "moved_away");
+    let p = cli_json(&a.dir, &["status", "--json"]);
+    assert_eq!(p["politeness"]["state"], "evacuate", "{p}");
+    // While the owner is active, the node takes no new VMs.
+    let out = cli(&a.dir, &["vms", "create", "--guest", &guest, "--json"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("owner"), "{err}");
+    stop_all(&b.dir);
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_finds_every_vm_again() {
+    if !kvm_usable("a_daemon_killed_with_sigkill_finds_every_vm_again") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let config = "checkpointIntervalS: 5\n";
+    let mut a = start_node("a", &dir, None, Some(config));
+    let (guest, expected) = counter(30);
+    let running = create(&dir, &guest);
+    let paused = create(&dir, &guest);
+    let v = cli_json(&dir, &["vms", "pause", &paused, "--json"]);
+    assert_eq!(v["state"], "paused", "{v}");
+    wait_until(
+        "a checkpoint of the running VM",
+        TIMEOUT,
+        &[&a.proc],
+        || vm(&dir, &running).is_some_and(|v| v["snapshot_at_ms"].is_u64()),
+    );
+    let before = vms(&dir);
+    let pid_of = |vms: &[Value], id: &str| {
+        vms.iter()
+            .find(|v| v["id"] == id)
+            .and_then(|v| v["pid"].as_i64())
+            .unwrap_or(0)
+    };
+    let (run_pid, paused_pid) = (pid_of(&before, &running), pid_of(&before, &paused));
+
+    // kill -9 of the daemon alone: the VMMs run on and are adopted.
+    signal(&a, libc::SIGKILL);
+    a.proc.wait(TIMEOUT);
+    assert!(pid_alive(run_pid) && pid_alive(paused_pid));
+    let mut a = start_node("a2", &dir, None, Some(config));
+    assert!(a.proc.stderr().contains("2 adopted"), "{}", a.proc.dump());
+    let after = vms(&dir);
+    for (id, state, pid) in [
+        (&running, "running", run_pid),
+        (&paused, "paused", paused_pid),
+    ] {
+        let v = after.iter().find(|v| v["id"] == id.as_str()).unwrap();
+        assert_eq!(v["state"], state, "{v}");
+        assert_eq!(v["pid"].as_i64(), Some(pid), "{v}");
+        assert_eq!(v["adoptions"], 1, "{v}");
+    }
+    // The adopted VMMs still obey.
+    let v = cli_json(&dir, &["vms", "resume", &paused, "--json"]);
+    assert_eq!(v["state"], "running", "{v}");
+
+    // kill -9 of the daemon and of one VMM: that VM comes back from its checkpoint, the
+    // other is adopted again; none is lost and none runs twice.
+    signal(&a, libc::SIGKILL);
+    a.proc.wait(TIMEOUT);
+    // SAFETY: kill(2) on the pid the node reported for its VMM.
+    unsafe { libc::kill(run_pid as i32, libc::SIGKILL) };
+    wait_until("the VMM to die", TIMEOUT, &[], || {
+        vmm_processes(&running).len() <= 1 && !pid_alive(run_pid)
+    });
+    let a = start_node("a3", &dir, None, Some(config));
+    let err = a.proc.stderr();
+    assert!(err.contains("1 adopted, 1 restored"), "{}", a.proc.dump());
+    let v = vm(&dir, &running).unwrap();
+    assert_eq!(v["state"], "running", "{v}");
+    assert_ne!(v["pid"].as_i64(), Some(run_pid), "{v}");
+    assert!(
+        v["detail"].as_str().unwrap_or("").contains("checkpoint"),
+        "{v}"
+    );
+    assert_eq!(vm(&dir, &paused).unwrap()["adoptions"], 2);
+    // The restored guest still computes the right result.
+    wait_until(
+        "the restored guest to finish",
+        GUEST_TIMEOUT,
+        &[&a.proc],
+        || console(&dir, &running).contains(&expected),
+    );
+
+    // A real daemon's metrics parse as Prometheus text.
+    let (status, body) = http_get(&dir, "/metrics");
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    let vm_gauge = |state: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "novacron_vms" && s.labels.get("state") == Some(state))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => v,
+                _ => -1.0,
+            })
+    };
+    assert!(vm_gauge("running").is_some(), "{body}");
+    stop_all(&dir);
+    for id in [&running, &paused] {
+        assert!(vmm_processes(id).is_empty(), "a VMM of {id} is left");
+    }
+}
+
+#[test]
+fn bad_api_bodies_get_clear_errors_from_a_real_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start_node("a", &tmp.path().join("a"), None, None);
+    let out = cli(
+        &a.dir,
+        &["vms", "create", "--guest", "builtin:nope", "--json"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("guest") && err.contains("400"), "{err}");
+    let out = cli(&a.dir, &["vms", "stop", "0123456789abcdef"]);
+    assert!(!out.status.success());
+    let (status, body) = http_get(&a.dir, "/api/v1/vms/nope");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+}
