@@ -431,6 +431,7 @@ mod tests {
                 mem_mib: 64,
                 vcpus: 1,
                 migration: vec![MigrationMode::Live],
+                prefill_mib: None,
             },
             state,
             detail: None,

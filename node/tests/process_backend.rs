@@ -47,6 +47,7 @@ fn spec(command: &[&str], mem_mib: u64) -> VmSpec {
         mem_mib,
         vcpus: 1,
         migration: vec![types::MigrationMode::Cold],
+        prefill_mib: None,
     }
 }
 

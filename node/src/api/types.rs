@@ -55,6 +55,11 @@ pub struct VmSpec {
     /// How the VM moves when its node needs it gone (default live, then warm).
     #[serde(default = "default_migration_modes")]
     pub migration: Vec<MigrationMode>,
+    /// kvm, builtin guests: before the guest starts, the host writes the benchmark pattern
+    /// into this many MiB of guest memory at the pattern base (16 MiB), as the migration
+    /// benchmarks' workloads do (benchmarks and tests).
+    #[serde(default)]
+    pub prefill_mib: Option<u64>,
 }
 
 pub fn default_mem_mib() -> u64 {

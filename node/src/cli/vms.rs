@@ -88,6 +88,10 @@ struct CreateArgs {
     /// How the VM may move when the node needs it gone, in the order tried.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "live,warm")]
     migration: Vec<ModeArg>,
+    /// Builtin guests: before the guest starts, write the benchmark pattern into this much
+    /// guest memory at 16 MiB (the migration benchmarks' workloads): 64M, ...
+    #[arg(long, value_parser = parse_mib, requires = "guest")]
+    prefill: Option<u64>,
 }
 
 /// A size in whole MiB.
@@ -144,6 +148,7 @@ impl CreateArgs {
             mem_mib: self.mem,
             vcpus: self.vcpus,
             migration,
+            prefill_mib: self.prefill,
         })
     }
 }

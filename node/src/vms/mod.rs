@@ -214,7 +214,11 @@ impl VmManager {
             source,
             mem_bytes: spec.mem_mib << 20,
             vcpus: spec.vcpus,
-            fill_pattern: None,
+            // A restored VM has its memory from the checkpoint.
+            fill_pattern: spec
+                .prefill_mib
+                .filter(|_| !restore)
+                .map(|mib| (novacron_vm::layout::PATTERN_BASE, mib << 20)),
             start_paused: false,
             sandbox: self.sandbox_settings(&paths),
             adopt: Some(paths.control_socket()),

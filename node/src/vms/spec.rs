@@ -46,6 +46,16 @@ pub fn validate(spec: &VmSpec) -> Result<(), String> {
             return Err(format!("migration: {m:?} is listed twice"));
         }
     }
+    if let Some(mib) = spec.prefill_mib {
+        let base_mib = novacron_vm::layout::PATTERN_BASE >> 20;
+        if spec.guest.is_none() || mib == 0 || base_mib + mib > spec.mem_mib {
+            return Err(format!(
+                "prefill_mib: {mib} MiB at {base_mib} MiB must fit in mem_mib ({}) and goes \
+                 with a builtin guest",
+                spec.mem_mib
+            ));
+        }
+    }
     match spec.backend {
         Backend::Kvm => validate_kvm(spec),
         Backend::Process => validate_process(spec),
@@ -192,6 +202,10 @@ mod tests {
             ),
             (r#"{"guest":"builtin:counter","cmdline":"x"}"#, "cmdline"),
             (r#"{"kernel":"relative/bzImage"}"#, "absolute"),
+            (
+                r#"{"guest":"builtin:idle","mem_mib":64,"prefill_mib":64}"#,
+                "prefill_mib",
+            ),
             (r#"{"kernel":"/nonexistent/bzImage"}"#, "kernel"),
             (r#"{"backend":"process"}"#, "command"),
             (r#"{"backend":"process","command":[]}"#, "empty"),
