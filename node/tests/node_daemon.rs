@@ -90,10 +90,14 @@ fn start_node(name: &str, dir: &Path, bootstrap: Option<&str>, config: Option<&s
     }
 }
 
-/// Runs `novacron ARGS --data-dir DIR` to completion.
+/// Runs `novacron COMMAND --data-dir DIR ARGS...` to completion (the flag right after the
+/// command, so a trailing `--command PROGRAM ARGS...` stays last).
 fn cli(dir: &Path, args: &[&str]) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_novacron"));
-    cmd.args(args).arg("--data-dir").arg(dir);
+    cmd.args(&args[..1])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(&args[1..]);
     cmd.output().expect("run novacron")
 }
 
@@ -160,9 +164,16 @@ fn signal(node: &Node, sig: i32) {
     assert_eq!(unsafe { libc::kill(node.proc.pid(), sig) }, 0);
 }
 
+/// Whether `pid` runs (a zombie waiting for a parent that is not ours to reap it counts as
+/// ended).
 fn pid_alive(pid: i64) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks the pid.
-    pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    pid > 0 && state != Some("Z") && state != Some("X")
 }
 
 /// Processes whose cgroup names VM `id`'s VMM (any node's tag).
@@ -325,9 +336,8 @@ fn the_owner_needing_the_machine_moves_vms_away() {
     std::fs::remove_file(a_dir.join("owner-idle")).unwrap();
     std::fs::write(a_dir.join("owner-active"), b"").unwrap();
     wait_until("the VM to move to b", TIMEOUT, &[&a.proc, &b.proc], || {
-        state_of(&b.dir, &id) == "running"
+        state_of(&b.dir, &id) == "running" && state_of(&a.dir, &id) == "moved_away"
     });
-    assert_eq!(state_of(&a.dir, &id), "moved_away");
     let p = cli_json(&a.dir, &["status", "--json"]);
     assert_eq!(p["politeness"]["state"], "evacuate", "{p}");
     // While the owner is active, the node takes no new VMs.
@@ -453,4 +463,84 @@ fn bad_api_bodies_get_clear_errors_from_a_real_daemon() {
     let (status, body) = http_get(&a.dir, "/api/v1/vms/nope");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("\"error\""), "{body}");
+}
+
+#[test]
+fn a_process_vm_moves_cold_and_is_adopted_after_kill_9() {
+    if !nix_root("a_process_vm_moves_cold_and_is_adopted_after_kill_9") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // The jailed command runs as nobody: it must be able to traverse to its work directory.
+    for d in [
+        tmp.path().to_path_buf(),
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+    ] {
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    }
+    let a = start_node("a", &tmp.path().join("a"), None, None);
+    let mut b = start_node("b", &tmp.path().join("b"), Some(&a.addr), None);
+    let script = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done";
+    let v = cli_json(
+        &a.dir,
+        &[
+            "vms",
+            "create",
+            "--backend",
+            "process",
+            "--json",
+            "--command",
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_until("the command to print on a", TIMEOUT, &[&a.proc], || {
+        console(&a.dir, &id).contains("tick 2")
+    });
+    // A live move is refused: a process has no memory to copy.
+    let out = cli(&a.dir, &["migrate", &id, "--to", &b.peer, "--mode", "live"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cold"));
+    let out = cli(
+        &a.dir,
+        &["migrate", &id, "--to", &b.peer, "--mode", "cold", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state_of(&a.dir, &id), "moved_away");
+    wait_until("the command to run on b", TIMEOUT, &[&b.proc], || {
+        console(&b.dir, &id).contains("tick 2")
+    });
+    let pid = vm(&b.dir, &id).unwrap()["pid"].as_i64().unwrap();
+    signal(&b, libc::SIGKILL);
+    b.proc.wait(TIMEOUT);
+    assert!(pid_alive(pid), "the command died with its daemon");
+    let b = start_node("b2", &b.dir, Some(&a.addr), None);
+    assert!(b.proc.stderr().contains("1 adopted"), "{}", b.proc.dump());
+    let v = vm(&b.dir, &id).unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["pid"].as_i64()),
+        (Some("running"), Some(pid)),
+        "{v}"
+    );
+    let v = cli_json(&b.dir, &["vms", "stop", &id, "--json"]);
+    assert_eq!(v["state"], "exited", "{v}");
+    assert!(!pid_alive(pid));
+}
+
+fn nix_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("{test}: skipped: the process jail needs root (namespaces, cgroups)");
+    }
+    root
 }

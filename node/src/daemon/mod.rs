@@ -7,6 +7,7 @@ mod cell;
 mod chunk_sets;
 pub mod lines;
 mod moves;
+pub use moves::RESTARTED;
 mod placement;
 mod polite;
 mod service;

@@ -77,11 +77,9 @@ impl Daemon {
                 vm.state.as_str()
             )));
         }
-        if vm.spec.backend == Backend::Process {
+        if vm.spec.backend == Backend::Process && request.mode != MigrationMode::Cold {
             return Err(ServiceError::BadRequest(
-                "a process-backend VM moves only by cold restart: stop it here and create it \
-                 on the peer"
-                    .into(),
+                "mode: a process-backend VM moves only by cold restart: use mode cold".into(),
             ));
         }
         let me = self.mesh.peer_id().to_string();
@@ -182,6 +180,9 @@ impl Daemon {
             self.vms.registry().put_migration(info.clone(), true);
             ServiceError::Unavailable(why)
         };
+        if vm.spec.backend == Backend::Process {
+            return self.restart_on(peer_id, offer, info).await;
+        }
         let opened = match migrations.open(peer_id, offer, DATA_STREAMS).await {
             Ok(o) if o.session == session => o,
             Ok(o) => {
@@ -221,6 +222,55 @@ impl Daemon {
             tracing::debug!(error = %e, "cannot note the peer");
         }
         Ok(self.vms.registry().migration(&id).unwrap_or(info))
+    }
+
+    /// Moves a process-backend VM by cold restart: the peer starts the command afresh and
+    /// confirms with one byte on the control stream; then the command stops here.
+    async fn restart_on(
+        &self,
+        peer: PeerId,
+        offer: MigrationOffer,
+        mut info: MigrationInfo,
+    ) -> ServiceResult<MigrationInfo> {
+        let Some(migrations) = self.migrations.as_ref() else {
+            return Err(ServiceError::Unavailable(
+                "mesh migration is not running".into(),
+            ));
+        };
+        let vm_id = offer.vm_id.clone();
+        let outcome = match migrations.open(peer, offer, 1).await {
+            Ok(opened) => {
+                let mut streams = opened.streams.into_iter();
+                match streams.next() {
+                    Some(control) => tokio::task::spawn_blocking(move || read_confirm(control))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("confirm task: {e}"))),
+                    None => Err("no control stream".into()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        info.ended_at_ms = Some(now_ms());
+        match outcome {
+            Ok(()) => {
+                self.vms.registry().update(&vm_id, |r| {
+                    r.info.state = VmState::MovedAway;
+                    r.info.detail = Some(format!("restarted on {peer} (cold)"));
+                });
+                if let Err(e) = self.vms.stop(&vm_id).await {
+                    tracing::warn!(vm = %vm_id, error = %e, "cannot stop the moved process");
+                }
+                info.state = MigrationState::Done;
+                self.vms.registry().put_migration(info.clone(), true);
+                Ok(info)
+            }
+            Err(why) => {
+                info.state = MigrationState::Failed;
+                info.error = Some(why.clone());
+                self.vms.registry().put_migration(info, true);
+                Err(ServiceError::Unavailable(why))
+            }
+        }
     }
 
     /// Once migration `id` ends, records the bytes its streams carried to the peer (the
@@ -289,8 +339,8 @@ impl Daemon {
         if let Some(why) = self.why_not_accepting() {
             return Err(format!("not taking VMs: {why}"));
         }
-        if offer.spec.backend != Backend::Kvm {
-            return Err("only KVM VMs migrate".into());
+        if offer.spec.backend == Backend::Process && offer.mode != MigrationMode::Cold {
+            return Err("a process-backend VM moves only cold".into());
         }
         if let Some(vm) = self.vms.get(&offer.vm_id) {
             if vm.state.is_active() {
@@ -367,10 +417,12 @@ impl Daemon {
         let Some(vm) = self.vms.get(vm_id) else {
             return true;
         };
-        if vm.spec.backend == Backend::Process {
-            return false;
-        }
-        for mode in vm.spec.migration.clone() {
+        // A process moves only by cold restart, whatever its policy lists.
+        let modes = match vm.spec.backend {
+            Backend::Process => vec![MigrationMode::Cold],
+            Backend::Kvm => vm.spec.migration.clone(),
+        };
+        for mode in modes {
             let request = MigrationRequest {
                 to: "auto".into(),
                 mode,
@@ -421,3 +473,23 @@ impl Daemon {
         }
     }
 }
+
+/// How long the source waits for the peer to say a restarted process runs there.
+const RESTART_CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads the destination's one-byte answer after a cold restart (1: it runs there).
+fn read_confirm(mut control: std::os::unix::net::UnixStream) -> Result<(), String> {
+    use std::io::Read;
+    control
+        .set_read_timeout(Some(RESTART_CONFIRM_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut answer = [0u8; 1];
+    match control.read_exact(&mut answer) {
+        Ok(()) if answer[0] == RESTARTED => Ok(()),
+        Ok(()) => Err("the peer could not start the command".into()),
+        Err(e) => Err(format!("no answer from the peer: {e}")),
+    }
+}
+
+/// The destination's answer when a process-backend VM runs there.
+pub const RESTARTED: u8 = 1;

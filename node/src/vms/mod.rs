@@ -7,8 +7,8 @@
 
 pub mod events;
 pub mod paths;
-#[allow(dead_code)] // the VM manager starts process VMs in the next change
 pub mod process_backend;
+mod process_supervisor;
 pub mod recovery;
 pub mod registry;
 pub mod spec;
@@ -38,6 +38,8 @@ use crate::mesh_migration::IncomingMigration;
 use crate::state::VmRecord;
 
 use paths::VmPaths;
+use process_backend::ProcessVm;
+use process_supervisor::ProcessSupervisor;
 use recovery::{Found, Plan};
 use registry::Registry;
 use supervisor::{Cmd, Supervisor};
@@ -149,11 +151,6 @@ impl VmManager {
     /// Starts a VM; answers once its machine is built and running.
     pub async fn create(self: &Arc<Self>, spec: VmSpec) -> ServiceResult<VmInfo> {
         spec::validate(&spec).map_err(ServiceError::BadRequest)?;
-        if spec.backend == Backend::Process {
-            return Err(ServiceError::Unavailable(
-                "the process backend is not available on this node yet; use backend kvm".into(),
-            ));
-        }
         let id = new_id();
         let now = now_ms();
         let record = VmRecord {
@@ -176,7 +173,7 @@ impl VmManager {
         let me = self.clone();
         let started = {
             let id = id.clone();
-            tokio::task::spawn_blocking(move || me.start_vmm(&id, false))
+            tokio::task::spawn_blocking(move || me.start_vm(&id, false))
                 .await
                 .map_err(|e| ServiceError::Internal(format!("VM start task: {e}")))?
         };
@@ -191,6 +188,58 @@ impl VmManager {
         }
         self.get(&id)
             .ok_or_else(|| ServiceError::Internal(format!("VM {id} vanished")))
+    }
+
+    /// Starts VM `id` by its backend; `restore`: a KVM VM from its checkpoint, a process
+    /// from scratch (it has no memory snapshot). Blocking.
+    fn start_vm(&self, id: &str, restore: bool) -> Result<(), String> {
+        let record = self.registry.vm(id).ok_or_else(|| format!("no VM {id}"))?;
+        match record.info.spec.backend {
+            Backend::Kvm => self.start_vmm(id, restore),
+            Backend::Process => self.start_process(id, restore),
+        }
+    }
+
+    /// Starts a process-backend VM's jailed command and hands it to a supervisor thread.
+    fn start_process(&self, id: &str, restart: bool) -> Result<(), String> {
+        let record = self.registry.vm(id).ok_or_else(|| format!("no VM {id}"))?;
+        let paths = self.paths(id);
+        std::fs::create_dir_all(&paths.dir)
+            .map_err(|e| format!("cannot create {}: {e}", paths.dir.display()))?;
+        let _ = std::fs::remove_file(paths.dir.join(process_backend::STATUS_FILE));
+        let process = ProcessVm::spawn(
+            &self.opts.exe,
+            &self.vmm_id(id),
+            &paths.dir,
+            &record.info.spec,
+        )?;
+        let (pid, ticks) = (process.pid(), process.start_ticks());
+        self.registry.update(id, |r| {
+            r.info.pid = Some(pid);
+            r.pid_start_ticks = Some(ticks);
+            r.info.state = VmState::Running;
+            r.info.detail = restart.then(|| {
+                "restarted from scratch (the process backend has no snapshots)".to_string()
+            });
+        });
+        self.supervise_process(id, process);
+        Ok(())
+    }
+
+    fn supervise_process(&self, id: &str, process: ProcessVm) {
+        let (tx, rx) = mpsc::channel();
+        lock(&self.handles).insert(id.to_string(), tx);
+        let sup = ProcessSupervisor {
+            id: id.to_string(),
+            process,
+            registry: self.registry.clone(),
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name(format!("proc-{id}"))
+            .spawn(move || sup.run(rx))
+        {
+            tracing::error!(vm = id, error = %e, "cannot start the VM's supervisor thread");
+        }
     }
 
     /// Spawns the VMM of VM `id` (from its spec, or from its checkpoint when `restore`),
@@ -359,7 +408,7 @@ impl VmManager {
             .update(id, |r| r.info.state = VmState::Starting);
         let me = self.clone();
         let vm_id = id.to_string();
-        let started = tokio::task::spawn_blocking(move || me.start_vmm(&vm_id, true))
+        let started = tokio::task::spawn_blocking(move || me.start_vm(&vm_id, true))
             .await
             .map_err(|e| ServiceError::Internal(format!("VM restore task: {e}")))?;
         if let Err(e) = started {
@@ -408,14 +457,25 @@ impl VmManager {
                 .info
                 .pid
                 .is_some_and(|pid| recovery::same_process(pid, record.pid_start_ticks));
+            let process = record.info.spec.backend == Backend::Process;
+            let ended = |paths: &VmPaths| match process {
+                true => recovery::read_process_status(paths),
+                false => recovery::read_tombstone(paths),
+            };
+            // A process can always start again from scratch; a KVM VM needs its checkpoint.
+            let restorable = process || paths.has_snapshot();
             let found = if alive {
                 Found::Alive
             } else {
-                Found::Gone(recovery::read_tombstone(&paths))
+                Found::Gone(ended(&paths))
             };
-            let mut plan = recovery::plan(&record, &found, paths.has_snapshot());
+            let mut plan = recovery::plan(&record, &found, restorable);
             if plan == Plan::Adopt {
-                match self.adopt(&record, &paths) {
+                let adopted = match process {
+                    true => self.adopt_process(&record, &paths),
+                    false => self.adopt(&record, &paths),
+                };
+                match adopted {
                     Ok(()) => {
                         report.adopted.push(id);
                         continue;
@@ -427,8 +487,8 @@ impl VmManager {
                             record.info.pid,
                             record.pid_start_ticks,
                         );
-                        let gone = Found::Gone(recovery::read_tombstone(&paths));
-                        plan = recovery::plan(&record, &gone, paths.has_snapshot());
+                        let gone = Found::Gone(ended(&paths));
+                        plan = recovery::plan(&record, &gone, restorable);
                     }
                 }
             }
@@ -445,7 +505,7 @@ impl VmManager {
                 Plan::Adopt => {}
                 Plan::Restore => {
                     recovery::kill_leftovers(&self.vmm_id(&id), None, None);
-                    match self.start_vmm(&id, true) {
+                    match self.start_vm(&id, true) {
                         Ok(()) => report.restored.push(id),
                         Err(e) => {
                             self.registry.update(&id, |r| {
@@ -471,6 +531,17 @@ impl VmManager {
             }
         }
         report
+    }
+
+    /// Takes a process-backend VM's running command back (by pid and start time).
+    fn adopt_process(&self, record: &VmRecord, paths: &VmPaths) -> Result<(), String> {
+        let id = &record.info.id;
+        let pid = record.info.pid.ok_or("no pid recorded")?;
+        let ticks = record.pid_start_ticks.ok_or("no start time recorded")?;
+        let process = ProcessVm::adopt(&self.vmm_id(id), &paths.dir, pid, ticks)?;
+        self.registry.update(id, |r| r.info.adoptions += 1);
+        self.supervise_process(id, process);
+        Ok(())
     }
 
     /// Takes a running VMM back through its adoption socket.
@@ -575,6 +646,9 @@ impl VmManager {
         } else {
             self.registry.insert(record)?;
         }
+        if offer.spec.backend == Backend::Process {
+            return self.receive_process(&id, &migration.id, incoming).await;
+        }
         let me = self.clone();
         let session = offer.session;
         let (mem_bytes, vcpus) = (offer.mem_bytes, offer.vcpus);
@@ -614,6 +688,47 @@ impl VmManager {
                 Err(anyhow::anyhow!(e))
             }
         }
+    }
+
+    /// A process-backend VM moving in: its command starts here afresh, and the source hears
+    /// one byte back (1: it runs here, 0: it could not start).
+    async fn receive_process(
+        self: &Arc<Self>,
+        id: &str,
+        migration_id: &str,
+        incoming: IncomingMigration,
+    ) -> anyhow::Result<()> {
+        let me = self.clone();
+        let vm_id = id.to_string();
+        let started = tokio::task::spawn_blocking(move || me.start_process(&vm_id, false))
+            .await
+            .map_err(|e| anyhow::anyhow!("process start task: {e}"))?;
+        let answer = [if started.is_ok() {
+            crate::daemon::RESTARTED
+        } else {
+            0
+        }];
+        if let Some(mut control) = incoming.streams.into_iter().next() {
+            use std::io::Write;
+            let _ = control.write_all(&answer).and_then(|_| control.flush());
+        }
+        let state = if started.is_ok() {
+            MigrationState::Done
+        } else {
+            MigrationState::Failed
+        };
+        self.registry.update_migration(migration_id, true, |m| {
+            m.state = state;
+            m.ended_at_ms = Some(now_ms());
+            m.error = started.as_ref().err().cloned();
+        });
+        if let Err(e) = &started {
+            self.registry.update(id, |r| {
+                r.info.state = VmState::Failed;
+                r.info.detail = Some(format!("could not start here: {e}"));
+            });
+        }
+        started.map_err(anyhow::Error::msg)
     }
 
     /// Spawns the receiving VMM and waits until the VM runs; returns the wire bytes.

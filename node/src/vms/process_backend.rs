@@ -427,10 +427,6 @@ impl ProcessVm {
         })
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// The jail's outermost process (also its process group and session id).
     pub fn pid(&self) -> u32 {
         self.pid

@@ -106,6 +106,24 @@ pub fn read_tombstone(paths: &VmPaths) -> Option<ExitReason> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// How a process-backend VM's command ended, from the status line its jail wrote (as an
+/// exit reason: a clean exit, or a failure such as a kill).
+pub fn read_process_status(paths: &VmPaths) -> Option<ExitReason> {
+    let bytes = std::fs::read(paths.dir.join(super::process_backend::STATUS_FILE)).ok()?;
+    if bytes.len() > 64 {
+        return None;
+    }
+    let text = String::from_utf8(bytes).ok()?;
+    match super::process_backend::ExitRecord::parse(&text)? {
+        super::process_backend::ExitRecord::Exited(code) => Some(ExitReason::GuestExit {
+            status: code.max(0) as u64,
+        }),
+        super::process_backend::ExitRecord::Killed(signal) => Some(ExitReason::Failed {
+            message: format!("the command was killed by signal {signal}"),
+        }),
+    }
+}
+
 /// Whether `pid` is the process recorded: same pid and same start time.
 pub fn same_process(pid: u32, start_ticks: Option<u64>) -> bool {
     match (start_ticks, novacron_vm::adopt::process_start_ticks(pid)) {
