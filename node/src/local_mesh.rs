@@ -95,17 +95,28 @@ impl NodeProc {
             .join("\n")
     }
 
+    /// The dial address (`.../p2p/PEERID`) and PeerId of the node's first `listening on`
+    /// line, once it printed one.
+    fn listening(&self) -> Option<(String, String)> {
+        self.find_line(|line| {
+            let rest = line.strip_prefix("novacron: node ")?;
+            let (peer, addr) = rest.split_once(" listening on ")?;
+            Some((addr.trim().to_string(), peer.to_string()))
+        })
+        .map(|(_, found)| found)
+    }
+
+    /// The node's PeerId, once it printed it.
+    pub fn peer_id(&self) -> Option<String> {
+        self.listening().map(|(_, peer)| peer)
+    }
+
     /// Waits for the node's `listening on` line and returns its dial address
     /// (`.../p2p/PEERID`) and PeerId.
     pub fn wait_listening(&mut self, timeout: Duration) -> anyhow::Result<(String, String)> {
         let deadline = Instant::now() + timeout;
         loop {
-            let found = self.find_line(|line| {
-                let rest = line.strip_prefix("novacron: node ")?;
-                let (peer, addr) = rest.split_once(" listening on ")?;
-                Some((addr.trim().to_string(), peer.to_string()))
-            });
-            if let Some((_, found)) = found {
+            if let Some(found) = self.listening() {
                 return Ok(found);
             }
             if let Some(status) = self.child.try_wait()? {

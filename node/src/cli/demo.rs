@@ -2,7 +2,10 @@
 //! joined through the first, in one cell — and a live view of it until Ctrl-C.
 //!
 //! The dashboard comes with its own issue; until then the view is the first node's member
-//! table, printed whenever membership changes (and every `--every` seconds).
+//! table, printed whenever membership changes (and every `--every` seconds). Once two nodes
+//! are live, a builtin guest VM starts on the first and wanders the mesh: every
+//! `--move-every` seconds it live-migrates to the peer with the most free capacity
+//! (`--no-vm` leaves it out, e.g. on a host without KVM).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 
+use crate::api::client::ApiClient;
+use crate::api::types::{
+    MigrationInfo, MigrationMode, MigrationRequest, MigrationState, VmInfo, VmSpec,
+};
 use crate::local_mesh::LocalMesh;
 
 #[derive(Args, Debug)]
@@ -30,6 +37,19 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Do not start the wandering VM.
+    #[arg(long)]
+    no_vm: bool,
+    /// Seconds between the VM's moves.
+    #[arg(long, default_value_t = 20)]
+    move_every: u64,
+}
+
+/// The VM the demo moves around: which node holds it, and when it last moved.
+struct Wanderer {
+    id: String,
+    node: usize,
+    moved: Instant,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -64,6 +84,12 @@ fn show(args: &DemoArgs, root: &std::path::Path, stop: &AtomicBool) -> anyhow::R
     let started = Instant::now();
     let mut last_membership: Vec<(String, bool)> = Vec::new();
     let mut last_print = Instant::now() - Duration::from_secs(args.every);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut wanderer: Option<Wanderer> = None;
+    let mut vm_failed = args.no_vm;
     while !stop.load(Ordering::Relaxed) {
         if args
             .seconds
@@ -92,9 +118,85 @@ fn show(args: &DemoArgs, root: &std::path::Path, stop: &AtomicBool) -> anyhow::R
             last_membership = membership;
             last_print = Instant::now();
         }
+        if vm_failed || live < 2 {
+            continue;
+        }
+        let step = runtime.block_on(wander(&mesh, &mut wanderer, args.move_every));
+        if let Err(e) = step {
+            eprintln!("novacron: demo VM: {e:#} (the mesh runs on without it)");
+            vm_failed = true;
+        }
     }
     eprintln!("novacron: stopping the demo mesh");
     drop(mesh);
+    Ok(())
+}
+
+/// Starts the wandering VM, or moves it on when its time has come.
+async fn wander(
+    mesh: &LocalMesh,
+    wanderer: &mut Option<Wanderer>,
+    every: u64,
+) -> anyhow::Result<()> {
+    let client = |i: usize| -> anyhow::Result<ApiClient> {
+        let dir = &mesh.nodes[i].data_dir;
+        let url = std::fs::read_to_string(dir.join("api.url"))
+            .with_context(|| format!("{} has no API address yet", dir.display()))?;
+        Ok(ApiClient::new(url.trim(), None, None)?)
+    };
+    let Some(w) = wanderer else {
+        let spec: VmSpec = serde_json::from_value(serde_json::json!({
+            "name": "wanderer",
+            "guest": "builtin:counter:passes=100000",
+            "mem_mib": 64,
+        }))?;
+        let vm: VmInfo = client(0)?.post("/api/v1/vms", &spec).await?;
+        println!("novacron: demo VM {} runs on node-000", vm.id);
+        *wanderer = Some(Wanderer {
+            id: vm.id,
+            node: 0,
+            moved: Instant::now(),
+        });
+        return Ok(());
+    };
+    if w.moved.elapsed() < Duration::from_secs(every) {
+        return Ok(());
+    }
+    w.moved = Instant::now();
+    let from = client(w.node)?;
+    let request = MigrationRequest {
+        to: "auto".into(),
+        mode: MigrationMode::Live,
+        downtime_budget_ms: None,
+    };
+    let path = format!("/api/v1/vms/{}/migrate", w.id);
+    let mut m: MigrationInfo = from.post(&path, &request).await?;
+    while !m.state.is_final() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = from.get(&format!("/api/v1/migrations/{}", m.id)).await?;
+    }
+    let to = mesh
+        .nodes
+        .iter()
+        .position(|n| n.peer_id().is_some_and(|p| p == m.peer));
+    match (m.state, to) {
+        (MigrationState::Done, Some(to)) => {
+            println!(
+                "novacron: demo VM {} moved live from node-{:03} to node-{to:03}: downtime {:.1} ms, {} KiB on the wire",
+                w.id,
+                w.node,
+                m.downtime_ms.unwrap_or(0.0),
+                m.wire_bytes / 1024
+            );
+            w.node = to;
+        }
+        _ => println!(
+            "novacron: demo VM {} stays on node-{:03}: {}",
+            w.id,
+            w.node,
+            m.error.unwrap_or_else(|| format!("{:?}", m.state))
+        ),
+    }
     Ok(())
 }
 

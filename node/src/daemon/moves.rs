@@ -413,7 +413,7 @@ impl Daemon {
     }
 
     /// Tries each mode of the VM's policy against each candidate peer; true once it moved.
-    async fn move_away(self: &Arc<Self>, vm_id: &str) -> bool {
+    pub(super) async fn move_away(self: &Arc<Self>, vm_id: &str) -> bool {
         let Some(vm) = self.vms.get(vm_id) else {
             return true;
         };

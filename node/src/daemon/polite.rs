@@ -59,9 +59,11 @@ impl Daemon {
         }
         match decision {
             Decision::Run {
-                cpu_cap_percent, ..
+                cpu_cap_percent,
+                mem_cap_bytes,
             } => {
                 self.cap_cpu(cpu_cap_percent);
+                self.fit_memory(mem_cap_bytes).await;
                 self.bring_back().await;
             }
             Decision::Evacuate { .. } => {
@@ -85,6 +87,31 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+
+    /// Moves the largest VMs away (or parks them) until the rest fits the memory cap (it
+    /// drops to 50% of the host's memory while the owner is active).
+    async fn fit_memory(self: &Arc<Self>, mem_cap_bytes: u64) {
+        let mut active = self.vms.active();
+        let mut used: u64 = active.iter().map(|v| v.spec.mem_mib << 20).sum();
+        if mem_cap_bytes == 0 || used <= mem_cap_bytes {
+            return;
+        }
+        active.sort_by(|a, b| b.spec.mem_mib.cmp(&a.spec.mem_mib));
+        for vm in active {
+            if used <= mem_cap_bytes {
+                break;
+            }
+            used = used.saturating_sub(vm.spec.mem_mib << 20);
+            tracing::info!(vm = %vm.id, "over the memory cap: moving it away");
+            let me = self.clone();
+            tokio::spawn(async move {
+                let moved = tokio::time::timeout(EVACUATION_DEADLINE, me.move_away(&vm.id)).await;
+                if !matches!(moved, Ok(true)) {
+                    me.park(&vm.id).await;
+                }
+            });
         }
     }
 

@@ -214,7 +214,7 @@ impl VmManager {
             &record.info.spec,
         )?;
         let (pid, ticks) = (process.pid(), process.start_ticks());
-        self.registry.update(id, |r| {
+        self.supervise_process(id, process, |r| {
             r.info.pid = Some(pid);
             r.pid_start_ticks = Some(ticks);
             r.info.state = VmState::Running;
@@ -222,13 +222,14 @@ impl VmManager {
                 "restarted from scratch (the process backend has no snapshots)".to_string()
             });
         });
-        self.supervise_process(id, process);
         Ok(())
     }
 
-    fn supervise_process(&self, id: &str, process: ProcessVm) {
+    /// As [`supervise`](Self::supervise), for a process-backend VM.
+    fn supervise_process(&self, id: &str, process: ProcessVm, mark: impl FnOnce(&mut VmRecord)) {
         let (tx, rx) = mpsc::channel();
         lock(&self.handles).insert(id.to_string(), tx);
+        self.registry.update(id, mark);
         let sup = ProcessSupervisor {
             id: id.to_string(),
             process,
@@ -282,13 +283,12 @@ impl VmManager {
             r.pid_start_ticks = ticks;
         });
         vmm.wait_ready(READY_TIMEOUT).map_err(|e| e.to_string())?;
-        self.registry.update(id, |r| {
+        self.supervise(id, vmm, |r| {
             r.info.state = VmState::Running;
             if restore {
                 r.info.detail = Some("restored from its last checkpoint".into());
             }
         });
-        self.supervise(id, vmm);
         Ok(())
     }
 
@@ -302,9 +302,13 @@ impl VmManager {
         }
     }
 
-    fn supervise(&self, id: &str, vmm: VmmProcess) {
+    /// Hands the VMM to a supervisor thread. `mark` updates the VM's record once commands
+    /// can reach the supervisor and before it handles any event, so a request that sees
+    /// the new state always finds the VM supervised.
+    fn supervise(&self, id: &str, vmm: VmmProcess, mark: impl FnOnce(&mut VmRecord)) {
         let (tx, rx) = mpsc::channel();
         lock(&self.handles).insert(id.to_string(), tx);
+        self.registry.update(id, mark);
         let sup = Supervisor {
             id: id.to_string(),
             vmm,
@@ -539,8 +543,7 @@ impl VmManager {
         let pid = record.info.pid.ok_or("no pid recorded")?;
         let ticks = record.pid_start_ticks.ok_or("no start time recorded")?;
         let process = ProcessVm::adopt(&self.vmm_id(id), &paths.dir, pid, ticks)?;
-        self.registry.update(id, |r| r.info.adoptions += 1);
-        self.supervise_process(id, process);
+        self.supervise_process(id, process, |r| r.info.adoptions += 1);
         Ok(())
     }
 
@@ -559,14 +562,13 @@ impl VmManager {
             AdoptedState::Exited => VmState::Exited,
             AdoptedState::Running => VmState::Running,
         };
-        self.registry.update(id, |r| {
+        self.supervise(id, vmm, |r| {
             r.info.adoptions += 1;
             r.info.last_report = adopted.last_guest.or(r.info.last_report);
             if state != VmState::Exited {
                 r.info.state = state;
             }
         });
-        self.supervise(id, vmm);
         Ok(())
     }
 
@@ -776,11 +778,10 @@ impl VmManager {
                 _ => None,
             })
             .map_err(|e| e.to_string())??;
-        self.registry.update(id, |r| {
+        self.supervise(id, vmm, |r| {
             r.info.state = VmState::Running;
             r.info.detail = None;
         });
-        self.supervise(id, vmm);
         Ok(wire_bytes)
     }
 
