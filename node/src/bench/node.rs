@@ -549,10 +549,14 @@ fn load(rt: &Runtime, addr: SocketAddr, clients: usize, seconds: u64) -> anyhow:
             .into();
     rt.block_on(async {
         let mut conns = Vec::with_capacity(clients);
-        for _ in 0..clients {
-            let s = TcpStream::connect(addr)
-                .await
-                .with_context(|| format!("cannot connect to {addr}"))?;
+        for i in 0..clients {
+            let s = TcpStream::connect(addr).await.with_context(|| {
+                format!(
+                    "load client {} of {clients} cannot connect to {addr} (each client is a \
+                     socket: lower --clients or raise `ulimit -n`)",
+                    i + 1
+                )
+            })?;
             s.set_nodelay(true)?;
             conns.push(s);
         }
