@@ -30,7 +30,7 @@ use tokio::runtime::Runtime;
 
 use super::migrate::{idle_reference, IDLE_MIGRATE_AFTER_MS};
 use super::report::{in_scratch_dir, median, percentile, Report};
-use crate::api::client::{path_segment, ApiClient};
+use crate::api::client::{path_segment, ApiClient, ClientError};
 use crate::api::types::{
     Backend, MigrationInfo, MigrationMode, MigrationRequest, MigrationState, VmInfo, VmSpec,
     VmState,
@@ -110,6 +110,8 @@ impl NodeBenchArgs {
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one migration (or a VM start) may take on this slow machine.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a stop is retried while the node answers 409 Conflict.
+const STOP_RETRY: Duration = Duration::from_secs(10);
 /// API load before the measured span.
 const WARMUP: Duration = Duration::from_secs(1);
 /// VMs the API answers about, as a node with work does.
@@ -343,9 +345,23 @@ impl Daemon {
             }
         };
         for vm in vms.iter().filter(|v| v.state.is_active()) {
-            let path = format!("/api/v1/vms/{}", path_segment(&vm.id));
-            if let Err(e) = self.client.delete::<VmInfo>(&path).await {
+            if let Err(e) = self.stop_vm(&vm.id).await {
                 tracing::warn!(vm = %vm.id, error = %e, "cannot stop a VM of the bench");
+            }
+        }
+    }
+
+    /// Stops a VM, retrying while the node answers 409 (a VM that just migrated in is
+    /// `running` a moment before its supervisor takes commands).
+    async fn stop_vm(&self, id: &str) -> Result<VmInfo, ClientError> {
+        let path = format!("/api/v1/vms/{}", path_segment(id));
+        let deadline = Instant::now() + STOP_RETRY;
+        loop {
+            match self.client.delete::<VmInfo>(&path).await {
+                Err(ClientError::Api { status: 409, .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
             }
         }
     }
@@ -852,11 +868,7 @@ async fn mesh_migrate(from: &Daemon, to: &Daemon) -> anyhow::Result<MeshMove> {
         .ended_at_ms
         .unwrap_or(m.started_at_ms)
         .saturating_sub(m.started_at_ms) as f64;
-    if let Err(e) = to
-        .client
-        .delete::<VmInfo>(&format!("/api/v1/vms/{id}"))
-        .await
-    {
+    if let Err(e) = to.stop_vm(&vm.id).await {
         tracing::warn!(vm = %vm.id, error = %e, "cannot stop the moved VM (stopped at the end)");
     }
     Ok(MeshMove {
