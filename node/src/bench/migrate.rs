@@ -85,6 +85,31 @@ pub fn run(args: &MigrateBenchArgs) -> anyhow::Result<Report> {
     })
 }
 
+/// The idle workload (`builtin:idle`, the pattern, migrated after 2 s) moved `runs` times
+/// by the direct-TCP path with this suite's default settings (1 GiB, 2 streams, 50 ms
+/// budget): the reference of `bench node`'s mesh migration. Chunk stores go under `scratch`.
+pub(super) fn idle_reference(runs: usize, scratch: &Path) -> anyhow::Result<Medians> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        args: MigrateBenchArgs,
+    }
+    let exe = std::env::current_exe().context("cannot find the novacron executable")?;
+    let args = Defaults::try_parse_from(["migrate", "--workloads", "idle"])?.args;
+    let bench = Bench {
+        exe,
+        args: &args,
+        scratch: scratch.to_path_buf(),
+    };
+    bench.repeat(runs.max(1), || {
+        bench.idle_or_dirtier("builtin:idle", IDLE_MIGRATE_AFTER_MS)
+    })
+}
+
+/// How long the idle workload runs before it is migrated.
+pub(super) const IDLE_MIGRATE_AFTER_MS: u64 = 2000;
+
 struct Bench<'a> {
     exe: PathBuf,
     args: &'a MigrateBenchArgs,
@@ -94,6 +119,9 @@ struct Bench<'a> {
 /// One migration's figures.
 struct Moved {
     downtime_ms: f64,
+    /// The source's final pause to the destination's confirm arriving at the source: what
+    /// the node daemon reports as a migration's `downtime_ms`.
+    pause_to_confirm_ms: f64,
     total_ms: f64,
     wire_bytes: u64,
     rounds: u32,
@@ -132,7 +160,9 @@ impl Bench<'_> {
     }
 
     fn idle(&self, report: &mut Report, runs: usize, touched_zstd: u64) -> anyhow::Result<()> {
-        let idle = self.repeat(runs, || self.idle_or_dirtier("builtin:idle", 2000))?;
+        let idle = self.repeat(runs, || {
+            self.idle_or_dirtier("builtin:idle", IDLE_MIGRATE_AFTER_MS)
+        })?;
         report.add("idle.downtime_ms", idle.downtime_ms, "ms", Some("<= 2"));
         report.add("idle.total_ms", idle.total_ms, "ms", Some("<= 500"));
         report.add("idle.wire_bytes", idle.wire_bytes, "B", None);
@@ -219,17 +249,20 @@ impl Bench<'_> {
         mut once: impl FnMut() -> anyhow::Result<Moved>,
     ) -> anyhow::Result<Medians> {
         let (mut down, mut total, mut wire, mut rounds) = (vec![], vec![], vec![], vec![]);
+        let mut to_confirm = vec![];
         for _ in 0..runs {
             let mut m = once()?;
             let _ = m.destination.send(&Command::Stop);
             let _ = m.destination.wait();
             down.push(m.downtime_ms);
+            to_confirm.push(m.pause_to_confirm_ms);
             total.push(m.total_ms);
             wire.push(m.wire_bytes as f64);
             rounds.push(f64::from(m.rounds));
         }
         Ok(Medians {
             downtime_ms: median(&mut down),
+            pause_to_confirm_ms: median(&mut to_confirm),
             total_ms: median(&mut total),
             wire_bytes: median(&mut wire),
             rounds: median(&mut rounds),
@@ -424,6 +457,7 @@ impl Bench<'_> {
         };
         Ok(Moved {
             downtime_ms: resumed_ns.saturating_sub(paused_ns) as f64 / 1e6,
+            pause_to_confirm_ms: summary.ended_ns.saturating_sub(paused_ns) as f64 / 1e6,
             total_ms: summary.ended_ns.saturating_sub(summary.started_ns) as f64 / 1e6,
             wire_bytes: summary.progress.wire_bytes,
             rounds: summary.progress.round + 1,
@@ -441,9 +475,14 @@ struct RandomFigures {
     zstd1: f64,
 }
 
-struct Medians {
-    downtime_ms: f64,
-    total_ms: f64,
-    wire_bytes: f64,
-    rounds: f64,
+/// Medians of one workload's runs.
+pub(super) struct Medians {
+    /// Source pause to destination resume (one clock across both processes).
+    pub(super) downtime_ms: f64,
+    /// Source pause to the confirm back at the source (the daemon's `downtime_ms`).
+    pub(super) pause_to_confirm_ms: f64,
+    /// From the source VMM receiving the command to the confirm.
+    pub(super) total_ms: f64,
+    pub(super) wire_bytes: f64,
+    pub(super) rounds: f64,
 }

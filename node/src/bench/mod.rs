@@ -5,6 +5,7 @@
 mod chunks;
 mod mesh;
 mod migrate;
+mod node;
 mod report;
 mod vm;
 
@@ -27,6 +28,9 @@ pub enum Suite {
     /// N real `novacron node` processes on loopback: join time, failure detection, bytes
     /// per node in steady state.
     Mesh(mesh::MeshBenchArgs),
+    /// The node daemon: start to ready, API latency under 200 clients, live migration
+    /// between two daemons against the direct-TCP path.
+    Node(node::NodeBenchArgs),
 }
 
 pub fn run(suite: Suite) -> anyhow::Result<ExitCode> {
@@ -35,6 +39,7 @@ pub fn run(suite: Suite) -> anyhow::Result<ExitCode> {
         Suite::Chunks(args) => (chunks::run(&args)?, args.json()),
         Suite::Migrate(args) => (migrate::run(&args)?, args.json()),
         Suite::Mesh(args) => (mesh::run(&args)?, args.json()),
+        Suite::Node(args) => (node::run(&args)?, args.json()),
     };
     if json {
         println!("{}", report.to_json());

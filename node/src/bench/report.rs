@@ -102,6 +102,19 @@ pub fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
+/// The `p`-th percentile (0 < p <= 100) of samples already sorted ascending, by nearest rank:
+/// the smallest sample with at least `p`% of the samples at or below it (0 when there are
+/// none). No interpolation: with 200 samples the p99 is the 198th, whatever lies between.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let n = sorted.len();
+    // p * n first: exact for integral p, so p99 of 1000 is rank 990, not 991.
+    let rank = (p.clamp(0.0, 100.0) * n as f64 / 100.0).ceil() as usize;
+    sorted[rank.clamp(1, n) - 1]
+}
+
 /// Runs `measure` in a scratch directory (`dir`, or a fresh one under the system temp dir
 /// named after `suite`), removed afterwards whatever happened.
 pub fn in_scratch_dir<T>(
@@ -136,5 +149,22 @@ mod tests {
         assert!(r.to_table().contains("idle.downtime_ms"));
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&hundred, 50.0), 50.0);
+        assert_eq!(percentile(&hundred, 99.0), 99.0);
+        assert_eq!(percentile(&hundred, 100.0), 100.0);
+        assert_eq!(percentile(&hundred, 0.5), 1.0);
+        // 1000 samples: p99 is the 990th, so the 10 slowest lie above it.
+        let thousand: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(percentile(&thousand, 99.0), 990.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert_eq!(percentile(&[], 99.0), 0.0);
+        // 3 samples: p50 is the 2nd, p99 the 3rd (the maximum).
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 50.0), 2.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 99.0), 3.0);
     }
 }
