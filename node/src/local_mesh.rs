@@ -150,9 +150,36 @@ impl NodeProc {
     }
 }
 
+impl NodeProc {
+    /// Asks the node to stop (SIGTERM: it drains its VMs, parking what no peer takes).
+    fn terminate(&self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid, which it keeps until we reap it.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+
+    /// Waits up to `grace` for the node to exit after [`terminate`](Self::terminate), then
+    /// kills it.
+    fn finish(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+    }
+}
+
+/// How long a node stopping with the mesh may take to drain.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
 impl Drop for NodeProc {
     fn drop(&mut self) {
-        self.kill9();
+        self.terminate();
+        self.finish(STOP_GRACE);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -191,5 +218,17 @@ impl LocalMesh {
             )?);
         }
         Ok(LocalMesh { nodes, started })
+    }
+}
+
+impl Drop for LocalMesh {
+    /// Stops every node at once (each drains in parallel), then waits for each.
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.terminate();
+        }
+        for n in &mut self.nodes {
+            n.finish(STOP_GRACE);
+        }
     }
 }

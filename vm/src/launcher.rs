@@ -18,6 +18,9 @@ use crate::vcpu::monotonic_ns;
 /// The cgroup name of a VM's jailed VMM (its owner empties and removes it).
 pub use crate::vmm_sandbox::cgroup_name;
 
+/// An adoptable VMM's stderr, in its adopt socket's directory.
+pub const VMM_LOG_NAME: &str = "vmm.log";
+
 /// The file descriptor number the VMM process finds its control socket on.
 pub const CONTROL_FD: i32 = 3;
 
@@ -126,6 +129,20 @@ impl VmmProcess {
         let listener_fd = listener.as_ref().map(AsRawFd::as_raw_fd);
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("vmm").stdin(Stdio::null()).stdout(stdout);
+        if let Some(log) = launch.adopt.as_deref().and_then(Path::parent) {
+            // An adoptable VMM outlives its owner: it must not hold the owner's stderr
+            // (a pipe someone waits on to close), so it logs beside its socket.
+            let log = log.join(VMM_LOG_NAME);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(|source| LaunchError::Spawn {
+                    exe: format!("{} (log {})", exe.display(), log.display()),
+                    source,
+                })?;
+            cmd.stderr(file);
+        }
         // SAFETY: between fork and exec only async-signal-safe calls on fds we own.
         unsafe {
             cmd.pre_exec(move || place_fds(child_fd, listener_fd));
