@@ -57,6 +57,13 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create {}", under(&args.config_dir).display()))?;
     std::fs::create_dir_all(under(&args.data_dir))
         .with_context(|| format!("cannot create {}", under(&args.data_dir).display()))?;
+    // Searchable by others (not readable): a process-backend VM runs as nobody and must
+    // reach its work directory under it; everything secret inside is 0600.
+    std::fs::set_permissions(
+        under(&args.data_dir),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .with_context(|| format!("cannot set the mode of {}", under(&args.data_dir).display()))?;
     std::fs::create_dir_all(under(&args.unit_dir))
         .with_context(|| format!("cannot create {}", under(&args.unit_dir).display()))?;
 
@@ -131,8 +138,10 @@ fn unit_file(bin: &Path, config: &Path, data_dir: &Path) -> String {
          ExecStart={bin} node --config {config}\n\
          Restart=on-failure\n\
          RestartSec=5s\n\
-         # SIGTERM drains the node (VMs move away) before it exits.\n\
-         KillMode=mixed\n\
+         # SIGTERM drains the node (VMs move away) before it exits. Only the daemon is\n\
+         # signalled: after a crash, or a drain cut short, its VMMs keep their VMs running\n\
+         # and the restarted daemon adopts them.\n\
+         KillMode=process\n\
          TimeoutStopSec=120s\n\
          LimitNOFILE=65536\n\
          # VMM jails: namespaces, seccomp and a delegated cgroup subtree per VM.\n\
@@ -248,6 +257,7 @@ mod tests {
         for line in [
             "ExecStart=/usr/bin/novacron node --config /etc/novacron/node.yaml",
             "Restart=on-failure",
+            "KillMode=process",
             "ProtectSystem=strict",
             "ReadWritePaths=/var/lib/novacron",
             "DeviceAllow=/dev/kvm rw",
