@@ -98,7 +98,7 @@ impl Daemon {
         if mem_cap_bytes == 0 || used <= mem_cap_bytes {
             return;
         }
-        active.sort_by(|a, b| b.spec.mem_mib.cmp(&a.spec.mem_mib));
+        active.sort_by_key(|v| std::cmp::Reverse(v.spec.mem_mib));
         for vm in active {
             if used <= mem_cap_bytes {
                 break;
