@@ -544,3 +544,44 @@ fn nix_root(test: &str) -> bool {
     }
     root
 }
+
+#[test]
+fn a_vm_no_peer_takes_is_snapshotted_at_drain_and_resumes_at_the_next_start() {
+    if !kvm_usable("a_vm_no_peer_takes_is_snapshotted_at_drain_and_resumes_at_the_next_start") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let mut a = start_node("a", &dir, None, None);
+    let (guest, expected) = counter(12);
+    let id = create(&dir, &guest);
+    wait_until("the guest to make progress", TIMEOUT, &[&a.proc], || {
+        vm(&dir, &id).is_some_and(|v| v["last_report"].is_array())
+    });
+    // Alone in the mesh: nobody can take the VM, so the drain parks it on disk.
+    signal(&a, libc::SIGTERM);
+    assert!(a.proc.wait(TIMEOUT).success(), "{}", a.proc.dump());
+    assert!(vmm_processes(&id).is_empty(), "the VMM outlived the drain");
+    assert!(dir
+        .join("vms")
+        .join(&id)
+        .join("snapshot/MANIFEST")
+        .is_file());
+    // The next start finds it suspended and, the policy allowing, resumes it from there.
+    let a = start_node("a2", &dir, None, None);
+    wait_until("the VM to resume", TIMEOUT, &[&a.proc], || {
+        state_of(&dir, &id) == "running"
+    });
+    let v = vm(&dir, &id).unwrap();
+    assert!(
+        v["detail"].as_str().unwrap_or("").contains("checkpoint"),
+        "{v}"
+    );
+    wait_until(
+        "the resumed guest to finish",
+        GUEST_TIMEOUT,
+        &[&a.proc],
+        || console(&dir, &id).contains(&expected),
+    );
+    assert_eq!(console(&dir, &id).matches(&expected).count(), 1);
+}

@@ -99,6 +99,26 @@ fn open_console(paths: &VmPaths) -> Result<Stdio, String> {
         .map_err(|e| format!("cannot open {}: {e}", paths.console().display()))
 }
 
+/// The record of a VM about to start here.
+fn starting_record(id: &str, spec: VmSpec, detail: Option<String>) -> VmRecord {
+    let now = now_ms();
+    VmRecord {
+        info: VmInfo {
+            id: id.to_string(),
+            spec,
+            state: VmState::Starting,
+            detail,
+            pid: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            snapshot_at_ms: None,
+            last_report: None,
+            adoptions: 0,
+        },
+        pid_start_ticks: None,
+    }
+}
+
 /// A fresh VM id: 16 hex digits of randomness.
 fn new_id() -> String {
     let mut bytes = [0u8; 8];
@@ -152,24 +172,8 @@ impl VmManager {
     pub async fn create(self: &Arc<Self>, spec: VmSpec) -> ServiceResult<VmInfo> {
         spec::validate(&spec).map_err(ServiceError::BadRequest)?;
         let id = new_id();
-        let now = now_ms();
-        let record = VmRecord {
-            info: VmInfo {
-                id: id.clone(),
-                spec,
-                state: VmState::Starting,
-                detail: None,
-                pid: None,
-                created_at_ms: now,
-                updated_at_ms: now,
-                snapshot_at_ms: None,
-                last_report: None,
-                adoptions: 0,
-            },
-            pid_start_ticks: None,
-        };
         // The row exists before the VMM does: a daemon killed in between finds it.
-        self.registry.insert(record)?;
+        self.registry.insert(starting_record(&id, spec, None))?;
         let me = self.clone();
         let started = {
             let id = id.clone();
@@ -620,21 +624,11 @@ impl VmManager {
             progress: None,
         };
         self.registry.put_migration(migration.clone(), true);
-        let record = VmRecord {
-            info: VmInfo {
-                id: id.clone(),
-                spec: offer.spec.clone(),
-                state: VmState::Starting,
-                detail: Some(format!("migrating in from {peer}")),
-                pid: None,
-                created_at_ms: now,
-                updated_at_ms: now,
-                snapshot_at_ms: None,
-                last_report: None,
-                adoptions: 0,
-            },
-            pid_start_ticks: None,
-        };
+        let record = starting_record(
+            &id,
+            offer.spec.clone(),
+            Some(format!("migrating in from {peer}")),
+        );
         // A VM that once ran here (and moved away) comes back under its old record.
         if self.registry.vm(&id).is_some() {
             let info = record.info.clone();
