@@ -9,6 +9,9 @@
 //! The KVM tests skip with a message when /dev/kvm is unusable.
 
 #[allow(dead_code)]
+#[path = "common/guest.rs"]
+mod guest;
+#[allow(dead_code)]
 #[path = "../src/api/types.rs"]
 mod types;
 /// `crate::api::types`, as the module sees it in the binary.
@@ -18,6 +21,7 @@ mod api {
 #[path = "../src/mesh_migration/mod.rs"]
 mod mesh_migration;
 
+use guest::{counter, kvm_usable};
 use std::fs::File;
 use std::path::Path;
 use std::process::Stdio;
@@ -33,7 +37,6 @@ use novacron_vm::control::{
     Command, Event, Launch, LaunchSource, MigrateOut, MigrationMode as VmMode, OnNoConverge,
     SandboxSettings,
 };
-use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
 use novacron_vm::launcher::{new_vm_id, LaunchError, VmmProcess};
 use novacron_vm::migration::links::{new_session, Preamble};
 use tokio::runtime::Runtime;
@@ -41,12 +44,6 @@ use tokio::sync::mpsc::Receiver;
 
 const WAIT: Duration = Duration::from_secs(25);
 const MEM: u64 = 256 << 20;
-
-fn kvm_usable(test: &str) -> bool {
-    novacron_vm::machine::check_kvm()
-        .map_err(|e| eprintln!("skipping {test}: {e}"))
-        .is_ok()
-}
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -119,17 +116,6 @@ fn offer(vm_id: &str) -> MigrationOffer {
         mem_bytes: MEM,
         vcpus: 1,
     }
-}
-
-fn counter(passes: u64) -> (String, String) {
-    let params = CounterParams {
-        passes,
-        ..CounterParams::default()
-    };
-    (
-        BuiltinGuest::Counter(params).to_string(),
-        result_line(counter_expected(&params)),
-    )
 }
 
 fn exe() -> &'static Path {

@@ -2,6 +2,8 @@
 //! (KVM), driven through the CLI and the REST API: mesh migration between two daemons, drain
 //! on SIGTERM, the owner-activity signal, kill -9 and restart, and a metrics scrape.
 
+#[path = "common/guest.rs"]
+mod guest;
 #[allow(dead_code)]
 #[path = "common/mesh.rs"]
 mod mesh;
@@ -9,6 +11,7 @@ mod mesh;
 #[path = "common/proc.rs"]
 mod proc;
 
+use guest::{counter, kvm_usable};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,6 @@ use std::process::Output;
 use std::time::Duration;
 
 use mesh::{live_count, wait_listening, wait_until};
-use novacron_vm::guest_kit::{counter_expected, result_line, CounterParams};
 use proc::Proc;
 use serde_json::Value;
 
@@ -25,18 +27,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Builtin guests run ~1000x slower than native here: a counter pass takes about 1.3 s
 /// alone on a 2-core machine, more while other tests run.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn kvm_usable(test: &str) -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("{test}: skipped: /dev/kvm is not usable here");
-    }
-    ok
-}
 
 /// A node under test: its process, data directory, PeerId and dial address.
 struct Node {
@@ -140,18 +130,6 @@ fn create(dir: &Path, guest: &str) -> String {
     );
     assert_eq!(v["state"], "running", "{v}");
     v["id"].as_str().unwrap().to_string()
-}
-
-/// The counter guest with `passes` passes, and the result line it prints when it ends.
-fn counter(passes: u64) -> (String, String) {
-    let params = CounterParams {
-        passes,
-        ..CounterParams::default()
-    };
-    (
-        format!("builtin:counter:passes={passes}"),
-        result_line(counter_expected(&params)),
-    )
 }
 
 fn console(dir: &Path, id: &str) -> String {

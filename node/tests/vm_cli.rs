@@ -1,6 +1,10 @@
 //! End-to-end tests of `novacron vm ...`: real processes, real KVM, the real jail.
 //! Each test that needs /dev/kvm says why it skipped when the host has none.
 
+#[allow(dead_code)]
+#[path = "common/guest.rs"]
+mod guest;
+use guest::kvm_usable;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -8,12 +12,6 @@ use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, Counte
 
 fn novacron() -> Command {
     Command::new(env!("CARGO_BIN_EXE_novacron"))
-}
-
-fn kvm_usable(test: &str) -> bool {
-    novacron_vm::machine::check_kvm()
-        .map_err(|e| eprintln!("skipping {test}: {e}"))
-        .is_ok()
 }
 
 fn run(args: &[&str]) -> Output {

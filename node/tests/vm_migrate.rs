@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::guest::{counter, kvm_usable};
 use std::net::SocketAddr;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -16,7 +17,6 @@ use std::time::{Duration, Instant};
 use common::confirm_cutter::ConfirmCutter;
 use common::proc::Proc;
 use common::proxy::{Corrupt, Proxy, ProxyConfig};
-use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
 
 /// Longest a CLI process may take to exit (a hang fails the test after this).
 const EXIT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -28,24 +28,6 @@ const FAULT_RATE_BPS: u64 = 8_000_000;
 const FAULT_AFTER_BYTES: u64 = 8_000_000;
 /// Guest data filled before the fault tests' migrations (64 MiB at 16 MiB).
 const FILL: &str = "16M:64M";
-
-fn kvm_usable(test: &str) -> bool {
-    novacron_vm::machine::check_kvm()
-        .map_err(|e| eprintln!("skipping {test}: {e}"))
-        .is_ok()
-}
-
-/// The counter guest with `passes` passes, and the result line it must print.
-fn counter(passes: u64) -> (String, String) {
-    let params = CounterParams {
-        passes,
-        ..CounterParams::default()
-    };
-    (
-        BuiltinGuest::Counter(params).to_string(),
-        result_line(counter_expected(&params)),
-    )
-}
 
 fn result_lines(text: &str) -> Vec<&str> {
     text.lines().filter(|l| l.starts_with("result=")).collect()

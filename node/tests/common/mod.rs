@@ -2,5 +2,6 @@
 //! fault-injecting TCP proxy.
 
 pub mod confirm_cutter;
+pub mod guest;
 pub mod proc;
 pub mod proxy;
