@@ -64,7 +64,7 @@ impl Daemon {
             } => {
                 self.cap_cpu(cpu_cap_percent);
                 self.fit_memory(mem_cap_bytes).await;
-                self.bring_back().await;
+                self.bring_back(mem_cap_bytes).await;
             }
             Decision::Evacuate { .. } => {
                 let me = self.clone();
@@ -134,10 +134,18 @@ impl Daemon {
         }
     }
 
-    /// Resumes what the policy parked: suspended VMs from their snapshots, paused ones.
-    async fn bring_back(self: &Arc<Self>) {
+    /// Resumes what the policy parked: suspended VMs from their snapshots (as many as fit
+    /// the memory cap), paused ones.
+    async fn bring_back(self: &Arc<Self>, mem_cap_bytes: u64) {
+        let mut used: u64 = self.vms.active().iter().map(|v| v.spec.mem_mib << 20).sum();
         for vm in self.vms.list() {
             if vm.state == VmState::Suspended {
+                let need = vm.spec.mem_mib << 20;
+                if mem_cap_bytes > 0 && used + need > mem_cap_bytes {
+                    tracing::info!(vm = %vm.id, "stays suspended: over the memory cap");
+                    continue;
+                }
+                used += need;
                 match self.vms.resume_suspended(&vm.id).await {
                     Ok(_) => tracing::info!(vm = %vm.id, "resumed: the node may run VMs again"),
                     Err(e) => tracing::warn!(vm = %vm.id, error = %e, "cannot resume"),

@@ -346,8 +346,14 @@ impl VmManager {
                 None => ServiceError::NotFound(format!("no VM {id}")),
             })?;
         let (reply, answer) = oneshot::channel();
-        tx.send(make(reply))
-            .map_err(|_| ServiceError::Conflict(format!("VM {id} has just ended")))?;
+        if tx.send(make(reply)).is_err() {
+            // Its supervisor is gone: the VMM ended. Forget the channel.
+            lock(&self.handles).remove(id);
+            let state = self.get(id).map_or("gone", |v| v.state.as_str());
+            return Err(ServiceError::Conflict(format!(
+                "VM {id} is {state}: it has no running VMM"
+            )));
+        }
         match answer.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServiceError::Conflict(format!("VM {id}: {e}"))),
