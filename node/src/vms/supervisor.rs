@@ -332,9 +332,20 @@ impl Supervisor {
                         m.error = Some(reason.clone());
                     });
                 }
+                // After an in-doubt end the VMM keeps the VM paused (the destination may
+                // run it): an operator decides; any other failure rolled it back running.
+                let in_doubt = reason.starts_with("in doubt");
                 self.registry.update(&id, |r| {
-                    r.info.state = VmState::Running;
-                    r.info.detail = Some(format!("migration rolled back: {reason}"));
+                    r.info.state = if in_doubt {
+                        VmState::Paused
+                    } else {
+                        VmState::Running
+                    };
+                    r.info.detail = Some(if in_doubt {
+                        format!("migration {reason}: check the peer before resuming it")
+                    } else {
+                        format!("migration rolled back: {reason}")
+                    });
                 });
             }
             Event::MigrationInDoubt => {
