@@ -7,6 +7,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// How the reason of [`Event::MigrationFailed`] begins when the migration ended in doubt
+/// (nobody could say whether the destination started the VM): the VM then stays paused
+/// here instead of running again.
+pub const IN_DOUBT_PREFIX: &str = "in doubt:";
+
 /// Longest line either side accepts.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 

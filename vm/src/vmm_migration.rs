@@ -243,9 +243,11 @@ pub fn migrate_out(
             send(
                 writer,
                 &Event::MigrationFailed {
-                    reason: "in doubt: nobody could say whether the destination started the \
-                             VM; it stays paused here"
-                        .into(),
+                    reason: format!(
+                        "{} nobody could say whether the destination started the VM; it stays \
+                         paused here",
+                        crate::control::IN_DOUBT_PREFIX
+                    ),
                     summary: summary_of(&summary, cpu_ns),
                 },
             )?;
