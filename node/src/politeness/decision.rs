@@ -75,8 +75,4 @@ impl Decision {
             Decision::Evacuate { reasons } | Decision::Suspend { reasons } => reasons,
         }
     }
-
-    pub fn may_run(&self) -> bool {
-        matches!(self, Decision::Run { .. })
-    }
 }

@@ -110,13 +110,9 @@ impl Politeness {
     }
 
     /// The decision in force.
+    #[cfg(test)]
     pub fn current(&self) -> &Decision {
         &self.current
-    }
-
-    /// Whether the owner counted as active at the last observation.
-    pub fn owner_active(&self) -> bool {
-        self.facts.owner_active
     }
 
     /// Takes the machine's state at `now_ms` and returns the new decision if it changed

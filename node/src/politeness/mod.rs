@@ -12,9 +12,6 @@
 //! (publish `info()` as an event). What this module cannot do by itself: it moves and parks
 //! no VM; that is the daemon's, by the decision.
 
-// The daemon (in progress) is the user; remove once it drives the loop above.
-#![allow(dead_code, unused_imports)]
-
 pub mod cpu_cap;
 pub mod decision;
 pub mod machine;
@@ -25,10 +22,9 @@ pub mod window;
 
 use std::time::Duration;
 
-pub use decision::{Decision, Reason};
+pub use decision::Decision;
 pub use machine::Politeness;
-pub use observation::{LocalTime, Observation, OwnerSignal};
-pub use policy::{Park, Policy, PolicyError};
+pub use policy::{Park, Policy};
 pub use sources::{HostPaths, Sampler};
 
 /// How often the daemon samples the host (BOINC polls once a second).

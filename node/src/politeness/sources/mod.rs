@@ -48,6 +48,7 @@ impl HostPaths {
     }
 
     /// `root/dev`, `root/sys`, `root/proc` (tests).
+    #[cfg(test)]
     pub fn under(root: &Path, data_dir: &Path) -> Self {
         HostPaths {
             dev: root.join("dev"),
@@ -80,6 +81,7 @@ impl Sampler {
     }
 
     /// Replaces the wall clock (tests).
+    #[cfg(test)]
     pub fn with_clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
         self.clock = Box::new(clock);
         self
@@ -92,16 +94,9 @@ impl Sampler {
 
     /// The API's word about the owner (None: back to the files and devices). It beats the
     /// hook files, which beat the devices.
+    #[cfg(test)]
     pub fn set_owner_override(&mut self, signal: Option<OwnerSignal>) {
         self.api_override = signal;
-    }
-
-    pub fn owner_override(&self) -> Option<OwnerSignal> {
-        self.api_override
-    }
-
-    pub fn paths(&self) -> &HostPaths {
-        &self.paths
     }
 
     /// Reads every source once.
