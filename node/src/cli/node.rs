@@ -240,6 +240,9 @@ async fn serve(
     Ok(())
 }
 
+/// How long a drained node waits for its VMMs' supervisors to reap them.
+const REAP_WAIT: Duration = Duration::from_secs(10);
+
 /// Moves every VM away before the node exits (snapshotting what is still here at the
 /// deadline). A second SIGTERM or SIGINT cuts it short: VMs then keep running, to be
 /// adopted by the next start.
@@ -261,6 +264,12 @@ async fn drain(
     let wait = async {
         while !daemon.vms.active().is_empty() {
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The VMMs of moved and parked VMs exit on their own; their supervisors reap them
+        // (leaving none to wait, orphaned, for an owner that is not coming back).
+        let reaped = tokio::time::Instant::now() + REAP_WAIT;
+        while daemon.vms.supervised() > 0 && tokio::time::Instant::now() < reaped {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
     tokio::select! {

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,6 +84,24 @@ pub struct VmManager {
     registry: Arc<Registry>,
     /// The command channel of each supervised VM.
     handles: Mutex<HashMap<String, mpsc::Sender<Cmd>>>,
+    /// Supervisor threads still running (each holds a [`SupervisorGuard`]).
+    supervisors: Arc<AtomicUsize>,
+}
+
+/// Counts a supervisor thread as running until it ends.
+struct SupervisorGuard(Arc<AtomicUsize>);
+
+impl SupervisorGuard {
+    fn new(count: &Arc<AtomicUsize>) -> SupervisorGuard {
+        count.fetch_add(1, Ordering::SeqCst);
+        SupervisorGuard(count.clone())
+    }
+}
+
+impl Drop for SupervisorGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -134,6 +153,7 @@ impl VmManager {
             opts,
             registry,
             handles: Mutex::new(HashMap::new()),
+            supervisors: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -239,9 +259,13 @@ impl VmManager {
             process,
             registry: self.registry.clone(),
         };
+        let guard = SupervisorGuard::new(&self.supervisors);
         if let Err(e) = std::thread::Builder::new()
             .name(format!("proc-{id}"))
-            .spawn(move || sup.run(rx))
+            .spawn(move || {
+                let _running = guard;
+                sup.run(rx)
+            })
         {
             tracing::error!(vm = id, error = %e, "cannot start the VM's supervisor thread");
         }
@@ -321,10 +345,11 @@ impl VmManager {
             checkpoint_every: self.opts.checkpoint_every,
         };
         let name = format!("vm-{id}");
-        if let Err(e) = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || sup.run(rx))
-        {
+        let guard = SupervisorGuard::new(&self.supervisors);
+        if let Err(e) = std::thread::Builder::new().name(name).spawn(move || {
+            let _running = guard;
+            sup.run(rx)
+        }) {
             tracing::error!(vm = id, error = %e, "cannot start the VM's supervisor thread");
         }
     }
@@ -783,6 +808,12 @@ impl VmManager {
             r.info.detail = None;
         });
         Ok(wire_bytes)
+    }
+
+    /// Supervisor threads still running: a VMM that has moved away or stopped is reaped
+    /// (and its cgroup removed) when its supervisor ends.
+    pub fn supervised(&self) -> usize {
+        self.supervisors.load(Ordering::SeqCst)
     }
 
     /// Lets go of every VMM without stopping it (the daemon exits; the next one adopts them).
