@@ -580,8 +580,18 @@ mod tests {
         assert!(listens_on(me, fd, &absolute_socket_path(&path).unwrap()).unwrap());
         assert!(!listens_on(me, 0, &path).unwrap());
         drop(listener);
-        // The file is left behind, nobody answers: stale, so it is replaced.
-        let _again = bind_listener(&path).unwrap();
+        // The file is left behind, nobody answers: stale, so it is replaced. (A test running
+        // in parallel may fork while the listener is open; its child holds a copy of the fd
+        // until it execs, and a connect then still succeeds: try again briefly.)
+        let mut again = bind_listener(&path);
+        for _ in 0..100 {
+            if !matches!(again, Err(AdoptError::InUse(_))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            again = bind_listener(&path);
+        }
+        let _again = again.unwrap();
         let file = dir.path().join("plain");
         std::fs::write(&file, b"").unwrap();
         assert!(matches!(
