@@ -279,7 +279,6 @@ impl VmManager {
         let paths = self.paths(id);
         std::fs::create_dir_all(&paths.dir)
             .map_err(|e| format!("cannot create {}: {e}", paths.dir.display()))?;
-        let _ = std::fs::remove_file(paths.tombstone());
         let source = if restore {
             LaunchSource::Restore {
                 dir: paths.snapshot(),
@@ -770,7 +769,6 @@ impl VmManager {
         let paths = self.paths(id);
         std::fs::create_dir_all(&paths.dir)
             .map_err(|e| format!("cannot create {}: {e}", paths.dir.display()))?;
-        let _ = std::fs::remove_file(paths.tombstone());
         let launch = Launch {
             vm_id: self.vmm_id(id),
             source: LaunchSource::Incoming {

@@ -36,9 +36,4 @@ impl VmPaths {
     pub fn has_snapshot(&self) -> bool {
         self.snapshot().join("MANIFEST").is_file()
     }
-
-    /// What the VMM wrote as it exited (its exit reason), when it could.
-    pub fn tombstone(&self) -> PathBuf {
-        self.dir.join("exit.json")
-    }
 }

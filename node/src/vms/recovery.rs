@@ -97,13 +97,13 @@ fn ended_by(reason: &ExitReason, has_snapshot: bool) -> Plan {
     }
 }
 
-/// The exit reason a VMM wrote as it exited, if it did (and the file is sound).
+/// The exit reason a VMM wrote as it exited, if it did (and the file is sound): the VM
+/// engine's tombstone beside the VM's adoption socket.
 pub fn read_tombstone(paths: &VmPaths) -> Option<ExitReason> {
-    let bytes = std::fs::read(paths.tombstone()).ok()?;
-    if bytes.len() > 64 * 1024 {
-        return None;
-    }
-    serde_json::from_slice(&bytes).ok()
+    novacron_vm::adopt::read_tombstone(&paths.control_socket())
+        .map_err(|e| tracing::warn!(error = %e, "unreadable tombstone"))
+        .ok()
+        .flatten()
 }
 
 /// How a process-backend VM's command ended, from the status line its jail wrote (as an
@@ -250,9 +250,17 @@ mod tests {
             dir: dir.path().to_path_buf(),
         };
         assert_eq!(read_tombstone(&paths), None);
-        std::fs::write(paths.tombstone(), br#"{"reason":"migrated_away"}"#).unwrap();
+        std::fs::write(
+            novacron_vm::adopt::tombstone_path(&paths.control_socket()),
+            br#"{"reason":"migrated_away"}"#,
+        )
+        .unwrap();
         assert_eq!(read_tombstone(&paths), Some(ExitReason::MigratedAway));
-        std::fs::write(paths.tombstone(), b"garbage").unwrap();
+        std::fs::write(
+            novacron_vm::adopt::tombstone_path(&paths.control_socket()),
+            b"garbage",
+        )
+        .unwrap();
         assert_eq!(read_tombstone(&paths), None);
     }
 }
