@@ -6,7 +6,7 @@
 //! state arrived. Before [`Output::StartVm`] any failure discards what it got
 //! ([`Output::DiscardVm`]); after it, nothing makes it discard.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkId, ChunkSize, EncodedChunk};
 use tracing::{debug, info, warn};
@@ -204,6 +204,10 @@ pub struct Destination {
     seen_seqs: HashSet<u32>,
     wanted: HashMap<u64, Wanted>,
     missing: Vec<u64>,
+    /// Chunks a round ack reported missing that have not been written since: a switchover
+    /// is refused while any is left (the source sends the state right after its final
+    /// round, without waiting for that round's ack).
+    owed: BTreeSet<u64>,
     prepared: bool,
     /// A [`Message::Query`] came while starting: answer once the start resolves.
     query_pending: bool,
@@ -223,6 +227,7 @@ impl Destination {
             seen_seqs: HashSet::new(),
             wanted: HashMap::new(),
             missing: Vec::new(),
+            owed: BTreeSet::new(),
             prepared: false,
             query_pending: false,
         }
@@ -440,6 +445,7 @@ impl Destination {
         for z in zeros {
             for index in z.start..z.start + z.count {
                 self.current.remove(&index);
+                self.owed.remove(&index);
             }
             out.push(Output::ZeroChunks {
                 start: z.start,
@@ -484,6 +490,7 @@ impl Destination {
             if held.get(i) {
                 out.push(Output::CopyFromStore { index: e.index, id });
                 self.current.insert(e.index, id);
+                self.owed.remove(&e.index);
             } else if let Some(first) = first_of.get(&id).and_then(|f| self.wanted.get_mut(f)) {
                 first.dups.push(e.index);
             } else {
@@ -536,6 +543,7 @@ impl Destination {
         }
         for &i in &indices {
             self.current.insert(i, id);
+            self.owed.remove(&i);
         }
         out.push(Output::WriteChunk {
             indices,
@@ -553,6 +561,7 @@ impl Destination {
         for &i in &missing {
             self.current.remove(&i);
         }
+        self.owed.extend(missing.iter().copied());
         out.push(Output::Send(Message::RoundAck { round, missing }));
         self.round = round.saturating_add(1);
         self.seen_seqs.clear();
@@ -582,6 +591,12 @@ impl Destination {
                 round: self.round,
                 wanted: self.missing.len(),
                 unchecked: self.seen_seqs.len(),
+            });
+        }
+        if let Some(&first) = self.owed.first() {
+            return Err(ProtocolError::StillOwed {
+                count: self.owed.len(),
+                first,
             });
         }
         info!(
@@ -890,5 +905,54 @@ mod tests {
         assert!(out.contains(&Output::Send(Message::Status { started: false })));
         let out = d.handle(Input::Received(Message::Switchover { state: vec![] }));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_switchover_before_missing_chunks_came_again_is_refused() {
+        let (a, b) = (vec![7u8; 4096], vec![8u8; 4096]);
+        // Round 0 leaves chunk 3 missing (its first copy changed before it was sent).
+        let setup = || {
+            let mut d = ready();
+            offer(&mut d, vec![entry(1, &a), entry(3, &a)]);
+            d.handle(Input::Received(chunk(1, &b)));
+            d.handle(Input::Received(Message::RoundDone {
+                round: 0,
+                dirty_bytes: 0,
+            }));
+            d
+        };
+        let mut d = setup();
+        let out = d.handle(Input::Received(Message::Switchover { state: vec![] }));
+        assert!(!out.iter().any(|o| matches!(o, Output::StartVm { .. })));
+        assert!(
+            fail_reason(&out)
+                .unwrap()
+                .contains("1 chunks reported missing"),
+            "{out:?}"
+        );
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::Send(Message::Abort { .. }))));
+
+        // Sent again in round 1, the switchover goes ahead.
+        let mut d = setup();
+        d.handle(Input::Received(Message::Offer {
+            round: 1,
+            seq: 0,
+            chunks: vec![entry(3, &b)],
+            zeros: vec![],
+        }));
+        d.handle(Input::Have {
+            round: 1,
+            seq: 0,
+            held: Bitmap::new(1),
+        });
+        d.handle(Input::Received(chunk(3, &b)));
+        d.handle(Input::Received(Message::RoundDone {
+            round: 1,
+            dirty_bytes: 0,
+        }));
+        let out = d.handle(Input::Received(Message::Switchover { state: vec![] }));
+        assert_eq!(out, vec![Output::StartVm { state: vec![] }]);
     }
 }

@@ -155,6 +155,19 @@ pub enum ProtocolError {
         wanted: usize,
         unchecked: usize,
     },
+    #[error(
+        "switchover while {count} chunks reported missing were never sent again (first: {first})"
+    )]
+    StillOwed { count: usize, first: u64 },
+    #[error(
+        "the destination reports {count} chunks missing after final round {round}, whose \
+         memory could not change (first: {first})"
+    )]
+    FinalRoundMissing {
+        round: u32,
+        count: usize,
+        first: u64,
+    },
     #[error("have answer for offer {seq} of round {round} has {got} bits, expected {want}")]
     HaveShape {
         round: u32,

@@ -199,6 +199,9 @@ pub struct Source {
     round: u32,
     /// True once the VM is paused for good: the current round is a final one.
     final_round: bool,
+    /// The final round's ack, not yet in: the state goes out right after the final round
+    /// (memory can no longer change), and the ack only has to say nothing is missing.
+    final_ack_due: bool,
     round_started_ms: u64,
     precopy_started_ms: u64,
     round_dirty_bytes: u64,
@@ -220,6 +223,7 @@ impl Source {
             throttle: 0,
             round: 0,
             final_round: false,
+            final_ack_due: false,
             round_started_ms: 0,
             precopy_started_ms: 0,
             round_dirty_bytes: 0,
@@ -337,6 +341,9 @@ impl Source {
             ) => self.on_want(round, seq, len, words, out),
             (State::AwaitAck, Message::RoundAck { round, missing }) => {
                 self.on_ack(round, missing, out)
+            }
+            (State::AwaitConfirm, Message::RoundAck { round, missing }) if self.final_ack_due => {
+                self.on_final_ack(round, missing)
             }
             (State::AwaitConfirm | State::InDoubt | State::Resolving, Message::Confirm) => {
                 self.finish(out);
@@ -487,12 +494,49 @@ impl Source {
         Ok(())
     }
 
+    /// Ends the round. A final round's end goes out with the state instead: the VM is
+    /// paused, so the round's chunks are exactly what memory holds, the state is captured
+    /// while they are still on their way, and `RoundDone` and `Switchover` leave back to
+    /// back. Waiting for the round's ack first would only add a round trip to the downtime;
+    /// the destination starts the VM only once every chunk it wanted arrived.
     fn round_done(&mut self, out: &mut Vec<Output>) {
-        out.push(Output::Send(Message::RoundDone {
+        if self.final_round {
+            out.push(Output::CaptureState);
+            self.state = State::AwaitCapture;
+            self.report(out);
+            return;
+        }
+        out.push(Output::Send(self.round_done_message()));
+        self.state = State::AwaitAck;
+    }
+
+    fn round_done_message(&self) -> Message {
+        Message::RoundDone {
             round: self.round,
             dirty_bytes: self.round_dirty_bytes,
-        }));
-        self.state = State::AwaitAck;
+        }
+    }
+
+    /// The final round's ack, after the state went out. Nothing can be
+    /// missing from memory that could not change; a destination that says otherwise is
+    /// broken, and refuses the switchover itself (it tracks what it is still owed).
+    fn on_final_ack(&mut self, round: u32, missing: Vec<u64>) -> Result<(), ProtocolError> {
+        if round != self.round {
+            return Err(ProtocolError::Round {
+                what: "final round ack",
+                got: round,
+                want: self.round,
+            });
+        }
+        self.final_ack_due = false;
+        match missing.first() {
+            None => Ok(()),
+            Some(&first) => Err(ProtocolError::FinalRoundMissing {
+                round,
+                count: missing.len(),
+                first,
+            }),
+        }
     }
 
     fn on_ack(
@@ -512,16 +556,6 @@ impl Source {
             self.geo.check_index("round ack", index)?;
         }
         let next = round.saturating_add(1);
-        if self.final_round {
-            if missing.is_empty() {
-                out.push(Output::CaptureState);
-                self.state = State::AwaitCapture;
-            } else {
-                self.collect(next, false, missing, out);
-            }
-            self.report(out);
-            return Ok(());
-        }
         let est = self.estimate_downtime_ms();
         self.progress.est_downtime_ms = est;
         let converged = est.is_some_and(|ms| ms <= self.cfg.downtime_budget_ms);
@@ -601,6 +635,8 @@ impl Source {
                 phase: self.state.name(),
             });
         }
+        out.push(Output::Send(self.round_done_message()));
+        self.final_ack_due = true;
         out.push(Output::Send(Message::Switchover { state }));
         self.last_heard_ms = self.now_ms;
         self.state = State::AwaitConfirm;
@@ -866,5 +902,92 @@ mod tests {
             ),
             "{out:?}"
         );
+    }
+
+    /// A warm source through its one (final) round: offers answered, chunks asked for.
+    fn warm_source_after_final_round() -> (Source, Vec<Output>) {
+        let mut s = source(Mode::Warm);
+        s.start(0);
+        s.handle(Input::Received(Message::Ready));
+        s.handle(Input::RoundData {
+            round: 0,
+            refs: vec![r(0, Some(1)), r(1, Some(2))],
+        });
+        let out = s.handle(Input::Received(Message::Want {
+            round: 0,
+            seq: 0,
+            len: 2,
+            words: vec![0b11],
+        }));
+        (s, out)
+    }
+
+    #[test]
+    fn the_state_follows_the_final_round_without_waiting_for_its_ack() {
+        let (mut s, out) = warm_source_after_final_round();
+        assert!(out.contains(&Output::CaptureState), "{out:?}");
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::Send(Message::RoundDone { .. }))),
+            "the round's end waits for the state: {out:?}"
+        );
+        let out = s.handle(Input::StateCaptured(vec![9]));
+        let sent: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                Message::RoundDone {
+                    round: 0,
+                    dirty_bytes: 2 * 4096
+                },
+                Message::Switchover { state: vec![9] }
+            ]
+        );
+        // The ack arrives while the confirm is awaited: nothing to do.
+        let out = s.handle(Input::Received(Message::RoundAck {
+            round: 0,
+            missing: vec![],
+        }));
+        assert!(out.is_empty(), "{out:?}");
+        let out = s.handle(Input::Received(Message::Confirm));
+        assert!(out.contains(&Output::DiscardVm));
+    }
+
+    #[test]
+    fn an_ack_before_the_final_round_ended_rolls_back() {
+        let (mut s, _) = warm_source_after_final_round();
+        let out = s.handle(Input::Received(Message::RoundAck {
+            round: 0,
+            missing: vec![],
+        }));
+        assert!(out.contains(&Output::ResumeVm), "{out:?}");
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::Fail { reason } if reason.contains("RoundAck"))));
+        assert!(s.handle(Input::StateCaptured(vec![9])).is_empty());
+    }
+
+    #[test]
+    fn a_final_ack_with_missing_chunks_after_the_state_left_is_in_doubt() {
+        let (mut s, _) = warm_source_after_final_round();
+        s.handle(Input::StateCaptured(vec![9]));
+        let out = s.handle(Input::Received(Message::RoundAck {
+            round: 0,
+            missing: vec![1],
+        }));
+        assert!(out.contains(&Output::InDoubt), "{out:?}");
+        assert!(!out.contains(&Output::ResumeVm));
+        assert!(!out.contains(&Output::DiscardVm));
+        // The destination refuses such a switchover and says so: the VM runs here again.
+        let out = s.handle(Input::Received(Message::Abort {
+            reason: "still owed".into(),
+        }));
+        assert!(out.contains(&Output::ResumeVm), "{out:?}");
     }
 }
