@@ -110,6 +110,7 @@ fn launch(source: LaunchSource) -> Launch {
             writable_dirs: vec!["/var/lib/novacron/snap".into()],
             memory_limit_bytes: Some(300 << 20),
             cpu_limit: Some(1.5),
+            nice: Some(19),
         },
     }
 }

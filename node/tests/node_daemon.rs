@@ -142,6 +142,32 @@ fn signal(node: &Node, sig: i32) {
     assert_eq!(unsafe { libc::kill(node.proc.pid(), sig) }, 0);
 }
 
+/// Every thread of `pid` runs at niceness 19 (field 19 of /proc/PID/task/TID/stat), as
+/// BOINC runs volunteer work; the daemon itself keeps its own.
+fn assert_runs_at_lowest_priority(pid: i64) {
+    let nice_of = |stat: &str| {
+        let after_comm = &stat[stat.rfind(')').expect("stat has a comm") + 2..];
+        after_comm
+            .split(' ')
+            .nth(16)
+            .unwrap()
+            .parse::<i32>()
+            .unwrap()
+    };
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the VM's process runs");
+    let mut threads = 0;
+    for task in tasks {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        assert_eq!(nice_of(&stat), 19, "pid {pid}: {stat}");
+        threads += 1;
+    }
+    assert!(threads >= 1);
+    let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+    if nice_of(&own) == 19 {
+        eprintln!("note: this test runs at niceness 19 itself, so the check proves little");
+    }
+}
+
 /// Whether `pid` runs (a zombie waiting for a parent that is not ours to reap it counts as
 /// ended).
 fn pid_alive(pid: i64) -> bool {
@@ -358,6 +384,9 @@ fn a_daemon_killed_with_sigkill_finds_every_vm_again() {
             .unwrap_or(0)
     };
     let (run_pid, paused_pid) = (pid_of(&before, &running), pid_of(&before, &paused));
+    for pid in [run_pid, paused_pid] {
+        assert_runs_at_lowest_priority(pid);
+    }
 
     // kill -9 of the daemon alone: the VMMs run on and are adopted.
     signal(&a, libc::SIGKILL);
@@ -502,6 +531,7 @@ fn a_process_vm_moves_cold_and_is_adopted_after_kill_9() {
         console(&b.dir, &id).contains("tick 2")
     });
     let pid = vm(&b.dir, &id).unwrap()["pid"].as_i64().unwrap();
+    assert_runs_at_lowest_priority(pid);
     signal(&b, libc::SIGKILL);
     b.proc.wait(TIMEOUT);
     assert!(pid_alive(pid), "the command died with its daemon");

@@ -75,6 +75,11 @@ pub struct SandboxSettings {
     pub memory_limit_bytes: Option<u64>,
     /// cgroup CPU limit in CPUs (1.5 = one and a half); None = one per vCPU plus one.
     pub cpu_limit: Option<f64>,
+    /// Scheduling niceness of the VMM and every thread it starts (-20 to 19; 19 is the
+    /// lowest priority, what BOINC gives volunteer work). Set in the child before exec, so
+    /// no thread ever runs at another one. None keeps the spawner's.
+    #[serde(default)]
+    pub nice: Option<i8>,
 }
 
 impl Default for SandboxSettings {
@@ -84,6 +89,7 @@ impl Default for SandboxSettings {
             writable_dirs: Vec::new(),
             memory_limit_bytes: None,
             cpu_limit: None,
+            nice: None,
         }
     }
 }

@@ -374,10 +374,7 @@ impl Bench<'_> {
             fill_pattern,
             start_paused: false,
             adopt: None,
-            sandbox: SandboxSettings {
-                writable_dirs: store.map(Path::to_path_buf).into_iter().collect(),
-                ..SandboxSettings::default()
-            },
+            sandbox: vmm_sandbox(store),
         };
         if let Some(dir) = store {
             std::fs::create_dir_all(dir)?;
@@ -415,10 +412,7 @@ impl Bench<'_> {
             fill_pattern: None,
             start_paused: false,
             adopt: None,
-            sandbox: SandboxSettings {
-                writable_dirs: dest_store.map(Path::to_path_buf).into_iter().collect(),
-                ..SandboxSettings::default()
-            },
+            sandbox: vmm_sandbox(dest_store),
         };
         let mut destination = VmmProcess::spawn_with_streams(
             &self.exe,
@@ -485,4 +479,14 @@ pub(super) struct Medians {
     pub(super) total_ms: f64,
     pub(super) wire_bytes: f64,
     pub(super) rounds: f64,
+}
+
+/// The jail of a benchmark VMM that may write chunks into `store`. It runs at the niceness
+/// the node daemon gives its VMMs, so `bench node` compares like with like.
+fn vmm_sandbox(store: Option<&Path>) -> SandboxSettings {
+    SandboxSettings {
+        writable_dirs: store.map(Path::to_path_buf).into_iter().collect(),
+        nice: Some(crate::politeness::VM_NICE),
+        ..SandboxSettings::default()
+    }
 }

@@ -326,6 +326,7 @@ impl VmManager {
             writable_dirs: vec![paths.dir.clone()],
             memory_limit_bytes: None,
             cpu_limit: None,
+            nice: Some(crate::politeness::VM_NICE),
         }
     }
 

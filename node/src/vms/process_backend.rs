@@ -330,13 +330,15 @@ impl ProcessVm {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        // SAFETY: setsid is async-signal-safe; it only fails if we already lead a group.
+        // SAFETY: setsid and setpriority are async-signal-safe; setsid only fails if we
+        // already lead a group.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                // The lowest priority, as every VM (`politeness::VM_NICE`).
+                novacron_vm::launcher::set_nice(novacron_vm::launcher::LOWEST_PRIORITY_NICE)
             });
         }
         let mut child = cmd
