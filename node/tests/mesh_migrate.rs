@@ -4,7 +4,8 @@
 //! libp2p streams. A counter guest moved mid-run finishes on the destination with its
 //! result; a refused offer is a clear error; garbage and oversized offers are refused
 //! without harm; cutting the bridges mid-transfer rolls the source back and the guest
-//! finishes there.
+//! finishes there; a migration whose destination's confirm is lost goes in doubt, and the
+//! source asks the destination over a new stream and finishes the move.
 //!
 //! The KVM tests skip with a message when /dev/kvm is unusable.
 
@@ -18,13 +19,18 @@ mod types;
 mod api {
     pub(crate) use super::types;
 }
+#[allow(dead_code)]
+#[path = "common/confirm_cutter.rs"]
+mod confirm_cutter;
 #[path = "../src/mesh_migration/mod.rs"]
 mod mesh_migration;
 
 use guest::{counter, kvm_usable};
 use std::fs::File;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
@@ -70,6 +76,8 @@ struct Pair {
     mig_a: MeshMigrations,
     _mig_b: MeshMigrations,
     incoming_b: Receiver<IncomingMigration>,
+    /// What b answers a source in doubt (None: not known).
+    b_started: Arc<Mutex<Option<bool>>>,
 }
 
 async fn pair() -> Pair {
@@ -90,13 +98,19 @@ async fn pair() -> Pair {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (mig_a, _) = MeshMigrations::start(&a, |_, _| Ok(())).unwrap();
-    let (mig_b, incoming_b) = MeshMigrations::start(&b, |_, offer: &MigrationOffer| {
-        if offer.vm_id == "refuse-me" {
-            return Err("this node is busy with its owner".into());
-        }
-        Ok(())
-    })
+    let (mig_a, _) = MeshMigrations::start(&a, |_, _| Ok(()), |_, _| None).unwrap();
+    let b_started = Arc::new(Mutex::new(None));
+    let answer = b_started.clone();
+    let (mig_b, incoming_b) = MeshMigrations::start(
+        &b,
+        |_, offer: &MigrationOffer| {
+            if offer.vm_id == "refuse-me" {
+                return Err("this node is busy with its owner".into());
+            }
+            Ok(())
+        },
+        move |_, _| *answer.lock().unwrap(),
+    )
     .unwrap();
     Pair {
         a,
@@ -104,6 +118,7 @@ async fn pair() -> Pair {
         mig_a,
         _mig_b: mig_b,
         incoming_b,
+        b_started,
     }
 }
 
@@ -192,21 +207,25 @@ fn migrate_out(session: [u8; 16]) -> Command {
 
 /// Launches the destination VMM for an incoming migration.
 fn destination_vmm(incoming: &IncomingMigration, stdout: Stdio) -> VmmProcess {
+    destination_vmm_on(&incoming.offer, &incoming.streams, stdout)
+}
+
+fn destination_vmm_on(offer: &MigrationOffer, streams: &[UnixStream], stdout: Stdio) -> VmmProcess {
     let launch = Launch {
         vm_id: new_vm_id(),
         source: LaunchSource::Incoming {
-            session: incoming.offer.session,
+            session: offer.session,
             store: None,
             verify_memory: false,
         },
-        mem_bytes: incoming.offer.mem_bytes,
-        vcpus: incoming.offer.vcpus,
+        mem_bytes: offer.mem_bytes,
+        vcpus: offer.vcpus,
         fill_pattern: None,
         start_paused: false,
         sandbox: SandboxSettings::default(),
         adopt: None,
     };
-    VmmProcess::spawn_with_streams(exe(), &launch, stdout, &incoming.streams).unwrap()
+    VmmProcess::spawn_with_streams(exe(), &launch, stdout, streams).unwrap()
 }
 
 fn recv_incoming(rt: &Runtime, rx: &mut Receiver<IncomingMigration>) -> IncomingMigration {
@@ -269,6 +288,76 @@ fn a_counter_moves_live_over_bridged_libp2p_streams_and_keeps_its_result() {
     assert_eq!(
         incoming.bridges.bytes_from_peer(),
         opened.bridges.bytes_to_peer()
+    );
+}
+
+#[test]
+fn a_lost_confirm_is_resolved_over_a_new_stream_and_the_guest_finishes_once() {
+    if !kvm_usable("in-doubt resolution over the mesh") {
+        return;
+    }
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let mut p = rt.block_on(pair());
+    let tmp = tempfile::tempdir().unwrap();
+    let (spec, expected) = counter(3);
+    let (src_console, src_out) = console(tmp.path(), "source.txt");
+    let (dst_console, dst_out) = console(tmp.path(), "destination.txt");
+    let (mut src, vm_id) = source_vmm(&spec, None, src_out);
+    let offer = offer(&vm_id);
+    let session = offer.session;
+    let opened = rt
+        .block_on(p.mig_a.open(p.b.peer_id(), offer.clone(), 2))
+        .unwrap();
+    src.send_with_streams(&migrate_out(session), &opened.streams)
+        .unwrap();
+    let incoming = recv_incoming(&rt, &mut p.incoming_b);
+    // The destination's confirm never reaches the source; its streams are cut after.
+    let (cut, spliced) = confirm_cutter::splice(incoming.streams);
+    let mut dst = destination_vmm_on(&incoming.offer, &spliced, dst_out);
+    drop(spliced);
+    dst.wait_for(WAIT, |e| {
+        matches!(e, Event::MigratedIn { .. }).then_some(())
+    })
+    .unwrap();
+    *p.b_started.lock().unwrap() = Some(true);
+    src.wait_for(WAIT, |e| match e {
+        Event::MigrationInDoubt => Some(()),
+        Event::MigratedOut(_) | Event::MigrationFailed { .. } => {
+            panic!("the migration ended without doubt: {e:?}")
+        }
+        _ => None,
+    })
+    .unwrap();
+    assert!(cut.cut(), "in doubt before the cut");
+    let resolution = rt
+        .block_on(p.mig_a.resolve(p.b.peer_id(), session))
+        .unwrap();
+    src.send_with_streams(
+        &Command::MigrationReconnect { session },
+        &resolution.streams,
+    )
+    .unwrap();
+    src.wait_for(WAIT, |e| match e {
+        Event::MigratedOut(_) => Some(()),
+        Event::MigrationFailed { reason, .. } => panic!("resolved as failed: {reason}"),
+        _ => None,
+    })
+    .unwrap();
+    assert!(
+        resolution.bridges.bytes_from_peer() > 0,
+        "the answer came over the mesh"
+    );
+    let end = wait_end(&mut dst, |_| false);
+    let _ = src.wait();
+    assert_eq!(
+        results(&dst_console),
+        vec![expected],
+        "destination ended: {end}"
+    );
+    assert!(
+        results(&src_console).is_empty(),
+        "the guest finished on the source too"
     );
 }
 

@@ -121,12 +121,15 @@ impl Daemon {
         };
         let slot: Arc<OnceLock<Weak<Daemon>>> = Arc::new(OnceLock::new());
         let admit_slot = slot.clone();
-        let (migrations, incoming) = MeshMigrations::start(&mesh, move |peer, offer| {
-            match admit_slot.get().and_then(Weak::upgrade) {
+        let registry = vms.registry().clone();
+        let (migrations, incoming) = MeshMigrations::start(
+            &mesh,
+            move |peer, offer| match admit_slot.get().and_then(Weak::upgrade) {
                 Some(daemon) => daemon.admit(peer, offer),
                 None => Err("the node is starting".into()),
-            }
-        })?;
+            },
+            move |peer, session| moves::started_incoming(&registry, peer, session),
+        )?;
         let mesh = Arc::new(mesh);
         let me = cell::member_info(&capacity::host_capacity(), Vec::new());
         let cell = CellMembership::start(mesh.clone(), CellConfig::default(), me).await?;

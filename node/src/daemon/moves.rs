@@ -26,6 +26,9 @@ const DATA_STREAMS: u8 = 2;
 /// Live mode's default downtime budget (ms), as for direct migrations.
 const DEFAULT_DOWNTIME_BUDGET_MS: u64 = 50;
 
+/// Times a migration in doubt asks its peer, a second apart, before leaving it to the VMM.
+const RESOLVE_TRIES: u32 = 60;
+
 /// How long one migration may take before an evacuation gives up on it.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -43,6 +46,25 @@ fn new_session() -> [u8; 16] {
         s[..8].copy_from_slice(&now_ms().to_le_bytes());
     }
     s
+}
+
+/// Whether this node started the VM of incoming migration `session` from `peer`, from
+/// the migration's record (persisted, so the answer outlives the VMM and a restart): None
+/// while it still runs, or for a session this node has no record of from that peer.
+pub(super) fn started_incoming(
+    registry: &crate::vms::registry::Registry,
+    peer: &PeerId,
+    session: &[u8; 16],
+) -> Option<bool> {
+    let m = registry.migration(&crate::hex::to_hex(&session[..8]))?;
+    if m.direction != MigrationDirection::In || m.peer != peer.to_string() {
+        return None;
+    }
+    match m.state {
+        MigrationState::Done => Some(true),
+        MigrationState::Failed | MigrationState::Cancelled => Some(false),
+        MigrationState::Running => None,
+    }
 }
 
 impl Daemon {
@@ -206,15 +228,16 @@ impl Daemon {
             store: None,
             verify_memory: false,
         };
+        let (in_doubt_tx, in_doubt) = mpsc::unbounded_channel();
         if let Err(e) = self
             .vms
-            .migrate_out(vm_id, cmd, opened.streams, &id, peer)
+            .migrate_out(vm_id, cmd, opened.streams, &id, peer, Some(in_doubt_tx))
             .await
         {
             opened.bridges.abort();
             return Err(fail(&mut info, e.to_string()));
         }
-        self.record_bridged_bytes(&id, opened.bridges);
+        self.watch_migration(&id, vm_id, peer_id, session, opened.bridges, in_doubt);
         if let Err(e) = self
             .state_db
             .note_peer(peer, "migrated a VM to it", &[], now_ms())
@@ -275,10 +298,24 @@ impl Daemon {
 
     /// Once migration `id` ends, records the bytes its streams carried to the peer (the
     /// figure the destination records too).
-    fn record_bridged_bytes(&self, id: &str, bridges: crate::mesh_migration::Bridges) {
+    /// Until migration `id` ends: each time it goes in doubt (its streams broke after the
+    /// state left), asks the peer whether it started the VM (see [`Self::resolve_in_doubt`]);
+    /// at the end, records the bytes bridged.
+    fn watch_migration(
+        &self,
+        id: &str,
+        vm_id: &str,
+        peer: PeerId,
+        session: [u8; 16],
+        bridges: crate::mesh_migration::Bridges,
+        mut in_doubt: mpsc::UnboundedReceiver<()>,
+    ) {
         let registry = self.vms.registry().clone();
-        let id = id.to_string();
+        let myself = self.myself.clone();
+        let (id, vm_id) = (id.to_string(), vm_id.to_string());
         tokio::spawn(async move {
+            // What each resolution handed the VMM, held until the migration ends.
+            let mut resolutions = Vec::new();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
             while tokio::time::Instant::now() < deadline {
                 match registry.migration(&id) {
@@ -288,10 +325,65 @@ impl Daemon {
                         return;
                     }
                     None => return,
-                    Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Some(_) => {}
+                }
+                tokio::select! {
+                    Some(()) = in_doubt.recv() => {
+                        let Some(me) = myself.get().and_then(Weak::upgrade) else { return };
+                        if let Some(r) = me.resolve_in_doubt(&id, &vm_id, peer, session).await {
+                            resolutions.push(r);
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
         });
+    }
+
+    /// Opens a resolution stream to `peer` and hands it to the VMM, which asks whether the
+    /// peer started the VM: "started" ends the migration done, "not started" rolls it back.
+    /// A peer that does not know yet (or cannot be reached) is asked again every second,
+    /// for up to [`RESOLVE_TRIES`] tries or until the migration ended (the VMM gives up on
+    /// its own in time, and keeps the VM paused for an operator).
+    async fn resolve_in_doubt(
+        &self,
+        id: &str,
+        vm_id: &str,
+        peer: PeerId,
+        session: [u8; 16],
+    ) -> Option<crate::mesh_migration::Resolution> {
+        let migrations = self.migrations.as_ref()?;
+        for attempt in 1..=RESOLVE_TRIES {
+            if self
+                .vms
+                .registry()
+                .migration(id)
+                .is_none_or(|m| m.state.is_final())
+            {
+                return None;
+            }
+            match migrations.resolve(peer, session).await {
+                Ok(mut r) => {
+                    let streams = std::mem::take(&mut r.streams);
+                    match self.vms.reconnect_migration(vm_id, session, streams).await {
+                        Ok(()) => {
+                            tracing::info!(vm = vm_id, %peer, "migration in doubt: asking the peer");
+                            return Some(r);
+                        }
+                        Err(e) => {
+                            r.bridges.abort();
+                            tracing::warn!(vm = vm_id, error = %e, "cannot hand the VMM its new streams");
+                            return None;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(vm = vm_id, %peer, attempt, error = %e, "migration in doubt: the peer cannot answer yet");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        None
     }
 
     pub(super) async fn cancel_vm_migration(&self, id: &str) -> ServiceResult<MigrationInfo> {

@@ -17,13 +17,20 @@
 //! before the accept loop runs; a stream dropped that way (end of stream before any answer)
 //! is opened again, up to [`OPEN_TRIES`] times.
 //!
-//! What this cannot do: reconnect after `Event::MigrationInDoubt` (the destination would
-//! have to answer `Query` from what its daemon knows about the VM; see the report in
-//! docs/migration.md); pick a peer (the caller names it); rate-limit a peer's offers beyond
+//! A source whose streams broke after the VM's state left is *in doubt* (did the destination
+//! start the VM?). It asks on a new control stream ([`MeshMigrations::resolve`]):
+//!
+//! ```text
+//! control:  source -> resolve request (len-prefixed JSON: the session)
+//!           destination -> answer (Accept once its daemon knows the outcome | Refuse)
+//!           source -> links preamble (index 0, count 2), then the VMMs' Query -> <- Status
+//! ```
+//!
+//! The destination's daemon answers from its own record of the session (`resolve` given to
+//! [`MeshMigrations::start`]), so the answer holds even after the destination VMM is gone.
+//!
+//! What this cannot do: pick a peer (the caller names it); rate-limit a peer's offers beyond
 //! the bounds on handshakes and sessions in [`MeshMigrationConfig`].
-
-// The daemon's migration manager (another change) is the user; until it lands only the
-// tests call this.
 
 mod bridge;
 mod offer;
@@ -36,11 +43,12 @@ use std::time::{Duration, Instant};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use novacron_mesh::swarm::{MeshNode, PeerId, Stream, StreamProtocol};
 use novacron_vm::migration::links::{Preamble, MAX_DATA_STREAMS, PREAMBLE_LEN};
+use novacron_vm::migration::messages::{decode_frame, encode_frame, Message};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use bridge::Bridges;
-pub use offer::{Answer, MigrationOffer, OfferError};
+pub use offer::{Answer, MigrationOffer, OfferError, ResolveRequest};
 use sessions::{hex16, Sessions};
 
 /// The protocol name on the mesh.
@@ -48,6 +56,11 @@ pub const MIGRATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/novacron/migr
 
 /// Times a stream is opened before a drop by the peer's accept queue counts as a failure.
 pub const OPEN_TRIES: u32 = 3;
+
+/// How often the destination asks its daemon again about a session still starting.
+const RESOLVE_POLL: Duration = Duration::from_millis(100);
+/// Largest VMM frame read while answering a source in doubt (a `Query` is a few bytes).
+const MAX_QUERY_FRAME: usize = 4096;
 
 /// Data-stream answers.
 const JOINED: u8 = 1;
@@ -137,13 +150,29 @@ pub struct IncomingMigration {
     pub bridges: Bridges,
 }
 
+/// A source's streams for asking about a migration in doubt, ready for
+/// `VmmProcess::send_with_streams` with `Command::MigrationReconnect { session }`.
+#[derive(Debug)]
+pub struct Resolution {
+    /// The VMM's ends: the control stream (bridged to the peer), then a data stream that
+    /// stays silent (the VMM needs one; resolving only talks on the control stream).
+    pub streams: Vec<StdUnixStream>,
+    /// Hold until the migration ended: its end of stream would be a link down to the VMM.
+    _quiet_data_end: StdUnixStream,
+    pub bridges: Bridges,
+}
+
 type Table = Sessions<PeerId, MigrationOffer, Stream>;
 type Admit = dyn Fn(&PeerId, &MigrationOffer) -> Result<(), String> + Send + Sync;
+/// Whether this node started the VM of session (`peer`, `session`): None while unknown
+/// (still starting, or never heard of).
+type Resolve = dyn Fn(&PeerId, &[u8; 16]) -> Option<bool> + Send + Sync;
 
 struct Shared {
     cfg: MeshMigrationConfig,
     sessions: Mutex<Table>,
     admit: Box<Admit>,
+    resolve: Box<Resolve>,
     incoming: mpsc::Sender<IncomingMigration>,
     handshakes: Arc<Semaphore>,
 }
@@ -174,19 +203,22 @@ impl Drop for MeshMigrations {
 
 impl MeshMigrations {
     /// Accepts `/novacron/migrate/1` on `mesh` with the default limits. `admit` decides on
-    /// each valid offer (an `Err` is the refusal's reason, sent to the source); it runs on
-    /// the async threads and must not block. Complete migrations come out of the receiver.
-    /// Must run inside a tokio runtime.
+    /// each valid offer (an `Err` is the refusal's reason, sent to the source); `resolve`
+    /// says whether this node started the VM of a session a source is in doubt about (None:
+    /// not known, yet or at all). Both run on the async threads and must not block.
+    /// Complete migrations come out of the receiver. Must run inside a tokio runtime.
     pub fn start(
         mesh: &MeshNode,
         admit: impl Fn(&PeerId, &MigrationOffer) -> Result<(), String> + Send + Sync + 'static,
+        resolve: impl Fn(&PeerId, &[u8; 16]) -> Option<bool> + Send + Sync + 'static,
     ) -> Result<(MeshMigrations, mpsc::Receiver<IncomingMigration>), MeshMigrationError> {
-        Self::start_with(mesh, admit, MeshMigrationConfig::default())
+        Self::start_with(mesh, admit, resolve, MeshMigrationConfig::default())
     }
 
     pub fn start_with(
         mesh: &MeshNode,
         admit: impl Fn(&PeerId, &MigrationOffer) -> Result<(), String> + Send + Sync + 'static,
+        resolve: impl Fn(&PeerId, &[u8; 16]) -> Option<bool> + Send + Sync + 'static,
         cfg: MeshMigrationConfig,
     ) -> Result<(MeshMigrations, mpsc::Receiver<IncomingMigration>), MeshMigrationError> {
         let mut control = mesh.stream_control();
@@ -197,6 +229,7 @@ impl MeshMigrations {
         let shared = Arc::new(Shared {
             sessions: Mutex::new(Sessions::new(cfg.max_sessions)),
             admit: Box::new(admit),
+            resolve: Box::new(resolve),
             incoming: tx,
             handshakes: Arc::new(Semaphore::new(cfg.max_handshakes.max(1))),
             cfg: cfg.clone(),
@@ -266,6 +299,39 @@ impl MeshMigrations {
         Ok(OpenedMigration {
             session,
             streams: ends,
+            bridges,
+        })
+    }
+
+    /// Source, in doubt about `session` after its streams to `peer` broke: a new control
+    /// stream on which the VMM asks whether the peer started the VM. The peer accepts once
+    /// it knows; a [`MeshMigrationError::Refused`] means it does not (yet): ask again later.
+    pub async fn resolve(
+        &self,
+        peer: PeerId,
+        session: [u8; 16],
+    ) -> Result<Resolution, MeshMigrationError> {
+        let frame = ResolveRequest { resolve: session }.encode()?;
+        let mut control = self.open_control(peer, &frame).await?;
+        let preamble = Preamble {
+            session,
+            index: 0,
+            count: 2,
+        };
+        self.write(
+            peer,
+            &mut control,
+            &preamble.encode(),
+            "take the control preamble",
+        )
+        .await?;
+        let io = |source| MeshMigrationError::Io { peer, source };
+        let mut bridges = Bridges::new();
+        let control = bridges.add(control).map_err(io)?;
+        let (data, quiet_data_end) = StdUnixStream::pair().map_err(io)?;
+        Ok(Resolution {
+            streams: vec![control, data],
+            _quiet_data_end: quiet_data_end,
             bridges,
         })
     }
@@ -507,13 +573,17 @@ async fn control_stream(shared: &Shared, peer: PeerId, mut stream: Stream, prefi
             let reason = format!("unreadable offer: {e}");
             return refuse(peer, &mut stream, &reason).await;
         }
-        Ok(Ok(body)) => match MigrationOffer::decode(&body) {
-            Ok(o) => o,
-            Err(e) => {
-                let reason = format!("invalid offer: {e}");
-                return refuse(peer, &mut stream, &reason).await;
-            }
+        Ok(Ok(body)) => match ResolveRequest::decode(&body) {
+            Ok(request) => return answer_resolve(shared, peer, stream, request.resolve).await,
+            Err(_) => body,
         },
+    };
+    let offer = match MigrationOffer::decode(&offer) {
+        Ok(o) => o,
+        Err(e) => {
+            let reason = format!("invalid offer: {e}");
+            return refuse(peer, &mut stream, &reason).await;
+        }
     };
     let session = offer.session;
     let room = shared.sessions().can_open(&session);
@@ -559,6 +629,76 @@ async fn control_stream(shared: &Shared, peer: PeerId, mut stream: Stream, prefi
         .open(session, peer, offer, count, stream, deadline);
     if let Err(r) = opened {
         tracing::warn!(%peer, refusal = %r, "accepted migration could not be assembled");
+    }
+}
+
+/// Answers a source in doubt about `session`: once this node's daemon knows whether it
+/// started the VM, accepts, reads the links preamble and the VMM's `Query`, and sends
+/// `Status`.
+async fn answer_resolve(shared: &Shared, peer: PeerId, mut stream: Stream, session: [u8; 16]) {
+    let deadline = Instant::now() + shared.cfg.answer_timeout;
+    let started = loop {
+        match (shared.resolve)(&peer, &session) {
+            Some(started) => break started,
+            None if Instant::now() < deadline => tokio::time::sleep(RESOLVE_POLL).await,
+            None => {
+                let reason = format!(
+                    "the outcome of migration session {} is not known here",
+                    hex16(&session)
+                );
+                return refuse(peer, &mut stream, &reason).await;
+            }
+        }
+    };
+    let answered = async {
+        let frame = Answer::Accept.encode().map_err(std::io::Error::other)?;
+        stream.write_all(&frame).await?;
+        stream.flush().await?;
+        let mut raw = [0u8; PREAMBLE_LEN];
+        stream.read_exact(&mut raw).await?;
+        match Preamble::decode(&raw) {
+            Ok(p) if p.session == session && p.index == 0 => {}
+            Ok(p) => return Err(invalid(format!("preamble {p:?} is not this session's"))),
+            Err(e) => return Err(invalid(format!("bad preamble: {e}"))),
+        }
+        match read_vm_message(&mut stream).await? {
+            Message::Query { vm_id } if vm_id == session => {}
+            other => return Err(invalid(format!("expected a Query, got {}", other.kind()))),
+        }
+        let status = encode_frame(&Message::Status { started }).map_err(std::io::Error::other)?;
+        stream.write_all(&status).await?;
+        stream.flush().await?;
+        stream.close().await
+    };
+    match tokio::time::timeout(shared.cfg.answer_timeout, answered).await {
+        Ok(Ok(())) => {
+            tracing::info!(%peer, session = %hex16(&session), started, "answered a source in doubt")
+        }
+        Ok(Err(e)) => tracing::warn!(%peer, error = %e, "a source in doubt: exchange failed"),
+        Err(_) => tracing::warn!(%peer, "a source in doubt did not ask in time"),
+    }
+}
+
+fn invalid(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+}
+
+/// One VMM migration frame, at most [`MAX_QUERY_FRAME`] bytes.
+async fn read_vm_message(s: &mut Stream) -> std::io::Result<Message> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        match decode_frame(&buf) {
+            Ok(Some((msg, _))) => return Ok(msg),
+            Ok(None) if buf.len() < MAX_QUERY_FRAME => {}
+            Ok(None) => return Err(invalid(format!("a frame over {MAX_QUERY_FRAME} bytes"))),
+            Err(e) => return Err(invalid(e.to_string())),
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

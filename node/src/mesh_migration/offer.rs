@@ -98,6 +98,26 @@ impl MigrationOffer {
     }
 }
 
+/// A source's question on a new control stream, after it lost a migration's streams once
+/// its VM's state had left: whether the destination started that session's VM. Accepted,
+/// the stream carries the links preamble and the VMMs' `Query` / `Status` exchange.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// The session in doubt.
+    pub resolve: [u8; 16],
+}
+
+impl ResolveRequest {
+    pub fn encode(&self) -> Result<Vec<u8>, OfferError> {
+        encode_json(self)
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, OfferError> {
+        decode_json(body)
+    }
+}
+
 impl Answer {
     /// A refusal, its reason cut to [`MAX_REASON`] bytes (at a character boundary).
     pub fn refuse(reason: impl Into<String>) -> Self {

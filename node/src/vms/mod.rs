@@ -616,12 +616,30 @@ impl VmManager {
         streams: Vec<UnixStream>,
         migration_id: &str,
         peer: &str,
+        in_doubt: Option<supervisor::InDoubtSender>,
     ) -> ServiceResult<()> {
         self.ask(id, |reply| Cmd::MigrateOut {
             cmd: Box::new(cmd),
             streams,
             migration_id: migration_id.to_string(),
             peer: peer.to_string(),
+            in_doubt,
+            reply,
+        })
+        .await
+    }
+
+    /// Hands a migration in doubt new streams to the destination (control first), on which
+    /// the VMM asks whether the VM started there.
+    pub async fn reconnect_migration(
+        &self,
+        id: &str,
+        session: [u8; 16],
+        streams: Vec<UnixStream>,
+    ) -> ServiceResult<()> {
+        self.ask(id, |reply| Cmd::ReconnectMigration {
+            session,
+            streams,
             reply,
         })
         .await

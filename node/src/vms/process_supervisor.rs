@@ -79,7 +79,9 @@ impl ProcessSupervisor {
             }
             Cmd::Stop(reply) => return self.stop(reply, VmState::Exited),
             Cmd::Suspend(reply) => return self.stop(reply, VmState::Suspended),
-            Cmd::MigrateOut { reply, .. } | Cmd::CancelMigration { reply, .. } => {
+            Cmd::MigrateOut { reply, .. }
+            | Cmd::ReconnectMigration { reply, .. }
+            | Cmd::CancelMigration { reply, .. } => {
                 let _ = reply.send(Err(
                     "a process-backend VM moves only by cold restart".to_string()
                 ));

@@ -27,6 +27,8 @@ const POLL: Duration = Duration::from_millis(20);
 const INCREMENTALS_PER_FULL: u32 = 15;
 
 pub type Reply = oneshot::Sender<Result<(), String>>;
+/// Told each time an outgoing migration goes in doubt.
+pub type InDoubtSender = tokio::sync::mpsc::UnboundedSender<()>;
 
 pub enum Cmd {
     Pause(Reply),
@@ -35,11 +37,19 @@ pub enum Cmd {
     /// Snapshot, then stop: the VM waits on disk until it may run again.
     Suspend(Reply),
     /// Migrate out over `streams` (control first), recorded as migration `migration_id`.
+    /// Each time the VMM reports the migration in doubt, `in_doubt` hears of it.
     MigrateOut {
         cmd: Box<MigrateOut>,
         streams: Vec<UnixStream>,
         migration_id: String,
         peer: String,
+        in_doubt: Option<InDoubtSender>,
+        reply: Reply,
+    },
+    /// New streams for a migration in doubt (control first), to ask the destination.
+    ReconnectMigration {
+        session: [u8; 16],
+        streams: Vec<UnixStream>,
         reply: Reply,
     },
     CancelMigration {
@@ -68,6 +78,7 @@ pub struct Supervisor {
 struct Outgoing {
     id: String,
     peer: String,
+    in_doubt: Option<InDoubtSender>,
 }
 
 impl Supervisor {
@@ -185,6 +196,7 @@ impl Supervisor {
                 streams,
                 migration_id,
                 peer,
+                in_doubt,
                 reply,
             } => {
                 if outgoing.is_some() {
@@ -203,9 +215,31 @@ impl Supervisor {
                         *outgoing = Some(Outgoing {
                             id: migration_id,
                             peer,
+                            in_doubt,
                         });
                         self.registry
                             .update(&self.id, |r| r.info.state = VmState::Migrating);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(e) => return Err((reply, e)),
+                }
+            }
+            Cmd::ReconnectMigration {
+                session,
+                streams,
+                reply,
+            } => {
+                if outgoing.is_none() {
+                    return Err((reply, "no migration of this VM is running".into()));
+                }
+                let fds: Vec<std::os::fd::BorrowedFd<'_>> =
+                    streams.iter().map(std::os::fd::AsFd::as_fd).collect();
+                match self
+                    .vmm
+                    .send_with_streams(&Command::MigrationReconnect { session }, &fds)
+                    .map_err(|e| e.to_string())
+                {
+                    Ok(()) => {
                         let _ = reply.send(Ok(()));
                     }
                     Err(e) => return Err((reply, e)),
@@ -350,6 +384,9 @@ impl Supervisor {
             }
             Event::MigrationInDoubt => {
                 tracing::warn!(vm = %id, "migration in doubt: the VM stays paused");
+                if let Some(tx) = outgoing.as_ref().and_then(|o| o.in_doubt.as_ref()) {
+                    let _ = tx.send(());
+                }
             }
             Event::Exited(reason) => return Some(reason),
             _ => {}

@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,13 +14,82 @@ use std::time::Duration;
 use novacron_vm::migration::links::PREAMBLE_LEN;
 use novacron_vm::migration::messages::{decode_frame, Message};
 
+/// A stream socket the cutter can copy, clone and shut down (TCP or Unix).
+pub trait Pipe: Read + Write + Send + Sized + 'static {
+    fn duplicate(&self) -> std::io::Result<Self>;
+    fn cut(&self, how: Shutdown) -> std::io::Result<()>;
+}
+
+impl Pipe for TcpStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn cut(&self, how: Shutdown) -> std::io::Result<()> {
+        self.shutdown(how)
+    }
+}
+
+impl Pipe for UnixStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn cut(&self, how: Shutdown) -> std::io::Result<()> {
+        self.shutdown(how)
+    }
+}
+
+type Cutter = Box<dyn FnOnce() + Send>;
+
 struct Shared {
-    target: SocketAddr,
+    target: Option<SocketAddr>,
     /// Set once the first session's Switchover went through.
     cut: AtomicBool,
-    /// Connections of the first session (both ends), to shut down.
-    first: Mutex<Vec<TcpStream>>,
+    /// Shut-downs of the first session's connections (both ends).
+    first: Mutex<Vec<Cutter>>,
     connections: AtomicUsize,
+}
+
+fn cutter<P: Pipe>(p: &P) -> Cutter {
+    let p = p.duplicate().expect("cutter: clone");
+    Box::new(move || {
+        let _ = p.cut(Shutdown::Both);
+    })
+}
+
+/// Splices the cutter into one session's streams, control first, as a VMM holds them (no
+/// links preamble): returns the ends to hand the destination VMM instead of `streams`.
+pub fn splice(streams: Vec<UnixStream>) -> (CutWatch, Vec<UnixStream>) {
+    let shared = Arc::new(Shared {
+        target: None,
+        cut: AtomicBool::new(false),
+        first: Mutex::new(Vec::new()),
+        connections: AtomicUsize::new(0),
+    });
+    let mut ends = Vec::new();
+    for (i, outer) in streams.into_iter().enumerate() {
+        let (inner, vmm_end) = UnixStream::pair().expect("cutter: socketpair");
+        {
+            let mut all = shared.first.lock().unwrap();
+            all.push(cutter(&outer));
+            all.push(cutter(&inner));
+        }
+        let (o2, i2) = (outer.try_clone().unwrap(), inner.try_clone().unwrap());
+        let up = shared.clone();
+        std::thread::spawn(move || upstream(outer, inner, (i == 0).then_some(0), &up));
+        let down = shared.clone();
+        std::thread::spawn(move || downstream(i2, o2, true, &down));
+        ends.push(vmm_end);
+    }
+    (CutWatch(shared), ends)
+}
+
+/// Whether a spliced session was cut.
+pub struct CutWatch(Arc<Shared>);
+
+impl CutWatch {
+    pub fn cut(&self) -> bool {
+        self.0.cut.load(Ordering::SeqCst)
+    }
 }
 
 pub struct ConfirmCutter {
@@ -32,7 +102,7 @@ impl ConfirmCutter {
         let listener = TcpListener::bind("127.0.0.1:0").expect("cutter: bind");
         let addr = listener.local_addr().expect("cutter: address");
         let shared = Arc::new(Shared {
-            target,
+            target: Some(target),
             cut: AtomicBool::new(false),
             first: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
@@ -41,7 +111,7 @@ impl ConfirmCutter {
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(s.target) else {
+                let Some(Ok(server)) = s.target.map(TcpStream::connect) else {
                     continue;
                 };
                 let n = s.connections.fetch_add(1, Ordering::SeqCst);
@@ -49,12 +119,14 @@ impl ConfirmCutter {
                 let first = n < 3;
                 if first {
                     let mut all = s.first.lock().unwrap();
-                    all.push(client.try_clone().unwrap());
-                    all.push(server.try_clone().unwrap());
+                    all.push(cutter(&client));
+                    all.push(cutter(&server));
                 }
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let up = s.clone();
-                std::thread::spawn(move || upstream(client, server, first && n == 0, &up));
+                // The control stream's frames start after the links preamble.
+                let watch = (first && n == 0).then_some(PREAMBLE_LEN);
+                std::thread::spawn(move || upstream(client, server, watch, &up));
                 let down = s.clone();
                 std::thread::spawn(move || downstream(s2, c2, first, &down));
             }
@@ -72,12 +144,13 @@ impl ConfirmCutter {
     }
 }
 
-/// Source -> destination. On the first control stream, frames are parsed so the cut
-/// happens right after the Switchover frame.
-fn upstream(mut from: TcpStream, mut to: TcpStream, watch: bool, shared: &Arc<Shared>) {
+/// Source -> destination. On the first control stream (`watch`: where its frames start),
+/// frames are parsed so the cut happens right after the Switchover frame.
+fn upstream<P: Pipe>(mut from: P, mut to: P, watch: Option<usize>, shared: &Arc<Shared>) {
     let mut buf = vec![0u8; 64 << 10];
     let mut seen: Vec<u8> = Vec::new();
-    let mut parsed = PREAMBLE_LEN;
+    let mut parsed = watch.unwrap_or(0);
+    let watch = watch.is_some();
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -92,7 +165,7 @@ fn upstream(mut from: TcpStream, mut to: TcpStream, watch: bool, shared: &Arc<Sh
             break;
         }
     }
-    let _ = to.shutdown(Shutdown::Write);
+    let _ = to.cut(Shutdown::Write);
 }
 
 fn watch_frames(seen: &[u8], parsed: &mut usize, shared: &Arc<Shared>) {
@@ -105,8 +178,8 @@ fn watch_frames(seen: &[u8], parsed: &mut usize, shared: &Arc<Shared>) {
                 std::thread::spawn(move || {
                     // Let the destination start the VM and answer; then cut.
                     std::thread::sleep(Duration::from_millis(500));
-                    for sock in s.first.lock().unwrap().drain(..) {
-                        let _ = sock.shutdown(Shutdown::Both);
+                    for cut in s.first.lock().unwrap().drain(..) {
+                        cut();
                     }
                 });
             }
@@ -115,7 +188,7 @@ fn watch_frames(seen: &[u8], parsed: &mut usize, shared: &Arc<Shared>) {
 }
 
 /// Destination -> source; on the first session, nothing goes through after the cut.
-fn downstream(mut from: TcpStream, mut to: TcpStream, first: bool, shared: &Shared) {
+fn downstream<P: Pipe>(mut from: P, mut to: P, first: bool, shared: &Shared) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match from.read(&mut buf) {
@@ -129,5 +202,5 @@ fn downstream(mut from: TcpStream, mut to: TcpStream, first: bool, shared: &Shar
             break;
         }
     }
-    let _ = to.shutdown(Shutdown::Write);
+    let _ = to.cut(Shutdown::Write);
 }
