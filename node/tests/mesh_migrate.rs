@@ -300,7 +300,9 @@ fn a_lost_confirm_is_resolved_over_a_new_stream_and_the_guest_finishes_once() {
     let _in_runtime = rt.enter();
     let mut p = rt.block_on(pair());
     let tmp = tempfile::tempdir().unwrap();
-    let (spec, expected) = counter(3);
+    // Long enough to outlast the migration, its 500 ms cut and the resolution on a
+    // loaded machine.
+    let (spec, expected) = counter(6);
     let (src_console, src_out) = console(tmp.path(), "source.txt");
     let (dst_console, dst_out) = console(tmp.path(), "destination.txt");
     let (mut src, vm_id) = source_vmm(&spec, None, src_out);

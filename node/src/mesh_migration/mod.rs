@@ -593,15 +593,7 @@ async fn control_stream(shared: &Shared, peer: PeerId, mut stream: Stream, prefi
     if let Err(reason) = (shared.admit)(&peer, &offer) {
         return refuse(peer, &mut stream, &reason).await;
     }
-    let accepted = async {
-        let frame = Answer::Accept.encode().map_err(std::io::Error::other)?;
-        stream.write_all(&frame).await?;
-        stream.flush().await?;
-        let mut raw = [0u8; PREAMBLE_LEN];
-        stream.read_exact(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = match tokio::time::timeout(shared.cfg.answer_timeout, accepted).await {
+    let raw = match tokio::time::timeout(shared.cfg.answer_timeout, accept(&mut stream)).await {
         Ok(Ok(raw)) => raw,
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "accepted migration: control stream lost");
@@ -651,11 +643,7 @@ async fn answer_resolve(shared: &Shared, peer: PeerId, mut stream: Stream, sessi
         }
     };
     let answered = async {
-        let frame = Answer::Accept.encode().map_err(std::io::Error::other)?;
-        stream.write_all(&frame).await?;
-        stream.flush().await?;
-        let mut raw = [0u8; PREAMBLE_LEN];
-        stream.read_exact(&mut raw).await?;
+        let raw = accept(&mut stream).await?;
         match Preamble::decode(&raw) {
             Ok(p) if p.session == session && p.index == 0 => {}
             Ok(p) => return Err(invalid(format!("preamble {p:?} is not this session's"))),
@@ -677,6 +665,16 @@ async fn answer_resolve(shared: &Shared, peer: PeerId, mut stream: Stream, sessi
         Ok(Err(e)) => tracing::warn!(%peer, error = %e, "a source in doubt: exchange failed"),
         Err(_) => tracing::warn!(%peer, "a source in doubt did not ask in time"),
     }
+}
+
+/// Sends Accept on a control stream and reads the links preamble that follows it.
+async fn accept(stream: &mut Stream) -> std::io::Result<[u8; PREAMBLE_LEN]> {
+    let frame = Answer::Accept.encode().map_err(std::io::Error::other)?;
+    stream.write_all(&frame).await?;
+    stream.flush().await?;
+    let mut raw = [0u8; PREAMBLE_LEN];
+    stream.read_exact(&mut raw).await?;
+    Ok(raw)
 }
 
 fn invalid(why: String) -> std::io::Error {

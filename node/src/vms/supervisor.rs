@@ -202,13 +202,7 @@ impl Supervisor {
                 if outgoing.is_some() {
                     return Err((reply, "a migration of this VM is already running".into()));
                 }
-                let fds: Vec<std::os::fd::BorrowedFd<'_>> =
-                    streams.iter().map(std::os::fd::AsFd::as_fd).collect();
-                match self
-                    .vmm
-                    .send_with_streams(&Command::MigrateOut(*cmd), &fds)
-                    .map_err(|e| e.to_string())
-                {
+                match self.send_with_streams(&Command::MigrateOut(*cmd), &streams) {
                     Ok(()) => {
                         // The VMM holds its own copies of the streams now.
                         drop(streams);
@@ -232,13 +226,7 @@ impl Supervisor {
                 if outgoing.is_none() {
                     return Err((reply, "no migration of this VM is running".into()));
                 }
-                let fds: Vec<std::os::fd::BorrowedFd<'_>> =
-                    streams.iter().map(std::os::fd::AsFd::as_fd).collect();
-                match self
-                    .vmm
-                    .send_with_streams(&Command::MigrationReconnect { session }, &fds)
-                    .map_err(|e| e.to_string())
-                {
+                match self.send_with_streams(&Command::MigrationReconnect { session }, &streams) {
                     Ok(()) => {
                         let _ = reply.send(Ok(()));
                     }
@@ -258,6 +246,15 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+
+    /// Sends `cmd` with `streams` (the VMM keeps its own copies).
+    fn send_with_streams(&mut self, cmd: &Command, streams: &[UnixStream]) -> Result<(), String> {
+        let fds: Vec<std::os::fd::BorrowedFd<'_>> =
+            streams.iter().map(std::os::fd::AsFd::as_fd).collect();
+        self.vmm
+            .send_with_streams(cmd, &fds)
+            .map_err(|e| e.to_string())
     }
 
     /// Handles one VMM event; returns the exit reason when the VMM is done.
