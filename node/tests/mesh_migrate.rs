@@ -433,6 +433,51 @@ fn refusal(a: Answer) -> String {
 }
 
 #[test]
+fn a_data_stream_that_overtakes_its_control_stream_still_joins() {
+    let rt = runtime();
+    rt.block_on(async {
+        let mut p = pair().await;
+        let b = p.b.peer_id();
+        let good = offer("early");
+        let session = good.session;
+        let preamble = |index| {
+            Preamble {
+                session,
+                index,
+                count: 2,
+            }
+            .encode()
+        };
+        let mut control = p.a.stream_control();
+        // Data stream 1 first: its session is not registered yet when it arrives.
+        let mut data = control.open_stream(b, MIGRATE_PROTOCOL).await.unwrap();
+        data.write_all(&preamble(1)).await.unwrap();
+        data.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut ctl = control.open_stream(b, MIGRATE_PROTOCOL).await.unwrap();
+        ctl.write_all(&good.encode().unwrap()).await.unwrap();
+        ctl.flush().await.unwrap();
+        let answer = tokio::time::timeout(WAIT, answer_of(&mut ctl))
+            .await
+            .unwrap();
+        assert_eq!(answer, Answer::Accept);
+        ctl.write_all(&preamble(0)).await.unwrap();
+        ctl.flush().await.unwrap();
+        let mut joined = [9u8; 1];
+        tokio::time::timeout(WAIT, data.read_exact(&mut joined))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(joined, [1], "the early data stream was not joined");
+        let incoming = tokio::time::timeout(WAIT, p.incoming_b.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((incoming.offer, incoming.streams.len()), (good, 2));
+    });
+}
+
+#[test]
 fn refused_garbage_and_oversized_offers_are_clear_errors_and_harmless() {
     let rt = runtime();
     rt.block_on(async {

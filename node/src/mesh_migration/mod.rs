@@ -49,7 +49,7 @@ use tokio::task::JoinHandle;
 
 pub use bridge::Bridges;
 pub use offer::{Answer, MigrationOffer, OfferError, ResolveRequest};
-use sessions::{hex16, Sessions};
+use sessions::{hex16, Refusal, Sessions};
 
 /// The protocol name on the mesh.
 pub const MIGRATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/novacron/migrate/1");
@@ -59,6 +59,11 @@ pub const OPEN_TRIES: u32 = 3;
 
 /// How often the destination asks its daemon again about a session still starting.
 const RESOLVE_POLL: Duration = Duration::from_millis(100);
+/// How long a data stream waits for its session to be registered, and how often it looks.
+/// The source opens data stream 1 as soon as its control preamble is written, so on a busy
+/// node the data stream's task can run before the control stream's task registered it.
+const SESSION_WAIT: Duration = Duration::from_secs(2);
+const SESSION_POLL: Duration = Duration::from_millis(10);
 /// Largest VMM frame read while answering a source in doubt (a `Query` is a few bytes).
 const MAX_QUERY_FRAME: usize = 4096;
 
@@ -700,6 +705,21 @@ async fn read_vm_message(s: &mut Stream) -> std::io::Result<Message> {
     }
 }
 
+/// Whether data stream `pre` may join its session, looking again for up to
+/// [`SESSION_WAIT`] while the session is not registered yet.
+async fn joinable(shared: &Shared, pre: &Preamble, peer: &PeerId) -> Result<(), Refusal> {
+    let deadline = Instant::now() + SESSION_WAIT;
+    loop {
+        let verdict = shared.sessions().check(&pre.session, peer, pre.index);
+        match verdict {
+            Err(Refusal::Unknown(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(SESSION_POLL).await
+            }
+            v => return v,
+        }
+    }
+}
+
 async fn data_stream(shared: &Shared, peer: PeerId, mut stream: Stream, magic: [u8; 4]) {
     let mut raw = [0u8; PREAMBLE_LEN];
     raw[..4].copy_from_slice(&magic);
@@ -722,7 +742,7 @@ async fn data_stream(shared: &Shared, peer: PeerId, mut stream: Stream, magic: [
             return;
         }
     };
-    let verdict = shared.sessions().check(&pre.session, &peer, pre.index);
+    let verdict = joinable(shared, &pre, &peer).await;
     let answer = if verdict.is_ok() { JOINED } else { NOT_JOINED };
     let answered = async {
         stream.write_all(&[answer]).await?;
