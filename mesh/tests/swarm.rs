@@ -111,6 +111,43 @@ async fn three_nodes_join_through_one_bootstrap_and_know_each_other() {
     }
 }
 
+/// A free loopback TCP port (bound, read, released).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_bootstrap_peer_was_down_at_start_joins_when_it_comes_up() {
+    let a_identity = NodeIdentity::generate().unwrap();
+    let port = free_port();
+    let a_listen: novacron_mesh::swarm::Multiaddr =
+        format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let boot = format!("{a_listen}/p2p/{}", a_identity.peer_id())
+        .parse()
+        .unwrap();
+    let b = start(loopback_config(vec![boot]));
+    // b's first dial and bootstrap fail; a stays in b's table, unreachable.
+    sleep(Duration::from_secs(2)).await;
+    assert!(b.connected_peers().await.unwrap().is_empty());
+    assert_eq!(table(&b).await, HashSet::from([a_identity.peer_id()]));
+
+    let a = MeshNode::start(
+        &a_identity,
+        SwarmConfig {
+            listen: vec![a_listen],
+            ..loopback_config(vec![])
+        },
+    )
+    .unwrap();
+    // b's table is small, so b runs its bootstrap query again, reaches a and joins.
+    wait_table_holds(&b, &[a.peer_id()]).await;
+    wait_table_holds(&a, &[b.peer_id()]).await;
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_subnet_cap_refuses_the_third_peer_of_a_slash_24() {
     let strict = SubnetLimits {

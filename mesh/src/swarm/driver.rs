@@ -38,6 +38,17 @@ use crate::summaries::{dht_prefers, SummaryBook};
 /// (entries dropped after failed dials).
 const TABLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A routing table with fewer entries than this is small: the node has not found its
+/// neighbourhood yet (Kademlia's k).
+const SMALL_TABLE: usize = 20;
+
+/// While the table is small, the bootstrap query runs again this often. Nodes that join
+/// through the same peer at the same moment can each finish their bootstrap before that
+/// peer has admitted the other, and Kademlia bootstraps again only when a new entry
+/// arrives or the periodic interval (minutes) passes; asking again finds them. In a small
+/// mesh this costs one FIND_NODE to each known peer every interval.
+const SMALL_TABLE_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(10);
+
 type Reply<T> = oneshot::Sender<Result<T, SwarmError>>;
 
 /// A Kademlia query someone waits for.
@@ -81,6 +92,8 @@ pub(super) struct Driver {
     pub metrics: prometheus_client::registry::Registry,
     /// Verified cell summaries heard on gossipsub or put by this node.
     pub book: SummaryBook,
+    /// When this node last started a bootstrap query because its table was small.
+    pub last_small_table_bootstrap: tokio::time::Instant,
 }
 
 impl Driver {
@@ -96,6 +109,7 @@ impl Driver {
                 },
                 _ = tick.tick() => {
                     self.check_table();
+                    self.bootstrap_if_small();
                     self.book.prune(unix_now());
                 }
             }
@@ -296,6 +310,23 @@ impl Driver {
         if size != self.table_size {
             self.table_size = size;
             self.emit(MeshEvent::RoutingTable { peers: size });
+        }
+    }
+
+    /// Runs the bootstrap query again if the table is small but not empty and the last
+    /// such run is [`SMALL_TABLE_BOOTSTRAP_INTERVAL`] ago. Kademlia keeps a peer whose
+    /// dial failed in the table, so this also dials a bootstrap peer that was down when
+    /// the node started.
+    fn bootstrap_if_small(&mut self) {
+        if self.table_size == 0
+            || self.table_size >= SMALL_TABLE
+            || self.last_small_table_bootstrap.elapsed() < SMALL_TABLE_BOOTSTRAP_INTERVAL
+        {
+            return;
+        }
+        self.last_small_table_bootstrap = tokio::time::Instant::now();
+        if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+            tracing::debug!(error = %e, "small-table bootstrap");
         }
     }
 

@@ -189,6 +189,7 @@ impl MeshNode {
             table_size: 0,
             metrics,
             book: crate::summaries::SummaryBook::default(),
+            last_small_table_bootstrap: tokio::time::Instant::now(),
         };
         let task = tokio::spawn(driver.run());
         Ok(MeshNode::new(peer_id, streams, command_tx, event_tx, task))
