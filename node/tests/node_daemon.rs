@@ -477,6 +477,61 @@ fn bad_api_bodies_get_clear_errors_from_a_real_daemon() {
 }
 
 #[test]
+fn the_cli_reaches_an_https_api_by_the_node_certificate_and_refuses_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start_node(
+        "a",
+        &tmp.path().join("a"),
+        None,
+        Some("api: {tlsEnabled: true}\n"),
+    );
+    let url = std::fs::read_to_string(a.dir.join("api.url")).unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    // The CLI trusts the certificate the node made in its data directory.
+    let status = cli_json(&a.dir, &["status", "--json"]);
+    assert!(status.to_string().contains(&a.peer), "{status}");
+    assert!(cli_json(&a.dir, &["vms", "--json"]).is_array());
+
+    // The event stream is a WebSocket over the same TLS.
+    let mut events =
+        kvm_usable("the_cli_reaches_an_https_api_by_the_node_certificate").then(|| {
+            Proc::spawn(
+                "events",
+                &["events", "--json", "--data-dir", a.dir.to_str().unwrap()],
+            )
+        });
+    if let Some(events) = &mut events {
+        std::thread::sleep(Duration::from_millis(500)); // let it subscribe
+        let (guest, _) = counter(1);
+        let id = create(&a.dir, &guest);
+        wait_until("the VM's event over https", TIMEOUT, &[&a.proc], || {
+            events.stdout().contains(&id)
+        });
+        stop_all(&a.dir);
+        events.kill_tree();
+    }
+
+    // Trusting another certificate, the CLI refuses the node's and says so.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let other_pem = tmp.path().join("other.crt");
+    std::fs::write(&other_pem, other.cert.pem()).unwrap();
+    let out = cli(&a.dir, &["status", "--ca", other_pem.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("certificate"), "{err}");
+
+    // Plain http on the https port gets no answer.
+    let host = url.trim().trim_start_matches("https://").to_string();
+    let mut s = TcpStream::connect(&host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /api/v1/node HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "plain http answered");
+}
+
+#[test]
 fn a_process_vm_moves_cold_and_is_adopted_after_kill_9() {
     if !nix_root("a_process_vm_moves_cold_and_is_adopted_after_kill_9") {
         return;

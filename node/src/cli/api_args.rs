@@ -15,6 +15,9 @@
 //! writes it) and `<dataDir>/api.token`. An unreadable default token file is skipped (a
 //! user who is not root can still use the API on loopback, where no token is needed).
 //!
+//! The certificate an https API is trusted by: `--ca FILE`, env `NOVACRON_API_CA`, then the
+//! config's `api.tlsCert`, then `<dataDir>/tls.crt` (the self-signed one the node makes).
+//!
 //! What it cannot do: read a token path from the config file (the config has no such key
 //! yet), or find a node whose API URL is nowhere on this host.
 
@@ -132,40 +135,53 @@ impl ApiArgs {
             }
         };
 
-        let token = if let Some(f) = &self.token_file {
+        let named_token = if let Some(f) = &self.token_file {
             Some(read_small(f).with_context(|| format!("--token-file {}", f.display()))?)
-        } else if let Some(t) = env_nonempty("NOVACRON_API_TOKEN") {
-            Some(t.trim().to_string())
         } else {
+            env_nonempty("NOVACRON_API_TOKEN").map(|t| t.trim().to_string())
+        };
+        let named_ca = self
+            .ca
+            .clone()
+            .or_else(|| env_nonempty("NOVACRON_API_CA").map(PathBuf::from));
+        let https = url.starts_with("https://");
+
+        // The files the node keeps next to its config and in its data directory.
+        let mut data_dir = None;
+        if named_token.is_none() || (https && named_ca.is_none()) {
             if config.is_none() {
-                // Only its dataDir matters here: a config that does not load is not an
+                // Only its directories matter here: a config that does not load is not an
                 // error when the URL came from elsewhere.
                 config = load_config().ok().flatten();
             }
-            let data_dir = self
+            data_dir = self
                 .data_dir
                 .clone()
                 .or(env_data_dir)
                 .or_else(|| config.as_ref().and_then(|c| c.data_dir.clone()));
-            let candidates = config_path
+        }
+        let token = named_token.or_else(|| {
+            config_path
                 .as_deref()
                 .and_then(Path::parent)
                 .map(|d| d.join("api.token"))
                 .into_iter()
-                .chain(data_dir.map(|d| d.join("api.token")));
-            let mut found = None;
-            for c in candidates {
-                if let Ok(t) = read_small(&c) {
-                    found = Some(t);
-                    break;
-                }
+                .chain(data_dir.as_ref().map(|d| d.join("api.token")))
+                .find_map(|c| read_small(&c).ok())
+        });
+        // An https API's certificate: the operator's (api.tlsCert), else the self-signed
+        // one the node made in its data directory.
+        let ca = named_ca.or_else(|| {
+            if !https {
+                return None;
             }
-            found
-        };
-        let ca = self
-            .ca
-            .clone()
-            .or_else(|| env_nonempty("NOVACRON_API_CA").map(PathBuf::from));
+            config
+                .as_ref()
+                .and_then(|c| c.api.tls_cert.clone())
+                .into_iter()
+                .chain(data_dir.as_ref().map(|d| d.join("tls.crt")))
+                .find(|p| p.is_file())
+        });
         Ok(Endpoint {
             url,
             token,
@@ -387,6 +403,46 @@ mod tests {
         args.token_file = Some(PathBuf::from("/nonexistent/token"));
         let err = format!("{:#}", args.discover(&none, no_default).unwrap_err());
         assert!(err.contains("--token-file /nonexistent/token"), "{err}");
+    }
+
+    #[test]
+    fn an_https_api_is_trusted_by_the_flag_the_env_the_config_or_the_node_certificate() {
+        let f = fixture();
+        let dir = f.flag_dir.clone();
+        std::fs::write(dir.join("api.url"), "https://127.0.0.1:9443\n").unwrap();
+        let no_default = Path::new("/nonexistent/node.yaml");
+        let mut args = ApiArgs {
+            data_dir: Some(dir.clone()),
+            ca: Some(PathBuf::from("/flag/ca.pem")),
+            ..ApiArgs::default()
+        };
+        let env = env_of(&[("NOVACRON_API_CA", "/env/ca.pem")]);
+        let none = env_of(&[]);
+        let ca = |args: &ApiArgs, env: &dyn Fn(&str) -> Option<String>| {
+            args.discover(env, no_default).unwrap().ca
+        };
+        assert_eq!(ca(&args, &env), Some(PathBuf::from("/flag/ca.pem")));
+        args.ca = None;
+        assert_eq!(ca(&args, &env), Some(PathBuf::from("/env/ca.pem")));
+        assert_eq!(ca(&args, &none), None, "no certificate file exists yet");
+        std::fs::write(dir.join("tls.crt"), "pem").unwrap();
+        assert_eq!(ca(&args, &none), Some(dir.join("tls.crt")));
+        // The config's own certificate comes before the data directory's.
+        let own = f.config.parent().unwrap().join("own.crt");
+        std::fs::write(&own, "pem").unwrap();
+        std::fs::write(
+            &f.config,
+            format!(
+                "api: {{tlsEnabled: true, tlsCert: {0}, tlsKey: {0}}}\n",
+                own.display()
+            ),
+        )
+        .unwrap();
+        args.config = Some(f.config.clone());
+        assert_eq!(ca(&args, &none), Some(own));
+        // Plain http needs no certificate.
+        std::fs::write(dir.join("api.url"), "http://127.0.0.1:8080\n").unwrap();
+        assert_eq!(ca(&args, &none), None);
     }
 
     #[test]
