@@ -37,7 +37,7 @@ enum Top {
     Vm(vm::VmCommand),
     /// Join the mesh and run in the foreground until SIGINT or SIGTERM.
     Node(node::NodeArgs),
-    /// The live members of the local node's cell (asks the running node).
+    /// The live members of the local node's cell (asks its REST API).
     Nodes(nodes::NodesArgs),
     /// The local node at a glance (asks its REST API)
     ///

@@ -1,19 +1,16 @@
-//! `novacron nodes`: the live members of the local node's cell, asked over its API socket.
+//! `novacron nodes`: the live members of the local node's cell, from its REST API.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::Args;
 
-use crate::api::socket::ask;
-use crate::api::{CellStatus, NodeStatus, Request, Response, SummaryStatus};
+use super::api_args::{block_on, ApiArgs};
+use crate::api::{CellStatus, NodeStatus, SummaryStatus};
 
 #[derive(Args, Debug)]
 pub struct NodesArgs {
-    /// The data directory of the running node to ask.
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Every member, the dead ones too.
     #[arg(long)]
     all: bool,
@@ -23,11 +20,8 @@ pub struct NodesArgs {
 }
 
 pub fn run(args: NodesArgs) -> anyhow::Result<ExitCode> {
-    let status = match ask(&args.data_dir, &Request::Status)? {
-        Response::Status(s) => s,
-        Response::Error(e) => bail!("the node answered: {e}"),
-        other => bail!("the node gave an unexpected answer: {other:?}"),
-    };
+    let client = args.api.client()?;
+    let status: NodeStatus = block_on(async { Ok(client.get("/api/v1/node").await?) })?;
     if args.json {
         println!("{}", serde_json::to_string(&status)?);
     } else {
