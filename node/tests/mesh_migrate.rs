@@ -228,10 +228,62 @@ fn destination_vmm_on(offer: &MigrationOffer, streams: &[UnixStream], stdout: St
     VmmProcess::spawn_with_streams(exe(), &launch, stdout, streams).unwrap()
 }
 
+/// Waits for a bridge counter condition: a bridge counts bytes once the other side's
+/// socket took them, which can be after the VMM there already acted on them.
+fn wait_counted(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn recv_incoming(rt: &Runtime, rx: &mut Receiver<IncomingMigration>) -> IncomingMigration {
     rt.block_on(tokio::time::timeout(WAIT, rx.recv()))
         .expect("no incoming migration in time")
         .expect("the incoming queue closed")
+}
+
+/// A counter guest of `passes` running on a source VMM (with `fill` of data when given),
+/// whose migration to b was offered, opened and handed to that VMM.
+struct Outgoing {
+    _tmp: tempfile::TempDir,
+    expected: String,
+    src: VmmProcess,
+    src_console: std::path::PathBuf,
+    dst_console: std::path::PathBuf,
+    /// The destination VMM's stdout (its console).
+    dst_out: Stdio,
+    offer: MigrationOffer,
+    opened: mesh_migration::OpenedMigration,
+}
+
+fn start_outgoing(rt: &Runtime, p: &Pair, passes: u64, fill: Option<(u64, u64)>) -> Outgoing {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spec, expected) = counter(passes);
+    let (src_console, src_out) = console(tmp.path(), "source.txt");
+    let (dst_console, dst_out) = console(tmp.path(), "destination.txt");
+    let (mut src, vm_id) = source_vmm(&spec, fill, src_out);
+    let offer = offer(&vm_id);
+    let opened = rt
+        .block_on(p.mig_a.open(p.b.peer_id(), offer.clone(), 2))
+        .unwrap();
+    assert_eq!((opened.session, opened.streams.len()), (offer.session, 3));
+    src.send_with_streams(&migrate_out(offer.session), &opened.streams)
+        .unwrap();
+    Outgoing {
+        _tmp: tmp,
+        expected,
+        src,
+        src_console,
+        dst_console,
+        dst_out,
+        offer,
+        opened,
+    }
 }
 
 #[test]
@@ -242,24 +294,13 @@ fn a_counter_moves_live_over_bridged_libp2p_streams_and_keeps_its_result() {
     let rt = runtime();
     let _in_runtime = rt.enter();
     let mut p = rt.block_on(pair());
-    let tmp = tempfile::tempdir().unwrap();
-    let (spec, expected) = counter(3);
-    let (src_console, src_out) = console(tmp.path(), "source.txt");
-    let (dst_console, dst_out) = console(tmp.path(), "destination.txt");
-    let (mut src, vm_id) = source_vmm(&spec, None, src_out);
-    let offer = offer(&vm_id);
-    let session = offer.session;
-    let opened = rt
-        .block_on(p.mig_a.open(p.b.peer_id(), offer.clone(), 2))
-        .unwrap();
-    assert_eq!((opened.session, opened.streams.len()), (session, 3));
-    src.send_with_streams(&migrate_out(session), &opened.streams)
-        .unwrap();
+    let mut o = start_outgoing(&rt, &p, 3, None);
     let incoming = recv_incoming(&rt, &mut p.incoming_b);
     assert_eq!(incoming.peer, p.a.peer_id());
-    assert_eq!(incoming.offer, offer);
-    let mut dst = destination_vmm(&incoming, dst_out);
-    let moved = src
+    assert_eq!(incoming.offer, o.offer);
+    let mut dst = destination_vmm(&incoming, o.dst_out);
+    let moved = o
+        .src
         .wait_for(WAIT, |e| match e {
             Event::MigratedOut(s) => Some(Ok(s.clone())),
             Event::MigrationFailed { reason, .. } => Some(Err(reason.clone())),
@@ -272,23 +313,23 @@ fn a_counter_moves_live_over_bridged_libp2p_streams_and_keeps_its_result() {
     })
     .unwrap();
     let end = wait_end(&mut dst, |_| false);
-    let _ = src.wait();
+    let _ = o.src.wait();
     assert_eq!(
-        results(&dst_console),
-        vec![expected],
+        results(&o.dst_console),
+        vec![o.expected],
         "destination ended: {end}"
     );
     assert!(
-        results(&src_console).is_empty(),
+        results(&o.src_console).is_empty(),
         "the guest finished on the source too"
     );
     // Everything the VMMs said went through the bridges.
-    assert!(opened.bridges.bytes_to_peer() >= summary.progress.wire_bytes);
-    assert!(opened.bridges.bytes_to_peer() > 0 && opened.bridges.bytes_from_peer() > 0);
-    assert_eq!(
-        incoming.bridges.bytes_from_peer(),
-        opened.bridges.bytes_to_peer()
-    );
+    let bridged = &o.opened.bridges;
+    wait_counted("every byte to be counted on both sides", || {
+        bridged.bytes_from_peer() > 0
+            && incoming.bridges.bytes_from_peer() == bridged.bytes_to_peer()
+    });
+    assert!(bridged.bytes_to_peer() >= summary.progress.wire_bytes);
 }
 
 #[test]
@@ -299,66 +340,58 @@ fn a_lost_confirm_is_resolved_over_a_new_stream_and_the_guest_finishes_once() {
     let rt = runtime();
     let _in_runtime = rt.enter();
     let mut p = rt.block_on(pair());
-    let tmp = tempfile::tempdir().unwrap();
     // Long enough to outlast the migration, its 500 ms cut and the resolution on a
     // loaded machine.
-    let (spec, expected) = counter(6);
-    let (src_console, src_out) = console(tmp.path(), "source.txt");
-    let (dst_console, dst_out) = console(tmp.path(), "destination.txt");
-    let (mut src, vm_id) = source_vmm(&spec, None, src_out);
-    let offer = offer(&vm_id);
-    let session = offer.session;
-    let opened = rt
-        .block_on(p.mig_a.open(p.b.peer_id(), offer.clone(), 2))
-        .unwrap();
-    src.send_with_streams(&migrate_out(session), &opened.streams)
-        .unwrap();
+    let mut o = start_outgoing(&rt, &p, 6, None);
+    let session = o.offer.session;
     let incoming = recv_incoming(&rt, &mut p.incoming_b);
     // The destination's confirm never reaches the source; its streams are cut after.
     let (cut, spliced) = confirm_cutter::splice(incoming.streams);
-    let mut dst = destination_vmm_on(&incoming.offer, &spliced, dst_out);
+    let mut dst = destination_vmm_on(&incoming.offer, &spliced, o.dst_out);
     drop(spliced);
     dst.wait_for(WAIT, |e| {
         matches!(e, Event::MigratedIn { .. }).then_some(())
     })
     .unwrap();
     *p.b_started.lock().unwrap() = Some(true);
-    src.wait_for(WAIT, |e| match e {
-        Event::MigrationInDoubt => Some(()),
-        Event::MigratedOut(_) | Event::MigrationFailed { .. } => {
-            panic!("the migration ended without doubt: {e:?}")
-        }
-        _ => None,
-    })
-    .unwrap();
+    o.src
+        .wait_for(WAIT, |e| match e {
+            Event::MigrationInDoubt => Some(()),
+            Event::MigratedOut(_) | Event::MigrationFailed { .. } => {
+                panic!("the migration ended without doubt: {e:?}")
+            }
+            _ => None,
+        })
+        .unwrap();
     assert!(cut.cut(), "in doubt before the cut");
     let resolution = rt
         .block_on(p.mig_a.resolve(p.b.peer_id(), session))
         .unwrap();
-    src.send_with_streams(
-        &Command::MigrationReconnect { session },
-        &resolution.streams,
-    )
-    .unwrap();
-    src.wait_for(WAIT, |e| match e {
-        Event::MigratedOut(_) => Some(()),
-        Event::MigrationFailed { reason, .. } => panic!("resolved as failed: {reason}"),
-        _ => None,
-    })
-    .unwrap();
-    assert!(
-        resolution.bridges.bytes_from_peer() > 0,
-        "the answer came over the mesh"
-    );
+    o.src
+        .send_with_streams(
+            &Command::MigrationReconnect { session },
+            &resolution.streams,
+        )
+        .unwrap();
+    o.src
+        .wait_for(WAIT, |e| match e {
+            Event::MigratedOut(_) => Some(()),
+            Event::MigrationFailed { reason, .. } => panic!("resolved as failed: {reason}"),
+            _ => None,
+        })
+        .unwrap();
+    wait_counted("the answer to come over the mesh", || {
+        resolution.bridges.bytes_from_peer() > 0
+    });
     let end = wait_end(&mut dst, |_| false);
-    let _ = src.wait();
+    let _ = o.src.wait();
     assert_eq!(
-        results(&dst_console),
-        vec![expected],
+        results(&o.dst_console),
+        vec![o.expected],
         "destination ended: {end}"
     );
     assert!(
-        results(&src_console).is_empty(),
+        results(&o.src_console).is_empty(),
         "the guest finished on the source too"
     );
 }
@@ -371,28 +404,20 @@ fn cutting_the_bridges_mid_transfer_rolls_back_and_the_guest_finishes_on_the_sou
     let rt = runtime();
     let _in_runtime = rt.enter();
     let mut p = rt.block_on(pair());
-    let tmp = tempfile::tempdir().unwrap();
-    let (spec, expected) = counter(3);
-    let (src_console, src_out) = console(tmp.path(), "source.txt");
     // 64 MiB of data to move, so the cut lands while chunks flow.
-    let (mut src, vm_id) = source_vmm(&spec, Some((16 << 20, 64 << 20)), src_out);
-    let offer = offer(&vm_id);
-    let opened = rt
-        .block_on(p.mig_a.open(p.b.peer_id(), offer.clone(), 2))
-        .unwrap();
-    src.send_with_streams(&migrate_out(offer.session), &opened.streams)
-        .unwrap();
+    let mut o = start_outgoing(&rt, &p, 3, Some((16 << 20, 64 << 20)));
     let incoming = recv_incoming(&rt, &mut p.incoming_b);
-    let (dst_console, dst_out) = console(tmp.path(), "destination.txt");
-    let mut dst = destination_vmm(&incoming, dst_out);
-    src.wait_for(WAIT, |e| match e {
-        Event::MigrationProgress(pr) if pr.bytes_sent > 0 => Some(()),
-        Event::MigratedOut(_) => panic!("migrated before the cut"),
-        _ => None,
-    })
-    .unwrap();
-    opened.bridges.abort();
-    let reason = src
+    let mut dst = destination_vmm(&incoming, o.dst_out);
+    o.src
+        .wait_for(WAIT, |e| match e {
+            Event::MigrationProgress(pr) if pr.bytes_sent > 0 => Some(()),
+            Event::MigratedOut(_) => panic!("migrated before the cut"),
+            _ => None,
+        })
+        .unwrap();
+    o.opened.bridges.abort();
+    let reason = o
+        .src
         .wait_for(WAIT, |e| match e {
             Event::MigrationFailed { reason, .. } => Some(reason.clone()),
             Event::MigratedOut(_) => panic!("migrated although the links were cut"),
@@ -402,10 +427,14 @@ fn cutting_the_bridges_mid_transfer_rolls_back_and_the_guest_finishes_on_the_sou
     assert!(!reason.is_empty());
     // The destination VMM gives up; nothing runs there.
     let dst_end = wait_end(&mut dst, |e| matches!(e, Event::MigratedIn { .. }));
-    assert!(results(&dst_console).is_empty(), "{dst_end}");
+    assert!(results(&o.dst_console).is_empty(), "{dst_end}");
     // The source still runs the guest, which finishes with its result.
-    let end = wait_end(&mut src, |e| matches!(e, Event::MigratedOut(_)));
-    assert_eq!(results(&src_console), vec![expected], "source ended: {end}");
+    let end = wait_end(&mut o.src, |e| matches!(e, Event::MigratedOut(_)));
+    assert_eq!(
+        results(&o.src_console),
+        vec![o.expected],
+        "source ended: {end}"
+    );
 }
 
 /// Reads one answer frame from a raw stream.
