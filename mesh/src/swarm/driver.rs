@@ -39,8 +39,8 @@ use crate::summaries::{dht_prefers, SummaryBook};
 const TABLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A routing table with fewer entries than this is small: the node has not found its
-/// neighbourhood yet (Kademlia's k).
-const SMALL_TABLE: usize = 20;
+/// neighbourhood yet (Kademlia's k, the bound libp2p's own bootstrap-on-insert uses).
+const SMALL_TABLE: usize = libp2p::kad::K_VALUE.get();
 
 /// While the table is small, the bootstrap query runs again this often. Nodes that join
 /// through the same peer at the same moment can each finish their bootstrap before that
