@@ -590,8 +590,30 @@ fn a_process_vm_moves_cold_and_is_adopted_after_kill_9() {
     signal(&b, libc::SIGKILL);
     b.proc.wait(TIMEOUT);
     assert!(pid_alive(pid), "the command died with its daemon");
+    // As if b had died between starting the command and recording the move done: its
+    // record of the incoming migration is still open.
+    let db = rusqlite::Connection::open(b.dir.join("state.db")).unwrap();
+    let reopened = db
+        .execute(
+            "UPDATE migrations SET state = 'running', ended_at_ms = NULL
+             WHERE vm_id = ?1 AND direction = 'in' AND state = 'done'",
+            [&id],
+        )
+        .unwrap();
+    assert_eq!(reopened, 1, "b's record of the incoming migration");
+    drop(db);
     let b = start_node("b2", &b.dir, Some(&a.addr), None);
     assert!(b.proc.stderr().contains("1 adopted"), "{}", b.proc.dump());
+    // The adopted command is the VM started here: the restart closes the record as done,
+    // so a source in doubt that asks is told "started".
+    let (status, body) = http_get(&b.dir, "/api/v1/migrations");
+    assert_eq!(status, 200, "{body}");
+    let migrations: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let incoming = migrations
+        .iter()
+        .find(|m| m["vm_id"] == id.as_str() && m["direction"] == "in")
+        .unwrap_or_else(|| panic!("no incoming migration of {id}: {body}"));
+    assert_eq!(incoming["state"], "done", "{incoming}");
     let v = vm(&b.dir, &id).unwrap();
     assert_eq!(
         (v["state"].as_str(), v["pid"].as_i64()),

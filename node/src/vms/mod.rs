@@ -503,7 +503,7 @@ impl VmManager {
             };
             // A process can always start again from scratch; a KVM VM needs its checkpoint.
             let restorable = process || paths.has_snapshot();
-            let found = if alive {
+            let mut found = if alive {
                 Found::Alive
             } else {
                 Found::Gone(ended(&paths))
@@ -516,6 +516,7 @@ impl VmManager {
                 };
                 match adopted {
                     Ok(()) => {
+                        self.settle_incoming_migration(&record, &found);
                         report.adopted.push(id);
                         continue;
                     }
@@ -526,11 +527,12 @@ impl VmManager {
                             record.info.pid,
                             record.pid_start_ticks,
                         );
-                        let gone = Found::Gone(ended(&paths));
-                        plan = recovery::plan(&record, &gone, restorable);
+                        found = Found::Gone(ended(&paths));
+                        plan = recovery::plan(&record, &found, restorable);
                     }
                 }
             }
+            self.settle_incoming_migration(&record, &found);
             match plan {
                 Plan::Keep => {
                     if record.info.state == VmState::Suspended {
@@ -570,6 +572,38 @@ impl VmManager {
             }
         }
         report
+    }
+
+    /// Closes the incoming migration of the VM of `record` that the dead daemon left open,
+    /// as done, if the VM certainly started here ([`recovery::incoming_started`]);
+    /// otherwise leaves it open (a source that asks hears "unknown") and says why in its
+    /// error. Only for a VM the record still counts as here (it was arriving or running).
+    fn settle_incoming_migration(&self, record: &VmRecord, found: &Found) {
+        if !record.info.state.is_active() {
+            return;
+        }
+        let id = &record.info.id;
+        let open = self.registry.migrations().into_iter().find(|m| {
+            m.vm_id == *id
+                && m.direction == MigrationDirection::In
+                && m.state == MigrationState::Running
+        });
+        let Some(migration) = open else { return };
+        let started = recovery::incoming_started(found);
+        self.registry.update_migration(&migration.id, true, |m| {
+            if started {
+                m.state = MigrationState::Done;
+                m.ended_at_ms = Some(now_ms());
+                m.error = None;
+            } else {
+                m.error = Some(
+                    "the daemon restarted during this migration and the VM's VMM left no \
+                     word of having started it: whether it did is unknown"
+                        .into(),
+                );
+            }
+        });
+        tracing::info!(vm = %id, migration = %migration.id, started, "incoming migration settled after a restart");
     }
 
     /// Takes a process-backend VM's running command back (by pid and start time).

@@ -11,6 +11,10 @@
 //!   destination may run it (the VMM writes its tombstone right after the confirm, so only a
 //!   kill in that instant gets here); it is marked failed, in doubt, naming the peer.
 //!
+//! * A VM that was migrating in: its migration's record, left open by the dead daemon, is
+//!   closed as done when the VM certainly started here (see [`incoming_started`]), and
+//!   otherwise stays open, so a source in doubt that asks hears "unknown", never a guess.
+//!
 //! Any VMM process of a VM that is not adopted is killed (its cgroup emptied), so none
 //! leaks and none runs twice.
 
@@ -153,6 +157,18 @@ pub fn kill_leftovers(vmm_id: &str, pid: Option<u32>, start_ticks: Option<u64>) 
     }
 }
 
+/// Whether a VM that was migrating in when the daemon died certainly started here, from
+/// what its VMM left ([`Found::Alive`]: the VMM was adopted). A destination VMM answers
+/// adoption only once it runs the VM, and every tombstone but a failure needs a guest that
+/// ran here. A failure, or no word at all, cannot be told apart from a transfer that broke.
+pub fn incoming_started(found: &Found) -> bool {
+    match found {
+        Found::Alive => true,
+        Found::Gone(Some(ExitReason::Failed { .. })) | Found::Gone(None) => false,
+        Found::Gone(Some(_)) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +278,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read_tombstone(&paths), None);
+    }
+
+    #[test]
+    fn an_incoming_vm_started_here_only_if_its_vmm_answered_or_its_guest_ran() {
+        assert!(incoming_started(&Found::Alive));
+        for ran in [
+            ExitReason::GuestExit { status: 0 },
+            ExitReason::Reset,
+            ExitReason::Shutdown,
+            ExitReason::Stopped,
+            ExitReason::MigratedAway,
+        ] {
+            assert!(incoming_started(&Found::Gone(Some(ran))));
+        }
+        assert!(!incoming_started(&Found::Gone(None)));
+        assert!(!incoming_started(&Found::Gone(Some(ExitReason::Failed {
+            message: "migration link down".into()
+        }))));
     }
 }
