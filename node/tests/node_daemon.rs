@@ -521,11 +521,12 @@ fn the_cli_reaches_an_https_api_by_the_node_certificate_and_refuses_another() {
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(err.contains("certificate"), "{err}");
 
-    // Plain http on the https port gets no answer.
+    // Plain http on the https port gets no answer (the server may close the connection
+    // before the request is written: a broken pipe is no answer either).
     let host = url.trim().trim_start_matches("https://").to_string();
     let mut s = TcpStream::connect(&host).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /api/v1/node HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let _ = write!(s, "GET /api/v1/node HTTP/1.1\r\nHost: {host}\r\n\r\n");
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     assert!(!answer.starts_with(b"HTTP/1.1 200"), "plain http answered");
