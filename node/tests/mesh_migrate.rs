@@ -40,8 +40,8 @@ use mesh_migration::{
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId, SwarmConfig};
 use novacron_vm::control::{
-    Command, Event, Launch, LaunchSource, MigrateOut, MigrationMode as VmMode, OnNoConverge,
-    SandboxSettings,
+    AdoptedState, Command, Event, Launch, LaunchSource, MigrateOut, MigrationMode as VmMode,
+    OnNoConverge, SandboxSettings,
 };
 use novacron_vm::launcher::{new_vm_id, LaunchError, VmmProcess};
 use novacron_vm::migration::links::{new_session, Preamble};
@@ -152,8 +152,14 @@ fn results(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A source VMM running `spec`, once its guest reported progress.
-fn source_vmm(spec: &str, fill: Option<(u64, u64)>, stdout: Stdio) -> (VmmProcess, String) {
+/// A source VMM running `spec`, once its guest reported progress; adoptable on `adopt`
+/// when given.
+fn source_vmm(
+    spec: &str,
+    fill: Option<(u64, u64)>,
+    adopt: Option<std::path::PathBuf>,
+    stdout: Stdio,
+) -> (VmmProcess, String) {
     let vm_id = new_vm_id();
     let launch = Launch {
         vm_id: vm_id.clone(),
@@ -163,7 +169,7 @@ fn source_vmm(spec: &str, fill: Option<(u64, u64)>, stdout: Stdio) -> (VmmProces
         fill_pattern: fill,
         start_paused: false,
         sandbox: SandboxSettings::default(),
-        adopt: None,
+        adopt,
     };
     let mut vmm = VmmProcess::spawn(exe(), &launch, stdout).unwrap();
     vmm.wait_ready(WAIT).unwrap();
@@ -250,23 +256,31 @@ fn recv_incoming(rt: &Runtime, rx: &mut Receiver<IncomingMigration>) -> Incoming
 /// A counter guest of `passes` running on a source VMM (with `fill` of data when given),
 /// whose migration to b was offered, opened and handed to that VMM.
 struct Outgoing {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     expected: String,
     src: VmmProcess,
     src_console: std::path::PathBuf,
     dst_console: std::path::PathBuf,
-    /// The destination VMM's stdout (its console).
-    dst_out: Stdio,
+    /// The destination VMM's stdout (its console), until taken.
+    dst_out: Option<Stdio>,
     offer: MigrationOffer,
     opened: mesh_migration::OpenedMigration,
 }
 
-fn start_outgoing(rt: &Runtime, p: &Pair, passes: u64, fill: Option<(u64, u64)>) -> Outgoing {
+/// The source VMM is adoptable when `adoptable`, on `tmp/source.sock`.
+fn start_outgoing(
+    rt: &Runtime,
+    p: &Pair,
+    passes: u64,
+    fill: Option<(u64, u64)>,
+    adoptable: bool,
+) -> Outgoing {
     let tmp = tempfile::tempdir().unwrap();
     let (spec, expected) = counter(passes);
     let (src_console, src_out) = console(tmp.path(), "source.txt");
     let (dst_console, dst_out) = console(tmp.path(), "destination.txt");
-    let (mut src, vm_id) = source_vmm(&spec, fill, src_out);
+    let adopt = adoptable.then(|| tmp.path().join("source.sock"));
+    let (mut src, vm_id) = source_vmm(&spec, fill, adopt, src_out);
     let offer = offer(&vm_id);
     let opened = rt
         .block_on(p.mig_a.open(p.b.peer_id(), offer.clone(), 2))
@@ -275,12 +289,12 @@ fn start_outgoing(rt: &Runtime, p: &Pair, passes: u64, fill: Option<(u64, u64)>)
     src.send_with_streams(&migrate_out(offer.session), &opened.streams)
         .unwrap();
     Outgoing {
-        _tmp: tmp,
+        tmp,
         expected,
         src,
         src_console,
         dst_console,
-        dst_out,
+        dst_out: Some(dst_out),
         offer,
         opened,
     }
@@ -294,11 +308,14 @@ fn a_counter_moves_live_over_bridged_libp2p_streams_and_keeps_its_result() {
     let rt = runtime();
     let _in_runtime = rt.enter();
     let mut p = rt.block_on(pair());
-    let mut o = start_outgoing(&rt, &p, 3, None);
+    let mut o = start_outgoing(&rt, &p, 3, None, false);
     let incoming = recv_incoming(&rt, &mut p.incoming_b);
     assert_eq!(incoming.peer, p.a.peer_id());
     assert_eq!(incoming.offer, o.offer);
-    let mut dst = destination_vmm(&incoming, o.dst_out);
+    let mut dst = destination_vmm(
+        &incoming,
+        o.dst_out.take().expect("the destination console"),
+    );
     let moved = o
         .src
         .wait_for(WAIT, |e| match e {
@@ -332,22 +349,19 @@ fn a_counter_moves_live_over_bridged_libp2p_streams_and_keeps_its_result() {
     assert!(bridged.bytes_to_peer() >= summary.progress.wire_bytes);
 }
 
-#[test]
-fn a_lost_confirm_is_resolved_over_a_new_stream_and_the_guest_finishes_once() {
-    if !kvm_usable("in-doubt resolution over the mesh") {
-        return;
-    }
-    let rt = runtime();
-    let _in_runtime = rt.enter();
-    let mut p = rt.block_on(pair());
-    // Long enough to outlast the migration, its 500 ms cut and the resolution on a
-    // loaded machine.
-    let mut o = start_outgoing(&rt, &p, 6, None);
-    let session = o.offer.session;
-    let incoming = recv_incoming(&rt, &mut p.incoming_b);
-    // The destination's confirm never reaches the source; its streams are cut after.
+/// A migration whose destination started the VM but whose confirm never reached the
+/// source (the destination's streams are cut after it): returns once the source VMM
+/// reported the migration in doubt, with the destination VMM. The guest runs 6 passes, long
+/// enough to outlast the migration, the cut and what a test does next on a loaded machine.
+fn in_doubt(rt: &Runtime, p: &mut Pair, adoptable: bool) -> (Outgoing, VmmProcess) {
+    let mut o = start_outgoing(rt, p, 6, None, adoptable);
+    let incoming = recv_incoming(rt, &mut p.incoming_b);
     let (cut, spliced) = confirm_cutter::splice(incoming.streams);
-    let mut dst = destination_vmm_on(&incoming.offer, &spliced, o.dst_out);
+    let mut dst = destination_vmm_on(
+        &incoming.offer,
+        &spliced,
+        o.dst_out.take().expect("the destination console"),
+    );
     drop(spliced);
     dst.wait_for(WAIT, |e| {
         matches!(e, Event::MigratedIn { .. }).then_some(())
@@ -364,6 +378,19 @@ fn a_lost_confirm_is_resolved_over_a_new_stream_and_the_guest_finishes_once() {
         })
         .unwrap();
     assert!(cut.cut(), "in doubt before the cut");
+    (o, dst)
+}
+
+#[test]
+fn a_lost_confirm_is_resolved_over_a_new_stream_and_the_guest_finishes_once() {
+    if !kvm_usable("in-doubt resolution over the mesh") {
+        return;
+    }
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let mut p = rt.block_on(pair());
+    let (mut o, mut dst) = in_doubt(&rt, &mut p, false);
+    let session = o.offer.session;
     let resolution = rt
         .block_on(p.mig_a.resolve(p.b.peer_id(), session))
         .unwrap();
@@ -397,6 +424,41 @@ fn a_lost_confirm_is_resolved_over_a_new_stream_and_the_guest_finishes_once() {
 }
 
 #[test]
+fn a_source_in_doubt_whose_owner_is_gone_stays_paused_and_is_adopted_at_once() {
+    if !kvm_usable("in doubt without an owner") {
+        return;
+    }
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let mut p = rt.block_on(pair());
+    let (o, mut dst) = in_doubt(&rt, &mut p, true);
+    // The source's daemon dies: nobody will hand the VMM new streams. It must not wait out
+    // its in-doubt minute, deaf to adoption, for a reconnection that cannot come.
+    let socket = o.tmp.path().join("source.sock");
+    let pid = o.src.abandon();
+    let (mut src, adopted) = VmmProcess::adopt(
+        &socket,
+        pid,
+        Some(novacron_vm::launcher::cgroup_name(&o.offer.vm_id)),
+    )
+    .expect("the VMM in doubt answers its new owner");
+    assert_eq!(adopted.state, AdoptedState::Paused, "{adopted:?}");
+    // The destination, which started the VM, finishes the guest; the paused source does not.
+    let end = wait_end(&mut dst, |_| false);
+    assert_eq!(
+        results(&o.dst_console),
+        vec![o.expected],
+        "destination ended: {end}"
+    );
+    src.send(&Command::Stop).unwrap();
+    let _ = wait_end(&mut src, |_| false);
+    assert!(
+        results(&o.src_console).is_empty(),
+        "the guest ran on at the source too"
+    );
+}
+
+#[test]
 fn cutting_the_bridges_mid_transfer_rolls_back_and_the_guest_finishes_on_the_source() {
     if !kvm_usable("a cut mesh migration") {
         return;
@@ -405,9 +467,12 @@ fn cutting_the_bridges_mid_transfer_rolls_back_and_the_guest_finishes_on_the_sou
     let _in_runtime = rt.enter();
     let mut p = rt.block_on(pair());
     // 64 MiB of data to move, so the cut lands while chunks flow.
-    let mut o = start_outgoing(&rt, &p, 3, Some((16 << 20, 64 << 20)));
+    let mut o = start_outgoing(&rt, &p, 3, Some((16 << 20, 64 << 20)), false);
     let incoming = recv_incoming(&rt, &mut p.incoming_b);
-    let mut dst = destination_vmm(&incoming, o.dst_out);
+    let mut dst = destination_vmm(
+        &incoming,
+        o.dst_out.take().expect("the destination console"),
+    );
     o.src
         .wait_for(WAIT, |e| match e {
             Event::MigrationProgress(pr) if pr.bytes_sent > 0 => Some(()),

@@ -48,7 +48,7 @@ pub struct SourceOptions {
     /// [`Summary::memory_blake3`]. Costs downtime; for tests.
     pub hash_memory: bool,
     /// How long to wait for the host to reconnect when in doubt before giving up (the VM
-    /// then stays paused for an operator).
+    /// then stays paused for an operator). A cancel while in doubt gives up at once.
     pub in_doubt_wait_ms: u64,
 }
 
@@ -285,6 +285,13 @@ impl SourceDriver {
             }
             while let Some(input) = host.poll() {
                 match input {
+                    HostInput::Cancel(reason) if in_doubt_since.is_some() => {
+                        // Only the destination's answer could settle it, and the host will
+                        // not reconnect (it cancelled, or it is gone): end in doubt now,
+                        // the VM paused here, instead of waiting for links that won't come.
+                        tracing::warn!(%reason, "cancelled while in doubt: the VM stays paused");
+                        return SourceOutcome::InDoubt(self.summary());
+                    }
                     HostInput::Cancel(reason) => {
                         pending.extend(self.source.handle(Input::Cancel { reason }))
                     }
