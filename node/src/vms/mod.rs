@@ -516,7 +516,7 @@ impl VmManager {
                 };
                 match adopted {
                     Ok(()) => {
-                        self.settle_incoming_migration(&record, &found);
+                        self.settle_open_migration(&record, &found);
                         report.adopted.push(id);
                         continue;
                     }
@@ -532,7 +532,7 @@ impl VmManager {
                     }
                 }
             }
-            self.settle_incoming_migration(&record, &found);
+            self.settle_open_migration(&record, &found);
             match plan {
                 Plan::Keep => {
                     if record.info.state == VmState::Suspended {
@@ -574,36 +574,43 @@ impl VmManager {
         report
     }
 
-    /// Closes the incoming migration of the VM of `record` that the dead daemon left open,
-    /// as done, if the VM certainly started here ([`recovery::incoming_started`]);
-    /// otherwise leaves it open (a source that asks hears "unknown") and says why in its
-    /// error. Only for a VM the record still counts as here (it was arriving or running).
-    fn settle_incoming_migration(&self, record: &VmRecord, found: &Found) {
+    /// Settles the migration of the VM of `record` that the dead daemon left open
+    /// ([`recovery::settle`]), after the VM itself was accounted for. Only for a VM the
+    /// record still counts as here (arriving, running or leaving).
+    fn settle_open_migration(&self, record: &VmRecord, found: &Found) {
         if !record.info.state.is_active() {
             return;
         }
         let id = &record.info.id;
-        let open = self.registry.migrations().into_iter().find(|m| {
-            m.vm_id == *id
-                && m.direction == MigrationDirection::In
-                && m.state == MigrationState::Running
-        });
+        let open = self
+            .registry
+            .migrations()
+            .into_iter()
+            .find(|m| m.vm_id == *id && m.state == MigrationState::Running);
         let Some(migration) = open else { return };
-        let started = recovery::incoming_started(found);
-        self.registry.update_migration(&migration.id, true, |m| {
-            if started {
-                m.state = MigrationState::Done;
-                m.ended_at_ms = Some(now_ms());
-                m.error = None;
-            } else {
-                m.error = Some(
-                    "the daemon restarted during this migration and the VM's VMM left no \
-                     word of having started it: whether it did is unknown"
-                        .into(),
-                );
-            }
-        });
-        tracing::info!(vm = %id, migration = %migration.id, started, "incoming migration settled after a restart");
+        let adopted_as = matches!(found, Found::Alive)
+            .then(|| self.registry.vm(id).map(|r| r.info.state))
+            .flatten();
+        let settled = recovery::settle(migration.direction, found, adopted_as, &migration.peer);
+        tracing::info!(vm = %id, migration = %migration.id, ?settled, "open migration settled after a restart");
+        self.registry
+            .update_migration(&migration.id, true, |m| match &settled {
+                recovery::Settled::Done => {
+                    m.state = MigrationState::Done;
+                    m.ended_at_ms = Some(now_ms());
+                    m.error = None;
+                }
+                recovery::Settled::Failed(why) => {
+                    m.state = MigrationState::Failed;
+                    m.ended_at_ms = Some(now_ms());
+                    m.error = Some(why.clone());
+                }
+                recovery::Settled::Open(why) => m.error = Some(why.clone()),
+            });
+        if let (recovery::Settled::Failed(why), Some(VmState::Paused)) = (&settled, adopted_as) {
+            self.registry
+                .update(id, |r| r.info.detail = Some(format!("migration {why}")));
+        }
     }
 
     /// Takes a process-backend VM's running command back (by pid and start time).

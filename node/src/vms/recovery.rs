@@ -11,9 +11,11 @@
 //!   destination may run it (the VMM writes its tombstone right after the confirm, so only a
 //!   kill in that instant gets here); it is marked failed, in doubt, naming the peer.
 //!
-//! * A VM that was migrating in: its migration's record, left open by the dead daemon, is
-//!   closed as done when the VM certainly started here (see [`incoming_started`]), and
-//!   otherwise stays open, so a source in doubt that asks hears "unknown", never a guess.
+//! * A migration the dead daemon left open is settled from what was found ([`settle`]): an
+//!   incoming one is done when the VM certainly started here ([`incoming_started`]) and
+//!   otherwise stays open, so a source in doubt that asks hears "unknown", never a guess;
+//!   an outgoing one ended when the VMM did (done, rolled back, or in doubt with the VM
+//!   paused here).
 //!
 //! Any VMM process of a VM that is not adopted is killed (its cgroup emptied), so none
 //! leaks and none runs twice.
@@ -21,7 +23,7 @@
 use novacron_vm::control::ExitReason;
 use novacron_vm::launcher::describe_reason;
 
-use crate::api::types::VmState;
+use crate::api::types::{MigrationDirection, VmState};
 use crate::state::VmRecord;
 
 use super::paths::VmPaths;
@@ -169,6 +171,58 @@ pub fn incoming_started(found: &Found) -> bool {
     }
 }
 
+/// How a migration the dead daemon left open ends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settled {
+    Done,
+    /// It ended without moving the VM; why.
+    Failed(String),
+    /// Nobody can tell: it stays open; why.
+    Open(String),
+}
+
+/// Settles a migration of `direction` with `peer` that the dead daemon left open, from what
+/// recovery found of the VM's VMM and, for an adopted one, the VM's state after adoption.
+/// A source VMM answers adoption only once its migration ended: running means rolled back,
+/// paused means it ended in doubt (the VMM gives up waiting as soon as its owner is gone).
+pub fn settle(
+    direction: MigrationDirection,
+    found: &Found,
+    adopted_as: Option<VmState>,
+    peer: &str,
+) -> Settled {
+    if direction == MigrationDirection::In {
+        return if incoming_started(found) {
+            Settled::Done
+        } else {
+            Settled::Open(
+                "the daemon restarted during this migration and the VM's VMM left no word of \
+                 having started it: whether it did is unknown"
+                    .into(),
+            )
+        };
+    }
+    let in_doubt = novacron_vm::control::IN_DOUBT_PREFIX;
+    match found {
+        Found::Alive if adopted_as == Some(VmState::Running) => {
+            Settled::Failed("rolled back while the daemon was down: the VM runs here".into())
+        }
+        Found::Alive => Settled::Failed(format!(
+            "{in_doubt} it ended while the daemon was down, with the VM paused here: it may run \
+             on {peer}; check there before resuming it"
+        )),
+        Found::Gone(Some(ExitReason::MigratedAway)) => Settled::Done,
+        Found::Gone(Some(reason)) => Settled::Failed(format!(
+            "the VM ended here during the migration: {}",
+            describe_reason(reason)
+        )),
+        Found::Gone(None) => Settled::Failed(format!(
+            "{in_doubt} its VMM died with the daemon during the migration: the VM may run on \
+             {peer}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +350,42 @@ mod tests {
         assert!(!incoming_started(&Found::Gone(Some(ExitReason::Failed {
             message: "migration link down".into()
         }))));
+    }
+
+    #[test]
+    fn an_open_migration_is_settled_by_what_its_vmm_left() {
+        use MigrationDirection::{In, Out};
+        let failed = Found::Gone(Some(ExitReason::Failed {
+            message: "boom".into(),
+        }));
+        let moved = Found::Gone(Some(ExitReason::MigratedAway));
+        assert_eq!(
+            settle(In, &Found::Alive, Some(VmState::Running), "p"),
+            Settled::Done
+        );
+        assert!(matches!(settle(In, &failed, None, "p"), Settled::Open(_)));
+        assert!(matches!(
+            settle(In, &Found::Gone(None), None, "p"),
+            Settled::Open(_)
+        ));
+
+        assert_eq!(settle(Out, &moved, None, "p"), Settled::Done);
+        let rolled_back = settle(Out, &Found::Alive, Some(VmState::Running), "p");
+        assert!(matches!(&rolled_back, Settled::Failed(w) if w.contains("rolled back")));
+        for (found, adopted_as) in [
+            (Found::Alive, Some(VmState::Paused)),
+            (Found::Gone(None), None),
+        ] {
+            let Settled::Failed(why) = settle(Out, &found, adopted_as, "peerX") else {
+                panic!("not failed");
+            };
+            assert!(
+                why.starts_with(novacron_vm::control::IN_DOUBT_PREFIX) && why.contains("peerX"),
+                "{why}"
+            );
+        }
+        assert!(
+            matches!(settle(Out, &failed, None, "p"), Settled::Failed(w) if w.contains("boom"))
+        );
     }
 }
