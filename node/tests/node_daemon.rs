@@ -459,6 +459,60 @@ fn a_daemon_killed_with_sigkill_finds_every_vm_again() {
 }
 
 #[test]
+fn a_vm_paused_after_a_migration_in_doubt_is_neither_moved_nor_parked() {
+    if !kvm_usable("a_vm_paused_after_a_migration_in_doubt_is_neither_moved_nor_parked") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let a = start_node("a", &dir, None, None);
+    let (guest, _) = counter(2000);
+    let id = create(&dir, &guest);
+    let v = cli_json(&dir, &["vms", "pause", &id, "--json"]);
+    assert_eq!(v["state"], "paused", "{v}");
+    let pid = vm(&dir, &id).unwrap()["pid"].as_i64().unwrap();
+    // What a migration that ended in doubt leaves (the VMM-level path is tested in
+    // mesh_migrate.rs): the VM paused here, its last migration failed "in doubt".
+    signal(&a, libc::SIGKILL);
+    let mut a = a;
+    a.proc.wait(TIMEOUT);
+    let peer = "12D3KooWPeerThatMayRunItxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+    let db = rusqlite::Connection::open(dir.join("state.db")).unwrap();
+    db.execute(
+        "INSERT INTO migrations (id, vm_id, direction, peer, mode, state, started_at_ms,
+             ended_at_ms, wire_bytes, error)
+         VALUES ('00112233aabbccdd', ?1, 'out', ?2, 'live', 'failed', 1, 2, 0,
+             'in doubt: nobody could say whether the destination started the VM')",
+        [&id, peer],
+    )
+    .unwrap();
+    drop(db);
+    let mut a = start_node("a2", &dir, None, None);
+    assert!(a.proc.stderr().contains("1 adopted"), "{}", a.proc.dump());
+    assert_eq!(state_of(&dir, &id), "paused");
+
+    // Moving it could run it twice: refused, saying what to do.
+    let out = cli(&dir, &["migrate", &id, "--to", "auto"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in doubt") && err.contains(peer), "{err}");
+
+    // A drain neither moves nor snapshots it (a snapshot would come back running): the
+    // node exits and leaves it paused for the next start.
+    signal(&a, libc::SIGTERM);
+    let status = a.proc.wait(TIMEOUT);
+    assert!(status.success(), "{}", a.proc.dump());
+    assert!(pid_alive(pid), "the paused VM's VMM was stopped");
+    let a = start_node("a3", &dir, None, None);
+    assert!(a.proc.stderr().contains("1 adopted"), "{}", a.proc.dump());
+    assert_eq!(state_of(&dir, &id), "paused");
+    // An operator who checked the peer decides.
+    let v = cli_json(&dir, &["vms", "stop", &id, "--json"]);
+    assert_eq!(v["state"], "exited", "{v}");
+    assert!(vmm_processes(&id).is_empty(), "a VMM of {id} is left");
+}
+
+#[test]
 fn bad_api_bodies_get_clear_errors_from_a_real_daemon() {
     let tmp = tempfile::tempdir().unwrap();
     let a = start_node("a", &tmp.path().join("a"), None, None);

@@ -262,7 +262,16 @@ async fn drain(
     );
     daemon.start_drain(deadline);
     let wait = async {
-        while !daemon.vms.active().is_empty() {
+        // A VM paused after a migration in doubt is neither moved nor parked: it stays
+        // paused, for the next start to adopt and an operator to decide.
+        let leaving = || {
+            daemon
+                .vms
+                .active()
+                .iter()
+                .any(|v| daemon.vms.in_doubt_with(&v.id).is_none())
+        };
+        while leaving() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // The VMMs of moved and parked VMs exit on their own; their supervisors reap them

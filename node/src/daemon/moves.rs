@@ -99,6 +99,12 @@ impl Daemon {
                 vm.state.as_str()
             )));
         }
+        if let Some(peer) = self.vms.in_doubt_with(vm_id) {
+            return Err(ServiceError::Conflict(format!(
+                "VM {vm_id} is paused after a migration in doubt: {peer} may run it; check \
+                 there, then resume it here (`novacron vms resume`) or stop it"
+            )));
+        }
         if vm.spec.backend == Backend::Process && request.mode != MigrationMode::Cold {
             return Err(ServiceError::BadRequest(
                 "mode: a process-backend VM moves only by cold restart: use mode cold".into(),
@@ -554,6 +560,12 @@ impl Daemon {
             return;
         };
         if !vm.state.is_active() {
+            return;
+        }
+        if let Some(peer) = self.vms.in_doubt_with(vm_id) {
+            // A snapshot would come back running when the node may run VMs again, while
+            // the peer may run it already: it stays paused for an operator.
+            tracing::warn!(vm = vm_id, %peer, "not parked: paused after a migration in doubt");
             return;
         }
         match self.vms.suspend(vm_id).await {

@@ -180,6 +180,28 @@ impl VmManager {
         self.registry.vm(id).map(|r| r.info)
     }
 
+    /// The peer that may run VM `id`, if the VM is paused here because its last migration
+    /// ended in doubt. Nothing automatic may then move, park or resume it: only an operator
+    /// who checked that peer decides (resume or stop it).
+    pub fn in_doubt_with(&self, id: &str) -> Option<String> {
+        let vm = self.registry.vm(id)?;
+        if vm.info.state != VmState::Paused {
+            return None;
+        }
+        self.registry
+            .migrations()
+            .into_iter()
+            .filter(|m| m.vm_id == id && m.direction == MigrationDirection::Out)
+            .max_by_key(|m| m.started_at_ms)
+            .filter(|m| {
+                m.state == MigrationState::Failed
+                    && m.error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with(novacron_vm::control::IN_DOUBT_PREFIX))
+            })
+            .map(|m| m.peer)
+    }
+
     /// VMs that occupy this node now.
     pub fn active(&self) -> Vec<VmInfo> {
         self.list()
