@@ -234,6 +234,19 @@ fn destination_vmm_on(offer: &MigrationOffer, streams: &[UnixStream], stdout: St
     VmmProcess::spawn_with_streams(exe(), &launch, stdout, streams).unwrap()
 }
 
+/// The guest's result is on the destination's console, once, and not on the source's.
+fn assert_finished_once_at_the_destination(o: &Outgoing, end: &str) {
+    assert_eq!(
+        results(&o.dst_console),
+        vec![o.expected.clone()],
+        "destination ended: {end}"
+    );
+    assert!(
+        results(&o.src_console).is_empty(),
+        "the guest ran at the source too"
+    );
+}
+
 /// Waits for a bridge counter condition: a bridge counts bytes once the other side's
 /// socket took them, which can be after the VMM there already acted on them.
 fn wait_counted(what: &str, done: impl Fn() -> bool) {
@@ -331,15 +344,7 @@ fn a_counter_moves_live_over_bridged_libp2p_streams_and_keeps_its_result() {
     .unwrap();
     let end = wait_end(&mut dst, |_| false);
     let _ = o.src.wait();
-    assert_eq!(
-        results(&o.dst_console),
-        vec![o.expected],
-        "destination ended: {end}"
-    );
-    assert!(
-        results(&o.src_console).is_empty(),
-        "the guest finished on the source too"
-    );
+    assert_finished_once_at_the_destination(&o, &end);
     // Everything the VMMs said went through the bridges.
     let bridged = &o.opened.bridges;
     wait_counted("every byte to be counted on both sides", || {
@@ -412,15 +417,7 @@ fn a_lost_confirm_is_resolved_over_a_new_stream_and_the_guest_finishes_once() {
     });
     let end = wait_end(&mut dst, |_| false);
     let _ = o.src.wait();
-    assert_eq!(
-        results(&o.dst_console),
-        vec![o.expected],
-        "destination ended: {end}"
-    );
-    assert!(
-        results(&o.src_console).is_empty(),
-        "the guest finished on the source too"
-    );
+    assert_finished_once_at_the_destination(&o, &end);
 }
 
 #[test]
@@ -431,31 +428,24 @@ fn a_source_in_doubt_whose_owner_is_gone_stays_paused_and_is_adopted_at_once() {
     let rt = runtime();
     let _in_runtime = rt.enter();
     let mut p = rt.block_on(pair());
-    let (o, mut dst) = in_doubt(&rt, &mut p, true);
+    let (mut o, mut dst) = in_doubt(&rt, &mut p, true);
     // The source's daemon dies: nobody will hand the VMM new streams. It must not wait out
     // its in-doubt minute, deaf to adoption, for a reconnection that cannot come.
     let socket = o.tmp.path().join("source.sock");
     let pid = o.src.abandon();
-    let (mut src, adopted) = VmmProcess::adopt(
+    let (src, adopted) = VmmProcess::adopt(
         &socket,
         pid,
         Some(novacron_vm::launcher::cgroup_name(&o.offer.vm_id)),
     )
     .expect("the VMM in doubt answers its new owner");
     assert_eq!(adopted.state, AdoptedState::Paused, "{adopted:?}");
+    o.src = src;
     // The destination, which started the VM, finishes the guest; the paused source does not.
     let end = wait_end(&mut dst, |_| false);
-    assert_eq!(
-        results(&o.dst_console),
-        vec![o.expected],
-        "destination ended: {end}"
-    );
-    src.send(&Command::Stop).unwrap();
-    let _ = wait_end(&mut src, |_| false);
-    assert!(
-        results(&o.src_console).is_empty(),
-        "the guest ran on at the source too"
-    );
+    o.src.send(&Command::Stop).unwrap();
+    let _ = wait_end(&mut o.src, |_| false);
+    assert_finished_once_at_the_destination(&o, &end);
 }
 
 #[test]
