@@ -506,7 +506,15 @@ fn a_vm_paused_after_a_migration_in_doubt_is_neither_moved_nor_parked() {
     let a = start_node("a3", &dir, None, None);
     assert!(a.proc.stderr().contains("1 adopted"), "{}", a.proc.dump());
     assert_eq!(state_of(&dir, &id), "paused");
-    // An operator who checked the peer decides.
+    // An operator who checked the peer decides; after that the VM is an ordinary one (a
+    // pause later does not make it look in doubt again).
+    let v = cli_json(&dir, &["vms", "resume", &id, "--json"]);
+    assert_eq!(v["state"], "running", "{v}");
+    let v = cli_json(&dir, &["vms", "pause", &id, "--json"]);
+    assert_eq!(v["state"], "paused", "{v}");
+    let out = cli(&dir, &["migrate", &id, "--to", "auto"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("in doubt"), "{err}");
     let v = cli_json(&dir, &["vms", "stop", &id, "--json"]);
     assert_eq!(v["state"], "exited", "{v}");
     assert!(vmm_processes(&id).is_empty(), "a VMM of {id} is left");

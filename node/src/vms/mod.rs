@@ -422,8 +422,29 @@ impl VmManager {
         if self.info(id)?.state == VmState::Suspended {
             return self.resume_suspended(id).await;
         }
+        let in_doubt = self.in_doubt_with(id).is_some();
         self.ask(id, Cmd::Resume).await?;
+        if in_doubt {
+            self.record_operator_resolution(id);
+        }
         self.info(id)
+    }
+
+    /// Marks the in-doubt end of VM `id`'s last migration as settled by an operator who
+    /// resumed the VM here, so a later pause does not make it look in doubt again.
+    fn record_operator_resolution(&self, id: &str) {
+        let last = self
+            .registry
+            .migrations()
+            .into_iter()
+            .filter(|m| m.vm_id == id && m.direction == MigrationDirection::Out)
+            .max_by_key(|m| m.started_at_ms);
+        if let Some(m) = last {
+            self.registry.update_migration(&m.id, true, |m| {
+                let was = m.error.take().unwrap_or_default();
+                m.error = Some(format!("resumed here by an operator after: {was}"));
+            });
+        }
     }
 
     /// Stops a VM; answers once its VMM has exited.
