@@ -275,20 +275,7 @@ impl MeshMigrations {
         let session = offer.session;
         let count = streams + 1;
         let mut opened = Vec::with_capacity(usize::from(count));
-        let mut control = self.open_control(peer, &frame).await?;
-        let preamble = Preamble {
-            session,
-            index: 0,
-            count,
-        };
-        self.write(
-            peer,
-            &mut control,
-            &preamble.encode(),
-            "take the control preamble",
-        )
-        .await?;
-        opened.push(control);
+        opened.push(self.open_control(peer, &frame, session, count).await?);
         for index in 1..count {
             opened.push(self.open_data(peer, session, index, count).await?);
         }
@@ -317,19 +304,7 @@ impl MeshMigrations {
         session: [u8; 16],
     ) -> Result<Resolution, MeshMigrationError> {
         let frame = ResolveRequest { resolve: session }.encode()?;
-        let mut control = self.open_control(peer, &frame).await?;
-        let preamble = Preamble {
-            session,
-            index: 0,
-            count: 2,
-        };
-        self.write(
-            peer,
-            &mut control,
-            &preamble.encode(),
-            "take the control preamble",
-        )
-        .await?;
+        let control = self.open_control(peer, &frame, session, 2).await?;
         let io = |source| MeshMigrationError::Io { peer, source };
         let mut bridges = Bridges::new();
         let control = bridges.add(control).map_err(io)?;
@@ -373,8 +348,37 @@ impl MeshMigrations {
         }
     }
 
-    /// The control stream, its offer answered with Accept.
-    async fn open_control(&self, peer: PeerId, frame: &[u8]) -> Result<Stream, MeshMigrationError> {
+    /// The control stream of `session` (of `count` streams): its first frame answered with
+    /// Accept, then its preamble sent.
+    async fn open_control(
+        &self,
+        peer: PeerId,
+        frame: &[u8],
+        session: [u8; 16],
+        count: u8,
+    ) -> Result<Stream, MeshMigrationError> {
+        let mut control = self.accepted_control(peer, frame).await?;
+        let preamble = Preamble {
+            session,
+            index: 0,
+            count,
+        };
+        self.write(
+            peer,
+            &mut control,
+            &preamble.encode(),
+            "take the control preamble",
+        )
+        .await?;
+        Ok(control)
+    }
+
+    /// A control stream whose first frame the peer answered with Accept.
+    async fn accepted_control(
+        &self,
+        peer: PeerId,
+        frame: &[u8],
+    ) -> Result<Stream, MeshMigrationError> {
         let after = self.cfg.answer_timeout;
         for _ in 0..OPEN_TRIES {
             let mut s = self.open_stream(peer).await?;

@@ -188,11 +188,7 @@ impl VmManager {
         if vm.info.state != VmState::Paused {
             return None;
         }
-        self.registry
-            .migrations()
-            .into_iter()
-            .filter(|m| m.vm_id == id && m.direction == MigrationDirection::Out)
-            .max_by_key(|m| m.started_at_ms)
+        self.last_outgoing_migration(id)
             .filter(|m| {
                 m.state == MigrationState::Failed
                     && m.error
@@ -200,6 +196,15 @@ impl VmManager {
                         .is_some_and(|e| e.starts_with(novacron_vm::control::IN_DOUBT_PREFIX))
             })
             .map(|m| m.peer)
+    }
+
+    /// The newest migration of VM `id` away from this node.
+    fn last_outgoing_migration(&self, id: &str) -> Option<MigrationInfo> {
+        self.registry
+            .migrations()
+            .into_iter()
+            .filter(|m| m.vm_id == id && m.direction == MigrationDirection::Out)
+            .max_by_key(|m| m.started_at_ms)
     }
 
     /// VMs that occupy this node now.
@@ -433,13 +438,7 @@ impl VmManager {
     /// Marks the in-doubt end of VM `id`'s last migration as settled by an operator who
     /// resumed the VM here, so a later pause does not make it look in doubt again.
     fn record_operator_resolution(&self, id: &str) {
-        let last = self
-            .registry
-            .migrations()
-            .into_iter()
-            .filter(|m| m.vm_id == id && m.direction == MigrationDirection::Out)
-            .max_by_key(|m| m.started_at_ms);
-        if let Some(m) = last {
+        if let Some(m) = self.last_outgoing_migration(id) {
             self.registry.update_migration(&m.id, true, |m| {
                 let was = m.error.take().unwrap_or_default();
                 m.error = Some(format!("resumed here by an operator after: {was}"));

@@ -883,13 +883,7 @@ mod tests {
 
     #[test]
     fn want_of_the_wrong_shape_is_refused() {
-        let mut s = source(Mode::Cold);
-        s.start(0);
-        s.handle(Input::Received(Message::Ready));
-        s.handle(Input::RoundData {
-            round: 0,
-            refs: vec![r(0, Some(1)), r(1, Some(2))],
-        });
+        let mut s = source_offering_two_chunks(Mode::Cold);
         let out = s.handle(Input::Received(Message::Want {
             round: 0,
             seq: 0,
@@ -904,15 +898,21 @@ mod tests {
         );
     }
 
-    /// A warm source through its one (final) round: offers answered, chunks asked for.
-    fn warm_source_after_final_round() -> (Source, Vec<Output>) {
-        let mut s = source(Mode::Warm);
+    /// A source of `mode` whose round 0 offers two chunks.
+    fn source_offering_two_chunks(mode: Mode) -> Source {
+        let mut s = source(mode);
         s.start(0);
         s.handle(Input::Received(Message::Ready));
         s.handle(Input::RoundData {
             round: 0,
             refs: vec![r(0, Some(1)), r(1, Some(2))],
         });
+        s
+    }
+
+    /// A warm source through its one (final) round: offers answered, chunks asked for.
+    fn warm_source_after_final_round() -> (Source, Vec<Output>) {
+        let mut s = source_offering_two_chunks(Mode::Warm);
         let out = s.handle(Input::Received(Message::Want {
             round: 0,
             seq: 0,
