@@ -106,7 +106,17 @@ pub struct ApiConfig {
     /// made in the data directory on first start.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Connections open at once, from everyone (callers on this machine get a few more).
+    pub max_connections: usize,
+    /// Connections open at once from one address (an IPv6 /64).
+    pub max_connections_per_address: usize,
+    /// A connection on which no byte moves for this long is closed (seconds).
+    pub idle_timeout_s: u64,
 }
+
+/// Bounds of the API's connection settings.
+pub const API_MAX_CONNECTIONS: std::ops::RangeInclusive<usize> = 1..=65_536;
+pub const API_IDLE_TIMEOUT_S: std::ops::RangeInclusive<u64> = 30..=3600;
 
 /// Where `novacron node install` writes the API token.
 pub const INSTALLED_TOKEN_FILE: &str = "/etc/novacron/api.token";
@@ -120,6 +130,9 @@ impl Default for ApiConfig {
             token_file: None,
             tls_cert: None,
             tls_key: None,
+            max_connections: 256,
+            max_connections_per_address: 32,
+            idle_timeout_s: 60,
         }
     }
 }
@@ -357,6 +370,37 @@ impl NodeConfig {
                     });
                 }
             }
+        }
+        if !API_MAX_CONNECTIONS.contains(&self.api.max_connections) {
+            return Err(ConfigError::Value {
+                key: "api.maxConnections",
+                reason: format!(
+                    "{} is outside {}..={}",
+                    self.api.max_connections,
+                    API_MAX_CONNECTIONS.start(),
+                    API_MAX_CONNECTIONS.end()
+                ),
+            });
+        }
+        if !(1..=self.api.max_connections).contains(&self.api.max_connections_per_address) {
+            return Err(ConfigError::Value {
+                key: "api.maxConnectionsPerAddress",
+                reason: format!(
+                    "{} is outside 1..={} (api.maxConnections)",
+                    self.api.max_connections_per_address, self.api.max_connections
+                ),
+            });
+        }
+        if !API_IDLE_TIMEOUT_S.contains(&self.api.idle_timeout_s) {
+            return Err(ConfigError::Value {
+                key: "api.idleTimeoutS",
+                reason: format!(
+                    "{} is outside {}..={} seconds (event streams are pinged every 20 s)",
+                    self.api.idle_timeout_s,
+                    API_IDLE_TIMEOUT_S.start(),
+                    API_IDLE_TIMEOUT_S.end()
+                ),
+            });
         }
         if self.mesh.listen.is_empty() {
             return Err(ConfigError::Value {

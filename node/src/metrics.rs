@@ -52,6 +52,14 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+/// Why the API turns connections away (`api::rest::connections::Refusal::label`).
+const CONNECTION_REFUSALS: [&str; 2] = ["listener_full", "address_full"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     method: String,
     route: String,
@@ -79,6 +87,8 @@ pub struct Metrics {
     politeness: Family<StateLabel, Gauge>,
     api_requests: Family<RequestLabels, Counter>,
     api_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    api_connections: Gauge,
+    api_connections_refused: Family<ReasonLabel, Counter>,
     seen_migrations: Mutex<(HashSet<String>, VecDeque<String>)>,
 }
 
@@ -169,6 +179,18 @@ impl Metrics {
             "Time to answer API requests (to the response head), by method and route template",
             api_duration.clone(),
         );
+        let api_connections = Gauge::default();
+        registry.register(
+            "api_connections",
+            "Connections open to the API now",
+            api_connections.clone(),
+        );
+        let api_connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "api_connections_refused",
+            "Connections the API turned away at once, by reason (listener_full, address_full)",
+            api_connections_refused.clone(),
+        );
 
         let metrics = Metrics {
             registry,
@@ -185,6 +207,8 @@ impl Metrics {
             politeness,
             api_requests,
             api_duration,
+            api_connections,
+            api_connections_refused,
             seen_migrations: Mutex::new((HashSet::new(), VecDeque::new())),
         };
         // Every label value that can occur shows from the start (zeros), so queries and
@@ -200,6 +224,11 @@ impl Metrics {
                     })
                     .get();
             }
+        }
+        for reason in CONNECTION_REFUSALS {
+            let _ = metrics.api_connections_refused.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
         }
         metrics.set_mesh(0, 0, 0, 0, 0);
         metrics.set_politeness_state("run");
@@ -316,6 +345,20 @@ impl Metrics {
 
     /// One API request answered: `route` is the matched route template (`/api/v1/vms/{id}`),
     /// never the raw path, so the label set stays small.
+    /// Connections open to the API now.
+    pub fn api_connections(&self, open: usize) {
+        self.api_connections.set(clamp(open as u64));
+    }
+
+    /// A connection the API turned away, with the reason's label.
+    pub fn api_connection_refused(&self, reason: &str) {
+        self.api_connections_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
     pub fn api_request(&self, method: &str, route: &str, status: u16, took: Duration) {
         self.api_requests
             .get_or_create(&RequestLabels {
@@ -346,7 +389,7 @@ impl Metrics {
 
 /// Every family [`Metrics`] exposes, as a scrape names it.
 #[cfg(test)]
-pub(crate) const FAMILIES: [&str; 13] = [
+pub(crate) const FAMILIES: [&str; 15] = [
     "novacron_vms",
     "novacron_migrations_total",
     "novacron_migration_duration_seconds",
@@ -360,6 +403,8 @@ pub(crate) const FAMILIES: [&str; 13] = [
     "novacron_politeness_state",
     "novacron_api_requests_total",
     "novacron_api_request_duration_seconds",
+    "novacron_api_connections",
+    "novacron_api_connections_refused_total",
 ];
 
 fn clamp(n: u64) -> i64 {

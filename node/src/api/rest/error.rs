@@ -16,6 +16,9 @@ use crate::api::types::ApiError;
 /// Largest request body read, bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// How long a request body may take to arrive in full.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Longest VM or migration id accepted in a path, bytes.
 pub const MAX_ID_BYTES: usize = 128;
 
@@ -143,7 +146,16 @@ async fn read_body(req: Request) -> Result<(bool, axum::body::Bytes), ApiFailure
         return Err(too_large());
     }
     let body = Limited::new(req.into_body(), MAX_BODY_BYTES);
-    match body.collect().await {
+    let Ok(collected) = tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await else {
+        return Err(ApiFailure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok((json_type, collected.to_bytes())),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(e) => Err(ApiFailure::bad_request(format!(

@@ -8,11 +8,14 @@
 //! connections from off the machine (they cannot set an `Authorization` header).
 
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod handlers;
+mod listener;
 pub mod openapi;
 mod serve;
 pub mod tls;
+mod watched;
 pub mod ws;
 
 #[cfg(test)]
@@ -21,6 +24,8 @@ mod fake;
 mod tests;
 #[cfg(test)]
 mod tests_e2e;
+#[cfg(test)]
+mod tests_limits;
 
 use std::sync::Arc;
 use std::time::Instant;

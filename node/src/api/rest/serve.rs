@@ -1,5 +1,6 @@
-//! The listener: binds `api.host:api.port` (0 = any free port), serves HTTP or HTTPS with
-//! the caller's address known to the auth check, writes `<dataDir>/api.url` for the CLI and
+//! The API's listener: binds `api.host:api.port` (0 = any free port), serves HTTP or HTTPS
+//! through the hostile-facing accept loop of [`super::listener`] (connection caps, head and
+//! idle timeouts, descriptors kept for the node), writes `<dataDir>/api.url` for the CLI and
 //! tests, and shuts down gracefully when told.
 
 use std::future::Future;
@@ -9,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum_server::tls_rustls::RustlsConfig;
-use axum_server::Handle;
 use tokio::task::JoinHandle;
 
 use super::auth::{ApiAuth, TokenError};
+use super::connections::{fd_limit, ConnectionCaps};
+use super::listener::{self, ListenerLimits};
 use super::tls::{self, TlsError};
 use crate::api::service::NodeService;
 use crate::config::ApiConfig;
@@ -21,16 +22,22 @@ use crate::metrics::Metrics;
 
 /// How long open connections (event streams included) get to finish after shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How long a client may take to send a request's head (slow clients hold no connection).
+/// How long a client may take to finish a TLS handshake or send a request's head, the first
+/// one included (slow or silent clients hold no connection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// HTTP/1 settings shared by the plain and TLS servers.
-fn tune<A>(server: &mut axum_server::Server<A>) {
-    server
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+/// The limits `config` sets, within this process's descriptor limit.
+pub fn limits(config: &ApiConfig) -> ListenerLimits {
+    let caps = ConnectionCaps {
+        max: config.max_connections,
+        per_address: config.max_connections_per_address,
+    };
+    ListenerLimits {
+        caps: fd_limit().map_or(caps, |n| caps.within_fd_limit(n)),
+        head_timeout: HEADER_READ_TIMEOUT,
+        idle_timeout: Duration::from_secs(config.idle_timeout_s),
+        shutdown_grace: SHUTDOWN_GRACE,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,19 +66,16 @@ pub struct BoundApi {
     pub url: String,
     /// The certificate's SHA-256 fingerprint when serving TLS.
     pub tls_fingerprint: Option<String>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
 }
 
 impl BoundApi {
     /// Waits until the server has stopped (after the shutdown future completed and open
     /// connections finished or the grace ran out).
     pub async fn stopped(self) -> std::io::Result<()> {
-        match self.task.await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(format!(
-                "the API task ended badly: {e}"
-            ))),
-        }
+        self.task
+            .await
+            .map_err(|e| std::io::Error::other(format!("the API task ended badly: {e}")))
     }
 }
 
@@ -85,6 +89,18 @@ pub fn url_path(data_dir: &Path) -> PathBuf {
 /// in `data_dir`. Returns once listening.
 pub async fn serve<S: NodeService>(
     config: &ApiConfig,
+    data_dir: &Path,
+    service: Arc<S>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<BoundApi, ServeError> {
+    serve_with(config, limits(config), data_dir, service, metrics, shutdown).await
+}
+
+/// [`serve`] with the listener's limits given.
+pub async fn serve_with<S: NodeService>(
+    config: &ApiConfig,
+    limits: ListenerLimits,
     data_dir: &Path,
     service: Arc<S>,
     metrics: Arc<Metrics>,
@@ -117,37 +133,31 @@ pub async fn serve<S: NodeService>(
         _ => {}
     }
 
-    let app =
-        super::router(service, metrics, auth).into_make_service_with_connect_info::<SocketAddr>();
-    let handle = Handle::new();
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
+    let app = super::router(service, metrics.clone(), auth);
     let fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
-    let task = match tls {
-        Some(t) => {
-            eprintln!(
-                "novacron: API TLS certificate {}{} SHA-256 {}",
-                t.cert_path.display(),
-                if t.generated {
-                    " (self-signed, made now)"
-                } else {
-                    ""
-                },
-                t.fingerprint
-            );
-            let server =
-                axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(t.config))
-                    .handle(handle.clone());
-            tokio::spawn(server.serve(app))
-        }
-        None => {
-            let mut server = axum_server::from_tcp(listener).handle(handle.clone());
-            tune(&mut server);
-            tokio::spawn(server.serve(app))
-        }
-    };
-    tokio::spawn(async move {
-        shutdown.await;
-        handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    let acceptor = tls.map(|t| {
+        eprintln!(
+            "novacron: API TLS certificate {}{} SHA-256 {}",
+            t.cert_path.display(),
+            if t.generated {
+                " (self-signed, made now)"
+            } else {
+                ""
+            },
+            t.fingerprint
+        );
+        tokio_rustls::TlsAcceptor::from(t.config)
     });
+    tracing::debug!(
+        max = limits.caps.max,
+        per_address = limits.caps.per_address,
+        idle_s = limits.idle_timeout.as_secs(),
+        "API connection limits"
+    );
+    let task = tokio::spawn(listener::run(
+        listener, app, acceptor, limits, metrics, shutdown,
+    ));
 
     let path = url_path(data_dir);
     write_atomic(&path, format!("{url}\n").as_bytes()).map_err(|source| ServeError::UrlFile {

@@ -15,22 +15,23 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::fake::{self, Fake};
+use super::listener::ListenerLimits;
 use super::serve;
-use super::serve::BoundApi;
+use super::serve::{serve_with, BoundApi};
 use crate::api::types::{EventEnvelope, MigrationInfo, MigrationState, NodeEvent};
 use crate::config::ApiConfig;
 
 const TOKEN: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
-struct Running {
-    api: BoundApi,
+pub(super) struct Running {
+    pub(super) api: BoundApi,
     stop: oneshot::Sender<()>,
-    fake: Arc<Fake>,
-    _dir: tempfile::TempDir,
+    pub(super) fake: Arc<Fake>,
+    pub(super) _dir: tempfile::TempDir,
 }
 
 impl Running {
-    async fn shut(self) {
+    pub(super) async fn shut(self) {
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(10), self.api.stopped())
             .await
@@ -40,6 +41,17 @@ impl Running {
 }
 
 async fn start(host: IpAddr, tls: bool, capacity: usize) -> Running {
+    start_with(host, tls, capacity, None).await
+}
+
+/// A server on `host` (TLS or not) over a fake node, with the listener's limits given or
+/// from the default configuration.
+pub(super) async fn start_with(
+    host: IpAddr,
+    tls: bool,
+    capacity: usize,
+    limits: Option<ListenerLimits>,
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("api.token"), format!("{TOKEN}\n")).unwrap();
     let config = ApiConfig {
@@ -50,8 +62,9 @@ async fn start(host: IpAddr, tls: bool, capacity: usize) -> Running {
     };
     let fake = Fake::new(capacity);
     let (stop, stopped) = oneshot::channel::<()>();
-    let api = serve(
+    let api = serve_with(
         &config,
+        limits.unwrap_or_else(|| super::serve::limits(&config)),
         dir.path(),
         fake.clone(),
         fake.metrics.clone(),
@@ -108,7 +121,7 @@ async fn http(to: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, 
 }
 
 /// A non-loopback IPv4 address of this machine, if it has one.
-fn non_loopback_ipv4() -> Option<IpAddr> {
+pub(super) fn non_loopback_ipv4() -> Option<IpAddr> {
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills the pointer with a list freed below; entries are only read.
     unsafe {
@@ -203,7 +216,7 @@ async fn callers_off_loopback_need_the_token() {
     node.shut().await;
 }
 
-fn tls_client(trusted: &Path) -> Arc<rustls::ClientConfig> {
+pub(super) fn tls_client(trusted: &Path) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(trusted).unwrap() {

@@ -97,7 +97,8 @@ pub fn setup(api: &ApiConfig, data_dir: &Path) -> Result<TlsSetup, TlsError> {
                 path: key_path.clone(),
                 reason: format!("does not fit certificate {}: {e}", cert_path.display()),
             })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only, as the listener serves.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsSetup {
         config: Arc::new(config),
         cert_path,
