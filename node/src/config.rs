@@ -9,25 +9,26 @@
 //! ```
 //!
 //! plus `dataDir`, `dbUrl` and a `mesh` section (`listen`, `bootstrap`, `kadServer`, `mdns`,
-//! `relayServer`). Unknown keys are errors that name the key and where it is; so are bad
-//! values. Environment variables `NODE_ID`, `LOG_LEVEL`, `API_PORT`, `DB_URL` override the
+//! `relayServer`). Unknown keys, keys given twice and bad values are errors that name the key
+//! and where it is. Environment variables `NODE_ID`, `LOG_LEVEL`, `API_PORT`, `DB_URL` override the
 //! file; flags override both. Everything has a default, so no file is needed.
 //!
 //! The `politeness` section holds the owner's rules with BOINC's defaults
 //! ([`crate::politeness::Policy`]).
 //!
-//! What this cannot do yet: the API and the database it configures come with the daemon
-//! proper (the node issue); today `novacron node` uses the mesh, data-directory and log
-//! settings.
+//! Checked before the node makes anything: [`NodeConfig::load`] (values; a bad one set in the
+//! file is named with its line, a key given twice too, via [`crate::yaml_keys`]) and
+//! [`NodeConfig::check_paths`] (what the paths name on this machine).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use novacron_mesh::swarm::Multiaddr;
+use novacron_mesh::swarm::{peer_id_of_addr, Multiaddr, Protocol};
 use serde::Deserialize;
 
 use crate::politeness::Policy;
+use crate::yaml_keys::{key_lines, KeyLines};
 
 /// Largest config file read.
 const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -51,6 +52,14 @@ pub enum ConfigError {
     },
     #[error("config key {key}: {reason}")]
     Value { key: &'static str, reason: String },
+    /// A bad value set in the file: where it is.
+    #[error("config {path} line {line}: key {key}: {reason}")]
+    ValueAt {
+        path: PathBuf,
+        line: usize,
+        key: &'static str,
+        reason: String,
+    },
 }
 
 /// How much the node logs.
@@ -181,6 +190,21 @@ impl Default for MeshConfig {
     }
 }
 
+/// `/ip4|ip6/ADDRESS/tcp/PORT` or `/ip4|ip6/ADDRESS/udp/PORT/quic-v1`: what the node's
+/// transports listen on.
+fn is_listenable(addr: &Multiaddr) -> bool {
+    let parts: Vec<Protocol> = addr.iter().collect();
+    matches!(
+        parts.as_slice(),
+        [Protocol::Ip4(_) | Protocol::Ip6(_), Protocol::Tcp(_)]
+            | [
+                Protocol::Ip4(_) | Protocol::Ip6(_),
+                Protocol::Udp(_),
+                Protocol::QuicV1
+            ]
+    )
+}
+
 fn multiaddrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Error> {
     let texts = Vec::<String>::deserialize(d)?;
     texts
@@ -235,21 +259,40 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
-    /// Reads `path` (when given), then applies the environment as `env` reports it.
+    /// Reads `path` (when given), then applies the environment as `env` reports it. A value
+    /// the file sets that [`check`](Self::check) refuses is named with the file and line.
     pub fn load(
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<NodeConfig, ConfigError> {
-        let mut cfg = match path {
-            Some(p) => NodeConfig::from_file(p)?,
-            None => NodeConfig::default(),
+        let (mut cfg, lines) = match path {
+            Some(p) => {
+                let (cfg, lines) = NodeConfig::from_file(p)?;
+                (cfg, Some((p, lines)))
+            }
+            None => (NodeConfig::default(), None),
         };
-        cfg.apply_env(env)?;
-        cfg.check()?;
+        let from_env = cfg.apply_env(env)?;
+        cfg.check().map_err(|e| match (e, lines) {
+            (ConfigError::Value { key, reason }, Some((path, lines)))
+                if !from_env.contains(&key) =>
+            {
+                match lines.line_of(key) {
+                    Some(line) => ConfigError::ValueAt {
+                        path: path.to_path_buf(),
+                        line,
+                        key,
+                        reason,
+                    },
+                    None => ConfigError::Value { key, reason },
+                }
+            }
+            (e, _) => e,
+        })?;
         Ok(cfg)
     }
 
-    fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+    fn from_file(path: &Path) -> Result<(NodeConfig, KeyLines), ConfigError> {
         let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -262,13 +305,17 @@ impl NodeConfig {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read_err)?;
-        NodeConfig::from_yaml(&text).map_err(|message| ConfigError::Yaml {
+        let yaml_err = |message| ConfigError::Yaml {
             path: path.to_path_buf(),
             message,
-        })
+        };
+        let lines = key_lines(&text).map_err(|d| yaml_err(d.to_string()))?;
+        let cfg = NodeConfig::from_yaml(&text).map_err(yaml_err)?;
+        Ok((cfg, lines))
     }
 
-    /// Parses YAML text; an empty document is the defaults.
+    /// Parses YAML text; an empty document is the defaults. (A key given twice is refused by
+    /// [`NodeConfig::load`], which knows the lines.)
     pub fn from_yaml(text: &str) -> Result<NodeConfig, String> {
         if text.trim().is_empty() {
             return Ok(NodeConfig::default());
@@ -276,11 +323,18 @@ impl NodeConfig {
         serde_norway::from_str(text).map_err(|e| e.to_string())
     }
 
-    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    /// Applies the environment; returns the keys it set.
+    fn apply_env(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<&'static str>, ConfigError> {
+        let mut set = Vec::new();
         if let Some(v) = env("NODE_ID") {
             self.node_id = Some(v);
+            set.push("nodeId");
         }
         if let Some(v) = env("LOG_LEVEL") {
+            set.push("logLevel");
             self.log_level = v.parse().map_err(|reason| ConfigError::Env {
                 var: "LOG_LEVEL",
                 value: v.clone(),
@@ -288,6 +342,7 @@ impl NodeConfig {
             })?;
         }
         if let Some(v) = env("API_PORT") {
+            set.push("api.port");
             self.api.port = v.trim().parse().map_err(|_| ConfigError::Env {
                 var: "API_PORT",
                 value: v.clone(),
@@ -296,8 +351,9 @@ impl NodeConfig {
         }
         if let Some(v) = env("DB_URL") {
             self.db_url = Some(v);
+            set.push("dbUrl");
         }
-        Ok(())
+        Ok(set)
     }
 
     /// Values each key must hold whatever set them.
@@ -408,11 +464,97 @@ impl NodeConfig {
                 reason: "at least one address is needed".into(),
             });
         }
+        if let Some(addr) = self.mesh.listen.iter().find(|a| !is_listenable(a)) {
+            return Err(ConfigError::Value {
+                key: "mesh.listen",
+                reason: format!(
+                    "{addr} is not an address the node can listen on: give \
+                     /ip4|ip6/ADDRESS/tcp/PORT or /ip4|ip6/ADDRESS/udp/PORT/quic-v1"
+                ),
+            });
+        }
+        if let Some(addr) = self
+            .mesh
+            .bootstrap
+            .iter()
+            .find(|a| peer_id_of_addr(a).is_none())
+        {
+            return Err(ConfigError::Value {
+                key: "mesh.bootstrap",
+                reason: format!(
+                    "{addr} does not end in /p2p/PEERID (the peer's id, as its node prints in \
+                     `listening on .../p2p/PEERID`)"
+                ),
+            });
+        }
+        if let Some(url) = &self.db_url {
+            crate::state::db_path(Some(url), Path::new("/")).map_err(|e| ConfigError::Value {
+                key: "dbUrl",
+                reason: e.to_string(),
+            })?;
+        }
         self.politeness.validate().map_err(|e| ConfigError::Value {
             key: e.key,
             reason: e.reason,
         })?;
         Ok(())
+    }
+
+    /// What the configuration names on this machine, checked before the node creates or
+    /// opens anything: the data directory is a directory (or does not exist yet: the node
+    /// makes it), the database's directory exists (only the data directory itself is made),
+    /// and the API files it names are readable files. Returns the database's path.
+    pub fn check_paths(&self, data_dir: &Path) -> Result<PathBuf, ConfigError> {
+        if data_dir.exists() && !data_dir.is_dir() {
+            return Err(ConfigError::Value {
+                key: "dataDir",
+                reason: format!("{} exists and is not a directory", data_dir.display()),
+            });
+        }
+        let db = crate::state::db_path(self.db_url.as_deref(), data_dir).map_err(|e| {
+            ConfigError::Value {
+                key: "dbUrl",
+                reason: e.to_string(),
+            }
+        })?;
+        if let Some(dir) = db.parent().filter(|d| *d != data_dir) {
+            if !dir.is_dir() {
+                return Err(ConfigError::Value {
+                    key: "dbUrl",
+                    reason: format!(
+                        "the database's directory {} does not exist (the node makes only its \
+                         data directory; create it, or put the database there)",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        if db.is_dir() {
+            return Err(ConfigError::Value {
+                key: "dbUrl",
+                reason: format!("{} is a directory, not a database file", db.display()),
+            });
+        }
+        for (key, path) in [
+            ("api.tokenFile", &self.api.token_file),
+            ("api.tlsCert", &self.api.tls_cert),
+            ("api.tlsKey", &self.api.tls_key),
+        ] {
+            let Some(path) = path else { continue };
+            if let Err(e) = std::fs::File::open(path).and_then(|f| f.metadata()) {
+                return Err(ConfigError::Value {
+                    key,
+                    reason: format!("cannot read {}: {e}", path.display()),
+                });
+            }
+            if !path.is_file() {
+                return Err(ConfigError::Value {
+                    key,
+                    reason: format!("{} is not a file", path.display()),
+                });
+            }
+        }
+        Ok(db)
     }
 }
 
@@ -546,6 +688,181 @@ mod tests {
                 "{yaml:?}: {text}"
             );
         }
+    }
+
+    fn load_text(text: &str, env: impl Fn(&str) -> Option<String>) -> (String, ConfigError) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.yaml");
+        std::fs::write(&path, text).unwrap();
+        let err = NodeConfig::load(Some(&path), env).unwrap_err();
+        (path.display().to_string(), err)
+    }
+
+    #[test]
+    fn a_refused_value_and_a_key_given_twice_name_the_file_and_line() {
+        let (path, err) = load_text(
+            "nodeId: n\npoliteness:\n  idleTimeToRunMin: 3\n  startHour: 25\n",
+            no_env,
+        );
+        assert!(
+            matches!(
+                &err,
+                ConfigError::ValueAt {
+                    line: 4,
+                    key: "politeness.startHour",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("config {path} line 4: key politeness.startHour: "))
+                && text.contains("25"),
+            "{text}"
+        );
+        let (_, err) = load_text(
+            "api:\n  port: 0\n  maxConnections: 8\n  maxConnectionsPerAddress: 9\n",
+            no_env,
+        );
+        assert!(
+            matches!(
+                &err,
+                ConfigError::ValueAt {
+                    line: 4,
+                    key: "api.maxConnectionsPerAddress",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let (_, err) = load_text(
+            "mesh:\n  bootstrap: [\"/ip4/127.0.0.1/tcp/4001\"]\n",
+            no_env,
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("line 2: key mesh.bootstrap") && text.contains("/p2p/PEERID"),
+            "{text}"
+        );
+
+        // Twice at the top (serde names no line there) and twice inside a map (serde keeps
+        // the last without a word).
+        let (path, err) = load_text("nodeId: a\nlogLevel: info\nnodeId: b\n", no_env);
+        assert_eq!(
+            err.to_string(),
+            format!("config {path}: line 3: key nodeId is given twice (first at line 1)")
+        );
+        let (_, err) = load_text(
+            "politeness:\n  days:\n    mon: {startHour: 1, endHour: 2}\n    mon: {startHour: 3, endHour: 4}\n",
+            no_env,
+        );
+        assert!(
+            err.to_string()
+                .contains("line 4: key politeness.days.mon is given twice (first at line 3)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_value_the_environment_set_names_the_variable_not_the_file() {
+        let (_, err) = load_text("nodeId: fine\n", |k: &str| {
+            (k == "NODE_ID").then(String::new)
+        });
+        assert!(
+            matches!(&err, ConfigError::Value { key: "nodeId", .. }),
+            "{err:?}"
+        );
+        let (_, err) = load_text("logLevel: info\n", |k: &str| {
+            (k == "DB_URL").then(|| "postgres://db/x".to_string())
+        });
+        assert!(
+            matches!(&err, ConfigError::Value { key: "dbUrl", .. })
+                && err.to_string().contains("postgres://db/x"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn listen_and_bootstrap_addresses_are_checked_before_the_node_starts() {
+        for ok in [
+            "mesh: {listen: [\"/ip4/0.0.0.0/tcp/0\", \"/ip6/::/udp/4001/quic-v1\"]}\n",
+            "mesh: {bootstrap: [\"/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWGC2hQ2Qq2Dxrv9JjKxzuTMaK5Tdq4PXDKXsN2Jg2sE8q\"]}\n",
+        ] {
+            NodeConfig::from_yaml(ok).unwrap().check().unwrap();
+        }
+        for (bad, key) in [
+            ("mesh: {listen: [\"/ip4/0.0.0.0/udp/0\"]}\n", "mesh.listen"),
+            (
+                "mesh: {listen: [\"/dns4/example.org/tcp/1\"]}\n",
+                "mesh.listen",
+            ),
+            (
+                "mesh: {bootstrap: [\"/ip4/10.0.0.1/tcp/4001\"]}\n",
+                "mesh.bootstrap",
+            ),
+        ] {
+            let err = NodeConfig::from_yaml(bad).unwrap().check().unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Value { key: k, .. } if *k == key),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_are_checked_before_anything_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let cfg = NodeConfig::default();
+        assert_eq!(cfg.check_paths(&data).unwrap(), data.join("state.db"));
+        assert!(!data.exists(), "checking makes nothing");
+
+        let elsewhere = NodeConfig {
+            db_url: Some(format!(
+                "sqlite://{}/nonexistent/dir/x.db",
+                dir.path().display()
+            )),
+            ..NodeConfig::default()
+        };
+        let err = elsewhere.check_paths(&data).unwrap_err().to_string();
+        assert!(
+            err.contains("dbUrl") && err.contains("nonexistent/dir"),
+            "{err}"
+        );
+        assert!(!dir.path().join("nonexistent").exists());
+
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let err = cfg.check_paths(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("dataDir") && err.contains("not a directory"),
+            "{err}"
+        );
+
+        let missing_token = NodeConfig {
+            api: ApiConfig {
+                token_file: Some(dir.path().join("no-token")),
+                ..ApiConfig::default()
+            },
+            ..NodeConfig::default()
+        };
+        let err = missing_token.check_paths(&data).unwrap_err().to_string();
+        assert!(
+            err.contains("api.tokenFile") && err.contains("no-token"),
+            "{err}"
+        );
+        let dir_as_cert = NodeConfig {
+            api: ApiConfig {
+                tls_enabled: true,
+                tls_cert: Some(dir.path().to_path_buf()),
+                tls_key: Some(file.clone()),
+                ..ApiConfig::default()
+            },
+            ..NodeConfig::default()
+        };
+        let err = dir_as_cert.check_paths(&data).unwrap_err().to_string();
+        assert!(err.contains("api.tlsCert"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod politeness;
 mod size;
 mod state;
 mod vms;
+mod yaml_keys;
 
 use clap::Parser;
 

@@ -143,3 +143,123 @@ fn install_writes_config_token_and_unit_keeps_them_on_reinstall_and_the_node_run
         "the key is in the installed dataDir"
     );
 }
+
+#[test]
+fn bad_settings_stop_the_node_before_it_makes_anything() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let nothing_made = |what: &str| {
+        assert!(
+            !data.exists(),
+            "{what}: the node made {} ({:?})",
+            data.display(),
+            std::fs::read_dir(&data).map(|d| d.count())
+        );
+    };
+    let elsewhere = tmp.path().join("nonexistent/dir/x.db");
+
+    let err = refused(
+        &["--data-dir", data_s],
+        &[("DB_URL", "postgres://db.example/novacron")],
+    );
+    assert!(
+        err.contains("DB_URL") && err.contains("postgres://"),
+        "{err}"
+    );
+    nothing_made("a DB_URL that is not SQLite");
+
+    let url = format!("sqlite://{}", elsewhere.display());
+    let err = refused(&["--data-dir", data_s], &[("DB_URL", &url)]);
+    assert!(err.contains("nonexistent/dir"), "{err}");
+    nothing_made("a DB_URL in a directory that does not exist");
+    assert!(
+        !tmp.path().join("nonexistent").exists(),
+        "a mistyped DB_URL made directories"
+    );
+
+    let err = refused(
+        &[
+            "--data-dir",
+            data_s,
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/4001",
+        ],
+        &[],
+    );
+    assert!(err.contains("/p2p/PEERID"), "{err}");
+    nothing_made("a bootstrap address without /p2p/");
+
+    let err = refused(
+        &["--data-dir", data_s, "--listen", "/ip4/127.0.0.1/udp/0"],
+        &[],
+    );
+    assert!(err.contains("mesh.listen"), "{err}");
+    nothing_made("a listen address no transport takes");
+
+    let range = write(
+        tmp.path(),
+        "range.yaml",
+        "nodeId: n\npoliteness:\n  startHour: 25\n",
+    );
+    let err = refused(&["--config", &range, "--data-dir", data_s], &[]);
+    assert!(
+        err.contains(&format!("{range} line 3: key politeness.startHour")),
+        "{err}"
+    );
+    nothing_made("an hour of 25");
+
+    let twice = write(
+        tmp.path(),
+        "twice.yaml",
+        "nodeId: a\nlogLevel: info\nnodeId: b\n",
+    );
+    let err = refused(&["--config", &twice, "--data-dir", data_s], &[]);
+    assert!(
+        err.contains(&twice) && err.contains("line 3: key nodeId is given twice (first at line 1)"),
+        "{err}"
+    );
+    nothing_made("a key given twice");
+
+    let token = tmp.path().join("missing.token");
+    let no_token = write(
+        tmp.path(),
+        "token.yaml",
+        &format!("api: {{tokenFile: {}}}\n", token.display()),
+    );
+    let err = refused(&["--config", &no_token, "--data-dir", data_s], &[]);
+    assert!(
+        err.contains("api.tokenFile") && err.contains("missing.token"),
+        "{err}"
+    );
+    nothing_made("a token file that is not there");
+}
+
+#[test]
+fn a_node_that_fails_after_binding_its_socket_leaves_no_socket_behind() {
+    // The mesh's port is taken (found only when the swarm listens, after the API socket is
+    // bound): the node stops, and its data directory keeps no node.sock.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let err = refused(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--api-port",
+            "0",
+        ],
+        &[],
+    );
+    assert!(err.contains(&listen), "{err}");
+    assert!(data.join("node.key").exists(), "it got as far as its key");
+    assert!(
+        !data.join("node.sock").exists(),
+        "a stale node.sock was left"
+    );
+    drop(taken);
+}

@@ -34,8 +34,20 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
 }
 
+/// The socket's file while the node serves on it: removed when this is dropped, however
+/// the node stops (an error after the bind leaves no stale socket behind).
+pub struct SocketFile {
+    path: PathBuf,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Binds `<data_dir>/node.sock` (mode 0600).
-pub fn bind(data_dir: &Path) -> anyhow::Result<UnixListener> {
+pub fn bind(data_dir: &Path) -> anyhow::Result<(UnixListener, SocketFile)> {
     let path = socket_path(data_dir);
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
@@ -50,9 +62,10 @@ pub fn bind(data_dir: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(&path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
+    let file = SocketFile { path: path.clone() };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
-    Ok(listener)
+    Ok((listener, file))
 }
 
 /// What answers requests.
@@ -167,7 +180,7 @@ mod tests {
     fn requests_are_answered_and_garbage_gets_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime();
-        let listener = rt.block_on(async { bind(dir.path()) }).unwrap();
+        let (listener, file) = rt.block_on(async { bind(dir.path()) }).unwrap();
         rt.spawn(serve(listener, Arc::new(Echo)));
         let answer = ask(dir.path(), &Request::Status).unwrap();
         assert_eq!(answer, Response::Error("asked Status".into()));
@@ -186,16 +199,27 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        drop(file);
+        assert!(
+            !socket_path(dir.path()).exists(),
+            "the socket file goes with the node"
+        );
     }
 
     #[test]
     fn a_second_node_on_the_same_directory_is_refused_and_a_stale_socket_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime();
-        let listener = rt.block_on(async { bind(dir.path()) }).unwrap();
+        let (listener, file) = rt.block_on(async { bind(dir.path()) }).unwrap();
         rt.spawn(serve(listener, Arc::new(Echo)));
-        let err = rt.block_on(async { bind(dir.path()) }).unwrap_err();
+        let err = rt.block_on(async { bind(dir.path()) }).err().unwrap();
         assert!(err.to_string().contains("another node is running"), "{err}");
+        assert!(
+            socket_path(dir.path()).exists(),
+            "the refused node took nothing"
+        );
+        // The node dies without cleaning up (kill -9).
+        std::mem::forget(file);
         drop(rt);
 
         // The serving runtime is gone: the socket file stays but nobody answers.

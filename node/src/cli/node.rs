@@ -100,11 +100,13 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         crate::cli::init_logging("warn");
         return crate::install::run(install);
     }
+    // Everything the configuration says is checked before the node makes or opens anything.
     let cfg = args.config()?;
     crate::cli::init_logging(&node_log_filter(cfg.log_level));
     let Some(data_dir) = cfg.data_dir.clone() else {
         anyhow::bail!("no data directory: give --data-dir DIR or dataDir in the config file");
     };
+    let db_path = cfg.check_paths(&data_dir)?;
     let identity = NodeIdentity::load_or_create(&data_dir)
         .with_context(|| format!("data directory {}", data_dir.display()))?;
     if let Some(name) = &cfg.node_id {
@@ -123,7 +125,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(&identity, &cfg, &data_dir, swarm))?;
+    runtime.block_on(serve(&identity, &cfg, &data_dir, db_path, swarm))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,16 +140,20 @@ async fn serve(
     identity: &NodeIdentity,
     cfg: &NodeConfig,
     data_dir: &Path,
+    db_path: PathBuf,
     swarm: SwarmConfig,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
-    let api = api::socket::bind(data_dir)?;
+    // The API's port and certificate first: a port in use stops the node before it listens
+    // on the mesh or starts a VM.
+    let rest = api::rest::prepare(&cfg.api, data_dir)?;
+    let (api, _socket_file) = api::socket::bind(data_dir)?;
     let mesh = MeshNode::start(identity, swarm)?;
     let exe = std::env::current_exe().context("cannot find the novacron executable")?;
     let opts = DaemonOptions {
         data_dir: data_dir.to_path_buf(),
-        db_path: crate::state::db_path(cfg.db_url.as_deref(), data_dir)?,
+        db_path,
         vms: VmOptions {
             exe,
             data_dir: data_dir.to_path_buf(),
@@ -160,16 +166,15 @@ async fn serve(
     let (daemon, recovered) = Daemon::start(mesh, identity.clone(), opts).await?;
     show_recovery(&recovered);
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let rest = api::rest::serve(
-        &cfg.api,
+    let rest = rest.serve(
+        api::rest::limits(&cfg.api),
         data_dir,
         daemon.clone(),
         daemon.metrics.clone(),
         async {
             let _ = api_stopped.await;
         },
-    )
-    .await?;
+    )?;
     let maintenance = tokio::spawn(daemon.clone().maintain());
     let mut cell_events = daemon.cell_events();
     let api_task = tokio::spawn(api::socket::serve(api, daemon.clone()));
@@ -233,7 +238,6 @@ async fn serve(
     maintenance.abort();
     let _ = maintenance.await;
     drop(cell_events);
-    let _ = std::fs::remove_file(api::socket::socket_path(data_dir));
     drop(events);
     daemon.stop().await;
     eprintln!("novacron: node {me} stopped");

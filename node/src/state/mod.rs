@@ -93,20 +93,13 @@ pub struct StateDb {
 }
 
 impl StateDb {
-    /// Opens (creating) the database and brings its schema up to date.
+    /// Opens (creating) the database and brings its schema up to date. Its directory must
+    /// exist: a mistyped `DB_URL` makes no directories anywhere.
     pub fn open(path: &Path) -> Result<StateDb, StateError> {
         let open_err = |source| StateError::Open {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(parent) = path.parent() {
-            if !parent.as_os_str().is_empty() && !parent.exists() {
-                std::fs::create_dir_all(parent).map_err(|e| StateError::Open {
-                    path: path.to_path_buf(),
-                    source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-                })?;
-            }
-        }
         // Node state is the node's alone: the file (and the WAL SQLite makes with its mode)
         // is created 0600.
         if !path.exists() {

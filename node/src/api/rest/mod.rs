@@ -38,7 +38,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use auth::ApiAuth;
-pub use serve::serve;
+pub use serve::{limits, prepare};
 
 use crate::api::service::NodeService;
 use crate::metrics::Metrics;

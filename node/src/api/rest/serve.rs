@@ -87,6 +87,7 @@ pub fn url_path(data_dir: &Path) -> PathBuf {
 /// Serves `service` as `config` says until `shutdown` completes. The token is read from
 /// `config.token_file(data_dir)`; with TLS the certificate comes from the config or is made
 /// in `data_dir`. Returns once listening.
+#[cfg(test)]
 pub async fn serve<S: NodeService>(
     config: &ApiConfig,
     data_dir: &Path,
@@ -98,6 +99,7 @@ pub async fn serve<S: NodeService>(
 }
 
 /// [`serve`] with the listener's limits given.
+#[cfg(test)]
 pub async fn serve_with<S: NodeService>(
     config: &ApiConfig,
     limits: ListenerLimits,
@@ -106,6 +108,21 @@ pub async fn serve_with<S: NodeService>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<BoundApi, ServeError> {
+    prepare(config, data_dir)?.serve(limits, data_dir, service, metrics, shutdown)
+}
+
+/// The API made ready to serve, before the node it serves exists: its token read, its TLS
+/// certificate loaded (or made), its port bound. A node does this before it joins the mesh,
+/// so a port in use or a bad certificate stops it before anything else starts.
+pub struct PreparedApi {
+    auth: ApiAuth,
+    tls: Option<tls::TlsSetup>,
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+}
+
+/// Prepares the API `config` describes (see [`PreparedApi`]).
+pub fn prepare(config: &ApiConfig, data_dir: &Path) -> Result<PreparedApi, ServeError> {
     let token_file = config.token_file(data_dir);
     let auth = ApiAuth::load(token_file.as_deref())?;
     let tls = if config.tls_enabled {
@@ -119,9 +136,6 @@ pub async fn serve_with<S: NodeService>(
     let listener = std::net::TcpListener::bind(want).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;
-
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let url = format!("{scheme}://{}", reachable(addr));
     match &token_file {
         Some(f) if auth.has_token() => {
             tracing::info!(token_file = %f.display(), "API token loaded")
@@ -132,45 +146,70 @@ pub async fn serve_with<S: NodeService>(
         ),
         _ => {}
     }
-
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
-    let app = super::router(service, metrics.clone(), auth);
-    let fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
-    let acceptor = tls.map(|t| {
-        eprintln!(
-            "novacron: API TLS certificate {}{} SHA-256 {}",
-            t.cert_path.display(),
-            if t.generated {
-                " (self-signed, made now)"
-            } else {
-                ""
-            },
-            t.fingerprint
-        );
-        tokio_rustls::TlsAcceptor::from(t.config)
-    });
-    tracing::debug!(
-        max = limits.caps.max,
-        per_address = limits.caps.per_address,
-        idle_s = limits.idle_timeout.as_secs(),
-        "API connection limits"
-    );
-    let task = tokio::spawn(listener::run(
-        listener, app, acceptor, limits, metrics, shutdown,
-    ));
-
-    let path = url_path(data_dir);
-    write_atomic(&path, format!("{url}\n").as_bytes()).map_err(|source| ServeError::UrlFile {
-        path: path.clone(),
-        source,
-    })?;
-    eprintln!("novacron: API on {url} (listening on {addr})");
-    Ok(BoundApi {
+    Ok(PreparedApi {
+        auth,
+        tls,
+        listener,
         addr,
-        url,
-        tls_fingerprint: fingerprint,
-        task,
     })
+}
+
+impl PreparedApi {
+    /// Serves `service` (on the current tokio runtime) until `shutdown` completes, and
+    /// writes the URL to `<data_dir>/api.url`.
+    pub fn serve<S: NodeService>(
+        self,
+        limits: ListenerLimits,
+        data_dir: &Path,
+        service: Arc<S>,
+        metrics: Arc<Metrics>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<BoundApi, ServeError> {
+        let addr = self.addr;
+        let listener = tokio::net::TcpListener::from_std(self.listener)
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", reachable(addr));
+        let app = super::router(service, metrics.clone(), self.auth);
+        let fingerprint = self.tls.as_ref().map(|t| t.fingerprint.clone());
+        let acceptor = self.tls.map(|t| {
+            eprintln!(
+                "novacron: API TLS certificate {}{} SHA-256 {}",
+                t.cert_path.display(),
+                if t.generated {
+                    " (self-signed, made now)"
+                } else {
+                    ""
+                },
+                t.fingerprint
+            );
+            tokio_rustls::TlsAcceptor::from(t.config)
+        });
+        tracing::debug!(
+            max = limits.caps.max,
+            per_address = limits.caps.per_address,
+            idle_s = limits.idle_timeout.as_secs(),
+            "API connection limits"
+        );
+        let task = tokio::spawn(listener::run(
+            listener, app, acceptor, limits, metrics, shutdown,
+        ));
+
+        let path = url_path(data_dir);
+        write_atomic(&path, format!("{url}\n").as_bytes()).map_err(|source| {
+            ServeError::UrlFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        eprintln!("novacron: API on {url} (listening on {addr})");
+        Ok(BoundApi {
+            addr,
+            url,
+            tls_fingerprint: fingerprint,
+            task,
+        })
+    }
 }
 
 /// Whether binding `host` keeps the API on this machine.

@@ -16,8 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::fake::{self, Fake};
 use super::listener::ListenerLimits;
-use super::serve;
-use super::serve::{serve_with, BoundApi};
+use super::serve::{serve, serve_with, BoundApi};
 use crate::api::types::{EventEnvelope, MigrationInfo, MigrationState, NodeEvent};
 use crate::config::ApiConfig;
 
