@@ -101,6 +101,9 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         if !json_type {
             return Err(wrong_type());
         }
+        if bytes.trim_ascii() == b"null" {
+            return Ok(OptionalJsonBody(T::default()));
+        }
         decode(&bytes).map(OptionalJsonBody)
     }
 }
@@ -164,7 +167,68 @@ async fn read_body(req: Request) -> Result<(bool, axum::body::Bytes), ApiFailure
     }
 }
 
+/// Decodes a request body: a JSON object (every request type is one: an array, which serde
+/// would take for a struct's fields in order, is refused), whose whole numbers may be written
+/// with a zero fraction (`2041.0` is an integer in JSON Schema, as the OpenAPI document
+/// says); unknown fields and bad values are named.
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiFailure> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiFailure::bad_request(format!("malformed JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiFailure::bad_request(format!(
+            "the body must be a JSON object, not {}",
+            json_kind(&value)
+        )));
+    }
+    let bytes = if whole_floats_to_integers(&mut value) {
+        std::borrow::Cow::Owned(serde_json::to_vec(&value).map_err(|e| {
+            ApiFailure::bad_request(format!("cannot re-read the request body: {e}"))
+        })?)
+    } else {
+        std::borrow::Cow::Borrowed(bytes)
+    };
+    decode_object(&bytes)
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Writes every float with no fraction (within ±2^53, where floats are exact) as an integer;
+/// says whether it changed anything.
+fn whole_floats_to_integers(v: &mut serde_json::Value) -> bool {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() != 0.0 || f.abs() > EXACT {
+                return false;
+            }
+            *n = if f < 0.0 {
+                serde_json::Number::from(f as i64)
+            } else {
+                serde_json::Number::from(f as u64)
+            };
+            true
+        }
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, i| whole_floats_to_integers(i) | changed),
+        serde_json::Value::Object(fields) => fields
+            .values_mut()
+            .fold(false, |changed, i| whole_floats_to_integers(i) | changed),
+        _ => false,
+    }
+}
+
+fn decode_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiFailure> {
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -265,6 +329,20 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_numbers_with_a_zero_fraction_are_integers_and_others_are_kept() {
+        let mut v =
+            serde_json::json!({"a": 2041.0, "b": [1.0, -3.0, 0.5], "c": {"d": 1e300}, "e": "7.0"});
+        assert!(whole_floats_to_integers(&mut v));
+        assert_eq!(
+            v,
+            serde_json::json!({"a": 2041, "b": [1, -3, 0.5], "c": {"d": 1e300}, "e": "7.0"})
+        );
+        assert_eq!(v["a"].as_u64(), Some(2041));
+        let mut plain = serde_json::json!({"a": 1, "b": "x"});
+        assert!(!whole_floats_to_integers(&mut plain));
+    }
 
     #[test]
     fn service_errors_map_to_their_status() {

@@ -202,27 +202,45 @@ pub async fn cancel_migration<S: NodeService>(
     Ok(Json(st.service.cancel_migration(&id).await?))
 }
 
-fn upgrade_failure(e: WebSocketUpgradeRejection) -> ApiFailure {
-    ApiFailure::new(
-        e.status(),
+/// A plain request to a WebSocket route: 426 Upgrade Required, naming the protocol to
+/// upgrade to (RFC 9110 §15.5.22) and the WebSocket version spoken.
+fn upgrade_failure(e: WebSocketUpgradeRejection) -> Response {
+    let mut resp = ApiFailure::new(
+        StatusCode::UPGRADE_REQUIRED,
         format!(
             "this route is a WebSocket: connect with Upgrade: websocket ({})",
             e.body_text()
         ),
     )
+    .into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        header::HeaderValue::from_static("13"),
+    );
+    resp
 }
 
 #[utoipa::path(get, path = "/api/v1/migrations/{id}/watch", tag = "migrations", params(("id" = String, Path, description = "Migration id")),
     responses((status = 101, description = "WebSocket: the MigrationInfo now, then each change as a JSON text message; closes (1000) after a final state", body = MigrationInfo),
-        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 426, body = ApiError)))]
+        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError),
+        (status = 426, description = "Not a WebSocket upgrade request", body = ApiError)))]
 pub async fn watch_migration<S: NodeService>(
     State(st): State<ApiState<S>>,
     IdPath(id): IdPath,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> ApiResult<Response> {
+) -> Result<Response, Response> {
     // Subscribe before reading the state, so no change falls between the two.
     let events = st.service.subscribe();
-    let current = find_migration(&st, &id)?;
+    let current = find_migration(&st, &id).map_err(IntoResponse::into_response)?;
     let upgrade = upgrade.map_err(upgrade_failure)?;
     let service = st.service.clone();
     Ok(limit(upgrade).on_upgrade(move |socket| {
@@ -232,11 +250,11 @@ pub async fn watch_migration<S: NodeService>(
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "node",
     responses((status = 101, description = "WebSocket: each EventEnvelope as a JSON text message, in order; a client that falls behind gets a close frame (1008) saying so", body = EventEnvelope),
-        (status = 401, body = ApiError), (status = 426, body = ApiError)))]
+        (status = 401, body = ApiError), (status = 426, description = "Not a WebSocket upgrade request", body = ApiError)))]
 pub async fn events<S: NodeService>(
     State(st): State<ApiState<S>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> ApiResult<Response> {
+) -> Result<Response, Response> {
     let upgrade = upgrade.map_err(upgrade_failure)?;
     let events = st.service.subscribe();
     Ok(limit(upgrade).on_upgrade(move |socket| ws::event_stream(socket, events)))

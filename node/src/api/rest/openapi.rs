@@ -58,6 +58,75 @@ struct ApiDoc;
 /// The document as JSON (rendered once).
 pub fn document() -> Result<String, String> {
     static DOC: OnceLock<Result<String, String>> = OnceLock::new();
-    DOC.get_or_init(|| ApiDoc::openapi().to_json().map_err(|e| e.to_string()))
-        .clone()
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).map_err(|e| e.to_string())?;
+        add_what_attributes_cannot_say(&mut doc);
+        serde_json::to_string(&doc).map_err(|e| e.to_string())
+    })
+    .clone()
+}
+
+/// Operations a created resource's id leads to: (operation that answers with the resource
+/// and its status, operations that take its id in the path).
+const LINKS: [(&str, &str, &str, &[&str]); 2] = [
+    (
+        "/api/v1/vms",
+        "post",
+        "201",
+        &["get_vm", "stop_vm", "pause_vm", "resume_vm", "migrate_vm"],
+    ),
+    (
+        "/api/v1/vms/{id}/migrate",
+        "post",
+        "202",
+        &["get_migration", "cancel_migration", "watch_migration"],
+    ),
+];
+
+/// What the handlers' attributes cannot express: every `{id}` path parameter's length
+/// limits (as [`IdPath`](super::error::IdPath) enforces them), and OpenAPI links from the
+/// operations that create VMs and migrations to those that take their ids (so clients and
+/// API fuzzers can follow them).
+fn add_what_attributes_cannot_say(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for op in item.values_mut() {
+            let params = op.get_mut("parameters").and_then(|p| p.as_array_mut());
+            for param in params.into_iter().flatten() {
+                if param["in"] == "path" && param["name"] == "id" {
+                    param["schema"] = json!({
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": super::error::MAX_ID_BYTES,
+                    });
+                }
+            }
+        }
+    }
+    for (path, method, status, targets) in LINKS {
+        let Some(response) = paths
+            .get_mut(path)
+            .and_then(|p| p.get_mut(method))
+            .and_then(|o| o.get_mut("responses"))
+            .and_then(|r| r.get_mut(status))
+        else {
+            continue;
+        };
+        let links: serde_json::Map<String, serde_json::Value> = targets
+            .iter()
+            .map(|op| {
+                (
+                    (*op).to_string(),
+                    json!({"operationId": op, "parameters": {"id": "$response.body#/id"}}),
+                )
+            })
+            .collect();
+        response["links"] = serde_json::Value::Object(links);
+    }
 }

@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+use super::error::MAX_ID_BYTES;
 use super::fake::{self, Fake};
 use super::{router, ApiAuth};
 use crate::api::service::ServiceError;
@@ -283,7 +284,23 @@ async fn drain_takes_an_optional_bounded_deadline() {
     .await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     assert_eq!(*fake.drained.lock().unwrap(), Some(30));
+    // JSON null is the schema's "no body"; a whole number may carry a zero fraction (JSON
+    // Schema's integer); an array is not an object, whatever serde would make of it.
+    let a = call(&app, Req::new("POST", "/api/v1/drain").json(&json!(null))).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(*fake.drained.lock().unwrap(), Some(120));
+    let a = call(
+        &app,
+        Req::new("POST", "/api/v1/drain").json(&json!({"deadline_s": 45.0})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(*fake.drained.lock().unwrap(), Some(45));
     for (body, needle) in [
+        (json!([]), "must be a JSON object, not an array"),
+        (json!([30]), "must be a JSON object, not an array"),
+        (json!(30), "must be a JSON object, not a number"),
+        (json!({"deadline_s": 30.5}), "deadline_s"),
         (json!({"deadline_s": 0}), "1-3600"),
         (json!({"deadline_s": 3601}), "3601"),
         (json!({"deadline_s": -1}), "deadline_s"),
@@ -385,7 +402,11 @@ async fn unknown_routes_and_methods_get_json_404_and_405() {
         )
         .await;
         let a = call(&app, Req::new("GET", uri)).await;
-        assert!(a.status.is_client_error(), "{uri}: {}", a.status);
+        assert_eq!(a.status, StatusCode::UPGRADE_REQUIRED, "{uri}");
+        assert_eq!(
+            a.headers.get("upgrade").map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
         assert!(a.error().contains("WebSocket"), "{}", a.error());
     }
     let a = call(&app, Req::new("GET", "/api/v1/migrations/none/watch")).await;
@@ -553,6 +574,28 @@ async fn the_openapi_document_lists_every_route_with_bodies_and_errors() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    // What the attributes cannot say: id limits, and links from what creates an id to the
+    // operations that take it.
+    for (method, path) in routes.iter().filter(|(_, p)| p.contains("{id}")) {
+        let params = doc["paths"][path][method]["parameters"].as_array().unwrap();
+        let id = params.iter().find(|p| p["name"] == "id").unwrap();
+        assert_eq!(id["schema"]["maxLength"], json!(MAX_ID_BYTES), "{path}");
+        assert_eq!(id["schema"]["minLength"], json!(1), "{path}");
+    }
+    let created = &doc["paths"]["/api/v1/vms"]["post"]["responses"]["201"]["links"];
+    for op in ["get_vm", "stop_vm", "pause_vm", "resume_vm", "migrate_vm"] {
+        assert_eq!(created[op]["operationId"], json!(op));
+        assert_eq!(created[op]["parameters"]["id"], json!("$response.body#/id"));
+        let exists = doc["paths"].as_object().unwrap().values().any(|item| {
+            item.as_object()
+                .unwrap()
+                .values()
+                .any(|o| o["operationId"] == json!(op))
+        });
+        assert!(exists, "link to an operation that is not there: {op}");
+    }
+    let started = &doc["paths"]["/api/v1/vms/{id}/migrate"]["post"]["responses"]["202"]["links"];
+    assert_eq!(started.as_object().unwrap().len(), 3);
 }
 
 fn json_value() -> impl Strategy<Value = Value> {
