@@ -1,10 +1,10 @@
 //! A real `novacron node` under a connection flood on its REST API: 300 connections that
-//! send nothing, from 30 loopback addresses, are capped per address and per listener (the
-//! rest turned away at once), the daemon's descriptors stay bounded, every silent connection
+//! send nothing, from 30 loopback addresses, are capped by the listener (the rest turned
+//! away at once), the daemon's descriptors stay bounded, every silent connection
 //! is closed within the head deadline (10 s) instead of being kept for ever, and the node
-//! answers as before. (That the operator on loopback still gets in while remote callers
-//! fill the API is tested in the API's own tests, which can call from a non-loopback
-//! address.)
+//! answers as before. (The per-address cap, and the operator on loopback getting in while
+//! remote callers fill the API, are tested in the API's own tests, which call from a
+//! non-loopback address.)
 
 #[allow(dead_code)]
 #[path = "common/mesh.rs"]
@@ -123,11 +123,7 @@ fn a_flood_of_silent_connections_is_capped_and_cut_and_the_node_keeps_answering(
     let dir = tmp.path().join("n1");
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("node.yaml");
-    std::fs::write(
-        &config,
-        "api: {maxConnections: 64, maxConnectionsPerAddress: 16}\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "api: {maxConnections: 64}\n").unwrap();
     let dir_s = dir.to_str().unwrap();
     let mut node = Proc::spawn(
         "n1",
@@ -159,10 +155,6 @@ fn a_flood_of_silent_connections_is_capped_and_cut_and_the_node_keeps_answering(
         for _ in 0..10 {
             conns.push(connect_from(IpAddr::from([127, 0, 0, host]), to));
         }
-    }
-    // 20 more from one address: 16 at most are held.
-    for _ in 0..20 {
-        conns.push(connect_from(IpAddr::from([127, 0, 0, 99]), to));
     }
     // Turned away at once: everything beyond 64 + the loopback reserve of 16.
     let mut refused = 0;

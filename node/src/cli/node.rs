@@ -107,6 +107,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no data directory: give --data-dir DIR or dataDir in the config file");
     };
     let db_path = cfg.check_paths(&data_dir)?;
+    api::rest::connections::raise_fd_limit();
     let identity = NodeIdentity::load_or_create(&data_dir)
         .with_context(|| format!("data directory {}", data_dir.display()))?;
     if let Some(name) = &cfg.node_id {
