@@ -62,6 +62,8 @@ fn fuzz(st: &Path, url: &str, filter: &[&str], examples: u32, node: &Proc) {
         .args(["--request-timeout", "30", "--generation-database", "none"])
         .arg("--report-dir")
         .arg(report.path())
+        // It keeps a cache (.schemathesis/) in its working directory: not in the tree.
+        .current_dir(report.path())
         .env("NO_COLOR", "1")
         .output()
         .expect("run schemathesis");
