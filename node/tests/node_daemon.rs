@@ -198,13 +198,26 @@ fn vmm_processes(id: &str) -> Vec<i32> {
 
 /// Plain HTTP GET on the node's API; (status, body).
 fn http_get(dir: &Path, path: &str) -> (u16, String) {
+    http(dir, "GET", path, None)
+}
+
+/// Plain HTTP on the node's API, with a JSON body when given; (status, body).
+fn http(dir: &Path, method: &str, path: &str, json: Option<&Value>) -> (u16, String) {
     let url = std::fs::read_to_string(dir.join("api.url")).unwrap();
     let host = url.trim().trim_start_matches("http://").to_string();
     let mut s = TcpStream::connect(&host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = json.map(Value::to_string).unwrap_or_default();
+    let content_type = if json.is_some() {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{content_type}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut text = String::new();
@@ -536,6 +549,71 @@ fn bad_api_bodies_get_clear_errors_from_a_real_daemon() {
     let (status, body) = http_get(&a.dir, "/api/v1/vms/nope");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("\"error\""), "{body}");
+}
+
+#[test]
+fn bad_vm_specs_get_400_naming_the_field_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start_node("a", &tmp.path().join("a"), None, None);
+    // A file outside the node's image directories, and one inside that is no kernel; both
+    // begin as /etc/passwd does.
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, b"root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    let images = a.dir.join("images");
+    assert!(
+        images.is_dir(),
+        "the default image directory is made at start"
+    );
+    let notes = images.join("notes.txt");
+    std::fs::write(&notes, b"root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    let escape = images.join("escape");
+    std::os::unix::fs::symlink(&secret, &escape).unwrap();
+    let cases = [
+        // The dirtier's default working set (96 MiB + 128 MiB) does not fit 64 MiB.
+        (
+            serde_json::json!({"guest": "builtin:dirtier", "mem_mib": 64}),
+            "guest: ",
+        ),
+        // Its data would overwrite the boot tables.
+        (
+            serde_json::json!({"guest": "builtin:counter:passes=1,base=0x0", "mem_mib": 64}),
+            "guest: ",
+        ),
+        (
+            serde_json::json!({"kernel": "/etc/passwd", "mem_mib": 64}),
+            "kernel: ",
+        ),
+        (
+            serde_json::json!({"kernel": secret, "mem_mib": 64}),
+            "kernel: ",
+        ),
+        (
+            serde_json::json!({"kernel": escape, "mem_mib": 64}),
+            "kernel: ",
+        ),
+        (
+            serde_json::json!({"kernel": images.join("../../secret"), "mem_mib": 64}),
+            "kernel: ",
+        ),
+        (
+            serde_json::json!({"kernel": notes, "mem_mib": 64}),
+            "kernel: ",
+        ),
+    ];
+    for (spec, field) in cases {
+        let (status, body) = http(&a.dir, "POST", "/api/v1/vms", Some(&spec));
+        assert_eq!(status, 400, "{spec}: {body}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        let error = error["error"].as_str().unwrap();
+        assert!(error.starts_with(field), "{spec}: {error}");
+        for leak in ["root:", "bash", "72 6f 6f 74"] {
+            assert!(!error.contains(leak), "{spec}: {error}");
+        }
+    }
+    // Nothing was recorded, nothing made on disk.
+    assert!(vms(&a.dir).is_empty());
+    let vm_dirs = std::fs::read_dir(a.dir.join("vms")).map_or(0, |d| d.count());
+    assert_eq!(vm_dirs, 0);
 }
 
 #[test]

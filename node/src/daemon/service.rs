@@ -26,12 +26,15 @@ impl NodeService for Daemon {
     }
 
     async fn create_vm(&self, spec: VmSpec) -> ServiceResult<VmInfo> {
+        // A spec that cannot run is 400 before anything is recorded.
+        let spec = self.vms.check(spec).await?;
         if let Some(why) = self.why_not_accepting() {
             return Err(ServiceError::Unavailable(format!(
                 "this node takes no new VMs now: {why}"
             )));
         }
-        self.vms.create(spec).await
+        let id = self.vms.record_new(spec)?;
+        self.vms.start_new(&id).await
     }
 
     async fn stop_vm(&self, id: &str) -> ServiceResult<VmInfo> {

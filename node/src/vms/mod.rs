@@ -63,6 +63,8 @@ pub struct VmOptions {
     /// Tells this node's VMMs from other nodes' on the same host: 8 hex digits, e.g. of
     /// the node's PeerId ([`host_tag`]).
     pub host_tag: String,
+    /// The only directories a spec's kernel and initrd may come from (absolute).
+    pub image_dirs: Vec<PathBuf>,
 }
 
 /// A node's tag for its VMM names: 8 hex digits of blake3 of `seed` (its PeerId).
@@ -215,21 +217,36 @@ impl VmManager {
             .collect()
     }
 
-    /// Starts a VM; answers once its machine is built and running.
-    pub async fn create(self: &Arc<Self>, spec: VmSpec) -> ServiceResult<VmInfo> {
-        spec::validate(&spec).map_err(ServiceError::BadRequest)?;
+    /// Checks a spec completely ([`spec::check`]) before anything is recorded: 400 naming
+    /// the field. Returns the spec to record.
+    pub async fn check(&self, spec: VmSpec) -> ServiceResult<VmSpec> {
+        let image_dirs = self.opts.image_dirs.clone();
+        tokio::task::spawn_blocking(move || spec::check(spec, &image_dirs))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("spec check task: {e}")))?
+            .map_err(ServiceError::BadRequest)
+    }
+
+    /// Records a new VM of a checked spec (starting); returns its id. The row exists
+    /// before the VMM does: a daemon killed in between finds it.
+    pub fn record_new(&self, spec: VmSpec) -> ServiceResult<String> {
         let id = new_id();
-        // The row exists before the VMM does: a daemon killed in between finds it.
         self.registry.insert(starting_record(&id, spec, None))?;
+        Ok(id)
+    }
+
+    /// Starts a VM [recorded](Self::record_new); answers once its machine is built and
+    /// running (a VMM that fails leaves the VM failed, saying why).
+    pub async fn start_new(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
         let me = self.clone();
         let started = {
-            let id = id.clone();
+            let id = id.to_string();
             tokio::task::spawn_blocking(move || me.start_vm(&id, false))
                 .await
                 .map_err(|e| ServiceError::Internal(format!("VM start task: {e}")))?
         };
         if let Err(e) = started {
-            self.registry.update(&id, |r| {
+            self.registry.update(id, |r| {
                 r.info.state = VmState::Failed;
                 r.info.detail = Some(e.clone());
             });
@@ -237,8 +254,7 @@ impl VmManager {
                 "VM {id} did not start: {e}"
             )));
         }
-        self.get(&id)
-            .ok_or_else(|| ServiceError::Internal(format!("VM {id} vanished")))
+        self.info(id)
     }
 
     /// Starts VM `id` by its backend; `restore`: a KVM VM from its checkpoint, a process
