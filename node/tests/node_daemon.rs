@@ -551,6 +551,85 @@ fn bad_api_bodies_get_clear_errors_from_a_real_daemon() {
     assert!(body.contains("\"error\""), "{body}");
 }
 
+/// `peer`'s entry in the cell as the node on `by` reports it (`GET /api/v1/peers`).
+fn member_seen(by: &Path, peer: &str) -> Option<Value> {
+    let (status, body) = http_get(by, "/api/v1/peers");
+    if status != 200 {
+        return None;
+    }
+    serde_json::from_str::<Vec<Value>>(&body)
+        .ok()?
+        .into_iter()
+        .find(|m| m["peer_id"] == peer)
+}
+
+/// Waits until the node on `by` hears `peer` gossip `free` free slots.
+fn wait_free_slots(by: &Node, peer: &Node, free: u64) {
+    wait_until(
+        &format!(
+            "{} to hear {free} free slots of {}",
+            by.proc.name, peer.proc.name
+        ),
+        TIMEOUT,
+        &[&by.proc, &peer.proc],
+        || member_seen(&by.dir, &peer.peer).is_some_and(|m| m["free_slots"] == free),
+    );
+}
+
+#[test]
+fn a_node_admits_by_its_slots_and_memory_and_its_cell_hears_what_is_left() {
+    if !kvm_usable("a_node_admits_by_its_slots_and_memory_and_its_cell_hears_what_is_left") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // One slot each, whatever this host's CPUs (maxCpusPct rounds down, to at least one).
+    let config = "politeness: {maxCpusPct: 1}\n";
+    let a = start_node("a", &tmp.path().join("a"), None, Some(config));
+    let b = start_node("b", &tmp.path().join("b"), Some(&a.addr), Some(config));
+    wait_until("a and b in one cell", TIMEOUT, &[&a.proc, &b.proc], || {
+        live_count(&a.proc) == Some(2)
+    });
+    wait_free_slots(&b, &a, 1);
+    assert_eq!(member_seen(&b.dir, &a.peer).unwrap()["vcpus"], 1);
+
+    // More memory than the politeness cap leaves: 503 naming it, nothing recorded.
+    let huge = serde_json::json!({"guest": "builtin:idle", "mem_mib": 1u64 << 20});
+    let (status, body) = http(&a.dir, "POST", "/api/v1/vms", Some(&huge));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("memory: 1048576 MiB asked"), "{body}");
+    assert!(vms(&a.dir).is_empty());
+
+    // A VM takes a's slot: the next one is refused naming the slots, and b hears it.
+    let on_a = create(&a.dir, "builtin:idle");
+    let idle = serde_json::json!({"guest": "builtin:idle", "mem_mib": 32});
+    let (status, body) = http(&a.dir, "POST", "/api/v1/vms", Some(&idle));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("slots: 1 in use of 1"), "{body}");
+    assert_eq!(vms(&a.dir).len(), 1);
+    wait_free_slots(&b, &a, 0);
+
+    // b full too: placement skips it, and b refuses the VM when named, by the same rule.
+    let on_b = create(&b.dir, "builtin:idle");
+    wait_free_slots(&a, &b, 0);
+    let out = cli(&a.dir, &["migrate", &on_a, "--to", "auto"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("free slot"), "{err}");
+    let out = cli(&a.dir, &["migrate", &on_a, "--to", &b.peer]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("slots: 1 in use of 1"), "{err}");
+    assert_eq!(state_of(&a.dir, &on_a), "running");
+    assert_eq!(vms(&b.dir).len(), 1, "b recorded nothing of the refused VM");
+
+    // A VM that stops frees its slot, and the cell hears that too.
+    let v = cli_json(&b.dir, &["vms", "stop", &on_b, "--json"]);
+    assert_eq!(v["state"], "exited", "{v}");
+    wait_free_slots(&a, &b, 1);
+    stop_all(&a.dir);
+    wait_free_slots(&b, &a, 1);
+}
+
 #[test]
 fn bad_vm_specs_get_400_naming_the_field_and_leave_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();

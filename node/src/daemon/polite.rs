@@ -10,7 +10,9 @@ use std::time::Duration;
 use crate::api::types::{now_ms, NodeEvent, PolitenessInfo, VmState};
 use crate::politeness::{cpu_cap, Decision, Park, Sampler, SAMPLE_INTERVAL};
 
+use super::accounting::held_by;
 use super::{lock, Daemon};
+use crate::api::service::ServiceError;
 
 /// How long an evacuation the owner asked for may take before VMs are parked in place.
 const EVACUATION_DEADLINE: Duration = Duration::from_secs(120);
@@ -64,7 +66,7 @@ impl Daemon {
             } => {
                 self.cap_cpu(cpu_cap_percent);
                 self.fit_memory(mem_cap_bytes).await;
-                self.bring_back(mem_cap_bytes).await;
+                self.bring_back().await;
             }
             Decision::Evacuate { .. } => {
                 let me = self.clone();
@@ -94,7 +96,7 @@ impl Daemon {
     /// drops to 50% of the host's memory while the owner is active).
     async fn fit_memory(self: &Arc<Self>, mem_cap_bytes: u64) {
         let mut active = self.vms.active();
-        let mut used: u64 = active.iter().map(|v| v.spec.mem_mib << 20).sum();
+        let mut used = held_by(&active).mem_bytes;
         if mem_cap_bytes == 0 || used <= mem_cap_bytes {
             return;
         }
@@ -134,20 +136,16 @@ impl Daemon {
         }
     }
 
-    /// Resumes what the policy parked: suspended VMs from their snapshots (as many as fit
-    /// the memory cap), paused ones.
-    async fn bring_back(self: &Arc<Self>, mem_cap_bytes: u64) {
-        let mut used: u64 = self.vms.active().iter().map(|v| v.spec.mem_mib << 20).sum();
+    /// Resumes what the policy parked: suspended VMs from their snapshots (as many as the
+    /// node's admission takes), paused ones.
+    async fn bring_back(self: &Arc<Self>) {
         for vm in self.vms.list() {
             if vm.state == VmState::Suspended {
-                let need = vm.spec.mem_mib << 20;
-                if mem_cap_bytes > 0 && used + need > mem_cap_bytes {
-                    tracing::info!(vm = %vm.id, "stays suspended: over the memory cap");
-                    continue;
-                }
-                used += need;
-                match self.vms.resume_suspended(&vm.id).await {
+                match self.resume_suspended(&vm.id).await {
                     Ok(_) => tracing::info!(vm = %vm.id, "resumed: the node may run VMs again"),
+                    Err(ServiceError::Unavailable(why)) => {
+                        tracing::info!(vm = %vm.id, %why, "stays suspended")
+                    }
                     Err(e) => tracing::warn!(vm = %vm.id, error = %e, "cannot resume"),
                 }
             }

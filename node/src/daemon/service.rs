@@ -6,10 +6,11 @@ use tokio::sync::broadcast;
 
 use crate::api::service::{NodeService, ServiceError, ServiceResult};
 use crate::api::types::{
-    EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec,
+    EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec, VmState,
 };
 use crate::api::NodeStatus;
 
+use super::admission::Load;
 use super::Daemon;
 
 impl NodeService for Daemon {
@@ -26,14 +27,11 @@ impl NodeService for Daemon {
     }
 
     async fn create_vm(&self, spec: VmSpec) -> ServiceResult<VmInfo> {
-        // A spec that cannot run is 400 before anything is recorded.
+        // 400 for a spec that cannot run, 503 for one that does not fit now: both before
+        // anything is recorded.
         let spec = self.vms.check(spec).await?;
-        if let Some(why) = self.why_not_accepting() {
-            return Err(ServiceError::Unavailable(format!(
-                "this node takes no new VMs now: {why}"
-            )));
-        }
-        let id = self.vms.record_new(spec)?;
+        let ask = Load::new(spec.vcpus, spec.mem_mib << 20);
+        let id = self.admit_then(ask, || self.vms.record_new(spec))?;
         self.vms.start_new(&id).await
     }
 
@@ -46,9 +44,17 @@ impl NodeService for Daemon {
     }
 
     async fn resume_vm(&self, id: &str) -> ServiceResult<VmInfo> {
-        if let Some(why) = self.why_not_accepting() {
+        if self
+            .vms
+            .get(id)
+            .is_some_and(|v| v.state == VmState::Suspended)
+        {
+            return self.resume_suspended(id).await;
+        }
+        // A paused VM holds its room already; it runs again only while the node may run VMs.
+        if let Some(closed) = self.closed() {
             return Err(ServiceError::Unavailable(format!(
-                "VMs may not run on this node now: {why}"
+                "VMs may not run on this node now: {closed}"
             )));
         }
         self.vms.resume(id).await

@@ -238,20 +238,32 @@ impl VmManager {
     /// Starts a VM [recorded](Self::record_new); answers once its machine is built and
     /// running (a VMM that fails leaves the VM failed, saying why).
     pub async fn start_new(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
+        self.start_recorded(id, false).await
+    }
+
+    /// Starts VM `id` (from its checkpoint when `restore`) off the async threads; a start
+    /// that fails leaves a new VM failed and a restored one suspended, saying why.
+    async fn start_recorded(self: &Arc<Self>, id: &str, restore: bool) -> ServiceResult<VmInfo> {
         let me = self.clone();
-        let started = {
-            let id = id.to_string();
-            tokio::task::spawn_blocking(move || me.start_vm(&id, false))
-                .await
-                .map_err(|e| ServiceError::Internal(format!("VM start task: {e}")))?
-        };
+        let vm_id = id.to_string();
+        let started = tokio::task::spawn_blocking(move || me.start_vm(&vm_id, restore))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("VM start task: {e}")))?;
         if let Err(e) = started {
+            let (state, detail, what) = match restore {
+                false => (VmState::Failed, e.clone(), "start"),
+                true => (
+                    VmState::Suspended,
+                    format!("could not resume: {e}"),
+                    "resume",
+                ),
+            };
             self.registry.update(id, |r| {
-                r.info.state = VmState::Failed;
-                r.info.detail = Some(e.clone());
+                r.info.state = state;
+                r.info.detail = Some(detail);
             });
             return Err(ServiceError::Internal(format!(
-                "VM {id} did not start: {e}"
+                "VM {id} did not {what}: {e}"
             )));
         }
         self.info(id)
@@ -439,10 +451,8 @@ impl VmManager {
         self.info(id)
     }
 
+    /// Resumes a paused VM (a suspended one comes back through the daemon's admission).
     pub async fn resume(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
-        if self.info(id)?.state == VmState::Suspended {
-            return self.resume_suspended(id).await;
-        }
         let in_doubt = self.in_doubt_with(id).is_some();
         self.ask(id, Cmd::Resume).await?;
         if in_doubt {
@@ -492,8 +502,9 @@ impl VmManager {
             .await
     }
 
-    /// Restores a suspended VM from its snapshot.
-    pub async fn resume_suspended(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
+    /// Marks a suspended VM as starting again (so it counts against the node's capacity
+    /// from now on); [`start_claimed`](Self::start_claimed) then restores it.
+    pub fn claim_suspended(&self, id: &str) -> ServiceResult<VmInfo> {
         let vm = self.info(id)?;
         if vm.state != VmState::Suspended {
             return Err(ServiceError::Conflict(format!(
@@ -502,22 +513,15 @@ impl VmManager {
             )));
         }
         self.registry
-            .update(id, |r| r.info.state = VmState::Starting);
-        let me = self.clone();
-        let vm_id = id.to_string();
-        let started = tokio::task::spawn_blocking(move || me.start_vm(&vm_id, true))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("VM restore task: {e}")))?;
-        if let Err(e) = started {
-            self.registry.update(id, |r| {
-                r.info.state = VmState::Suspended;
-                r.info.detail = Some(format!("could not resume: {e}"));
-            });
-            return Err(ServiceError::Internal(format!(
-                "VM {id} did not resume: {e}"
-            )));
-        }
-        self.info(id)
+            .update(id, |r| r.info.state = VmState::Starting)
+            .map(|r| r.info)
+            .ok_or_else(|| ServiceError::NotFound(format!("no VM {id}")))
+    }
+
+    /// Restores a [claimed](Self::claim_suspended) VM from its snapshot; one that does not
+    /// come back is suspended again, saying why.
+    pub async fn start_claimed(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
+        self.start_recorded(id, true).await
     }
 
     /// Waits until the VM's state passes `done` (polling the registry).
