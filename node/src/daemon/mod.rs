@@ -203,16 +203,23 @@ impl Daemon {
         }
         let connected = self.mesh.connected_peers().await.map_or(0, |p| p.len());
         let routing = self.mesh.routing_table_peers().await.map_or(0, |p| p.len());
-        let (live, dead) = match &*self.cell.read().await {
+        let (live, dead, estimate) = match &*self.cell.read().await {
             Some(c) => {
                 let members = c.members().await;
                 let live = members.iter().filter(|m| m.live).count();
-                (live, members.len() - live)
+                let summaries = self.mesh.cell_summaries().await.unwrap_or_default();
+                let estimate = cell::mesh_size_estimate(
+                    c.cell().prefix_bits(),
+                    live as u64,
+                    summaries,
+                    unix_now(),
+                );
+                (live, members.len() - live, estimate)
             }
-            None => (0, 0),
+            None => (0, 0, 0),
         };
         self.metrics
-            .set_mesh(connected, routing, live, dead, live as u64);
+            .set_mesh(connected, routing, live, dead, estimate);
         self.metrics.set_politeness(&self.politeness_info());
     }
 
