@@ -631,6 +631,69 @@ fn a_node_admits_by_its_slots_and_memory_and_its_cell_hears_what_is_left() {
 }
 
 #[test]
+fn delete_stops_a_running_vm_and_removes_one_that_ended() {
+    if !kvm_usable("delete_stops_a_running_vm_and_removes_one_that_ended") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let mut a = start_node("a", &dir, None, None);
+    let vm_path = |id: &str| format!("/api/v1/vms/{id}");
+    // A guest that prints and exits: its record stays, exited.
+    let hello = serde_json::json!({"guest": "builtin:hello", "mem_mib": 32});
+    let (status, body) = http(&dir, "POST", "/api/v1/vms", Some(&hello));
+    assert_eq!(status, 201, "{body}");
+    let ended: Value = serde_json::from_str(&body).unwrap();
+    let ended = ended["id"].as_str().unwrap().to_string();
+    wait_until("the hello guest to exit", GUEST_TIMEOUT, &[&a.proc], || {
+        state_of(&dir, &ended) == "exited"
+    });
+    assert!(dir.join("vms").join(&ended).join("console.log").is_file());
+    // stop refuses it, pointing at rm; rm of a running VM is refused the other way.
+    let out = cli(&dir, &["vms", "stop", &ended]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vms rm"));
+    let running = create(&dir, "builtin:idle");
+    let out = cli(&dir, &["vms", "rm", &running]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+
+    // DELETE of the VM that ended removes its record and its files.
+    let (status, body) = http(&dir, "DELETE", &vm_path(&ended), None);
+    assert_eq!(status, 204, "{body}");
+    assert!(body.is_empty(), "{body}");
+    assert_eq!(http_get(&dir, &vm_path(&ended)).0, 404);
+    assert!(!dir.join("vms").join(&ended).exists());
+
+    // DELETE of a running VM stops it and keeps its record; a second one removes it (the
+    // node may still be reaping its VMM for a moment: 409, try again).
+    let (status, body) = http(&dir, "DELETE", &vm_path(&running), None);
+    assert_eq!(status, 200, "{body}");
+    let stopped: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stopped["state"], "exited", "{stopped}");
+    assert!(vm(&dir, &running).is_some());
+    wait_until("the stopped VM to be removed", TIMEOUT, &[&a.proc], || {
+        let (status, body) = http(&dir, "DELETE", &vm_path(&running), None);
+        assert!(status == 204 || status == 409, "{status} {body}");
+        status == 204
+    });
+    assert!(vms(&dir).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("vms"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(http(&dir, "DELETE", &vm_path(&running), None).0, 404);
+
+    // Gone for good: a restarted node does not find them.
+    signal(&a, libc::SIGKILL);
+    a.proc.wait(TIMEOUT);
+    let _a = start_node("a2", &dir, None, None);
+    assert!(vms(&dir).is_empty());
+}
+
+#[test]
 fn bad_vm_specs_get_400_naming_the_field_and_leave_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let a = start_node("a", &tmp.path().join("a"), None, None);

@@ -354,7 +354,7 @@ impl Daemon {
 
     /// Stops a VM, retrying while the node answers 409 (a VM that just migrated in is
     /// `running` a moment before its supervisor takes commands).
-    async fn stop_vm(&self, id: &str) -> Result<VmInfo, ClientError> {
+    async fn stop_vm(&self, id: &str) -> Result<Option<VmInfo>, ClientError> {
         let path = format!("/api/v1/vms/{}", path_segment(id));
         let deadline = Instant::now() + STOP_RETRY;
         loop {

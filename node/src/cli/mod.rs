@@ -50,7 +50,7 @@ enum Top {
     ///   novacron status --api https://10.0.0.5:8080 --ca node.crt --token-file api.token
     #[command(verbatim_doc_comment)]
     Status(status::StatusArgs),
-    /// The local node's VMs: list, create, show, stop, pause, resume
+    /// The local node's VMs: list, create, show, stop, pause, resume, rm
     ///
     /// IDs may be given by a unique prefix.
     ///
@@ -60,6 +60,7 @@ enum Top {
     ///   novacron vms create --backend process --mem 128M --command /bin/sleep 600
     ///   novacron vms show 3f2a
     ///   novacron vms pause 3f2a ; novacron vms resume 3f2a ; novacron vms stop 3f2a
+    ///   novacron vms rm 3f2a
     ///   novacron vms --json
     #[command(verbatim_doc_comment)]
     Vms(vms::VmsArgs),

@@ -259,6 +259,12 @@ impl Reservations {
         self.by_session.remove(session);
     }
 
+    /// Whether a live reservation at `now` is for VM `vm_id` (it is migrating in).
+    pub fn holds(&mut self, vm_id: &str, now: Instant) -> bool {
+        self.by_session.retain(|_, r| r.until > now);
+        self.by_session.values().any(|r| r.vm_id == vm_id)
+    }
+
     /// What the live reservations hold at `now` (lapsed ones are dropped), leaving out VMs
     /// that `recorded` says the node already counts from their records.
     pub fn held(&mut self, now: Instant, recorded: impl Fn(&str) -> bool) -> Load {
@@ -411,7 +417,9 @@ mod tests {
         assert_eq!(r.held(t0, |_| false), Load::new(3, 96 * MIB));
         // b's record exists (starting): counted from the record, not twice.
         assert_eq!(r.held(t0, |id| id == "b"), Load::new(1, 64 * MIB));
+        assert!(r.holds("a", t0) && !r.holds("c", t0));
         r.release(&[1; 16]);
+        assert!(!r.holds("a", t0));
         assert_eq!(r.held(t0, |_| false), Load::new(2, 32 * MIB));
         // The source never completed b's session.
         assert_eq!(r.held(t0 + RESERVATION_TTL, |_| false), Load::default());

@@ -4,14 +4,14 @@
 
 use tokio::sync::broadcast;
 
-use crate::api::service::{NodeService, ServiceError, ServiceResult};
+use crate::api::service::{NodeService, ServiceError, ServiceResult, VmDeleted};
 use crate::api::types::{
     EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec, VmState,
 };
 use crate::api::NodeStatus;
 
 use super::admission::Load;
-use super::Daemon;
+use super::{lock, Daemon};
 
 impl NodeService for Daemon {
     async fn status(&self) -> ServiceResult<NodeStatus> {
@@ -35,8 +35,27 @@ impl NodeService for Daemon {
         self.vms.start_new(&id).await
     }
 
-    async fn stop_vm(&self, id: &str) -> ServiceResult<VmInfo> {
-        self.vms.stop(id).await
+    async fn delete_vm(&self, id: &str) -> ServiceResult<VmDeleted> {
+        let vm = self
+            .vms
+            .get(id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no VM {id}")))?;
+        if vm.state.is_active() || vm.state == VmState::Suspended {
+            let vm = self.vms.stop(id).await?;
+            return Ok(VmDeleted::Stopped(Box::new(vm)));
+        }
+        let moved = {
+            // No offer of this VM is admitted meanwhile: it would come back under this id.
+            let _one_at_a_time = lock(&self.admitting);
+            if lock(&self.reservations).holds(id, std::time::Instant::now()) {
+                return Err(ServiceError::Conflict(format!(
+                    "VM {id} is migrating in from a peer: wait until it runs here"
+                )));
+            }
+            self.vms.remove_ended(id)?
+        };
+        self.vms.dispose(moved).await;
+        Ok(VmDeleted::Removed)
     }
 
     async fn pause_vm(&self, id: &str) -> ServiceResult<VmInfo> {

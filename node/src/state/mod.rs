@@ -174,6 +174,12 @@ impl StateDb {
         Ok(())
     }
 
+    /// Deletes a VM's row (its migrations stay, as history).
+    pub fn delete_vm(&self, id: &str) -> Result<(), StateError> {
+        self.conn().execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
     #[cfg(test)] // what the daemon writes, read back by the tests
     pub fn vm(&self, id: &str) -> Result<Option<VmRecord>, StateError> {
         let conn = self.conn();
@@ -514,6 +520,38 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].state, MigrationState::Done);
         assert_eq!(m[0].wire_bytes, 1 << 40);
+    }
+
+    #[test]
+    fn a_deleted_vm_is_gone_after_a_reopen_and_its_migrations_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            db.put_vm(&vm("a", VmState::Failed)).unwrap();
+            db.put_vm(&vm("b", VmState::Running)).unwrap();
+            db.put_migration(&MigrationInfo {
+                id: "m1".into(),
+                vm_id: "a".into(),
+                direction: MigrationDirection::In,
+                peer: "12D3KooW".into(),
+                mode: MigrationMode::Live,
+                state: MigrationState::Failed,
+                started_at_ms: 10,
+                ended_at_ms: Some(20),
+                downtime_ms: None,
+                wire_bytes: 0,
+                error: Some("link down".into()),
+                progress: None,
+            })
+            .unwrap();
+            db.delete_vm("a").unwrap();
+            db.delete_vm("nope").unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        let ids: Vec<String> = db.vms().unwrap().into_iter().map(|r| r.info.id).collect();
+        assert_eq!(ids, ["b"]);
+        assert_eq!(db.migrations(10).unwrap().len(), 1);
     }
 
     #[test]

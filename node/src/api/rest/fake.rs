@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use crate::api::service::{NodeService, ServiceError, ServiceResult};
+use crate::api::service::{NodeService, ServiceError, ServiceResult, VmDeleted};
 use crate::api::types::{
     EventEnvelope, MigrationDirection, MigrationInfo, MigrationRequest, MigrationState, NodeEvent,
     PolitenessInfo, VmInfo, VmSpec, VmState,
@@ -191,12 +191,24 @@ impl NodeService for Fake {
         Ok(info)
     }
 
-    async fn stop_vm(&self, id: &str) -> ServiceResult<VmInfo> {
+    async fn delete_vm(&self, id: &str) -> ServiceResult<VmDeleted> {
+        let ended = self
+            .vms
+            .lock()
+            .unwrap()
+            .get(id)
+            .is_some_and(|v| !v.state.is_active() && v.state != VmState::Suspended);
+        if ended {
+            self.check()?;
+            self.vms.lock().unwrap().remove(id);
+            return Ok(VmDeleted::Removed);
+        }
         self.set_vm_state(
             id,
             &[VmState::Starting, VmState::Running, VmState::Paused],
             VmState::Exited,
         )
+        .map(|vm| VmDeleted::Stopped(Box::new(vm)))
     }
 
     async fn pause_vm(&self, id: &str) -> ServiceResult<VmInfo> {

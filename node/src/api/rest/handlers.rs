@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiFailure, IdPath, JsonBody, OptionalJsonBody};
 use super::{ws, ApiState};
-use crate::api::service::NodeService;
+use crate::api::service::{NodeService, VmDeleted};
 use crate::api::types::{
     ApiError, EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec,
 };
@@ -121,13 +121,18 @@ pub async fn get_vm<S: NodeService>(
 }
 
 #[utoipa::path(delete, path = "/api/v1/vms/{id}", tag = "vms", params(("id" = String, Path, description = "VM id")),
-    responses((status = 200, description = "The VM, stopped", body = VmInfo), (status = 400, body = ApiError),
-        (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 500, body = ApiError)))]
-pub async fn stop_vm<S: NodeService>(
+    responses((status = 200, description = "The VM was active or suspended: it is stopped now and its record kept (a second DELETE removes it)", body = VmInfo),
+        (status = 204, description = "The VM had ended (exited, failed, moved away): its record and its files (console, checkpoints) are removed"),
+        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, description = "Migrating (cancel it first), migrating in, or still ending", body = ApiError), (status = 500, body = ApiError)))]
+pub async fn delete_vm<S: NodeService>(
     State(st): State<ApiState<S>>,
     IdPath(id): IdPath,
-) -> ApiResult<Json<VmInfo>> {
-    Ok(Json(st.service.stop_vm(&id).await?))
+) -> ApiResult<Response> {
+    Ok(match st.service.delete_vm(&id).await? {
+        VmDeleted::Stopped(vm) => Json(*vm).into_response(),
+        VmDeleted::Removed => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{id}/pause", tag = "vms", params(("id" = String, Path, description = "VM id")),

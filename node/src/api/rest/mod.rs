@@ -62,7 +62,7 @@ pub fn router<S: NodeService>(service: Arc<S>, metrics: Arc<Metrics>, auth: ApiA
         .route("/api/v1/vms", get(h::list_vms::<S>).post(h::create_vm::<S>))
         .route(
             "/api/v1/vms/{id}",
-            get(h::get_vm::<S>).delete(h::stop_vm::<S>),
+            get(h::get_vm::<S>).delete(h::delete_vm::<S>),
         )
         .route("/api/v1/vms/{id}/pause", post(h::pause_vm::<S>))
         .route("/api/v1/vms/{id}/resume", post(h::resume_vm::<S>))

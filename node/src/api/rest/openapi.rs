@@ -38,7 +38,7 @@ impl Modify for BearerAuth {
     info(title = "NovaCron node API", description = "One NovaCron node: its VMs, migrations, mesh view and politeness state."),
     paths(
         handlers::node, handlers::peers, handlers::cells,
-        handlers::list_vms, handlers::create_vm, handlers::get_vm, handlers::stop_vm,
+        handlers::list_vms, handlers::create_vm, handlers::get_vm, handlers::delete_vm,
         handlers::pause_vm, handlers::resume_vm, handlers::migrate_vm,
         handlers::list_migrations, handlers::get_migration, handlers::cancel_migration,
         handlers::watch_migration, handlers::politeness, handlers::drain, handlers::events,

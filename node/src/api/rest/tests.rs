@@ -185,6 +185,13 @@ async fn the_vm_routes_create_read_stop_pause_and_resume() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["state"], "exited");
     assert_eq!(fake.vm_state("vm0"), Some(VmState::Exited));
+    // A second DELETE removes the record of the VM that ended: 204, no body, gone.
+    let a = call(&app, Req::new("DELETE", "/api/v1/vms/vm0")).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert!(a.body.is_empty());
+    assert_eq!(fake.vm_state("vm0"), None);
+    let a = call(&app, Req::new("GET", "/api/v1/vms/vm0")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
 
     for (method, uri) in [
         ("GET", "/api/v1/vms/nope"),
@@ -526,6 +533,11 @@ async fn the_openapi_document_lists_every_route_with_bodies_and_errors() {
         doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
             .to_string()
     };
+    let delete = &doc["paths"]["/api/v1/vms/{id}"]["delete"]["responses"];
+    assert!(
+        delete["200"].is_object() && delete["204"].is_object(),
+        "{delete}"
+    );
     assert!(body_ref("/api/v1/vms").contains("VmSpec"));
     assert!(body_ref("/api/v1/vms/{id}/migrate").contains("MigrationRequest"));
     assert!(body_ref("/api/v1/drain").contains("DrainRequest"));
