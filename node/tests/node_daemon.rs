@@ -693,6 +693,80 @@ fn delete_stops_a_running_vm_and_removes_one_that_ended() {
     assert!(vms(&dir).is_empty());
 }
 
+/// `GET /api/v1/politeness` of the node on `dir`.
+fn politeness(dir: &Path) -> Value {
+    let (status, body) = http_get(dir, "/api/v1/politeness");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn the_owner_override_beats_the_hook_files_and_outlives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The hook file says the owner is away; in idle-only mode VMs may run.
+    std::fs::write(dir.join("owner-idle"), b"").unwrap();
+    let config = Some("politeness: {runWhileInUse: false}\n");
+    let mut a = start_node("a", &dir, None, config);
+    wait_until("the policy to run VMs", TIMEOUT, &[&a.proc], || {
+        politeness(&dir)["state"] == "run"
+    });
+    assert_eq!(politeness(&dir)["owner_override"], "auto");
+
+    // "I'm using it": the answer already carries the new decision.
+    let (status, body) = http(
+        &dir,
+        "POST",
+        "/api/v1/politeness/owner",
+        Some(&serde_json::json!({"owner": "active"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (p["state"].as_str(), p["owner_override"].as_str()),
+        (Some("evacuate"), Some("active"))
+    );
+    assert!(p["reasons"].to_string().contains("owner"), "{p}");
+    // The node takes no VM meanwhile, saying why.
+    let idle = serde_json::json!({"guest": "builtin:idle", "mem_mib": 32});
+    let (status, body) = http(&dir, "POST", "/api/v1/vms", Some(&idle));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("the owner needs the machine"), "{body}");
+
+    // Kept across a restart (kill -9 included).
+    signal(&a, libc::SIGKILL);
+    a.proc.wait(TIMEOUT);
+    let a = start_node("a2", &dir, None, config);
+    wait_until("the kept override to decide", TIMEOUT, &[&a.proc], || {
+        let p = politeness(&dir);
+        p["state"] == "evacuate" && p["owner_override"] == "active"
+    });
+
+    // The CLI sets it too: auto hands the owner back to the hook file (idle: run) ...
+    let p = cli_json(&dir, &["owner", "auto", "--json"]);
+    assert_eq!(
+        (p["state"].as_str(), p["owner_override"].as_str()),
+        (Some("run"), Some("auto"))
+    );
+    assert!(!dir.join("owner-override").exists());
+    // ... and the override beats the hook file either way.
+    std::fs::remove_file(dir.join("owner-idle")).unwrap();
+    std::fs::write(dir.join("owner-active"), b"").unwrap();
+    wait_until("the hook file to decide", TIMEOUT, &[&a.proc], || {
+        politeness(&dir)["state"] == "evacuate"
+    });
+    let p = cli_json(&dir, &["owner", "idle", "--json"]);
+    assert_eq!(
+        (p["state"].as_str(), p["owner_override"].as_str()),
+        (Some("run"), Some("idle"))
+    );
+    let out = cli(&dir, &["owner", "auto"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("politeness  evacuate"), "{text}");
+}
+
 #[test]
 fn bad_vm_specs_get_400_naming_the_field_and_leave_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use std::future::Future;
 use tokio::sync::broadcast;
 
 use super::types::{
-    EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec,
+    EventEnvelope, MigrationInfo, MigrationRequest, OwnerSetting, PolitenessInfo, VmInfo, VmSpec,
 };
 use super::NodeStatus;
 
@@ -78,6 +78,12 @@ pub trait NodeService: Send + Sync + 'static {
 
     /// What the politeness policy allows now.
     fn politeness(&self) -> PolitenessInfo;
+    /// Sets the owner override (`Auto` clears it), kept across restarts; answers with what
+    /// the policy allows once it decided with the new word.
+    fn set_owner(
+        &self,
+        owner: OwnerSetting,
+    ) -> impl Future<Output = ServiceResult<PolitenessInfo>> + Send;
     /// Starts draining: every VM moves away (or is snapshotted) within `deadline_s`.
     fn drain(&self, deadline_s: u64) -> impl Future<Output = ServiceResult<()>> + Send;
 

@@ -34,6 +34,7 @@ use crate::api::types::NodeEvent;
 use crate::api::{CellStatus, MemberStatus, NodeStatus, Request, Response, SummaryStatus};
 use crate::mesh_migration::MeshMigrations;
 use crate::metrics::Metrics;
+use crate::politeness::observation::OwnerSignal;
 use crate::politeness::{Policy, Politeness, Sampler};
 use crate::state::StateDb;
 use crate::vms::events::EventBus;
@@ -73,6 +74,16 @@ pub struct Daemon {
     pub metrics: Arc<Metrics>,
     state_db: Arc<StateDb>,
     politeness: std::sync::Mutex<Politeness>,
+    /// The API's word about the owner (kept in the data directory across restarts).
+    owner_override: std::sync::Mutex<Option<OwnerSignal>>,
+    /// Held while the override is changed (file and memory agree).
+    owner_writes: tokio::sync::Mutex<()>,
+    /// Bumped by each change of the override; the politeness loop says which one it has
+    /// decided with (in `owner_observed`), and samples at once when `resample` is notified.
+    owner_generation: std::sync::atomic::AtomicU64,
+    owner_observed: tokio::sync::watch::Sender<u64>,
+    resample: tokio::sync::Notify,
+    data_dir: PathBuf,
     /// VMs the policy paused in place (resumed when it allows again).
     paused_by_policy: std::sync::Mutex<HashSet<String>>,
     draining: AtomicBool,
@@ -152,6 +163,12 @@ impl Daemon {
             metrics: Arc::new(Metrics::new()),
             state_db,
             politeness: std::sync::Mutex::new(Politeness::new(opts.policy.clone())),
+            owner_override: std::sync::Mutex::new(polite::kept_owner_override(&opts.data_dir)),
+            owner_writes: tokio::sync::Mutex::new(()),
+            owner_generation: std::sync::atomic::AtomicU64::new(0),
+            owner_observed: tokio::sync::watch::Sender::new(0),
+            resample: tokio::sync::Notify::new(),
+            data_dir: opts.data_dir.clone(),
             paused_by_policy: std::sync::Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
             admitting: std::sync::Mutex::new(()),

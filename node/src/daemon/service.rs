@@ -6,7 +6,8 @@ use tokio::sync::broadcast;
 
 use crate::api::service::{NodeService, ServiceError, ServiceResult, VmDeleted};
 use crate::api::types::{
-    EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec, VmState,
+    EventEnvelope, MigrationInfo, MigrationRequest, OwnerSetting, PolitenessInfo, VmInfo, VmSpec,
+    VmState,
 };
 use crate::api::NodeStatus;
 
@@ -101,6 +102,10 @@ impl NodeService for Daemon {
 
     fn politeness(&self) -> PolitenessInfo {
         self.politeness_info()
+    }
+
+    async fn set_owner(&self, owner: OwnerSetting) -> ServiceResult<PolitenessInfo> {
+        self.set_owner_override(owner).await
     }
 
     async fn drain(&self, deadline_s: u64) -> ServiceResult<()> {

@@ -249,6 +249,8 @@ impl Politeness {
             on_battery: f.on_battery.unwrap_or(false),
             cpu_cap_percent: cpu,
             mem_cap_mib: mem,
+            // The daemon knows whether its API set it.
+            owner_override: Default::default(),
         }
     }
 }

@@ -14,7 +14,8 @@ use super::error::{ApiFailure, IdPath, JsonBody, OptionalJsonBody};
 use super::{ws, ApiState};
 use crate::api::service::{NodeService, VmDeleted};
 use crate::api::types::{
-    ApiError, EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec,
+    ApiError, EventEnvelope, MigrationInfo, MigrationRequest, OwnerRequest, PolitenessInfo, VmInfo,
+    VmSpec,
 };
 use crate::api::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
 
@@ -257,6 +258,18 @@ fn limit(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
     responses((status = 200, description = "What the politeness policy lets the node do now", body = PolitenessInfo), (status = 401, body = ApiError)))]
 pub async fn politeness<S: NodeService>(State(st): State<ApiState<S>>) -> Json<PolitenessInfo> {
     Json(st.service.politeness())
+}
+
+#[utoipa::path(post, path = "/api/v1/politeness/owner", tag = "node", request_body = OwnerRequest,
+    responses((status = 200, description = "The override is set (kept across restarts; auto clears it); what the politeness policy allows with it", body = PolitenessInfo),
+        (status = 400, description = "Malformed JSON, an unknown field, or owner not one of active, idle, auto", body = ApiError),
+        (status = 401, body = ApiError), (status = 413, body = ApiError), (status = 415, body = ApiError),
+        (status = 500, description = "The setting could not be kept on disk", body = ApiError)))]
+pub async fn set_owner<S: NodeService>(
+    State(st): State<ApiState<S>>,
+    JsonBody(req): JsonBody<OwnerRequest>,
+) -> ApiResult<Json<PolitenessInfo>> {
+    Ok(Json(st.service.set_owner(req.owner).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/drain", tag = "node", request_body(content = Option<DrainRequest>, description = "Optional; an empty body is deadline_s 120"),

@@ -78,6 +78,7 @@ pub fn router<S: NodeService>(service: Arc<S>, metrics: Arc<Metrics>, auth: ApiA
             get(h::watch_migration::<S>),
         )
         .route("/api/v1/politeness", get(h::politeness::<S>))
+        .route("/api/v1/politeness/owner", post(h::set_owner::<S>))
         .route("/api/v1/drain", post(h::drain::<S>))
         .route("/api/v1/events", get(h::events::<S>))
         .route("/api/v1/openapi.json", get(h::openapi))

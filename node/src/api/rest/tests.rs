@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::fake::{self, Fake};
 use super::{router, ApiAuth};
 use crate::api::service::ServiceError;
-use crate::api::types::{ApiError, MigrationInfo, MigrationState, VmInfo, VmState};
+use crate::api::types::{ApiError, MigrationInfo, MigrationState, OwnerSetting, VmInfo, VmState};
 
 const TOKEN: &str = "5f0e9c1d2b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c";
 
@@ -207,6 +207,55 @@ async fn the_vm_routes_create_read_stop_pause_and_resume() {
     let a = call(&app, Req::new("GET", &long)).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.error().contains("128-byte"), "{}", a.error());
+}
+
+#[tokio::test]
+async fn the_owner_override_is_set_shown_and_cleared() {
+    let fake = Fake::new(16);
+    let app = app(&fake);
+    let a = call(&app, Req::new("GET", "/api/v1/politeness")).await;
+    assert_eq!(a.json()["owner_override"], "auto");
+    let a = call(
+        &app,
+        Req::new("POST", "/api/v1/politeness/owner").json(&json!({"owner": "active"})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.json());
+    assert_eq!(a.json()["owner_override"], "active");
+    let a = call(&app, Req::new("GET", "/api/v1/politeness")).await;
+    assert_eq!(a.json()["owner_override"], "active");
+    let a = call(
+        &app,
+        Req::new("POST", "/api/v1/politeness/owner").json(&json!({"owner": "auto"})),
+    )
+    .await;
+    assert_eq!(a.json()["owner_override"], "auto");
+    // Anything else names the problem; nothing changes.
+    for bad in [
+        json!({"owner": "busy"}),
+        json!({"owner": "active", "until": 5}),
+        json!({}),
+        json!(null),
+    ] {
+        let a = call(
+            &app,
+            Req::new("POST", "/api/v1/politeness/owner").json(&bad),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(!a.error().is_empty());
+    }
+    assert_eq!(*fake.owner.lock().unwrap(), OwnerSetting::Auto);
+    let a = call(&app, Req::new("GET", "/api/v1/politeness/owner")).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    fake.fail_with(ServiceError::Internal("cannot keep it".into()));
+    let a = call(
+        &app,
+        Req::new("POST", "/api/v1/politeness/owner").json(&json!({"owner": "idle"})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(a.error(), "cannot keep it");
 }
 
 #[tokio::test]
@@ -519,6 +568,7 @@ async fn the_openapi_document_lists_every_route_with_bodies_and_errors() {
         ("post", "/api/v1/migrations/{id}/cancel"),
         ("get", "/api/v1/migrations/{id}/watch"),
         ("get", "/api/v1/politeness"),
+        ("post", "/api/v1/politeness/owner"),
         ("post", "/api/v1/drain"),
         ("get", "/api/v1/events"),
         ("get", "/api/v1/openapi.json"),
@@ -541,6 +591,7 @@ async fn the_openapi_document_lists_every_route_with_bodies_and_errors() {
     assert!(body_ref("/api/v1/vms").contains("VmSpec"));
     assert!(body_ref("/api/v1/vms/{id}/migrate").contains("MigrationRequest"));
     assert!(body_ref("/api/v1/drain").contains("DrainRequest"));
+    assert!(body_ref("/api/v1/politeness/owner").contains("OwnerRequest"));
     let errors = &doc["paths"]["/api/v1/vms"]["post"]["responses"];
     for status in ["400", "401", "413", "415", "503"] {
         assert!(
