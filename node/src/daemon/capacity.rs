@@ -62,9 +62,9 @@ mod tests {
         assert!(host_load_permille() <= MAX_LOAD_PERMILLE);
     }
 
-    #[test]
-    fn a_node_running_a_vm_offers_what_is_left() {
-        let mut acc = Accounting {
+    /// A 2-CPU host with 4 GiB (3000 MiB available) and the busy cap (50%), `held` by VMs.
+    fn host(held: Load) -> Accounting {
+        Accounting {
             slots: 2,
             mem_total_bytes: Some(4096 * MIB),
             mem_available_bytes: Some(3000 * MIB),
@@ -73,8 +73,13 @@ mod tests {
                 pct: 50,
             }),
             closed: None,
-            held: Load::default(),
-        };
+            held,
+        }
+    }
+
+    #[test]
+    fn a_node_running_a_vm_offers_what_is_left() {
+        let mut acc = host(Load::default());
         let idle = offer(&acc, 100);
         assert_eq!((idle.vcpus, idle.free_slots, idle.free_vcpus), (2, 2, 2));
         assert_eq!(idle.free_memory_bytes, 2048 * MIB);
@@ -100,18 +105,7 @@ mod tests {
     fn auto_placement_skips_a_node_whose_vms_take_its_slots() {
         use novacron_mesh::identity::NodeIdentity;
         let node = |held: Load| {
-            let acc = Accounting {
-                slots: 2,
-                mem_total_bytes: Some(8192 * MIB),
-                mem_available_bytes: Some(6000 * MIB),
-                mem_cap: Some(MemCap {
-                    bytes: 4096 * MIB,
-                    pct: 50,
-                }),
-                closed: None,
-                held,
-            };
-            let info = super::super::cell::member_info(&offer(&acc, 0), Vec::new());
+            let info = super::super::cell::member_info(&offer(&host(held), 0), Vec::new());
             let peer = NodeIdentity::generate().unwrap().peer_id();
             super::super::cell::member_status(&peer, true, true, info)
         };
@@ -124,7 +118,8 @@ mod tests {
             .collect();
         assert_eq!(picked, [half.peer_id.as_str()]);
         assert_eq!((full.free_slots, half.free_slots), (0, 1));
-        // Memory counts too: the half-full node has 3968 MiB under its cap.
-        assert!(super::super::placement::candidates(&members, "me", 4000, &[]).is_empty());
+        // Memory counts too: the half-full node has 1920 MiB under its cap.
+        assert_eq!(half.mem_mib, 1920);
+        assert!(super::super::placement::candidates(&members, "me", 1921, &[]).is_empty());
     }
 }

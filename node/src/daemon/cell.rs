@@ -316,13 +316,17 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_node_in_one_cell_of_a_large_mesh_moves_to_its_prefix_length() {
-        // Five cells of a 50,000-node mesh (8 bits, ~195 members each) are heard of.
-        let heard: Vec<SummaryRecord> = in_distinct_cells(5, 8)
+    /// Summaries of five cells of a 50,000-node mesh (8 bits, ~195 members each).
+    fn large_mesh() -> Vec<SummaryRecord> {
+        in_distinct_cells(5, 8)
             .iter()
             .map(|id| summary(id, 8, 195))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_node_in_one_cell_of_a_large_mesh_moves_to_its_prefix_length() {
+        let heard = large_mesh();
         let (bits, estimate) = next_cell_bits(0, 1, heard.clone(), 1_100).unwrap();
         assert_eq!(bits, 8, "estimate {estimate}");
         assert!(estimate > 35_000, "{estimate}");
@@ -336,10 +340,7 @@ mod tests {
     fn the_mesh_size_estimate_pools_summaries_not_just_the_live_members() {
         // Two live members at 0 bits who hold the summaries of five cells of a 50,000-node
         // mesh: the estimate is the mesh's, not the two it sees.
-        let heard: Vec<SummaryRecord> = in_distinct_cells(5, 8)
-            .iter()
-            .map(|id| summary(id, 8, 195))
-            .collect();
+        let heard = large_mesh();
         let estimate = mesh_size_estimate(0, 2, heard.clone(), 1_100);
         assert!(estimate > 30_000, "{estimate}");
         assert_eq!(

@@ -476,6 +476,24 @@ mod tests {
         }
     }
 
+    /// A live migration of VM `vm` that is done.
+    fn migration(id: &str, vm: &str) -> MigrationInfo {
+        MigrationInfo {
+            id: id.into(),
+            vm_id: vm.into(),
+            direction: MigrationDirection::Out,
+            peer: "12D3KooW".into(),
+            mode: MigrationMode::Live,
+            state: MigrationState::Done,
+            started_at_ms: 10,
+            ended_at_ms: Some(20),
+            downtime_ms: Some(3.5),
+            wire_bytes: 1 << 40,
+            error: None,
+            progress: None,
+        }
+    }
+
     #[test]
     fn vms_and_migrations_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -487,21 +505,7 @@ mod tests {
             let mut a = vm("a", VmState::Paused);
             a.info.spec.backend = Backend::Process;
             db.put_vm(&a).unwrap();
-            db.put_migration(&MigrationInfo {
-                id: "m1".into(),
-                vm_id: "a".into(),
-                direction: MigrationDirection::Out,
-                peer: "12D3KooW".into(),
-                mode: MigrationMode::Live,
-                state: MigrationState::Done,
-                started_at_ms: 10,
-                ended_at_ms: Some(20),
-                downtime_ms: Some(3.5),
-                wire_bytes: 1 << 40,
-                error: None,
-                progress: None,
-            })
-            .unwrap();
+            db.put_migration(&migration("m1", "a")).unwrap();
         }
         let db = StateDb::open(&path).unwrap();
         let vms = db.vms().unwrap();
@@ -530,21 +534,7 @@ mod tests {
             let db = StateDb::open(&path).unwrap();
             db.put_vm(&vm("a", VmState::Failed)).unwrap();
             db.put_vm(&vm("b", VmState::Running)).unwrap();
-            db.put_migration(&MigrationInfo {
-                id: "m1".into(),
-                vm_id: "a".into(),
-                direction: MigrationDirection::In,
-                peer: "12D3KooW".into(),
-                mode: MigrationMode::Live,
-                state: MigrationState::Failed,
-                started_at_ms: 10,
-                ended_at_ms: Some(20),
-                downtime_ms: None,
-                wire_bytes: 0,
-                error: Some("link down".into()),
-                progress: None,
-            })
-            .unwrap();
+            db.put_migration(&migration("m1", "a")).unwrap();
             db.delete_vm("a").unwrap();
             db.delete_vm("nope").unwrap();
         }

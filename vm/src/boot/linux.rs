@@ -166,11 +166,7 @@ pub fn load_linux<M: GuestMemoryBackend>(
     initrd: Option<&mut File>,
     cmdline: &str,
 ) -> Result<LinuxBoot, BootError> {
-    let kernel_path = fd_path(kernel);
-    let initrd = initrd.map(|file| {
-        let path = fd_path(file);
-        (file, path)
-    });
+    let (kernel_path, initrd) = named(kernel, initrd);
     load_linux_image(mem, mem_bytes, kernel, &kernel_path, initrd, cmdline)
 }
 
@@ -184,12 +180,20 @@ pub fn check_linux(
     initrd: Option<&mut File>,
     cmdline: &str,
 ) -> Result<LinuxBoot, BootError> {
-    let kernel_path = fd_path(kernel);
+    let (kernel_path, initrd) = named(kernel, initrd);
+    check_linux_image(mem_bytes, kernel, &kernel_path, initrd, cmdline)
+}
+
+/// The kernel's name in errors, and the initrd with its own.
+fn named<'a>(
+    kernel: &File,
+    initrd: Option<&'a mut File>,
+) -> (PathBuf, Option<(&'a mut File, PathBuf)>) {
     let initrd = initrd.map(|file| {
         let path = fd_path(file);
         (file, path)
     });
-    check_linux_image(mem_bytes, kernel, &kernel_path, initrd, cmdline)
+    (fd_path(kernel), initrd)
 }
 
 /// [`check_linux`] over any seekable image source, with the names to report in errors.

@@ -356,14 +356,7 @@ fn validate_counter(p: &CounterParams, mem_bytes: u64) -> Result<(), GuestKitErr
             field: "passes",
         });
     }
-    if p.passes > COUNTER_MAX_PASSES {
-        return Err(GuestKitError::TooLarge {
-            program: PROGRAM,
-            field: "passes",
-            value: p.passes,
-            max: COUNTER_MAX_PASSES,
-        });
-    }
+    at_most(PROGRAM, "passes", p.passes, COUNTER_MAX_PASSES)?;
     if p.base % 8 != 0 {
         return Err(GuestKitError::Misaligned {
             program: PROGRAM,
@@ -412,12 +405,22 @@ fn validate_dirtier(p: &DirtierParams, mem_bytes: u64) -> Result<(), GuestKitErr
             base: p.base,
         })?;
     check_range(PROGRAM, p.base, len, mem_bytes)?;
-    if p.rate_mib_s > DIRTIER_MAX_RATE_MIB_S {
+    at_most(PROGRAM, "rate", p.rate_mib_s, DIRTIER_MAX_RATE_MIB_S)
+}
+
+/// A parameter that must not exceed `max`.
+fn at_most(
+    program: &'static str,
+    field: &'static str,
+    value: u64,
+    max: u64,
+) -> Result<(), GuestKitError> {
+    if value > max {
         return Err(GuestKitError::TooLarge {
-            program: PROGRAM,
-            field: "rate",
-            value: p.rate_mib_s,
-            max: DIRTIER_MAX_RATE_MIB_S,
+            program,
+            field,
+            value,
+            max,
         });
     }
     Ok(())

@@ -213,22 +213,20 @@ async fn the_vm_routes_create_read_stop_pause_and_resume() {
 async fn the_owner_override_is_set_shown_and_cleared() {
     let fake = Fake::new(16);
     let app = app(&fake);
+    let set = |body: Value| {
+        call(
+            &app,
+            Req::new("POST", "/api/v1/politeness/owner").json(&body),
+        )
+    };
     let a = call(&app, Req::new("GET", "/api/v1/politeness")).await;
     assert_eq!(a.json()["owner_override"], "auto");
-    let a = call(
-        &app,
-        Req::new("POST", "/api/v1/politeness/owner").json(&json!({"owner": "active"})),
-    )
-    .await;
+    let a = set(json!({"owner": "active"})).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.json());
     assert_eq!(a.json()["owner_override"], "active");
     let a = call(&app, Req::new("GET", "/api/v1/politeness")).await;
     assert_eq!(a.json()["owner_override"], "active");
-    let a = call(
-        &app,
-        Req::new("POST", "/api/v1/politeness/owner").json(&json!({"owner": "auto"})),
-    )
-    .await;
+    let a = set(json!({"owner": "auto"})).await;
     assert_eq!(a.json()["owner_override"], "auto");
     // Anything else names the problem; nothing changes.
     for bad in [
@@ -237,11 +235,7 @@ async fn the_owner_override_is_set_shown_and_cleared() {
         json!({}),
         json!(null),
     ] {
-        let a = call(
-            &app,
-            Req::new("POST", "/api/v1/politeness/owner").json(&bad),
-        )
-        .await;
+        let a = set(bad.clone()).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(!a.error().is_empty());
     }
@@ -249,11 +243,7 @@ async fn the_owner_override_is_set_shown_and_cleared() {
     let a = call(&app, Req::new("GET", "/api/v1/politeness/owner")).await;
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
     fake.fail_with(ServiceError::Internal("cannot keep it".into()));
-    let a = call(
-        &app,
-        Req::new("POST", "/api/v1/politeness/owner").json(&json!({"owner": "idle"})),
-    )
-    .await;
+    let a = set(json!({"owner": "idle"})).await;
     assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(a.error(), "cannot keep it");
 }
