@@ -2,11 +2,12 @@
 //! assembly for a small and a large guest.
 //!
 //! Invariants: a spec that parses prints back (Display) to a spec that parses to the same
-//! guest; assembly either fails or yields code that fits the guest kit code region, and a
-//! `counter`/`dirtier` data range that lies above the code region and inside the guest's
-//! identity-mapped RAM below the MMIO hole.
+//! guest; `validate` passes every spec that assembles, and a spec it passes fails to assemble
+//! only for the TSC; assembly either fails or yields code that fits the guest kit code
+//! region, and a `counter`/`dirtier` data range that lies above the code region and inside
+//! the guest's identity-mapped RAM below the MMIO hole.
 
-use novacron_vm::guest_kit::BuiltinGuest;
+use novacron_vm::guest_kit::{BuiltinGuest, GuestKitError};
 use novacron_vm::layout::{
     GUEST_KIT_CODE_ADDR, GUEST_KIT_CODE_END, IDENTITY_MAPPED_END, MIN_MEM_BYTES, MMIO_GAP_START,
 };
@@ -29,7 +30,25 @@ pub fn check(data: &[u8]) -> bool {
         .unwrap_or_else(|e| panic!("printed spec {printed:?} does not parse: {e}"));
     assert_eq!(again, guest, "spec {spec:?} printed as {printed:?}");
     for (mem_bytes, tsc_khz) in GUESTS {
-        if let Ok(image) = guest.assemble(mem_bytes, tsc_khz) {
+        // What `validate` (run before a VM is recorded or spawned) passes, `assemble` (in
+        // the VMM) refuses only for the TSC it alone knows.
+        let valid = guest.validate(mem_bytes).is_ok();
+        let assembled = guest.assemble(mem_bytes, tsc_khz);
+        match &assembled {
+            Ok(_) => assert!(
+                valid,
+                "{guest:?} assembled for {mem_bytes:#x} bytes but did not validate"
+            ),
+            Err(e) => assert!(
+                !valid
+                    || matches!(
+                        e,
+                        GuestKitError::MissingTscKhz { .. } | GuestKitError::RateTooHigh { .. }
+                    ),
+                "{guest:?} validated for {mem_bytes:#x} bytes, then failed to assemble: {e}"
+            ),
+        }
+        if let Ok(image) = assembled {
             assert!(!image.code.is_empty());
             assert!(image.code.len() as u64 <= GUEST_KIT_CODE_END - GUEST_KIT_CODE_ADDR);
             if let Some((base, len)) = data_range(&guest) {

@@ -4,7 +4,8 @@
 //! Input: a flags byte (bit 0: load an initrd, the input's last 256 bytes; bits 1-2: which
 //! command line), then the kernel. Invariants when a kernel loads: the entry point lies in
 //! the kernel's range, the kernel and initrd lie inside RAM above the boot tables and do not
-//! overlap, and the zero page holds the boot_params magic and the e820 map.
+//! overlap, and the zero page holds the boot_params magic and the e820 map; and
+//! `check_linux_image` (the check without guest memory) gives the same figures.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use novacron_vm::boot::linux::load_linux_image;
+use novacron_vm::boot::linux::{check_linux_image, load_linux_image};
 use novacron_vm::boot::{ram_regions, KernelKind};
 use novacron_vm::layout::{CMDLINE_ADDR, HIMEM_START, ZERO_PAGE_ADDR};
 
@@ -61,6 +62,21 @@ pub fn check(data: &[u8]) -> bool {
         initrd_arg,
         cmdline,
     );
+    // The check the node runs before a VM is recorded passes whatever loads, with the same
+    // figures, and refuses nothing that loads.
+    let mut check_initrd = initrd.map(Cursor::new);
+    let checked = check_linux_image(
+        MEM_BYTES,
+        &mut Cursor::new(kernel),
+        Path::new("/fuzz/kernel"),
+        check_initrd
+            .as_mut()
+            .map(|src| (src, PathBuf::from("/fuzz/initrd"))),
+        cmdline,
+    );
+    if let Ok(boot) = &result {
+        assert_eq!(checked.as_ref().ok(), Some(boot), "checked {checked:?}");
+    }
     let Ok(boot) = result else {
         return false;
     };

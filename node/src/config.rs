@@ -8,9 +8,10 @@
 //! api: {host: 0.0.0.0, port: 8080, tlsEnabled: false}
 //! ```
 //!
-//! plus `dataDir`, `dbUrl` and a `mesh` section (`listen`, `bootstrap`, `kadServer`, `mdns`,
-//! `relayServer`). Unknown keys, keys given twice and bad values are errors that name the key
-//! and where it is. Environment variables `NODE_ID`, `LOG_LEVEL`, `API_PORT`, `DB_URL` override the
+//! plus `dataDir`, `dbUrl`, a `mesh` section (`listen`, `bootstrap`, `kadServer`, `mdns`,
+//! `relayServer`) and a `vm` section (`imageDirs`). Unknown keys, keys given twice and bad
+//! values are errors that name the key and where it is. Environment variables `NODE_ID`,
+//! `LOG_LEVEL`, `API_PORT`, `DB_URL` override the
 //! file; flags override both. Everything has a default, so no file is needed.
 //!
 //! The `politeness` section holds the owner's rules with BOINC's defaults
@@ -216,6 +217,28 @@ fn multiaddrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, 
         .collect()
 }
 
+/// How the node runs VMs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct VmConfig {
+    /// The only directories a VM's kernel and initrd may come from through the API
+    /// (absolute; symlinks are followed only when they stay inside). Default:
+    /// `<dataDir>/images`, created at start.
+    pub image_dirs: Option<Vec<PathBuf>>,
+}
+
+/// The image directory of a data directory.
+pub const IMAGES_DIR: &str = "images";
+
+impl VmConfig {
+    /// The image directories in force for `data_dir`.
+    pub fn image_dirs(&self, data_dir: &Path) -> Vec<PathBuf> {
+        self.image_dirs
+            .clone()
+            .unwrap_or_else(|| vec![data_dir.join(IMAGES_DIR)])
+    }
+}
+
 /// Everything the node is configured with.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -231,6 +254,7 @@ pub struct NodeConfig {
     pub mesh: MeshConfig,
     /// What VMs may do on the volunteer's machine (BOINC's defaults).
     pub politeness: Policy,
+    pub vm: VmConfig,
     /// On SIGTERM, VMs move away within this many seconds; past it they are snapshotted.
     pub drain_deadline_s: u64,
     /// Running VMs are checkpointed this often (BOINC's default checkpoint interval, 60 s,
@@ -252,6 +276,7 @@ impl Default for NodeConfig {
             db_url: None,
             mesh: MeshConfig::default(),
             politeness: Policy::default(),
+            vm: VmConfig::default(),
             drain_deadline_s: 120,
             checkpoint_interval_s: 60,
         }
@@ -457,6 +482,14 @@ impl NodeConfig {
                     API_IDLE_TIMEOUT_S.end()
                 ),
             });
+        }
+        for dir in self.vm.image_dirs.iter().flatten() {
+            if !dir.is_absolute() {
+                return Err(ConfigError::Value {
+                    key: "vm.imageDirs",
+                    reason: format!("{} is not an absolute path", dir.display()),
+                });
+            }
         }
         if self.mesh.listen.is_empty() {
             return Err(ConfigError::Value {
@@ -863,6 +896,32 @@ mod tests {
         };
         let err = dir_as_cert.check_paths(&data).unwrap_err().to_string();
         assert!(err.contains("api.tlsCert"), "{err}");
+    }
+
+    #[test]
+    fn image_directories_default_to_the_data_directory_and_must_be_absolute() {
+        let cfg = NodeConfig::from_yaml("nodeId: n\n").unwrap();
+        assert_eq!(
+            cfg.vm.image_dirs(Path::new("/var/lib/novacron")),
+            vec![PathBuf::from("/var/lib/novacron/images")]
+        );
+        let cfg = NodeConfig::from_yaml("vm: {imageDirs: [/srv/kernels, /opt/images]}\n").unwrap();
+        cfg.check().unwrap();
+        assert_eq!(
+            cfg.vm.image_dirs(Path::new("/d")),
+            vec![PathBuf::from("/srv/kernels"), PathBuf::from("/opt/images")]
+        );
+        let err = NodeConfig::from_yaml("vm: {imageDirs: [kernels]}\n")
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vm.imageDirs") && err.contains("kernels"),
+            "{err}"
+        );
+        let err = NodeConfig::from_yaml("vm: {imagedirs: [/x]}\n").unwrap_err();
+        assert!(err.contains("imagedirs"), "{err}");
     }
 
     #[test]

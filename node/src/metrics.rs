@@ -571,6 +571,7 @@ mod tests {
             on_battery: false,
             cpu_cap_percent: 50,
             mem_cap_mib: 1024,
+            owner_override: Default::default(),
         });
         let scrape = parse(&m.encode());
         assert_eq!(value(&scrape, "novacron_vms", &[("state", "running")]), 2.0);

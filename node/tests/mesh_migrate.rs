@@ -126,7 +126,11 @@ fn offer(vm_id: &str) -> MigrationOffer {
     MigrationOffer {
         session: new_session(),
         vm_id: vm_id.into(),
-        spec: serde_json::from_str(r#"{"guest":"builtin:counter"}"#).unwrap(),
+        spec: serde_json::from_str(&format!(
+            r#"{{"guest":"builtin:counter","mem_mib":{}}}"#,
+            MEM >> 20
+        ))
+        .unwrap(),
         mode: api::types::MigrationMode::Live,
         mem_bytes: MEM,
         vcpus: 1,

@@ -198,13 +198,26 @@ fn vmm_processes(id: &str) -> Vec<i32> {
 
 /// Plain HTTP GET on the node's API; (status, body).
 fn http_get(dir: &Path, path: &str) -> (u16, String) {
+    http(dir, "GET", path, None)
+}
+
+/// Plain HTTP on the node's API, with a JSON body when given; (status, body).
+fn http(dir: &Path, method: &str, path: &str, json: Option<&Value>) -> (u16, String) {
     let url = std::fs::read_to_string(dir.join("api.url")).unwrap();
     let host = url.trim().trim_start_matches("http://").to_string();
     let mut s = TcpStream::connect(&host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = json.map(Value::to_string).unwrap_or_default();
+    let content_type = if json.is_some() {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{content_type}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut text = String::new();
@@ -536,6 +549,287 @@ fn bad_api_bodies_get_clear_errors_from_a_real_daemon() {
     let (status, body) = http_get(&a.dir, "/api/v1/vms/nope");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("\"error\""), "{body}");
+}
+
+/// `peer`'s entry in the cell as the node on `by` reports it (`GET /api/v1/peers`).
+fn member_seen(by: &Path, peer: &str) -> Option<Value> {
+    let (status, body) = http_get(by, "/api/v1/peers");
+    if status != 200 {
+        return None;
+    }
+    serde_json::from_str::<Vec<Value>>(&body)
+        .ok()?
+        .into_iter()
+        .find(|m| m["peer_id"] == peer)
+}
+
+/// Waits until the node on `by` hears `peer` gossip `free` free slots.
+fn wait_free_slots(by: &Node, peer: &Node, free: u64) {
+    wait_until(
+        &format!(
+            "{} to hear {free} free slots of {}",
+            by.proc.name, peer.proc.name
+        ),
+        TIMEOUT,
+        &[&by.proc, &peer.proc],
+        || member_seen(&by.dir, &peer.peer).is_some_and(|m| m["free_slots"] == free),
+    );
+}
+
+#[test]
+fn a_node_admits_by_its_slots_and_memory_and_its_cell_hears_what_is_left() {
+    if !kvm_usable("a_node_admits_by_its_slots_and_memory_and_its_cell_hears_what_is_left") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // One slot each, whatever this host's CPUs (maxCpusPct rounds down, to at least one).
+    let config = "politeness: {maxCpusPct: 1}\n";
+    let a = start_node("a", &tmp.path().join("a"), None, Some(config));
+    let b = start_node("b", &tmp.path().join("b"), Some(&a.addr), Some(config));
+    wait_until("a and b in one cell", TIMEOUT, &[&a.proc, &b.proc], || {
+        live_count(&a.proc) == Some(2)
+    });
+    wait_free_slots(&b, &a, 1);
+    assert_eq!(member_seen(&b.dir, &a.peer).unwrap()["vcpus"], 1);
+
+    // More memory than the politeness cap leaves: 503 naming it, nothing recorded.
+    let huge = serde_json::json!({"guest": "builtin:idle", "mem_mib": 1u64 << 20});
+    let (status, body) = http(&a.dir, "POST", "/api/v1/vms", Some(&huge));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("memory: 1048576 MiB asked"), "{body}");
+    assert!(vms(&a.dir).is_empty());
+
+    // A VM takes a's slot: the next one is refused naming the slots, and b hears it.
+    let on_a = create(&a.dir, "builtin:idle");
+    let idle = serde_json::json!({"guest": "builtin:idle", "mem_mib": 32});
+    let (status, body) = http(&a.dir, "POST", "/api/v1/vms", Some(&idle));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("slots: 1 in use of 1"), "{body}");
+    assert_eq!(vms(&a.dir).len(), 1);
+    wait_free_slots(&b, &a, 0);
+
+    // b full too: placement skips it, and b refuses the VM when named, by the same rule.
+    let on_b = create(&b.dir, "builtin:idle");
+    wait_free_slots(&a, &b, 0);
+    let out = cli(&a.dir, &["migrate", &on_a, "--to", "auto"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("free slot"), "{err}");
+    let out = cli(&a.dir, &["migrate", &on_a, "--to", &b.peer]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("slots: 1 in use of 1"), "{err}");
+    assert_eq!(state_of(&a.dir, &on_a), "running");
+    assert_eq!(vms(&b.dir).len(), 1, "b recorded nothing of the refused VM");
+
+    // A VM that stops frees its slot, and the cell hears that too.
+    let v = cli_json(&b.dir, &["vms", "stop", &on_b, "--json"]);
+    assert_eq!(v["state"], "exited", "{v}");
+    wait_free_slots(&a, &b, 1);
+    stop_all(&a.dir);
+    wait_free_slots(&b, &a, 1);
+}
+
+#[test]
+fn delete_stops_a_running_vm_and_removes_one_that_ended() {
+    if !kvm_usable("delete_stops_a_running_vm_and_removes_one_that_ended") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let mut a = start_node("a", &dir, None, None);
+    let vm_path = |id: &str| format!("/api/v1/vms/{id}");
+    // A guest that prints and exits: its record stays, exited.
+    let hello = serde_json::json!({"guest": "builtin:hello", "mem_mib": 32});
+    let (status, body) = http(&dir, "POST", "/api/v1/vms", Some(&hello));
+    assert_eq!(status, 201, "{body}");
+    let ended: Value = serde_json::from_str(&body).unwrap();
+    let ended = ended["id"].as_str().unwrap().to_string();
+    wait_until("the hello guest to exit", GUEST_TIMEOUT, &[&a.proc], || {
+        state_of(&dir, &ended) == "exited"
+    });
+    assert!(dir.join("vms").join(&ended).join("console.log").is_file());
+    // stop refuses it, pointing at rm; rm of a running VM is refused the other way.
+    let out = cli(&dir, &["vms", "stop", &ended]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vms rm"));
+    let running = create(&dir, "builtin:idle");
+    let out = cli(&dir, &["vms", "rm", &running]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+
+    // DELETE of the VM that ended removes its record and its files.
+    let (status, body) = http(&dir, "DELETE", &vm_path(&ended), None);
+    assert_eq!(status, 204, "{body}");
+    assert!(body.is_empty(), "{body}");
+    assert_eq!(http_get(&dir, &vm_path(&ended)).0, 404);
+    assert!(!dir.join("vms").join(&ended).exists());
+
+    // DELETE of a running VM stops it and keeps its record; a second one removes it (the
+    // node may still be reaping its VMM for a moment: 409, try again).
+    let (status, body) = http(&dir, "DELETE", &vm_path(&running), None);
+    assert_eq!(status, 200, "{body}");
+    let stopped: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stopped["state"], "exited", "{stopped}");
+    assert!(vm(&dir, &running).is_some());
+    wait_until("the stopped VM to be removed", TIMEOUT, &[&a.proc], || {
+        let (status, body) = http(&dir, "DELETE", &vm_path(&running), None);
+        assert!(status == 204 || status == 409, "{status} {body}");
+        status == 204
+    });
+    assert!(vms(&dir).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("vms"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(http(&dir, "DELETE", &vm_path(&running), None).0, 404);
+
+    // Gone for good: a restarted node does not find them.
+    signal(&a, libc::SIGKILL);
+    a.proc.wait(TIMEOUT);
+    let _a = start_node("a2", &dir, None, None);
+    assert!(vms(&dir).is_empty());
+}
+
+/// `GET /api/v1/politeness` of the node on `dir`.
+fn politeness(dir: &Path) -> Value {
+    let (status, body) = http_get(dir, "/api/v1/politeness");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn the_owner_override_beats_the_hook_files_and_outlives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The hook file says the owner is away; in idle-only mode VMs may run.
+    std::fs::write(dir.join("owner-idle"), b"").unwrap();
+    let config = Some("politeness: {runWhileInUse: false}\n");
+    let mut a = start_node("a", &dir, None, config);
+    wait_until("the policy to run VMs", TIMEOUT, &[&a.proc], || {
+        politeness(&dir)["state"] == "run"
+    });
+    assert_eq!(politeness(&dir)["owner_override"], "auto");
+
+    // "I'm using it": the answer already carries the new decision.
+    let (status, body) = http(
+        &dir,
+        "POST",
+        "/api/v1/politeness/owner",
+        Some(&serde_json::json!({"owner": "active"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (p["state"].as_str(), p["owner_override"].as_str()),
+        (Some("evacuate"), Some("active"))
+    );
+    assert!(p["reasons"].to_string().contains("owner"), "{p}");
+    // The node takes no VM meanwhile, saying why.
+    let idle = serde_json::json!({"guest": "builtin:idle", "mem_mib": 32});
+    let (status, body) = http(&dir, "POST", "/api/v1/vms", Some(&idle));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("the owner needs the machine"), "{body}");
+
+    // Kept across a restart (kill -9 included).
+    signal(&a, libc::SIGKILL);
+    a.proc.wait(TIMEOUT);
+    let a = start_node("a2", &dir, None, config);
+    wait_until("the kept override to decide", TIMEOUT, &[&a.proc], || {
+        let p = politeness(&dir);
+        p["state"] == "evacuate" && p["owner_override"] == "active"
+    });
+
+    // The CLI sets it too: auto hands the owner back to the hook file (idle: run) ...
+    let p = cli_json(&dir, &["owner", "auto", "--json"]);
+    assert_eq!(
+        (p["state"].as_str(), p["owner_override"].as_str()),
+        (Some("run"), Some("auto"))
+    );
+    assert!(!dir.join("owner-override").exists());
+    // ... and the override beats the hook file either way.
+    std::fs::remove_file(dir.join("owner-idle")).unwrap();
+    std::fs::write(dir.join("owner-active"), b"").unwrap();
+    wait_until("the hook file to decide", TIMEOUT, &[&a.proc], || {
+        politeness(&dir)["state"] == "evacuate"
+    });
+    let p = cli_json(&dir, &["owner", "idle", "--json"]);
+    assert_eq!(
+        (p["state"].as_str(), p["owner_override"].as_str()),
+        (Some("run"), Some("idle"))
+    );
+    let out = cli(&dir, &["owner", "auto"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("politeness  evacuate"), "{text}");
+}
+
+#[test]
+fn bad_vm_specs_get_400_naming_the_field_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start_node("a", &tmp.path().join("a"), None, None);
+    // A file outside the node's image directories, and one inside that is no kernel; both
+    // begin as /etc/passwd does.
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, b"root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    let images = a.dir.join("images");
+    assert!(
+        images.is_dir(),
+        "the default image directory is made at start"
+    );
+    let notes = images.join("notes.txt");
+    std::fs::write(&notes, b"root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    let escape = images.join("escape");
+    std::os::unix::fs::symlink(&secret, &escape).unwrap();
+    let cases = [
+        // The dirtier's default working set (96 MiB + 128 MiB) does not fit 64 MiB.
+        (
+            serde_json::json!({"guest": "builtin:dirtier", "mem_mib": 64}),
+            "guest: ",
+        ),
+        // Its data would overwrite the boot tables.
+        (
+            serde_json::json!({"guest": "builtin:counter:passes=1,base=0x0", "mem_mib": 64}),
+            "guest: ",
+        ),
+        (
+            serde_json::json!({"kernel": "/etc/passwd", "mem_mib": 64}),
+            "kernel: ",
+        ),
+        (
+            serde_json::json!({"kernel": secret, "mem_mib": 64}),
+            "kernel: ",
+        ),
+        (
+            serde_json::json!({"kernel": escape, "mem_mib": 64}),
+            "kernel: ",
+        ),
+        (
+            serde_json::json!({"kernel": images.join("../../secret"), "mem_mib": 64}),
+            "kernel: ",
+        ),
+        (
+            serde_json::json!({"kernel": notes, "mem_mib": 64}),
+            "kernel: ",
+        ),
+    ];
+    for (spec, field) in cases {
+        let (status, body) = http(&a.dir, "POST", "/api/v1/vms", Some(&spec));
+        assert_eq!(status, 400, "{spec}: {body}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        let error = error["error"].as_str().unwrap();
+        assert!(error.starts_with(field), "{spec}: {error}");
+        for leak in ["root:", "bash", "72 6f 6f 74"] {
+            assert!(!error.contains(leak), "{spec}: {error}");
+        }
+    }
+    // Nothing was recorded, nothing made on disk.
+    assert!(vms(&a.dir).is_empty());
+    let vm_dirs = std::fs::read_dir(a.dir.join("vms")).map_or(0, |d| d.count());
+    assert_eq!(vm_dirs, 0);
 }
 
 #[test]

@@ -223,10 +223,13 @@ impl ApiClient {
         self.send(Method::POST, path, Some(json)).await.map(|_| ())
     }
 
-    /// `DELETE path` answered with JSON.
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    /// `DELETE path` answered with JSON, or with no content (None: the resource is gone).
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ClientError> {
         let body = self.send(Method::DELETE, path, None).await?;
-        self.decode(path, &body)
+        if body.is_empty() {
+            return Ok(None);
+        }
+        self.decode(path, &body).map(Some)
     }
 
     /// `GET path` answered with text (e.g. `/metrics`).

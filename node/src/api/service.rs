@@ -6,7 +6,7 @@ use std::future::Future;
 use tokio::sync::broadcast;
 
 use super::types::{
-    EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec,
+    EventEnvelope, MigrationInfo, MigrationRequest, OwnerSetting, PolitenessInfo, VmInfo, VmSpec,
 };
 use super::NodeStatus;
 
@@ -38,6 +38,15 @@ impl From<anyhow::Error> for ServiceError {
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
 
+/// What `DELETE /api/v1/vms/{id}` did.
+#[derive(Debug, PartialEq)]
+pub enum VmDeleted {
+    /// The VM was active (or suspended): it is stopped now, its record kept (200).
+    Stopped(Box<VmInfo>),
+    /// The VM had ended (exited, failed, moved away): its record and files are gone (204).
+    Removed,
+}
+
 /// The node as the API sees it.
 pub trait NodeService: Send + Sync + 'static {
     /// Who the node is, its cell and the summaries it holds.
@@ -47,7 +56,8 @@ pub trait NodeService: Send + Sync + 'static {
     fn vms(&self) -> Vec<VmInfo>;
     fn vm(&self, id: &str) -> Option<VmInfo>;
     fn create_vm(&self, spec: VmSpec) -> impl Future<Output = ServiceResult<VmInfo>> + Send;
-    fn stop_vm(&self, id: &str) -> impl Future<Output = ServiceResult<VmInfo>> + Send;
+    /// Stops an active (or suspended) VM; removes the record and files of one that ended.
+    fn delete_vm(&self, id: &str) -> impl Future<Output = ServiceResult<VmDeleted>> + Send;
     fn pause_vm(&self, id: &str) -> impl Future<Output = ServiceResult<VmInfo>> + Send;
     fn resume_vm(&self, id: &str) -> impl Future<Output = ServiceResult<VmInfo>> + Send;
 
@@ -68,6 +78,12 @@ pub trait NodeService: Send + Sync + 'static {
 
     /// What the politeness policy allows now.
     fn politeness(&self) -> PolitenessInfo;
+    /// Sets the owner override (`Auto` clears it), kept across restarts; answers with what
+    /// the policy allows once it decided with the new word.
+    fn set_owner(
+        &self,
+        owner: OwnerSetting,
+    ) -> impl Future<Output = ServiceResult<PolitenessInfo>> + Send;
     /// Starts draining: every VM moves away (or is snapshotted) within `deadline_s`.
     fn drain(&self, deadline_s: u64) -> impl Future<Output = ServiceResult<()>> + Send;
 

@@ -10,6 +10,7 @@ mod migrate;
 mod migrate_cmd;
 mod node;
 pub(crate) mod nodes;
+mod owner;
 mod receive;
 mod status;
 mod vm;
@@ -50,7 +51,7 @@ enum Top {
     ///   novacron status --api https://10.0.0.5:8080 --ca node.crt --token-file api.token
     #[command(verbatim_doc_comment)]
     Status(status::StatusArgs),
-    /// The local node's VMs: list, create, show, stop, pause, resume
+    /// The local node's VMs: list, create, show, stop, pause, resume, rm
     ///
     /// IDs may be given by a unique prefix.
     ///
@@ -60,6 +61,7 @@ enum Top {
     ///   novacron vms create --backend process --mem 128M --command /bin/sleep 600
     ///   novacron vms show 3f2a
     ///   novacron vms pause 3f2a ; novacron vms resume 3f2a ; novacron vms stop 3f2a
+    ///   novacron vms rm 3f2a
     ///   novacron vms --json
     #[command(verbatim_doc_comment)]
     Vms(vms::VmsArgs),
@@ -96,6 +98,17 @@ enum Top {
     ///   novacron events --kind vm,migration --json
     #[command(verbatim_doc_comment)]
     Events(events::EventsArgs),
+    /// Tell the local node what its owner is doing: active, idle, or auto (asks its REST API)
+    ///
+    /// active: "I'm using the machine" (VMs get the busy memory cap, or leave in idle-only
+    /// mode); idle: "I'm away"; auto: the node judges by its hook files and input devices
+    /// again. The word beats both and is kept across restarts until auto.
+    ///
+    /// Examples:
+    ///   novacron owner active
+    ///   novacron owner auto --json
+    #[command(verbatim_doc_comment)]
+    Owner(owner::OwnerArgs),
     /// A local mesh: N node processes on loopback, joined in one cell, shown live until Ctrl-C.
     Demo(demo::DemoArgs),
     /// Share files with the mesh as chunk sets (through the running node).
@@ -147,6 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Migrate(args) => migrate_cmd::run(args),
         Top::Drain(args) => drain::run(args),
         Top::Events(args) => events::run(args),
+        Top::Owner(args) => owner::run(args),
         Top::Chunks(cmd) => chunks::run(cmd),
         Top::Demo(args) => demo::run(args),
         Top::Bench { suite } => crate::bench::run(suite),

@@ -152,6 +152,7 @@ async fn serve(
     let (api, _socket_file) = api::socket::bind(data_dir)?;
     let mesh = MeshNode::start(identity, swarm)?;
     let exe = std::env::current_exe().context("cannot find the novacron executable")?;
+    let image_dirs = image_dirs(cfg, data_dir)?;
     let opts = DaemonOptions {
         data_dir: data_dir.to_path_buf(),
         db_path,
@@ -161,6 +162,7 @@ async fn serve(
             sandbox: true,
             checkpoint_every: Some(Duration::from_secs(cfg.checkpoint_interval_s)),
             host_tag: crate::vms::host_tag(&identity.peer_id().to_bytes()),
+            image_dirs,
         },
         policy: cfg.politeness.clone(),
     };
@@ -243,6 +245,19 @@ async fn serve(
     daemon.stop().await;
     eprintln!("novacron: node {me} stopped");
     Ok(())
+}
+
+/// The directories VM kernels and initrds may come from (absolute); the default one,
+/// `<dataDir>/images`, is created so operators find where to put them.
+fn image_dirs(cfg: &NodeConfig, data_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let data_dir = std::path::absolute(data_dir)
+        .with_context(|| format!("data directory {}", data_dir.display()))?;
+    if cfg.vm.image_dirs.is_none() {
+        let dir = data_dir.join(crate::config::IMAGES_DIR);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the image directory {}", dir.display()))?;
+    }
+    Ok(cfg.vm.image_dirs(&data_dir))
 }
 
 /// How long a drained node waits for its VMMs' supervisors to reap them.

@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::api_args::{block_on, ApiArgs};
 use super::human::{bytes, duration_ms, short_peer};
 use crate::api::types::{
-    MigrationDirection, MigrationInfo, MigrationState, PolitenessInfo, VmInfo, VmState,
+    MigrationDirection, MigrationInfo, MigrationState, OwnerSetting, PolitenessInfo, VmInfo,
+    VmState,
 };
 use crate::api::NodeStatus;
 
@@ -129,6 +130,9 @@ pub fn render(r: &StatusReport) -> String {
             duration_ms(idle.saturating_mul(1000))
         ));
     }
+    if p.owner_override != OwnerSetting::Auto {
+        polite.push_str(&format!(", owner set {}", p.owner_override.as_str()));
+    }
     if p.on_battery {
         polite.push_str(", on battery");
     }
@@ -199,6 +203,7 @@ pub(crate) mod tests {
             on_battery: false,
             cpu_cap_percent: 100,
             mem_cap_mib: 2048,
+            owner_override: OwnerSetting::Auto,
         }
     }
 
@@ -236,5 +241,13 @@ pub(crate) mod tests {
         ] {
             assert!(text.contains(needle), "{needle:?} not in\n{text}");
         }
+        assert!(!text.contains("owner set"), "{text}");
+        let mut set = politeness();
+        set.owner_override = OwnerSetting::Active;
+        let text = render(&report(node(), set, &[], vec![]));
+        assert!(
+            text.contains("owner idle 10m00s, owner set active"),
+            "{text}"
+        );
     }
 }

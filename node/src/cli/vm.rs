@@ -141,7 +141,14 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
                 _ => bail!("say what to boot: --guest builtin:NAME or --kernel PATH"),
             };
             if let Some(spec) = &args.guest {
+                // Refused here, before a VMM starts, with what the VMM would say.
+                let machine = novacron_vm::MachineConfig {
+                    mem_bytes: args.mem,
+                    vcpus: args.vcpus,
+                };
+                machine.validate()?;
                 spec.parse::<novacron_vm::guest_kit::BuiltinGuest>()
+                    .and_then(|g| g.validate(args.mem))
                     .map_err(|e| anyhow::anyhow!("--guest: {e}"))?;
             }
             let plan = Plan {

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::api_args::{block_on, ApiArgs};
 use super::human::{ago, bytes, resolve_id, short_ids, Table};
 use crate::api::client::{path_segment, ApiClient};
-use crate::api::types::{now_ms, Backend, MigrationMode, VmInfo, VmSpec};
+use crate::api::types::{now_ms, Backend, MigrationMode, VmInfo, VmSpec, VmState};
 use crate::size::parse_size;
 
 #[derive(Args, Debug)]
@@ -39,6 +39,10 @@ enum VmsCommand {
     Show { id: String },
     /// Stop a VM (its VMM exits; the node keeps its record).
     Stop { id: String },
+    /// Remove the record and files (console, checkpoints) of a VM that ended: exited,
+    /// failed or moved away (stop a running one first).
+    #[command(alias = "remove")]
+    Rm { id: String },
     /// Pause a VM's vCPUs (it keeps its memory on this node).
     Pause { id: String },
     /// Resume a paused VM.
@@ -187,6 +191,7 @@ pub fn run(args: VmsArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             VmsCommand::Stop { id } => act(&client, &id, "stop", json).await?,
+            VmsCommand::Rm { id } => remove(&client, &id, json).await?,
             VmsCommand::Pause { id } => act(&client, &id, "pause", json).await?,
             VmsCommand::Resume { id } => act(&client, &id, "resume", json).await?,
         }
@@ -199,7 +204,20 @@ async fn act(client: &ApiClient, given: &str, action: &str, json: bool) -> anyho
     let id = resolve(client, given).await?;
     let path = format!("/api/v1/vms/{}", path_segment(&id));
     let vm: VmInfo = match action {
-        "stop" => client.delete(&path).await?,
+        "stop" => {
+            // DELETE of a VM that ended removes it: stop only stops.
+            let vm: VmInfo = client.get(&path).await?;
+            if !vm.state.is_active() && vm.state != VmState::Suspended {
+                bail!(
+                    "VM {id} is {} already (`novacron vms rm {id}` removes its record)",
+                    vm.state.as_str()
+                );
+            }
+            match client.delete(&path).await? {
+                Some(vm) => vm,
+                None => bail!("VM {id} ended meanwhile, and its record was removed"),
+            }
+        }
         _ => {
             client
                 .post(&format!("{path}/{action}"), &serde_json::json!({}))
@@ -210,6 +228,32 @@ async fn act(client: &ApiClient, given: &str, action: &str, json: bool) -> anyho
         println!("{}", serde_json::to_string(&vm)?);
     } else {
         println!("VM {}: {}", vm.id, vm.state.as_str());
+    }
+    Ok(())
+}
+
+/// Removes a VM that ended (DELETE); a VM still here is left alone.
+async fn remove(client: &ApiClient, given: &str, json: bool) -> anyhow::Result<()> {
+    let id = resolve(client, given).await?;
+    let path = format!("/api/v1/vms/{}", path_segment(&id));
+    let vm: VmInfo = client.get(&path).await?;
+    if vm.state.is_active() || vm.state == VmState::Suspended {
+        bail!(
+            "VM {id} is {}: stop it first (`novacron vms stop {id}`)",
+            vm.state.as_str()
+        );
+    }
+    if let Some(vm) = client.delete::<VmInfo>(&path).await? {
+        // It came back meanwhile (migrated in again) and is stopped now, not removed.
+        bail!(
+            "VM {id} came back meanwhile and is {} now: not removed",
+            vm.state.as_str()
+        );
+    }
+    if json {
+        println!("{}", serde_json::json!({ "removed": id }));
+    } else {
+        println!("removed VM {id}");
     }
     Ok(())
 }

@@ -2,18 +2,16 @@
 //! beyond its routing table (the cell's DHT key, which every member provides), and the
 //! signed summary a representative publishes.
 //!
-//! What this cannot do yet: the prefix length is chosen at start (0 bits, one cell, until
-//! the mesh outgrows ~300 nodes: see `cells::next_prefix_bits`); the daemon does not move to
-//! a new cell when the estimate changes. Free capacity is what the machine has free: no VMs
-//! run under the daemon yet.
+//! The free capacity a node gossips is its admission accounting's (`super::capacity`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
+use crate::api::MemberStatus;
 use crate::hex::{from_hex, to_hex};
 use novacron_mesh::cells::sign_summary;
-use novacron_mesh::cells::{next_prefix_bits, SummaryRecord};
+use novacron_mesh::cells::{estimate_mesh_size, next_prefix_bits, SummaryRecord};
 use novacron_mesh::dht_keys::DhtKey;
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::records::{Capacity, NodeRecord, Reachability, RecordBook, SignedRecord};
@@ -40,6 +38,21 @@ pub fn member_info(cap: &Capacity, addrs: Vec<Multiaddr>) -> MemberInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         addrs,
         signed_record: None,
+    }
+}
+
+/// A member as the API (and placement) sees it: what it gossips about itself.
+pub fn member_status(peer: &PeerId, live: bool, signed: bool, info: MemberInfo) -> MemberStatus {
+    MemberStatus {
+        signed,
+        peer_id: peer.to_string(),
+        live,
+        vcpus: info.vcpus,
+        mem_mib: info.mem_mib,
+        free_slots: info.free_slots,
+        load_permille: info.load_permille.into(),
+        version: info.version,
+        addrs: info.addrs.iter().map(|a| a.to_string()).collect(),
     }
 }
 
@@ -71,9 +84,11 @@ impl RecordSigner {
 
     /// The current signed record as hex (None if signing failed: logged).
     pub fn current(&mut self, cap: &Capacity, addrs: &[Multiaddr], now: u64) -> Option<String> {
+        // The offer: totals only, so VMs starting and stopping do not re-sign it.
         let offer = Capacity {
             free_vcpus: cap.vcpus,
             free_memory_bytes: cap.memory_bytes,
+            free_slots: cap.vcpus,
             load_permille: 0,
             ..*cap
         };
@@ -232,21 +247,34 @@ pub fn gossip_interval_for(members: u64) -> Duration {
     Duration::from_millis(ms.clamp(1000, 5000))
 }
 
-/// The prefix length the mesh-size estimate calls for, with the estimate, when it differs
-/// from `bits`: the estimate pools this cell (`live` members at `bits`) with the consensus of
-/// each other cell in `summaries`; `next_prefix_bits` keeps cells of 100–250 with hysteresis.
+/// The node's estimate of the mesh size (what cell sizing uses, and the
+/// `novacron_mesh_size_estimate` metric): this cell (`live` members at `bits`) pooled with
+/// the consensus of each other cell in `summaries`.
+pub fn mesh_size_estimate(
+    bits: u8,
+    live: u64,
+    summaries: impl IntoIterator<Item = SummaryRecord>,
+    now: u64,
+) -> u64 {
+    let mut book = SummaryBook::default();
+    for s in summaries {
+        // The node's book verified them; expired or crowded-out ones simply do not count.
+        let _ = book.insert(s, now);
+    }
+    estimate_mesh_size_from_book(&book, Some((live, bits)))
+        .unwrap_or_else(|| estimate_mesh_size(live, bits))
+}
+
+/// The prefix length the mesh-size estimate ([`mesh_size_estimate`]) calls for, with the
+/// estimate, when it differs from `bits`; `next_prefix_bits` keeps cells of 100–250 with
+/// hysteresis.
 pub fn next_cell_bits(
     bits: u8,
     live: u64,
     summaries: impl IntoIterator<Item = SummaryRecord>,
     now: u64,
 ) -> Option<(u8, u64)> {
-    let mut book = SummaryBook::default();
-    for s in summaries {
-        // The node's book verified them; expired or crowded-out ones simply do not count.
-        let _ = book.insert(s, now);
-    }
-    let estimate = estimate_mesh_size_from_book(&book, Some((live, bits)))?;
+    let estimate = mesh_size_estimate(bits, live, summaries, now);
     let next = next_prefix_bits(bits, estimate);
     (next != bits).then_some((next, estimate))
 }
@@ -288,13 +316,17 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_node_in_one_cell_of_a_large_mesh_moves_to_its_prefix_length() {
-        // Five cells of a 50,000-node mesh (8 bits, ~195 members each) are heard of.
-        let heard: Vec<SummaryRecord> = in_distinct_cells(5, 8)
+    /// Summaries of five cells of a 50,000-node mesh (8 bits, ~195 members each).
+    fn large_mesh() -> Vec<SummaryRecord> {
+        in_distinct_cells(5, 8)
             .iter()
             .map(|id| summary(id, 8, 195))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_node_in_one_cell_of_a_large_mesh_moves_to_its_prefix_length() {
+        let heard = large_mesh();
         let (bits, estimate) = next_cell_bits(0, 1, heard.clone(), 1_100).unwrap();
         assert_eq!(bits, 8, "estimate {estimate}");
         assert!(estimate > 35_000, "{estimate}");
@@ -302,6 +334,22 @@ mod tests {
         assert_eq!(next_cell_bits(8, 195, heard.clone(), 1_100), None);
         // Expired summaries do not count: alone, a small cell keeps 0 bits.
         assert_eq!(next_cell_bits(0, 40, heard, 5_000), None);
+    }
+
+    #[test]
+    fn the_mesh_size_estimate_pools_summaries_not_just_the_live_members() {
+        // Two live members at 0 bits who hold the summaries of five cells of a 50,000-node
+        // mesh: the estimate is the mesh's, not the two it sees.
+        let heard = large_mesh();
+        let estimate = mesh_size_estimate(0, 2, heard.clone(), 1_100);
+        assert!(estimate > 30_000, "{estimate}");
+        assert_eq!(
+            next_cell_bits(0, 2, heard, 1_100).map(|(_, e)| e),
+            Some(estimate)
+        );
+        // Alone with no summaries: its own cell, scaled by its prefix.
+        assert_eq!(mesh_size_estimate(0, 2, Vec::new(), 1_100), 2);
+        assert_eq!(mesh_size_estimate(2, 10, Vec::new(), 1_100), 40);
     }
 
     #[test]
@@ -326,6 +374,17 @@ mod tests {
         };
         assert_eq!(
             signer.current(&busier, &addrs, 1_000_010),
+            Some(first.clone())
+        );
+        // Nor do VMs taking the free capacity re-sign it.
+        let full = Capacity {
+            free_vcpus: 0,
+            free_memory_bytes: 0,
+            free_slots: 0,
+            ..cap
+        };
+        assert_eq!(
+            signer.current(&full, &addrs, 1_000_011),
             Some(first.clone())
         );
         let mut book = RecordBook::new(16);

@@ -2,6 +2,8 @@
 //! checkpointed, recovered after a crash, moved over the mesh), the owner's politeness
 //! policy, and the state database and event stream the API reports from.
 
+mod accounting;
+pub mod admission;
 pub mod capacity;
 mod cell;
 mod chunk_sets;
@@ -32,6 +34,7 @@ use crate::api::types::NodeEvent;
 use crate::api::{CellStatus, MemberStatus, NodeStatus, Request, Response, SummaryStatus};
 use crate::mesh_migration::MeshMigrations;
 use crate::metrics::Metrics;
+use crate::politeness::observation::OwnerSignal;
 use crate::politeness::{Policy, Politeness, Sampler};
 use crate::state::StateDb;
 use crate::vms::events::EventBus;
@@ -71,9 +74,23 @@ pub struct Daemon {
     pub metrics: Arc<Metrics>,
     state_db: Arc<StateDb>,
     politeness: std::sync::Mutex<Politeness>,
+    /// The API's word about the owner (kept in the data directory across restarts).
+    owner_override: std::sync::Mutex<Option<OwnerSignal>>,
+    /// Held while the override is changed (file and memory agree).
+    owner_writes: tokio::sync::Mutex<()>,
+    /// Bumped by each change of the override; the politeness loop says which one it has
+    /// decided with (in `owner_observed`), and samples at once when `resample` is notified.
+    owner_generation: std::sync::atomic::AtomicU64,
+    owner_observed: tokio::sync::watch::Sender<u64>,
+    resample: tokio::sync::Notify,
+    data_dir: PathBuf,
     /// VMs the policy paused in place (resumed when it allows again).
     paused_by_policy: std::sync::Mutex<HashSet<String>>,
     draining: AtomicBool,
+    /// Held while one VM is admitted and recorded (or an offer admitted and reserved).
+    admitting: std::sync::Mutex<()>,
+    /// Incoming migrations accepted whose VMs are not recorded yet.
+    reservations: std::sync::Mutex<admission::Reservations>,
     migrations: Option<MeshMigrations>,
     vm_opts_sandbox: bool,
     /// The daemon itself, for work it starts from `&self` (drain from the API).
@@ -125,20 +142,18 @@ impl Daemon {
         let (migrations, incoming) = MeshMigrations::start(
             &mesh,
             move |peer, offer| match admit_slot.get().and_then(Weak::upgrade) {
-                Some(daemon) => daemon.admit(peer, offer),
+                Some(daemon) => daemon.admit_offer(peer, offer),
                 None => Err("the node is starting".into()),
             },
             move |peer, session| moves::started_incoming(&registry, peer, session),
         )?;
         let mesh = Arc::new(mesh);
-        let me = cell::member_info(&capacity::host_capacity(), Vec::new());
-        let cell = CellMembership::start(mesh.clone(), CellConfig::default(), me).await?;
         let (cell_events, _) = broadcast::channel(CELL_EVENT_CAPACITY);
         let daemon = Arc::new(Daemon {
             mesh,
             exchange,
-            forwarder: std::sync::Mutex::new(Some(forward(&cell, cell_events.clone()))),
-            cell: RwLock::new(Some(cell)),
+            forwarder: std::sync::Mutex::new(None),
+            cell: RwLock::new(None),
             cell_events,
             identity,
             records: std::sync::Mutex::new(RecordBook::new(RECORD_BOOK_PEERS)),
@@ -148,13 +163,27 @@ impl Daemon {
             metrics: Arc::new(Metrics::new()),
             state_db,
             politeness: std::sync::Mutex::new(Politeness::new(opts.policy.clone())),
+            owner_override: std::sync::Mutex::new(polite::kept_owner_override(&opts.data_dir)),
+            owner_writes: tokio::sync::Mutex::new(()),
+            owner_generation: std::sync::atomic::AtomicU64::new(0),
+            owner_observed: tokio::sync::watch::Sender::new(0),
+            resample: tokio::sync::Notify::new(),
+            data_dir: opts.data_dir.clone(),
             paused_by_policy: std::sync::Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
+            admitting: std::sync::Mutex::new(()),
+            reservations: std::sync::Mutex::new(admission::Reservations::default()),
             migrations: Some(migrations),
             vm_opts_sandbox,
             myself: slot.clone(),
         });
         let _ = slot.set(Arc::downgrade(&daemon));
+        // The first word to the cell: the node's capacity by its accounting (nothing free
+        // until the politeness policy has observed the machine once).
+        let me = cell::member_info(&daemon.own_capacity(0), Vec::new());
+        let cell = CellMembership::start(daemon.mesh.clone(), CellConfig::default(), me).await?;
+        *lock(&daemon.forwarder) = Some(forward(&cell, daemon.cell_events.clone()));
+        *daemon.cell.write().await = Some(cell);
         tokio::spawn(daemon.clone().take_incoming(incoming));
         tokio::spawn(daemon.clone().announce_members());
         let sampler = Sampler::new(crate::politeness::HostPaths::host(&opts.data_dir));
@@ -191,16 +220,23 @@ impl Daemon {
         }
         let connected = self.mesh.connected_peers().await.map_or(0, |p| p.len());
         let routing = self.mesh.routing_table_peers().await.map_or(0, |p| p.len());
-        let (live, dead) = match &*self.cell.read().await {
+        let (live, dead, estimate) = match &*self.cell.read().await {
             Some(c) => {
                 let members = c.members().await;
                 let live = members.iter().filter(|m| m.live).count();
-                (live, members.len() - live)
+                let summaries = self.mesh.cell_summaries().await.unwrap_or_default();
+                let estimate = cell::mesh_size_estimate(
+                    c.cell().prefix_bits(),
+                    live as u64,
+                    summaries,
+                    unix_now(),
+                );
+                (live, members.len() - live, estimate)
             }
-            None => (0, 0),
+            None => (0, 0, 0),
         };
         self.metrics
-            .set_mesh(connected, routing, live, dead, live as u64);
+            .set_mesh(connected, routing, live, dead, estimate);
         self.metrics.set_politeness(&self.politeness_info());
     }
 
@@ -239,21 +275,60 @@ impl Daemon {
         Ok(())
     }
 
+    /// What the node offers its cell now, by its admission accounting, with `load_permille`.
+    fn own_capacity(&self, load_permille: u16) -> novacron_mesh::records::Capacity {
+        capacity::offer(&self.accounting(), load_permille)
+    }
+
     /// Keeps the node's cell entry current, finds members through the DHT and publishes the
     /// cell's summary when this node is a representative; runs until the task is dropped.
+    /// The entry is refreshed every round, and at once when a VM or the politeness decision
+    /// changes or the node starts draining (its free capacity then changes).
     pub async fn maintain(self: Arc<Daemon>) {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round: u32 = 0;
-        let mut told = None;
+        let mut told: Option<MemberInfo> = None;
         let mut signer = cell::RecordSigner::new(self.identity.clone());
         let mut moved_at: Option<Instant> = None;
+        let mut events = Some(self.bus.subscribe());
         loop {
-            tick.tick().await;
-            let addrs = self.advertised_addrs().await;
-            let cap = capacity::host_capacity();
+            let full_round = tokio::select! {
+                _ = tick.tick() => true,
+                event = async { Some(events.as_mut()?.recv().await) }, if events.is_some() => {
+                    match event {
+                        Some(Ok(e)) if !capacity_may_change(&e.event) => continue,
+                        // Lagged: something changed.
+                        Some(Ok(_)) | Some(Err(broadcast::error::RecvError::Lagged(_))) => false,
+                        // No events any more: rounds only.
+                        Some(Err(broadcast::error::RecvError::Closed)) | None => {
+                            events = None;
+                            continue;
+                        }
+                    }
+                }
+            };
+            // Between rounds only the free capacity is refreshed; the load and addresses
+            // the cell was told last stay, so VM events do not make the gossip chatty.
+            let (addrs, load) = match (&told, full_round) {
+                (Some(t), false) => (t.addrs.clone(), t.load_permille),
+                _ => (
+                    self.advertised_addrs().await,
+                    capacity::host_load_permille(),
+                ),
+            };
+            let cap = self.own_capacity(load);
             let mut info = cell::member_info(&cap, addrs);
             info.signed_record = signer.current(&cap, &info.addrs, unix_now());
+            if !full_round {
+                if let Some(cell) = self.cell.read().await.as_ref() {
+                    if told.as_ref() != Some(&info) {
+                        cell.update_self(info.clone()).await;
+                        told = Some(info);
+                    }
+                }
+                continue;
+            }
             let publish_round = round % SUMMARY_EVERY_ROUNDS == 1;
             let lookup_round = round % SUMMARY_EVERY_ROUNDS <= 1;
             round = round.wrapping_add(1);
@@ -372,21 +447,14 @@ impl Daemon {
             .members()
             .await
             .into_iter()
-            .map(|m| MemberStatus {
-                signed: cell::member_record_verified(
+            .map(|m| {
+                let signed = cell::member_record_verified(
                     &m.peer,
                     m.info.signed_record.as_deref(),
                     &mut lock(&self.records),
                     unix_now(),
-                ),
-                peer_id: m.peer.to_string(),
-                live: m.live,
-                vcpus: m.info.vcpus,
-                mem_mib: m.info.mem_mib,
-                free_slots: m.info.free_slots,
-                load_permille: m.info.load_permille.into(),
-                version: m.info.version,
-                addrs: m.info.addrs.iter().map(|a| a.to_string()).collect(),
+                );
+                cell::member_status(&m.peer, m.live, signed, m.info)
             })
             .collect();
         members.sort_by(|a, b| b.live.cmp(&a.live).then(a.peer_id.cmp(&b.peer_id)));
@@ -422,6 +490,16 @@ impl Daemon {
             })
             .collect())
     }
+}
+
+/// Whether an event can change what the node has free (a VM started, stopped or moved, the
+/// politeness decision, draining); progress reports of a running VM cannot, but cost
+/// nothing to look at again.
+fn capacity_may_change(event: &NodeEvent) -> bool {
+    matches!(
+        event,
+        NodeEvent::Vm { .. } | NodeEvent::Politeness { .. } | NodeEvent::Draining { .. }
+    )
 }
 
 /// Copies a membership's events into the daemon's channel until the task is aborted.

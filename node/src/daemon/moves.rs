@@ -68,21 +68,6 @@ pub(super) fn started_incoming(
 }
 
 impl Daemon {
-    /// Why the node takes no VMs now (draining, or the owner's policy), if so.
-    pub(super) fn why_not_accepting(&self) -> Option<String> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Some("it is draining".into());
-        }
-        let info = self.politeness_info();
-        (info.state != "run" && info.state != "throttled").then(|| {
-            format!(
-                "its owner's policy says {} ({})",
-                info.state,
-                info.reasons.join(", ")
-            )
-        })
-    }
-
     /// Starts moving VM `vm_id` as `request` says; answers once the VMM is migrating.
     pub(super) async fn migrate_vm(
         &self,
@@ -432,42 +417,18 @@ impl Daemon {
         }
     }
 
-    /// Whether the node could take an offered VM now (the answer to a peer's offer).
-    pub(super) fn admit(&self, peer: &PeerId, offer: &MigrationOffer) -> Result<(), String> {
-        if let Some(why) = self.why_not_accepting() {
-            return Err(format!("not taking VMs: {why}"));
-        }
-        if offer.spec.backend == Backend::Process && offer.mode != MigrationMode::Cold {
-            return Err("a process-backend VM moves only cold".into());
-        }
-        if let Some(vm) = self.vms.get(&offer.vm_id) {
-            if vm.state.is_active() {
-                return Err(format!("VM {} already runs here", offer.vm_id));
-            }
-        }
-        let used: u64 = self.vms.active().iter().map(|v| v.spec.mem_mib << 20).sum();
-        let cap = self.politeness_info().mem_cap_mib << 20;
-        if cap > 0 && used + offer.mem_bytes > cap {
-            return Err(format!(
-                "no room: {} MiB in use, {} MiB offered, {} MiB allowed",
-                used >> 20,
-                offer.mem_bytes >> 20,
-                cap >> 20
-            ));
-        }
-        tracing::info!(%peer, vm = %offer.vm_id, "taking a migrating VM");
-        Ok(())
-    }
-
     /// Runs incoming migrations as they complete their handshake.
     pub(super) async fn take_incoming(self: Arc<Self>, mut rx: mpsc::Receiver<IncomingMigration>) {
         while let Some(incoming) = rx.recv().await {
             let me = self.clone();
             tokio::spawn(async move {
                 let vm = incoming.offer.vm_id.clone();
+                let session = incoming.offer.session;
                 if let Err(e) = me.vms.receive(incoming).await {
                     tracing::warn!(%vm, error = %e, "incoming migration failed");
                 }
+                // Recorded by now (and running, or ended): its record counts, not the offer.
+                me.release_offer(&session);
             });
         }
     }

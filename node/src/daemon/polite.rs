@@ -1,24 +1,85 @@
-//! The daemon's politeness loop: samples the host every second, feeds the policy's state
-//! machine, and acts when its decision changes — caps the VMs' CPU, moves them away when the
-//! owner needs the machine, parks them in place when nothing may run, and brings back what
-//! it parked once the node may run VMs again.
+//! The daemon's politeness loop: samples the host every second (and at once when the owner
+//! override changes), feeds the policy's state machine, and acts when its decision changes —
+//! caps the VMs' CPU, moves them away when the owner needs the machine, parks them in place
+//! when nothing may run, and brings back what it parked once the node may run VMs again.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::types::{now_ms, NodeEvent, PolitenessInfo, VmState};
+use crate::api::service::ServiceResult;
+use crate::api::types::{now_ms, NodeEvent, OwnerSetting, PolitenessInfo, VmState};
+use crate::politeness::observation::OwnerSignal;
+use crate::politeness::sources::owner;
 use crate::politeness::{cpu_cap, Decision, Park, Sampler, SAMPLE_INTERVAL};
 
+use super::accounting::held_by;
 use super::{lock, Daemon};
+use crate::api::service::ServiceError;
 
 /// How long an evacuation the owner asked for may take before VMs are parked in place.
 const EVACUATION_DEADLINE: Duration = Duration::from_secs(120);
 
+/// How long `POST /api/v1/politeness/owner` waits for the policy to decide with the new
+/// word before it answers with what it has.
+const OWNER_DECISION_WAIT: Duration = Duration::from_secs(5);
+
+/// The owner override a previous run kept in `data_dir`; a file that cannot be read counts
+/// as none (logged: the node still starts, judging the owner by the hook files and devices).
+pub(super) fn kept_owner_override(data_dir: &Path) -> Option<OwnerSignal> {
+    owner::read_override(data_dir)
+        .map_err(|e| tracing::warn!(error = %e, "the owner override is not read: none is set"))
+        .ok()
+        .flatten()
+}
+
 impl Daemon {
-    /// What the policy allows now.
+    /// What the policy allows now, and the owner override in force.
     pub(super) fn politeness_info(&self) -> PolitenessInfo {
-        lock(&self.politeness).info()
+        let mut info = lock(&self.politeness).info();
+        info.owner_override = match *lock(&self.owner_override) {
+            Some(OwnerSignal::Active) => OwnerSetting::Active,
+            Some(OwnerSignal::Idle) => OwnerSetting::Idle,
+            None => OwnerSetting::Auto,
+        };
+        info
+    }
+
+    /// Sets the owner override (`Auto` clears it): kept in the data directory first, then
+    /// handed to the politeness loop, which samples at once; answers with what the policy
+    /// decided with it (or, if the loop is busy acting on an earlier decision for longer than
+    /// [`OWNER_DECISION_WAIT`], what it has now).
+    pub(super) async fn set_owner_override(
+        &self,
+        owner: OwnerSetting,
+    ) -> ServiceResult<PolitenessInfo> {
+        let signal = match owner {
+            OwnerSetting::Active => Some(OwnerSignal::Active),
+            OwnerSetting::Idle => Some(OwnerSignal::Idle),
+            OwnerSetting::Auto => None,
+        };
+        let generation = {
+            let _one_at_a_time = self.owner_writes.lock().await;
+            let dir = self.data_dir.clone();
+            tokio::task::spawn_blocking(move || owner::write_override(&dir, signal))
+                .await
+                .map_err(|e| ServiceError::Internal(format!("owner override task: {e}")))?
+                .map_err(|e| {
+                    ServiceError::Internal(format!(
+                        "cannot keep the owner override in {}: {e}",
+                        self.data_dir.join(owner::OWNER_OVERRIDE_FILE).display()
+                    ))
+                })?;
+            *lock(&self.owner_override) = signal;
+            self.owner_generation.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        tracing::info!(owner = owner.as_str(), "owner override set through the API");
+        let mut observed = self.owner_observed.subscribe();
+        self.resample.notify_one();
+        let decided = observed.wait_for(|g| *g >= generation);
+        let _ = tokio::time::timeout(OWNER_DECISION_WAIT, decided).await;
+        Ok(self.politeness_info())
     }
 
     /// Runs until the task is dropped.
@@ -26,7 +87,13 @@ impl Daemon {
         let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.resample.notified() => {}
+            }
+            // The generation first: an override set after this is seen at the next sample.
+            let generation = self.owner_generation.load(Ordering::SeqCst);
+            sampler.set_owner_override(*lock(&self.owner_override));
             let pids: Vec<u32> = self.vms.active().iter().filter_map(|v| v.pid).collect();
             sampler.set_vm_pids(pids);
             // Reading /proc, /sys and /dev is quick but blocking.
@@ -44,11 +111,15 @@ impl Daemon {
             };
             sampler = back;
             let changed = lock(&self.politeness).observe(now_ms(), &obs);
-            let Some(decision) = changed else { continue };
+            let Some(decision) = changed else {
+                self.owner_observed.send_replace(generation);
+                continue;
+            };
             let info = self.politeness_info();
             tracing::info!(state = %info.state, reasons = ?info.reasons, "politeness");
             self.metrics.set_politeness(&info);
             self.bus.publish(NodeEvent::Politeness { politeness: info });
+            self.owner_observed.send_replace(generation);
             self.act(decision).await;
         }
     }
@@ -64,7 +135,7 @@ impl Daemon {
             } => {
                 self.cap_cpu(cpu_cap_percent);
                 self.fit_memory(mem_cap_bytes).await;
-                self.bring_back(mem_cap_bytes).await;
+                self.bring_back().await;
             }
             Decision::Evacuate { .. } => {
                 let me = self.clone();
@@ -94,7 +165,7 @@ impl Daemon {
     /// drops to 50% of the host's memory while the owner is active).
     async fn fit_memory(self: &Arc<Self>, mem_cap_bytes: u64) {
         let mut active = self.vms.active();
-        let mut used: u64 = active.iter().map(|v| v.spec.mem_mib << 20).sum();
+        let mut used = held_by(&active).mem_bytes;
         if mem_cap_bytes == 0 || used <= mem_cap_bytes {
             return;
         }
@@ -134,20 +205,16 @@ impl Daemon {
         }
     }
 
-    /// Resumes what the policy parked: suspended VMs from their snapshots (as many as fit
-    /// the memory cap), paused ones.
-    async fn bring_back(self: &Arc<Self>, mem_cap_bytes: u64) {
-        let mut used: u64 = self.vms.active().iter().map(|v| v.spec.mem_mib << 20).sum();
+    /// Resumes what the policy parked: suspended VMs from their snapshots (as many as the
+    /// node's admission takes), paused ones.
+    async fn bring_back(self: &Arc<Self>) {
         for vm in self.vms.list() {
             if vm.state == VmState::Suspended {
-                let need = vm.spec.mem_mib << 20;
-                if mem_cap_bytes > 0 && used + need > mem_cap_bytes {
-                    tracing::info!(vm = %vm.id, "stays suspended: over the memory cap");
-                    continue;
-                }
-                used += need;
-                match self.vms.resume_suspended(&vm.id).await {
+                match self.resume_suspended(&vm.id).await {
                     Ok(_) => tracing::info!(vm = %vm.id, "resumed: the node may run VMs again"),
+                    Err(ServiceError::Unavailable(why)) => {
+                        tracing::info!(vm = %vm.id, %why, "stays suspended")
+                    }
                     Err(e) => tracing::warn!(vm = %vm.id, error = %e, "cannot resume"),
                 }
             }

@@ -4,13 +4,15 @@
 
 use tokio::sync::broadcast;
 
-use crate::api::service::{NodeService, ServiceError, ServiceResult};
+use crate::api::service::{NodeService, ServiceError, ServiceResult, VmDeleted};
 use crate::api::types::{
-    EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec,
+    EventEnvelope, MigrationInfo, MigrationRequest, OwnerSetting, PolitenessInfo, VmInfo, VmSpec,
+    VmState,
 };
 use crate::api::NodeStatus;
 
-use super::Daemon;
+use super::admission::Load;
+use super::{lock, Daemon};
 
 impl NodeService for Daemon {
     async fn status(&self) -> ServiceResult<NodeStatus> {
@@ -26,16 +28,35 @@ impl NodeService for Daemon {
     }
 
     async fn create_vm(&self, spec: VmSpec) -> ServiceResult<VmInfo> {
-        if let Some(why) = self.why_not_accepting() {
-            return Err(ServiceError::Unavailable(format!(
-                "this node takes no new VMs now: {why}"
-            )));
-        }
-        self.vms.create(spec).await
+        // 400 for a spec that cannot run, 503 for one that does not fit now: both before
+        // anything is recorded.
+        let spec = self.vms.check(spec).await?;
+        let ask = Load::new(spec.vcpus, spec.mem_mib << 20);
+        let id = self.admit_then(ask, || self.vms.record_new(spec))?;
+        self.vms.start_new(&id).await
     }
 
-    async fn stop_vm(&self, id: &str) -> ServiceResult<VmInfo> {
-        self.vms.stop(id).await
+    async fn delete_vm(&self, id: &str) -> ServiceResult<VmDeleted> {
+        let vm = self
+            .vms
+            .get(id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no VM {id}")))?;
+        if vm.state.is_active() || vm.state == VmState::Suspended {
+            let vm = self.vms.stop(id).await?;
+            return Ok(VmDeleted::Stopped(Box::new(vm)));
+        }
+        let moved = {
+            // No offer of this VM is admitted meanwhile: it would come back under this id.
+            let _one_at_a_time = lock(&self.admitting);
+            if lock(&self.reservations).holds(id, std::time::Instant::now()) {
+                return Err(ServiceError::Conflict(format!(
+                    "VM {id} is migrating in from a peer: wait until it runs here"
+                )));
+            }
+            self.vms.remove_ended(id)?
+        };
+        self.vms.dispose(moved).await;
+        Ok(VmDeleted::Removed)
     }
 
     async fn pause_vm(&self, id: &str) -> ServiceResult<VmInfo> {
@@ -43,9 +64,17 @@ impl NodeService for Daemon {
     }
 
     async fn resume_vm(&self, id: &str) -> ServiceResult<VmInfo> {
-        if let Some(why) = self.why_not_accepting() {
+        if self
+            .vms
+            .get(id)
+            .is_some_and(|v| v.state == VmState::Suspended)
+        {
+            return self.resume_suspended(id).await;
+        }
+        // A paused VM holds its room already; it runs again only while the node may run VMs.
+        if let Some(closed) = self.closed() {
             return Err(ServiceError::Unavailable(format!(
-                "VMs may not run on this node now: {why}"
+                "VMs may not run on this node now: {closed}"
             )));
         }
         self.vms.resume(id).await
@@ -73,6 +102,10 @@ impl NodeService for Daemon {
 
     fn politeness(&self) -> PolitenessInfo {
         self.politeness_info()
+    }
+
+    async fn set_owner(&self, owner: OwnerSetting) -> ServiceResult<PolitenessInfo> {
+        self.set_owner_override(owner).await
     }
 
     async fn drain(&self, deadline_s: u64) -> ServiceResult<()> {

@@ -57,6 +57,16 @@ pub enum OfferError {
     Memory(u64),
     #[error("vcpus {0}: give 1 to {MAX_VCPUS}")]
     Vcpus(u8),
+    #[error(
+        "the offer's spec (mem_mib {spec_mib}, vcpus {spec_vcpus}) disagrees with its \
+         mem_bytes {mem_bytes} and vcpus {vcpus}: the destination admits by them"
+    )]
+    SpecMismatch {
+        spec_mib: u64,
+        spec_vcpus: u8,
+        mem_bytes: u64,
+        vcpus: u8,
+    },
 }
 
 /// True for 1-32 of [A-Za-z0-9_-] (what the VMM's cgroup naming accepts).
@@ -80,6 +90,16 @@ impl MigrationOffer {
         }
         if !(1..=MAX_VCPUS).contains(&self.vcpus) {
             return Err(OfferError::Vcpus(self.vcpus));
+        }
+        if self.spec.mem_mib.checked_mul(1 << 20) != Some(self.mem_bytes)
+            || self.spec.vcpus != self.vcpus
+        {
+            return Err(OfferError::SpecMismatch {
+                spec_mib: self.spec.mem_mib,
+                spec_vcpus: self.spec.vcpus,
+                mem_bytes: self.mem_bytes,
+                vcpus: self.vcpus,
+            });
         }
         Ok(())
     }
@@ -223,6 +243,17 @@ mod tests {
         let mut o = offer();
         o.vcpus = 0;
         assert!(o.validate().unwrap_err().to_string().contains("vcpus 0"));
+        // The spec (what the destination records) and the figures (what it admits by and
+        // sizes the VMM from) must be the same VM.
+        let mut o = offer();
+        o.spec.mem_mib = 4;
+        assert!(matches!(o.validate(), Err(OfferError::SpecMismatch { .. })));
+        let mut o = offer();
+        o.spec.vcpus = 2;
+        assert!(matches!(o.validate(), Err(OfferError::SpecMismatch { .. })));
+        let mut o = offer();
+        o.spec.mem_mib = u64::MAX;
+        assert!(matches!(o.validate(), Err(OfferError::SpecMismatch { .. })));
         let json = serde_json::to_vec(&offer()).unwrap();
         let mut extra: serde_json::Value = serde_json::from_slice(&json).unwrap();
         extra["surprise"] = 1.into();

@@ -74,6 +74,8 @@ struct Facts {
     window: Option<(TimeWindow, bool)>,
     load_high: bool,
     mem_total_bytes: Option<u64>,
+    /// `MemAvailable` of the last observation that had it (for admission).
+    mem_available_bytes: Option<u64>,
 }
 
 /// The politeness policy of one node over time.
@@ -183,7 +185,29 @@ impl Politeness {
             window,
             load_high,
             mem_total_bytes: obs.mem_total_bytes.or(self.facts.mem_total_bytes),
+            mem_available_bytes: obs.mem_available_bytes.or(self.facts.mem_available_bytes),
         }
+    }
+
+    /// The host's memory as last observed: (`MemTotal`, `MemAvailable`), each when known.
+    pub fn memory(&self) -> (Option<u64>, Option<u64>) {
+        (self.facts.mem_total_bytes, self.facts.mem_available_bytes)
+    }
+
+    /// The memory cap VMs run under now and its share of `MemTotal` (percent); None when
+    /// the decision is not a run or the host's total was never known.
+    pub fn mem_cap(&self) -> Option<(u64, u8)> {
+        let Decision::Run { .. } = self.current else {
+            return None;
+        };
+        let total = self.facts.mem_total_bytes?;
+        let p = &self.policy;
+        let pct = if self.facts.owner_active {
+            p.ram_max_used_busy_pct
+        } else {
+            p.ram_max_used_idle_pct
+        };
+        Some((p.mem_cap_bytes(total, self.facts.owner_active), pct))
     }
 
     /// The decision and the facts behind it, for the API.
@@ -225,6 +249,8 @@ impl Politeness {
             on_battery: f.on_battery.unwrap_or(false),
             cpu_cap_percent: cpu,
             mem_cap_mib: mem,
+            // The daemon knows whether its API set it.
+            owner_override: Default::default(),
         }
     }
 }
@@ -653,6 +679,29 @@ mod tests {
             ),
             Some(capped(5 * GIB))
         );
+    }
+
+    #[test]
+    fn admission_reads_the_cap_in_force_and_the_last_known_memory() {
+        let mut p = Politeness::new(Policy::default());
+        assert_eq!(p.mem_cap(), None, "not observed yet");
+        p.observe(0, &desktop(3600));
+        assert_eq!(p.mem_cap(), Some((16 * GIB * 9 / 10, 90)));
+        assert_eq!(p.memory(), (Some(16 * GIB), Some(12 * GIB)));
+        p.observe(S, &desktop(0));
+        assert_eq!(p.mem_cap(), Some((8 * GIB, 50)));
+        // A reading without memory keeps the last known figures.
+        let blind = Observation {
+            mem_total_bytes: None,
+            mem_available_bytes: None,
+            ..desktop(0)
+        };
+        p.observe(2 * S, &blind);
+        assert_eq!(p.memory(), (Some(16 * GIB), Some(12 * GIB)));
+        // No run, no cap.
+        let mut p = Politeness::new(idle_only());
+        p.observe(0, &desktop(0));
+        assert_eq!(p.mem_cap(), None);
     }
 
     #[test]

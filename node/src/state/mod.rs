@@ -167,6 +167,12 @@ impl StateDb {
         Ok(())
     }
 
+    /// Deletes a VM's row (its migrations stay, as history).
+    pub fn delete_vm(&self, id: &str) -> Result<(), StateError> {
+        self.conn().execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
     #[cfg(test)] // what the daemon writes, read back by the tests
     pub fn vm(&self, id: &str) -> Result<Option<VmRecord>, StateError> {
         let conn = self.conn();
@@ -463,10 +469,28 @@ mod tests {
         }
     }
 
+    /// A live migration of VM `vm` that is done.
+    fn migration(id: &str, vm: &str) -> MigrationInfo {
+        MigrationInfo {
+            id: id.into(),
+            vm_id: vm.into(),
+            direction: MigrationDirection::Out,
+            peer: "12D3KooW".into(),
+            mode: MigrationMode::Live,
+            state: MigrationState::Done,
+            started_at_ms: 10,
+            ended_at_ms: Some(20),
+            downtime_ms: Some(3.5),
+            wire_bytes: 1 << 40,
+            error: None,
+            progress: None,
+        }
+    }
+
     #[test]
     fn vms_and_migrations_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/state.db");
+        let path = dir.path().join("state.db");
         {
             let db = StateDb::open(&path).unwrap();
             db.put_vm(&vm("a", VmState::Running)).unwrap();
@@ -474,21 +498,7 @@ mod tests {
             let mut a = vm("a", VmState::Paused);
             a.info.spec.backend = Backend::Process;
             db.put_vm(&a).unwrap();
-            db.put_migration(&MigrationInfo {
-                id: "m1".into(),
-                vm_id: "a".into(),
-                direction: MigrationDirection::Out,
-                peer: "12D3KooW".into(),
-                mode: MigrationMode::Live,
-                state: MigrationState::Done,
-                started_at_ms: 10,
-                ended_at_ms: Some(20),
-                downtime_ms: Some(3.5),
-                wire_bytes: 1 << 40,
-                error: None,
-                progress: None,
-            })
-            .unwrap();
+            db.put_migration(&migration("m1", "a")).unwrap();
         }
         let db = StateDb::open(&path).unwrap();
         let vms = db.vms().unwrap();
@@ -507,6 +517,24 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].state, MigrationState::Done);
         assert_eq!(m[0].wire_bytes, 1 << 40);
+    }
+
+    #[test]
+    fn a_deleted_vm_is_gone_after_a_reopen_and_its_migrations_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            db.put_vm(&vm("a", VmState::Failed)).unwrap();
+            db.put_vm(&vm("b", VmState::Running)).unwrap();
+            db.put_migration(&migration("m1", "a")).unwrap();
+            db.delete_vm("a").unwrap();
+            db.delete_vm("nope").unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        let ids: Vec<String> = db.vms().unwrap().into_iter().map(|r| r.info.id).collect();
+        assert_eq!(ids, ["b"]);
+        assert_eq!(db.migrations(10).unwrap().len(), 1);
     }
 
     #[test]

@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,6 +62,8 @@ pub struct VmOptions {
     /// Tells this node's VMMs from other nodes' on the same host: 8 hex digits, e.g. of
     /// the node's PeerId ([`host_tag`]).
     pub host_tag: String,
+    /// The only directories a spec's kernel and initrd may come from (absolute).
+    pub image_dirs: Vec<PathBuf>,
 }
 
 /// A node's tag for its VMM names: 8 hex digits of blake3 of `seed` (its PeerId).
@@ -84,25 +85,44 @@ pub struct VmManager {
     registry: Arc<Registry>,
     /// The command channel of each supervised VM.
     handles: Mutex<HashMap<String, mpsc::Sender<Cmd>>>,
-    /// Supervisor threads still running (each holds a [`SupervisorGuard`]).
-    supervisors: Arc<AtomicUsize>,
+    /// Supervisor threads still running, by VM (each holds a [`SupervisorGuard`]).
+    supervisors: Supervised,
 }
 
-/// Counts a supervisor thread as running until it ends.
-struct SupervisorGuard(Arc<AtomicUsize>);
+/// How many supervisor threads run for each VM.
+type Supervised = Arc<Mutex<HashMap<String, usize>>>;
+
+/// Counts a supervisor thread of a VM as running until it ends.
+struct SupervisorGuard {
+    running: Supervised,
+    id: String,
+}
 
 impl SupervisorGuard {
-    fn new(count: &Arc<AtomicUsize>) -> SupervisorGuard {
-        count.fetch_add(1, Ordering::SeqCst);
-        SupervisorGuard(count.clone())
+    fn new(running: &Supervised, id: &str) -> SupervisorGuard {
+        *lock(running).entry(id.to_string()).or_default() += 1;
+        SupervisorGuard {
+            running: running.clone(),
+            id: id.to_string(),
+        }
     }
 }
 
 impl Drop for SupervisorGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        let mut running = lock(&self.running);
+        if let Some(n) = running.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.id);
+            }
+        }
     }
 }
+
+/// Files of removed VMs are moved to `<dataDir>/vms/<this><id>-<ms>` first (at once, under
+/// the name no VM can have), then deleted; a start deletes any a crash left.
+const REMOVED_PREFIX: &str = ".removed-";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -153,7 +173,7 @@ impl VmManager {
             opts,
             registry,
             handles: Mutex::new(HashMap::new()),
-            supervisors: Arc::new(AtomicUsize::new(0)),
+            supervisors: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -215,30 +235,56 @@ impl VmManager {
             .collect()
     }
 
-    /// Starts a VM; answers once its machine is built and running.
-    pub async fn create(self: &Arc<Self>, spec: VmSpec) -> ServiceResult<VmInfo> {
-        spec::validate(&spec).map_err(ServiceError::BadRequest)?;
+    /// Checks a spec completely ([`spec::check`]) before anything is recorded: 400 naming
+    /// the field. Returns the spec to record.
+    pub async fn check(&self, spec: VmSpec) -> ServiceResult<VmSpec> {
+        let image_dirs = self.opts.image_dirs.clone();
+        tokio::task::spawn_blocking(move || spec::check(spec, &image_dirs))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("spec check task: {e}")))?
+            .map_err(ServiceError::BadRequest)
+    }
+
+    /// Records a new VM of a checked spec (starting); returns its id. The row exists
+    /// before the VMM does: a daemon killed in between finds it.
+    pub fn record_new(&self, spec: VmSpec) -> ServiceResult<String> {
         let id = new_id();
-        // The row exists before the VMM does: a daemon killed in between finds it.
         self.registry.insert(starting_record(&id, spec, None))?;
+        Ok(id)
+    }
+
+    /// Starts a VM [recorded](Self::record_new); answers once its machine is built and
+    /// running (a VMM that fails leaves the VM failed, saying why).
+    pub async fn start_new(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
+        self.start_recorded(id, false).await
+    }
+
+    /// Starts VM `id` (from its checkpoint when `restore`) off the async threads; a start
+    /// that fails leaves a new VM failed and a restored one suspended, saying why.
+    async fn start_recorded(self: &Arc<Self>, id: &str, restore: bool) -> ServiceResult<VmInfo> {
         let me = self.clone();
-        let started = {
-            let id = id.clone();
-            tokio::task::spawn_blocking(move || me.start_vm(&id, false))
-                .await
-                .map_err(|e| ServiceError::Internal(format!("VM start task: {e}")))?
-        };
+        let vm_id = id.to_string();
+        let started = tokio::task::spawn_blocking(move || me.start_vm(&vm_id, restore))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("VM start task: {e}")))?;
         if let Err(e) = started {
-            self.registry.update(&id, |r| {
-                r.info.state = VmState::Failed;
-                r.info.detail = Some(e.clone());
+            let (state, detail, what) = match restore {
+                false => (VmState::Failed, e.clone(), "start"),
+                true => (
+                    VmState::Suspended,
+                    format!("could not resume: {e}"),
+                    "resume",
+                ),
+            };
+            self.registry.update(id, |r| {
+                r.info.state = state;
+                r.info.detail = Some(detail);
             });
             return Err(ServiceError::Internal(format!(
-                "VM {id} did not start: {e}"
+                "VM {id} did not {what}: {e}"
             )));
         }
-        self.get(&id)
-            .ok_or_else(|| ServiceError::Internal(format!("VM {id} vanished")))
+        self.info(id)
     }
 
     /// Starts VM `id` by its backend; `restore`: a KVM VM from its checkpoint, a process
@@ -286,7 +332,7 @@ impl VmManager {
             process,
             registry: self.registry.clone(),
         };
-        let guard = SupervisorGuard::new(&self.supervisors);
+        let guard = SupervisorGuard::new(&self.supervisors, id);
         if let Err(e) = std::thread::Builder::new()
             .name(format!("proc-{id}"))
             .spawn(move || {
@@ -372,7 +418,7 @@ impl VmManager {
             checkpoint_every: self.opts.checkpoint_every,
         };
         let name = format!("vm-{id}");
-        let guard = SupervisorGuard::new(&self.supervisors);
+        let guard = SupervisorGuard::new(&self.supervisors, id);
         if let Err(e) = std::thread::Builder::new().name(name).spawn(move || {
             let _running = guard;
             sup.run(rx)
@@ -423,10 +469,8 @@ impl VmManager {
         self.info(id)
     }
 
+    /// Resumes a paused VM (a suspended one comes back through the daemon's admission).
     pub async fn resume(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
-        if self.info(id)?.state == VmState::Suspended {
-            return self.resume_suspended(id).await;
-        }
         let in_doubt = self.in_doubt_with(id).is_some();
         self.ask(id, Cmd::Resume).await?;
         if in_doubt {
@@ -469,6 +513,73 @@ impl VmManager {
             .await
     }
 
+    /// Removes the record of a VM that ended (exited, failed, moved away), and moves its
+    /// files out of the way; returns where they went, for [`dispose`](Self::dispose). Only
+    /// once its supervisor has reaped its VMM (else 409: try again).
+    pub fn remove_ended(&self, id: &str) -> ServiceResult<Option<PathBuf>> {
+        if lock(&self.supervisors).contains_key(id) {
+            return Err(ServiceError::Conflict(format!(
+                "VM {id} has ended but its VMM is still being reaped: try again in a moment"
+            )));
+        }
+        let dir = self.paths(id).dir;
+        let trash = dir.with_file_name(format!("{REMOVED_PREFIX}{id}-{}", now_ms()));
+        let moved = match std::fs::rename(&dir, &trash) {
+            Ok(()) => Some(trash),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(ServiceError::Internal(format!(
+                    "cannot remove {}: {e}",
+                    dir.display()
+                )))
+            }
+        };
+        if let Err(e) = self.registry.remove_ended(id) {
+            // Not removable after all: its files go back.
+            if let Some(t) = &moved {
+                if let Err(back) = std::fs::rename(t, &dir) {
+                    tracing::error!(vm = id, error = %back, "cannot put the VM's files back");
+                }
+            }
+            return Err(e);
+        }
+        lock(&self.handles).remove(id);
+        Ok(moved)
+    }
+
+    /// Deletes the files [`remove_ended`](Self::remove_ended) moved away (logged if it
+    /// cannot; the next start tries again).
+    pub async fn dispose(&self, moved: Option<PathBuf>) {
+        let Some(dir) = moved else { return };
+        let deleted = tokio::task::spawn_blocking(move || {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("removal task: {e}")));
+        if let Err(e) = deleted {
+            tracing::warn!(error = %e, "cannot delete a removed VM's files");
+        }
+    }
+
+    /// Deletes the files of VMs removed before a crash (blocking, at start).
+    fn sweep_removed(&self) {
+        let vms = self.opts.data_dir.join(paths::VMS_DIR);
+        let Ok(entries) = std::fs::read_dir(&vms) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(REMOVED_PREFIX))
+            {
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "cannot delete a removed VM's files");
+                }
+            }
+        }
+    }
+
     /// Snapshots the VM and stops its VMM; it waits on disk ([`VmState::Suspended`]).
     pub async fn suspend(&self, id: &str) -> ServiceResult<VmInfo> {
         self.ask(id, Cmd::Suspend).await?;
@@ -476,8 +587,9 @@ impl VmManager {
             .await
     }
 
-    /// Restores a suspended VM from its snapshot.
-    pub async fn resume_suspended(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
+    /// Marks a suspended VM as starting again (so it counts against the node's capacity
+    /// from now on); [`start_claimed`](Self::start_claimed) then restores it.
+    pub fn claim_suspended(&self, id: &str) -> ServiceResult<VmInfo> {
         let vm = self.info(id)?;
         if vm.state != VmState::Suspended {
             return Err(ServiceError::Conflict(format!(
@@ -486,22 +598,15 @@ impl VmManager {
             )));
         }
         self.registry
-            .update(id, |r| r.info.state = VmState::Starting);
-        let me = self.clone();
-        let vm_id = id.to_string();
-        let started = tokio::task::spawn_blocking(move || me.start_vm(&vm_id, true))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("VM restore task: {e}")))?;
-        if let Err(e) = started {
-            self.registry.update(id, |r| {
-                r.info.state = VmState::Suspended;
-                r.info.detail = Some(format!("could not resume: {e}"));
-            });
-            return Err(ServiceError::Internal(format!(
-                "VM {id} did not resume: {e}"
-            )));
-        }
-        self.info(id)
+            .update(id, |r| r.info.state = VmState::Starting)
+            .map(|r| r.info)
+            .ok_or_else(|| ServiceError::NotFound(format!("no VM {id}")))
+    }
+
+    /// Restores a [claimed](Self::claim_suspended) VM from its snapshot; one that does not
+    /// come back is suspended again, saying why.
+    pub async fn start_claimed(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
+        self.start_recorded(id, true).await
     }
 
     /// Waits until the VM's state passes `done` (polling the registry).
@@ -530,6 +635,7 @@ impl VmManager {
     /// Accounts for every VM the database lists (see [`recovery`]). Blocking; run once at
     /// start, before the API takes requests.
     pub fn recover(&self) -> RecoveryReport {
+        self.sweep_removed();
         let mut report = RecoveryReport::default();
         for record in self.registry.vms() {
             let id = record.info.id.clone();
@@ -913,7 +1019,7 @@ impl VmManager {
     /// Supervisor threads still running: a VMM that has moved away or stopped is reaped
     /// (and its cgroup removed) when its supervisor ends.
     pub fn supervised(&self) -> usize {
-        self.supervisors.load(Ordering::SeqCst)
+        lock(&self.supervisors).values().sum()
     }
 
     /// Lets go of every VMM without stopping it (the daemon exits; the next one adopts them).

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::api::types::{now_ms, MigrationInfo, NodeEvent, VmInfo};
+use crate::api::service::{ServiceError, ServiceResult};
+use crate::api::types::{now_ms, MigrationInfo, NodeEvent, VmInfo, VmState};
 use crate::state::{StateDb, VmRecord};
 
 use super::events::EventBus;
@@ -109,6 +110,31 @@ impl Registry {
             vm: Box::new(record.info.clone()),
         });
         Some(record)
+    }
+
+    /// Forgets a VM that ended (exited, failed, moved away): its row and its record. Not
+    /// announced (an ended VM changes nothing a client follows). 409 for a VM that is still
+    /// here (active or suspended).
+    pub fn remove_ended(&self, id: &str) -> ServiceResult<()> {
+        let mut vms = lock(&self.vms);
+        let state = vms
+            .get(id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no VM {id}")))?
+            .record
+            .info
+            .state;
+        if state.is_active() || state == VmState::Suspended {
+            return Err(ServiceError::Conflict(format!(
+                "VM {id} is {}: stop it first",
+                state.as_str()
+            )));
+        }
+        // Under the lock, so nothing records the VM again in between.
+        self.db
+            .delete_vm(id)
+            .map_err(|e| ServiceError::Internal(format!("cannot remove VM {id}: {e}")))?;
+        vms.remove(id);
+        Ok(())
     }
 
     /// A guest progress report: kept in memory, announced at most once a second.

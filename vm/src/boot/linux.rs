@@ -154,9 +154,11 @@ pub fn e820_map(mem_bytes: u64) -> Vec<E820Entry> {
 /// or without the 64-bit entry; ELF segments below `HIMEM_START` or past low RAM; a kernel
 /// that needs more memory than the guest has below the MMIO hole; a command line longer than
 /// `CMDLINE_MAX_SIZE` (or the kernel's own `cmdline_size`); an initrd that does not fit
-/// between the kernel and `min(initrd_addr_max, end of low RAM)`.
+/// between the kernel and `min(initrd_addr_max, end of low RAM)`. Every check but the
+/// backing runs before guest memory is written, and is what [`check_linux`] runs.
 ///
-/// Files are identified in errors by their `/proc/self/fd` link.
+/// Files are identified in errors by their `/proc/self/fd` link; no error quotes their
+/// bytes.
 pub fn load_linux<M: GuestMemoryBackend>(
     mem: &M,
     mem_bytes: u64,
@@ -164,12 +166,50 @@ pub fn load_linux<M: GuestMemoryBackend>(
     initrd: Option<&mut File>,
     cmdline: &str,
 ) -> Result<LinuxBoot, BootError> {
-    let kernel_path = fd_path(kernel);
+    let (kernel_path, initrd) = named(kernel, initrd);
+    load_linux_image(mem, mem_bytes, kernel, &kernel_path, initrd, cmdline)
+}
+
+/// Checks that `kernel`, `initrd` and `cmdline` would load into a guest of `mem_bytes`
+/// bytes, without guest memory: every check of [`load_linux`] (formats, sizes, placement),
+/// reading only the headers of the kernel and the size of the initrd. What the load would
+/// return, or the error it would give. For callers that accept a VM before its VMM exists.
+pub fn check_linux(
+    mem_bytes: u64,
+    kernel: &mut File,
+    initrd: Option<&mut File>,
+    cmdline: &str,
+) -> Result<LinuxBoot, BootError> {
+    let (kernel_path, initrd) = named(kernel, initrd);
+    check_linux_image(mem_bytes, kernel, &kernel_path, initrd, cmdline)
+}
+
+/// The kernel's name in errors, and the initrd with its own.
+fn named<'a>(
+    kernel: &File,
+    initrd: Option<&'a mut File>,
+) -> (PathBuf, Option<(&'a mut File, PathBuf)>) {
     let initrd = initrd.map(|file| {
         let path = fd_path(file);
         (file, path)
     });
-    load_linux_image(mem, mem_bytes, kernel, &kernel_path, initrd, cmdline)
+    (fd_path(kernel), initrd)
+}
+
+/// [`check_linux`] over any seekable image source, with the names to report in errors.
+pub fn check_linux_image<K, I>(
+    mem_bytes: u64,
+    kernel: &mut K,
+    kernel_path: &Path,
+    initrd: Option<(&mut I, PathBuf)>,
+    cmdline: &str,
+) -> Result<LinuxBoot, BootError>
+where
+    K: Read + Seek,
+    I: Read + Seek,
+{
+    let initrd = initrd.map(|(file, path)| (file as &mut dyn ReadSeek, path));
+    plan_linux(mem_bytes, kernel, kernel_path, initrd, cmdline).map(|plan| plan.boot())
 }
 
 /// [`load_linux`] over any seekable image source, with the names to report in errors.
@@ -186,40 +226,91 @@ where
     K: Read + Seek + ReadVolatile,
     I: Read + Seek + ReadVolatile,
 {
-    let ram_end = check_memory(mem, mem_bytes)?;
-    let cmdline = build_cmdline(cmdline)?;
-    let kernel = load_kernel(mem, kernel, kernel_path, ram_end)?;
-    check_cmdline_fits_kernel(&cmdline, &kernel.header)?;
-    load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cmdline).map_err(|source| {
+    check_memory(mem, mem_bytes)?;
+    let mut initrd = initrd;
+    let plan = plan_linux(
+        mem_bytes,
+        kernel,
+        kernel_path,
+        initrd
+            .as_mut()
+            .map(|(file, path)| (&mut **file as &mut dyn ReadSeek, path.clone())),
+        cmdline,
+    )?;
+    write_kernel(mem, kernel, kernel_path, &plan.kernel)?;
+    load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &plan.cmdline).map_err(|source| {
         BootError::BadCmdline {
             reason: format!("writing it at {CMDLINE_ADDR:#x} failed: {source}"),
         }
     })?;
-    let initrd = match initrd {
-        Some((file, path)) => Some(load_initrd(mem, file, &path, &kernel, ram_end)?),
-        None => None,
-    };
-    let params = build_boot_params(&kernel, cmdline_len(&cmdline)?, initrd.clone(), mem_bytes)?;
-    mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
+    if let (Some((file, path)), Some(range)) = (initrd, &plan.initrd) {
+        write_initrd(mem, file, &path, range)?;
+    }
+    mem.write_obj(plan.params, GuestAddress(ZERO_PAGE_ADDR))
         .map_err(|source| BootError::GuestWrite {
             what: "boot_params",
             addr: ZERO_PAGE_ADDR,
             source,
         })?;
+    let boot = plan.boot();
     tracing::debug!(
-        kind = ?kernel.kind,
-        entry = kernel.entry,
-        kernel_end = kernel.end,
-        ?initrd,
+        kind = ?boot.kind,
+        entry = boot.entry_rip,
+        kernel_end = boot.kernel_end,
+        initrd = ?boot.initrd,
         "linux kernel loaded"
     );
-    Ok(LinuxBoot {
-        kind: kernel.kind,
-        entry_rip: kernel.entry,
-        boot_params_addr: ZERO_PAGE_ADDR,
-        kernel_start: kernel.start,
-        kernel_end: kernel.end,
+    Ok(boot)
+}
+
+/// A seekable image source, as a trait object (the initrd of a plan).
+trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+/// A Linux boot checked against the guest's size, before guest memory is written.
+struct LinuxPlan {
+    kernel: LoadedKernel,
+    cmdline: Cmdline,
+    initrd: Option<Range<u64>>,
+    params: boot_params,
+}
+
+impl LinuxPlan {
+    fn boot(&self) -> LinuxBoot {
+        LinuxBoot {
+            kind: self.kernel.kind,
+            entry_rip: self.kernel.entry,
+            boot_params_addr: ZERO_PAGE_ADDR,
+            kernel_start: self.kernel.start,
+            kernel_end: self.kernel.end,
+            initrd: self.initrd.clone(),
+        }
+    }
+}
+
+/// Every check of a Linux boot into a guest of `mem_bytes` bytes: the size, the command
+/// line, the kernel's format and footprint, the initrd's place, the boot parameters.
+fn plan_linux<K: Read + Seek>(
+    mem_bytes: u64,
+    kernel: &mut K,
+    kernel_path: &Path,
+    initrd: Option<(&mut dyn ReadSeek, PathBuf)>,
+    cmdline: &str,
+) -> Result<LinuxPlan, BootError> {
+    let ram_end = check_memory_size(mem_bytes)?;
+    let cmdline = build_cmdline(cmdline)?;
+    let kernel = inspect_kernel(kernel, kernel_path, ram_end)?;
+    check_cmdline_fits_kernel(&cmdline, &kernel.header)?;
+    let initrd = match initrd {
+        Some((file, path)) => Some(place_initrd_file(file, &path, &kernel, ram_end)?),
+        None => None,
+    };
+    let params = build_boot_params(&kernel, cmdline_len(&cmdline)?, initrd.clone(), mem_bytes)?;
+    Ok(LinuxPlan {
+        kernel,
+        cmdline,
         initrd,
+        params,
     })
 }
 
@@ -239,9 +330,8 @@ fn fd_path(file: &File) -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from(format!("<fd {fd}>")))
 }
 
-/// Checks `mem_bytes` against the VMM limits and that `mem` backs every RAM region.
-/// Returns the end of RAM below the MMIO hole.
-fn check_memory<M: GuestMemoryBackend>(mem: &M, mem_bytes: u64) -> Result<u64, BootError> {
+/// Checks `mem_bytes` against the VMM limits; returns the end of RAM below the MMIO hole.
+fn check_memory_size(mem_bytes: u64) -> Result<u64, BootError> {
     if !(MIN_MEM_BYTES..=MAX_MEM_BYTES).contains(&mem_bytes) {
         return Err(BootError::MemorySize {
             mem_bytes,
@@ -249,6 +339,12 @@ fn check_memory<M: GuestMemoryBackend>(mem: &M, mem_bytes: u64) -> Result<u64, B
             max: MAX_MEM_BYTES,
         });
     }
+    Ok(low_ram_end(mem_bytes))
+}
+
+/// Checks `mem_bytes` ([`check_memory_size`]) and that `mem` backs every RAM region.
+fn check_memory<M: GuestMemoryBackend>(mem: &M, mem_bytes: u64) -> Result<(), BootError> {
+    check_memory_size(mem_bytes)?;
     for (start, len) in ram_regions(mem_bytes) {
         for addr in [start, start + len - 1] {
             if !mem.address_in_range(GuestAddress(addr)) {
@@ -256,7 +352,7 @@ fn check_memory<M: GuestMemoryBackend>(mem: &M, mem_bytes: u64) -> Result<u64, B
             }
         }
     }
-    Ok(low_ram_end(mem_bytes))
+    Ok(())
 }
 
 fn build_cmdline(cmdline: &str) -> Result<Cmdline, BootError> {
@@ -306,7 +402,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BootError + '_ {
 }
 
 /// Reads up to `SNIFF_BYTES` from the start of the image.
-fn read_head<F: Read + Seek>(file: &mut F, path: &Path) -> Result<Vec<u8>, BootError> {
+fn read_head<F: Read + Seek + ?Sized>(file: &mut F, path: &Path) -> Result<Vec<u8>, BootError> {
     file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
     let mut head = Vec::with_capacity(SNIFF_BYTES);
     file.take(SNIFF_BYTES as u64)
@@ -315,38 +411,13 @@ fn read_head<F: Read + Seek>(file: &mut F, path: &Path) -> Result<Vec<u8>, BootE
     Ok(head)
 }
 
-fn describe_magic(head: &[u8]) -> String {
-    let hex = |b: &[u8]| {
-        b.iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let first = &head[..head.len().min(4)];
-    match head.get(HDRS_OFFSET..HDRS_OFFSET + 4) {
-        Some(at_hdrs) => format!(
-            "bytes [{}] at offset 0 and [{}] at offset 0x202",
-            hex(first),
-            hex(at_hdrs)
-        ),
-        None => format!(
-            "bytes [{}] at offset 0 in a file of only {} bytes",
-            hex(first),
-            head.len()
-        ),
-    }
-}
-
-fn load_kernel<M, F>(
-    mem: &M,
+/// Checks the kernel image (format, headers, footprint in a guest whose low RAM ends at
+/// `ram_end`) without loading it.
+fn inspect_kernel<F: Read + Seek + ?Sized>(
     file: &mut F,
     path: &Path,
     ram_end: u64,
-) -> Result<LoadedKernel, BootError>
-where
-    M: GuestMemoryBackend,
-    F: Read + Seek + ReadVolatile,
-{
+) -> Result<LoadedKernel, BootError> {
     let size = file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
     if size == 0 {
         return Err(BootError::KernelEmpty {
@@ -355,15 +426,37 @@ where
     }
     let head = read_head(file, path)?;
     if head.starts_with(b"\x7fELF") {
-        load_elf(mem, file, path, size, ram_end)
+        inspect_elf(file, path, &head, size, ram_end)
     } else if head.get(HDRS_OFFSET..HDRS_OFFSET + 4) == Some(b"HdrS") {
-        load_bzimage(mem, file, path, &head, size, ram_end)
+        inspect_bzimage(path, &head, size, ram_end)
     } else {
         Err(BootError::NotAKernel {
             path: path.to_path_buf(),
-            found: describe_magic(&head),
         })
     }
+}
+
+/// Loads an inspected kernel into guest memory.
+fn write_kernel<M, F>(
+    mem: &M,
+    file: &mut F,
+    path: &Path,
+    kernel: &LoadedKernel,
+) -> Result<(), BootError>
+where
+    M: GuestMemoryBackend,
+    F: Read + Seek + ReadVolatile,
+{
+    let loaded = match kernel.kind {
+        KernelKind::Elf => Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map(drop),
+        KernelKind::BzImage => {
+            BzImage::load(mem, Some(GuestAddress(HIMEM_START)), file, None).map(drop)
+        }
+    };
+    loaded.map_err(|source| BootError::KernelLoad {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -463,7 +556,7 @@ fn parse_elf_header(head: &[u8]) -> Result<ElfHeader, String> {
     })
 }
 
-fn read_elf_segments<F: Read + Seek>(
+fn read_elf_segments<F: Read + Seek + ?Sized>(
     file: &mut F,
     path: &Path,
     header: &ElfHeader,
@@ -555,23 +648,18 @@ fn check_elf_note(seg: &ElfSegment, index: usize, size: u64, path: &Path) -> Res
     Ok(())
 }
 
-fn load_elf<M, F>(
-    mem: &M,
+fn inspect_elf<F: Read + Seek + ?Sized>(
     file: &mut F,
     path: &Path,
+    head: &[u8],
     size: u64,
     ram_end: u64,
-) -> Result<LoadedKernel, BootError>
-where
-    M: GuestMemoryBackend,
-    F: Read + Seek + ReadVolatile,
-{
+) -> Result<LoadedKernel, BootError> {
     let bad = |reason: String| BootError::BadElf {
         path: path.to_path_buf(),
         reason,
     };
-    let head = read_head(file, path)?;
-    let header = parse_elf_header(&head).map_err(bad)?;
+    let header = parse_elf_header(head).map_err(bad)?;
     let segments = read_elf_segments(file, path, &header, size)?;
     let mut ranges = Vec::new();
     for (index, seg) in segments.iter().enumerate() {
@@ -593,12 +681,6 @@ where
             header.entry
         )));
     }
-    Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
-        BootError::KernelLoad {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
     Ok(LoadedKernel {
         kind: KernelKind::Elf,
         entry: header.entry,
@@ -700,18 +782,12 @@ fn bzimage_footprint_end(header: &setup_header, load: u64, payload: u64) -> Opti
     Some(decompress_end.max(load.checked_add(payload)?))
 }
 
-fn load_bzimage<M, F>(
-    mem: &M,
-    file: &mut F,
+fn inspect_bzimage(
     path: &Path,
     head: &[u8],
     size: u64,
     ram_end: u64,
-) -> Result<LoadedKernel, BootError>
-where
-    M: GuestMemoryBackend,
-    F: Read + Seek + ReadVolatile,
-{
+) -> Result<LoadedKernel, BootError> {
     let bad = |reason: String| BootError::BadBzImage {
         path: path.to_path_buf(),
         reason,
@@ -739,12 +815,6 @@ where
             ram_end,
         });
     }
-    BzImage::load(mem, Some(GuestAddress(HIMEM_START)), file, None).map_err(|source| {
-        BootError::KernelLoad {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
     prepare_bzimage_header(&mut header);
     Ok(LoadedKernel {
         kind: KernelKind::BzImage,
@@ -798,22 +868,19 @@ fn place_initrd(size: u64, lowest: u64, limit: u64) -> Option<u64> {
     (start >= lowest).then_some(start)
 }
 
-fn load_initrd<M, F>(
-    mem: &M,
+/// Where an initrd goes: its size read from `file`, its place chosen above the kernel.
+fn place_initrd_file<F: Read + Seek + ?Sized>(
     file: &mut F,
     path: &Path,
     kernel: &LoadedKernel,
     ram_end: u64,
-) -> Result<Range<u64>, BootError>
-where
-    M: GuestMemoryBackend,
-    F: Read + Seek + ReadVolatile,
-{
-    let read_err = |source| BootError::InitrdRead {
-        path: path.to_path_buf(),
-        source,
-    };
-    let size = file.seek(SeekFrom::End(0)).map_err(read_err)?;
+) -> Result<Range<u64>, BootError> {
+    let size = file
+        .seek(SeekFrom::End(0))
+        .map_err(|source| BootError::InitrdRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if size == 0 {
         return Err(BootError::InitrdEmpty {
             path: path.to_path_buf(),
@@ -827,15 +894,27 @@ where
         lowest,
         highest_end: limit,
     })?;
-    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    // `size` < limit <= MMIO_GAP_START, so it fits usize.
-    mem.read_exact_volatile_from(GuestAddress(start), file, size as usize)
-        .map_err(|source| BootError::GuestWrite {
-            what: "initrd",
-            addr: start,
+    Ok(start..start + size)
+}
+
+/// Copies the initrd into its place in guest memory.
+fn write_initrd<M, F>(mem: &M, file: &mut F, path: &Path, at: &Range<u64>) -> Result<(), BootError>
+where
+    M: GuestMemoryBackend,
+    F: Read + Seek + ReadVolatile,
+{
+    file.seek(SeekFrom::Start(0))
+        .map_err(|source| BootError::InitrdRead {
+            path: path.to_path_buf(),
             source,
         })?;
-    Ok(start..start + size)
+    // The range is below MMIO_GAP_START (< 4 GiB), so its length fits usize.
+    mem.read_exact_volatile_from(GuestAddress(at.start), file, (at.end - at.start) as usize)
+        .map_err(|source| BootError::GuestWrite {
+            what: "initrd",
+            addr: at.start,
+            source,
+        })
 }
 
 fn build_boot_params(

@@ -15,7 +15,7 @@ pub mod regions;
 
 pub use cpuid::filter_cpuid;
 pub use gdt::{long_mode_sregs, write_gdt_and_idt};
-pub use linux::{e820_map, load_linux, E820Entry, KernelKind, LinuxBoot};
+pub use linux::{check_linux, e820_map, load_linux, E820Entry, KernelKind, LinuxBoot};
 pub use mptable::setup_mptable;
 pub use msrs::{boot_msr_entries, snapshot_msr_indices};
 pub use paging::identity_page_tables;
@@ -49,11 +49,13 @@ pub enum BootError {
     },
     #[error("kernel {path} is empty")]
     KernelEmpty { path: PathBuf },
+    /// Says what is missing, never what the file holds: the path may name any file the
+    /// VMM can read (the node refuses paths outside its image directories first).
     #[error(
-        "kernel {path} is neither an ELF vmlinux nor a bzImage: found {found} \
-         (expected \\x7fELF at offset 0 or \"HdrS\" at offset 0x202)"
+        "kernel {path} is neither an ELF vmlinux nor a bzImage: no boot signature \
+         (\\x7fELF at offset 0 or \"HdrS\" at offset 0x202)"
     )]
-    NotAKernel { path: PathBuf, found: String },
+    NotAKernel { path: PathBuf },
     #[error("ELF kernel {path} is not loadable: {reason}")]
     BadElf { path: PathBuf, reason: String },
     #[error("bzImage kernel {path} is not loadable: {reason}")]

@@ -237,27 +237,37 @@ impl BuiltinGuest {
         }
     }
 
-    /// Validates the parameters against a guest of `mem_bytes` bytes and assembles the
-    /// program. `tsc_khz` (the guest TSC frequency) is only used by a paced `dirtier`.
-    pub fn assemble(&self, mem_bytes: u64, tsc_khz: u32) -> Result<GuestImage, GuestKitError> {
+    /// Checks the parameters against a guest of `mem_bytes` bytes (the guest kit's code
+    /// region and each program's data range inside the guest's RAM): everything
+    /// [`assemble`](Self::assemble) checks except what needs the guest's TSC frequency (a
+    /// paced `dirtier` too fast for its TSC), which only the VMM knows. Callers that start a
+    /// VM later (the daemon, `vm run`) call this first, so a spec that cannot run is refused
+    /// before anything is recorded or spawned.
+    pub fn validate(&self, mem_bytes: u64) -> Result<(), GuestKitError> {
         if mem_bytes < layout::GUEST_KIT_CODE_END {
             return Err(GuestKitError::MemoryTooSmall {
                 mem_bytes,
                 needed: layout::GUEST_KIT_CODE_END,
             });
         }
+        match self {
+            BuiltinGuest::Hello | BuiltinGuest::Idle => Ok(()),
+            BuiltinGuest::Counter(p) => validate_counter(p, mem_bytes),
+            BuiltinGuest::Dirtier(p) => validate_dirtier(p, mem_bytes),
+        }
+    }
+
+    /// Validates the parameters against a guest of `mem_bytes` bytes
+    /// ([`validate`](Self::validate)) and assembles the program. `tsc_khz` (the guest TSC
+    /// frequency) is only used by a paced `dirtier`.
+    pub fn assemble(&self, mem_bytes: u64, tsc_khz: u32) -> Result<GuestImage, GuestKitError> {
+        self.validate(mem_bytes)?;
         let program = self.name();
         let code = match self {
             BuiltinGuest::Hello => asm::hello(),
             BuiltinGuest::Idle => asm::idle(),
-            BuiltinGuest::Counter(p) => {
-                validate_counter(p, mem_bytes)?;
-                asm::counter(p)
-            }
-            BuiltinGuest::Dirtier(p) => {
-                let pacing = validate_dirtier(p, mem_bytes, tsc_khz)?;
-                asm::dirtier(p, pacing)
-            }
+            BuiltinGuest::Counter(p) => asm::counter(p),
+            BuiltinGuest::Dirtier(p) => asm::dirtier(p, dirtier_pacing(p.rate_mib_s, tsc_khz)?),
         }
         .map_err(|source| GuestKitError::Assemble { program, source })?;
         let max = layout::GUEST_KIT_CODE_END - layout::GUEST_KIT_CODE_ADDR;
@@ -346,14 +356,7 @@ fn validate_counter(p: &CounterParams, mem_bytes: u64) -> Result<(), GuestKitErr
             field: "passes",
         });
     }
-    if p.passes > COUNTER_MAX_PASSES {
-        return Err(GuestKitError::TooLarge {
-            program: PROGRAM,
-            field: "passes",
-            value: p.passes,
-            max: COUNTER_MAX_PASSES,
-        });
-    }
+    at_most(PROGRAM, "passes", p.passes, COUNTER_MAX_PASSES)?;
     if p.base % 8 != 0 {
         return Err(GuestKitError::Misaligned {
             program: PROGRAM,
@@ -377,12 +380,9 @@ pub(crate) struct Pacing {
     pub max_lag_ticks: u64,
 }
 
-/// Validates a `dirtier` and returns its pacing (`None` when unpaced).
-fn validate_dirtier(
-    p: &DirtierParams,
-    mem_bytes: u64,
-    tsc_khz: u32,
-) -> Result<Option<Pacing>, GuestKitError> {
+/// Validates a `dirtier`'s working set and rate bound (its pacing needs the TSC:
+/// [`dirtier_pacing`]).
+fn validate_dirtier(p: &DirtierParams, mem_bytes: u64) -> Result<(), GuestKitError> {
     const PROGRAM: &str = "dirtier";
     if p.mib == 0 {
         return Err(GuestKitError::Zero {
@@ -405,26 +405,38 @@ fn validate_dirtier(
             base: p.base,
         })?;
     check_range(PROGRAM, p.base, len, mem_bytes)?;
-    dirtier_pacing(p.rate_mib_s, tsc_khz)
+    at_most(PROGRAM, "rate", p.rate_mib_s, DIRTIER_MAX_RATE_MIB_S)
 }
 
+/// A parameter that must not exceed `max`.
+fn at_most(
+    program: &'static str,
+    field: &'static str,
+    value: u64,
+    max: u64,
+) -> Result<(), GuestKitError> {
+    if value > max {
+        return Err(GuestKitError::TooLarge {
+            program,
+            field,
+            value,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// A paced `dirtier`'s spacing of pages on a `tsc_khz` TSC (`None` when unpaced); the rate
+/// is within [`DIRTIER_MAX_RATE_MIB_S`] ([`validate_dirtier`]).
 fn dirtier_pacing(rate_mib_s: u64, tsc_khz: u32) -> Result<Option<Pacing>, GuestKitError> {
     if rate_mib_s == 0 {
         return Ok(None);
-    }
-    if rate_mib_s > DIRTIER_MAX_RATE_MIB_S {
-        return Err(GuestKitError::TooLarge {
-            program: "dirtier",
-            field: "rate",
-            value: rate_mib_s,
-            max: DIRTIER_MAX_RATE_MIB_S,
-        });
     }
     if tsc_khz == 0 {
         return Err(GuestKitError::MissingTscKhz { rate_mib_s });
     }
     let ticks_per_s = u64::from(tsc_khz) * 1000;
-    let pages_per_s = rate_mib_s * PAGES_PER_MIB;
+    let pages_per_s = rate_mib_s.saturating_mul(PAGES_PER_MIB);
     // Round to nearest: the rate error is at most half a tick per page.
     let ticks_per_page = (ticks_per_s + pages_per_s / 2) / pages_per_s;
     if ticks_per_page == 0 {
@@ -733,6 +745,46 @@ mod tests {
                 rate_mib_s: 8192,
                 tsc_khz: 1000
             })
+        ));
+    }
+
+    #[test]
+    fn validate_refuses_before_launch_what_assemble_would_refuse() {
+        // The specs of issue 12: the dirtier's default working set (96 MiB + 128 MiB) in a
+        // 64 MiB guest, and a counter whose data would overwrite the boot tables at 0.
+        let small = 64 << 20;
+        let default_dirtier: BuiltinGuest = "builtin:dirtier".parse().unwrap();
+        assert!(matches!(
+            default_dirtier.validate(small),
+            Err(GuestKitError::RangeOutside { program: "dirtier", limit, .. }) if limit == small
+        ));
+        let at_zero: BuiltinGuest = "builtin:counter:passes=1,base=0x0".parse().unwrap();
+        assert!(matches!(
+            at_zero.validate(small),
+            Err(GuestKitError::RangeOutside {
+                program: "counter",
+                start: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            BuiltinGuest::Idle.validate(layout::GUEST_KIT_CODE_END - 1),
+            Err(GuestKitError::MemoryTooSmall { .. })
+        ));
+        assert!(matches!(
+            dirtier(layout::DIRTIER_DEFAULT_BASE, 1, DIRTIER_MAX_RATE_MIB_S + 1).validate(MEM),
+            Err(GuestKitError::TooLarge { field: "rate", .. })
+        ));
+        // Whatever validates assembles, but for the TSC the VMM alone knows.
+        for guest in all_guests() {
+            guest.validate(MEM).unwrap();
+            guest.assemble(MEM, TSC_KHZ).unwrap();
+        }
+        let paced = dirtier(layout::DIRTIER_DEFAULT_BASE, 1, 20);
+        paced.validate(MEM).unwrap();
+        assert!(matches!(
+            paced.assemble(MEM, 0),
+            Err(GuestKitError::MissingTscKhz { .. })
         ));
     }
 

@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use crate::api::service::{NodeService, ServiceError, ServiceResult};
+use crate::api::service::{NodeService, ServiceError, ServiceResult, VmDeleted};
 use crate::api::types::{
     EventEnvelope, MigrationDirection, MigrationInfo, MigrationRequest, MigrationState, NodeEvent,
-    PolitenessInfo, VmInfo, VmSpec, VmState,
+    OwnerSetting, PolitenessInfo, VmInfo, VmSpec, VmState,
 };
 use crate::api::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
 use crate::metrics::Metrics;
@@ -20,6 +20,7 @@ pub struct Fake {
     /// Answered (once) by the next call that can fail.
     pub fail_next: Mutex<Option<ServiceError>>,
     pub drained: Mutex<Option<u64>>,
+    pub owner: Mutex<OwnerSetting>,
     pub events: broadcast::Sender<EventEnvelope>,
     pub metrics: Arc<Metrics>,
     seq: Mutex<u64>,
@@ -33,6 +34,7 @@ impl Fake {
             migrations: Mutex::new(BTreeMap::new()),
             fail_next: Mutex::new(None),
             drained: Mutex::new(None),
+            owner: Mutex::new(OwnerSetting::Auto),
             events,
             metrics: Arc::new(Metrics::new()),
             seq: Mutex::new(0),
@@ -191,12 +193,24 @@ impl NodeService for Fake {
         Ok(info)
     }
 
-    async fn stop_vm(&self, id: &str) -> ServiceResult<VmInfo> {
+    async fn delete_vm(&self, id: &str) -> ServiceResult<VmDeleted> {
+        let ended = self
+            .vms
+            .lock()
+            .unwrap()
+            .get(id)
+            .is_some_and(|v| !v.state.is_active() && v.state != VmState::Suspended);
+        if ended {
+            self.check()?;
+            self.vms.lock().unwrap().remove(id);
+            return Ok(VmDeleted::Removed);
+        }
         self.set_vm_state(
             id,
             &[VmState::Starting, VmState::Running, VmState::Paused],
             VmState::Exited,
         )
+        .map(|vm| VmDeleted::Stopped(Box::new(vm)))
     }
 
     async fn pause_vm(&self, id: &str) -> ServiceResult<VmInfo> {
@@ -254,7 +268,14 @@ impl NodeService for Fake {
             on_battery: false,
             cpu_cap_percent: 100,
             mem_cap_mib: 4096,
+            owner_override: *self.owner.lock().unwrap(),
         }
+    }
+
+    async fn set_owner(&self, owner: OwnerSetting) -> ServiceResult<PolitenessInfo> {
+        self.check()?;
+        *self.owner.lock().unwrap() = owner;
+        Ok(self.politeness())
     }
 
     async fn drain(&self, deadline_s: u64) -> ServiceResult<()> {

@@ -12,9 +12,10 @@ use utoipa::ToSchema;
 
 use super::error::{ApiFailure, IdPath, JsonBody, OptionalJsonBody};
 use super::{ws, ApiState};
-use crate::api::service::NodeService;
+use crate::api::service::{NodeService, VmDeleted};
 use crate::api::types::{
-    ApiError, EventEnvelope, MigrationInfo, MigrationRequest, PolitenessInfo, VmInfo, VmSpec,
+    ApiError, EventEnvelope, MigrationInfo, MigrationRequest, OwnerRequest, PolitenessInfo, VmInfo,
+    VmSpec,
 };
 use crate::api::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
 
@@ -121,13 +122,18 @@ pub async fn get_vm<S: NodeService>(
 }
 
 #[utoipa::path(delete, path = "/api/v1/vms/{id}", tag = "vms", params(("id" = String, Path, description = "VM id")),
-    responses((status = 200, description = "The VM, stopped", body = VmInfo), (status = 400, body = ApiError),
-        (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 500, body = ApiError)))]
-pub async fn stop_vm<S: NodeService>(
+    responses((status = 200, description = "The VM was active or suspended: it is stopped now and its record kept (a second DELETE removes it)", body = VmInfo),
+        (status = 204, description = "The VM had ended (exited, failed, moved away): its record and its files (console, checkpoints) are removed"),
+        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, description = "Migrating (cancel it first), migrating in, or still ending", body = ApiError), (status = 500, body = ApiError)))]
+pub async fn delete_vm<S: NodeService>(
     State(st): State<ApiState<S>>,
     IdPath(id): IdPath,
-) -> ApiResult<Json<VmInfo>> {
-    Ok(Json(st.service.stop_vm(&id).await?))
+) -> ApiResult<Response> {
+    Ok(match st.service.delete_vm(&id).await? {
+        VmDeleted::Stopped(vm) => Json(*vm).into_response(),
+        VmDeleted::Removed => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 #[utoipa::path(post, path = "/api/v1/vms/{id}/pause", tag = "vms", params(("id" = String, Path, description = "VM id")),
@@ -270,6 +276,18 @@ fn limit(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
     responses((status = 200, description = "What the politeness policy lets the node do now", body = PolitenessInfo), (status = 401, body = ApiError)))]
 pub async fn politeness<S: NodeService>(State(st): State<ApiState<S>>) -> Json<PolitenessInfo> {
     Json(st.service.politeness())
+}
+
+#[utoipa::path(post, path = "/api/v1/politeness/owner", tag = "node", request_body = OwnerRequest,
+    responses((status = 200, description = "The override is set (kept across restarts; auto clears it); what the politeness policy allows with it", body = PolitenessInfo),
+        (status = 400, description = "Malformed JSON, an unknown field, or owner not one of active, idle, auto", body = ApiError),
+        (status = 401, body = ApiError), (status = 413, body = ApiError), (status = 415, body = ApiError),
+        (status = 500, description = "The setting could not be kept on disk", body = ApiError)))]
+pub async fn set_owner<S: NodeService>(
+    State(st): State<ApiState<S>>,
+    JsonBody(req): JsonBody<OwnerRequest>,
+) -> ApiResult<Json<PolitenessInfo>> {
+    Ok(Json(st.service.set_owner(req.owner).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/drain", tag = "node", request_body(content = Option<DrainRequest>, description = "Optional; an empty body is deadline_s 120"),

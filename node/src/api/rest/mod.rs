@@ -67,7 +67,7 @@ pub fn router<S: NodeService>(service: Arc<S>, metrics: Arc<Metrics>, auth: ApiA
         .route("/api/v1/vms", get(h::list_vms::<S>).post(h::create_vm::<S>))
         .route(
             "/api/v1/vms/{id}",
-            get(h::get_vm::<S>).delete(h::stop_vm::<S>),
+            get(h::get_vm::<S>).delete(h::delete_vm::<S>),
         )
         .route("/api/v1/vms/{id}/pause", post(h::pause_vm::<S>))
         .route("/api/v1/vms/{id}/resume", post(h::resume_vm::<S>))
@@ -83,6 +83,7 @@ pub fn router<S: NodeService>(service: Arc<S>, metrics: Arc<Metrics>, auth: ApiA
             get(h::watch_migration::<S>),
         )
         .route("/api/v1/politeness", get(h::politeness::<S>))
+        .route("/api/v1/politeness/owner", post(h::set_owner::<S>))
         .route("/api/v1/drain", post(h::drain::<S>))
         .route("/api/v1/events", get(h::events::<S>))
         .route("/api/v1/openapi.json", get(h::openapi))

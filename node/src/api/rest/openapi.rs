@@ -9,8 +9,8 @@ use utoipa::{Modify, OpenApi};
 use super::handlers::{self, CellsView, DrainAccepted, DrainRequest};
 use crate::api::types::{
     ApiError, Backend, EventEnvelope, MigrationDirection, MigrationInfo, MigrationMode,
-    MigrationProgressInfo, MigrationRequest, MigrationState, NodeEvent, PolitenessInfo, VmInfo,
-    VmSpec, VmState,
+    MigrationProgressInfo, MigrationRequest, MigrationState, NodeEvent, OwnerRequest, OwnerSetting,
+    PolitenessInfo, VmInfo, VmSpec, VmState,
 };
 use crate::api::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
 
@@ -38,15 +38,17 @@ impl Modify for BearerAuth {
     info(title = "NovaCron node API", description = "One NovaCron node: its VMs, migrations, mesh view and politeness state."),
     paths(
         handlers::node, handlers::peers, handlers::cells,
-        handlers::list_vms, handlers::create_vm, handlers::get_vm, handlers::stop_vm,
+        handlers::list_vms, handlers::create_vm, handlers::get_vm, handlers::delete_vm,
         handlers::pause_vm, handlers::resume_vm, handlers::migrate_vm,
         handlers::list_migrations, handlers::get_migration, handlers::cancel_migration,
-        handlers::watch_migration, handlers::politeness, handlers::drain, handlers::events,
+        handlers::watch_migration, handlers::politeness, handlers::set_owner, handlers::drain,
+        handlers::events,
         handlers::openapi, handlers::metrics,
     ),
     components(schemas(
         ApiError, Backend, MigrationMode, VmSpec, VmState, VmInfo, MigrationRequest,
         MigrationDirection, MigrationState, MigrationProgressInfo, MigrationInfo, PolitenessInfo,
+        OwnerSetting, OwnerRequest,
         EventEnvelope, NodeEvent, NodeStatus, CellStatus, MemberStatus, SummaryStatus, CellsView,
         DrainRequest, DrainAccepted,
     )),
@@ -73,7 +75,7 @@ const LINKS: [(&str, &str, &str, &[&str]); 2] = [
         "/api/v1/vms",
         "post",
         "201",
-        &["get_vm", "stop_vm", "pause_vm", "resume_vm", "migrate_vm"],
+        &["get_vm", "delete_vm", "pause_vm", "resume_vm", "migrate_vm"],
     ),
     (
         "/api/v1/vms/{id}/migrate",

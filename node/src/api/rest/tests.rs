@@ -17,7 +17,7 @@ use super::error::MAX_ID_BYTES;
 use super::fake::{self, Fake};
 use super::{router, ApiAuth};
 use crate::api::service::ServiceError;
-use crate::api::types::{ApiError, MigrationInfo, MigrationState, VmInfo, VmState};
+use crate::api::types::{ApiError, MigrationInfo, MigrationState, OwnerSetting, VmInfo, VmState};
 
 const TOKEN: &str = "5f0e9c1d2b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c";
 
@@ -186,6 +186,13 @@ async fn the_vm_routes_create_read_stop_pause_and_resume() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["state"], "exited");
     assert_eq!(fake.vm_state("vm0"), Some(VmState::Exited));
+    // A second DELETE removes the record of the VM that ended: 204, no body, gone.
+    let a = call(&app, Req::new("DELETE", "/api/v1/vms/vm0")).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert!(a.body.is_empty());
+    assert_eq!(fake.vm_state("vm0"), None);
+    let a = call(&app, Req::new("GET", "/api/v1/vms/vm0")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
 
     for (method, uri) in [
         ("GET", "/api/v1/vms/nope"),
@@ -201,6 +208,45 @@ async fn the_vm_routes_create_read_stop_pause_and_resume() {
     let a = call(&app, Req::new("GET", &long)).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.error().contains("128-byte"), "{}", a.error());
+}
+
+#[tokio::test]
+async fn the_owner_override_is_set_shown_and_cleared() {
+    let fake = Fake::new(16);
+    let app = app(&fake);
+    let set = |body: Value| {
+        call(
+            &app,
+            Req::new("POST", "/api/v1/politeness/owner").json(&body),
+        )
+    };
+    let a = call(&app, Req::new("GET", "/api/v1/politeness")).await;
+    assert_eq!(a.json()["owner_override"], "auto");
+    let a = set(json!({"owner": "active"})).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.json());
+    assert_eq!(a.json()["owner_override"], "active");
+    let a = call(&app, Req::new("GET", "/api/v1/politeness")).await;
+    assert_eq!(a.json()["owner_override"], "active");
+    let a = set(json!({"owner": "auto"})).await;
+    assert_eq!(a.json()["owner_override"], "auto");
+    // Anything else names the problem; nothing changes.
+    for bad in [
+        json!({"owner": "busy"}),
+        json!({"owner": "active", "until": 5}),
+        json!({}),
+        json!(null),
+    ] {
+        let a = set(bad.clone()).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(!a.error().is_empty());
+    }
+    assert_eq!(*fake.owner.lock().unwrap(), OwnerSetting::Auto);
+    let a = call(&app, Req::new("GET", "/api/v1/politeness/owner")).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    fake.fail_with(ServiceError::Internal("cannot keep it".into()));
+    let a = set(json!({"owner": "idle"})).await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(a.error(), "cannot keep it");
 }
 
 #[tokio::test]
@@ -533,6 +579,7 @@ async fn the_openapi_document_lists_every_route_with_bodies_and_errors() {
         ("post", "/api/v1/migrations/{id}/cancel"),
         ("get", "/api/v1/migrations/{id}/watch"),
         ("get", "/api/v1/politeness"),
+        ("post", "/api/v1/politeness/owner"),
         ("post", "/api/v1/drain"),
         ("get", "/api/v1/events"),
         ("get", "/api/v1/openapi.json"),
@@ -547,9 +594,15 @@ async fn the_openapi_document_lists_every_route_with_bodies_and_errors() {
         doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
             .to_string()
     };
+    let delete = &doc["paths"]["/api/v1/vms/{id}"]["delete"]["responses"];
+    assert!(
+        delete["200"].is_object() && delete["204"].is_object(),
+        "{delete}"
+    );
     assert!(body_ref("/api/v1/vms").contains("VmSpec"));
     assert!(body_ref("/api/v1/vms/{id}/migrate").contains("MigrationRequest"));
     assert!(body_ref("/api/v1/drain").contains("DrainRequest"));
+    assert!(body_ref("/api/v1/politeness/owner").contains("OwnerRequest"));
     let errors = &doc["paths"]["/api/v1/vms"]["post"]["responses"];
     for status in ["400", "401", "413", "415", "503"] {
         assert!(
@@ -583,7 +636,7 @@ async fn the_openapi_document_lists_every_route_with_bodies_and_errors() {
         assert_eq!(id["schema"]["minLength"], json!(1), "{path}");
     }
     let created = &doc["paths"]["/api/v1/vms"]["post"]["responses"]["201"]["links"];
-    for op in ["get_vm", "stop_vm", "pause_vm", "resume_vm", "migrate_vm"] {
+    for op in ["get_vm", "delete_vm", "pause_vm", "resume_vm", "migrate_vm"] {
         assert_eq!(created[op]["operationId"], json!(op));
         assert_eq!(created[op]["parameters"]["id"], json!("$response.body#/id"));
         let exists = doc["paths"].as_object().unwrap().values().any(|item| {

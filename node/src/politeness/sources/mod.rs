@@ -94,7 +94,6 @@ impl Sampler {
 
     /// The API's word about the owner (None: back to the files and devices). It beats the
     /// hook files, which beat the devices.
-    #[cfg(test)]
     pub fn set_owner_override(&mut self, signal: Option<OwnerSignal>) {
         self.api_override = signal;
     }
