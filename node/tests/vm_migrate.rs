@@ -10,16 +10,15 @@
 mod common;
 
 use common::guest::{counter, kvm_usable};
-use std::net::SocketAddr;
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use common::cli_migration::{
+    dump, result_lines, spawn_receiver, spawn_source, wait_both, EXIT_TIMEOUT,
+};
 use common::confirm_cutter::ConfirmCutter;
 use common::proc::Proc;
 use common::proxy::{Corrupt, Proxy, ProxyConfig};
 
-/// Longest a CLI process may take to exit (a hang fails the test after this).
-const EXIT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Source -> destination bandwidth through the proxy in the fault tests: ~33 MB on the
 /// wire then take ~4 s, so a fault lands mid-migration.
 const FAULT_RATE_BPS: u64 = 8_000_000;
@@ -28,66 +27,6 @@ const FAULT_RATE_BPS: u64 = 8_000_000;
 const FAULT_AFTER_BYTES: u64 = 8_000_000;
 /// Guest data filled before the fault tests' migrations (64 MiB at 16 MiB).
 const FILL: &str = "16M:64M";
-
-fn result_lines(text: &str) -> Vec<&str> {
-    text.lines().filter(|l| l.starts_with("result=")).collect()
-}
-
-fn dump(procs: &[&Proc]) {
-    for p in procs {
-        eprintln!("{}", p.dump());
-    }
-}
-
-/// `novacron vm receive --listen 127.0.0.1:0 EXTRA`, and the address it listens on.
-fn spawn_receiver(extra: &[&str]) -> (Proc, SocketAddr) {
-    let mut args = vec!["vm", "receive", "--listen", "127.0.0.1:0", "--wait", "120"];
-    args.extend_from_slice(extra);
-    let mut p = Proc::spawn("destination", &args);
-    const READY: &str = "novacron: waiting for a VM on ";
-    let line = p
-        .wait_stderr_line(READY, Duration::from_secs(30))
-        .unwrap_or_else(|| {
-            panic!(
-                "the receiver did not print {READY:?} within 30 s\n{}",
-                p.dump()
-            )
-        });
-    let addr = line
-        .split_once(READY)
-        .and_then(|(_, a)| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("expected {READY}HOST:PORT, got {line:?}"));
-    (p, addr)
-}
-
-/// `novacron vm run --guest GUEST --mem 256M --migrate-to TO --migrate-after AFTER_MS
-/// EXTRA`.
-fn spawn_source(guest: &str, to: SocketAddr, after_ms: u64, extra: &[&str]) -> Proc {
-    let to = to.to_string();
-    let after = after_ms.to_string();
-    let mut args = vec![
-        "vm",
-        "run",
-        "--guest",
-        guest,
-        "--mem",
-        "256M",
-        "--migrate-to",
-        &to,
-        "--migrate-after",
-        &after,
-    ];
-    args.extend_from_slice(extra);
-    Proc::spawn("source", &args)
-}
-
-/// Waits for both processes (source first), prints their output, returns their statuses.
-fn wait_both(src: &mut Proc, dst: &mut Proc) -> (ExitStatus, ExitStatus) {
-    let s = src.wait(EXIT_TIMEOUT);
-    let d = dst.wait(EXIT_TIMEOUT);
-    dump(&[src, dst]);
-    (s, d)
-}
 
 /// The hex blake3 after `prefix` on a line of `text`.
 fn memory_hash(text: &str, prefix: &str) -> String {

@@ -315,10 +315,15 @@ pub enum Event {
     /// The link failed after the state was sent: the VM stays paused until new streams
     /// ([`Command::MigrationReconnect`]) let the destination say whether it started.
     MigrationInDoubt,
-    /// Persisting the VM's chunks to the store after the move finished.
+    /// The VM's chunks kept in the chunk store: by a source after the move finished (its
+    /// memory), by a destination after it received the VM (the chunks received; right
+    /// after [`Event::MigratedIn`]).
     ChunksKept {
         new_chunks: u64,
         held_chunks: u64,
+        /// Received chunks not kept because the disk could not keep up.
+        #[serde(default)]
+        skipped_chunks: u64,
     },
     /// This VMM received a VM, which now runs here.
     MigratedIn {

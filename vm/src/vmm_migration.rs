@@ -22,7 +22,7 @@ use crate::migration::drive_source::{
 };
 use crate::migration::links::Links;
 use crate::migration::messages::Mode;
-use crate::migration::persist::keep_memory;
+use crate::migration::persist::{keep_memory, Kept};
 use crate::migration::source::NoConverge;
 use crate::migration::Phase;
 use crate::vcpu::VcpuEvent;
@@ -217,13 +217,7 @@ pub fn migrate_out(
                 let kept =
                     open_store(dir).and_then(|store| keep_memory(machine, &store, CHUNK_SIZE));
                 match kept {
-                    Ok(k) => send(
-                        writer,
-                        &Event::ChunksKept {
-                            new_chunks: k.new_chunks,
-                            held_chunks: k.held_chunks,
-                        },
-                    )?,
+                    Ok(k) => send(writer, &kept_event(&k))?,
                     Err(e) => tracing::warn!(error = %e, "could not keep the VM's chunks"),
                 }
             }
@@ -253,6 +247,14 @@ pub fn migrate_out(
             )?;
             Ok(None)
         }
+    }
+}
+
+fn kept_event(k: &Kept) -> Event {
+    Event::ChunksKept {
+        new_chunks: k.new_chunks,
+        held_chunks: k.held_chunks,
+        skipped_chunks: k.skipped_chunks,
     }
 }
 
@@ -306,7 +308,11 @@ pub fn receive(
         vcpus: launch.vcpus,
     };
     let links = links_from(fds, session)?;
-    let store = store.as_deref().map(open_store).transpose()?;
+    let store = store
+        .as_deref()
+        .map(open_store)
+        .transpose()?
+        .map(std::sync::Arc::new);
     let opts = DestinationOptions {
         config: DestinationConfig {
             max_mem_bytes: max.mem_bytes,
@@ -335,6 +341,9 @@ pub fn receive(
                     cpu_ns: cpu_time_ns(),
                 },
             )?;
+            if let Some(k) = &summary.kept {
+                send(writer, &kept_event(k))?;
+            }
             Ok(machine)
         }
         DestinationOutcome::Failed { reason, .. } => {

@@ -24,7 +24,8 @@ pub struct ReceiveArgs {
     /// Address to listen on (host:port; port 0 picks one, printed on stderr).
     #[arg(long)]
     pub listen: String,
-    /// Chunk store: chunks it holds are not sent again (created if missing).
+    /// Chunk store: chunks it holds are not sent again, and the chunks received are kept
+    /// in it, so the same VM received again sends only what changed (created if missing).
     #[arg(long)]
     store: Option<PathBuf>,
     /// Largest guest accepted.
@@ -132,6 +133,21 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
                 if let Some(h) = memory_blake3 {
                     eprintln!("novacron: memory blake3 at switchover (destination): {h}");
                 }
+            }
+            Event::ChunksKept {
+                new_chunks,
+                held_chunks,
+                skipped_chunks,
+            } => {
+                let skipped = if skipped_chunks > 0 {
+                    format!(", {skipped_chunks} not kept (the disk could not keep up)")
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "novacron: kept the chunks received in the chunk store: {new_chunks} new, \
+                     {held_chunks} already there{skipped}"
+                );
             }
             Event::Exited(reason) => {
                 started.set(false);

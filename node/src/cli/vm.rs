@@ -316,6 +316,7 @@ fn drive(
             Event::ChunksKept {
                 new_chunks,
                 held_chunks,
+                ..
             } => eprintln!(
                 "novacron: kept the VM's memory in the chunk store: {new_chunks} new chunks, \
                  {held_chunks} already there"
