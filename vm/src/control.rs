@@ -12,6 +12,27 @@ use serde::{Deserialize, Serialize};
 /// here instead of running again.
 pub const IN_DOUBT_PREFIX: &str = "in doubt:";
 
+/// Where a migration that did not complete left the VM at its source, from the reason of
+/// [`Event::MigrationFailed`] (the VMM decides; its owners only read it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrationEnd {
+    /// The destination never ran it: the VM runs here as before (or stays paused if it was).
+    RolledBack,
+    /// The state left and nobody could say whether the destination started the VM: it stays
+    /// paused here, and must not run here before someone checked the destination.
+    InDoubt,
+}
+
+impl MigrationEnd {
+    pub fn of(reason: &str) -> Self {
+        if reason.starts_with(IN_DOUBT_PREFIX) {
+            MigrationEnd::InDoubt
+        } else {
+            MigrationEnd::RolledBack
+        }
+    }
+}
+
 /// Longest line either side accepts.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 

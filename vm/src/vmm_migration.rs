@@ -21,9 +21,10 @@ use crate::migration::drive_source::{
     run_source, HostInput, Report, SourceHost, SourceOptions, SourceOutcome, Summary,
 };
 use crate::migration::links::Links;
-use crate::migration::messages::Mode;
+use crate::migration::messages::{Message, Mode};
 use crate::migration::persist::{keep_memory, Kept};
 use crate::migration::source::NoConverge;
+use crate::migration::wire::write_message;
 use crate::migration::Phase;
 use crate::vcpu::VcpuEvent;
 use crate::vmm::{cpu_time_ns, send, Input};
@@ -262,6 +263,13 @@ struct VmmDestinationHost<'a> {
     io: Option<MachineIo>,
     jail: &'a JailedThreads,
     max: MachineConfig,
+    /// Inputs of the event loop that arrive meanwhile: handled after the migration.
+    rx: &'a Receiver<Input>,
+    deferred: &'a mut Vec<Input>,
+    /// An adoptable VMM goes on without an owner (the next one adopts it); another must
+    /// not start a VM nobody controls.
+    adoptable: bool,
+    owner_gone: bool,
 }
 
 impl DestinationHost for VmmDestinationHost<'_> {
@@ -283,16 +291,31 @@ impl DestinationHost for VmmDestinationHost<'_> {
         let joined = || self.jail.wait_cgroup_joined();
         Machine::create_gated(config, io, &vcpu_setup, &joined).map_err(|e| e.to_string())
     }
+
+    fn cancelled(&mut self) -> Option<String> {
+        while let Ok(input) = self.rx.try_recv() {
+            let closed = matches!(input, Input::ControlClosed(_));
+            self.deferred.push(input);
+            if closed && !self.adoptable && !self.owner_gone {
+                self.owner_gone = true;
+                return Some("the destination's owner is gone".into());
+            }
+        }
+        None
+    }
 }
 
 /// Receives the VM over the streams that came with an [`LaunchSource::Incoming`] launch;
-/// returns it running.
+/// returns it running. Inputs of the event loop that arrive meanwhile go to `deferred`; a
+/// VMM that is not adoptable and loses its owner before the VM runs rolls back.
 pub fn receive(
     launch: &Launch,
     io: MachineIo,
     jail: &JailedThreads,
     fds: &FdQueue,
     writer: &mut Owner,
+    rx: &Receiver<Input>,
+    deferred: &mut Vec<Input>,
 ) -> Result<Machine, String> {
     let LaunchSource::Incoming {
         session,
@@ -307,12 +330,21 @@ pub fn receive(
         mem_bytes: launch.mem_bytes,
         vcpus: launch.vcpus,
     };
-    let links = links_from(fds, session)?;
-    let store = store
-        .as_deref()
-        .map(open_store)
-        .transpose()?
-        .map(std::sync::Arc::new);
+    let mut links = links_from(fds, session)?;
+    let store = match store.as_deref().map(open_store).transpose() {
+        Ok(store) => store.map(std::sync::Arc::new),
+        Err(reason) => {
+            // The source learns why instead of seeing the links drop.
+            let abort = Message::Abort {
+                reason: reason.clone(),
+            };
+            if let Err(e) = write_message(&mut links.control, &abort) {
+                tracing::debug!(error = %e, "could not tell the source");
+            }
+            links.shutdown();
+            return Err(format!("incoming migration refused: {reason}"));
+        }
+    };
     let opts = DestinationOptions {
         config: DestinationConfig {
             max_mem_bytes: max.mem_bytes,
@@ -327,6 +359,10 @@ pub fn receive(
         io: Some(io),
         jail,
         max,
+        rx,
+        deferred,
+        adoptable: launch.adopt.is_some(),
+        owner_gone: false,
     };
     match run_destination(links, opts, &mut host) {
         DestinationOutcome::Running { machine, summary } => {

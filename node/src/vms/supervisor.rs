@@ -365,7 +365,8 @@ impl Supervisor {
                 }
                 // After an in-doubt end the VMM keeps the VM paused (the destination may
                 // run it): an operator decides; any other failure rolled it back running.
-                let in_doubt = reason.starts_with(novacron_vm::control::IN_DOUBT_PREFIX);
+                let in_doubt = novacron_vm::control::MigrationEnd::of(&reason)
+                    == novacron_vm::control::MigrationEnd::InDoubt;
                 self.registry.update(&id, |r| {
                     r.info.state = if in_doubt {
                         VmState::Paused

@@ -45,6 +45,13 @@ pub struct DestinationOptions {
 pub trait DestinationHost {
     /// Builds a machine for `config` (guest memory mapped, zero, untouched).
     fn create_machine(&mut self, config: &MachineConfig) -> Result<Machine, String>;
+
+    /// Why the migration must stop now (its owner is gone, say), polled between events.
+    /// Before the VM starts here this rolls the migration back and tells the source why;
+    /// afterwards it changes nothing.
+    fn cancelled(&mut self) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -142,6 +149,9 @@ impl DestinationDriver {
             while self.dest.awaiting_chunks() == 0 {
                 let Some(msg) = held.pop_front() else { break };
                 self.feed(Input::Received(msg), &mut control, host);
+            }
+            if let Some(reason) = host.cancelled() {
+                self.feed(Input::Cancel { reason }, &mut control, host);
             }
             let now_ms = self.t0.elapsed().as_millis() as u64;
             self.feed(Input::Tick { now_ms }, &mut control, host);
