@@ -16,7 +16,6 @@ use common::cli_migration::{
     dump, result_lines, spawn_receiver, spawn_source, wait_both, EXIT_TIMEOUT,
 };
 use common::confirm_cutter::ConfirmCutter;
-use common::proc::Proc;
 use common::proxy::{Corrupt, Proxy, ProxyConfig};
 
 /// Source -> destination bandwidth through the proxy in the fault tests: ~33 MB on the
@@ -27,6 +26,8 @@ const FAULT_RATE_BPS: u64 = 8_000_000;
 const FAULT_AFTER_BYTES: u64 = 8_000_000;
 /// Guest data filled before the fault tests' migrations (64 MiB at 16 MiB).
 const FILL: &str = "16M:64M";
+/// `vm run --migrate-to`'s exit status when the VM did not move and ran here.
+const EXIT_NOT_MOVED: i32 = 3;
 
 /// The hex blake3 after `prefix` on a line of `text`.
 fn memory_hash(text: &str, prefix: &str) -> String {
@@ -301,8 +302,13 @@ fn migrate_with_fault(fault: Fault, passes: u64) {
         );
         return;
     }
-    // Rolled back: the VM finished at the source, exactly once.
-    assert!(s.success(), "{fault:?}: the source failed: {s:?}");
+    // Rolled back: the VM finished at the source, exactly once, and the exit status says
+    // it did not move.
+    assert_eq!(
+        s.code(),
+        Some(EXIT_NOT_MOVED),
+        "{fault:?}: the source's exit status: {s:?}"
+    );
     assert!(
         src.stderr()
             .contains("novacron: migration rolled back, the VM keeps running here"),
@@ -384,7 +390,12 @@ fn a_guest_that_ends_during_precopy_is_not_started_at_the_destination() {
     let mut results = result_lines(&src_out);
     results.extend(result_lines(&dst_out));
     assert_eq!(results, vec![expected.as_str()], "the result, exactly once");
-    assert!(s.success(), "the source failed: {s:?}");
+    let moved = result_lines(&src_out).is_empty();
+    assert_eq!(
+        s.code(),
+        Some(if moved { 0 } else { EXIT_NOT_MOVED }),
+        "the source's exit status: {s:?}"
+    );
     if !result_lines(&src_out).is_empty() {
         assert!(
             !dst.stderr().contains("novacron: VM received"),
@@ -444,7 +455,7 @@ fn a_vm_too_large_for_the_destination_is_refused_and_stays_at_the_source() {
     let (mut dst, dst_addr) = spawn_receiver(&["--max-mem", "64M"]);
     let mut src = spawn_source(&spec, dst_addr, 500, &["--mode", "live"]);
     let (s, d) = wait_both(&mut src, &mut dst);
-    assert!(s.success(), "source: {s:?}");
+    assert_eq!(s.code(), Some(EXIT_NOT_MOVED), "source: {s:?}");
     assert!(!d.success(), "the receiver exited 0 without a VM");
     let reason = src.stderr();
     assert!(

@@ -78,8 +78,10 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     let store = args.store.as_deref().map(absolute).transpose()?;
     if let Some(dir) = &store {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create chunk store {}", dir.display()))?;
+        // Opened here first so a broken store is an error before anything listens (the
+        // VMM opens it again, and refuses the migration if it broke meanwhile).
+        novacron_mesh::chunks::ChunkStore::open(dir, novacron_mesh::chunks::Level::default())
+            .with_context(|| format!("--store {}: not a usable chunk store", dir.display()))?;
     }
     eprintln!("novacron: waiting for a VM on {addr}");
     let links = links::accept(&listener, Duration::from_secs(args.wait))

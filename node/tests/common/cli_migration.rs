@@ -44,11 +44,22 @@ pub fn spawn_receiver(extra: &[&str]) -> (Proc, SocketAddr) {
 /// `novacron vm run --guest GUEST --mem 256M --migrate-to TO --migrate-after AFTER_MS
 /// EXTRA`.
 pub fn spawn_source(guest: &str, to: SocketAddr, after_ms: u64, extra: &[&str]) -> Proc {
+    spawn_migrating("run", guest, to, after_ms, extra)
+}
+
+/// [`spawn_source`] with `vm SUBCOMMAND` (`run` or `migrate`).
+pub fn spawn_migrating(
+    subcommand: &str,
+    guest: &str,
+    to: SocketAddr,
+    after_ms: u64,
+    extra: &[&str],
+) -> Proc {
     let to = to.to_string();
     let after = after_ms.to_string();
     let mut args = vec![
         "vm",
-        "run",
+        subcommand,
         "--guest",
         guest,
         "--mem",
