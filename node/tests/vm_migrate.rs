@@ -142,10 +142,22 @@ fn json_progress_is_machine_readable() {
     let event = |v: &serde_json::Value| v["event"].as_str().unwrap_or("").to_string();
     let progress: Vec<_> = lines.iter().filter(|v| event(v) == "progress").collect();
     assert!(!progress.is_empty(), "no progress line");
+    let mem = 256u64 << 20;
     for p in &progress {
         assert!(p["phase"].is_string(), "progress without a phase: {p}");
         assert!(p["round"].is_u64(), "progress without a round: {p}");
         assert!(p["bytes_sent"].is_u64(), "progress without bytes_sent: {p}");
+        // A progress bar's figures: never past its total, which starts at the VM's size
+        // (the first round) and grows only by what later rounds re-send.
+        let (done, total) = (p["bytes_done"].as_u64(), p["bytes_total"].as_u64());
+        assert!(
+            done.zip(total).is_some_and(|(d, t)| d <= t),
+            "progress past its total: {p}"
+        );
+        assert!(
+            total.is_some_and(|t| t == 0 || t >= mem),
+            "the first round covers the whole VM: {p}"
+        );
     }
     let last = lines.last().expect("at least one JSON line");
     assert_eq!(event(last), "done", "the last line: {last}");
@@ -170,6 +182,7 @@ fn json_progress_is_machine_readable() {
     );
     let p = &summary["progress"];
     assert_eq!(p["phase"], "done", "{summary}");
+    assert_eq!(p["bytes_done"], p["bytes_total"], "all done: {summary}");
     assert!(p["bytes_sent"].as_u64().is_some_and(|b| b > 0), "{summary}");
     assert!(p["wire_bytes"].as_u64().is_some_and(|b| b > 0), "{summary}");
     assert!(

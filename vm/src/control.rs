@@ -224,6 +224,14 @@ pub struct MigrationProgress {
     pub bytes_sent: u64,
     pub bytes_skipped_zero: u64,
     pub bytes_skipped_held: u64,
+    /// What a progress bar shows: bytes of all rounds offered so far (all of memory in the
+    /// first round, plus each later round's dirty bytes), and how many of them are dealt
+    /// with (written to a stream, all-zero, or held by the destination). `bytes_done` never
+    /// exceeds `bytes_total`.
+    #[serde(default)]
+    pub bytes_total: u64,
+    #[serde(default)]
+    pub bytes_done: u64,
     /// Bytes on the wire: frames with compressed chunks.
     pub wire_bytes: u64,
     pub dirty_rate_bps: u64,

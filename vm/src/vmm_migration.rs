@@ -66,6 +66,11 @@ pub fn progress_of(report: &Report) -> MigrationProgress {
         bytes_sent: p.bytes_sent,
         bytes_skipped_zero: p.bytes_skipped_zero,
         bytes_skipped_held: p.bytes_skipped_held,
+        bytes_total: p.bytes_total,
+        bytes_done: p
+            .bytes_done()
+            .saturating_sub(report.bytes_queued)
+            .min(p.bytes_total),
         wire_bytes: report.wire_bytes,
         dirty_rate_bps: p.dirty_rate_bps,
         bandwidth_bps: p.bandwidth_bps,
@@ -385,5 +390,33 @@ pub fn receive(
         DestinationOutcome::Failed { reason, .. } => {
             Err(format!("incoming migration rolled back: {reason}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migration::Progress;
+
+    /// The bar shows what was written, not what was only queued, and never more than the
+    /// rounds offered.
+    #[test]
+    fn progress_counts_queued_chunks_as_not_done() {
+        let report = Report {
+            progress: Progress {
+                bytes_sent: 96 << 20,
+                bytes_skipped_zero: 400 << 20,
+                bytes_skipped_held: 0,
+                bytes_total: 512 << 20,
+                ..Progress::default()
+            },
+            bytes_queued: 64 << 20,
+            wire_bytes: 30 << 20,
+            zstd_level: 1,
+            throttle_percent: 0,
+        };
+        let p = progress_of(&report);
+        assert_eq!((p.bytes_done, p.bytes_total), (432 << 20, 512 << 20));
+        assert_eq!(p.bytes_sent, 96 << 20);
     }
 }

@@ -367,11 +367,13 @@ fn mib(bytes: u64) -> f64 {
 }
 
 impl ProgressView {
+    /// The bar starts at the VM's size; each report sets its total to the rounds offered
+    /// so far (see [`MigrationProgress::bytes_total`]).
     pub fn new(json: bool, mem_bytes: u64) -> Self {
         if json {
             return ProgressView::Json;
         }
-        let bar = ProgressBar::new(mem_bytes);
+        let bar = ProgressBar::new(mem_bytes.max(1));
         bar.set_style(
             ProgressStyle::with_template(
                 "{spinner} migrating [{bar:30}] {bytes}/{total_bytes} {wide_msg}",
@@ -386,11 +388,10 @@ impl ProgressView {
         match self {
             ProgressView::Json => print_json(&JsonLine::Progress(p)),
             ProgressView::Bar(bar) => {
-                let done = p.bytes_sent + p.bytes_skipped_zero + p.bytes_skipped_held;
-                if done > bar.length().unwrap_or(0) {
-                    bar.set_length(done);
+                if p.bytes_total > 0 {
+                    bar.set_length(p.bytes_total);
                 }
-                bar.set_position(done);
+                bar.set_position(p.bytes_done.min(p.bytes_total));
                 let est = |v: Option<u64>| v.map_or("?".into(), |ms| format!("{ms} ms"));
                 bar.set_message(format!(
                     "{} round {} | wire {:.1} MiB | zero {:.0} MiB, held {:.0} MiB | dirty {:.1} \

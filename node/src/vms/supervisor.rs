@@ -325,6 +325,8 @@ impl Supervisor {
                             wire_bytes: p.wire_bytes,
                             bytes_skipped_zero: p.bytes_skipped_zero,
                             bytes_skipped_held: p.bytes_skipped_held,
+                            bytes_total: p.bytes_total,
+                            bytes_done: p.bytes_done,
                             bandwidth_bps: p.bandwidth_bps,
                             dirty_rate_bps: p.dirty_rate_bps,
                             est_remaining_ms: p.est_remaining_ms,
