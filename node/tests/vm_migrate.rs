@@ -13,10 +13,11 @@ use common::guest::{counter, kvm_usable};
 use std::time::{Duration, Instant};
 
 use common::cli_migration::{
-    dump, result_lines, spawn_receiver, spawn_source, wait_both, EXIT_TIMEOUT,
+    dump, migrate_through_proxy, move_counter, result_lines, spawn_receiver, spawn_source,
+    wait_both, EXIT_TIMEOUT,
 };
 use common::confirm_cutter::ConfirmCutter;
-use common::proxy::{Corrupt, Proxy, ProxyConfig};
+use common::proxy::{Corrupt, ProxyConfig};
 
 /// Source -> destination bandwidth through the proxy in the fault tests: ~33 MB on the
 /// wire then take ~4 s, so a fault lands mid-migration.
@@ -49,29 +50,7 @@ fn counter_moves_mid_run(mode: &str) {
     if !kvm_usable(&format!("{mode} migration")) {
         return;
     }
-    let (spec, expected) = counter(3);
-    let (mut dst, addr) = spawn_receiver(&[]);
-    let mut src = spawn_source(&spec, addr, 1000, &["--mode", mode]);
-    let (s, d) = wait_both(&mut src, &mut dst);
-    assert!(s.success(), "{mode}: the source failed: {s:?}");
-    assert!(
-        src.stderr().contains("novacron: migrated in"),
-        "{mode}: the source did not report the migration"
-    );
-    assert!(
-        result_lines(&src.stdout()).is_empty(),
-        "{mode}: the source printed a result: the guest ran (or finished) there"
-    );
-    assert!(d.success(), "{mode}: the destination failed: {d:?}");
-    assert!(
-        dst.stderr().contains("novacron: VM received"),
-        "{mode}: the destination did not report the VM"
-    );
-    assert_eq!(
-        result_lines(&dst.stdout()),
-        vec![expected.as_str()],
-        "{mode}: the destination's result"
-    );
+    move_counter(mode, &[], &[]);
 }
 
 #[test]
@@ -216,9 +195,8 @@ fn migrate_with_fault(fault: Fault, passes: u64) {
         return;
     }
     let (spec, expected) = counter(passes);
-    let (mut dst, dst_addr) = spawn_receiver(&[]);
-    let proxy = Proxy::start(
-        dst_addr,
+    let (mut src, mut dst, proxy) = migrate_through_proxy(
+        &spec,
         ProxyConfig {
             rate_bps: Some(FAULT_RATE_BPS),
             // Past 200 KB on the first data stream: inside chunk data, not padding.
@@ -228,10 +206,6 @@ fn migrate_with_fault(fault: Fault, passes: u64) {
                 len: 64,
             }),
         },
-    );
-    let mut src = spawn_source(
-        &spec,
-        proxy.addr,
         500,
         &["--mode", "live", "--fill-pattern", FILL],
     );
@@ -375,17 +349,12 @@ fn a_guest_that_ends_during_precopy_is_not_started_at_the_destination() {
         return;
     }
     let (spec, expected) = counter(2);
-    let (mut dst, dst_addr) = spawn_receiver(&[]);
-    let proxy = Proxy::start(
-        dst_addr,
+    let (mut src, mut dst, _proxy) = migrate_through_proxy(
+        &spec,
         ProxyConfig {
             rate_bps: Some(4_000_000),
             corrupt: None,
         },
-    );
-    let mut src = spawn_source(
-        &spec,
-        proxy.addr,
         500,
         &["--mode", "live", "--fill-pattern", FILL],
     );

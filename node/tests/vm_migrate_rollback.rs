@@ -14,15 +14,17 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use common::cli_migration::{
-    dump, result_lines, spawn_migrating, spawn_receiver, spawn_source, EXIT_TIMEOUT,
+    dump, migrate_through_proxy, result_lines, spawn_migrating, spawn_receiver, spawn_source,
+    EXIT_TIMEOUT,
 };
 use common::confirm_cutter::ConfirmCutter;
 use common::guest::{counter, kvm_usable};
 use common::proc::Proc;
-use common::proxy::{Proxy, ProxyConfig};
+use common::proxy::ProxyConfig;
 
 /// `vm run --migrate-to` when the VM did not move and ran here (docs/migration.md).
 const EXIT_NOT_MOVED: i32 = 3;
@@ -33,7 +35,7 @@ const MODES: [&str; 3] = ["live", "warm", "cold"];
 
 /// The source ran the guest to its end after a rollback: its result once, on its stdout,
 /// the rollback said with `why` in it, and exit status 3.
-fn assert_ran_here(src: &Proc, status: std::process::ExitStatus, expected: &str, why: &str) {
+fn assert_ran_here(src: &Proc, status: ExitStatus, expected: &str, why: &str) {
     let err = src.stderr();
     assert_eq!(
         status.code(),
@@ -55,6 +57,15 @@ fn assert_ran_here(src: &Proc, status: std::process::ExitStatus, expected: &str,
     assert!(!err.contains("novacron: migrated in"), "{err}");
 }
 
+/// `vm SUBCOMMAND` of `spec` migrating to `to` in `mode` half a second in, when no
+/// receiver is ours to wait for: the process, once it exited, and its status.
+fn run_alone(subcommand: &str, spec: &str, to: SocketAddr, mode: &str) -> (Proc, ExitStatus) {
+    let mut src = spawn_migrating(subcommand, spec, to, 500, &["--mode", mode]);
+    let s = src.wait(EXIT_TIMEOUT);
+    dump(&[&src]);
+    (src, s)
+}
+
 /// A port on loopback where nothing listens.
 fn nothing_listening() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -70,9 +81,7 @@ fn a_migration_to_nothing_leaves_the_guest_running_here() {
     let to = nothing_listening();
     // `vm migrate` is the progress-bar variant of `vm run --migrate-to`.
     for subcommand in ["run", "migrate"] {
-        let mut src = spawn_migrating(subcommand, &spec, to, 500, &["--mode", "live"]);
-        let s = src.wait(EXIT_TIMEOUT);
-        dump(&[&src]);
+        let (src, s) = run_alone(subcommand, &spec, to, "live");
         assert_ran_here(&src, s, &expected, "cannot reach the destination");
         assert!(src.stderr().contains("refused"), "{}", src.stderr());
     }
@@ -114,9 +123,7 @@ fn a_destination_that_closes_before_the_handshake_leaves_the_guest_here_in_each_
     let (spec, expected) = counter(2);
     let to = closing_destination();
     for mode in MODES {
-        let mut src = spawn_source(&spec, to, 500, &["--mode", mode]);
-        let s = src.wait(EXIT_TIMEOUT);
-        dump(&[&src]);
+        let (src, s) = run_alone("run", &spec, to, mode);
         // The connection may break while the streams open (nothing reached the VMM) or
         // in the VMM's handshake; either way nothing moved.
         assert_ran_here(&src, s, &expected, "");
@@ -144,20 +151,12 @@ fn a_destination_killed_mid_transfer_leaves_the_guest_here_in_each_mode() {
     }
     let (spec, expected) = counter(6);
     for mode in MODES {
-        let (mut dst, dst_addr) = spawn_receiver(&[]);
-        let proxy = Proxy::start(
-            dst_addr,
-            ProxyConfig {
-                rate_bps: Some(8_000_000),
-                corrupt: None,
-            },
-        );
-        let mut src = spawn_source(
-            &spec,
-            proxy.addr,
-            500,
-            &["--mode", mode, "--fill-pattern", "16M:64M"],
-        );
+        let rate = ProxyConfig {
+            rate_bps: Some(8_000_000),
+            corrupt: None,
+        };
+        let extra = ["--mode", mode, "--fill-pattern", "16M:64M"];
+        let (mut src, mut dst, proxy) = migrate_through_proxy(&spec, rate, 500, &extra);
         if !proxy.wait_forwarded(8_000_000, Duration::from_secs(60)) {
             dump(&[&src, &dst]);
             panic!(

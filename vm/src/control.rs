@@ -215,6 +215,24 @@ pub struct MigrateOut {
     pub verify_memory: bool,
 }
 
+impl MigrateOut {
+    /// A migration of session `session` in `mode` with the defaults every owner starts from:
+    /// a 50 ms downtime budget, at most 30 rounds or 30 s of pre-copy and then a warm
+    /// finish, no chunk store, no memory hash.
+    pub fn new(session: [u8; 16], mode: MigrationMode) -> Self {
+        Self {
+            session,
+            mode,
+            downtime_budget_ms: 50,
+            max_rounds: 30,
+            max_precopy_ms: 30_000,
+            on_no_converge: OnNoConverge::Warm,
+            store: None,
+            verify_memory: false,
+        }
+    }
+}
+
 /// Migration progress, as the VMM reports it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MigrationProgress {
