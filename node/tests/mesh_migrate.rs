@@ -41,7 +41,7 @@ use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId, SwarmConfig};
 use novacron_vm::control::{
     AdoptedState, Command, Event, Launch, LaunchSource, MigrateOut, MigrationMode as VmMode,
-    OnNoConverge, SandboxSettings,
+    SandboxSettings,
 };
 use novacron_vm::launcher::{new_vm_id, LaunchError, VmmProcess};
 use novacron_vm::migration::links::{new_session, Preamble};
@@ -203,16 +203,7 @@ fn wait_end(vmm: &mut VmmProcess, forbidden: impl Fn(&Event) -> bool) -> String 
 }
 
 fn migrate_out(session: [u8; 16]) -> Command {
-    Command::MigrateOut(MigrateOut {
-        session,
-        mode: VmMode::Live,
-        downtime_budget_ms: 50,
-        max_rounds: 30,
-        max_precopy_ms: 30_000,
-        on_no_converge: OnNoConverge::Warm,
-        store: None,
-        verify_memory: false,
-    })
+    Command::MigrateOut(MigrateOut::new(session, VmMode::Live))
 }
 
 /// Launches the destination VMM for an incoming migration.

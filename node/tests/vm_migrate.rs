@@ -10,16 +10,15 @@
 mod common;
 
 use common::guest::{counter, kvm_usable};
-use std::net::SocketAddr;
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use common::cli_migration::{
+    dump, migrate_through_proxy, move_counter, result_lines, spawn_receiver, spawn_source,
+    wait_both, EXIT_TIMEOUT,
+};
 use common::confirm_cutter::ConfirmCutter;
-use common::proc::Proc;
-use common::proxy::{Corrupt, Proxy, ProxyConfig};
+use common::proxy::{Corrupt, ProxyConfig};
 
-/// Longest a CLI process may take to exit (a hang fails the test after this).
-const EXIT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Source -> destination bandwidth through the proxy in the fault tests: ~33 MB on the
 /// wire then take ~4 s, so a fault lands mid-migration.
 const FAULT_RATE_BPS: u64 = 8_000_000;
@@ -28,66 +27,8 @@ const FAULT_RATE_BPS: u64 = 8_000_000;
 const FAULT_AFTER_BYTES: u64 = 8_000_000;
 /// Guest data filled before the fault tests' migrations (64 MiB at 16 MiB).
 const FILL: &str = "16M:64M";
-
-fn result_lines(text: &str) -> Vec<&str> {
-    text.lines().filter(|l| l.starts_with("result=")).collect()
-}
-
-fn dump(procs: &[&Proc]) {
-    for p in procs {
-        eprintln!("{}", p.dump());
-    }
-}
-
-/// `novacron vm receive --listen 127.0.0.1:0 EXTRA`, and the address it listens on.
-fn spawn_receiver(extra: &[&str]) -> (Proc, SocketAddr) {
-    let mut args = vec!["vm", "receive", "--listen", "127.0.0.1:0", "--wait", "120"];
-    args.extend_from_slice(extra);
-    let mut p = Proc::spawn("destination", &args);
-    const READY: &str = "novacron: waiting for a VM on ";
-    let line = p
-        .wait_stderr_line(READY, Duration::from_secs(30))
-        .unwrap_or_else(|| {
-            panic!(
-                "the receiver did not print {READY:?} within 30 s\n{}",
-                p.dump()
-            )
-        });
-    let addr = line
-        .split_once(READY)
-        .and_then(|(_, a)| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("expected {READY}HOST:PORT, got {line:?}"));
-    (p, addr)
-}
-
-/// `novacron vm run --guest GUEST --mem 256M --migrate-to TO --migrate-after AFTER_MS
-/// EXTRA`.
-fn spawn_source(guest: &str, to: SocketAddr, after_ms: u64, extra: &[&str]) -> Proc {
-    let to = to.to_string();
-    let after = after_ms.to_string();
-    let mut args = vec![
-        "vm",
-        "run",
-        "--guest",
-        guest,
-        "--mem",
-        "256M",
-        "--migrate-to",
-        &to,
-        "--migrate-after",
-        &after,
-    ];
-    args.extend_from_slice(extra);
-    Proc::spawn("source", &args)
-}
-
-/// Waits for both processes (source first), prints their output, returns their statuses.
-fn wait_both(src: &mut Proc, dst: &mut Proc) -> (ExitStatus, ExitStatus) {
-    let s = src.wait(EXIT_TIMEOUT);
-    let d = dst.wait(EXIT_TIMEOUT);
-    dump(&[src, dst]);
-    (s, d)
-}
+/// `vm run --migrate-to`'s exit status when the VM did not move and ran here.
+const EXIT_NOT_MOVED: i32 = 3;
 
 /// The hex blake3 after `prefix` on a line of `text`.
 fn memory_hash(text: &str, prefix: &str) -> String {
@@ -109,29 +50,7 @@ fn counter_moves_mid_run(mode: &str) {
     if !kvm_usable(&format!("{mode} migration")) {
         return;
     }
-    let (spec, expected) = counter(3);
-    let (mut dst, addr) = spawn_receiver(&[]);
-    let mut src = spawn_source(&spec, addr, 1000, &["--mode", mode]);
-    let (s, d) = wait_both(&mut src, &mut dst);
-    assert!(s.success(), "{mode}: the source failed: {s:?}");
-    assert!(
-        src.stderr().contains("novacron: migrated in"),
-        "{mode}: the source did not report the migration"
-    );
-    assert!(
-        result_lines(&src.stdout()).is_empty(),
-        "{mode}: the source printed a result: the guest ran (or finished) there"
-    );
-    assert!(d.success(), "{mode}: the destination failed: {d:?}");
-    assert!(
-        dst.stderr().contains("novacron: VM received"),
-        "{mode}: the destination did not report the VM"
-    );
-    assert_eq!(
-        result_lines(&dst.stdout()),
-        vec![expected.as_str()],
-        "{mode}: the destination's result"
-    );
+    move_counter(mode, &[], &[]);
 }
 
 #[test]
@@ -202,10 +121,22 @@ fn json_progress_is_machine_readable() {
     let event = |v: &serde_json::Value| v["event"].as_str().unwrap_or("").to_string();
     let progress: Vec<_> = lines.iter().filter(|v| event(v) == "progress").collect();
     assert!(!progress.is_empty(), "no progress line");
+    let mem = 256u64 << 20;
     for p in &progress {
         assert!(p["phase"].is_string(), "progress without a phase: {p}");
         assert!(p["round"].is_u64(), "progress without a round: {p}");
         assert!(p["bytes_sent"].is_u64(), "progress without bytes_sent: {p}");
+        // A progress bar's figures: never past its total, which starts at the VM's size
+        // (the first round) and grows only by what later rounds re-send.
+        let (done, total) = (p["bytes_done"].as_u64(), p["bytes_total"].as_u64());
+        assert!(
+            done.zip(total).is_some_and(|(d, t)| d <= t),
+            "progress past its total: {p}"
+        );
+        assert!(
+            total.is_some_and(|t| t == 0 || t >= mem),
+            "the first round covers the whole VM: {p}"
+        );
     }
     let last = lines.last().expect("at least one JSON line");
     assert_eq!(event(last), "done", "the last line: {last}");
@@ -230,6 +161,7 @@ fn json_progress_is_machine_readable() {
     );
     let p = &summary["progress"];
     assert_eq!(p["phase"], "done", "{summary}");
+    assert_eq!(p["bytes_done"], p["bytes_total"], "all done: {summary}");
     assert!(p["bytes_sent"].as_u64().is_some_and(|b| b > 0), "{summary}");
     assert!(p["wire_bytes"].as_u64().is_some_and(|b| b > 0), "{summary}");
     assert!(
@@ -263,9 +195,8 @@ fn migrate_with_fault(fault: Fault, passes: u64) {
         return;
     }
     let (spec, expected) = counter(passes);
-    let (mut dst, dst_addr) = spawn_receiver(&[]);
-    let proxy = Proxy::start(
-        dst_addr,
+    let (mut src, mut dst, proxy) = migrate_through_proxy(
+        &spec,
         ProxyConfig {
             rate_bps: Some(FAULT_RATE_BPS),
             // Past 200 KB on the first data stream: inside chunk data, not padding.
@@ -275,10 +206,6 @@ fn migrate_with_fault(fault: Fault, passes: u64) {
                 len: 64,
             }),
         },
-    );
-    let mut src = spawn_source(
-        &spec,
-        proxy.addr,
         500,
         &["--mode", "live", "--fill-pattern", FILL],
     );
@@ -362,8 +289,13 @@ fn migrate_with_fault(fault: Fault, passes: u64) {
         );
         return;
     }
-    // Rolled back: the VM finished at the source, exactly once.
-    assert!(s.success(), "{fault:?}: the source failed: {s:?}");
+    // Rolled back: the VM finished at the source, exactly once, and the exit status says
+    // it did not move.
+    assert_eq!(
+        s.code(),
+        Some(EXIT_NOT_MOVED),
+        "{fault:?}: the source's exit status: {s:?}"
+    );
     assert!(
         src.stderr()
             .contains("novacron: migration rolled back, the VM keeps running here"),
@@ -417,17 +349,12 @@ fn a_guest_that_ends_during_precopy_is_not_started_at_the_destination() {
         return;
     }
     let (spec, expected) = counter(2);
-    let (mut dst, dst_addr) = spawn_receiver(&[]);
-    let proxy = Proxy::start(
-        dst_addr,
+    let (mut src, mut dst, _proxy) = migrate_through_proxy(
+        &spec,
         ProxyConfig {
             rate_bps: Some(4_000_000),
             corrupt: None,
         },
-    );
-    let mut src = spawn_source(
-        &spec,
-        proxy.addr,
         500,
         &["--mode", "live", "--fill-pattern", FILL],
     );
@@ -445,7 +372,12 @@ fn a_guest_that_ends_during_precopy_is_not_started_at_the_destination() {
     let mut results = result_lines(&src_out);
     results.extend(result_lines(&dst_out));
     assert_eq!(results, vec![expected.as_str()], "the result, exactly once");
-    assert!(s.success(), "the source failed: {s:?}");
+    let moved = result_lines(&src_out).is_empty();
+    assert_eq!(
+        s.code(),
+        Some(if moved { 0 } else { EXIT_NOT_MOVED }),
+        "the source's exit status: {s:?}"
+    );
     if !result_lines(&src_out).is_empty() {
         assert!(
             !dst.stderr().contains("novacron: VM received"),
@@ -505,7 +437,7 @@ fn a_vm_too_large_for_the_destination_is_refused_and_stays_at_the_source() {
     let (mut dst, dst_addr) = spawn_receiver(&["--max-mem", "64M"]);
     let mut src = spawn_source(&spec, dst_addr, 500, &["--mode", "live"]);
     let (s, d) = wait_both(&mut src, &mut dst);
-    assert!(s.success(), "source: {s:?}");
+    assert_eq!(s.code(), Some(EXIT_NOT_MOVED), "source: {s:?}");
     assert!(!d.success(), "the receiver exited 0 without a VM");
     let reason = src.stderr();
     assert!(

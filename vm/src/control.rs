@@ -12,6 +12,27 @@ use serde::{Deserialize, Serialize};
 /// here instead of running again.
 pub const IN_DOUBT_PREFIX: &str = "in doubt:";
 
+/// Where a migration that did not complete left the VM at its source, from the reason of
+/// [`Event::MigrationFailed`] (the VMM decides; its owners only read it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrationEnd {
+    /// The destination never ran it: the VM runs here as before (or stays paused if it was).
+    RolledBack,
+    /// The state left and nobody could say whether the destination started the VM: it stays
+    /// paused here, and must not run here before someone checked the destination.
+    InDoubt,
+}
+
+impl MigrationEnd {
+    pub fn of(reason: &str) -> Self {
+        if reason.starts_with(IN_DOUBT_PREFIX) {
+            MigrationEnd::InDoubt
+        } else {
+            MigrationEnd::RolledBack
+        }
+    }
+}
+
 /// Longest line either side accepts.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
@@ -194,6 +215,24 @@ pub struct MigrateOut {
     pub verify_memory: bool,
 }
 
+impl MigrateOut {
+    /// A migration of session `session` in `mode` with the defaults every owner starts from:
+    /// a 50 ms downtime budget, at most 30 rounds or 30 s of pre-copy and then a warm
+    /// finish, no chunk store, no memory hash.
+    pub fn new(session: [u8; 16], mode: MigrationMode) -> Self {
+        Self {
+            session,
+            mode,
+            downtime_budget_ms: 50,
+            max_rounds: 30,
+            max_precopy_ms: 30_000,
+            on_no_converge: OnNoConverge::Warm,
+            store: None,
+            verify_memory: false,
+        }
+    }
+}
+
 /// Migration progress, as the VMM reports it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MigrationProgress {
@@ -203,6 +242,14 @@ pub struct MigrationProgress {
     pub bytes_sent: u64,
     pub bytes_skipped_zero: u64,
     pub bytes_skipped_held: u64,
+    /// What a progress bar shows: bytes of all rounds offered so far (all of memory in the
+    /// first round, plus each later round's dirty bytes), and how many of them are dealt
+    /// with (written to a stream, all-zero, or held by the destination). `bytes_done` never
+    /// exceeds `bytes_total`.
+    #[serde(default)]
+    pub bytes_total: u64,
+    #[serde(default)]
+    pub bytes_done: u64,
     /// Bytes on the wire: frames with compressed chunks.
     pub wire_bytes: u64,
     pub dirty_rate_bps: u64,
@@ -315,10 +362,15 @@ pub enum Event {
     /// The link failed after the state was sent: the VM stays paused until new streams
     /// ([`Command::MigrationReconnect`]) let the destination say whether it started.
     MigrationInDoubt,
-    /// Persisting the VM's chunks to the store after the move finished.
+    /// The VM's chunks kept in the chunk store: by a source after the move finished (its
+    /// memory), by a destination after it received the VM (the chunks received; right
+    /// after [`Event::MigratedIn`]).
     ChunksKept {
         new_chunks: u64,
         held_chunks: u64,
+        /// Received chunks not kept because the disk could not keep up.
+        #[serde(default)]
+        skipped_chunks: u64,
     },
     /// This VMM received a VM, which now runs here.
     MigratedIn {

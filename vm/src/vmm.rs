@@ -213,11 +213,13 @@ fn run(
     };
     let vcpu_setup = |_index| jail.vcpu_thread_setup();
     let running = matches!(launch.source, LaunchSource::Incoming { .. });
+    // Inputs that arrived while a migration ran, handled first by the event loop.
+    let mut deferred: Vec<Input> = Vec::new();
     let mut machine = match &launch.source {
         LaunchSource::Incoming { .. } => {
             // Bytes from the network are parsed only under the seccomp filter.
             jail.lock_current_thread()?;
-            vmm_migration::receive(launch, io, &jail, fds, writer)?
+            vmm_migration::receive(launch, io, &jail, fds, writer, rx, &mut deferred)?
         }
         LaunchSource::Restore { dir } => {
             let saved = Machine::describe_snapshot(dir).map_err(|e| e.to_string())?;
@@ -275,7 +277,7 @@ fn run(
             sandbox: jail.summary(),
         },
     )?;
-    event_loop(&mut machine, &launch.vm_id, rx, fds, writer)
+    event_loop(&mut machine, &launch.vm_id, rx, fds, writer, deferred)
 }
 
 /// Creates the machine; the KVM objects are made while the cgroup join may still be under
@@ -406,10 +408,9 @@ fn event_loop(
     rx: &Receiver<Input>,
     fds: &FdQueue,
     writer: &mut Owner,
+    mut deferred: Vec<Input>,
 ) -> Result<ExitReason, String> {
     let mut first_exit_reported = false;
-    // Inputs that arrived while a migration ran, handled after it.
-    let mut deferred: Vec<Input> = Vec::new();
     loop {
         let input = if deferred.is_empty() {
             match rx.recv_timeout(Duration::from_millis(100)) {

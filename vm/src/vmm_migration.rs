@@ -21,9 +21,10 @@ use crate::migration::drive_source::{
     run_source, HostInput, Report, SourceHost, SourceOptions, SourceOutcome, Summary,
 };
 use crate::migration::links::Links;
-use crate::migration::messages::Mode;
-use crate::migration::persist::keep_memory;
+use crate::migration::messages::{Message, Mode};
+use crate::migration::persist::{keep_memory, Kept};
 use crate::migration::source::NoConverge;
+use crate::migration::wire::write_message;
 use crate::migration::Phase;
 use crate::vcpu::VcpuEvent;
 use crate::vmm::{cpu_time_ns, send, Input};
@@ -65,6 +66,11 @@ pub fn progress_of(report: &Report) -> MigrationProgress {
         bytes_sent: p.bytes_sent,
         bytes_skipped_zero: p.bytes_skipped_zero,
         bytes_skipped_held: p.bytes_skipped_held,
+        bytes_total: p.bytes_total,
+        bytes_done: p
+            .bytes_done()
+            .saturating_sub(report.bytes_queued)
+            .min(p.bytes_total),
         wire_bytes: report.wire_bytes,
         dirty_rate_bps: p.dirty_rate_bps,
         bandwidth_bps: p.bandwidth_bps,
@@ -217,13 +223,7 @@ pub fn migrate_out(
                 let kept =
                     open_store(dir).and_then(|store| keep_memory(machine, &store, CHUNK_SIZE));
                 match kept {
-                    Ok(k) => send(
-                        writer,
-                        &Event::ChunksKept {
-                            new_chunks: k.new_chunks,
-                            held_chunks: k.held_chunks,
-                        },
-                    )?,
+                    Ok(k) => send(writer, &kept_event(&k))?,
                     Err(e) => tracing::warn!(error = %e, "could not keep the VM's chunks"),
                 }
             }
@@ -256,10 +256,25 @@ pub fn migrate_out(
     }
 }
 
+fn kept_event(k: &Kept) -> Event {
+    Event::ChunksKept {
+        new_chunks: k.new_chunks,
+        held_chunks: k.held_chunks,
+        skipped_chunks: k.skipped_chunks,
+    }
+}
+
 struct VmmDestinationHost<'a> {
     io: Option<MachineIo>,
     jail: &'a JailedThreads,
     max: MachineConfig,
+    /// Inputs of the event loop that arrive meanwhile: handled after the migration.
+    rx: &'a Receiver<Input>,
+    deferred: &'a mut Vec<Input>,
+    /// An adoptable VMM goes on without an owner (the next one adopts it); another must
+    /// not start a VM nobody controls.
+    adoptable: bool,
+    owner_gone: bool,
 }
 
 impl DestinationHost for VmmDestinationHost<'_> {
@@ -281,16 +296,31 @@ impl DestinationHost for VmmDestinationHost<'_> {
         let joined = || self.jail.wait_cgroup_joined();
         Machine::create_gated(config, io, &vcpu_setup, &joined).map_err(|e| e.to_string())
     }
+
+    fn cancelled(&mut self) -> Option<String> {
+        while let Ok(input) = self.rx.try_recv() {
+            let closed = matches!(input, Input::ControlClosed(_));
+            self.deferred.push(input);
+            if closed && !self.adoptable && !self.owner_gone {
+                self.owner_gone = true;
+                return Some("the destination's owner is gone".into());
+            }
+        }
+        None
+    }
 }
 
 /// Receives the VM over the streams that came with an [`LaunchSource::Incoming`] launch;
-/// returns it running.
+/// returns it running. Inputs of the event loop that arrive meanwhile go to `deferred`; a
+/// VMM that is not adoptable and loses its owner before the VM runs rolls back.
 pub fn receive(
     launch: &Launch,
     io: MachineIo,
     jail: &JailedThreads,
     fds: &FdQueue,
     writer: &mut Owner,
+    rx: &Receiver<Input>,
+    deferred: &mut Vec<Input>,
 ) -> Result<Machine, String> {
     let LaunchSource::Incoming {
         session,
@@ -305,8 +335,21 @@ pub fn receive(
         mem_bytes: launch.mem_bytes,
         vcpus: launch.vcpus,
     };
-    let links = links_from(fds, session)?;
-    let store = store.as_deref().map(open_store).transpose()?;
+    let mut links = links_from(fds, session)?;
+    let store = match store.as_deref().map(open_store).transpose() {
+        Ok(store) => store.map(std::sync::Arc::new),
+        Err(reason) => {
+            // The source learns why instead of seeing the links drop.
+            let abort = Message::Abort {
+                reason: reason.clone(),
+            };
+            if let Err(e) = write_message(&mut links.control, &abort) {
+                tracing::debug!(error = %e, "could not tell the source");
+            }
+            links.shutdown();
+            return Err(format!("incoming migration refused: {reason}"));
+        }
+    };
     let opts = DestinationOptions {
         config: DestinationConfig {
             max_mem_bytes: max.mem_bytes,
@@ -321,6 +364,10 @@ pub fn receive(
         io: Some(io),
         jail,
         max,
+        rx,
+        deferred,
+        adoptable: launch.adopt.is_some(),
+        owner_gone: false,
     };
     match run_destination(links, opts, &mut host) {
         DestinationOutcome::Running { machine, summary } => {
@@ -335,10 +382,41 @@ pub fn receive(
                     cpu_ns: cpu_time_ns(),
                 },
             )?;
+            if let Some(k) = &summary.kept {
+                send(writer, &kept_event(k))?;
+            }
             Ok(machine)
         }
         DestinationOutcome::Failed { reason, .. } => {
             Err(format!("incoming migration rolled back: {reason}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migration::Progress;
+
+    /// The bar shows what was written, not what was only queued, and never more than the
+    /// rounds offered.
+    #[test]
+    fn progress_counts_queued_chunks_as_not_done() {
+        let report = Report {
+            progress: Progress {
+                bytes_sent: 96 << 20,
+                bytes_skipped_zero: 400 << 20,
+                bytes_skipped_held: 0,
+                bytes_total: 512 << 20,
+                ..Progress::default()
+            },
+            bytes_queued: 64 << 20,
+            wire_bytes: 30 << 20,
+            zstd_level: 1,
+            throttle_percent: 0,
+        };
+        let p = progress_of(&report);
+        assert_eq!((p.bytes_done, p.bytes_total), (432 << 20, 512 << 20));
+        assert_eq!(p.bytes_sent, 96 << 20);
     }
 }

@@ -348,7 +348,9 @@ fn a_vm_moved_back_to_a_host_that_kept_its_chunks_sends_only_what_changed() {
     let mut opts = SourceOptions::new(Mode::Live);
     opts.hash_memory = true;
     let back = DestinationOptions {
-        store: Some(ChunkStore::open(store_dir.path(), Level::new(1).unwrap()).unwrap()),
+        store: Some(std::sync::Arc::new(
+            ChunkStore::open(store_dir.path(), Level::new(1).unwrap()).unwrap(),
+        )),
         hash_memory: true,
         ..options()
     };

@@ -262,11 +262,7 @@ mod tests {
         let mut batch = store.batch();
         let ids: Vec<ChunkId> = chunks.iter().map(|c| batch.put(c).unwrap()).collect();
         // A file already where the third temp file will be written: that write fails.
-        let planted = format!(
-            "{}-{}.tmp",
-            std::process::id(),
-            store.next_temp_number() + 2
-        );
+        let planted = store.future_temp_name(2);
         fs::write(store.tmp_dir().join(&planted), b"x").unwrap();
         let err = batch.commit().err();
         assert!(

@@ -26,6 +26,11 @@ use super::zero::is_zero;
 /// Directory (inside the store) for files being written.
 const TMP_DIR: &str = "tmp";
 
+/// Age after which a temp file is removed by `open` even if a process with its writer's pid
+/// runs: a writer in another pid namespace (a jailed VMM is pid 1 of its own) cannot be
+/// checked from here, and no batch keeps its temp files anywhere near this long.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What went wrong in a store, naming the file or chunk.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -90,6 +95,11 @@ pub struct ChunkStore {
     level: Level,
     chunks: AtomicU64,
     bytes: AtomicU64,
+    /// `<pid>-<random>-`: this value's temp files are `<prefix><n>.tmp`. The pid tells
+    /// `open` whether a leftover's writer still runs; the random part keeps writers with the
+    /// same pid apart (two jailed VMMs are both pid 1 of their pid namespaces, and two values
+    /// in one process count from 0 each), which would otherwise write the same temp file.
+    temp_prefix: String,
     temp_counter: AtomicU64,
 }
 
@@ -134,12 +144,19 @@ impl ChunkStore {
         let tmp = root.join(TMP_DIR);
         fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
         remove_stale_temps(&tmp)?;
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| StoreError::Io {
+            op: "name temp files in",
+            path: tmp.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
         let store = Self {
             root,
             tmp,
             level,
             chunks: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            temp_prefix: format!("{}-{:016x}-", std::process::id(), u64::from_le_bytes(nonce)),
             temp_counter: AtomicU64::new(0),
         };
         let stats = store.scan()?;
@@ -322,7 +339,7 @@ impl ChunkStore {
         durability: Durability,
     ) -> Result<TempFile, StoreError> {
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        let path = self.tmp.join(format!("{}-{n}.tmp", std::process::id()));
+        let path = self.temp_path(n);
         let bytes = file_format::encode_file(encoded, len);
         let mut file = File::create_new(&path).map_err(io_err("create temp file", &path))?;
         // From here on the file is ours: remove it if it cannot be completed.
@@ -340,6 +357,11 @@ impl ChunkStore {
                 Err(io_err("write temp file", &path)(e))
             }
         }
+    }
+
+    /// The path of this value's temp file number `n`.
+    fn temp_path(&self, n: u64) -> PathBuf {
+        self.tmp.join(format!("{}{n}.tmp", self.temp_prefix))
     }
 
     pub(super) fn remove_temp(&self, temp: &Path) {
@@ -497,8 +519,8 @@ pub(super) fn verify_encoded(
     Ok(())
 }
 
-/// Removes temp files whose writer process is gone (a crash mid-write). Files of live
-/// processes, this one included, are left alone.
+/// Removes temp files whose writer process is gone (a crash mid-write), and any older than
+/// [`STALE_TEMP_AGE`]. Recent files of live processes, this one included, are left alone.
 fn remove_stale_temps(tmp: &Path) -> Result<(), StoreError> {
     for entry in fs::read_dir(tmp).map_err(io_err("list", tmp))? {
         let entry = entry.map_err(io_err("list", tmp))?;
@@ -508,7 +530,13 @@ fn remove_stale_temps(tmp: &Path) -> Result<(), StoreError> {
             .and_then(|n| n.split_once('-'))
             .and_then(|(pid, _)| pid.parse::<u32>().ok());
         let alive = pid.is_some_and(|p| Path::new("/proc").join(p.to_string()).exists());
-        if !alive {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TEMP_AGE);
+        if !alive || old {
             debug!(path = %entry.path().display(), "removing stale chunk temp file");
             if let Err(e) = fs::remove_file(entry.path()) {
                 warn!(path = %entry.path().display(), error = %e, "cannot remove stale temp file");
@@ -520,9 +548,14 @@ fn remove_stale_temps(tmp: &Path) -> Result<(), StoreError> {
 
 #[cfg(test)]
 impl ChunkStore {
-    /// The number the next temp file name will carry (tests plant files in its way).
-    pub(super) fn next_temp_number(&self) -> u64 {
-        self.temp_counter.load(Ordering::Relaxed)
+    /// The name the temp file written `ahead` writes from now will carry (tests plant files
+    /// in its way).
+    pub(super) fn future_temp_name(&self, ahead: u64) -> String {
+        let n = self.temp_counter.load(Ordering::Relaxed) + ahead;
+        let path = self.temp_path(n);
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     pub(super) fn tmp_dir(&self) -> &Path {
@@ -536,6 +569,7 @@ pub(super) mod tests {
     use crate::chunks::codec::tests::{noise, text};
     use crate::chunks::file_format::HEADER_LEN;
     use std::os::unix::fs::MetadataExt;
+    use std::time::Duration;
 
     pub(crate) fn open(dir: &Path) -> ChunkStore {
         ChunkStore::open(dir, Level::default()).unwrap()
@@ -811,9 +845,18 @@ pub(super) mod tests {
         let mine = store
             .tmp_dir()
             .join(format!("{}-77.tmp", std::process::id()));
-        for p in [&dead, &junk, &mine] {
+        // A live pid's file an hour old: a writer in another pid namespace (a jailed VMM
+        // is pid 1 there) that died; no batch keeps temp files that long.
+        let old = store.tmp_dir().join("1-0123456789abcdef-5.tmp");
+        for p in [&dead, &junk, &mine, &old] {
             fs::write(p, b"partial").unwrap();
         }
+        let hour_ago = std::time::SystemTime::now() - STALE_TEMP_AGE - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&old)
+            .and_then(|f| f.set_modified(hour_ago))
+            .unwrap();
         drop(store);
         let store = open(dir.path());
         assert_eq!(
@@ -821,6 +864,39 @@ pub(super) mod tests {
             [format!("{}-77.tmp", std::process::id())]
         );
         assert_eq!(store.stats(), StoreStats::default());
+    }
+
+    /// Two writers of one store with the same pid (two values in one process here; two
+    /// jailed VMMs, each pid 1 of its own pid namespace, in production) commit batches at
+    /// the same time: their temp files never collide.
+    #[test]
+    fn writers_with_the_same_pid_never_share_a_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (open(dir.path()), open(dir.path()));
+        assert_ne!(a.future_temp_name(0), b.future_temp_name(0));
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for (store, seed) in [(&a, 1u8), (&b, 2u8)] {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    for round in 0..4u8 {
+                        let mut batch = store.batch();
+                        for i in 0..64u8 {
+                            batch
+                                .put(&noise(
+                                    4096,
+                                    u64::from_le_bytes([seed, round, i, 0, 0, 0, 0, 0]),
+                                ))
+                                .unwrap();
+                        }
+                        batch.commit().unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(open(dir.path()).stats().chunks, 2 * 4 * 64);
+        assert!(files_in(a.tmp_dir()).is_empty());
     }
 
     #[test]

@@ -202,6 +202,14 @@ pub struct MigrationProgressInfo {
     pub wire_bytes: u64,
     pub bytes_skipped_zero: u64,
     pub bytes_skipped_held: u64,
+    /// Bytes of all rounds offered so far: all of memory in the first round, plus each later
+    /// round's dirty bytes. What a progress bar's total is.
+    #[serde(default)]
+    pub bytes_total: u64,
+    /// Bytes of `bytes_total` dealt with (written to a stream, all-zero, or held by the
+    /// peer); never more than `bytes_total`.
+    #[serde(default)]
+    pub bytes_done: u64,
     pub bandwidth_bps: u64,
     pub dirty_rate_bps: u64,
     pub est_remaining_ms: Option<u64>,

@@ -201,14 +201,10 @@ impl View {
             View::Json => print_json(m),
             View::Bar(bar) => {
                 if let Some(p) = &m.progress {
-                    let done = p
-                        .bytes_sent
-                        .saturating_add(p.bytes_skipped_zero)
-                        .saturating_add(p.bytes_skipped_held);
-                    if done > bar.length().unwrap_or(0) {
-                        bar.set_length(done);
+                    if p.bytes_total > 0 {
+                        bar.set_length(p.bytes_total);
                     }
-                    bar.set_position(done);
+                    bar.set_position(p.bytes_done.min(p.bytes_total));
                 }
                 bar.set_message(progress_text(m));
             }

@@ -24,7 +24,8 @@ pub struct ReceiveArgs {
     /// Address to listen on (host:port; port 0 picks one, printed on stderr).
     #[arg(long)]
     pub listen: String,
-    /// Chunk store: chunks it holds are not sent again (created if missing).
+    /// Chunk store: chunks it holds are not sent again, and the chunks received are kept
+    /// in it, so the same VM received again sends only what changed (created if missing).
     #[arg(long)]
     store: Option<PathBuf>,
     /// Largest guest accepted.
@@ -77,8 +78,10 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     let store = args.store.as_deref().map(absolute).transpose()?;
     if let Some(dir) = &store {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create chunk store {}", dir.display()))?;
+        // Opened here first so a broken store is an error before anything listens (the
+        // VMM opens it again, and refuses the migration if it broke meanwhile).
+        novacron_mesh::chunks::ChunkStore::open(dir, novacron_mesh::chunks::Level::default())
+            .with_context(|| format!("--store {}: not a usable chunk store", dir.display()))?;
     }
     eprintln!("novacron: waiting for a VM on {addr}");
     let links = links::accept(&listener, Duration::from_secs(args.wait))
@@ -132,6 +135,21 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
                 if let Some(h) = memory_blake3 {
                     eprintln!("novacron: memory blake3 at switchover (destination): {h}");
                 }
+            }
+            Event::ChunksKept {
+                new_chunks,
+                held_chunks,
+                skipped_chunks,
+            } => {
+                let skipped = if skipped_chunks > 0 {
+                    format!(", {skipped_chunks} not kept (the disk could not keep up)")
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "novacron: kept the chunks received in the chunk store: {new_chunks} new, \
+                     {held_chunks} already there{skipped}"
+                );
             }
             Event::Exited(reason) => {
                 started.set(false);

@@ -12,7 +12,7 @@ use novacron_vm::control::{
 };
 use novacron_vm::launcher::{describe_reason, LaunchError, VmmProcess};
 
-use super::migrate::{self, MigrateOpts, ProgressView};
+use super::migrate::{CliMigration, InDoubtDir, MigrateOpts};
 use super::receive;
 use crate::size::parse_size;
 
@@ -233,8 +233,11 @@ fn drive(
         .collect();
     schedule.sort_by_key(|(ms, _)| std::cmp::Reverse(*ms));
     let json = migrate.is_some_and(|m| m.json);
+    let vm_id = novacron_vm::launcher::new_vm_id();
+    // Where a VM whose migration ends in doubt is saved: it must exist before the jail.
+    let save_dir = migrate.map(|_| InDoubtDir::create(&vm_id)).transpose()?;
     let launch = Launch {
-        vm_id: novacron_vm::launcher::new_vm_id(),
+        vm_id,
         source,
         mem_bytes,
         vcpus,
@@ -243,7 +246,12 @@ fn drive(
         adopt: None,
         sandbox: SandboxSettings {
             enabled: !common.no_sandbox,
-            writable_dirs: snapshot_to.iter().chain(&store).cloned().collect(),
+            writable_dirs: snapshot_to
+                .iter()
+                .chain(&store)
+                .cloned()
+                .chain(save_dir.as_ref().map(|d| d.path().to_path_buf()))
+                .collect(),
             ..SandboxSettings::default()
         },
     };
@@ -258,8 +266,16 @@ fn drive(
     vmm.wait_ready(Duration::from_secs(60))
         .context("the VM did not start")?;
     let started = Instant::now();
-    let view = migrate.map(|m| ProgressView::new(m.json, mem_bytes));
-    let mut session = None;
+    let mut migration = match (migrate, target, save_dir) {
+        (Some(m), Some(addr), Some(dir)) => Some(CliMigration::new(
+            addr,
+            m.clone(),
+            store.clone(),
+            mem_bytes,
+            dir,
+        )),
+        _ => None,
+    };
     let mut snapshot_left = common.snapshot_at.len();
     // The first snapshot continues the chain it was restored from, if it writes there.
     let mut next_mode = match (restored_from, &snapshot_to) {
@@ -267,12 +283,23 @@ fn drive(
         _ => SnapshotMode::Full,
     };
     loop {
-        let timeout = schedule
+        let due = schedule
             .last()
-            .map(|(ms, _)| Duration::from_millis(*ms).saturating_sub(started.elapsed()));
+            .map(|(ms, _)| started + Duration::from_millis(*ms));
+        let wake = [due, migration.as_ref().and_then(CliMigration::deadline)]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = wake.map(|at| at.saturating_duration_since(Instant::now()));
         let event = match vmm.next_event(timeout) {
             Ok(e) => e,
             Err(LaunchError::Timeout(_)) => {
+                if let Some(m) = &mut migration {
+                    m.tick(&mut vmm)?;
+                }
+                if due.is_none_or(|at| at > Instant::now()) {
+                    continue;
+                }
                 match schedule.pop() {
                     Some((_, Due::Snapshot)) => {
                         snapshot_left -= 1;
@@ -287,8 +314,8 @@ fn drive(
                         next_mode = SnapshotMode::Incremental;
                     }
                     Some((_, Due::Migrate)) => {
-                        if let (Some(m), Some(addr)) = (migrate, target) {
-                            session = Some(migrate::start(&mut vmm, addr, m, store.clone())?);
+                        if let Some(m) = &mut migration {
+                            m.start(&mut vmm)?;
                         }
                     }
                     None => {}
@@ -297,6 +324,11 @@ fn drive(
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(m) = &mut migration {
+            if m.on_event(&mut vmm, &event)? {
+                continue;
+            }
+        }
         match event {
             Event::SnapshotDone {
                 dir,
@@ -310,37 +342,14 @@ fn drive(
                 micros as f64 / 1000.0
             ),
             Event::CommandFailed { message } => bail!("{message}"),
-            Event::MigrationProgress(p) => {
-                if let Some(v) = &view {
-                    v.progress(&p);
-                }
-            }
-            Event::MigratedOut(summary) => {
-                if let Some(v) = &view {
-                    v.done(&summary);
-                }
-            }
             Event::ChunksKept {
                 new_chunks,
                 held_chunks,
+                ..
             } => eprintln!(
                 "novacron: kept the VM's memory in the chunk store: {new_chunks} new chunks, \
                  {held_chunks} already there"
             ),
-            Event::MigrationFailed { reason, summary } => {
-                if let Some(v) = &view {
-                    v.failed(&reason, &summary);
-                }
-            }
-            Event::MigrationInDoubt => {
-                eprintln!(
-                    "novacron: the link failed after the VM state was sent; the VM stays \
-                     paused until the destination says whether it started"
-                );
-                if let (Some(addr), Some(session)) = (target, session) {
-                    migrate::reconnect(&mut vmm, addr, session)?;
-                }
-            }
             Event::Exited(reason) => {
                 let _ = vmm.wait();
                 if let Some((ms, _)) = schedule.last() {
@@ -349,7 +358,10 @@ fn drive(
                          not happen"
                     );
                 }
-                return exit_code(reason);
+                return match &migration {
+                    Some(m) => m.exit_status(&reason),
+                    None => exit_code(reason),
+                };
             }
             _ => {}
         }
@@ -357,13 +369,20 @@ fn drive(
 }
 
 pub(super) fn exit_code(reason: ExitReason) -> anyhow::Result<ExitCode> {
+    ended_well(&reason).map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the VM ended well (the guest halted with status 0, reset or shut down, or the VM
+/// was stopped or moved); else what went wrong.
+pub(super) fn ended_well(reason: &ExitReason) -> Result<(), String> {
     match reason {
         ExitReason::GuestExit { status: 0 }
         | ExitReason::Stopped
         | ExitReason::Shutdown
         | ExitReason::Reset
-        | ExitReason::MigratedAway => Ok(ExitCode::SUCCESS),
-        other => bail!("{}", describe_reason(&other)),
+        | ExitReason::MigratedAway => Ok(()),
+        other => Err(describe_reason(other)),
     }
 }
 

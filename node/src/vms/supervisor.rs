@@ -325,6 +325,8 @@ impl Supervisor {
                             wire_bytes: p.wire_bytes,
                             bytes_skipped_zero: p.bytes_skipped_zero,
                             bytes_skipped_held: p.bytes_skipped_held,
+                            bytes_total: p.bytes_total,
+                            bytes_done: p.bytes_done,
                             bandwidth_bps: p.bandwidth_bps,
                             dirty_rate_bps: p.dirty_rate_bps,
                             est_remaining_ms: p.est_remaining_ms,
@@ -365,7 +367,8 @@ impl Supervisor {
                 }
                 // After an in-doubt end the VMM keeps the VM paused (the destination may
                 // run it): an operator decides; any other failure rolled it back running.
-                let in_doubt = reason.starts_with(novacron_vm::control::IN_DOUBT_PREFIX);
+                let in_doubt = novacron_vm::control::MigrationEnd::of(&reason)
+                    == novacron_vm::control::MigrationEnd::InDoubt;
                 self.registry.update(&id, |r| {
                     r.info.state = if in_doubt {
                         VmState::Paused

@@ -2,7 +2,9 @@
 //! fault-injecting TCP proxy.
 
 // Each test binary uses part of it (the TCP proxy, or the splice into Unix streams).
-#[allow(dead_code)]
+#![allow(dead_code)]
+
+pub mod cli_migration;
 pub mod confirm_cutter;
 pub mod guest;
 pub mod proc;

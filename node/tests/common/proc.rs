@@ -197,6 +197,14 @@ impl Proc {
         kids[0]
     }
 
+    /// SIGKILL to this process only (what it spawned lives on, re-parented); reaps it.
+    pub fn kill_only(&mut self) {
+        if self.try_wait().is_none() {
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+        }
+    }
+
     /// SIGKILL to every process below this one (deepest first), then to it; reaps it.
     pub fn kill_tree(&mut self) {
         if self.try_wait().is_some() {

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkStore};
 
+use super::persist::{Kept, ReceivedKeeper};
+
 use super::destination::{verify_chunk_message, Destination, DestinationConfig, Input, Output};
 use super::links::{Links, MigrationStream};
 use super::messages::{MemRegion, Message};
@@ -33,7 +35,8 @@ const EVENT_QUEUE: usize = 512;
 pub struct DestinationOptions {
     pub config: DestinationConfig,
     /// Chunks already held here (earlier snapshots, images, VMs); only missing ones travel.
-    pub store: Option<ChunkStore>,
+    /// The chunks received are kept there too ([`ReceivedKeeper`]).
+    pub store: Option<Arc<ChunkStore>>,
     /// Hash all guest memory before resuming, into [`DestinationSummary::memory_blake3`].
     pub hash_memory: bool,
 }
@@ -42,6 +45,13 @@ pub struct DestinationOptions {
 pub trait DestinationHost {
     /// Builds a machine for `config` (guest memory mapped, zero, untouched).
     fn create_machine(&mut self, config: &MachineConfig) -> Result<Machine, String>;
+
+    /// Why the migration must stop now (its owner is gone, say), polled between events.
+    /// Before the VM starts here this rolls the migration back and tells the source why;
+    /// afterwards it changes nothing.
+    fn cancelled(&mut self) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,6 +60,8 @@ pub struct DestinationSummary {
     pub wire_bytes: u64,
     pub chunks_received: u64,
     pub chunks_from_store: u64,
+    /// What the store kept of the chunks received (None: no store, or keeping failed).
+    pub kept: Option<Kept>,
     /// CLOCK_MONOTONIC ns when the VM was resumed here.
     pub resumed_ns: Option<u64>,
     /// blake3 of guest memory just before the VM resumed, when asked for.
@@ -82,9 +94,15 @@ pub fn run_destination(
     opts: DestinationOptions,
     host: &mut dyn DestinationHost,
 ) -> DestinationOutcome {
+    let keeper = opts.store.clone().and_then(|store| {
+        ReceivedKeeper::start(store)
+            .map_err(|e| tracing::warn!(error = %e, "received chunks will not be kept"))
+            .ok()
+    });
     let mut d = DestinationDriver {
         dest: Destination::new(opts.config, 0),
         store: opts.store,
+        keeper,
         hash_memory: opts.hash_memory,
         t0: Instant::now(),
         geometry: Arc::new(OnceLock::new()),
@@ -99,7 +117,8 @@ pub fn run_destination(
 
 struct DestinationDriver {
     dest: Destination,
-    store: Option<ChunkStore>,
+    store: Option<Arc<ChunkStore>>,
+    keeper: Option<ReceivedKeeper>,
     hash_memory: bool,
     t0: Instant,
     geometry: Arc<OnceLock<Geometry>>,
@@ -131,11 +150,15 @@ impl DestinationDriver {
                 let Some(msg) = held.pop_front() else { break };
                 self.feed(Input::Received(msg), &mut control, host);
             }
+            if let Some(reason) = host.cancelled() {
+                self.feed(Input::Cancel { reason }, &mut control, host);
+            }
             let now_ms = self.t0.elapsed().as_millis() as u64;
             self.feed(Input::Tick { now_ms }, &mut control, host);
             match self.outcome.take() {
                 Some(Ok(())) => {
                     links.shutdown();
+                    self.finish_keeping();
                     self.summary.wire_bytes = self.wire.load(Ordering::Relaxed);
                     return match self.machine.take() {
                         Some(machine) => DestinationOutcome::Running {
@@ -156,10 +179,23 @@ impl DestinationDriver {
 
     fn failed(&mut self, reason: String) -> DestinationOutcome {
         self.machine = None;
+        self.finish_keeping();
         self.summary.wire_bytes = self.wire.load(Ordering::Relaxed);
         DestinationOutcome::Failed {
             reason,
             summary: self.summary.clone(),
+        }
+    }
+
+    /// Waits for the chunk keeper to commit what it was given (the VM already runs, or is
+    /// gone): a retry after a rollback finds those chunks too.
+    fn finish_keeping(&mut self) {
+        let Some(keeper) = self.keeper.take() else {
+            return;
+        };
+        match keeper.finish() {
+            Ok(kept) => self.summary.kept = Some(kept),
+            Err(e) => tracing::warn!(error = %e, "could not keep the received chunks"),
         }
     }
 
@@ -286,6 +322,9 @@ impl DestinationDriver {
                 let result = indices
                     .iter()
                     .try_for_each(|&index| self.write_chunk(index, &bytes));
+                if let (Ok(()), Some(keeper)) = (&result, &mut self.keeper) {
+                    keeper.offer(bytes);
+                }
                 cancel_on_error(result)
             }
             Output::StartVm { state } => match self.start(&state) {

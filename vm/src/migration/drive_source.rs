@@ -91,6 +91,8 @@ pub trait SourceHost {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
     pub progress: Progress,
+    /// Bytes of chunks the machine counted as sent that the senders have not written yet.
+    pub bytes_queued: u64,
     /// Bytes written to the sockets (frames, compressed chunks, preambles excluded).
     pub wire_bytes: u64,
     pub zstd_level: i32,
@@ -145,6 +147,7 @@ pub fn run_source(
                 summary: Summary {
                     report: Report {
                         progress: Progress::default(),
+                        bytes_queued: 0,
                         wire_bytes: 0,
                         zstd_level: MIN_LEVEL,
                         throttle_percent: 0,
@@ -374,14 +377,20 @@ impl SourceDriver {
         let mut progress = self.source.progress().clone();
         // The machine counts a chunk as sent once it is wanted; the senders may still have
         // it queued. What is left is both.
+        let queued = match progress.phase {
+            Phase::Done | Phase::Failed => 0,
+            _ => {
+                (self.pool.pending() * self.opts.chunk_size.bytes() as u64).min(progress.bytes_sent)
+            }
+        };
         let bw = progress.bandwidth_bps;
-        if bw > 0 && !matches!(progress.phase, Phase::Done | Phase::Failed) {
-            let queued = self.pool.pending() * self.opts.chunk_size.bytes() as u64;
+        if bw > 0 && queued > 0 {
             let queued_ms = (u128::from(queued) * 1000 / u128::from(bw)) as u64;
             progress.est_remaining_ms = Some(progress.est_remaining_ms.unwrap_or(0) + queued_ms);
         }
         Report {
             progress,
+            bytes_queued: queued,
             wire_bytes: self.pool.stats.wire.load(Ordering::Relaxed) + self.control_bytes,
             zstd_level: self.pool.stats.level.load(Ordering::Relaxed),
             throttle_percent: self.throttle.percent,

@@ -67,6 +67,11 @@ pub struct Progress {
     pub bytes_skipped_zero: u64,
     /// Chunks the destination already held (in its store, or already in place).
     pub bytes_skipped_held: u64,
+    /// Bytes of every round offered so far: all of memory in the first round, plus what
+    /// each later round found dirty. Sent, zero and held bytes never exceed it, so it is
+    /// the honest total of a progress bar: it grows as rounds are offered, never past what
+    /// the migration deals with.
+    pub bytes_total: u64,
     /// Last measured rate at which the guest dirties memory, bytes per second.
     pub dirty_rate_bps: u64,
     /// Last measured link bandwidth, bytes per second.
@@ -85,11 +90,19 @@ impl Default for Progress {
             bytes_sent: 0,
             bytes_skipped_zero: 0,
             bytes_skipped_held: 0,
+            bytes_total: 0,
             dirty_rate_bps: 0,
             bandwidth_bps: 0,
             est_remaining_ms: None,
             est_downtime_ms: None,
         }
+    }
+}
+
+impl Progress {
+    /// Bytes of [`Progress::bytes_total`] dealt with: wanted (hence sent), all-zero, or held.
+    pub fn bytes_done(&self) -> u64 {
+        self.bytes_sent + self.bytes_skipped_zero + self.bytes_skipped_held
     }
 }
 

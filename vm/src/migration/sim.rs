@@ -271,7 +271,13 @@ impl Sim {
                 self.src.discarded = true;
             }
             O::InDoubt => self.src.in_doubt = true,
-            O::Progress(p) => self.src.last_progress = Some(p),
+            O::Progress(p) => {
+                assert!(
+                    p.bytes_done() <= p.bytes_total,
+                    "progress past its total: {p:?}"
+                );
+                self.src.last_progress = Some(p)
+            }
             O::Fail { .. } => self.src.failed = true,
         }
     }

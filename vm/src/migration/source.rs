@@ -387,6 +387,7 @@ impl Source {
             self.check_ref(r)?;
         }
         self.round_dirty_bytes = refs.iter().map(|r| u64::from(r.len)).sum();
+        self.progress.bytes_total += self.round_dirty_bytes;
         let zero_bytes: u64 = refs
             .iter()
             .filter(|r| r.is_zero())
@@ -838,6 +839,59 @@ mod tests {
         let mut cfg = SourceConfig::new([1; 16], regions, 1, mode);
         cfg.chunk_size = ChunkSize::K4;
         Source::new(cfg).unwrap()
+    }
+
+    /// A progress bar's figures: the total is what the rounds offered so far cover (all of
+    /// memory, then each round's dirty bytes), and what is dealt with never passes it.
+    #[test]
+    fn progress_totals_grow_with_the_rounds_and_bound_what_is_done() {
+        let mut s = source(Mode::Live);
+        s.start(0);
+        s.handle(Input::Received(Message::Ready));
+        let all: Vec<ChunkRef> = (0..8).map(|i| r(i, (i >= 2).then_some(i as u8))).collect();
+        let mut outs = s.handle(Input::RoundData {
+            round: 0,
+            refs: all,
+        });
+        let memory = 8 * 4096;
+        assert_eq!(s.progress().bytes_total, memory);
+        assert_eq!(s.progress().bytes_done(), 2 * 4096, "the zero chunks");
+        outs.extend(s.handle(Input::Received(Message::Want {
+            round: 0,
+            seq: 0,
+            len: 6,
+            words: vec![0b111111],
+        })));
+        assert_eq!(s.progress().bytes_done(), memory);
+        // No bandwidth measured yet: another round, of two re-dirtied chunks.
+        outs.extend(s.handle(Input::Received(Message::RoundAck {
+            round: 0,
+            missing: Vec::new(),
+        })));
+        outs.extend(s.handle(Input::RoundData {
+            round: 1,
+            refs: vec![r(3, Some(30)), r(4, Some(31))],
+        }));
+        assert_eq!(s.progress().round, 1);
+        assert_eq!(s.progress().bytes_total, memory + 2 * 4096);
+        assert_eq!(s.progress().bytes_done(), memory);
+        outs.extend(s.handle(Input::Received(Message::Want {
+            round: 1,
+            seq: 0,
+            len: 2,
+            words: vec![0b01],
+        })));
+        let p = s.progress();
+        assert_eq!(
+            (p.bytes_done(), p.bytes_total),
+            (memory + 2 * 4096, memory + 2 * 4096)
+        );
+        assert_eq!(p.bytes_skipped_held, 4096);
+        for o in &outs {
+            if let Output::Progress(p) = o {
+                assert!(p.bytes_done() <= p.bytes_total, "{p:?}");
+            }
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod landlock;
 pub mod namespaces;
 pub mod rlimits;
 pub mod seccomp;
+mod store_under_jail;
 
 use std::fmt;
 use std::path::PathBuf;
