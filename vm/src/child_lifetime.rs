@@ -77,18 +77,9 @@ fn start_spawner() -> Mutex<mpsc::Sender<Job>> {
 /// On the spawner thread: fork `cmd` with the death signal and the re-parenting check.
 fn fork_owned(mut cmd: Command, signal: libc::c_int, owner: libc::pid_t) -> io::Result<Child> {
     use std::os::unix::process::CommandExt;
-    // SAFETY: prctl and getppid are async-signal-safe and touch no memory of ours.
+    // SAFETY: die_with_parent is async-signal-safe.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != owner {
-                // Only an errno crosses back to the spawner: ESRCH, "no such process".
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || die_with_parent(signal, owner));
     }
     cmd.spawn().map_err(|e| match e.raw_os_error() {
         Some(libc::ESRCH) => io::Error::other(format!(
@@ -96,6 +87,24 @@ fn fork_owned(mut cmd: Command, signal: libc::c_int, owner: libc::pid_t) -> io::
         )),
         _ => e,
     })
+}
+
+/// In a child between fork and exec (async-signal-safe, no allocation): arms `signal` for
+/// when its parent ends, then checks that the parent is still `parent` (as this process
+/// sees pids), which it may not be if the parent ended before the `prctl`. Err(ESRCH, "no
+/// such process") then: the child must not go on.
+pub fn die_with_parent(signal: libc::c_int, parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl and getppid with integer arguments; no memory is touched.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            // Only an errno crosses back to a spawner.
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
