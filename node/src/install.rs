@@ -10,6 +10,7 @@
 //!
 //! `--root DIR` writes everything under DIR instead of `/` (packaging and tests).
 
+use crate::cli::output::outln;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -79,18 +80,18 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
     )?;
 
     let said = |wrote: bool| if wrote { "written" } else { "kept (it exists)" };
-    println!(
+    outln!(
         "configuration  {}  {}",
         config.display(),
         said(wrote_config)
-    );
-    println!("API token      {}  {}", token.display(), said(wrote_token));
-    println!("systemd unit   {}  written", unit.display());
-    println!("data directory {}", args.data_dir.display());
-    println!();
-    println!("Start it now and at every boot:");
-    println!("    systemctl daemon-reload && systemctl enable --now novacron-node");
-    println!("Follow it:  journalctl -u novacron-node -f    Members of its cell:  novacron nodes --data-dir {}", args.data_dir.display());
+    )?;
+    outln!("API token      {}  {}", token.display(), said(wrote_token))?;
+    outln!("systemd unit   {}  written", unit.display())?;
+    outln!("data directory {}", args.data_dir.display())?;
+    outln!()?;
+    outln!("Start it now and at every boot:")?;
+    outln!("    systemctl daemon-reload && systemctl enable --now novacron-node")?;
+    outln!("Follow it:  journalctl -u novacron-node -f    Members of its cell:  novacron nodes --data-dir {}", args.data_dir.display())?;
     Ok(ExitCode::SUCCESS)
 }
 

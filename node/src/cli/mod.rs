@@ -10,6 +10,7 @@ mod migrate;
 mod migrate_cmd;
 mod node;
 pub(crate) mod nodes;
+pub(crate) mod output;
 mod receive;
 mod status;
 mod vm;
@@ -151,7 +152,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Demo(args) => demo::run(args),
         Top::Bench { suite } => crate::bench::run(suite),
         Top::BareKvm => {
-            println!("{}", crate::bench::bare_kvm_first_exit_ns()?);
+            output::outln!("{}", crate::bench::bare_kvm_first_exit_ns()?)?;
             Ok(ExitCode::SUCCESS)
         }
         Top::JailRun(args) => Ok(jail_run::run(args)),

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::api_args::{block_on, ApiArgs};
 use super::human::{bytes, duration_ms, short_peer};
+use super::output::{self, outln};
 use crate::api::types::{
     MigrationDirection, MigrationInfo, MigrationState, PolitenessInfo, VmInfo, VmState,
 };
@@ -42,9 +43,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         Ok(report(node, politeness, &vms, migrations))
     })?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
     } else {
-        print!("{}", render(&report));
+        output::print(&render(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! `novacron vm ...`: one microVM in the foreground, in its own sandboxed VMM process.
 
+use crate::cli::output::outln;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -377,24 +378,24 @@ fn check_sandbox() -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the novacron executable")?;
     let mut vmm = VmmProcess::spawn(&exe, &launch, Stdio::null())?;
     let ready = vmm.wait_ready(Duration::from_secs(60))?;
-    println!("jail: {}", ready.sandbox);
+    outln!("jail: {}", ready.sandbox)?;
     let mut ok = true;
     for path in ["/etc/passwd", "/proc/1/environ", "/root"] {
         vmm.send(&Command::Probe(SandboxProbe::Open { path: path.into() }))?;
         let (allowed, detail) = probe_result(&mut vmm)?;
         ok &= !allowed;
-        println!("{:<8} {detail}", if allowed { "OPEN" } else { "denied" });
+        outln!("{:<8} {detail}", if allowed { "OPEN" } else { "denied" })?;
     }
     vmm.send(&Command::Probe(SandboxProbe::ForbiddenSyscall))?;
     match probe_result(&mut vmm) {
         Ok((_, detail)) => {
             ok = false;
-            println!("ALLOWED  {detail}");
+            outln!("ALLOWED  {detail}")?;
         }
-        Err(e) => println!("killed   socket(AF_INET): {e}"),
+        Err(e) => outln!("killed   socket(AF_INET): {e}")?,
     }
     if ok {
-        println!("the VMM jail holds on this host");
+        outln!("the VMM jail holds on this host")?;
         Ok(ExitCode::SUCCESS)
     } else {
         bail!("the VMM jail let something through (see above)")

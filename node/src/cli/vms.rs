@@ -1,6 +1,7 @@
 //! `novacron vms ...`: the local node's VMs through its REST API. IDs may be given by a
 //! unique prefix, resolved against the node's list.
 
+use crate::cli::output::{self, outln};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
@@ -161,18 +162,18 @@ pub fn run(args: VmsArgs) -> anyhow::Result<ExitCode> {
             VmsCommand::List => {
                 let vms: Vec<VmInfo> = client.get("/api/v1/vms").await?;
                 if json {
-                    println!("{}", serde_json::to_string(&vms)?);
+                    outln!("{}", serde_json::to_string(&vms)?)?;
                 } else {
-                    print!("{}", table(&vms, now_ms()));
+                    output::print(&table(&vms, now_ms()))?;
                 }
             }
             VmsCommand::Create(c) => {
                 let spec = c.spec()?;
                 let vm: VmInfo = client.post("/api/v1/vms", &spec).await?;
                 if json {
-                    println!("{}", serde_json::to_string(&vm)?);
+                    outln!("{}", serde_json::to_string(&vm)?)?;
                 } else {
-                    println!("created VM {} ({})", vm.id, vm.state.as_str());
+                    outln!("created VM {} ({})", vm.id, vm.state.as_str())?;
                 }
             }
             VmsCommand::Show { id } => {
@@ -181,9 +182,9 @@ pub fn run(args: VmsArgs) -> anyhow::Result<ExitCode> {
                     .get(&format!("/api/v1/vms/{}", path_segment(&id)))
                     .await?;
                 if json {
-                    println!("{}", serde_json::to_string(&vm)?);
+                    outln!("{}", serde_json::to_string(&vm)?)?;
                 } else {
-                    print!("{}", details(&vm, now_ms()));
+                    output::print(&details(&vm, now_ms()))?;
                 }
             }
             VmsCommand::Stop { id } => act(&client, &id, "stop", json).await?,
@@ -207,9 +208,9 @@ async fn act(client: &ApiClient, given: &str, action: &str, json: bool) -> anyho
         }
     };
     if json {
-        println!("{}", serde_json::to_string(&vm)?);
+        outln!("{}", serde_json::to_string(&vm)?)?;
     } else {
-        println!("VM {}: {}", vm.id, vm.state.as_str());
+        outln!("VM {}: {}", vm.id, vm.state.as_str())?;
     }
     Ok(())
 }
