@@ -72,7 +72,7 @@ pub fn run(args: &MeshBenchArgs) -> anyhow::Result<Report> {
 
 fn measure(args: &MeshBenchArgs, scratch: &std::path::Path) -> anyhow::Result<Report> {
     let timeout = Duration::from_secs(args.timeout_secs);
-    let mut mesh = LocalMesh::start(scratch, args.nodes, &[])?;
+    let mut mesh = LocalMesh::start(scratch, args.nodes, &[], &|| false)?;
     let mut report = Report::new("mesh");
     report.add("nodes", args.nodes as f64, "", None);
 

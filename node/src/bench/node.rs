@@ -249,9 +249,10 @@ fn process_start(exe: &Path) -> anyhow::Result<Duration> {
 // ---------------------------------------------------------------------------------------
 // A daemon under measurement.
 
-/// A `novacron node` process started by the bench. Dropping it stops every VM it runs
-/// (through its API), kills it, then kills any VMM process left in a cgroup of this node:
-/// nothing the bench started outlives it, also when a measurement fails half-way. It must
+/// A `novacron node --ephemeral` process started by the bench. Dropping it stops every VM
+/// it runs (through its API), kills it (its VMMs die with it), then kills any VMM process
+/// still in a cgroup of this node: nothing the bench started outlives it, also when a
+/// measurement fails half-way. It must
 /// be dropped outside the runtime (it blocks on it).
 struct Daemon {
     proc: NodeProc,
@@ -278,7 +279,8 @@ impl Daemon {
         let url_file = dir.join("api.url");
         let _ = std::fs::remove_file(&url_file);
         let spawned = Instant::now();
-        let mut proc = NodeProc::spawn(name, dir, bootstrap, &[])?;
+        // Ephemeral: the VMs of a daemon the bench kills die with it.
+        let mut proc = NodeProc::spawn(name, dir, bootstrap, &["--ephemeral".into()])?;
         let deadline = spawned + START_TIMEOUT;
         let (client, api, answered) = match rt.block_on(first_answer(&url_file, deadline)) {
             Ok(first) => first,
