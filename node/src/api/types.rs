@@ -254,7 +254,8 @@ pub struct EventEnvelope {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NodeEvent {
-    /// A VM changed state (or its report or pid changed).
+    /// A VM appeared or changed state, detail or VMM pid (progress reports and checkpoints
+    /// are not announced: read them from the VM).
     Vm { vm: Box<VmInfo> },
     /// A migration started, progressed or ended.
     Migration { migration: Box<MigrationInfo> },
