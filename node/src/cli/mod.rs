@@ -429,3 +429,29 @@ pub(crate) mod human {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::types::{default_mem_mib, DEFAULT_MEM_MIB};
+
+    #[test]
+    fn vm_run_and_vms_create_default_to_the_apis_memory() {
+        let parsed = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("novacron").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            format!("{cli:?}")
+        };
+        assert_eq!(default_mem_mib(), DEFAULT_MEM_MIB);
+        let run = parsed(&["vm", "run", "--guest", "builtin:hello"]);
+        assert!(
+            run.contains(&format!("mem: {},", DEFAULT_MEM_MIB << 20)),
+            "{run}"
+        );
+        let create = parsed(&["vms", "create", "--guest", "builtin:hello"]);
+        assert!(
+            create.contains(&format!("mem: {DEFAULT_MEM_MIB},")),
+            "{create}"
+        );
+    }
+}

@@ -71,8 +71,9 @@ pub struct RunArgs {
         default_value = "console=ttyS0 reboot=k panic=1"
     )]
     cmdline: String,
-    /// Guest memory (256M, 1G, ...).
-    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    /// Guest memory (64M, 1G, ...; the default is `vms create`'s too; builtin:dirtier's
+    /// default working set needs 256M).
+    #[arg(long, default_value = crate::api::types::DEFAULT_MEM, value_parser = parse_size)]
     mem: u64,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]

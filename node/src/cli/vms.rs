@@ -74,7 +74,7 @@ struct CreateArgs {
     #[arg(long, requires = "kernel")]
     cmdline: Option<String>,
     /// Guest memory (kvm) or memory limit (process): 64M, 1G, ... (whole MiB).
-    #[arg(long, default_value = "64M", value_parser = parse_mib)]
+    #[arg(long, default_value = crate::api::types::DEFAULT_MEM, value_parser = parse_mib)]
     mem: u64,
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
     vcpus: u8,
