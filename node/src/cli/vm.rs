@@ -54,9 +54,7 @@ pub enum VmCommand {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// A builtin guest kit program: builtin:hello, builtin:counter[:words=N,passes=N],
-    /// builtin:dirtier[:mib=N,rate=N,base=ADDR].
-    #[arg(long, conflicts_with = "kernel")]
+    #[arg(long, conflicts_with = "kernel", help = format!("A builtin guest kit program: {}", novacron_vm::guest_kit::usage()))]
     guest: Option<String>,
     /// A Linux kernel (bzImage or ELF vmlinux) to boot instead of a builtin guest.
     #[arg(long)]

@@ -61,8 +61,7 @@ enum ModeArg {
 
 #[derive(Args, Debug)]
 struct CreateArgs {
-    /// kvm: a builtin guest kit program (builtin:counter, builtin:counter:passes=4, ...).
-    #[arg(long)]
+    #[arg(long, help = format!("kvm: a builtin guest kit program: {}", novacron_vm::guest_kit::usage()))]
     guest: Option<String>,
     /// kvm: a Linux kernel on the node's host to boot instead of a builtin guest.
     #[arg(long, conflicts_with = "guest")]
