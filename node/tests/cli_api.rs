@@ -542,3 +542,14 @@ fn a_closed_stdout_ends_each_command_quietly_with_141() {
         assert!(stderr.is_empty(), "novacron {args:?}: {stderr}");
     }
 }
+
+#[test]
+fn status_dial_addrs_prints_what_bootstrap_takes() {
+    let (url, _) = serve();
+    let out = run(&url, &["status", "--dial-addrs"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWTheLocalNode\n"
+    );
+}
