@@ -10,6 +10,7 @@
 //!
 //! `--root DIR` writes everything under DIR instead of `/` (packaging and tests).
 
+use crate::cli::output;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
     let config = args.config_dir.join("node.yaml");
     let token = args.config_dir.join("api.token");
     let unit = args.unit_dir.join(UNIT_NAME);
-    let under = |p: &Path| args.root.join(p.strip_prefix("/").unwrap_or(p));
+    let under = |p: &Path| under(&args.root, p);
 
     std::fs::create_dir_all(under(&args.config_dir))
         .with_context(|| format!("cannot create {}", under(&args.config_dir).display()))?;
@@ -78,20 +79,58 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
         unit_file(&bin, &config, &args.data_dir).as_bytes(),
     )?;
 
-    let said = |wrote: bool| if wrote { "written" } else { "kept (it exists)" };
-    println!(
-        "configuration  {}  {}",
-        config.display(),
-        said(wrote_config)
-    );
-    println!("API token      {}  {}", token.display(), said(wrote_token));
-    println!("systemd unit   {}  written", unit.display());
-    println!("data directory {}", args.data_dir.display());
-    println!();
-    println!("Start it now and at every boot:");
-    println!("    systemctl daemon-reload && systemctl enable --now novacron-node");
-    println!("Follow it:  journalctl -u novacron-node -f    Members of its cell:  novacron nodes --data-dir {}", args.data_dir.display());
+    output::print(&summary(
+        &args.root,
+        [
+            (&config, Some(wrote_config)),
+            (&token, Some(wrote_token)),
+            (&unit, None),
+            (&args.data_dir, None),
+        ],
+    ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the install did, naming the files where they are (under `root`), then how to start
+/// and follow the service. `paths`: configuration, token, unit and data directory as the
+/// installed system sees them, with whether the file was written (None: always written, or
+/// a directory).
+fn summary(root: &Path, paths: [(&Path, Option<bool>); 4]) -> String {
+    let under = |p: &Path| under(root, p);
+    let said = |wrote: Option<bool>| match wrote {
+        Some(false) => "  kept (it exists)",
+        Some(true) | None => "  written",
+    };
+    let [(config, c), (token, t), (unit, _), (data, _)] = paths;
+    let mut out = format!(
+        "configuration  {}{}\nAPI token      {}{}\nsystemd unit   {}{}\ndata directory {}\n",
+        under(config).display(),
+        said(c),
+        under(token).display(),
+        said(t),
+        under(unit).display(),
+        said(None),
+        under(data).display(),
+    );
+    if root != Path::new("/") {
+        out.push_str(&format!(
+            "(written under {}: the unit and the configuration name these paths without it, as \
+             the system they are copied to will see them)\n",
+            root.display()
+        ));
+    }
+    out.push_str(&format!(
+        "\nStart it now and at every boot:\n    systemctl daemon-reload && systemctl enable --now \
+         novacron-node\nFollow it:  journalctl -u novacron-node -f    Members of its cell:  \
+         novacron nodes --data-dir {}\n",
+        data.display()
+    ));
+    out
+}
+
+/// Where `path` of the installed system is written: under `root`.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// The configuration a fresh install starts from (every key the node reads, commented).
@@ -245,6 +284,39 @@ mod tests {
         );
         assert_eq!(cfg.mesh.bootstrap.len(), 1);
         assert_eq!(cfg.mesh.listen.len(), 2);
+    }
+
+    #[test]
+    fn the_summary_names_the_files_where_they_were_written() {
+        let paths = |wrote| {
+            [
+                (Path::new("/etc/novacron/node.yaml"), Some(wrote)),
+                (Path::new("/etc/novacron/api.token"), Some(true)),
+                (Path::new("/etc/systemd/system/novacron-node.service"), None),
+                (Path::new("/var/lib/novacron"), None),
+            ]
+        };
+        let text = summary(Path::new("/tmp/r"), paths(false));
+        for line in [
+            "configuration  /tmp/r/etc/novacron/node.yaml  kept (it exists)",
+            "API token      /tmp/r/etc/novacron/api.token  written",
+            "systemd unit   /tmp/r/etc/systemd/system/novacron-node.service  written",
+            "data directory /tmp/r/var/lib/novacron",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?}\n{text}");
+        }
+        assert!(text.contains("written under /tmp/r"), "{text}");
+        // The service's own view: the data directory it will use.
+        assert!(
+            text.contains("novacron nodes --data-dir /var/lib/novacron"),
+            "{text}"
+        );
+        let plain = summary(Path::new("/"), paths(true));
+        assert!(
+            plain.contains("configuration  /etc/novacron/node.yaml  written"),
+            "{plain}"
+        );
+        assert!(!plain.contains("written under"), "{plain}");
     }
 
     #[test]

@@ -5,9 +5,15 @@
 //! loopback TCP port, serves the DHT (`--kad-server`: autonat never confirms loopback) and
 //! joins through the first node. Every line a node writes on stderr is kept with the instant
 //! it was read, so callers can time events (a member seen up or down) without polling.
-//! Dropping a node kills it (SIGKILL) and reaps it.
+//!
+//! No node outlives its owner: each runs in a process group of its own (a terminal's Ctrl-C
+//! goes to the owner, which stops its nodes in order) and the kernel kills it if the owner
+//! dies ([`novacron_vm::child_lifetime`]). A mesh's nodes are `--ephemeral`: their VMs die
+//! with them. Dropping a node asks it to stop (SIGTERM), then kills it (SIGKILL) after a
+//! grace period, and reaps it.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -56,9 +62,9 @@ impl NodeProc {
         cmd.args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = novacron_vm::child_lifetime::spawn(cmd, libc::SIGKILL)
             .with_context(|| format!("cannot start node {name}"))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let reader = child.stderr.take().map(|pipe| {
@@ -114,10 +120,22 @@ impl NodeProc {
     /// Waits for the node's `listening on` line and returns its dial address
     /// (`.../p2p/PEERID`) and PeerId.
     pub fn wait_listening(&mut self, timeout: Duration) -> anyhow::Result<(String, String)> {
+        self.wait_listening_unless(timeout, &|| false)
+    }
+
+    /// [`wait_listening`](Self::wait_listening), giving up once `cancelled` says so.
+    fn wait_listening_unless(
+        &mut self,
+        timeout: Duration,
+        cancelled: &dyn Fn() -> bool,
+    ) -> anyhow::Result<(String, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(found) = self.listening() {
                 return Ok(found);
+            }
+            if cancelled() {
+                bail!("stopped while node {} started", self.name);
             }
             if let Some(status) = self.child.try_wait()? {
                 bail!("node {} exited with {status}: {}", self.name, self.stderr());
@@ -151,19 +169,23 @@ impl NodeProc {
 }
 
 impl NodeProc {
-    /// Asks the node to stop (SIGTERM: it drains its VMs, parking what no peer takes).
-    fn terminate(&self) {
+    /// Asks the node to stop (SIGTERM: it drains its VMs, parking what no peer takes), unless
+    /// it was reaped already (its pid may then be another process's).
+    fn terminate(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
+            return;
+        }
         if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
             // SAFETY: kill(2) on our own child's pid, which it keeps until we reap it.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
     }
 
-    /// Waits up to `grace` for the node to exit after [`terminate`](Self::terminate), then
-    /// kills it.
-    fn finish(&mut self, grace: Duration) {
+    /// Waits up to `grace` for the node to exit after [`terminate`](Self::terminate) (less
+    /// once `hurry` says so), then kills it.
+    fn finish(&mut self, grace: Duration, hurry: &dyn Fn() -> bool) {
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && !hurry() {
             if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
                 return;
             }
@@ -174,12 +196,12 @@ impl NodeProc {
 }
 
 /// How long a node stopping with the mesh may take to drain.
-const STOP_GRACE: Duration = Duration::from_secs(30);
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
         self.terminate();
-        self.finish(STOP_GRACE);
+        self.finish(STOP_GRACE, &|| false);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -198,37 +220,53 @@ pub struct LocalMesh {
 }
 
 impl LocalMesh {
-    /// Starts `n` nodes under `root` (`root/node-000`, ...): the first, then, once it
-    /// listens, all the others at once.
-    pub fn start(root: &Path, n: usize, extra: &[String]) -> anyhow::Result<LocalMesh> {
+    /// Starts `n` ephemeral nodes under `root` (`root/node-001`, ...): the first, then, once
+    /// it listens, all the others at once. Gives up (the nodes started so far are stopped)
+    /// once `cancelled` says so.
+    pub fn start(
+        root: &Path,
+        n: usize,
+        extra: &[String],
+        cancelled: &dyn Fn() -> bool,
+    ) -> anyhow::Result<LocalMesh> {
         if n == 0 {
             bail!("a mesh needs at least one node");
         }
-        let mut first = NodeProc::spawn("node-000", &root.join("node-000"), None, extra)?;
-        let (bootstrap, _) = first.wait_listening(Duration::from_secs(30))?;
+        let mut args = vec!["--ephemeral".to_string()];
+        args.extend_from_slice(extra);
+        let name = |i: usize| format!("node-{:03}", i + 1);
+        let mut first = NodeProc::spawn(&name(0), &root.join(name(0)), None, &args)?;
+        let (bootstrap, _) = first.wait_listening_unless(Duration::from_secs(30), cancelled)?;
         let started = Instant::now();
         let mut nodes = vec![first];
         for i in 1..n {
-            let name = format!("node-{i:03}");
-            nodes.push(NodeProc::spawn(
-                &name,
-                &root.join(&name),
-                Some(&bootstrap),
-                extra,
-            )?);
+            if cancelled() {
+                break;
+            }
+            let dir = root.join(name(i));
+            nodes.push(NodeProc::spawn(&name(i), &dir, Some(&bootstrap), &args)?);
         }
         Ok(LocalMesh { nodes, started })
+    }
+
+    /// Stops every node at once (each drains in parallel), then waits up to `grace` for
+    /// each (not once `hurry` says so) before it kills it.
+    pub fn stop(mut self, grace: Duration, hurry: &dyn Fn() -> bool) {
+        self.stop_all(grace, hurry);
+    }
+
+    fn stop_all(&mut self, grace: Duration, hurry: &dyn Fn() -> bool) {
+        for n in &mut self.nodes {
+            n.terminate();
+        }
+        for n in &mut self.nodes {
+            n.finish(grace, hurry);
+        }
     }
 }
 
 impl Drop for LocalMesh {
-    /// Stops every node at once (each drains in parallel), then waits for each.
     fn drop(&mut self) {
-        for n in &self.nodes {
-            n.terminate();
-        }
-        for n in &mut self.nodes {
-            n.finish(STOP_GRACE);
-        }
+        self.stop_all(STOP_GRACE, &|| false);
     }
 }

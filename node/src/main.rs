@@ -26,8 +26,12 @@ fn main() -> std::process::ExitCode {
     }
     match cli::run(args) {
         Ok(code) => code,
+        // Its reader went away (`| head`): the command stopped cleanly, nothing to say.
+        Err(e) if cli::output::is_stdout_closed(&e) => {
+            std::process::ExitCode::from(cli::output::STDOUT_CLOSED_EXIT)
+        }
         Err(e) => {
-            eprintln!("novacron: error: {}", error_text(&e));
+            cli::output::note(&format!("novacron: error: {}", error_text(&e)));
             std::process::ExitCode::from(1)
         }
     }

@@ -501,3 +501,55 @@ fn events_prints_a_line_per_event_and_ends_with_the_stream() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("closed the event stream"));
 }
+
+/// A stdout whose reader is gone, as `| head` leaves it once it has its lines.
+fn closed_stdout() -> Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array with two new descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are ours: the read end is closed, the write end owned.
+    unsafe {
+        libc::close(fds[0]);
+        Stdio::from(std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_each_command_quietly_with_141() {
+    let (url, _) = serve();
+    for args in [
+        &["vms"][..],
+        &["vms", "--json"],
+        &["status"],
+        &["status", "--json"],
+        &["nodes"],
+        &["events"],
+        &["events", "--json"],
+    ] {
+        let out = novacron(&url, args)
+            .stdout(closed_stdout())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("spawn novacron");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(141),
+            "novacron {args:?} with its stdout closed: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "novacron {args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn status_dial_addrs_prints_what_bootstrap_takes() {
+    let (url, _) = serve();
+    let out = run(&url, &["status", "--dial-addrs"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWTheLocalNode\n"
+    );
+}

@@ -39,6 +39,17 @@ struct Node {
 /// Starts a node on `dir` (with `config` as its YAML file when given), joined through
 /// `bootstrap`, and waits until its API answers.
 fn start_node(name: &str, dir: &Path, bootstrap: Option<&str>, config: Option<&str>) -> Node {
+    start_node_with(name, dir, bootstrap, config, &[])
+}
+
+/// [`start_node`] with `extra` flags.
+fn start_node_with(
+    name: &str,
+    dir: &Path,
+    bootstrap: Option<&str>,
+    config: Option<&str>,
+    extra: &[&str],
+) -> Node {
     std::fs::create_dir_all(dir).unwrap();
     let dir_s = dir.to_str().unwrap().to_string();
     let mut args: Vec<String> = vec!["node".into()];
@@ -62,6 +73,7 @@ fn start_node(name: &str, dir: &Path, bootstrap: Option<&str>, config: Option<&s
     if let Some(b) = bootstrap {
         args.extend(["--bootstrap".into(), b.into()]);
     }
+    args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proc = Proc::spawn(name, &refs);
     let (peer, addr) = wait_listening(&mut proc);
@@ -469,6 +481,29 @@ fn a_daemon_killed_with_sigkill_finds_every_vm_again() {
     for id in [&running, &paused] {
         assert!(vmm_processes(id).is_empty(), "a VMM of {id} is left");
     }
+}
+
+#[test]
+fn an_ephemeral_nodes_vms_die_with_it_even_by_sigkill() {
+    if !kvm_usable("an_ephemeral_nodes_vms_die_with_it_even_by_sigkill") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("e");
+    let mut e = start_node_with("e", &dir, None, None, &["--ephemeral"]);
+    let (guest, _) = counter(1000);
+    let id = create(&dir, &guest);
+    let pid = vm(&dir, &id).and_then(|v| v["pid"].as_i64()).unwrap_or(0);
+    assert!(pid_alive(pid), "{}", e.proc.dump());
+    // Unlike a_daemon_killed_with_sigkill_finds_every_vm_again: nobody will adopt it.
+    signal(&e, libc::SIGKILL);
+    e.proc.wait(TIMEOUT);
+    wait_until(
+        "the VMM to die with its node",
+        Duration::from_secs(10),
+        &[],
+        || !pid_alive(pid) && vmm_processes(&id).is_empty(),
+    );
 }
 
 #[test]

@@ -92,7 +92,7 @@ fn poll_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 
 fn start(tag: &str, dir: &Path, command: &[&str], mem_mib: u64) -> (String, ProcessVm) {
     let id = unique_id(tag);
-    let vm = ProcessVm::spawn(Path::new(EXE), &id, dir, &spec(command, mem_mib))
+    let vm = ProcessVm::spawn(Path::new(EXE), &id, dir, &spec(command, mem_mib), true)
         .unwrap_or_else(|e| panic!("spawn: {e}"));
     (id, vm)
 }

@@ -156,11 +156,14 @@ fn a_chatty_guest_is_snapshotted_on_time_and_restored() {
     let snap = dir.path().join("snap");
     let s = snap.to_str().unwrap();
     let spec = "builtin:dirtier:mib=8,rate=0";
+    // The dirtier's range starts at 96 MiB: above the default memory.
     let out = run(&[
         "vm",
         "run",
         "--guest",
         spec,
+        "--mem",
+        "256M",
         "--snapshot-at",
         "300,600",
         "--snapshot-to",

@@ -1,7 +1,8 @@
 //! The parent's side of a VMM process: spawn `novacron vmm` with a control socket on fd 3,
-//! send it commands, read its events, and turn its death into a clear error. An adoptable
-//! VMM (`Launch.adopt`) also gets a listening socket on fd 4 and outlives its parent; a
-//! later parent takes it back with [`VmmProcess::adopt`] (docs/vm.md, "Adoption").
+//! send it commands, read its events, and turn its death into a clear error. A VMM dies
+//! with the process that spawned it ([`crate::child_lifetime`]), unless it is adoptable
+//! (`Launch.adopt`): that one also gets a listening socket on fd 4 and outlives its parent;
+//! a later parent takes it back with [`VmmProcess::adopt`] (docs/vm.md, "Adoption").
 
 use std::io::BufReader;
 use std::os::fd::AsRawFd;
@@ -162,7 +163,14 @@ impl VmmProcess {
             });
         }
         let spawned_ns = monotonic_ns();
-        let child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+        // A VMM nobody can adopt dies with this process, whichever thread spawns it and
+        // however this process ends (even while the VMM is too busy to see its control
+        // channel close); an adoptable one outlives it by design.
+        let child = match launch.adopt {
+            None => crate::child_lifetime::spawn(cmd, libc::SIGKILL),
+            Some(_) => cmd.spawn(),
+        }
+        .map_err(|source| LaunchError::Spawn {
             exe: exe.display().to_string(),
             source,
         })?;

@@ -7,6 +7,7 @@
 pub mod adopt;
 pub mod arch;
 pub mod boot;
+pub mod child_lifetime;
 pub mod control;
 pub mod devices;
 pub mod fd_passing;

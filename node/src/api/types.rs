@@ -62,8 +62,32 @@ pub struct VmSpec {
     pub prefill_mib: Option<u64>,
 }
 
+/// A VM's memory when none is given, in MiB: the API's, `vms create --mem`'s and
+/// `vm run --mem`'s default (64 MiB fits every builtin guest's defaults but the dirtier's,
+/// which wants 256M).
+pub const DEFAULT_MEM_MIB: u64 = 64;
+
+/// [`DEFAULT_MEM_MIB`] as the CLI writes sizes (its `--mem` default); the compiler checks
+/// that both say the same.
+pub const DEFAULT_MEM: &str = "64M";
+
+const _: () = assert!(mib_of(DEFAULT_MEM) == DEFAULT_MEM_MIB);
+
+/// The MiB of a size written `<digits>M` (at compile time; anything else does not compile).
+const fn mib_of(size: &str) -> u64 {
+    let b = size.as_bytes();
+    let mut i = 0;
+    let mut n = 0;
+    while i < b.len() && b[i].is_ascii_digit() {
+        n = n * 10 + (b[i] - b'0') as u64;
+        i += 1;
+    }
+    assert!(i > 0 && i + 1 == b.len() && b[i] == b'M');
+    n
+}
+
 pub fn default_mem_mib() -> u64 {
-    64
+    DEFAULT_MEM_MIB
 }
 
 pub fn default_vcpus() -> u8 {
@@ -296,7 +320,8 @@ pub struct EventEnvelope {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NodeEvent {
-    /// A VM changed state (or its report or pid changed).
+    /// A VM appeared or changed state, detail or VMM pid (progress reports and checkpoints
+    /// are not announced: read them from the VM).
     Vm { vm: Box<VmInfo> },
     /// A migration started, progressed or ended.
     Migration { migration: Box<MigrationInfo> },

@@ -19,7 +19,7 @@ use novacron_vm::launcher::VmmProcess;
 use novacron_vm::layout::{pv_event, PATTERN_BASE};
 use novacron_vm::migration::links;
 
-use super::report::{in_scratch_dir, median, Report};
+use super::report::{in_scratch_dir, median, Goal, Report};
 
 #[derive(Args, Debug)]
 pub struct MigrateBenchArgs {
@@ -163,15 +163,25 @@ impl Bench<'_> {
         let idle = self.repeat(runs, || {
             self.idle_or_dirtier("builtin:idle", IDLE_MIGRATE_AFTER_MS)
         })?;
-        report.add("idle.downtime_ms", idle.downtime_ms, "ms", Some("<= 2"));
-        report.add("idle.total_ms", idle.total_ms, "ms", Some("<= 500"));
+        report.add(
+            "idle.downtime_ms",
+            idle.downtime_ms,
+            "ms",
+            Some(Goal::at_most(2.0)),
+        );
+        report.add(
+            "idle.total_ms",
+            idle.total_ms,
+            "ms",
+            Some(Goal::at_most(500.0)),
+        );
         report.add("idle.wire_bytes", idle.wire_bytes, "B", None);
         report.add("idle.touched_zstd_bytes", touched_zstd as f64, "B", None);
         report.add(
             "idle.wire_vs_touched_zstd",
             idle.wire_bytes / touched_zstd as f64,
             "x",
-            Some("<= 1.1"),
+            Some(Goal::at_most(1.1)),
         );
         report.add("idle.rounds", idle.rounds, "", None);
         Ok(())
@@ -183,15 +193,20 @@ impl Bench<'_> {
             "dirtier.downtime_ms",
             dirtier.downtime_ms,
             "ms",
-            Some("<= 5"),
+            Some(Goal::at_most(5.0)),
         );
-        report.add("dirtier.total_ms", dirtier.total_ms, "ms", Some("<= 1200"));
+        report.add(
+            "dirtier.total_ms",
+            dirtier.total_ms,
+            "ms",
+            Some(Goal::at_most(1200.0)),
+        );
         report.add("dirtier.rounds", dirtier.rounds, "", None);
         report.add(
             "dirtier.wire_bytes",
             dirtier.wire_bytes,
             "B",
-            Some("<= 44000000"),
+            Some(Goal::at_most(44_000_000.0)),
         );
         Ok(())
     }
@@ -216,7 +231,7 @@ impl Bench<'_> {
             "random.pipeline_vs_zstd1_per_core",
             pipeline / (zstd1 * cores.max(1e-9)),
             "x",
-            Some(">= 0.8"),
+            Some(Goal::at_least(0.8)),
         );
         // The sending side alone: what replaces "compress with zstd" in the pipeline.
         report.add("random.source_cores_used", source_cores, "", None);
@@ -237,7 +252,7 @@ impl Bench<'_> {
             "remigrate.second_vs_first",
             second as f64 / first.max(1) as f64,
             "x",
-            Some("<= 0.1"),
+            Some(Goal::at_most(0.1)),
         );
         Ok(())
     }

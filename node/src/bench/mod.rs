@@ -13,6 +13,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use crate::cli::output::{self, outln};
+
 pub use vm::bare_kvm_first_exit_ns;
 
 #[derive(Subcommand, Debug)]
@@ -42,9 +44,9 @@ pub fn run(suite: Suite) -> anyhow::Result<ExitCode> {
         Suite::Node(args) => (node::run(&args)?, args.json()),
     };
     if json {
-        println!("{}", report.to_json());
+        outln!("{}", report.to_json())?;
     } else {
-        print!("{}", report.to_table());
+        output::print(&report.to_table())?;
     }
     Ok(ExitCode::SUCCESS)
 }

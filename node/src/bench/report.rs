@@ -1,4 +1,5 @@
-//! A benchmark's results: named figures with units and goals, as a table or JSON.
+//! A benchmark's results: named figures with units and goals, as a table or JSON. Each goal
+//! is a bound the figure is checked against, so the report says whether it was met.
 
 use serde_json::{Map, Value};
 
@@ -6,8 +7,94 @@ pub struct Figure {
     pub key: String,
     pub value: f64,
     pub unit: &'static str,
-    /// The goal, in words ("<= 5"), if it has one.
-    pub goal: Option<String>,
+    /// The goal, if it has one.
+    pub goal: Option<Goal>,
+}
+
+/// A figure's goal: a bound, in words for the table, and whether it applies to this run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Goal {
+    bound: Bound,
+    /// How the table shows it: `<= 5`, `<= 2x direct`, `<= 15 at 50 nodes`.
+    text: String,
+    /// Why it does not apply to this run (`at 50 nodes` on a mesh of 10), if so.
+    not_here: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Bound {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+/// Whether a figure met its goal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Met,
+    Missed,
+    /// The goal is for other conditions than this run's.
+    NotApplicable,
+}
+
+impl Goal {
+    /// The figure must be at most `limit`.
+    pub fn at_most(limit: f64) -> Goal {
+        Goal {
+            bound: Bound::AtMost(limit),
+            text: format!("<= {limit}"),
+            not_here: None,
+        }
+    }
+
+    /// The figure must be at least `limit`.
+    pub fn at_least(limit: f64) -> Goal {
+        Goal {
+            bound: Bound::AtLeast(limit),
+            text: format!(">= {limit}"),
+            not_here: None,
+        }
+    }
+
+    /// Shown as `text` instead of the bare bound (a bound computed from a reference:
+    /// `<= 2x direct`).
+    pub fn shown_as(mut self, text: &str) -> Goal {
+        self.text = text.to_string();
+        self
+    }
+
+    /// The goal holds under `condition` (`at 50 nodes`), which this run `meets` or not.
+    pub fn under(mut self, condition: &str, meets: bool) -> Goal {
+        self.text = format!("{} {condition}", self.text);
+        self.not_here = (!meets).then(|| condition.to_string());
+        self
+    }
+
+    pub fn verdict(&self, value: f64) -> Verdict {
+        if self.not_here.is_some() {
+            return Verdict::NotApplicable;
+        }
+        let met = match self.bound {
+            Bound::AtMost(limit) => value <= limit,
+            Bound::AtLeast(limit) => value >= limit,
+        };
+        if met {
+            Verdict::Met
+        } else {
+            Verdict::Missed
+        }
+    }
+
+    /// The verdict in the table's words.
+    fn verdict_text(&self, value: f64) -> String {
+        match self.verdict(value) {
+            Verdict::Met => "met".into(),
+            Verdict::Missed => "MISSED".into(),
+            Verdict::NotApplicable => format!(
+                "n/a (only {})",
+                self.not_here.as_deref().unwrap_or("elsewhere")
+            ),
+        }
+    }
 }
 
 pub struct Report {
@@ -25,42 +112,70 @@ impl Report {
         }
     }
 
-    pub fn add(&mut self, key: &str, value: f64, unit: &'static str, goal: Option<&str>) {
+    pub fn add(&mut self, key: &str, value: f64, unit: &'static str, goal: Option<Goal>) {
         self.figures.push(Figure {
             key: key.to_string(),
             value,
             unit,
-            goal: goal.map(str::to_string),
+            goal,
         });
     }
 
-    /// One JSON object: {"suite": ..., "<key>": value, ..., "notes": [...]}. Keys with dots
-    /// ("idle.downtime_ms") become nested objects.
+    /// One JSON object: {"suite": ..., "<key>": value, ..., "goals": {"<key>": {"goal":
+    /// "<= 5", "met": true}}, "notes": [...]}. Keys with dots ("idle.downtime_ms") become
+    /// nested objects among the figures; `goals` names each figure with a goal by its whole
+    /// key, `met` null when the goal does not apply to the run.
     pub fn to_json(&self) -> String {
         let mut root = Map::new();
         root.insert("suite".into(), Value::from(self.suite));
+        let mut goals = Map::new();
         for f in &self.figures {
             let rounded = (f.value * 1000.0).round() / 1000.0;
             insert_dotted(&mut root, &f.key, Value::from(rounded));
+            if let Some(goal) = &f.goal {
+                let met = match goal.verdict(f.value) {
+                    Verdict::Met => Value::from(true),
+                    Verdict::Missed => Value::from(false),
+                    Verdict::NotApplicable => Value::Null,
+                };
+                let mut entry = Map::new();
+                entry.insert("goal".into(), Value::from(goal.text.clone()));
+                entry.insert("met".into(), met);
+                goals.insert(f.key.clone(), Value::Object(entry));
+            }
         }
+        root.insert("goals".into(), Value::Object(goals));
         root.insert("notes".into(), Value::from(self.notes.clone()));
         Value::Object(root).to_string()
     }
 
     pub fn to_table(&self) -> String {
         let width = self.figures.iter().map(|f| f.key.len()).max().unwrap_or(10);
+        let goal_width = self
+            .figures
+            .iter()
+            .filter_map(|f| f.goal.as_ref().map(|g| g.text.chars().count()))
+            .max()
+            .unwrap_or(4)
+            .max(4);
         let mut out = format!("novacron bench {}\n\n", self.suite);
-        out.push_str(&format!(
-            "{:<width$}  {:>12}  {:<6}  {}\n",
-            "figure", "value", "unit", "goal"
-        ));
+        let line = |figure: &str, value: &str, unit: &str, goal: &str, verdict: &str| {
+            let text =
+                format!("{figure:<width$}  {value:>12}  {unit:<6}  {goal:<goal_width$}  {verdict}");
+            format!("{}\n", text.trim_end())
+        };
+        out.push_str(&line("figure", "value", "unit", "goal", "verdict"));
         for f in &self.figures {
-            out.push_str(&format!(
-                "{:<width$}  {:>12.3}  {:<6}  {}\n",
-                f.key,
-                f.value,
+            let (goal, verdict) = match &f.goal {
+                Some(g) => (g.text.clone(), g.verdict_text(f.value)),
+                None => (String::new(), String::new()),
+            };
+            out.push_str(&line(
+                &f.key,
+                &format!("{:.3}", f.value),
                 f.unit,
-                f.goal.as_deref().unwrap_or("")
+                &goal,
+                &verdict,
             ));
         }
         for n in &self.notes {
@@ -141,7 +256,7 @@ mod tests {
     #[test]
     fn json_nests_dotted_keys_and_table_lists_all() {
         let mut r = Report::new("vm");
-        r.add("a_ms", 1.23456, "ms", Some("<= 5"));
+        r.add("a_ms", 1.23456, "ms", Some(Goal::at_most(5.0)));
         r.add("idle.downtime_ms", 2.0, "ms", None);
         let v: Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["a_ms"], 1.235);
@@ -149,6 +264,73 @@ mod tests {
         assert!(r.to_table().contains("idle.downtime_ms"));
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn every_goal_says_met_or_missed_in_the_table_and_the_json() {
+        let mut r = Report::new("migrate");
+        r.add("idle.downtime_ms", 1.5, "ms", Some(Goal::at_most(2.0)));
+        r.add("dirtier.downtime_ms", 7.0, "ms", Some(Goal::at_most(5.0)));
+        r.add("at_limit", 5.0, "ms", Some(Goal::at_most(5.0)));
+        r.add("ratio", 0.25, "x", Some(Goal::at_least(0.8)));
+        r.add(
+            "mesh_ms",
+            9.0,
+            "ms",
+            Some(Goal::at_most(2.0 * 4.0).shown_as("<= 2x direct")),
+        );
+        r.add(
+            "join_s",
+            20.0,
+            "s",
+            Some(Goal::at_most(15.0).under("at 50 nodes", false)),
+        );
+        r.add("plain", 3.0, "B", None);
+        let table = r.to_table();
+        let row = |key: &str| {
+            table
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(key))
+                .unwrap_or_else(|| panic!("no row {key}\n{table}"))
+                .to_string()
+        };
+        let header: Vec<&str> = table.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(
+            header,
+            ["figure", "value", "unit", "goal", "verdict"],
+            "{table}"
+        );
+        assert!(
+            row("idle.downtime_ms").contains("<= 2 ") && row("idle.downtime_ms").ends_with(" met"),
+            "{table}"
+        );
+        assert!(row("dirtier.downtime_ms").ends_with("MISSED"), "{table}");
+        assert!(row("at_limit").ends_with("met"), "{table}");
+        assert!(row("ratio").contains(">= 0.8") && row("ratio").ends_with("MISSED"));
+        assert!(row("mesh_ms").contains("<= 2x direct") && row("mesh_ms").ends_with("MISSED"));
+        assert!(
+            row("join_s").contains("<= 15 at 50 nodes")
+                && row("join_s").ends_with("n/a (only at 50 nodes)"),
+            "{table}"
+        );
+        assert!(row("plain").ends_with("B"), "{table}");
+
+        let v: Value = serde_json::from_str(&r.to_json()).unwrap();
+        let goals = &v["goals"];
+        assert_eq!(goals["idle.downtime_ms"]["met"], true);
+        assert_eq!(goals["idle.downtime_ms"]["goal"], "<= 2");
+        assert_eq!(goals["dirtier.downtime_ms"]["met"], false);
+        assert_eq!(goals["ratio"]["met"], false);
+        assert_eq!(goals["mesh_ms"]["goal"], "<= 2x direct");
+        assert!(goals["join_s"]["met"].is_null());
+        assert!(goals.get("plain").is_none());
+        assert_eq!(goals.as_object().unwrap().len(), 6);
+        // Met at 50 nodes, the goal applies.
+        let g = Goal::at_most(15.0).under("at 50 nodes", true);
+        assert_eq!(
+            (g.verdict(14.0), g.verdict(16.0)),
+            (Verdict::Met, Verdict::Missed)
+        );
     }
 
     #[test]

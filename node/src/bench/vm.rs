@@ -14,7 +14,7 @@ use novacron_vm::control::{
 use novacron_vm::launcher::VmmProcess;
 use novacron_vm::layout::{pv_event, PATTERN_BASE};
 
-use super::report::{in_scratch_dir, median, Report};
+use super::report::{in_scratch_dir, median, Goal, Report};
 
 #[derive(Args, Debug)]
 pub struct VmBenchArgs {
@@ -63,7 +63,12 @@ fn measure(exe: &Path, scratch: &Path, args: &VmBenchArgs) -> anyhow::Result<Rep
     }
     let sandboxed = median(&mut sandboxed);
     let bare = median(&mut bare);
-    report.add("start_to_first_exit_ms_p50", sandboxed, "ms", Some("<= 5"));
+    report.add(
+        "start_to_first_exit_ms_p50",
+        sandboxed,
+        "ms",
+        Some(Goal::at_most(5.0)),
+    );
     report.add(
         "start_to_first_exit_unsandboxed_ms_p50",
         median(&mut unsandboxed),
@@ -81,14 +86,14 @@ fn measure(exe: &Path, scratch: &Path, args: &VmBenchArgs) -> anyhow::Result<Rep
         "start_vs_bare_ratio",
         sandboxed / bare.max(1e-9),
         "x",
-        Some("<= 3"),
+        Some(Goal::at_most(3.0)),
     );
 
     report.add(
         "vmm_overhead_rss_mib",
         vmm_overhead_rss_mib(exe)?,
         "MiB",
-        Some("<= 5"),
+        Some(Goal::at_most(5.0)),
     );
 
     let mut full = Vec::new();
@@ -105,14 +110,24 @@ fn measure(exe: &Path, scratch: &Path, args: &VmBenchArgs) -> anyhow::Result<Rep
         restore_in_process.push(in_process);
         let _ = std::fs::remove_dir_all(&dir);
     }
-    report.add("snapshot_full_ms", median(&mut full), "ms", Some("<= 100"));
+    report.add(
+        "snapshot_full_ms",
+        median(&mut full),
+        "ms",
+        Some(Goal::at_most(100.0)),
+    );
     report.add(
         "snapshot_incremental_ms",
         median(&mut incremental),
         "ms",
-        Some("<= 15"),
+        Some(Goal::at_most(15.0)),
     );
-    report.add("restore_ms", median(&mut restore), "ms", Some("<= 20"));
+    report.add(
+        "restore_ms",
+        median(&mut restore),
+        "ms",
+        Some(Goal::at_most(20.0)),
+    );
     report.add(
         "restore_in_process_ms",
         median(&mut restore_in_process),

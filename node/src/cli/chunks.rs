@@ -1,6 +1,7 @@
 //! `novacron chunks publish|fetch`: share files with the mesh as content-addressed chunk sets,
 //! through the local node (it must be running on `--data-dir`).
 
+use crate::cli::output::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,7 +53,7 @@ pub fn run(cmd: ChunksCommand) -> anyhow::Result<ExitCode> {
                         "novacron: published {:?}: {} bytes in {} chunks",
                         p.name, p.bytes, p.chunks
                     );
-                    println!("{}", p.id);
+                    outln!("{}", p.id)?;
                 }
                 other => bail!("{}", unexpected(other)),
             }
@@ -71,9 +72,9 @@ pub fn run(cmd: ChunksCommand) -> anyhow::Result<ExitCode> {
                     out: out.clone(),
                 },
             )? {
-                Response::Fetched(f) if json => println!("{}", serde_json::to_string(&f)?),
+                Response::Fetched(f) if json => outln!("{}", serde_json::to_string(&f)?)?,
                 Response::Fetched(f) => {
-                    println!(
+                    outln!(
                         "fetched {:?} ({} bytes) to {}: {} chunks ({} bytes, {} on the wire) in \
                          {:.2} s = {:.1} MiB/s from {} providers, {} retries",
                         f.name,
@@ -86,9 +87,9 @@ pub fn run(cmd: ChunksCommand) -> anyhow::Result<ExitCode> {
                         f.mib_per_sec,
                         f.providers.len(),
                         f.retries
-                    );
+                    )?;
                     for bad in &f.bad_providers {
-                        println!("provider {bad} sent chunks that did not verify: dropped");
+                        outln!("provider {bad} sent chunks that did not verify: dropped")?;
                     }
                 }
                 other => bail!("{}", unexpected(other)),

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::api_args::{block_on, interrupts, ApiArgs};
 use super::events::line;
+use super::output::outln;
 use crate::api::types::{EventEnvelope, NodeEvent, VmInfo, VmState};
 
 #[derive(Args, Debug)]
@@ -112,10 +113,10 @@ pub fn run(args: DrainArgs) -> anyhow::Result<ExitCode> {
             )
             .await
             .context("the node did not take the drain request")?;
-        let say = |text: String| {
-            if !args.json {
-                println!("{text}");
-            }
+        // A reader gone (`| head`) ends the command; the node keeps draining.
+        let say = |text: String| match args.json {
+            true => Ok(()),
+            false => outln!("{text}"),
         };
         say(format!(
             "draining: {} within {} s",
@@ -125,7 +126,7 @@ pub fn run(args: DrainArgs) -> anyhow::Result<ExitCode> {
                 tracker.remaining_text()
             },
             args.deadline
-        ));
+        ))?;
         let until = tokio::time::Instant::now() + Duration::from_secs(args.deadline) + GRACE;
         let outcome = loop {
             if tracker.is_done() {
@@ -136,9 +137,9 @@ pub fn run(args: DrainArgs) -> anyhow::Result<ExitCode> {
                     Some(Ok(ev)) => {
                         if tracker.apply(&ev.event) {
                             if args.json {
-                                super::events::print_event(&ev, true);
+                                super::events::print_event(&ev, true)?;
                             } else {
-                                say(line(&ev));
+                                say(line(&ev))?;
                             }
                         }
                     }
@@ -173,11 +174,11 @@ pub fn run(args: DrainArgs) -> anyhow::Result<ExitCode> {
             }
         };
         if args.json {
-            super::events::print_json_line(&tracker.summary());
+            super::events::print_json_line(&tracker.summary())?;
         }
         match outcome {
             Ok(()) => {
-                say("drained: no VM is active on the node".into());
+                say("drained: no VM is active on the node".into())?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {

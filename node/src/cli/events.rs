@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 
 use super::api_args::{block_on, interrupts, ApiArgs};
 use super::human::{bytes, clock, duration_ms, short_peer};
+use super::output::outln;
 use crate::api::types::{EventEnvelope, MigrationDirection, NodeEvent};
 
 #[derive(Args, Debug)]
@@ -51,7 +52,11 @@ pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
                 msg = ws.next() => match msg {
                     Some(Ok(ev)) => {
                         if args.kind.is_empty() || args.kind.contains(&kind_of(&ev.event)) {
-                            print_event(&ev, args.json);
+                            // A reader gone (`| head`) ends the command.
+                            if let Err(e) = print_event(&ev, args.json) {
+                                ws.close().await;
+                                return Err(e);
+                            }
                         }
                     }
                     Some(Err(e)) => return Err(e.into()),
@@ -72,26 +77,17 @@ pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints one event as a line.
-pub fn print_event(ev: &EventEnvelope, json: bool) {
+pub fn print_event(ev: &EventEnvelope, json: bool) -> anyhow::Result<()> {
     if json {
-        print_json_line(ev);
+        print_json_line(ev)
     } else {
-        print_line(&line(ev));
+        outln!("{}", line(ev))
     }
 }
 
 /// One JSON object as a line on stdout.
-pub fn print_json_line<T: serde::Serialize>(v: &T) {
-    if let Ok(text) = serde_json::to_string(v) {
-        print_line(&text);
-    }
-}
-
-/// A line on stdout, flushed; write errors (a reader gone, `| head`) are ignored.
-fn print_line(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}").and_then(|_| out.flush());
+pub fn print_json_line<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    outln!("{}", serde_json::to_string(v)?)
 }
 
 /// `HH:MM:SS.mmm  #SEQ  KIND  what happened` (UTC).

@@ -310,6 +310,8 @@ fn jail_and_supervise(args: &JailRunArgs) -> Result<u8, Failure> {
     let mut previous = signal_set(&[]);
     // SAFETY: valid sigset pointers.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &forwarded, &mut previous) };
+    // SAFETY: getpid has no preconditions (in a pid namespace: 1, as the child sees us).
+    let supervisor = unsafe { libc::getpid() };
     // SAFETY: this process is single-threaded (the sandbox checked it), so the child may
     // use the whole standard library until it execs.
     let pid = unsafe { libc::fork() };
@@ -321,7 +323,7 @@ fn jail_and_supervise(args: &JailRunArgs) -> Result<u8, Failure> {
     }
     if pid == 0 {
         drop(status_fd);
-        let failure = exec_command(&path, &argv, &envp, &previous);
+        let failure = exec_command(&path, &argv, &envp, &previous, supervisor);
         eprintln!("novacron jail-run: {}", failure.message);
         // SAFETY: leave the child without running the parent's cleanup.
         unsafe { libc::_exit(i32::from(failure.code)) };
@@ -335,12 +337,15 @@ fn jail_and_supervise(args: &JailRunArgs) -> Result<u8, Failure> {
     Ok(supervise(pid, &status_fd))
 }
 
-/// In the child: drop to the jail user and exec. Returns only on failure.
+/// In the child: drop to the jail user and exec. Returns only on failure. The command dies
+/// with `supervisor` (its parent); one that lost it before the death signal was armed does
+/// not run.
 fn exec_command(
     path: &CString,
     argv: &[CString],
     envp: &[CString],
     mask: &libc::sigset_t,
+    supervisor: libc::pid_t,
 ) -> Failure {
     // Rust ignores SIGPIPE, the waiter setup ignores SIGTERM/SIGINT/SIGHUP and the rlimit
     // step SIGXFSZ: ignored dispositions survive execve, so restore the defaults.
@@ -355,7 +360,9 @@ fn exec_command(
     // SAFETY: plain syscalls on valid pointers.
     unsafe {
         libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if novacron_vm::child_lifetime::die_with_parent(libc::SIGKILL, supervisor).is_err() {
+            return jail_failed("the jail's supervisor ended before the command started");
+        }
         if libc::setgroups(0, std::ptr::null()) != 0
             || libc::setgid(JAIL_GID) != 0
             || libc::setuid(JAIL_UID) != 0

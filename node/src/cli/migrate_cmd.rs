@@ -6,6 +6,7 @@
 //!
 //! Not to be confused with `novacron vm migrate` (a foreground VM sent over direct TCP).
 
+use crate::cli::output::outln;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -82,10 +83,10 @@ async fn migrate(client: ApiClient, args: MigrateArgs) -> anyhow::Result<ExitCod
     view.update(&started);
     if args.detach {
         if !args.json {
-            println!(
+            outln!(
                 "migration {} of VM {vm_id} to {} started (watch: novacron events --kind migration)",
                 started.id, started.peer
-            );
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -231,7 +232,8 @@ impl View {
         match m.state {
             MigrationState::Done => {
                 if !json {
-                    println!("{}", done_text(m));
+                    // The exit status tells how the migration ended, read or not.
+                    let _ = outln!("{}", done_text(m));
                 }
                 ExitCode::SUCCESS
             }
@@ -295,12 +297,11 @@ pub fn failed_text(m: &MigrationInfo) -> String {
     }
 }
 
-/// One JSON line on stdout; a reader that went away must not stop the watch.
+/// One JSON line on stdout; a reader that went away must not stop the watch (its exit
+/// status tells how the migration ended).
 fn print_json<T: serde::Serialize>(v: &T) {
-    use std::io::Write;
     if let Ok(text) = serde_json::to_string(v) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}").and_then(|_| out.flush());
+        let _ = outln!("{text}");
     }
 }
 

@@ -11,6 +11,7 @@ mod migrate_cmd;
 mod node;
 pub(crate) mod nodes;
 mod owner;
+pub(crate) mod output;
 mod receive;
 mod status;
 mod vm;
@@ -165,7 +166,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Demo(args) => demo::run(args),
         Top::Bench { suite } => crate::bench::run(suite),
         Top::BareKvm => {
-            println!("{}", crate::bench::bare_kvm_first_exit_ns()?);
+            output::outln!("{}", crate::bench::bare_kvm_first_exit_ns()?)?;
             Ok(ExitCode::SUCCESS)
         }
         Top::JailRun(args) => Ok(jail_run::run(args)),
@@ -440,5 +441,31 @@ pub(crate) mod human {
                 "ab"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::types::{default_mem_mib, DEFAULT_MEM_MIB};
+
+    #[test]
+    fn vm_run_and_vms_create_default_to_the_apis_memory() {
+        let parsed = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("novacron").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            format!("{cli:?}")
+        };
+        assert_eq!(default_mem_mib(), DEFAULT_MEM_MIB);
+        let run = parsed(&["vm", "run", "--guest", "builtin:hello"]);
+        assert!(
+            run.contains(&format!("mem: {},", DEFAULT_MEM_MIB << 20)),
+            "{run}"
+        );
+        let create = parsed(&["vms", "create", "--guest", "builtin:hello"]);
+        assert!(
+            create.contains(&format!("mem: {DEFAULT_MEM_MIB},")),
+            "{create}"
+        );
     }
 }

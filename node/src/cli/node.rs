@@ -62,6 +62,11 @@ pub struct NodeArgs {
     /// The REST API's port (0: any free port; config: api.port, env API_PORT).
     #[arg(long, value_name = "PORT")]
     api_port: Option<u16>,
+    /// The node's VMs die with it: stopped when it exits, killed by the kernel if it dies,
+    /// never left running for a next start to adopt (for throw-away nodes, such as the
+    /// demo's, whose data directory goes away with them).
+    #[arg(long)]
+    ephemeral: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -126,7 +131,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(&identity, &cfg, &data_dir, db_path, swarm))?;
+    runtime.block_on(serve(&identity, &cfg, &data_dir, db_path, swarm, !args.ephemeral))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -143,6 +148,7 @@ async fn serve(
     data_dir: &Path,
     db_path: PathBuf,
     swarm: SwarmConfig,
+    outlive_node: bool,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
@@ -163,6 +169,7 @@ async fn serve(
             checkpoint_every: Some(Duration::from_secs(cfg.checkpoint_interval_s)),
             host_tag: crate::vms::host_tag(&identity.peer_id().to_bytes()),
             image_dirs,
+            outlive_node,
         },
         policy: cfg.politeness.clone(),
     };
@@ -242,7 +249,11 @@ async fn serve(
     let _ = maintenance.await;
     drop(cell_events);
     drop(events);
+    let vms = daemon.vms.clone();
     daemon.stop().await;
+    // Supervisors let go of their VMs (left to be adopted, or stopped with an ephemeral
+    // node); wait until each has done so and reaped what it stopped.
+    vms.wait_unsupervised(REAP_WAIT).await;
     eprintln!("novacron: node {me} stopped");
     Ok(())
 }
@@ -265,7 +276,7 @@ const REAP_WAIT: Duration = Duration::from_secs(10);
 
 /// Moves every VM away before the node exits (snapshotting what is still here at the
 /// deadline). A second SIGTERM or SIGINT cuts it short: VMs then keep running, to be
-/// adopted by the next start.
+/// adopted by the next start (an ephemeral node's stop with it).
 async fn drain(
     daemon: &std::sync::Arc<Daemon>,
     deadline: Duration,
@@ -276,8 +287,12 @@ async fn drain(
     if active == 0 {
         return;
     }
+    let (again, cut_short) = match daemon.vms.outlive_node() {
+        true => ("leave them running", "drain cut short; VMs keep running"),
+        false => ("stop them", "drain cut short; VMs stop with the node"),
+    };
     eprintln!(
-        "novacron: draining: moving {active} VMs away (deadline {}s; signal again to leave them running)",
+        "novacron: draining: moving {active} VMs away (deadline {}s; signal again to {again})",
         deadline.as_secs()
     );
     daemon.start_drain(deadline);
@@ -296,15 +311,12 @@ async fn drain(
         }
         // The VMMs of moved and parked VMs exit on their own; their supervisors reap them
         // (leaving none to wait, orphaned, for an owner that is not coming back).
-        let reaped = tokio::time::Instant::now() + REAP_WAIT;
-        while daemon.vms.supervised() > 0 && tokio::time::Instant::now() < reaped {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        daemon.vms.wait_unsupervised(REAP_WAIT).await;
     };
     tokio::select! {
         _ = wait => eprintln!("novacron: drained"),
-        _ = sigterm.recv() => eprintln!("novacron: drain cut short; VMs keep running"),
-        _ = sigint.recv() => eprintln!("novacron: drain cut short; VMs keep running"),
+        _ = sigterm.recv() => eprintln!("novacron: {cut_short}"),
+        _ = sigint.recv() => eprintln!("novacron: {cut_short}"),
     }
 }
 

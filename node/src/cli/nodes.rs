@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::api_args::{block_on, ApiArgs};
+use super::output::{self, outln};
 use crate::api::{CellStatus, NodeStatus, SummaryStatus};
 
 #[derive(Args, Debug)]
@@ -23,9 +24,9 @@ pub fn run(args: NodesArgs) -> anyhow::Result<ExitCode> {
     let client = args.api.client()?;
     let status: NodeStatus = block_on(async { Ok(client.get("/api/v1/node").await?) })?;
     if args.json {
-        println!("{}", serde_json::to_string(&status)?);
+        outln!("{}", serde_json::to_string(&status)?)?;
     } else {
-        print!("{}", table(&status, args.all));
+        output::print(&table(&status, args.all))?;
     }
     Ok(ExitCode::SUCCESS)
 }

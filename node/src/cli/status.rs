@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::api_args::{block_on, ApiArgs};
 use super::human::{bytes, duration_ms, short_peer};
+use super::output::{self, outln};
 use crate::api::types::{
     MigrationDirection, MigrationInfo, MigrationState, OwnerSetting, PolitenessInfo, VmInfo,
     VmState,
@@ -21,6 +22,10 @@ pub struct StatusArgs {
     /// Print one JSON object: the node, politeness, VMs by state, migrations running.
     #[arg(long)]
     json: bool,
+    /// Print only the addresses other nodes join through, one per line (each listen
+    /// address with /p2p/PEERID: what `novacron node --bootstrap` takes).
+    #[arg(long, conflicts_with = "json")]
+    dial_addrs: bool,
 }
 
 /// What `status --json` prints.
@@ -35,6 +40,17 @@ pub struct StatusReport {
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = args.api.client()?;
+    if args.dial_addrs {
+        let node: NodeStatus = block_on(async { Ok(client.get("/api/v1/node").await?) })?;
+        let addrs = dial_addrs(&node);
+        if addrs.is_empty() {
+            anyhow::bail!("the node listens on no address yet: ask again in a moment");
+        }
+        for a in addrs {
+            outln!("{a}")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = block_on(async {
         let node: NodeStatus = client.get("/api/v1/node").await?;
         let politeness: PolitenessInfo = client.get("/api/v1/politeness").await?;
@@ -43,9 +59,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         Ok(report(node, politeness, &vms, migrations))
     })?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
     } else {
-        print!("{}", render(&report));
+        output::print(&render(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -72,6 +88,18 @@ pub fn report(
     }
 }
 
+/// The addresses other nodes join the node through (`--bootstrap`): each listen address
+/// ending in /p2p/PEERID.
+pub fn dial_addrs(n: &NodeStatus) -> Vec<String> {
+    n.listen_addrs
+        .iter()
+        .map(|a| match a.contains("/p2p/") {
+            true => a.clone(),
+            false => format!("{a}/p2p/{}", n.peer_id),
+        })
+        .collect()
+}
+
 /// The human view: one labelled line per topic.
 pub fn render(r: &StatusReport) -> String {
     let n = &r.node;
@@ -92,8 +120,8 @@ pub fn render(r: &StatusReport) -> String {
     if n.listen_addrs.is_empty() {
         line("addresses", "none yet".into());
     }
-    for (i, a) in n.listen_addrs.iter().enumerate() {
-        line(if i == 0 { "addresses" } else { "" }, a.clone());
+    for (i, a) in dial_addrs(n).into_iter().enumerate() {
+        line(if i == 0 { "addresses" } else { "" }, a);
     }
     line(
         "peers",
@@ -232,7 +260,7 @@ pub(crate) mod tests {
         let text = render(&r);
         for needle in [
             "node        12D3KooWTestPeer  version 0.1.0  up 1h02m",
-            "addresses   /ip4/127.0.0.1/tcp/4001",
+            "addresses   /ip4/127.0.0.1/tcp/4001/p2p/12D3KooWTestPeer\n",
             "3 connected, 12 in the routing table; 2.0 KiB sent, 5.0 MiB received",
             "cell        none yet",
             "politeness  run  cpu cap 100%, memory cap 2.0 GiB, owner idle 10m00s",
@@ -248,6 +276,20 @@ pub(crate) mod tests {
         assert!(
             text.contains("owner idle 10m00s, owner set active"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn dial_addresses_end_in_the_peer_id_once() {
+        let mut n = node();
+        n.listen_addrs
+            .push("/ip4/10.0.0.5/udp/4001/quic-v1/p2p/12D3KooWTestPeer".into());
+        assert_eq!(
+            dial_addrs(&n),
+            [
+                "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWTestPeer",
+                "/ip4/10.0.0.5/udp/4001/quic-v1/p2p/12D3KooWTestPeer"
+            ]
         );
     }
 }

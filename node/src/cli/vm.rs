@@ -1,5 +1,6 @@
 //! `novacron vm ...`: one microVM in the foreground, in its own sandboxed VMM process.
 
+use crate::cli::output::outln;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -53,9 +54,7 @@ pub enum VmCommand {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// A builtin guest kit program: builtin:hello, builtin:counter[:words=N,passes=N],
-    /// builtin:dirtier[:mib=N,rate=N,base=ADDR].
-    #[arg(long, conflicts_with = "kernel")]
+    #[arg(long, conflicts_with = "kernel", help = format!("A builtin guest kit program: {}", novacron_vm::guest_kit::usage()))]
     guest: Option<String>,
     /// A Linux kernel (bzImage or ELF vmlinux) to boot instead of a builtin guest.
     #[arg(long)]
@@ -70,8 +69,9 @@ pub struct RunArgs {
         default_value = "console=ttyS0 reboot=k panic=1"
     )]
     cmdline: String,
-    /// Guest memory (256M, 1G, ...).
-    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    /// Guest memory (64M, 1G, ...; the default is `vms create`'s too; builtin:dirtier's
+    /// default working set needs 256M).
+    #[arg(long, default_value = crate::api::types::DEFAULT_MEM, value_parser = parse_size)]
     mem: u64,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
@@ -403,24 +403,24 @@ fn check_sandbox() -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the novacron executable")?;
     let mut vmm = VmmProcess::spawn(&exe, &launch, Stdio::null())?;
     let ready = vmm.wait_ready(Duration::from_secs(60))?;
-    println!("jail: {}", ready.sandbox);
+    outln!("jail: {}", ready.sandbox)?;
     let mut ok = true;
     for path in ["/etc/passwd", "/proc/1/environ", "/root"] {
         vmm.send(&Command::Probe(SandboxProbe::Open { path: path.into() }))?;
         let (allowed, detail) = probe_result(&mut vmm)?;
         ok &= !allowed;
-        println!("{:<8} {detail}", if allowed { "OPEN" } else { "denied" });
+        outln!("{:<8} {detail}", if allowed { "OPEN" } else { "denied" })?;
     }
     vmm.send(&Command::Probe(SandboxProbe::ForbiddenSyscall))?;
     match probe_result(&mut vmm) {
         Ok((_, detail)) => {
             ok = false;
-            println!("ALLOWED  {detail}");
+            outln!("ALLOWED  {detail}")?;
         }
-        Err(e) => println!("killed   socket(AF_INET): {e}"),
+        Err(e) => outln!("killed   socket(AF_INET): {e}")?,
     }
     if ok {
-        println!("the VMM jail holds on this host");
+        outln!("the VMM jail holds on this host")?;
         Ok(ExitCode::SUCCESS)
     } else {
         bail!("the VMM jail let something through (see above)")

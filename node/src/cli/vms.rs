@@ -1,6 +1,7 @@
 //! `novacron vms ...`: the local node's VMs through its REST API. IDs may be given by a
 //! unique prefix, resolved against the node's list.
 
+use crate::cli::output::{self, outln};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
@@ -64,8 +65,7 @@ enum ModeArg {
 
 #[derive(Args, Debug)]
 struct CreateArgs {
-    /// kvm: a builtin guest kit program (builtin:counter, builtin:counter:passes=4, ...).
-    #[arg(long)]
+    #[arg(long, help = format!("kvm: a builtin guest kit program: {}", novacron_vm::guest_kit::usage()))]
     guest: Option<String>,
     /// kvm: a Linux kernel on the node's host to boot instead of a builtin guest.
     #[arg(long, conflicts_with = "guest")]
@@ -77,7 +77,7 @@ struct CreateArgs {
     #[arg(long, requires = "kernel")]
     cmdline: Option<String>,
     /// Guest memory (kvm) or memory limit (process): 64M, 1G, ... (whole MiB).
-    #[arg(long, default_value = "64M", value_parser = parse_mib)]
+    #[arg(long, default_value = crate::api::types::DEFAULT_MEM, value_parser = parse_mib)]
     mem: u64,
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
     vcpus: u8,
@@ -165,18 +165,18 @@ pub fn run(args: VmsArgs) -> anyhow::Result<ExitCode> {
             VmsCommand::List => {
                 let vms: Vec<VmInfo> = client.get("/api/v1/vms").await?;
                 if json {
-                    println!("{}", serde_json::to_string(&vms)?);
+                    outln!("{}", serde_json::to_string(&vms)?)?;
                 } else {
-                    print!("{}", table(&vms, now_ms()));
+                    output::print(&table(&vms, now_ms()))?;
                 }
             }
             VmsCommand::Create(c) => {
                 let spec = c.spec()?;
                 let vm: VmInfo = client.post("/api/v1/vms", &spec).await?;
                 if json {
-                    println!("{}", serde_json::to_string(&vm)?);
+                    outln!("{}", serde_json::to_string(&vm)?)?;
                 } else {
-                    println!("created VM {} ({})", vm.id, vm.state.as_str());
+                    outln!("created VM {} ({})", vm.id, vm.state.as_str())?;
                 }
             }
             VmsCommand::Show { id } => {
@@ -185,9 +185,9 @@ pub fn run(args: VmsArgs) -> anyhow::Result<ExitCode> {
                     .get(&format!("/api/v1/vms/{}", path_segment(&id)))
                     .await?;
                 if json {
-                    println!("{}", serde_json::to_string(&vm)?);
+                    outln!("{}", serde_json::to_string(&vm)?)?;
                 } else {
-                    print!("{}", details(&vm, now_ms()));
+                    output::print(&details(&vm, now_ms()))?;
                 }
             }
             VmsCommand::Stop { id } => act(&client, &id, "stop", json).await?,
@@ -225,9 +225,9 @@ async fn act(client: &ApiClient, given: &str, action: &str, json: bool) -> anyho
         }
     };
     if json {
-        println!("{}", serde_json::to_string(&vm)?);
+        outln!("{}", serde_json::to_string(&vm)?)?;
     } else {
-        println!("VM {}: {}", vm.id, vm.state.as_str());
+        outln!("VM {}: {}", vm.id, vm.state.as_str())?;
     }
     Ok(())
 }

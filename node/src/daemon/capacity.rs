@@ -112,7 +112,7 @@ mod tests {
         let full = node(Load::new(2, 128 * MIB));
         let half = node(Load::new(1, 128 * MIB));
         let members = [full.clone(), half.clone()];
-        let picked: Vec<&str> = super::super::placement::candidates(&members, "me", 64, &[])
+        let picked: Vec<&str> = super::super::placement::candidates(&members, "me", 64, &[], 0)
             .iter()
             .map(|m| m.peer_id.as_str())
             .collect();
@@ -120,6 +120,6 @@ mod tests {
         assert_eq!((full.free_slots, half.free_slots), (0, 1));
         // Memory counts too: the half-full node has 1920 MiB under its cap.
         assert_eq!(half.mem_mib, 1920);
-        assert!(super::super::placement::candidates(&members, "me", 1921, &[]).is_empty());
+        assert!(super::super::placement::candidates(&members, "me", 1921, &[], 0).is_empty());
     }
 }

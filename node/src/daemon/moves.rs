@@ -40,6 +40,12 @@ fn control_mode(m: MigrationMode) -> novacron_vm::control::MigrationMode {
     }
 }
 
+/// A fresh seed for placement's tie-break.
+fn random_seed() -> u64 {
+    let s = new_session();
+    u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
+}
+
 fn new_session() -> [u8; 16] {
     let mut s = [0u8; 16];
     if getrandom::fill(&mut s).is_err() {
@@ -102,7 +108,7 @@ impl Daemon {
                 .await
                 .map(|c| c.members)
                 .unwrap_or_default();
-            placement::candidates(&members, &me, vm.spec.mem_mib, &[])
+            placement::candidates(&members, &me, vm.spec.mem_mib, &[], random_seed())
                 .into_iter()
                 .map(|m| m.peer_id.clone())
                 .collect()

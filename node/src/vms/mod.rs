@@ -64,6 +64,10 @@ pub struct VmOptions {
     pub host_tag: String,
     /// The only directories a spec's kernel and initrd may come from (absolute).
     pub image_dirs: Vec<PathBuf>,
+    /// VMs outlive the daemon: a daemon that exits or is killed leaves their VMMs and jails
+    /// running for its next start to adopt. False (`novacron node --ephemeral`): they die
+    /// with it — stopped when it exits, killed by the kernel if it dies.
+    pub outlive_node: bool,
 }
 
 /// A node's tag for its VMM names: 8 hex digits of blake3 of `seed` (its PeerId).
@@ -309,6 +313,7 @@ impl VmManager {
             &self.vmm_id(id),
             &paths.dir,
             &record.info.spec,
+            self.opts.outlive_node,
         )?;
         let (pid, ticks) = (process.pid(), process.start_ticks());
         self.supervise_process(id, process, |r| {
@@ -331,6 +336,7 @@ impl VmManager {
             id: id.to_string(),
             process,
             registry: self.registry.clone(),
+            outlive_node: self.opts.outlive_node,
         };
         let guard = SupervisorGuard::new(&self.supervisors, id);
         if let Err(e) = std::thread::Builder::new()
@@ -371,7 +377,7 @@ impl VmManager {
                 .map(|mib| (novacron_vm::layout::PATTERN_BASE, mib << 20)),
             start_paused: false,
             sandbox: self.sandbox_settings(&paths),
-            adopt: Some(paths.control_socket()),
+            adopt: self.adopt_socket(&paths),
         };
         let console = open_console(&paths)?;
         let mut vmm =
@@ -390,6 +396,12 @@ impl VmManager {
             }
         });
         Ok(())
+    }
+
+    /// Where a VM's VMM can be adopted, when VMs outlive the node (else the VMM dies with
+    /// it: [`novacron_vm::child_lifetime`]).
+    fn adopt_socket(&self, paths: &VmPaths) -> Option<PathBuf> {
+        self.opts.outlive_node.then(|| paths.control_socket())
     }
 
     /// The jail of a VM's VMM: it may write only its own directory (checkpoints, tombstone).
@@ -989,7 +1001,7 @@ impl VmManager {
             fill_pattern: None,
             start_paused: false,
             sandbox: self.sandbox_settings(&paths),
-            adopt: Some(paths.control_socket()),
+            adopt: self.adopt_socket(&paths),
         };
         let console = open_console(&paths)?;
         let fds: Vec<std::os::fd::BorrowedFd<'_>> =
@@ -1022,7 +1034,22 @@ impl VmManager {
         lock(&self.supervisors).values().sum()
     }
 
-    /// Lets go of every VMM without stopping it (the daemon exits; the next one adopts them).
+    /// Waits up to `timeout` until no supervisor thread runs (each reaped its VMM or let go
+    /// of it).
+    pub async fn wait_unsupervised(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.supervised() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether VMs outlive the node ([`VmOptions::outlive_node`]).
+    pub fn outlive_node(&self) -> bool {
+        self.opts.outlive_node
+    }
+
+    /// Lets go of every VM as the daemon exits: the next start adopts them, or, when VMs do
+    /// not outlive the node, their supervisors stop them (wait with [`supervised`](Self::supervised)).
     pub fn release_all(&self) {
         lock(&self.handles).clear();
     }

@@ -277,8 +277,16 @@ pub struct ProcessVm {
 
 impl ProcessVm {
     /// Starts `exe jail-run ... -- <spec.command>` for VM `id` in `dir` (created if
-    /// missing), in its own session, its output appended to `dir/console.log`.
-    pub fn spawn(exe: &Path, id: &str, dir: &Path, spec: &VmSpec) -> Result<ProcessVm, String> {
+    /// missing), in its own session, its output appended to `dir/console.log`. Unless it
+    /// may `outlive` this process (to be adopted by the next daemon), the kernel kills it
+    /// when this process ends ([`novacron_vm::child_lifetime`]).
+    pub fn spawn(
+        exe: &Path,
+        id: &str,
+        dir: &Path,
+        spec: &VmSpec,
+        outlive: bool,
+    ) -> Result<ProcessVm, String> {
         cgroup_name(id)?;
         let command = spec
             .command
@@ -341,9 +349,11 @@ impl ProcessVm {
                 novacron_vm::launcher::set_nice(novacron_vm::launcher::LOWEST_PRIORITY_NICE)
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {} jail-run: {e}", exe.display()))?;
+        let mut child = match outlive {
+            true => cmd.spawn(),
+            false => novacron_vm::child_lifetime::spawn(cmd, libc::SIGKILL),
+        }
+        .map_err(|e| format!("cannot start {} jail-run: {e}", exe.display()))?;
         let pid = child.id();
         // Our unreaped child cannot vanish, so these only fail on a broken /proc.
         let opened = pidfd_open(pid).and_then(|fd| Ok((fd, start_ticks_of(pid)?)));

@@ -22,6 +22,8 @@ pub struct ProcessSupervisor {
     pub id: String,
     pub process: ProcessVm,
     pub registry: Arc<Registry>,
+    /// The process outlives the daemon (else it is stopped when the daemon lets go).
+    pub outlive_node: bool,
 }
 
 impl ProcessSupervisor {
@@ -34,10 +36,20 @@ impl ProcessSupervisor {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(RecvTimeoutError::Disconnected) if self.outlive_node => {
                     // The daemon exits without draining: the process runs on, to be adopted.
                     tracing::info!(vm = %self.id, "leaving the process to be re-adopted");
                     let _ = self.process.release();
+                    return;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    // An ephemeral node's process ends with it.
+                    let ended = self.process.stop(STOP_GRACE);
+                    let detail = ended.map_or_else(
+                        |e| format!("stopping it with the node failed: {e}"),
+                        |outcome| format!("stopped with the node: {}", outcome.describe()),
+                    );
+                    self.record_end(VmState::Exited, Some(detail));
                     return;
                 }
             }

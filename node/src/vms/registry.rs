@@ -1,20 +1,20 @@
 //! What the daemon knows of its VMs and migrations, in memory, written through to the
 //! database and announced on the event bus. One lock each, held only to copy or change a
 //! record, never across I/O with a VMM.
+//!
+//! A VM is announced when it appears and when something an event says changes: its state,
+//! detail or VMM pid ([`announced`]). Guest progress reports, checkpoints and timestamps
+//! are kept (and readable through the API) but not announced: they would repeat the same
+//! `running (pid N)` every second.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use crate::api::service::{ServiceError, ServiceResult};
 use crate::api::types::{now_ms, MigrationInfo, NodeEvent, VmInfo, VmState};
 use crate::state::{StateDb, VmRecord};
 
 use super::events::EventBus;
-
-/// Guest progress reports are announced at most this often per VM (they are not persisted:
-/// only the state changes are).
-const REPORT_EVENT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Finished migrations kept in memory for the API (all are in the database).
 const MIGRATIONS_KEPT: usize = 256;
@@ -28,7 +28,6 @@ pub struct Registry {
 
 struct Slot {
     record: VmRecord,
-    last_report_event: Option<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -41,15 +40,7 @@ impl Registry {
         let vms = db
             .vms()?
             .into_iter()
-            .map(|record| {
-                (
-                    record.info.id.clone(),
-                    Slot {
-                        record,
-                        last_report_event: None,
-                    },
-                )
-            })
+            .map(|record| (record.info.id.clone(), Slot { record }))
             .collect();
         let migrations = db
             .migrations(MIGRATIONS_KEPT)?
@@ -83,32 +74,31 @@ impl Registry {
     pub fn insert(&self, record: VmRecord) -> anyhow::Result<()> {
         self.db.put_vm(&record)?;
         let info = record.info.clone();
-        lock(&self.vms).insert(
-            info.id.clone(),
-            Slot {
-                record,
-                last_report_event: None,
-            },
-        );
+        lock(&self.vms).insert(info.id.clone(), Slot { record });
         self.bus.publish(NodeEvent::Vm { vm: Box::new(info) });
         Ok(())
     }
 
-    /// Changes a VM's record, persists it and announces it; returns the new record.
+    /// Changes a VM's record, persists it and announces it if [`announced`] says so;
+    /// returns the new record.
     pub fn update(&self, id: &str, change: impl FnOnce(&mut VmRecord)) -> Option<VmRecord> {
-        let record = {
+        let (record, announce) = {
             let mut vms = lock(&self.vms);
             let slot = vms.get_mut(id)?;
+            let before = slot.record.info.clone();
             change(&mut slot.record);
             slot.record.info.updated_at_ms = now_ms();
-            slot.record.clone()
+            let announce = announced(&before, &slot.record.info);
+            (slot.record.clone(), announce)
         };
         if let Err(e) = self.db.put_vm(&record) {
             tracing::error!(vm = id, error = %e, "cannot persist the VM's state");
         }
-        self.bus.publish(NodeEvent::Vm {
-            vm: Box::new(record.info.clone()),
-        });
+        if announce {
+            self.bus.publish(NodeEvent::Vm {
+                vm: Box::new(record.info.clone()),
+            });
+        }
         Some(record)
     }
 
@@ -137,22 +127,10 @@ impl Registry {
         Ok(())
     }
 
-    /// A guest progress report: kept in memory, announced at most once a second.
+    /// A guest progress report: kept in memory (the API shows it), not announced.
     pub fn report(&self, id: &str, code: u32, value: u64) {
-        let announce = {
-            let mut vms = lock(&self.vms);
-            let Some(slot) = vms.get_mut(id) else { return };
+        if let Some(slot) = lock(&self.vms).get_mut(id) {
             slot.record.info.last_report = Some((code, value));
-            let due = slot
-                .last_report_event
-                .is_none_or(|t| t.elapsed() >= REPORT_EVENT_INTERVAL);
-            if due {
-                slot.last_report_event = Some(Instant::now());
-            }
-            due.then(|| slot.record.info.clone())
-        };
-        if let Some(info) = announce {
-            self.bus.publish(NodeEvent::Vm { vm: Box::new(info) });
         }
     }
 
@@ -205,5 +183,76 @@ impl Registry {
         change(&mut m);
         self.put_migration(m.clone(), persist);
         Some(m)
+    }
+}
+
+/// Whether a change of a VM's record is news on the event stream: its state, detail or VMM
+/// pid changed (what an event line shows). Not its progress, checkpoint or timestamps.
+pub fn announced(before: &VmInfo, after: &VmInfo) -> bool {
+    before.state != after.state || before.detail != after.detail || before.pid != after.pid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::types::VmState;
+
+    fn registry() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(StateDb::open(&dir.path().join("s.db")).unwrap());
+        let bus = Arc::new(EventBus::new(Some(db.clone())));
+        (dir, Registry::load(db, bus).unwrap())
+    }
+
+    #[test]
+    fn a_vm_is_announced_on_real_changes_only() {
+        let (_dir, reg) = registry();
+        let mut vm = crate::cli::vms::tests::vm("v1", VmState::Starting);
+        vm.pid = None;
+        let mut events = reg.bus.subscribe();
+        reg.insert(VmRecord {
+            info: vm,
+            pid_start_ticks: None,
+        })
+        .unwrap();
+        let mut states = || {
+            let mut seen = Vec::new();
+            while let Ok(ev) = events.try_recv() {
+                if let NodeEvent::Vm { vm } = ev.event {
+                    seen.push((vm.state, vm.pid));
+                }
+            }
+            seen
+        };
+        assert_eq!(states(), [(VmState::Starting, None)]);
+        reg.update("v1", |r| r.info.pid = Some(7));
+        reg.update("v1", |r| r.info.state = VmState::Running);
+        // Told twice (a resume of a running VM), checkpointed, reporting progress: no news.
+        reg.update("v1", |r| r.info.state = VmState::Running);
+        reg.update("v1", |r| r.info.snapshot_at_ms = Some(5));
+        for pass in 0..5 {
+            reg.report("v1", 2, pass);
+        }
+        assert_eq!(
+            states(),
+            [(VmState::Starting, Some(7)), (VmState::Running, Some(7))]
+        );
+        // Kept all the same.
+        let kept = reg.vm("v1").unwrap().info;
+        assert_eq!(
+            (kept.snapshot_at_ms, kept.last_report),
+            (Some(5), Some((2, 4)))
+        );
+        reg.update("v1", |r| {
+            r.info.detail = Some("migration rolled back".into())
+        });
+        reg.update("v1", |r| {
+            r.info.state = VmState::Exited;
+            r.info.pid = None;
+        });
+        assert_eq!(
+            states(),
+            [(VmState::Running, Some(7)), (VmState::Exited, None)]
+        );
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The thread ends when the VMM exits (the record then says how) or when the manager lets
 //! go of it (the daemon is exiting without draining): then the control connection closes and
-//! the VMM, launched adoptable, keeps the VM running until the next daemon adopts it.
+//! the VMM, launched adoptable, keeps the VM running until the next daemon adopts it; one
+//! that is not adoptable (an ephemeral node's) stops, and the thread reaps it.
 
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
@@ -100,10 +101,17 @@ impl Supervisor {
                         }
                     }
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
+                    Err(TryRecvError::Disconnected) if self.vmm.adopt_socket().is_some() => {
                         // The manager let go: leave the VM running for the next daemon.
                         tracing::info!(vm = %self.id, "leaving the VM to be re-adopted");
                         self.vmm.abandon();
+                        return;
+                    }
+                    Err(TryRecvError::Disconnected) => {
+                        // Nobody could adopt it: the VM ends with the node (closing the
+                        // control channel stops it; a migration rolls back first).
+                        tracing::info!(vm = %self.id, "stopping the VM with the node");
+                        self.finish(Some(ExitReason::Stopped), false, &outgoing, waiting);
                         return;
                     }
                 }

@@ -25,6 +25,7 @@ use crate::layout;
 use thiserror::Error;
 
 pub use asm::HELLO_MESSAGE;
+pub use spec::{program_names, usage, PROGRAMS};
 
 /// Program id reported with `STARTED` by `hello`.
 pub const PROGRAM_ID_HELLO: u64 = 1;
@@ -137,13 +138,13 @@ pub struct GuestImage {
 pub enum GuestKitError {
     #[error("guest spec {spec:?} does not start with \"builtin:\"")]
     NotBuiltin { spec: String },
-    #[error("unknown builtin guest program {name:?} (known: hello, counter, dirtier)")]
+    #[error("unknown builtin guest program {name:?} (known: {})", program_names())]
     UnknownProgram { name: String },
     #[error("builtin:{program}: unknown parameter {key:?} (known: {known})")]
     UnknownKey {
         program: &'static str,
         key: String,
-        known: &'static str,
+        known: String,
     },
     #[error("builtin:{program}: parameter {param:?} is not of the form key=value")]
     MalformedParam {
@@ -217,7 +218,7 @@ pub enum GuestKitError {
 }
 
 impl BuiltinGuest {
-    /// The program's name as used in specs (`"hello"`, `"counter"`, `"dirtier"`).
+    /// The program's name as used in specs (`"hello"`, `"counter"`, ...: [`PROGRAMS`]).
     pub fn name(&self) -> &'static str {
         match self {
             BuiltinGuest::Hello => "hello",

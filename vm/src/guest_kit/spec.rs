@@ -6,8 +6,58 @@ use std::fmt;
 use std::str::FromStr;
 
 const PREFIX: &str = "builtin:";
-const COUNTER_KEYS: &str = "words, passes, base";
-const DIRTIER_KEYS: &str = "mib, rate, base";
+
+/// Every builtin program and the parameters its spec takes, each with what its value is:
+/// the one list that help texts and errors name programs and keys from. The parser below
+/// must agree with it (a test checks every entry both ways).
+pub const PROGRAMS: &[(&str, &[(&str, &str)])] = &[
+    ("hello", &[]),
+    ("idle", &[]),
+    (
+        "counter",
+        &[("words", "N"), ("passes", "N"), ("base", "ADDR")],
+    ),
+    (
+        "dirtier",
+        &[("mib", "N"), ("rate", "MiB_PER_S"), ("base", "ADDR")],
+    ),
+];
+
+/// Every program as a spec, for help texts: `builtin:hello, builtin:idle,
+/// builtin:counter[:words=N,passes=N,base=ADDR], ...`.
+pub fn usage() -> String {
+    PROGRAMS
+        .iter()
+        .map(|(name, params)| {
+            let mut spec = format!("{PREFIX}{name}");
+            if !params.is_empty() {
+                let keys: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                spec.push_str(&format!("[:{}]", keys.join(",")));
+            }
+            spec
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The programs' names: `hello, idle, counter, dirtier`.
+pub fn program_names() -> String {
+    let names: Vec<&str> = PROGRAMS.iter().map(|(name, _)| *name).collect();
+    names.join(", ")
+}
+
+/// The keys `program` takes (`words, passes, base`), or `(none)`.
+fn keys_of(program: &str) -> String {
+    let keys: Vec<&str> = PROGRAMS
+        .iter()
+        .filter(|(name, _)| *name == program)
+        .flat_map(|(_, params)| params.iter().map(|(k, _)| *k))
+        .collect();
+    match keys.is_empty() {
+        true => "(none)".into(),
+        false => keys.join(", "),
+    }
+}
 
 /// Parses the CLI spec of a builtin guest; `Display` gives it back.
 ///
@@ -33,16 +83,16 @@ impl FromStr for BuiltinGuest {
         };
         match name {
             "hello" => {
-                parse_params("hello", params, "(none)", |_, _| Ok(false))?;
+                parse_params("hello", params, |_, _| Ok(false))?;
                 Ok(BuiltinGuest::Hello)
             }
             "idle" => {
-                parse_params("idle", params, "(none)", |_, _| Ok(false))?;
+                parse_params("idle", params, |_, _| Ok(false))?;
                 Ok(BuiltinGuest::Idle)
             }
             "counter" => {
                 let mut p = CounterParams::default();
-                parse_params("counter", params, COUNTER_KEYS, |key, value| {
+                parse_params("counter", params, |key, value| {
                     let slot = match key {
                         "words" => &mut p.words,
                         "passes" => &mut p.passes,
@@ -56,7 +106,7 @@ impl FromStr for BuiltinGuest {
             }
             "dirtier" => {
                 let mut p = DirtierParams::default();
-                parse_params("dirtier", params, DIRTIER_KEYS, |key, value| {
+                parse_params("dirtier", params, |key, value| {
                     let slot = match key {
                         "mib" => &mut p.mib,
                         "rate" => &mut p.rate_mib_s,
@@ -80,7 +130,6 @@ impl FromStr for BuiltinGuest {
 fn parse_params<F>(
     program: &'static str,
     params: Option<&str>,
-    known: &'static str,
     mut set: F,
 ) -> Result<(), GuestKitError>
 where
@@ -106,7 +155,7 @@ where
         let unknown = || GuestKitError::UnknownKey {
             program,
             key: key.to_owned(),
-            known,
+            known: keys_of(program),
         };
         let static_key = static_key(key).ok_or_else(unknown)?;
         if !set(static_key, value)? {
@@ -117,10 +166,11 @@ where
     Ok(())
 }
 
-/// Maps a key to its `'static` spelling so errors can name it without allocating.
+/// Maps a key to its `'static` spelling (from [`PROGRAMS`]) so errors can name it.
 fn static_key(key: &str) -> Option<&'static str> {
-    ["words", "passes", "base", "mib", "rate"]
-        .into_iter()
+    PROGRAMS
+        .iter()
+        .flat_map(|(_, params)| params.iter().map(|(k, _)| *k))
         .find(|k| *k == key)
 }
 
@@ -257,6 +307,47 @@ mod tests {
             assert!(spec.starts_with(&format!("builtin:{}", guest.name())));
             assert_eq!(parse(&spec).unwrap(), guest, "spec {spec}");
         }
+    }
+
+    #[test]
+    fn the_list_of_programs_is_what_the_parser_takes_and_the_errors_name() {
+        // Every listed program parses with each of its keys, and no other key.
+        for (name, params) in PROGRAMS {
+            let guest = parse(&format!("builtin:{name}")).unwrap();
+            assert_eq!(guest.name(), *name);
+            for (key, _) in *params {
+                parse(&format!("builtin:{name}:{key}=1")).unwrap();
+            }
+            let err = parse(&format!("builtin:{name}:nokey=1"))
+                .unwrap_err()
+                .to_string();
+            for (key, _) in *params {
+                assert!(err.contains(key), "{err}");
+            }
+        }
+        // Every program the parser knows is listed (each variant's name).
+        for guest in [
+            BuiltinGuest::Hello,
+            BuiltinGuest::Idle,
+            BuiltinGuest::Counter(CounterParams::default()),
+            BuiltinGuest::Dirtier(DirtierParams::default()),
+        ] {
+            assert!(
+                PROGRAMS.iter().any(|(name, _)| *name == guest.name()),
+                "{} is missing from PROGRAMS",
+                guest.name()
+            );
+        }
+        let err = parse("builtin:fizz").unwrap_err().to_string();
+        assert!(
+            err.contains("known: hello, idle, counter, dirtier"),
+            "{err}"
+        );
+        assert_eq!(
+            usage(),
+            "builtin:hello, builtin:idle, builtin:counter[:words=N,passes=N,base=ADDR], \
+             builtin:dirtier[:mib=N,rate=MiB_PER_S,base=ADDR]"
+        );
     }
 
     #[test]

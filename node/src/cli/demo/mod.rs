@@ -1,0 +1,443 @@
+//! `novacron demo`: a local mesh on this machine — N `novacron node` processes on loopback,
+//! joined through the first, in one cell — and a live view of it until Ctrl-C.
+//!
+//! The dashboard comes with its own issue; until then the view is node-001's member table,
+//! printed whenever it changes. Once two nodes are live, a builtin guest VM starts on
+//! node-001 and tours the mesh: every `--move-every` seconds it live-migrates to the live
+//! node it left longest ago ([`tour`]), one line per move (`--no-vm` leaves it out, e.g. on
+//! a host without KVM).
+//!
+//! Nothing outlives the demo. Its nodes are ephemeral (`novacron node --ephemeral`: their
+//! VMs die with them), each in a process group of its own (a terminal's Ctrl-C reaches the
+//! demo only) and killed by the kernel if the demo dies ([`novacron_vm::child_lifetime`]).
+//! On Ctrl-C, SIGTERM, SIGHUP, the end of `--seconds` or a closed stdout (`demo | head`) it
+//! stops in order: a move under way is cancelled (or settles), the VM is stopped, the nodes
+//! stop and are reaped (their VMMs with them), then the temporary directory goes. A second
+//! signal hurries it: the nodes are killed at once (their VMMs die with them).
+
+mod tour;
+mod view;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::api::client::{path_segment, ApiClient};
+use crate::api::types::{
+    MigrationInfo, MigrationMode, MigrationRequest, MigrationState, VmInfo, VmSpec,
+};
+use crate::api::NodeStatus;
+use crate::cli::output::{is_stdout_closed, note, outln};
+use crate::local_mesh::{LocalMesh, STOP_GRACE};
+use view::{Names, VmHere};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Node processes to start.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Directory for the nodes' data directories (default: a fresh one under the temp dir,
+    /// removed at exit).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Do not start the wandering VM.
+    #[arg(long)]
+    no_vm: bool,
+    /// Seconds between the VM's moves.
+    #[arg(long, default_value_t = 20)]
+    move_every: u64,
+}
+
+/// The demo VM's name.
+const VM_NAME: &str = "wanderer";
+
+/// How long a cancelled move may take to settle before the demo stops anyway.
+const SETTLE_WAIT: Duration = Duration::from_secs(30);
+
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if args.nodes == 0 || args.nodes > 200 {
+        bail!("--nodes must be 1 to 200 (got {})", args.nodes);
+    }
+    if args.move_every == 0 {
+        bail!("--move-every must be at least 1 second");
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        count_signal(signal)?;
+    }
+    let root = DemoDir::new(args.dir.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    note(&format!(
+        "novacron: starting {} nodes under {} (Ctrl-C stops them all)",
+        args.nodes,
+        root.path.display()
+    ));
+    let mesh = match LocalMesh::start(&root.path, args.nodes, &[], &|| signals() > 0) {
+        Ok(mesh) => mesh,
+        // Interrupted while the first node started: it is stopped already.
+        Err(_) if signals() > 0 => {
+            note("novacron: stopped before the mesh was up");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut demo = Demo {
+        names: Names::new(vec![None; args.nodes]),
+        mesh: Some(mesh),
+        args: &args,
+        runtime,
+        started: Instant::now(),
+        clients: vec![None; args.nodes],
+        shown: None,
+        wanderer: None,
+        vm_off: args.no_vm,
+    };
+    let result = demo.show();
+    demo.stop();
+    drop(demo);
+    // The nodes are reaped: only now may their directories go.
+    drop(root);
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// The nodes' root directory; a temporary one is removed when this is dropped (also when
+/// the demo fails or panics), after the mesh that lives in it.
+struct DemoDir {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl DemoDir {
+    fn new(given: Option<PathBuf>) -> DemoDir {
+        match given {
+            Some(path) => DemoDir {
+                path,
+                temporary: false,
+            },
+            None => DemoDir {
+                path: std::env::temp_dir().join(format!("novacron-demo-{}", std::process::id())),
+                temporary: true,
+            },
+        }
+    }
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        if self.temporary {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    note(&format!(
+                        "novacron: cannot remove {}: {e}",
+                        self.path.display()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The VM the demo moves around: which node holds it, where it has been, what was said.
+struct Wanderer {
+    id: String,
+    node: usize,
+    moved: Instant,
+    visits: tour::Visits,
+    /// Its state as last seen (`running`).
+    state: &'static str,
+}
+
+struct Demo<'a> {
+    args: &'a DemoArgs,
+    mesh: Option<LocalMesh>,
+    names: Names,
+    runtime: tokio::runtime::Runtime,
+    started: Instant,
+    clients: Vec<Option<ApiClient>>,
+    /// The table as last printed (what changes it: [`view::table_key`]).
+    shown: Option<Vec<(String, bool, u32, bool)>>,
+    wanderer: Option<Wanderer>,
+    /// No VM (`--no-vm`), or it failed: the mesh runs on without it.
+    vm_off: bool,
+}
+
+impl Demo<'_> {
+    fn mesh(&self) -> &LocalMesh {
+        self.mesh
+            .as_ref()
+            .expect("the mesh runs until the demo stops")
+    }
+
+    /// `  12.3 s  ` before each line.
+    fn at(&self) -> String {
+        format!("{:6.1} s ", self.started.elapsed().as_secs_f64())
+    }
+
+    /// Shows the mesh and moves the VM until a signal, the end of `--seconds`, or an error
+    /// printing (a closed stdout).
+    fn show(&mut self) -> anyhow::Result<()> {
+        let until = self
+            .args
+            .seconds
+            .map(|s| self.started + Duration::from_secs(s));
+        while signals() == 0 && until.is_none_or(|u| Instant::now() < u) {
+            std::thread::sleep(Duration::from_millis(250));
+            let Ok(status) = self.mesh().nodes[0].status() else {
+                continue;
+            };
+            self.learn_names();
+            let live = self.live_nodes(&status);
+            if !self.vm_off && live.len() >= 2 {
+                if let Err(e) = self.step(&live) {
+                    if is_stdout_closed(&e) {
+                        return Err(e);
+                    }
+                    note(&format!(
+                        "novacron: demo VM: {e:#} (the mesh runs on without it)"
+                    ));
+                    self.vm_off = true;
+                }
+            }
+            self.show_table(&status)?;
+        }
+        Ok(())
+    }
+
+    fn learn_names(&mut self) {
+        let peers = self.mesh().nodes.iter().map(|n| n.peer_id()).collect();
+        self.names = Names::new(peers);
+    }
+
+    /// The demo's nodes that node-001 sees live (indices).
+    fn live_nodes(&self, status: &NodeStatus) -> Vec<usize> {
+        let mut live: Vec<usize> = status
+            .live_members()
+            .filter_map(|m| self.names.index_of(&m.peer_id))
+            .collect();
+        live.sort_unstable();
+        live
+    }
+
+    /// Prints node-001's member table if it changed.
+    fn show_table(&mut self, status: &NodeStatus) -> anyhow::Result<()> {
+        let Some(cell) = &status.cell else {
+            return Ok(());
+        };
+        let what = self
+            .wanderer
+            .as_ref()
+            .map(|w| format!("{VM_NAME}, {}", w.state));
+        let here = self
+            .wanderer
+            .as_ref()
+            .zip(what.as_deref())
+            .map(|(w, what)| VmHere { node: w.node, what });
+        let key = view::table_key(&cell.members, here.as_ref());
+        if self.shown.as_ref() == Some(&key) {
+            return Ok(());
+        }
+        let live = cell.members.iter().filter(|m| m.live).count();
+        outln!(
+            "{}cell of node-001: {live} of {} nodes live\n{}",
+            self.at(),
+            self.args.nodes,
+            view::members_table(&self.names, &cell.members, here.as_ref())
+        )?;
+        self.shown = Some(key);
+        Ok(())
+    }
+
+    /// The API client of node `i` (once it wrote its `api.url`).
+    fn client(&mut self, i: usize) -> anyhow::Result<ApiClient> {
+        if let Some(c) = &self.clients[i] {
+            return Ok(c.clone());
+        }
+        let dir = &self.mesh().nodes[i].data_dir;
+        let url = std::fs::read_to_string(dir.join("api.url"))
+            .with_context(|| format!("{} has no API address yet", dir.display()))?;
+        let client = ApiClient::new(url.trim(), None, None)?;
+        self.clients[i] = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Starts the VM, reports a change of its state, or moves it on when its time came.
+    fn step(&mut self, live: &[usize]) -> anyhow::Result<()> {
+        let Some(w) = &self.wanderer else {
+            return self.start_vm();
+        };
+        let (id, node) = (w.id.clone(), w.node);
+        let due = w.moved.elapsed() >= Duration::from_secs(self.args.move_every);
+        let next = w.visits.next(node, live);
+        let client = self.client(node)?;
+        let path = format!("/api/v1/vms/{}", path_segment(&id));
+        let vm: VmInfo = self.runtime.block_on(client.get(&path))?;
+        if !vm.state.is_active() {
+            bail!(
+                "it is {} on {}: {}",
+                vm.state.as_str(),
+                Names::name(node),
+                vm.detail.as_deref().unwrap_or("no detail")
+            );
+        }
+        if let Some(w) = self.wanderer.as_mut() {
+            w.state = vm.state.as_str();
+        }
+        match next.filter(|_| due) {
+            Some(to) => self.move_vm(&vm, to),
+            None => Ok(()),
+        }
+    }
+
+    fn start_vm(&mut self) -> anyhow::Result<()> {
+        let spec: VmSpec = serde_json::from_value(serde_json::json!({
+            "name": VM_NAME,
+            "guest": "builtin:counter:passes=100000",
+            "mem_mib": 64,
+        }))?;
+        let client = self.client(0)?;
+        let vm: VmInfo = self.runtime.block_on(client.post("/api/v1/vms", &spec))?;
+        outln!(
+            "{}{VM_NAME} (VM {}, {}) starts on node-001: {}",
+            self.at(),
+            vm.id,
+            spec.guest.as_deref().unwrap_or("?"),
+            view::vm_state(&vm)
+        )?;
+        self.wanderer = Some(Wanderer {
+            id: vm.id.clone(),
+            node: 0,
+            moved: Instant::now(),
+            visits: tour::Visits::starting_at(self.args.nodes, 0),
+            state: vm.state.as_str(),
+        });
+        Ok(())
+    }
+
+    /// Moves the VM live to node `to` and waits for the end; a signal meanwhile cancels it.
+    fn move_vm(&mut self, vm: &VmInfo, to: usize) -> anyhow::Result<()> {
+        let Some(w) = &self.wanderer else {
+            return Ok(());
+        };
+        let from = w.node;
+        let Some(peer) = self.mesh().nodes[to].peer_id() else {
+            return Ok(());
+        };
+        outln!(
+            "{}{VM_NAME} on {} is {}; moving it live to {}",
+            self.at(),
+            Names::name(from),
+            view::vm_state(vm),
+            Names::name(to)
+        )?;
+        let client = self.client(from)?;
+        let request = MigrationRequest {
+            to: peer,
+            mode: MigrationMode::Live,
+            downtime_budget_ms: None,
+        };
+        let path = format!("/api/v1/vms/{}/migrate", path_segment(&vm.id));
+        let started: MigrationInfo = self.runtime.block_on(client.post(&path, &request))?;
+        let ended = self.runtime.block_on(settle(&client, started))?;
+        let w = self.wanderer.as_mut().expect("the VM is there");
+        w.moved = Instant::now();
+        if ended.state == MigrationState::Done {
+            w.node = to;
+            w.visits.arrive(to);
+        }
+        let line = view::move_line(VM_NAME, &Names::name(from), &Names::name(to), &ended);
+        outln!("{}{line}", self.at())
+    }
+
+    /// Stops everything in order: the VM (a move under way was settled in `move_vm`), the
+    /// nodes (they reap their VMMs), then — in `run` — the directory. A second signal, now
+    /// or meanwhile, skips the VM's stop and kills the nodes at once.
+    fn stop(&mut self) {
+        if let (Some(w), true) = (self.wanderer.take(), signals() < 2) {
+            note(&format!(
+                "novacron: stopping the demo VM on {}",
+                Names::name(w.node)
+            ));
+            if let Ok(client) = self.client(w.node) {
+                let path = format!("/api/v1/vms/{}", path_segment(&w.id));
+                let stopped = self.runtime.block_on(async {
+                    tokio::select! {
+                        r = client.delete::<VmInfo>(&path) => Some(r),
+                        _ = until_signals(2) => None,
+                    }
+                });
+                if let Some(Err(e)) = stopped {
+                    note(&format!("novacron: the demo VM did not stop cleanly: {e}"));
+                }
+            }
+        }
+        note("novacron: stopping the demo mesh");
+        if let Some(mesh) = self.mesh.take() {
+            mesh.stop(STOP_GRACE, &|| signals() >= 2);
+        }
+    }
+}
+
+/// Follows a migration to its end; the first signal meanwhile cancels it, then it is
+/// followed until it settles (at most [`SETTLE_WAIT`], or a second signal).
+async fn settle(client: &ApiClient, started: MigrationInfo) -> anyhow::Result<MigrationInfo> {
+    let path = format!("/api/v1/migrations/{}", path_segment(&started.id));
+    let mut m = started;
+    let mut cancelled: Option<tokio::time::Instant> = None;
+    while !m.state.is_final() {
+        if signals() >= 2 || cancelled.is_some_and(|at| at.elapsed() > SETTLE_WAIT) {
+            bail!("the move did not settle before the demo stopped");
+        }
+        if signals() > 0 && cancelled.is_none() {
+            cancelled = Some(tokio::time::Instant::now());
+            let cancel = format!("{path}/cancel");
+            if let Err(e) = client.post_ignore(&cancel, &serde_json::json!({})).await {
+                tracing::info!(error = %e, "cancelling the demo's move");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = client.get(&path).await?;
+    }
+    Ok(m)
+}
+
+/// Stop signals received (SIGINT, SIGTERM, SIGHUP).
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+fn signals() -> usize {
+    SIGNALS.load(Ordering::SeqCst)
+}
+
+/// Resolves once `n` stop signals came.
+async fn until_signals(n: usize) {
+    while signals() < n {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counts `signal` in [`SIGNALS`] (an async-signal-safe increment, nothing else).
+fn count_signal(signal: libc::c_int) -> anyhow::Result<()> {
+    extern "C" fn on_signal(_: libc::c_int) {
+        SIGNALS.fetch_add(1, Ordering::SeqCst);
+    }
+    // SAFETY: the handler only increments an atomic; sigaction is given a zeroed, fully
+    // initialised struct.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot catch a signal");
+    }
+    Ok(())
+}
