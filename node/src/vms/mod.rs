@@ -6,6 +6,7 @@
 //! so a daemon killed at any moment finds every VM it ever started ([`recovery`]).
 
 pub mod events;
+pub mod in_doubt;
 pub mod paths;
 pub mod process_backend;
 mod process_supervisor;
@@ -189,12 +190,7 @@ impl VmManager {
             return None;
         }
         self.last_outgoing_migration(id)
-            .filter(|m| {
-                m.state == MigrationState::Failed
-                    && m.error
-                        .as_deref()
-                        .is_some_and(|e| e.starts_with(novacron_vm::control::IN_DOUBT_PREFIX))
-            })
+            .filter(in_doubt::in_doubt)
             .map(|m| m.peer)
     }
 
@@ -442,6 +438,7 @@ impl VmManager {
             self.registry.update_migration(&m.id, true, |m| {
                 let was = m.error.take().unwrap_or_default();
                 m.error = Some(format!("resumed here by an operator after: {was}"));
+                m.ended_at_ms = Some(now_ms());
             });
         }
     }
