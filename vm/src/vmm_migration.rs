@@ -8,7 +8,7 @@ use novacron_mesh::chunks::{ChunkSize, ChunkStore, Level};
 use crate::adopt::Owner;
 use crate::control::{
     Command, Event, ExitReason, Launch, LaunchSource, MigrateOut, MigrationMode, MigrationProgress,
-    MigrationSummary, OnNoConverge,
+    MigrationSummary, OnNoConverge, INCOMING_ROLLED_BACK_PREFIX,
 };
 use crate::fd_passing::{take_streams, FdQueue};
 use crate::layout::pv_event;
@@ -305,8 +305,13 @@ pub fn receive(
         mem_bytes: launch.mem_bytes,
         vcpus: launch.vcpus,
     };
-    let links = links_from(fds, session)?;
-    let store = store.as_deref().map(open_store).transpose()?;
+    let rolled_back = |reason: String| format!("{INCOMING_ROLLED_BACK_PREFIX} {reason}");
+    let links = links_from(fds, session).map_err(rolled_back)?;
+    let store = store
+        .as_deref()
+        .map(open_store)
+        .transpose()
+        .map_err(rolled_back)?;
     let opts = DestinationOptions {
         config: DestinationConfig {
             max_mem_bytes: max.mem_bytes,
@@ -337,8 +342,6 @@ pub fn receive(
             )?;
             Ok(machine)
         }
-        DestinationOutcome::Failed { reason, .. } => {
-            Err(format!("incoming migration rolled back: {reason}"))
-        }
+        DestinationOutcome::Failed { reason, .. } => Err(rolled_back(reason)),
     }
 }

@@ -139,6 +139,20 @@ fn starting_record(id: &str, spec: VmSpec, detail: Option<String>) -> VmRecord {
     }
 }
 
+/// What adopting a VM's VMM came to.
+enum Adoption {
+    /// Its VM runs (or waits paused) under a supervisor again.
+    Supervised,
+    /// Its VM had ended (how, if it said): the VMM exited.
+    Ended(Option<novacron_vm::control::ExitReason>),
+}
+
+/// Removes and returns the first item of `items` that `pick` accepts.
+fn take_first<T>(items: &mut Vec<T>, pick: impl Fn(&T) -> bool) -> Option<T> {
+    let at = items.iter().position(pick)?;
+    Some(items.remove(at))
+}
+
 /// A fresh VM id: 16 hex digits of randomness.
 fn new_id() -> String {
     let mut bytes = [0u8; 8];
@@ -528,6 +542,15 @@ impl VmManager {
     /// start, before the API takes requests.
     pub fn recover(&self) -> RecoveryReport {
         let mut report = RecoveryReport::default();
+        // Every migration still open was left so by the dead daemon (or by an earlier
+        // recovery that could not tell whether the VM started here: still nobody can).
+        let mut open: Vec<MigrationInfo> = self
+            .registry
+            .migrations()
+            .into_iter()
+            .filter(|m| m.state == MigrationState::Running)
+            .filter(|m| !(m.direction == MigrationDirection::In && m.error.is_some()))
+            .collect();
         for record in self.registry.vms() {
             let id = record.info.id.clone();
             let paths = self.paths(&id);
@@ -542,22 +565,39 @@ impl VmManager {
             };
             // A process can always start again from scratch; a KVM VM needs its checkpoint.
             let restorable = process || paths.has_snapshot();
-            let mut found = if alive {
-                Found::Alive
-            } else {
-                Found::Gone(ended(&paths))
+            // The migration of this VM left open, if the VM is still arriving or leaving (a
+            // VM recorded as neither never got a VMM for it: settled below).
+            let migration = match record.info.state.is_active() {
+                true => take_first(&mut open, |m| m.vm_id == id),
+                false => None,
             };
-            let mut plan = recovery::plan(&record, &found, restorable);
+            let migrating_in = migration
+                .as_ref()
+                .filter(|m| m.direction == MigrationDirection::In)
+                .map(|m| m.peer.clone());
+            let plan_for =
+                |found: &Found| recovery::plan(&record, found, restorable, migrating_in.as_deref());
+            let mut found = recovery::found(
+                alive,
+                record.info.pid.is_some(),
+                (!alive).then(|| ended(&paths)).flatten(),
+            );
+            let mut plan = plan_for(&found);
             if plan == Plan::Adopt {
                 let adopted = match process {
                     true => self.adopt_process(&record, &paths),
                     false => self.adopt(&record, &paths),
                 };
                 match adopted {
-                    Ok(()) => {
-                        self.settle_open_migration(&record, &found);
+                    Ok(Adoption::Supervised) => {
+                        self.settle_open_migration(&record, &found, migration.as_ref());
                         report.adopted.push(id);
                         continue;
+                    }
+                    Ok(Adoption::Ended(reason)) => {
+                        // It only waited to say how the VM ended: as good as its tombstone.
+                        found = Found::Gone(reason.or_else(|| ended(&paths)));
+                        plan = plan_for(&found);
                     }
                     Err(e) => {
                         tracing::warn!(vm = %id, error = %e, "cannot adopt its VMM; killing it");
@@ -567,20 +607,20 @@ impl VmManager {
                             record.pid_start_ticks,
                         );
                         found = Found::Gone(ended(&paths));
-                        plan = recovery::plan(&record, &found, restorable);
+                        plan = plan_for(&found);
                     }
                 }
             }
-            self.settle_open_migration(&record, &found);
+            self.settle_open_migration(&record, &found, migration.as_ref());
             match plan {
                 Plan::Keep => {
-                    if record.info.state == VmState::Suspended {
-                        recovery::kill_leftovers(
-                            &self.vmm_id(&id),
-                            record.info.pid,
-                            record.pid_start_ticks,
-                        );
-                    }
+                    // Its end is on record: a VMM still there (one that waits to tell how
+                    // its VM ended, or a suspended VM's) has nothing left to run.
+                    recovery::kill_leftovers(
+                        &self.vmm_id(&id),
+                        record.info.pid,
+                        record.pid_start_ticks,
+                    );
                 }
                 Plan::Adopt => {}
                 Plan::Restore => {
@@ -610,30 +650,46 @@ impl VmManager {
                 }
             }
         }
+        for m in open {
+            let vm = self.registry.vm(&m.vm_id).map(|r| r.info.state);
+            let settled = recovery::settle_without_vmm(m.direction, vm);
+            self.record_settled(&m, &settled);
+        }
         report
     }
 
     /// Settles the migration of the VM of `record` that the dead daemon left open
-    /// ([`recovery::settle`]), after the VM itself was accounted for. Only for a VM the
-    /// record still counts as here (arriving, running or leaving).
-    fn settle_open_migration(&self, record: &VmRecord, found: &Found) {
-        if !record.info.state.is_active() {
-            return;
-        }
+    /// ([`recovery::settle`]), after the VM itself was accounted for.
+    fn settle_open_migration(
+        &self,
+        record: &VmRecord,
+        found: &Found,
+        migration: Option<&MigrationInfo>,
+    ) {
+        let Some(migration) = migration else { return };
         let id = &record.info.id;
-        let open = self
-            .registry
-            .migrations()
-            .into_iter()
-            .find(|m| m.vm_id == *id && m.state == MigrationState::Running);
-        let Some(migration) = open else { return };
         let adopted_as = matches!(found, Found::Alive)
             .then(|| self.registry.vm(id).map(|r| r.info.state))
             .flatten();
-        let settled = recovery::settle(migration.direction, found, adopted_as, &migration.peer);
-        tracing::info!(vm = %id, migration = %migration.id, ?settled, "open migration settled after a restart");
+        let settled = recovery::settle(
+            migration.direction,
+            found,
+            record.info.state,
+            adopted_as,
+            &migration.peer,
+        );
+        self.record_settled(migration, &settled);
+        if let (recovery::Settled::Failed(why), Some(VmState::Paused)) = (&settled, adopted_as) {
+            self.registry
+                .update(id, |r| r.info.detail = Some(format!("migration {why}")));
+        }
+    }
+
+    /// Records how a migration the dead daemon left open ended.
+    fn record_settled(&self, migration: &MigrationInfo, settled: &recovery::Settled) {
+        tracing::info!(vm = %migration.vm_id, migration = %migration.id, ?settled, "migration settled");
         self.registry
-            .update_migration(&migration.id, true, |m| match &settled {
+            .update_migration(&migration.id, true, |m| match settled {
                 recovery::Settled::Done => {
                     m.state = MigrationState::Done;
                     m.ended_at_ms = Some(now_ms());
@@ -646,45 +702,57 @@ impl VmManager {
                 }
                 recovery::Settled::Open(why) => m.error = Some(why.clone()),
             });
-        if let (recovery::Settled::Failed(why), Some(VmState::Paused)) = (&settled, adopted_as) {
-            self.registry
-                .update(id, |r| r.info.detail = Some(format!("migration {why}")));
-        }
     }
 
     /// Takes a process-backend VM's running command back (by pid and start time).
-    fn adopt_process(&self, record: &VmRecord, paths: &VmPaths) -> Result<(), String> {
+    fn adopt_process(&self, record: &VmRecord, paths: &VmPaths) -> Result<Adoption, String> {
         let id = &record.info.id;
         let pid = record.info.pid.ok_or("no pid recorded")?;
         let ticks = record.pid_start_ticks.ok_or("no start time recorded")?;
         let process = ProcessVm::adopt(&self.vmm_id(id), &paths.dir, pid, ticks)?;
         self.supervise_process(id, process, |r| r.info.adoptions += 1);
-        Ok(())
+        Ok(Adoption::Supervised)
     }
 
-    /// Takes a running VMM back through its adoption socket.
-    fn adopt(&self, record: &VmRecord, paths: &VmPaths) -> Result<(), String> {
+    /// Takes a running VMM back through its adoption socket. A VMM whose VM ended while
+    /// nobody owned it only says how, and is let exit.
+    fn adopt(&self, record: &VmRecord, paths: &VmPaths) -> Result<Adoption, String> {
         let id = &record.info.id;
         let pid = record.info.pid.ok_or("no pid recorded")?;
         let cgroup = self
             .opts
             .sandbox
             .then(|| novacron_vm::launcher::cgroup_name(&self.vmm_id(id)));
-        let (vmm, adopted) =
+        let (mut vmm, adopted) =
             VmmProcess::adopt(&paths.control_socket(), pid, cgroup).map_err(|e| e.to_string())?;
         let state = match adopted.state {
             AdoptedState::Paused => VmState::Paused,
-            AdoptedState::Exited => VmState::Exited,
             AdoptedState::Running => VmState::Running,
+            AdoptedState::Exited => {
+                // It says how the VM ended next; told, it stops waiting for an owner and
+                // exits (cut short, it would wait on).
+                let told = vmm.wait_for(novacron_vm::launcher::ADOPT_TIMEOUT, |e| {
+                    matches!(e, Event::Exited(_)).then_some(())
+                });
+                match told
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| vmm.wait().map_err(|e| e.to_string()))
+                {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(vm = %id, error = %e, "the ended VMM did not exit: killing it");
+                        vmm.kill();
+                    }
+                }
+                return Ok(Adoption::Ended(adopted.exit));
+            }
         };
         self.supervise(id, vmm, |r| {
             r.info.adoptions += 1;
             r.info.last_report = adopted.last_guest.or(r.info.last_report);
-            if state != VmState::Exited {
-                r.info.state = state;
-            }
+            r.info.state = state;
         });
-        Ok(())
+        Ok(Adoption::Supervised)
     }
 
     /// Hands `streams` (control first) to the VM's VMM and starts migrating it out; the
