@@ -160,6 +160,7 @@ impl Daemon {
         });
         let _ = slot.set(Arc::downgrade(&daemon));
         tokio::spawn(daemon.clone().take_incoming(incoming));
+        tokio::spawn(daemon.clone().settle_in_doubt_loop());
         tokio::spawn(daemon.clone().announce_members());
         let sampler = Sampler::new(crate::politeness::HostPaths::host(&opts.data_dir));
         tokio::spawn(daemon.clone().politeness_loop(sampler));

@@ -685,7 +685,7 @@ impl VmManager {
         }
     }
 
-    /// Records how a migration the dead daemon left open ended.
+    /// Records how a migration left open or in doubt ended.
     fn record_settled(&self, migration: &MigrationInfo, settled: &recovery::Settled) {
         tracing::info!(vm = %migration.vm_id, migration = %migration.id, ?settled, "migration settled");
         self.registry
@@ -702,6 +702,115 @@ impl VmManager {
                 }
                 recovery::Settled::Open(why) => m.error = Some(why.clone()),
             });
+    }
+
+    /// This node's migrations in doubt (each the newest outgoing one of its VM), with what
+    /// is here of the VM ([`in_doubt`]).
+    pub fn in_doubt_here(&self) -> Vec<(MigrationInfo, in_doubt::Here)> {
+        let mut found = Vec::new();
+        for vm in self.registry.vm_infos() {
+            let Some(m) = self
+                .last_outgoing_migration(&vm.id)
+                .filter(in_doubt::in_doubt)
+            else {
+                continue;
+            };
+            let here = match vm.state {
+                VmState::Paused => in_doubt::Here::Paused,
+                VmState::Running => in_doubt::Here::Running,
+                state if state.is_active() => in_doubt::Here::Busy,
+                state => {
+                    let paths = self.paths(&vm.id);
+                    in_doubt::Here::NoVmm {
+                        tombstone: recovery::read_tombstone(&paths),
+                        died: state == VmState::Failed,
+                        restorable: paths.has_snapshot(),
+                    }
+                }
+            };
+            found.push((m, here));
+        }
+        found
+    }
+
+    /// Carries out how migration `m`, in doubt, settled ([`in_doubt::settle`]): the VM here
+    /// first, then the record, so a daemon killed in between settles it again the same way.
+    pub async fn settle_in_doubt(
+        self: &Arc<Self>,
+        m: &MigrationInfo,
+        here: &in_doubt::Here,
+        outcome: &in_doubt::Outcome,
+    ) {
+        use in_doubt::{Outcome, Then};
+        let id = &m.vm_id;
+        let settled = match outcome {
+            Outcome::AskPeer | Outcome::StillInDoubt(_) => {
+                tracing::info!(vm = %id, migration = %m.id, ?outcome, "migration still in doubt");
+                return;
+            }
+            Outcome::MovedAway(why) => {
+                let detail = format!("runs on {} (a migration in doubt settled: {why})", m.peer);
+                if *here == in_doubt::Here::Paused {
+                    // Its paused copy here goes: the VM runs there.
+                    if let Err(e) = self.discard(id, detail).await {
+                        tracing::warn!(vm = %id, error = %e, "cannot discard the copy here");
+                        return;
+                    }
+                } else {
+                    self.registry.update(id, |r| {
+                        r.info.state = VmState::MovedAway;
+                        r.info.detail = Some(detail);
+                        r.info.pid = None;
+                    });
+                }
+                recovery::Settled::Done
+            }
+            Outcome::RolledBack { why, then } => {
+                let detail = format!("migration rolled back: {why}");
+                match then {
+                    Then::Resume => {
+                        if let Err(e) = self.ask(id, Cmd::Resume).await {
+                            tracing::warn!(vm = %id, error = %e, "cannot resume the VM");
+                            return;
+                        }
+                        self.registry
+                            .update(id, |r| r.info.detail = Some(detail.clone()));
+                    }
+                    Then::Restore => self.restore_after_doubt(id, &detail).await,
+                    Then::Nothing => {}
+                }
+                recovery::Settled::Failed(format!("rolled back: {why}"))
+            }
+        };
+        self.record_settled(m, &settled);
+    }
+
+    /// Brings VM `id` back from its checkpoint: its VMM died while its migration was in
+    /// doubt, and the peer never started it.
+    async fn restore_after_doubt(self: &Arc<Self>, id: &str, detail: &str) {
+        recovery::kill_leftovers(&self.vmm_id(id), None, None);
+        let me = self.clone();
+        let vm_id = id.to_string();
+        let restored = tokio::task::spawn_blocking(move || me.start_vm(&vm_id, true))
+            .await
+            .unwrap_or_else(|e| Err(format!("restore task: {e}")));
+        self.registry.update(id, |r| match restored {
+            Ok(()) => r.info.detail = Some(format!("{detail}; restored from its last checkpoint")),
+            Err(e) => {
+                r.info.state = VmState::Failed;
+                r.info.pid = None;
+                r.info.detail = Some(format!("{detail}; could not restore its checkpoint: {e}"));
+            }
+        });
+    }
+
+    /// Stops the VMM of VM `id`, which runs elsewhere now: its record says moved away, with
+    /// `detail`. Answers once the VMM exited.
+    async fn discard(&self, id: &str, detail: String) -> ServiceResult<()> {
+        self.ask(id, |reply| Cmd::Discard { detail, reply }).await?;
+        self.wait_state(id, |s| !s.is_active(), Duration::from_secs(30))
+            .await
+            .map(|_| ())
     }
 
     /// Takes a process-backend VM's running command back (by pid and start time).
