@@ -52,6 +52,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a VM migrating in may take from its streams to running here.
 const INCOMING_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// How long a restarted daemon asks a VMM that a migration keeps busy to be adopted.
+const MIGRATING_ADOPT_PATIENCE: Duration = Duration::from_secs(120);
+
 #[derive(Clone, Debug)]
 pub struct VmOptions {
     /// The novacron binary (it runs the VMM as `novacron vmm`).
@@ -586,7 +589,7 @@ impl VmManager {
             if plan == Plan::Adopt {
                 let adopted = match process {
                     true => self.adopt_process(&record, &paths),
-                    false => self.adopt(&record, &paths),
+                    false => self.adopt_patiently(&record, &paths),
                 };
                 match adopted {
                     Ok(Adoption::Supervised) => {
@@ -821,6 +824,29 @@ impl VmManager {
         let process = ProcessVm::adopt(&self.vmm_id(id), &paths.dir, pid, ticks)?;
         self.supervise_process(id, process, |r| r.info.adoptions += 1);
         Ok(Adoption::Supervised)
+    }
+
+    /// [`adopt`](Self::adopt), asked again while the VMM lives and a migration keeps it
+    /// busy: a VMM answers adoption only once its migration ended, which its owner's death
+    /// cuts short at the VMM's next look at its inputs, but one busy with a round on a loaded
+    /// host may take longer than one try. Giving up would kill what may be the VM's only copy.
+    fn adopt_patiently(&self, record: &VmRecord, paths: &VmPaths) -> Result<Adoption, String> {
+        let migrating = matches!(record.info.state, VmState::Migrating | VmState::Starting);
+        let deadline = std::time::Instant::now() + MIGRATING_ADOPT_PATIENCE;
+        loop {
+            match self.adopt(record, paths) {
+                Err(e)
+                    if migrating
+                        && std::time::Instant::now() < deadline
+                        && record.info.pid.is_some_and(|pid| {
+                            recovery::same_process(pid, record.pid_start_ticks)
+                        }) =>
+                {
+                    tracing::warn!(vm = %record.info.id, error = %e, "its VMM is busy migrating; asking again");
+                }
+                adopted => return adopted,
+            }
+        }
     }
 
     /// Takes a running VMM back through its adoption socket. A VMM whose VM ended while
