@@ -96,6 +96,14 @@ fn start_node_on(
     }
 }
 
+/// Kills the node's daemon with SIGKILL (its VMMs run on) and starts it again.
+fn kill_and_restart(node: Node, name: &str, bootstrap: &str) -> Node {
+    let mut node = node;
+    signal(&node, libc::SIGKILL);
+    node.proc.wait(TIMEOUT);
+    restart(node, name, bootstrap)
+}
+
 /// Starts the ended node's daemon again on the same address, joined through `bootstrap`.
 fn restart(node: Node, name: &str, bootstrap: &str) -> Node {
     let listen = node.addr.split("/p2p/").next().unwrap().to_string();
@@ -838,6 +846,178 @@ fn vmm_cgroups(id: &str) -> BTreeSet<String> {
             Some(name.to_string())
         })
         .collect()
+}
+
+/// Who is killed, relative to the migration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Victim {
+    Source,
+    Destination,
+}
+
+/// When, as the source's record shows the migration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum KillAt {
+    /// As soon as `migrate --detach` returned (the destination accepted the offer).
+    Accepted,
+    /// While the first round's chunks travel (live: the VM runs).
+    Precopy,
+    /// While the memory travels with the VM paused (warm).
+    Paused,
+    /// At the first sight of the wait for the confirm, or of the end if it passed unseen.
+    Ending,
+}
+
+/// Moves VM `id` from `nodes[from]` to the other node with `migrate --detach`, kills the
+/// daemon of `victim` at `at` and restarts it, waits until both records of the migration
+/// settled, and checks the truth: the VM runs in exactly one place, both records say where
+/// (done: there; failed: here), and each node's counters count what its current run
+/// settled. Returns where the VM runs now.
+fn migrate_and_kill(
+    nodes: &mut [Option<Node>; 2],
+    from: usize,
+    id: &str,
+    victim: Victim,
+    at: KillAt,
+) -> usize {
+    let to = 1 - from;
+    let (src, dst) = (nodes[from].as_ref().unwrap(), nodes[to].as_ref().unwrap());
+    let mode = if at == KillAt::Paused { "warm" } else { "live" };
+    let started = cli_json(
+        &src.dir,
+        &[
+            "migrate", id, "--to", &dst.peer, "--mode", mode, "--detach", "--json",
+        ],
+    );
+    let mid = started["id"].as_str().unwrap().to_string();
+    let phase = |m: &Value| m["progress"]["phase"].as_str().unwrap_or("").to_string();
+    // Well inside the first (or, warm, the only) round of the prefilled memory.
+    let under_way = || {
+        let m = migration(&src.dir, &mid).unwrap();
+        assert_eq!(m["state"], "running", "the migration ended first: {m}");
+        m["wire_bytes"].as_u64().unwrap_or(0) > 4 << 20
+    };
+    let procs = [&src.proc, &dst.proc];
+    match at {
+        KillAt::Accepted => {}
+        KillAt::Precopy | KillAt::Paused => {
+            wait_until("the first round", TIMEOUT, &procs, under_way)
+        }
+        KillAt::Ending => wait_until("the end", TIMEOUT, &procs, || {
+            let m = migration(&src.dir, &mid).unwrap();
+            m["state"] != "running" || phase(&m) == "await_confirm"
+        }),
+    }
+    let (killed, other) = match victim {
+        Victim::Source => (from, to),
+        Victim::Destination => (to, from),
+    };
+    let bootstrap = nodes[other].as_ref().unwrap().addr.clone();
+    let node = nodes[killed].take().unwrap();
+    let name = format!("{}+", node.proc.name);
+    nodes[killed] = Some(kill_and_restart(node, &name, &bootstrap));
+    let (src, dst) = (nodes[from].as_ref().unwrap(), nodes[to].as_ref().unwrap());
+    let context = format!("migration {mid} of {id}, {victim:?} killed at {at:?}");
+    wait_until(
+        &format!("both records of {context} to settle"),
+        Duration::from_secs(150),
+        &[&src.proc, &dst.proc],
+        || {
+            migration(&src.dir, &mid).is_some_and(|m| settled(&m))
+                && migration(&dst.dir, &mid).is_none_or(|m| settled(&m))
+        },
+    );
+    let out = migration(&src.dir, &mid).unwrap();
+    let moved = out["state"] == "done";
+    eprintln!("{context}: {} ({})", out["state"], out["error"]);
+    match migration(&dst.dir, &mid) {
+        Some(inc) => assert_eq!(inc["state"], out["state"], "{context}: {out} vs {inc}"),
+        // A destination that died before it recorded anything never received the VM.
+        None => assert!(!moved, "{context}: done without a record there: {out}"),
+    }
+    let (here, there) = if moved { (to, from) } else { (from, to) };
+    let (runs, left) = (
+        nodes[here].as_ref().unwrap(),
+        nodes[there].as_ref().unwrap(),
+    );
+    let placed = || state_of(&runs.dir, id) == "running" && vmm_cgroups(id).len() == 1;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !placed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{context}: the VM does not run where its records say ({out}): {} on {}, {} on \
+             {}, VMMs in {:?}\n{}\n{}",
+            state_of(&runs.dir, id),
+            runs.proc.name,
+            state_of(&left.dir, id),
+            left.proc.name,
+            vmm_cgroups(id),
+            runs.proc.dump(),
+            left.proc.dump()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = state_of(&left.dir, id);
+    assert!(
+        gone.is_empty() || gone == "moved_away",
+        "{context}: the VM is {gone} where it does not run"
+    );
+    for node in [runs, left] {
+        assert_eq!(
+            migrations_total(&node.dir),
+            settled_in_this_run(node),
+            "{context}: counters of {}",
+            node.proc.name
+        );
+    }
+    here
+}
+
+#[test]
+fn records_and_counters_on_both_sides_tell_the_truth_whichever_daemon_is_killed_when() {
+    if !kvm_usable(
+        "records_and_counters_on_both_sides_tell_the_truth_whichever_daemon_is_killed_when",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start_node("a", &tmp.path().join("a"), None, None);
+    let b = start_node("b", &tmp.path().join("b"), Some(&a.addr), None);
+    // 128 MiB of pattern: the first round takes seconds, so a kill during it lands there;
+    // the counter runs far longer than the test.
+    let (guest, _) = counter(100_000);
+    let v = cli_json(
+        &a.dir,
+        &[
+            "vms",
+            "create",
+            "--guest",
+            &guest,
+            "--mem",
+            "256M",
+            "--prefill",
+            "128M",
+            "--json",
+        ],
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    let mut nodes = [Some(a), Some(b)];
+    let mut at = 0;
+    for (victim, when) in [
+        (Victim::Destination, KillAt::Accepted),
+        (Victim::Destination, KillAt::Precopy),
+        (Victim::Source, KillAt::Precopy),
+        (Victim::Destination, KillAt::Paused),
+        (Victim::Source, KillAt::Paused),
+        (Victim::Destination, KillAt::Ending),
+        (Victim::Source, KillAt::Ending),
+    ] {
+        at = migrate_and_kill(&mut nodes, at, &id, victim, when);
+    }
+    let runs = nodes[at].as_ref().unwrap();
+    let v = cli_json(&runs.dir, &["vms", "stop", &id, "--json"]);
+    assert_eq!(v["state"], "exited", "{v}");
+    assert!(vmm_processes(&id).is_empty(), "a VMM of {id} is left");
 }
 
 #[test]
