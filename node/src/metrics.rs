@@ -106,7 +106,8 @@ impl Metrics {
         let migrations = Family::<MigrationLabels, Counter>::default();
         registry.register(
             "migrations",
-            "Migrations that ended, by direction (in, out) and result (done, failed, cancelled)",
+            "Migrations that settled, by direction (in, out) and result (done, failed, \
+             cancelled); one in doubt counts when it settles",
             migrations.clone(),
         );
         // 100 ms to ~27 min.
@@ -247,8 +248,11 @@ impl Metrics {
         }
     }
 
-    /// Counts a migration that reached a final state (others are ignored, and so is a
-    /// repeated report of one already counted among the last few thousand).
+    /// Counts a migration that settled, with its outcome: the daemon calls this once, at
+    /// the moment it settles (a migration in doubt is not settled; one that settled in an
+    /// earlier run of the daemon was counted by that run: counters restart with the
+    /// process). A record not final is ignored, and so is a repeated report of one already
+    /// counted among the last few thousand.
     pub fn observe_migration(&self, m: &MigrationInfo) {
         if !m.state.is_final() {
             return;

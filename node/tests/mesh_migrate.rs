@@ -5,7 +5,8 @@
 //! result; a refused offer is a clear error; garbage and oversized offers are refused
 //! without harm; cutting the bridges mid-transfer rolls the source back and the guest
 //! finishes there; a migration whose destination's confirm is lost goes in doubt, and the
-//! source asks the destination over a new stream and finishes the move.
+//! source asks the destination over a new stream and finishes the move; a source daemon
+//! asks the destination itself (without a VMM) and hears what its record says.
 //!
 //! The KVM tests skip with a message when /dev/kvm is unusable.
 
@@ -633,5 +634,28 @@ fn refused_garbage_and_oversized_offers_are_clear_errors_and_harmless() {
         })
         .await
         .unwrap();
+    });
+}
+
+#[test]
+fn a_source_daemon_asks_its_peer_itself_and_hears_its_record() {
+    let rt = runtime();
+    rt.block_on(async {
+        let p = pair().await;
+        let b = p.b.peer_id();
+        let session = new_session();
+        for started in [true, false] {
+            *p.b_started.lock().unwrap() = Some(started);
+            let answer = p.mig_a.ask(b, session).await;
+            assert_eq!(answer.unwrap(), started);
+        }
+        // A peer that does not know yet answers once it does (within its answer timeout).
+        *p.b_started.lock().unwrap() = None;
+        let knows = p.b_started.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            *knows.lock().unwrap() = Some(true);
+        });
+        assert!(p.mig_a.ask(b, session).await.unwrap());
     });
 }

@@ -12,6 +12,7 @@ mod mesh;
 mod proc;
 
 use guest::{counter, kvm_usable};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -28,12 +29,14 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// alone on a 2-core machine, more while other tests run.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// A node under test: its process, data directory, PeerId and dial address.
+/// A node under test: its process, data directory, PeerId and dial address, and when this
+/// run of it started (ms since the epoch, as the node records times).
 struct Node {
     proc: Proc,
     dir: PathBuf,
     peer: String,
     addr: String,
+    started_ms: u64,
 }
 
 /// Starts a node on `dir` (with `config` as its YAML file when given), joined through
@@ -50,6 +53,19 @@ fn start_node_with(
     config: Option<&str>,
     extra: &[&str],
 ) -> Node {
+    start_node_on(name, dir, "/ip4/127.0.0.1/tcp/0", bootstrap, config, extra)
+}
+
+/// As [`start_node_with`], listening on `listen`.
+fn start_node_on(
+    name: &str,
+    dir: &Path,
+    listen: &str,
+    bootstrap: Option<&str>,
+    config: Option<&str>,
+    extra: &[&str],
+) -> Node {
+    let started_ms = now_ms();
     std::fs::create_dir_all(dir).unwrap();
     let dir_s = dir.to_str().unwrap().to_string();
     let mut args: Vec<String> = vec!["node".into()];
@@ -63,7 +79,7 @@ fn start_node_with(
             "--data-dir",
             &dir_s,
             "--listen",
-            "/ip4/127.0.0.1/tcp/0",
+            listen,
             "--kad-server",
             "--api-port",
             "0",
@@ -89,7 +105,29 @@ fn start_node_with(
         dir: dir.to_path_buf(),
         peer,
         addr,
+        started_ms,
     }
+}
+
+/// Kills the node's daemon with SIGKILL (its VMMs run on) and starts it again.
+fn kill_and_restart(node: Node, name: &str, bootstrap: &str) -> Node {
+    let mut node = node;
+    signal(&node, libc::SIGKILL);
+    node.proc.wait(TIMEOUT);
+    restart(node, name, bootstrap)
+}
+
+/// Starts the ended node's daemon again on the same address, joined through `bootstrap`.
+fn restart(node: Node, name: &str, bootstrap: &str) -> Node {
+    let listen = node.addr.split("/p2p/").next().unwrap().to_string();
+    start_node_on(name, &node.dir, &listen, Some(bootstrap), None, &[])
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// Runs `novacron COMMAND --data-dir DIR ARGS...` to completion (the flag right after the
@@ -1065,4 +1103,366 @@ fn a_vm_no_peer_takes_is_snapshotted_at_drain_and_resumes_at_the_next_start() {
         || console(&dir, &id).contains(&expected),
     );
     assert_eq!(console(&dir, &id).matches(&expected).count(), 1);
+}
+
+/// The node's migration records (newest first).
+fn migrations(dir: &Path) -> Vec<Value> {
+    let (status, body) = http_get(dir, "/api/v1/migrations");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("migrations: {e}: {body}"))
+}
+
+fn migration(dir: &Path, id: &str) -> Option<Value> {
+    migrations(dir).into_iter().find(|m| m["id"] == id)
+}
+
+/// Whether a migration record has its final outcome: ended, and not in doubt.
+fn settled(m: &Value) -> bool {
+    let in_doubt = m["direction"] == "out"
+        && m["state"] == "failed"
+        && m["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("in doubt:"));
+    m["state"] != "running" && !in_doubt
+}
+
+/// `novacron_migrations_total` by (direction, result), the zeros left out.
+fn migrations_total(dir: &Path) -> BTreeMap<(String, String), u64> {
+    let (status, body) = http_get(dir, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "novacron_migrations_total")
+        .filter_map(|s| {
+            let prometheus_parse::Value::Counter(v) = s.value else {
+                panic!("{s:?} is no counter");
+            };
+            let key = (s.labels.get("direction")?, s.labels.get("result")?);
+            (v > 0.0).then(|| ((key.0.to_string(), key.1.to_string()), v as u64))
+        })
+        .collect()
+}
+
+/// What the counters of a node's current run must say: the records it settled since it
+/// started (a restart starts the counters again; each run counts what it settles), by
+/// direction and result.
+fn settled_in_this_run(node: &Node) -> BTreeMap<(String, String), u64> {
+    let mut counts = BTreeMap::new();
+    for m in migrations(&node.dir) {
+        if settled(&m) && m["ended_at_ms"].as_u64().unwrap_or(0) >= node.started_ms {
+            let key = (
+                m["direction"].as_str().unwrap().to_string(),
+                m["state"].as_str().unwrap().to_string(),
+            );
+            *counts.entry(key).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The cgroups (one per VMM, named after the VM and the node) that processes of VM `id`
+/// run in.
+fn vmm_cgroups(id: &str) -> BTreeSet<String> {
+    let needle = format!("/vm-{id}-");
+    vmm_processes(id)
+        .into_iter()
+        .filter_map(|pid| {
+            let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            let at = cgroups.find(&needle)?;
+            let name = cgroups[at + 1..].split(['/', '\n']).next()?;
+            Some(name.to_string())
+        })
+        .collect()
+}
+
+/// Who is killed, relative to the migration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Victim {
+    Source,
+    Destination,
+}
+
+/// When, as the source's record shows the migration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum KillAt {
+    /// As soon as `migrate --detach` returned (the destination accepted the offer).
+    Accepted,
+    /// While the first round's chunks travel (live: the VM runs).
+    Precopy,
+    /// While the memory travels with the VM paused (warm).
+    Paused,
+    /// At the first sight of the wait for the confirm, or of the end if it passed unseen.
+    Ending,
+}
+
+/// Moves VM `id` from `nodes[from]` to the other node with `migrate --detach`, kills the
+/// daemon of `victim` at `at` and restarts it, waits until both records of the migration
+/// settled, and checks the truth: the VM runs in exactly one place, both records say where
+/// (done: there; failed: here), and each node's counters count what its current run
+/// settled. Returns where the VM runs now.
+fn migrate_and_kill(
+    nodes: &mut [Option<Node>; 2],
+    from: usize,
+    id: &str,
+    victim: Victim,
+    at: KillAt,
+) -> usize {
+    let to = 1 - from;
+    let (src, dst) = (nodes[from].as_ref().unwrap(), nodes[to].as_ref().unwrap());
+    let mode = if at == KillAt::Paused { "warm" } else { "live" };
+    let started = cli_json(
+        &src.dir,
+        &[
+            "migrate", id, "--to", &dst.peer, "--mode", mode, "--detach", "--json",
+        ],
+    );
+    let mid = started["id"].as_str().unwrap().to_string();
+    let phase = |m: &Value| m["progress"]["phase"].as_str().unwrap_or("").to_string();
+    // Well inside the first (or, warm, the only) round of the prefilled memory.
+    let under_way = || {
+        let m = migration(&src.dir, &mid).unwrap();
+        assert_eq!(m["state"], "running", "the migration ended first: {m}");
+        m["wire_bytes"].as_u64().unwrap_or(0) > 4 << 20
+    };
+    let procs = [&src.proc, &dst.proc];
+    match at {
+        KillAt::Accepted => {}
+        KillAt::Precopy | KillAt::Paused => {
+            wait_until("the first round", TIMEOUT, &procs, under_way)
+        }
+        KillAt::Ending => wait_until("the end", TIMEOUT, &procs, || {
+            let m = migration(&src.dir, &mid).unwrap();
+            m["state"] != "running" || phase(&m) == "await_confirm"
+        }),
+    }
+    let (killed, other) = match victim {
+        Victim::Source => (from, to),
+        Victim::Destination => (to, from),
+    };
+    let bootstrap = nodes[other].as_ref().unwrap().addr.clone();
+    let node = nodes[killed].take().unwrap();
+    let name = format!("{}+", node.proc.name);
+    nodes[killed] = Some(kill_and_restart(node, &name, &bootstrap));
+    let (src, dst) = (nodes[from].as_ref().unwrap(), nodes[to].as_ref().unwrap());
+    let context = format!("migration {mid} of {id}, {victim:?} killed at {at:?}");
+    wait_until(
+        &format!("both records of {context} to settle"),
+        Duration::from_secs(150),
+        &[&src.proc, &dst.proc],
+        || {
+            migration(&src.dir, &mid).is_some_and(|m| settled(&m))
+                && migration(&dst.dir, &mid).is_none_or(|m| settled(&m))
+        },
+    );
+    let out = migration(&src.dir, &mid).unwrap();
+    let moved = out["state"] == "done";
+    eprintln!("{context}: {} ({})", out["state"], out["error"]);
+    match migration(&dst.dir, &mid) {
+        Some(inc) => assert_eq!(inc["state"], out["state"], "{context}: {out} vs {inc}"),
+        // A destination that died before it recorded anything never received the VM.
+        None => assert!(!moved, "{context}: done without a record there: {out}"),
+    }
+    let (here, there) = if moved { (to, from) } else { (from, to) };
+    let (runs, left) = (
+        nodes[here].as_ref().unwrap(),
+        nodes[there].as_ref().unwrap(),
+    );
+    let placed = || state_of(&runs.dir, id) == "running" && vmm_cgroups(id).len() == 1;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !placed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{context}: the VM does not run where its records say ({out}): {} on {}, {} on \
+             {}, VMMs in {:?}\n{}\n{}",
+            state_of(&runs.dir, id),
+            runs.proc.name,
+            state_of(&left.dir, id),
+            left.proc.name,
+            vmm_cgroups(id),
+            runs.proc.dump(),
+            left.proc.dump()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = state_of(&left.dir, id);
+    assert!(
+        gone.is_empty() || gone == "moved_away",
+        "{context}: the VM is {gone} where it does not run"
+    );
+    for node in [runs, left] {
+        assert_eq!(
+            migrations_total(&node.dir),
+            settled_in_this_run(node),
+            "{context}: counters of {}",
+            node.proc.name
+        );
+    }
+    here
+}
+
+#[test]
+fn records_and_counters_on_both_sides_tell_the_truth_whichever_daemon_is_killed_when() {
+    if !kvm_usable(
+        "records_and_counters_on_both_sides_tell_the_truth_whichever_daemon_is_killed_when",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start_node("a", &tmp.path().join("a"), None, None);
+    let b = start_node("b", &tmp.path().join("b"), Some(&a.addr), None);
+    // 128 MiB of pattern: the first round takes seconds, so a kill during it lands there;
+    // the counter runs far longer than the test.
+    let (guest, _) = counter(100_000);
+    let v = cli_json(
+        &a.dir,
+        &[
+            "vms",
+            "create",
+            "--guest",
+            &guest,
+            "--mem",
+            "256M",
+            "--prefill",
+            "128M",
+            "--json",
+        ],
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    let mut nodes = [Some(a), Some(b)];
+    let mut at = 0;
+    for (victim, when) in [
+        (Victim::Destination, KillAt::Accepted),
+        (Victim::Destination, KillAt::Precopy),
+        (Victim::Source, KillAt::Precopy),
+        (Victim::Destination, KillAt::Paused),
+        (Victim::Source, KillAt::Paused),
+        (Victim::Destination, KillAt::Ending),
+        (Victim::Source, KillAt::Ending),
+    ] {
+        at = migrate_and_kill(&mut nodes, at, &id, victim, when);
+    }
+    let runs = nodes[at].as_ref().unwrap();
+    let v = cli_json(&runs.dir, &["vms", "stop", &id, "--json"]);
+    assert_eq!(v["state"], "exited", "{v}");
+    assert!(vmm_processes(&id).is_empty(), "a VMM of {id} is left");
+}
+
+#[test]
+fn a_source_in_doubt_settles_from_its_peers_answer_when_it_starts() {
+    if !kvm_usable("a_source_in_doubt_settles_from_its_peers_answer_when_it_starts") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start_node("a", &tmp.path().join("a"), None, None);
+    let b = start_node("b", &tmp.path().join("b"), Some(&a.addr), None);
+    let (guest, _) = counter(100_000);
+    let moved = create(&a.dir, &guest);
+    let stays = create(&a.dir, &guest);
+    let v = cli_json(&a.dir, &["vms", "pause", &stays, "--json"]);
+    assert_eq!(v["state"], "paused", "{v}");
+    let out = cli(&a.dir, &["migrate", &moved, "--to", &b.peer]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let moved_id = migrations(&a.dir)
+        .into_iter()
+        .find(|m| m["vm_id"] == moved.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until(
+        "the moved VM's source VMM to exit",
+        TIMEOUT,
+        &[&a.proc],
+        || vmm_cgroups(&moved).len() == 1,
+    );
+
+    // What two migrations left in doubt leave, the daemons dead meanwhile (the VMM-level
+    // paths are tested in mesh_migrate.rs): `moved` ran on b, but its source VMM died
+    // without a word and its record is in doubt; `stays` waits paused here, in doubt about
+    // a migration b never started (b's record of it is final).
+    let (mut a, mut b) = (a, b);
+    for node in [&mut a, &mut b] {
+        signal(node, libc::SIGKILL);
+        node.proc.wait(TIMEOUT);
+    }
+    let doubt = "in doubt: nobody could say whether the destination started the VM";
+    let never = "0011223344556677";
+    let db = rusqlite::Connection::open(a.dir.join("state.db")).unwrap();
+    db.execute(
+        "UPDATE migrations SET state = 'failed', error = ?2 WHERE id = ?1",
+        [&moved_id, doubt],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE vms SET state = 'failed', pid = NULL WHERE id = ?1",
+        [&moved],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO migrations (id, vm_id, direction, peer, mode, state, started_at_ms,
+             ended_at_ms, wire_bytes, error)
+         VALUES (?1, ?2, 'out', ?3, 'live', 'failed', 1, 2, 0, ?4)",
+        [never, &stays, &b.peer, doubt],
+    )
+    .unwrap();
+    drop(db);
+    std::fs::remove_file(a.dir.join("vms").join(&moved).join("exit.json")).unwrap();
+    let db = rusqlite::Connection::open(b.dir.join("state.db")).unwrap();
+    db.execute(
+        "INSERT INTO migrations (id, vm_id, direction, peer, mode, state, started_at_ms,
+             ended_at_ms, wire_bytes, error)
+         VALUES (?1, ?2, 'in', ?3, 'live', 'failed', 1, 2, 0,
+             'incoming migration rolled back: link down')",
+        [never, &stays, &a.peer],
+    )
+    .unwrap();
+    drop(db);
+    let b = restart(b, "b2", &a.addr);
+    let a = restart(a, "a2", &b.addr);
+
+    // a asks b when it starts: "started" settles `moved` done (it runs on b); "never
+    // started" settles `stays` rolled back and resumes it here.
+    wait_until(
+        "a's migrations in doubt to settle",
+        Duration::from_secs(90),
+        &[&a.proc, &b.proc],
+        || {
+            [&moved_id, never]
+                .iter()
+                .all(|id| migration(&a.dir, id).is_some_and(|m| settled(&m)))
+        },
+    );
+    assert_eq!(migration(&a.dir, &moved_id).unwrap()["state"], "done");
+    assert_eq!(state_of(&a.dir, &moved), "moved_away");
+    assert_eq!(state_of(&b.dir, &moved), "running");
+    let rolled_back = migration(&a.dir, never).unwrap();
+    assert_eq!(rolled_back["state"], "failed", "{rolled_back}");
+    let why = rolled_back["error"].as_str().unwrap();
+    assert!(
+        why.contains("rolled back") && why.contains(&b.peer),
+        "{why}"
+    );
+    wait_until(
+        "the VM b never started to run here",
+        TIMEOUT,
+        &[&a.proc],
+        || state_of(&a.dir, &stays) == "running",
+    );
+    // Each counts what it settled in this run: a both, b nothing.
+    let counted = |dir: &Path| migrations_total(dir);
+    assert_eq!(counted(&a.dir), settled_in_this_run(&a));
+    assert_eq!(counted(&a.dir).values().sum::<u64>(), 2);
+    assert_eq!(counted(&b.dir), BTreeMap::new());
+    for (node, id) in [(&b, &moved), (&a, &stays)] {
+        let v = cli_json(&node.dir, &["vms", "stop", id, "--json"]);
+        assert_eq!(v["state"], "exited", "{v}");
+        assert!(vmm_processes(id).is_empty(), "a VMM of {id} is left");
+    }
 }

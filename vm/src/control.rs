@@ -33,6 +33,11 @@ impl MigrationEnd {
     }
 }
 
+/// How a destination VMM's exit reason begins when it never started the VM it was
+/// receiving and never will (the migration rolled back before the switchover, or the state
+/// was refused): its tombstone then proves the guest did not run here.
+pub const INCOMING_ROLLED_BACK_PREFIX: &str = "incoming migration rolled back:";
+
 /// Longest line either side accepts.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 

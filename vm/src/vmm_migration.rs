@@ -8,7 +8,7 @@ use novacron_mesh::chunks::{ChunkSize, ChunkStore, Level};
 use crate::adopt::Owner;
 use crate::control::{
     Command, Event, ExitReason, Launch, LaunchSource, MigrateOut, MigrationMode, MigrationProgress,
-    MigrationSummary, OnNoConverge,
+    MigrationSummary, OnNoConverge, INCOMING_ROLLED_BACK_PREFIX,
 };
 use crate::fd_passing::{take_streams, FdQueue};
 use crate::layout::pv_event;
@@ -335,7 +335,8 @@ pub fn receive(
         mem_bytes: launch.mem_bytes,
         vcpus: launch.vcpus,
     };
-    let mut links = links_from(fds, session)?;
+    let rolled_back = |reason: String| format!("{INCOMING_ROLLED_BACK_PREFIX} {reason}");
+    let mut links = links_from(fds, session).map_err(rolled_back)?;
     let store = match store.as_deref().map(open_store).transpose() {
         Ok(store) => store.map(std::sync::Arc::new),
         Err(reason) => {
@@ -347,7 +348,7 @@ pub fn receive(
                 tracing::debug!(error = %e, "could not tell the source");
             }
             links.shutdown();
-            return Err(format!("incoming migration refused: {reason}"));
+            return Err(rolled_back(reason));
         }
     };
     let opts = DestinationOptions {
@@ -387,9 +388,7 @@ pub fn receive(
             }
             Ok(machine)
         }
-        DestinationOutcome::Failed { reason, .. } => {
-            Err(format!("incoming migration rolled back: {reason}"))
-        }
+        DestinationOutcome::Failed { reason, .. } => Err(rolled_back(reason)),
     }
 }
 

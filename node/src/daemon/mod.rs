@@ -129,6 +129,10 @@ impl Daemon {
         let bus = Arc::new(EventBus::new(Some(state_db.clone())));
         let registry = Arc::new(Registry::load(state_db.clone(), bus.clone())?);
         let vm_opts_sandbox = opts.vms.sandbox;
+        // Migrations count as they settle, the ones the recovery settles included.
+        let metrics = Arc::new(Metrics::new());
+        let counter = metrics.clone();
+        registry.on_settled(move |m| counter.observe_migration(m));
         let vms = VmManager::new(opts.vms.clone(), registry);
         let recovered = {
             let vms = vms.clone();
@@ -160,7 +164,7 @@ impl Daemon {
             started: Instant::now(),
             vms,
             bus,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             state_db,
             politeness: std::sync::Mutex::new(Politeness::new(opts.policy.clone())),
             owner_override: std::sync::Mutex::new(polite::kept_owner_override(&opts.data_dir)),
@@ -185,6 +189,7 @@ impl Daemon {
         *lock(&daemon.forwarder) = Some(forward(&cell, daemon.cell_events.clone()));
         *daemon.cell.write().await = Some(cell);
         tokio::spawn(daemon.clone().take_incoming(incoming));
+        tokio::spawn(daemon.clone().settle_in_doubt_loop());
         tokio::spawn(daemon.clone().announce_members());
         let sampler = Sampler::new(crate::politeness::HostPaths::host(&opts.data_dir));
         tokio::spawn(daemon.clone().politeness_loop(sampler));
@@ -215,9 +220,6 @@ impl Daemon {
     /// Brings the gauges the daemon does not update as things happen up to date.
     pub async fn refresh_metrics(&self) {
         self.metrics.set_vms(&self.vms.list());
-        for m in self.vms.registry().migrations() {
-            self.metrics.observe_migration(&m);
-        }
         let connected = self.mesh.connected_peers().await.map_or(0, |p| p.len());
         let routing = self.mesh.routing_table_peers().await.map_or(0, |p| p.len());
         let (live, dead, estimate) = match &*self.cell.read().await {

@@ -17,6 +17,7 @@ use crate::api::types::{
     MigrationState, NodeEvent, VmState,
 };
 use crate::mesh_migration::{IncomingMigration, MigrationOffer};
+use crate::vms::in_doubt;
 
 use super::{placement, Daemon};
 
@@ -28,6 +29,9 @@ const DEFAULT_DOWNTIME_BUDGET_MS: u64 = 50;
 
 /// Times a migration in doubt asks its peer, a second apart, before leaving it to the VMM.
 const RESOLVE_TRIES: u32 = 60;
+
+/// How often the node asks the peers of its migrations in doubt (first at start).
+const IN_DOUBT_ASK_EVERY: Duration = Duration::from_secs(15);
 
 /// How long one migration may take before an evacuation gives up on it.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
@@ -52,6 +56,15 @@ fn new_session() -> [u8; 16] {
         s[..8].copy_from_slice(&now_ms().to_le_bytes());
     }
     s
+}
+
+/// The session of an outgoing migration as the peer knows it, from its record id (the
+/// session's first 8 bytes; see [`crate::mesh_migration::MeshMigrations::ask`]).
+fn session_of_record(id: &str) -> Option<[u8; 16]> {
+    let bytes = crate::hex::from_hex(id).filter(|b| b.len() == 8)?;
+    let mut session = [0u8; 16];
+    session[..8].copy_from_slice(&bytes);
+    Some(session)
 }
 
 /// Whether this node started the VM of incoming migration `session` from `peer`, from
@@ -381,6 +394,48 @@ impl Daemon {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         None
+    }
+
+    /// Settles this node's migrations in doubt ([`crate::vms::in_doubt`]): at start, then
+    /// every [`IN_DOUBT_ASK_EVERY`], each from what is here of its VM or else from its
+    /// peer's answer. Runs until the task is dropped.
+    pub(super) async fn settle_in_doubt_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(IN_DOUBT_ASK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let settling = self.vms.in_doubt_here().into_iter().map(|(m, here)| {
+                let me = self.clone();
+                async move {
+                    let mut outcome = in_doubt::settle(&here, None, &m.peer);
+                    if outcome == in_doubt::Outcome::AskPeer {
+                        let answer = me.ask_peer(&m).await;
+                        outcome = in_doubt::settle(&here, Some(&answer), &m.peer);
+                    }
+                    me.vms.settle_in_doubt(&m, &here, &outcome).await;
+                }
+            });
+            futures::future::join_all(settling).await;
+        }
+    }
+
+    /// Whether the peer of migration `m` started its VM, as it answers.
+    async fn ask_peer(&self, m: &MigrationInfo) -> in_doubt::PeerAnswer {
+        use in_doubt::PeerAnswer;
+        let Some(migrations) = self.migrations.as_ref() else {
+            return PeerAnswer::Unknown("mesh migration is not running".into());
+        };
+        let Ok(peer) = m.peer.parse::<PeerId>() else {
+            return PeerAnswer::Unknown(format!("{:?} is not a PeerId", m.peer));
+        };
+        let Some(session) = session_of_record(&m.id) else {
+            return PeerAnswer::Unknown(format!("{:?} is not a migration id", m.id));
+        };
+        match migrations.ask(peer, session).await {
+            Ok(true) => PeerAnswer::Started,
+            Ok(false) => PeerAnswer::NotStarted,
+            Err(e) => PeerAnswer::Unknown(e.to_string()),
+        }
     }
 
     pub(super) async fn cancel_vm_migration(&self, id: &str) -> ServiceResult<MigrationInfo> {

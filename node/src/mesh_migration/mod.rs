@@ -316,6 +316,39 @@ impl MeshMigrations {
         })
     }
 
+    /// Source, in doubt about `session` after its VMM gave up waiting (or after a restart):
+    /// asks `peer` itself, on a resolve stream, whether it started the VM (true) or never
+    /// will (false). The answer comes from the peer's durable record of the migration; a
+    /// [`MeshMigrationError::Refused`] means it does not know, and any error leaves the
+    /// question open. The peer knows the migration by its record id, the session's first 8
+    /// bytes: a source that kept only the id asks with the rest zero.
+    pub async fn ask(&self, peer: PeerId, session: [u8; 16]) -> Result<bool, MeshMigrationError> {
+        let frame = ResolveRequest { resolve: session }.encode()?;
+        let mut control = self.open_control(peer, &frame, session, 2).await?;
+        let query = encode_frame(&Message::Query { vm_id: session }).map_err(|e| {
+            MeshMigrationError::Protocol {
+                peer,
+                reason: e.to_string(),
+            }
+        })?;
+        self.write(peer, &mut control, &query, "take the query")
+            .await?;
+        let after = self.cfg.answer_timeout;
+        match tokio::time::timeout(after, read_vm_message(&mut control)).await {
+            Err(_) => Err(MeshMigrationError::Timeout {
+                peer,
+                what: "answer the query",
+                after,
+            }),
+            Ok(Err(source)) => Err(MeshMigrationError::Io { peer, source }),
+            Ok(Ok(Message::Status { started })) => Ok(started),
+            Ok(Ok(other)) => Err(MeshMigrationError::Protocol {
+                peer,
+                reason: format!("answered the query with {}", other.kind()),
+            }),
+        }
+    }
+
     async fn open_stream(&self, peer: PeerId) -> Result<Stream, MeshMigrationError> {
         let after = self.cfg.open_timeout;
         match tokio::time::timeout(after, (self.opener)(peer)).await {

@@ -6,6 +6,7 @@
 //! so a daemon killed at any moment finds every VM it ever started ([`recovery`]).
 
 pub mod events;
+pub mod in_doubt;
 pub mod paths;
 pub mod process_backend;
 mod process_supervisor;
@@ -49,6 +50,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a VM migrating in may take from its streams to running here.
 const INCOMING_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long a restarted daemon asks a VMM that a migration keeps busy to be adopted.
+const MIGRATING_ADOPT_PATIENCE: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Debug)]
 pub struct VmOptions {
@@ -162,6 +166,20 @@ fn starting_record(id: &str, spec: VmSpec, detail: Option<String>) -> VmRecord {
     }
 }
 
+/// What adopting a VM's VMM came to.
+enum Adoption {
+    /// Its VM runs (or waits paused) under a supervisor again.
+    Supervised,
+    /// Its VM had ended (how, if it said): the VMM exited.
+    Ended(Option<novacron_vm::control::ExitReason>),
+}
+
+/// Removes and returns the first item of `items` that `pick` accepts.
+fn take_first<T>(items: &mut Vec<T>, pick: impl Fn(&T) -> bool) -> Option<T> {
+    let at = items.iter().position(pick)?;
+    Some(items.remove(at))
+}
+
 /// A fresh VM id: 16 hex digits of randomness.
 fn new_id() -> String {
     let mut bytes = [0u8; 8];
@@ -213,12 +231,7 @@ impl VmManager {
             return None;
         }
         self.last_outgoing_migration(id)
-            .filter(|m| {
-                m.state == MigrationState::Failed
-                    && m.error
-                        .as_deref()
-                        .is_some_and(|e| e.starts_with(novacron_vm::control::IN_DOUBT_PREFIX))
-            })
+            .filter(in_doubt::in_doubt)
             .map(|m| m.peer)
     }
 
@@ -498,6 +511,7 @@ impl VmManager {
             self.registry.update_migration(&m.id, true, |m| {
                 let was = m.error.take().unwrap_or_default();
                 m.error = Some(format!("resumed here by an operator after: {was}"));
+                m.ended_at_ms = Some(now_ms());
             });
         }
     }
@@ -649,6 +663,15 @@ impl VmManager {
     pub fn recover(&self) -> RecoveryReport {
         self.sweep_removed();
         let mut report = RecoveryReport::default();
+        // Every migration still open was left so by the dead daemon (or by an earlier
+        // recovery that could not tell whether the VM started here: still nobody can).
+        let mut open: Vec<MigrationInfo> = self
+            .registry
+            .migrations()
+            .into_iter()
+            .filter(|m| m.state == MigrationState::Running)
+            .filter(|m| !(m.direction == MigrationDirection::In && m.error.is_some()))
+            .collect();
         for record in self.registry.vms() {
             let id = record.info.id.clone();
             let paths = self.paths(&id);
@@ -663,22 +686,39 @@ impl VmManager {
             };
             // A process can always start again from scratch; a KVM VM needs its checkpoint.
             let restorable = process || paths.has_snapshot();
-            let mut found = if alive {
-                Found::Alive
-            } else {
-                Found::Gone(ended(&paths))
+            // The migration of this VM left open, if the VM is still arriving or leaving (a
+            // VM recorded as neither never got a VMM for it: settled below).
+            let migration = match record.info.state.is_active() {
+                true => take_first(&mut open, |m| m.vm_id == id),
+                false => None,
             };
-            let mut plan = recovery::plan(&record, &found, restorable);
+            let migrating_in = migration
+                .as_ref()
+                .filter(|m| m.direction == MigrationDirection::In)
+                .map(|m| m.peer.clone());
+            let plan_for =
+                |found: &Found| recovery::plan(&record, found, restorable, migrating_in.as_deref());
+            let mut found = recovery::found(
+                alive,
+                record.info.pid.is_some(),
+                (!alive).then(|| ended(&paths)).flatten(),
+            );
+            let mut plan = plan_for(&found);
             if plan == Plan::Adopt {
                 let adopted = match process {
                     true => self.adopt_process(&record, &paths),
-                    false => self.adopt(&record, &paths),
+                    false => self.adopt_patiently(&record, &paths),
                 };
                 match adopted {
-                    Ok(()) => {
-                        self.settle_open_migration(&record, &found);
+                    Ok(Adoption::Supervised) => {
+                        self.settle_open_migration(&record, &found, migration.as_ref());
                         report.adopted.push(id);
                         continue;
+                    }
+                    Ok(Adoption::Ended(reason)) => {
+                        // It only waited to say how the VM ended: as good as its tombstone.
+                        found = Found::Gone(reason.or_else(|| ended(&paths)));
+                        plan = plan_for(&found);
                     }
                     Err(e) => {
                         tracing::warn!(vm = %id, error = %e, "cannot adopt its VMM; killing it");
@@ -688,20 +728,20 @@ impl VmManager {
                             record.pid_start_ticks,
                         );
                         found = Found::Gone(ended(&paths));
-                        plan = recovery::plan(&record, &found, restorable);
+                        plan = plan_for(&found);
                     }
                 }
             }
-            self.settle_open_migration(&record, &found);
+            self.settle_open_migration(&record, &found, migration.as_ref());
             match plan {
                 Plan::Keep => {
-                    if record.info.state == VmState::Suspended {
-                        recovery::kill_leftovers(
-                            &self.vmm_id(&id),
-                            record.info.pid,
-                            record.pid_start_ticks,
-                        );
-                    }
+                    // Its end is on record: a VMM still there (one that waits to tell how
+                    // its VM ended, or a suspended VM's) has nothing left to run.
+                    recovery::kill_leftovers(
+                        &self.vmm_id(&id),
+                        record.info.pid,
+                        record.pid_start_ticks,
+                    );
                 }
                 Plan::Adopt => {}
                 Plan::Restore => {
@@ -731,30 +771,46 @@ impl VmManager {
                 }
             }
         }
+        for m in open {
+            let vm = self.registry.vm(&m.vm_id).map(|r| r.info.state);
+            let settled = recovery::settle_without_vmm(m.direction, vm);
+            self.record_settled(&m, &settled);
+        }
         report
     }
 
     /// Settles the migration of the VM of `record` that the dead daemon left open
-    /// ([`recovery::settle`]), after the VM itself was accounted for. Only for a VM the
-    /// record still counts as here (arriving, running or leaving).
-    fn settle_open_migration(&self, record: &VmRecord, found: &Found) {
-        if !record.info.state.is_active() {
-            return;
-        }
+    /// ([`recovery::settle`]), after the VM itself was accounted for.
+    fn settle_open_migration(
+        &self,
+        record: &VmRecord,
+        found: &Found,
+        migration: Option<&MigrationInfo>,
+    ) {
+        let Some(migration) = migration else { return };
         let id = &record.info.id;
-        let open = self
-            .registry
-            .migrations()
-            .into_iter()
-            .find(|m| m.vm_id == *id && m.state == MigrationState::Running);
-        let Some(migration) = open else { return };
         let adopted_as = matches!(found, Found::Alive)
             .then(|| self.registry.vm(id).map(|r| r.info.state))
             .flatten();
-        let settled = recovery::settle(migration.direction, found, adopted_as, &migration.peer);
-        tracing::info!(vm = %id, migration = %migration.id, ?settled, "open migration settled after a restart");
+        let settled = recovery::settle(
+            migration.direction,
+            found,
+            record.info.state,
+            adopted_as,
+            &migration.peer,
+        );
+        self.record_settled(migration, &settled);
+        if let (recovery::Settled::Failed(why), Some(VmState::Paused)) = (&settled, adopted_as) {
+            self.registry
+                .update(id, |r| r.info.detail = Some(format!("migration {why}")));
+        }
+    }
+
+    /// Records how a migration left open or in doubt ended.
+    fn record_settled(&self, migration: &MigrationInfo, settled: &recovery::Settled) {
+        tracing::info!(vm = %migration.vm_id, migration = %migration.id, ?settled, "migration settled");
         self.registry
-            .update_migration(&migration.id, true, |m| match &settled {
+            .update_migration(&migration.id, true, |m| match settled {
                 recovery::Settled::Done => {
                     m.state = MigrationState::Done;
                     m.ended_at_ms = Some(now_ms());
@@ -767,45 +823,189 @@ impl VmManager {
                 }
                 recovery::Settled::Open(why) => m.error = Some(why.clone()),
             });
-        if let (recovery::Settled::Failed(why), Some(VmState::Paused)) = (&settled, adopted_as) {
-            self.registry
-                .update(id, |r| r.info.detail = Some(format!("migration {why}")));
+    }
+
+    /// This node's migrations in doubt (each the newest outgoing one of its VM), with what
+    /// is here of the VM ([`in_doubt`]).
+    pub fn in_doubt_here(&self) -> Vec<(MigrationInfo, in_doubt::Here)> {
+        let mut found = Vec::new();
+        for vm in self.registry.vm_infos() {
+            let Some(m) = self
+                .last_outgoing_migration(&vm.id)
+                .filter(in_doubt::in_doubt)
+            else {
+                continue;
+            };
+            let here = match vm.state {
+                VmState::Paused => in_doubt::Here::Paused,
+                VmState::Running => in_doubt::Here::Running,
+                state if state.is_active() => in_doubt::Here::Busy,
+                state => {
+                    let paths = self.paths(&vm.id);
+                    in_doubt::Here::NoVmm {
+                        tombstone: recovery::read_tombstone(&paths),
+                        died: state == VmState::Failed,
+                        restorable: paths.has_snapshot(),
+                    }
+                }
+            };
+            found.push((m, here));
         }
+        found
+    }
+
+    /// Carries out how migration `m`, in doubt, settled ([`in_doubt::settle`]): the VM here
+    /// first, then the record, so a daemon killed in between settles it again the same way.
+    pub async fn settle_in_doubt(
+        self: &Arc<Self>,
+        m: &MigrationInfo,
+        here: &in_doubt::Here,
+        outcome: &in_doubt::Outcome,
+    ) {
+        use in_doubt::{Outcome, Then};
+        let id = &m.vm_id;
+        let settled = match outcome {
+            Outcome::AskPeer | Outcome::StillInDoubt(_) => {
+                tracing::info!(vm = %id, migration = %m.id, ?outcome, "migration still in doubt");
+                return;
+            }
+            Outcome::MovedAway(why) => {
+                let detail = format!("runs on {} (a migration in doubt settled: {why})", m.peer);
+                if *here == in_doubt::Here::Paused {
+                    // Its paused copy here goes: the VM runs there.
+                    if let Err(e) = self.discard(id, detail).await {
+                        tracing::warn!(vm = %id, error = %e, "cannot discard the copy here");
+                        return;
+                    }
+                } else {
+                    self.registry.update(id, |r| {
+                        r.info.state = VmState::MovedAway;
+                        r.info.detail = Some(detail);
+                        r.info.pid = None;
+                    });
+                }
+                recovery::Settled::Done
+            }
+            Outcome::RolledBack { why, then } => {
+                let detail = format!("migration rolled back: {why}");
+                match then {
+                    Then::Resume => {
+                        if let Err(e) = self.ask(id, Cmd::Resume).await {
+                            tracing::warn!(vm = %id, error = %e, "cannot resume the VM");
+                            return;
+                        }
+                        self.registry
+                            .update(id, |r| r.info.detail = Some(detail.clone()));
+                    }
+                    Then::Restore => self.restore_after_doubt(id, &detail).await,
+                    Then::Nothing => {}
+                }
+                recovery::Settled::Failed(format!("rolled back: {why}"))
+            }
+        };
+        self.record_settled(m, &settled);
+    }
+
+    /// Brings VM `id` back from its checkpoint: its VMM died while its migration was in
+    /// doubt, and the peer never started it.
+    async fn restore_after_doubt(self: &Arc<Self>, id: &str, detail: &str) {
+        recovery::kill_leftovers(&self.vmm_id(id), None, None);
+        let me = self.clone();
+        let vm_id = id.to_string();
+        let restored = tokio::task::spawn_blocking(move || me.start_vm(&vm_id, true))
+            .await
+            .unwrap_or_else(|e| Err(format!("restore task: {e}")));
+        self.registry.update(id, |r| match restored {
+            Ok(()) => r.info.detail = Some(format!("{detail}; restored from its last checkpoint")),
+            Err(e) => {
+                r.info.state = VmState::Failed;
+                r.info.pid = None;
+                r.info.detail = Some(format!("{detail}; could not restore its checkpoint: {e}"));
+            }
+        });
+    }
+
+    /// Stops the VMM of VM `id`, which runs elsewhere now: its record says moved away, with
+    /// `detail`. Answers once the VMM exited.
+    async fn discard(&self, id: &str, detail: String) -> ServiceResult<()> {
+        self.ask(id, |reply| Cmd::Discard { detail, reply }).await?;
+        self.wait_state(id, |s| !s.is_active(), Duration::from_secs(30))
+            .await
+            .map(|_| ())
     }
 
     /// Takes a process-backend VM's running command back (by pid and start time).
-    fn adopt_process(&self, record: &VmRecord, paths: &VmPaths) -> Result<(), String> {
+    fn adopt_process(&self, record: &VmRecord, paths: &VmPaths) -> Result<Adoption, String> {
         let id = &record.info.id;
         let pid = record.info.pid.ok_or("no pid recorded")?;
         let ticks = record.pid_start_ticks.ok_or("no start time recorded")?;
         let process = ProcessVm::adopt(&self.vmm_id(id), &paths.dir, pid, ticks)?;
         self.supervise_process(id, process, |r| r.info.adoptions += 1);
-        Ok(())
+        Ok(Adoption::Supervised)
     }
 
-    /// Takes a running VMM back through its adoption socket.
-    fn adopt(&self, record: &VmRecord, paths: &VmPaths) -> Result<(), String> {
+    /// [`adopt`](Self::adopt), asked again while the VMM lives and a migration keeps it
+    /// busy: a VMM answers adoption only once its migration ended, which its owner's death
+    /// cuts short at the VMM's next look at its inputs, but one busy with a round on a loaded
+    /// host may take longer than one try. Giving up would kill what may be the VM's only copy.
+    fn adopt_patiently(&self, record: &VmRecord, paths: &VmPaths) -> Result<Adoption, String> {
+        let migrating = matches!(record.info.state, VmState::Migrating | VmState::Starting);
+        let deadline = std::time::Instant::now() + MIGRATING_ADOPT_PATIENCE;
+        loop {
+            match self.adopt(record, paths) {
+                Err(e)
+                    if migrating
+                        && std::time::Instant::now() < deadline
+                        && record.info.pid.is_some_and(|pid| {
+                            recovery::same_process(pid, record.pid_start_ticks)
+                        }) =>
+                {
+                    tracing::warn!(vm = %record.info.id, error = %e, "its VMM is busy migrating; asking again");
+                }
+                adopted => return adopted,
+            }
+        }
+    }
+
+    /// Takes a running VMM back through its adoption socket. A VMM whose VM ended while
+    /// nobody owned it only says how, and is let exit.
+    fn adopt(&self, record: &VmRecord, paths: &VmPaths) -> Result<Adoption, String> {
         let id = &record.info.id;
         let pid = record.info.pid.ok_or("no pid recorded")?;
         let cgroup = self
             .opts
             .sandbox
             .then(|| novacron_vm::launcher::cgroup_name(&self.vmm_id(id)));
-        let (vmm, adopted) =
+        let (mut vmm, adopted) =
             VmmProcess::adopt(&paths.control_socket(), pid, cgroup).map_err(|e| e.to_string())?;
         let state = match adopted.state {
             AdoptedState::Paused => VmState::Paused,
-            AdoptedState::Exited => VmState::Exited,
             AdoptedState::Running => VmState::Running,
+            AdoptedState::Exited => {
+                // It says how the VM ended next; told, it stops waiting for an owner and
+                // exits (cut short, it would wait on).
+                let told = vmm.wait_for(novacron_vm::launcher::ADOPT_TIMEOUT, |e| {
+                    matches!(e, Event::Exited(_)).then_some(())
+                });
+                match told
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| vmm.wait().map_err(|e| e.to_string()))
+                {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(vm = %id, error = %e, "the ended VMM did not exit: killing it");
+                        vmm.kill();
+                    }
+                }
+                return Ok(Adoption::Ended(adopted.exit));
+            }
         };
         self.supervise(id, vmm, |r| {
             r.info.adoptions += 1;
             r.info.last_report = adopted.last_guest.or(r.info.last_report);
-            if state != VmState::Exited {
-                r.info.state = state;
-            }
+            r.info.state = state;
         });
-        Ok(())
+        Ok(Adoption::Supervised)
     }
 
     /// Hands `streams` (control first) to the VM's VMM and starts migrating it out; the

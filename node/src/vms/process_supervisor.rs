@@ -93,7 +93,8 @@ impl ProcessSupervisor {
             Cmd::Suspend(reply) => return self.stop(reply, VmState::Suspended),
             Cmd::MigrateOut { reply, .. }
             | Cmd::ReconnectMigration { reply, .. }
-            | Cmd::CancelMigration { reply, .. } => {
+            | Cmd::CancelMigration { reply, .. }
+            | Cmd::Discard { reply, .. } => {
                 let _ = reply.send(Err(
                     "a process-backend VM moves only by cold restart".to_string()
                 ));

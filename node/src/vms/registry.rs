@@ -8,7 +8,7 @@
 //! `running (pid N)` every second.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::api::service::{ServiceError, ServiceResult};
 use crate::api::types::{now_ms, MigrationInfo, NodeEvent, VmInfo, VmState};
@@ -19,11 +19,15 @@ use super::events::EventBus;
 /// Finished migrations kept in memory for the API (all are in the database).
 const MIGRATIONS_KEPT: usize = 256;
 
+/// Told of each migration the moment it settles ([`super::in_doubt::settled`]).
+type SettledObserver = Box<dyn Fn(&MigrationInfo) + Send + Sync>;
+
 pub struct Registry {
     vms: Mutex<BTreeMap<String, Slot>>,
     migrations: Mutex<BTreeMap<String, MigrationInfo>>,
     db: Arc<StateDb>,
     pub bus: Arc<EventBus>,
+    on_settled: OnceLock<SettledObserver>,
 }
 
 struct Slot {
@@ -52,7 +56,17 @@ impl Registry {
             migrations: Mutex::new(migrations),
             db,
             bus,
+            on_settled: OnceLock::new(),
         })
+    }
+
+    /// Calls `observe` with each migration that settles from now on, once, as it settles:
+    /// the ones loaded settled had their moment in an earlier run (set it once, before
+    /// anything can settle).
+    pub fn on_settled(&self, observe: impl Fn(&MigrationInfo) + Send + Sync + 'static) {
+        if self.on_settled.set(Box::new(observe)).is_err() {
+            tracing::error!("a second observer of settled migrations was ignored");
+        }
     }
 
     pub fn vm(&self, id: &str) -> Option<VmRecord> {
@@ -153,8 +167,9 @@ impl Registry {
                 tracing::error!(migration = %m.id, error = %e, "cannot persist the migration");
             }
         }
-        {
+        let settles = {
             let mut all = lock(&self.migrations);
+            let was_settled = all.get(&m.id).is_some_and(super::in_doubt::settled);
             all.insert(m.id.clone(), m.clone());
             if all.len() > MIGRATIONS_KEPT {
                 let oldest = all
@@ -166,6 +181,10 @@ impl Registry {
                     all.remove(&id);
                 }
             }
+            !was_settled && super::in_doubt::settled(&m)
+        };
+        if let Some(observe) = self.on_settled.get().filter(|_| settles) {
+            observe(&m);
         }
         self.bus.publish(NodeEvent::Migration {
             migration: Box::new(m),
@@ -254,5 +273,69 @@ mod tests {
             states(),
             [(VmState::Running, Some(7)), (VmState::Exited, None)]
         );
+    }
+
+    use crate::api::types::{MigrationDirection, MigrationMode, MigrationState};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn migration(id: &str, state: MigrationState, error: Option<&str>) -> MigrationInfo {
+        MigrationInfo {
+            id: id.into(),
+            vm_id: "v".into(),
+            direction: MigrationDirection::Out,
+            peer: "p".into(),
+            mode: MigrationMode::Live,
+            state,
+            started_at_ms: 1,
+            ended_at_ms: None,
+            downtime_ms: None,
+            wire_bytes: 0,
+            error: error.map(String::from),
+            progress: None,
+        }
+    }
+
+    fn load(db: &Arc<StateDb>) -> (Registry, Arc<AtomicUsize>) {
+        let registry =
+            Registry::load(db.clone(), Arc::new(EventBus::new(None))).expect("registry loads");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        registry.on_settled(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        (registry, seen)
+    }
+
+    #[test]
+    fn a_migration_is_observed_once_when_it_settles_and_never_again_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(StateDb::open(&dir.path().join("state.db")).unwrap());
+        let (registry, seen) = load(&db);
+        let doubt = format!("{} nobody could say", novacron_vm::control::IN_DOUBT_PREFIX);
+        registry.put_migration(migration("m1", MigrationState::Running, None), true);
+        registry.put_migration(migration("m1", MigrationState::Failed, Some(&doubt)), true);
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "in doubt is not settled");
+        registry.update_migration("m1", true, |m| {
+            m.state = MigrationState::Done;
+            m.error = None;
+        });
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        registry.update_migration("m1", true, |m| m.wire_bytes = 7);
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            1,
+            "a later change is no new end"
+        );
+        registry.put_migration(migration("m2", MigrationState::Running, None), true);
+        registry.put_migration(migration("m3", MigrationState::Running, None), true);
+        registry.update_migration("m2", true, |m| m.state = MigrationState::Failed);
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+        // A restart: what settled before was observed by the run that settled it.
+        let (registry, seen) = load(&db);
+        registry.update_migration("m1", true, |m| m.wire_bytes = 8);
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
+        registry.update_migration("m3", true, |m| m.state = MigrationState::Done);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
     }
 }

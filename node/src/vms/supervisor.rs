@@ -37,6 +37,12 @@ pub enum Cmd {
     Stop(Reply),
     /// Snapshot, then stop: the VM waits on disk until it may run again.
     Suspend(Reply),
+    /// Stop the VMM of a VM that runs elsewhere now (a migration in doubt settled as moved):
+    /// the record says moved away, with `detail`.
+    Discard {
+        detail: String,
+        reply: Reply,
+    },
     /// Migrate out over `streams` (control first), recorded as migration `migration_id`.
     /// Each time the VMM reports the migration in doubt, `in_doubt` hears of it.
     MigrateOut {
@@ -57,6 +63,17 @@ pub enum Cmd {
         reason: String,
         reply: Reply,
     },
+}
+
+/// What the VMM's end will mean, when the node asked for it.
+#[derive(Default)]
+enum Ending {
+    #[default]
+    Unasked,
+    /// Snapshotted and stopped: it waits on disk.
+    Suspend,
+    /// Stopped because it runs elsewhere: why.
+    Discard(String),
 }
 
 /// What the thread was told and is waiting to hear back about, in order.
@@ -86,7 +103,7 @@ impl Supervisor {
     pub fn run(mut self, commands: Receiver<Cmd>) {
         let mut waiting: VecDeque<Waiting> = VecDeque::new();
         let mut outgoing: Option<Outgoing> = None;
-        let mut suspending = false;
+        let mut ending = Ending::Unasked;
         let mut last_checkpoint = Instant::now();
         // The first checkpoint of a VMM is full: its dirty log starts at its own start.
         let mut checkpoints_since_full: Option<u32> = None;
@@ -95,7 +112,7 @@ impl Supervisor {
                 match commands.try_recv() {
                     Ok(cmd) => {
                         if let Err((reply, why)) =
-                            self.command(cmd, &mut waiting, &mut outgoing, &mut suspending)
+                            self.command(cmd, &mut waiting, &mut outgoing, &mut ending)
                         {
                             let _ = reply.send(Err(why));
                         }
@@ -111,7 +128,7 @@ impl Supervisor {
                         // Nobody could adopt it: the VM ends with the node (closing the
                         // control channel stops it; a migration rolls back first).
                         tracing::info!(vm = %self.id, "stopping the VM with the node");
-                        self.finish(Some(ExitReason::Stopped), false, &outgoing, waiting);
+                        self.finish(Some(ExitReason::Stopped), &ending, &outgoing, waiting);
                         return;
                     }
                 }
@@ -121,21 +138,22 @@ impl Supervisor {
                     if let Some(reason) =
                         self.event(event, &mut waiting, &mut outgoing, &mut last_checkpoint)
                     {
-                        self.finish(Some(reason), suspending, &outgoing, waiting);
+                        self.finish(Some(reason), &ending, &outgoing, waiting);
                         return;
                     }
                 }
                 Err(LaunchError::Timeout(_)) => {}
                 Err(e) => {
                     tracing::warn!(vm = %self.id, error = %e, "lost the VMM");
-                    self.finish(None, suspending, &outgoing, waiting);
+                    self.finish(None, &ending, &outgoing, waiting);
                     return;
                 }
             }
             let due = self
                 .checkpoint_every
                 .is_some_and(|every| last_checkpoint.elapsed() >= every);
-            if due && outgoing.is_none() && waiting.is_empty() && !suspending {
+            let unasked = matches!(ending, Ending::Unasked);
+            if due && outgoing.is_none() && waiting.is_empty() && unasked {
                 let running = self
                     .registry
                     .vm(&self.id)
@@ -170,7 +188,7 @@ impl Supervisor {
         cmd: Cmd,
         waiting: &mut VecDeque<Waiting>,
         outgoing: &mut Option<Outgoing>,
-        suspending: &mut bool,
+        ending: &mut Ending,
     ) -> Result<(), (Reply, String)> {
         let send = |vmm: &mut VmmProcess, c: &Command| vmm.send(c).map_err(|e| e.to_string());
         match cmd {
@@ -191,7 +209,7 @@ impl Supervisor {
             },
             Cmd::Suspend(reply) => match self.snapshot(SnapshotMode::Full, true) {
                 Ok(()) => {
-                    *suspending = true;
+                    *ending = Ending::Suspend;
                     waiting.push_back(Waiting::Snapshot {
                         reply: Some(reply),
                         stop: true,
@@ -199,6 +217,18 @@ impl Supervisor {
                 }
                 Err(e) => return Err((reply, e)),
             },
+            Cmd::Discard { detail, reply } => {
+                if outgoing.is_some() {
+                    return Err((reply, "a migration of this VM is running".into()));
+                }
+                match send(&mut self.vmm, &Command::Stop) {
+                    Ok(()) => {
+                        *ending = Ending::Discard(detail);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(e) => return Err((reply, e)),
+                }
+            }
             Cmd::MigrateOut {
                 cmd,
                 streams,
@@ -406,7 +436,7 @@ impl Supervisor {
     fn finish(
         mut self,
         reason: Option<ExitReason>,
-        suspending: bool,
+        ending: &Ending,
         outgoing: &Option<Outgoing>,
         waiting: VecDeque<Waiting>,
     ) {
@@ -436,15 +466,18 @@ impl Supervisor {
                 });
             }
         }
-        let (state, detail) = match &reason {
-            Some(ExitReason::MigratedAway) => (VmState::MovedAway, None),
-            Some(ExitReason::Stopped) if suspending => (
+        let (state, detail) = match (&reason, ending) {
+            (Some(ExitReason::MigratedAway), _) => (VmState::MovedAway, None),
+            (Some(ExitReason::Stopped), Ending::Suspend) => (
                 VmState::Suspended,
                 Some("snapshotted and stopped until the node may run it".to_string()),
             ),
-            Some(r @ ExitReason::Failed { .. }) => (VmState::Failed, Some(describe_reason(r))),
-            Some(r) => (VmState::Exited, Some(describe_reason(r))),
-            None => (VmState::Failed, Some(format!("the VMM {died}"))),
+            (Some(ExitReason::Stopped), Ending::Discard(why)) => {
+                (VmState::MovedAway, Some(why.clone()))
+            }
+            (Some(r @ ExitReason::Failed { .. }), _) => (VmState::Failed, Some(describe_reason(r))),
+            (Some(r), _) => (VmState::Exited, Some(describe_reason(r))),
+            (None, _) => (VmState::Failed, Some(format!("the VMM {died}"))),
         };
         self.registry.update(&self.id, |r| {
             r.info.state = state;
