@@ -248,11 +248,24 @@ async fn a_stopped_node_is_declared_dead_and_comes_back_after_a_restart() {
 
 /// Opens a raw `/novacron/cell/1` stream from `from` to `to`, writes `bytes` and reports
 /// whether the remote closed the stream.
+/// Every step is bounded: a stream that cannot be opened or written fails the test with
+/// what was stuck instead of hanging it.
 async fn remote_closes_after(from: &MeshNode, to: PeerId, bytes: &[u8]) -> bool {
+    const STEP: Duration = Duration::from_secs(20);
     let mut control = from.stream_control();
-    let mut stream = control.open_stream(to, CELL_PROTOCOL).await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    stream.flush().await.unwrap();
+    let mut stream = timeout(STEP, control.open_stream(to, CELL_PROTOCOL))
+        .await
+        .expect("opening a cell stream to the target timed out")
+        .expect("the target takes cell streams");
+    let written = timeout(STEP, async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    })
+    .await
+    .expect("writing the frame timed out");
+    if written.is_err() {
+        return true; // closed before the frame was even taken
+    }
     let mut buf = [0u8; 16];
     matches!(
         timeout(Duration::from_secs(5), stream.read(&mut buf)).await,

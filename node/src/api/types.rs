@@ -31,6 +31,7 @@ pub enum MigrationMode {
 pub struct VmSpec {
     /// A name for people (1-64 printable characters); the id names the VM.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub name: Option<String>,
     #[serde(default)]
     pub backend: Backend,
@@ -44,21 +45,26 @@ pub struct VmSpec {
     pub initrd: Option<String>,
     #[serde(default)]
     pub cmdline: Option<String>,
-    /// process: the program and its arguments.
+    /// process: the program (an absolute path) and its arguments.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 256)]
     pub command: Option<Vec<String>>,
     /// Guest memory (kvm) or memory limit (process), MiB.
     #[serde(default = "default_mem_mib")]
+    #[schema(minimum = 4, maximum = 1048576)]
     pub mem_mib: u64,
     #[serde(default = "default_vcpus")]
+    #[schema(minimum = 1, maximum = 32)]
     pub vcpus: u8,
     /// How the VM moves when its node needs it gone (default live, then warm).
     #[serde(default = "default_migration_modes")]
+    #[schema(min_items = 1, max_items = 3)]
     pub migration: Vec<MigrationMode>,
     /// kvm, builtin guests: before the guest starts, the host writes the benchmark pattern
     /// into this many MiB of guest memory at the pattern base (16 MiB), as the migration
     /// benchmarks' workloads do (benchmarks and tests).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub prefill_mib: Option<u64>,
 }
 

@@ -131,7 +131,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(&identity, &cfg, &data_dir, db_path, swarm, !args.ephemeral))?;
+    runtime.block_on(serve(
+        &identity,
+        &cfg,
+        &data_dir,
+        db_path,
+        swarm,
+        !args.ephemeral,
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -55,6 +55,14 @@ impl Proxy {
     pub fn start(target: SocketAddr, cfg: ProxyConfig) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("proxy: local address");
+        if cfg.rate_bps.is_some() {
+            // A rate-limited link is only a bottleneck if the source cannot park megabytes
+            // in the proxy's socket buffers: with autotuned buffers (several MB per
+            // connection on loopback) the source can have written everything, state
+            // included, while `forwarded` still says a fraction, and a kill "mid-transfer"
+            // lands after the switchover. Accepted sockets inherit this small buffer.
+            set_receive_buffer(&listener, 64 * 1024);
+        }
         listener
             .set_nonblocking(true)
             .expect("proxy: nonblocking listener");
@@ -234,4 +242,26 @@ fn pump(mut from: TcpStream, mut to: TcpStream, upstream: bool, shared: &Shared)
             shared.forwarded.fetch_add(n as u64, Ordering::SeqCst);
         }
     }
+}
+
+/// SO_RCVBUF of `listener` (and so of the sockets it accepts), which also turns the
+/// kernel's receive buffer autotuning off for them.
+fn set_receive_buffer(listener: &TcpListener, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket this proxy owns, with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "proxy: SO_RCVBUF: {}",
+        std::io::Error::last_os_error()
+    );
 }

@@ -495,8 +495,19 @@ impl SourceDriver {
                 Vec::new()
             }
             Output::InDoubt => {
-                *in_doubt_since = Some(Instant::now());
                 self.links.shutdown();
+                // No chunk leaves after this: with the streams shut, every sender ends
+                // (a write under way fails); joined, their counts are final. A wanted chunk
+                // never written means the destination cannot have started the VM.
+                self.pool.stop();
+                if self.pool.pending() > 0 {
+                    tracing::warn!(
+                        unsent = self.pool.pending(),
+                        "link lost before every chunk was sent: the destination cannot start the VM"
+                    );
+                    return vec![Input::LinkDownWithChunksUnsent];
+                }
+                *in_doubt_since = Some(Instant::now());
                 host.in_doubt();
                 Vec::new()
             }
@@ -716,6 +727,12 @@ impl SenderPool {
     }
 
     fn close(mut self) {
+        self.stop();
+    }
+
+    /// Takes no more chunks and waits for every sender to end (each ends when the queue is
+    /// empty and closed, or when its stream fails); the counters are final after it.
+    fn stop(&mut self) {
         self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = w.join();

@@ -83,8 +83,15 @@ pub enum Input {
     },
     /// The archived vCPU/device state asked for by [`Output::CaptureState`].
     StateCaptured(Vec<u8>),
-    /// The connection broke (reset, closed, unreadable frame).
+    /// The connection broke (reset, closed, unreadable frame). Every chunk the driver was
+    /// asked to send may have arrived.
     LinkDown,
+    /// The connection broke and the driver proved that a chunk the destination wanted never
+    /// left: it stopped its senders (their streams shut, the threads joined) with a wanted
+    /// chunk unwritten. The destination starts the VM only once every chunk it wanted
+    /// arrived, so it cannot have started it, even after the state went out: the VM is
+    /// resumed here (a warm or cold migration's state leaves while its chunks still flow).
+    LinkDownWithChunksUnsent,
     /// A new connection to the destination exists (only used while in doubt).
     Reconnected,
     /// The local user cancels. Too late once the state was sent.
@@ -292,6 +299,16 @@ impl Source {
             Input::StateCaptured(state) => self.on_state(state, &mut out),
             Input::LinkDown => {
                 self.link_lost("link down", &mut out);
+                Ok(())
+            }
+            Input::LinkDownWithChunksUnsent => {
+                if !matches!(self.state, State::Done | State::Failed) {
+                    self.fail(
+                        "link down before every chunk was sent".into(),
+                        true,
+                        &mut out,
+                    );
+                }
                 Ok(())
             }
             Input::Reconnected => {
@@ -686,8 +703,9 @@ impl Source {
         }
     }
 
-    /// After the state went out, a lost link or a silent peer leaves the outcome unknown.
-    fn state_sent(&self) -> bool {
+    /// After the state went out, a lost link or a silent peer leaves the outcome unknown
+    /// (unless a wanted chunk never left: [`Input::LinkDownWithChunksUnsent`]).
+    pub fn state_sent(&self) -> bool {
         matches!(
             self.state,
             State::AwaitConfirm | State::InDoubt | State::Resolving
@@ -974,6 +992,39 @@ mod tests {
             words: vec![0b11],
         }));
         (s, out)
+    }
+
+    #[test]
+    fn a_link_lost_with_chunks_unsent_after_the_state_rolls_back_and_resumes() {
+        // All chunks written: the destination may have started; in doubt, still paused.
+        let (mut s, _) = warm_source_after_final_round();
+        s.handle(Input::StateCaptured(vec![9]));
+        assert!(s.state_sent());
+        let out = s.handle(Input::LinkDown);
+        assert!(out.contains(&Output::InDoubt), "{out:?}");
+        assert!(!out.contains(&Output::ResumeVm));
+        // A wanted chunk never left: the destination cannot have started; resumed here.
+        let (mut s, _) = warm_source_after_final_round();
+        s.handle(Input::StateCaptured(vec![9]));
+        let out = s.handle(Input::LinkDownWithChunksUnsent);
+        assert!(out.contains(&Output::ResumeVm), "{out:?}");
+        assert!(!out.contains(&Output::InDoubt));
+        assert!(!out.contains(&Output::DiscardVm));
+        assert!(out.iter().any(
+            |o| matches!(o, Output::Fail { reason } if reason.contains("before every chunk"))
+        ));
+        assert!(s.is_finished());
+        // The driver answers the machine's in-doubt (whatever declared it: a broken link
+        // or a silent peer) with its proof: in doubt, then resumed.
+        let (mut s, _) = warm_source_after_final_round();
+        s.handle(Input::StateCaptured(vec![9]));
+        assert!(s
+            .handle(Input::Tick { now_ms: 60_000 })
+            .contains(&Output::InDoubt));
+        let out = s.handle(Input::LinkDownWithChunksUnsent);
+        assert!(out.contains(&Output::ResumeVm), "{out:?}");
+        // After the end, nothing more happens.
+        assert!(s.handle(Input::LinkDownWithChunksUnsent).is_empty());
     }
 
     #[test]

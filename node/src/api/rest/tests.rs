@@ -551,6 +551,35 @@ async fn requests_are_counted_by_route_template_and_metrics_are_prometheus_text(
     assert!(!text.contains("vms/vm0"), "raw paths never become labels");
 }
 
+/// The VmSpec schema's bounds are the ones the spec check enforces, so a client that keeps to
+/// the document is not refused for a size, and one that does not is told before it asks.
+#[test]
+fn the_vm_spec_schema_states_the_checks_bounds() {
+    use crate::vms::spec::{MAX_COMMAND_ARGS, MAX_MEM_MIB, MAX_NAME_CHARS, MAX_VCPUS, MIN_MEM_MIB};
+    let doc: Value = serde_json::from_str(&super::openapi::document().unwrap()).unwrap();
+    let spec = &doc["components"]["schemas"]["VmSpec"]["properties"];
+    assert_eq!(spec["mem_mib"]["minimum"], json!(MIN_MEM_MIB));
+    assert_eq!(spec["mem_mib"]["maximum"], json!(MAX_MEM_MIB));
+    assert_eq!(spec["vcpus"]["minimum"], json!(1));
+    assert_eq!(spec["vcpus"]["maximum"], json!(MAX_VCPUS));
+    assert_eq!(spec["name"]["maxLength"], json!(MAX_NAME_CHARS));
+    assert_eq!(spec["command"]["maxItems"], json!(MAX_COMMAND_ARGS));
+    assert_eq!(spec["migration"]["uniqueItems"], json!(true));
+    assert_eq!(spec["prefill_mib"]["minimum"], json!(1));
+    // `{}` runs nothing: the document says one of these is required.
+    let any_of = &doc["components"]["schemas"]["VmSpec"]["anyOf"];
+    let required: Vec<&Value> = any_of
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["required"][0])
+        .collect();
+    assert_eq!(
+        required,
+        [&json!("guest"), &json!("kernel"), &json!("command")]
+    );
+}
+
 #[tokio::test]
 async fn the_openapi_document_lists_every_route_with_bodies_and_errors() {
     let fake = Fake::new(16);
