@@ -843,6 +843,20 @@ mod tests {
         }
     }
 
+    /// `cfg`'s path check of `data` fails with every one of `words` in its message.
+    fn assert_paths_refused(cfg: &NodeConfig, data: &Path, words: &[&str]) {
+        let err = cfg.check_paths(data).unwrap_err().to_string();
+        assert!(words.iter().all(|w| err.contains(w)), "{words:?}: {err}");
+    }
+
+    /// A config whose API section is `api`.
+    fn with_api(api: ApiConfig) -> NodeConfig {
+        NodeConfig {
+            api,
+            ..NodeConfig::default()
+        }
+    }
+
     #[test]
     fn paths_are_checked_before_anything_is_made() {
         let dir = tempfile::tempdir().unwrap();
@@ -858,44 +872,25 @@ mod tests {
             )),
             ..NodeConfig::default()
         };
-        let err = elsewhere.check_paths(&data).unwrap_err().to_string();
-        assert!(
-            err.contains("dbUrl") && err.contains("nonexistent/dir"),
-            "{err}"
-        );
+        assert_paths_refused(&elsewhere, &data, &["dbUrl", "nonexistent/dir"]);
         assert!(!dir.path().join("nonexistent").exists());
 
         let file = dir.path().join("a-file");
         std::fs::write(&file, "x").unwrap();
-        let err = cfg.check_paths(&file).unwrap_err().to_string();
-        assert!(
-            err.contains("dataDir") && err.contains("not a directory"),
-            "{err}"
-        );
+        assert_paths_refused(&cfg, &file, &["dataDir", "not a directory"]);
 
-        let missing_token = NodeConfig {
-            api: ApiConfig {
-                token_file: Some(dir.path().join("no-token")),
-                ..ApiConfig::default()
-            },
-            ..NodeConfig::default()
-        };
-        let err = missing_token.check_paths(&data).unwrap_err().to_string();
-        assert!(
-            err.contains("api.tokenFile") && err.contains("no-token"),
-            "{err}"
-        );
-        let dir_as_cert = NodeConfig {
-            api: ApiConfig {
-                tls_enabled: true,
-                tls_cert: Some(dir.path().to_path_buf()),
-                tls_key: Some(file.clone()),
-                ..ApiConfig::default()
-            },
-            ..NodeConfig::default()
-        };
-        let err = dir_as_cert.check_paths(&data).unwrap_err().to_string();
-        assert!(err.contains("api.tlsCert"), "{err}");
+        let missing_token = with_api(ApiConfig {
+            token_file: Some(dir.path().join("no-token")),
+            ..ApiConfig::default()
+        });
+        assert_paths_refused(&missing_token, &data, &["api.tokenFile", "no-token"]);
+        let dir_as_cert = with_api(ApiConfig {
+            tls_enabled: true,
+            tls_cert: Some(dir.path().to_path_buf()),
+            tls_key: Some(file.clone()),
+            ..ApiConfig::default()
+        });
+        assert_paths_refused(&dir_as_cert, &data, &["api.tlsCert"]);
     }
 
     #[test]
