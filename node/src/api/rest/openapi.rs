@@ -87,9 +87,8 @@ const LINKS: [(&str, &str, &str, &[&str]); 2] = [
 
 /// What the handlers' attributes cannot express: every `{id}` path parameter's length
 /// limits (as [`IdPath`](super::error::IdPath) enforces them), that a VM spec names what it
-/// runs, and OpenAPI links from the
-/// operations that create VMs and migrations to those that take their ids (so clients and
-/// API fuzzers can follow them).
+/// runs, and OpenAPI links from the operations that create VMs and migrations to those that
+/// take their ids (so clients and API fuzzers can follow them).
 fn add_what_attributes_cannot_say(doc: &mut serde_json::Value) {
     use serde_json::json;
     let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
