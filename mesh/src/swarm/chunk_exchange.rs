@@ -58,6 +58,12 @@ const EVENT_QUEUE: usize = 1024;
 /// Streams a request tries before it counts as failed (see `RequestJob::exchange`).
 const OPEN_TRIES: u32 = 3;
 
+/// Longest wait for one new stream. libp2p-stream can leave an open waiting for good: a
+/// request made while a connection to the peer is being established (its handler created,
+/// the swarm's `ConnectionEstablished` not yet seen) is queued for a dial that the swarm
+/// refuses (already connected) and nobody serves. The next open uses the connection.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a node serves and fetches chunk sets.
 #[derive(Clone, Debug)]
 pub struct ExchangeConfig {
@@ -1022,10 +1028,12 @@ impl RequestJob {
                         tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
                     }
                     let _one_at_a_time = self.open_lock.lock().await;
-                    self.control
-                        .open_stream(self.peer, CHUNKS_PROTOCOL)
-                        .await
-                        .map_err(|e| e.to_string())?
+                    let open = self.control.open_stream(self.peer, CHUNKS_PROTOCOL);
+                    match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+                        Ok(opened) => opened.map_err(|e| e.to_string())?,
+                        // Retried like a stream that ended early (see OPEN_TIMEOUT).
+                        Err(_) => continue,
+                    }
                 }
             };
             match Self::attempt(&self.chunks, &mut stream).await? {
