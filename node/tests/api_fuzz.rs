@@ -20,11 +20,9 @@ mod proc;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
+use mesh::{api_url, spawn_api_node};
 use proc::Proc;
-
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The checks that make the document the truth of the API.
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
@@ -39,13 +37,6 @@ fn schemathesis() -> Option<PathBuf> {
             .map(|d| d.join("schemathesis"))
             .find(|p| p.is_file())
     })
-}
-
-fn api_url(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("api.url"))
-        .expect("api.url")
-        .trim()
-        .to_string()
 }
 
 /// One schemathesis run over the operations `filter` selects; panics with its report unless
@@ -100,25 +91,7 @@ fn the_api_answers_as_its_openapi_document_says() {
     std::fs::create_dir_all(&dir).unwrap();
     // The machine's own load (this test suite) is not the owner's.
     std::fs::write(dir.join("owner-idle"), "").unwrap();
-    let dir_s = dir.to_str().unwrap();
-    let mut node = Proc::spawn(
-        "n1",
-        &[
-            "node",
-            "--data-dir",
-            dir_s,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api-port",
-            "0",
-        ],
-    );
-    assert!(
-        node.wait_stderr_line("novacron: ready, API at", START_TIMEOUT)
-            .is_some(),
-        "{}",
-        node.dump()
-    );
+    let mut node = spawn_api_node("n1", &dir, &[]);
     let url = api_url(&dir);
 
     fuzz(&st, &url, &["--exclude-path", "/api/v1/drain"], 40, &node);

@@ -17,8 +17,7 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use mesh::wait_listening;
-use proc::Proc;
+use mesh::{api_url, spawn_api_node};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -91,8 +90,11 @@ fn closed_within(conn: &mut TcpStream, wait: Duration) -> Option<String> {
 }
 
 fn api_addr(dir: &std::path::Path) -> SocketAddr {
-    let url = std::fs::read_to_string(dir.join("api.url")).unwrap();
-    url.trim().strip_prefix("http://").unwrap().parse().unwrap()
+    api_url(dir)
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// `GET /metrics` over a fresh connection.
@@ -124,28 +126,7 @@ fn a_flood_of_silent_connections_is_capped_and_cut_and_the_node_keeps_answering(
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("node.yaml");
     std::fs::write(&config, "api: {maxConnections: 64}\n").unwrap();
-    let dir_s = dir.to_str().unwrap();
-    let mut node = Proc::spawn(
-        "n1",
-        &[
-            "node",
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            dir_s,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api-port",
-            "0",
-        ],
-    );
-    wait_listening(&mut node);
-    assert!(
-        node.wait_stderr_line("novacron: ready, API at", TIMEOUT)
-            .is_some(),
-        "{}",
-        node.dump()
-    );
+    let mut node = spawn_api_node("n1", &dir, &["--config", config.to_str().unwrap()]);
     let to = api_addr(&dir);
     let baseline = fd_count(node.pid());
 

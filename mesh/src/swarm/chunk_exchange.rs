@@ -1057,7 +1057,7 @@ impl RequestJob {
                 None => {}
             }
         }
-        Err("the provider closed every stream without answering".into())
+        Err("no stream to the provider answered (each closed early or did not open in time)".into())
     }
 
     /// One try on `stream`: `None` when it ended before the first answer frame.

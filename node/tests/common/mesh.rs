@@ -36,6 +36,38 @@ pub fn spawn_node(
     Proc::spawn_wrapped(name, wrapper, &args)
 }
 
+/// Starts `novacron node` on `data_dir` (mesh and API on loopback, the API on a free port)
+/// with `extra` flags, and waits until it says it is ready; [`api_url`] then names its API.
+pub fn spawn_api_node(name: &str, data_dir: &Path, extra: &[&str]) -> Proc {
+    let dir = data_dir.to_str().expect("utf-8 temp path");
+    let mut args = vec![
+        "node",
+        "--data-dir",
+        dir,
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--api-port",
+        "0",
+    ];
+    args.extend(extra);
+    let mut node = Proc::spawn(name, &args);
+    assert!(
+        node.wait_stderr_line("novacron: ready, API at", START_TIMEOUT)
+            .is_some(),
+        "{}",
+        node.dump()
+    );
+    node
+}
+
+/// The URL a node wrote to `<data_dir>/api.url`.
+pub fn api_url(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("api.url"))
+        .expect("api.url")
+        .trim()
+        .to_string()
+}
+
 /// The node's PeerId and dial address (`.../p2p/PEERID`) from its `listening on` line.
 pub fn wait_listening(p: &mut Proc) -> (String, String) {
     let line = p

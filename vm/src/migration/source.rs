@@ -705,7 +705,7 @@ impl Source {
 
     /// After the state went out, a lost link or a silent peer leaves the outcome unknown
     /// (unless a wanted chunk never left: [`Input::LinkDownWithChunksUnsent`]).
-    pub fn state_sent(&self) -> bool {
+    fn state_sent(&self) -> bool {
         matches!(
             self.state,
             State::AwaitConfirm | State::InDoubt | State::Resolving

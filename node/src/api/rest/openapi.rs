@@ -91,6 +91,19 @@ const LINKS: [(&str, &str, &str, &[&str]); 2] = [
 /// take their ids (so clients and API fuzzers can follow them).
 fn add_what_attributes_cannot_say(doc: &mut serde_json::Value) {
     use serde_json::json;
+    // A spec names what it runs: a builtin guest or a kernel (kvm), or a command (process);
+    // `{}` is no spec. (Which goes with which backend is the check's, answered with 400.)
+    if let Some(spec) = doc.pointer_mut("/components/schemas/VmSpec") {
+        // Each mode at most once (the check refuses a repeat).
+        if let Some(modes) = spec.pointer_mut("/properties/migration") {
+            modes["uniqueItems"] = json!(true);
+        }
+        spec["anyOf"] = json!([
+            {"required": ["guest"]},
+            {"required": ["kernel"]},
+            {"required": ["command"]},
+        ]);
+    }
     let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
         return;
     };
@@ -111,22 +124,6 @@ fn add_what_attributes_cannot_say(doc: &mut serde_json::Value) {
             }
         }
     }
-    // A spec names what it runs: a builtin guest or a kernel (kvm), or a command (process);
-    // `{}` is no spec. (Which goes with which backend is the check's, answered with 400.)
-    if let Some(spec) = doc.pointer_mut("/components/schemas/VmSpec") {
-        // Each mode at most once (the check refuses a repeat).
-        if let Some(modes) = spec.pointer_mut("/properties/migration") {
-            modes["uniqueItems"] = json!(true);
-        }
-        spec["anyOf"] = json!([
-            {"required": ["guest"]},
-            {"required": ["kernel"]},
-            {"required": ["command"]},
-        ]);
-    }
-    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
-        return;
-    };
     for (path, method, status, targets) in LINKS {
         let Some(response) = paths
             .get_mut(path)
