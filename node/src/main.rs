@@ -1,23 +1,8 @@
-//! `novacron`: the one NovaCron binary. Today: the VM engine's commands, the internal VMM
-//! process, a minimal mesh node (`novacron node`) and the benchmarks.
-
-mod api;
-mod bench;
-mod cli;
-mod config;
-mod daemon;
-mod hex;
-mod install;
-mod local_mesh;
-mod mesh_migration;
-mod metrics;
-mod politeness;
-mod size;
-mod state;
-mod vms;
-mod yaml_keys;
+//! `novacron`: the one NovaCron binary (the daemon, the VMM process, the CLI, the
+//! benchmarks); all of it lives in the `novacron_node` library, this is its front door.
 
 use clap::Parser;
+use novacron_node::cli;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();

@@ -10,7 +10,7 @@ mod migrate;
 mod migrate_cmd;
 mod node;
 pub(crate) mod nodes;
-pub(crate) mod output;
+pub mod output;
 mod owner;
 mod receive;
 mod status;

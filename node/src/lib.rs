@@ -1,0 +1,44 @@
+//! The NovaCron node as a library: what the `novacron` binary runs, and what the dashboard
+//! and the simulator reuse.
+//!
+//! Always built (no I/O, no clock, no async runtime; the simulator links only these):
+//! - [`model`]: the node's domain model (VMs, migrations, cell members, politeness, events);
+//!   the API's types are these.
+//! - [`policy`]: the decisions the node makes, as pure functions and state machines that
+//!   take `now` and return actions: placement, politeness, admission, the recovery plan,
+//!   the cell keeper and the evacuation planner.
+//!
+//! With feature `daemon` (the default), the parts that do I/O and drive those cores: the
+//! daemon, the VMs' supervision, the REST and local APIs, the CLI, metrics, persistence and
+//! the benchmarks.
+
+#[cfg(feature = "daemon")]
+pub mod api;
+#[cfg(feature = "daemon")]
+pub mod bench;
+#[cfg(feature = "daemon")]
+pub mod cli;
+#[cfg(feature = "daemon")]
+pub mod config;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod hex;
+#[cfg(feature = "daemon")]
+pub mod install;
+#[cfg(feature = "daemon")]
+pub mod local_mesh;
+#[cfg(feature = "daemon")]
+pub mod mesh_migration;
+#[cfg(feature = "daemon")]
+pub mod metrics;
+#[cfg(feature = "daemon")]
+pub mod politeness;
+#[cfg(feature = "daemon")]
+pub mod size;
+#[cfg(feature = "daemon")]
+pub mod state;
+#[cfg(feature = "daemon")]
+pub mod vms;
+#[cfg(feature = "daemon")]
+pub mod yaml_keys;
