@@ -19,6 +19,8 @@ pub mod bench;
 #[cfg(feature = "daemon")]
 pub mod cli;
 #[cfg(feature = "daemon")]
+pub mod clock;
+#[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
@@ -32,6 +34,7 @@ pub mod local_mesh;
 pub mod mesh_migration;
 #[cfg(feature = "daemon")]
 pub mod metrics;
+pub mod model;
 #[cfg(feature = "daemon")]
 pub mod politeness;
 #[cfg(feature = "daemon")]

@@ -11,20 +11,11 @@
 //! The KVM tests skip with a message when /dev/kvm is unusable.
 
 #[allow(dead_code)]
-#[path = "common/guest.rs"]
-mod guest;
-#[allow(dead_code)]
-#[path = "../src/api/types.rs"]
-mod types;
-/// `crate::api::types`, as the module sees it in the binary.
-mod api {
-    pub(crate) use super::types;
-}
-#[allow(dead_code)]
 #[path = "common/confirm_cutter.rs"]
 mod confirm_cutter;
-#[path = "../src/mesh_migration/mod.rs"]
-mod mesh_migration;
+#[allow(dead_code)]
+#[path = "common/guest.rs"]
+mod guest;
 
 use guest::{counter, kvm_usable};
 use std::fs::File;
@@ -35,11 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
-use mesh_migration::{
-    Answer, IncomingMigration, MeshMigrationError, MeshMigrations, MigrationOffer, MIGRATE_PROTOCOL,
-};
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId, SwarmConfig};
+use novacron_node::mesh_migration::{
+    Answer, IncomingMigration, MeshMigrationError, MeshMigrations, MigrationOffer, MIGRATE_PROTOCOL,
+};
 use novacron_vm::control::{
     AdoptedState, Command, Event, Launch, LaunchSource, MigrateOut, MigrationMode as VmMode,
     SandboxSettings,
@@ -132,7 +123,7 @@ fn offer(vm_id: &str) -> MigrationOffer {
             MEM >> 20
         ))
         .unwrap(),
-        mode: api::types::MigrationMode::Live,
+        mode: novacron_node::model::MigrationMode::Live,
         mem_bytes: MEM,
         vcpus: 1,
     }
@@ -273,7 +264,7 @@ struct Outgoing {
     /// The destination VMM's stdout (its console), until taken.
     dst_out: Option<Stdio>,
     offer: MigrationOffer,
-    opened: mesh_migration::OpenedMigration,
+    opened: novacron_node::mesh_migration::OpenedMigration,
 }
 
 /// The source VMM is adoptable when `adoptable`, on `tmp/source.sock`.

@@ -1,23 +1,13 @@
-//! End-to-end tests of the `process` backend: `ProcessVm` (compiled in from the node's
-//! source) driving the real `novacron jail-run`, real cgroups, real namespaces. The jail
+//! End-to-end tests of the `process` backend: `ProcessVm` (from the node's
+//! library) driving the real `novacron jail-run`, real cgroups, real namespaces. The jail
 //! needs root; each test says why it skipped without it.
-
-#[path = "../src/api/types.rs"]
-#[allow(dead_code)]
-mod types;
-mod api {
-    pub(crate) use super::types;
-}
-#[path = "../src/vms/process_backend.rs"]
-#[allow(dead_code)]
-mod process_backend;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use novacron_node::model::{Backend, VmSpec};
+use novacron_node::vms::process_backend::{ExitOutcome, ProcessVm, CONSOLE_LOG, WORK_DIR};
 use novacron_vm::sandbox::{cgroup, VmCgroup};
-use process_backend::{ExitOutcome, ProcessVm, CONSOLE_LOG, WORK_DIR};
-use types::{Backend, VmSpec};
 
 const EXE: &str = env!("CARGO_BIN_EXE_novacron");
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -46,7 +36,7 @@ fn spec(command: &[&str], mem_mib: u64) -> VmSpec {
         command: Some(command.iter().map(|s| s.to_string()).collect()),
         mem_mib,
         vcpus: 1,
-        migration: vec![types::MigrationMode::Cold],
+        migration: vec![novacron_node::model::MigrationMode::Cold],
         prefill_mib: None,
     }
 }

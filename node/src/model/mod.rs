@@ -1,0 +1,19 @@
+//! The node's domain model: its VMs, their migrations, its cell as it sees it, what the
+//! politeness policy allows and the events it announces. Plain data (serde, and the
+//! OpenAPI schema the API publishes); the policy cores decide on it, the daemon keeps it,
+//! the API and the dashboard show it.
+
+mod event;
+mod mesh;
+mod migration;
+mod politeness;
+mod vm;
+
+pub use event::{EventEnvelope, NodeEvent};
+pub use mesh::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
+pub use migration::{MigrationDirection, MigrationInfo, MigrationProgressInfo, MigrationState};
+pub use politeness::{OwnerSetting, PolitenessInfo};
+pub use vm::{
+    default_mem_mib, default_migration_modes, default_vcpus, Backend, MigrationMode, VmInfo,
+    VmSpec, VmState, DEFAULT_MEM, DEFAULT_MEM_MIB,
+};
