@@ -15,7 +15,7 @@
 //! file; flags override both. Everything has a default, so no file is needed.
 //!
 //! The `politeness` section holds the owner's rules with BOINC's defaults
-//! ([`crate::politeness::Policy`]).
+//! ([`crate::policy::politeness::Policy`]).
 //!
 //! Checked before the node makes anything: [`NodeConfig::load`] (values; a bad one set in the
 //! file is named with its line, a key given twice too, via [`crate::yaml_keys`]) and
@@ -28,7 +28,7 @@ use std::str::FromStr;
 use novacron_mesh::swarm::{peer_id_of_addr, Multiaddr, Protocol};
 use serde::Deserialize;
 
-use crate::politeness::Policy;
+use crate::policy::politeness::Policy;
 use crate::yaml_keys::{key_lines, KeyLines};
 
 /// Largest config file read.

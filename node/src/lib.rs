@@ -35,6 +35,7 @@ pub mod mesh_migration;
 #[cfg(feature = "daemon")]
 pub mod metrics;
 pub mod model;
+pub mod policy;
 #[cfg(feature = "daemon")]
 pub mod politeness;
 #[cfg(feature = "daemon")]

@@ -13,8 +13,8 @@ use crate::api::service::{ServiceError, ServiceResult};
 use crate::api::types::{Backend, MigrationMode, VmInfo, VmState};
 use crate::mesh_migration::MigrationOffer;
 
-use super::admission::{Accounting, Closed, Load, MemCap};
 use super::{lock, Daemon};
+use crate::policy::admission::{Accounting, Closed, Load, MemCap};
 
 /// What `vms` hold: each its vCPUs and its guest memory (or memory limit).
 pub(super) fn held_by(vms: &[VmInfo]) -> Load {

@@ -5,7 +5,7 @@
 
 use novacron_mesh::records::{Capacity, MAX_LOAD_PERMILLE};
 
-use super::admission::Accounting;
+use crate::policy::admission::Accounting;
 
 /// The capacity to gossip: `vcpus` is the slots VMs may use, `memory_bytes` the host's
 /// `MemTotal`; the free figures are the accounting's (zero while the node takes nothing).
@@ -48,8 +48,8 @@ fn load_permille(load: f64, vcpus: u32) -> u16 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::admission::{Closed, Load, MemCap};
     use super::*;
+    use crate::policy::admission::{Closed, Load, MemCap};
 
     const MIB: u64 = 1 << 20;
 
@@ -112,7 +112,7 @@ mod tests {
         let full = node(Load::new(2, 128 * MIB));
         let half = node(Load::new(1, 128 * MIB));
         let members = [full.clone(), half.clone()];
-        let picked: Vec<&str> = super::super::placement::candidates(&members, "me", 64, &[], 0)
+        let picked: Vec<&str> = crate::policy::placement::candidates(&members, "me", 64, &[], 0)
             .iter()
             .map(|m| m.peer_id.as_str())
             .collect();
@@ -120,6 +120,6 @@ mod tests {
         assert_eq!((full.free_slots, half.free_slots), (0, 1));
         // Memory counts too: the half-full node has 1920 MiB under its cap.
         assert_eq!(half.mem_mib, 1920);
-        assert!(super::super::placement::candidates(&members, "me", 1921, &[], 0).is_empty());
+        assert!(crate::policy::placement::candidates(&members, "me", 1921, &[], 0).is_empty());
     }
 }

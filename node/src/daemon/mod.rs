@@ -3,14 +3,12 @@
 //! policy, and the state database and event stream the API reports from.
 
 mod accounting;
-pub mod admission;
 pub mod capacity;
 mod cell;
 mod chunk_sets;
 pub mod lines;
 mod moves;
 pub use moves::RESTARTED;
-mod placement;
 mod polite;
 mod service;
 
@@ -34,8 +32,10 @@ use crate::api::types::NodeEvent;
 use crate::api::{CellStatus, MemberStatus, NodeStatus, Request, Response, SummaryStatus};
 use crate::mesh_migration::MeshMigrations;
 use crate::metrics::Metrics;
-use crate::politeness::observation::OwnerSignal;
-use crate::politeness::{Policy, Politeness, Sampler};
+use crate::policy::admission;
+use crate::policy::politeness::observation::OwnerSignal;
+use crate::policy::politeness::{Policy, Politeness};
+use crate::politeness::Sampler;
 use crate::state::StateDb;
 use crate::vms::events::EventBus;
 use crate::vms::registry::Registry;

@@ -19,7 +19,7 @@ use crate::api::types::{
 use crate::mesh_migration::{IncomingMigration, MigrationOffer};
 use crate::vms::in_doubt;
 
-use super::{placement, Daemon};
+use super::Daemon;
 
 /// How many data streams a mesh migration uses.
 const DATA_STREAMS: u8 = 2;
@@ -121,7 +121,7 @@ impl Daemon {
                 .await
                 .map(|c| c.members)
                 .unwrap_or_default();
-            placement::candidates(&members, &me, vm.spec.mem_mib, &[], random_seed())
+            crate::policy::placement::candidates(&members, &me, vm.spec.mem_mib, &[], random_seed())
                 .into_iter()
                 .map(|m| m.peer_id.clone())
                 .collect()

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use crate::api::service::ServiceResult;
 use crate::api::types::{now_ms, NodeEvent, OwnerSetting, PolitenessInfo, VmState};
-use crate::politeness::observation::OwnerSignal;
+use crate::policy::politeness::observation::OwnerSignal;
+use crate::policy::politeness::{Decision, Park};
 use crate::politeness::sources::owner;
-use crate::politeness::{cpu_cap, Decision, Park, Sampler, SAMPLE_INTERVAL};
+use crate::politeness::{cpu_cap, Sampler, SAMPLE_INTERVAL};
 
 use super::accounting::held_by;
 use super::{lock, Daemon};

@@ -11,8 +11,8 @@ use crate::api::types::{
 };
 use crate::api::NodeStatus;
 
-use super::admission::Load;
 use super::{lock, Daemon};
+use crate::policy::admission::Load;
 
 impl NodeService for Daemon {
     async fn status(&self) -> ServiceResult<NodeStatus> {

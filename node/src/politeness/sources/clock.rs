@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use super::super::observation::LocalTime;
+use crate::policy::politeness::observation::LocalTime;
 
 /// `t` in local time; None when the C library cannot convert it.
 pub fn local_time(t: SystemTime) -> Option<LocalTime> {

@@ -13,7 +13,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::observation::{Observation, OwnerSignal};
+use crate::policy::politeness::observation::{Observation, OwnerSignal};
 
 /// Reads at most `limit` bytes of a file as text (lossy); None if it cannot be opened.
 pub(crate) fn read_limited(path: &Path, limit: u64) -> Option<String> {

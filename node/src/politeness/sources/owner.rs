@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::super::observation::OwnerSignal;
+use crate::policy::politeness::observation::OwnerSignal;
 
 pub const OWNER_ACTIVE_FILE: &str = "owner-active";
 pub const OWNER_IDLE_FILE: &str = "owner-idle";
