@@ -33,6 +33,8 @@ use crate::api::{CellStatus, MemberStatus, NodeStatus, Request, Response, Summar
 use crate::mesh_migration::MeshMigrations;
 use crate::metrics::Metrics;
 use crate::policy::admission;
+use crate::policy::cell_keeper::{CellKeeper, KeeperConfig};
+use crate::policy::cell_size;
 use crate::policy::politeness::observation::OwnerSignal;
 use crate::policy::politeness::{Policy, Politeness};
 use crate::politeness::Sampler;
@@ -40,18 +42,6 @@ use crate::state::StateDb;
 use crate::vms::events::EventBus;
 use crate::vms::registry::Registry;
 use crate::vms::{RecoveryReport, VmManager, VmOptions};
-
-/// How often the node refreshes what it tells its cell, looks for members in the DHT and,
-/// as a representative, republishes its cell's summary.
-const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
-
-/// A summary is republished after this many maintenance rounds (well inside its lifetime).
-const SUMMARY_EVERY_ROUNDS: u32 = 6;
-
-/// After moving to another cell the node stays at least this long (a summary's lifetime):
-/// while the mesh moves, half-filled new cells and the old cells' summaries would otherwise
-/// make the estimate swing and the node move back and forth.
-const CELL_MOVE_HOLD_DOWN: Duration = Duration::from_secs(cell::SUMMARY_TTL_S);
 
 /// The chunk store's directory inside the data directory.
 pub const CHUNKS_DIR: &str = "chunks";
@@ -227,7 +217,7 @@ impl Daemon {
                 let members = c.members().await;
                 let live = members.iter().filter(|m| m.live).count();
                 let summaries = self.mesh.cell_summaries().await.unwrap_or_default();
-                let estimate = cell::mesh_size_estimate(
+                let estimate = cell_size::mesh_size_estimate(
                     c.cell().prefix_bits(),
                     live as u64,
                     summaries,
@@ -268,7 +258,7 @@ impl Daemon {
         }
         let cfg = CellConfig {
             prefix_bits: bits,
-            gossip_interval: cell::gossip_interval_for(estimate >> bits),
+            gossip_interval: cell_size::gossip_interval_for(estimate >> bits),
             ..CellConfig::default()
         };
         let new = CellMembership::start(self.mesh.clone(), cfg, me).await?;
@@ -282,26 +272,26 @@ impl Daemon {
         capacity::offer(&self.accounting(), load_permille)
     }
 
-    /// Keeps the node's cell entry current, finds members through the DHT and publishes the
-    /// cell's summary when this node is a representative; runs until the task is dropped.
+    /// Keeps the node's cell entry current, finds members through the DHT, publishes the
+    /// cell's summary when this node is a representative and moves to a cell of another
+    /// size, as the cell keeper ([`CellKeeper`]) says; runs until the task is dropped.
     /// The entry is refreshed every round, and at once when a VM or the politeness decision
     /// changes or the node starts draining (its free capacity then changes).
     pub async fn maintain(self: Arc<Daemon>) {
-        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut round: u32 = 0;
+        let epoch = tokio::time::Instant::now();
+        let mut keeper = CellKeeper::new(KeeperConfig::default(), Duration::ZERO);
         let mut told: Option<MemberInfo> = None;
         let mut signer = cell::RecordSigner::new(self.identity.clone());
-        let mut moved_at: Option<Instant> = None;
         let mut events = Some(self.bus.subscribe());
         loop {
-            let full_round = tokio::select! {
-                _ = tick.tick() => true,
+            let due = epoch + keeper.next_deadline();
+            let round = tokio::select! {
+                _ = tokio::time::sleep_until(due) => keeper.round(epoch.elapsed()),
                 event = async { Some(events.as_mut()?.recv().await) }, if events.is_some() => {
                     match event {
                         Some(Ok(e)) if !capacity_may_change(&e.event) => continue,
                         // Lagged: something changed.
-                        Some(Ok(_)) | Some(Err(broadcast::error::RecvError::Lagged(_))) => false,
+                        Some(Ok(_)) | Some(Err(broadcast::error::RecvError::Lagged(_))) => None,
                         // No events any more: rounds only.
                         Some(Err(broadcast::error::RecvError::Closed)) | None => {
                             events = None;
@@ -312,8 +302,8 @@ impl Daemon {
             };
             // Between rounds only the free capacity is refreshed; the load and addresses
             // the cell was told last stay, so VM events do not make the gossip chatty.
-            let (addrs, load) = match (&told, full_round) {
-                (Some(t), false) => (t.addrs.clone(), t.load_permille),
+            let (addrs, load) = match (&told, round) {
+                (Some(t), None) => (t.addrs.clone(), t.load_permille),
                 _ => (
                     self.advertised_addrs().await,
                     capacity::host_load_permille(),
@@ -322,7 +312,7 @@ impl Daemon {
             let cap = self.own_capacity(load);
             let mut info = cell::member_info(&cap, addrs);
             info.signed_record = signer.current(&cap, &info.addrs, unix_now());
-            if !full_round {
+            let Some(round) = round else {
                 if let Some(cell) = self.cell.read().await.as_ref() {
                     if told.as_ref() != Some(&info) {
                         cell.update_self(info.clone()).await;
@@ -330,11 +320,8 @@ impl Daemon {
                     }
                 }
                 continue;
-            }
-            let publish_round = round % SUMMARY_EVERY_ROUNDS == 1;
-            let lookup_round = round % SUMMARY_EVERY_ROUNDS <= 1;
-            round = round.wrapping_add(1);
-            let next_bits = {
+            };
+            let (bits, wanted) = {
                 let guard = self.cell.read().await;
                 let Some(cell) = guard.as_ref() else { continue };
                 if told.as_ref() != Some(&info) {
@@ -342,13 +329,13 @@ impl Daemon {
                     told = Some(info.clone());
                 }
                 // The DHT needs a routing table; the first rounds may find none yet.
-                if lookup_round {
+                if round.look_up_members {
                     match cell::find_members_in_dht(&self.mesh, cell).await {
                         Ok(n) => tracing::debug!(n, "cell members found in the DHT"),
                         Err(e) => tracing::debug!(error = %e, "cell lookup in the DHT"),
                     }
                 }
-                if !publish_round {
+                if !round.publish_summary {
                     continue;
                 }
                 match cell::publish_summary_if_representative(&self.mesh, &self.identity, cell)
@@ -358,13 +345,14 @@ impl Daemon {
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot publish the cell summary"),
                 }
-                if moved_at.is_some_and(|t| t.elapsed() < CELL_MOVE_HOLD_DOWN) {
+                if keeper.held_down(epoch.elapsed()) {
                     continue;
                 }
-                self.cell_bits_for_mesh_size(cell).await
+                let bits = cell.cell().prefix_bits();
+                (bits, self.cell_bits_for_mesh_size(cell).await)
             };
-            if let Some((bits, estimate)) = next_bits {
-                moved_at = Some(Instant::now());
+            if let Some(to) = keeper.decide_move(epoch.elapsed(), bits, wanted) {
+                let (bits, estimate) = (to.prefix_bits, to.estimate);
                 match self.move_cell(bits, estimate, info).await {
                     Ok(()) => eprintln!(
                         "novacron: moved to a cell of {bits} prefix bits (mesh of ~{estimate} nodes)"
@@ -383,7 +371,7 @@ impl Daemon {
         let live = cell.members().await.iter().filter(|m| m.live).count() as u64;
         let bits = cell.cell().prefix_bits();
         let summaries = self.mesh.cell_summaries().await.ok()?;
-        cell::next_cell_bits(bits, live, summaries, unix_now())
+        cell_size::next_cell_bits(bits, live, summaries, unix_now())
     }
 
     /// Listen addresses worth telling the cell (no unspecified ones).

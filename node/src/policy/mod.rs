@@ -5,7 +5,12 @@
 //! - [`placement`]: which peer of the cell a VM moves to.
 //! - [`politeness`]: whether VMs may run here now, within which caps.
 //! - [`admission`]: whether a VM (or an incoming migration) fits what the node has free.
+//! - [`cell_size`]: the mesh-size estimate, the cell size it calls for, the gossip interval.
+//! - [`cell_keeper`]: when the node refreshes its cell entry, looks members up, publishes
+//!   its cell's summary and moves to a cell of another size.
 
 pub mod admission;
+pub mod cell_keeper;
+pub mod cell_size;
 pub mod placement;
 pub mod politeness;
