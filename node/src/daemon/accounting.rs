@@ -14,14 +14,7 @@ use crate::api::types::{Backend, MigrationMode, VmInfo, VmState};
 use crate::mesh_migration::MigrationOffer;
 
 use super::{lock, Daemon};
-use crate::policy::admission::{Accounting, Closed, Load, MemCap};
-
-/// What `vms` hold: each its vCPUs and its guest memory (or memory limit).
-pub(super) fn held_by(vms: &[VmInfo]) -> Load {
-    vms.iter()
-        .map(|v| Load::new(v.spec.vcpus, v.spec.mem_mib << 20))
-        .sum()
-}
+use crate::policy::admission::{held_by, Accounting, Closed, Load, MemCap};
 
 /// The host's online CPUs.
 fn host_cpus() -> u32 {

@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use crate::api::service::{ServiceError, ServiceResult};
 use crate::api::types::{
     now_ms, Backend, MigrationDirection, MigrationInfo, MigrationMode, MigrationRequest,
-    MigrationState, NodeEvent, VmState,
+    MigrationState, NodeEvent, VmInfo, VmState,
 };
 use crate::mesh_migration::{IncomingMigration, MigrationOffer};
+use crate::policy::evacuation::{Action, Evacuation};
 use crate::vms::in_doubt;
 
 use super::Daemon;
@@ -33,8 +34,26 @@ const RESOLVE_TRIES: u32 = 60;
 /// How often the node asks the peers of its migrations in doubt (first at start).
 const IN_DOUBT_ASK_EVERY: Duration = Duration::from_secs(15);
 
-/// How long one migration may take before an evacuation gives up on it.
-const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long an evacuation's attempt waits for its migration to end at most: the planner
+/// cancels it after [`crate::policy::evacuation::MIGRATION_TIMEOUT`]; this only bounds the
+/// wait of one whose cancel never took.
+const ATTEMPT_WAIT_LIMIT: Duration = Duration::from_secs(600);
+
+/// What an evacuation's attempt reports to its planner.
+enum Report {
+    Started {
+        vm: String,
+        migration: String,
+    },
+    Refused {
+        vm: String,
+    },
+    Ended {
+        vm: String,
+        migration: String,
+        moved: bool,
+    },
+}
 
 fn control_mode(m: MigrationMode) -> novacron_vm::control::MigrationMode {
     match m {
@@ -515,51 +534,97 @@ impl Daemon {
     /// it), in parallel; a VM that cannot move, or is still here at `deadline`, is
     /// snapshotted and stopped. Returns when no VM is active here.
     pub(super) async fn evacuate(self: &Arc<Self>, deadline: Duration, why: &str) {
-        let vms = self.vms.active();
-        tracing::info!(n = vms.len(), why, "moving VMs away");
-        let mut tasks = Vec::new();
-        for vm in vms {
-            let me = self.clone();
-            tasks.push(tokio::spawn(async move {
-                let moved = tokio::time::timeout(deadline, me.move_away(&vm.id)).await;
-                if !matches!(moved, Ok(true)) {
-                    me.park(&vm.id).await;
-                }
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
+        self.evacuate_vms(self.vms.active(), deadline, why).await;
     }
 
-    /// Tries each mode of the VM's policy against each candidate peer; true once it moved.
-    pub(super) async fn move_away(self: &Arc<Self>, vm_id: &str) -> bool {
-        let Some(vm) = self.vms.get(vm_id) else {
-            return true;
-        };
-        // A process moves only by cold restart, whatever its policy lists.
-        let modes = match vm.spec.backend {
-            Backend::Process => vec![MigrationMode::Cold],
-            Backend::Kvm => vm.spec.migration.clone(),
-        };
-        for mode in modes {
-            let request = MigrationRequest {
-                to: "auto".into(),
-                mode,
-                downtime_budget_ms: None,
-            };
-            let Ok(started) = self.migrate_vm(vm_id, request).await else {
-                continue;
-            };
-            match self.wait_migration(&started.id, MIGRATION_TIMEOUT).await {
-                Some(m) if m.state == MigrationState::Done => return true,
-                Some(m) => tracing::info!(vm = vm_id, ?mode, error = ?m.error, "did not move"),
-                None => {
-                    let _ = self.vms.cancel_migration(vm_id, "took too long").await;
+    /// Moves `vms` away as the evacuation planner ([`Evacuation`]) says: starts their
+    /// migrations, cancels the ones that take too long, parks what cannot move or is still
+    /// here at `deadline`. Returns once each moved or was parked.
+    pub(super) async fn evacuate_vms(
+        self: &Arc<Self>,
+        vms: Vec<VmInfo>,
+        deadline: Duration,
+        why: &str,
+    ) {
+        tracing::info!(n = vms.len(), why, "moving VMs away");
+        let epoch = tokio::time::Instant::now();
+        let mut plan = Evacuation::new(&vms, Duration::ZERO, deadline);
+        let (tx, mut reports) = mpsc::unbounded_channel::<Report>();
+        let mut parks = tokio::task::JoinSet::new();
+        loop {
+            for action in plan.poll(epoch.elapsed()) {
+                match action {
+                    Action::Migrate { vm, mode } => {
+                        tokio::spawn(self.clone().attempt_move(vm, mode, tx.clone()));
+                    }
+                    Action::Cancel { vm, .. } => {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            let _ = me.vms.cancel_migration(&vm, "took too long").await;
+                        });
+                    }
+                    Action::Park { vm } => {
+                        let me = self.clone();
+                        parks.spawn(async move { me.park(&vm).await });
+                    }
                 }
             }
+            if plan.is_finished() {
+                break;
+            }
+            let wake = plan.next_deadline().map(|d| epoch + d);
+            tokio::select! {
+                Some(report) = reports.recv() => match report {
+                    Report::Started { vm, migration } => {
+                        plan.started(&vm, &migration, epoch.elapsed())
+                    }
+                    Report::Refused { vm } => plan.refused(&vm),
+                    Report::Ended { vm, migration, moved } => plan.ended(&vm, &migration, moved),
+                },
+                _ = async { tokio::time::sleep_until(wake?).await; Some(()) }, if wake.is_some() => {}
+            }
         }
-        false
+        while parks.join_next().await.is_some() {}
+    }
+
+    /// One try at moving `vm` by `mode` to the best peer that takes it, reported to the
+    /// evacuation as it starts and ends.
+    async fn attempt_move(
+        self: Arc<Self>,
+        vm: String,
+        mode: MigrationMode,
+        reports: mpsc::UnboundedSender<Report>,
+    ) {
+        let request = MigrationRequest {
+            to: "auto".into(),
+            mode,
+            downtime_budget_ms: None,
+        };
+        let started = match self.migrate_vm(&vm, request).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::info!(%vm, ?mode, error = %e, "no peer took the VM");
+                let _ = reports.send(Report::Refused { vm });
+                return;
+            }
+        };
+        let _ = reports.send(Report::Started {
+            vm: vm.clone(),
+            migration: started.id.clone(),
+        });
+        // The evacuation cancels it when it takes too long; this waits for its end.
+        let ended = self.wait_migration(&started.id, ATTEMPT_WAIT_LIMIT).await;
+        let moved = ended
+            .as_ref()
+            .is_some_and(|m| m.state == MigrationState::Done);
+        if let Some(m) = ended.filter(|_| !moved) {
+            tracing::info!(%vm, ?mode, error = ?m.error, "did not move");
+        }
+        let _ = reports.send(Report::Ended {
+            vm,
+            migration: started.id,
+            moved,
+        });
     }
 
     /// Snapshots a VM that must leave but cannot move, and stops it here (it resumes when

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use crate::api::service::ServiceResult;
 use crate::api::types::{now_ms, NodeEvent, OwnerSetting, PolitenessInfo, VmState};
+use crate::policy::evacuation;
 use crate::policy::politeness::observation::OwnerSignal;
 use crate::policy::politeness::{Decision, Park};
 use crate::politeness::sources::owner;
 use crate::politeness::{cpu_cap, Sampler, SAMPLE_INTERVAL};
 
-use super::accounting::held_by;
 use super::{lock, Daemon};
 use crate::api::service::ServiceError;
 
@@ -165,26 +165,18 @@ impl Daemon {
     /// Moves the largest VMs away (or parks them) until the rest fits the memory cap (it
     /// drops to 50% of the host's memory while the owner is active).
     async fn fit_memory(self: &Arc<Self>, mem_cap_bytes: u64) {
-        let mut active = self.vms.active();
-        let mut used = held_by(&active).mem_bytes;
-        if mem_cap_bytes == 0 || used <= mem_cap_bytes {
+        let over = evacuation::to_fit_memory(self.vms.active(), mem_cap_bytes);
+        if over.is_empty() {
             return;
         }
-        active.sort_by_key(|v| std::cmp::Reverse(v.spec.mem_mib));
-        for vm in active {
-            if used <= mem_cap_bytes {
-                break;
-            }
-            used = used.saturating_sub(vm.spec.mem_mib << 20);
+        for vm in &over {
             tracing::info!(vm = %vm.id, "over the memory cap: moving it away");
-            let me = self.clone();
-            tokio::spawn(async move {
-                let moved = tokio::time::timeout(EVACUATION_DEADLINE, me.move_away(&vm.id)).await;
-                if !matches!(moved, Ok(true)) {
-                    me.park(&vm.id).await;
-                }
-            });
         }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.evacuate_vms(over, EVACUATION_DEADLINE, "over the memory cap")
+                .await;
+        });
     }
 
     /// Writes each running KVM VM's cgroup `cpu.max` for the CPU share cap.

@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::model::VmInfo;
+
 const MIB: u64 = 1 << 20;
 
 /// How long an accepted offer holds its room while its VM is not recorded: the source
@@ -275,6 +277,13 @@ impl Reservations {
             .map(|r| r.load)
             .sum()
     }
+}
+
+/// What `vms` hold: each its vCPUs and its guest memory (or memory limit).
+pub fn held_by(vms: &[VmInfo]) -> Load {
+    vms.iter()
+        .map(|v| Load::new(v.spec.vcpus, v.spec.mem_mib << 20))
+        .sum()
 }
 
 #[cfg(test)]

@@ -8,9 +8,11 @@
 //! - [`cell_size`]: the mesh-size estimate, the cell size it calls for, the gossip interval.
 //! - [`cell_keeper`]: when the node refreshes its cell entry, looks members up, publishes
 //!   its cell's summary and moves to a cell of another size.
+//! - [`evacuation`]: emptying the node: which VM tries which mode when, what is parked.
 
 pub mod admission;
 pub mod cell_keeper;
 pub mod cell_size;
+pub mod evacuation;
 pub mod placement;
 pub mod politeness;
