@@ -5,7 +5,6 @@
 //! reserves what an accepted offer will hold until its VM is recorded.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use novacron_mesh::swarm::PeerId;
 
@@ -45,8 +44,9 @@ impl Daemon {
             None
         };
         let active = self.vms.active();
-        let reserved =
-            lock(&self.reservations).held(Instant::now(), |id| active.iter().any(|v| v.id == id));
+        let reserved = lock(&self.reservations).held(self.started.elapsed(), |id| {
+            active.iter().any(|v| v.id == id)
+        });
         Accounting {
             slots,
             mem_total_bytes,
@@ -111,7 +111,7 @@ impl Daemon {
         self.accounting()
             .admit(ask)
             .map_err(|short| format!("this node cannot take the VM now: {short}"))?;
-        lock(&self.reservations).reserve(offer.session, &offer.vm_id, ask, Instant::now());
+        lock(&self.reservations).reserve(offer.session, &offer.vm_id, ask, self.started.elapsed());
         tracing::info!(%peer, vm = %offer.vm_id, "taking a migrating VM");
         Ok(())
     }

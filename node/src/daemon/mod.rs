@@ -58,6 +58,8 @@ pub struct Daemon {
     identity: NodeIdentity,
     /// The newest verified signed record of each member heard of.
     records: std::sync::Mutex<RecordBook>,
+    /// When the daemon started: its uptime, and the epoch of the time its policy cores are
+    /// given (`now` is `started.elapsed()`).
     pub started: Instant,
     pub vms: Arc<VmManager>,
     pub bus: Arc<EventBus>,

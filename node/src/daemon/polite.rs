@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::service::ServiceResult;
-use crate::api::types::{now_ms, NodeEvent, OwnerSetting, PolitenessInfo, VmState};
+use crate::api::types::{NodeEvent, OwnerSetting, PolitenessInfo, VmState};
 use crate::policy::evacuation;
 use crate::policy::politeness::observation::OwnerSignal;
 use crate::policy::politeness::{Decision, Park};
@@ -111,7 +111,7 @@ impl Daemon {
                 }
             };
             sampler = back;
-            let changed = lock(&self.politeness).observe(now_ms(), &obs);
+            let changed = lock(&self.politeness).observe(self.started.elapsed(), &obs);
             let Some(decision) = changed else {
                 self.owner_observed.send_replace(generation);
                 continue;

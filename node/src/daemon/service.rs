@@ -48,7 +48,7 @@ impl NodeService for Daemon {
         let moved = {
             // No offer of this VM is admitted meanwhile: it would come back under this id.
             let _one_at_a_time = lock(&self.admitting);
-            if lock(&self.reservations).holds(id, std::time::Instant::now()) {
+            if lock(&self.reservations).holds(id, self.started.elapsed()) {
                 return Err(ServiceError::Conflict(format!(
                     "VM {id} is migrating in from a peer: wait until it runs here"
                 )));

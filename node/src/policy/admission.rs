@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::model::VmInfo;
 
@@ -242,11 +242,11 @@ pub struct Reservations {
 struct Reservation {
     vm_id: String,
     load: Load,
-    until: Instant,
+    until: Duration,
 }
 
 impl Reservations {
-    pub fn reserve(&mut self, session: [u8; 16], vm_id: &str, load: Load, now: Instant) {
+    pub fn reserve(&mut self, session: [u8; 16], vm_id: &str, load: Load, now: Duration) {
         self.by_session.insert(
             session,
             Reservation {
@@ -262,14 +262,14 @@ impl Reservations {
     }
 
     /// Whether a live reservation at `now` is for VM `vm_id` (it is migrating in).
-    pub fn holds(&mut self, vm_id: &str, now: Instant) -> bool {
+    pub fn holds(&mut self, vm_id: &str, now: Duration) -> bool {
         self.by_session.retain(|_, r| r.until > now);
         self.by_session.values().any(|r| r.vm_id == vm_id)
     }
 
     /// What the live reservations hold at `now` (lapsed ones are dropped), leaving out VMs
     /// that `recorded` says the node already counts from their records.
-    pub fn held(&mut self, now: Instant, recorded: impl Fn(&str) -> bool) -> Load {
+    pub fn held(&mut self, now: Duration, recorded: impl Fn(&str) -> bool) -> Load {
         self.by_session.retain(|_, r| r.until > now);
         self.by_session
             .values()
@@ -419,7 +419,7 @@ mod tests {
 
     #[test]
     fn reservations_hold_until_recorded_released_or_lapsed() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(7);
         let mut r = Reservations::default();
         r.reserve([1; 16], "a", Load::new(1, 64 * MIB), t0);
         r.reserve([2; 16], "b", Load::new(2, 32 * MIB), t0);

@@ -6,7 +6,7 @@
 //! - [`cpu_cap`]: turning the CPU cap into each VMM cgroup's `cpu.max`.
 //!
 //! The daemon's loop (daemon/polite.rs): every [`SAMPLE_INTERVAL`], `sampler.set_vm_pids(..)`,
-//! `politeness.observe(now_ms, &sampler.sample())`, and on `Some(decision)` act on it
+//! `politeness.observe(now, &sampler.sample())`, and on `Some(decision)` act on it
 //! (publish `info()` as an event, move, park or cap VMs).
 
 pub mod cpu_cap;

@@ -36,24 +36,30 @@ const MIB: u64 = 1 << 20;
 struct Gate {
     high: bool,
     /// When the input started to disagree with `high`.
-    since_ms: Option<u64>,
+    since: Option<Duration>,
 }
 
 impl Gate {
     /// Feeds one reading (None = unknown: nothing changes) and returns the output.
-    fn update(&mut self, now_ms: u64, above: Option<bool>, rise_ms: u64, fall_ms: u64) -> bool {
+    fn update(
+        &mut self,
+        now: Duration,
+        above: Option<bool>,
+        rise: Duration,
+        fall: Duration,
+    ) -> bool {
         let Some(above) = above else {
             return self.high;
         };
         if above == self.high {
-            self.since_ms = None;
+            self.since = None;
             return self.high;
         }
-        let since = *self.since_ms.get_or_insert(now_ms);
-        let needed = if above { rise_ms } else { fall_ms };
-        if now_ms.saturating_sub(since) >= needed {
+        let since = *self.since.get_or_insert(now);
+        let needed = if above { rise } else { fall };
+        if now.saturating_sub(since) >= needed {
             self.high = above;
-            self.since_ms = None;
+            self.since = None;
         }
         self.high
     }
@@ -89,7 +95,7 @@ pub struct Politeness {
     /// `ownerLoadPct`, for hosts without input devices.
     owner_load: Gate,
     /// The last observation at which the owner's load counted as high.
-    owner_load_high_at_ms: Option<u64>,
+    owner_load_high_at: Option<Duration>,
 }
 
 impl Politeness {
@@ -103,7 +109,7 @@ impl Politeness {
             facts: Facts::default(),
             suspend_load: Gate::default(),
             owner_load: Gate::default(),
-            owner_load_high_at_ms: None,
+            owner_load_high_at: None,
         }
     }
 
@@ -117,11 +123,11 @@ impl Politeness {
         &self.current
     }
 
-    /// Takes the machine's state at `now_ms` and returns the new decision if it changed
-    /// (the first observation always returns one).
-    pub fn observe(&mut self, now_ms: u64, obs: &Observation) -> Option<Decision> {
+    /// Takes the machine's state at `now` (since the driver's epoch) and returns the new
+    /// decision if it changed (the first observation always returns one).
+    pub fn observe(&mut self, now: Duration, obs: &Observation) -> Option<Decision> {
         let first = self.current.reasons().contains(&Reason::NotObserved);
-        self.facts = self.establish(now_ms, obs);
+        self.facts = self.establish(now, obs);
         let next = decide(&self.policy, &self.facts);
         if first || next != self.current {
             self.current = next.clone();
@@ -131,10 +137,10 @@ impl Politeness {
         }
     }
 
-    fn establish(&mut self, now_ms: u64, obs: &Observation) -> Facts {
+    fn establish(&mut self, now: Duration, obs: &Observation) -> Facts {
         let p = &self.policy;
-        let load_high_ms = u64::from(p.load_high_for_s) * 1000;
-        let load_low_ms = u64::from(p.load_low_for_s) * 1000;
+        let load_high = Duration::from_secs(p.load_high_for_s.into());
+        let load_low = Duration::from_secs(p.load_low_for_s.into());
         let idle_needed = Duration::from_millis(p.idle_time_to_run_ms());
 
         let (owner_idle, owner_active) = match (obs.owner_override, obs.owner_idle) {
@@ -152,13 +158,14 @@ impl Politeness {
                 if p.owner_load_pct == 0 {
                     self.owner_load.reset();
                 }
-                if self.owner_load.update(now_ms, above, load_high_ms, 0) {
-                    self.owner_load_high_at_ms = Some(now_ms);
+                if self
+                    .owner_load
+                    .update(now, above, load_high, Duration::ZERO)
+                {
+                    self.owner_load_high_at = Some(now);
                 }
                 // Never seen busy: idle (a daemon restarted on a quiet server runs at once).
-                let idle = self
-                    .owner_load_high_at_ms
-                    .map(|t| Duration::from_millis(now_ms.saturating_sub(t)));
+                let idle = self.owner_load_high_at.map(|t| now.saturating_sub(t));
                 (idle, idle.is_some_and(|d| d < idle_needed))
             }
         };
@@ -168,14 +175,13 @@ impl Politeness {
             (w, w.contains(t.hour, t.minute))
         });
 
-        let load_high = if p.suspend_cpu_usage_pct == 0 {
+        let load_is_high = if p.suspend_cpu_usage_pct == 0 {
             self.suspend_load.reset();
             false
         } else {
             let limit = f64::from(p.suspend_cpu_usage_pct);
             let above = obs.other_cpu_load.map(|l| l * 100.0 > limit);
-            self.suspend_load
-                .update(now_ms, above, load_high_ms, load_low_ms)
+            self.suspend_load.update(now, above, load_high, load_low)
         };
 
         Facts {
@@ -183,7 +189,7 @@ impl Politeness {
             owner_active,
             on_battery: obs.on_battery,
             window,
-            load_high,
+            load_high: load_is_high,
             mem_total_bytes: obs.mem_total_bytes.or(self.facts.mem_total_bytes),
             mem_available_bytes: obs.mem_available_bytes.or(self.facts.mem_available_bytes),
         }
@@ -312,8 +318,8 @@ mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
-    const S: u64 = 1000;
-    const MIN: u64 = 60 * S;
+    const S: Duration = Duration::from_secs(1);
+    const MIN: Duration = Duration::from_secs(60);
 
     /// A desktop on mains at Wednesday noon with 16 GiB, idle for `idle_s`.
     fn desktop(idle_s: u64) -> Observation {
@@ -385,7 +391,7 @@ mod tests {
         assert_eq!(p.current().reasons(), &[Reason::NotObserved]);
         // The owner typed 10 s ago.
         assert_eq!(
-            p.observe(0, &desktop(10)),
+            p.observe(Duration::ZERO, &desktop(10)),
             Some(evacuate(&[Reason::OwnerActive]))
         );
         assert_eq!(p.observe(60 * S, &desktop(70)), None);
@@ -408,7 +414,7 @@ mod tests {
     #[test]
     fn by_default_vms_run_while_in_use_with_the_busy_memory_cap() {
         let mut p = Politeness::new(Policy::default());
-        assert_eq!(p.observe(0, &desktop(5)), Some(run(50)));
+        assert_eq!(p.observe(Duration::ZERO, &desktop(5)), Some(run(50)));
         let info = p.info();
         assert_eq!(info.state, "throttled");
         assert_eq!(info.mem_cap_mib, 16 * 1024 / 2);
@@ -428,7 +434,10 @@ mod tests {
             on_battery: Some(true),
             ..desktop(600)
         };
-        assert_eq!(p.observe(0, &obs), Some(suspend(&[Reason::OnBattery])));
+        assert_eq!(
+            p.observe(Duration::ZERO, &obs),
+            Some(suspend(&[Reason::OnBattery]))
+        );
         assert_eq!(p.observe(S, &obs), None);
     }
 
@@ -439,7 +448,7 @@ mod tests {
             on_battery: Some(true),
             ..desktop(idle)
         };
-        assert_eq!(p.observe(0, &desktop(600)), Some(run(90)));
+        assert_eq!(p.observe(Duration::ZERO, &desktop(600)), Some(run(90)));
         assert_eq!(
             p.observe(S, &battery(601)),
             Some(suspend(&[Reason::OnBattery]))
@@ -460,7 +469,7 @@ mod tests {
             run_on_batteries: true,
             ..Policy::default()
         });
-        assert_eq!(p.observe(0, &battery(600)), Some(run(90)));
+        assert_eq!(p.observe(Duration::ZERO, &battery(600)), Some(run(90)));
         assert_eq!(p.observe(S, &desktop(601)), None);
     }
 
@@ -476,7 +485,7 @@ mod tests {
             ..desktop(1)
         };
         let all = [Reason::OwnerActive, Reason::CpuLoad { limit_pct: 25 }];
-        assert_eq!(p.observe(0, &busy), Some(evacuate(&all)));
+        assert_eq!(p.observe(Duration::ZERO, &busy), Some(evacuate(&all)));
         let on_battery = Observation {
             on_battery: Some(true),
             ..busy.clone()
@@ -506,7 +515,10 @@ mod tests {
             start_hour: 22,
             end_hour: 7,
         }]);
-        assert_eq!(p.observe(0, &at(3, 21, 59)), Some(outside.clone()));
+        assert_eq!(
+            p.observe(Duration::ZERO, &at(3, 21, 59)),
+            Some(outside.clone())
+        );
         assert!(p.info().reasons[0].contains("22:00-7:00"));
         assert_eq!(p.observe(MIN, &at(3, 22, 0)), Some(run(90)));
         assert_eq!(p.observe(2 * MIN, &at(3, 23, 59)), None);
@@ -533,7 +545,7 @@ mod tests {
             },
             ..Policy::default()
         });
-        assert_eq!(p.observe(0, &at(6, 12, 0)), Some(run(90)));
+        assert_eq!(p.observe(Duration::ZERO, &at(6, 12, 0)), Some(run(90)));
         assert_eq!(
             p.observe(MIN, &at(0, 12, 0)),
             Some(evacuate(&[Reason::OutsideTimeWindow {
@@ -563,7 +575,7 @@ mod tests {
             ..desktop(3600)
         };
         let cpu = suspend(&[Reason::CpuLoad { limit_pct: 25 }]);
-        assert_eq!(p.observe(0, &load(0.1)), Some(run(90)));
+        assert_eq!(p.observe(Duration::ZERO, &load(0.1)), Some(run(90)));
         // A 5-second spike does nothing.
         for t in 1..=5 {
             assert_eq!(p.observe(t * S, &load(0.9)), None);
@@ -595,7 +607,7 @@ mod tests {
     fn a_server_without_input_judges_the_owner_by_load() {
         let mut p = Politeness::new(idle_only());
         // Never seen busy: idle at once.
-        assert_eq!(p.observe(0, &server(0.1)), Some(run(90)));
+        assert_eq!(p.observe(Duration::ZERO, &server(0.1)), Some(run(90)));
         assert_eq!(p.info().owner_idle_s, None);
         // Busy for 10 s: the owner is active.
         for t in 1..11 {
@@ -608,7 +620,10 @@ mod tests {
         // Quiet again: idle counts from the last busy reading, 3 minutes to run.
         assert_eq!(p.observe(12 * S, &server(0.05)), None);
         assert_eq!(p.info().owner_idle_s, Some(1));
-        assert_eq!(p.observe(11 * S + 3 * MIN - 1, &server(0.05)), None);
+        assert_eq!(
+            p.observe(11 * S + 3 * MIN - Duration::from_millis(1), &server(0.05)),
+            None
+        );
         assert_eq!(p.observe(11 * S + 3 * MIN, &server(0.05)), Some(run(90)));
         // ownerLoadPct 0: load never makes the owner active.
         let mut p = Politeness::new(Policy {
@@ -616,7 +631,7 @@ mod tests {
             load_high_for_s: 0,
             ..idle_only()
         });
-        assert_eq!(p.observe(0, &server(1.0)), Some(run(90)));
+        assert_eq!(p.observe(Duration::ZERO, &server(1.0)), Some(run(90)));
         assert_eq!(p.observe(MIN, &server(1.0)), None);
     }
 
@@ -628,7 +643,7 @@ mod tests {
             ..desktop(idle)
         };
         assert_eq!(
-            p.observe(0, &with(OwnerSignal::Active, 3600)),
+            p.observe(Duration::ZERO, &with(OwnerSignal::Active, 3600)),
             Some(evacuate(&[Reason::OwnerActive]))
         );
         assert_eq!(p.observe(S, &with(OwnerSignal::Idle, 0)), Some(run(90)));
@@ -642,7 +657,7 @@ mod tests {
             idle_time_to_run_min: 0,
             ..idle_only()
         });
-        assert_eq!(p.observe(0, &desktop(0)), Some(run(90)));
+        assert_eq!(p.observe(Duration::ZERO, &desktop(0)), Some(run(90)));
         assert_eq!(
             p.observe(S, &with(OwnerSignal::Active, 0)),
             Some(evacuate(&[Reason::OwnerActive]))
@@ -663,7 +678,10 @@ mod tests {
             cpu_cap_percent: 60,
             mem_cap_bytes: bytes,
         };
-        assert_eq!(p.observe(0, &mem(None)), Some(capped(u64::MAX)));
+        assert_eq!(
+            p.observe(Duration::ZERO, &mem(None)),
+            Some(capped(u64::MAX))
+        );
         assert_eq!(p.observe(S, &mem(Some(10 * GIB))), Some(capped(9 * GIB)));
         assert_eq!(p.observe(2 * S, &mem(None)), None);
         let info = p.info();
@@ -685,7 +703,7 @@ mod tests {
     fn admission_reads_the_cap_in_force_and_the_last_known_memory() {
         let mut p = Politeness::new(Policy::default());
         assert_eq!(p.mem_cap(), None, "not observed yet");
-        p.observe(0, &desktop(3600));
+        p.observe(Duration::ZERO, &desktop(3600));
         assert_eq!(p.mem_cap(), Some((16 * GIB * 9 / 10, 90)));
         assert_eq!(p.memory(), (Some(16 * GIB), Some(12 * GIB)));
         p.observe(S, &desktop(0));
@@ -700,7 +718,7 @@ mod tests {
         assert_eq!(p.memory(), (Some(16 * GIB), Some(12 * GIB)));
         // No run, no cap.
         let mut p = Politeness::new(idle_only());
-        p.observe(0, &desktop(0));
+        p.observe(Duration::ZERO, &desktop(0));
         assert_eq!(p.mem_cap(), None);
     }
 
@@ -712,9 +730,9 @@ mod tests {
         });
         p.observe(100 * S, &server(0.9));
         p.observe(5 * S, &server(0.9));
-        p.observe(0, &server(0.0));
-        p.observe(u64::MAX, &server(0.9));
-        p.observe(0, &desktop(u64::MAX));
+        p.observe(Duration::ZERO, &server(0.0));
+        p.observe(Duration::MAX, &server(0.9));
+        p.observe(Duration::ZERO, &desktop(u64::MAX));
         assert!(!p.current().reasons().contains(&Reason::NotObserved));
     }
 }
