@@ -655,3 +655,175 @@ fn verify_and_store(store: &ChunkStore, received: Vec<Received>) -> Result<Verif
     batch.commit()?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::{AsyncWriteExt, Future};
+
+    use super::*;
+    use crate::swarm::chunk_exchange::fixtures::*;
+    use crate::swarm::chunk_exchange::ExchangeConfig;
+    use crate::transfer::wire::MAX_REQUEST_BODY;
+
+    fn asked(ids: &[ChunkId]) -> Vec<(ChunkId, u32)> {
+        ids.iter().map(|id| (*id, CHUNK_LEN)).collect()
+    }
+
+    /// A request's exchange against a fake server: `answer` gets the request it read and
+    /// the server's end of the stream.
+    async fn attempt_against<F, Fut>(
+        chunks: &[(ChunkId, u32)],
+        answer: F,
+    ) -> Result<Option<Answer>, String>
+    where
+        F: FnOnce(Request, Pipe) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let (mut client, mut server) = pipe();
+        let fake = tokio::spawn(async move {
+            let body = read_frame(&mut server, MAX_REQUEST_BODY).await.unwrap();
+            let request = Request::decode(&body.unwrap()).unwrap();
+            answer(request, server).await;
+        });
+        let out = RequestJob::attempt(chunks, &mut client).await;
+        fake.await.unwrap();
+        out
+    }
+
+    async fn reply(mut server: Pipe, answers: Vec<Response>) {
+        for a in answers {
+            server.write_all(&a.encode()).await.unwrap();
+        }
+        server.close().await.unwrap();
+    }
+
+    fn stored(fx: &Fixture, id: ChunkId) -> Response {
+        let (encoded, len) = fx.store.get_encoded(&id).unwrap();
+        Response::Chunk {
+            id,
+            encoded,
+            raw_len: len as u32,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_against_the_real_server_fetches_and_stores_verified_chunks() {
+        let provider = Fixture::new(2);
+        let shared = provider.serving(ExchangeConfig::default(), &provider.chunks, ([1; 32], b""));
+        let (mut client, server) = pipe();
+        let served = tokio::spawn(async move {
+            crate::swarm::chunk_exchange::serve::serve_stream(&shared, PeerId::random(), server)
+                .await
+        });
+        let missing = ChunkId::of(&[5; CHUNK_LEN as usize]);
+        let want = asked(&[provider.chunks[0], missing, provider.chunks[1]]);
+        let Ok(Some(Answer::Chunks {
+            received,
+            not_found,
+            violation: None,
+            stream: None,
+        })) = RequestJob::attempt(&want, &mut client).await
+        else {
+            panic!("expected the chunks");
+        };
+        assert_eq!(not_found, vec![missing]);
+        let got: Vec<ChunkId> = received.iter().map(|r| r.id).collect();
+        assert_eq!(got, provider.chunks);
+
+        let fetcher = Fixture::new(0);
+        let outcome = verify_and_store(&fetcher.store, received).unwrap();
+        assert_eq!(outcome.invalid, None);
+        assert_eq!(outcome.verified.len(), 2);
+        for (i, id) in provider.chunks.iter().enumerate() {
+            assert_eq!(fetcher.store.get(id).unwrap(), raw(i as u8));
+        }
+        client.close().await.unwrap();
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_chunk_that_does_not_hash_to_its_id_is_not_stored() {
+        let fx = Fixture::new(2);
+        let [a, b] = [fx.chunks[0], fx.chunks[1]];
+        // The provider sends a's bytes as b (same length, so only the hash tells).
+        let Response::Chunk { encoded, .. } = stored(&fx, a) else {
+            unreachable!()
+        };
+        let forged = Response::Chunk {
+            id: b,
+            encoded,
+            raw_len: CHUNK_LEN,
+        };
+        let answers = vec![stored(&fx, a), forged, Response::End];
+        let answer = attempt_against(&asked(&[a, b]), move |request, server| async move {
+            assert_eq!(request, Request::Chunks(vec![a, b]));
+            reply(server, answers).await
+        })
+        .await;
+        let Ok(Some(Answer::Chunks {
+            received,
+            violation: None,
+            ..
+        })) = answer
+        else {
+            panic!("expected the chunks");
+        };
+        let fetcher = Fixture::new(0);
+        let outcome = verify_and_store(&fetcher.store, received).unwrap();
+        assert_eq!(outcome.invalid, Some(b));
+        assert_eq!(outcome.verified.len(), 1);
+        assert!(fetcher.store.contains(&a));
+        assert!(!fetcher.store.contains(&b));
+    }
+
+    #[tokio::test]
+    async fn chunks_not_asked_for_or_of_the_wrong_length_are_violations() {
+        let fx = Fixture::new(2);
+        let [a, b] = [fx.chunks[0], fx.chunks[1]];
+        let mut wrong_len = stored(&fx, a);
+        if let Response::Chunk { raw_len, .. } = &mut wrong_len {
+            *raw_len = CHUNK_LEN - 1;
+        }
+        let cases = [
+            (vec![stored(&fx, b), Response::End], b),
+            (vec![Response::NotFound(*b.as_bytes()), Response::End], b),
+            (vec![wrong_len, Response::End], a),
+        ];
+        for (answers, culprit) in cases {
+            let answer =
+                attempt_against(&asked(&[a]), move |_, server| reply(server, answers)).await;
+            assert!(
+                matches!(answer, Ok(Some(Answer::Chunks { violation: Some(id), .. })) if id == culprit),
+                "culprit {culprit}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn busy_early_ends_and_wrong_answers_are_told_apart() {
+        let fx = Fixture::new(1);
+        let want = asked(&fx.chunks);
+        let busy = Response::Busy {
+            retry_after_ms: 250,
+        };
+        let answer = attempt_against(&want, move |_, server| reply(server, vec![busy])).await;
+        assert!(matches!(
+            answer,
+            Ok(Some(Answer::Busy(wait, None))) if wait == Duration::from_millis(250)
+        ));
+        // A stream that ends before any answer: the caller tries another stream.
+        let answer = attempt_against(&want, |_, server| reply(server, Vec::new())).await;
+        assert!(matches!(answer, Ok(None)));
+        // An answer that is not one to a chunk request, or a stream cut mid-answer.
+        let manifest = Response::Manifest(b"m".to_vec());
+        let answer = attempt_against(&want, move |_, server| reply(server, vec![manifest])).await;
+        assert!(matches!(answer, Err(e) if e.contains("unexpected manifest")));
+        let first = stored(&fx, fx.chunks[0]);
+        let answer = attempt_against(
+            &asked(&[fx.chunks[0], ChunkId::of(b"x")]),
+            move |_, server| reply(server, vec![first]),
+        )
+        .await;
+        assert!(matches!(answer, Err(e) if e.contains("closed mid-answer")));
+    }
+}

@@ -193,6 +193,21 @@ struct Counters {
     refused: AtomicU64,
 }
 
+impl Counters {
+    fn snapshot(&self) -> ServeStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServeStats {
+            streams: get(&self.streams),
+            requests: get(&self.requests),
+            chunks: get(&self.chunks),
+            bytes: get(&self.bytes),
+            not_found: get(&self.not_found),
+            busy: get(&self.busy),
+            refused: get(&self.refused),
+        }
+    }
+}
+
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
@@ -240,16 +255,7 @@ impl ChunkExchange {
         let incoming = control
             .accept(CHUNKS_PROTOCOL)
             .map_err(|_| ExchangeError::AlreadyRegistered)?;
-        let shared = Arc::new(Shared {
-            local: node.peer_id(),
-            store,
-            limiter: Mutex::new(RateLimiter::new(cfg.rate)),
-            streams: Arc::new(Semaphore::new(cfg.max_streams.max(1))),
-            cfg,
-            sets: RwLock::new(Sets::default()),
-            epoch: Instant::now(),
-            counters: Counters::default(),
-        });
+        let shared = Arc::new(Shared::new(node.peer_id(), store, cfg));
         let accept = tokio::spawn(accept_loop(shared.clone(), incoming));
         Ok(ChunkExchange {
             shared,
@@ -264,17 +270,7 @@ impl ChunkExchange {
 
     /// What the server side did so far.
     pub fn serve_stats(&self) -> ServeStats {
-        let c = &self.shared.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        ServeStats {
-            streams: get(&c.streams),
-            requests: get(&c.requests),
-            chunks: get(&c.chunks),
-            bytes: get(&c.bytes),
-            not_found: get(&c.not_found),
-            busy: get(&c.busy),
-            refused: get(&c.refused),
-        }
+        self.shared.counters.snapshot()
     }
 
     fn check_node(&self, node: &MeshNode) -> Result<(), ExchangeError> {
@@ -345,6 +341,19 @@ impl ChunkExchange {
 }
 
 impl Shared {
+    fn new(local: PeerId, store: Arc<ChunkStore>, cfg: ExchangeConfig) -> Shared {
+        Shared {
+            local,
+            store,
+            limiter: Mutex::new(RateLimiter::new(cfg.rate)),
+            streams: Arc::new(Semaphore::new(cfg.max_streams.max(1))),
+            cfg,
+            sets: RwLock::new(Sets::default()),
+            epoch: Instant::now(),
+            counters: Counters::default(),
+        }
+    }
+
     fn now(&self) -> Duration {
         self.epoch.elapsed()
     }
@@ -359,5 +368,69 @@ impl Shared {
 
     fn limiter(&self) -> MutexGuard<'_, RateLimiter<PeerId>> {
         self.limiter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A store of chunks and the streams to serve or fetch them in memory, for the tests of both
+/// sides.
+#[cfg(test)]
+mod fixtures {
+    use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+
+    use super::*;
+    use crate::chunks::Level;
+
+    /// Bytes of each test chunk (all the same length, so one can pose as another).
+    pub(super) const CHUNK_LEN: u32 = 4096;
+
+    /// One end of an in-memory stream.
+    pub(super) type Pipe = Compat<tokio::io::DuplexStream>;
+
+    pub(super) fn pipe() -> (Pipe, Pipe) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        (a.compat(), b.compat())
+    }
+
+    pub(super) struct Fixture {
+        pub(super) _dir: tempfile::TempDir,
+        pub(super) store: Arc<ChunkStore>,
+        /// Chunks in the store (chunk `i` is `CHUNK_LEN` bytes of `i + 1`).
+        pub(super) chunks: Vec<ChunkId>,
+    }
+
+    impl Fixture {
+        /// A store holding `n` chunks.
+        pub(super) fn new(n: u8) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(ChunkStore::open(dir.path(), Level::default()).unwrap());
+            let chunks = (0..n).map(|i| store.put(&raw(i)).unwrap().id).collect();
+            Fixture {
+                _dir: dir,
+                store,
+                chunks,
+            }
+        }
+
+        /// A server side on this store serving `chunks` and a manifest `id` -> `bytes`.
+        pub(super) fn serving(
+            &self,
+            cfg: ExchangeConfig,
+            chunks: &[ChunkId],
+            manifest: ([u8; 32], &[u8]),
+        ) -> Arc<Shared> {
+            let shared = Shared::new(PeerId::random(), self.store.clone(), cfg);
+            {
+                let mut sets = shared.sets();
+                sets.manifests
+                    .insert(manifest.0, Arc::new(manifest.1.to_vec()));
+                sets.chunks.extend(chunks.iter().copied());
+            }
+            Arc::new(shared)
+        }
+    }
+
+    /// The raw bytes of test chunk `i`.
+    pub(super) fn raw(i: u8) -> Vec<u8> {
+        vec![i.wrapping_add(1).max(1); CHUNK_LEN as usize]
     }
 }

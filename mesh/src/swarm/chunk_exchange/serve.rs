@@ -51,7 +51,7 @@ enum ServeError {
     Idle(Duration),
 }
 
-async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     peer: PeerId,
     mut stream: S,
@@ -197,5 +197,236 @@ async fn chunk_response(shared: &Shared, id: ChunkId) -> Response {
             warn!(chunk = %id, error = %e, "chunk read task failed");
             not_found()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{AsyncRead, AsyncWriteExt};
+
+    use super::*;
+    use crate::swarm::chunk_exchange::fixtures::*;
+    use crate::swarm::chunk_exchange::{ExchangeConfig, ServeStats};
+    use crate::transfer::rate::RateConfig;
+    use crate::transfer::wire::MAX_RESPONSE_BODY;
+
+    const SET: [u8; 32] = [7; 32];
+    const MANIFEST: &[u8] = b"manifest bytes";
+
+    /// Serves `server` (as `peer`) until the stream ends.
+    fn serve(shared: &Arc<Shared>, peer: PeerId, server: Pipe) -> tokio::task::JoinHandle<()> {
+        let shared = shared.clone();
+        tokio::spawn(async move { serve_stream(&shared, peer, server).await })
+    }
+
+    async fn ask(client: &mut Pipe, request: &Request) {
+        client.write_all(&request.encode()).await.unwrap();
+        client.flush().await.unwrap();
+    }
+
+    /// The next answer, `None` once the server closed the stream.
+    async fn next<R: AsyncRead + Unpin>(client: &mut R) -> Option<Response> {
+        let body = read_frame(client, MAX_RESPONSE_BODY).await.unwrap()?;
+        Some(Response::decode(&body).unwrap())
+    }
+
+    fn stats(shared: &Shared) -> ServeStats {
+        shared.counters.snapshot()
+    }
+
+    #[tokio::test]
+    async fn serves_the_chunks_and_manifests_of_served_sets_and_nothing_else() {
+        let fx = Fixture::new(3);
+        let [a, b, held] = [fx.chunks[0], fx.chunks[1], fx.chunks[2]];
+        let shared = fx.serving(ExchangeConfig::default(), &[a, b], (SET, MANIFEST));
+        let (mut client, server) = pipe();
+        let served = serve(&shared, PeerId::random(), server);
+
+        let unknown = ChunkId::of(b"never stored");
+        ask(&mut client, &Request::Chunks(vec![a, unknown, held, b])).await;
+        // Served chunks come as stored, in the order asked; `unknown` and `held` (in the
+        // store but in no served set) are not found.
+        let chunk = |id: ChunkId| {
+            let (encoded, len) = fx.store.get_encoded(&id).unwrap();
+            Response::Chunk {
+                id,
+                encoded,
+                raw_len: len as u32,
+            }
+        };
+        let expected = [
+            chunk(a),
+            Response::NotFound(*unknown.as_bytes()),
+            Response::NotFound(*held.as_bytes()),
+            chunk(b),
+            Response::End,
+        ];
+        for want in expected {
+            assert_eq!(next(&mut client).await, Some(want));
+        }
+
+        // The stream carries the next requests.
+        ask(&mut client, &Request::Manifest(SET)).await;
+        assert_eq!(
+            next(&mut client).await,
+            Some(Response::Manifest(MANIFEST.to_vec()))
+        );
+        ask(&mut client, &Request::Manifest([9; 32])).await;
+        assert_eq!(next(&mut client).await, Some(Response::NotFound([9; 32])));
+
+        // A clean end of the stream ends its task, and the server closes its side.
+        client.close().await.unwrap();
+        served.await.unwrap();
+        assert_eq!(next(&mut client).await, None);
+        let s = stats(&shared);
+        assert_eq!((s.requests, s.chunks, s.not_found), (3, 2, 3));
+        assert_eq!((s.busy, s.refused), (0, 0));
+        assert!(s.bytes > 2 * 16, "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn hostile_requests_close_the_stream_and_count_as_refused() {
+        let fx = Fixture::new(1);
+        let shared = fx.serving(ExchangeConfig::default(), &fx.chunks, (SET, MANIFEST));
+        // Frames are `u32 BE length || body`.
+        let oversize = ((MAX_REQUEST_BODY + 1) as u32).to_be_bytes().to_vec();
+        let mut unknown_tag = 1u32.to_be_bytes().to_vec();
+        unknown_tag.push(0xff);
+        let no_ids = Request::Chunks(Vec::new()).encode();
+        let repeated = Request::Chunks(vec![fx.chunks[0], fx.chunks[0]]).encode();
+        let mut truncated_id = Request::Chunks(vec![fx.chunks[0]]).encode();
+        truncated_id.truncate(truncated_id.len() - 1);
+        let body_len = (truncated_id.len() - 4) as u32;
+        truncated_id[..4].copy_from_slice(&body_len.to_be_bytes());
+        let cases = [oversize, unknown_tag, no_ids, repeated, truncated_id];
+        for (i, frame) in cases.iter().enumerate() {
+            let (mut client, server) = pipe();
+            let served = serve(&shared, PeerId::random(), server);
+            client.write_all(frame).await.unwrap();
+            client.flush().await.unwrap();
+            // Nothing is answered: the server closes the stream.
+            assert_eq!(next(&mut client).await, None, "case {i}");
+            served.await.unwrap();
+            assert_eq!(stats(&shared).refused, i as u64 + 1, "case {i}");
+        }
+        assert_eq!(stats(&shared).requests, 0);
+
+        // A frame cut short by the end of the stream only closes it (not a malformed one).
+        let (mut client, server) = pipe();
+        let served = serve(&shared, PeerId::random(), server);
+        client.write_all(&[0, 0, 0, 10, 1, 2]).await.unwrap();
+        client.close().await.unwrap();
+        served.await.unwrap();
+        assert_eq!(next(&mut client).await, None);
+        assert_eq!(stats(&shared).refused, cases.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_peer_over_its_byte_rate_is_told_to_wait() {
+        let fx = Fixture::new(1);
+        let cfg = ExchangeConfig {
+            rate: RateConfig {
+                bytes_per_sec: 1000,
+                burst_bytes: 1,
+                ..RateConfig::default()
+            },
+            ..ExchangeConfig::default()
+        };
+        let shared = fx.serving(cfg, &fx.chunks, (SET, MANIFEST));
+        let (mut client, server) = pipe();
+        let served = serve(&shared, PeerId::random(), server);
+        // The first request is served in full (the bucket was not empty) and leaves a debt.
+        ask(&mut client, &Request::Chunks(fx.chunks.clone())).await;
+        assert!(matches!(
+            next(&mut client).await,
+            Some(Response::Chunk { .. })
+        ));
+        assert_eq!(next(&mut client).await, Some(Response::End));
+        // The next ones are refused with the time to wait, on the same stream.
+        for _ in 0..2 {
+            ask(&mut client, &Request::Manifest(SET)).await;
+            match next(&mut client).await {
+                Some(Response::Busy { retry_after_ms }) => {
+                    assert!((1..=MAX_RETRY_AFTER_MS).contains(&retry_after_ms))
+                }
+                other => panic!("expected busy, got {other:?}"),
+            }
+        }
+        client.close().await.unwrap();
+        served.await.unwrap();
+        let s = stats(&shared);
+        assert_eq!((s.requests, s.busy, s.chunks), (3, 2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_peer_over_its_stream_limit_is_refused_with_busy() {
+        let fx = Fixture::new(1);
+        let cfg = ExchangeConfig {
+            rate: RateConfig {
+                max_streams_per_peer: 1,
+                ..RateConfig::default()
+            },
+            ..ExchangeConfig::default()
+        };
+        let shared = fx.serving(cfg, &fx.chunks, (SET, MANIFEST));
+        let peer = PeerId::random();
+        let (mut first, server) = pipe();
+        let first_served = serve(&shared, peer, server);
+        // Once the first stream answers, it is admitted and holds the peer's only slot.
+        ask(&mut first, &Request::Manifest(SET)).await;
+        assert!(matches!(
+            next(&mut first).await,
+            Some(Response::Manifest(_))
+        ));
+        let (mut second, server) = pipe();
+        serve(&shared, peer, server).await.unwrap();
+        assert!(matches!(
+            next(&mut second).await,
+            Some(Response::Busy { .. })
+        ));
+        assert_eq!(next(&mut second).await, None);
+        assert_eq!(stats(&shared).refused, 1);
+        // Another peer is not affected; the slot frees when the first stream ends.
+        let (mut other, server) = pipe();
+        let other_served = serve(&shared, PeerId::random(), server);
+        ask(&mut other, &Request::Manifest(SET)).await;
+        assert!(matches!(
+            next(&mut other).await,
+            Some(Response::Manifest(_))
+        ));
+        other.close().await.unwrap();
+        other_served.await.unwrap();
+        first.close().await.unwrap();
+        first_served.await.unwrap();
+        let (mut again, server) = pipe();
+        let again_served = serve(&shared, peer, server);
+        ask(&mut again, &Request::Manifest(SET)).await;
+        assert!(matches!(
+            next(&mut again).await,
+            Some(Response::Manifest(_))
+        ));
+        again.close().await.unwrap();
+        again_served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_silent_stream_is_closed_after_the_idle_timeout() {
+        let fx = Fixture::new(1);
+        let cfg = ExchangeConfig {
+            idle_timeout: Duration::from_millis(50),
+            ..ExchangeConfig::default()
+        };
+        let shared = fx.serving(cfg, &fx.chunks, (SET, MANIFEST));
+        let (mut client, server) = pipe();
+        let served = serve(&shared, PeerId::random(), server);
+        // Half a frame, then nothing.
+        client.write_all(&[0, 0]).await.unwrap();
+        client.flush().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the server gave up on the idle stream")
+            .unwrap();
+        assert_eq!(next(&mut client).await, None);
+        assert_eq!(stats(&shared).refused, 0);
     }
 }
