@@ -35,7 +35,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,6 +49,7 @@ use tokio::time::{timeout, Instant};
 use super::cell::codec::{Decoder, Encoder};
 use crate::cell_wire::{self, virtual_addr, Admission, ShortId, WireNodeId, FRAME_HEADER_BYTES};
 use crate::cells::CellId;
+use crate::util::lock;
 
 /// The protocol of cell membership streams.
 pub const CELL_PROTOCOL: StreamProtocol = StreamProtocol::new("/novacron/cell/1");
@@ -127,11 +128,6 @@ struct Shared {
     opened: AtomicBool,
     epoch: Instant,
     stop_tx: watch::Sender<bool>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain maps behind: keep using them.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {

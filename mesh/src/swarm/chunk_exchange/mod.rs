@@ -367,7 +367,7 @@ impl Shared {
     }
 
     fn limiter(&self) -> MutexGuard<'_, RateLimiter<PeerId>> {
-        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.limiter)
     }
 }
 
