@@ -2,6 +2,7 @@
 //! [`super`]).
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use super::{
     CellWireError, Envelope, ShortId, WireNodeId, MAX_GENERATIONS_PER_MEMBER, MAX_KEYS_PER_MEMBER,
@@ -12,11 +13,12 @@ use crate::cells::CellId;
 struct Admitted {
     generations: BTreeSet<u64>,
     keys: BTreeSet<String>,
-    since_ms: u64,
+    /// When it was admitted (since the driver's epoch).
+    since: Duration,
 }
 
 /// What the frames of one cell may make chitchat hold (see the module doc). Sans-IO: the
-/// caller passes the time in milliseconds.
+/// caller passes `now`, the time since its epoch.
 #[derive(Debug)]
 pub struct Admission {
     cell: CellId,
@@ -34,7 +36,7 @@ impl Admission {
     }
 
     /// Admits everything `env` mentions or refuses the whole frame (nothing is recorded then).
-    pub fn admit(&mut self, env: &Envelope, now_ms: u64) -> Result<(), CellWireError> {
+    pub fn admit(&mut self, env: &Envelope, now: Duration) -> Result<(), CellWireError> {
         let mut new_members: BTreeSet<ShortId> = BTreeSet::new();
         let mut new_gens: HashMap<ShortId, BTreeSet<u64>> = HashMap::new();
         let mut new_keys: HashMap<ShortId, BTreeSet<&str>> = HashMap::new();
@@ -78,7 +80,7 @@ impl Admission {
             self.members.insert(
                 id,
                 Admitted {
-                    since_ms: now_ms,
+                    since: now,
                     ..Admitted::default()
                 },
             );
@@ -97,9 +99,9 @@ impl Admission {
     }
 
     /// Forgets what chitchat no longer holds: generations not in `held`, and members with
-    /// none left that were admitted more than `min_age_ms` ago (younger ones may still be on
+    /// none left that were admitted more than `min_age` ago (younger ones may still be on
     /// their way to chitchat).
-    pub fn retain(&mut self, held: &BTreeSet<WireNodeId>, now_ms: u64, min_age_ms: u64) {
+    pub fn retain(&mut self, held: &BTreeSet<WireNodeId>, now: Duration, min_age: Duration) {
         self.members.retain(|id, a| {
             a.generations.retain(|g| {
                 held.contains(&WireNodeId {
@@ -107,7 +109,7 @@ impl Admission {
                     generation: *g,
                 })
             });
-            !a.generations.is_empty() || now_ms.saturating_sub(a.since_ms) < min_age_ms
+            !a.generations.is_empty() || now.saturating_sub(a.since) < min_age
         });
     }
 
@@ -132,10 +134,10 @@ mod tests {
         let everyone = CellId::new(0, 0).unwrap();
         let mut adm = Admission::new(everyone, 3);
         let three = ack_of(vec![delta(1, &["a"]), delta(2, &[]), delta(3, &[])]);
-        adm.admit(&three, 0).unwrap();
+        adm.admit(&three, Duration::ZERO).unwrap();
         assert_eq!(adm.len(), 3);
         assert_eq!(
-            adm.admit(&ack_of(vec![delta(4, &[])]), 0),
+            adm.admit(&ack_of(vec![delta(4, &[])]), Duration::ZERO),
             Err(CellWireError::MemberCap(sid(4), 3))
         );
         // A refused frame records nothing.
@@ -145,12 +147,12 @@ mod tests {
         for g in 0..(MAX_GENERATIONS_PER_MEMBER as u64 - 1) {
             let mut d = delta(1, &[]);
             d.node.generation = g;
-            adm.admit(&ack_of(vec![d]), 0).unwrap();
+            adm.admit(&ack_of(vec![d]), Duration::ZERO).unwrap();
         }
         let mut d = delta(1, &[]);
         d.node.generation = 99;
         assert_eq!(
-            adm.admit(&ack_of(vec![d]), 0),
+            adm.admit(&ack_of(vec![d]), Duration::ZERO),
             Err(CellWireError::GenerationCap(
                 sid(1),
                 MAX_GENERATIONS_PER_MEMBER
@@ -160,22 +162,36 @@ mod tests {
         // Keys of one member: 31 fit, two more distinct ones would make 33.
         let keys: Vec<String> = (0..31).map(|i| format!("k{i}")).collect();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        adm.admit(&ack_of(vec![delta(2, &refs[..16])]), 0).unwrap();
-        adm.admit(&ack_of(vec![delta(2, &refs[16..])]), 0).unwrap();
-        adm.admit(&ack_of(vec![delta(2, &["k0", "k1"])]), 0)
+        adm.admit(&ack_of(vec![delta(2, &refs[..16])]), Duration::ZERO)
+            .unwrap();
+        adm.admit(&ack_of(vec![delta(2, &refs[16..])]), Duration::ZERO)
+            .unwrap();
+        adm.admit(&ack_of(vec![delta(2, &["k0", "k1"])]), Duration::ZERO)
             .unwrap();
         assert_eq!(
-            adm.admit(&ack_of(vec![delta(2, &["one-more", "and-another"])]), 0),
+            adm.admit(
+                &ack_of(vec![delta(2, &["one-more", "and-another"])]),
+                Duration::ZERO
+            ),
             Err(CellWireError::KeyCap(sid(2), MAX_KEYS_PER_MEMBER))
         );
 
         // Retain: members chitchat no longer holds go once old enough.
         let held: BTreeSet<WireNodeId> = [node(2, 1002), node(3, 1003)].into();
-        adm.retain(&held, 1_000, 5_000);
+        adm.retain(
+            &held,
+            Duration::from_millis(1_000),
+            Duration::from_millis(5_000),
+        );
         assert_eq!(adm.len(), 3, "too young to forget");
-        adm.retain(&held, 10_000, 5_000);
+        adm.retain(
+            &held,
+            Duration::from_millis(10_000),
+            Duration::from_millis(5_000),
+        );
         assert_eq!(adm.len(), 2);
-        adm.admit(&ack_of(vec![delta(4, &[])]), 10_000).unwrap();
+        adm.admit(&ack_of(vec![delta(4, &[])]), Duration::from_millis(10_000))
+            .unwrap();
 
         // A one-bit cell refuses members of the other half.
         let mine = cell_id(&peer(1), 1);
@@ -184,9 +200,11 @@ mod tests {
             .find(|i| !mine.contains(&peer(*i)))
             .expect("some peer in the other half");
         assert_eq!(
-            half.admit(&ack_of(vec![delta(other, &[])]), 0),
+            half.admit(&ack_of(vec![delta(other, &[])]), Duration::ZERO),
             Err(CellWireError::OutsideCell(sid(other)))
         );
-        assert!(half.admit(&ack_of(vec![delta(1, &[])]), 0).is_ok());
+        assert!(half
+            .admit(&ack_of(vec![delta(1, &[])]), Duration::ZERO)
+            .is_ok());
     }
 }

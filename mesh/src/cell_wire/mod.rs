@@ -1,6 +1,6 @@
 //! The bytes of cell membership (chitchat) on a `/novacron/cell/1` stream: framing, a full
 //! validating parser of chitchat 0.13's message format, the virtual address of a peer, and
-//! admission of what a frame mentions. Pure: no IO, no clock (callers pass `now_ms`), so it
+//! admission of what a frame mentions. Pure: no IO, no clock (callers pass `now`), so it
 //! is fuzzed without libp2p (`fuzz/fuzz_targets/cell_frame.rs`).
 //!
 //! A frame is `u32 LE length || body`, the body one chitchat envelope: magic `45139` (u16

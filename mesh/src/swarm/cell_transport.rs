@@ -44,9 +44,10 @@ use chitchat::ChitchatEnvelope;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, watch};
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 
 use super::cell::codec::{Decoder, Encoder};
+use super::clock::Epoch;
 use crate::cell_wire::{self, virtual_addr, Admission, ShortId, WireNodeId, FRAME_HEADER_BYTES};
 use crate::cells::CellId;
 use crate::util::lock;
@@ -55,7 +56,7 @@ use crate::util::lock;
 pub const CELL_PROTOCOL: StreamProtocol = StreamProtocol::new("/novacron/cell/1");
 
 /// How long an admitted member that chitchat does not hold yet is remembered.
-const ADMISSION_MIN_AGE_MS: u64 = 30_000;
+const ADMISSION_MIN_AGE: Duration = Duration::from_secs(30);
 /// Validated frames waiting for the decoder.
 const DECODE_QUEUE: usize = 64;
 
@@ -126,15 +127,11 @@ struct Shared {
     refused: AtomicU64,
     next_writer: AtomicU64,
     opened: AtomicBool,
-    epoch: Instant,
+    epoch: Epoch,
     stop_tx: watch::Sender<bool>,
 }
 
 impl Shared {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     fn register(&self, peer: PeerId) -> Option<SocketAddr> {
         let addr = virtual_addr(&peer);
         let mut peers = lock(&self.peers);
@@ -200,7 +197,7 @@ impl CellTransport {
                 refused: AtomicU64::new(0),
                 next_writer: AtomicU64::new(0),
                 opened: AtomicBool::new(false),
-                epoch: Instant::now(),
+                epoch: Epoch::start(),
                 stop_tx,
             }),
         }
@@ -229,8 +226,8 @@ impl CellTransport {
 
     /// Lets admission forget members and generations chitchat no longer holds.
     pub fn retain_admitted(&self, held: &BTreeSet<WireNodeId>) {
-        let now = self.shared.now_ms();
-        lock(&self.shared.admission).retain(held, now, ADMISSION_MIN_AGE_MS);
+        let now = self.shared.epoch.now();
+        lock(&self.shared.admission).retain(held, now, ADMISSION_MIN_AGE);
     }
 
     /// Stops every task of the transport (streams close; the protocol stays unregistered
@@ -474,7 +471,7 @@ async fn read_frames(
             shared.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let now = shared.now_ms();
+        let now = shared.epoch.now();
         if let Err(e) = lock(&shared.admission).admit(&envelope, now) {
             tracing::debug!(%peer, error = %e, "cell: frame refused");
             shared.refused.fetch_add(1, Ordering::Relaxed);

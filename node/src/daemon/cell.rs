@@ -138,14 +138,14 @@ pub fn member_record_verified(
     let Some(bytes) = hex.and_then(from_hex) else {
         return false;
     };
-    let Ok(record) = SignedRecord::verify(&bytes, now) else {
+    let Ok(record) = SignedRecord::verify(&bytes, Duration::from_secs(now)) else {
         return false;
     };
     if record.peer_id().ok().as_ref() != Some(member) {
         return false;
     }
     let seq = record.seq;
-    match book.insert(record, now) {
+    match book.insert(record, Duration::from_secs(now)) {
         Ok(_) => true,
         Err(_) => book.get(member).is_some_and(|held| held.seq == seq),
     }
@@ -214,8 +214,8 @@ pub async fn publish_summary_if_representative(
         caps.iter().map(|(p, c)| (p, c)),
         &me,
         DEFAULT_REPRESENTATIVES,
-        now,
-        SUMMARY_TTL_S,
+        Duration::from_secs(now),
+        Duration::from_secs(SUMMARY_TTL_S),
     )?;
     let signed = sign_summary(identity, &record)?.encode()?;
     mesh.put_cell_summary(signed.clone())
@@ -259,7 +259,7 @@ pub fn mesh_size_estimate(
     let mut book = SummaryBook::default();
     for s in summaries {
         // The node's book verified them; expired or crowded-out ones simply do not count.
-        let _ = book.insert(s, now);
+        let _ = book.insert(s, Duration::from_secs(now));
     }
     estimate_mesh_size_from_book(&book, Some((live, bits)))
         .unwrap_or_else(|| estimate_mesh_size(live, bits))
@@ -296,7 +296,15 @@ mod tests {
             free_slots: 2,
             load_permille: 100,
         };
-        let mut record = build_summary_record(cell, [(&me, &cap)], &me, 3, 1_000, 600).unwrap();
+        let mut record = build_summary_record(
+            cell,
+            [(&me, &cap)],
+            &me,
+            3,
+            Duration::from_secs(1_000),
+            Duration::from_secs(600),
+        )
+        .unwrap();
         record.summary.members = u32::try_from(members).unwrap();
         record
     }

@@ -230,9 +230,9 @@ impl ChunkExchange {
                     })
                 }
             }
-            let event = match sched.next_wakeup(now) {
+            let event = match sched.next_deadline(now) {
                 Some(at) => {
-                    let at = tokio::time::Instant::from_std(shared.epoch + at);
+                    let at = shared.epoch.instant(at);
                     tokio::select! {
                         event = rx.recv() => event,
                         () = tokio::time::sleep_until(at) => continue,

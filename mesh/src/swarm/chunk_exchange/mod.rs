@@ -34,7 +34,7 @@ mod serve;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::Semaphore;
@@ -44,6 +44,7 @@ use tracing::info;
 pub use frame::{read_frame, FrameError};
 use serve::accept_loop;
 
+use super::clock::Epoch;
 use super::{MeshNode, SwarmError};
 use crate::chunks::{ChunkId, ChunkStore, StoreError};
 use crate::dht_keys::DhtKey;
@@ -225,7 +226,7 @@ struct Shared {
     sets: RwLock<Sets>,
     limiter: Mutex<RateLimiter<PeerId>>,
     streams: Arc<Semaphore>,
-    epoch: Instant,
+    epoch: Epoch,
     counters: Counters,
 }
 
@@ -349,13 +350,13 @@ impl Shared {
             streams: Arc::new(Semaphore::new(cfg.max_streams.max(1))),
             cfg,
             sets: RwLock::new(Sets::default()),
-            epoch: Instant::now(),
+            epoch: Epoch::start(),
             counters: Counters::default(),
         }
     }
 
     fn now(&self) -> Duration {
-        self.epoch.elapsed()
+        self.epoch.now()
     }
 
     fn sets(&self) -> std::sync::RwLockWriteGuard<'_, Sets> {
