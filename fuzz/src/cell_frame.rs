@@ -6,6 +6,8 @@
 //! more operations than allowed; re-encoding the envelope decodes to the same envelope;
 //! admission into a one-cell mesh never panics, and a refused frame leaves it unchanged.
 
+use std::time::Duration;
+
 use novacron_mesh::cell_wire::{
     check_peer_key, decode_body, decode_frame, encode_body, encode_frame, Admission,
     DigestEncoding, DigestEntry, Envelope, KvStatus, NodeDelta, NodeOp, ShortId, WireMessage,
@@ -65,7 +67,7 @@ pub fn check(data: &[u8]) -> bool {
         "decode(encode(envelope)) differs"
     );
     let mut admission = Admission::new(CellId::new(0, 0).expect("cell 0/0"), 4);
-    if admission.admit(&env, 0).is_err() {
+    if admission.admit(&env, Duration::ZERO).is_err() {
         assert!(admission.is_empty(), "a refused frame was partly admitted");
     }
     true

@@ -4,6 +4,8 @@
 //! summary is within every limit, its contacts lie in its cell and include the signer; its
 //! archive decodes back to the same summary; the envelope, re-encoded, verifies again to it.
 
+use std::time::Duration;
+
 use novacron_mesh::cells::{
     sign_summary, verify_summary, CellId, CellSummary, SummaryRecord, MAX_SIGNED_SUMMARY_LEN,
 };
@@ -16,7 +18,7 @@ use crate::Seed;
 pub const NOW: u64 = 1_800_000_000;
 
 pub fn check(data: &[u8]) -> bool {
-    let Ok(record) = verify_summary(data, NOW) else {
+    let Ok(record) = verify_summary(data, Duration::from_secs(NOW)) else {
         return false;
     };
     assert!(data.len() <= MAX_SIGNED_SUMMARY_LEN, "over the size limit");
@@ -34,7 +36,7 @@ pub fn check(data: &[u8]) -> bool {
     );
     let envelope = SignedRecord::decode(data, MAX_SIGNED_SUMMARY_LEN)
         .and_then(|signed| signed.encode())
-        .and_then(|bytes| verify_summary(&bytes, NOW));
+        .and_then(|bytes| verify_summary(&bytes, Duration::from_secs(NOW)));
     assert_eq!(
         envelope,
         Ok(record),

@@ -4,6 +4,8 @@
 //! record is within every field limit and names the key that signed it; its archive decodes
 //! back to the same record; and the envelope, re-encoded, verifies again to the same record.
 
+use std::time::Duration;
+
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::records::{
     Capacity, NodeRecord, Reachability, SignedRecord, MAX_SIGNED_RECORD_LEN,
@@ -15,7 +17,7 @@ use crate::Seed;
 pub const NOW: u64 = 1_800_000_000;
 
 pub fn check(data: &[u8]) -> bool {
-    let Ok(record) = SignedRecord::verify(data, NOW) else {
+    let Ok(record) = SignedRecord::verify(data, Duration::from_secs(NOW)) else {
         return false;
     };
     assert!(data.len() <= MAX_SIGNED_RECORD_LEN, "over the size limit");
@@ -33,7 +35,7 @@ pub fn check(data: &[u8]) -> bool {
     );
     let envelope = SignedRecord::decode(data, MAX_SIGNED_RECORD_LEN)
         .and_then(|signed| signed.encode())
-        .and_then(|bytes| SignedRecord::verify(&bytes, NOW));
+        .and_then(|bytes| SignedRecord::verify(&bytes, Duration::from_secs(NOW)));
     assert_eq!(
         envelope,
         Ok(record),

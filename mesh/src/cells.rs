@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use libp2p_identity::PeerId;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -400,7 +401,7 @@ fn check_signed_len(len: usize) -> Result<(), RecordError> {
 
 /// Checks wire bytes from anyone and returns the summary they carry: size, archives, limits,
 /// contacts inside the cell, signer among the contacts and owning the key, signature, time.
-pub fn verify_summary(bytes: &[u8], now: u64) -> Result<SummaryRecord, RecordError> {
+pub fn verify_summary(bytes: &[u8], now: Duration) -> Result<SummaryRecord, RecordError> {
     check_signed_len(bytes.len())?;
     let signed = SignedRecord::decode(bytes, MAX_SIGNED_SUMMARY_LEN)?;
     let record = SummaryRecord::from_bytes(&signed.record_bytes)?;
@@ -741,10 +742,14 @@ mod tests {
     fn a_signed_summary_verifies_to_the_same_summary() {
         let (signer, record) = signed_setup();
         let bytes = sign_summary(&signer, &record).unwrap().encode().unwrap();
-        assert_eq!(verify_summary(&bytes, NOW).unwrap(), record);
-        let err = verify_summary(&bytes, record.expires_at).unwrap_err();
+        assert_eq!(
+            verify_summary(&bytes, Duration::from_secs(NOW)).unwrap(),
+            record
+        );
+        let err = verify_summary(&bytes, Duration::from_secs(record.expires_at)).unwrap_err();
         assert!(matches!(err, RecordError::Expired { .. }), "{err}");
-        let err = verify_summary(&bytes, NOW - MAX_CLOCK_SKEW - 1).unwrap_err();
+        let err =
+            verify_summary(&bytes, Duration::from_secs(NOW - MAX_CLOCK_SKEW - 1)).unwrap_err();
         assert!(matches!(err, RecordError::FromTheFuture { .. }), "{err}");
     }
 
@@ -754,7 +759,7 @@ mod tests {
     fn a_node_record_signature_does_not_verify_as_a_summary() {
         let (signer, record) = signed_setup();
         let bytes = forge(&signer, NODE_RECORD_DOMAIN, &record);
-        let err = verify_summary(&bytes, NOW).unwrap_err();
+        let err = verify_summary(&bytes, Duration::from_secs(NOW)).unwrap_err();
         assert!(matches!(err, RecordError::BadSignature { .. }), "{err}");
     }
 
@@ -765,7 +770,10 @@ mod tests {
         record.signer = outsider.peer_id().to_bytes();
         let err = sign_summary(&outsider, &record).unwrap_err();
         assert!(matches!(err, RecordError::SignerNotContact { .. }), "{err}");
-        let err = verify_summary(&forge(&outsider, CELL_SUMMARY_DOMAIN, &record), NOW);
+        let err = verify_summary(
+            &forge(&outsider, CELL_SUMMARY_DOMAIN, &record),
+            Duration::from_secs(NOW),
+        );
         assert!(
             matches!(err, Err(RecordError::SignerNotContact { .. })),
             "{err:?}"
@@ -776,7 +784,10 @@ mod tests {
     fn refuses_a_summary_signed_with_another_contacts_name() {
         let (_, record) = signed_setup();
         let impostor = identity(98);
-        let err = verify_summary(&forge(&impostor, CELL_SUMMARY_DOMAIN, &record), NOW);
+        let err = verify_summary(
+            &forge(&impostor, CELL_SUMMARY_DOMAIN, &record),
+            Duration::from_secs(NOW),
+        );
         assert!(
             matches!(err, Err(RecordError::KeyMismatch { .. })),
             "{err:?}"
@@ -796,7 +807,10 @@ mod tests {
         let other = CellId::new(1, theirs.prefix() ^ 1).unwrap();
         record.summary.prefix_bits = 1;
         record.summary.prefix = other.prefix();
-        let err = verify_summary(&forge(&signer, CELL_SUMMARY_DOMAIN, &record), NOW);
+        let err = verify_summary(
+            &forge(&signer, CELL_SUMMARY_DOMAIN, &record),
+            Duration::from_secs(NOW),
+        );
         assert!(matches!(err, Err(RecordError::NotInCell { .. })), "{err:?}");
     }
 
@@ -829,7 +843,10 @@ mod tests {
             let mut bad = record.clone();
             edit(&mut bad);
             assert!(sign_summary(&signer, &bad).is_err(), "{name} was signed");
-            let err = verify_summary(&forge(&signer, CELL_SUMMARY_DOMAIN, &bad), NOW);
+            let err = verify_summary(
+                &forge(&signer, CELL_SUMMARY_DOMAIN, &bad),
+                Duration::from_secs(NOW),
+            );
             assert!(
                 matches!(
                     err,
@@ -844,9 +861,13 @@ mod tests {
 
     #[test]
     fn refuses_oversized_and_malformed_summaries() {
-        let err = verify_summary(&vec![0; MAX_SIGNED_SUMMARY_LEN + 1], NOW).unwrap_err();
+        let err = verify_summary(
+            &vec![0; MAX_SIGNED_SUMMARY_LEN + 1],
+            Duration::from_secs(NOW),
+        )
+        .unwrap_err();
         assert!(matches!(err, RecordError::TooLarge { .. }), "{err}");
-        let err = verify_summary(&[0xA5; 200], NOW).unwrap_err();
+        let err = verify_summary(&[0xA5; 200], Duration::from_secs(NOW)).unwrap_err();
         assert!(matches!(err, RecordError::Malformed { .. }), "{err}");
     }
 }

@@ -13,6 +13,7 @@
 use std::fmt;
 
 use crate::cells::CellId;
+use crate::util::hex::lower_value;
 
 /// Longest key accepted from the network.
 pub const MAX_DHT_KEY_BYTES: usize = 96;
@@ -75,7 +76,7 @@ impl fmt::Display for DhtKey {
             }
             DhtKey::ChunkSet(id) => {
                 f.write_str(CHUNK_SET_PREFIX)?;
-                id.iter().try_for_each(|b| write!(f, "{b:02x}"))
+                crate::util::hex::write(f, id)
             }
         }
     }
@@ -114,19 +115,11 @@ fn parse_hash(key: &str, hex: &str) -> Result<[u8; 32], DhtKeyError> {
     }
     let mut out = [0u8; 32];
     for (i, pair) in digits.chunks_exact(2).enumerate() {
-        let hi = hex_digit(pair[0]).ok_or_else(|| malformed(key, "not lower-case hex"))?;
-        let lo = hex_digit(pair[1]).ok_or_else(|| malformed(key, "not lower-case hex"))?;
+        let hi = lower_value(pair[0]).ok_or_else(|| malformed(key, "not lower-case hex"))?;
+        let lo = lower_value(pair[1]).ok_or_else(|| malformed(key, "not lower-case hex"))?;
         out[i] = hi << 4 | lo;
     }
     Ok(out)
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -33,4 +33,5 @@ pub mod summaries;
 #[cfg(feature = "swarm")]
 pub mod swarm;
 pub mod transfer;
+pub mod util;
 pub mod workload;

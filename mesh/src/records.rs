@@ -19,6 +19,7 @@
 //! derive them from the clock); [`RecordBook`] refuses anything not newer.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use libp2p_identity::PeerId;
@@ -265,8 +266,10 @@ pub(crate) fn parse_peer_id(field: &'static str, bytes: &[u8]) -> Result<PeerId,
     })
 }
 
-/// Checks a signed statement's validity window against `now` (unix seconds).
-pub fn check_validity(issued_at: u64, expires_at: u64, now: u64) -> Result<(), RecordError> {
+/// Checks a signed statement's validity window (unix seconds, as on the wire) against `now`
+/// (since the unix epoch: these windows are compared across machines).
+pub fn check_validity(issued_at: u64, expires_at: u64, now: Duration) -> Result<(), RecordError> {
+    let now = now.as_secs();
     let lifetime = expires_at.saturating_sub(issued_at);
     if lifetime == 0 || lifetime > MAX_RECORD_LIFETIME_S {
         return Err(RecordError::BadLifetime {
@@ -408,7 +411,7 @@ impl SignedRecord {
     }
 
     /// Checks wire bytes from anyone and returns the record they carry.
-    pub fn verify(bytes: &[u8], now: u64) -> Result<NodeRecord, RecordError> {
+    pub fn verify(bytes: &[u8], now: Duration) -> Result<NodeRecord, RecordError> {
         let signed = SignedRecord::decode(bytes, MAX_SIGNED_RECORD_LEN)?;
         let record = NodeRecord::from_bytes(&signed.record_bytes)?;
         record.check_limits()?;
@@ -429,7 +432,7 @@ impl SignedRecord {
         domain: &[u8],
         claimed: &PeerId,
         (issued_at, expires_at): (u64, u64),
-        now: u64,
+        now: Duration,
     ) -> Result<(), RecordError> {
         let signer = self.open(domain)?;
         if signer != *claimed {
@@ -442,7 +445,8 @@ impl SignedRecord {
     }
 }
 
-/// The newest record of each peer. Pure: no IO, no clock (callers pass `now`).
+/// The newest record of each peer. Pure: no IO, no clock (callers pass `now`, since the unix
+/// epoch).
 ///
 /// Feed it only records returned by [`SignedRecord::verify`]: it checks sequence numbers and
 /// expiry, not signatures. It holds at most `limit` peers, so a flood of fresh identities
@@ -468,9 +472,10 @@ impl RecordBook {
     pub fn insert(
         &mut self,
         record: NodeRecord,
-        now: u64,
+        now: Duration,
     ) -> Result<Option<NodeRecord>, RecordError> {
         let peer = record.peer_id()?;
+        let now = now.as_secs();
         if now >= record.expires_at {
             return Err(RecordError::Expired {
                 expires_at: record.expires_at,
@@ -501,7 +506,8 @@ impl RecordBook {
     }
 
     /// Drops every record expired at `now`; returns how many went.
-    pub fn prune(&mut self, now: u64) -> usize {
+    pub fn prune(&mut self, now: Duration) -> usize {
+        let now = now.as_secs();
         let before = self.records.len();
         self.records.retain(|_, r| now < r.expires_at);
         before - self.records.len()
@@ -572,9 +578,12 @@ pub(crate) mod tests {
         let record = record_for(&id, 7);
         let bytes = signed_bytes(&id, &record);
         assert!(bytes.len() <= MAX_SIGNED_RECORD_LEN);
-        assert_eq!(SignedRecord::verify(&bytes, NOW).unwrap(), record);
         assert_eq!(
-            SignedRecord::verify(&bytes, NOW)
+            SignedRecord::verify(&bytes, Duration::from_secs(NOW)).unwrap(),
+            record
+        );
+        assert_eq!(
+            SignedRecord::verify(&bytes, Duration::from_secs(NOW))
                 .unwrap()
                 .peer_id()
                 .unwrap(),
@@ -594,13 +603,16 @@ pub(crate) mod tests {
             "{} bytes",
             bytes.len()
         );
-        assert_eq!(SignedRecord::verify(&bytes, NOW).unwrap(), record);
+        assert_eq!(
+            SignedRecord::verify(&bytes, Duration::from_secs(NOW)).unwrap(),
+            record
+        );
     }
 
     #[test]
     fn refuses_oversized_input_before_parsing_it() {
         let junk = vec![0u8; MAX_SIGNED_RECORD_LEN + 1];
-        let err = SignedRecord::verify(&junk, NOW).unwrap_err();
+        let err = SignedRecord::verify(&junk, Duration::from_secs(NOW)).unwrap_err();
         assert!(
             matches!(err, RecordError::TooLarge { len, .. } if len == MAX_SIGNED_RECORD_LEN + 1)
         );
@@ -611,13 +623,13 @@ pub(crate) mod tests {
         let id = identity(3);
         let bytes = signed_bytes(&id, &record_for(&id, 1));
         for len in [0, 1, 16, bytes.len() / 2, bytes.len() - 1] {
-            let err = SignedRecord::verify(&bytes[..len], NOW).unwrap_err();
+            let err = SignedRecord::verify(&bytes[..len], Duration::from_secs(NOW)).unwrap_err();
             assert!(
                 matches!(err, RecordError::Malformed { .. }),
                 "len {len}: {err}"
             );
         }
-        let err = SignedRecord::verify(&[0xA5; 300], NOW).unwrap_err();
+        let err = SignedRecord::verify(&[0xA5; 300], Duration::from_secs(NOW)).unwrap_err();
         assert!(matches!(err, RecordError::Malformed { .. }), "{err}");
     }
 
@@ -625,7 +637,8 @@ pub(crate) mod tests {
     fn refuses_an_envelope_whose_payload_is_not_a_record() {
         let id = identity(4);
         let signed = SignedRecord::seal(&id, NODE_RECORD_DOMAIN, vec![0xEE; 40]);
-        let err = SignedRecord::verify(&signed.encode().unwrap(), NOW).unwrap_err();
+        let err =
+            SignedRecord::verify(&signed.encode().unwrap(), Duration::from_secs(NOW)).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -644,14 +657,16 @@ pub(crate) mod tests {
         let record = record_for(&id, 1);
         let mut signed = SignedRecord::sign(&id, &record).unwrap();
         signed.signature[10] ^= 1;
-        let err = SignedRecord::verify(&signed.encode().unwrap(), NOW).unwrap_err();
+        let err =
+            SignedRecord::verify(&signed.encode().unwrap(), Duration::from_secs(NOW)).unwrap_err();
         assert!(matches!(err, RecordError::BadSignature { .. }), "{err}");
 
         let mut tampered = record.clone();
         tampered.capacity.free_slots = 1000;
         let mut signed = SignedRecord::sign(&id, &record).unwrap();
         signed.record_bytes = archive("node record", &tampered).unwrap();
-        let err = SignedRecord::verify(&signed.encode().unwrap(), NOW).unwrap_err();
+        let err =
+            SignedRecord::verify(&signed.encode().unwrap(), Duration::from_secs(NOW)).unwrap_err();
         assert!(matches!(err, RecordError::BadSignature { .. }), "{err}");
     }
 
@@ -660,7 +675,7 @@ pub(crate) mod tests {
         let victim = identity(6);
         let attacker = identity(7);
         let bytes = forged(&attacker, &record_for(&victim, 1));
-        let err = SignedRecord::verify(&bytes, NOW).unwrap_err();
+        let err = SignedRecord::verify(&bytes, Duration::from_secs(NOW)).unwrap_err();
         assert!(matches!(err, RecordError::KeyMismatch { .. }), "{err}");
         assert!(err.to_string().contains(&victim.peer_id().to_string()));
     }
@@ -676,7 +691,8 @@ pub(crate) mod tests {
         let id = identity(8);
         let payload = archive("node record", &record_for(&id, 1)).unwrap();
         let signed = SignedRecord::seal(&id, b"novacron-cell-summary-v1", payload);
-        let err = SignedRecord::verify(&signed.encode().unwrap(), NOW).unwrap_err();
+        let err =
+            SignedRecord::verify(&signed.encode().unwrap(), Duration::from_secs(NOW)).unwrap_err();
         assert!(matches!(err, RecordError::BadSignature { .. }), "{err}");
     }
 
@@ -694,7 +710,8 @@ pub(crate) mod tests {
             .find(|key| VerifyingKey::from_bytes(key).is_err())
             .unwrap();
         signed.public_key = off_curve;
-        let err = SignedRecord::verify(&signed.encode().unwrap(), NOW).unwrap_err();
+        let err =
+            SignedRecord::verify(&signed.encode().unwrap(), Duration::from_secs(NOW)).unwrap_err();
         assert!(matches!(err, RecordError::BadPublicKey { .. }), "{err}");
     }
 
@@ -703,8 +720,8 @@ pub(crate) mod tests {
         let id = identity(10);
         let record = record_for(&id, 1);
         let bytes = signed_bytes(&id, &record);
-        assert!(SignedRecord::verify(&bytes, record.expires_at - 1).is_ok());
-        let err = SignedRecord::verify(&bytes, record.expires_at).unwrap_err();
+        assert!(SignedRecord::verify(&bytes, Duration::from_secs(record.expires_at - 1)).is_ok());
+        let err = SignedRecord::verify(&bytes, Duration::from_secs(record.expires_at)).unwrap_err();
         assert!(matches!(err, RecordError::Expired { .. }), "{err}");
     }
 
@@ -713,8 +730,9 @@ pub(crate) mod tests {
         let id = identity(11);
         let record = record_for(&id, 1);
         let bytes = signed_bytes(&id, &record);
-        assert!(SignedRecord::verify(&bytes, NOW - MAX_CLOCK_SKEW_S).is_ok());
-        let err = SignedRecord::verify(&bytes, NOW - MAX_CLOCK_SKEW_S - 1).unwrap_err();
+        assert!(SignedRecord::verify(&bytes, Duration::from_secs(NOW - MAX_CLOCK_SKEW_S)).is_ok());
+        let err = SignedRecord::verify(&bytes, Duration::from_secs(NOW - MAX_CLOCK_SKEW_S - 1))
+            .unwrap_err();
         assert!(matches!(err, RecordError::FromTheFuture { .. }), "{err}");
     }
 
@@ -729,7 +747,8 @@ pub(crate) mod tests {
             let mut record = record_for(&id, 1);
             record.issued_at = issued;
             record.expires_at = expires;
-            let err = SignedRecord::verify(&signed_bytes(&id, &record), NOW).unwrap_err();
+            let err = SignedRecord::verify(&signed_bytes(&id, &record), Duration::from_secs(NOW))
+                .unwrap_err();
             assert!(matches!(err, RecordError::BadLifetime { .. }), "{err}");
         }
     }
@@ -778,7 +797,7 @@ pub(crate) mod tests {
                 ),
                 "{name}: {err}"
             );
-            let verified = SignedRecord::verify(&forged(&id, &record), NOW);
+            let verified = SignedRecord::verify(&forged(&id, &record), Duration::from_secs(NOW));
             assert_eq!(verified.unwrap_err(), err, "{name}");
         }
     }
@@ -788,10 +807,12 @@ pub(crate) mod tests {
         let id = identity(14);
         let mut record = record_for(&id, 1);
         record.peer_id = vec![0xFF; 10];
-        let err = SignedRecord::verify(&forged(&id, &record), NOW).unwrap_err();
+        let err =
+            SignedRecord::verify(&forged(&id, &record), Duration::from_secs(NOW)).unwrap_err();
         assert!(matches!(err, RecordError::BadPeerId { .. }), "{err}");
         record.peer_id = vec![0x12; MAX_PEER_ID_LEN + 1];
-        let err = SignedRecord::verify(&forged(&id, &record), NOW).unwrap_err();
+        let err =
+            SignedRecord::verify(&forged(&id, &record), Duration::from_secs(NOW)).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -808,9 +829,19 @@ pub(crate) mod tests {
     fn book_keeps_the_newest_record_per_peer() {
         let (a, b) = (identity(20), identity(21));
         let mut book = RecordBook::new(10);
-        assert_eq!(book.insert(record_for(&a, 5), NOW).unwrap(), None);
-        assert_eq!(book.insert(record_for(&b, 1), NOW).unwrap(), None);
-        let replaced = book.insert(record_for(&a, 6), NOW).unwrap();
+        assert_eq!(
+            book.insert(record_for(&a, 5), Duration::from_secs(NOW))
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            book.insert(record_for(&b, 1), Duration::from_secs(NOW))
+                .unwrap(),
+            None
+        );
+        let replaced = book
+            .insert(record_for(&a, 6), Duration::from_secs(NOW))
+            .unwrap();
         assert_eq!(replaced.map(|r| r.seq), Some(5));
         assert_eq!(book.get(&a.peer_id()).map(|r| r.seq), Some(6));
         assert_eq!(book.len(), 2);
@@ -820,9 +851,12 @@ pub(crate) mod tests {
     fn book_refuses_equal_and_older_sequence_numbers() {
         let a = identity(22);
         let mut book = RecordBook::new(10);
-        book.insert(record_for(&a, 5), NOW).unwrap();
+        book.insert(record_for(&a, 5), Duration::from_secs(NOW))
+            .unwrap();
         for seq in [5, 4, 0] {
-            let err = book.insert(record_for(&a, seq), NOW).unwrap_err();
+            let err = book
+                .insert(record_for(&a, seq), Duration::from_secs(NOW))
+                .unwrap_err();
             assert!(
                 matches!(err, RecordError::Stale { have: 5, got, .. } if got == seq),
                 "{err}"
@@ -837,26 +871,36 @@ pub(crate) mod tests {
         let mut book = RecordBook::new(10);
         let mut short = record_for(&a, 1);
         short.expires_at = NOW + 10;
-        book.insert(short.clone(), NOW).unwrap();
-        book.insert(record_for(&b, 1), NOW).unwrap();
-        assert_eq!(book.prune(NOW + 9), 0);
-        assert_eq!(book.prune(NOW + 10), 1);
+        book.insert(short.clone(), Duration::from_secs(NOW))
+            .unwrap();
+        book.insert(record_for(&b, 1), Duration::from_secs(NOW))
+            .unwrap();
+        assert_eq!(book.prune(Duration::from_secs(NOW + 9)), 0);
+        assert_eq!(book.prune(Duration::from_secs(NOW + 10)), 1);
         assert!(book.get(&a.peer_id()).is_none());
         assert!(book.get(&b.peer_id()).is_some());
-        let err = book.insert(short, NOW + 10).unwrap_err();
+        let err = book
+            .insert(short, Duration::from_secs(NOW + 10))
+            .unwrap_err();
         assert!(matches!(err, RecordError::Expired { .. }), "{err}");
     }
 
     #[test]
     fn book_refuses_new_peers_when_full_but_takes_updates() {
         let mut book = RecordBook::new(2);
-        book.insert(record_for(&identity(30), 1), NOW).unwrap();
-        book.insert(record_for(&identity(31), 1), NOW).unwrap();
-        let err = book.insert(record_for(&identity(32), 1), NOW).unwrap_err();
+        book.insert(record_for(&identity(30), 1), Duration::from_secs(NOW))
+            .unwrap();
+        book.insert(record_for(&identity(31), 1), Duration::from_secs(NOW))
+            .unwrap();
+        let err = book
+            .insert(record_for(&identity(32), 1), Duration::from_secs(NOW))
+            .unwrap_err();
         assert_eq!(err, RecordError::BookFull { limit: 2 });
-        book.insert(record_for(&identity(31), 2), NOW).unwrap();
+        book.insert(record_for(&identity(31), 2), Duration::from_secs(NOW))
+            .unwrap();
         assert!(book.remove(&identity(30).peer_id()).is_some());
-        book.insert(record_for(&identity(32), 1), NOW).unwrap();
+        book.insert(record_for(&identity(32), 1), Duration::from_secs(NOW))
+            .unwrap();
         let peers: Vec<_> = book.iter().map(|(p, _)| *p).collect();
         assert_eq!(peers.len(), 2);
         assert!(peers.windows(2).all(|w| w[0] < w[1]), "iterates in order");

@@ -1,6 +1,6 @@
 //! Cell summaries as the mesh carries them: which node publishes one, how it is built, which
 //! of several a reader keeps, and which one a DHT slot holds. Pure (no IO, no clock: callers
-//! pass `now` in unix seconds), so the node and the simulator run the same code.
+//! pass `now`, a `Duration` since the unix epoch), so the node and the simulator run the same code.
 //!
 //! - [`is_representative`], [`build_summary_record`]: each publication tick, a member of a
 //!   cell that ranks among its first `k` rendezvous representatives folds the live members'
@@ -20,6 +20,7 @@
 //! several signers limits what one liar moves, it does not remove it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use libp2p_identity::PeerId;
 
@@ -100,16 +101,18 @@ pub fn is_representative<'a>(
 
 /// The summary `me` publishes for `cell`: the fold of `members` (which must list `me` with
 /// its capacity; peers outside the cell are ignored) naming the first `k` representatives
-/// (at most [`MAX_CONTACTS`]) as contacts, issued at `now` and valid for `ttl_s` seconds.
+/// (at most [`MAX_CONTACTS`]) as contacts, issued at `now` (since the unix epoch) and valid for `ttl` (both in whole seconds on the
+/// wire).
 /// Refuses when `me` is not among those contacts or the lifetime is out of range.
 pub fn build_summary_record<'a>(
     cell: CellId,
     members: impl IntoIterator<Item = (&'a PeerId, &'a Capacity)>,
     me: &PeerId,
     k: usize,
-    now: u64,
-    ttl_s: u64,
+    now: Duration,
+    ttl: Duration,
 ) -> Result<SummaryRecord, SummaryError> {
+    let (now, ttl_s) = (now.as_secs(), ttl.as_secs());
     if !cell.contains(me) {
         return Err(SummaryError::NotInCell {
             peer: me.to_string(),
@@ -209,9 +212,10 @@ impl SummaryBook {
     pub fn insert(
         &mut self,
         record: SummaryRecord,
-        now: u64,
+        now: Duration,
     ) -> Result<Option<SummaryRecord>, SummaryError> {
         let (cell, signer) = cell_and_signer(&record)?;
+        let now = now.as_secs();
         if now >= record.expires_at {
             return Err(SummaryError::Expired {
                 cell,
@@ -256,7 +260,8 @@ impl SummaryBook {
     }
 
     /// Drops every summary expired at `now` (and cells left empty); returns how many went.
-    pub fn prune(&mut self, now: u64) -> usize {
+    pub fn prune(&mut self, now: Duration) -> usize {
+        let now = now.as_secs();
         let mut gone = 0;
         self.cells.retain(|_, signers| {
             let before = signers.len();
@@ -437,15 +442,18 @@ mod tests {
             members.iter().map(|(p, c)| (p, c)),
             &me.peer_id(),
             DEFAULT_REPRESENTATIVES,
-            NOW,
-            DEFAULT_SUMMARY_TTL_S,
+            Duration::from_secs(NOW),
+            Duration::from_secs(DEFAULT_SUMMARY_TTL_S),
         )
         .unwrap();
         assert_eq!(record.summary.members, 10);
         assert_eq!(record.summary.contact_peers().unwrap(), reps);
         assert_eq!(record.expires_at, NOW + DEFAULT_SUMMARY_TTL_S);
         let bytes = sign_summary(me, &record).unwrap().encode().unwrap();
-        assert_eq!(verify_summary(&bytes, NOW).unwrap(), record);
+        assert_eq!(
+            verify_summary(&bytes, Duration::from_secs(NOW)).unwrap(),
+            record
+        );
 
         // A member outside the first k, a peer of another cell and bad lifetimes are refused.
         let not_rep = ids.iter().find(|i| !reps.contains(&i.peer_id())).unwrap();
@@ -455,25 +463,36 @@ mod tests {
                 members.iter().map(|(p, c)| (p, c)),
                 me,
                 DEFAULT_REPRESENTATIVES,
-                NOW,
+                Duration::from_secs(NOW),
                 ttl,
             )
         };
         assert!(matches!(
-            build(&not_rep.peer_id(), 600),
+            build(&not_rep.peer_id(), Duration::from_secs(600)),
             Err(SummaryError::NotRepresentative { k: 3, .. })
         ));
         assert!(matches!(
-            build(&me.peer_id(), 0),
+            build(&me.peer_id(), Duration::from_secs(0)),
             Err(SummaryError::BadTtl { .. })
         ));
         assert!(matches!(
-            build(&me.peer_id(), MAX_RECORD_LIFETIME_S + 1),
+            build(
+                &me.peer_id(),
+                Duration::from_secs(MAX_RECORD_LIFETIME_S + 1)
+            ),
             Err(SummaryError::BadTtl { .. })
         ));
         let cell = cell_id(&peers[0], 1);
         let sibling = CellId::new(1, cell.prefix() ^ 1).unwrap();
-        let err = build_summary_record(sibling, [], &peers[0], 3, NOW, 600).unwrap_err();
+        let err = build_summary_record(
+            sibling,
+            [],
+            &peers[0],
+            3,
+            Duration::from_secs(NOW),
+            Duration::from_secs(600),
+        )
+        .unwrap_err();
         assert!(matches!(err, SummaryError::NotInCell { .. }), "{err}");
     }
 
@@ -483,33 +502,48 @@ mod tests {
         let mut book = SummaryBook::default();
         assert!(book.is_empty());
         assert_eq!(
-            book.insert(summary_by(&peers[0], whole(), 10, NOW), NOW),
+            book.insert(
+                summary_by(&peers[0], whole(), 10, NOW),
+                Duration::from_secs(NOW)
+            ),
             Ok(None)
         );
         let err = book
-            .insert(summary_by(&peers[0], whole(), 11, NOW), NOW)
+            .insert(
+                summary_by(&peers[0], whole(), 11, NOW),
+                Duration::from_secs(NOW),
+            )
             .unwrap_err();
         assert!(matches!(err, SummaryError::Stale { .. }), "{err}");
         let replaced = book
-            .insert(summary_by(&peers[0], whole(), 12, NOW + 5), NOW)
+            .insert(
+                summary_by(&peers[0], whole(), 12, NOW + 5),
+                Duration::from_secs(NOW),
+            )
             .unwrap();
         assert_eq!(replaced.map(|r| r.summary.members), Some(10));
-        book.insert(summary_by(&peers[1], whole(), 13, NOW + 100), NOW)
-            .unwrap();
+        book.insert(
+            summary_by(&peers[1], whole(), 13, NOW + 100),
+            Duration::from_secs(NOW),
+        )
+        .unwrap();
         assert_eq!(book.len(), 2);
         assert_eq!(book.for_cell(whole()).len(), 2);
         assert_eq!(book.all().count(), 2);
         assert!(book.for_cell(CellId::new(1, 0).unwrap()).is_empty());
 
         let err = book
-            .insert(summary_by(&peers[2], whole(), 1, NOW - 600), NOW)
+            .insert(
+                summary_by(&peers[2], whole(), 1, NOW - 600),
+                Duration::from_secs(NOW),
+            )
             .unwrap_err();
         assert!(matches!(err, SummaryError::Expired { .. }), "{err}");
         // The first expires at NOW + 605, the second at NOW + 700.
-        assert_eq!(book.prune(NOW + 604), 0);
-        assert_eq!(book.prune(NOW + 605), 1);
+        assert_eq!(book.prune(Duration::from_secs(NOW + 604)), 0);
+        assert_eq!(book.prune(Duration::from_secs(NOW + 605)), 1);
         assert_eq!(book.for_cell(whole())[0].summary.members, 13);
-        assert_eq!(book.prune(NOW + 700), 1);
+        assert_eq!(book.prune(Duration::from_secs(NOW + 700)), 1);
         assert!(book.is_empty());
         assert_eq!(book.cells().count(), 0);
     }
@@ -519,7 +553,9 @@ mod tests {
         let peer = identity(1).peer_id();
         let mut bad = summary_by(&peer, whole(), 10, NOW);
         bad.summary.contacts = vec![identity(2).peer_id().to_bytes()];
-        let err = SummaryBook::default().insert(bad, NOW).unwrap_err();
+        let err = SummaryBook::default()
+            .insert(bad, Duration::from_secs(NOW))
+            .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -547,7 +583,10 @@ mod tests {
         order.extend(best.iter().copied());
         let mut displaced = 0;
         for p in &order {
-            if let Some(old) = book.insert(summary_by(p, whole(), 10, NOW), NOW).unwrap() {
+            if let Some(old) = book
+                .insert(summary_by(p, whole(), 10, NOW), Duration::from_secs(NOW))
+                .unwrap()
+            {
                 assert!(worst.iter().any(|w| w.to_bytes() == old.signer));
                 displaced += 1;
             }
@@ -563,7 +602,10 @@ mod tests {
         assert!(best.iter().all(|b| held.contains(&b.to_bytes())));
         for w in &worst {
             let err = book
-                .insert(summary_by(w, whole(), 10, NOW + 1), NOW)
+                .insert(
+                    summary_by(w, whole(), 10, NOW + 1),
+                    Duration::from_secs(NOW),
+                )
                 .unwrap_err();
             assert!(matches!(err, SummaryError::SignersFull { .. }), "{err}");
         }
@@ -579,7 +621,7 @@ mod tests {
             if cells.contains(&cell) {
                 continue;
             }
-            let result = book.insert(summary_by(p, cell, 5, NOW), NOW);
+            let result = book.insert(summary_by(p, cell, 5, NOW), Duration::from_secs(NOW));
             if cells.len() < 2 {
                 assert_eq!(result, Ok(None));
                 cells.push(cell);
@@ -595,23 +637,38 @@ mod tests {
         let peers: Vec<PeerId> = ids(4).iter().map(NodeIdentity::peer_id).collect();
         let mut book = SummaryBook::default();
         assert!(book.consensus(whole()).is_none());
-        book.insert(summary_by(&peers[0], whole(), 150, NOW), NOW)
-            .unwrap();
+        book.insert(
+            summary_by(&peers[0], whole(), 150, NOW),
+            Duration::from_secs(NOW),
+        )
+        .unwrap();
         assert_eq!(book.consensus(whole()).unwrap().summary.members, 150);
         // One liar inflating against one honest signer: the lower one.
-        book.insert(summary_by(&peers[1], whole(), 5000, NOW), NOW)
-            .unwrap();
+        book.insert(
+            summary_by(&peers[1], whole(), 5000, NOW),
+            Duration::from_secs(NOW),
+        )
+        .unwrap();
         assert_eq!(book.consensus(whole()).unwrap().summary.members, 150);
         // Three: the median, whichever way the liar lies.
-        book.insert(summary_by(&peers[2], whole(), 160, NOW), NOW)
-            .unwrap();
+        book.insert(
+            summary_by(&peers[2], whole(), 160, NOW),
+            Duration::from_secs(NOW),
+        )
+        .unwrap();
         assert_eq!(book.consensus(whole()).unwrap().summary.members, 160);
-        book.insert(summary_by(&peers[1], whole(), 1, NOW + 1), NOW)
-            .unwrap();
+        book.insert(
+            summary_by(&peers[1], whole(), 1, NOW + 1),
+            Duration::from_secs(NOW),
+        )
+        .unwrap();
         assert_eq!(book.consensus(whole()).unwrap().summary.members, 150);
         // Equal counts: the newest.
-        book.insert(summary_by(&peers[3], whole(), 150, NOW + 9), NOW)
-            .unwrap();
+        book.insert(
+            summary_by(&peers[3], whole(), 150, NOW + 9),
+            Duration::from_secs(NOW),
+        )
+        .unwrap();
         let chosen = book.consensus(whole()).unwrap();
         assert_eq!(
             (chosen.summary.members, chosen.issued_at),
@@ -664,10 +721,16 @@ mod tests {
         // Two cells at 1 bit: 100 and 120 members -> 200 and 240 -> 220.
         let c0 = peers.iter().find(|p| cell_id(p, 1).prefix() == 0).unwrap();
         let c1 = peers.iter().find(|p| cell_id(p, 1).prefix() == 1).unwrap();
-        book.insert(summary_by(c0, cell_id(c0, 1), 100, NOW), NOW)
-            .unwrap();
-        book.insert(summary_by(c1, cell_id(c1, 1), 120, NOW), NOW)
-            .unwrap();
+        book.insert(
+            summary_by(c0, cell_id(c0, 1), 100, NOW),
+            Duration::from_secs(NOW),
+        )
+        .unwrap();
+        book.insert(
+            summary_by(c1, cell_id(c1, 1), 120, NOW),
+            Duration::from_secs(NOW),
+        )
+        .unwrap();
         assert_eq!(estimate_mesh_size_from_book(&book, None), Some(220));
         assert_eq!(
             estimate_mesh_size_from_book(&book, Some((110, 1))),

@@ -75,8 +75,8 @@ fn own_summary(
         [(&me, &cap)],
         &me,
         DEFAULT_REPRESENTATIVES,
-        issued_at,
-        ttl,
+        Duration::from_secs(issued_at),
+        Duration::from_secs(ttl),
     )
     .unwrap();
     let bytes = sign_summary(id, &record).unwrap().encode().unwrap();

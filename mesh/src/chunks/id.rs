@@ -46,35 +46,13 @@ impl ChunkId {
 
     /// The lowercase hex of the first byte: the fan-out directory a store keeps the chunk in.
     pub fn fanout(&self) -> String {
-        hex_byte(self.0[0]).iter().collect()
-    }
-}
-
-fn hex_byte(b: u8) -> [char; 2] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    [
-        char::from(DIGITS[usize::from(b >> 4)]),
-        char::from(DIGITS[usize::from(b & 0x0f)]),
-    ]
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+        crate::util::hex::encode(&self.0[..1])
     }
 }
 
 impl fmt::Display for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for &b in &self.0 {
-            for c in hex_byte(b) {
-                fmt::Write::write_char(f, c)?;
-            }
-        }
-        Ok(())
+        crate::util::hex::write(f, &self.0)
     }
 }
 
@@ -111,7 +89,7 @@ fn nibble(s: &str, position: usize) -> Result<u8, ParseChunkIdError> {
     s.as_bytes()
         .get(position)
         .copied()
-        .and_then(hex_value)
+        .and_then(crate::util::hex::value)
         .ok_or_else(|| ParseChunkIdError::NotHex {
             position,
             // `position` may fall inside a multi-byte character: name the char around it.

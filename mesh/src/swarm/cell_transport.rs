@@ -35,7 +35,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -44,17 +44,19 @@ use chitchat::ChitchatEnvelope;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, watch};
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 
 use super::cell::codec::{Decoder, Encoder};
+use super::clock::Epoch;
 use crate::cell_wire::{self, virtual_addr, Admission, ShortId, WireNodeId, FRAME_HEADER_BYTES};
 use crate::cells::CellId;
+use crate::util::lock;
 
 /// The protocol of cell membership streams.
 pub const CELL_PROTOCOL: StreamProtocol = StreamProtocol::new("/novacron/cell/1");
 
 /// How long an admitted member that chitchat does not hold yet is remembered.
-const ADMISSION_MIN_AGE_MS: u64 = 30_000;
+const ADMISSION_MIN_AGE: Duration = Duration::from_secs(30);
 /// Validated frames waiting for the decoder.
 const DECODE_QUEUE: usize = 64;
 
@@ -125,20 +127,11 @@ struct Shared {
     refused: AtomicU64,
     next_writer: AtomicU64,
     opened: AtomicBool,
-    epoch: Instant,
+    epoch: Epoch,
     stop_tx: watch::Sender<bool>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain maps behind: keep using them.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Shared {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     fn register(&self, peer: PeerId) -> Option<SocketAddr> {
         let addr = virtual_addr(&peer);
         let mut peers = lock(&self.peers);
@@ -204,7 +197,7 @@ impl CellTransport {
                 refused: AtomicU64::new(0),
                 next_writer: AtomicU64::new(0),
                 opened: AtomicBool::new(false),
-                epoch: Instant::now(),
+                epoch: Epoch::start(),
                 stop_tx,
             }),
         }
@@ -233,8 +226,8 @@ impl CellTransport {
 
     /// Lets admission forget members and generations chitchat no longer holds.
     pub fn retain_admitted(&self, held: &BTreeSet<WireNodeId>) {
-        let now = self.shared.now_ms();
-        lock(&self.shared.admission).retain(held, now, ADMISSION_MIN_AGE_MS);
+        let now = self.shared.epoch.now();
+        lock(&self.shared.admission).retain(held, now, ADMISSION_MIN_AGE);
     }
 
     /// Stops every task of the transport (streams close; the protocol stays unregistered
@@ -478,7 +471,7 @@ async fn read_frames(
             shared.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let now = shared.now_ms();
+        let now = shared.epoch.now();
         if let Err(e) = lock(&shared.admission).admit(&envelope, now) {
             tracing::debug!(%peer, error = %e, "cell: frame refused");
             shared.refused.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,7 @@
 //! evicts a peer to make room for another.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::kad::store::RecordStore;
@@ -23,6 +23,7 @@ use libp2p::{autonat, gossipsub, identify, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::behaviour::{MeshBehaviour, MeshBehaviourEvent};
+use super::clock::unix_now;
 use super::config::{
     SwarmConfig, ANNOUNCE_TOPIC, CELLS_TOPIC, IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL,
     MAX_ADDRS_PER_PEER,
@@ -61,17 +62,8 @@ pub(super) enum PendingQuery {
     GetSummaries(CellId, Vec<SummaryRecord>, Reply<Vec<SummaryRecord>>),
 }
 
-/// Unix seconds of the wall clock (0 if it reads before 1970: everything then looks
-/// issued in the future and is refused).
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Verifies `bytes` as a summary of `cell` at `now`.
-fn verify_summary_of(cell: CellId, bytes: &[u8], now: u64) -> Result<SummaryRecord, String> {
+fn verify_summary_of(cell: CellId, bytes: &[u8], now: Duration) -> Result<SummaryRecord, String> {
     let record = verify_summary(bytes, now).map_err(|e| e.to_string())?;
     match record.summary.cell() {
         Ok(c) if c == cell => Ok(record),
@@ -222,7 +214,7 @@ impl Driver {
 
     /// Verifies our own summary and keeps it in the book (an older or crowded-out one is
     /// still sent: the network may need it more than the book does).
-    fn own_summary(&mut self, bytes: &[u8], now: u64) -> Result<SummaryRecord, SwarmError> {
+    fn own_summary(&mut self, bytes: &[u8], now: Duration) -> Result<SummaryRecord, SwarmError> {
         let record = verify_summary(bytes, now)?;
         let cell = record.summary.cell()?;
         if let Err(e) = self.book.insert(record.clone(), now) {
@@ -239,8 +231,9 @@ impl Driver {
         let key = kad::RecordKey::new(&DhtKey::Cell(cell).to_bytes());
         let held = self.held_summary(&key, cell, now);
         let mut kad_record = kad::Record::new(key, bytes);
-        kad_record.expires =
-            Some(Instant::now() + Duration::from_secs(record.expires_at.saturating_sub(now)));
+        kad_record.expires = Some(
+            Instant::now() + Duration::from_secs(record.expires_at.saturating_sub(now.as_secs())),
+        );
         let kad = &mut self.swarm.behaviour_mut().kad;
         let id = kad
             .put_record(kad_record, kad::Quorum::One)
@@ -275,7 +268,7 @@ impl Driver {
         &mut self,
         key: &kad::RecordKey,
         cell: CellId,
-        now: u64,
+        now: Duration,
     ) -> Option<(kad::Record, SummaryRecord)> {
         let held = self
             .swarm
@@ -604,7 +597,8 @@ impl Driver {
                 return;
             }
         }
-        let until = Instant::now() + Duration::from_secs(summary.expires_at.saturating_sub(now));
+        let until =
+            Instant::now() + Duration::from_secs(summary.expires_at.saturating_sub(now.as_secs()));
         record.expires = Some(record.expires.map_or(until, |e| e.min(until)));
         if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
             tracing::debug!(%source, %cell, error = %e, "cell summary not stored");

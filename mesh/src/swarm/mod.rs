@@ -37,6 +37,7 @@ mod behaviour;
 pub mod cell;
 pub mod cell_transport;
 pub mod chunk_exchange;
+pub mod clock;
 mod config;
 mod driver;
 mod node;

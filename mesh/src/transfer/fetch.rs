@@ -591,7 +591,7 @@ impl<P: Clone + Eq + Hash + Debug> FetchScheduler<P> {
 
     /// When the caller should poll again if nothing else happens: the next request
     /// deadline or the end of a provider's busy time.
-    pub fn next_wakeup(&self, now: Duration) -> Option<Duration> {
+    pub fn next_deadline(&self, now: Duration) -> Option<Duration> {
         let deadlines = self.requests.values().map(|r| r.deadline);
         let busy = self
             .peers
@@ -739,7 +739,7 @@ mod tests {
             }
         }
 
-        /// Delivers the earliest pending request (or jumps to the next wakeup).
+        /// Delivers the earliest pending request (or jumps to the next deadline).
         fn step(&mut self) -> bool {
             self.act();
             let next = self
@@ -749,7 +749,7 @@ mod tests {
                 .min_by_key(|(_, p)| p.0)
                 .map(|(i, _)| i);
             let Some(i) = next else {
-                match self.s.next_wakeup(self.now) {
+                match self.s.next_deadline(self.now) {
                     Some(t) if t > self.now => {
                         self.now = t;
                         return true;
@@ -758,7 +758,7 @@ mod tests {
                 }
             };
             let (at, request, peer, chunks) = self.pending.remove(i);
-            if let Some(w) = self.s.next_wakeup(self.now) {
+            if let Some(w) = self.s.next_deadline(self.now) {
                 if w < at {
                     // A deadline comes first: put it back and let poll expire it.
                     self.pending.push((at, request, peer, chunks));

@@ -357,7 +357,7 @@ pub fn manifest_id(bytes: &[u8]) -> [u8; 32] {
 
 /// Lower-case hex of a 32-byte id.
 pub fn hex(id: &[u8; 32]) -> String {
-    ChunkId::from_bytes(*id).to_string()
+    crate::util::hex::encode(id)
 }
 
 #[cfg(test)]

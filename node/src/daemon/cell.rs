@@ -4,7 +4,7 @@
 //!
 //! The free capacity a node gossips is its admission accounting's (`super::capacity`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -17,6 +17,7 @@ use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::records::{Capacity, NodeRecord, Reachability, RecordBook, SignedRecord};
 use novacron_mesh::summaries::{build_summary_record, is_representative, DEFAULT_REPRESENTATIVES};
 use novacron_mesh::swarm::cell::{CellMembership, Member, MemberInfo, MAX_GOSSIPED_ADDRS};
+use novacron_mesh::swarm::clock::unix_now;
 use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId};
 
 const MIB: u64 = 1024 * 1024;
@@ -77,7 +78,14 @@ impl RecordSigner {
     }
 
     /// The current signed record as hex (None if signing failed: logged).
-    pub fn current(&mut self, cap: &Capacity, addrs: &[Multiaddr], now: u64) -> Option<String> {
+    /// `now`: since the unix epoch (the record carries whole seconds).
+    pub fn current(
+        &mut self,
+        cap: &Capacity,
+        addrs: &[Multiaddr],
+        now: Duration,
+    ) -> Option<String> {
+        let now = now.as_secs();
         // The offer: totals only, so VMs starting and stopping do not re-sign it.
         let offer = Capacity {
             free_vcpus: cap.vcpus,
@@ -127,7 +135,7 @@ pub fn member_record_verified(
     member: &PeerId,
     hex: Option<&str>,
     book: &mut RecordBook,
-    now: u64,
+    now: Duration,
 ) -> bool {
     let Some(bytes) = hex.and_then(from_hex) else {
         return false;
@@ -200,16 +208,13 @@ pub async fn publish_summary_if_representative(
         .iter()
         .map(|m| (m.peer, capacity_of(&m.info)))
         .collect();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let record = build_summary_record(
         cell.cell(),
         caps.iter().map(|(p, c)| (p, c)),
         &me,
         DEFAULT_REPRESENTATIVES,
-        now,
-        SUMMARY_TTL_S,
+        unix_now(),
+        Duration::from_secs(SUMMARY_TTL_S),
     )?;
     let signed = sign_summary(identity, &record)?.encode()?;
     mesh.put_cell_summary(signed.clone())
@@ -226,6 +231,10 @@ pub async fn publish_summary_if_representative(
 mod tests {
     use super::*;
 
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
     #[test]
     fn members_records_verify_only_when_signed_by_them_and_newest() {
         let a = NodeIdentity::generate().unwrap();
@@ -240,14 +249,14 @@ mod tests {
         };
         let addrs: Vec<Multiaddr> = vec!["/ip4/10.0.0.1/tcp/4001".parse().unwrap()];
         let mut signer = RecordSigner::new(a.clone());
-        let first = signer.current(&cap, &addrs, 1_000_000).unwrap();
+        let first = signer.current(&cap, &addrs, secs(1_000_000)).unwrap();
         // Same facts, load changed: the same record is kept.
         let busier = Capacity {
             load_permille: 900,
             ..cap
         };
         assert_eq!(
-            signer.current(&busier, &addrs, 1_000_010),
+            signer.current(&busier, &addrs, secs(1_000_010)),
             Some(first.clone())
         );
         // Nor do VMs taking the free capacity re-sign it.
@@ -258,7 +267,7 @@ mod tests {
             ..cap
         };
         assert_eq!(
-            signer.current(&full, &addrs, 1_000_011),
+            signer.current(&full, &addrs, secs(1_000_011)),
             Some(first.clone())
         );
         let mut book = RecordBook::new(16);
@@ -266,42 +275,42 @@ mod tests {
             &a.peer_id(),
             Some(&first),
             &mut book,
-            1_000_020
+            secs(1_000_020)
         ));
         // b cannot pass a's record off as its own, nor garbage as a record.
         assert!(!member_record_verified(
             &b.peer_id(),
             Some(&first),
             &mut book,
-            1_000_020
+            secs(1_000_020)
         ));
         assert!(!member_record_verified(
             &a.peer_id(),
             Some("zz"),
             &mut book,
-            1_000_020
+            secs(1_000_020)
         ));
         assert!(!member_record_verified(
             &a.peer_id(),
             None,
             &mut book,
-            1_000_020
+            secs(1_000_020)
         ));
         // New facts: a newer record; the older one replayed afterwards no longer counts.
         let moved: Vec<Multiaddr> = vec!["/ip4/10.0.0.2/tcp/4001".parse().unwrap()];
-        let second = signer.current(&cap, &moved, 1_000_030).unwrap();
+        let second = signer.current(&cap, &moved, secs(1_000_030)).unwrap();
         assert_ne!(second, first);
         assert!(member_record_verified(
             &a.peer_id(),
             Some(&second),
             &mut book,
-            1_000_040
+            secs(1_000_040)
         ));
         assert!(!member_record_verified(
             &a.peer_id(),
             Some(&first),
             &mut book,
-            1_000_040
+            secs(1_000_040)
         ));
         // A tampered byte breaks the signature.
         let mut bad = second.clone().into_bytes();
@@ -312,7 +321,7 @@ mod tests {
             &a.peer_id(),
             Some(&bad),
             &mut RecordBook::new(4),
-            1_000_040
+            secs(1_000_040)
         ));
         // The hex fits one gossiped value.
         assert!(

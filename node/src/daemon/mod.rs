@@ -23,6 +23,7 @@ use novacron_mesh::chunks::{ChunkStore, Level};
 use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::records::RecordBook;
 use novacron_mesh::swarm::cell::{CellConfig, CellEvent, CellMembership, MemberInfo};
+use novacron_mesh::swarm::clock::{unix_now, Epoch};
 use novacron_mesh::swarm::{ChunkExchange, ExchangeConfig, MeshNode, Multiaddr};
 use tokio::sync::{broadcast, RwLock};
 use tokio::task::JoinHandle;
@@ -280,15 +281,15 @@ impl Daemon {
     /// The entry is refreshed every round, and at once when a VM or the politeness decision
     /// changes or the node starts draining (its free capacity then changes).
     pub async fn maintain(self: Arc<Daemon>) {
-        let epoch = tokio::time::Instant::now();
+        let epoch = Epoch::start();
         let mut keeper = CellKeeper::new(KeeperConfig::default(), Duration::ZERO);
         let mut told: Option<MemberInfo> = None;
         let mut signer = cell::RecordSigner::new(self.identity.clone());
         let mut events = Some(self.bus.subscribe());
         loop {
-            let due = epoch + keeper.next_deadline();
+            let due = epoch.instant(keeper.next_deadline());
             let round = tokio::select! {
-                _ = tokio::time::sleep_until(due) => keeper.round(epoch.elapsed()),
+                _ = tokio::time::sleep_until(due) => keeper.round(epoch.now()),
                 event = async { Some(events.as_mut()?.recv().await) }, if events.is_some() => {
                     match event {
                         Some(Ok(e)) if !capacity_may_change(&e.event) => continue,
@@ -347,13 +348,13 @@ impl Daemon {
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot publish the cell summary"),
                 }
-                if keeper.held_down(epoch.elapsed()) {
+                if keeper.held_down(epoch.now()) {
                     continue;
                 }
                 let bits = cell.cell().prefix_bits();
                 (bits, self.cell_bits_for_mesh_size(cell).await)
             };
-            if let Some(to) = keeper.decide_move(epoch.elapsed(), bits, wanted) {
+            if let Some(to) = keeper.decide_move(epoch.now(), bits, wanted) {
                 let (bits, estimate) = (to.prefix_bits, to.estimate);
                 match self.move_cell(bits, estimate, info).await {
                     Ok(()) => eprintln!(
@@ -514,12 +515,6 @@ fn forward(cell: &CellMembership, to: broadcast::Sender<CellEvent>) -> JoinHandl
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn answer<T>(result: anyhow::Result<T>, wrap: impl FnOnce(T) -> Response) -> Response {

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use novacron_mesh::swarm::clock::Epoch;
 use novacron_mesh::swarm::PeerId;
 use novacron_vm::control::{MigrateOut, OnNoConverge};
 use tokio::sync::mpsc;
@@ -547,12 +548,12 @@ impl Daemon {
         why: &str,
     ) {
         tracing::info!(n = vms.len(), why, "moving VMs away");
-        let epoch = tokio::time::Instant::now();
+        let epoch = Epoch::start();
         let mut plan = Evacuation::new(&vms, Duration::ZERO, deadline);
         let (tx, mut reports) = mpsc::unbounded_channel::<Report>();
         let mut parks = tokio::task::JoinSet::new();
         loop {
-            for action in plan.poll(epoch.elapsed()) {
+            for action in plan.poll(epoch.now()) {
                 match action {
                     Action::Migrate { vm, mode } => {
                         tokio::spawn(self.clone().attempt_move(vm, mode, tx.clone()));
@@ -572,11 +573,11 @@ impl Daemon {
             if plan.is_finished() {
                 break;
             }
-            let wake = plan.next_deadline().map(|d| epoch + d);
+            let wake = plan.next_deadline().map(|d| epoch.instant(d));
             tokio::select! {
                 Some(report) = reports.recv() => match report {
                     Report::Started { vm, migration } => {
-                        plan.started(&vm, &migration, epoch.elapsed())
+                        plan.started(&vm, &migration, epoch.now())
                     }
                     Report::Refused { vm } => plan.refused(&vm),
                     Report::Ended { vm, migration, moved } => plan.ended(&vm, &migration, moved),

@@ -29,12 +29,13 @@ pub fn gossip_interval_for(members: u64) -> Duration {
 
 /// The node's estimate of the mesh size (what cell sizing uses, and the
 /// `novacron_mesh_size_estimate` metric): this cell (`live` members at `bits`) pooled with
-/// the consensus of each other cell in `summaries`.
+/// the consensus of each other cell in `summaries` (unexpired at `now`, since the unix
+/// epoch: summaries are signed with wall-clock expiries).
 pub fn mesh_size_estimate(
     bits: u8,
     live: u64,
     summaries: impl IntoIterator<Item = SummaryRecord>,
-    now: u64,
+    now: Duration,
 ) -> u64 {
     let mut book = SummaryBook::default();
     for s in summaries {
@@ -52,7 +53,7 @@ pub fn next_cell_bits(
     bits: u8,
     live: u64,
     summaries: impl IntoIterator<Item = SummaryRecord>,
-    now: u64,
+    now: Duration,
 ) -> Option<(u8, u64)> {
     let estimate = mesh_size_estimate(bits, live, summaries, now);
     let next = next_prefix_bits(bits, estimate);
@@ -67,6 +68,10 @@ mod tests {
     use novacron_mesh::records::Capacity;
     use novacron_mesh::summaries::build_summary_record;
 
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
     /// A summary of `members` members for the cell of `bits` bits that `signer` is in.
     fn summary(signer: &NodeIdentity, bits: u8, members: u64) -> SummaryRecord {
         let me = signer.peer_id();
@@ -79,7 +84,15 @@ mod tests {
             free_slots: 2,
             load_permille: 100,
         };
-        let mut record = build_summary_record(cell, [(&me, &cap)], &me, 3, 1_000, 600).unwrap();
+        let mut record = build_summary_record(
+            cell,
+            [(&me, &cap)],
+            &me,
+            3,
+            Duration::from_secs(1_000),
+            Duration::from_secs(600),
+        )
+        .unwrap();
         record.summary.members = u32::try_from(members).unwrap();
         record
     }
@@ -110,13 +123,13 @@ mod tests {
     #[test]
     fn a_node_in_one_cell_of_a_large_mesh_moves_to_its_prefix_length() {
         let heard = large_mesh();
-        let (bits, estimate) = next_cell_bits(0, 1, heard.clone(), 1_100).unwrap();
+        let (bits, estimate) = next_cell_bits(0, 1, heard.clone(), secs(1_100)).unwrap();
         assert_eq!(bits, 8, "estimate {estimate}");
         assert!(estimate > 35_000, "{estimate}");
         // Once there (a cell of ~195 live members at 8 bits), it stays.
-        assert_eq!(next_cell_bits(8, 195, heard.clone(), 1_100), None);
+        assert_eq!(next_cell_bits(8, 195, heard.clone(), secs(1_100)), None);
         // Expired summaries do not count: alone, a small cell keeps 0 bits.
-        assert_eq!(next_cell_bits(0, 40, heard, 5_000), None);
+        assert_eq!(next_cell_bits(0, 40, heard, secs(5_000)), None);
     }
 
     #[test]
@@ -124,15 +137,15 @@ mod tests {
         // Two live members at 0 bits who hold the summaries of five cells of a 50,000-node
         // mesh: the estimate is the mesh's, not the two it sees.
         let heard = large_mesh();
-        let estimate = mesh_size_estimate(0, 2, heard.clone(), 1_100);
+        let estimate = mesh_size_estimate(0, 2, heard.clone(), secs(1_100));
         assert!(estimate > 30_000, "{estimate}");
         assert_eq!(
-            next_cell_bits(0, 2, heard, 1_100).map(|(_, e)| e),
+            next_cell_bits(0, 2, heard, secs(1_100)).map(|(_, e)| e),
             Some(estimate)
         );
         // Alone with no summaries: its own cell, scaled by its prefix.
-        assert_eq!(mesh_size_estimate(0, 2, Vec::new(), 1_100), 2);
-        assert_eq!(mesh_size_estimate(2, 10, Vec::new(), 1_100), 40);
+        assert_eq!(mesh_size_estimate(0, 2, Vec::new(), secs(1_100)), 2);
+        assert_eq!(mesh_size_estimate(2, 10, Vec::new(), secs(1_100)), 40);
     }
 
     #[test]
@@ -149,8 +162,11 @@ mod tests {
 
     #[test]
     fn a_small_mesh_keeps_one_cell_and_a_shrunken_one_merges() {
-        assert_eq!(next_cell_bits(0, 50, Vec::new(), 1_000), None);
+        assert_eq!(next_cell_bits(0, 50, Vec::new(), secs(1_000)), None);
         // A 2-bit cell that shrank to 10 members (mesh of ~40): back to one cell.
-        assert_eq!(next_cell_bits(2, 10, Vec::new(), 1_000), Some((0, 40)));
+        assert_eq!(
+            next_cell_bits(2, 10, Vec::new(), secs(1_000)),
+            Some((0, 40))
+        );
     }
 }

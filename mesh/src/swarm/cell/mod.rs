@@ -59,6 +59,7 @@ use super::cell_transport::{CellBytes, CellTransport, CellTransportConfig};
 use super::{MeshNode, SwarmError};
 use crate::cell_wire::{check_peer_key, virtual_addr, ShortId, WireNodeId, PEER_KEY};
 use crate::cells::{cell_id, CellId, MAX_PREFIX_BITS};
+use crate::util::lock;
 
 /// Default gossip interval. With short node ids a 50-member digest is ~1.05 KB (21 B per
 /// member; PeerId ids made it ~3 KB). Measured with `novacron bench mesh --nodes 50` (50
@@ -156,10 +157,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Chitchat's nodes as [`NodeView`]s, and the ids it holds. Node ids that are not short ids

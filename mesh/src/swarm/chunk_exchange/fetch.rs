@@ -1,345 +1,31 @@
-//! [`ChunkExchange`]: chunk sets served and fetched over `/novacron/chunks/1`, the libp2p
-//! glue around the pure parts in [`crate::transfer`].
-//!
-//! Serving: one accept loop takes the protocol's inbound streams (at most
-//! [`ExchangeConfig::max_streams`] at once, and [`RateConfig::max_streams_per_peer`] per
-//! peer); each stream gets its own task that reads requests one by one, every frame bounded
-//! by [`wire::MAX_REQUEST_BODY`] and decoded with every check, and answers from the local
-//! [`ChunkStore`]. A malformed or oversized request closes the stream (nothing panics, the
-//! rest keeps serving); a peer over its byte rate gets `Busy` with the time to wait. Only
-//! manifests this node published or fetched, and only their chunks, are served: the store
-//! may hold other chunks (a VM's memory) that nobody can probe for by id.
-//!
-//! Fetching: providers come from the DHT (`/novacron/chunkset/<id>`); the manifest from the
-//! first provider whose bytes hash to the id; then the [`FetchScheduler`] spreads batches of
-//! the missing chunks over every provider in parallel. Each request runs in its own task on
-//! a stream reused request after request; its chunks are verified (decoded and hashed
-//! against the id asked for, with the manifest's length) and put into the local store in
-//! one batch commit, off the async threads. Once the set is complete this node serves it
-//! and provides it in the DHT too.
-//!
-//! What this cannot do: a fetch does not look for new providers while it runs; sets cannot
-//! be unpublished (chunks stay served until the exchange stops); the server's rate limits
-//! are per peer, not a global bandwidth cap; chunks are verified once a request's answer is
-//! complete, so a lying provider costs up to one batch before it is dropped.
+//! Fetching: the driver of the pure [`FetchScheduler`] (one task per request, a stream
+//! reused request after request), the manifest request and the verified batch commit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::{PeerId, Stream, StreamProtocol};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use libp2p::{PeerId, Stream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
-use super::{MeshNode, SwarmError};
+use super::{
+    read_frame, ChunkExchange, ExchangeError, FetchReport, FrameError, CHUNKS_PROTOCOL,
+    EVENT_QUEUE, OPEN_TIMEOUT, OPEN_TRIES,
+};
 use crate::chunks::{ChunkId, ChunkStore, EncodedChunk, StoreError};
 use crate::dht_keys::DhtKey;
+use crate::swarm::MeshNode;
 use crate::transfer::fetch::{
-    Action, Arrival, FetchConfig, FetchScheduler, Heard, PeerStats, Progress, RequestId,
-    SchedulerReport,
+    Action, Arrival, FetchScheduler, Heard, PeerStats, Progress, RequestId, SchedulerReport,
 };
-use crate::transfer::manifest::{hex, ChunkSetManifest, ManifestError};
-use crate::transfer::rate::{RateConfig, RateLimiter, Refusal};
-use crate::transfer::wire::{
-    self, Request, Response, WireError, MAX_CHUNK_BODY, MAX_REQUEST_BODY, MAX_RESPONSE_BODY,
-    MAX_RETRY_AFTER_MS,
-};
-
-/// The chunk exchange protocol.
-pub const CHUNKS_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::PROTOCOL_NAME);
-
-/// Events a fetch's request tasks may queue before the fetch loop reads them.
-const EVENT_QUEUE: usize = 1024;
-
-/// Streams a request tries before it counts as failed (see `RequestJob::exchange`).
-const OPEN_TRIES: u32 = 3;
-
-/// Longest wait for one new stream. libp2p-stream can leave an open waiting for good: a
-/// request made while a connection to the peer is being established (its handler created,
-/// the swarm's `ConnectionEstablished` not yet seen) is queued for a dial that the swarm
-/// refuses (already connected) and nobody serves. The next open uses the connection.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How a node serves and fetches chunk sets.
-#[derive(Clone, Debug)]
-pub struct ExchangeConfig {
-    /// Per-peer limits when serving.
-    pub rate: RateConfig,
-    /// How fetches are spread and when they give up.
-    pub fetch: FetchConfig,
-    /// Inbound streams served at once, all peers together; more are closed at once.
-    pub max_streams: usize,
-    /// A served stream without a complete request, or whose answer cannot be written, for
-    /// this long is closed.
-    pub idle_timeout: Duration,
-    /// Time allowed to get the manifest from one provider.
-    pub manifest_timeout: Duration,
-    /// Chunk sets served at most.
-    pub max_sets: usize,
-}
-
-impl Default for ExchangeConfig {
-    fn default() -> Self {
-        ExchangeConfig {
-            rate: RateConfig::default(),
-            fetch: FetchConfig::default(),
-            max_streams: 256,
-            idle_timeout: Duration::from_secs(30),
-            manifest_timeout: Duration::from_secs(10),
-            max_sets: 4096,
-        }
-    }
-}
-
-/// Why publishing or fetching a chunk set failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
-    #[error("chunk exchange: {0}")]
-    Swarm(#[from] SwarmError),
-    #[error("chunk exchange: {PROTOCOL} is already accepted on this node", PROTOCOL = wire::PROTOCOL_NAME)]
-    AlreadyRegistered,
-    #[error("chunk exchange: this exchange runs on node {started}, not on {given}")]
-    WrongNode { started: String, given: String },
-    #[error("chunk exchange: {0}")]
-    Manifest(#[from] ManifestError),
-    #[error("chunk exchange: cannot publish {name:?}: chunk {id} is not in the local store")]
-    MissingChunk { name: String, id: ChunkId },
-    #[error("chunk exchange: already serving the most chunk sets ({max})")]
-    TooManySets { max: usize },
-    #[error("chunk exchange: nobody provides chunk set {0}")]
-    NoProviders(String),
-    #[error("chunk exchange: no provider gave the manifest of chunk set {id} (last: {last})")]
-    NoManifest { id: String, last: String },
-    #[error("chunk exchange: chunk set {id}: {} chunks could not be had from any provider, first {}", missing.len(), missing.first().map_or_else(String::new, ToString::to_string))]
-    Incomplete {
-        id: String,
-        missing: Vec<ChunkId>,
-        report: Box<SchedulerReport<PeerId>>,
-    },
-    #[error("chunk exchange: local chunk store: {0}")]
-    Store(Box<StoreError>),
-    #[error("chunk exchange: a store task stopped: {0}")]
-    Task(String),
-}
-
-impl From<StoreError> for ExchangeError {
-    fn from(e: StoreError) -> Self {
-        ExchangeError::Store(Box::new(e))
-    }
-}
-
-/// How a fetch went.
-#[derive(Clone, Debug)]
-pub struct FetchReport {
-    pub id: [u8; 32],
-    pub name: String,
-    pub total_len: u64,
-    /// Non-zero chunks of the set, and how many of them were already in the local store.
-    pub set_chunks: usize,
-    pub already_held: usize,
-    /// Chunks fetched, their raw bytes and the bytes of their frames as received.
-    pub chunks: u64,
-    pub bytes: u64,
-    pub wire_bytes: u64,
-    /// The whole fetch: provider lookup, manifest, chunks.
-    pub seconds: f64,
-    /// The chunk phase alone, and its rate in raw MiB/s.
-    pub chunk_seconds: f64,
-    pub mib_per_sec: f64,
-    /// Each provider asked for chunks, with what it gave (most chunks first).
-    pub providers: Vec<(PeerId, PeerStats)>,
-    /// Who gave the manifest (None: it was known here already).
-    pub manifest_from: Option<PeerId>,
-    pub retries: u64,
-    pub busy: u64,
-    /// Providers dropped for sending chunks that did not verify.
-    pub bad_providers: Vec<PeerId>,
-    /// Providers dropped because their requests kept failing.
-    pub gone_providers: Vec<PeerId>,
-    /// Whether this node now provides the set in the DHT (false: the announcement failed,
-    /// the set is still served to those who ask).
-    pub providing: bool,
-}
-
-/// What the server side did since the exchange started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServeStats {
-    pub streams: u64,
-    pub requests: u64,
-    pub chunks: u64,
-    /// Bytes of frames sent.
-    pub bytes: u64,
-    pub not_found: u64,
-    pub busy: u64,
-    /// Streams closed for a malformed or oversized request, or refused over a limit.
-    pub refused: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    streams: AtomicU64,
-    requests: AtomicU64,
-    chunks: AtomicU64,
-    bytes: AtomicU64,
-    not_found: AtomicU64,
-    busy: AtomicU64,
-    refused: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
-}
-
-#[derive(Default)]
-struct Sets {
-    manifests: HashMap<[u8; 32], Arc<Vec<u8>>>,
-    chunks: HashSet<ChunkId>,
-}
-
-struct Shared {
-    local: PeerId,
-    store: Arc<ChunkStore>,
-    cfg: ExchangeConfig,
-    sets: RwLock<Sets>,
-    limiter: Mutex<RateLimiter<PeerId>>,
-    streams: Arc<Semaphore>,
-    epoch: Instant,
-    counters: Counters,
-}
-
-/// Serves chunk sets on one node and fetches them from others. Dropping it stops serving
-/// (the accept loop and every served stream).
-pub struct ChunkExchange {
-    shared: Arc<Shared>,
-    control: libp2p_stream::Control,
-    accept: JoinHandle<()>,
-}
-
-impl Drop for ChunkExchange {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
+use crate::transfer::manifest::{hex, ChunkSetManifest};
+use crate::transfer::wire::{Request, Response, MAX_CHUNK_BODY, MAX_RESPONSE_BODY};
 
 impl ChunkExchange {
-    /// Starts serving `/novacron/chunks/1` from `store` on `node` (call it inside a tokio
-    /// runtime). Only one exchange per node.
-    pub fn start(
-        node: &MeshNode,
-        store: Arc<ChunkStore>,
-        cfg: ExchangeConfig,
-    ) -> Result<ChunkExchange, ExchangeError> {
-        let mut control = node.stream_control();
-        let incoming = control
-            .accept(CHUNKS_PROTOCOL)
-            .map_err(|_| ExchangeError::AlreadyRegistered)?;
-        let shared = Arc::new(Shared {
-            local: node.peer_id(),
-            store,
-            limiter: Mutex::new(RateLimiter::new(cfg.rate)),
-            streams: Arc::new(Semaphore::new(cfg.max_streams.max(1))),
-            cfg,
-            sets: RwLock::new(Sets::default()),
-            epoch: Instant::now(),
-            counters: Counters::default(),
-        });
-        let accept = tokio::spawn(accept_loop(shared.clone(), incoming));
-        Ok(ChunkExchange {
-            shared,
-            control,
-            accept,
-        })
-    }
-
-    pub fn store(&self) -> &Arc<ChunkStore> {
-        &self.shared.store
-    }
-
-    /// What the server side did so far.
-    pub fn serve_stats(&self) -> ServeStats {
-        let c = &self.shared.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        ServeStats {
-            streams: get(&c.streams),
-            requests: get(&c.requests),
-            chunks: get(&c.chunks),
-            bytes: get(&c.bytes),
-            not_found: get(&c.not_found),
-            busy: get(&c.busy),
-            refused: get(&c.refused),
-        }
-    }
-
-    fn check_node(&self, node: &MeshNode) -> Result<(), ExchangeError> {
-        if node.peer_id() == self.shared.local {
-            Ok(())
-        } else {
-            Err(ExchangeError::WrongNode {
-                started: self.shared.local.to_string(),
-                given: node.peer_id().to_string(),
-            })
-        }
-    }
-
-    /// Serves `manifest` (whose chunks must all be in the local store) and announces in the
-    /// DHT that this node provides it; returns the set's id once the provider record
-    /// reached the closest peers.
-    ///
-    /// `node` must be the node the exchange was started on (the handle cannot be shared).
-    pub async fn publish(
-        &self,
-        node: &MeshNode,
-        manifest: &ChunkSetManifest,
-    ) -> Result<[u8; 32], ExchangeError> {
-        self.check_node(node)?;
-        let bytes = manifest.encode()?;
-        let id = crate::transfer::manifest_id(&bytes);
-        let ids: Vec<ChunkId> = manifest.chunks().iter().map(|c| c.chunk_id()).collect();
-        let store = self.shared.store.clone();
-        let missing =
-            tokio::task::spawn_blocking(move || ids.into_iter().find(|id| !store.contains(id)))
-                .await
-                .map_err(|e| ExchangeError::Task(e.to_string()))?;
-        if let Some(id) = missing {
-            return Err(ExchangeError::MissingChunk {
-                name: manifest.name().to_string(),
-                id,
-            });
-        }
-        self.serve_set(id, bytes, manifest)?;
-        node.start_providing(DhtKey::ChunkSet(id)).await?;
-        info!(set = %hex(&id), name = manifest.name(), chunks = manifest.chunks().len(), "chunk set published");
-        Ok(id)
-    }
-
-    fn serve_set(
-        &self,
-        id: [u8; 32],
-        bytes: Vec<u8>,
-        manifest: &ChunkSetManifest,
-    ) -> Result<(), ExchangeError> {
-        let mut sets = self.shared.sets();
-        if !sets.manifests.contains_key(&id) && sets.manifests.len() >= self.shared.cfg.max_sets {
-            return Err(ExchangeError::TooManySets {
-                max: self.shared.cfg.max_sets,
-            });
-        }
-        sets.manifests.insert(id, Arc::new(bytes));
-        sets.chunks
-            .extend(manifest.chunks().iter().map(|c| c.chunk_id()));
-        Ok(())
-    }
-
-    /// The manifest of a set this node serves.
-    pub fn manifest(&self, id: &[u8; 32]) -> Option<ChunkSetManifest> {
-        let bytes = self.shared.sets_read().manifests.get(id).cloned()?;
-        ChunkSetManifest::decode(&bytes).ok()
-    }
-
     /// Fetches chunk set `id` from its providers in the DHT into the local store, then
     /// serves and provides it. `node` must be the node the exchange was started on.
     pub async fn fetch(&self, node: &MeshNode, id: [u8; 32]) -> Result<FetchReport, ExchangeError> {
@@ -544,9 +230,9 @@ impl ChunkExchange {
                     })
                 }
             }
-            let event = match sched.next_wakeup(now) {
+            let event = match sched.next_deadline(now) {
                 Some(at) => {
-                    let at = tokio::time::Instant::from_std(shared.epoch + at);
+                    let at = shared.epoch.instant(at);
                     tokio::select! {
                         event = rx.recv() => event,
                         () = tokio::time::sleep_until(at) => continue,
@@ -620,239 +306,6 @@ fn mib_per_sec(bytes: u64, seconds: f64) -> f64 {
     } else {
         0.0
     }
-}
-
-impl Shared {
-    fn now(&self) -> Duration {
-        self.epoch.elapsed()
-    }
-
-    fn sets(&self) -> std::sync::RwLockWriteGuard<'_, Sets> {
-        self.sets.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn sets_read(&self) -> std::sync::RwLockReadGuard<'_, Sets> {
-        self.sets.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn limiter(&self) -> MutexGuard<'_, RateLimiter<PeerId>> {
-        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-// ---- serving ----
-
-async fn accept_loop(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {
-    // Owning the served streams' tasks here means aborting this loop ends them too.
-    let mut served = JoinSet::new();
-    loop {
-        tokio::select! {
-            next = incoming.next() => {
-                let Some((peer, stream)) = next else { break };
-                let Ok(permit) = shared.streams.clone().try_acquire_owned() else {
-                    bump(&shared.counters.refused, 1);
-                    debug!(%peer, "chunk stream refused: too many streams");
-                    continue;
-                };
-                bump(&shared.counters.streams, 1);
-                let shared = shared.clone();
-                served.spawn(async move {
-                    serve_stream(&shared, peer, stream).await;
-                    drop(permit);
-                });
-            }
-            Some(_) = served.join_next(), if !served.is_empty() => {}
-        }
-    }
-}
-
-/// Why a served stream was closed.
-#[derive(Debug, thiserror::Error)]
-enum ServeError {
-    #[error("{0}")]
-    Frame(#[from] FrameError),
-    #[error("{0}")]
-    Wire(#[from] WireError),
-    #[error("cannot write: {0}")]
-    Write(io::Error),
-    #[error("no request or no progress for {0:?}")]
-    Idle(Duration),
-}
-
-async fn serve_stream(shared: &Shared, peer: PeerId, mut stream: Stream) {
-    let admitted = shared.limiter().open_stream(&peer, shared.now());
-    if let Err(refusal) = admitted {
-        bump(&shared.counters.refused, 1);
-        debug!(%peer, %refusal, "chunk stream refused");
-        let busy = Response::Busy {
-            retry_after_ms: retry_ms(&refusal),
-        };
-        let _ = tokio::time::timeout(shared.cfg.idle_timeout, async {
-            stream.write_all(&busy.encode()).await?;
-            stream.close().await
-        })
-        .await;
-        return;
-    }
-    let result = serve_requests(shared, peer, &mut stream).await;
-    shared.limiter().close_stream(&peer);
-    match result {
-        Ok(()) => {}
-        Err(e @ (ServeError::Frame(FrameError::Wire(_)) | ServeError::Wire(_))) => {
-            bump(&shared.counters.refused, 1);
-            debug!(%peer, error = %e, "malformed chunk request: stream closed");
-        }
-        Err(e) => debug!(%peer, error = %e, "chunk stream closed"),
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.close()).await;
-}
-
-fn retry_ms(refusal: &Refusal) -> u32 {
-    let ms = refusal.retry_after().as_millis().max(1);
-    u32::try_from(ms)
-        .unwrap_or(MAX_RETRY_AFTER_MS)
-        .min(MAX_RETRY_AFTER_MS)
-}
-
-async fn serve_requests(
-    shared: &Shared,
-    peer: PeerId,
-    stream: &mut Stream,
-) -> Result<(), ServeError> {
-    let idle = shared.cfg.idle_timeout;
-    loop {
-        let body = match tokio::time::timeout(idle, read_frame(stream, MAX_REQUEST_BODY)).await {
-            Err(_) => return Err(ServeError::Idle(idle)),
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Ok(Some(body))) => body,
-            Ok(Err(e)) => return Err(e.into()),
-        };
-        let request = Request::decode(&body)?;
-        bump(&shared.counters.requests, 1);
-        tokio::time::timeout(idle, answer(shared, peer, stream, request))
-            .await
-            .map_err(|_| ServeError::Idle(idle))??;
-    }
-}
-
-async fn answer(
-    shared: &Shared,
-    peer: PeerId,
-    stream: &mut Stream,
-    request: Request,
-) -> Result<(), ServeError> {
-    // Manifests (up to 4 MiB) count against the byte rate like chunks.
-    let admitted = shared.limiter().admit(&peer, shared.now());
-    if let Err(refusal) = admitted {
-        bump(&shared.counters.busy, 1);
-        let busy = Response::Busy {
-            retry_after_ms: retry_ms(&refusal),
-        };
-        send(shared, stream, &busy.encode()).await?;
-        return stream.flush().await.map_err(ServeError::Write);
-    }
-    let charge = |frame: &[u8]| {
-        shared
-            .limiter()
-            .take(&peer, frame.len() as u64, shared.now());
-    };
-    match request {
-        Request::Manifest(id) => {
-            let found = shared.sets_read().manifests.get(&id).cloned();
-            let response = match found {
-                Some(bytes) => Response::Manifest(bytes.to_vec()),
-                None => {
-                    bump(&shared.counters.not_found, 1);
-                    Response::NotFound(id)
-                }
-            };
-            let frame = response.encode();
-            charge(&frame);
-            send(shared, stream, &frame).await?;
-        }
-        Request::Chunks(ids) => {
-            for id in ids {
-                let frame = chunk_response(shared, id).await.encode();
-                charge(&frame);
-                send(shared, stream, &frame).await?;
-            }
-            send(shared, stream, &Response::End.encode()).await?;
-        }
-    }
-    stream.flush().await.map_err(ServeError::Write)
-}
-
-async fn send(shared: &Shared, stream: &mut Stream, frame: &[u8]) -> Result<(), ServeError> {
-    stream.write_all(frame).await.map_err(ServeError::Write)?;
-    bump(&shared.counters.bytes, frame.len() as u64);
-    Ok(())
-}
-
-/// The stored chunk, or `NotFound` when it is not part of a served set or not readable.
-async fn chunk_response(shared: &Shared, id: ChunkId) -> Response {
-    let not_found = || {
-        bump(&shared.counters.not_found, 1);
-        Response::NotFound(*id.as_bytes())
-    };
-    if !shared.sets_read().chunks.contains(&id) {
-        return not_found();
-    }
-    let store = shared.store.clone();
-    match tokio::task::spawn_blocking(move || store.get_encoded(&id)).await {
-        Ok(Ok((encoded, len))) => {
-            bump(&shared.counters.chunks, 1);
-            Response::Chunk {
-                id,
-                encoded,
-                // A stored chunk is at most 64 KiB (the file header is checked).
-                raw_len: len as u32,
-            }
-        }
-        Ok(Err(StoreError::NotFound { .. })) => not_found(),
-        Ok(Err(e)) => {
-            warn!(chunk = %id, error = %e, "cannot serve a stored chunk");
-            not_found()
-        }
-        Err(e) => {
-            warn!(chunk = %id, error = %e, "chunk read task failed");
-            not_found()
-        }
-    }
-}
-
-// ---- framing ----
-
-/// Why a frame could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    #[error("cannot read: {0}")]
-    Io(#[from] io::Error),
-    #[error("{0}")]
-    Wire(#[from] WireError),
-}
-
-/// Reads one frame's body (at most `max` bytes, refused before allocation when the header
-/// says more); `None` at a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    max: usize,
-) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut header = [0u8; wire::FRAME_HEADER_LEN];
-    let mut got = 0;
-    while got < header.len() {
-        let n = reader.read(&mut header[got..]).await?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-        }
-        got += n;
-    }
-    let len = wire::body_len(header, max)?;
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
-    Ok(Some(body))
 }
 
 // ---- fetching ----
@@ -1061,9 +514,9 @@ impl RequestJob {
     }
 
     /// One try on `stream`: `None` when it ended before the first answer frame.
-    async fn attempt(
+    async fn attempt<S: AsyncRead + AsyncWrite + Unpin>(
         chunks: &[(ChunkId, u32)],
-        stream: &mut Stream,
+        stream: &mut S,
     ) -> Result<Option<Answer>, String> {
         let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
         let sent = stream.write_all(&Request::Chunks(ids).encode()).await;
@@ -1201,4 +654,176 @@ fn verify_and_store(store: &ChunkStore, received: Vec<Received>) -> Result<Verif
     }
     batch.commit()?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{AsyncWriteExt, Future};
+
+    use super::*;
+    use crate::swarm::chunk_exchange::fixtures::*;
+    use crate::swarm::chunk_exchange::ExchangeConfig;
+    use crate::transfer::wire::MAX_REQUEST_BODY;
+
+    fn asked(ids: &[ChunkId]) -> Vec<(ChunkId, u32)> {
+        ids.iter().map(|id| (*id, CHUNK_LEN)).collect()
+    }
+
+    /// A request's exchange against a fake server: `answer` gets the request it read and
+    /// the server's end of the stream.
+    async fn attempt_against<F, Fut>(
+        chunks: &[(ChunkId, u32)],
+        answer: F,
+    ) -> Result<Option<Answer>, String>
+    where
+        F: FnOnce(Request, Pipe) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let (mut client, mut server) = pipe();
+        let fake = tokio::spawn(async move {
+            let body = read_frame(&mut server, MAX_REQUEST_BODY).await.unwrap();
+            let request = Request::decode(&body.unwrap()).unwrap();
+            answer(request, server).await;
+        });
+        let out = RequestJob::attempt(chunks, &mut client).await;
+        fake.await.unwrap();
+        out
+    }
+
+    async fn reply(mut server: Pipe, answers: Vec<Response>) {
+        for a in answers {
+            server.write_all(&a.encode()).await.unwrap();
+        }
+        server.close().await.unwrap();
+    }
+
+    fn stored(fx: &Fixture, id: ChunkId) -> Response {
+        let (encoded, len) = fx.store.get_encoded(&id).unwrap();
+        Response::Chunk {
+            id,
+            encoded,
+            raw_len: len as u32,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_against_the_real_server_fetches_and_stores_verified_chunks() {
+        let provider = Fixture::new(2);
+        let shared = provider.serving(ExchangeConfig::default(), &provider.chunks, ([1; 32], b""));
+        let (mut client, server) = pipe();
+        let served = tokio::spawn(async move {
+            crate::swarm::chunk_exchange::serve::serve_stream(&shared, PeerId::random(), server)
+                .await
+        });
+        let missing = ChunkId::of(&[5; CHUNK_LEN as usize]);
+        let want = asked(&[provider.chunks[0], missing, provider.chunks[1]]);
+        let Ok(Some(Answer::Chunks {
+            received,
+            not_found,
+            violation: None,
+            stream: None,
+        })) = RequestJob::attempt(&want, &mut client).await
+        else {
+            panic!("expected the chunks");
+        };
+        assert_eq!(not_found, vec![missing]);
+        let got: Vec<ChunkId> = received.iter().map(|r| r.id).collect();
+        assert_eq!(got, provider.chunks);
+
+        let fetcher = Fixture::new(0);
+        let outcome = verify_and_store(&fetcher.store, received).unwrap();
+        assert_eq!(outcome.invalid, None);
+        assert_eq!(outcome.verified.len(), 2);
+        for (i, id) in provider.chunks.iter().enumerate() {
+            assert_eq!(fetcher.store.get(id).unwrap(), raw(i as u8));
+        }
+        client.close().await.unwrap();
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_chunk_that_does_not_hash_to_its_id_is_not_stored() {
+        let fx = Fixture::new(2);
+        let [a, b] = [fx.chunks[0], fx.chunks[1]];
+        // The provider sends a's bytes as b (same length, so only the hash tells).
+        let Response::Chunk { encoded, .. } = stored(&fx, a) else {
+            unreachable!()
+        };
+        let forged = Response::Chunk {
+            id: b,
+            encoded,
+            raw_len: CHUNK_LEN,
+        };
+        let answers = vec![stored(&fx, a), forged, Response::End];
+        let answer = attempt_against(&asked(&[a, b]), move |request, server| async move {
+            assert_eq!(request, Request::Chunks(vec![a, b]));
+            reply(server, answers).await
+        })
+        .await;
+        let Ok(Some(Answer::Chunks {
+            received,
+            violation: None,
+            ..
+        })) = answer
+        else {
+            panic!("expected the chunks");
+        };
+        let fetcher = Fixture::new(0);
+        let outcome = verify_and_store(&fetcher.store, received).unwrap();
+        assert_eq!(outcome.invalid, Some(b));
+        assert_eq!(outcome.verified.len(), 1);
+        assert!(fetcher.store.contains(&a));
+        assert!(!fetcher.store.contains(&b));
+    }
+
+    #[tokio::test]
+    async fn chunks_not_asked_for_or_of_the_wrong_length_are_violations() {
+        let fx = Fixture::new(2);
+        let [a, b] = [fx.chunks[0], fx.chunks[1]];
+        let mut wrong_len = stored(&fx, a);
+        if let Response::Chunk { raw_len, .. } = &mut wrong_len {
+            *raw_len = CHUNK_LEN - 1;
+        }
+        let cases = [
+            (vec![stored(&fx, b), Response::End], b),
+            (vec![Response::NotFound(*b.as_bytes()), Response::End], b),
+            (vec![wrong_len, Response::End], a),
+        ];
+        for (answers, culprit) in cases {
+            let answer =
+                attempt_against(&asked(&[a]), move |_, server| reply(server, answers)).await;
+            assert!(
+                matches!(answer, Ok(Some(Answer::Chunks { violation: Some(id), .. })) if id == culprit),
+                "culprit {culprit}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn busy_early_ends_and_wrong_answers_are_told_apart() {
+        let fx = Fixture::new(1);
+        let want = asked(&fx.chunks);
+        let busy = Response::Busy {
+            retry_after_ms: 250,
+        };
+        let answer = attempt_against(&want, move |_, server| reply(server, vec![busy])).await;
+        assert!(matches!(
+            answer,
+            Ok(Some(Answer::Busy(wait, None))) if wait == Duration::from_millis(250)
+        ));
+        // A stream that ends before any answer: the caller tries another stream.
+        let answer = attempt_against(&want, |_, server| reply(server, Vec::new())).await;
+        assert!(matches!(answer, Ok(None)));
+        // An answer that is not one to a chunk request, or a stream cut mid-answer.
+        let manifest = Response::Manifest(b"m".to_vec());
+        let answer = attempt_against(&want, move |_, server| reply(server, vec![manifest])).await;
+        assert!(matches!(answer, Err(e) if e.contains("unexpected manifest")));
+        let first = stored(&fx, fx.chunks[0]);
+        let answer = attempt_against(
+            &asked(&[fx.chunks[0], ChunkId::of(b"x")]),
+            move |_, server| reply(server, vec![first]),
+        )
+        .await;
+        assert!(matches!(answer, Err(e) if e.contains("closed mid-answer")));
+    }
 }
