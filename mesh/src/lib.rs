@@ -1,27 +1,29 @@
 //! NovaCron's mesh crate.
 //!
-//! - [`identity`]: the node's ed25519 key on disk (`<data_dir>/node.key`, 0600) and the
-//!   libp2p `PeerId` it gives.
-//! - [`records`]: signed node records (addresses, capacity, version, reachability) with a
-//!   sequence number and expiry, their verification, and the book of each peer's newest.
-//! - [`cell_wire`]: frames of cell membership (chitchat) on libp2p streams: a validating
-//!   parser of chitchat's format, virtual gossip addresses and admission caps.
-//! - [`cells`]: pure cell assignment by a prefix of blake3(PeerId), the prefix length for a
-//!   mesh size (with hysteresis), rendezvous representatives and signed cell summaries.
-//! - [`summaries`]: which members publish their cell's summary, how it is built, the book of
-//!   summaries heard (newest per signer, capped) and the one to trust when signers disagree.
+//! Without features it is the pure core: no IO, no tokio, libp2p or chitchat, no clock (callers
+//! pass `now` as a `Duration`: since their epoch, or since the unix epoch where times are
+//! compared across machines), so the simulator and the fuzzers run the same code as the node.
+//! Everything decoded from outside is size-limited and validated before use.
+//!
+//! - [`identity`]: the node's ed25519 key on disk (`<data_dir>/node.key`, 0600) and its `PeerId`.
+//! - [`records`]: signed node records, their verification and the book of each peer's newest.
+//! - [`cells`]: cell assignment by a prefix of blake3(PeerId), prefix length, signed summaries.
+//! - [`summaries`]: who publishes a cell's summary, how it is built, the book of those heard.
+//! - [`cell_wire`]: cell membership (chitchat's format) on streams: frames, a validating parser
+//!   and encoder, short ids, admission caps.
 //! - [`dht_keys`]: the DHT key namespaces (cells, chunk sets); only these are stored for others.
 //! - [`chunks`]: the content-addressed chunk store that migration, snapshots and images share.
-//! - [`swarm`]: the libp2p swarm (TCP/QUIC, Kademlia with a per-subnet cap, identify,
-//!   autonat, relay, dcutr, mDNS, gossipsub) behind the async [`swarm::MeshNode`] handle.
-//! - [`transfer`]: chunk sets across the mesh: manifests, the `/novacron/chunks/1` messages,
-//!   the fetch scheduler and per-peer rate limits (pure; the glue is `swarm::chunk_exchange`).
+//! - [`transfer`]: chunk sets across the mesh: manifests, wire messages, the fetch scheduler,
+//!   per-peer rate limits.
+//! - [`util`]: lower-case hex and a poison-tolerant lock.
 //! - [`workload`]: synthetic memory contents for chunk-store tests and benchmarks.
 //!
-//! [`records`] and [`cells`] do no IO and read no clock (callers pass `now`), so the
-//! simulator runs the same code as the node. Everything decoded from outside is size-limited
-//! and bytecheck-validated before use. Chitchat inside cells, chunk transfer over the mesh and
-//! placement are not here yet.
+//! Feature `swarm` adds the drivers, with IO (what the node uses):
+//!
+//! - `swarm`: the libp2p swarm (TCP/QUIC, Kademlia, identify, autonat, relay, dcutr, mDNS,
+//!   gossipsub) behind the async `MeshNode` handle; cells (chitchat over libp2p streams,
+//!   `swarm::cell`, `swarm::cell_transport`); the chunk exchange (`swarm::chunk_exchange`:
+//!   serving and fetching chunk sets); the drivers' clocks (`swarm::clock`).
 
 pub mod cell_wire;
 pub mod cells;

@@ -114,7 +114,7 @@ impl Envelope {
     }
 
     /// Every [`PEER_KEY`] the message carries: the node and the PeerId (already checked by
-    /// [`decode_body`] to have that short id).
+    /// [`decode_body`](super::decode_body) to have that short id).
     pub fn peers(&self) -> impl Iterator<Item = (ShortId, PeerId)> + '_ {
         let (_, delta) = self.parts();
         delta.iter().flat_map(|d| {

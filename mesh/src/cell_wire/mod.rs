@@ -16,7 +16,7 @@
 //! - a node id that is not a [`ShortId`], and an advertised gossip address other than that
 //!   short id's [`ShortId::virtual_addr`] (so chitchat only ever gossips to addresses the
 //!   transport can map back to an authenticated peer);
-//! - a [`PEER_KEY`] key-value that is not a Set of a canonical base58 [`PeerId`] whose short
+//! - a [`PEER_KEY`] key-value that is not a Set of a canonical base58 [`PeerId`](libp2p_identity::PeerId) whose short
 //!   id is the node's (so the PeerId behind a short id cannot be forged without a second
 //!   preimage of blake3, see [`ShortId`]).
 //!

@@ -1,9 +1,9 @@
 //! What a cell member says about itself (its chitchat key-values), the member list the runner
 //! builds from chitchat's state, and the events between two lists. Pure: no IO, no clock
-//! (callers pass `now`).
+//! (callers pass `now`, the time since their epoch).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 
@@ -167,11 +167,18 @@ pub struct NodeView {
 /// When each member's heartbeat last advanced, across ticks.
 #[derive(Debug, Default)]
 pub struct HeartbeatClock {
-    seen: HashMap<(PeerId, u64), (u64, Instant)>,
+    /// The heartbeat last seen and when it advanced (since the caller's epoch).
+    seen: HashMap<(PeerId, u64), (u64, Duration)>,
 }
 
 impl HeartbeatClock {
-    fn observe(&mut self, peer: PeerId, generation: u64, heartbeat: u64, now: Instant) -> Duration {
+    fn observe(
+        &mut self,
+        peer: PeerId,
+        generation: u64,
+        heartbeat: u64,
+        now: Duration,
+    ) -> Duration {
         let entry = self
             .seen
             .entry((peer, generation))
@@ -179,7 +186,7 @@ impl HeartbeatClock {
         if heartbeat > entry.0 {
             *entry = (heartbeat, now);
         }
-        now.saturating_duration_since(entry.1)
+        now.saturating_sub(entry.1)
     }
 
     fn forget_except(&mut self, keep: &BTreeMap<PeerId, Member>) {
@@ -194,7 +201,7 @@ pub fn build_members(
     me: PeerId,
     nodes: Vec<NodeView>,
     clock: &mut HeartbeatClock,
-    now: Instant,
+    now: Duration,
 ) -> BTreeMap<PeerId, Member> {
     let mut newest: BTreeMap<PeerId, NodeView> = BTreeMap::new();
     for n in nodes {
@@ -343,7 +350,7 @@ mod tests {
     #[test]
     fn members_keep_the_newest_generation_and_events_follow_changes() {
         let mut clock = HeartbeatClock::default();
-        let t0 = Instant::now();
+        let t0 = Duration::ZERO;
         let a = build_members(
             peer(1),
             vec![

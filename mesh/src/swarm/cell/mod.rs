@@ -41,7 +41,7 @@ mod members;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use chitchat::{
     spawn_chitchat, Chitchat, ChitchatConfig, ChitchatId, FailureDetectorConfig, ProtocolVersion,
@@ -56,6 +56,7 @@ pub use members::{
 };
 
 use super::cell_transport::{CellBytes, CellTransport, CellTransportConfig};
+use super::clock::{unix_now, Epoch};
 use super::{MeshNode, SwarmError};
 use crate::cell_wire::{check_peer_key, virtual_addr, ShortId, WireNodeId, PEER_KEY};
 use crate::cells::{cell_id, CellId, MAX_PREFIX_BITS};
@@ -147,16 +148,16 @@ pub struct CellMembership {
     transport: CellTransport,
     candidates: Arc<Mutex<Vec<Candidate>>>,
     clock: Arc<Mutex<HeartbeatClock>>,
+    /// What `clock` counts time from (the runner's too).
+    epoch: Epoch,
     events: broadcast::Sender<CellEvent>,
     stop_tx: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
 
+/// Unix milliseconds of the wall clock: this start's chitchat generation.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Chitchat's nodes as [`NodeView`]s, and the ids it holds. Node ids that are not short ids
@@ -255,6 +256,7 @@ impl CellMembership {
             transport: transport.clone(),
             candidates: Arc::new(Mutex::new(Vec::new())),
             clock: Arc::new(Mutex::new(HeartbeatClock::default())),
+            epoch: Epoch::start(),
             events: events.clone(),
             stop_tx,
             task: None,
@@ -267,6 +269,7 @@ impl CellMembership {
             transport,
             candidates: membership.candidates.clone(),
             clock: membership.clock.clone(),
+            epoch: membership.epoch,
             events,
             cfg,
             prev: BTreeMap::new(),
@@ -290,7 +293,7 @@ impl CellMembership {
     pub async fn members(&self) -> Vec<Member> {
         let (views, _) = read_views(&*self.chitchat.lock().await);
         let mut clock = lock(&self.clock);
-        build_members(self.me, views, &mut clock, Instant::now())
+        build_members(self.me, views, &mut clock, self.epoch.now())
             .into_values()
             .collect()
     }
@@ -348,6 +351,7 @@ struct Runner {
     transport: CellTransport,
     candidates: Arc<Mutex<Vec<Candidate>>>,
     clock: Arc<Mutex<HeartbeatClock>>,
+    epoch: Epoch,
     events: broadcast::Sender<CellEvent>,
     cfg: CellConfig,
     prev: BTreeMap<PeerId, Member>,
@@ -392,7 +396,7 @@ impl Runner {
         let (views, held) = read_views(&*self.handle.chitchat().lock().await);
         let members = {
             let mut clock = lock(&self.clock);
-            build_members(self.me, views, &mut clock, Instant::now())
+            build_members(self.me, views, &mut clock, self.epoch.now())
         };
         self.transport.retain_admitted(&held);
         for m in members.values().filter(|m| !m.is_self) {

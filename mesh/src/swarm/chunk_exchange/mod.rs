@@ -11,7 +11,7 @@
 //! may hold other chunks (a VM's memory) that nobody can probe for by id.
 //!
 //! Fetching: providers come from the DHT (`/novacron/chunkset/<id>`); the manifest from the
-//! first provider whose bytes hash to the id; then the [`FetchScheduler`] spreads batches of
+//! first provider whose bytes hash to the id; then the [`FetchScheduler`](crate::transfer::fetch::FetchScheduler) spreads batches of
 //! the missing chunks over every provider in parallel. Each request runs in its own task on
 //! a stream reused request after request; its chunks are verified (decoded and hashed
 //! against the id asked for, with the manifest's length) and put into the local store in

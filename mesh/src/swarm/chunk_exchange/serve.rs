@@ -230,6 +230,27 @@ mod tests {
         Some(Response::decode(&body).unwrap())
     }
 
+    /// A stream from `peer` that got the manifest answered, still open.
+    async fn open_and_get_the_manifest(
+        shared: &Arc<Shared>,
+        peer: PeerId,
+    ) -> (Pipe, tokio::task::JoinHandle<()>) {
+        let (mut client, server) = pipe();
+        let served = serve(shared, peer, server);
+        ask(&mut client, &Request::Manifest(SET)).await;
+        assert!(matches!(
+            next(&mut client).await,
+            Some(Response::Manifest(_))
+        ));
+        (client, served)
+    }
+
+    /// Closes a stream and waits for the server to end it.
+    async fn end((mut client, served): (Pipe, tokio::task::JoinHandle<()>)) {
+        client.close().await.unwrap();
+        served.await.unwrap();
+    }
+
     fn stats(shared: &Shared) -> ServeStats {
         shared.counters.snapshot()
     }
@@ -370,14 +391,8 @@ mod tests {
         };
         let shared = fx.serving(cfg, &fx.chunks, (SET, MANIFEST));
         let peer = PeerId::random();
-        let (mut first, server) = pipe();
-        let first_served = serve(&shared, peer, server);
         // Once the first stream answers, it is admitted and holds the peer's only slot.
-        ask(&mut first, &Request::Manifest(SET)).await;
-        assert!(matches!(
-            next(&mut first).await,
-            Some(Response::Manifest(_))
-        ));
+        let first = open_and_get_the_manifest(&shared, peer).await;
         let (mut second, server) = pipe();
         serve(&shared, peer, server).await.unwrap();
         assert!(matches!(
@@ -387,26 +402,9 @@ mod tests {
         assert_eq!(next(&mut second).await, None);
         assert_eq!(stats(&shared).refused, 1);
         // Another peer is not affected; the slot frees when the first stream ends.
-        let (mut other, server) = pipe();
-        let other_served = serve(&shared, PeerId::random(), server);
-        ask(&mut other, &Request::Manifest(SET)).await;
-        assert!(matches!(
-            next(&mut other).await,
-            Some(Response::Manifest(_))
-        ));
-        other.close().await.unwrap();
-        other_served.await.unwrap();
-        first.close().await.unwrap();
-        first_served.await.unwrap();
-        let (mut again, server) = pipe();
-        let again_served = serve(&shared, peer, server);
-        ask(&mut again, &Request::Manifest(SET)).await;
-        assert!(matches!(
-            next(&mut again).await,
-            Some(Response::Manifest(_))
-        ));
-        again.close().await.unwrap();
-        again_served.await.unwrap();
+        end(open_and_get_the_manifest(&shared, PeerId::random()).await).await;
+        end(first).await;
+        end(open_and_get_the_manifest(&shared, peer).await).await;
     }
 
     #[tokio::test]
