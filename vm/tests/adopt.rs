@@ -7,6 +7,7 @@
 //! --workspace` builds it; with `cargo test -p novacron-vm` build it first
 //! (`cargo build -p novacron-node`), or these tests say that they skipped. A stale binary
 //! (older than this crate's changes) fails them.
+#![cfg(feature = "kvm")]
 
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;

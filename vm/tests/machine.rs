@@ -1,5 +1,6 @@
 //! In-process machine tests on real KVM: lifecycle, snapshots into real directories,
 //! restore into a second machine, and dirty tracking across a failed snapshot.
+#![cfg(feature = "kvm")]
 
 mod common;
 use common::{io, kvm_usable, no_setup, wait_report, Console};

@@ -1,6 +1,7 @@
 //! The machine-side glue of a migration on real KVM, without a driver or sockets: rounds of
 //! chunks read from a running guest, written into a second machine created for the first's
 //! state, which then finishes the guest's work.
+#![cfg(feature = "kvm")]
 
 mod common;
 use common::{io, kvm_usable, no_setup, wait_report};

@@ -2,6 +2,7 @@
 //! counter guest moved mid-run in each mode finishes on the destination with the reference
 //! result, and a chunk corrupted in flight rolls the migration back with the guest still
 //! running (and finishing) on the source.
+#![cfg(feature = "kvm")]
 
 mod common;
 use common::{io, kvm_usable, no_setup, wait_report, Console};

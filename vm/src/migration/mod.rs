@@ -16,18 +16,23 @@
 //! discards on a guess, so the VM never runs twice.
 
 pub mod destination;
+#[cfg(feature = "kvm")]
 pub mod drive_destination;
+#[cfg(feature = "kvm")]
 pub mod drive_source;
 pub mod level;
+#[cfg(feature = "kvm")]
 pub mod links;
+#[cfg(feature = "kvm")]
 pub mod machine_glue;
 pub mod messages;
+#[cfg(feature = "kvm")]
 pub mod persist;
 pub mod source;
 pub mod wire;
 
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 
 use messages::MemRegion;
 use novacron_mesh::chunks::ChunkSize;
