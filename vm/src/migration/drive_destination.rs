@@ -27,7 +27,11 @@ use crate::machine::{Machine, MachineConfig};
 use crate::state::MachineState;
 use crate::vcpu::monotonic_ns;
 
-const POLL: Duration = Duration::from_millis(5);
+/// Longest the driver sleeps without asking its host whether to stop
+/// ([`DestinationHost::cancelled`] is polled: it cannot wake the driver, whose link events
+/// come on a channel of their own). Link events wake it at once, the machine's deadline when
+/// due.
+const HOST_POLL: Duration = Duration::from_millis(5);
 /// Events (mostly decoded chunks, 16 KiB each) queued for the protocol thread: readers
 /// wait beyond this, so a slow writer bounds memory instead of growing without limit.
 const EVENT_QUEUE: usize = 512;
@@ -100,7 +104,7 @@ pub fn run_destination(
             .ok()
     });
     let mut d = DestinationDriver {
-        dest: Destination::new(opts.config, 0),
+        dest: Destination::new(opts.config, Duration::ZERO),
         store: opts.store,
         keeper,
         hash_memory: opts.hash_memory,
@@ -139,7 +143,16 @@ impl DestinationDriver {
         };
         let mut held: VecDeque<Message> = VecDeque::new();
         loop {
-            match rx.recv_timeout(POLL) {
+            let now = self.t0.elapsed();
+            let wait = match self.dest.next_deadline() {
+                Some(deadline) => deadline.saturating_sub(now).min(HOST_POLL),
+                None => HOST_POLL,
+            };
+            let event = rx.recv_timeout(wait);
+            // The time first: a deadline that passed while waiting counts before the event.
+            let now = self.t0.elapsed();
+            self.feed(Input::Tick { now }, &mut control, host);
+            match event {
                 Ok(event) => self.on_event(event, &mut held, &mut control, host),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -153,8 +166,6 @@ impl DestinationDriver {
             if let Some(reason) = host.cancelled() {
                 self.feed(Input::Cancel { reason }, &mut control, host);
             }
-            let now_ms = self.t0.elapsed().as_millis() as u64;
-            self.feed(Input::Tick { now_ms }, &mut control, host);
             match self.outcome.take() {
                 Some(Ok(())) => {
                     links.shutdown();

@@ -19,20 +19,24 @@ use super::machine_glue::ChunkReader;
 use super::messages::{MemRegion, Message, Mode};
 use super::source::{Input, NoConverge, Output, Source, SourceConfig};
 use super::wire::{write_message, FrameReader};
-use super::{Phase, Progress};
+use super::{whole_ms, Phase, Progress};
 use crate::layout::PAGE_SIZE;
 use crate::machine::{Lifecycle, Machine};
 use crate::memory::DirtyConsumer;
 use crate::vcpu::monotonic_ns;
 
-/// How often the driver wakes without events: timer ticks, throttle steps, measurements.
-const POLL: Duration = Duration::from_millis(2);
+/// Longest the driver sleeps without looking at its host: host inputs (cancel, reconnection,
+/// a vCPU that ended) come through [`SourceHost::poll`], which cannot wake it (the link
+/// events and the host have separate channels), so it looks at least this often. Everything
+/// else wakes it when due: link events at once, the machine's deadline, measurements,
+/// reports, throttle steps and the in-doubt wait at their time.
+const HOST_POLL: Duration = Duration::from_millis(10);
 /// How often measurements (bandwidth, dirty rate, zstd level) are fed to the machine.
 const MEASURE_EVERY: Duration = Duration::from_millis(50);
 /// Progress reports to the host at most this often (phase changes always go out).
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 /// Throttle duty-cycle period: the vCPUs are paused for `percent` of each period.
-const THROTTLE_PERIOD_MS: u64 = 100;
+const THROTTLE_PERIOD: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug)]
 pub struct SourceOptions {
@@ -58,11 +62,11 @@ impl SourceOptions {
         Self {
             mode,
             chunk_size: d.chunk_size,
-            downtime_budget_ms: d.downtime_budget_ms,
+            downtime_budget_ms: whole_ms(d.downtime_budget),
             max_rounds: d.max_rounds,
-            max_precopy_ms: d.max_precopy_ms,
+            max_precopy_ms: whole_ms(d.max_precopy),
             on_no_converge: d.on_no_converge,
-            timeout_ms: d.timeout_ms,
+            timeout_ms: whole_ms(d.timeout),
             in_doubt_wait_ms: 60_000,
             hash_memory: false,
         }
@@ -212,11 +216,11 @@ impl SourceDriver {
         let mut cfg =
             SourceConfig::new(vm_id, regions, u32::from(machine.config().vcpus), opts.mode);
         cfg.chunk_size = opts.chunk_size;
-        cfg.downtime_budget_ms = opts.downtime_budget_ms;
+        cfg.downtime_budget = Duration::from_millis(opts.downtime_budget_ms);
         cfg.max_rounds = opts.max_rounds;
-        cfg.max_precopy_ms = opts.max_precopy_ms;
+        cfg.max_precopy = Duration::from_millis(opts.max_precopy_ms);
         cfg.on_no_converge = opts.on_no_converge;
-        cfg.timeout_ms = opts.timeout_ms;
+        cfg.timeout = Duration::from_millis(opts.timeout_ms);
         let source = Source::new(cfg).map_err(|e| e.to_string())?;
         let reader = machine
             .chunk_reader(opts.chunk_size)
@@ -264,12 +268,36 @@ impl SourceDriver {
         })
     }
 
-    fn now_ms(&self) -> u64 {
-        self.t0.elapsed().as_millis() as u64
+    /// Time since the driver's epoch, the machine's clock.
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    /// How long to sleep for the next event: until the first of the machine's deadline,
+    /// the next measurement, report or throttle step and the end of the in-doubt wait, and
+    /// never past [`HOST_POLL`].
+    fn wait(&self, in_doubt_since: Option<Instant>) -> Duration {
+        let now = self.now();
+        let at = |due: Instant| due.saturating_duration_since(Instant::now());
+        let mut wait = HOST_POLL
+            .min(at(self.last_measure + MEASURE_EVERY))
+            .min(at(self.last_report + REPORT_EVERY));
+        if let Some(deadline) = self.source.next_deadline() {
+            wait = wait.min(deadline.saturating_sub(now));
+        }
+        if let Some(step) = self.throttle.next_step(now) {
+            wait = wait.min(step.saturating_sub(now));
+        }
+        if let Some(since) = in_doubt_since {
+            // Strictly past the wait, as the check in the loop asks.
+            let end = since + Duration::from_millis(self.opts.in_doubt_wait_ms);
+            wait = wait.min(at(end) + Duration::from_millis(1));
+        }
+        wait
     }
 
     fn run(&mut self, machine: &mut Machine, host: &mut dyn SourceHost) -> SourceOutcome {
-        let mut pending: VecDeque<Output> = self.source.start(self.now_ms()).into();
+        let mut pending: VecDeque<Output> = self.source.start(self.now()).into();
         let mut in_doubt_since: Option<Instant> = None;
         loop {
             while let Some(output) = pending.pop_front() {
@@ -308,7 +336,10 @@ impl SourceDriver {
                     }
                 }
             }
-            let input = match self.events.recv_timeout(POLL) {
+            let event = self.events.recv_timeout(self.wait(in_doubt_since));
+            // The time first: a deadline that passed while waiting counts before the input.
+            pending.extend(self.source.handle(Input::Tick { now: self.now() }));
+            let input = match event {
                 Ok(Event::Received(generation, _) | Event::LinkDown(generation, _))
                     if generation != self.generation =>
                 {
@@ -332,7 +363,7 @@ impl SourceDriver {
             if let Some(input) = input {
                 pending.extend(self.source.handle(input));
             }
-            self.throttle.step(machine, self.now_ms());
+            self.throttle.step(machine, self.now());
             if self.last_measure.elapsed() >= MEASURE_EVERY {
                 pending.extend(self.measure());
             }
@@ -340,9 +371,6 @@ impl SourceDriver {
                 self.last_report = Instant::now();
                 host.report(&self.report());
             }
-            pending.extend(self.source.handle(Input::Tick {
-                now_ms: self.now_ms(),
-            }));
         }
     }
 
@@ -804,17 +832,37 @@ struct Throttle {
 }
 
 impl Throttle {
+    /// Time into the current period at which the vCPUs run again.
+    fn off_for(&self) -> Duration {
+        THROTTLE_PERIOD * u32::from(self.percent) / 100
+    }
+
     /// Pauses or resumes for the current point of the duty cycle.
-    fn step(&mut self, machine: &mut Machine, now_ms: u64) {
+    fn step(&mut self, machine: &mut Machine, now: Duration) {
         if self.percent == 0 {
             return;
         }
-        let off = now_ms % THROTTLE_PERIOD_MS < u64::from(self.percent) * THROTTLE_PERIOD_MS / 100;
+        let off = period_offset(now) < self.off_for();
         match (off, self.holding, machine.lifecycle()) {
             (true, false, Lifecycle::Running) => self.holding = machine.pause().is_ok(),
             (false, true, _) => self.release(machine),
             _ => {}
         }
+    }
+
+    /// When the duty cycle next switches between paused and running, if it runs.
+    fn next_step(&self, now: Duration) -> Option<Duration> {
+        if self.percent == 0 {
+            return None;
+        }
+        let into = period_offset(now);
+        let period_start = now - into;
+        let off = self.off_for();
+        Some(if into < off {
+            period_start + off
+        } else {
+            period_start + THROTTLE_PERIOD
+        })
     }
 
     fn release(&mut self, machine: &mut Machine) {
@@ -824,4 +872,10 @@ impl Throttle {
             }
         }
     }
+}
+
+/// Time into the current throttle period.
+fn period_offset(now: Duration) -> Duration {
+    let period = THROTTLE_PERIOD.as_nanos();
+    Duration::from_nanos((now.as_nanos() % period) as u64)
 }

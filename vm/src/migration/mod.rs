@@ -37,6 +37,11 @@ pub mod sim;
 use messages::MemRegion;
 use novacron_mesh::chunks::ChunkSize;
 
+/// `d` in whole milliseconds (saturating), for figures and settings kept in milliseconds.
+pub fn whole_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Most memory regions a VM may announce.
 pub const MAX_REGIONS: usize = 64;
 

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
+use std::time::Duration;
 
 use novacron_mesh::chunks::{encode_chunk, is_zero, Bitmap, ChunkId, ChunkRef, ChunkSize, Level};
 
@@ -22,7 +23,9 @@ const CHUNK: usize = 4096;
 /// Frames each direction of the link carries per simulated millisecond.
 const FRAMES_PER_MS: usize = 4;
 const BANDWIDTH_BPS: u64 = 64 << 20;
-const MAX_SIM_MS: u64 = 60_000;
+/// Virtual time per step: the guest dirties, the link delivers, both sides tick.
+const STEP: Duration = Duration::from_millis(1);
+const MAX_SIM: Duration = Duration::from_secs(60);
 
 /// The guest memory layout of every run: two regions, the first with a short last chunk.
 pub fn regions() -> Vec<MemRegion> {
@@ -149,7 +152,8 @@ pub struct Sim {
     src: SrcSide,
     dst: DstSide,
     link: Link,
-    now: u64,
+    /// Virtual time since the start.
+    now: Duration,
     rng: Rng,
     /// Chunks the guest writes per millisecond while it runs unthrottled.
     dirty_per_ms: u64,
@@ -170,7 +174,7 @@ impl Sim {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let mem = initial_memory(&geo, &mut rng);
         let dst_cfg = DestinationConfig {
-            timeout_ms: 300,
+            timeout: Duration::from_millis(300),
             ..DestinationConfig::default()
         };
         Sim {
@@ -188,7 +192,7 @@ impl Sim {
                 last_progress: None,
             },
             dst: DstSide {
-                m: Destination::new(dst_cfg, 0),
+                m: Destination::new(dst_cfg, Duration::ZERO),
                 mem: None,
                 store: HashMap::new(),
                 starts: 0,
@@ -198,7 +202,7 @@ impl Sim {
             },
             geo,
             link: Link::default(),
-            now: 0,
+            now: Duration::ZERO,
             rng,
             dirty_per_ms,
             delivered: 0,
@@ -520,13 +524,13 @@ impl Sim {
         if let Some((0, fault)) = self.fault {
             self.inject(fault);
         }
-        while self.now < MAX_SIM_MS {
+        while self.now < MAX_SIM {
             if self.src.m.is_finished() && (self.dst.m.is_finished() || self.dst.mem.is_none()) {
                 return;
             }
-            self.now += 1;
-            self.feed_src(source::Input::Tick { now_ms: self.now });
-            self.feed_dst(destination::Input::Tick { now_ms: self.now });
+            self.now += STEP;
+            self.feed_src(source::Input::Tick { now: self.now });
+            self.feed_dst(destination::Input::Tick { now: self.now });
             let rate = self.dirty_per_ms * u64::from(100 - self.src.throttle.min(100)) / 100;
             self.feed_src(source::Input::Measured {
                 bandwidth_bps: BANDWIDTH_BPS,
@@ -539,7 +543,7 @@ impl Sim {
             }
         }
         panic!(
-            "simulation did not finish in {MAX_SIM_MS} ms (fault {:?})",
+            "simulation did not finish in {MAX_SIM:?} (fault {:?})",
             self.fault
         );
     }
@@ -604,8 +608,8 @@ pub fn check_outcome(sim: &Sim) -> Result<Outcome, String> {
 pub fn config(mode: Mode) -> SourceConfig {
     let mut cfg = SourceConfig::new([9; 16], regions(), 1, mode);
     cfg.chunk_size = ChunkSize::K4;
-    cfg.timeout_ms = 300;
-    cfg.downtime_budget_ms = 1;
+    cfg.timeout = Duration::from_millis(300);
+    cfg.downtime_budget = Duration::from_millis(1);
     cfg.max_rounds = 20;
     cfg
 }
@@ -682,10 +686,10 @@ mod tests {
     fn live_that_cannot_converge_falls_back_to_warm_at_the_round_or_time_limit() {
         let mut by_rounds = config(Mode::Live);
         by_rounds.max_rounds = 3;
-        by_rounds.downtime_budget_ms = 0;
+        by_rounds.downtime_budget = Duration::ZERO;
         let mut by_time = by_rounds.clone();
         by_time.max_rounds = 1000;
-        by_time.max_precopy_ms = 40;
+        by_time.max_precopy = Duration::from_millis(40);
         for (cfg, limit) in [(by_rounds, "rounds"), (by_time, "time")] {
             let mut sim = Sim::new(cfg, 20);
             sim.run();
