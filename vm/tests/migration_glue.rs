@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use novacron_mesh::chunks::{ChunkRef, ChunkSize};
 use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
-use novacron_vm::layout::pv_event;
-use novacron_vm::memory::{hash_range, DirtyConsumer};
+use novacron_vm::machine::layout::pv_event;
+use novacron_vm::machine::memory::{hash_range, DirtyConsumer};
 use novacron_vm::{BootSource, Machine, MachineConfig};
 
 const MEM_BYTES: u64 = 64 << 20;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use novacron_mesh::swarm::PeerId;
-use novacron_vm::control::{MigrateOut, OnNoConverge};
+use novacron_vm::process::control::{MigrateOut, OnNoConverge};
 use tokio::sync::mpsc;
 
 use crate::api::service::{ServiceError, ServiceResult};
@@ -36,11 +36,11 @@ const IN_DOUBT_ASK_EVERY: Duration = Duration::from_secs(15);
 /// How long one migration may take before an evacuation gives up on it.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn control_mode(m: MigrationMode) -> novacron_vm::control::MigrationMode {
+fn control_mode(m: MigrationMode) -> novacron_vm::process::control::MigrationMode {
     match m {
-        MigrationMode::Live => novacron_vm::control::MigrationMode::Live,
-        MigrationMode::Warm => novacron_vm::control::MigrationMode::Warm,
-        MigrationMode::Cold => novacron_vm::control::MigrationMode::Cold,
+        MigrationMode::Live => novacron_vm::process::control::MigrationMode::Live,
+        MigrationMode::Warm => novacron_vm::process::control::MigrationMode::Warm,
+        MigrationMode::Cold => novacron_vm::process::control::MigrationMode::Cold,
     }
 }
 

@@ -16,16 +16,16 @@ use std::time::{Duration, Instant};
 
 use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkStore};
 
-use super::persist::{Kept, ReceivedKeeper};
+use super::keep_in_store::{Kept, ReceivedKeeper};
 
 use super::destination::{verify_chunk_message, Destination, DestinationConfig, Input, Output};
 use super::links::{Links, MigrationStream};
 use super::messages::{MemRegion, Message};
 use super::wire::{write_message, FrameReader};
 use super::{Geometry, ProtocolError};
+use crate::machine::state::MachineState;
+use crate::machine::vcpu::monotonic_ns;
 use crate::machine::{Machine, MachineConfig};
-use crate::state::MachineState;
-use crate::vcpu::monotonic_ns;
 
 /// Longest the driver sleeps without asking its host whether to stop
 /// ([`DestinationHost::cancelled`] is polled: it cannot wake the driver, whose link events
@@ -426,7 +426,7 @@ impl DestinationDriver {
         let state = MachineState::decode(state).map_err(|e| e.to_string())?;
         machine.apply_state(&state).map_err(|e| e.to_string())?;
         if self.hash_memory {
-            self.summary.memory_blake3 = crate::memory::memory_digest(machine.memory())
+            self.summary.memory_blake3 = crate::machine::memory::memory_digest(machine.memory())
                 .map(|h| h.to_hex().to_string())
                 .ok();
         }

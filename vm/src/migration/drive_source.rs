@@ -20,10 +20,10 @@ use super::messages::{MemRegion, Message, Mode};
 use super::source::{Input, NoConverge, Output, Source, SourceConfig};
 use super::wire::{write_message, FrameReader};
 use super::{whole_ms, Phase, Progress};
-use crate::layout::PAGE_SIZE;
+use crate::machine::layout::PAGE_SIZE;
+use crate::machine::memory::DirtyConsumer;
+use crate::machine::vcpu::monotonic_ns;
 use crate::machine::{Lifecycle, Machine};
-use crate::memory::DirtyConsumer;
-use crate::vcpu::monotonic_ns;
 
 /// Longest the driver sleeps without looking at its host: host inputs (cancel, reconnection,
 /// a vCPU that ended) come through [`SourceHost::poll`], which cannot wake it (the link
@@ -501,7 +501,7 @@ impl SourceDriver {
                     return inputs;
                 }
                 if self.opts.hash_memory {
-                    self.memory_blake3 = crate::memory::memory_digest(machine.memory())
+                    self.memory_blake3 = crate::machine::memory::memory_digest(machine.memory())
                         .map(|h| h.to_hex().to_string())
                         .ok();
                 }

@@ -20,14 +20,14 @@ pub mod destination;
 pub mod drive_destination;
 #[cfg(feature = "kvm")]
 pub mod drive_source;
+#[cfg(feature = "kvm")]
+pub mod keep_in_store;
 pub mod level;
 #[cfg(feature = "kvm")]
 pub mod links;
 #[cfg(feature = "kvm")]
 pub mod machine_glue;
 pub mod messages;
-#[cfg(feature = "kvm")]
-pub mod persist;
 pub mod source;
 pub mod wire;
 

@@ -37,7 +37,7 @@ use super::atomic::{parent_dir, sync_dir, FaultHook, PendingFile};
 use super::checksummed::check_file_len;
 use super::page_runs::{merge_runs, validate_runs, PageRun};
 use super::{Result, StorageError};
-use crate::layout::{MAX_MEM_BYTES, PAGE_SIZE};
+use crate::machine::layout::{MAX_MEM_BYTES, PAGE_SIZE};
 
 /// Magic at the start of a layer file.
 pub const LAYER_MAGIC: [u8; 4] = *b"NCVL";

@@ -4,7 +4,7 @@ use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::{Result, StorageError};
-use crate::layout::PAGE_SIZE;
+use crate::machine::layout::PAGE_SIZE;
 
 /// `pages` consecutive guest pages starting at the page-aligned `first_page_gpa`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -5,13 +5,8 @@ use std::sync::mpsc::Receiver;
 
 use novacron_mesh::chunks::{ChunkSize, ChunkStore, Level};
 
-use crate::adopt::Owner;
-use crate::control::{
-    Command, Event, ExitReason, Launch, LaunchSource, MigrateOut, MigrationMode, MigrationProgress,
-    MigrationSummary, OnNoConverge, INCOMING_ROLLED_BACK_PREFIX,
-};
-use crate::fd_passing::{take_streams, FdQueue};
-use crate::layout::pv_event;
+use crate::machine::layout::pv_event;
+use crate::machine::vcpu::VcpuEvent;
 use crate::machine::{Machine, MachineConfig, MachineIo};
 use crate::migration::destination::DestinationConfig;
 use crate::migration::drive_destination::{
@@ -20,15 +15,20 @@ use crate::migration::drive_destination::{
 use crate::migration::drive_source::{
     run_source, HostInput, Report, SourceHost, SourceOptions, SourceOutcome, Summary,
 };
+use crate::migration::keep_in_store::{keep_memory, Kept};
 use crate::migration::links::Links;
 use crate::migration::messages::{Message, Mode};
-use crate::migration::persist::{keep_memory, Kept};
 use crate::migration::source::NoConverge;
 use crate::migration::wire::write_message;
 use crate::migration::Phase;
-use crate::vcpu::VcpuEvent;
-use crate::vmm::{cpu_time_ns, send, Input};
-use crate::vmm_sandbox::JailedThreads;
+use crate::process::adopt::Owner;
+use crate::process::control::{
+    Command, Event, ExitReason, Launch, LaunchSource, MigrateOut, MigrationMode, MigrationProgress,
+    MigrationSummary, OnNoConverge, INCOMING_ROLLED_BACK_PREFIX,
+};
+use crate::process::fd_passing::{take_streams, FdQueue};
+use crate::process::jail::JailedThreads;
+use crate::process::vmm::{cpu_time_ns, send, Input};
 
 /// Chunk size of migrations and of the chunks kept in stores.
 pub const CHUNK_SIZE: ChunkSize = ChunkSize::K16;
@@ -246,7 +246,7 @@ pub fn migrate_out(
                     reason: format!(
                         "{} nobody could say whether the destination started the VM; it stays \
                          paused here",
-                        crate::control::IN_DOUBT_PREFIX
+                        crate::process::control::IN_DOUBT_PREFIX
                     ),
                     summary: summary_of(&summary, cpu_ns),
                 },
