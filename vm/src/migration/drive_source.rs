@@ -11,19 +11,20 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use novacron_mesh::chunks::{ChunkEncoder, ChunkId, ChunkRef, ChunkSize, Level};
+use novacron_mesh::chunks::{ChunkEncoder, ChunkId, ChunkRef, ChunkSize, CodecError, Level};
 
 use super::level::{level_for_bandwidth, MIN_LEVEL};
 use super::links::{Links, MigrationStream};
-use super::machine_glue::ChunkReader;
+use super::machine_glue::{ChunkReader, GlueError};
 use super::messages::{MemRegion, Message, Mode};
 use super::source::{Input, NoConverge, Output, Source, SourceConfig};
-use super::wire::{write_message, FrameReader};
-use super::{whole_ms, Phase, Progress};
+use super::wire::{write_message, FrameReader, WireError};
+use super::{whole_ms, Phase, Progress, ProtocolError};
 use crate::machine::layout::PAGE_SIZE;
 use crate::machine::memory::DirtyConsumer;
+use crate::machine::state::StateError;
 use crate::machine::vcpu::monotonic_ns;
-use crate::machine::{Lifecycle, Machine};
+use crate::machine::{Lifecycle, Machine, VmError};
 
 /// Longest the driver sleeps without looking at its host: host inputs (cancel, reconnection,
 /// a vCPU that ended) come through [`SourceHost::poll`], which cannot wake it (the link
@@ -127,6 +128,38 @@ pub enum SourceOutcome {
     InDoubt(Summary),
 }
 
+/// Why the driver could not set up or carry out what the source machine asked; the text
+/// becomes the reason the migration rolls back with.
+#[derive(Debug, thiserror::Error)]
+enum DriverError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Memory(#[from] GlueError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("cannot share a data stream: {0}")]
+    ShareData(std::io::Error),
+    #[error("cannot share the control stream: {0}")]
+    ShareControl(std::io::Error),
+    #[error("cannot start the control reader: {0}")]
+    SpawnControlReader(std::io::Error),
+    #[error("cannot start a sender thread: {0}")]
+    SpawnSender(std::io::Error),
+    #[error("chunk {0} asked again is outside guest memory")]
+    AskedAgainOutside(u64),
+    #[error("sender queue poisoned")]
+    QueuePoisoned,
+    #[error("zstd level {level}: {source}")]
+    Level { level: i32, source: CodecError },
+}
+
 /// What the reader and sender threads report, tagged with the generation of the links
 /// they serve: after a reconnection, the old links' last words are stale.
 enum Event {
@@ -145,9 +178,9 @@ pub fn run_source(
     let started_ns = monotonic_ns();
     let mut driver = match SourceDriver::new(machine, links, vm_id, opts, started_ns) {
         Ok(d) => d,
-        Err(reason) => {
+        Err(e) => {
             return SourceOutcome::RolledBack {
-                reason,
+                reason: e.to_string(),
                 summary: Summary {
                     report: Report {
                         progress: Progress::default(),
@@ -207,7 +240,7 @@ impl SourceDriver {
         vm_id: [u8; 16],
         opts: &SourceOptions,
         started_ns: u64,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DriverError> {
         let regions: Vec<MemRegion> = machine
             .layout()
             .iter()
@@ -221,23 +254,21 @@ impl SourceDriver {
         cfg.max_precopy = Duration::from_millis(opts.max_precopy_ms);
         cfg.on_no_converge = opts.on_no_converge;
         cfg.timeout = Duration::from_millis(opts.timeout_ms);
-        let source = Source::new(cfg).map_err(|e| e.to_string())?;
-        let reader = machine
-            .chunk_reader(opts.chunk_size)
-            .map_err(|e| e.to_string())?;
+        let source = Source::new(cfg)?;
+        let reader = machine.chunk_reader(opts.chunk_size)?;
         let (event_tx, events) = mpsc::channel();
         let data = links
             .data
             .iter()
             .map(MigrationStream::try_clone)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("cannot share a data stream: {e}"))?;
+            .map_err(DriverError::ShareData)?;
         let pool = SenderPool::start(data, reader, event_tx.clone())?;
         spawn_control_reader(&links.control, event_tx.clone(), 0)?;
         let control = links
             .control
             .try_clone()
-            .map_err(|e| format!("cannot share the control stream: {e}"))?;
+            .map_err(DriverError::ShareControl)?;
         let now = Instant::now();
         Ok(Self {
             source,
@@ -476,7 +507,9 @@ impl SourceDriver {
             Output::CollectRound { round, full, extra } => {
                 match self.collect(machine, full, &extra) {
                     Ok(refs) => vec![Input::RoundData { round, refs }],
-                    Err(reason) => vec![Input::Cancel { reason }],
+                    Err(e) => vec![Input::Cancel {
+                        reason: e.to_string(),
+                    }],
                 }
             }
             Output::SendChunk { index, id } => {
@@ -507,8 +540,8 @@ impl SourceDriver {
                 }
                 let state = machine
                     .capture_state()
-                    .map_err(|e| e.to_string())
-                    .and_then(|s| s.encode().map_err(|e| e.to_string()));
+                    .map_err(DriverError::from)
+                    .and_then(|s| Ok(s.encode()?));
                 match state {
                     Ok(bytes) => vec![Input::StateCaptured(bytes)],
                     Err(e) => vec![Input::Cancel {
@@ -562,32 +595,28 @@ impl SourceDriver {
         machine: &mut Machine,
         full: bool,
         extra: &[u64],
-    ) -> Result<Vec<ChunkRef>, String> {
+    ) -> Result<Vec<ChunkRef>, DriverError> {
         let size = self.opts.chunk_size;
         // Taking the set starts (or restarts) dirty tracking for the next round.
-        let mut pages = machine
-            .take_dirty_pages(DirtyConsumer::MigrationRound)
-            .map_err(|e| e.to_string())?;
+        let mut pages = machine.take_dirty_pages(DirtyConsumer::MigrationRound)?;
         let elapsed = self.last_collect.elapsed();
         self.last_collect = Instant::now();
         if full {
-            return machine.touched_chunk_refs(size).map_err(|e| e.to_string());
+            return Ok(machine.touched_chunk_refs(size)?);
         }
         let dirty_bytes = pages.count_pages() * PAGE_SIZE;
         self.dirty_rate_bps =
             (u128::from(dirty_bytes) * 1_000_000_000 / elapsed.as_nanos().max(1)) as u64;
-        let geo = machine.geometry(size).map_err(|e| e.to_string())?;
+        let geo = machine.geometry(size)?;
         for &index in extra {
             let (region, offset) = geo
                 .locate(index)
-                .ok_or_else(|| format!("chunk {index} asked again is outside guest memory"))?;
+                .ok_or(DriverError::AskedAgainOutside(index))?;
             let start = geo.regions()[region].guest_addr + offset;
             let len = geo.chunk_len(index).unwrap_or(0) as u64;
             pages.mark_range(start, len);
         }
-        machine
-            .chunk_refs(Some(&pages), size)
-            .map_err(|e| e.to_string())
+        Ok(machine.chunk_refs(Some(&pages), size)?)
     }
 
     /// Feeds bandwidth and dirty rate, and moves the zstd level.
@@ -630,13 +659,13 @@ impl SourceDriver {
         })
     }
 
-    fn reconnect(&mut self, links: Links) -> Result<(), String> {
+    fn reconnect(&mut self, links: Links) -> Result<(), DriverError> {
         self.generation += 1;
         spawn_control_reader(&links.control, self.event_tx.clone(), self.generation)?;
         self.control = links
             .control
             .try_clone()
-            .map_err(|e| format!("cannot share the control stream: {e}"))?;
+            .map_err(DriverError::ShareControl)?;
         self.links = links;
         Ok(())
     }
@@ -652,10 +681,8 @@ fn spawn_control_reader(
     stream: &MigrationStream,
     tx: Sender<Event>,
     generation: u32,
-) -> Result<(), String> {
-    let stream = stream
-        .try_clone()
-        .map_err(|e| format!("cannot share the control stream: {e}"))?;
+) -> Result<(), DriverError> {
+    let stream = stream.try_clone().map_err(DriverError::ShareControl)?;
     std::thread::Builder::new()
         .name("mig-control".into())
         .spawn(move || {
@@ -676,7 +703,7 @@ fn spawn_control_reader(
             }
         })
         .map(|_| ())
-        .map_err(|e| format!("cannot start the control reader: {e}"))
+        .map_err(DriverError::SpawnControlReader)
 }
 
 /// Counters the sender threads share with the driver.
@@ -711,7 +738,7 @@ impl SenderPool {
         streams: Vec<MigrationStream>,
         reader: ChunkReader,
         events: Sender<Event>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DriverError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(PoolStats::default());
@@ -727,7 +754,7 @@ impl SenderPool {
                         let _ = events.send(Event::LinkDown(0, format!("data stream {n}: {e}")));
                     }
                 })
-                .map_err(|e| format!("cannot start a sender thread: {e}"))?;
+                .map_err(DriverError::SpawnSender)?;
             workers.push(handle);
         }
         Ok(Self {
@@ -774,16 +801,14 @@ fn send_chunks(
     jobs: &Mutex<Receiver<Job>>,
     reader: &ChunkReader,
     stats: &PoolStats,
-) -> Result<(), String> {
+) -> Result<(), DriverError> {
     let size = reader.geometry().chunk_size();
     let mut buf = Vec::with_capacity(size.bytes());
     let mut level = stats.level.load(Ordering::Relaxed);
     let mut encoder = encoder_at(level)?;
     loop {
         let Job { index, trusted } = {
-            let jobs = jobs
-                .lock()
-                .map_err(|_| "sender queue poisoned".to_string())?;
+            let jobs = jobs.lock().map_err(|_| DriverError::QueuePoisoned)?;
             match jobs.recv() {
                 Ok(i) => i,
                 Err(_) => return Ok(()),
@@ -795,18 +820,16 @@ fn send_chunks(
             level = wanted;
             encoder = encoder_at(level)?;
         }
-        reader
-            .read_into(index, &mut buf)
-            .map_err(|e| e.to_string())?;
+        reader.read_into(index, &mut buf)?;
         let id = trusted.unwrap_or_else(|| ChunkId::of(&buf));
-        let enc = encoder.encode(&buf).map_err(|e| e.to_string())?;
+        let enc = encoder.encode(&buf)?;
         let msg = Message::Chunk {
             index,
             id: *id.as_bytes(),
             raw: enc.raw,
             bytes: enc.bytes,
         };
-        let n = write_message(&mut stream, &msg).map_err(|e| e.to_string())?;
+        let n = write_message(&mut stream, &msg)?;
         let done = Instant::now();
         stats.plain.fetch_add(buf.len() as u64, Ordering::Relaxed);
         stats.wire.fetch_add(n as u64, Ordering::Relaxed);
@@ -817,10 +840,10 @@ fn send_chunks(
     }
 }
 
-fn encoder_at(level: i32) -> Result<ChunkEncoder, String> {
+fn encoder_at(level: i32) -> Result<ChunkEncoder, DriverError> {
     Level::new(level)
         .and_then(ChunkEncoder::new)
-        .map_err(|e| format!("zstd level {level}: {e}"))
+        .map_err(|source| DriverError::Level { level, source })
 }
 
 /// Auto-converge: pauses the vCPUs for `percent` of every period while pre-copy runs.
