@@ -90,7 +90,10 @@ pub enum StorageError {
     #[error("invalid page runs: {reason}")]
     InvalidRuns { reason: String },
     #[error("{path}: invalid manifest: {reason}")]
-    InvalidManifest { path: PathBuf, reason: String },
+    InvalidManifest {
+        path: PathBuf,
+        reason: manifest::ManifestError,
+    },
     #[error("{dir}: no base snapshot for an incremental snapshot ({reason}); write a full snapshot first")]
     NoBase { dir: PathBuf, reason: String },
     #[error("{dir}: layer chain already holds {limit} layers (the limit); write a full snapshot")]
