@@ -88,7 +88,7 @@ pub enum StorageError {
     #[error("{path}: invalid memory layer: {reason}")]
     InvalidLayer { path: PathBuf, reason: String },
     #[error("invalid page runs: {reason}")]
-    InvalidRuns { reason: String },
+    InvalidRuns { reason: page_runs::RunError },
     #[error("{path}: invalid manifest: {reason}")]
     InvalidManifest {
         path: PathBuf,
