@@ -12,7 +12,7 @@ use std::io::{BufReader, Cursor, Seek};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use novacron_vm::control::{
+use novacron_vm::process::control::{
     recv, send, Command, ControlError, Event, ExitReason, Launch, LaunchSource, SandboxSettings,
     SnapshotMode, MAX_LINE_BYTES,
 };

@@ -8,7 +8,7 @@
 //! the guest's identity-mapped RAM below the MMIO hole.
 
 use novacron_vm::guest_kit::{BuiltinGuest, GuestKitError};
-use novacron_vm::layout::{
+use novacron_vm::machine::layout::{
     GUEST_KIT_CODE_ADDR, GUEST_KIT_CODE_END, IDENTITY_MAPPED_END, MIN_MEM_BYTES, MMIO_GAP_START,
 };
 

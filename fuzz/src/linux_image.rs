@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use novacron_vm::boot::linux::{check_linux_image, load_linux_image};
 use novacron_vm::boot::{ram_regions, KernelKind};
-use novacron_vm::layout::{CMDLINE_ADDR, HIMEM_START, ZERO_PAGE_ADDR};
+use novacron_vm::machine::layout::{CMDLINE_ADDR, HIMEM_START, ZERO_PAGE_ADDR};
 
 use crate::Seed;
 

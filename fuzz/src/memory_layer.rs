@@ -11,7 +11,7 @@
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use novacron_vm::layout::PAGE_SIZE;
+use novacron_vm::machine::layout::PAGE_SIZE;
 use novacron_vm::storage::memory_layer::{TRAILER_LEN, TRAILER_MAGIC};
 use novacron_vm::storage::{apply_layer, write_layer, PageRun};
 

@@ -52,7 +52,7 @@ pub fn check(data: &[u8]) -> bool {
         max_mem_bytes: 64 << 20,
         ..DestinationConfig::default()
     };
-    let mut dest = Destination::new(cfg, 0);
+    let mut dest = Destination::new(cfg, std::time::Duration::ZERO);
     let mut decoder = ChunkDecoder::new();
     let mut started = 0;
     let mut failed = false;

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use vm_memory::{Bytes, GuestAddress};
 
-use novacron_vm::state::MachineState;
+use novacron_vm::machine::state::MachineState;
 use novacron_vm::storage::checksummed::{kind, HEADER_LEN};
 use novacron_vm::storage::manifest::Manifest;
 use novacron_vm::storage::snapshot_dir::MANIFEST_NAME;
@@ -39,7 +39,7 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("fixture: cannot read {}: {e}", path.display()))
 }
 
-fn dump(mem: &novacron_vm::memory::GuestMem) -> Vec<u8> {
+fn dump(mem: &novacron_vm::machine::memory::GuestMem) -> Vec<u8> {
     let mut out = Vec::new();
     for &(start, len) in LAYOUT {
         let mut buf = vec![0u8; len];

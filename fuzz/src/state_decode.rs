@@ -3,7 +3,7 @@
 //! Invariants when an archive decodes: re-encoding and decoding gives the same value, and
 //! the KVM blobs restore would read back through `from_blob` give an error, never a panic.
 
-use novacron_vm::state::{
+use novacron_vm::machine::state::{
     from_blob, to_blob, MachineState, PvPortSnapshot, SerialSnapshot, VcpuState,
     STATE_FORMAT_VERSION,
 };

@@ -8,7 +8,7 @@
 //!
 //! No node outlives its owner: each runs in a process group of its own (a terminal's Ctrl-C
 //! goes to the owner, which stops its nodes in order) and the kernel kills it if the owner
-//! dies ([`novacron_vm::child_lifetime`]). A mesh's nodes are `--ephemeral`: their VMs die
+//! dies ([`novacron_vm::process::child_lifetime`]). A mesh's nodes are `--ephemeral`: their VMs die
 //! with them. Dropping a node asks it to stop (SIGTERM), then kills it (SIGKILL) after a
 //! grace period, and reaps it.
 
@@ -64,7 +64,7 @@ impl NodeProc {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
-        let mut child = novacron_vm::child_lifetime::spawn(cmd, libc::SIGKILL)
+        let mut child = novacron_vm::process::child_lifetime::spawn(cmd, libc::SIGKILL)
             .with_context(|| format!("cannot start node {name}"))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let reader = child.stderr.take().map(|pipe| {

@@ -22,13 +22,13 @@ use std::time::Duration;
 use common::cli_migration::move_counter;
 use common::guest::kvm_usable;
 use common::proc::Proc;
-use novacron_vm::control::{
+use novacron_vm::machine::layout::PATTERN_BASE;
+use novacron_vm::migration::links;
+use novacron_vm::process::control::{
     Command, Event, ExitReason, FillData, Launch, LaunchSource, MigrateOut, MigrationMode,
     SandboxProbe, SandboxSettings, SnapshotMode,
 };
-use novacron_vm::launcher::{new_vm_id, VmmProcess};
-use novacron_vm::layout::PATTERN_BASE;
-use novacron_vm::migration::links;
+use novacron_vm::process::launcher::{new_vm_id, VmmProcess};
 
 /// Where a path runs under the real jail: (test file under the workspace, test function).
 type Covered = &'static [(&'static str, &'static str)];

@@ -31,12 +31,12 @@ use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId, SwarmConfig};
 use novacron_node::mesh_migration::{
     Answer, IncomingMigration, MeshMigrationError, MeshMigrations, MigrationOffer, MIGRATE_PROTOCOL,
 };
-use novacron_vm::control::{
+use novacron_vm::migration::links::{new_session, Preamble};
+use novacron_vm::process::control::{
     AdoptedState, Command, Event, Launch, LaunchSource, MigrateOut, MigrationMode as VmMode,
     SandboxSettings,
 };
-use novacron_vm::launcher::{new_vm_id, LaunchError, VmmProcess};
-use novacron_vm::migration::links::{new_session, Preamble};
+use novacron_vm::process::launcher::{new_vm_id, LaunchError, VmmProcess};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc::Receiver;
 
@@ -423,7 +423,7 @@ fn a_source_in_doubt_whose_owner_is_gone_stays_paused_and_is_adopted_at_once() {
     let (src, adopted) = VmmProcess::adopt(
         &socket,
         pid,
-        Some(novacron_vm::launcher::cgroup_name(&o.offer.vm_id)),
+        Some(novacron_vm::process::launcher::cgroup_name(&o.offer.vm_id)),
     )
     .expect("the VMM in doubt answers its new owner");
     assert_eq!(adopted.state, AdoptedState::Paused, "{adopted:?}");

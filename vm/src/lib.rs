@@ -2,29 +2,29 @@
 //!
 //! A minimal KVM VMM in the spirit of Firecracker: guest memory, vCPU threads, a handful of
 //! legacy devices, Linux and builtin-guest boot, snapshots and the per-process sandbox.
+//! [`machine`] is the VM itself (KVM, memory, vCPUs, devices, snapshots); [`process`] is the
+//! VMM process around one machine and its parent's side (control socket, launch, adoption).
 //! See docs/vm.md for the design, the snapshot format and the sandbox rules.
+//!
+//! Everything that needs KVM (or the host) is behind the default feature `kvm`; without it
+//! only the pure migration core ([`migration`]) builds, and with feature `sim` its
+//! in-memory harness ([`migration::sim`]).
 
-pub mod adopt;
-pub mod arch;
+#[cfg(feature = "kvm")]
 pub mod boot;
-pub mod child_lifetime;
-pub mod control;
-pub mod devices;
-pub mod fd_passing;
+#[cfg(feature = "kvm")]
 pub mod guest_kit;
-pub mod launcher;
-pub mod layout;
+#[cfg(feature = "kvm")]
 pub mod machine;
-pub mod memory;
 pub mod migration;
+#[cfg(feature = "kvm")]
+pub mod process;
+#[cfg(feature = "kvm")]
 pub mod sandbox;
-pub mod snapshot;
-pub mod state;
+#[cfg(feature = "kvm")]
 pub mod storage;
-pub mod vcpu;
-pub mod vmm;
-mod vmm_migration;
-mod vmm_sandbox;
 
+#[cfg(feature = "kvm")]
+pub use machine::snapshot::{SnapshotError, SnapshotKind, SnapshotStats};
+#[cfg(feature = "kvm")]
 pub use machine::{BootSource, Lifecycle, Machine, MachineConfig, VmError};
-pub use snapshot::{SnapshotError, SnapshotKind, SnapshotStats};

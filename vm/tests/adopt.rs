@@ -7,6 +7,7 @@
 //! --workspace` builds it; with `cargo test -p novacron-vm` build it first
 //! (`cargo build -p novacron-node`), or these tests say that they skipped. A stale binary
 //! (older than this crate's changes) fails them.
+#![cfg(feature = "kvm")]
 
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
@@ -14,13 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use novacron_vm::adopt::{read_tombstone, tombstone_path, PidFd};
-use novacron_vm::control::{
+use novacron_vm::guest_kit::{BuiltinGuest, CounterParams};
+use novacron_vm::machine::layout::pv_event;
+use novacron_vm::process::adopt::{read_tombstone, tombstone_path, PidFd};
+use novacron_vm::process::control::{
     self, AdoptedState, Event, ExitReason, Launch, LaunchSource, SandboxSettings,
 };
-use novacron_vm::guest_kit::{BuiltinGuest, CounterParams};
-use novacron_vm::launcher::{LaunchError, VmmProcess};
-use novacron_vm::layout::pv_event;
+use novacron_vm::process::launcher::{LaunchError, VmmProcess};
 
 const READY: Duration = Duration::from_secs(20);
 const REPORT: Duration = Duration::from_secs(20);
@@ -125,7 +126,7 @@ fn an_abandoned_vmm_keeps_running_and_is_adopted() {
     eprintln!("sandbox: {}", ready.sandbox);
     let ticks = vmm.start_ticks().expect("start ticks of the spawned VMM");
     assert_eq!(
-        novacron_vm::adopt::process_start_ticks(vmm.pid()),
+        novacron_vm::process::adopt::process_start_ticks(vmm.pid()),
         Some(ticks)
     );
     let before = progress_at_least(&mut vmm, 2);

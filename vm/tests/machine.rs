@@ -1,5 +1,6 @@
 //! In-process machine tests on real KVM: lifecycle, snapshots into real directories,
 //! restore into a second machine, and dirty tracking across a failed snapshot.
+#![cfg(feature = "kvm")]
 
 mod common;
 use common::{io, kvm_usable, no_setup, wait_report, Console};
@@ -9,9 +10,9 @@ use std::sync::mpsc::Receiver;
 use novacron_vm::guest_kit::{
     counter_expected, result_line, BuiltinGuest, CounterParams, DirtierParams,
 };
-use novacron_vm::layout::{pv_event, PAGE_SIZE};
-use novacron_vm::memory::hash_range;
-use novacron_vm::vcpu::VcpuEvent;
+use novacron_vm::machine::layout::{pv_event, PAGE_SIZE};
+use novacron_vm::machine::memory::hash_range;
+use novacron_vm::machine::vcpu::VcpuEvent;
 use novacron_vm::{BootSource, Lifecycle, Machine, MachineConfig, SnapshotKind};
 
 fn boot(guest: &str, mem_bytes: u64) -> (Machine, Console, Receiver<VcpuEvent>) {
@@ -105,8 +106,12 @@ fn restored_memory_is_identical_through_a_chain_of_layers() {
     let spec = BuiltinGuest::Dirtier(dirtier).to_string();
     let mem_bytes = 256 << 20;
     let (mut m, _, rx) = boot(&spec, mem_bytes);
-    novacron_vm::memory::fill_pattern(m.memory(), novacron_vm::layout::PATTERN_BASE, 8 << 20)
-        .unwrap();
+    novacron_vm::machine::memory::fill_pattern(
+        m.memory(),
+        novacron_vm::machine::layout::PATTERN_BASE,
+        8 << 20,
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pages = dirtier.mib * 256;
     m.snapshot(dir.path(), SnapshotKind::Full).unwrap();

@@ -1,6 +1,7 @@
 //! The machine-side glue of a migration on real KVM, without a driver or sockets: rounds of
 //! chunks read from a running guest, written into a second machine created for the first's
 //! state, which then finishes the guest's work.
+#![cfg(feature = "kvm")]
 
 mod common;
 use common::{io, kvm_usable, no_setup, wait_report};
@@ -9,8 +10,8 @@ use std::collections::BTreeMap;
 
 use novacron_mesh::chunks::{ChunkRef, ChunkSize};
 use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
-use novacron_vm::layout::pv_event;
-use novacron_vm::memory::{hash_range, DirtyConsumer};
+use novacron_vm::machine::layout::pv_event;
+use novacron_vm::machine::memory::{hash_range, DirtyConsumer};
 use novacron_vm::{BootSource, Machine, MachineConfig};
 
 const MEM_BYTES: u64 = 64 << 20;

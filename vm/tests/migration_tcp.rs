@@ -2,6 +2,7 @@
 //! counter guest moved mid-run in each mode finishes on the destination with the reference
 //! result, and a chunk corrupted in flight rolls the migration back with the guest still
 //! running (and finishing) on the source.
+#![cfg(feature = "kvm")]
 
 mod common;
 use common::{io, kvm_usable, no_setup, wait_report, Console};
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use novacron_mesh::chunks::{ChunkSize, ChunkStore, Level};
 use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
-use novacron_vm::layout::pv_event;
+use novacron_vm::machine::layout::pv_event;
+use novacron_vm::machine::vcpu::VcpuEvent;
 use novacron_vm::migration::destination::DestinationConfig;
 use novacron_vm::migration::drive_destination::{
     run_destination, DestinationHost, DestinationOptions, DestinationOutcome,
@@ -21,10 +23,9 @@ use novacron_vm::migration::drive_destination::{
 use novacron_vm::migration::drive_source::{
     run_source, HostInput, Report, SourceHost, SourceOptions, SourceOutcome,
 };
+use novacron_vm::migration::keep_in_store::keep_memory;
 use novacron_vm::migration::links::{accept, connect, new_session, PREAMBLE_LEN};
 use novacron_vm::migration::messages::Mode;
-use novacron_vm::migration::persist::keep_memory;
-use novacron_vm::vcpu::VcpuEvent;
 use novacron_vm::{BootSource, Machine, MachineConfig};
 
 const MEM_BYTES: u64 = 64 << 20;
@@ -325,7 +326,7 @@ fn a_vm_moved_back_to_a_host_that_kept_its_chunks_sends_only_what_changed() {
     };
     let mut a = Machine::create(&config, io_a, &no_setup).unwrap();
     a.load(&BootSource::Builtin(BuiltinGuest::Idle)).unwrap();
-    novacron_vm::memory::fill_pattern(a.memory(), 16 << 20, 8 << 20).unwrap();
+    novacron_vm::machine::memory::fill_pattern(a.memory(), 16 << 20, 8 << 20).unwrap();
     a.resume().unwrap();
     let (outcome, dest) = migrate_machine(
         &mut a,
@@ -344,7 +345,7 @@ fn a_vm_moved_back_to_a_host_that_kept_its_chunks_sends_only_what_changed() {
         panic!("first move did not start");
     };
     // One chunk changes on B; the rest is what A kept.
-    novacron_vm::memory::fill_random(b.memory(), 20 << 20, 16 << 10, 99).unwrap();
+    novacron_vm::machine::memory::fill_random(b.memory(), 20 << 20, 16 << 10, 99).unwrap();
     let mut opts = SourceOptions::new(Mode::Live);
     opts.hash_memory = true;
     let back = DestinationOptions {

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use novacron_vm::control::{
+use novacron_vm::machine::layout::{pv_event, PATTERN_BASE};
+use novacron_vm::migration::links;
+use novacron_vm::process::control::{
     Command, Event, FillData, Launch, LaunchSource, MigrateOut, MigrationMode, MigrationSummary,
     OnNoConverge, SandboxSettings,
 };
-use novacron_vm::launcher::VmmProcess;
-use novacron_vm::layout::{pv_event, PATTERN_BASE};
-use novacron_vm::migration::links;
+use novacron_vm::process::launcher::VmmProcess;
 
 use super::report::{in_scratch_dir, median, Goal, Report};
 
@@ -382,7 +382,7 @@ impl Bench<'_> {
         fill_pattern: Option<(u64, u64)>,
     ) -> anyhow::Result<VmmProcess> {
         let launch = Launch {
-            vm_id: novacron_vm::launcher::new_vm_id(),
+            vm_id: novacron_vm::process::launcher::new_vm_id(),
             source: LaunchSource::Builtin { spec: spec.into() },
             mem_bytes: self.mem_bytes(),
             vcpus: 1,
@@ -416,7 +416,7 @@ impl Bench<'_> {
             std::fs::create_dir_all(dir)?;
         }
         let launch = Launch {
-            vm_id: novacron_vm::launcher::new_vm_id(),
+            vm_id: novacron_vm::process::launcher::new_vm_id(),
             source: LaunchSource::Incoming {
                 session,
                 store: dest_store.map(Path::to_path_buf),

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use novacron_vm::control::{
+use novacron_vm::machine::layout::{pv_event, PATTERN_BASE};
+use novacron_vm::process::control::{
     Command, Event, ExitReason, Launch, LaunchSource, SandboxSettings, SnapshotMode,
 };
-use novacron_vm::launcher::VmmProcess;
-use novacron_vm::layout::{pv_event, PATTERN_BASE};
+use novacron_vm::process::launcher::VmmProcess;
 
 use super::report::{in_scratch_dir, median, Goal, Report};
 
@@ -58,7 +58,7 @@ fn measure(exe: &Path, scratch: &Path, args: &VmBenchArgs) -> anyhow::Result<Rep
         sandboxed.push(start_to_first_exit_ms(exe, true)?);
         unsandboxed.push(start_to_first_exit_ms(exe, false)?);
         bare.push(bare_kvm_process_ms(exe)?);
-        let t = novacron_vm::vcpu::monotonic_ns();
+        let t = novacron_vm::machine::vcpu::monotonic_ns();
         bare_in_process.push((bare_kvm_first_exit_ns()? - t) as f64 / 1e6);
     }
     let sandboxed = median(&mut sandboxed);
@@ -152,7 +152,7 @@ fn measure(exe: &Path, scratch: &Path, args: &VmBenchArgs) -> anyhow::Result<Rep
 
 fn launch(source: LaunchSource, mem_bytes: u64, sandbox: bool, dirs: Vec<PathBuf>) -> Launch {
     Launch {
-        vm_id: novacron_vm::launcher::new_vm_id(),
+        vm_id: novacron_vm::process::launcher::new_vm_id(),
         source,
         mem_bytes,
         vcpus: 1,
@@ -190,7 +190,7 @@ fn start_to_first_exit_ms(exe: &Path, sandbox: bool) -> anyhow::Result<f64> {
 /// The reference program: spawn this binary as `novacron bare-kvm` (the same executable
 /// the VMM runs, so exec costs match) and time spawn to its first I/O exit.
 fn bare_kvm_process_ms(exe: &Path) -> anyhow::Result<f64> {
-    let spawned = novacron_vm::vcpu::monotonic_ns();
+    let spawned = novacron_vm::machine::vcpu::monotonic_ns();
     let out = std::process::Command::new(exe)
         .arg("bare-kvm")
         .output()
@@ -260,7 +260,7 @@ pub fn bare_kvm_first_exit_ns() -> anyhow::Result<u64> {
         })?;
         loop {
             match vcpu.run().context("bare KVM: run")? {
-                VcpuExit::IoOut(..) => return Ok(novacron_vm::vcpu::monotonic_ns()),
+                VcpuExit::IoOut(..) => return Ok(novacron_vm::machine::vcpu::monotonic_ns()),
                 VcpuExit::Hlt => bail!("bare KVM: halted before the out"),
                 _ => {}
             }
@@ -350,7 +350,7 @@ fn snapshot_full_then_incremental(exe: &Path, dir: &Path) -> anyhow::Result<(f64
 
 /// Reading the snapshot's size, spawning, to running again; and the in-process part.
 fn restore_ms(exe: &Path, dir: &Path) -> anyhow::Result<(f64, f64)> {
-    let asked = novacron_vm::vcpu::monotonic_ns();
+    let asked = novacron_vm::machine::vcpu::monotonic_ns();
     let saved = novacron_vm::Machine::describe_snapshot(dir)?;
     let mut l = launch(
         LaunchSource::Restore {

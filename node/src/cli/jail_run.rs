@@ -360,7 +360,8 @@ fn exec_command(
     // SAFETY: plain syscalls on valid pointers.
     unsafe {
         libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
-        if novacron_vm::child_lifetime::die_with_parent(libc::SIGKILL, supervisor).is_err() {
+        if novacron_vm::process::child_lifetime::die_with_parent(libc::SIGKILL, supervisor).is_err()
+        {
             return jail_failed("the jail's supervisor ended before the command started");
         }
         if libc::setgroups(0, std::ptr::null()) != 0

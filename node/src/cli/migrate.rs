@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use novacron_vm::control::{
+use novacron_vm::migration::links::{self, MAX_DATA_STREAMS};
+use novacron_vm::process::control::{
     Command, Event, ExitReason, MigrateOut, MigrationEnd, MigrationMode, MigrationProgress,
     MigrationSummary, OnNoConverge, SnapshotMode, IN_DOUBT_PREFIX,
 };
-use novacron_vm::launcher::{LaunchError, VmmProcess};
-use novacron_vm::migration::links::{self, MAX_DATA_STREAMS};
+use novacron_vm::process::launcher::{LaunchError, VmmProcess};
 use serde::Serialize;
 
 /// Exit status of `vm run --migrate-to` and `vm migrate` when the VM did not move: the

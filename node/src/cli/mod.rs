@@ -171,7 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Top::JailRun(args) => Ok(jail_run::run(args)),
         Top::Vmm => {
-            let code = novacron_vm::vmm::main();
+            let code = novacron_vm::process::vmm::main();
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
     }

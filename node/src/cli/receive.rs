@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use novacron_vm::control::{Event, Launch, LaunchSource, SandboxSettings};
-use novacron_vm::launcher::VmmProcess;
 use novacron_vm::migration::links;
 use novacron_vm::migration::messages::Message;
 use novacron_vm::migration::wire::{write_message, FrameReader};
+use novacron_vm::process::control::{Event, Launch, LaunchSource, SandboxSettings};
+use novacron_vm::process::launcher::VmmProcess;
 
 use super::vm::{absolute, exit_code};
 use crate::size::parse_size;
@@ -90,7 +90,7 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
     let started = Arc::new(Started::default());
     answer_queries(listener, session, started.clone());
     let launch = Launch {
-        vm_id: novacron_vm::launcher::new_vm_id(),
+        vm_id: novacron_vm::process::launcher::new_vm_id(),
         source: LaunchSource::Incoming {
             session,
             store: store.clone(),

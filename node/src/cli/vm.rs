@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use novacron_vm::control::{
+use novacron_vm::process::control::{
     Command, Event, ExitReason, Launch, LaunchSource, SandboxProbe, SandboxSettings, SnapshotMode,
 };
-use novacron_vm::launcher::{describe_reason, LaunchError, VmmProcess};
+use novacron_vm::process::launcher::{describe_reason, LaunchError, VmmProcess};
 
 use super::migrate::{CliMigration, InDoubtDir, MigrateOpts};
 use super::receive;
@@ -233,7 +233,7 @@ fn drive(
         .collect();
     schedule.sort_by_key(|(ms, _)| std::cmp::Reverse(*ms));
     let json = migrate.is_some_and(|m| m.json);
-    let vm_id = novacron_vm::launcher::new_vm_id();
+    let vm_id = novacron_vm::process::launcher::new_vm_id();
     // Where a VM whose migration ends in doubt is saved: it must exist before the jail.
     let save_dir = migrate.map(|_| InDoubtDir::create(&vm_id)).transpose()?;
     let launch = Launch {
@@ -389,7 +389,7 @@ pub(super) fn ended_well(reason: &ExitReason) -> Result<(), String> {
 /// Runs the jail's self-checks and prints what each found.
 fn check_sandbox() -> anyhow::Result<ExitCode> {
     let launch = Launch {
-        vm_id: novacron_vm::launcher::new_vm_id(),
+        vm_id: novacron_vm::process::launcher::new_vm_id(),
         source: LaunchSource::Builtin {
             spec: "builtin:hello".into(),
         },

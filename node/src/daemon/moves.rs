@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use novacron_mesh::swarm::clock::Epoch;
 use novacron_mesh::swarm::PeerId;
-use novacron_vm::control::{MigrateOut, OnNoConverge};
+use novacron_vm::process::control::{MigrateOut, OnNoConverge};
 use tokio::sync::mpsc;
 
 use crate::api::service::{ServiceError, ServiceResult};
@@ -56,11 +56,11 @@ enum Report {
     },
 }
 
-fn control_mode(m: MigrationMode) -> novacron_vm::control::MigrationMode {
+fn control_mode(m: MigrationMode) -> novacron_vm::process::control::MigrationMode {
     match m {
-        MigrationMode::Live => novacron_vm::control::MigrationMode::Live,
-        MigrationMode::Warm => novacron_vm::control::MigrationMode::Warm,
-        MigrationMode::Cold => novacron_vm::control::MigrationMode::Cold,
+        MigrationMode::Live => novacron_vm::process::control::MigrationMode::Live,
+        MigrationMode::Warm => novacron_vm::process::control::MigrationMode::Warm,
+        MigrationMode::Cold => novacron_vm::process::control::MigrationMode::Cold,
     }
 }
 

@@ -191,7 +191,7 @@ impl Daemon {
         };
         for vm in self.vms.active() {
             let max = cpu_cap::cpu_max(cpu_cap_percent, usable, vm.spec.vcpus.into());
-            let name = novacron_vm::launcher::cgroup_name(&self.vms.vmm_id(&vm.id));
+            let name = novacron_vm::process::launcher::cgroup_name(&self.vms.vmm_id(&vm.id));
             if let Err(e) = cpu_cap::apply_cpu_max(&layout, &name, max) {
                 tracing::debug!(vm = %vm.id, error = %e, "cannot cap the VM's CPU");
             }

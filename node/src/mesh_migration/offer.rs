@@ -18,8 +18,8 @@ pub const LEN_PREFIX: usize = 4;
 pub const MAX_REASON: usize = 1024;
 /// Guest memory an offer may name: 1 MiB to 1 TiB (what the VMM can build).
 pub const MIN_MEM_BYTES: u64 = 1 << 20;
-pub const MAX_MEM_BYTES: u64 = novacron_vm::layout::MAX_MEM_BYTES;
-pub const MAX_VCPUS: u8 = novacron_vm::layout::MAX_VCPUS;
+pub const MAX_MEM_BYTES: u64 = novacron_vm::machine::layout::MAX_MEM_BYTES;
+pub const MAX_VCPUS: u8 = novacron_vm::machine::layout::MAX_VCPUS;
 
 /// What the source proposes to send.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 /// The niceness every VM runs at: the lowest priority, as BOINC runs volunteer work, so
 /// the owner's programs (and this daemon, which forwards the VMs' migration streams) always
 /// come first and a VM only gets CPU time nobody else wants.
-pub const VM_NICE: i8 = novacron_vm::launcher::LOWEST_PRIORITY_NICE;
+pub const VM_NICE: i8 = novacron_vm::process::launcher::LOWEST_PRIORITY_NICE;
 pub use sources::{HostPaths, Sampler};
 
 /// How often the daemon samples the host (BOINC polls once a second).

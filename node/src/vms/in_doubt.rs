@@ -11,7 +11,7 @@
 //! resumes here (or comes back from its checkpoint if its VMM died meanwhile). A peer that
 //! cannot say, or cannot be reached, leaves it in doubt, to be asked again.
 
-use novacron_vm::control::{ExitReason, IN_DOUBT_PREFIX};
+use novacron_vm::process::control::{ExitReason, IN_DOUBT_PREFIX};
 
 use crate::api::types::{MigrationDirection, MigrationInfo, MigrationState};
 

@@ -25,10 +25,10 @@ use std::time::Duration;
 
 use std::os::unix::net::UnixStream;
 
-use novacron_vm::control::{
+use novacron_vm::process::control::{
     AdoptedState, Event, Launch, LaunchSource, MigrateOut, SandboxSettings,
 };
-use novacron_vm::launcher::{describe_reason, VmmProcess};
+use novacron_vm::process::launcher::{describe_reason, VmmProcess};
 use tokio::sync::oneshot;
 
 use crate::api::service::{ServiceError, ServiceResult};
@@ -171,7 +171,7 @@ enum Adoption {
     /// Its VM runs (or waits paused) under a supervisor again.
     Supervised,
     /// Its VM had ended (how, if it said): the VMM exited.
-    Ended(Option<novacron_vm::control::ExitReason>),
+    Ended(Option<novacron_vm::process::control::ExitReason>),
 }
 
 /// Removes and returns the first item of `items` that `pick` accepts.
@@ -387,7 +387,7 @@ impl VmManager {
             fill_pattern: spec
                 .prefill_mib
                 .filter(|_| !restore)
-                .map(|mib| (novacron_vm::layout::PATTERN_BASE, mib << 20)),
+                .map(|mib| (novacron_vm::machine::layout::PATTERN_BASE, mib << 20)),
             start_paused: false,
             sandbox: self.sandbox_settings(&paths),
             adopt: self.adopt_socket(&paths),
@@ -412,7 +412,7 @@ impl VmManager {
     }
 
     /// Where a VM's VMM can be adopted, when VMs outlive the node (else the VMM dies with
-    /// it: [`novacron_vm::child_lifetime`]).
+    /// it: [`novacron_vm::process::child_lifetime`]).
     fn adopt_socket(&self, paths: &VmPaths) -> Option<PathBuf> {
         self.opts.outlive_node.then(|| paths.control_socket())
     }
@@ -975,7 +975,7 @@ impl VmManager {
         let cgroup = self
             .opts
             .sandbox
-            .then(|| novacron_vm::launcher::cgroup_name(&self.vmm_id(id)));
+            .then(|| novacron_vm::process::launcher::cgroup_name(&self.vmm_id(id)));
         let (mut vmm, adopted) =
             VmmProcess::adopt(&paths.control_socket(), pid, cgroup).map_err(|e| e.to_string())?;
         let state = match adopted.state {
@@ -984,7 +984,7 @@ impl VmManager {
             AdoptedState::Exited => {
                 // It says how the VM ended next; told, it stops waiting for an owner and
                 // exits (cut short, it would wait on).
-                let told = vmm.wait_for(novacron_vm::launcher::ADOPT_TIMEOUT, |e| {
+                let told = vmm.wait_for(novacron_vm::process::launcher::ADOPT_TIMEOUT, |e| {
                     matches!(e, Event::Exited(_)).then_some(())
                 });
                 match told

@@ -178,7 +178,7 @@ fn read_limited(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 /// The start time of process `pid`, in clock ticks after boot (the VM engine's reading of
 /// /proc/PID/stat, which the VMM adoption uses too).
 pub fn start_ticks_of(pid: u32) -> Result<u64, String> {
-    novacron_vm::adopt::process_start_ticks(pid)
+    novacron_vm::process::adopt::process_start_ticks(pid)
         .ok_or_else(|| format!("process {pid}: no readable start time in /proc/{pid}/stat"))
 }
 
@@ -279,7 +279,7 @@ impl ProcessVm {
     /// Starts `exe jail-run ... -- <spec.command>` for VM `id` in `dir` (created if
     /// missing), in its own session, its output appended to `dir/console.log`. Unless it
     /// may `outlive` this process (to be adopted by the next daemon), the kernel kills it
-    /// when this process ends ([`novacron_vm::child_lifetime`]).
+    /// when this process ends ([`novacron_vm::process::child_lifetime`]).
     pub fn spawn(
         exe: &Path,
         id: &str,
@@ -346,12 +346,14 @@ impl ProcessVm {
                     return Err(std::io::Error::last_os_error());
                 }
                 // The lowest priority, as every VM (`politeness::VM_NICE`).
-                novacron_vm::launcher::set_nice(novacron_vm::launcher::LOWEST_PRIORITY_NICE)
+                novacron_vm::process::launcher::set_nice(
+                    novacron_vm::process::launcher::LOWEST_PRIORITY_NICE,
+                )
             });
         }
         let mut child = match outlive {
             true => cmd.spawn(),
-            false => novacron_vm::child_lifetime::spawn(cmd, libc::SIGKILL),
+            false => novacron_vm::process::child_lifetime::spawn(cmd, libc::SIGKILL),
         }
         .map_err(|e| format!("cannot start {} jail-run: {e}", exe.display()))?;
         let pid = child.id();

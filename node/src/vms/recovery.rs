@@ -27,8 +27,8 @@
 //! Any VMM process of a VM that is not adopted is killed (its cgroup emptied), so none
 //! leaks and none runs twice.
 
-use novacron_vm::control::ExitReason;
-use novacron_vm::launcher::describe_reason;
+use novacron_vm::process::control::ExitReason;
+use novacron_vm::process::launcher::describe_reason;
 
 use crate::api::types::{MigrationDirection, VmState};
 use crate::state::VmRecord;
@@ -152,7 +152,7 @@ fn ended_by(reason: &ExitReason, has_snapshot: bool) -> Plan {
 /// The exit reason a VMM wrote as it exited, if it did (and the file is sound): the VM
 /// engine's tombstone beside the VM's adoption socket.
 pub fn read_tombstone(paths: &VmPaths) -> Option<ExitReason> {
-    novacron_vm::adopt::read_tombstone(&paths.control_socket())
+    novacron_vm::process::adopt::read_tombstone(&paths.control_socket())
         .map_err(|e| tracing::warn!(error = %e, "unreadable tombstone"))
         .ok()
         .flatten()
@@ -178,7 +178,10 @@ pub fn read_process_status(paths: &VmPaths) -> Option<ExitReason> {
 
 /// Whether `pid` is the process recorded: same pid and same start time.
 pub fn same_process(pid: u32, start_ticks: Option<u64>) -> bool {
-    match (start_ticks, novacron_vm::adopt::process_start_ticks(pid)) {
+    match (
+        start_ticks,
+        novacron_vm::process::adopt::process_start_ticks(pid),
+    ) {
         (Some(want), Some(have)) => want == have,
         _ => false,
     }
@@ -193,7 +196,7 @@ pub fn kill_leftovers(vmm_id: &str, pid: Option<u32>, start_ticks: Option<u64>) 
         // SAFETY: kill(2) with a pid checked to be the VMM we recorded (pid + start time).
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
-    let name = novacron_vm::launcher::cgroup_name(id);
+    let name = novacron_vm::process::launcher::cgroup_name(id);
     let removed = novacron_vm::sandbox::cgroup::detect()
         .and_then(|layout| novacron_vm::sandbox::VmCgroup::open(&layout, &name))
         .and_then(|mut cgroup| {
@@ -225,7 +228,7 @@ pub fn incoming_outcome(found: &Found) -> Incoming {
     match found {
         Found::Alive => Incoming::Started,
         Found::Gone(Some(ExitReason::Failed { message }))
-            if message.starts_with(novacron_vm::control::INCOMING_ROLLED_BACK_PREFIX) =>
+            if message.starts_with(novacron_vm::process::control::INCOMING_ROLLED_BACK_PREFIX) =>
         {
             Incoming::NotStarted
         }
@@ -280,7 +283,7 @@ pub fn settle(
             ),
         };
     }
-    let in_doubt = novacron_vm::control::IN_DOUBT_PREFIX;
+    let in_doubt = novacron_vm::process::control::IN_DOUBT_PREFIX;
     let migrating = was == VmState::Migrating;
     match found {
         Found::Alive if adopted_as == Some(VmState::Running) => {
@@ -426,13 +429,13 @@ mod tests {
         };
         assert_eq!(read_tombstone(&paths), None);
         std::fs::write(
-            novacron_vm::adopt::tombstone_path(&paths.control_socket()),
+            novacron_vm::process::adopt::tombstone_path(&paths.control_socket()),
             br#"{"reason":"migrated_away"}"#,
         )
         .unwrap();
         assert_eq!(read_tombstone(&paths), Some(ExitReason::MigratedAway));
         std::fs::write(
-            novacron_vm::adopt::tombstone_path(&paths.control_socket()),
+            novacron_vm::process::adopt::tombstone_path(&paths.control_socket()),
             b"garbage",
         )
         .unwrap();
@@ -443,7 +446,7 @@ mod tests {
         Found::Gone(Some(ExitReason::Failed {
             message: format!(
                 "{} link down",
-                novacron_vm::control::INCOMING_ROLLED_BACK_PREFIX
+                novacron_vm::process::control::INCOMING_ROLLED_BACK_PREFIX
             ),
         }))
     }
@@ -573,7 +576,8 @@ mod tests {
                 panic!("not failed");
             };
             assert!(
-                why.starts_with(novacron_vm::control::IN_DOUBT_PREFIX) && why.contains("peerX"),
+                why.starts_with(novacron_vm::process::control::IN_DOUBT_PREFIX)
+                    && why.contains("peerX"),
                 "{why}"
             );
         }
@@ -666,7 +670,7 @@ mod tests {
             "peerX",
         );
         assert!(
-            matches!(&settled, Settled::Failed(w) if w.starts_with(novacron_vm::control::IN_DOUBT_PREFIX)),
+            matches!(&settled, Settled::Failed(w) if w.starts_with(novacron_vm::process::control::IN_DOUBT_PREFIX)),
             "{settled:?}"
         );
     }

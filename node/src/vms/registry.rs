@@ -311,7 +311,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(StateDb::open(&dir.path().join("state.db")).unwrap());
         let (registry, seen) = load(&db);
-        let doubt = format!("{} nobody could say", novacron_vm::control::IN_DOUBT_PREFIX);
+        let doubt = format!(
+            "{} nobody could say",
+            novacron_vm::process::control::IN_DOUBT_PREFIX
+        );
         registry.put_migration(migration("m1", MigrationState::Running, None), true);
         registry.put_migration(migration("m1", MigrationState::Failed, Some(&doubt)), true);
         assert_eq!(seen.load(Ordering::SeqCst), 0, "in doubt is not settled");

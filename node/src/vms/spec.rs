@@ -10,8 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use novacron_vm::boot::BootError;
-use novacron_vm::control::LaunchSource;
 use novacron_vm::guest_kit::BuiltinGuest;
+use novacron_vm::process::control::LaunchSource;
 
 use crate::api::types::{Backend, VmSpec};
 
@@ -178,7 +178,7 @@ pub fn validate(spec: &VmSpec) -> Result<(), String> {
         }
     }
     if let Some(mib) = spec.prefill_mib {
-        let base_mib = novacron_vm::layout::PATTERN_BASE >> 20;
+        let base_mib = novacron_vm::machine::layout::PATTERN_BASE >> 20;
         if spec.guest.is_none() || mib == 0 || base_mib + mib > spec.mem_mib {
             return Err(format!(
                 "prefill_mib: {mib} MiB at {base_mib} MiB must fit in mem_mib ({}) and goes \

@@ -12,8 +12,8 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use novacron_vm::control::{Command, Event, ExitReason, MigrateOut, SnapshotMode};
-use novacron_vm::launcher::{describe_reason, LaunchError, VmmProcess};
+use novacron_vm::process::control::{Command, Event, ExitReason, MigrateOut, SnapshotMode};
+use novacron_vm::process::launcher::{describe_reason, LaunchError, VmmProcess};
 use tokio::sync::oneshot;
 
 use crate::api::types::{now_ms, MigrationProgressInfo, MigrationState, VmState};
@@ -405,8 +405,8 @@ impl Supervisor {
                 }
                 // After an in-doubt end the VMM keeps the VM paused (the destination may
                 // run it): an operator decides; any other failure rolled it back running.
-                let in_doubt = novacron_vm::control::MigrationEnd::of(&reason)
-                    == novacron_vm::control::MigrationEnd::InDoubt;
+                let in_doubt = novacron_vm::process::control::MigrationEnd::of(&reason)
+                    == novacron_vm::process::control::MigrationEnd::InDoubt;
                 self.registry.update(&id, |r| {
                     r.info.state = if in_doubt {
                         VmState::Paused
@@ -443,7 +443,7 @@ impl Supervisor {
         let status = self.vmm.wait();
         let reason = reason.or_else(|| super::recovery::read_tombstone(&self.paths));
         let died = match &status {
-            Ok(s) => novacron_vm::launcher::describe_exit(*s),
+            Ok(s) => novacron_vm::process::launcher::describe_exit(*s),
             Err(e) => e.to_string(),
         };
         for w in waiting {

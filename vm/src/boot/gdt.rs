@@ -19,7 +19,7 @@ use kvm_bindings::{kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::BootError;
-use crate::layout::{BOOT_GDT_ADDR, BOOT_IDT_ADDR, PML4_ADDR};
+use crate::machine::layout::{BOOT_GDT_ADDR, BOOT_IDT_ADDR, PML4_ADDR};
 
 /// Selector of the TSS descriptor.
 pub const TSS_SELECTOR: u16 = 0x08;

@@ -25,7 +25,7 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, ReadVolatil
 
 use super::regions::{low_ram_end, ram_regions};
 use super::BootError;
-use crate::layout::{
+use crate::machine::layout::{
     CMDLINE_ADDR, CMDLINE_MAX_SIZE, EBDA_START, HIMEM_START, MAX_MEM_BYTES, MIN_MEM_BYTES,
     MMIO_GAP_END, MMIO_GAP_START, PAGE_SIZE, ZERO_PAGE_ADDR,
 };

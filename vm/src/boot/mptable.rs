@@ -13,7 +13,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::BootError;
-use crate::layout::{EBDA_START, HIMEM_START, MAX_VCPUS};
+use crate::machine::layout::{EBDA_START, HIMEM_START, MAX_VCPUS};
 
 /// Physical address of the IOAPIC.
 pub const IOAPIC_ADDR: u32 = 0xFEC0_0000;

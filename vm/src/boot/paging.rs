@@ -3,7 +3,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::BootError;
-use crate::layout::{IDENTITY_MAPPED_END, PDPT_ADDR, PD_ADDR, PD_COUNT, PML4_ADDR};
+use crate::machine::layout::{IDENTITY_MAPPED_END, PDPT_ADDR, PD_ADDR, PD_COUNT, PML4_ADDR};
 
 /// Page-table entry bit: present.
 pub const PTE_PRESENT: u64 = 1 << 0;

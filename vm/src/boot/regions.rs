@@ -1,6 +1,6 @@
 //! Guest RAM regions: where RAM lives in guest-physical space for a given memory size.
 
-use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
+use crate::machine::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
 /// Splits `mem_bytes` of guest RAM around the 32-bit MMIO hole: one region `[0, mem)` when it
 /// fits below `MMIO_GAP_START`, else `[0, MMIO_GAP_START)` plus the remainder starting at

@@ -9,7 +9,7 @@ use super::{
     COUNTER_MULTIPLIER, COUNTER_ROTATE, COUNTER_SEED, DIRTIER_PROGRESS_PAGES, PROGRAM_ID_COUNTER,
     PROGRAM_ID_DIRTIER, PROGRAM_ID_HELLO, PROGRAM_ID_IDLE,
 };
-use crate::layout::{self, pv_event};
+use crate::machine::layout::{self, pv_event};
 use iced_x86::code_asm::*;
 
 /// What `hello` prints on COM1.

@@ -21,7 +21,7 @@
 mod asm;
 mod spec;
 
-use crate::layout;
+use crate::machine::layout;
 use thiserror::Error;
 
 pub use asm::HELLO_MESSAGE;

@@ -220,7 +220,7 @@ impl fmt::Display for BuiltinGuest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout;
+    use crate::machine::layout;
 
     fn parse(spec: &str) -> Result<BuiltinGuest, GuestKitError> {
         spec.parse()

@@ -7,6 +7,7 @@
 //! ([`Output::DiscardVm`]); after it, nothing makes it discard.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
 use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkId, ChunkSize, EncodedChunk};
 use tracing::{debug, info, warn};
@@ -23,7 +24,7 @@ pub struct DestinationConfig {
     /// Most vCPUs this side accepts.
     pub max_vcpus: u32,
     /// Silence from the source, once the hello arrived, after which it gives up.
-    pub timeout_ms: u64,
+    pub timeout: Duration,
     /// Refuse any other VM.
     pub expect_vm_id: Option<[u8; 16]>,
 }
@@ -33,7 +34,7 @@ impl Default for DestinationConfig {
         Self {
             max_mem_bytes: 64 << 30,
             max_vcpus: 64,
-            timeout_ms: 10_000,
+            timeout: Duration::from_secs(10),
             expect_vm_id: None,
         }
     }
@@ -62,8 +63,10 @@ pub enum Input {
     Cancel {
         reason: String,
     },
+    /// Time passed: `now` since the driver's epoch (the same epoch as [`Destination::new`]).
+    /// Due at [`Destination::next_deadline`]; any other time is harmless.
     Tick {
-        now_ms: u64,
+        now: Duration,
     },
 }
 
@@ -194,8 +197,8 @@ pub struct Destination {
     cfg: DestinationConfig,
     state: State,
     geo: Option<Geometry>,
-    now_ms: u64,
-    last_heard_ms: u64,
+    now: Duration,
+    last_heard: Duration,
     round: u32,
     /// What each non-zero chunk in memory hashes to, as far as this side wrote it.
     current: HashMap<u64, ChunkId>,
@@ -214,13 +217,14 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn new(cfg: DestinationConfig, now_ms: u64) -> Self {
+    /// A destination waiting for the hello; `now` is the driver's time since its epoch.
+    pub fn new(cfg: DestinationConfig, now: Duration) -> Self {
         Self {
             cfg,
             state: State::AwaitHello,
             geo: None,
-            now_ms,
-            last_heard_ms: now_ms,
+            now,
+            last_heard: now,
             round: 0,
             current: HashMap::new(),
             checks: HashMap::new(),
@@ -231,6 +235,12 @@ impl Destination {
             prepared: false,
             query_pending: false,
         }
+    }
+
+    /// The earliest time at which an [`Input::Tick`] would change anything (the silence
+    /// timeout while receiving), or `None` when no time limit runs.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        (self.state == State::Receiving).then(|| self.last_heard.saturating_add(self.cfg.timeout))
     }
 
     /// True once it has started (or is starting) the VM.
@@ -261,13 +271,13 @@ impl Destination {
         let mut out = Vec::new();
         let result = match input {
             Input::Received(msg) => {
-                self.last_heard_ms = self.now_ms;
+                self.last_heard = self.now;
                 self.on_message(msg, &mut out)
             }
             Input::Have { round, seq, held } => self.on_have(round, seq, held, &mut out),
             Input::Chunk(chunk) => {
                 if self.state == State::Receiving {
-                    self.last_heard_ms = self.now_ms;
+                    self.last_heard = self.now;
                     self.on_chunk(chunk, &mut out)
                 } else {
                     Ok(())
@@ -289,8 +299,8 @@ impl Destination {
                 self.fail(format!("cancelled: {reason}"), true, &mut out);
                 Ok(())
             }
-            Input::Tick { now_ms } => {
-                self.on_tick(now_ms, &mut out);
+            Input::Tick { now } => {
+                self.on_tick(now, &mut out);
                 Ok(())
             }
         };
@@ -649,16 +659,17 @@ impl Destination {
         }
     }
 
-    fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
-        self.now_ms = self.now_ms.max(now_ms);
-        if self.state != State::Receiving {
+    fn on_tick(&mut self, now: Duration, out: &mut Vec<Output>) {
+        self.now = self.now.max(now);
+        let Some(deadline) = self.next_deadline() else {
             return;
-        }
-        let silent = self.now_ms.saturating_sub(self.last_heard_ms);
-        if silent > self.cfg.timeout_ms {
+        };
+        if self.now >= deadline {
+            let silent = self.now.saturating_sub(self.last_heard);
             let reason = format!(
-                "no message from the source for {silent} ms (timeout {} ms)",
-                self.cfg.timeout_ms
+                "no message from the source for {} ms (timeout {} ms)",
+                silent.as_millis(),
+                self.cfg.timeout.as_millis()
             );
             self.fail(reason, true, out);
         }
@@ -717,10 +728,31 @@ mod tests {
     }
 
     fn ready() -> Destination {
-        let mut d = Destination::new(DestinationConfig::default(), 0);
+        let mut d = Destination::new(DestinationConfig::default(), Duration::ZERO);
         let out = d.handle(Input::Received(hello()));
         assert!(out.contains(&Output::Send(Message::Ready)), "{out:?}");
         d
+    }
+
+    #[test]
+    fn next_deadline_is_exactly_when_the_silence_timeout_fires() {
+        let timeout = DestinationConfig::default().timeout;
+        let mut d = Destination::new(DestinationConfig::default(), Duration::ZERO);
+        assert_eq!(d.next_deadline(), None, "no limit runs before the hello");
+        let heard = Duration::from_millis(777);
+        assert!(d.handle(Input::Tick { now: heard }).is_empty());
+        d.handle(Input::Received(hello()));
+        let deadline = heard + timeout;
+        assert_eq!(d.next_deadline(), Some(deadline));
+        let before = deadline - Duration::from_nanos(1);
+        assert!(d.handle(Input::Tick { now: before }).is_empty());
+        assert_eq!(d.next_deadline(), Some(deadline), "a tick is not a message");
+        let out = d.handle(Input::Tick { now: deadline });
+        assert!(
+            fail_reason(&out).is_some_and(|r| r.starts_with("no message from the source")),
+            "{out:?}"
+        );
+        assert_eq!(d.next_deadline(), None, "nothing is due once it failed");
     }
 
     fn fail_reason(out: &[Output]) -> Option<&str> {
@@ -771,7 +803,7 @@ mod tests {
 
     #[test]
     fn wrong_version_is_refused_and_nothing_is_prepared() {
-        let mut d = Destination::new(DestinationConfig::default(), 0);
+        let mut d = Destination::new(DestinationConfig::default(), Duration::ZERO);
         let Message::Hello {
             vm_id,
             regions,
@@ -879,7 +911,11 @@ mod tests {
             .is_empty());
         let out = d.handle(Input::VmStarted);
         assert!(out.contains(&Output::Send(Message::Confirm)));
-        assert!(d.handle(Input::Tick { now_ms: 1 << 40 }).is_empty());
+        assert!(d
+            .handle(Input::Tick {
+                now: Duration::from_millis(1 << 40)
+            })
+            .is_empty());
         let out = d.handle(Input::Received(Message::Query { vm_id: [2; 16] }));
         assert_eq!(out, vec![Output::Send(Message::Status { started: true })]);
     }

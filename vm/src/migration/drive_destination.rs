@@ -14,23 +14,75 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkStore};
+use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkId, ChunkSize, ChunkStore, StoreError};
 
-use super::persist::{Kept, ReceivedKeeper};
+use super::keep_in_store::{Kept, ReceivedKeeper};
 
 use super::destination::{verify_chunk_message, Destination, DestinationConfig, Input, Output};
 use super::links::{Links, MigrationStream};
+use super::machine_glue::GlueError;
 use super::messages::{MemRegion, Message};
 use super::wire::{write_message, FrameReader};
 use super::{Geometry, ProtocolError};
+use crate::machine::state::{MachineState, StateError};
+use crate::machine::vcpu::monotonic_ns;
+use crate::machine::VmError;
 use crate::machine::{Machine, MachineConfig};
-use crate::state::MachineState;
-use crate::vcpu::monotonic_ns;
 
-const POLL: Duration = Duration::from_millis(5);
+/// Longest the driver sleeps without asking its host whether to stop
+/// ([`DestinationHost::cancelled`] is polled: it cannot wake the driver, whose link events
+/// come on a channel of their own). Link events wake it at once, the machine's deadline when
+/// due.
+const HOST_POLL: Duration = Duration::from_millis(5);
 /// Events (mostly decoded chunks, 16 KiB each) queued for the protocol thread: readers
 /// wait beyond this, so a slow writer bounds memory instead of growing without limit.
 const EVENT_QUEUE: usize = 512;
+
+/// Why the driver could not carry out what the destination machine asked; the text becomes
+/// the reason the migration is cancelled (or the VM refused) with.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot share a migration stream: {0}")]
+    ShareStream(std::io::Error),
+    #[error("cannot start a migration reader: {0}")]
+    SpawnReader(std::io::Error),
+    #[error("{0} vCPUs")]
+    Vcpus(u32),
+    /// The host could not build the machine ([`DestinationHost::create_machine`]).
+    #[error("{0}")]
+    Host(String),
+    #[error(
+        "the source's memory layout {layout:x?} is not what this VMM builds for {} MiB \
+         ({built:x?})",
+        mem_bytes >> 20
+    )]
+    Layout {
+        layout: Vec<(u64, u64)>,
+        mem_bytes: u64,
+        built: Vec<(u64, u64)>,
+    },
+    #[error(transparent)]
+    Memory(#[from] GlueError),
+    #[error("chunk {0} is outside guest memory")]
+    Outside(u64),
+    #[error("chunk {id} from the store: {source}")]
+    Store {
+        id: ChunkId,
+        source: Box<StoreError>,
+    },
+    #[error("asked to copy chunk {0} without a store")]
+    NoStore(ChunkId),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("internal: chunk data before the memory was prepared")]
+    NotPrepared,
+    #[error("internal: no machine to write into")]
+    NoMachineToWrite,
+    #[error("internal: no machine to start")]
+    NoMachineToStart,
+}
 
 pub struct DestinationOptions {
     pub config: DestinationConfig,
@@ -100,7 +152,7 @@ pub fn run_destination(
             .ok()
     });
     let mut d = DestinationDriver {
-        dest: Destination::new(opts.config, 0),
+        dest: Destination::new(opts.config, Duration::ZERO),
         store: opts.store,
         keeper,
         hash_memory: opts.hash_memory,
@@ -135,11 +187,20 @@ impl DestinationDriver {
         let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
         let mut control = match self.start_readers(&links, tx) {
             Ok(c) => c,
-            Err(reason) => return self.failed(reason),
+            Err(e) => return self.failed(e.to_string()),
         };
         let mut held: VecDeque<Message> = VecDeque::new();
         loop {
-            match rx.recv_timeout(POLL) {
+            let now = self.t0.elapsed();
+            let wait = match self.dest.next_deadline() {
+                Some(deadline) => deadline.saturating_sub(now).min(HOST_POLL),
+                None => HOST_POLL,
+            };
+            let event = rx.recv_timeout(wait);
+            // The time first: a deadline that passed while waiting counts before the event.
+            let now = self.t0.elapsed();
+            self.feed(Input::Tick { now }, &mut control, host);
+            match event {
                 Ok(event) => self.on_event(event, &mut held, &mut control, host),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -153,8 +214,6 @@ impl DestinationDriver {
             if let Some(reason) = host.cancelled() {
                 self.feed(Input::Cancel { reason }, &mut control, host);
             }
-            let now_ms = self.t0.elapsed().as_millis() as u64;
-            self.feed(Input::Tick { now_ms }, &mut control, host);
             match self.outcome.take() {
                 Some(Ok(())) => {
                     links.shutdown();
@@ -246,11 +305,8 @@ impl DestinationDriver {
         &self,
         links: &Links,
         tx: SyncSender<Event>,
-    ) -> Result<MigrationStream, String> {
-        let share = |s: &MigrationStream| {
-            s.try_clone()
-                .map_err(|e| format!("cannot share a migration stream: {e}"))
-        };
+    ) -> Result<MigrationStream, DriverError> {
+        let share = |s: &MigrationStream| s.try_clone().map_err(DriverError::ShareStream);
         let control = share(&links.control)?;
         spawn_reader(
             "mig-control".into(),
@@ -290,10 +346,7 @@ impl DestinationDriver {
                 vcpus,
                 chunk_size,
                 ..
-            } => match self.prepare(host, &regions, vcpus, chunk_size) {
-                Ok(()) => Vec::new(),
-                Err(reason) => vec![Input::Cancel { reason }],
-            },
+            } => cancel_on_error(self.prepare(host, &regions, vcpus, chunk_size)),
             Output::CheckHave { round, seq, ids } => {
                 let held = match &self.store {
                     Some(store) => store.have(&ids),
@@ -310,9 +363,12 @@ impl DestinationDriver {
                 let result = match &self.store {
                     Some(store) => store
                         .get(&id)
-                        .map_err(|e| format!("chunk {id} from the store: {e}"))
+                        .map_err(|e| DriverError::Store {
+                            id,
+                            source: Box::new(e),
+                        })
                         .and_then(|bytes| self.write_chunk(index, &bytes)),
-                    None => Err(format!("asked to copy chunk {id} without a store")),
+                    None => Err(DriverError::NoStore(id)),
                 };
                 self.summary.chunks_from_store += 1;
                 cancel_on_error(result)
@@ -329,7 +385,9 @@ impl DestinationDriver {
             }
             Output::StartVm { state } => match self.start(&state) {
                 Ok(()) => vec![Input::VmStarted],
-                Err(reason) => vec![Input::StartFailed { reason }],
+                Err(e) => vec![Input::StartFailed {
+                    reason: e.to_string(),
+                }],
             },
             Output::DiscardVm => {
                 self.machine = None;
@@ -351,42 +409,36 @@ impl DestinationDriver {
         host: &mut dyn DestinationHost,
         regions: &[MemRegion],
         vcpus: u32,
-        chunk_size: novacron_mesh::chunks::ChunkSize,
-    ) -> Result<(), String> {
+        chunk_size: ChunkSize,
+    ) -> Result<(), DriverError> {
         let mem_bytes = regions.iter().map(|r| r.len).sum();
-        let vcpus = u8::try_from(vcpus).map_err(|_| format!("{vcpus} vCPUs"))?;
-        let machine = host.create_machine(&MachineConfig { mem_bytes, vcpus })?;
+        let vcpus = u8::try_from(vcpus).map_err(|_| DriverError::Vcpus(vcpus))?;
+        let machine = host
+            .create_machine(&MachineConfig { mem_bytes, vcpus })
+            .map_err(DriverError::Host)?;
         let layout: Vec<(u64, u64)> = regions.iter().map(|r| (r.guest_addr, r.len)).collect();
         if machine.layout() != layout.as_slice() {
-            return Err(format!(
-                "the source's memory layout {layout:x?} is not what this VMM builds for {} \
-                 MiB ({:x?})",
-                mem_bytes >> 20,
-                machine.layout()
-            ));
+            return Err(DriverError::Layout {
+                layout,
+                mem_bytes,
+                built: machine.layout().to_vec(),
+            });
         }
-        let geo = machine.geometry(chunk_size).map_err(|e| e.to_string())?;
+        let geo = machine.geometry(chunk_size)?;
         self.written = vec![false; geo.chunk_count() as usize];
         let _ = self.geometry.set(geo);
         self.machine = Some(machine);
         Ok(())
     }
 
-    fn geo(&self) -> Result<&Geometry, String> {
-        self.geometry
-            .get()
-            .ok_or_else(|| "internal: chunk data before the memory was prepared".to_string())
+    fn geo(&self) -> Result<&Geometry, DriverError> {
+        self.geometry.get().ok_or(DriverError::NotPrepared)
     }
 
-    fn write_chunk(&mut self, index: u64, bytes: &[u8]) -> Result<(), String> {
+    fn write_chunk(&mut self, index: u64, bytes: &[u8]) -> Result<(), DriverError> {
         let size = self.geo()?.chunk_size();
-        let machine = self
-            .machine
-            .as_ref()
-            .ok_or_else(|| "internal: no machine to write into".to_string())?;
-        machine
-            .write_chunk(index, size, bytes)
-            .map_err(|e| e.to_string())?;
+        let machine = self.machine.as_ref().ok_or(DriverError::NoMachineToWrite)?;
+        machine.write_chunk(index, size, bytes)?;
         if let Some(w) = self.written.get_mut(index as usize) {
             *w = true;
         }
@@ -394,41 +446,40 @@ impl DestinationDriver {
     }
 
     /// Zeroes a chunk this side wrote before; fresh memory is already zero.
-    fn zero_chunk(&mut self, index: u64) -> Result<(), String> {
+    fn zero_chunk(&mut self, index: u64) -> Result<(), DriverError> {
         if !self.written.get(index as usize).copied().unwrap_or(false) {
             return Ok(());
         }
         let len = self
             .geo()?
             .chunk_len(index)
-            .ok_or_else(|| format!("chunk {index} is outside guest memory"))?;
+            .ok_or(DriverError::Outside(index))?;
         self.write_chunk(index, &vec![0u8; len])?;
         self.written[index as usize] = false;
         Ok(())
     }
 
-    fn start(&mut self, state: &[u8]) -> Result<(), String> {
-        let machine = self
-            .machine
-            .as_mut()
-            .ok_or_else(|| "internal: no machine to start".to_string())?;
-        let state = MachineState::decode(state).map_err(|e| e.to_string())?;
-        machine.apply_state(&state).map_err(|e| e.to_string())?;
+    fn start(&mut self, state: &[u8]) -> Result<(), DriverError> {
+        let machine = self.machine.as_mut().ok_or(DriverError::NoMachineToStart)?;
+        let state = MachineState::decode(state)?;
+        machine.apply_state(&state)?;
         if self.hash_memory {
-            self.summary.memory_blake3 = crate::memory::memory_digest(machine.memory())
+            self.summary.memory_blake3 = crate::machine::memory::memory_digest(machine.memory())
                 .map(|h| h.to_hex().to_string())
                 .ok();
         }
-        machine.resume().map_err(|e| e.to_string())?;
+        machine.resume()?;
         self.summary.resumed_ns = Some(monotonic_ns());
         Ok(())
     }
 }
 
-fn cancel_on_error(result: Result<(), String>) -> Vec<Input> {
+fn cancel_on_error(result: Result<(), DriverError>) -> Vec<Input> {
     match result {
         Ok(()) => Vec::new(),
-        Err(reason) => vec![Input::Cancel { reason }],
+        Err(e) => vec![Input::Cancel {
+            reason: e.to_string(),
+        }],
     }
 }
 
@@ -440,7 +491,7 @@ fn spawn_reader(
     tx: SyncSender<Event>,
     wire: Arc<AtomicU64>,
     geometry: Option<Arc<OnceLock<Geometry>>>,
-) -> Result<(), String> {
+) -> Result<(), DriverError> {
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
@@ -472,5 +523,5 @@ fn spawn_reader(
             }
         })
         .map(|_| ())
-        .map_err(|e| format!("cannot start a migration reader: {e}"))
+        .map_err(DriverError::SpawnReader)
 }

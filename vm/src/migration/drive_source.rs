@@ -11,28 +11,33 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use novacron_mesh::chunks::{ChunkEncoder, ChunkId, ChunkRef, ChunkSize, Level};
+use novacron_mesh::chunks::{ChunkEncoder, ChunkId, ChunkRef, ChunkSize, CodecError, Level};
 
 use super::level::{level_for_bandwidth, MIN_LEVEL};
 use super::links::{Links, MigrationStream};
-use super::machine_glue::ChunkReader;
+use super::machine_glue::{ChunkReader, GlueError};
 use super::messages::{MemRegion, Message, Mode};
 use super::source::{Input, NoConverge, Output, Source, SourceConfig};
-use super::wire::{write_message, FrameReader};
-use super::{Phase, Progress};
-use crate::layout::PAGE_SIZE;
-use crate::machine::{Lifecycle, Machine};
-use crate::memory::DirtyConsumer;
-use crate::vcpu::monotonic_ns;
+use super::wire::{write_message, FrameReader, WireError};
+use super::{whole_ms, Phase, Progress, ProtocolError};
+use crate::machine::layout::PAGE_SIZE;
+use crate::machine::memory::DirtyConsumer;
+use crate::machine::state::StateError;
+use crate::machine::vcpu::monotonic_ns;
+use crate::machine::{Lifecycle, Machine, VmError};
 
-/// How often the driver wakes without events: timer ticks, throttle steps, measurements.
-const POLL: Duration = Duration::from_millis(2);
+/// Longest the driver sleeps without looking at its host: host inputs (cancel, reconnection,
+/// a vCPU that ended) come through [`SourceHost::poll`], which cannot wake it (the link
+/// events and the host have separate channels), so it looks at least this often. Everything
+/// else wakes it when due: link events at once, the machine's deadline, measurements,
+/// reports, throttle steps and the in-doubt wait at their time.
+const HOST_POLL: Duration = Duration::from_millis(10);
 /// How often measurements (bandwidth, dirty rate, zstd level) are fed to the machine.
 const MEASURE_EVERY: Duration = Duration::from_millis(50);
 /// Progress reports to the host at most this often (phase changes always go out).
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 /// Throttle duty-cycle period: the vCPUs are paused for `percent` of each period.
-const THROTTLE_PERIOD_MS: u64 = 100;
+const THROTTLE_PERIOD: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug)]
 pub struct SourceOptions {
@@ -58,11 +63,11 @@ impl SourceOptions {
         Self {
             mode,
             chunk_size: d.chunk_size,
-            downtime_budget_ms: d.downtime_budget_ms,
+            downtime_budget_ms: whole_ms(d.downtime_budget),
             max_rounds: d.max_rounds,
-            max_precopy_ms: d.max_precopy_ms,
+            max_precopy_ms: whole_ms(d.max_precopy),
             on_no_converge: d.on_no_converge,
-            timeout_ms: d.timeout_ms,
+            timeout_ms: whole_ms(d.timeout),
             in_doubt_wait_ms: 60_000,
             hash_memory: false,
         }
@@ -123,6 +128,38 @@ pub enum SourceOutcome {
     InDoubt(Summary),
 }
 
+/// Why the driver could not set up or carry out what the source machine asked; the text
+/// becomes the reason the migration rolls back with.
+#[derive(Debug, thiserror::Error)]
+enum DriverError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Memory(#[from] GlueError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("cannot share a data stream: {0}")]
+    ShareData(std::io::Error),
+    #[error("cannot share the control stream: {0}")]
+    ShareControl(std::io::Error),
+    #[error("cannot start the control reader: {0}")]
+    SpawnControlReader(std::io::Error),
+    #[error("cannot start a sender thread: {0}")]
+    SpawnSender(std::io::Error),
+    #[error("chunk {0} asked again is outside guest memory")]
+    AskedAgainOutside(u64),
+    #[error("sender queue poisoned")]
+    QueuePoisoned,
+    #[error("zstd level {level}: {source}")]
+    Level { level: i32, source: CodecError },
+}
+
 /// What the reader and sender threads report, tagged with the generation of the links
 /// they serve: after a reconnection, the old links' last words are stale.
 enum Event {
@@ -141,9 +178,9 @@ pub fn run_source(
     let started_ns = monotonic_ns();
     let mut driver = match SourceDriver::new(machine, links, vm_id, opts, started_ns) {
         Ok(d) => d,
-        Err(reason) => {
+        Err(e) => {
             return SourceOutcome::RolledBack {
-                reason,
+                reason: e.to_string(),
                 summary: Summary {
                     report: Report {
                         progress: Progress::default(),
@@ -203,7 +240,7 @@ impl SourceDriver {
         vm_id: [u8; 16],
         opts: &SourceOptions,
         started_ns: u64,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DriverError> {
         let regions: Vec<MemRegion> = machine
             .layout()
             .iter()
@@ -212,28 +249,26 @@ impl SourceDriver {
         let mut cfg =
             SourceConfig::new(vm_id, regions, u32::from(machine.config().vcpus), opts.mode);
         cfg.chunk_size = opts.chunk_size;
-        cfg.downtime_budget_ms = opts.downtime_budget_ms;
+        cfg.downtime_budget = Duration::from_millis(opts.downtime_budget_ms);
         cfg.max_rounds = opts.max_rounds;
-        cfg.max_precopy_ms = opts.max_precopy_ms;
+        cfg.max_precopy = Duration::from_millis(opts.max_precopy_ms);
         cfg.on_no_converge = opts.on_no_converge;
-        cfg.timeout_ms = opts.timeout_ms;
-        let source = Source::new(cfg).map_err(|e| e.to_string())?;
-        let reader = machine
-            .chunk_reader(opts.chunk_size)
-            .map_err(|e| e.to_string())?;
+        cfg.timeout = Duration::from_millis(opts.timeout_ms);
+        let source = Source::new(cfg)?;
+        let reader = machine.chunk_reader(opts.chunk_size)?;
         let (event_tx, events) = mpsc::channel();
         let data = links
             .data
             .iter()
             .map(MigrationStream::try_clone)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("cannot share a data stream: {e}"))?;
+            .map_err(DriverError::ShareData)?;
         let pool = SenderPool::start(data, reader, event_tx.clone())?;
         spawn_control_reader(&links.control, event_tx.clone(), 0)?;
         let control = links
             .control
             .try_clone()
-            .map_err(|e| format!("cannot share the control stream: {e}"))?;
+            .map_err(DriverError::ShareControl)?;
         let now = Instant::now();
         Ok(Self {
             source,
@@ -264,12 +299,36 @@ impl SourceDriver {
         })
     }
 
-    fn now_ms(&self) -> u64 {
-        self.t0.elapsed().as_millis() as u64
+    /// Time since the driver's epoch, the machine's clock.
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    /// How long to sleep for the next event: until the first of the machine's deadline,
+    /// the next measurement, report or throttle step and the end of the in-doubt wait, and
+    /// never past [`HOST_POLL`].
+    fn wait(&self, in_doubt_since: Option<Instant>) -> Duration {
+        let now = self.now();
+        let at = |due: Instant| due.saturating_duration_since(Instant::now());
+        let mut wait = HOST_POLL
+            .min(at(self.last_measure + MEASURE_EVERY))
+            .min(at(self.last_report + REPORT_EVERY));
+        if let Some(deadline) = self.source.next_deadline() {
+            wait = wait.min(deadline.saturating_sub(now));
+        }
+        if let Some(step) = self.throttle.next_step(now) {
+            wait = wait.min(step.saturating_sub(now));
+        }
+        if let Some(since) = in_doubt_since {
+            // Strictly past the wait, as the check in the loop asks.
+            let end = since + Duration::from_millis(self.opts.in_doubt_wait_ms);
+            wait = wait.min(at(end) + Duration::from_millis(1));
+        }
+        wait
     }
 
     fn run(&mut self, machine: &mut Machine, host: &mut dyn SourceHost) -> SourceOutcome {
-        let mut pending: VecDeque<Output> = self.source.start(self.now_ms()).into();
+        let mut pending: VecDeque<Output> = self.source.start(self.now()).into();
         let mut in_doubt_since: Option<Instant> = None;
         loop {
             while let Some(output) = pending.pop_front() {
@@ -308,7 +367,10 @@ impl SourceDriver {
                     }
                 }
             }
-            let input = match self.events.recv_timeout(POLL) {
+            let event = self.events.recv_timeout(self.wait(in_doubt_since));
+            // The time first: a deadline that passed while waiting counts before the input.
+            pending.extend(self.source.handle(Input::Tick { now: self.now() }));
+            let input = match event {
                 Ok(Event::Received(generation, _) | Event::LinkDown(generation, _))
                     if generation != self.generation =>
                 {
@@ -332,7 +394,7 @@ impl SourceDriver {
             if let Some(input) = input {
                 pending.extend(self.source.handle(input));
             }
-            self.throttle.step(machine, self.now_ms());
+            self.throttle.step(machine, self.now());
             if self.last_measure.elapsed() >= MEASURE_EVERY {
                 pending.extend(self.measure());
             }
@@ -340,9 +402,6 @@ impl SourceDriver {
                 self.last_report = Instant::now();
                 host.report(&self.report());
             }
-            pending.extend(self.source.handle(Input::Tick {
-                now_ms: self.now_ms(),
-            }));
         }
     }
 
@@ -448,7 +507,9 @@ impl SourceDriver {
             Output::CollectRound { round, full, extra } => {
                 match self.collect(machine, full, &extra) {
                     Ok(refs) => vec![Input::RoundData { round, refs }],
-                    Err(reason) => vec![Input::Cancel { reason }],
+                    Err(e) => vec![Input::Cancel {
+                        reason: e.to_string(),
+                    }],
                 }
             }
             Output::SendChunk { index, id } => {
@@ -473,14 +534,14 @@ impl SourceDriver {
                     return inputs;
                 }
                 if self.opts.hash_memory {
-                    self.memory_blake3 = crate::memory::memory_digest(machine.memory())
+                    self.memory_blake3 = crate::machine::memory::memory_digest(machine.memory())
                         .map(|h| h.to_hex().to_string())
                         .ok();
                 }
                 let state = machine
                     .capture_state()
-                    .map_err(|e| e.to_string())
-                    .and_then(|s| s.encode().map_err(|e| e.to_string()));
+                    .map_err(DriverError::from)
+                    .and_then(|s| Ok(s.encode()?));
                 match state {
                     Ok(bytes) => vec![Input::StateCaptured(bytes)],
                     Err(e) => vec![Input::Cancel {
@@ -534,32 +595,28 @@ impl SourceDriver {
         machine: &mut Machine,
         full: bool,
         extra: &[u64],
-    ) -> Result<Vec<ChunkRef>, String> {
+    ) -> Result<Vec<ChunkRef>, DriverError> {
         let size = self.opts.chunk_size;
         // Taking the set starts (or restarts) dirty tracking for the next round.
-        let mut pages = machine
-            .take_dirty_pages(DirtyConsumer::MigrationRound)
-            .map_err(|e| e.to_string())?;
+        let mut pages = machine.take_dirty_pages(DirtyConsumer::MigrationRound)?;
         let elapsed = self.last_collect.elapsed();
         self.last_collect = Instant::now();
         if full {
-            return machine.touched_chunk_refs(size).map_err(|e| e.to_string());
+            return Ok(machine.touched_chunk_refs(size)?);
         }
         let dirty_bytes = pages.count_pages() * PAGE_SIZE;
         self.dirty_rate_bps =
             (u128::from(dirty_bytes) * 1_000_000_000 / elapsed.as_nanos().max(1)) as u64;
-        let geo = machine.geometry(size).map_err(|e| e.to_string())?;
+        let geo = machine.geometry(size)?;
         for &index in extra {
             let (region, offset) = geo
                 .locate(index)
-                .ok_or_else(|| format!("chunk {index} asked again is outside guest memory"))?;
+                .ok_or(DriverError::AskedAgainOutside(index))?;
             let start = geo.regions()[region].guest_addr + offset;
             let len = geo.chunk_len(index).unwrap_or(0) as u64;
             pages.mark_range(start, len);
         }
-        machine
-            .chunk_refs(Some(&pages), size)
-            .map_err(|e| e.to_string())
+        Ok(machine.chunk_refs(Some(&pages), size)?)
     }
 
     /// Feeds bandwidth and dirty rate, and moves the zstd level.
@@ -602,13 +659,13 @@ impl SourceDriver {
         })
     }
 
-    fn reconnect(&mut self, links: Links) -> Result<(), String> {
+    fn reconnect(&mut self, links: Links) -> Result<(), DriverError> {
         self.generation += 1;
         spawn_control_reader(&links.control, self.event_tx.clone(), self.generation)?;
         self.control = links
             .control
             .try_clone()
-            .map_err(|e| format!("cannot share the control stream: {e}"))?;
+            .map_err(DriverError::ShareControl)?;
         self.links = links;
         Ok(())
     }
@@ -624,10 +681,8 @@ fn spawn_control_reader(
     stream: &MigrationStream,
     tx: Sender<Event>,
     generation: u32,
-) -> Result<(), String> {
-    let stream = stream
-        .try_clone()
-        .map_err(|e| format!("cannot share the control stream: {e}"))?;
+) -> Result<(), DriverError> {
+    let stream = stream.try_clone().map_err(DriverError::ShareControl)?;
     std::thread::Builder::new()
         .name("mig-control".into())
         .spawn(move || {
@@ -648,7 +703,7 @@ fn spawn_control_reader(
             }
         })
         .map(|_| ())
-        .map_err(|e| format!("cannot start the control reader: {e}"))
+        .map_err(DriverError::SpawnControlReader)
 }
 
 /// Counters the sender threads share with the driver.
@@ -683,7 +738,7 @@ impl SenderPool {
         streams: Vec<MigrationStream>,
         reader: ChunkReader,
         events: Sender<Event>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DriverError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(PoolStats::default());
@@ -699,7 +754,7 @@ impl SenderPool {
                         let _ = events.send(Event::LinkDown(0, format!("data stream {n}: {e}")));
                     }
                 })
-                .map_err(|e| format!("cannot start a sender thread: {e}"))?;
+                .map_err(DriverError::SpawnSender)?;
             workers.push(handle);
         }
         Ok(Self {
@@ -746,16 +801,14 @@ fn send_chunks(
     jobs: &Mutex<Receiver<Job>>,
     reader: &ChunkReader,
     stats: &PoolStats,
-) -> Result<(), String> {
+) -> Result<(), DriverError> {
     let size = reader.geometry().chunk_size();
     let mut buf = Vec::with_capacity(size.bytes());
     let mut level = stats.level.load(Ordering::Relaxed);
     let mut encoder = encoder_at(level)?;
     loop {
         let Job { index, trusted } = {
-            let jobs = jobs
-                .lock()
-                .map_err(|_| "sender queue poisoned".to_string())?;
+            let jobs = jobs.lock().map_err(|_| DriverError::QueuePoisoned)?;
             match jobs.recv() {
                 Ok(i) => i,
                 Err(_) => return Ok(()),
@@ -767,18 +820,16 @@ fn send_chunks(
             level = wanted;
             encoder = encoder_at(level)?;
         }
-        reader
-            .read_into(index, &mut buf)
-            .map_err(|e| e.to_string())?;
+        reader.read_into(index, &mut buf)?;
         let id = trusted.unwrap_or_else(|| ChunkId::of(&buf));
-        let enc = encoder.encode(&buf).map_err(|e| e.to_string())?;
+        let enc = encoder.encode(&buf)?;
         let msg = Message::Chunk {
             index,
             id: *id.as_bytes(),
             raw: enc.raw,
             bytes: enc.bytes,
         };
-        let n = write_message(&mut stream, &msg).map_err(|e| e.to_string())?;
+        let n = write_message(&mut stream, &msg)?;
         let done = Instant::now();
         stats.plain.fetch_add(buf.len() as u64, Ordering::Relaxed);
         stats.wire.fetch_add(n as u64, Ordering::Relaxed);
@@ -789,10 +840,10 @@ fn send_chunks(
     }
 }
 
-fn encoder_at(level: i32) -> Result<ChunkEncoder, String> {
+fn encoder_at(level: i32) -> Result<ChunkEncoder, DriverError> {
     Level::new(level)
         .and_then(ChunkEncoder::new)
-        .map_err(|e| format!("zstd level {level}: {e}"))
+        .map_err(|source| DriverError::Level { level, source })
 }
 
 /// Auto-converge: pauses the vCPUs for `percent` of every period while pre-copy runs.
@@ -804,17 +855,37 @@ struct Throttle {
 }
 
 impl Throttle {
+    /// Time into the current period at which the vCPUs run again.
+    fn off_for(&self) -> Duration {
+        THROTTLE_PERIOD * u32::from(self.percent) / 100
+    }
+
     /// Pauses or resumes for the current point of the duty cycle.
-    fn step(&mut self, machine: &mut Machine, now_ms: u64) {
+    fn step(&mut self, machine: &mut Machine, now: Duration) {
         if self.percent == 0 {
             return;
         }
-        let off = now_ms % THROTTLE_PERIOD_MS < u64::from(self.percent) * THROTTLE_PERIOD_MS / 100;
+        let off = period_offset(now) < self.off_for();
         match (off, self.holding, machine.lifecycle()) {
             (true, false, Lifecycle::Running) => self.holding = machine.pause().is_ok(),
             (false, true, _) => self.release(machine),
             _ => {}
         }
+    }
+
+    /// When the duty cycle next switches between paused and running, if it runs.
+    fn next_step(&self, now: Duration) -> Option<Duration> {
+        if self.percent == 0 {
+            return None;
+        }
+        let into = period_offset(now);
+        let period_start = now - into;
+        let off = self.off_for();
+        Some(if into < off {
+            period_start + off
+        } else {
+            period_start + THROTTLE_PERIOD
+        })
     }
 
     fn release(&mut self, machine: &mut Machine) {
@@ -824,4 +895,10 @@ impl Throttle {
             }
         }
     }
+}
+
+/// Time into the current throttle period.
+fn period_offset(now: Duration) -> Duration {
+    let period = THROTTLE_PERIOD.as_nanos();
+    Duration::from_nanos((now.as_nanos() % period) as u64)
 }

@@ -293,7 +293,7 @@ pub fn new_session() -> [u8; 16] {
     let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
     if n != id.len() as isize {
         // Entropy unavailable: a clock-derived id still keeps concurrent sessions apart.
-        let t = crate::vcpu::monotonic_ns().to_le_bytes();
+        let t = crate::machine::vcpu::monotonic_ns().to_le_bytes();
         id[..8].copy_from_slice(&t);
         id[8..12].copy_from_slice(&std::process::id().to_le_bytes());
     }

@@ -12,9 +12,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::messages::MemRegion;
 use super::{Geometry, ProtocolError};
-use crate::layout::{MAX_MEM_BYTES, PAGE_SIZE};
+use crate::machine::layout::{MAX_MEM_BYTES, PAGE_SIZE};
+use crate::machine::memory::{GuestMem, PageBitmaps};
 use crate::machine::{Machine, VmError};
-use crate::memory::{GuestMem, PageBitmaps};
 
 /// Chunks are copied out of guest memory and hashed this many bytes at a time (rounded to
 /// whole chunks), which bounds the buffer and lets large runs hash on several cores.

@@ -16,21 +16,31 @@
 //! discards on a guess, so the VM never runs twice.
 
 pub mod destination;
+#[cfg(feature = "kvm")]
 pub mod drive_destination;
+#[cfg(feature = "kvm")]
 pub mod drive_source;
+#[cfg(feature = "kvm")]
+pub mod keep_in_store;
 pub mod level;
+#[cfg(feature = "kvm")]
 pub mod links;
+#[cfg(feature = "kvm")]
 pub mod machine_glue;
 pub mod messages;
-pub mod persist;
 pub mod source;
 pub mod wire;
 
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 
 use messages::MemRegion;
 use novacron_mesh::chunks::ChunkSize;
+
+/// `d` in whole milliseconds (saturating), for figures and settings kept in milliseconds.
+pub fn whole_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Most memory regions a VM may announce.
 pub const MAX_REGIONS: usize = 64;

@@ -1,24 +1,34 @@
 //! In-memory simulation of a whole migration: both state machines, a queue link carrying
 //! real frames, fake guest memory with a fake dirtying guest, and fault injection at every
-//! step. [`check_outcome`] is the invariant every run must end in.
+//! step. [`Sim::outcome`] checks the invariant every run must end in.
+//!
+//! Public behind the feature `sim` so a simulator can run real migrations (the same
+//! [`Source`] and [`Destination`]) in virtual time; the tests below run it in every mode with
+//! every fault at every step. The harness asserts the protocol's promises as it goes (never
+//! paused twice, never discarded without a confirm, ...) and panics when one is broken: a
+//! broken promise is a bug in the core, not an outcome.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
+use std::time::Duration;
 
 use novacron_mesh::chunks::{encode_chunk, is_zero, Bitmap, ChunkId, ChunkRef, ChunkSize, Level};
 
 use super::destination::{self, Destination, DestinationConfig};
 use super::messages::{decode_frame, encode_frame, MemRegion, Message, Mode};
-use super::source::{self, NoConverge, Source, SourceConfig};
-use super::{Geometry, Phase, Progress};
+use super::source::{self, Source, SourceConfig};
+use super::{Geometry, Progress};
 
 const CHUNK: usize = 4096;
 /// Frames each direction of the link carries per simulated millisecond.
 const FRAMES_PER_MS: usize = 4;
 const BANDWIDTH_BPS: u64 = 64 << 20;
-const MAX_SIM_MS: u64 = 60_000;
+/// Virtual time per step: the guest dirties, the link delivers, both sides tick.
+const STEP: Duration = Duration::from_millis(1);
+const MAX_SIM: Duration = Duration::from_secs(60);
 
-fn regions() -> Vec<MemRegion> {
+/// The guest memory layout of every run: two regions, the first with a short last chunk.
+pub fn regions() -> Vec<MemRegion> {
     vec![
         MemRegion {
             guest_addr: 0,
@@ -80,16 +90,23 @@ fn initial_memory(geo: &Geometry, rng: &mut Rng) -> Vec<u8> {
     mem
 }
 
+/// A fault injected once, when a given number of frames were delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Fault {
+pub enum Fault {
+    /// The link breaks both ways; what was queued is lost.
     DropLink,
+    /// The local user cancels at the source.
     CancelSource,
+    /// The destination cancels.
     CancelDestination,
+    /// The next chunk on its way to the destination gets a flipped bit.
     CorruptChunk,
+    /// The link stops carrying anything, without breaking.
     Stall,
 }
 
-const FAULTS: [Fault; 5] = [
+/// Every [`Fault`].
+pub const FAULTS: [Fault; 5] = [
     Fault::DropLink,
     Fault::CancelSource,
     Fault::CancelDestination,
@@ -129,12 +146,14 @@ struct Link {
     stalled: bool,
 }
 
-struct Sim {
+/// One migration: both machines, the link between them and the fake guest.
+pub struct Sim {
     geo: Geometry,
     src: SrcSide,
     dst: DstSide,
     link: Link,
-    now: u64,
+    /// Virtual time since the start.
+    now: Duration,
     rng: Rng,
     /// Chunks the guest writes per millisecond while it runs unthrottled.
     dirty_per_ms: u64,
@@ -145,12 +164,17 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(cfg: SourceConfig, dirty_per_ms: u64) -> Self {
+    /// A migration configured by `cfg` (its regions are the guest's memory) of a guest that
+    /// writes `dirty_per_ms` chunks per simulated millisecond while it runs.
+    ///
+    /// # Panics
+    /// When `cfg` is refused by [`Source::new`].
+    pub fn new(cfg: SourceConfig, dirty_per_ms: u64) -> Self {
         let geo = Geometry::new(&cfg.regions, cfg.chunk_size, u64::MAX).unwrap();
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let mem = initial_memory(&geo, &mut rng);
         let dst_cfg = DestinationConfig {
-            timeout_ms: 300,
+            timeout: Duration::from_millis(300),
             ..DestinationConfig::default()
         };
         Sim {
@@ -168,7 +192,7 @@ impl Sim {
                 last_progress: None,
             },
             dst: DstSide {
-                m: Destination::new(dst_cfg, 0),
+                m: Destination::new(dst_cfg, Duration::ZERO),
                 mem: None,
                 store: HashMap::new(),
                 starts: 0,
@@ -178,7 +202,7 @@ impl Sim {
             },
             geo,
             link: Link::default(),
-            now: 0,
+            now: Duration::ZERO,
             rng,
             dirty_per_ms,
             delivered: 0,
@@ -461,18 +485,52 @@ impl Sim {
         self.feed_src(source::Input::Reconnected);
     }
 
-    fn run(&mut self) {
+    /// Injects `fault` once `at` frames were delivered (0: before the first).
+    pub fn set_fault(&mut self, at: usize, fault: Fault) {
+        self.fault = Some((at, fault));
+    }
+
+    /// Makes the destination refuse the switchover state.
+    pub fn refuse_start(&mut self) {
+        self.dst.fail_start = true;
+    }
+
+    /// Frames delivered so far, both directions.
+    pub fn delivered(&self) -> usize {
+        self.delivered
+    }
+
+    /// True when the source went in doubt and a new connection asked the destination.
+    pub fn resolved(&self) -> bool {
+        self.resolved
+    }
+
+    /// Chunks that reached the destination.
+    pub fn chunks_received(&self) -> usize {
+        self.dst.chunks_received
+    }
+
+    /// The source's last progress report.
+    pub fn progress(&self) -> Option<&Progress> {
+        self.src.last_progress.as_ref()
+    }
+
+    /// Runs the migration to its end, one simulated millisecond at a time.
+    ///
+    /// # Panics
+    /// When it does not end within a simulated minute, or a machine breaks a promise.
+    pub fn run(&mut self) {
         self.start_src();
         if let Some((0, fault)) = self.fault {
             self.inject(fault);
         }
-        while self.now < MAX_SIM_MS {
+        while self.now < MAX_SIM {
             if self.src.m.is_finished() && (self.dst.m.is_finished() || self.dst.mem.is_none()) {
                 return;
             }
-            self.now += 1;
-            self.feed_src(source::Input::Tick { now_ms: self.now });
-            self.feed_dst(destination::Input::Tick { now_ms: self.now });
+            self.now += STEP;
+            self.feed_src(source::Input::Tick { now: self.now });
+            self.feed_dst(destination::Input::Tick { now: self.now });
             let rate = self.dirty_per_ms * u64::from(100 - self.src.throttle.min(100)) / 100;
             self.feed_src(source::Input::Measured {
                 bandwidth_bps: BANDWIDTH_BPS,
@@ -485,7 +543,7 @@ impl Sim {
             }
         }
         panic!(
-            "simulation did not finish in {MAX_SIM_MS} ms (fault {:?})",
+            "simulation did not finish in {MAX_SIM:?} (fault {:?})",
             self.fault
         );
     }
@@ -499,7 +557,7 @@ fn frame_msg(frame: &[u8]) -> Message {
 
 /// Where the VM ended up.
 #[derive(Debug, PartialEq, Eq, Clone, Copy, Hash)]
-enum Outcome {
+pub enum Outcome {
     StayedOnSource,
     MovedToDestination,
 }
@@ -508,7 +566,7 @@ enum Outcome {
 /// (never discarded) and the destination never started and holds nothing, or the destination
 /// started it exactly once with memory identical to the paused source's and the source
 /// discarded it after hearing the confirmation.
-fn check_outcome(sim: &Sim) -> Result<Outcome, String> {
+pub fn check_outcome(sim: &Sim) -> Result<Outcome, String> {
     let (s, d) = (&sim.src, &sim.dst);
     if d.starts > 1 {
         return Err(format!("destination started the VM {} times", d.starts));
@@ -545,161 +603,170 @@ fn check_outcome(sim: &Sim) -> Result<Outcome, String> {
     }
 }
 
-fn config(mode: Mode) -> SourceConfig {
+/// The configuration of the tests: 4 KiB chunks, 300 ms timeout, 1 ms downtime budget,
+/// at most 20 rounds.
+pub fn config(mode: Mode) -> SourceConfig {
     let mut cfg = SourceConfig::new([9; 16], regions(), 1, mode);
     cfg.chunk_size = ChunkSize::K4;
-    cfg.timeout_ms = 300;
-    cfg.downtime_budget_ms = 1;
+    cfg.timeout = Duration::from_millis(300);
+    cfg.downtime_budget = Duration::from_millis(1);
     cfg.max_rounds = 20;
     cfg
 }
 
-fn complete(mode: Mode, dirty_per_ms: u64) -> Sim {
-    let mut sim = Sim::new(config(mode), dirty_per_ms);
-    sim.run();
-    assert_eq!(check_outcome(&sim), Ok(Outcome::MovedToDestination));
-    sim
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migration::source::NoConverge;
+    use crate::migration::Phase;
 
-#[test]
-fn cold_warm_and_live_complete_with_identical_memory() {
-    for mode in [Mode::Cold, Mode::Warm, Mode::Live] {
-        let sim = complete(mode, 4);
-        let p = sim.src.last_progress.clone().unwrap();
-        assert_eq!(p.phase, Phase::Done, "{mode:?}");
-        let mem = sim.src.mem.len() as u64;
-        assert!(
-            p.bytes_sent + p.bytes_skipped_zero + p.bytes_skipped_held >= mem,
-            "{mode:?}: {p:?}"
-        );
-        if mode == Mode::Live {
-            assert!(p.round >= 2, "live should iterate: {p:?}");
-        } else {
-            assert_eq!(p.round, 0, "{mode:?} is one round");
-        }
-    }
-}
-
-#[test]
-fn duplicates_and_zero_chunks_are_not_sent() {
-    let sim = complete(Mode::Cold, 0);
-    let geo = &sim.geo;
-    let ids: BTreeSet<ChunkId> = (0..geo.chunk_count())
-        .filter_map(|i| ref_of(geo, &sim.src.mem, i).id)
-        .collect();
-    assert_eq!(sim.dst.chunks_received, ids.len());
-    let p = sim.src.last_progress.unwrap();
-    assert!(p.bytes_skipped_zero >= 9 * CHUNK as u64);
-}
-
-#[test]
-fn destination_holding_chunks_receives_only_the_missing_ones() {
-    let mut sim = Sim::new(config(Mode::Warm), 0);
-    let geo = sim.geo.clone();
-    let mut distinct = BTreeSet::new();
-    for i in 0..geo.chunk_count() {
-        let bytes = sim.src.mem[chunk_range(&geo, i)].to_vec();
-        if is_zero(&bytes) {
-            continue;
-        }
-        distinct.insert(ChunkId::of(&bytes));
-        if i % 2 == 0 {
-            sim.dst.store.insert(ChunkId::of(&bytes), bytes);
-        }
-    }
-    let held: BTreeSet<ChunkId> = sim.dst.store.keys().copied().collect();
-    sim.run();
-    assert_eq!(check_outcome(&sim), Ok(Outcome::MovedToDestination));
-    let missing = distinct.difference(&held).count();
-    assert!(missing > 0 && missing < distinct.len());
-    assert_eq!(sim.dst.chunks_received, missing);
-    assert!(sim.src.last_progress.unwrap().bytes_skipped_held > 0);
-}
-
-#[test]
-fn live_that_cannot_converge_falls_back_to_warm_at_the_round_or_time_limit() {
-    let mut by_rounds = config(Mode::Live);
-    by_rounds.max_rounds = 3;
-    by_rounds.downtime_budget_ms = 0;
-    let mut by_time = by_rounds.clone();
-    by_time.max_rounds = 1000;
-    by_time.max_precopy_ms = 40;
-    for (cfg, limit) in [(by_rounds, "rounds"), (by_time, "time")] {
-        let mut sim = Sim::new(cfg, 20);
+    fn complete(mode: Mode, dirty_per_ms: u64) -> Sim {
+        let mut sim = Sim::new(config(mode), dirty_per_ms);
         sim.run();
         assert_eq!(check_outcome(&sim), Ok(Outcome::MovedToDestination));
-        let p = sim.src.last_progress.unwrap();
-        assert!(p.round >= 2 && p.round <= 10, "{limit}: {p:?}");
-        assert!(!sim.src.throttled_ever, "{limit}");
+        sim
     }
-}
 
-#[test]
-fn live_that_cannot_converge_throttles_when_asked() {
-    let mut cfg = config(Mode::Live);
-    cfg.max_rounds = 3;
-    cfg.on_no_converge = NoConverge::Throttle;
-    let mut sim = Sim::new(cfg, 40);
-    sim.run();
-    assert_eq!(check_outcome(&sim), Ok(Outcome::MovedToDestination));
-    assert!(sim.src.throttled_ever);
-}
-
-#[test]
-fn refused_state_rolls_back() {
-    for mode in [Mode::Cold, Mode::Warm, Mode::Live] {
-        let mut sim = Sim::new(config(mode), 2);
-        sim.dst.fail_start = true;
-        sim.run();
-        assert_eq!(check_outcome(&sim), Ok(Outcome::StayedOnSource), "{mode:?}");
-        assert!(sim.src.failed);
-    }
-}
-
-/// Every fault at every delivered frame, in every mode: the VM runs exactly once. Also
-/// checks that the loop reaches both outcomes, so it covers the switchover window.
-#[test]
-fn every_fault_at_every_step_keeps_the_vm_running_exactly_once() {
-    for mode in [Mode::Cold, Mode::Warm, Mode::Live] {
-        let clean = complete(mode, 4).delivered;
-        let mut outcomes: HashMap<(Fault, Outcome), usize> = HashMap::new();
-        let mut in_doubt: HashMap<Outcome, usize> = HashMap::new();
-        for fault in FAULTS {
-            for at in 0..=clean + 1 {
-                let mut sim = Sim::new(config(mode), 4);
-                sim.fault = Some((at, fault));
-                sim.run();
-                match check_outcome(&sim) {
-                    Ok(o) => {
-                        *outcomes.entry((fault, o)).or_default() += 1;
-                        if sim.resolved {
-                            *in_doubt.entry(o).or_default() += 1;
-                        }
-                    }
-                    Err(e) => panic!("{mode:?}, {fault:?} at frame {at}/{clean}: {e}"),
-                }
+    #[test]
+    fn cold_warm_and_live_complete_with_identical_memory() {
+        for mode in [Mode::Cold, Mode::Warm, Mode::Live] {
+            let sim = complete(mode, 4);
+            let p = sim.src.last_progress.clone().unwrap();
+            assert_eq!(p.phase, Phase::Done, "{mode:?}");
+            let mem = sim.src.mem.len() as u64;
+            assert!(
+                p.bytes_sent + p.bytes_skipped_zero + p.bytes_skipped_held >= mem,
+                "{mode:?}: {p:?}"
+            );
+            if mode == Mode::Live {
+                assert!(p.round >= 2, "live should iterate: {p:?}");
+            } else {
+                assert_eq!(p.round, 0, "{mode:?} is one round");
             }
         }
-        for fault in [Fault::DropLink, Fault::Stall, Fault::CancelDestination] {
+    }
+
+    #[test]
+    fn duplicates_and_zero_chunks_are_not_sent() {
+        let sim = complete(Mode::Cold, 0);
+        let geo = &sim.geo;
+        let ids: BTreeSet<ChunkId> = (0..geo.chunk_count())
+            .filter_map(|i| ref_of(geo, &sim.src.mem, i).id)
+            .collect();
+        assert_eq!(sim.dst.chunks_received, ids.len());
+        let p = sim.src.last_progress.unwrap();
+        assert!(p.bytes_skipped_zero >= 9 * CHUNK as u64);
+    }
+
+    #[test]
+    fn destination_holding_chunks_receives_only_the_missing_ones() {
+        let mut sim = Sim::new(config(Mode::Warm), 0);
+        let geo = sim.geo.clone();
+        let mut distinct = BTreeSet::new();
+        for i in 0..geo.chunk_count() {
+            let bytes = sim.src.mem[chunk_range(&geo, i)].to_vec();
+            if is_zero(&bytes) {
+                continue;
+            }
+            distinct.insert(ChunkId::of(&bytes));
+            if i % 2 == 0 {
+                sim.dst.store.insert(ChunkId::of(&bytes), bytes);
+            }
+        }
+        let held: BTreeSet<ChunkId> = sim.dst.store.keys().copied().collect();
+        sim.run();
+        assert_eq!(check_outcome(&sim), Ok(Outcome::MovedToDestination));
+        let missing = distinct.difference(&held).count();
+        assert!(missing > 0 && missing < distinct.len());
+        assert_eq!(sim.dst.chunks_received, missing);
+        assert!(sim.src.last_progress.unwrap().bytes_skipped_held > 0);
+    }
+
+    #[test]
+    fn live_that_cannot_converge_falls_back_to_warm_at_the_round_or_time_limit() {
+        let mut by_rounds = config(Mode::Live);
+        by_rounds.max_rounds = 3;
+        by_rounds.downtime_budget = Duration::ZERO;
+        let mut by_time = by_rounds.clone();
+        by_time.max_rounds = 1000;
+        by_time.max_precopy = Duration::from_millis(40);
+        for (cfg, limit) in [(by_rounds, "rounds"), (by_time, "time")] {
+            let mut sim = Sim::new(cfg, 20);
+            sim.run();
+            assert_eq!(check_outcome(&sim), Ok(Outcome::MovedToDestination));
+            let p = sim.src.last_progress.unwrap();
+            assert!(p.round >= 2 && p.round <= 10, "{limit}: {p:?}");
+            assert!(!sim.src.throttled_ever, "{limit}");
+        }
+    }
+
+    #[test]
+    fn live_that_cannot_converge_throttles_when_asked() {
+        let mut cfg = config(Mode::Live);
+        cfg.max_rounds = 3;
+        cfg.on_no_converge = NoConverge::Throttle;
+        let mut sim = Sim::new(cfg, 40);
+        sim.run();
+        assert_eq!(check_outcome(&sim), Ok(Outcome::MovedToDestination));
+        assert!(sim.src.throttled_ever);
+    }
+
+    #[test]
+    fn refused_state_rolls_back() {
+        for mode in [Mode::Cold, Mode::Warm, Mode::Live] {
+            let mut sim = Sim::new(config(mode), 2);
+            sim.dst.fail_start = true;
+            sim.run();
+            assert_eq!(check_outcome(&sim), Ok(Outcome::StayedOnSource), "{mode:?}");
+            assert!(sim.src.failed);
+        }
+    }
+
+    /// Every fault at every delivered frame, in every mode: the VM runs exactly once. Also
+    /// checks that the loop reaches both outcomes, so it covers the switchover window.
+    #[test]
+    fn every_fault_at_every_step_keeps_the_vm_running_exactly_once() {
+        for mode in [Mode::Cold, Mode::Warm, Mode::Live] {
+            let clean = complete(mode, 4).delivered;
+            let mut outcomes: HashMap<(Fault, Outcome), usize> = HashMap::new();
+            let mut in_doubt: HashMap<Outcome, usize> = HashMap::new();
+            for fault in FAULTS {
+                for at in 0..=clean + 1 {
+                    let mut sim = Sim::new(config(mode), 4);
+                    sim.fault = Some((at, fault));
+                    sim.run();
+                    match check_outcome(&sim) {
+                        Ok(o) => {
+                            *outcomes.entry((fault, o)).or_default() += 1;
+                            if sim.resolved {
+                                *in_doubt.entry(o).or_default() += 1;
+                            }
+                        }
+                        Err(e) => panic!("{mode:?}, {fault:?} at frame {at}/{clean}: {e}"),
+                    }
+                }
+            }
+            for fault in [Fault::DropLink, Fault::Stall, Fault::CancelDestination] {
+                assert!(
+                    outcomes.contains_key(&(fault, Outcome::StayedOnSource)),
+                    "{mode:?} {fault:?}: {outcomes:?}"
+                );
+            }
             assert!(
-                outcomes.contains_key(&(fault, Outcome::StayedOnSource)),
-                "{mode:?} {fault:?}: {outcomes:?}"
+                outcomes.contains_key(&(Fault::CorruptChunk, Outcome::StayedOnSource)),
+                "{mode:?}: {outcomes:?}"
+            );
+            assert!(
+                outcomes.contains_key(&(Fault::DropLink, Outcome::MovedToDestination)),
+                "{mode:?}: {outcomes:?}"
+            );
+            // The switchover window was hit both ways: state lost (source resumes after asking)
+            // and confirm lost (destination runs, source discards after asking).
+            assert_eq!(
+                in_doubt.len(),
+                2,
+                "{mode:?}: in-doubt outcomes {in_doubt:?}"
             );
         }
-        assert!(
-            outcomes.contains_key(&(Fault::CorruptChunk, Outcome::StayedOnSource)),
-            "{mode:?}: {outcomes:?}"
-        );
-        assert!(
-            outcomes.contains_key(&(Fault::DropLink, Outcome::MovedToDestination)),
-            "{mode:?}: {outcomes:?}"
-        );
-        // The switchover window was hit both ways: state lost (source resumes after asking)
-        // and confirm lost (destination runs, source discards after asking).
-        assert_eq!(
-            in_doubt.len(),
-            2,
-            "{mode:?}: in-doubt outcomes {in_doubt:?}"
-        );
     }
 }

@@ -8,6 +8,7 @@
 //! rollback while the VM is paused.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use novacron_mesh::chunks::{Bitmap, ChunkId, ChunkRef, ChunkSize};
 use tracing::{debug, info, warn};
@@ -15,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::messages::{
     MemRegion, Message, Mode, OfferEntry, ZeroRun, MAX_OFFER_CHUNKS, PROTOCOL_VERSION,
 };
-use super::{Geometry, Phase, Progress, ProtocolError};
+use super::{whole_ms, Geometry, Phase, Progress, ProtocolError};
 
 /// What to do when live pre-copy does not converge within the round or time limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,15 +39,16 @@ pub struct SourceConfig {
     pub vcpus: u32,
     pub chunk_size: ChunkSize,
     pub mode: Mode,
-    /// Switch over once the estimated downtime is at most this.
-    pub downtime_budget_ms: u64,
+    /// Switch over once the estimated downtime is at most this (compared in whole
+    /// milliseconds, the unit of the estimate).
+    pub downtime_budget: Duration,
     /// Live rounds before [`SourceConfig::on_no_converge`] applies.
     pub max_rounds: u32,
     /// Pre-copy time before [`SourceConfig::on_no_converge`] applies.
-    pub max_precopy_ms: u64,
+    pub max_precopy: Duration,
     pub on_no_converge: NoConverge,
     /// Silence from the peer, while waiting for it, after which the migration fails.
-    pub timeout_ms: u64,
+    pub timeout: Duration,
 }
 
 impl SourceConfig {
@@ -58,11 +60,11 @@ impl SourceConfig {
             vcpus,
             chunk_size: ChunkSize::K16,
             mode,
-            downtime_budget_ms: 50,
+            downtime_budget: Duration::from_millis(50),
             max_rounds: 30,
-            max_precopy_ms: 30_000,
+            max_precopy: Duration::from_secs(30),
             on_no_converge: NoConverge::FallbackWarm,
-            timeout_ms: 10_000,
+            timeout: Duration::from_secs(10),
         }
     }
 }
@@ -98,8 +100,10 @@ pub enum Input {
     Cancel {
         reason: String,
     },
+    /// Time passed: `now` since the driver's epoch (the same epoch as [`Source::start`]).
+    /// Due at [`Source::next_deadline`]; any other time is harmless.
     Tick {
-        now_ms: u64,
+        now: Duration,
     },
 }
 
@@ -199,8 +203,8 @@ pub struct Source {
     cfg: SourceConfig,
     geo: Geometry,
     state: State,
-    now_ms: u64,
-    last_heard_ms: u64,
+    now: Duration,
+    last_heard: Duration,
     paused: bool,
     throttle: u8,
     round: u32,
@@ -209,8 +213,8 @@ pub struct Source {
     /// The final round's ack, not yet in: the state goes out right after the final round
     /// (memory can no longer change), and the ack only has to say nothing is missing.
     final_ack_due: bool,
-    round_started_ms: u64,
-    precopy_started_ms: u64,
+    round_started: Duration,
+    precopy_started: Duration,
     round_dirty_bytes: u64,
     round_left_bytes: u64,
     progress: Progress,
@@ -224,15 +228,15 @@ impl Source {
             cfg,
             geo,
             state: State::Idle,
-            now_ms: 0,
-            last_heard_ms: 0,
+            now: Duration::ZERO,
+            last_heard: Duration::ZERO,
             paused: false,
             throttle: 0,
             round: 0,
             final_round: false,
             final_ack_due: false,
-            round_started_ms: 0,
-            precopy_started_ms: 0,
+            round_started: Duration::ZERO,
+            precopy_started: Duration::ZERO,
             round_dirty_bytes: 0,
             round_left_bytes: 0,
             progress: Progress::default(),
@@ -253,14 +257,23 @@ impl Source {
         matches!(self.state, State::Done | State::Failed)
     }
 
-    /// Sends the hello (stopping the VM first in cold mode).
-    pub fn start(&mut self, now_ms: u64) -> Vec<Output> {
+    /// The earliest time at which an [`Input::Tick`] would change anything (the silence
+    /// timeout while waiting for the peer), or `None` when no time limit runs.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.state
+            .waits_for_peer()
+            .then(|| self.last_heard.saturating_add(self.cfg.timeout))
+    }
+
+    /// Sends the hello (stopping the VM first in cold mode). `now` is the driver's time since
+    /// its epoch; every later [`Input::Tick`] counts from the same epoch.
+    pub fn start(&mut self, now: Duration) -> Vec<Output> {
         let mut out = Vec::new();
         if !matches!(self.state, State::Idle) {
             return out;
         }
-        self.now_ms = now_ms;
-        self.last_heard_ms = now_ms;
+        self.now = now;
+        self.last_heard = now;
         if self.cfg.mode == Mode::Cold {
             self.pause(&mut out);
         }
@@ -284,7 +297,7 @@ impl Source {
         }
         let result = match input {
             Input::Received(msg) => {
-                self.last_heard_ms = self.now_ms;
+                self.last_heard = self.now;
                 self.on_message(msg, &mut out)
             }
             Input::RoundData { round, refs } => self.on_round_data(round, refs, &mut out),
@@ -319,8 +332,8 @@ impl Source {
                 self.on_cancel(reason, &mut out);
                 Ok(())
             }
-            Input::Tick { now_ms } => {
-                self.on_tick(now_ms, &mut out);
+            Input::Tick { now } => {
+                self.on_tick(now, &mut out);
                 Ok(())
             }
         };
@@ -342,7 +355,7 @@ impl Source {
                 if self.cfg.mode == Mode::Warm {
                     self.pause(out);
                 }
-                self.precopy_started_ms = self.now_ms;
+                self.precopy_started = self.now;
                 self.final_round = self.paused;
                 self.collect(0, true, Vec::new(), out);
                 Ok(())
@@ -437,7 +450,7 @@ impl Source {
             bytes = self.round_dirty_bytes,
             "round offered"
         );
-        self.last_heard_ms = self.now_ms;
+        self.last_heard = self.now;
         if pending.is_empty() {
             self.round_done(out);
         } else {
@@ -576,7 +589,7 @@ impl Source {
         let next = round.saturating_add(1);
         let est = self.estimate_downtime_ms();
         self.progress.est_downtime_ms = est;
-        let converged = est.is_some_and(|ms| ms <= self.cfg.downtime_budget_ms);
+        let converged = est.is_some_and(|ms| ms <= whole_ms(self.cfg.downtime_budget));
         if converged || self.give_up_precopy(out) {
             info!(round, est_downtime_ms = ?est, converged, "switching over");
             self.pause(out);
@@ -593,7 +606,9 @@ impl Source {
         if bw == 0 {
             return None;
         }
-        let elapsed = self.now_ms.saturating_sub(self.round_started_ms).max(1);
+        let elapsed = whole_ms(self.now)
+            .saturating_sub(whole_ms(self.round_started))
+            .max(1);
         let mem = self.geo.chunk_count() * self.geo.chunk_size().bytes() as u64;
         let dirty = if self.progress.dirty_rate_bps > 0 {
             (u128::from(self.progress.dirty_rate_bps) * u128::from(elapsed) / 1000)
@@ -609,8 +624,8 @@ impl Source {
     /// rounds again switches over too, over budget, rather than never finishing.
     fn give_up_precopy(&mut self, out: &mut Vec<Output>) -> bool {
         let rounds = self.round.saturating_add(1);
-        let elapsed = self.now_ms.saturating_sub(self.precopy_started_ms);
-        if rounds < self.cfg.max_rounds && elapsed < self.cfg.max_precopy_ms {
+        let elapsed = self.now.saturating_sub(self.precopy_started);
+        if rounds < self.cfg.max_rounds && elapsed < self.cfg.max_precopy {
             return false;
         }
         match self.cfg.on_no_converge {
@@ -641,7 +656,7 @@ impl Source {
 
     fn collect(&mut self, round: u32, full: bool, extra: Vec<u64>, out: &mut Vec<Output>) {
         self.round = round;
-        self.round_started_ms = self.now_ms;
+        self.round_started = self.now;
         out.push(Output::CollectRound { round, full, extra });
         self.state = State::Collecting;
     }
@@ -656,7 +671,7 @@ impl Source {
         out.push(Output::Send(self.round_done_message()));
         self.final_ack_due = true;
         out.push(Output::Send(Message::Switchover { state }));
-        self.last_heard_ms = self.now_ms;
+        self.last_heard = self.now;
         self.state = State::AwaitConfirm;
         self.report(out);
         Ok(())
@@ -674,7 +689,7 @@ impl Source {
             out.push(Output::Send(Message::Query {
                 vm_id: self.cfg.vm_id,
             }));
-            self.last_heard_ms = self.now_ms;
+            self.last_heard = self.now;
             self.state = State::Resolving;
         }
     }
@@ -687,17 +702,18 @@ impl Source {
         self.fail(format!("cancelled: {reason}"), true, out);
     }
 
-    fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
-        self.now_ms = self.now_ms.max(now_ms);
-        if !self.state.waits_for_peer() {
+    fn on_tick(&mut self, now: Duration, out: &mut Vec<Output>) {
+        self.now = self.now.max(now);
+        let Some(deadline) = self.next_deadline() else {
             return;
-        }
-        let silent = self.now_ms.saturating_sub(self.last_heard_ms);
-        if silent > self.cfg.timeout_ms {
+        };
+        if self.now >= deadline {
+            let silent = self.now.saturating_sub(self.last_heard);
             let reason = format!(
-                "no message from the destination for {silent} ms in phase {} (timeout {} ms)",
+                "no message from the destination for {} ms in phase {} (timeout {} ms)",
+                silent.as_millis(),
                 self.state.name(),
-                self.cfg.timeout_ms
+                self.cfg.timeout.as_millis()
             );
             self.link_lost(&reason, out);
         }
@@ -864,7 +880,7 @@ mod tests {
     #[test]
     fn progress_totals_grow_with_the_rounds_and_bound_what_is_done() {
         let mut s = source(Mode::Live);
-        s.start(0);
+        s.start(Duration::ZERO);
         s.handle(Input::Received(Message::Ready));
         let all: Vec<ChunkRef> = (0..8).map(|i| r(i, (i >= 2).then_some(i as u8))).collect();
         let mut outs = s.handle(Input::RoundData {
@@ -915,7 +931,7 @@ mod tests {
     #[test]
     fn confirm_before_switchover_rolls_back_and_never_discards() {
         let mut s = source(Mode::Warm);
-        s.start(0);
+        s.start(Duration::ZERO);
         let out = s.handle(Input::Received(Message::Ready));
         assert!(out.contains(&Output::PauseVm));
         let out = s.handle(Input::Received(Message::Confirm));
@@ -925,11 +941,66 @@ mod tests {
     }
 
     #[test]
+    fn next_deadline_is_exactly_when_the_silence_timeout_fires() {
+        let mut s = source(Mode::Live);
+        assert_eq!(s.next_deadline(), None, "no limit runs before the start");
+        let t0 = Duration::from_millis(1_234);
+        s.start(t0);
+        let deadline = t0 + SourceConfig::new([0; 16], Vec::new(), 1, Mode::Live).timeout;
+        assert_eq!(s.next_deadline(), Some(deadline));
+        let before = deadline - Duration::from_nanos(1);
+        assert!(s.handle(Input::Tick { now: before }).is_empty());
+        assert_eq!(s.next_deadline(), Some(deadline), "a tick is not a message");
+        let out = s.handle(Input::Tick { now: deadline });
+        assert!(
+            out.iter().any(|o| matches!(o, Output::Fail { .. })),
+            "{out:?}"
+        );
+        assert_eq!(s.next_deadline(), None, "nothing is due once it failed");
+    }
+
+    #[test]
+    fn a_message_moves_the_deadline_and_collecting_has_none() {
+        let mut s = source(Mode::Live);
+        s.start(Duration::ZERO);
+        let timeout = SourceConfig::new([0; 16], Vec::new(), 1, Mode::Live).timeout;
+        let heard = Duration::from_secs(3);
+        s.handle(Input::Tick { now: heard });
+        let out = s.handle(Input::Received(Message::Ready));
+        assert!(out.iter().any(|o| matches!(o, Output::CollectRound { .. })));
+        assert_eq!(
+            s.next_deadline(),
+            None,
+            "the driver, not the peer, is awaited"
+        );
+        let refs = (0..4).map(|i| r(i, Some(i as u8 + 1))).collect();
+        s.handle(Input::RoundData { round: 0, refs });
+        assert_eq!(s.next_deadline(), Some(heard + timeout));
+        let just_before = heard + timeout - Duration::from_nanos(1);
+        assert!(!s
+            .handle(Input::Tick { now: just_before })
+            .iter()
+            .any(|o| matches!(o, Output::Fail { .. })));
+        assert!(s
+            .handle(Input::Tick {
+                now: heard + timeout
+            })
+            .iter()
+            .any(|o| matches!(o, Output::Fail { .. })));
+    }
+
+    #[test]
     fn timeout_in_handshake_fails_without_resume_when_never_paused() {
         let mut s = source(Mode::Live);
-        s.start(0);
-        assert!(s.handle(Input::Tick { now_ms: 5_000 }).is_empty());
-        let out = s.handle(Input::Tick { now_ms: 20_000 });
+        s.start(Duration::ZERO);
+        assert!(s
+            .handle(Input::Tick {
+                now: Duration::from_secs(5)
+            })
+            .is_empty());
+        let out = s.handle(Input::Tick {
+            now: Duration::from_secs(20),
+        });
         assert!(!out.contains(&Output::ResumeVm));
         assert!(out
             .iter()
@@ -939,7 +1010,7 @@ mod tests {
     #[test]
     fn round_data_with_a_wrong_length_is_refused() {
         let mut s = source(Mode::Cold);
-        s.start(0);
+        s.start(Duration::ZERO);
         s.handle(Input::Received(Message::Ready));
         let mut bad = r(0, Some(1));
         bad.len = 100;
@@ -973,7 +1044,7 @@ mod tests {
     /// A source of `mode` whose round 0 offers two chunks.
     fn source_offering_two_chunks(mode: Mode) -> Source {
         let mut s = source(mode);
-        s.start(0);
+        s.start(Duration::ZERO);
         s.handle(Input::Received(Message::Ready));
         s.handle(Input::RoundData {
             round: 0,
@@ -1019,7 +1090,9 @@ mod tests {
         let (mut s, _) = warm_source_after_final_round();
         s.handle(Input::StateCaptured(vec![9]));
         assert!(s
-            .handle(Input::Tick { now_ms: 60_000 })
+            .handle(Input::Tick {
+                now: Duration::from_secs(60)
+            })
             .contains(&Output::InDoubt));
         let out = s.handle(Input::LinkDownWithChunksUnsent);
         assert!(out.contains(&Output::ResumeVm), "{out:?}");

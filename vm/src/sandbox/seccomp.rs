@@ -327,7 +327,7 @@ pub const GROUPS: &[SyscallGroup] = &[
             SYS_accept4,
             ArgMatch::Equals {
                 arg: 0,
-                value: crate::launcher::ADOPT_FD as u64
+                value: crate::process::launcher::ADOPT_FD as u64
             }
         )],
     },
@@ -549,7 +549,7 @@ mod tests {
     fn accept4_only_on_the_adopt_listener_and_only_on_vmm_threads() {
         let only_adopt_fd = ArgMatch::Equals {
             arg: 0,
-            value: crate::launcher::ADOPT_FD as u64,
+            value: crate::process::launcher::ADOPT_FD as u64,
         };
         let accepts: Vec<Allowed> = allowed_syscalls(ThreadKind::Vmm)
             .into_iter()
@@ -648,9 +648,14 @@ mod tests {
                     ChildAction::AcceptAdoptOnly | ChildAction::AcceptAdoptThenOther => {
                         let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
                         let nb = libc::SOCK_NONBLOCK;
-                        let _ = libc::accept4(crate::launcher::ADOPT_FD, addr, len, nb);
+                        let _ = libc::accept4(crate::process::launcher::ADOPT_FD, addr, len, nb);
                         if matches!(action, ChildAction::AcceptAdoptThenOther) {
-                            let _ = libc::accept4(crate::launcher::ADOPT_FD + 1, addr, len, nb);
+                            let _ = libc::accept4(
+                                crate::process::launcher::ADOPT_FD + 1,
+                                addr,
+                                len,
+                                nb,
+                            );
                         }
                     }
                 }

@@ -16,6 +16,37 @@ use std::path::Path;
 
 use super::{Result, StorageError};
 
+/// What is wrong with a manifest, read or about to be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{got} memory regions, above the limit of {MAX_REGIONS}")]
+    TooManyRegions { got: usize },
+    #[error("{got} layers, above the limit of {MAX_CHAIN_LAYERS}")]
+    TooManyLayers { got: usize },
+    #[error("file name {name:?} has length {}, expected 1..={MAX_NAME_LEN}", name.len())]
+    NameLength { name: String },
+    #[error("file name {name:?} is not a plain file name")]
+    NotPlainName { name: String },
+    #[error("{what} file name is not UTF-8")]
+    NameNotUtf8 { what: &'static str },
+    /// A bad name in the `what` entry (state or layer).
+    #[error("{what} {source}")]
+    Entry {
+        what: &'static str,
+        source: Box<ManifestError>,
+    },
+    #[error("ends at byte {len} while reading {what} ({n} more bytes needed)")]
+    Truncated {
+        len: usize,
+        what: &'static str,
+        n: usize,
+    },
+    #[error("{0} unexpected bytes after the last layer")]
+    Trailing(usize),
+    #[error("no memory layers")]
+    NoLayers,
+}
+
 /// Most layers a snapshot chain may hold.
 pub const MAX_CHAIN_LAYERS: usize = 64;
 /// Most guest memory regions a manifest may describe.
@@ -51,7 +82,7 @@ pub struct Manifest {
 
 impl Manifest {
     /// Serializes the manifest. Fails if it breaks a limit the decoder enforces.
-    pub fn encode(&self) -> std::result::Result<Vec<u8>, String> {
+    pub fn encode(&self) -> std::result::Result<Vec<u8>, ManifestError> {
         self.check_limits()?;
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&self.generation.to_le_bytes());
@@ -68,18 +99,16 @@ impl Manifest {
         Ok(out)
     }
 
-    fn check_limits(&self) -> std::result::Result<(), String> {
+    fn check_limits(&self) -> std::result::Result<(), ManifestError> {
         if self.memory.len() > MAX_REGIONS {
-            return Err(format!(
-                "{} memory regions, above the limit of {MAX_REGIONS}",
-                self.memory.len()
-            ));
+            return Err(ManifestError::TooManyRegions {
+                got: self.memory.len(),
+            });
         }
         if self.layers.len() > MAX_CHAIN_LAYERS {
-            return Err(format!(
-                "{} layers, above the limit of {MAX_CHAIN_LAYERS}",
-                self.layers.len()
-            ));
+            return Err(ManifestError::TooManyLayers {
+                got: self.layers.len(),
+            });
         }
         for e in std::iter::once(&self.state).chain(&self.layers) {
             check_name(&e.name)?;
@@ -89,7 +118,7 @@ impl Manifest {
 
     /// Parses and checks a manifest payload read from `path` (for error messages).
     pub fn decode(path: &Path, bytes: &[u8]) -> Result<Manifest> {
-        let invalid = |reason: String| StorageError::InvalidManifest {
+        let invalid = |reason: ManifestError| StorageError::InvalidManifest {
             path: path.to_path_buf(),
             reason,
         };
@@ -99,13 +128,10 @@ impl Manifest {
         let state = decode_entry(&mut c, "state").map_err(invalid)?;
         let layers = decode_layers(&mut c).map_err(invalid)?;
         if c.at != bytes.len() {
-            return Err(invalid(format!(
-                "{} unexpected bytes after the last layer",
-                bytes.len() - c.at
-            )));
+            return Err(invalid(ManifestError::Trailing(bytes.len() - c.at)));
         }
         if layers.is_empty() {
-            return Err(invalid("no memory layers".into()));
+            return Err(invalid(ManifestError::NoLayers));
         }
         Ok(Manifest {
             generation,
@@ -124,12 +150,10 @@ fn encode_entry(out: &mut Vec<u8>, e: &ManifestEntry) {
     out.extend_from_slice(&e.pages.to_le_bytes());
 }
 
-fn decode_memory(c: &mut Cursor<'_>) -> std::result::Result<Vec<(u64, u64)>, String> {
+fn decode_memory(c: &mut Cursor<'_>) -> std::result::Result<Vec<(u64, u64)>, ManifestError> {
     let count = usize::from(c.u16("region count")?);
     if count > MAX_REGIONS {
-        return Err(format!(
-            "{count} memory regions, above the limit of {MAX_REGIONS}"
-        ));
+        return Err(ManifestError::TooManyRegions { got: count });
     }
     (0..count)
         .map(|i| {
@@ -139,22 +163,26 @@ fn decode_memory(c: &mut Cursor<'_>) -> std::result::Result<Vec<(u64, u64)>, Str
         .collect()
 }
 
-fn decode_layers(c: &mut Cursor<'_>) -> std::result::Result<Vec<ManifestEntry>, String> {
+fn decode_layers(c: &mut Cursor<'_>) -> std::result::Result<Vec<ManifestEntry>, ManifestError> {
     let count = usize::from(c.u16("layer count")?);
     if count > MAX_CHAIN_LAYERS {
-        return Err(format!(
-            "{count} layers, above the limit of {MAX_CHAIN_LAYERS}"
-        ));
+        return Err(ManifestError::TooManyLayers { got: count });
     }
     (0..count).map(|_| decode_entry(c, "layer")).collect()
 }
 
-fn decode_entry(c: &mut Cursor<'_>, what: &str) -> std::result::Result<ManifestEntry, String> {
+fn decode_entry(
+    c: &mut Cursor<'_>,
+    what: &'static str,
+) -> std::result::Result<ManifestEntry, ManifestError> {
     let name_len = usize::from(c.u8(what)?);
     let name = std::str::from_utf8(c.take(name_len, what)?)
-        .map_err(|_| format!("{what} file name is not UTF-8"))?
+        .map_err(|_| ManifestError::NameNotUtf8 { what })?
         .to_owned();
-    check_name(&name).map_err(|e| format!("{what} {e}"))?;
+    check_name(&name).map_err(|e| ManifestError::Entry {
+        what,
+        source: Box::new(e),
+    })?;
     let mut hash = [0u8; 32];
     hash.copy_from_slice(c.take(32, what)?);
     Ok(ManifestEntry {
@@ -167,16 +195,13 @@ fn decode_entry(c: &mut Cursor<'_>, what: &str) -> std::result::Result<ManifestE
 
 /// Accepts plain file names only: `[A-Za-z0-9._-]`, not starting with a dot, at most
 /// [`MAX_NAME_LEN`] bytes. This keeps a hostile manifest from naming files elsewhere.
-pub fn check_name(name: &str) -> std::result::Result<(), String> {
+pub fn check_name(name: &str) -> std::result::Result<(), ManifestError> {
     let ok_char = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-';
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "file name {name:?} has length {}, expected 1..={MAX_NAME_LEN}",
-            name.len()
-        ));
+        return Err(ManifestError::NameLength { name: name.into() });
     }
     if name.starts_with('.') || !name.bytes().all(ok_char) {
-        return Err(format!("file name {name:?} is not a plain file name"));
+        return Err(ManifestError::NotPlainName { name: name.into() });
     }
     Ok(())
 }
@@ -188,29 +213,32 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, what: &str) -> std::result::Result<&'a [u8], String> {
+    fn take(
+        &mut self,
+        n: usize,
+        what: &'static str,
+    ) -> std::result::Result<&'a [u8], ManifestError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| {
-            format!(
-                "ends at byte {} while reading {what} ({n} more bytes needed)",
-                self.bytes.len()
-            )
+        let end = end.ok_or(ManifestError::Truncated {
+            len: self.bytes.len(),
+            what,
+            n,
         })?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
 
-    fn u8(&mut self, what: &str) -> std::result::Result<u8, String> {
+    fn u8(&mut self, what: &'static str) -> std::result::Result<u8, ManifestError> {
         Ok(self.take(1, what)?[0])
     }
 
-    fn u16(&mut self, what: &str) -> std::result::Result<u16, String> {
+    fn u16(&mut self, what: &'static str) -> std::result::Result<u16, ManifestError> {
         let b = self.take(2, what)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
-    fn u64(&mut self, what: &str) -> std::result::Result<u64, String> {
+    fn u64(&mut self, what: &'static str) -> std::result::Result<u64, ManifestError> {
         let mut v = [0u8; 8];
         v.copy_from_slice(self.take(8, what)?);
         Ok(u64::from_le_bytes(v))

@@ -35,9 +35,9 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::atomic::{parent_dir, sync_dir, FaultHook, PendingFile};
 use super::checksummed::check_file_len;
-use super::page_runs::{merge_runs, validate_runs, PageRun};
+use super::page_runs::{merge_runs, validate_runs, PageRun, RunError};
 use super::{Result, StorageError};
-use crate::layout::{MAX_MEM_BYTES, PAGE_SIZE};
+use crate::machine::layout::{MAX_MEM_BYTES, PAGE_SIZE};
 
 /// Magic at the start of a layer file.
 pub const LAYER_MAGIC: [u8; 4] = *b"NCVL";
@@ -179,7 +179,10 @@ impl<'m> PreparedLayer<'m> {
             validate_runs(&runs, mem).map_err(|reason| StorageError::InvalidRuns { reason })?;
         if runs.len() as u64 > MAX_LAYER_RUNS {
             return Err(StorageError::InvalidRuns {
-                reason: format!("{} runs, above the limit of {MAX_LAYER_RUNS}", runs.len()),
+                reason: RunError::TooMany {
+                    count: runs.len(),
+                    limit: MAX_LAYER_RUNS,
+                },
             });
         }
         let prefix = encode_prefix(&runs, pages)?;
@@ -353,8 +356,8 @@ fn write_all_chunks(w: &mut dyn Write, bufs: &[&[u8]]) -> io::Result<()> {
 /// Header, run table and zero padding up to the (page-aligned) data offset.
 fn encode_prefix(runs: &[PageRun], total_pages: u64) -> Result<Vec<u8>> {
     let run_count = runs.len() as u64;
-    let data_offset = data_offset_for(run_count).ok_or_else(|| StorageError::InvalidRuns {
-        reason: format!("{run_count} runs overflow the run table size"),
+    let data_offset = data_offset_for(run_count).ok_or(StorageError::InvalidRuns {
+        reason: RunError::TableOverflow(run_count),
     })?;
     let mut out = Vec::with_capacity(data_offset as usize);
     out.extend_from_slice(&LAYER_MAGIC);
@@ -386,15 +389,19 @@ fn encode_trailer(hash: &blake3::Hash) -> [u8; TRAILER_LEN as usize] {
 fn guest_chunks(
     mem: &GuestMemoryMmap<AtomicBitmap>,
     runs: &[PageRun],
-) -> std::result::Result<Vec<(*mut u8, usize)>, String> {
+) -> std::result::Result<Vec<(*mut u8, usize)>, RunError> {
     let mut out = Vec::new();
     for run in runs {
+        let gpa = run.first_page_gpa;
         let len = run
             .bytes()
             .and_then(|b| usize::try_from(b).ok())
-            .ok_or_else(|| format!("run at {:#x} is too long", run.first_page_gpa))?;
-        for slice in mem.get_slices(GuestAddress(run.first_page_gpa), len) {
-            let slice = slice.map_err(|e| format!("run at {:#x}: {e}", run.first_page_gpa))?;
+            .ok_or(RunError::HostTooLong { gpa })?;
+        for slice in mem.get_slices(GuestAddress(gpa), len) {
+            let slice = slice.map_err(|e| RunError::Unmapped {
+                gpa,
+                reason: e.to_string(),
+            })?;
             let base = slice.ptr_guard_mut().as_ptr();
             let mut done = 0;
             while done < slice.len() {
@@ -445,7 +452,7 @@ fn apply_layer_with_lanes(
             detail: "layer hash in the trailer differs from the manifest's",
         });
     }
-    let chunks = guest_chunks(mem, &runs).map_err(|reason| invalid(path, reason))?;
+    let chunks = guest_chunks(mem, &runs).map_err(|e| invalid(path, e.to_string()))?;
     let computed = fill_and_hash(&file, path, &prefix, chunks, header.data_offset, read_lanes)?;
     if computed != stored {
         return Err(StorageError::ChecksumMismatch {
@@ -582,7 +589,7 @@ fn check_runs(
     header: &LayerHeader,
     mem: &GuestMemoryMmap<AtomicBitmap>,
 ) -> Result<()> {
-    let total = validate_runs(runs, mem).map_err(|reason| invalid(path, reason))?;
+    let total = validate_runs(runs, mem).map_err(|e| invalid(path, e.to_string()))?;
     if total != header.total_pages {
         return Err(invalid(
             path,

@@ -88,9 +88,12 @@ pub enum StorageError {
     #[error("{path}: invalid memory layer: {reason}")]
     InvalidLayer { path: PathBuf, reason: String },
     #[error("invalid page runs: {reason}")]
-    InvalidRuns { reason: String },
+    InvalidRuns { reason: page_runs::RunError },
     #[error("{path}: invalid manifest: {reason}")]
-    InvalidManifest { path: PathBuf, reason: String },
+    InvalidManifest {
+        path: PathBuf,
+        reason: manifest::ManifestError,
+    },
     #[error("{dir}: no base snapshot for an incremental snapshot ({reason}); write a full snapshot first")]
     NoBase { dir: PathBuf, reason: String },
     #[error("{dir}: layer chain already holds {limit} layers (the limit); write a full snapshot")]

@@ -4,7 +4,7 @@ use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::{Result, StorageError};
-use crate::layout::PAGE_SIZE;
+use crate::machine::layout::PAGE_SIZE;
 
 /// `pages` consecutive guest pages starting at the page-aligned `first_page_gpa`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -129,22 +129,54 @@ pub fn runs_of_all_memory(mem: &GuestMemoryMmap<AtomicBitmap>) -> Result<Vec<Pag
     merge_runs(&runs)
 }
 
+/// What is wrong with page runs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    #[error("run at gpa {gpa:#x} is not aligned to {PAGE_SIZE}")]
+    Unaligned { gpa: u64 },
+    #[error("run at gpa {gpa:#x} has 0 pages")]
+    Empty { gpa: u64 },
+    #[error("run at gpa {gpa:#x} with {pages} pages overflows the address space")]
+    Overflow { gpa: u64, pages: u64 },
+    /// Run `index` of a list is malformed.
+    #[error("run {index}: {source}")]
+    Run { index: usize, source: Box<RunError> },
+    #[error(
+        "run {index} at gpa {gpa:#x} overlaps or precedes the previous run ending at \
+         {prev_end:#x}"
+    )]
+    Overlap {
+        index: usize,
+        gpa: u64,
+        prev_end: u64,
+    },
+    #[error("run {index}: length does not fit in usize")]
+    TooLong { index: usize },
+    #[error("run {index} [{gpa:#x}, {end:#x}) is not inside guest memory")]
+    Outside { index: usize, gpa: u64, end: u64 },
+    #[error("{count} runs, above the limit of {limit}")]
+    TooMany { count: usize, limit: u64 },
+    #[error("{0} runs overflow the run table size")]
+    TableOverflow(u64),
+    #[error("run at {gpa:#x} is too long")]
+    HostTooLong { gpa: u64 },
+    /// Guest memory cannot map the run (vm-memory's reason).
+    #[error("run at {gpa:#x}: {reason}")]
+    Unmapped { gpa: u64, reason: String },
+}
+
 /// Checks one run on its own: page-aligned, non-empty, end representable.
-fn check_run_shape(run: &PageRun) -> std::result::Result<u64, String> {
-    if run.first_page_gpa % PAGE_SIZE != 0 {
-        return Err(format!(
-            "run at gpa {:#x} is not aligned to {PAGE_SIZE}",
-            run.first_page_gpa
-        ));
+fn check_run_shape(run: &PageRun) -> std::result::Result<u64, RunError> {
+    let gpa = run.first_page_gpa;
+    if gpa % PAGE_SIZE != 0 {
+        return Err(RunError::Unaligned { gpa });
     }
     if run.pages == 0 {
-        return Err(format!("run at gpa {:#x} has 0 pages", run.first_page_gpa));
+        return Err(RunError::Empty { gpa });
     }
-    run.end_gpa().ok_or_else(|| {
-        format!(
-            "run at gpa {:#x} with {} pages overflows the address space",
-            run.first_page_gpa, run.pages
-        )
+    run.end_gpa().ok_or(RunError::Overflow {
+        gpa,
+        pages: run.pages,
     })
 }
 
@@ -153,24 +185,25 @@ fn check_run_shape(run: &PageRun) -> std::result::Result<u64, String> {
 pub(crate) fn validate_runs(
     runs: &[PageRun],
     mem: &GuestMemoryMmap<AtomicBitmap>,
-) -> std::result::Result<u64, String> {
+) -> std::result::Result<u64, RunError> {
     let mut prev_end = 0u64;
     let mut total = 0u64;
-    for (i, run) in runs.iter().enumerate() {
-        let end = check_run_shape(run).map_err(|r| format!("run {i}: {r}"))?;
-        if i > 0 && run.first_page_gpa < prev_end {
-            return Err(format!(
-                "run {i} at gpa {:#x} overlaps or precedes the previous run ending at {prev_end:#x}",
-                run.first_page_gpa
-            ));
+    for (index, run) in runs.iter().enumerate() {
+        let gpa = run.first_page_gpa;
+        let end = check_run_shape(run).map_err(|e| RunError::Run {
+            index,
+            source: Box::new(e),
+        })?;
+        if index > 0 && gpa < prev_end {
+            return Err(RunError::Overlap {
+                index,
+                gpa,
+                prev_end,
+            });
         }
-        let len = usize::try_from(end - run.first_page_gpa)
-            .map_err(|_| format!("run {i}: length does not fit in usize"))?;
-        if !mem.check_range(GuestAddress(run.first_page_gpa), len) {
-            return Err(format!(
-                "run {i} [{:#x}, {end:#x}) is not inside guest memory",
-                run.first_page_gpa
-            ));
+        let len = usize::try_from(end - gpa).map_err(|_| RunError::TooLong { index })?;
+        if !mem.check_range(GuestAddress(gpa), len) {
+            return Err(RunError::Outside { index, gpa, end });
         }
         prev_end = end;
         total += run.pages;

@@ -572,7 +572,7 @@ impl LoadedSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::PAGE_SIZE;
+    use crate::machine::layout::PAGE_SIZE;
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};

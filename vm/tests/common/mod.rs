@@ -6,8 +6,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use novacron_vm::machine::vcpu::VcpuEvent;
 use novacron_vm::machine::MachineIo;
-use novacron_vm::vcpu::VcpuEvent;
 
 pub fn kvm_usable(test: &str) -> bool {
     novacron_vm::machine::check_kvm()
@@ -47,7 +47,7 @@ pub fn io() -> (MachineIo, Console, Receiver<VcpuEvent>) {
     (io, console, rx)
 }
 
-pub fn no_setup(_: usize) -> Option<novacron_vm::vcpu::ThreadSetup> {
+pub fn no_setup(_: usize) -> Option<novacron_vm::machine::vcpu::ThreadSetup> {
     None
 }
 

@@ -9,7 +9,7 @@
 //!
 //! Nothing outlives the demo. Its nodes are ephemeral (`novacron node --ephemeral`: their
 //! VMs die with them), each in a process group of its own (a terminal's Ctrl-C reaches the
-//! demo only) and killed by the kernel if the demo dies ([`novacron_vm::child_lifetime`]).
+//! demo only) and killed by the kernel if the demo dies ([`novacron_vm::process::child_lifetime`]).
 //! On Ctrl-C, SIGTERM, SIGHUP, the end of `--seconds` or a closed stdout (`demo | head`) it
 //! stops in order: a move under way is cancelled (or settles), the VM is stopped, the nodes
 //! stop and are reaped (their VMMs with them), then the temporary directory goes. A second

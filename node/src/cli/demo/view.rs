@@ -5,7 +5,7 @@
 use crate::api::types::{MigrationInfo, VmInfo};
 use crate::api::MemberStatus;
 use crate::cli::human::{bytes, duration_ms, Table};
-use novacron_vm::layout::pv_event;
+use novacron_vm::machine::layout::pv_event;
 
 /// The demo's node names, in start order (`node-001`, ...), with their PeerIds once known.
 pub struct Names {

@@ -20,7 +20,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::control::{self, AdoptedState, Event, ExitReason};
+use crate::process::control::{self, AdoptedState, Event, ExitReason};
 
 /// How long a VMM whose guest ended while nobody owned it waits for a new owner before it
 /// exits anyway (leaving only its tombstone).

@@ -7,9 +7,23 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use novacron_mesh::chunks::{is_zero, Batch, ChunkSize, ChunkStore};
+use novacron_mesh::chunks::{is_zero, Batch, ChunkSize, ChunkStore, StoreError};
 
+use super::machine_glue::GlueError;
 use crate::machine::Machine;
+
+/// Why chunks could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Memory(#[from] GlueError),
+    #[error("cannot start the chunk keeper: {0}")]
+    Spawn(std::io::Error),
+    #[error("the chunk keeper panicked")]
+    Panicked,
+}
 
 /// Chunks written to the store, chunks it already held, and chunks not kept.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,8 +61,8 @@ impl<'a> Keeping<'a> {
         }
     }
 
-    fn add(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.batch.put(bytes).map_err(|e| e.to_string())?;
+    fn add(&mut self, bytes: &[u8]) -> Result<(), KeepError> {
+        self.batch.put(bytes)?;
         self.added += 1;
         if self.batch.len() >= BATCH_CHUNKS {
             self.commit()?;
@@ -56,9 +70,9 @@ impl<'a> Keeping<'a> {
         Ok(())
     }
 
-    fn commit(&mut self) -> Result<(), String> {
+    fn commit(&mut self) -> Result<(), KeepError> {
         let batch = std::mem::replace(&mut self.batch, self.store.batch());
-        let outcome = batch.commit().map_err(|e| e.to_string())?;
+        let outcome = batch.commit()?;
         let written = outcome.written as u64;
         self.kept.new_chunks += written;
         self.kept.held_chunks += self.added.saturating_sub(written);
@@ -66,7 +80,7 @@ impl<'a> Keeping<'a> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<Kept, String> {
+    fn finish(mut self) -> Result<Kept, KeepError> {
         self.commit()?;
         Ok(self.kept)
     }
@@ -79,10 +93,8 @@ pub fn keep_memory(
     machine: &mut Machine,
     store: &ChunkStore,
     size: ChunkSize,
-) -> Result<Kept, String> {
-    let refs = machine
-        .touched_chunk_refs(size)
-        .map_err(|e| e.to_string())?;
+) -> Result<Kept, KeepError> {
+    let refs = machine.touched_chunk_refs(size)?;
     let mut keeping = Keeping::new(store);
     for r in refs {
         let Some(id) = r.id else { continue };
@@ -90,9 +102,7 @@ pub fn keep_memory(
             keeping.kept.held_chunks += 1;
             continue;
         }
-        let bytes = machine
-            .read_chunk(r.index, size)
-            .map_err(|e| e.to_string())?;
+        let bytes = machine.read_chunk(r.index, size)?;
         keeping.add(&bytes)?;
     }
     keeping.finish()
@@ -105,12 +115,12 @@ pub fn keep_memory(
 pub struct ReceivedKeeper {
     tx: Option<SyncSender<Vec<u8>>>,
     skipped: u64,
-    thread: JoinHandle<Result<Kept, String>>,
+    thread: JoinHandle<Result<Kept, KeepError>>,
 }
 
 impl ReceivedKeeper {
     /// Starts the keeper thread (it runs under the calling thread's jail).
-    pub fn start(store: Arc<ChunkStore>) -> Result<Self, String> {
+    pub fn start(store: Arc<ChunkStore>) -> Result<Self, KeepError> {
         Self::spawn(store, || {})
     }
 
@@ -118,7 +128,7 @@ impl ReceivedKeeper {
     fn spawn(
         store: Arc<ChunkStore>,
         first: impl FnOnce() + Send + 'static,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KeepError> {
         let (tx, rx) = mpsc::sync_channel(KEEP_QUEUE);
         let thread = std::thread::Builder::new()
             .name("chunk-keeper".into())
@@ -126,7 +136,7 @@ impl ReceivedKeeper {
                 first();
                 keep_received(&store, rx)
             })
-            .map_err(|e| format!("cannot start the chunk keeper: {e}"))?;
+            .map_err(KeepError::Spawn)?;
         Ok(Self {
             tx: Some(tx),
             skipped: 0,
@@ -147,18 +157,15 @@ impl ReceivedKeeper {
     }
 
     /// Waits until everything offered is committed (or the keeper failed).
-    pub fn finish(mut self) -> Result<Kept, String> {
+    pub fn finish(mut self) -> Result<Kept, KeepError> {
         self.tx = None;
-        let mut kept = self
-            .thread
-            .join()
-            .map_err(|_| "the chunk keeper panicked".to_string())??;
+        let mut kept = self.thread.join().map_err(|_| KeepError::Panicked)??;
         kept.skipped_chunks += self.skipped;
         Ok(kept)
     }
 }
 
-fn keep_received(store: &ChunkStore, rx: Receiver<Vec<u8>>) -> Result<Kept, String> {
+fn keep_received(store: &ChunkStore, rx: Receiver<Vec<u8>>) -> Result<Kept, KeepError> {
     let mut keeping = Keeping::new(store);
     for bytes in rx {
         keeping.add(&bytes)?;

@@ -14,7 +14,7 @@ use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 
-use crate::layout::PAGE_SIZE;
+use crate::machine::layout::PAGE_SIZE;
 
 /// Guest memory as this VMM maps it: anonymous, private, with a dirty bitmap for VMM writes.
 pub type GuestMem = GuestMemoryMmap<AtomicBitmap>;

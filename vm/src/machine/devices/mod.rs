@@ -8,7 +8,7 @@ pub mod serial;
 
 use std::sync::Mutex;
 
-use crate::layout::{
+use crate::machine::layout::{
     COM1_PORT_BASE, COM1_PORT_LEN, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_RESET_COMMAND,
     PV_PORT_EVENT, PV_PORT_LEN,
 };
@@ -73,8 +73,8 @@ impl Devices {
     /// Puts both devices back as a saved state had them.
     pub fn restore(
         &self,
-        serial: &crate::state::SerialSnapshot,
-        pv_port: &crate::state::PvPortSnapshot,
+        serial: &crate::machine::state::SerialSnapshot,
+        pv_port: &crate::machine::state::PvPortSnapshot,
     ) -> Result<(), String> {
         lock(&self.serial).restore(serial)?;
         lock(&self.pv_port).restore(pv_port);

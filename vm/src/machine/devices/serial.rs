@@ -7,7 +7,7 @@ use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::state::SerialSnapshot;
+use crate::machine::state::SerialSnapshot;
 
 /// Raises the UART's interrupt by signalling the irqfd KVM routes to IRQ 4.
 pub struct IrqLine(pub EventFd);

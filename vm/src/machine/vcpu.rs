@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::devices::pv_port::PvReport;
-use crate::devices::{Devices, PioOutcome};
+use crate::machine::devices::pv_port::PvReport;
+use crate::machine::devices::{Devices, PioOutcome};
 
 /// Something a vCPU thread tells the control thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,7 +271,7 @@ fn run_until_stopped(index: usize, fd: &mut VcpuFd, shared: &VcpuShared) -> Opti
                             vcpu: index,
                             report,
                         });
-                        if report.code == crate::layout::pv_event::EXIT {
+                        if report.code == crate::machine::layout::pv_event::EXIT {
                             return None;
                         }
                     }

@@ -1,8 +1,8 @@
 //! The NovaCron paravirtual report port (see `layout::PV_PORT_*`): a guest latches a 64-bit
 //! value in two 32-bit halves, then writes an event code that commits (code, value).
 
-use crate::layout::{PV_PORT_EVENT, PV_PORT_VALUE_HI, PV_PORT_VALUE_LO};
-use crate::state::PvPortSnapshot;
+use crate::machine::layout::{PV_PORT_EVENT, PV_PORT_VALUE_HI, PV_PORT_VALUE_LO};
+use crate::machine::state::PvPortSnapshot;
 
 /// One report from the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -187,7 +187,7 @@ mod tests {
         let mut owner = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "child_lifetime::tests::owner_process",
+                "process::child_lifetime::tests::owner_process",
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",

@@ -1,13 +1,13 @@
 //! Turns a launch request into the VMM process's jail (see `sandbox` for the mechanisms):
 //! which paths it may touch, its cgroup limits, and the seccomp filter of each thread.
 
-use crate::control::{Launch, LaunchSource};
+use crate::process::control::{Launch, LaunchSource};
 use std::sync::Mutex;
 
+use crate::machine::vcpu::ThreadSetup;
 use crate::sandbox::{
     CgroupJoin, CgroupLimits, FsAccess, FsRule, Sandbox, SandboxPolicy, SeccompFilters, ThreadKind,
 };
-use crate::vcpu::ThreadSetup;
 
 /// Memory the VMM process may use beyond guest RAM (its own heap, stacks, page tables,
 /// snapshot buffers).

@@ -1,6 +1,6 @@
 //! The parent's side of a VMM process: spawn `novacron vmm` with a control socket on fd 3,
 //! send it commands, read its events, and turn its death into a clear error. A VMM dies
-//! with the process that spawned it ([`crate::child_lifetime`]), unless it is adoptable
+//! with the process that spawned it ([`crate::process::child_lifetime`]), unless it is adoptable
 //! (`Launch.adopt`): that one also gets a listening socket on fd 4 and outlives its parent;
 //! a later parent takes it back with [`VmmProcess::adopt`] (docs/vm.md, "Adoption").
 
@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use crate::adopt::{AdoptError, PidFd};
-use crate::control::{self, AdoptedState, Command, ControlError, Event, ExitReason, Launch};
-use crate::vcpu::monotonic_ns;
+use crate::machine::vcpu::monotonic_ns;
+use crate::process::adopt::{AdoptError, PidFd};
+use crate::process::control::{
+    self, AdoptedState, Command, ControlError, Event, ExitReason, Launch,
+};
 
 /// The cgroup name of a VM's jailed VMM (its owner empties and removes it).
-pub use crate::vmm_sandbox::cgroup_name;
+pub use crate::process::jail::cgroup_name;
 
 /// An adoptable VMM's stderr, in its adopt socket's directory.
 pub const VMM_LOG_NAME: &str = "vmm.log";
@@ -92,7 +94,7 @@ pub struct VmmProcess {
     /// The VM's cgroup, which only the parent can remove once the process is gone.
     cgroup: Option<String>,
     exited: Option<std::process::ExitStatus>,
-    /// Start time of the process in clock ticks ([`crate::adopt::process_start_ticks`]).
+    /// Start time of the process in clock ticks ([`crate::process::adopt::process_start_ticks`]).
     start_ticks: Option<u64>,
     /// The adopt socket (absolute), for an adoptable VMM.
     adopt: Option<PathBuf>,
@@ -167,7 +169,7 @@ impl VmmProcess {
         // however this process ends (even while the VMM is too busy to see its control
         // channel close); an adoptable one outlives it by design.
         let child = match launch.adopt {
-            None => crate::child_lifetime::spawn(cmd, libc::SIGKILL),
+            None => crate::process::child_lifetime::spawn(cmd, libc::SIGKILL),
             Some(_) => cmd.spawn(),
         }
         .map_err(|source| LaunchError::Spawn {
@@ -179,7 +181,7 @@ impl VmmProcess {
         drop(child_end);
         let reader_end = parent_end.try_clone().map_err(ControlError::from)?;
         let mut process = VmmProcess {
-            start_ticks: crate::adopt::process_start_ticks(child.id()),
+            start_ticks: crate::process::adopt::process_start_ticks(child.id()),
             process: Process::Child(child),
             reader: BufReader::new(reader_end),
             writer: parent_end,
@@ -187,7 +189,7 @@ impl VmmProcess {
             cgroup: launch
                 .sandbox
                 .enabled
-                .then(|| crate::vmm_sandbox::cgroup_name(&launch.vm_id)),
+                .then(|| crate::process::jail::cgroup_name(&launch.vm_id)),
             exited: None,
             adopt: launch.adopt.clone(),
             abandoned: false,
@@ -203,7 +205,7 @@ impl VmmProcess {
     /// cgroup name (`vm-<vm_id>` for a jailed VMM), removed once the process is gone.
     ///
     /// The caller should have checked `pid` against the start time it recorded
-    /// ([`crate::adopt::process_start_ticks`]); this refuses a pid that does not hold the
+    /// ([`crate::process::adopt::process_start_ticks`]); this refuses a pid that does not hold the
     /// socket's listener, but cannot tell when /proc hides the process's descriptors. On
     /// any error the process is left alone (not killed).
     pub fn adopt(
@@ -224,8 +226,8 @@ impl VmmProcess {
                 _ => format!("cannot open a pidfd: {e}"),
             })
         })?;
-        let absolute = crate::adopt::absolute_socket_path(socket)?;
-        match crate::adopt::listens_on(pid, ADOPT_FD, &absolute) {
+        let absolute = crate::process::adopt::absolute_socket_path(socket)?;
+        match crate::process::adopt::listens_on(pid, ADOPT_FD, &absolute) {
             Ok(true) => {}
             Ok(false) => {
                 return Err(fail(format!(
@@ -244,7 +246,7 @@ impl VmmProcess {
             spawned_ns: 0,
             cgroup,
             exited: None,
-            start_ticks: crate::adopt::process_start_ticks(pid),
+            start_ticks: crate::process::adopt::process_start_ticks(pid),
             adopt: Some(absolute),
             // Until the VMM accepted us, an error must not kill it.
             abandoned: true,
@@ -287,7 +289,7 @@ impl VmmProcess {
     }
 
     /// The adopt socket of an adoptable VMM (absolute). Its directory holds the tombstone:
-    /// [`crate::adopt::read_tombstone`].
+    /// [`crate::process::adopt::read_tombstone`].
     pub fn adopt_socket(&self) -> Option<&Path> {
         self.adopt.as_deref()
     }
@@ -308,7 +310,7 @@ impl VmmProcess {
         }
         let mut line = serde_json::to_vec(msg).map_err(ControlError::from)?;
         line.push(b'\n');
-        crate::fd_passing::send_with_streams(&mut self.writer, &line, streams)
+        crate::process::fd_passing::send_with_streams(&mut self.writer, &line, streams)
             .map_err(|e| self.explain(ControlError::Io(e)))
     }
 
@@ -430,7 +432,11 @@ impl VmmProcess {
                 return describe_exit(status);
             }
         }
-        match self.adopt.as_deref().map(crate::adopt::read_tombstone) {
+        match self
+            .adopt
+            .as_deref()
+            .map(crate::process::adopt::read_tombstone)
+        {
             Some(Ok(Some(reason))) => {
                 format!("ended: {} (its tombstone)", describe_reason(&reason))
             }
@@ -473,14 +479,14 @@ impl VmmProcess {
 
     fn status_from_tombstone(&self) -> std::io::Result<std::process::ExitStatus> {
         let socket = self.adopt.as_deref().unwrap_or(Path::new(""));
-        match crate::adopt::read_tombstone(socket) {
+        match crate::process::adopt::read_tombstone(socket) {
             Ok(Some(ExitReason::Failed { .. })) => Ok(std::process::ExitStatus::from_raw(1 << 8)),
             Ok(Some(_)) => Ok(std::process::ExitStatus::from_raw(0)),
             Ok(None) => Err(std::io::Error::other(format!(
                 "the adopted VMM process {} ended without a tombstone in {} (killed, e.g. \
                  SIGKILL or out of memory); it is not our child, so its exit status is unknown",
                 self.pid(),
-                crate::adopt::tombstone_path(socket).display()
+                crate::process::adopt::tombstone_path(socket).display()
             ))),
             Err(e) => Err(std::io::Error::other(e.to_string())),
         }
@@ -562,8 +568,8 @@ fn prepare_adoption(
     let Some(socket) = &launch.adopt else {
         return Ok((launch, None));
     };
-    let listener = crate::adopt::bind_listener(socket)?;
-    let socket = crate::adopt::absolute_socket_path(socket)?;
+    let listener = crate::process::adopt::bind_listener(socket)?;
+    let socket = crate::process::adopt::absolute_socket_path(socket)?;
     let dir = socket.parent().unwrap_or(Path::new("/")).to_path_buf();
     if launch.sandbox.enabled && !launch.sandbox.writable_dirs.contains(&dir) {
         launch.sandbox.writable_dirs.push(dir);

@@ -5,8 +5,8 @@ use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_msr_entry, CpuId, Msrs};
 use kvm_ioctls::VcpuFd;
 
 use crate::boot;
+use crate::machine::state::{from_blob, to_blob, VcpuState};
 use crate::machine::{kvm_err, VmError};
-use crate::state::{from_blob, to_blob, VcpuState};
 
 const APIC_LVT_LINT0: usize = 0x350;
 const APIC_LVT_LINT1: usize = 0x360;

@@ -17,21 +17,21 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::adopt::{self, Owner, ORPHAN_EXIT_WAIT, PARENT_GONE};
-use crate::control::{
+use crate::guest_kit::BuiltinGuest;
+use crate::machine::layout::{pv_event, PAGE_SIZE};
+use crate::machine::memory::fill_pattern;
+use crate::machine::snapshot::SnapshotKind;
+use crate::machine::vcpu::{monotonic_ns, EventSink, VcpuEvent};
+use crate::machine::{BootSource, Machine, MachineConfig, MachineIo, VmError};
+use crate::process::adopt::{self, Owner, ORPHAN_EXIT_WAIT, PARENT_GONE};
+use crate::process::control::{
     self, AdoptedState, Command, Event, ExitReason, FillData, Launch, LaunchSource, SandboxProbe,
     SnapshotMode,
 };
-use crate::fd_passing::{FdQueue, FdStream};
-use crate::guest_kit::BuiltinGuest;
-use crate::launcher::{ADOPT_FD, CONTROL_FD};
-use crate::layout::{pv_event, PAGE_SIZE};
-use crate::machine::{BootSource, Machine, MachineConfig, MachineIo, VmError};
-use crate::memory::fill_pattern;
-use crate::snapshot::SnapshotKind;
-use crate::vcpu::{monotonic_ns, EventSink, VcpuEvent};
-use crate::vmm_migration;
-use crate::vmm_sandbox::{self, JailedThreads};
+use crate::process::fd_passing::{FdQueue, FdStream};
+use crate::process::jail::{self, JailedThreads};
+use crate::process::launcher::{ADOPT_FD, CONTROL_FD};
+use crate::process::migration;
 
 pub(crate) enum Input {
     Command(Command),
@@ -196,7 +196,7 @@ fn run(
     }
     // Without KVM nothing else matters; say so before the jail hides /dev from view.
     crate::machine::check_kvm().map_err(|e| e.to_string())?;
-    let jail = vmm_sandbox::enter(launch)?;
+    let jail = jail::enter(launch)?;
     let jailed_ns = monotonic_ns();
     let (tx, rx) = mpsc::channel::<Input>();
     spawn_control_reader(control, tx.clone(), &jail)?;
@@ -219,7 +219,7 @@ fn run(
         LaunchSource::Incoming { .. } => {
             // Bytes from the network are parsed only under the seccomp filter.
             jail.lock_current_thread()?;
-            vmm_migration::receive(launch, io, &jail, fds, writer, rx, &mut deferred)?
+            migration::receive(launch, io, &jail, fds, writer, rx, &mut deferred)?
         }
         LaunchSource::Restore { dir } => {
             let saved = Machine::describe_snapshot(dir).map_err(|e| e.to_string())?;
@@ -437,8 +437,7 @@ fn event_loop(
                 }
             }
             Input::Command(Command::MigrateOut(cmd)) => {
-                let exit =
-                    vmm_migration::migrate_out(machine, cmd, fds, rx, writer, &mut deferred)?;
+                let exit = migration::migrate_out(machine, cmd, fds, rx, writer, &mut deferred)?;
                 if let Some(reason) = exit {
                     return Ok(reason);
                 }
@@ -553,7 +552,9 @@ fn on_command(
 fn fill(machine: &Machine, gpa: u64, len: u64, data: FillData) -> Result<(), VmError> {
     let result = match data {
         FillData::Pattern => fill_pattern(machine.memory(), gpa, len),
-        FillData::Random { seed } => crate::memory::fill_random(machine.memory(), gpa, len, seed),
+        FillData::Random { seed } => {
+            crate::machine::memory::fill_random(machine.memory(), gpa, len, seed)
+        }
     };
     Ok(result?)
 }

@@ -3,15 +3,12 @@
 
 use std::sync::mpsc::Receiver;
 
-use novacron_mesh::chunks::{ChunkSize, ChunkStore, Level};
+use std::path::{Path, PathBuf};
 
-use crate::adopt::Owner;
-use crate::control::{
-    Command, Event, ExitReason, Launch, LaunchSource, MigrateOut, MigrationMode, MigrationProgress,
-    MigrationSummary, OnNoConverge, INCOMING_ROLLED_BACK_PREFIX,
-};
-use crate::fd_passing::{take_streams, FdQueue};
-use crate::layout::pv_event;
+use novacron_mesh::chunks::{ChunkSize, ChunkStore, Level, StoreError};
+
+use crate::machine::layout::pv_event;
+use crate::machine::vcpu::VcpuEvent;
 use crate::machine::{Machine, MachineConfig, MachineIo};
 use crate::migration::destination::DestinationConfig;
 use crate::migration::drive_destination::{
@@ -20,30 +17,49 @@ use crate::migration::drive_destination::{
 use crate::migration::drive_source::{
     run_source, HostInput, Report, SourceHost, SourceOptions, SourceOutcome, Summary,
 };
+use crate::migration::keep_in_store::{keep_memory, KeepError, Kept};
 use crate::migration::links::Links;
 use crate::migration::messages::{Message, Mode};
-use crate::migration::persist::{keep_memory, Kept};
 use crate::migration::source::NoConverge;
 use crate::migration::wire::write_message;
 use crate::migration::Phase;
-use crate::vcpu::VcpuEvent;
-use crate::vmm::{cpu_time_ns, send, Input};
-use crate::vmm_sandbox::JailedThreads;
+use crate::process::adopt::Owner;
+use crate::process::control::{
+    Command, Event, ExitReason, Launch, LaunchSource, MigrateOut, MigrationMode, MigrationProgress,
+    MigrationSummary, OnNoConverge, INCOMING_ROLLED_BACK_PREFIX,
+};
+use crate::process::fd_passing::{take_streams, FdQueue};
+use crate::process::jail::JailedThreads;
+use crate::process::vmm::{cpu_time_ns, send, Input};
 
 /// Chunk size of migrations and of the chunks kept in stores.
 pub const CHUNK_SIZE: ChunkSize = ChunkSize::K16;
 
-fn open_store(dir: &std::path::Path) -> Result<ChunkStore, String> {
-    ChunkStore::open(dir, Level::default())
-        .map_err(|e| format!("chunk store {}: {e}", dir.display()))
+/// Why a migration could not be set up, or its chunks kept, in this process.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("chunk store {}: {source}", dir.display())]
+    Store {
+        dir: PathBuf,
+        source: Box<StoreError>,
+    },
+    #[error("a migration needs a control stream and at least one data stream; {0} came")]
+    Streams(usize),
+    #[error(transparent)]
+    Keep(#[from] KeepError),
 }
 
-fn links_from(queue: &FdQueue, session: [u8; 16]) -> Result<Links, String> {
+fn open_store(dir: &Path) -> Result<ChunkStore, SetupError> {
+    ChunkStore::open(dir, Level::default()).map_err(|e| SetupError::Store {
+        dir: dir.to_path_buf(),
+        source: Box::new(e),
+    })
+}
+
+fn links_from(queue: &FdQueue, session: [u8; 16]) -> Result<Links, SetupError> {
     let streams = take_streams(queue);
     let n = streams.len();
-    Links::from_streams(session, streams).ok_or_else(|| {
-        format!("a migration needs a control stream and at least one data stream; {n} came")
-    })
+    Links::from_streams(session, streams).ok_or(SetupError::Streams(n))
 }
 
 fn phase_name(phase: Phase) -> &'static str {
@@ -181,11 +197,11 @@ pub fn migrate_out(
 ) -> Result<Option<ExitReason>, String> {
     let links = match links_from(fds, cmd.session) {
         Ok(l) => l,
-        Err(reason) => {
+        Err(e) => {
             send(
                 writer,
                 &Event::MigrationFailed {
-                    reason,
+                    reason: e.to_string(),
                     summary: MigrationSummary::default(),
                 },
             )?;
@@ -220,8 +236,9 @@ pub fn migrate_out(
         SourceOutcome::Moved(summary) => {
             send(writer, &Event::MigratedOut(summary_of(&summary, cpu_ns)))?;
             if let Some(dir) = &cmd.store {
-                let kept =
-                    open_store(dir).and_then(|store| keep_memory(machine, &store, CHUNK_SIZE));
+                let kept = open_store(dir).and_then(|store| {
+                    keep_memory(machine, &store, CHUNK_SIZE).map_err(SetupError::from)
+                });
                 match kept {
                     Ok(k) => send(writer, &kept_event(&k))?,
                     Err(e) => tracing::warn!(error = %e, "could not keep the VM's chunks"),
@@ -246,7 +263,7 @@ pub fn migrate_out(
                     reason: format!(
                         "{} nobody could say whether the destination started the VM; it stays \
                          paused here",
-                        crate::control::IN_DOUBT_PREFIX
+                        crate::process::control::IN_DOUBT_PREFIX
                     ),
                     summary: summary_of(&summary, cpu_ns),
                 },
@@ -336,10 +353,11 @@ pub fn receive(
         vcpus: launch.vcpus,
     };
     let rolled_back = |reason: String| format!("{INCOMING_ROLLED_BACK_PREFIX} {reason}");
-    let mut links = links_from(fds, session).map_err(rolled_back)?;
+    let mut links = links_from(fds, session).map_err(|e| rolled_back(e.to_string()))?;
     let store = match store.as_deref().map(open_store).transpose() {
         Ok(store) => store.map(std::sync::Arc::new),
-        Err(reason) => {
+        Err(e) => {
+            let reason = e.to_string();
             // The source learns why instead of seeing the links drop.
             let abort = Message::Abort {
                 reason: reason.clone(),

@@ -8,14 +8,14 @@ use kvm_bindings::{
     kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
 
-use crate::arch;
 use crate::boot;
-use crate::devices::lock;
+use crate::machine::arch;
+use crate::machine::devices::lock;
+use crate::machine::memory::{take_vmm_dirty_bits, DirtyConsumer, DirtyTracker, PageBitmaps};
+use crate::machine::state::{from_blob, to_blob, MachineState, STATE_FORMAT_VERSION};
 use crate::machine::{
     kvm_err, BeforeMemory, Lifecycle, Machine, MachineConfig, MachineIo, VcpuSetupFactory, VmError,
 };
-use crate::memory::{take_vmm_dirty_bits, DirtyConsumer, DirtyTracker, PageBitmaps};
-use crate::state::{from_blob, to_blob, MachineState, STATE_FORMAT_VERSION};
 use crate::storage::{self, SnapshotDir, StorageError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,7 +200,10 @@ impl Machine {
         take_vmm_dirty_bits(machine.memory());
         let mut bitmaps = PageBitmaps::empty_for(machine.layout());
         for run in &restored.applied {
-            bitmaps.mark_range(run.first_page_gpa, run.pages * crate::layout::PAGE_SIZE);
+            bitmaps.mark_range(
+                run.first_page_gpa,
+                run.pages * crate::machine::layout::PAGE_SIZE,
+            );
         }
         machine.dirty = DirtyTracker::from_restored(bitmaps);
         machine.apply_state(&state).map_err(snapshot_error)?;
@@ -317,7 +320,7 @@ pub fn page_runs(bitmaps: &PageBitmaps) -> Vec<storage::PageRun> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{PvPortSnapshot, SerialSnapshot};
+    use crate::machine::state::{PvPortSnapshot, SerialSnapshot};
 
     fn state(mem_regions: Vec<(u64, u64)>) -> MachineState {
         MachineState {

@@ -1,6 +1,14 @@
 //! A KVM machine: VM, guest memory, in-kernel irqchip and PIT, devices and vCPU threads,
 //! with the lifecycle created -> running <-> paused -> stopped.
 
+pub mod arch;
+pub mod devices;
+pub mod layout;
+pub mod memory;
+pub mod snapshot;
+pub mod state;
+pub mod vcpu;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,16 +22,16 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot;
-use crate::devices::pv_port::PvPort;
-use crate::devices::serial::{SerialConsole, SerialSink};
-use crate::devices::Devices;
 use crate::guest_kit::BuiltinGuest;
-use crate::layout::{self, COM1_IRQ, MAX_MEM_BYTES, MAX_VCPUS, MIN_MEM_BYTES};
-use crate::memory::{
+use crate::machine::devices::pv_port::PvPort;
+use crate::machine::devices::serial::{SerialConsole, SerialSink};
+use crate::machine::devices::Devices;
+use crate::machine::memory::{
     create_guest_memory, region_layout, take_vmm_dirty_bits, DirtyConsumer, DirtyTracker, GuestMem,
     MemoryError, PageBitmaps,
 };
-use crate::vcpu::{pause_all, EventSink, ThreadSetup, VcpuShared, VcpuThread};
+use crate::machine::vcpu::{pause_all, EventSink, ThreadSetup, VcpuShared, VcpuThread};
+use layout::{COM1_IRQ, MAX_MEM_BYTES, MAX_VCPUS, MIN_MEM_BYTES};
 
 /// Address of the three pages KVM needs for the TSS on Intel (just below the BIOS area).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -89,7 +97,7 @@ pub enum VmError {
         needed: &'static str,
     },
     #[error("machine state: {0}")]
-    State(#[from] crate::state::StateError),
+    State(#[from] crate::machine::state::StateError),
     #[error("before touching guest memory: {0}")]
     BeforeMemory(String),
     #[error("the machine state does not fit this VMM: {0}")]
@@ -362,7 +370,7 @@ impl Machine {
         };
         for index in 0..self.vcpus.len() {
             self.on_vcpu(index, move |fd| {
-                crate::arch::configure_boot_vcpu(fd, index, entry, stack, boot_params)
+                crate::machine::arch::configure_boot_vcpu(fd, index, entry, stack, boot_params)
             })??;
         }
         Ok(())
