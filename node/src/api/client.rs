@@ -873,7 +873,7 @@ mod tests {
             .route(
                 "/api/v1/vms",
                 get(|| async {
-                    Json(vec![crate::cli::vms::tests::vm(
+                    Json(vec![crate::api::fixtures::vm(
                         "a1",
                         crate::api::types::VmState::Running,
                     )])
@@ -881,7 +881,7 @@ mod tests {
                 .post(|Json(spec): Json<serde_json::Value>| async move {
                     match serde_json::from_value::<VmSpec>(spec) {
                         Ok(s) => {
-                            let mut vm = crate::cli::vms::tests::vm(
+                            let mut vm = crate::api::fixtures::vm(
                                 "new1",
                                 crate::api::types::VmState::Starting,
                             );

@@ -16,7 +16,8 @@ use novacron_vm::migration::links;
 use novacron_vm::migration::messages::Message;
 use novacron_vm::migration::wire::{write_message, FrameReader};
 
-use super::vm::{absolute, exit_code};
+use super::ended::exit_code;
+use super::paths::absolute;
 use crate::size::parse_size;
 
 #[derive(Args, Debug)]

@@ -279,7 +279,7 @@ impl CliMigration {
 /// in doubt, and [`EXIT_NOT_MOVED`] when it ran here instead (rolled back, never started,
 /// or the guest ended first).
 pub fn exit_status(reason: &ExitReason, end: Option<MigrationEnd>) -> Result<u8, String> {
-    super::vm::ended_well(reason)?;
+    super::ended::ended_well(reason)?;
     Ok(match (reason, end) {
         (ExitReason::MigratedAway, _) => 0,
         (_, Some(MigrationEnd::InDoubt)) => EXIT_IN_DOUBT,

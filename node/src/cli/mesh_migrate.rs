@@ -59,7 +59,7 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
 
 async fn migrate(client: ApiClient, args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let mut sigint = interrupts()?;
-    let vm_id = super::vms::resolve(&client, &args.vm).await?;
+    let vm_id = super::node_vms::resolve(&client, &args.vm).await?;
     let vm: VmInfo = client
         .get(&format!("/api/v1/vms/{}", path_segment(&vm_id)))
         .await?;
