@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::runtime::Runtime;
 
-use super::api::API_PATH;
-use super::start::StartTimes;
 use crate::api::client::{path_segment, ApiClient, ClientError};
 use crate::api::types::{VmInfo, VmSpec, VmState};
 use crate::api::{MemberStatus, NodeStatus};
@@ -22,6 +20,21 @@ pub(super) const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a stop is retried while the node answers 409 Conflict.
 const STOP_RETRY: Duration = Duration::from_secs(10);
+
+/// Where a start's time went, from the spawn: the daemon's own stderr lines (read by a
+/// thread as they come, so a line's time is when it was read) and the first 200 answer.
+pub(super) struct StartTimes {
+    /// `novacron: API on ...`: after the identity key (made on a fresh directory), the
+    /// SQLite database and its schema migrations, the libp2p swarm, VM recovery and the
+    /// REST listener's bind.
+    pub(super) api_bound: Duration,
+    /// `novacron: ready, API at ...`: after the listen addresses and routing table are
+    /// printed (the swarm's first answers).
+    pub(super) ready_line: Duration,
+    /// The first 200 answer to `GET /api/v1/node`, polled every millisecond once `api.url`
+    /// exists. It can come before the ready line: the API serves from its bind on.
+    pub(super) first_200: Duration,
+}
 
 /// A `novacron node --ephemeral` process started by the bench. Dropping it stops every VM
 /// it runs (through its API), kills it (its VMMs die with it), then kills any VMM process
@@ -113,7 +126,7 @@ impl MeasuredNode {
 
     /// Stops every active VM through the API (best effort, logged).
     async fn stop_vms(&self) {
-        let vms = match self.client.get::<Vec<VmInfo>>(API_PATH).await {
+        let vms = match self.client.get::<Vec<VmInfo>>("/api/v1/vms").await {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(node = %self.proc.name, error = %e, "cannot list VMs to stop them");

@@ -12,21 +12,6 @@ use super::measured_node::MeasuredNode;
 use super::{ms, NodeBenchArgs};
 use crate::bench::report::{median, Goal, Report};
 
-/// Where a start's time went, from the spawn: the daemon's own stderr lines (read by a
-/// thread as they come, so a line's time is when it was read) and the first 200 answer.
-pub(super) struct StartTimes {
-    /// `novacron: API on ...`: after the identity key (made on a fresh directory), the
-    /// SQLite database and its schema migrations, the libp2p swarm, VM recovery and the
-    /// REST listener's bind.
-    pub(super) api_bound: Duration,
-    /// `novacron: ready, API at ...`: after the listen addresses and routing table are
-    /// printed (the swarm's first answers).
-    pub(super) ready_line: Duration,
-    /// The first 200 answer to `GET /api/v1/node`, polled every millisecond once `api.url`
-    /// exists. It can come before the ready line: the API serves from its bind on.
-    pub(super) first_200: Duration,
-}
-
 pub(super) fn start_figures(
     rt: &Arc<Runtime>,
     args: &NodeBenchArgs,
