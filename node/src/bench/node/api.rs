@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use hyper::body::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::HeaderValue;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 
@@ -122,10 +125,6 @@ impl Load {
 /// `clients` connections to `addr`, each sending `GET /api/v1/vms` and waiting for the
 /// answer in a loop: a warm-up, then `seconds` of requests whose latency is counted.
 fn load(rt: &Runtime, addr: SocketAddr, clients: usize, seconds: u64) -> anyhow::Result<Load> {
-    let request: Arc<[u8]> =
-        format!("GET {API_PATH} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n")
-            .into_bytes()
-            .into();
     rt.block_on(async {
         let mut conns = Vec::with_capacity(clients);
         for i in 0..clients {
@@ -137,13 +136,13 @@ fn load(rt: &Runtime, addr: SocketAddr, clients: usize, seconds: u64) -> anyhow:
                 )
             })?;
             s.set_nodelay(true)?;
-            conns.push(s);
+            conns.push(LoadConn::open(s, addr).await?);
         }
         let from = Instant::now() + WARMUP;
         let until = from + Duration::from_secs(seconds);
         let tasks: Vec<_> = conns
             .into_iter()
-            .map(|s| tokio::spawn(client_loop(s, request.clone(), from, until)))
+            .map(|c| tokio::spawn(client_loop(c, from, until)))
             .collect();
         let mut all = Vec::new();
         for t in tasks {
@@ -160,43 +159,25 @@ fn load(rt: &Runtime, addr: SocketAddr, clients: usize, seconds: u64) -> anyhow:
 /// One client: request, read the whole answer, again, until `until`; the latencies (ms) of
 /// the requests sent from `from` on.
 async fn client_loop(
-    mut s: TcpStream,
-    request: Arc<[u8]>,
+    mut conn: LoadConn,
     from: Instant,
     until: Instant,
 ) -> anyhow::Result<Vec<f64>> {
-    let mut chunk = vec![0u8; 16 << 10];
-    let mut buf = Vec::with_capacity(16 << 10);
     let mut latencies = Vec::new();
     loop {
         let sent = Instant::now();
         if sent >= until {
             return Ok(latencies);
         }
-        s.write_all(&request).await?;
-        buf.clear();
-        let answer = loop {
-            let n = s.read(&mut chunk).await?;
-            if n == 0 {
-                bail!(
-                    "the server closed a keep-alive connection after {} answers",
-                    latencies.len()
-                );
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(a) = parse_response(&buf)? {
-                break a;
-            }
-        };
+        let answer = conn.get().await.with_context(|| {
+            format!(
+                "GET {API_PATH} on a keep-alive connection after {} answers",
+                latencies.len()
+            )
+        })?;
         let done = Instant::now();
         if answer.status != 200 {
             bail!("GET {API_PATH} answered {}", answer.status);
-        }
-        if answer.len != buf.len() {
-            bail!(
-                "the server sent {} bytes after the answer, unasked",
-                buf.len() - answer.len
-            );
         }
         if sent >= from {
             latencies.push(ms(done - sent));
@@ -233,132 +214,170 @@ fn reference_load(rt: &Runtime, body: Bytes, args: &NodeBenchArgs) -> anyhow::Re
 const MAX_HEAD: usize = 16 << 10;
 const MAX_BODY: usize = 16 << 20;
 
-/// One complete HTTP/1.1 answer at the start of a buffer.
+/// One load client's keep-alive HTTP/1.1 connection, by hyper's `conn::http1` as the REST
+/// client ([`crate::api::client`]) uses it: it asks `GET /api/v1/vms` and reads each whole
+/// answer.
+struct LoadConn {
+    sender: SendRequest<Empty<Bytes>>,
+    /// Drives the connection; ends with it.
+    driver: tokio::task::JoinHandle<()>,
+    host: HeaderValue,
+}
+
+/// One complete answer: its status and how long its body was.
 #[derive(Debug, PartialEq)]
 struct Answer {
     status: u16,
-    /// Head and body, in bytes.
-    len: usize,
+    body_len: usize,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, thiserror::Error)]
 enum AnswerError {
-    #[error("the answer's head is over {MAX_HEAD} bytes")]
-    HeadTooLarge,
-    #[error("the answer's head is not an HTTP/1.x status line and headers: {0}")]
-    Malformed(String),
-    #[error("the answer has no Content-Length (chunked or close-delimited bodies are not read)")]
-    NoLength,
-    #[error("the answer's body of {0} bytes is over the {MAX_BODY}-byte limit")]
-    BodyTooLarge(usize),
+    /// The connection failed, or the answer was not HTTP/1.x the client can read (a head
+    /// over [`MAX_HEAD`] included).
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("the answer's body is over the {MAX_BODY}-byte limit")]
+    BodyTooLarge,
+    #[error("the answer's body: {0}")]
+    Body(String),
 }
 
-/// Whether `buf` holds a whole answer yet (sans-IO: the caller reads, this only looks).
-/// Reads only Content-Length bodies: what axum sends for a JSON answer.
-fn parse_response(buf: &[u8]) -> Result<Option<Answer>, AnswerError> {
-    let scan = &buf[..buf.len().min(MAX_HEAD + 4)];
-    let Some(end) = scan.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() > MAX_HEAD {
-            Err(AnswerError::HeadTooLarge)
-        } else {
-            Ok(None)
-        };
-    };
-    let head =
-        std::str::from_utf8(&buf[..end]).map_err(|_| AnswerError::Malformed("not UTF-8".into()))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut words = status_line.split(' ');
-    let status = match (words.next(), words.next()) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => code
-            .parse::<u16>()
-            .map_err(|_| AnswerError::Malformed(format!("status {code:?}")))?,
-        _ => return Err(AnswerError::Malformed(format!("{status_line:?}"))),
-    };
-    let mut length = None;
-    for line in lines {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| AnswerError::Malformed(format!("header {line:?}")))?;
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(AnswerError::NoLength);
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            let value = value.trim();
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| AnswerError::Malformed(format!("Content-Length {value:?}")))?,
-            );
-        }
+impl LoadConn {
+    /// A connection on `stream` (connected to `addr`); no bytes move yet.
+    async fn open(stream: TcpStream, addr: SocketAddr) -> anyhow::Result<LoadConn> {
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(MAX_HEAD)
+            .handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP/1.1 handshake")?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("load connection ended: {e}");
+            }
+        });
+        let host = HeaderValue::from_str(&addr.to_string()).context("Host header")?;
+        Ok(LoadConn {
+            sender,
+            driver,
+            host,
+        })
     }
-    let body = match (length, status) {
-        (Some(n), _) => n,
-        (None, 204 | 304) => 0,
-        (None, _) => return Err(AnswerError::NoLength),
-    };
-    if body > MAX_BODY {
-        return Err(AnswerError::BodyTooLarge(body));
+
+    /// Sends `GET /api/v1/vms` and reads its whole answer.
+    async fn get(&mut self) -> Result<Answer, AnswerError> {
+        let mut request = hyper::Request::new(Empty::new());
+        *request.uri_mut() = hyper::Uri::from_static(API_PATH);
+        let headers = request.headers_mut();
+        headers.insert(hyper::header::HOST, self.host.clone());
+        headers.insert(
+            hyper::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
+        self.sender.ready().await?;
+        let answer = self.sender.send_request(request).await?;
+        let status = answer.status().as_u16();
+        let body = answer.into_body();
+        if body.size_hint().lower() > MAX_BODY as u64 {
+            return Err(AnswerError::BodyTooLarge);
+        }
+        let body = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                Ok(e) => AnswerError::Http(*e),
+                Err(e) if e.is::<LengthLimitError>() => AnswerError::BodyTooLarge,
+                Err(e) => AnswerError::Body(e.to_string()),
+            })?;
+        Ok(Answer {
+            status,
+            body_len: body.to_bytes().len(),
+        })
     }
-    let len = end + 4 + body;
-    Ok((buf.len() >= len).then_some(Answer { status, len }))
+}
+
+impl Drop for LoadConn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn answers_are_complete_only_with_their_whole_body() {
+    /// What a [`LoadConn`] makes of `bytes` sent (in small pieces) as the answer to its
+    /// request by a server that then closes the connection, or keeps it open when `hold`.
+    async fn answer_to(bytes: Vec<u8>, hold: bool) -> Result<Answer, AnswerError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 4096];
+            let _ = s.read(&mut request).await;
+            for piece in bytes.chunks(7) {
+                if s.write_all(piece).await.and(s.flush().await).is_err() {
+                    return;
+                }
+            }
+            if hold {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut conn = LoadConn::open(stream, addr).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), conn.get())
+            .await
+            .expect("an answer or an error in time");
+        server.abort();
+        got
+    }
+
+    #[tokio::test]
+    async fn answers_are_complete_only_with_their_whole_body() {
         let answer =
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]";
         let whole = Answer {
             status: 200,
-            len: answer.len(),
+            body_len: 2,
         };
-        assert_eq!(parse_response(answer), Ok(Some(whole)));
-        // Every prefix is incomplete, never an error.
-        for cut in 0..answer.len() {
-            assert_eq!(parse_response(&answer[..cut]), Ok(None), "cut at {cut}");
+        assert_eq!(answer_to(answer.to_vec(), true).await.unwrap(), whole);
+        // Cut anywhere, the server closing: an error, never an answer.
+        for cut in [0, 10, answer.len() - 3, answer.len() - 1] {
+            let got = answer_to(answer[..cut].to_vec(), false).await;
+            assert!(got.is_err(), "cut at {cut}: {got:?}");
         }
-        // A second answer behind the first is not counted in the first's length.
-        let mut two = answer.to_vec();
-        two.extend_from_slice(answer);
-        assert_eq!(parse_response(&two).unwrap().unwrap().len, answer.len());
         let not_found = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(parse_response(not_found).unwrap().unwrap().status, 404);
+        assert_eq!(
+            answer_to(not_found.to_vec(), true).await.unwrap().status,
+            404
+        );
+        // hyper reads chunked bodies too (the hand-written parser refused them).
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n";
+        assert_eq!(answer_to(chunked.to_vec(), true).await.unwrap(), whole);
     }
 
-    #[test]
-    fn answers_the_clients_cannot_read_are_errors() {
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
-            Err(AnswerError::NoLength)
-        );
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nx: y\r\n\r\n"),
-            Err(AnswerError::NoLength)
-        );
-        assert!(matches!(
-            parse_response(b"SSH-2.0-x\r\n\r\n"),
-            Err(AnswerError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n"),
-            Err(AnswerError::Malformed(_))
-        ));
+    #[tokio::test]
+    async fn answers_the_clients_cannot_read_are_errors() {
+        let got = answer_to(b"SSH-2.0-x\r\n\r\n".to_vec(), true).await;
+        assert!(matches!(got, Err(AnswerError::Http(_))), "{got:?}");
+        let got = answer_to(
+            b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n".to_vec(),
+            true,
+        )
+        .await;
+        assert!(matches!(got, Err(AnswerError::Http(_))), "{got:?}");
         let huge = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
             MAX_BODY + 1
         );
-        assert_eq!(
-            parse_response(huge.as_bytes()),
-            Err(AnswerError::BodyTooLarge(MAX_BODY + 1))
-        );
-        let endless = vec![b'a'; MAX_HEAD + 1];
-        assert_eq!(parse_response(&endless), Err(AnswerError::HeadTooLarge));
-        assert_eq!(parse_response(&endless[..MAX_HEAD]), Ok(None));
+        let got = answer_to(huge.into_bytes(), true).await;
+        assert!(matches!(got, Err(AnswerError::BodyTooLarge)), "{got:?}");
+        let mut endless = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
+        endless.resize(MAX_HEAD + 1, b'a');
+        let got = answer_to(endless, true).await;
+        assert!(matches!(got, Err(AnswerError::Http(_))), "{got:?}");
     }
 
     #[test]
