@@ -195,34 +195,19 @@ impl VmManager {
         process: ProcessVm,
         mark: impl FnOnce(&mut VmRecord),
     ) {
-        let (tx, rx) = mpsc::channel();
-        lock(&self.handles).insert(id.to_string(), tx);
-        self.registry.update(id, mark);
         let sup = ProcessSupervisor {
             id: id.to_string(),
             process,
             registry: self.registry.clone(),
             outlive_node: self.opts.outlive_node,
         };
-        let guard = SupervisorGuard::new(&self.supervisors, id);
-        if let Err(e) = std::thread::Builder::new()
-            .name(format!("proc-{id}"))
-            .spawn(move || {
-                let _running = guard;
-                sup.run(rx)
-            })
-        {
-            tracing::error!(vm = id, error = %e, "cannot start the VM's supervisor thread");
-        }
+        self.start_supervisor(id, format!("proc-{id}"), mark, move |rx| sup.run(rx));
     }
 
     /// Hands the VMM to a supervisor thread. `mark` updates the VM's record once commands
     /// can reach the supervisor and before it handles any event, so a request that sees
     /// the new state always finds the VM supervised.
     pub(super) fn supervise(&self, id: &str, vmm: VmmProcess, mark: impl FnOnce(&mut VmRecord)) {
-        let (tx, rx) = mpsc::channel();
-        lock(&self.handles).insert(id.to_string(), tx);
-        self.registry.update(id, mark);
         let sup = Supervisor {
             id: id.to_string(),
             vmm,
@@ -230,11 +215,25 @@ impl VmManager {
             paths: self.paths(id),
             checkpoint_every: self.opts.checkpoint_every,
         };
-        let name = format!("vm-{id}");
+        self.start_supervisor(id, format!("vm-{id}"), mark, move |rx| sup.run(rx));
+    }
+
+    /// Opens VM `id`'s command channel, marks its record, and runs `run` on a thread named
+    /// `name`, counted as the VM's supervisor until it ends.
+    fn start_supervisor(
+        &self,
+        id: &str,
+        name: String,
+        mark: impl FnOnce(&mut VmRecord),
+        run: impl FnOnce(mpsc::Receiver<Cmd>) + Send + 'static,
+    ) {
+        let (tx, rx) = mpsc::channel();
+        lock(&self.handles).insert(id.to_string(), tx);
+        self.registry.update(id, mark);
         let guard = SupervisorGuard::new(&self.supervisors, id);
         if let Err(e) = std::thread::Builder::new().name(name).spawn(move || {
             let _running = guard;
-            sup.run(rx)
+            run(rx)
         }) {
             tracing::error!(vm = id, error = %e, "cannot start the VM's supervisor thread");
         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use novacron_vm::control::{
     Command, Event, ExitReason, MigrateOut, MigrationEnd, MigrationMode, MigrationProgress,
     MigrationSummary, OnNoConverge, SnapshotMode, IN_DOUBT_PREFIX,
@@ -373,14 +373,7 @@ impl ProgressView {
         if json {
             return ProgressView::Json;
         }
-        let bar = ProgressBar::new(mem_bytes.max(1));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} migrating [{bar:30}] {bytes}/{total_bytes} {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        let bar = crate::cli::output::migration_bar(mem_bytes);
         ProgressView::Bar(bar)
     }
 
