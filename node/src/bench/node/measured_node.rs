@@ -74,8 +74,8 @@ impl MeasuredNode {
             Err(e) => bail!("node {name}: {e:#}\nits stderr:\n{}", proc.stderr()),
         };
         let (addr, peer) = proc.wait_listening(START_TIMEOUT)?;
-        let api_bound = wait_line(&proc, "novacron: API on ", deadline)?;
-        let ready_line = wait_line(&proc, "novacron: ready, API at ", deadline)?;
+        let api_bound = proc.wait_line("novacron: API on ", deadline)?;
+        let ready_line = proc.wait_line("novacron: ready, API at ", deadline)?;
         let times = StartTimes {
             api_bound: api_bound.saturating_duration_since(spawned),
             ready_line: ready_line.saturating_duration_since(spawned),
@@ -178,8 +178,8 @@ async fn first_answer(
     loop {
         if target.is_none() {
             // Written atomically by the daemon (temp + rename): never half a URL.
-            if let Ok(url) = std::fs::read_to_string(url_file) {
-                let url = url.trim();
+            if let Some(url) = NodeProc::api_url_in(url_file) {
+                let url = url.as_str();
                 let api = url
                     .strip_prefix("http://")
                     .and_then(|a| a.parse::<SocketAddr>().ok())
@@ -199,23 +199,6 @@ async fn first_answer(
             bail!("no 200 answer to GET /api/v1/node within {START_TIMEOUT:?} (last: {last})");
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// When the node's first stderr line starting with `prefix` was read.
-fn wait_line(proc: &NodeProc, prefix: &str, deadline: Instant) -> anyhow::Result<Instant> {
-    loop {
-        if let Some((at, ())) = proc.find_line(|l| l.starts_with(prefix).then_some(())) {
-            return Ok(at);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "node {} printed no {prefix:?} line; its stderr:\n{}",
-                proc.name,
-                proc.stderr()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
