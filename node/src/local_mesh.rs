@@ -147,6 +147,37 @@ impl NodeProc {
         }
     }
 
+    /// When the node's first stderr line starting with `prefix` was read, waiting for it
+    /// until `deadline`.
+    pub fn wait_line(&self, prefix: &str, deadline: Instant) -> anyhow::Result<Instant> {
+        loop {
+            if let Some((at, ())) = self.find_line(|l| l.starts_with(prefix).then_some(())) {
+                return Ok(at);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} printed no {prefix:?} line; its stderr:\n{}",
+                    self.name,
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The node's REST API URL, once it wrote its `api.url` ([`Self::api_url_in`]).
+    pub fn api_url(&self) -> Option<String> {
+        Self::api_url_in(&self.data_dir.join("api.url"))
+    }
+
+    /// The URL in the `api.url` file `path`, if it is there: the daemon writes it atomically
+    /// (temp + rename) once its API listens, so it is never half a URL.
+    pub fn api_url_in(path: &Path) -> Option<String> {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|url| url.trim().to_string())
+    }
+
     /// Sends one request to the node's API socket.
     pub fn ask(&self, request: &Request) -> anyhow::Result<Response> {
         ask(&self.data_dir, request)

@@ -192,7 +192,7 @@ pub fn run(args: DrainArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::vms::tests::vm;
+    use crate::api::fixtures::vm;
 
     #[test]
     fn the_tracker_is_done_when_every_vm_left() {

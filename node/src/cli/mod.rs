@@ -1,21 +1,19 @@
 //! Command-line interface (clap derive).
 
 mod api_args;
+pub(crate) mod cell_members;
 mod chunks;
 mod demo;
 mod drain;
 mod events;
+mod foreground_vm;
 mod jail_run;
-mod migrate;
-mod migrate_cmd;
-mod node;
-pub(crate) mod nodes;
+mod mesh_migrate;
+pub(crate) mod node_vms;
 pub mod output;
 mod owner;
-mod receive;
+mod run_node;
 mod status;
-mod vm;
-pub(crate) mod vms;
 
 use std::process::ExitCode;
 
@@ -36,11 +34,11 @@ pub struct Cli {
 enum Top {
     /// Run, snapshot and restore one microVM in the foreground.
     #[command(subcommand)]
-    Vm(vm::VmCommand),
+    Vm(foreground_vm::VmCommand),
     /// Join the mesh and run in the foreground until SIGINT or SIGTERM.
-    Node(node::NodeArgs),
+    Node(run_node::NodeArgs),
     /// The live members of the local node's cell (asks its REST API).
-    Nodes(nodes::NodesArgs),
+    Nodes(cell_members::NodesArgs),
     /// The local node at a glance (asks its REST API)
     ///
     /// Identity, version, uptime, addresses, peers, cell, politeness, VMs by state and
@@ -65,7 +63,7 @@ enum Top {
     ///   novacron vms rm 3f2a
     ///   novacron vms --json
     #[command(verbatim_doc_comment)]
-    Vms(vms::VmsArgs),
+    Vms(node_vms::VmsArgs),
     /// Move a VM of the local node to a peer over the mesh, and watch it move
     ///
     /// Exits 0 when the VM runs on the peer, 1 when the migration failed or was cancelled
@@ -78,7 +76,7 @@ enum Top {
     ///   novacron migrate 3f2a --to auto --downtime-budget 20 --json
     ///   novacron migrate 3f2a --to auto --detach
     #[command(verbatim_doc_comment)]
-    Migrate(migrate_cmd::MigrateArgs),
+    Migrate(mesh_migrate::MigrateArgs),
     /// Ask the local node to move every VM away, and follow until none is left
     ///
     /// VMs move to peers (or are snapshotted when no peer can take one). Exits 0 when no
@@ -153,12 +151,12 @@ impl Cli {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Top::Vm(cmd) => vm::run(cmd),
-        Top::Node(args) => node::run(args),
-        Top::Nodes(args) => nodes::run(args),
+        Top::Vm(cmd) => foreground_vm::run(cmd),
+        Top::Node(args) => run_node::run(args),
+        Top::Nodes(args) => cell_members::run(args),
         Top::Status(args) => status::run(args),
-        Top::Vms(args) => vms::run(args),
-        Top::Migrate(args) => migrate_cmd::run(args),
+        Top::Vms(args) => node_vms::run(args),
+        Top::Migrate(args) => mesh_migrate::run(args),
         Top::Drain(args) => drain::run(args),
         Top::Events(args) => events::run(args),
         Top::Owner(args) => owner::run(args),

@@ -39,6 +39,20 @@ pub fn is_stdout_closed(e: &anyhow::Error) -> bool {
 
 /// Writes a line on stderr; a closed or broken stderr is ignored (`eprintln!` would panic),
 /// as there is nowhere left to report it.
+/// The progress bar of a migration on a terminal, starting at the VM's size in bytes (both
+/// `novacron vm migrate` and `novacron migrate` show it).
+pub fn migration_bar(mem_bytes: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(mem_bytes.max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} migrating [{bar:30}] {bytes}/{total_bytes} {wide_msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
 pub fn note(text: &str) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{text}");

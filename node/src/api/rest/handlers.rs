@@ -328,16 +328,3 @@ pub async fn metrics<S: NodeService>(State(st): State<ApiState<S>>) -> Response 
     )
         .into_response()
 }
-
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "node",
-    responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object)))]
-pub async fn openapi() -> Response {
-    match super::openapi::document() {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(e) => ApiFailure::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot render the OpenAPI document: {e}"),
-        )
-        .into_response(),
-    }
-}

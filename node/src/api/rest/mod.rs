@@ -86,7 +86,7 @@ pub fn router<S: NodeService>(service: Arc<S>, metrics: Arc<Metrics>, auth: ApiA
         .route("/api/v1/politeness/owner", post(h::set_owner::<S>))
         .route("/api/v1/drain", post(h::drain::<S>))
         .route("/api/v1/events", get(h::events::<S>))
-        .route("/api/v1/openapi.json", get(h::openapi))
+        .route("/api/v1/openapi.json", get(openapi::openapi))
         .route("/metrics", get(h::metrics::<S>))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -3,9 +3,12 @@
 
 use std::sync::OnceLock;
 
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::error::ApiFailure;
 use super::handlers::{self, CellsView, DrainAccepted, DrainRequest};
 use crate::api::types::{
     ApiError, Backend, EventEnvelope, MigrationDirection, MigrationInfo, MigrationMode,
@@ -43,7 +46,7 @@ impl Modify for BearerAuth {
         handlers::list_migrations, handlers::get_migration, handlers::cancel_migration,
         handlers::watch_migration, handlers::politeness, handlers::set_owner, handlers::drain,
         handlers::events,
-        handlers::openapi, handlers::metrics,
+        openapi, handlers::metrics,
     ),
     components(schemas(
         ApiError, Backend, MigrationMode, VmSpec, VmState, VmInfo, MigrationRequest,
@@ -56,6 +59,19 @@ impl Modify for BearerAuth {
     security(("bearer" = [])),
 )]
 struct ApiDoc;
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "node",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object)))]
+pub async fn openapi() -> Response {
+    match document() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => ApiFailure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render the OpenAPI document: {e}"),
+        )
+        .into_response(),
+    }
+}
 
 /// The document as JSON (rendered once).
 pub fn document() -> Result<String, String> {

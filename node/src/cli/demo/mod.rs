@@ -261,10 +261,11 @@ impl Demo<'_> {
         if let Some(c) = &self.clients[i] {
             return Ok(c.clone());
         }
-        let dir = &self.mesh().nodes[i].data_dir;
-        let url = std::fs::read_to_string(dir.join("api.url"))
-            .with_context(|| format!("{} has no API address yet", dir.display()))?;
-        let client = ApiClient::new(url.trim(), None, None)?;
+        let node = &self.mesh().nodes[i];
+        let url = node
+            .api_url()
+            .with_context(|| format!("{} has no API address yet", node.data_dir.display()))?;
+        let client = ApiClient::new(&url, None, None)?;
         self.clients[i] = Some(client.clone());
         Ok(client)
     }

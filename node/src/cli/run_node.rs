@@ -1,14 +1,15 @@
 //! `novacron node`: joins the mesh and stays in the foreground until SIGINT or SIGTERM.
 //!
-//! Runs the [`Daemon`] (swarm, chunk exchange, cell, local API socket) from the
-//! configuration, and writes lines on stderr that scripts and tests parse —
+//! Runs the [`Daemon`] (swarm, chunk exchange, cell, VMs, politeness, local API socket) and
+//! the REST API from the configuration, and writes lines on stderr that scripts and tests parse —
 //! `novacron: node PEERID listening on MULTIADDR/p2p/PEERID` (one per address, as soon as
 //! known; the address can be given to another node's `--bootstrap`),
 //! `novacron: routing table has N peers` (at start and on every change) and the cell member
 //! lines of [`crate::daemon::lines`].
 //!
-//! What this cannot do yet: jobs, VMs, the REST API (the node issue); the node forgets its
-//! peers when it stops (only `--bootstrap` brings it back into the mesh).
+//! What this cannot do yet: rejoin the mesh through the peers it noted before it stopped
+//! (it keeps them in its state database but does not dial them): only `--bootstrap` (or
+//! mDNS) brings it back.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,10 @@
 //! `novacron vm ...`: one microVM in the foreground, in its own sandboxed VMM process.
 
+mod ended;
+mod paths;
+mod receive;
+mod send;
+
 use crate::cli::output::outln;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -9,13 +14,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use novacron_vm::process::control::{
-    Command, Event, ExitReason, Launch, LaunchSource, SandboxProbe, SandboxSettings, SnapshotMode,
+    Command, Event, Launch, LaunchSource, SandboxProbe, SandboxSettings, SnapshotMode,
 };
-use novacron_vm::process::launcher::{describe_reason, LaunchError, VmmProcess};
+use novacron_vm::process::launcher::{LaunchError, VmmProcess};
 
-use super::migrate::{CliMigration, InDoubtDir, MigrateOpts};
-use super::receive;
 use crate::size::parse_size;
+use ended::exit_code;
+use paths::{absolute, readable_file};
+use send::{CliMigration, InDoubtDir, MigrateOpts};
 
 #[derive(Subcommand, Debug)]
 pub enum VmCommand {
@@ -175,16 +181,6 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
             )
         }
     }
-}
-
-/// The absolute path of a file the VMM will read, checked now so the error is plain.
-fn readable_file(what: &str, p: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::File::open(p).with_context(|| format!("cannot read {what} {}", p.display()))?;
-    absolute(p)
-}
-
-pub(super) fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
-    std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))
 }
 
 /// What to do with the VM besides running it.
@@ -365,24 +361,6 @@ fn drive(
             }
             _ => {}
         }
-    }
-}
-
-pub(super) fn exit_code(reason: ExitReason) -> anyhow::Result<ExitCode> {
-    ended_well(&reason).map_err(anyhow::Error::msg)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Whether the VM ended well (the guest halted with status 0, reset or shut down, or the VM
-/// was stopped or moved); else what went wrong.
-pub(super) fn ended_well(reason: &ExitReason) -> Result<(), String> {
-    match reason {
-        ExitReason::GuestExit { status: 0 }
-        | ExitReason::Stopped
-        | ExitReason::Shutdown
-        | ExitReason::Reset
-        | ExitReason::MigratedAway => Ok(()),
-        other => Err(describe_reason(other)),
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use novacron_vm::migration::links::{self, MAX_DATA_STREAMS};
 use novacron_vm::process::control::{
     Command, Event, ExitReason, MigrateOut, MigrationEnd, MigrationMode, MigrationProgress,
@@ -279,7 +279,7 @@ impl CliMigration {
 /// in doubt, and [`EXIT_NOT_MOVED`] when it ran here instead (rolled back, never started,
 /// or the guest ended first).
 pub fn exit_status(reason: &ExitReason, end: Option<MigrationEnd>) -> Result<u8, String> {
-    super::vm::ended_well(reason)?;
+    super::ended::ended_well(reason)?;
     Ok(match (reason, end) {
         (ExitReason::MigratedAway, _) => 0,
         (_, Some(MigrationEnd::InDoubt)) => EXIT_IN_DOUBT,
@@ -373,14 +373,7 @@ impl ProgressView {
         if json {
             return ProgressView::Json;
         }
-        let bar = ProgressBar::new(mem_bytes.max(1));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} migrating [{bar:30}] {bytes}/{total_bytes} {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        let bar = crate::cli::output::migration_bar(mem_bytes);
         ProgressView::Bar(bar)
     }
 

@@ -379,25 +379,10 @@ fn clip(s: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::api::fixtures::vm;
     use crate::api::types::VmState;
-
-    pub fn vm(id: &str, state: VmState) -> VmInfo {
-        VmInfo {
-            id: id.into(),
-            spec: serde_json::from_str(r#"{"guest":"builtin:counter","name":"demo"}"#)
-                .expect("spec"),
-            state,
-            detail: None,
-            pid: Some(42),
-            created_at_ms: 1_000,
-            updated_at_ms: 2_000,
-            snapshot_at_ms: None,
-            last_report: Some((1, 7)),
-            adoptions: 0,
-        }
-    }
 
     #[test]
     fn the_list_is_an_aligned_table_with_short_ids() {

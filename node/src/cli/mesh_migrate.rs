@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::api_args::{block_on, interrupts, ApiArgs};
 use super::human::{bytes, duration_ms, short_peer};
@@ -59,7 +59,7 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
 
 async fn migrate(client: ApiClient, args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let mut sigint = interrupts()?;
-    let vm_id = super::vms::resolve(&client, &args.vm).await?;
+    let vm_id = super::node_vms::resolve(&client, &args.vm).await?;
     let vm: VmInfo = client
         .get(&format!("/api/v1/vms/{}", path_segment(&vm_id)))
         .await?;
@@ -185,14 +185,7 @@ impl View {
         if json {
             return View::Json;
         }
-        let bar = ProgressBar::new(mem_bytes.max(1));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} migrating [{bar:30}] {bytes}/{total_bytes} {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        let bar = crate::cli::output::migration_bar(mem_bytes);
         bar.enable_steady_tick(Duration::from_millis(200));
         View::Bar(bar)
     }

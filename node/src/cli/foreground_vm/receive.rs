@@ -16,7 +16,8 @@ use novacron_vm::migration::wire::{write_message, FrameReader};
 use novacron_vm::process::control::{Event, Launch, LaunchSource, SandboxSettings};
 use novacron_vm::process::launcher::VmmProcess;
 
-use super::vm::{absolute, exit_code};
+use super::ended::exit_code;
+use super::paths::absolute;
 use crate::size::parse_size;
 
 #[derive(Args, Debug)]
