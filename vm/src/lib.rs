@@ -12,6 +12,7 @@
 
 #[cfg(feature = "kvm")]
 pub mod boot;
+pub mod exit;
 #[cfg(feature = "kvm")]
 pub mod guest_kit;
 #[cfg(feature = "kvm")]

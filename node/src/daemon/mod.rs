@@ -8,7 +8,6 @@ mod cell;
 mod chunk_sets;
 pub mod lines;
 mod moves;
-pub use moves::RESTARTED;
 mod polite;
 mod service;
 

@@ -19,7 +19,8 @@ use crate::api::types::{
 };
 use crate::mesh_migration::{IncomingMigration, MigrationOffer};
 use crate::policy::evacuation::{Action, Evacuation};
-use crate::vms::in_doubt;
+use crate::policy::in_doubt;
+use crate::vms::process_backend::RESTARTED;
 
 use super::Daemon;
 
@@ -416,7 +417,7 @@ impl Daemon {
         None
     }
 
-    /// Settles this node's migrations in doubt ([`crate::vms::in_doubt`]): at start, then
+    /// Settles this node's migrations in doubt ([`crate::policy::in_doubt`]): at start, then
     /// every [`IN_DOUBT_ASK_EVERY`], each from what is here of its VM or else from its
     /// peer's answer. Runs until the task is dropped.
     pub(super) async fn settle_in_doubt_loop(self: Arc<Self>) {
@@ -682,6 +683,3 @@ fn read_confirm(mut control: std::os::unix::net::UnixStream) -> Result<(), Strin
         Err(e) => Err(format!("no answer from the peer: {e}")),
     }
 }
-
-/// The destination's answer when a process-backend VM runs there.
-pub const RESTARTED: u8 = 1;

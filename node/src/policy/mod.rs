@@ -9,10 +9,15 @@
 //! - [`cell_keeper`]: when the node refreshes its cell entry, looks members up, publishes
 //!   its cell's summary and moves to a cell of another size.
 //! - [`evacuation`]: emptying the node: which VM tries which mode when, what is parked.
+//! - [`recovery`]: what a restarted daemon does with each VM it finds (adopt, restore,
+//!   record its end) and how the migrations it left open settle.
+//! - [`in_doubt`]: how a migration in doubt settles, from the truth, never from a guess.
 
 pub mod admission;
 pub mod cell_keeper;
 pub mod cell_size;
 pub mod evacuation;
+pub mod in_doubt;
 pub mod placement;
 pub mod politeness;
+pub mod recovery;

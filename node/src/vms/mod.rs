@@ -3,7 +3,7 @@
 //!
 //! Each VM has a directory `<dataDir>/vms/<id>/` ([`paths::VmPaths`]: console, checkpoints,
 //! adoption socket, tombstone) and a row in the state database written before its VMM starts,
-//! so a daemon killed at any moment finds every VM it ever started ([`recovery`]).
+//! so a daemon killed at any moment finds every VM it ever started ([`crate::policy::recovery`]).
 //!
 //! [`VmManager`] is one type in several files, one concept each: [`manager`] (its state and
 //! supervisors), [`lifecycle`], [`removal`], [`restart`] (recovery at start), [`adoption`],
@@ -11,7 +11,6 @@
 
 mod adoption;
 pub mod events;
-pub mod in_doubt;
 mod lifecycle;
 mod manager;
 mod outgoing;

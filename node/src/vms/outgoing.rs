@@ -10,10 +10,10 @@ use novacron_vm::process::control::MigrateOut;
 use crate::api::service::ServiceResult;
 use crate::api::types::{now_ms, MigrationDirection, MigrationInfo, VmState};
 
-use super::in_doubt;
 use super::manager::VmManager;
 use super::recovery;
 use super::supervisor::{self, Cmd};
+use crate::policy::in_doubt;
 
 impl VmManager {
     /// The peer that may run VM `id`, if the VM is paused here because its last migration
@@ -109,7 +109,7 @@ impl VmManager {
                         r.info.pid = None;
                     });
                 }
-                recovery::Settled::Done
+                crate::policy::recovery::Settled::Done
             }
             Outcome::RolledBack { why, then } => {
                 let detail = format!("migration rolled back: {why}");
@@ -125,7 +125,7 @@ impl VmManager {
                     Then::Restore => self.restore_after_doubt(id, &detail).await,
                     Then::Nothing => {}
                 }
-                recovery::Settled::Failed(format!("rolled back: {why}"))
+                crate::policy::recovery::Settled::Failed(format!("rolled back: {why}"))
             }
         };
         self.record_settled(m, &settled);

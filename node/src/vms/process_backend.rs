@@ -45,6 +45,10 @@ pub const WORK_DIR: &str = "work";
 pub const CONSOLE_LOG: &str = "console.log";
 pub const STATUS_FILE: &str = "exit-status";
 
+/// A process-backend VM moves by cold restart: the destination's one-byte answer on the
+/// control stream once the command runs there.
+pub const RESTARTED: u8 = 1;
+
 /// How long a killed jail may take to disappear, and a cgroup to freeze.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -5,8 +5,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use novacron_vm::exit::describe_reason;
 use novacron_vm::process::control::{Event, Launch, LaunchSource};
-use novacron_vm::process::launcher::{describe_reason, VmmProcess};
+use novacron_vm::process::launcher::VmmProcess;
 
 use crate::api::types::{
     now_ms, Backend, MigrationDirection, MigrationInfo, MigrationState, VmInfo, VmState,
@@ -117,7 +118,7 @@ impl VmManager {
             .await
             .map_err(|e| anyhow::anyhow!("process start task: {e}"))?;
         let answer = [if started.is_ok() {
-            crate::daemon::RESTARTED
+            super::process_backend::RESTARTED
         } else {
             0
         }];

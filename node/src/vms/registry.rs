@@ -19,7 +19,7 @@ use super::events::EventBus;
 /// Finished migrations kept in memory for the API (all are in the database).
 const MIGRATIONS_KEPT: usize = 256;
 
-/// Told of each migration the moment it settles ([`super::in_doubt::settled`]).
+/// Told of each migration the moment it settles ([`crate::policy::in_doubt::settled`]).
 type SettledObserver = Box<dyn Fn(&MigrationInfo) + Send + Sync>;
 
 pub struct Registry {
@@ -169,7 +169,7 @@ impl Registry {
         }
         let settles = {
             let mut all = lock(&self.migrations);
-            let was_settled = all.get(&m.id).is_some_and(super::in_doubt::settled);
+            let was_settled = all.get(&m.id).is_some_and(crate::policy::in_doubt::settled);
             all.insert(m.id.clone(), m.clone());
             if all.len() > MIGRATIONS_KEPT {
                 let oldest = all
@@ -181,7 +181,7 @@ impl Registry {
                     all.remove(&id);
                 }
             }
-            !was_settled && super::in_doubt::settled(&m)
+            !was_settled && crate::policy::in_doubt::settled(&m)
         };
         if let Some(observe) = self.on_settled.get().filter(|_| settles) {
             observe(&m);

@@ -11,7 +11,8 @@ use crate::state::VmRecord;
 use super::adoption::Adoption;
 use super::manager::VmManager;
 use super::paths::VmPaths;
-use super::recovery::{self, Found, Plan};
+use super::recovery;
+use crate::policy::recovery::{self as plan, Found, Plan, Settled};
 
 /// What a starting daemon found (see [`recovery`]).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -67,9 +68,15 @@ impl VmManager {
                 .as_ref()
                 .filter(|m| m.direction == MigrationDirection::In)
                 .map(|m| m.peer.clone());
-            let plan_for =
-                |found: &Found| recovery::plan(&record, found, restorable, migrating_in.as_deref());
-            let mut found = recovery::found(
+            let plan_for = |found: &Found| {
+                plan::plan(
+                    record.info.state,
+                    found,
+                    restorable,
+                    migrating_in.as_deref(),
+                )
+            };
+            let mut found = plan::found(
                 alive,
                 record.info.pid.is_some(),
                 (!alive).then(|| ended(&paths)).flatten(),
@@ -144,14 +151,14 @@ impl VmManager {
         }
         for m in open {
             let vm = self.registry.vm(&m.vm_id).map(|r| r.info.state);
-            let settled = recovery::settle_without_vmm(m.direction, vm);
+            let settled = plan::settle_without_vmm(m.direction, vm);
             self.record_settled(&m, &settled);
         }
         report
     }
 
     /// Settles the migration of the VM of `record` that the dead daemon left open
-    /// ([`recovery::settle`]), after the VM itself was accounted for.
+    /// ([`plan::settle`]), after the VM itself was accounted for.
     fn settle_open_migration(
         &self,
         record: &VmRecord,
@@ -163,7 +170,7 @@ impl VmManager {
         let adopted_as = matches!(found, Found::Alive)
             .then(|| self.registry.vm(id).map(|r| r.info.state))
             .flatten();
-        let settled = recovery::settle(
+        let settled = plan::settle(
             migration.direction,
             found,
             record.info.state,
@@ -171,28 +178,28 @@ impl VmManager {
             &migration.peer,
         );
         self.record_settled(migration, &settled);
-        if let (recovery::Settled::Failed(why), Some(VmState::Paused)) = (&settled, adopted_as) {
+        if let (Settled::Failed(why), Some(VmState::Paused)) = (&settled, adopted_as) {
             self.registry
                 .update(id, |r| r.info.detail = Some(format!("migration {why}")));
         }
     }
 
     /// Records how a migration left open or in doubt ended.
-    pub(super) fn record_settled(&self, migration: &MigrationInfo, settled: &recovery::Settled) {
+    pub(super) fn record_settled(&self, migration: &MigrationInfo, settled: &Settled) {
         tracing::info!(vm = %migration.vm_id, migration = %migration.id, ?settled, "migration settled");
         self.registry
             .update_migration(&migration.id, true, |m| match settled {
-                recovery::Settled::Done => {
+                Settled::Done => {
                     m.state = MigrationState::Done;
                     m.ended_at_ms = Some(now_ms());
                     m.error = None;
                 }
-                recovery::Settled::Failed(why) => {
+                Settled::Failed(why) => {
                     m.state = MigrationState::Failed;
                     m.ended_at_ms = Some(now_ms());
                     m.error = Some(why.clone());
                 }
-                recovery::Settled::Open(why) => m.error = Some(why.clone()),
+                Settled::Open(why) => m.error = Some(why.clone()),
             });
     }
 }

@@ -12,8 +12,9 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use novacron_vm::exit::describe_reason;
 use novacron_vm::process::control::{Command, Event, ExitReason, MigrateOut, SnapshotMode};
-use novacron_vm::process::launcher::{describe_reason, LaunchError, VmmProcess};
+use novacron_vm::process::launcher::{LaunchError, VmmProcess};
 use tokio::sync::oneshot;
 
 use crate::api::types::{now_ms, MigrationProgressInfo, MigrationState, VmState};

@@ -7,10 +7,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// How the reason of [`Event::MigrationFailed`] begins when the migration ended in doubt
-/// (nobody could say whether the destination started the VM): the VM then stays paused
-/// here instead of running again.
-pub const IN_DOUBT_PREFIX: &str = "in doubt:";
+// How a VM ended is part of the control protocol's vocabulary (events carry it).
+pub use crate::exit::{ExitReason, INCOMING_ROLLED_BACK_PREFIX, IN_DOUBT_PREFIX};
 
 /// Where a migration that did not complete left the VM at its source, from the reason of
 /// [`Event::MigrationFailed`] (the VMM decides; its owners only read it).
@@ -32,11 +30,6 @@ impl MigrationEnd {
         }
     }
 }
-
-/// How a destination VMM's exit reason begins when it never started the VM it was
-/// receiving and never will (the migration rolled back before the switchover, or the state
-/// was refused): its tombstone then proves the guest did not run here.
-pub const INCOMING_ROLLED_BACK_PREFIX: &str = "incoming migration rolled back:";
 
 /// Longest line either side accepts.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -290,24 +283,6 @@ pub enum SandboxProbe {
     /// Make a system call outside the seccomp allowlist (`socket(AF_INET)`): a jailed VMM
     /// is killed by SIGSYS; an unjailed one reports that it was allowed.
     ForbiddenSyscall,
-}
-
-/// Why a VM stopped.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", tag = "reason")]
-pub enum ExitReason {
-    /// The guest reported EXIT through the paravirtual port.
-    GuestExit { status: u64 },
-    /// The guest pulsed the i8042 reset line.
-    Reset,
-    /// Triple fault or power-off.
-    Shutdown,
-    /// The parent asked it to stop (possibly after a snapshot).
-    Stopped,
-    /// Something failed; the message says what.
-    Failed { message: String },
-    /// The VM migrated away: it runs on the destination now.
-    MigratedAway,
 }
 
 /// VMM -> parent.

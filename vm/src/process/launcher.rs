@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use crate::exit::describe_reason;
 use crate::machine::vcpu::monotonic_ns;
 use crate::process::adopt::{AdoptError, PidFd};
 use crate::process::control::{
@@ -630,18 +631,6 @@ pub fn set_nice(nice: i8) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// A reason a VM stopped, in words.
-pub fn describe_reason(reason: &ExitReason) -> String {
-    match reason {
-        ExitReason::GuestExit { status } => format!("the guest exited with status {status}"),
-        ExitReason::Reset => "the guest reset itself".into(),
-        ExitReason::Shutdown => "the guest shut down".into(),
-        ExitReason::Stopped => "stopped on request".into(),
-        ExitReason::Failed { message } => message.clone(),
-        ExitReason::MigratedAway => "the VM migrated away".into(),
-    }
 }
 
 /// "exited with status 1", "killed by SIGSYS (a syscall outside the seccomp allowlist)".

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
+use novacron_vm::exit::describe_reason;
 use novacron_vm::process::control::ExitReason;
-use novacron_vm::process::launcher::describe_reason;
 
 pub(in crate::cli::foreground_vm) fn exit_code(reason: ExitReason) -> anyhow::Result<ExitCode> {
     ended_well(&reason).map_err(anyhow::Error::msg)?;

@@ -13,6 +13,7 @@ pub mod decision;
 pub mod machine;
 pub mod observation;
 pub mod policy;
+pub mod policy_error;
 pub mod window;
 
 pub use decision::Decision;

@@ -9,15 +9,8 @@
 
 use serde::Deserialize;
 
+use super::policy_error::PolicyError;
 use super::window::{DayWindows, TimeWindow};
-
-/// Why a policy is refused: the key (its path in the node's YAML) and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {reason}")]
-pub struct PolicyError {
-    pub key: &'static str,
-    pub reason: String,
-}
 
 /// The owner's rules. See docs/node.md "Politeness" for how they combine.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-use super::policy::PolicyError;
+use super::policy_error::PolicyError;
 
 /// From `start` to `end` (hours, 0-24, local time). `end < start` wraps past midnight;
 /// `start == end` (and 0-24) is always; 24-0 is never.

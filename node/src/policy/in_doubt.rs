@@ -11,9 +11,9 @@
 //! resumes here (or comes back from its checkpoint if its VMM died meanwhile). A peer that
 //! cannot say, or cannot be reached, leaves it in doubt, to be asked again.
 
-use novacron_vm::process::control::{ExitReason, IN_DOUBT_PREFIX};
+use novacron_vm::exit::{ExitReason, IN_DOUBT_PREFIX};
 
-use crate::api::types::{MigrationDirection, MigrationInfo, MigrationState};
+use crate::model::{MigrationDirection, MigrationInfo, MigrationState};
 
 /// Whether `m` is an outgoing migration that ended in doubt and has not settled since.
 pub fn in_doubt(m: &MigrationInfo) -> bool {
@@ -121,7 +121,7 @@ pub fn settle(here: &Here, answer: Option<&PeerAnswer>, peer: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::types::MigrationMode;
+    use crate::model::MigrationMode;
 
     fn migration(
         direction: MigrationDirection,
