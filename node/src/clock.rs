@@ -1,9 +1,7 @@
-//! The wall clock, read at the edge: the policy cores never read it, the daemon passes
-//! them `now`.
+//! The wall clock as the API reports times: unix milliseconds. Read at the edge only; the
+//! policy cores never read a clock, the daemon passes them `now`.
 
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    novacron_mesh::swarm::clock::unix_now().as_millis() as u64
 }

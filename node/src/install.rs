@@ -214,7 +214,7 @@ fn unit_file(bin: &Path, config: &Path, data_dir: &Path) -> String {
 fn new_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the token: {e}"))?;
-    let mut hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut hex = novacron_mesh::util::hex::encode(&bytes);
     hex.push('\n');
     Ok(hex)
 }

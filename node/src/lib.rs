@@ -25,8 +25,6 @@ pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "daemon")]
-pub mod hex;
-#[cfg(feature = "daemon")]
 pub mod install;
 #[cfg(feature = "daemon")]
 pub mod local_mesh;

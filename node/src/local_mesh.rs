@@ -12,6 +12,7 @@
 //! with them. Dropping a node asks it to stop (SIGTERM), then kills it (SIGKILL) after a
 //! grace period, and reaps it.
 
+use novacron_mesh::util::lock;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -237,10 +238,6 @@ impl Drop for NodeProc {
             let _ = r.join();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// N nodes joined through the first.

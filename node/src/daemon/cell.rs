@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::api::MemberStatus;
-use crate::hex::{from_hex, to_hex};
 use crate::policy::cell_keeper::SUMMARY_TTL_S;
 use novacron_mesh::cells::sign_summary;
 use novacron_mesh::dht_keys::DhtKey;
@@ -19,6 +18,7 @@ use novacron_mesh::summaries::{build_summary_record, is_representative, DEFAULT_
 use novacron_mesh::swarm::cell::{CellMembership, Member, MemberInfo, MAX_GOSSIPED_ADDRS};
 use novacron_mesh::swarm::clock::unix_now;
 use novacron_mesh::swarm::{MeshNode, Multiaddr, PeerId};
+use novacron_mesh::util::hex;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -118,7 +118,7 @@ impl RecordSigner {
         };
         match SignedRecord::sign(&self.identity, &record).and_then(|s| s.encode()) {
             Ok(bytes) => {
-                self.hex = Some(to_hex(&bytes));
+                self.hex = Some(hex::encode(&bytes));
                 self.facts = Some(facts);
                 self.issued_at = now;
             }
@@ -137,7 +137,7 @@ pub fn member_record_verified(
     book: &mut RecordBook,
     now: Duration,
 ) -> bool {
-    let Some(bytes) = hex.and_then(from_hex) else {
+    let Some(bytes) = hex.and_then(hex::decode) else {
         return false;
     };
     let Ok(record) = SignedRecord::verify(&bytes, now) else {

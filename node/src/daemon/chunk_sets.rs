@@ -16,7 +16,7 @@ use novacron_mesh::swarm::{ChunkExchange, MeshNode};
 use novacron_mesh::transfer::ChunkSetManifest;
 
 use crate::api::{Fetched, Published};
-use crate::hex::{from_hex, to_hex};
+use novacron_mesh::util::hex;
 
 /// Largest file published in one go.
 pub const MAX_FILE_BYTES: u64 = 4 << 30;
@@ -54,7 +54,7 @@ pub async fn publish(
     .await??;
     let id = exchange.publish(mesh, &manifest).await?;
     Ok(Published {
-        id: to_hex(&id),
+        id: hex::encode(&id),
         name,
         bytes: manifest.total_len(),
         chunks: manifest.chunks().len(),
@@ -122,7 +122,7 @@ fn write_set(
 }
 
 fn parse_id(id: &str) -> anyhow::Result<[u8; 32]> {
-    from_hex(id)
+    hex::decode(id)
         .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         .with_context(|| format!("chunk set id {id:?} is not 64 hex digits"))
 }
@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn ids_parse_as_hex_and_bad_ones_are_named() {
         let id = [0xab; 32];
-        assert_eq!(parse_id(&to_hex(&id)).unwrap(), id);
+        assert_eq!(parse_id(&hex::encode(&id)).unwrap(), id);
         for bad in ["abc", &"zz".repeat(32), &"é".repeat(32)] {
             let err = parse_id(bad).unwrap_err().to_string();
             assert!(err.contains("chunk set id"), "{err}");

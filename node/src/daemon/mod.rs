@@ -11,6 +11,7 @@ mod moves;
 mod polite;
 mod service;
 
+use novacron_mesh::util::lock;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -510,10 +511,6 @@ fn forward(cell: &CellMembership, to: broadcast::Sender<CellEvent>) -> JoinHandl
             }
         }
     })
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn answer<T>(result: anyhow::Result<T>, wrap: impl FnOnce(T) -> Response) -> Response {

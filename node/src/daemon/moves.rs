@@ -82,7 +82,7 @@ fn new_session() -> [u8; 16] {
 /// The session of an outgoing migration as the peer knows it, from its record id (the
 /// session's first 8 bytes; see [`crate::mesh_migration::MeshMigrations::ask`]).
 fn session_of_record(id: &str) -> Option<[u8; 16]> {
-    let bytes = crate::hex::from_hex(id).filter(|b| b.len() == 8)?;
+    let bytes = novacron_mesh::util::hex::decode(id).filter(|b| b.len() == 8)?;
     let mut session = [0u8; 16];
     session[..8].copy_from_slice(&bytes);
     Some(session)
@@ -96,7 +96,7 @@ pub(super) fn started_incoming(
     peer: &PeerId,
     session: &[u8; 16],
 ) -> Option<bool> {
-    let m = registry.migration(&crate::hex::to_hex(&session[..8]))?;
+    let m = registry.migration(&novacron_mesh::util::hex::encode(&session[..8]))?;
     if m.direction != MigrationDirection::In || m.peer != peer.to_string() {
         return None;
     }
@@ -202,7 +202,7 @@ impl Daemon {
             .parse()
             .map_err(|_| ServiceError::BadRequest(format!("bad peer {peer}")))?;
         let session = new_session();
-        let id = crate::hex::to_hex(&session[..8]);
+        let id = novacron_mesh::util::hex::encode(&session[..8]);
         let offer = MigrationOffer {
             session,
             vm_id: vm_id.to_string(),

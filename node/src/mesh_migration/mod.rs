@@ -48,8 +48,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use bridge::Bridges;
+use novacron_mesh::util::hex;
 pub use offer::{Answer, MigrationOffer, OfferError, ResolveRequest};
-use sessions::{hex16, Refusal, Sessions};
+use sessions::{Refusal, Sessions};
 
 /// The protocol name on the mesh.
 pub const MIGRATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/novacron/migrate/1");
@@ -493,7 +494,7 @@ impl MeshMigrations {
                         reason: format!(
                             "data stream {index} of session {} was not taken (the session \
                              expired or was dropped)",
-                            hex16(&session)
+                            hex::encode(&session)
                         ),
                     })
                 }
@@ -563,7 +564,7 @@ where
             }
             _ = tick.tick() => {
                 for (session, peer) in shared.sessions().expire(Instant::now()) {
-                    tracing::warn!(%peer, session = %hex16(&session),
+                    tracing::warn!(%peer, session = %hex::encode(&session),
                         "dropping an incoming migration whose streams did not all arrive in time");
                 }
             }
@@ -678,7 +679,7 @@ async fn answer_resolve(shared: &Shared, peer: PeerId, mut stream: Stream, sessi
             None => {
                 let reason = format!(
                     "the outcome of migration session {} is not known here",
-                    hex16(&session)
+                    hex::encode(&session)
                 );
                 return refuse(peer, &mut stream, &reason).await;
             }
@@ -702,7 +703,7 @@ async fn answer_resolve(shared: &Shared, peer: PeerId, mut stream: Stream, sessi
     };
     match tokio::time::timeout(shared.cfg.answer_timeout, answered).await {
         Ok(Ok(())) => {
-            tracing::info!(%peer, session = %hex16(&session), started, "answered a source in doubt")
+            tracing::info!(%peer, session = %hex::encode(&session), started, "answered a source in doubt")
         }
         Ok(Err(e)) => tracing::warn!(%peer, error = %e, "a source in doubt: exchange failed"),
         Err(_) => tracing::warn!(%peer, "a source in doubt did not ask in time"),
@@ -802,7 +803,7 @@ async fn data_stream(shared: &Shared, peer: PeerId, mut stream: Stream, magic: [
             return;
         }
     };
-    tracing::info!(%peer, session = %sessions::hex16(&complete.session), "migration streams complete");
+    tracing::info!(%peer, session = %hex::encode(&complete.session), "migration streams complete");
     let mut bridges = Bridges::new();
     let mut ends = Vec::with_capacity(complete.streams.len());
     for s in complete.streams {

@@ -45,10 +45,6 @@ pub struct Complete<P, M, T> {
     pub streams: Vec<T>,
 }
 
-pub fn hex16(b: &[u8; 16]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl<P: PartialEq + Clone, M, T> Sessions<P, M, T> {
     /// At most `max` sessions assembled at once.
     pub fn new(max: usize) -> Self {
@@ -66,7 +62,9 @@ impl<P: PartialEq + Clone, M, T> Sessions<P, M, T> {
     /// Whether a new session could open now.
     pub fn can_open(&self, session: &[u8; 16]) -> Result<(), Refusal> {
         if self.pending.contains_key(session) {
-            return Err(Refusal::InProgress(hex16(session)));
+            return Err(Refusal::InProgress(novacron_mesh::util::hex::encode(
+                session,
+            )));
         }
         if self.pending.len() >= self.max {
             return Err(Refusal::Full(self.max));
@@ -104,14 +102,14 @@ impl<P: PartialEq + Clone, M, T> Sessions<P, M, T> {
         let p = self
             .pending
             .get(session)
-            .ok_or_else(|| Refusal::Unknown(hex16(session)))?;
+            .ok_or_else(|| Refusal::Unknown(novacron_mesh::util::hex::encode(session)))?;
         if &p.peer != peer {
-            return Err(Refusal::Stranger(hex16(session)));
+            return Err(Refusal::Stranger(novacron_mesh::util::hex::encode(session)));
         }
         match p.slots.get(usize::from(index)) {
             Some(None) if index > 0 => Ok(()),
             _ => Err(Refusal::Duplicate {
-                session: hex16(session),
+                session: novacron_mesh::util::hex::encode(session),
                 index,
             }),
         }
@@ -131,7 +129,10 @@ impl<P: PartialEq + Clone, M, T> Sessions<P, M, T> {
             return Err((r, stream));
         }
         let Some(p) = self.pending.get_mut(&session) else {
-            return Err((Refusal::Unknown(hex16(&session)), stream));
+            return Err((
+                Refusal::Unknown(novacron_mesh::util::hex::encode(&session)),
+                stream,
+            ));
         };
         p.slots[usize::from(index)] = Some(stream);
         if p.slots.iter().any(Option::is_none) {

@@ -24,7 +24,7 @@ fn new_id() -> String {
     if getrandom::fill(&mut bytes).is_err() {
         bytes = now_ms().to_le_bytes();
     }
-    crate::hex::to_hex(&bytes)
+    novacron_mesh::util::hex::encode(&bytes)
 }
 
 impl VmManager {

@@ -4,6 +4,7 @@
 //! [`restart`](super::restart), [`adoption`](super::adoption),
 //! [`outgoing`](super::outgoing), [`receive`](super::receive)).
 
+pub(super) use novacron_mesh::util::lock;
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -48,7 +49,7 @@ pub struct VmOptions {
 
 /// A node's tag for its VMM names: 8 hex digits of blake3 of `seed` (its PeerId).
 pub fn host_tag(seed: &[u8]) -> String {
-    crate::hex::to_hex(&blake3::hash(seed).as_bytes()[..4])
+    novacron_mesh::util::hex::encode(&blake3::hash(seed).as_bytes()[..4])
 }
 
 pub struct VmManager {
@@ -89,10 +90,6 @@ impl Drop for SupervisorGuard {
             }
         }
     }
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The guest's console file, appended to across restores, adoptions and migrations in.

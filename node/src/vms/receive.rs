@@ -28,7 +28,7 @@ impl VmManager {
         let peer = incoming.peer.to_string();
         let now = now_ms();
         let migration = MigrationInfo {
-            id: crate::hex::to_hex(&offer.session[..8]),
+            id: novacron_mesh::util::hex::encode(&offer.session[..8]),
             vm_id: id.clone(),
             direction: MigrationDirection::In,
             peer: peer.clone(),

@@ -7,8 +7,9 @@
 //! are kept (and readable through the API) but not announced: they would repeat the same
 //! `running (pid N)` every second.
 
+use novacron_mesh::util::lock;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::api::service::{ServiceError, ServiceResult};
 use crate::api::types::{now_ms, MigrationInfo, NodeEvent, VmInfo, VmState};
@@ -32,10 +33,6 @@ pub struct Registry {
 
 struct Slot {
     record: VmRecord,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Registry {

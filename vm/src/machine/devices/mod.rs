@@ -6,6 +6,7 @@
 pub mod pv_port;
 pub mod serial;
 
+pub(crate) use novacron_mesh::util::lock;
 use std::sync::Mutex;
 
 use crate::machine::layout::{
@@ -84,10 +85,4 @@ impl Devices {
     pub fn flush_console(&self) {
         lock(&self.serial).flush();
     }
-}
-
-/// Device locks are never held across anything that can panic, so poisoning only happens
-/// after a bug elsewhere; the device state itself is still consistent, so keep going.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
