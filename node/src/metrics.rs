@@ -446,7 +446,8 @@ fn to_prometheus_text(open_metrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::types::{MigrationMode, VmSpec};
+    use crate::api::types::MigrationMode;
+    use crate::model::fixtures::vm;
 
     fn parse(text: &str) -> prometheus_parse::Scrape {
         prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
@@ -463,33 +464,6 @@ mod tests {
             | prometheus_parse::Value::Gauge(v)
             | prometheus_parse::Value::Untyped(v) => *v,
             other => panic!("{name}: {other:?}"),
-        }
-    }
-
-    fn vm(id: &str, state: VmState) -> VmInfo {
-        VmInfo {
-            id: id.into(),
-            spec: VmSpec {
-                name: None,
-                backend: Default::default(),
-                guest: Some("builtin:counter".into()),
-                kernel: None,
-                initrd: None,
-                cmdline: None,
-                command: None,
-                mem_mib: 64,
-                vcpus: 1,
-                migration: vec![MigrationMode::Live],
-                prefill_mib: None,
-            },
-            state,
-            detail: None,
-            pid: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            snapshot_at_ms: None,
-            last_report: None,
-            adoptions: 0,
         }
     }
 

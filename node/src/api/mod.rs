@@ -6,8 +6,6 @@
 //! a directory the node owns); it is not a network API.
 
 pub mod client;
-#[cfg(test)]
-pub(crate) mod fixtures;
 pub mod rest;
 pub mod service;
 pub mod socket;

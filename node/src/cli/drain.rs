@@ -192,7 +192,7 @@ pub fn run(args: DrainArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::fixtures::vm;
+    use crate::model::fixtures::vm;
 
     #[test]
     fn the_tracker_is_done_when_every_vm_left() {

@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn each_kind_reads_as_one_line() {
-        let vm = crate::api::fixtures::vm("abc", VmState::Running);
+        let vm = crate::model::fixtures::vm("abc", VmState::Running);
         let ev = EventEnvelope {
             seq: 7,
             at_ms: 3_723_004,

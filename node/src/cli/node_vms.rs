@@ -381,8 +381,8 @@ fn clip(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::fixtures::vm;
     use crate::api::types::VmState;
+    use crate::model::fixtures::vm;
 
     #[test]
     fn the_list_is_an_aligned_table_with_short_ids() {

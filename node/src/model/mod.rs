@@ -4,6 +4,8 @@
 //! the API and the dashboard show it.
 
 mod event;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod mesh;
 mod migration;
 mod politeness;

@@ -215,35 +215,15 @@ impl Evacuation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{VmSpec, VmState};
+    use crate::model::VmState;
 
     const S: Duration = Duration::from_secs(1);
 
     fn vm(id: &str, backend: Backend, modes: &[MigrationMode]) -> VmInfo {
-        VmInfo {
-            id: id.into(),
-            spec: VmSpec {
-                name: None,
-                backend,
-                guest: Some("builtin:counter".into()),
-                kernel: None,
-                initrd: None,
-                cmdline: None,
-                command: None,
-                mem_mib: 64,
-                vcpus: 1,
-                migration: modes.to_vec(),
-                prefill_mib: None,
-            },
-            state: VmState::Running,
-            detail: None,
-            pid: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            snapshot_at_ms: None,
-            last_report: None,
-            adoptions: 0,
-        }
+        let mut vm = crate::model::fixtures::vm(id, VmState::Running);
+        vm.spec.backend = backend;
+        vm.spec.migration = modes.to_vec();
+        vm
     }
 
     fn migrate(vm: &str, mode: MigrationMode) -> Action {

@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn a_vm_is_announced_on_real_changes_only() {
         let (_dir, reg) = registry();
-        let mut vm = crate::api::fixtures::vm("v1", VmState::Starting);
+        let mut vm = crate::model::fixtures::vm("v1", VmState::Starting);
         vm.pid = None;
         let mut events = reg.bus.subscribe();
         reg.insert(VmRecord {

@@ -17,7 +17,7 @@ fn app() -> Router {
         .route(
             "/api/v1/vms",
             get(|| async {
-                Json(vec![crate::api::fixtures::vm(
+                Json(vec![crate::model::fixtures::vm(
                     "a1",
                     crate::api::types::VmState::Running,
                 )])
@@ -25,8 +25,10 @@ fn app() -> Router {
             .post(|Json(spec): Json<serde_json::Value>| async move {
                 match serde_json::from_value::<VmSpec>(spec) {
                     Ok(s) => {
-                        let mut vm =
-                            crate::api::fixtures::vm("new1", crate::api::types::VmState::Starting);
+                        let mut vm = crate::model::fixtures::vm(
+                            "new1",
+                            crate::api::types::VmState::Starting,
+                        );
                         vm.spec = s;
                         (axum::http::StatusCode::CREATED, Json(vm)).into_response()
                     }

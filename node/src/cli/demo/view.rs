@@ -242,7 +242,7 @@ mod tests {
         );
         assert_eq!(progress(Some((pv_event::PROGRESS, 12))), "pass 12");
         assert_eq!(progress(None), "no report yet");
-        let mut vm = crate::api::fixtures::vm("v", VmState::Running);
+        let mut vm = crate::model::fixtures::vm("v", VmState::Running);
         vm.last_report = Some((pv_event::PROGRESS, 5));
         assert_eq!(vm_state(&vm), "running, pass 5");
     }

@@ -1,7 +1,7 @@
-//! Test fixtures of the API's types, shared by the tests of the modules that show or store
-//! them.
+//! Test fixtures of the domain model, shared by the tests of the modules that decide on,
+//! show or store it.
 
-use crate::api::types::{VmInfo, VmState};
+use super::{VmInfo, VmState};
 
 /// A VM record with every field set, in `state`.
 pub fn vm(id: &str, state: VmState) -> VmInfo {
