@@ -32,8 +32,15 @@ pub struct BatchOutcome {
     pub already: usize,
 }
 
+impl ChunkStore {
+    /// A new batch: many puts made durable together.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch::new(self)
+    }
+}
+
 impl<'a> Batch<'a> {
-    pub(super) fn new(store: &'a ChunkStore) -> Self {
+    fn new(store: &'a ChunkStore) -> Self {
         Self {
             store,
             pending: Vec::new(),

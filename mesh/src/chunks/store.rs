@@ -253,11 +253,6 @@ impl ChunkStore {
         result
     }
 
-    /// A new batch: many puts made durable together (see [`Batch`](super::batch::Batch)).
-    pub fn batch(&self) -> super::batch::Batch<'_> {
-        super::batch::Batch::new(self)
-    }
-
     /// Reads, decodes and verifies chunk `id`. Never returns bytes that do not hash to `id`.
     pub fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
         let path = self.path_of(id);
