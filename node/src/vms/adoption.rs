@@ -9,10 +9,10 @@ use novacron_vm::process::launcher::VmmProcess;
 use crate::api::types::VmState;
 use crate::state::VmRecord;
 
+use super::leftovers;
 use super::manager::VmManager;
 use super::paths::VmPaths;
 use super::process_backend::ProcessVm;
-use super::recovery;
 
 /// How long a restarted daemon asks a VMM that a migration keeps busy to be adopted.
 const MIGRATING_ADOPT_PATIENCE: Duration = Duration::from_secs(120);
@@ -57,7 +57,7 @@ impl VmManager {
                     if migrating
                         && std::time::Instant::now() < deadline
                         && record.info.pid.is_some_and(|pid| {
-                            recovery::same_process(pid, record.pid_start_ticks)
+                            leftovers::same_process(pid, record.pid_start_ticks)
                         }) =>
                 {
                     tracing::warn!(vm = %record.info.id, error = %e, "its VMM is busy migrating; asking again");

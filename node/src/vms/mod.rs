@@ -6,11 +6,13 @@
 //! so a daemon killed at any moment finds every VM it ever started ([`crate::policy::recovery`]).
 //!
 //! [`VmManager`] is one type in several files, one concept each: [`manager`] (its state and
-//! supervisors), [`lifecycle`], [`removal`], [`restart`] (recovery at start), [`adoption`],
+//! supervisors), [`lifecycle`], [`removal`], [`restart`] (recovery at start, with what
+//! [`leftovers`] finds), [`adoption`],
 //! [`outgoing`] (migrations out, settling one in doubt) and [`receive`] (migrations in).
 
 mod adoption;
 pub mod events;
+pub mod leftovers;
 mod lifecycle;
 mod manager;
 mod outgoing;
@@ -18,7 +20,6 @@ pub mod paths;
 pub mod process_backend;
 mod process_supervisor;
 mod receive;
-pub mod recovery;
 pub mod registry;
 mod removal;
 mod restart;

@@ -10,8 +10,8 @@ use novacron_vm::process::control::MigrateOut;
 use crate::api::service::ServiceResult;
 use crate::api::types::{now_ms, MigrationDirection, MigrationInfo, VmState};
 
+use super::leftovers;
 use super::manager::VmManager;
-use super::recovery;
 use super::supervisor::{self, Cmd};
 use crate::policy::in_doubt;
 
@@ -68,7 +68,7 @@ impl VmManager {
                 state => {
                     let paths = self.paths(&vm.id);
                     in_doubt::Here::NoVmm {
-                        tombstone: recovery::read_tombstone(&paths),
+                        tombstone: leftovers::read_tombstone(&paths),
                         died: state == VmState::Failed,
                         restorable: paths.has_snapshot(),
                     }
@@ -134,7 +134,7 @@ impl VmManager {
     /// Brings VM `id` back from its checkpoint: its VMM died while its migration was in
     /// doubt, and the peer never started it.
     async fn restore_after_doubt(self: &Arc<Self>, id: &str, detail: &str) {
-        recovery::kill_leftovers(&self.vmm_id(id), None, None);
+        leftovers::kill_leftovers(&self.vmm_id(id), None, None);
         let me = self.clone();
         let vm_id = id.to_string();
         let restored = tokio::task::spawn_blocking(move || me.start_vm(&vm_id, true))

@@ -9,9 +9,9 @@ use crate::api::types::{
 use crate::state::VmRecord;
 
 use super::adoption::Adoption;
+use super::leftovers;
 use super::manager::VmManager;
 use super::paths::VmPaths;
-use super::recovery;
 use crate::policy::recovery::{self as plan, Found, Plan, Settled};
 
 /// What a starting daemon found (see [`recovery`]).
@@ -50,11 +50,11 @@ impl VmManager {
             let alive = record
                 .info
                 .pid
-                .is_some_and(|pid| recovery::same_process(pid, record.pid_start_ticks));
+                .is_some_and(|pid| leftovers::same_process(pid, record.pid_start_ticks));
             let process = record.info.spec.backend == Backend::Process;
             let ended = |paths: &VmPaths| match process {
-                true => recovery::read_process_status(paths),
-                false => recovery::read_tombstone(paths),
+                true => leftovers::read_process_status(paths),
+                false => leftovers::read_tombstone(paths),
             };
             // A process can always start again from scratch; a KVM VM needs its checkpoint.
             let restorable = process || paths.has_snapshot();
@@ -100,7 +100,7 @@ impl VmManager {
                     }
                     Err(e) => {
                         tracing::warn!(vm = %id, error = %e, "cannot adopt its VMM; killing it");
-                        recovery::kill_leftovers(
+                        leftovers::kill_leftovers(
                             &self.vmm_id(&id),
                             record.info.pid,
                             record.pid_start_ticks,
@@ -115,7 +115,7 @@ impl VmManager {
                 Plan::Keep => {
                     // Its end is on record: a VMM still there (one that waits to tell how
                     // its VM ended, or a suspended VM's) has nothing left to run.
-                    recovery::kill_leftovers(
+                    leftovers::kill_leftovers(
                         &self.vmm_id(&id),
                         record.info.pid,
                         record.pid_start_ticks,
@@ -123,7 +123,7 @@ impl VmManager {
                 }
                 Plan::Adopt => {}
                 Plan::Restore => {
-                    recovery::kill_leftovers(&self.vmm_id(&id), None, None);
+                    leftovers::kill_leftovers(&self.vmm_id(&id), None, None);
                     match self.start_vm(&id, true) {
                         Ok(()) => report.restored.push(id),
                         Err(e) => {
@@ -138,7 +138,7 @@ impl VmManager {
                     }
                 }
                 Plan::Ended { state, detail } => {
-                    recovery::kill_leftovers(&self.vmm_id(&id), None, None);
+                    leftovers::kill_leftovers(&self.vmm_id(&id), None, None);
                     self.registry.update(&id, |r| {
                         r.info.state = state;
                         r.info.detail = Some(detail);

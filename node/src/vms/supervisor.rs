@@ -442,7 +442,7 @@ impl Supervisor {
         waiting: VecDeque<Waiting>,
     ) {
         let status = self.vmm.wait();
-        let reason = reason.or_else(|| super::recovery::read_tombstone(&self.paths));
+        let reason = reason.or_else(|| super::leftovers::read_tombstone(&self.paths));
         let died = match &status {
             Ok(s) => novacron_vm::process::launcher::describe_exit(*s),
             Err(e) => e.to_string(),

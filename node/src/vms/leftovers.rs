@@ -1,7 +1,7 @@
-//! What a starting daemon finds of a VM's VMM, and the cleanup of what it does not adopt:
-//! the tombstone a VMM left, the status line a process-backend jail wrote, whether a
-//! recorded pid is still the same process, and killing leftovers. The decisions on what
-//! is found are the recovery plan's ([`crate::policy::recovery`]).
+//! What a dead daemon's VMMs left, as a starting daemon finds it, and the cleanup of what it
+//! does not adopt: the tombstone a VMM left, the status line a process-backend jail wrote,
+//! whether a recorded pid is still the same process, and killing leftovers. The decisions
+//! on what is found are the recovery plan's ([`crate::policy::recovery`]).
 
 use novacron_vm::exit::ExitReason;
 
