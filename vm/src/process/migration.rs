@@ -310,7 +310,7 @@ impl DestinationHost for VmmDestinationHost<'_> {
             .take()
             .ok_or_else(|| "internal: a second machine for one migration".to_string())?;
         let vcpu_setup = |_index| self.jail.vcpu_thread_setup();
-        let joined = || self.jail.wait_cgroup_joined();
+        let joined = || self.jail.wait_cgroup_joined().map_err(Into::into);
         Machine::create_gated(config, io, &vcpu_setup, &joined).map_err(|e| e.to_string())
     }
 

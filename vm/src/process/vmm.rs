@@ -196,7 +196,7 @@ fn run(
     }
     // Without KVM nothing else matters; say so before the jail hides /dev from view.
     crate::machine::check_kvm().map_err(|e| e.to_string())?;
-    let jail = jail::enter(launch)?;
+    let jail = jail::enter(launch).map_err(|e| e.to_string())?;
     let jailed_ns = monotonic_ns();
     let (tx, rx) = mpsc::channel::<Input>();
     spawn_control_reader(control, tx.clone(), &jail)?;
@@ -218,7 +218,7 @@ fn run(
     let mut machine = match &launch.source {
         LaunchSource::Incoming { .. } => {
             // Bytes from the network are parsed only under the seccomp filter.
-            jail.lock_current_thread()?;
+            jail.lock_current_thread().map_err(|e| e.to_string())?;
             migration::receive(launch, io, &jail, fds, writer, rx, &mut deferred)?
         }
         LaunchSource::Restore { dir } => {
@@ -234,7 +234,7 @@ fn run(
                     launch.vcpus
                 ));
             }
-            let joined = || jail.wait_cgroup_joined();
+            let joined = || jail.wait_cgroup_joined().map_err(Into::into);
             Machine::restore_gated(dir, io, &vcpu_setup, &joined).map_err(|e| e.to_string())?
         }
         LaunchSource::Builtin { spec } => {
@@ -257,7 +257,7 @@ fn run(
         )?,
     };
     let built_ns = monotonic_ns();
-    jail.lock_current_thread()?;
+    jail.lock_current_thread().map_err(|e| e.to_string())?;
     if !launch.start_paused && !running {
         machine.resume().map_err(|e| e.to_string())?;
     }
@@ -293,7 +293,7 @@ fn build(
         vcpus: launch.vcpus,
     };
     let vcpu_setup = |_index| jail.vcpu_thread_setup();
-    let joined = || jail.wait_cgroup_joined();
+    let joined = || jail.wait_cgroup_joined().map_err(Into::into);
     let mut machine =
         Machine::create_gated(&config, io, &vcpu_setup, &joined).map_err(|e| e.to_string())?;
     if let Some((gpa, len)) = launch.fill_pattern {
