@@ -103,7 +103,25 @@ pub enum VmError {
     #[error("before touching guest memory: {0}")]
     BeforeMemory(crate::machine::vcpu::SetupError),
     #[error("the machine state does not fit this VMM: {0}")]
-    StateMismatch(String),
+    StateMismatch(StateMismatchError),
+}
+
+/// How a saved machine state does not fit this VMM (or the machine made for it).
+#[derive(Debug, thiserror::Error)]
+pub enum StateMismatchError {
+    #[error("{0} vCPUs")]
+    TooManyVcpus(usize),
+    #[error("the sizes of its {0} memory regions add up past 64 bits")]
+    MemoryOverflow(usize),
+    #[error("memory regions {state:?} do not match this machine's layout {machine:?}")]
+    Layout {
+        state: Vec<(u64, u64)>,
+        machine: Vec<(u64, u64)>,
+    },
+    #[error("the state has {state} vCPUs, the machine {machine}")]
+    VcpuCount { state: usize, machine: usize },
+    #[error(transparent)]
+    Serial(#[from] crate::machine::devices::serial::SerialRestoreError),
 }
 
 /// Says whether this host can run VMs: `/dev/kvm` opens. The error says what to check.
