@@ -510,44 +510,51 @@ struct ElfHeader {
     phnum: u16,
 }
 
-fn parse_elf_header(head: &[u8]) -> Result<ElfHeader, String> {
+/// Why an ELF header is not one the loader takes. Each text is the reason in
+/// [`BootError::BadElf`].
+#[derive(Debug, thiserror::Error)]
+enum ElfHeaderError {
+    #[error("file is {len} bytes, shorter than the {ELF_HEADER_SIZE}-byte ELF header")]
+    Short { len: usize },
+    #[error("EI_CLASS is {0}, expected {ELFCLASS64} (64-bit)")]
+    Class(u8),
+    #[error("EI_DATA is {0}, expected {ELFDATA2LSB} (little-endian)")]
+    Data(u8),
+    #[error("e_machine is {0}, expected {EM_X86_64} (x86-64)")]
+    Machine(u16),
+    #[error("e_phentsize is {0}, expected {ELF_PHDR_SIZE}")]
+    PhentSize(u16),
+    #[error("e_phoff {0:#x} points into the ELF header")]
+    PhoffInHeader(u64),
+    #[error("e_phnum is {0}: no usable program headers")]
+    Phnum(u16),
+}
+
+fn parse_elf_header(head: &[u8]) -> Result<ElfHeader, ElfHeaderError> {
     if head.len() < ELF_HEADER_SIZE {
-        return Err(format!(
-            "file is {} bytes, shorter than the {ELF_HEADER_SIZE}-byte ELF header",
-            head.len()
-        ));
+        return Err(ElfHeaderError::Short { len: head.len() });
     }
     if head[4] != ELFCLASS64 {
-        return Err(format!(
-            "EI_CLASS is {}, expected {ELFCLASS64} (64-bit)",
-            head[4]
-        ));
+        return Err(ElfHeaderError::Class(head[4]));
     }
     if head[5] != ELFDATA2LSB {
-        return Err(format!(
-            "EI_DATA is {}, expected {ELFDATA2LSB} (little-endian)",
-            head[5]
-        ));
+        return Err(ElfHeaderError::Data(head[5]));
     }
     let machine = le16(head, 18);
     if machine != EM_X86_64 {
-        return Err(format!(
-            "e_machine is {machine}, expected {EM_X86_64} (x86-64)"
-        ));
+        return Err(ElfHeaderError::Machine(machine));
     }
     let phentsize = le16(head, 54);
     if usize::from(phentsize) != ELF_PHDR_SIZE {
-        return Err(format!(
-            "e_phentsize is {phentsize}, expected {ELF_PHDR_SIZE}"
-        ));
+        return Err(ElfHeaderError::PhentSize(phentsize));
     }
     let phoff = le64(head, 32);
     if phoff < ELF_HEADER_SIZE as u64 {
-        return Err(format!("e_phoff {phoff:#x} points into the ELF header"));
+        return Err(ElfHeaderError::PhoffInHeader(phoff));
     }
     let phnum = le16(head, 56);
     if phnum == 0 || phnum == PN_XNUM {
-        return Err(format!("e_phnum is {phnum}: no usable program headers"));
+        return Err(ElfHeaderError::Phnum(phnum));
     }
     Ok(ElfHeader {
         entry: le64(head, 24),
@@ -659,7 +666,7 @@ fn inspect_elf<F: Read + Seek + ?Sized>(
         path: path.to_path_buf(),
         reason,
     };
-    let header = parse_elf_header(head).map_err(bad)?;
+    let header = parse_elf_header(head).map_err(|e| bad(e.to_string()))?;
     let segments = read_elf_segments(file, path, &header, size)?;
     let mut ranges = Vec::new();
     for (index, seg) in segments.iter().enumerate() {
@@ -705,62 +712,77 @@ fn elf_setup_header() -> setup_header {
 // bzImage
 // ---------------------------------------------------------------------------------------
 
+/// Why a bzImage's setup header is not one the loader takes. Each text is the reason in
+/// [`BootError::BadBzImage`].
+#[derive(Debug, thiserror::Error)]
+enum BzImageHeaderError {
+    #[error("file is only {len} bytes")]
+    NoJumpByte { len: usize },
+    #[error(
+        "setup header ends at {header_end:#x} (jump byte {jump:#04x}), before init_size \
+         at {MIN_HEADER_END:#x}"
+    )]
+    HeaderEndsEarly { header_end: usize, jump: u8 },
+    #[error("file is only {len} bytes, the setup header needs {copy_end:#x}")]
+    Short { len: usize, copy_end: usize },
+    #[error(
+        "boot protocol version {0:#06x} is older than {MIN_BOOT_PROTOCOL:#06x}, the \
+         first with a declared 64-bit entry point"
+    )]
+    OldProtocol(u16),
+    #[error("loadflags {0:#04x} lacks LOADED_HIGH (a zImage, not a bzImage)")]
+    NotLoadedHigh(u8),
+    #[error("xloadflags {0:#06x} lacks XLF_KERNEL_64: no 64-bit entry point")]
+    No64BitEntry(u16),
+    #[error("init_size is 0")]
+    NoInitSize,
+    #[error("kernel_alignment {0:#x} of a relocatable kernel is not a power of two")]
+    Alignment(u32),
+}
+
 /// Copies the setup header out of the first bytes of a bzImage. Bytes past the header's own
 /// end (0x202 + the jump displacement at 0x201) belong to the setup code, not the header, and
 /// are left zero, as the boot protocol asks for fields a kernel does not define.
-fn parse_setup_header(head: &[u8]) -> Result<setup_header, String> {
-    let jump = head
+fn parse_setup_header(head: &[u8]) -> Result<setup_header, BzImageHeaderError> {
+    let jump = *head
         .get(0x201)
-        .ok_or_else(|| format!("file is only {} bytes", head.len()))?;
-    let header_end = HDRS_OFFSET + usize::from(*jump);
+        .ok_or(BzImageHeaderError::NoJumpByte { len: head.len() })?;
+    let header_end = HDRS_OFFSET + usize::from(jump);
     if header_end < MIN_HEADER_END {
-        return Err(format!(
-            "setup header ends at {header_end:#x} (jump byte {jump:#04x}), before init_size \
-             at {MIN_HEADER_END:#x}"
-        ));
+        return Err(BzImageHeaderError::HeaderEndsEarly { header_end, jump });
     }
     let copy_end = header_end.min(SNIFF_BYTES);
-    let bytes = head.get(SETUP_HEADER_OFFSET..copy_end).ok_or_else(|| {
-        format!(
-            "file is only {} bytes, the setup header needs {copy_end:#x}",
-            head.len()
-        )
-    })?;
+    let bytes = head
+        .get(SETUP_HEADER_OFFSET..copy_end)
+        .ok_or(BzImageHeaderError::Short {
+            len: head.len(),
+            copy_end,
+        })?;
     let mut header = setup_header::default();
     header.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
     Ok(header)
 }
 
 /// Checks the protocol version and flags the 64-bit entry needs.
-fn check_bzimage_header(header: &setup_header) -> Result<(), String> {
+fn check_bzimage_header(header: &setup_header) -> Result<(), BzImageHeaderError> {
     let version = header.version;
     if version < MIN_BOOT_PROTOCOL {
-        return Err(format!(
-            "boot protocol version {version:#06x} is older than {MIN_BOOT_PROTOCOL:#06x}, the \
-             first with a declared 64-bit entry point"
-        ));
+        return Err(BzImageHeaderError::OldProtocol(version));
     }
     let loadflags = header.loadflags;
     if loadflags & LOADED_HIGH == 0 {
-        return Err(format!(
-            "loadflags {loadflags:#04x} lacks LOADED_HIGH (a zImage, not a bzImage)"
-        ));
+        return Err(BzImageHeaderError::NotLoadedHigh(loadflags));
     }
     let xloadflags = header.xloadflags;
     if xloadflags & XLF_KERNEL_64 == 0 {
-        return Err(format!(
-            "xloadflags {xloadflags:#06x} lacks XLF_KERNEL_64: no 64-bit entry point"
-        ));
+        return Err(BzImageHeaderError::No64BitEntry(xloadflags));
     }
-    let init_size = header.init_size;
-    if init_size == 0 {
-        return Err("init_size is 0".to_string());
+    if header.init_size == 0 {
+        return Err(BzImageHeaderError::NoInitSize);
     }
     let align = header.kernel_alignment;
     if header.relocatable_kernel != 0 && !align.is_power_of_two() {
-        return Err(format!(
-            "kernel_alignment {align:#x} of a relocatable kernel is not a power of two"
-        ));
+        return Err(BzImageHeaderError::Alignment(align));
     }
     Ok(())
 }
@@ -792,8 +814,8 @@ fn inspect_bzimage(
         path: path.to_path_buf(),
         reason,
     };
-    let mut header = parse_setup_header(head).map_err(bad)?;
-    check_bzimage_header(&header).map_err(bad)?;
+    let mut header = parse_setup_header(head).map_err(|e| bad(e.to_string()))?;
+    check_bzimage_header(&header).map_err(|e| bad(e.to_string()))?;
     let sects = match header.setup_sects {
         0 => 4,
         n => u64::from(n),

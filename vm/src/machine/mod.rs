@@ -82,6 +82,8 @@ pub enum VmError {
     Thread(std::io::Error),
     #[error("vCPU: {0}")]
     Vcpu(String),
+    #[error("vCPU: {0}")]
+    VcpuThread(crate::machine::vcpu::VcpuThreadError),
     #[error("guest kit: {0}")]
     GuestKit(#[from] crate::guest_kit::GuestKitError),
     #[error("boot: {0}")]
@@ -99,9 +101,27 @@ pub enum VmError {
     #[error("machine state: {0}")]
     State(#[from] crate::machine::state::StateError),
     #[error("before touching guest memory: {0}")]
-    BeforeMemory(String),
+    BeforeMemory(crate::machine::vcpu::SetupError),
     #[error("the machine state does not fit this VMM: {0}")]
-    StateMismatch(String),
+    StateMismatch(StateMismatchError),
+}
+
+/// How a saved machine state does not fit this VMM (or the machine made for it).
+#[derive(Debug, thiserror::Error)]
+pub enum StateMismatchError {
+    #[error("{0} vCPUs")]
+    TooManyVcpus(usize),
+    #[error("the sizes of its {0} memory regions add up past 64 bits")]
+    MemoryOverflow(usize),
+    #[error("memory regions {state:?} do not match this machine's layout {machine:?}")]
+    Layout {
+        state: Vec<(u64, u64)>,
+        machine: Vec<(u64, u64)>,
+    },
+    #[error("the state has {state} vCPUs, the machine {machine}")]
+    VcpuCount { state: usize, machine: usize },
+    #[error(transparent)]
+    Serial(#[from] crate::machine::devices::serial::SerialRestoreError),
 }
 
 /// Says whether this host can run VMs: `/dev/kvm` opens. The error says what to check.
@@ -143,7 +163,7 @@ pub type VcpuSetupFactory<'a> = &'a dyn Fn(usize) -> Option<ThreadSetup>;
 /// Runs once, after the VM, irqchip, PIT, devices and vCPUs exist and before anything
 /// touches guest memory (the sandbox waits for its cgroup join here). An error stops the
 /// creation.
-pub type BeforeMemory<'a> = &'a dyn Fn() -> Result<(), String>;
+pub type BeforeMemory<'a> = &'a dyn Fn() -> Result<(), crate::machine::vcpu::SetupError>;
 
 pub struct Machine {
     kvm: Kvm,
@@ -320,7 +340,7 @@ impl Machine {
             .vcpus
             .get(index)
             .ok_or_else(|| VmError::Vcpu(format!("no vCPU {index}")))?;
-        t.call(f).map_err(VmError::Vcpu)
+        t.call(f).map_err(VmError::VcpuThread)
     }
 
     /// TSC frequency KVM gives the guest, in kHz.
@@ -396,7 +416,7 @@ impl Machine {
             });
         }
         for t in &self.vcpus {
-            t.run(&self.shared).map_err(VmError::Vcpu)?;
+            t.run(&self.shared).map_err(VmError::VcpuThread)?;
         }
         self.lifecycle = Lifecycle::Running;
         Ok(())
@@ -405,7 +425,7 @@ impl Machine {
     /// Stops every vCPU between two instructions; device and memory state stay coherent.
     pub fn pause(&mut self) -> Result<(), VmError> {
         if self.lifecycle == Lifecycle::Running {
-            pause_all(&self.vcpus, &self.shared).map_err(VmError::Vcpu)?;
+            pause_all(&self.vcpus, &self.shared).map_err(VmError::VcpuThread)?;
             self.lifecycle = Lifecycle::Paused;
             self.shared.devices.flush_console();
         }

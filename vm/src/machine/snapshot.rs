@@ -14,7 +14,8 @@ use crate::machine::devices::lock;
 use crate::machine::memory::{take_vmm_dirty_bits, DirtyConsumer, DirtyTracker, PageBitmaps};
 use crate::machine::state::{from_blob, to_blob, MachineState, STATE_FORMAT_VERSION};
 use crate::machine::{
-    kvm_err, BeforeMemory, Lifecycle, Machine, MachineConfig, MachineIo, VcpuSetupFactory, VmError,
+    kvm_err, BeforeMemory, Lifecycle, Machine, MachineConfig, MachineIo, StateMismatchError,
+    VcpuSetupFactory, VmError,
 };
 use crate::storage::{self, SnapshotDir, StorageError};
 
@@ -41,7 +42,10 @@ pub enum SnapshotError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("snapshot in {dir} describes an impossible machine: {reason}")]
-    BadSnapshot { dir: String, reason: String },
+    BadSnapshot {
+        dir: String,
+        reason: StateMismatchError,
+    },
 }
 
 fn read_irqchip(m: &Machine, chip_id: u32) -> Result<Vec<u8>, VmError> {
@@ -183,7 +187,7 @@ impl Machine {
         let loaded = storage::load(dir)?;
         let state = MachineState::decode(&loaded.state).map_err(VmError::from)?;
         let loaded_at = started.elapsed();
-        let bad = |reason: String| SnapshotError::BadSnapshot {
+        let bad = |reason: StateMismatchError| SnapshotError::BadSnapshot {
             dir: dir.display().to_string(),
             reason,
         };
@@ -244,22 +248,20 @@ impl Machine {
             });
         }
         if self.layout() != state.mem_regions.as_slice() {
-            return Err(VmError::StateMismatch(format!(
-                "memory regions {:?} do not match this machine's layout {:?}",
-                state.mem_regions,
-                self.layout()
-            )));
+            return Err(VmError::StateMismatch(StateMismatchError::Layout {
+                state: state.mem_regions.clone(),
+                machine: self.layout().to_vec(),
+            }));
         }
         if state.vcpus.len() != self.vcpus.len() {
-            return Err(VmError::StateMismatch(format!(
-                "the state has {} vCPUs, the machine {}",
-                state.vcpus.len(),
-                self.vcpus.len()
-            )));
+            return Err(VmError::StateMismatch(StateMismatchError::VcpuCount {
+                state: state.vcpus.len(),
+                machine: self.vcpus.len(),
+            }));
         }
         self.devices()
             .restore(&state.serial, &state.pv_port)
-            .map_err(VmError::StateMismatch)?;
+            .map_err(|e| VmError::StateMismatch(e.into()))?;
         let vm = self.vm_fd();
         vm.set_pit2(&from_blob("PIT", &state.pit)?)
             .map_err(kvm_err("set PIT"))?;
@@ -290,19 +292,14 @@ fn snapshot_config(dir: &Path, state: &MachineState) -> Result<MachineConfig, Sn
 /// The machine a decoded state asks for. The state came from a file: its region sizes may
 /// add up past `u64::MAX` and its vCPU count past `u8::MAX`; both are errors, not panics
 /// (the sizes themselves are checked by `MachineConfig::validate`).
-fn config_of(state: &MachineState) -> Result<MachineConfig, String> {
-    let vcpus =
-        u8::try_from(state.vcpus.len()).map_err(|_| format!("{} vCPUs", state.vcpus.len()))?;
+fn config_of(state: &MachineState) -> Result<MachineConfig, StateMismatchError> {
+    let vcpus = u8::try_from(state.vcpus.len())
+        .map_err(|_| StateMismatchError::TooManyVcpus(state.vcpus.len()))?;
     let mem_bytes = state
         .mem_regions
         .iter()
         .try_fold(0u64, |total, r| total.checked_add(r.1))
-        .ok_or_else(|| {
-            format!(
-                "the sizes of its {} memory regions add up past 64 bits",
-                state.mem_regions.len()
-            )
-        })?;
+        .ok_or(StateMismatchError::MemoryOverflow(state.mem_regions.len()))?;
     Ok(MachineConfig { mem_bytes, vcpus })
 }
 
@@ -345,6 +342,6 @@ mod tests {
         // Regression: the sizes used to be summed with `sum()`, which panics on overflow in
         // debug builds (and wraps to a small, valid-looking size in release builds).
         let err = config_of(&state(vec![(0, u64::MAX), (1 << 32, 2)])).unwrap_err();
-        assert!(err.contains("add up past 64 bits"), "{err}");
+        assert!(err.to_string().contains("add up past 64 bits"), "{err}");
     }
 }

@@ -88,7 +88,23 @@ pub struct VcpuThread {
 }
 
 /// Work a vCPU thread does first, on itself (the sandbox installs its seccomp filter here).
-pub type ThreadSetup = Box<dyn FnOnce() -> Result<(), String> + Send>;
+/// A failure stops the vCPU with [`VcpuEvent::Failed`] and the error's text as reason.
+pub type ThreadSetup = Box<dyn FnOnce() -> Result<(), SetupError> + Send>;
+
+/// Why a thread's setup (or the work before guest memory is touched) failed; the
+/// machine only reports its text. Boxed so `machine` does not depend on `process`.
+pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A vCPU thread that does not answer its owner.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuThreadError {
+    #[error("vCPU {0} thread is gone")]
+    Gone(usize),
+    #[error("vCPU {0} thread died during a call")]
+    DiedDuringCall(usize),
+    #[error("vCPU {0} did not stop within 5 s")]
+    DidNotStop(usize),
+}
 
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN()
@@ -128,10 +144,10 @@ impl VcpuThread {
                 // SAFETY: pthread_self has no preconditions.
                 let _ = id_tx.send(unsafe { libc::pthread_self() });
                 if let Some(setup) = setup {
-                    if let Err(reason) = setup() {
+                    if let Err(e) = setup() {
                         (shared.events)(VcpuEvent::Failed {
                             vcpu: index,
-                            reason,
+                            reason: e.to_string(),
                         });
                         return;
                     }
@@ -158,25 +174,25 @@ impl VcpuThread {
     pub fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut VcpuFd) -> R + Send + 'static,
-    ) -> Result<R, String> {
+    ) -> Result<R, VcpuThreadError> {
         let (tx, rx) = mpsc::channel();
         let call: VcpuCall = Box::new(move |fd| {
             let _ = tx.send(f(fd));
         });
         self.commands
             .send(Command::Call(call))
-            .map_err(|_| format!("vCPU {} thread is gone", self.index))?;
+            .map_err(|_| VcpuThreadError::Gone(self.index))?;
         rx.recv()
-            .map_err(|_| format!("vCPU {} thread died during a call", self.index))
+            .map_err(|_| VcpuThreadError::DiedDuringCall(self.index))
     }
 
     /// Lets the vCPU enter the guest.
-    pub fn run(&self, shared: &VcpuShared) -> Result<(), String> {
+    pub fn run(&self, shared: &VcpuShared) -> Result<(), VcpuThreadError> {
         shared.pause_requested.store(false, Ordering::Release);
         self.running.store(true, Ordering::Release);
         self.commands
             .send(Command::Run)
-            .map_err(|_| format!("vCPU {} thread is gone", self.index))
+            .map_err(|_| VcpuThreadError::Gone(self.index))
     }
 
     pub fn is_running(&self) -> bool {
@@ -190,14 +206,14 @@ impl VcpuThread {
 }
 
 /// Stops every running vCPU and waits until each has left KVM_RUN.
-pub fn pause_all(threads: &[VcpuThread], shared: &VcpuShared) -> Result<(), String> {
+pub fn pause_all(threads: &[VcpuThread], shared: &VcpuShared) -> Result<(), VcpuThreadError> {
     shared.pause_requested.store(true, Ordering::Release);
     let deadline = Instant::now() + Duration::from_secs(5);
     for t in threads {
         while t.is_running() {
             t.kick();
             if Instant::now() > deadline {
-                return Err(format!("vCPU {} did not stop within 5 s", t.index));
+                return Err(VcpuThreadError::DidNotStop(t.index));
             }
             std::thread::sleep(Duration::from_micros(100));
         }

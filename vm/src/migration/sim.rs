@@ -562,44 +562,72 @@ pub enum Outcome {
     MovedToDestination,
 }
 
+/// How a run broke the invariant of [`check_outcome`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvariantError {
+    #[error("destination started the VM {0} times")]
+    StartedMoreThanOnce(u32),
+    #[error("source runs but the destination kept the memory")]
+    DestinationKeptMemory,
+    #[error("source runs still throttled at {0}%")]
+    StillThrottled(u8),
+    #[error("destination runs but the source still holds a paused VM")]
+    SourceStillHolds,
+    #[error("source discarded without a confirmation")]
+    DiscardedUnconfirmed,
+    #[error("destination memory differs from the source's")]
+    MemoryDiffers,
+    #[error("the VM runs twice")]
+    RunsTwice,
+    #[error(
+        "the VM runs nowhere (source paused={paused} discarded={discarded} in_doubt={in_doubt})"
+    )]
+    RunsNowhere {
+        paused: bool,
+        discarded: bool,
+        in_doubt: bool,
+    },
+}
+
 /// The invariant of every run: the VM runs in exactly one place. Either the source runs it
 /// (never discarded) and the destination never started and holds nothing, or the destination
 /// started it exactly once with memory identical to the paused source's and the source
 /// discarded it after hearing the confirmation.
-pub fn check_outcome(sim: &Sim) -> Result<Outcome, String> {
+pub fn check_outcome(sim: &Sim) -> Result<Outcome, InvariantError> {
     let (s, d) = (&sim.src, &sim.dst);
     if d.starts > 1 {
-        return Err(format!("destination started the VM {} times", d.starts));
+        return Err(InvariantError::StartedMoreThanOnce(d.starts));
     }
     let src_runs = !s.paused && !s.discarded;
     let dst_runs = d.starts == 1;
     match (src_runs, dst_runs) {
         (true, false) => {
             if d.mem.is_some() {
-                return Err("source runs but the destination kept the memory".into());
+                return Err(InvariantError::DestinationKeptMemory);
             }
             if s.throttle != 0 {
-                return Err(format!("source runs still throttled at {}%", s.throttle));
+                return Err(InvariantError::StillThrottled(s.throttle));
             }
             Ok(Outcome::StayedOnSource)
         }
         (false, true) => {
             if !s.discarded {
-                return Err("destination runs but the source still holds a paused VM".into());
+                return Err(InvariantError::SourceStillHolds);
             }
             if !s.heard_confirm {
-                return Err("source discarded without a confirmation".into());
+                return Err(InvariantError::DiscardedUnconfirmed);
             }
             if d.mem.as_deref() != Some(&s.mem[..]) {
-                return Err("destination memory differs from the source's".into());
+                return Err(InvariantError::MemoryDiffers);
             }
             Ok(Outcome::MovedToDestination)
         }
-        (true, true) => Err("the VM runs twice".into()),
-        (false, false) => Err(format!(
-            "the VM runs nowhere (source paused={} discarded={} in_doubt={})",
-            s.paused, s.discarded, s.in_doubt
-        )),
+        (true, true) => Err(InvariantError::RunsTwice),
+        (false, false) => Err(InvariantError::RunsNowhere {
+            paused: s.paused,
+            discarded: s.discarded,
+            in_doubt: s.in_doubt,
+        }),
     }
 }
 

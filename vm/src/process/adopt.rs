@@ -69,6 +69,40 @@ pub enum AdoptError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{0}")]
+    EncodeTombstone(serde_json::Error),
+    #[error("tombstone {}: {source}", path.display())]
+    WriteTombstone {
+        path: PathBuf,
+        #[source]
+        source: crate::storage::StorageError,
+    },
+    /// `os_error` is None when the descriptor is a socket that does not listen.
+    #[error(
+        "the launch asks for adoption, but fd {fd} is not a listening socket ({}): \
+         spawn the VMM with VmmProcess::spawn",
+        listener_detail(.os_error)
+    )]
+    NotAListener {
+        fd: RawFd,
+        os_error: Option<io::Error>,
+    },
+}
+
+fn listener_detail(os_error: &Option<io::Error>) -> String {
+    match os_error {
+        Some(e) => e.to_string(),
+        None => "not listening".into(),
+    }
+}
+
+/// Why the VMM could not tell its owner an event.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OwnerError {
+    /// The owner of a VMM that is not adoptable is gone. The text starts with
+    /// [`PARENT_GONE`]; the VMM then exits without repeating it on stderr.
+    #[error("{PARENT_GONE}: {0}")]
+    ParentGone(control::ControlError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AdoptError + '_ {
@@ -181,11 +215,11 @@ pub fn read_tombstone(socket: &Path) -> Result<Option<ExitReason>, AdoptError> {
 }
 
 /// Writes the tombstone atomically (temp + fsync + rename + fsync of the directory).
-pub(crate) fn write_tombstone(socket: &Path, reason: &ExitReason) -> Result<(), String> {
+pub(crate) fn write_tombstone(socket: &Path, reason: &ExitReason) -> Result<(), AdoptError> {
     let path = tombstone_path(socket);
-    let json = serde_json::to_vec(reason).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(reason).map_err(AdoptError::EncodeTombstone)?;
     crate::storage::atomic::write_atomically(&path, |w| w.write_all(&json))
-        .map_err(|e| format!("tombstone {}: {e}", path.display()))
+        .map_err(|source| AdoptError::WriteTombstone { path, source })
 }
 
 /// The start time of process `pid` in clock ticks after boot (field 22 of /proc/PID/stat):
@@ -375,7 +409,7 @@ impl Owner {
 
     /// Sends `event` to the owner. Fails only for a VMM that is not adoptable and whose
     /// owner is gone; an adoptable one becomes orphaned instead.
-    pub(crate) fn send(&mut self, event: &Event) -> Result<(), String> {
+    pub(crate) fn send(&mut self, event: &Event) -> Result<(), OwnerError> {
         if let Event::Guest { code, value } = event {
             self.last_guest = Some((*code, *value));
         }
@@ -390,7 +424,7 @@ impl Owner {
                 self.dropped += 1;
                 Ok(())
             }
-            Err(e) => Err(format!("{PARENT_GONE}: {e}")),
+            Err(e) => Err(OwnerError::ParentGone(e)),
         }
     }
 
@@ -408,7 +442,7 @@ impl Owner {
         vm_id: &str,
         state: AdoptedState,
         exit: Option<ExitReason>,
-    ) -> Result<(), String> {
+    ) -> Result<(), OwnerError> {
         self.writer = Some(writer);
         let event = Event::Adopted {
             vm_id: vm_id.to_string(),
@@ -422,7 +456,7 @@ impl Owner {
 }
 
 /// Checks that the inherited `fd` is a listening socket and takes it.
-pub(crate) fn take_listener(fd: RawFd) -> Result<OwnedFd, String> {
+pub(crate) fn take_listener(fd: RawFd) -> Result<OwnedFd, AdoptError> {
     let mut accepting: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes one int into `accepting`.
@@ -436,15 +470,10 @@ pub(crate) fn take_listener(fd: RawFd) -> Result<OwnedFd, String> {
         )
     };
     if rc != 0 || accepting == 0 {
-        return Err(format!(
-            "the launch asks for adoption, but fd {fd} is not a listening socket ({}): \
-             spawn the VMM with VmmProcess::spawn",
-            if rc != 0 {
-                io::Error::last_os_error().to_string()
-            } else {
-                "not listening".into()
-            }
-        ));
+        return Err(AdoptError::NotAListener {
+            fd,
+            os_error: (rc != 0).then(io::Error::last_os_error),
+        });
     }
     // SAFETY: the spawner put the listener on this descriptor; nothing else in the process
     // owns it.
@@ -670,7 +699,7 @@ mod tests {
         let mut owner = Owner::new(a, false);
         drop(b);
         let err = owner.send(&Event::Paused).unwrap_err();
-        assert!(err.contains(PARENT_GONE), "{err}");
+        assert!(err.to_string().starts_with(PARENT_GONE), "{err}");
     }
 
     #[test]

@@ -6,12 +6,25 @@ use std::sync::Mutex;
 
 use crate::machine::vcpu::ThreadSetup;
 use crate::sandbox::{
-    CgroupJoin, CgroupLimits, FsAccess, FsRule, Sandbox, SandboxPolicy, SeccompFilters, ThreadKind,
+    CgroupJoin, CgroupLimits, FsAccess, FsRule, Sandbox, SandboxError, SandboxPolicy, SeccompError,
+    SeccompFilters, ThreadKind,
 };
 
 /// Memory the VMM process may use beyond guest RAM (its own heap, stacks, page tables,
 /// snapshot buffers).
 const VMM_MEMORY_MARGIN: u64 = 256 << 20;
+
+/// Why the jail could not be entered or a thread not filtered. The texts give the whole
+/// chain of causes, joined by ": " (they become the VMM's exit message).
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("{}", error_chain(.0))]
+    Sandbox(SandboxError),
+    #[error("{}", error_chain(.0))]
+    Seccomp(SeccompError),
+    #[error("internal: the cgroup join lock is poisoned")]
+    CgroupJoinPoisoned,
+}
 
 /// The jail after its process-wide part is in force; threads still install their filters.
 pub struct JailedThreads {
@@ -30,7 +43,7 @@ pub fn cgroup_name(vm_id: &str) -> String {
 /// new pid namespace the sandbox forks: this returns in the child, which becomes pid 1.
 /// The cgroup join may still be under way: call [`JailedThreads::wait_cgroup_joined`]
 /// before touching guest memory.
-pub fn enter(launch: &Launch) -> Result<JailedThreads, String> {
+pub fn enter(launch: &Launch) -> Result<JailedThreads, JailError> {
     if !launch.sandbox.enabled {
         return Ok(JailedThreads {
             filters: None,
@@ -55,8 +68,8 @@ pub fn enter(launch: &Launch) -> Result<JailedThreads, String> {
                 .unwrap_or(f64::from(launch.vcpus) + 1.0),
         ),
     });
-    let mut sandbox = Sandbox::prepare(&policy).map_err(|e| error_chain(&e))?;
-    let report = sandbox.enter_process_wide().map_err(|e| error_chain(&e))?;
+    let mut sandbox = Sandbox::prepare(&policy).map_err(JailError::Sandbox)?;
+    let report = sandbox.enter_process_wide().map_err(JailError::Sandbox)?;
     tracing::info!(%report, "VMM sandbox in force");
     Ok(JailedThreads {
         filters: Some(sandbox.filters()),
@@ -109,7 +122,7 @@ impl JailedThreads {
         Some(Box::new(move || {
             filters
                 .apply_to_current_thread(kind)
-                .map_err(|e| error_chain(&e))
+                .map_err(|e| JailError::Seccomp(e).into())
         }))
     }
 
@@ -125,20 +138,22 @@ impl JailedThreads {
 
     /// Blocks until the process is in its VM cgroup (at once if it already is). Call it
     /// before guest memory is mapped; an error means the VM must not start.
-    pub fn wait_cgroup_joined(&self) -> Result<(), String> {
+    pub fn wait_cgroup_joined(&self) -> Result<(), JailError> {
         let mut join = self
             .join
             .lock()
-            .map_err(|_| "internal: the cgroup join lock is poisoned".to_string())?;
-        join.wait().map_err(|e| error_chain(&e))
+            .map_err(|_| JailError::CgroupJoinPoisoned)?;
+        join.wait().map_err(JailError::Sandbox)
     }
 
     /// Filters the calling (main) thread. Also makes sure the cgroup join is complete, so
     /// no guest starts outside its limits even if a caller forgot to wait.
-    pub fn lock_current_thread(&self) -> Result<(), String> {
+    pub fn lock_current_thread(&self) -> Result<(), JailError> {
         self.wait_cgroup_joined()?;
-        match self.setup(ThreadKind::Vmm) {
-            Some(apply) => apply(),
+        match self.filters.as_ref() {
+            Some(filters) => filters
+                .apply_to_current_thread(ThreadKind::Vmm)
+                .map_err(JailError::Seccomp),
             None => Ok(()),
         }
     }

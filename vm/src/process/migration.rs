@@ -23,7 +23,7 @@ use crate::migration::messages::{Message, Mode};
 use crate::migration::source::NoConverge;
 use crate::migration::wire::write_message;
 use crate::migration::Phase;
-use crate::process::adopt::Owner;
+use crate::process::adopt::{Owner, OwnerError};
 use crate::process::control::{
     Command, Event, ExitReason, Launch, LaunchSource, MigrateOut, MigrationMode, MigrationProgress,
     MigrationSummary, OnNoConverge, INCOMING_ROLLED_BACK_PREFIX,
@@ -37,7 +37,7 @@ pub const CHUNK_SIZE: ChunkSize = ChunkSize::K16;
 
 /// Why a migration could not be set up, or its chunks kept, in this process.
 #[derive(Debug, thiserror::Error)]
-enum SetupError {
+pub enum SetupError {
     #[error("chunk store {}: {source}", dir.display())]
     Store {
         dir: PathBuf,
@@ -47,6 +47,21 @@ enum SetupError {
     Streams(usize),
     #[error(transparent)]
     Keep(#[from] KeepError),
+}
+
+/// Why an incoming migration gave no running VM. Every text but `NotIncoming` starts with
+/// [`INCOMING_ROLLED_BACK_PREFIX`] (the node tells a rollback by it) or is the owner's.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("internal: not an incoming launch")]
+    NotIncoming,
+    #[error("{INCOMING_ROLLED_BACK_PREFIX} {0}")]
+    SetupRolledBack(SetupError),
+    /// The destination driver's reason (the protocol carries reasons as text).
+    #[error("{INCOMING_ROLLED_BACK_PREFIX} {0}")]
+    RolledBack(String),
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
 }
 
 fn open_store(dir: &Path) -> Result<ChunkStore, SetupError> {
@@ -194,7 +209,7 @@ pub fn migrate_out(
     rx: &Receiver<Input>,
     writer: &mut Owner,
     deferred: &mut Vec<Input>,
-) -> Result<Option<ExitReason>, String> {
+) -> Result<Option<ExitReason>, OwnerError> {
     let links = match links_from(fds, cmd.session) {
         Ok(l) => l,
         Err(e) => {
@@ -310,7 +325,7 @@ impl DestinationHost for VmmDestinationHost<'_> {
             .take()
             .ok_or_else(|| "internal: a second machine for one migration".to_string())?;
         let vcpu_setup = |_index| self.jail.vcpu_thread_setup();
-        let joined = || self.jail.wait_cgroup_joined();
+        let joined = || self.jail.wait_cgroup_joined().map_err(Into::into);
         Machine::create_gated(config, io, &vcpu_setup, &joined).map_err(|e| e.to_string())
     }
 
@@ -338,22 +353,21 @@ pub fn receive(
     writer: &mut Owner,
     rx: &Receiver<Input>,
     deferred: &mut Vec<Input>,
-) -> Result<Machine, String> {
+) -> Result<Machine, ReceiveError> {
     let LaunchSource::Incoming {
         session,
         store,
         verify_memory,
     } = &launch.source
     else {
-        return Err("internal: not an incoming launch".into());
+        return Err(ReceiveError::NotIncoming);
     };
     let (session, verify_memory) = (*session, *verify_memory);
     let max = MachineConfig {
         mem_bytes: launch.mem_bytes,
         vcpus: launch.vcpus,
     };
-    let rolled_back = |reason: String| format!("{INCOMING_ROLLED_BACK_PREFIX} {reason}");
-    let mut links = links_from(fds, session).map_err(|e| rolled_back(e.to_string()))?;
+    let mut links = links_from(fds, session).map_err(ReceiveError::SetupRolledBack)?;
     let store = match store.as_deref().map(open_store).transpose() {
         Ok(store) => store.map(std::sync::Arc::new),
         Err(e) => {
@@ -366,7 +380,7 @@ pub fn receive(
                 tracing::debug!(error = %e, "could not tell the source");
             }
             links.shutdown();
-            return Err(rolled_back(reason));
+            return Err(ReceiveError::SetupRolledBack(e));
         }
     };
     let opts = DestinationOptions {
@@ -406,7 +420,7 @@ pub fn receive(
             }
             Ok(machine)
         }
-        DestinationOutcome::Failed { reason, .. } => Err(rolled_back(reason)),
+        DestinationOutcome::Failed { reason, .. } => Err(ReceiveError::RolledBack(reason)),
     }
 }
 

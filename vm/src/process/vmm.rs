@@ -12,7 +12,7 @@
 use std::io::BufReader;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,18 +20,18 @@ use std::time::{Duration, Instant};
 use crate::guest_kit::BuiltinGuest;
 use crate::machine::layout::{pv_event, PAGE_SIZE};
 use crate::machine::memory::fill_pattern;
-use crate::machine::snapshot::SnapshotKind;
+use crate::machine::snapshot::{SnapshotError, SnapshotKind};
 use crate::machine::vcpu::{monotonic_ns, EventSink, VcpuEvent};
 use crate::machine::{BootSource, Machine, MachineConfig, MachineIo, VmError};
-use crate::process::adopt::{self, Owner, ORPHAN_EXIT_WAIT, PARENT_GONE};
+use crate::process::adopt::{self, Owner, OwnerError, ORPHAN_EXIT_WAIT, PARENT_GONE};
 use crate::process::control::{
     self, AdoptedState, Command, Event, ExitReason, FillData, Launch, LaunchSource, SandboxProbe,
     SnapshotMode,
 };
 use crate::process::fd_passing::{FdQueue, FdStream};
-use crate::process::jail::{self, JailedThreads};
+use crate::process::jail::{self, JailError, JailedThreads};
 use crate::process::launcher::{ADOPT_FD, CONTROL_FD};
-use crate::process::migration;
+use crate::process::migration::{self, ReceiveError};
 
 pub(crate) enum Input {
     Command(Command),
@@ -39,6 +39,44 @@ pub(crate) enum Input {
     Vcpu(VcpuEvent),
     /// A new owner connected to the adopt socket: events go to this stream now.
     Adopted(UnixStream),
+}
+
+/// Why the VMM process ends in failure. The text is the message of
+/// [`ExitReason::Failed`] (and of stderr when the parent could not be told).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum VmmError {
+    #[error("vm id {0:?} is not 1-32 characters of [A-Za-z0-9_-]")]
+    BadVmId(String),
+    #[error(
+        "the snapshot in {} needs {} MiB and {} vCPUs, but this VMM was sized for \
+         {} MiB and {} vCPUs",
+        dir.display(),
+        needs.mem_bytes >> 20,
+        needs.vcpus,
+        sized.mem_bytes >> 20,
+        sized.vcpus
+    )]
+    SnapshotTooBig {
+        dir: PathBuf,
+        needs: MachineConfig,
+        sized: MachineConfig,
+    },
+    #[error("cannot start the control thread: {0}")]
+    ControlThread(std::io::Error),
+    #[error("internal: every event source is gone")]
+    EventSourcesGone,
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    GuestKit(#[from] crate::guest_kit::GuestKitError),
+    #[error(transparent)]
+    Jail(#[from] JailError),
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
 }
 
 /// Entry point of `novacron vmm`. Returns the process exit code.
@@ -71,7 +109,8 @@ pub fn main() -> i32 {
     {
         None => None,
         Some(Ok(l)) => Some(l),
-        Some(Err(message)) => {
+        Some(Err(e)) => {
+            let message = e.to_string();
             let _ = owner.send(&Event::Exited(ExitReason::Failed {
                 message: message.clone(),
             }));
@@ -95,7 +134,8 @@ pub fn main() -> i32 {
     // that very failure).
     let (reason, quiet) = match result {
         Ok(reason) => (reason, true),
-        Err(message) => {
+        Err(e) => {
+            let message = e.to_string();
             let quiet = message.contains(PARENT_GONE);
             (ExitReason::Failed { message }, quiet)
         }
@@ -180,7 +220,7 @@ fn run(
     control: Control<'_>,
     writer: &mut Owner,
     inputs: &mut Option<Receiver<Input>>,
-) -> Result<ExitReason, String> {
+) -> Result<ExitReason, VmmError> {
     let fds = control.fds;
     if launch.vm_id.is_empty()
         || launch.vm_id.len() > 32
@@ -189,13 +229,10 @@ fn run(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(format!(
-            "vm id {:?} is not 1-32 characters of [A-Za-z0-9_-]",
-            launch.vm_id
-        ));
+        return Err(VmmError::BadVmId(launch.vm_id.clone()));
     }
     // Without KVM nothing else matters; say so before the jail hides /dev from view.
-    crate::machine::check_kvm().map_err(|e| e.to_string())?;
+    crate::machine::check_kvm()?;
     let jail = jail::enter(launch)?;
     let jailed_ns = monotonic_ns();
     let (tx, rx) = mpsc::channel::<Input>();
@@ -222,23 +259,22 @@ fn run(
             migration::receive(launch, io, &jail, fds, writer, rx, &mut deferred)?
         }
         LaunchSource::Restore { dir } => {
-            let saved = Machine::describe_snapshot(dir).map_err(|e| e.to_string())?;
+            let saved = Machine::describe_snapshot(dir)?;
             if saved.mem_bytes > launch.mem_bytes || saved.vcpus > launch.vcpus {
-                return Err(format!(
-                    "the snapshot in {} needs {} MiB and {} vCPUs, but this VMM was sized for \
-                     {} MiB and {} vCPUs",
-                    dir.display(),
-                    saved.mem_bytes >> 20,
-                    saved.vcpus,
-                    launch.mem_bytes >> 20,
-                    launch.vcpus
-                ));
+                return Err(VmmError::SnapshotTooBig {
+                    dir: dir.clone(),
+                    needs: saved,
+                    sized: MachineConfig {
+                        mem_bytes: launch.mem_bytes,
+                        vcpus: launch.vcpus,
+                    },
+                });
             }
-            let joined = || jail.wait_cgroup_joined();
-            Machine::restore_gated(dir, io, &vcpu_setup, &joined).map_err(|e| e.to_string())?
+            let joined = || jail.wait_cgroup_joined().map_err(Into::into);
+            Machine::restore_gated(dir, io, &vcpu_setup, &joined)?
         }
         LaunchSource::Builtin { spec } => {
-            let guest: BuiltinGuest = spec.parse().map_err(|e| format!("{e}"))?;
+            let guest: BuiltinGuest = spec.parse()?;
             build(launch, io, &jail, BootSource::Builtin(guest))?
         }
         LaunchSource::Linux {
@@ -259,7 +295,7 @@ fn run(
     let built_ns = monotonic_ns();
     jail.lock_current_thread()?;
     if !launch.start_paused && !running {
-        machine.resume().map_err(|e| e.to_string())?;
+        machine.resume()?;
     }
     let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
     tracing::debug!(
@@ -287,24 +323,23 @@ fn build(
     io: MachineIo,
     jail: &JailedThreads,
     source: BootSource,
-) -> Result<Machine, String> {
+) -> Result<Machine, VmmError> {
     let config = MachineConfig {
         mem_bytes: launch.mem_bytes,
         vcpus: launch.vcpus,
     };
     let vcpu_setup = |_index| jail.vcpu_thread_setup();
-    let joined = || jail.wait_cgroup_joined();
-    let mut machine =
-        Machine::create_gated(&config, io, &vcpu_setup, &joined).map_err(|e| e.to_string())?;
+    let joined = || jail.wait_cgroup_joined().map_err(Into::into);
+    let mut machine = Machine::create_gated(&config, io, &vcpu_setup, &joined)?;
     if let Some((gpa, len)) = launch.fill_pattern {
-        fill_pattern(machine.memory(), gpa, len).map_err(|e| e.to_string())?;
+        fill_pattern(machine.memory(), gpa, len).map_err(VmError::from)?;
     }
-    machine.load(&source).map_err(|e| e.to_string())?;
+    machine.load(&source)?;
     Ok(machine)
 }
 
 /// Sends an event to the owner; see [`Owner::send`].
-pub(crate) fn send(owner: &mut Owner, event: &Event) -> Result<(), String> {
+pub(crate) fn send(owner: &mut Owner, event: &Event) -> Result<(), OwnerError> {
     owner.send(event)
 }
 
@@ -312,7 +347,7 @@ fn spawn_control_reader(
     control: Control<'_>,
     tx: Sender<Input>,
     jail: &JailedThreads,
-) -> Result<(), String> {
+) -> Result<(), VmmError> {
     let setup = jail.control_thread_setup();
     let Control {
         reader,
@@ -332,7 +367,7 @@ fn spawn_control_reader(
             control_thread(reader, listener, &fds, &tx);
         })
         .map(|_| ())
-        .map_err(|e| format!("cannot start the control thread: {e}"))
+        .map_err(VmmError::ControlThread)
 }
 
 /// Reads commands from the owner; for an adoptable VMM, then waits for the next owner and
@@ -409,16 +444,14 @@ fn event_loop(
     fds: &FdQueue,
     writer: &mut Owner,
     mut deferred: Vec<Input>,
-) -> Result<ExitReason, String> {
+) -> Result<ExitReason, VmmError> {
     let mut first_exit_reported = false;
     loop {
         let input = if deferred.is_empty() {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(i) => Some(i),
                 Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err("internal: every event source is gone".into())
-                }
+                Err(RecvTimeoutError::Disconnected) => return Err(VmmError::EventSourcesGone),
             }
         } else {
             Some(deferred.remove(0))
@@ -450,7 +483,7 @@ fn event_loop(
             Input::ControlClosed(why) if writer.adoptable() => writer.orphan(&why),
             Input::ControlClosed(why) => {
                 // The owner is gone; a VM nobody controls must not keep running.
-                machine.stop().map_err(|e| e.to_string())?;
+                machine.stop()?;
                 return Ok(ExitReason::Failed {
                     message: format!("control channel lost: {why}"),
                 });
@@ -471,7 +504,7 @@ fn on_vcpu_event(
     machine: &mut Machine,
     event: VcpuEvent,
     writer: &mut Owner,
-) -> Result<Option<ExitReason>, String> {
+) -> Result<Option<ExitReason>, VmmError> {
     let reason = match event {
         VcpuEvent::Report { report, .. } => {
             send(
@@ -494,7 +527,7 @@ fn on_vcpu_event(
             message: format!("vCPU {vcpu}: {reason}"),
         },
     };
-    machine.stop().map_err(|e| e.to_string())?;
+    machine.stop()?;
     Ok(Some(reason))
 }
 
@@ -502,7 +535,7 @@ fn on_command(
     machine: &mut Machine,
     cmd: Command,
     writer: &mut Owner,
-) -> Result<Option<ExitReason>, String> {
+) -> Result<Option<ExitReason>, VmmError> {
     let outcome: Result<Option<Event>, VmError> = match cmd {
         Command::Pause => machine.pause().map(|_| Some(Event::Paused)),
         Command::Resume => machine.resume().map(|_| Some(Event::Resumed)),
@@ -522,7 +555,7 @@ fn on_command(
             message: "no migration is in progress".into(),
         })),
         Command::Stop => {
-            machine.stop().map_err(|e| e.to_string())?;
+            machine.stop()?;
             return Ok(Some(ExitReason::Stopped));
         }
         Command::Snapshot {
@@ -593,9 +626,9 @@ fn snapshot(
     dir: &Path,
     mode: SnapshotMode,
     then_stop: bool,
-) -> Result<Event, String> {
+) -> Result<Event, VmError> {
     let was_running = machine.lifecycle() == crate::machine::Lifecycle::Running;
-    machine.pause().map_err(|e| e.to_string())?;
+    machine.pause()?;
     let kind = match mode {
         SnapshotMode::Full => SnapshotKind::Full,
         SnapshotMode::Incremental => SnapshotKind::Incremental,
@@ -603,7 +636,7 @@ fn snapshot(
     let result = machine.snapshot(dir, kind);
     let ok = result.is_ok();
     if was_running && !(then_stop && ok) {
-        machine.resume().map_err(|e| e.to_string())?;
+        machine.resume()?;
     }
     Ok(match result {
         Ok(stats) => Event::SnapshotDone {

@@ -95,7 +95,11 @@ pub enum StorageError {
         reason: manifest::ManifestError,
     },
     #[error("{dir}: no base snapshot for an incremental snapshot ({reason}); write a full snapshot first")]
-    NoBase { dir: PathBuf, reason: String },
+    NoBase {
+        dir: PathBuf,
+        /// Why the directory has no usable manifest (shared: the directory keeps it).
+        reason: std::sync::Arc<StorageError>,
+    },
     #[error("{dir}: layer chain already holds {limit} layers (the limit); write a full snapshot")]
     ChainTooLong { dir: PathBuf, limit: usize },
     #[error("{dir}: guest memory layout {found} does not match the snapshot's {expected}")]

@@ -17,6 +17,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::bitmap::AtomicBitmap;
@@ -94,7 +95,7 @@ pub struct SnapshotDir {
     /// Open directory handle holding the exclusive flock; released on drop.
     _lock: File,
     /// The committed manifest, or why there is no usable one.
-    base: std::result::Result<Manifest, String>,
+    base: std::result::Result<Manifest, Arc<StorageError>>,
     next_generation: u64,
     fault_hook: Option<BoxedHook>,
 }
@@ -126,7 +127,7 @@ impl SnapshotDir {
             }
             Ok(_) => {}
         }
-        let base = manifest.map_err(|e| e.to_string());
+        let base = manifest.map_err(Arc::new);
         let highest = highest_generation(dir)?;
         let committed = base.as_ref().map_or(0, |m| m.generation);
         let mut this = SnapshotDir {
@@ -208,7 +209,7 @@ impl SnapshotDir {
             Ok(done) => done,
             Err(e) => {
                 // The failure may have come after the manifest rename: trust the disk.
-                self.base = read_manifest(&self.dir).map_err(|e| e.to_string());
+                self.base = read_manifest(&self.dir).map_err(Arc::new);
                 return Err(e);
             }
         };

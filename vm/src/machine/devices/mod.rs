@@ -76,7 +76,7 @@ impl Devices {
         &self,
         serial: &crate::machine::state::SerialSnapshot,
         pv_port: &crate::machine::state::PvPortSnapshot,
-    ) -> Result<(), String> {
+    ) -> Result<(), serial::SerialRestoreError> {
         lock(&self.serial).restore(serial)?;
         lock(&self.pv_port).restore(pv_port);
         Ok(())

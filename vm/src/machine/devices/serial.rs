@@ -22,6 +22,15 @@ impl Trigger for IrqLine {
 /// Where the guest's serial output goes (stdout of the VMM process, or a test buffer).
 pub type SerialSink = Box<dyn Write + Send>;
 
+/// Why a saved UART state could not be put back.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialRestoreError {
+    #[error("cannot clone the serial irqfd: {0}")]
+    CloneIrq(std::io::Error),
+    #[error("serial state refused: {0:?}")]
+    Refused(vm_superio::serial::Error<std::io::Error>),
+}
+
 pub struct SerialConsole {
     uart: Serial<IrqLine, NoEvents, SerialSink>,
 }
@@ -35,26 +44,24 @@ impl SerialConsole {
 
     /// Puts the UART's registers and receive FIFO back as `snap` had them, keeping this
     /// console's interrupt line and output sink.
-    pub fn restore(&mut self, snap: &SerialSnapshot) -> Result<(), String> {
+    pub fn restore(&mut self, snap: &SerialSnapshot) -> Result<(), SerialRestoreError> {
         let state = serial_state(snap);
         let irq = self
             .uart
             .interrupt_evt()
             .0
             .try_clone()
-            .map_err(|e| format!("cannot clone the serial irqfd: {e}"))?;
+            .map_err(SerialRestoreError::CloneIrq)?;
         // vm-superio rebuilds a UART from state only by value: swap a placeholder in while
         // the sink moves from the old UART to the restored one.
-        let placeholder_irq = irq
-            .try_clone()
-            .map_err(|e| format!("cannot clone the serial irqfd: {e}"))?;
+        let placeholder_irq = irq.try_clone().map_err(SerialRestoreError::CloneIrq)?;
         let placeholder: SerialSink = Box::new(std::io::sink());
         let old = std::mem::replace(
             &mut self.uart,
             Serial::new(IrqLine(placeholder_irq), placeholder),
         );
         self.uart = Serial::from_state(&state, IrqLine(irq), NoEvents, old.into_writer())
-            .map_err(|e| format!("serial state refused: {e:?}"))?;
+            .map_err(SerialRestoreError::Refused)?;
         Ok(())
     }
 
