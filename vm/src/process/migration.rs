@@ -29,8 +29,9 @@ use crate::process::control::{
     MigrationSummary, OnNoConverge, INCOMING_ROLLED_BACK_PREFIX,
 };
 use crate::process::fd_passing::{take_streams, FdQueue};
+use crate::process::input::Input;
 use crate::process::jail::JailedThreads;
-use crate::process::vmm::{cpu_time_ns, send, Input};
+use crate::process::usage::cpu_time_ns;
 
 /// Chunk size of migrations and of the chunks kept in stores.
 pub const CHUNK_SIZE: ChunkSize = ChunkSize::K16;
@@ -136,11 +137,11 @@ struct VmmSourceHost<'a> {
 impl SourceHost for VmmSourceHost<'_> {
     fn report(&mut self, report: &Report) {
         let event = Event::MigrationProgress(progress_of(report));
-        self.parent_gone |= send(self.writer, &event).is_err();
+        self.parent_gone |= self.writer.send(&event).is_err();
     }
 
     fn in_doubt(&mut self) {
-        self.parent_gone |= send(self.writer, &Event::MigrationInDoubt).is_err();
+        self.parent_gone |= self.writer.send(&Event::MigrationInDoubt).is_err();
     }
 
     fn poll(&mut self) -> Option<HostInput> {
@@ -213,13 +214,10 @@ pub fn migrate_out(
     let links = match links_from(fds, cmd.session) {
         Ok(l) => l,
         Err(e) => {
-            send(
-                writer,
-                &Event::MigrationFailed {
-                    reason: e.to_string(),
-                    summary: MigrationSummary::default(),
-                },
-            )?;
+            writer.send(&Event::MigrationFailed {
+                reason: e.to_string(),
+                summary: MigrationSummary::default(),
+            })?;
             return Ok(None);
         }
     };
@@ -249,40 +247,34 @@ pub fn migrate_out(
     let cpu_ns = cpu_time_ns().saturating_sub(cpu_before);
     match outcome {
         SourceOutcome::Moved(summary) => {
-            send(writer, &Event::MigratedOut(summary_of(&summary, cpu_ns)))?;
+            writer.send(&Event::MigratedOut(summary_of(&summary, cpu_ns)))?;
             if let Some(dir) = &cmd.store {
                 let kept = open_store(dir).and_then(|store| {
                     keep_memory(machine, &store, CHUNK_SIZE).map_err(SetupError::from)
                 });
                 match kept {
-                    Ok(k) => send(writer, &kept_event(&k))?,
+                    Ok(k) => writer.send(&kept_event(&k))?,
                     Err(e) => tracing::warn!(error = %e, "could not keep the VM's chunks"),
                 }
             }
             Ok(Some(ExitReason::MigratedAway))
         }
         SourceOutcome::RolledBack { reason, summary } => {
-            send(
-                writer,
-                &Event::MigrationFailed {
-                    reason,
-                    summary: summary_of(&summary, cpu_ns),
-                },
-            )?;
+            writer.send(&Event::MigrationFailed {
+                reason,
+                summary: summary_of(&summary, cpu_ns),
+            })?;
             Ok(None)
         }
         SourceOutcome::InDoubt(summary) => {
-            send(
-                writer,
-                &Event::MigrationFailed {
-                    reason: format!(
-                        "{} nobody could say whether the destination started the VM; it stays \
+            writer.send(&Event::MigrationFailed {
+                reason: format!(
+                    "{} nobody could say whether the destination started the VM; it stays \
                          paused here",
-                        crate::process::control::IN_DOUBT_PREFIX
-                    ),
-                    summary: summary_of(&summary, cpu_ns),
-                },
-            )?;
+                    crate::process::control::IN_DOUBT_PREFIX
+                ),
+                summary: summary_of(&summary, cpu_ns),
+            })?;
             Ok(None)
         }
     }
@@ -404,19 +396,16 @@ pub fn receive(
     };
     match run_destination(links, opts, &mut host) {
         DestinationOutcome::Running { machine, summary } => {
-            send(
-                writer,
-                &Event::MigratedIn {
-                    resumed_ns: summary.resumed_ns.unwrap_or_default(),
-                    wire_bytes: summary.wire_bytes,
-                    chunks_received: summary.chunks_received,
-                    chunks_from_store: summary.chunks_from_store,
-                    memory_blake3: summary.memory_blake3,
-                    cpu_ns: cpu_time_ns(),
-                },
-            )?;
+            writer.send(&Event::MigratedIn {
+                resumed_ns: summary.resumed_ns.unwrap_or_default(),
+                wire_bytes: summary.wire_bytes,
+                chunks_received: summary.chunks_received,
+                chunks_from_store: summary.chunks_from_store,
+                memory_blake3: summary.memory_blake3,
+                cpu_ns: cpu_time_ns(),
+            })?;
             if let Some(k) = &summary.kept {
-                send(writer, &kept_event(k))?;
+                writer.send(&kept_event(k))?;
             }
             Ok(machine)
         }

@@ -29,17 +29,11 @@ use crate::process::control::{
     SnapshotMode,
 };
 use crate::process::fd_passing::{FdQueue, FdStream};
+use crate::process::input::Input;
 use crate::process::jail::{self, JailError, JailedThreads};
 use crate::process::launcher::{ADOPT_FD, CONTROL_FD};
 use crate::process::migration::{self, ReceiveError};
-
-pub(crate) enum Input {
-    Command(Command),
-    ControlClosed(String),
-    Vcpu(VcpuEvent),
-    /// A new owner connected to the adopt socket: events go to this stream now.
-    Adopted(UnixStream),
-}
+use crate::process::usage::current_rss_bytes;
 
 /// Why the VMM process ends in failure. The text is the message of
 /// [`ExitReason::Failed`] (and of stderr when the parent could not be told).
@@ -304,15 +298,12 @@ fn run(
         start_ms = ms(built_ns, monotonic_ns()),
         "VMM start phases"
     );
-    send(
-        writer,
-        &Event::Ready {
-            process_start_ns,
-            ready_ns: monotonic_ns(),
-            guest: machine.guest_description().to_string(),
-            sandbox: jail.summary(),
-        },
-    )?;
+    writer.send(&Event::Ready {
+        process_start_ns,
+        ready_ns: monotonic_ns(),
+        guest: machine.guest_description().to_string(),
+        sandbox: jail.summary(),
+    })?;
     event_loop(&mut machine, &launch.vm_id, rx, fds, writer, deferred)
 }
 
@@ -336,11 +327,6 @@ fn build(
     }
     machine.load(&source)?;
     Ok(machine)
-}
-
-/// Sends an event to the owner; see [`Owner::send`].
-pub(crate) fn send(owner: &mut Owner, event: &Event) -> Result<(), OwnerError> {
-    owner.send(event)
 }
 
 fn spawn_control_reader(
@@ -458,7 +444,7 @@ fn event_loop(
         };
         if !first_exit_reported {
             if let Some(at_ns) = machine.first_io_exit_ns() {
-                send(writer, &Event::FirstIoExit { at_ns })?;
+                writer.send(&Event::FirstIoExit { at_ns })?;
                 first_exit_reported = true;
             }
         }
@@ -507,13 +493,10 @@ fn on_vcpu_event(
 ) -> Result<Option<ExitReason>, VmmError> {
     let reason = match event {
         VcpuEvent::Report { report, .. } => {
-            send(
-                writer,
-                &Event::Guest {
-                    code: report.code,
-                    value: report.value,
-                },
-            )?;
+            writer.send(&Event::Guest {
+                code: report.code,
+                value: report.value,
+            })?;
             if report.code != pv_event::EXIT {
                 return Ok(None);
             }
@@ -564,7 +547,7 @@ fn on_command(
             then_stop,
         } => {
             let event = snapshot(machine, &dir, mode, then_stop)?;
-            send(writer, &event)?;
+            writer.send(&event)?;
             if then_stop && matches!(event, Event::SnapshotDone { .. }) {
                 return Ok(Some(ExitReason::Stopped));
             }
@@ -577,7 +560,7 @@ fn on_command(
         })
     });
     if let Some(event) = event {
-        send(writer, &event)?;
+        writer.send(&event)?;
     }
     Ok(None)
 }
@@ -650,24 +633,4 @@ fn snapshot(
             message: format!("snapshot to {} failed: {e}", dir.display()),
         },
     })
-}
-
-/// Peak resident set size of this process. The VMM's memory only grows, so the peak is
-/// the current size; getrusage needs no filesystem access, which the jail does not give.
-fn current_rss_bytes() -> u64 {
-    rusage().map_or(0, |u| u.ru_maxrss.max(0) as u64 * 1024)
-}
-
-fn rusage() -> Option<libc::rusage> {
-    // SAFETY: getrusage fills the struct we own.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0).then_some(usage)
-}
-
-/// CPU time (user + system) this process used so far, all threads, ended ones included.
-pub(crate) fn cpu_time_ns() -> u64 {
-    let ns =
-        |t: libc::timeval| t.tv_sec.max(0) as u64 * 1_000_000_000 + t.tv_usec.max(0) as u64 * 1000;
-    rusage().map_or(0, |u| ns(u.ru_utime) + ns(u.ru_stime))
 }
