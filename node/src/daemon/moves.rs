@@ -571,10 +571,10 @@ impl Daemon {
                     }
                 }
             }
-            if plan.is_finished() {
+            // None once every VM moved or was parked.
+            let Some(next) = plan.next_deadline() else {
                 break;
-            }
-            let wake = plan.next_deadline().map(|d| epoch.instant(d));
+            };
             tokio::select! {
                 Some(report) = reports.recv() => match report {
                     Report::Started { vm, migration } => {
@@ -583,7 +583,7 @@ impl Daemon {
                     Report::Refused { vm } => plan.refused(&vm),
                     Report::Ended { vm, migration, moved } => plan.ended(&vm, &migration, moved),
                 },
-                _ = async { tokio::time::sleep_until(wake?).await; Some(()) }, if wake.is_some() => {}
+                _ = tokio::time::sleep_until(epoch.instant(next)) => {}
             }
         }
         while parks.join_next().await.is_some() {}
