@@ -8,6 +8,8 @@
 //! - [`identity`]: the node's ed25519 key on disk (`<data_dir>/node.key`, 0600) and its `PeerId`.
 //! - [`records`]: signed node records, their verification and the book of each peer's newest.
 //! - [`cells`]: cell assignment by a prefix of blake3(PeerId), prefix length, signed summaries.
+//! - [`submission`]: signed job submissions (the submitter's signature, nonce, validity window)
+//!   and the job id they define.
 //! - [`summaries`]: who publishes a cell's summary, how it is built, the book of those heard.
 //! - [`cell_wire`]: cell membership (chitchat's format) on streams: frames, a validating parser
 //!   and encoder, short ids, admission caps.
@@ -31,6 +33,7 @@ pub mod chunks;
 pub mod dht_keys;
 pub mod identity;
 pub mod records;
+pub mod submission;
 pub mod summaries;
 #[cfg(feature = "swarm")]
 pub mod swarm;

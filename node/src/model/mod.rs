@@ -1,4 +1,4 @@
-//! The node's domain model: its VMs, their migrations, its cell as it sees it, what the
+//! The node's domain model: its VMs, the jobs it knows, their migrations, its cell as it sees it, what the
 //! politeness policy allows and the events it announces. Plain data (serde, and the
 //! OpenAPI schema the API publishes); the policy cores decide on it, the daemon keeps it,
 //! the API and the dashboard show it.
@@ -6,12 +6,17 @@
 mod event;
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod job;
 mod mesh;
 mod migration;
 mod politeness;
 mod vm;
 
 pub use event::{EventEnvelope, NodeEvent};
+pub use job::{
+    ImageRef, JobFile, JobInfo, JobMigration, JobPayload, JobSpec, JobState, ReplicaInfo,
+    ReplicaState, ResultSource, SpecError, MAX_REPLICAS, MAX_RESULT_BLOB_BYTES, MAX_SERIAL_BYTES,
+};
 pub use mesh::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
 pub use migration::{MigrationDirection, MigrationInfo, MigrationProgressInfo, MigrationState};
 pub use politeness::{OwnerSetting, PolitenessInfo};
