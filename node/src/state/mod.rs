@@ -1,5 +1,6 @@
 //! The node's durable state: an embedded SQLite database (default `<dataDir>/state.db`,
-//! `DB_URL` may point elsewhere) holding its VMs, migrations, events and peers of note.
+//! `DB_URL` may point elsewhere) holding its VMs, migrations, events, peers of note and jobs
+//! (`jobs.rs`).
 //!
 //! Every write is one transaction in WAL mode with `synchronous=FULL`: a node killed -9 (or
 //! losing power) after a write returned finds it on restart; one killed during a write finds
@@ -9,7 +10,10 @@
 //! What this cannot do: other databases (a `DB_URL` that is not SQLite is refused with an
 //! error saying so), or share one database between two nodes (each node owns its file).
 
+mod jobs;
 pub mod schema;
+
+pub use jobs::{JobRecord, JobRole};
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -1,4 +1,4 @@
-//! The database schema and its migrations.
+//! The database schema and its migrations (1: VMs, migrations, events, peers; 2: jobs).
 //!
 //! The schema version is SQLite's `user_version`. Each migration runs in one transaction
 //! with the version bump, so a node killed mid-migration finds the database at the old
@@ -51,6 +51,20 @@ const MIGRATIONS: &[&str] = &[
          addrs TEXT NOT NULL,
          updated_at_ms INTEGER NOT NULL
      );",
+    // 2: jobs, as the node they were submitted through (origin) and as a node running one of
+    // their replicas (runner) knows them: the signed submission, and the job as JSON.
+    "CREATE TABLE jobs (
+         id TEXT NOT NULL,
+         role TEXT NOT NULL,
+         submission BLOB NOT NULL,
+         info TEXT NOT NULL,
+         state TEXT NOT NULL,
+         submitter TEXT NOT NULL,
+         expires_at INTEGER NOT NULL,
+         updated_at_ms INTEGER NOT NULL,
+         PRIMARY KEY (id, role)
+     );
+     CREATE INDEX jobs_by_submitter ON jobs (submitter, state);",
 ];
 
 /// The schema version this binary writes.
@@ -104,12 +118,34 @@ mod tests {
         let tables: i64 = conn
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
-                 AND name IN ('vms', 'migrations', 'events', 'peers')",
+                 AND name IN ('vms', 'migrations', 'events', 'peers', 'jobs')",
                 [],
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 4);
+        assert_eq!(tables, 5);
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_jobs_table_and_keeps_its_rows() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO vms (id, spec, state, created_at_ms, updated_at_ms) \
+             VALUES ('v', '{}', 'running', 1, 1)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), 1);
+        let (vms, jobs): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM vms), (SELECT count(*) FROM jobs)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((vms, jobs), (1, 0));
     }
 
     #[test]
