@@ -6,7 +6,9 @@
 //! - `/novacron/cell/<bits>/<prefix hex>` — providers are the cell's members (how a joining
 //!   node finds its cell), values are signed cell summaries;
 //! - `/novacron/chunkset/<64 hex>` — providers hold every chunk of that chunk set (its id is
-//!   the blake3 hash of its manifest).
+//!   the blake3 hash of its manifest);
+//! - `/novacron/job/<64 hex>` — providers are the nodes that know the job (the node it was
+//!   submitted through, the nodes running its replicas): where `novacron job show` asks.
 //!
 //! Pure: no IO; the simulator and fuzzers use it as the node does.
 
@@ -20,6 +22,7 @@ pub const MAX_DHT_KEY_BYTES: usize = 96;
 
 const CELL_PREFIX: &str = "/novacron/cell/";
 const CHUNK_SET_PREFIX: &str = "/novacron/chunkset/";
+const JOB_PREFIX: &str = "/novacron/job/";
 
 /// A key of the NovaCron DHT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +31,8 @@ pub enum DhtKey {
     Cell(CellId),
     /// A chunk set, by the blake3 hash of its manifest.
     ChunkSet([u8; 32]),
+    /// A job, by its id (blake3 of its signed submission).
+    Job([u8; 32]),
 }
 
 /// Why bytes are not a NovaCron DHT key.
@@ -37,7 +42,7 @@ pub enum DhtKeyError {
     TooLong { len: usize, max: usize },
     #[error("DHT key is not UTF-8")]
     NotText,
-    #[error("DHT key {0:?} is not in a NovaCron namespace (/novacron/cell/, /novacron/chunkset/)")]
+    #[error("DHT key {0:?} is not in a NovaCron namespace (/novacron/cell/, /novacron/chunkset/, /novacron/job/)")]
     UnknownNamespace(String),
     #[error("DHT key {key:?}: {reason}")]
     Malformed { key: String, reason: &'static str },
@@ -64,6 +69,9 @@ impl DhtKey {
         if let Some(rest) = text.strip_prefix(CHUNK_SET_PREFIX) {
             return parse_hash(text, rest).map(DhtKey::ChunkSet);
         }
+        if let Some(rest) = text.strip_prefix(JOB_PREFIX) {
+            return parse_hash(text, rest).map(DhtKey::Job);
+        }
         Err(DhtKeyError::UnknownNamespace(text.to_string()))
     }
 }
@@ -76,6 +84,10 @@ impl fmt::Display for DhtKey {
             }
             DhtKey::ChunkSet(id) => {
                 f.write_str(CHUNK_SET_PREFIX)?;
+                crate::util::hex::write(f, id)
+            }
+            DhtKey::Job(id) => {
+                f.write_str(JOB_PREFIX)?;
                 crate::util::hex::write(f, id)
             }
         }
@@ -111,7 +123,7 @@ fn parse_cell(key: &str, rest: &str) -> Result<CellId, DhtKeyError> {
 fn parse_hash(key: &str, hex: &str) -> Result<[u8; 32], DhtKeyError> {
     let digits = hex.as_bytes();
     if digits.len() != 64 {
-        return Err(malformed(key, "a chunk set id is 64 hex digits"));
+        return Err(malformed(key, "an id is 64 hex digits"));
     }
     let mut out = [0u8; 32];
     for (i, pair) in digits.chunks_exact(2).enumerate() {
@@ -133,6 +145,7 @@ mod tests {
             DhtKey::Cell(CellId::new(8, 0xab).unwrap()),
             DhtKey::Cell(CellId::new(32, u32::MAX).unwrap()),
             DhtKey::ChunkSet([0x5a; 32]),
+            DhtKey::Job([0xa5; 32]),
         ] {
             assert_eq!(DhtKey::parse(&key.to_bytes()), Ok(key), "{key}");
         }
@@ -163,6 +176,7 @@ mod tests {
             "/novacron/cell/8/0ab",
             "/novacron/cell/8/AB",
             "/novacron/chunkset/abc",
+            "/novacron/job/abc",
             "/novacron/chunkset/ZZ5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
         ] {
             let err = DhtKey::parse(bad.as_bytes()).unwrap_err();

@@ -27,6 +27,8 @@ pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod install;
 #[cfg(feature = "daemon")]
+pub mod jobs;
+#[cfg(feature = "daemon")]
 pub mod local_mesh;
 #[cfg(feature = "daemon")]
 pub mod mesh_migration;

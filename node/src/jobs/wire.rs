@@ -1,0 +1,366 @@
+//! The job protocol's messages (`/novacron/job/1`): one request and one response per
+//! stream, each a frame of a 4-byte little-endian length and that much JSON, at most
+//! [`MAX_FRAME`] bytes. Pure: bytes in, values out; every bound is checked here, before
+//! the daemon looks at a message.
+//!
+//! ```text
+//! origin -> candidate   Offer { job, size }             <- Offer { free ... } | Refuse
+//! origin -> candidate   Place { submission, replica }   <- Admitted { vm } | Refuse
+//! runner -> origin      Report { job, replica, state }  <- Ack | Refuse
+//! anyone -> holder      Status { job }                  <- Status { job } | NotFound
+//! anyone -> runner      Logs { job, replica, offset }   <- Logs { bytes } | NotFound
+//! origin -> runner      Cancel { job, replica }         <- Ack | NotFound
+//! ```
+//!
+//! The stream is authenticated by the mesh (noise): the receiver knows which peer sent a
+//! request, and a report is believed only from the node the origin placed the replica on.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Backend, JobInfo, ReplicaState, MAX_REPLICAS};
+
+/// Largest frame body: a signed submission (up to ~33 KiB) in hex, or a job with its spec.
+pub const MAX_FRAME: usize = 256 << 10;
+pub const LEN_PREFIX: usize = 4;
+/// Most serial output bytes one `Logs` answer carries.
+pub const MAX_LOG_CHUNK: usize = 64 << 10;
+/// Longest reason or detail sent (longer ones are cut at a character).
+pub const MAX_REASON: usize = 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JobRequest {
+    /// Would the node take a replica of this size now?
+    Offer {
+        job_id: String,
+        backend: Backend,
+        vcpus: u8,
+        memory_mib: u64,
+    },
+    /// Run replica `replica` at `generation` of the signed submission (hex); report to the
+    /// sender, the job's origin.
+    Place {
+        submission: String,
+        replica: u32,
+        generation: u64,
+    },
+    /// A replica's node tells the job's origin where the replica is.
+    Report(ReplicaReport),
+    /// Stop a replica (the job was cancelled or decided).
+    Cancel { job_id: String, replica: u32 },
+    /// What the node knows of a job.
+    Status { job_id: String },
+    /// Serial output of a replica the node runs or ran, from `offset`.
+    Logs {
+        job_id: String,
+        replica: u32,
+        offset: u64,
+    },
+}
+
+/// Where a replica is, as its node reports it to the origin.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaReport {
+    pub job_id: String,
+    pub replica: u32,
+    pub generation: u64,
+    pub state: ReplicaState,
+    pub vm_id: Option<String>,
+    pub result_hash: Option<String>,
+    pub log_set: Option<String>,
+    pub result_set: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JobResponse {
+    Offer {
+        free_vcpus: u32,
+        free_memory_mib: u64,
+        free_slots: u32,
+        load_permille: u16,
+    },
+    Admitted {
+        vm_id: String,
+    },
+    Ack,
+    Status {
+        job: Box<JobInfo>,
+    },
+    Logs {
+        /// Hex of the bytes from the asked offset.
+        data: String,
+        next_offset: u64,
+        /// The replica ended: no more output will come.
+        finished: bool,
+    },
+    NotFound,
+    Refuse {
+        reason: String,
+    },
+}
+
+/// Why bytes are not a valid frame or message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {len} bytes is over the limit of {MAX_FRAME} bytes")]
+    TooLarge { len: usize },
+    #[error("frame is not valid JSON of the expected shape: {0}")]
+    Json(String),
+    #[error("{field}: {reason}")]
+    Field {
+        field: &'static str,
+        reason: &'static str,
+    },
+}
+
+fn field(field: &'static str, reason: &'static str) -> WireError {
+    WireError::Field { field, reason }
+}
+
+/// A job id is 64 lower-case hex digits (blake3 of the signed submission).
+pub fn valid_job_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn valid_hex_id(id: &Option<String>) -> bool {
+    id.as_deref().is_none_or(valid_job_id)
+}
+
+fn short(text: &Option<String>) -> bool {
+    text.as_deref().is_none_or(|t| t.len() <= MAX_REASON)
+}
+
+impl JobRequest {
+    /// Checks every bound (ids, replica numbers, lengths).
+    pub fn validate(&self) -> Result<(), WireError> {
+        let (job_id, replica) = match self {
+            JobRequest::Offer {
+                job_id,
+                vcpus,
+                memory_mib,
+                ..
+            } => {
+                if *vcpus == 0 || *memory_mib == 0 {
+                    return Err(field("vcpus", "ask for at least one vCPU and some memory"));
+                }
+                (job_id, None)
+            }
+            JobRequest::Place {
+                submission,
+                replica,
+                ..
+            } => {
+                if submission.is_empty()
+                    || submission.len() > 2 * novacron_mesh::submission::MAX_SIGNED_SUBMISSION_LEN
+                {
+                    return Err(field("submission", "empty or over the size limit"));
+                }
+                return check_replica(*replica);
+            }
+            JobRequest::Report(r) => {
+                if !valid_hex_id(&r.result_hash)
+                    || !valid_hex_id(&r.log_set)
+                    || !valid_hex_id(&r.result_set)
+                {
+                    return Err(field("result", "hashes and chunk sets are 64 hex digits"));
+                }
+                if !short(&r.detail) || r.vm_id.as_ref().is_some_and(|v| v.len() > 64) {
+                    return Err(field("detail", "too long"));
+                }
+                (&r.job_id, Some(r.replica))
+            }
+            JobRequest::Cancel { job_id, replica }
+            | JobRequest::Logs {
+                job_id, replica, ..
+            } => (job_id, Some(*replica)),
+            JobRequest::Status { job_id } => (job_id, None),
+        };
+        if !valid_job_id(job_id) {
+            return Err(field("job_id", "a job id is 64 lower-case hex digits"));
+        }
+        replica.map_or(Ok(()), check_replica)
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode_json(self)
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        let r: JobRequest = decode_json(body)?;
+        r.validate()?;
+        Ok(r)
+    }
+}
+
+/// Replicas are numbered from 0; retries add new numbers, up to this many in all.
+pub const MAX_REPLICA_INDEX: u32 = MAX_REPLICAS as u32 * 8;
+
+fn check_replica(replica: u32) -> Result<(), WireError> {
+    if replica >= MAX_REPLICA_INDEX {
+        return Err(field("replica", "beyond the most replicas a job can have"));
+    }
+    Ok(())
+}
+
+impl JobResponse {
+    pub fn refuse(reason: impl Into<String>) -> JobResponse {
+        JobResponse::Refuse {
+            reason: cut(reason.into()),
+        }
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode_json(self)
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        let r: JobResponse = decode_json(body)?;
+        match &r {
+            JobResponse::Refuse { reason } if reason.len() > MAX_REASON => {
+                Err(field("reason", "too long"))
+            }
+            JobResponse::Logs { data, .. } if data.len() > 2 * MAX_LOG_CHUNK => {
+                Err(field("data", "more than one log chunk"))
+            }
+            JobResponse::Status { job } if !valid_job_id(&job.id) => {
+                Err(field("job.id", "a job id is 64 lower-case hex digits"))
+            }
+            _ => Ok(r),
+        }
+    }
+}
+
+/// `text` cut to [`MAX_REASON`] bytes at a character boundary.
+pub fn cut(mut text: String) -> String {
+    if text.len() > MAX_REASON {
+        let mut at = MAX_REASON;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+    text
+}
+
+/// The body length a prefix announces, if within the limit.
+pub fn body_len(prefix: [u8; LEN_PREFIX]) -> Result<usize, WireError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge { len });
+    }
+    Ok(len)
+}
+
+fn encode_json<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    let body = serde_json::to_vec(value).map_err(|e| WireError::Json(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(WireError::TooLarge { len: body.len() });
+    }
+    let mut frame = Vec::with_capacity(LEN_PREFIX + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, WireError> {
+    if body.len() > MAX_FRAME {
+        return Err(WireError::TooLarge { len: body.len() });
+    }
+    serde_json::from_slice(body).map_err(|e| WireError::Json(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id() -> String {
+        "ab".repeat(32)
+    }
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let reqs = [
+            JobRequest::Offer {
+                job_id: id(),
+                backend: Backend::Kvm,
+                vcpus: 1,
+                memory_mib: 64,
+            },
+            JobRequest::Place {
+                submission: "00ff".into(),
+                replica: 1,
+                generation: 2,
+            },
+            JobRequest::Report(ReplicaReport {
+                job_id: id(),
+                replica: 0,
+                generation: 1,
+                state: ReplicaState::Finished,
+                vm_id: Some("0123".into()),
+                result_hash: Some(id()),
+                log_set: Some(id()),
+                result_set: None,
+                detail: None,
+            }),
+            JobRequest::Cancel {
+                job_id: id(),
+                replica: 0,
+            },
+            JobRequest::Status { job_id: id() },
+            JobRequest::Logs {
+                job_id: id(),
+                replica: 0,
+                offset: 10,
+            },
+        ];
+        for r in reqs {
+            let frame = r.encode().unwrap();
+            assert_eq!(JobRequest::decode(&frame[LEN_PREFIX..]).unwrap(), r);
+        }
+        let resp = JobResponse::refuse("x".repeat(5000));
+        let frame = resp.encode().unwrap();
+        match JobResponse::decode(&frame[LEN_PREFIX..]).unwrap() {
+            JobResponse::Refuse { reason } => assert_eq!(reason.len(), MAX_REASON),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (json, what) in [
+            (r#"{"type":"status","job_id":"xyz"}"#, "job_id"),
+            (
+                r#"{"type":"cancel","job_id":"ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB","replica":0}"#,
+                "job_id",
+            ),
+            (
+                &format!(
+                    r#"{{"type":"logs","job_id":"{}","replica":99999,"offset":0}}"#,
+                    id()
+                ),
+                "replica",
+            ),
+            (
+                r#"{"type":"place","submission":"","replica":0,"generation":0}"#,
+                "submission",
+            ),
+            (r#"{"type":"status","job_id":"x","extra":1}"#, "extra"),
+        ] {
+            let e = JobRequest::decode(json.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(what), "{json}: {e}");
+        }
+        assert!(body_len((MAX_FRAME as u32 + 1).to_le_bytes()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = JobRequest::decode(&bytes);
+            let _ = JobResponse::decode(&bytes);
+        }
+    }
+}
