@@ -31,8 +31,9 @@ use crate::util::hex;
 /// Domain string prepended to a submission before signing.
 pub const JOB_DOMAIN: &[u8] = b"novacron-job-submission-v1";
 
-/// Largest spec text in a submission.
-pub const MAX_SPEC_LEN: usize = 32 * 1024;
+/// Largest spec text in a submission (its signed form, hex-encoded, fits the API's 64 KiB
+/// request body).
+pub const MAX_SPEC_LEN: usize = 24 * 1024;
 
 /// Largest signed submission accepted (envelope included); checked before anything else.
 pub const MAX_SIGNED_SUBMISSION_LEN: usize = MAX_SPEC_LEN + 1024;
@@ -205,8 +206,19 @@ fn job_id(payload: &[u8]) -> JobId {
     JobId(*h.finalize().as_bytes())
 }
 
-/// Checks wire bytes from anyone (see the module doc) at `now` (since the unix epoch).
+/// Checks wire bytes from anyone (see the module doc) at `now` (since the unix epoch):
+/// what the node a job is submitted through does.
 pub fn verify(bytes: &[u8], now: Duration) -> Result<VerifiedSubmission, SubmissionError> {
+    let v = open(bytes)?;
+    check_window(v.submission.issued_at, v.submission.expires_at, now)?;
+    Ok(v)
+}
+
+/// Checks everything [`verify`] does but the validity window: what a node asked to run (or
+/// restore) a replica of a job does. The window bounds when a job may enter the mesh; the
+/// node it entered through checked it, and a replica placed or restored later (a retry, a
+/// recovery) runs after it closed.
+pub fn open(bytes: &[u8]) -> Result<VerifiedSubmission, SubmissionError> {
     if bytes.len() > MAX_SIGNED_SUBMISSION_LEN {
         return Err(SubmissionError::TooLarge {
             len: bytes.len(),
@@ -233,7 +245,6 @@ pub fn verify(bytes: &[u8], now: Duration) -> Result<VerifiedSubmission, Submiss
         .map_err(|_| SubmissionError::BadSignature {
             submitter: submitter.to_string(),
         })?;
-    check_window(submission.issued_at, submission.expires_at, now)?;
     Ok(VerifiedSubmission {
         id: job_id(&signed.record_bytes),
         submitter,
@@ -342,6 +353,8 @@ mod tests {
         .unwrap();
         let e = verify(&long, NOW).unwrap_err();
         assert!(matches!(e, SubmissionError::BadLifetime { .. }), "{e}");
+        // A runner opens an expired submission: the signature still holds.
+        assert_eq!(open(&bytes).unwrap(), verify(&bytes, NOW).unwrap());
     }
 
     #[test]

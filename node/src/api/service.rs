@@ -6,7 +6,8 @@ use std::future::Future;
 use tokio::sync::broadcast;
 
 use super::types::{
-    EventEnvelope, MigrationInfo, MigrationRequest, OwnerSetting, PolitenessInfo, VmInfo, VmSpec,
+    EventEnvelope, JobInfo, JobLogs, MigrationInfo, MigrationRequest, OwnerSetting, PolitenessInfo,
+    VmInfo, VmSpec,
 };
 use super::NodeStatus;
 
@@ -22,6 +23,12 @@ pub enum ServiceError {
     /// 409: the request does not fit the current state (stop a VM that is migrating).
     #[error("{0}")]
     Conflict(String),
+    /// 403: the node does not take this from whoever asks (an untrusted submitter).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 429: the submitter sent too much too fast, or holds its whole quota.
+    #[error("{0}")]
+    TooMany(String),
     /// 503: the node cannot take it now (no capacity, draining, the owner needs the machine).
     #[error("{0}")]
     Unavailable(String),
@@ -86,6 +93,28 @@ pub trait NodeService: Send + Sync + 'static {
     ) -> impl Future<Output = ServiceResult<PolitenessInfo>> + Send;
     /// Starts draining: every VM moves away (or is snapshotted) within `deadline_s`.
     fn drain(&self, deadline_s: u64) -> impl Future<Output = ServiceResult<()>> + Send;
+
+    /// Jobs this node knows (submitted through it, or running a replica here), newest first.
+    fn jobs(&self) -> Vec<JobInfo>;
+    /// Takes a signed submission (bytes): checked completely (signature, window, trust,
+    /// replay, the submitter's rate and quota, the spec) before anything is kept.
+    fn submit_job(
+        &self,
+        submission: Vec<u8>,
+    ) -> impl Future<Output = ServiceResult<JobInfo>> + Send;
+    /// A job as its origin knows it (asked through the mesh when this node does not).
+    fn job(&self, id: &str) -> impl Future<Output = ServiceResult<JobInfo>> + Send;
+    /// Cancels a job submitted through this node.
+    fn cancel_job(&self, id: &str) -> impl Future<Output = ServiceResult<JobInfo>> + Send;
+    /// Serial output of a replica (default: the winning one) from `offset`.
+    fn job_logs(
+        &self,
+        id: &str,
+        replica: Option<u32>,
+        offset: u64,
+    ) -> impl Future<Output = ServiceResult<JobLogs>> + Send;
+    /// The job's agreed result's bytes.
+    fn job_result(&self, id: &str) -> impl Future<Output = ServiceResult<Vec<u8>>> + Send;
 
     /// Node, VM and migration events from now on.
     fn subscribe(&self) -> broadcast::Receiver<EventEnvelope>;

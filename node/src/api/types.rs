@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use crate::model::{
-    default_mem_mib, default_migration_modes, default_vcpus, Backend, EventEnvelope,
-    MigrationDirection, MigrationInfo, MigrationMode, MigrationProgressInfo, MigrationState,
-    NodeEvent, OwnerSetting, PolitenessInfo, VmInfo, VmSpec, VmState, DEFAULT_MEM, DEFAULT_MEM_MIB,
+    default_mem_mib, default_migration_modes, default_vcpus, Backend, EventEnvelope, ImageRef,
+    JobFile, JobInfo, JobMigration, JobPayload, JobSpec, JobState, MigrationDirection,
+    MigrationInfo, MigrationMode, MigrationProgressInfo, MigrationState, NodeEvent, OwnerSetting,
+    PolitenessInfo, ReplicaInfo, ReplicaState, ResultSource, VmInfo, VmSpec, VmState, DEFAULT_MEM,
+    DEFAULT_MEM_MIB,
 };
 
 /// `POST /api/v1/vms/{id}/migrate`, and `novacron migrate`.
@@ -34,6 +36,30 @@ fn default_mode() -> MigrationMode {
 #[serde(deny_unknown_fields)]
 pub struct OwnerRequest {
     pub owner: OwnerSetting,
+}
+
+/// `POST /api/v1/jobs`: a signed job submission (what `novacron submit` makes).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJobRequest {
+    /// The signed submission's bytes, hex.
+    #[schema(max_length = 51200)]
+    pub submission: String,
+}
+
+/// `GET /api/v1/jobs/{id}/logs`: serial output of one replica from an offset.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct JobLogs {
+    pub job_id: String,
+    pub replica: u32,
+    /// Byte offset of `text` in the replica's output.
+    pub offset: u64,
+    /// Where the next read starts.
+    pub next_offset: u64,
+    /// The replica ended and `next_offset` is its output's end.
+    pub finished: bool,
+    /// The bytes as UTF-8 (invalid sequences replaced); `/result` gives exact bytes.
+    pub text: String,
 }
 
 /// Every error answer of the API: a status code and this body.

@@ -73,7 +73,9 @@ impl Tracker {
                 before != Some(vm.state)
             }
             NodeEvent::Migration { .. } | NodeEvent::Draining { .. } => true,
-            NodeEvent::Member { .. } | NodeEvent::Politeness { .. } => false,
+            NodeEvent::Member { .. } | NodeEvent::Politeness { .. } | NodeEvent::Job { .. } => {
+                false
+            }
         }
     }
 

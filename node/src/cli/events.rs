@@ -30,6 +30,7 @@ pub enum Kind {
     Member,
     Politeness,
     Draining,
+    Job,
 }
 
 pub fn kind_of(e: &NodeEvent) -> Kind {
@@ -39,6 +40,7 @@ pub fn kind_of(e: &NodeEvent) -> Kind {
         NodeEvent::Member { .. } => Kind::Member,
         NodeEvent::Politeness { .. } => Kind::Politeness,
         NodeEvent::Draining { .. } => Kind::Draining,
+        NodeEvent::Job { .. } => Kind::Job,
     }
 }
 
@@ -155,6 +157,22 @@ pub fn line(ev: &EventEnvelope) -> String {
                 duration_ms(deadline_s.saturating_mul(1000))
             ),
         ),
+        NodeEvent::Job { job } => {
+            let mut t = format!("{} {}", &job.id[..job.id.len().min(12)], job.state.as_str());
+            let running = job
+                .replicas
+                .iter()
+                .filter(|r| r.state == crate::model::ReplicaState::Running)
+                .count();
+            t.push_str(&format!(
+                " ({running} of {} replicas running)",
+                job.replicas.len()
+            ));
+            if let Some(d) = &job.detail {
+                t.push_str(&format!(": {d}"));
+            }
+            ("job", t)
+        }
     };
     format!("{}  #{:<5} {kind:<10} {what}", clock(ev.at_ms), ev.seq)
 }

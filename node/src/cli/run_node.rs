@@ -180,6 +180,7 @@ async fn serve(
             outlive_node,
         },
         policy: cfg.politeness.clone(),
+        trust: crate::daemon::jobs::TrustSource::fixed(Default::default()),
     };
     let (daemon, recovered) = Daemon::start(mesh, identity.clone(), opts).await?;
     show_recovery(&recovered);

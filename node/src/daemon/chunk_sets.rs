@@ -96,6 +96,36 @@ pub async fn fetch(
 
 /// Reassembles the set into `out` through a temp file renamed into place, so `out` never
 /// holds half a set.
+/// Fetches chunk set `id` (hex) and returns its bytes, refusing a set over `max` bytes
+/// before reassembling it.
+pub async fn fetch_bytes(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    id: &str,
+    max: u64,
+) -> anyhow::Result<Vec<u8>> {
+    let set = parse_id(id)?;
+    if exchange.manifest(&set).is_none() {
+        exchange.fetch(mesh, set).await?;
+    }
+    let manifest = exchange
+        .manifest(&set)
+        .with_context(|| format!("chunk set {id} was fetched but its manifest is not held"))?;
+    if manifest.total_len() > max {
+        bail!(
+            "chunk set {id} is {} bytes, over the {max}-byte limit",
+            manifest.total_len()
+        );
+    }
+    let store = exchange.store().clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(manifest.total_len() as usize);
+        manifest.reassemble_to(&store, &mut out)?;
+        Ok(out)
+    })
+    .await?
+}
+
 fn write_set(
     manifest: &ChunkSetManifest,
     store: &Arc<ChunkStore>,

@@ -6,6 +6,7 @@ mod accounting;
 pub mod capacity;
 mod cell;
 mod chunk_sets;
+pub mod jobs;
 pub mod lines;
 mod moves;
 mod polite;
@@ -86,6 +87,8 @@ pub struct Daemon {
     reservations: std::sync::Mutex<admission::Reservations>,
     migrations: Option<MeshMigrations>,
     vm_opts_sandbox: bool,
+    /// Jobs submitted here and replicas run here.
+    jobs: jobs::JobsHere,
     /// The daemon itself, for work it starts from `&self` (drain from the API).
     myself: Arc<OnceLock<Weak<Daemon>>>,
 }
@@ -97,6 +100,8 @@ pub struct DaemonOptions {
     pub db_path: PathBuf,
     pub vms: VmOptions,
     pub policy: Policy,
+    /// Who may submit jobs to this node.
+    pub trust: jobs::TrustSource,
 }
 
 /// Members whose signed records are remembered.
@@ -172,6 +177,7 @@ impl Daemon {
             reservations: std::sync::Mutex::new(admission::Reservations::default()),
             migrations: Some(migrations),
             vm_opts_sandbox,
+            jobs: jobs::JobsHere::new(opts.trust.clone()),
             myself: slot.clone(),
         });
         let _ = slot.set(Arc::downgrade(&daemon));
@@ -181,6 +187,7 @@ impl Daemon {
         let cell = CellMembership::start(daemon.mesh.clone(), CellConfig::default(), me).await?;
         *lock(&daemon.forwarder) = Some(forward(&cell, daemon.cell_events.clone()));
         *daemon.cell.write().await = Some(cell);
+        daemon.serve_jobs()?;
         tokio::spawn(daemon.clone().take_incoming(incoming));
         tokio::spawn(daemon.clone().settle_in_doubt_loop());
         tokio::spawn(daemon.clone().announce_members());
@@ -197,6 +204,7 @@ impl Daemon {
                 Ok(CellEvent::MemberJoined { peer, .. }) => (peer, true),
                 Ok(CellEvent::MemberDied { peer }) => {
                     self.metrics.failure_detected();
+                    self.jobs_node_died(&peer);
                     (peer, false)
                 }
                 Ok(CellEvent::MemberLeft { .. }) => continue,

@@ -6,8 +6,8 @@ use tokio::sync::broadcast;
 
 use crate::api::service::{NodeService, ServiceError, ServiceResult, VmDeleted};
 use crate::api::types::{
-    EventEnvelope, MigrationInfo, MigrationRequest, OwnerSetting, PolitenessInfo, VmInfo, VmSpec,
-    VmState,
+    EventEnvelope, JobInfo, JobLogs, MigrationInfo, MigrationRequest, OwnerSetting, PolitenessInfo,
+    VmInfo, VmSpec, VmState,
 };
 use crate::api::NodeStatus;
 
@@ -113,6 +113,51 @@ impl NodeService for Daemon {
         Ok(())
     }
 
+    fn jobs(&self) -> Vec<JobInfo> {
+        self.jobs_known()
+    }
+
+    async fn submit_job(&self, submission: Vec<u8>) -> ServiceResult<JobInfo> {
+        self.arc()?.submit_job(&submission).await
+    }
+
+    async fn job(&self, id: &str) -> ServiceResult<JobInfo> {
+        Daemon::job(self, id).await
+    }
+
+    async fn cancel_job(&self, id: &str) -> ServiceResult<JobInfo> {
+        self.arc()?.cancel_job(id).await
+    }
+
+    async fn job_logs(
+        &self,
+        id: &str,
+        replica: Option<u32>,
+        offset: u64,
+    ) -> ServiceResult<JobLogs> {
+        let job = Daemon::job(self, id).await?;
+        let (bytes, next_offset, finished) = Daemon::job_logs(self, id, replica, offset).await?;
+        let replica = replica.unwrap_or_else(|| {
+            job.replicas
+                .iter()
+                .find(|r| r.result_hash.is_some() && r.result_hash == job.result_hash)
+                .or_else(|| job.replicas.iter().find(|r| r.node.is_some()))
+                .map_or(0, |r| r.index)
+        });
+        Ok(JobLogs {
+            job_id: job.id,
+            replica,
+            offset,
+            next_offset,
+            finished,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+
+    async fn job_result(&self, id: &str) -> ServiceResult<Vec<u8>> {
+        Daemon::job_result(self, id).await
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<EventEnvelope> {
         self.bus.subscribe()
     }
@@ -120,5 +165,15 @@ impl NodeService for Daemon {
     async fn metrics_text(&self) -> String {
         self.refresh_metrics().await;
         self.metrics.encode()
+    }
+}
+
+impl Daemon {
+    /// The daemon as shared, for work that outlives the call.
+    fn arc(&self) -> ServiceResult<std::sync::Arc<Daemon>> {
+        self.myself
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .ok_or_else(|| ServiceError::Unavailable("the node is stopping".into()))
     }
 }

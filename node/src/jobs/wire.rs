@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Backend, JobInfo, ReplicaState, MAX_REPLICAS};
 
-/// Largest frame body: a signed submission (up to ~33 KiB) in hex, or a job with its spec.
+/// Largest frame body: a signed submission (up to 25 KiB) in hex, or a job with its spec.
 pub const MAX_FRAME: usize = 256 << 10;
 pub const LEN_PREFIX: usize = 4;
 /// Most serial output bytes one `Logs` answer carries.

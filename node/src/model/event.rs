@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::job::JobInfo;
 use super::migration::MigrationInfo;
 use super::politeness::PolitenessInfo;
 use super::vm::VmInfo;
@@ -30,4 +31,6 @@ pub enum NodeEvent {
     Politeness { politeness: PolitenessInfo },
     /// The node is draining (SIGTERM or `novacron drain`): VMs move away before it exits.
     Draining { deadline_s: u64 },
+    /// A job this node knows (submitted through it, or one it runs a replica of) changed.
+    Job { job: Box<JobInfo> },
 }

@@ -37,6 +37,7 @@ impl EventBus {
             NodeEvent::Member { .. } => "member",
             NodeEvent::Politeness { .. } => "politeness",
             NodeEvent::Draining { .. } => "draining",
+            NodeEvent::Job { .. } => "job",
         };
         // The database numbers events across restarts; without one, this run does.
         let seq = self

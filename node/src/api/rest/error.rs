@@ -60,6 +60,8 @@ impl From<ServiceError> for ApiFailure {
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServiceError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -304,6 +306,21 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
+/// A route's query string decoded into `T` (whose unknown fields are errors); a bad one is
+/// a 400 naming the fault.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
+        let axum::extract::Query(q) = axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiFailure::bad_request(format!("bad query: {}", e.body_text())))?;
+        Ok(QueryParams(q))
+    }
+}
+
 /// Unknown routes.
 pub async fn not_found(method: Method, uri: Uri) -> ApiFailure {
     ApiFailure::new(
@@ -350,6 +367,8 @@ mod tests {
             (ServiceError::NotFound("x".into()), 404),
             (ServiceError::BadRequest("x".into()), 400),
             (ServiceError::Conflict("x".into()), 409),
+            (ServiceError::Forbidden("x".into()), 403),
+            (ServiceError::TooMany("x".into()), 429),
             (ServiceError::Unavailable("x".into()), 503),
             (ServiceError::Internal("x".into()), 500),
         ] {

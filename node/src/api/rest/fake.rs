@@ -8,8 +8,8 @@ use tokio::sync::broadcast;
 
 use crate::api::service::{NodeService, ServiceError, ServiceResult, VmDeleted};
 use crate::api::types::{
-    EventEnvelope, MigrationDirection, MigrationInfo, MigrationRequest, MigrationState, NodeEvent,
-    OwnerSetting, PolitenessInfo, VmInfo, VmSpec, VmState,
+    EventEnvelope, JobInfo, JobLogs, MigrationDirection, MigrationInfo, MigrationRequest,
+    MigrationState, NodeEvent, OwnerSetting, PolitenessInfo, VmInfo, VmSpec, VmState,
 };
 use crate::api::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
 use crate::metrics::Metrics;
@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 pub struct Fake {
     pub vms: Mutex<BTreeMap<String, VmInfo>>,
     pub migrations: Mutex<BTreeMap<String, MigrationInfo>>,
+    pub jobs: Mutex<BTreeMap<String, JobInfo>>,
     /// Answered (once) by the next call that can fail.
     pub fail_next: Mutex<Option<ServiceError>>,
     pub drained: Mutex<Option<u64>>,
@@ -32,6 +33,7 @@ impl Fake {
         Arc::new(Fake {
             vms: Mutex::new(BTreeMap::new()),
             migrations: Mutex::new(BTreeMap::new()),
+            jobs: Mutex::new(BTreeMap::new()),
             fail_next: Mutex::new(None),
             drained: Mutex::new(None),
             owner: Mutex::new(OwnerSetting::Auto),
@@ -282,6 +284,70 @@ impl NodeService for Fake {
         self.check()?;
         *self.drained.lock().unwrap() = Some(deadline_s);
         Ok(())
+    }
+
+    fn jobs(&self) -> Vec<JobInfo> {
+        self.jobs.lock().unwrap().values().cloned().collect()
+    }
+
+    async fn submit_job(&self, submission: Vec<u8>) -> ServiceResult<JobInfo> {
+        self.check()?;
+        Err(ServiceError::BadRequest(format!(
+            "submission refused: {} bytes that are not a signed submission",
+            submission.len()
+        )))
+    }
+
+    async fn job(&self, id: &str) -> ServiceResult<JobInfo> {
+        self.check()?;
+        self.jobs
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound(format!("no job {id}")))
+    }
+
+    async fn cancel_job(&self, id: &str) -> ServiceResult<JobInfo> {
+        self.check()?;
+        let mut jobs = self.jobs.lock().unwrap();
+        let job = jobs
+            .get_mut(id)
+            .ok_or_else(|| ServiceError::NotFound(format!("no job {id}")))?;
+        if job.state.is_final() {
+            return Err(ServiceError::Conflict(format!("job {id} has ended")));
+        }
+        job.state = crate::api::types::JobState::Cancelled;
+        Ok(job.clone())
+    }
+
+    async fn job_logs(
+        &self,
+        id: &str,
+        replica: Option<u32>,
+        offset: u64,
+    ) -> ServiceResult<JobLogs> {
+        let job = self.job(id).await?;
+        let text = "hello\n".to_string();
+        let from = (offset as usize).min(text.len());
+        Ok(JobLogs {
+            job_id: job.id,
+            replica: replica.unwrap_or(0),
+            offset,
+            next_offset: text.len() as u64,
+            finished: job.state.is_final(),
+            text: text[from..].to_string(),
+        })
+    }
+
+    async fn job_result(&self, id: &str) -> ServiceResult<Vec<u8>> {
+        let job = self.job(id).await?;
+        match job.result_hash {
+            Some(_) => Ok(b"hello\n".to_vec()),
+            None => Err(ServiceError::Conflict(format!(
+                "job {id} has no result yet"
+            ))),
+        }
     }
 
     fn subscribe(&self) -> broadcast::Receiver<EventEnvelope> {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod connections;
 pub mod error;
 pub mod handlers;
+pub mod jobs;
 mod listener;
 pub mod openapi;
 mod serve;
@@ -82,6 +83,16 @@ pub fn router<S: NodeService>(service: Arc<S>, metrics: Arc<Metrics>, auth: ApiA
             "/api/v1/migrations/{id}/watch",
             get(h::watch_migration::<S>),
         )
+        .route(
+            "/api/v1/jobs",
+            get(jobs::list_jobs::<S>).post(jobs::submit_job::<S>),
+        )
+        .route(
+            "/api/v1/jobs/{id}",
+            get(jobs::get_job::<S>).delete(jobs::cancel_job::<S>),
+        )
+        .route("/api/v1/jobs/{id}/logs", get(jobs::job_logs::<S>))
+        .route("/api/v1/jobs/{id}/result", get(jobs::job_result::<S>))
         .route("/api/v1/politeness", get(h::politeness::<S>))
         .route("/api/v1/politeness/owner", post(h::set_owner::<S>))
         .route("/api/v1/drain", post(h::drain::<S>))

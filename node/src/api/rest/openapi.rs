@@ -10,10 +10,13 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::ApiFailure;
 use super::handlers::{self, CellsView, DrainAccepted, DrainRequest};
+use super::jobs::{self as job_routes, JobFilter, LogsQuery};
 use crate::api::types::{
-    ApiError, Backend, EventEnvelope, MigrationDirection, MigrationInfo, MigrationMode,
+    ApiError, Backend, EventEnvelope, ImageRef, JobFile, JobInfo, JobLogs, JobMigration,
+    JobPayload, JobSpec, JobState, MigrationDirection, MigrationInfo, MigrationMode,
     MigrationProgressInfo, MigrationRequest, MigrationState, NodeEvent, OwnerRequest, OwnerSetting,
-    PolitenessInfo, VmInfo, VmSpec, VmState,
+    PolitenessInfo, ReplicaInfo, ReplicaState, ResultSource, SubmitJobRequest, VmInfo, VmSpec,
+    VmState,
 };
 use crate::api::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
 
@@ -38,7 +41,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "NovaCron node API", description = "One NovaCron node: its VMs, migrations, mesh view and politeness state."),
+    info(title = "NovaCron node API", description = "One NovaCron node: its VMs, jobs, migrations, mesh view and politeness state."),
     paths(
         handlers::node, handlers::peers, handlers::cells,
         handlers::list_vms, handlers::create_vm, handlers::get_vm, handlers::delete_vm,
@@ -46,6 +49,8 @@ impl Modify for BearerAuth {
         handlers::list_migrations, handlers::get_migration, handlers::cancel_migration,
         handlers::watch_migration, handlers::politeness, handlers::set_owner, handlers::drain,
         handlers::events,
+        job_routes::list_jobs, job_routes::submit_job, job_routes::get_job, job_routes::cancel_job,
+        job_routes::job_logs, job_routes::job_result,
         openapi, handlers::metrics,
     ),
     components(schemas(
@@ -54,6 +59,8 @@ impl Modify for BearerAuth {
         OwnerSetting, OwnerRequest,
         EventEnvelope, NodeEvent, NodeStatus, CellStatus, MemberStatus, SummaryStatus, CellsView,
         DrainRequest, DrainAccepted,
+        SubmitJobRequest, JobInfo, JobSpec, JobPayload, ImageRef, JobFile, JobMigration,
+        ResultSource, JobState, ReplicaInfo, ReplicaState, JobLogs, JobFilter, LogsQuery,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -86,7 +93,7 @@ pub fn document() -> Result<String, String> {
 
 /// Operations a created resource's id leads to: (operation that answers with the resource
 /// and its status, operations that take its id in the path).
-const LINKS: [(&str, &str, &str, &[&str]); 2] = [
+const LINKS: [(&str, &str, &str, &[&str]); 3] = [
     (
         "/api/v1/vms",
         "post",
@@ -98,6 +105,12 @@ const LINKS: [(&str, &str, &str, &[&str]); 2] = [
         "post",
         "202",
         &["get_migration", "cancel_migration", "watch_migration"],
+    ),
+    (
+        "/api/v1/jobs",
+        "post",
+        "201",
+        &["get_job", "cancel_job", "job_logs", "job_result"],
     ),
 ];
 
@@ -115,6 +128,14 @@ fn add_what_attributes_cannot_say(doc: &mut serde_json::Value) {
             modes["uniqueItems"] = json!(true);
         }
         spec["anyOf"] = json!([
+            {"required": ["guest"]},
+            {"required": ["kernel"]},
+            {"required": ["command"]},
+        ]);
+    }
+    // A job's payload names exactly one thing to run.
+    if let Some(payload) = doc.pointer_mut("/components/schemas/JobPayload") {
+        payload["anyOf"] = json!([
             {"required": ["guest"]},
             {"required": ["kernel"]},
             {"required": ["command"]},

@@ -315,6 +315,95 @@ async fn migrations_start_list_read_cancel() {
     assert!(a.error().contains("teleport"), "{}", a.error());
 }
 
+fn job(id: &str, state: crate::api::types::JobState) -> crate::api::types::JobInfo {
+    crate::api::types::JobInfo {
+        id: id.into(),
+        spec: serde_json::from_value(json!({"payload": {"guest": "builtin:hello"}})).unwrap(),
+        submitter: "ed25519:aa".into(),
+        state,
+        detail: None,
+        origin: "12D3KooWSelf".into(),
+        replicas: vec![],
+        result_hash: None,
+        retries: 0,
+        submitted_at_ms: 1,
+        updated_at_ms: 1,
+    }
+}
+
+#[tokio::test]
+async fn the_job_routes_list_filter_read_cancel_and_answer_errors_as_json() {
+    use crate::api::types::JobState;
+    let fake = Fake::new(16);
+    let app = app(&fake);
+    let (a, b) = ("a".repeat(64), "b".repeat(64));
+    fake.jobs
+        .lock()
+        .unwrap()
+        .insert(a.clone(), job(&a, JobState::Running));
+    let mut done = job(&b, JobState::Succeeded);
+    done.result_hash = Some("c".repeat(64));
+    fake.jobs.lock().unwrap().insert(b.clone(), done);
+
+    let all = call(&app, Req::new("GET", "/api/v1/jobs")).await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(all.json().as_array().unwrap().len(), 2);
+    let running = call(&app, Req::new("GET", "/api/v1/jobs?state=running")).await;
+    assert_eq!(running.json().as_array().unwrap().len(), 1);
+    assert_eq!(running.json()[0]["id"], json!(a));
+    let bad = call(&app, Req::new("GET", "/api/v1/jobs?state=sleeping")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.error().contains("bad query"), "{}", bad.error());
+    let bad = call(&app, Req::new("GET", "/api/v1/jobs?colour=red")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.error().contains("colour"), "{}", bad.error());
+
+    let one = call(&app, Req::new("GET", &format!("/api/v1/jobs/{a}"))).await;
+    assert_eq!(one.json()["state"], "running");
+    let none = call(
+        &app,
+        Req::new("GET", &format!("/api/v1/jobs/{}", "d".repeat(64))),
+    )
+    .await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    let logs = call(
+        &app,
+        Req::new("GET", &format!("/api/v1/jobs/{a}/logs?offset=2")),
+    )
+    .await;
+    assert_eq!(logs.status, StatusCode::OK);
+    assert_eq!(logs.json()["text"], "llo\n");
+    let early = call(&app, Req::new("GET", &format!("/api/v1/jobs/{a}/result"))).await;
+    assert_eq!(early.status, StatusCode::CONFLICT);
+    let result = call(&app, Req::new("GET", &format!("/api/v1/jobs/{b}/result"))).await;
+    assert_eq!(result.status, StatusCode::OK);
+    assert_eq!(
+        result.headers.get("content-type").unwrap(),
+        "application/octet-stream"
+    );
+    assert_eq!(result.body, b"hello\n");
+
+    let cancelled = call(&app, Req::new("DELETE", &format!("/api/v1/jobs/{a}"))).await;
+    assert_eq!(cancelled.json()["state"], "cancelled");
+    let again = call(&app, Req::new("DELETE", &format!("/api/v1/jobs/{a}"))).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+
+    let not_hex = call(
+        &app,
+        Req::new("POST", "/api/v1/jobs").json(&json!({"submission": "zz"})),
+    )
+    .await;
+    assert_eq!(not_hex.status, StatusCode::BAD_REQUEST);
+    assert!(not_hex.error().contains("not hex"), "{}", not_hex.error());
+    let typo = call(
+        &app,
+        Req::new("POST", "/api/v1/jobs").json(&json!({"submision": "00"})),
+    )
+    .await;
+    assert_eq!(typo.status, StatusCode::BAD_REQUEST);
+    assert!(typo.error().contains("submision"), "{}", typo.error());
+}
+
 #[tokio::test]
 async fn drain_takes_an_optional_bounded_deadline() {
     let fake = Fake::new(16);
@@ -611,6 +700,12 @@ async fn the_openapi_document_lists_every_route_with_bodies_and_errors() {
         ("post", "/api/v1/politeness/owner"),
         ("post", "/api/v1/drain"),
         ("get", "/api/v1/events"),
+        ("get", "/api/v1/jobs"),
+        ("post", "/api/v1/jobs"),
+        ("get", "/api/v1/jobs/{id}"),
+        ("delete", "/api/v1/jobs/{id}"),
+        ("get", "/api/v1/jobs/{id}/logs"),
+        ("get", "/api/v1/jobs/{id}/result"),
         ("get", "/api/v1/openapi.json"),
         ("get", "/metrics"),
     ];
@@ -632,6 +727,15 @@ async fn the_openapi_document_lists_every_route_with_bodies_and_errors() {
     assert!(body_ref("/api/v1/vms/{id}/migrate").contains("MigrationRequest"));
     assert!(body_ref("/api/v1/drain").contains("DrainRequest"));
     assert!(body_ref("/api/v1/politeness/owner").contains("OwnerRequest"));
+    assert!(body_ref("/api/v1/jobs").contains("SubmitJobRequest"));
+    let created = &doc["paths"]["/api/v1/jobs"]["post"]["responses"]["201"]["links"];
+    assert_eq!(created.as_object().unwrap().len(), 4, "{created}");
+    for status in ["403", "409", "429"] {
+        assert!(
+            doc["paths"]["/api/v1/jobs"]["post"]["responses"][status].is_object(),
+            "{status}"
+        );
+    }
     let errors = &doc["paths"]["/api/v1/vms"]["post"]["responses"];
     for status in ["400", "401", "413", "415", "503"] {
         assert!(

@@ -1,0 +1,163 @@
+//! Jobs on a running node, both sides of them:
+//!
+//! - `origin`: the node a job was submitted through checks the signed submission (signature,
+//!   window, trust, replay, the submitter's rate and quota), keeps the job, places its
+//!   replicas on distinct nodes, takes their reports, decides by quorum, cancels, and
+//!   answers for the job (status, logs, result) to any node that asks.
+//! - `runner`: a node asked to run a replica checks the submission again by its own trust,
+//!   admits the VM by its own accounting, follows it to its end and reports to the origin.
+//! - `serve`: the job protocol's requests, dispatched to those.
+//!
+//! What a node keeps here in memory is rebuilt from its database at start.
+
+mod origin;
+mod runner;
+mod serve;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use novacron_mesh::submission::SubmitterId;
+use novacron_mesh::swarm::PeerId;
+use novacron_mesh::util::lock;
+
+use crate::jobs::link::JobLink;
+use crate::jobs::wire::ReplicaReport;
+
+/// What a refusal of a report from a superseded replica starts with; the runner stops its
+/// copy when it reads it.
+pub(super) const STALE: &str = "stale generation";
+
+/// Who the node trusts to submit jobs now (asked on each use: the trust file may change).
+#[derive(Clone)]
+pub struct TrustSource(pub Arc<dyn Fn() -> Result<BTreeSet<SubmitterId>, String> + Send + Sync>);
+
+impl TrustSource {
+    /// Trusts exactly `keys`.
+    pub fn fixed(keys: BTreeSet<SubmitterId>) -> TrustSource {
+        TrustSource(Arc::new(move || Ok(keys.clone())))
+    }
+}
+
+impl std::fmt::Debug for TrustSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrustSource")
+    }
+}
+
+/// A report for a job's origin.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct ReportTo {
+    pub origin: PeerId,
+    pub report: ReplicaReport,
+}
+
+/// The daemon's job bookkeeping in memory.
+pub struct JobsHere {
+    link: OnceLock<JobLink>,
+    trust: TrustSource,
+    /// Held while a replica is placed on this node (its checks and its record).
+    placing: tokio::sync::Mutex<()>,
+    /// Held while a runner row is read, changed and written.
+    runner_writes: Mutex<()>,
+    /// Held while an origin row is read, changed and written.
+    origin_writes: Mutex<()>,
+    /// VM id -> job id of the replicas running here.
+    watched: Mutex<HashMap<String, String>>,
+    /// Per job: the newest report its origin has not acknowledged, and whether it is being
+    /// sent now.
+    reports: Mutex<HashMap<String, (ReportTo, bool)>>,
+    /// Replicas this node (as origin) is placing now: one is never placed twice at once.
+    placing_replicas: Mutex<HashSet<(String, u32)>>,
+}
+
+impl JobsHere {
+    pub fn new(trust: TrustSource) -> JobsHere {
+        JobsHere {
+            link: OnceLock::new(),
+            trust,
+            placing: tokio::sync::Mutex::new(()),
+            runner_writes: Mutex::new(()),
+            origin_writes: Mutex::new(()),
+            watched: Mutex::new(HashMap::new()),
+            reports: Mutex::new(HashMap::new()),
+            placing_replicas: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn link(&self) -> Option<&JobLink> {
+        self.link.get()
+    }
+
+    fn watch(&self, vm: String, job: String) {
+        lock(&self.watched).insert(vm, job);
+    }
+
+    fn unwatch(&self, vm: &str) {
+        lock(&self.watched).remove(vm);
+    }
+
+    fn watched(&self) -> Vec<String> {
+        lock(&self.watched).keys().cloned().collect()
+    }
+
+    fn job_of(&self, vm: &str) -> Option<String> {
+        lock(&self.watched).get(vm).cloned()
+    }
+
+    fn queue_report(&self, to: ReportTo) {
+        lock(&self.reports).insert(to.report.job_id.clone(), (to, false));
+    }
+
+    fn unacked(&self) -> Vec<ReportTo> {
+        lock(&self.reports)
+            .values()
+            .filter(|(_, sending)| !sending)
+            .map(|(to, _)| to.clone())
+            .collect()
+    }
+
+    /// Marks `to` as being sent; false if it is already, or no longer the newest.
+    fn start_sending(&self, to: &ReportTo) -> bool {
+        match lock(&self.reports).get_mut(&to.report.job_id) {
+            Some((held, sending)) if held == to && !*sending => {
+                *sending = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The origin took `to`: forget it unless a newer report replaced it meanwhile.
+    fn acked(&self, to: &ReportTo) {
+        let mut reports = lock(&self.reports);
+        if reports
+            .get(&to.report.job_id)
+            .is_some_and(|(held, _)| held == to)
+        {
+            reports.remove(&to.report.job_id);
+        }
+    }
+
+    /// Forgets every report of `job` (its replica here is superseded).
+    fn acked_job(&self, job: &str) {
+        lock(&self.reports).remove(job);
+    }
+
+    fn send_failed(&self, to: &ReportTo) {
+        if let Some((held, sending)) = lock(&self.reports).get_mut(&to.report.job_id) {
+            if held == to {
+                *sending = false;
+            }
+        }
+    }
+
+    /// Claims replica `index` of `job` for placement; false if it is being placed already.
+    fn claim_placement(&self, job: &str, index: u32) -> bool {
+        lock(&self.placing_replicas).insert((job.to_string(), index))
+    }
+
+    fn end_placement(&self, job: &str, index: u32) {
+        lock(&self.placing_replicas).remove(&(job.to_string(), index));
+    }
+}

@@ -1,0 +1,778 @@
+//! The node a job was submitted through: it checks the submission, keeps the job, places
+//! its replicas on distinct nodes (itself included), takes their reports, decides by quorum,
+//! replaces replicas whose node died, and answers for the job.
+//!
+//! A replica is placed by asking a few candidates for offers (this cell's members by their
+//! gossip, then representatives of other cells by their signed summaries), choosing by best
+//! fit and confirming with the chosen node, which admits or refuses by its own accounting;
+//! a refusal or a timeout moves on to the next candidate. A replica whose node died gets a
+//! new generation and is placed again: the dead node, if it returns, learns the newer
+//! generation when it reports and stops its stale copy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use novacron_mesh::dht_keys::DhtKey;
+use novacron_mesh::submission;
+use novacron_mesh::swarm::clock::unix_now;
+use novacron_mesh::swarm::PeerId;
+use novacron_mesh::util::{hex, lock};
+
+use super::runner::parse_job_id;
+use super::STALE;
+use crate::api::service::{ServiceError, ServiceResult};
+use crate::api::types::now_ms;
+use crate::daemon::Daemon;
+use crate::jobs::wire::{JobRequest, JobResponse, ReplicaReport, MAX_LOG_CHUNK};
+use crate::model::{JobInfo, JobSpec, JobState, ReplicaInfo, ReplicaState, MAX_SERIAL_BYTES};
+use crate::state::{JobRecord, JobRole};
+
+/// Offers asked at once for one replica.
+const OFFERS_PER_ROUND: usize = 3;
+/// How long a replica nobody can take waits before it is offered again.
+const PLACE_RETRY: Duration = Duration::from_secs(3);
+/// How long a lookup of a job in the DHT may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a node asked about a job may take to answer.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rounds of new replicas after the results disagreed.
+pub const MAX_RETRIES: u32 = 2;
+
+impl Daemon {
+    /// Takes a signed submission (checked completely before anything is kept).
+    pub async fn submit_job(self: &Arc<Self>, bytes: &[u8]) -> ServiceResult<JobInfo> {
+        let verified = submission::verify(bytes, unix_now())
+            .map_err(|e| ServiceError::BadRequest(format!("submission refused: {e}")))?;
+        self.check_trusted(&verified.submitter)?;
+        let spec: JobSpec = serde_json::from_slice(&verified.submission.spec)
+            .map_err(|e| ServiceError::BadRequest(format!("the job spec: {e}")))?;
+        spec.validate()
+            .map_err(|e| ServiceError::BadRequest(format!("the job spec: {e}")))?;
+        let id = verified.id.to_hex();
+        let now = now_ms();
+        let info = {
+            let _one_writer = lock(&self.jobs.origin_writes);
+            if self
+                .state_db
+                .job(&id, JobRole::Origin)
+                .map_err(internal)?
+                .is_some()
+            {
+                return Err(ServiceError::Conflict(format!(
+                    "job {id} was already submitted: a resent (replayed) submission is \
+                     refused; sign the spec again (`novacron submit` does) for a new job"
+                )));
+            }
+            let info = JobInfo {
+                id: id.clone(),
+                submitter: verified.submitter.to_string(),
+                state: JobState::Queued,
+                detail: None,
+                origin: self.mesh.peer_id().to_string(),
+                replicas: (0..u32::from(spec.replicas)).map(new_replica).collect(),
+                spec,
+                result_hash: None,
+                retries: 0,
+                submitted_at_ms: now,
+                updated_at_ms: now,
+            };
+            self.state_db
+                .put_job(&JobRecord {
+                    role: JobRole::Origin,
+                    info: info.clone(),
+                    submission: bytes.to_vec(),
+                    expires_at: verified.submission.expires_at,
+                })
+                .map_err(internal)?;
+            info
+        };
+        self.announce_job(&info);
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.mesh.start_providing(DhtKey::Job(verified.id.0)).await {
+                tracing::debug!(error = %e, "cannot announce the job in the DHT");
+            }
+        });
+        self.clone().place_waiting(&id);
+        Ok(info)
+    }
+
+    /// Jobs this node knows: the ones submitted through it, and the ones it runs a replica
+    /// of (as their runner sees them), newest first.
+    pub fn jobs_known(&self) -> Vec<JobInfo> {
+        let mut out: Vec<JobInfo> = self
+            .state_db
+            .jobs(JobRole::Origin)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.info)
+            .collect();
+        for r in self.state_db.jobs(JobRole::Runner).unwrap_or_default() {
+            if !out.iter().any(|j| j.id == r.info.id) {
+                out.push(r.info);
+            }
+        }
+        out.sort_by(|a, b| {
+            b.submitted_at_ms
+                .cmp(&a.submitted_at_ms)
+                .then(a.id.cmp(&b.id))
+        });
+        out
+    }
+
+    /// What this node itself knows of a job: its origin's view if it is the origin, else
+    /// its runner's.
+    pub(super) fn local_job(&self, id: &str) -> Option<JobInfo> {
+        for role in [JobRole::Origin, JobRole::Runner] {
+            if let Ok(Some(r)) = self.state_db.job(id, role) {
+                return Some(r.info);
+            }
+        }
+        None
+    }
+
+    /// A job as its origin knows it: from this node, else from the nodes the DHT says
+    /// know it (a runner's view leads to its origin).
+    pub async fn job(&self, id: &str) -> ServiceResult<JobInfo> {
+        let job_id = parse_job_id(id)?;
+        let id = job_id.to_hex();
+        if let Some(job) = self.local_job(&id) {
+            if job.origin == self.mesh.peer_id().to_string() {
+                return Ok(job);
+            }
+            if let Ok(origin) = job.origin.parse::<PeerId>() {
+                if let Ok(theirs) = self.ask_status(origin, &id).await {
+                    return Ok(theirs);
+                }
+            }
+            return Ok(job);
+        }
+        let providers =
+            tokio::time::timeout(LOOKUP_TIMEOUT, self.mesh.providers(DhtKey::Job(job_id.0)))
+                .await
+                .map_err(|_| {
+                    ServiceError::NotFound(format!(
+                        "no node of the mesh said it knows job {id} within {LOOKUP_TIMEOUT:?}"
+                    ))
+                })?
+                .map_err(|e| ServiceError::Unavailable(format!("cannot look the job up: {e}")))?;
+        let mut seen = None;
+        for peer in providers {
+            if let Ok(job) = self.ask_status(peer, &id).await {
+                if job.origin == peer.to_string() {
+                    return Ok(job);
+                }
+                if let Ok(origin) = job.origin.parse::<PeerId>() {
+                    if let Ok(theirs) = self.ask_status(origin, &id).await {
+                        return Ok(theirs);
+                    }
+                }
+                seen = Some(job);
+            }
+        }
+        seen.ok_or_else(|| ServiceError::NotFound(format!("no node of the mesh knows job {id}")))
+    }
+
+    async fn ask_status(&self, peer: PeerId, id: &str) -> Result<JobInfo, String> {
+        let link = self.jobs.link().ok_or("the job protocol is not running")?;
+        let request = JobRequest::Status { job_id: id.into() };
+        match tokio::time::timeout(STATUS_TIMEOUT, link.request(peer, &request)).await {
+            Ok(Ok(JobResponse::Status { job })) if job.id == id => Ok(*job),
+            Ok(Ok(other)) => Err(format!("{peer} answered {other:?}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("{peer} did not answer within {STATUS_TIMEOUT:?}")),
+        }
+    }
+
+    /// Cancels a job submitted through this node: its replicas are stopped where they run.
+    pub async fn cancel_job(self: &Arc<Self>, id: &str) -> ServiceResult<JobInfo> {
+        let id = parse_job_id(id)?.to_hex();
+        let Some(rec) = self.state_db.job(&id, JobRole::Origin).map_err(internal)? else {
+            return match self.local_job(&id) {
+                Some(job) => Err(ServiceError::Conflict(format!(
+                    "job {id} was submitted through {}: cancel it there",
+                    job.origin
+                ))),
+                None => Err(ServiceError::NotFound(format!("no job {id} on this node"))),
+            };
+        };
+        if rec.info.state.is_final() {
+            return Err(ServiceError::Conflict(format!(
+                "job {id} has ended ({})",
+                rec.info.state.as_str()
+            )));
+        }
+        let running: Vec<(String, u32)> = rec
+            .info
+            .replicas
+            .iter()
+            .filter(|r| !r.state.is_final())
+            .filter_map(|r| Some((r.node.clone()?, r.index)))
+            .collect();
+        let job = self
+            .update_origin(&id, |job| {
+                job.state = JobState::Cancelled;
+                job.detail = Some("cancelled by its submitter".into());
+                for r in job.replicas.iter_mut().filter(|r| !r.state.is_final()) {
+                    r.state = ReplicaState::Cancelled;
+                }
+            })
+            .ok_or_else(|| ServiceError::Internal("the job vanished".into()))?;
+        for (node, index) in running {
+            self.clone().send_cancel(id.clone(), node, index);
+        }
+        Ok(job)
+    }
+
+    fn send_cancel(self: Arc<Self>, job_id: String, node: String, replica: u32) {
+        tokio::spawn(async move {
+            let Ok(peer) = node.parse::<PeerId>() else {
+                return;
+            };
+            if peer == self.mesh.peer_id() {
+                self.job_cancel_here(peer, &job_id, replica).await;
+                return;
+            }
+            let Some(link) = self.jobs.link() else { return };
+            if let Err(e) = link
+                .request(peer, &JobRequest::Cancel { job_id, replica })
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "cannot cancel a replica");
+            }
+        });
+    }
+
+    /// Serial output of replica `replica` (default: one whose result won, else the first)
+    /// from `offset`: from this node if it runs it, else from the node that does, else from
+    /// the replica's published output.
+    pub async fn job_logs(
+        &self,
+        id: &str,
+        replica: Option<u32>,
+        offset: u64,
+    ) -> ServiceResult<(Vec<u8>, u64, bool)> {
+        let job = self.job(id).await?;
+        let r = pick_replica(&job, replica)?;
+        if let JobResponse::Logs {
+            data,
+            next_offset,
+            finished,
+        } = self.job_logs_here(&job.id, r.index, offset)
+        {
+            return Ok((
+                hex::decode(&data).unwrap_or_default(),
+                next_offset,
+                finished,
+            ));
+        }
+        if let (Some(node), Some(link)) = (
+            r.node.as_deref().and_then(|n| n.parse::<PeerId>().ok()),
+            self.jobs.link(),
+        ) {
+            let ask = JobRequest::Logs {
+                job_id: job.id.clone(),
+                replica: r.index,
+                offset,
+            };
+            if let Ok(JobResponse::Logs {
+                data,
+                next_offset,
+                finished,
+            }) = link.request(node, &ask).await
+            {
+                let bytes = hex::decode(&data).ok_or_else(|| {
+                    ServiceError::Internal(format!("{node} sent output that is not hex"))
+                })?;
+                return Ok((bytes, next_offset, finished));
+            }
+        }
+        let Some(set) = &r.log_set else {
+            return Err(ServiceError::Unavailable(format!(
+                "replica {} of job {} has no output this node can reach now",
+                r.index, job.id
+            )));
+        };
+        let all = self.fetch_set(set).await?;
+        let from = (offset as usize).min(all.len());
+        let to = (from + MAX_LOG_CHUNK).min(all.len());
+        Ok((
+            all[from..to].to_vec(),
+            to as u64,
+            r.state.is_final() && to == all.len(),
+        ))
+    }
+
+    /// The job's agreed result (the output of a replica whose hash won).
+    pub async fn job_result(&self, id: &str) -> ServiceResult<Vec<u8>> {
+        let job = self.job(id).await?;
+        let Some(hash) = &job.result_hash else {
+            return Err(ServiceError::Conflict(format!(
+                "job {} has no result yet ({})",
+                job.id,
+                job.state.as_str()
+            )));
+        };
+        let winners = job
+            .replicas
+            .iter()
+            .filter(|r| r.result_hash.as_ref() == Some(hash));
+        for r in winners {
+            let bytes = match &r.result_set {
+                Some(set) => match self.fetch_set(set).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot fetch a replica's result");
+                        continue;
+                    }
+                },
+                // An empty output publishes no set.
+                None => Vec::new(),
+            };
+            if blake3::hash(&bytes).to_hex().as_str() == hash {
+                return Ok(bytes);
+            }
+            tracing::warn!(job = %job.id, replica = r.index, "a result's bytes do not match its hash");
+        }
+        Err(ServiceError::Unavailable(format!(
+            "no node holding job {}'s result answers now",
+            job.id
+        )))
+    }
+
+    async fn fetch_set(&self, set: &str) -> ServiceResult<Vec<u8>> {
+        super::super::chunk_sets::fetch_bytes(&self.mesh, &self.exchange, set, MAX_SERIAL_BYTES)
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("cannot fetch chunk set {set}: {e:#}")))
+    }
+
+    /// A report from the node running a replica of a job submitted here.
+    pub(super) fn job_report(self: &Arc<Self>, from: PeerId, report: ReplicaReport) -> JobResponse {
+        let Ok(Some(rec)) = self.state_db.job(&report.job_id, JobRole::Origin) else {
+            return JobResponse::refuse("this node is not the job's origin");
+        };
+        let Some(r) = rec.info.replicas.iter().find(|r| r.index == report.replica) else {
+            return JobResponse::refuse(format!("the job has no replica {}", report.replica));
+        };
+        if report.generation < r.generation || r.node.as_deref() != Some(&from.to_string()) {
+            return JobResponse::refuse(format!(
+                "{STALE}: replica {} of job {} is at generation {} on {}; stop this copy",
+                r.index,
+                report.job_id,
+                r.generation,
+                r.node.as_deref().unwrap_or("no node yet")
+            ));
+        }
+        if r.state.is_final() {
+            return JobResponse::Ack;
+        }
+        let mut cancel = Vec::new();
+        let mut retry = false;
+        let updated = self.update_origin(&report.job_id, |job| {
+            if let Some(r) = job.replicas.iter_mut().find(|r| r.index == report.replica) {
+                r.state = report.state;
+                r.vm_id = report.vm_id.clone().or(r.vm_id.take());
+                r.result_hash = report.result_hash.clone();
+                r.log_set = report.log_set.clone();
+                r.result_set = report.result_set.clone();
+                r.detail = report.detail.clone();
+            }
+            match decide(job) {
+                Decision::Pending => job.state = progress_state(job),
+                Decision::Succeeded(hash) => {
+                    job.state = JobState::Succeeded;
+                    job.result_hash = Some(hash);
+                    job.detail = disagreement(job);
+                }
+                Decision::Retry(add) => {
+                    job.retries += 1;
+                    let next = job.replicas.iter().map(|r| r.index + 1).max().unwrap_or(0);
+                    for i in 0..add {
+                        job.replicas.push(new_replica(next + i));
+                    }
+                    job.state = JobState::Queued;
+                    job.detail = Some(format!(
+                        "the results disagree: {add} more replica(s), retry {} of {MAX_RETRIES}",
+                        job.retries
+                    ));
+                    retry = true;
+                }
+                Decision::Failed(why) => {
+                    job.state = JobState::Failed;
+                    job.detail = Some(why);
+                }
+            }
+            if job.state.is_final() {
+                for r in job.replicas.iter_mut().filter(|r| !r.state.is_final()) {
+                    r.state = ReplicaState::Cancelled;
+                    if let Some(node) = &r.node {
+                        cancel.push((node.clone(), r.index));
+                    }
+                }
+            }
+        });
+        if let Some(job) = updated {
+            for (node, index) in cancel {
+                self.clone().send_cancel(job.id.clone(), node, index);
+            }
+            if retry {
+                self.clone().place_waiting(&job.id);
+            }
+        }
+        JobResponse::Ack
+    }
+
+    /// Reads, changes and writes an origin row; announces and returns the job.
+    fn update_origin(&self, id: &str, change: impl FnOnce(&mut JobInfo)) -> Option<JobInfo> {
+        let job = {
+            let _one_writer = lock(&self.jobs.origin_writes);
+            let mut rec = self.state_db.job(id, JobRole::Origin).ok()??;
+            let before = rec.info.clone();
+            change(&mut rec.info);
+            if rec.info == before {
+                return Some(before);
+            }
+            rec.info.updated_at_ms = now_ms();
+            if let Err(e) = self.state_db.put_job(&rec) {
+                tracing::warn!(job = id, error = %e, "cannot record a job's change");
+                return None;
+            }
+            rec.info
+        };
+        self.announce_job(&job);
+        Some(job)
+    }
+
+    /// Places every replica of `id` still waiting for a node, each in its own task.
+    fn place_waiting(self: Arc<Self>, id: &str) {
+        let Ok(Some(rec)) = self.state_db.job(id, JobRole::Origin) else {
+            return;
+        };
+        for r in rec
+            .info
+            .replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Placing)
+        {
+            if self.jobs.claim_placement(id, r.index) {
+                let me = self.clone();
+                let (id, index) = (id.to_string(), r.index);
+                tokio::spawn(async move {
+                    me.place_replica(&id, index).await;
+                    me.jobs.end_placement(&id, index);
+                });
+            }
+        }
+    }
+
+    /// Places one replica: offers from the best candidates, best fit first, confirmed with
+    /// the chosen node; again after [`PLACE_RETRY`] while nobody takes it and the job lives.
+    async fn place_replica(self: &Arc<Self>, id: &str, index: u32) {
+        loop {
+            let Ok(Some(rec)) = self.state_db.job(id, JobRole::Origin) else {
+                return;
+            };
+            let Some(r) = rec.info.replicas.iter().find(|r| r.index == index) else {
+                return;
+            };
+            if rec.info.state.is_final() || r.state != ReplicaState::Placing {
+                return;
+            }
+            let generation = r.generation;
+            // Replicas of a job land on distinct nodes.
+            let mut exclude: Vec<String> = rec
+                .info
+                .replicas
+                .iter()
+                .filter(|o| o.index != index)
+                .filter_map(|o| o.node.clone())
+                .collect();
+            let mut why = Vec::new();
+            let candidates = self.job_candidates(&rec.info.spec, &exclude).await;
+            for round in candidates.chunks(OFFERS_PER_ROUND) {
+                let mut offers = Vec::new();
+                for peer in round {
+                    match self.ask_offer(*peer, id, &rec.info.spec).await {
+                        Ok(offer) => offers.push((*peer, offer)),
+                        Err(e) => why.push(format!("{peer}: {e}")),
+                    }
+                }
+                offers.sort_by_key(|(_, (mem, slots, load))| (*mem, *slots, *load));
+                for (peer, _) in offers {
+                    if exclude.contains(&peer.to_string()) {
+                        continue;
+                    }
+                    match self.confirm(peer, &rec, index, generation).await {
+                        Ok(vm_id) => {
+                            self.update_origin(id, |job| {
+                                if let Some(r) = job
+                                    .replicas
+                                    .iter_mut()
+                                    .find(|r| r.index == index && r.generation == generation)
+                                {
+                                    if r.state == ReplicaState::Placing {
+                                        r.state = ReplicaState::Starting;
+                                        r.node = Some(peer.to_string());
+                                        r.vm_id = Some(vm_id);
+                                    }
+                                }
+                                job.state = progress_state(job);
+                                job.detail = None;
+                            });
+                            return;
+                        }
+                        Err(e) => {
+                            why.push(format!("{peer}: {e}"));
+                            exclude.push(peer.to_string());
+                        }
+                    }
+                }
+            }
+            let detail = if candidates.is_empty() {
+                "no node of the mesh has room for it now; offered again shortly".to_string()
+            } else {
+                format!("no node took replica {index} yet ({})", why.join("; "))
+            };
+            self.update_origin(id, |job| job.detail = Some(crate::jobs::wire::cut(detail)));
+            tokio::time::sleep(PLACE_RETRY).await;
+        }
+    }
+
+    /// Nodes that may take a replica of `spec`, best first: this node and its cell's live
+    /// members that say they have room, then the representatives of other cells whose
+    /// summaries say they have room.
+    async fn job_candidates(&self, spec: &JobSpec, exclude: &[String]) -> Vec<PeerId> {
+        let me = self.mesh.peer_id().to_string();
+        let mut out = Vec::new();
+        if let Some(cell) = self.cell_status().await {
+            let mut members: Vec<_> = cell
+                .members
+                .iter()
+                .filter(|m| m.live && !exclude.contains(&m.peer_id))
+                .filter(|m| m.peer_id == me || (m.free_slots > 0 && m.mem_mib >= spec.memory_mib))
+                .collect();
+            members.sort_by_key(|m| (std::cmp::Reverse(m.free_slots), m.load_permille));
+            out.extend(
+                members
+                    .iter()
+                    .filter_map(|m| m.peer_id.parse::<PeerId>().ok()),
+            );
+        }
+        if !exclude.contains(&me) && !out.contains(&self.mesh.peer_id()) {
+            out.push(self.mesh.peer_id());
+        }
+        let mut summaries = self.mesh.cell_summaries().await.unwrap_or_default();
+        summaries.retain(|s| {
+            s.summary.free_slots > 0
+                && s.summary.free_vcpus >= u64::from(spec.vcpus)
+                && s.summary.free_memory_bytes >= spec.memory_mib << 20
+        });
+        summaries.sort_by_key(|s| std::cmp::Reverse(s.summary.free_slots));
+        for s in summaries {
+            for peer in s.summary.contact_peers().unwrap_or_default() {
+                if !exclude.contains(&peer.to_string()) && !out.contains(&peer) {
+                    out.push(peer);
+                }
+            }
+        }
+        out
+    }
+
+    /// An offer from `peer` (or this node): free memory MiB, free slots, load.
+    async fn ask_offer(
+        &self,
+        peer: PeerId,
+        id: &str,
+        spec: &JobSpec,
+    ) -> Result<(u64, u32, u16), String> {
+        let answer = if peer == self.mesh.peer_id() {
+            self.job_offer(spec.backend, spec.vcpus, spec.memory_mib)
+        } else {
+            let link = self.jobs.link().ok_or("the job protocol is not running")?;
+            let ask = JobRequest::Offer {
+                job_id: id.to_string(),
+                backend: spec.backend,
+                vcpus: spec.vcpus,
+                memory_mib: spec.memory_mib,
+            };
+            link.request(peer, &ask).await.map_err(|e| e.to_string())?
+        };
+        match answer {
+            JobResponse::Offer {
+                free_memory_mib,
+                free_slots,
+                load_permille,
+                ..
+            } => Ok((free_memory_mib, free_slots, load_permille)),
+            JobResponse::Refuse { reason } => Err(reason),
+            other => Err(format!("answered {other:?}")),
+        }
+    }
+
+    /// Asks `peer` (or this node) to run replica `index` at `generation`.
+    async fn confirm(
+        self: &Arc<Self>,
+        peer: PeerId,
+        rec: &JobRecord,
+        index: u32,
+        generation: u64,
+    ) -> Result<String, String> {
+        let answer = if peer == self.mesh.peer_id() {
+            self.job_place(peer, &rec.submission, index, generation)
+                .await
+        } else {
+            let link = self.jobs.link().ok_or("the job protocol is not running")?;
+            let ask = JobRequest::Place {
+                submission: hex::encode(&rec.submission),
+                replica: index,
+                generation,
+            };
+            link.request(peer, &ask).await.map_err(|e| e.to_string())?
+        };
+        match answer {
+            JobResponse::Admitted { vm_id } => Ok(vm_id),
+            JobResponse::Refuse { reason } => Err(reason),
+            other => Err(format!("answered {other:?}")),
+        }
+    }
+
+    /// A cell member died: each replica of a job submitted here that ran on it gets a new
+    /// generation and is placed again (from the beginning: see docs/jobs.md).
+    pub(in crate::daemon) fn jobs_node_died(self: &Arc<Self>, peer: &PeerId) {
+        let dead = peer.to_string();
+        for rec in self.state_db.jobs(JobRole::Origin).unwrap_or_default() {
+            let job = &rec.info;
+            let hit = !job.state.is_final()
+                && job
+                    .replicas
+                    .iter()
+                    .any(|r| !r.state.is_final() && r.node.as_deref() == Some(&dead));
+            if !hit {
+                continue;
+            }
+            self.update_origin(&job.id, |job| {
+                for r in job.replicas.iter_mut() {
+                    if !r.state.is_final() && r.node.as_deref() == Some(&dead) {
+                        r.generation += 1;
+                        r.state = ReplicaState::Placing;
+                        r.node = None;
+                        r.vm_id = None;
+                        r.detail = Some(format!("its node {dead} died; placed again"));
+                    }
+                }
+                job.state = progress_state(job);
+            });
+            self.clone().place_waiting(&job.id);
+        }
+    }
+
+    /// At start: jobs submitted here that are not decided go on being placed.
+    pub(super) async fn resume_origin_jobs(self: Arc<Self>) {
+        for rec in self.state_db.jobs(JobRole::Origin).unwrap_or_default() {
+            if !rec.info.state.is_final() {
+                self.clone().place_waiting(&rec.info.id);
+            }
+        }
+    }
+}
+
+fn internal(e: crate::state::StateError) -> ServiceError {
+    ServiceError::Internal(e.to_string())
+}
+
+fn new_replica(index: u32) -> ReplicaInfo {
+    ReplicaInfo {
+        index,
+        state: ReplicaState::Placing,
+        node: None,
+        generation: 1,
+        vm_id: None,
+        result_hash: None,
+        log_set: None,
+        result_set: None,
+        detail: None,
+        updated_at_ms: now_ms(),
+    }
+}
+
+/// The replica `asked`, or one whose result won, or the first.
+fn pick_replica(job: &JobInfo, asked: Option<u32>) -> ServiceResult<&ReplicaInfo> {
+    match asked {
+        Some(i) => job
+            .replicas
+            .iter()
+            .find(|r| r.index == i)
+            .ok_or_else(|| ServiceError::NotFound(format!("job {} has no replica {i}", job.id))),
+        None => job
+            .replicas
+            .iter()
+            .find(|r| r.result_hash.is_some() && r.result_hash == job.result_hash)
+            .or_else(|| job.replicas.iter().find(|r| r.node.is_some()))
+            .or(job.replicas.first())
+            .ok_or_else(|| ServiceError::NotFound(format!("job {} has no replicas", job.id))),
+    }
+}
+
+/// The state of a job not yet decided, from its replicas.
+fn progress_state(job: &JobInfo) -> JobState {
+    let live: Vec<ReplicaState> = job
+        .replicas
+        .iter()
+        .map(|r| r.state)
+        .filter(|s| !s.is_final())
+        .collect();
+    if live.contains(&ReplicaState::Migrating) {
+        JobState::Migrating
+    } else if live.contains(&ReplicaState::Running) {
+        JobState::Running
+    } else if live.contains(&ReplicaState::Placing) {
+        JobState::Queued
+    } else {
+        JobState::Placed
+    }
+}
+
+enum Decision {
+    Pending,
+    Succeeded(String),
+    Retry(u32),
+    Failed(String),
+}
+
+/// BOINC's rule: a result wins once `quorum` replicas agree on its hash.
+fn decide(job: &JobInfo) -> Decision {
+    let quorum = u32::from(job.spec.quorum());
+    let mut counts: Vec<(&String, u32)> = Vec::new();
+    for h in job.replicas.iter().filter_map(|r| r.result_hash.as_ref()) {
+        match counts.iter_mut().find(|(k, _)| *k == h) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((h, 1)),
+        }
+    }
+    if let Some((hash, _)) = counts.iter().find(|(_, n)| *n >= quorum) {
+        return Decision::Succeeded((*hash).clone());
+    }
+    let pending = job.replicas.iter().filter(|r| !r.state.is_final()).count() as u32;
+    let best = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    if best + pending >= quorum {
+        return Decision::Pending;
+    }
+    if job.retries >= MAX_RETRIES {
+        return Decision::Failed(format!(
+            "no {quorum} replicas agreed after {} retries",
+            job.retries
+        ));
+    }
+    Decision::Retry(quorum - best - pending)
+}
+
+/// Which nodes' results disagreed with the winner (for the job's detail).
+fn disagreement(job: &JobInfo) -> Option<String> {
+    let odd: Vec<String> = job
+        .replicas
+        .iter()
+        .filter(|r| r.result_hash.is_some() && r.result_hash != job.result_hash)
+        .filter_map(|r| r.node.clone())
+        .collect();
+    (!odd.is_empty()).then(|| format!("outvoted: {}", odd.join(", ")))
+}

@@ -1,0 +1,64 @@
+//! The job protocol's requests from peers, dispatched to the origin and runner sides.
+
+use std::sync::{Arc, Weak};
+
+use novacron_mesh::swarm::PeerId;
+use novacron_mesh::util::hex;
+
+use crate::daemon::Daemon;
+use crate::jobs::link::{Handler, JobLink, JobLinkConfig};
+use crate::jobs::wire::{JobRequest, JobResponse};
+
+impl Daemon {
+    /// Serves `/novacron/job/1` for this daemon (once, at start).
+    pub(in crate::daemon) fn serve_jobs(self: &Arc<Self>) -> anyhow::Result<()> {
+        let weak: Weak<Daemon> = Arc::downgrade(self);
+        let handler: Handler = Arc::new(move |peer, request| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(daemon) => daemon.answer_job_request(peer, request).await,
+                    None => JobResponse::refuse("the node is stopping"),
+                }
+            })
+        });
+        let link = JobLink::start(&self.mesh, handler, JobLinkConfig::default())?;
+        let _ = self.jobs.link.set(link);
+        self.resume_runner_rows();
+        tokio::spawn(self.clone().follow_replicas());
+        tokio::spawn(self.clone().resume_origin_jobs());
+        Ok(())
+    }
+
+    async fn answer_job_request(self: Arc<Self>, peer: PeerId, request: JobRequest) -> JobResponse {
+        match request {
+            JobRequest::Offer {
+                backend,
+                vcpus,
+                memory_mib,
+                ..
+            } => self.job_offer(backend, vcpus, memory_mib),
+            JobRequest::Place {
+                submission,
+                replica,
+                generation,
+            } => match hex::decode(&submission) {
+                Some(bytes) => self.job_place(peer, &bytes, replica, generation).await,
+                None => JobResponse::refuse("the submission is not hex"),
+            },
+            JobRequest::Report(report) => self.job_report(peer, report),
+            JobRequest::Cancel { job_id, replica } => {
+                self.job_cancel_here(peer, &job_id, replica).await
+            }
+            JobRequest::Status { job_id } => match self.local_job(&job_id) {
+                Some(job) => JobResponse::Status { job: Box::new(job) },
+                None => JobResponse::NotFound,
+            },
+            JobRequest::Logs {
+                job_id,
+                replica,
+                offset,
+            } => self.job_logs_here(&job_id, replica, offset),
+        }
+    }
+}

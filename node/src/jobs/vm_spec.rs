@@ -1,0 +1,155 @@
+//! What VM runs one replica of a job: the job spec turned into the node's [`VmSpec`], which
+//! the node checks and admits as it does any VM (`vms::spec::check`, its image directories,
+//! its admission accounting).
+//!
+//! - A builtin guest gets the job's arguments as more `key=value` parameters.
+//! - A kernel by path is booted from that path (it must lie in the running node's image
+//!   directories); a kernel by chunk set is fetched into them first (`local_images` gives
+//!   the paths fetched sets were written to). The arguments extend the command line.
+//! - A command gets the arguments appended.
+
+use std::collections::HashMap;
+
+use crate::model::{Backend, ImageRef, JobSpec, VmSpec};
+use crate::vms::spec::DEFAULT_CMDLINE;
+
+/// The VM of replica `replica` of job `job_id` with spec `spec`. `local_images` maps the
+/// chunk sets the spec names to where this node wrote them. Errors name the spec field.
+pub fn replica_vm_spec(
+    job_id: &str,
+    replica: u32,
+    spec: &JobSpec,
+    local_images: &HashMap<String, String>,
+) -> Result<VmSpec, String> {
+    let p = &spec.payload;
+    let image = |field: &str, r: &ImageRef| -> Result<String, String> {
+        match (&r.path, &r.chunk_set) {
+            (Some(path), _) => Ok(path.clone()),
+            (None, Some(set)) => local_images
+                .get(set)
+                .cloned()
+                .ok_or_else(|| format!("{field}.chunkSet: chunk set {set} is not fetched here")),
+            (None, None) => Err(format!("{field}: give a path or a chunk set")),
+        }
+    };
+    let mut vm = VmSpec {
+        name: Some(format!("job-{}-{replica}", &job_id[..job_id.len().min(12)])),
+        backend: spec.backend,
+        guest: None,
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        command: None,
+        mem_mib: spec.memory_mib,
+        vcpus: spec.vcpus,
+        migration: spec.migration.modes.clone(),
+        prefill_mib: None,
+    };
+    match spec.backend {
+        Backend::Kvm => {
+            if let Some(guest) = &p.guest {
+                vm.guest = Some(with_parameters(guest, &spec.arguments));
+            } else if let Some(kernel) = &p.kernel {
+                vm.kernel = Some(image("payload.kernel", kernel)?);
+                vm.initrd = p
+                    .initrd
+                    .as_ref()
+                    .map(|i| image("payload.initrd", i))
+                    .transpose()?;
+                let mut cmdline = DEFAULT_CMDLINE.to_string();
+                for a in &spec.arguments {
+                    cmdline.push(' ');
+                    cmdline.push_str(a);
+                }
+                vm.cmdline = Some(cmdline);
+            } else {
+                return Err("payload: a kvm job boots a guest or a kernel".into());
+            }
+        }
+        Backend::Process => {
+            let mut command = p
+                .command
+                .clone()
+                .ok_or("payload.command: the process backend runs a command")?;
+            if !p.files.is_empty() {
+                return Err("payload.files: this node cannot place files for a command yet".into());
+            }
+            command.extend(spec.arguments.iter().cloned());
+            vm.command = Some(command);
+        }
+    }
+    Ok(vm)
+}
+
+/// `builtin:NAME[:k=v,...]` with `args` as more `k=v` parameters.
+fn with_parameters(guest: &str, args: &[String]) -> String {
+    if args.is_empty() {
+        return guest.to_string();
+    }
+    let name_end = guest.strip_prefix("builtin:").map_or(guest.len(), |rest| {
+        "builtin:".len() + rest.find(':').unwrap_or(rest.len())
+    });
+    let sep = if name_end < guest.len() { "," } else { ":" };
+    format!("{guest}{sep}{}", args.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> JobSpec {
+        let s: JobSpec = serde_json::from_str(json).unwrap();
+        s.validate().unwrap();
+        s
+    }
+
+    #[test]
+    fn builtin_guests_take_the_arguments_as_parameters() {
+        assert_eq!(with_parameters("builtin:counter", &[]), "builtin:counter");
+        let a = vec!["passes=4".to_string(), "words=8".to_string()];
+        assert_eq!(
+            with_parameters("builtin:counter", &a),
+            "builtin:counter:passes=4,words=8"
+        );
+        assert_eq!(
+            with_parameters("builtin:counter:base=0x1000", &a),
+            "builtin:counter:base=0x1000,passes=4,words=8"
+        );
+        let s = spec(
+            r#"{"payload":{"guest":"builtin:counter"},"arguments":["passes=2"],"memoryMib":32,
+                "vcpus":2,"migration":{"modes":["cold"]}}"#,
+        );
+        let vm = replica_vm_spec(&"ab".repeat(32), 3, &s, &HashMap::new()).unwrap();
+        assert_eq!(vm.guest.as_deref(), Some("builtin:counter:passes=2"));
+        assert_eq!((vm.mem_mib, vm.vcpus), (32, 2));
+        assert_eq!(vm.name.as_deref(), Some("job-abababababab-3"));
+        assert_eq!(vm.migration, vec![crate::model::MigrationMode::Cold]);
+    }
+
+    #[test]
+    fn kernels_come_from_a_path_or_a_fetched_chunk_set() {
+        let set = "cd".repeat(32);
+        let s = spec(&format!(
+            r#"{{"payload":{{"kernel":{{"chunkSet":"{set}"}},"initrd":{{"path":"/img/initrd"}}}},
+                "arguments":["quiet"]}}"#
+        ));
+        let e = replica_vm_spec("j", 0, &s, &HashMap::new()).unwrap_err();
+        assert!(e.starts_with("payload.kernel.chunkSet"), "{e}");
+        let fetched = HashMap::from([(set, "/data/images/k".to_string())]);
+        let vm = replica_vm_spec("j", 0, &s, &fetched).unwrap();
+        assert_eq!(vm.kernel.as_deref(), Some("/data/images/k"));
+        assert_eq!(vm.initrd.as_deref(), Some("/img/initrd"));
+        assert_eq!(vm.cmdline.unwrap(), format!("{DEFAULT_CMDLINE} quiet"));
+    }
+
+    #[test]
+    fn commands_take_the_arguments() {
+        let s = spec(
+            r#"{"backend":"process","payload":{"command":["/bin/echo","a"]},"arguments":["b"],
+                "migration":{"modes":["cold"]}}"#,
+        );
+        let vm = replica_vm_spec("j", 0, &s, &HashMap::new()).unwrap();
+        assert_eq!(vm.command.unwrap(), ["/bin/echo", "a", "b"]);
+        assert_eq!(vm.backend, Backend::Process);
+    }
+}
