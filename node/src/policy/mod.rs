@@ -12,12 +12,15 @@
 //! - [`recovery`]: what a restarted daemon does with each VM it finds (adopt, restore,
 //!   record its end) and how the migrations it left open settle.
 //! - [`in_doubt`]: how a migration in doubt settles, from the truth, never from a guess.
+//! - [`job_placement`]: where a job's replica goes: cells ranked by their summaries, the
+//!   best-fitting offer, and the search that asks peers and confirms one.
 
 pub mod admission;
 pub mod cell_keeper;
 pub mod cell_size;
 pub mod evacuation;
 pub mod in_doubt;
+pub mod job_placement;
 pub mod placement;
 pub mod politeness;
 pub mod recovery;
