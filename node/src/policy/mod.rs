@@ -14,6 +14,8 @@
 //! - [`in_doubt`]: how a migration in doubt settles, from the truth, never from a guess.
 //! - [`job_placement`]: where a job's replica goes: cells ranked by their summaries, the
 //!   best-fitting offer, and the search that asks peers and confirms one.
+//! - [`quorum`]: whether a job's replicas agree on its result (BOINC-style), when it takes
+//!   new replicas, and each peer's record of agreeing.
 
 pub mod admission;
 pub mod cell_keeper;
@@ -23,4 +25,5 @@ pub mod in_doubt;
 pub mod job_placement;
 pub mod placement;
 pub mod politeness;
+pub mod quorum;
 pub mod recovery;
