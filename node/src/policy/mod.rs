@@ -12,6 +12,8 @@
 //! - [`recovery`]: what a restarted daemon does with each VM it finds (adopt, restore,
 //!   record its end) and how the migrations it left open settle.
 //! - [`in_doubt`]: how a migration in doubt settles, from the truth, never from a guess.
+//! - [`job_fencing`]: which checkpoint holder restores a replica whose node died, and the
+//!   generations that keep a stale copy from ever resuming.
 //! - [`job_placement`]: where a job's replica goes: cells ranked by their summaries, the
 //!   best-fitting offer, and the search that asks peers and confirms one.
 //! - [`quorum`]: whether a job's replicas agree on its result (BOINC-style), when it takes
@@ -22,6 +24,7 @@ pub mod cell_keeper;
 pub mod cell_size;
 pub mod evacuation;
 pub mod in_doubt;
+pub mod job_fencing;
 pub mod job_placement;
 pub mod placement;
 pub mod politeness;
