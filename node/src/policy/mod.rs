@@ -18,6 +18,8 @@
 //!   best-fitting offer, and the search that asks peers and confirms one.
 //! - [`quorum`]: whether a job's replicas agree on its result (BOINC-style), when it takes
 //!   new replicas, and each peer's record of agreeing.
+//! - [`submitters`]: whether a verified job submission is taken: a trusted key, a new job
+//!   id, the submitter's quota of active jobs and its rate.
 
 pub mod admission;
 pub mod cell_keeper;
@@ -30,3 +32,4 @@ pub mod placement;
 pub mod politeness;
 pub mod quorum;
 pub mod recovery;
+pub mod submitters;
