@@ -34,7 +34,7 @@ use crate::model::{JobSpec, ReplicaInfo, ReplicaState};
 pub struct QuorumRule {
     /// Replicas the spec asks for.
     pub replicas: u8,
-    /// Nodes that must report the same hash (at least 1).
+    /// Nodes that must report the same hash (taken as 1 to `replicas`, whatever it says).
     pub quorum: u8,
     /// Rounds of new replicas after the results could no longer agree.
     pub max_retries: u32,
@@ -140,7 +140,8 @@ pub enum QuorumFailure {
 /// replicas are asked for as soon as no quorum is possible, while others may still run:
 /// those count towards the quorum when they report.
 pub fn decide(rule: QuorumRule, replicas: &[ReplicaReport], retries: u32) -> Verdict {
-    let quorum = usize::from(rule.quorum.max(1));
+    let quorum_n = rule.quorum.clamp(1, rule.replicas.max(1));
+    let quorum = usize::from(quorum_n);
     // Each node's first hash, and the groups of nodes per hash in order of appearance.
     let mut voted: BTreeSet<&str> = BTreeSet::new();
     let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -200,7 +201,7 @@ pub fn decide(rule: QuorumRule, replicas: &[ReplicaReport], retries: u32) -> Ver
             reason: QuorumFailure::RetriesExhausted {
                 retries,
                 results: groups.len(),
-                quorum: rule.quorum.max(1),
+                quorum: quorum_n,
             },
         };
     }
@@ -412,6 +413,11 @@ mod tests {
                 disagreeing: vec![],
             }
         );
+        // A quorum above the replicas (a spec not validated) is taken as all of them.
+        assert!(matches!(
+            decide(rule(2, 5), &[hash(0, "a", "x"), hash(1, "b", "x")], 0),
+            Verdict::Succeeded { .. }
+        ));
         // A single replica is its own quorum.
         assert!(matches!(
             decide(rule(1, 1), &[hash(0, "a", "x")], 0),

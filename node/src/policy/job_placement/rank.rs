@@ -5,12 +5,13 @@
 //! lower mean load; equal cells in an order drawn from a seed.
 //!
 //! Several records of one cell (its representatives sign one each) collapse to the newest:
-//! the latest `issued_at`, then the latest expiry, then the smallest signer bytes (then the
-//! more cautious figures), so every
-//! node holding the same records ranks alike whatever order it holds them in. Expired
-//! records are skipped; time here is since the unix epoch (summaries expire in unix
-//! seconds). The node's own cell is ranked like any other and flagged, so the search can
-//! treat it apart (its members are known from gossip without a look-up).
+//! the latest `issued_at`, then the latest expiry, then the smallest signer bytes, then the
+//! more cautious figures, so every node holding the same records ranks alike whatever order
+//! it holds them in. Expired records are skipped; time here is since the unix epoch
+//! (summaries expire in unix seconds). The node's own cell is ranked like any other and
+//! flagged, so the search can treat it apart (its members are known from gossip without a
+//! look-up). Cost: two integer sorts, of the live records and of the cells that fit; over a
+//! 50,000-node view (256 cells, three records each) a few microseconds.
 //!
 //! What this cannot do: a summary is an aggregate signed by a representative, minutes old
 //! and unchecked (a cell with 64 free vCPUs may have them as 64 nodes of one): a cell ranked
