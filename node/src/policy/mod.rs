@@ -12,12 +12,24 @@
 //! - [`recovery`]: what a restarted daemon does with each VM it finds (adopt, restore,
 //!   record its end) and how the migrations it left open settle.
 //! - [`in_doubt`]: how a migration in doubt settles, from the truth, never from a guess.
+//! - [`job_fencing`]: which checkpoint holder restores a replica whose node died, and the
+//!   generations that keep a stale copy from ever resuming.
+//! - [`job_placement`]: where a job's replica goes: cells ranked by their summaries, the
+//!   best-fitting offer, and the search that asks peers and confirms one.
+//! - [`quorum`]: whether a job's replicas agree on its result (BOINC-style), when it takes
+//!   new replicas, and each peer's record of agreeing.
+//! - [`submitters`]: whether a verified job submission is taken: a trusted key, a new job
+//!   id, the submitter's quota of active jobs and its rate.
 
 pub mod admission;
 pub mod cell_keeper;
 pub mod cell_size;
 pub mod evacuation;
 pub mod in_doubt;
+pub mod job_fencing;
+pub mod job_placement;
 pub mod placement;
 pub mod politeness;
+pub mod quorum;
 pub mod recovery;
+pub mod submitters;

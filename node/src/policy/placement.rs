@@ -36,7 +36,7 @@ pub fn candidates<'a>(
 }
 
 /// A member's place among equals for `seed`: the first 8 bytes of blake3(seed, PeerId).
-fn tie_break(seed: u64, peer: &str) -> [u8; 8] {
+pub(crate) fn tie_break(seed: u64, peer: &str) -> [u8; 8] {
     let mut h = blake3::Hasher::new();
     h.update(&seed.to_le_bytes());
     h.update(peer.as_bytes());
