@@ -181,6 +181,7 @@ async fn serve(
         },
         policy: cfg.politeness.clone(),
         trust: crate::daemon::jobs::TrustSource::fixed(Default::default()),
+        submitter_limits: Default::default(),
     };
     let (daemon, recovered) = Daemon::start(mesh, identity.clone(), opts).await?;
     show_recovery(&recovered);

@@ -102,6 +102,8 @@ pub struct DaemonOptions {
     pub policy: Policy,
     /// Who may submit jobs to this node.
     pub trust: jobs::TrustSource,
+    /// How much each submitter may submit.
+    pub submitter_limits: crate::policy::submitters::SubmitterLimits,
 }
 
 /// Members whose signed records are remembered.
@@ -177,7 +179,7 @@ impl Daemon {
             reservations: std::sync::Mutex::new(admission::Reservations::default()),
             migrations: Some(migrations),
             vm_opts_sandbox,
-            jobs: jobs::JobsHere::new(opts.trust.clone()),
+            jobs: jobs::JobsHere::new(opts.trust.clone(), opts.submitter_limits),
             myself: slot.clone(),
         });
         let _ = slot.set(Arc::downgrade(&daemon));

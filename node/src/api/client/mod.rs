@@ -211,6 +211,11 @@ impl ApiClient {
         self.decode(path, &body).map(Some)
     }
 
+    /// `GET path` answered with bytes (e.g. a job's result).
+    pub async fn get_bytes(&self, path: &str) -> Result<Bytes, ClientError> {
+        self.send(Method::GET, path, None).await
+    }
+
     /// `GET path` answered with text (e.g. `/metrics`).
     #[allow(dead_code)] // tests today; a metrics command later
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {

@@ -23,6 +23,8 @@ use novacron_mesh::util::lock;
 
 use crate::jobs::link::JobLink;
 use crate::jobs::wire::ReplicaReport;
+use crate::policy::quorum::Reputation;
+use crate::policy::submitters::{SubmitterGate, SubmitterLimits};
 
 /// What a refusal of a report from a superseded replica starts with; the runner stops its
 /// copy when it reads it.
@@ -69,10 +71,17 @@ pub struct JobsHere {
     reports: Mutex<HashMap<String, (ReportTo, bool)>>,
     /// Replicas this node (as origin) is placing now: one is never placed twice at once.
     placing_replicas: Mutex<HashSet<(String, u32)>>,
+    /// Per-submitter trust, replay, quota and rate ([`SubmitterGate`]).
+    gate: Mutex<SubmitterGate>,
+    /// Agreement of peers' results with the quorum.
+    reputation: Mutex<Reputation>,
 }
 
+/// Peers whose result agreement is remembered.
+const REPUTATION_PEERS: usize = 4096;
+
 impl JobsHere {
-    pub fn new(trust: TrustSource) -> JobsHere {
+    pub fn new(trust: TrustSource, limits: SubmitterLimits) -> JobsHere {
         JobsHere {
             link: OnceLock::new(),
             trust,
@@ -82,6 +91,8 @@ impl JobsHere {
             watched: Mutex::new(HashMap::new()),
             reports: Mutex::new(HashMap::new()),
             placing_replicas: Mutex::new(HashSet::new()),
+            gate: Mutex::new(SubmitterGate::new(limits)),
+            reputation: Mutex::new(Reputation::new(REPUTATION_PEERS)),
         }
     }
 

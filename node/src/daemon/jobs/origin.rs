@@ -13,10 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use novacron_mesh::dht_keys::DhtKey;
-use novacron_mesh::submission;
+use novacron_mesh::submission::{self, SubmitterId};
 use novacron_mesh::swarm::clock::unix_now;
 use novacron_mesh::swarm::PeerId;
 use novacron_mesh::util::{hex, lock};
+
+use std::collections::HashMap;
+
+use novacron_mesh::cells::{CellId, SummaryRecord};
+use novacron_mesh::swarm::clock::Epoch;
 
 use super::runner::parse_job_id;
 use super::STALE;
@@ -24,11 +29,16 @@ use crate::api::service::{ServiceError, ServiceResult};
 use crate::api::types::now_ms;
 use crate::daemon::Daemon;
 use crate::jobs::wire::{JobRequest, JobResponse, ReplicaReport, MAX_LOG_CHUNK};
-use crate::model::{JobInfo, JobSpec, JobState, ReplicaInfo, ReplicaState, MAX_SERIAL_BYTES};
+use crate::model::{
+    JobInfo, JobSpec, JobState, MemberStatus, ReplicaInfo, ReplicaState, MAX_SERIAL_BYTES,
+};
+use crate::policy::job_placement::{
+    rank_cells, Need, Offer, PlacementSearch, SearchAction, SearchLimits, SearchPlan,
+};
+use crate::policy::quorum::{self, Verdict};
+use crate::policy::submitters::AdmitError;
 use crate::state::{JobRecord, JobRole};
 
-/// Offers asked at once for one replica.
-const OFFERS_PER_ROUND: usize = 3;
 /// How long a replica nobody can take waits before it is offered again.
 const PLACE_RETRY: Duration = Duration::from_secs(3);
 /// How long a lookup of a job in the DHT may take.
@@ -50,8 +60,10 @@ impl Daemon {
             .map_err(|e| ServiceError::BadRequest(format!("the job spec: {e}")))?;
         let id = verified.id.to_hex();
         let now = now_ms();
+        let trusted = (self.jobs.trust.0)().map_err(ServiceError::Internal)?;
         let info = {
             let _one_writer = lock(&self.jobs.origin_writes);
+            // The gate remembers ids since this start; the database, from before it.
             if self
                 .state_db
                 .job(&id, JobRole::Origin)
@@ -63,6 +75,16 @@ impl Daemon {
                      refused; sign the spec again (`novacron submit` does) for a new job"
                 )));
             }
+            lock(&self.jobs.gate)
+                .admit_verified(&trusted, &verified, unix_now())
+                .map_err(|e| match e {
+                    AdmitError::Untrusted { .. } => ServiceError::Forbidden(e.to_string()),
+                    AdmitError::Replayed { .. } => ServiceError::Conflict(e.to_string()),
+                    AdmitError::Expired { .. } => ServiceError::BadRequest(e.to_string()),
+                    AdmitError::QuotaExceeded { .. }
+                    | AdmitError::TooManyRemembered { .. }
+                    | AdmitError::RateLimited { .. } => ServiceError::TooMany(e.to_string()),
+                })?;
             let info = JobInfo {
                 id: id.clone(),
                 submitter: verified.submitter.to_string(),
@@ -76,14 +98,16 @@ impl Daemon {
                 submitted_at_ms: now,
                 updated_at_ms: now,
             };
-            self.state_db
-                .put_job(&JobRecord {
-                    role: JobRole::Origin,
-                    info: info.clone(),
-                    submission: bytes.to_vec(),
-                    expires_at: verified.submission.expires_at,
-                })
-                .map_err(internal)?;
+            let kept = self.state_db.put_job(&JobRecord {
+                role: JobRole::Origin,
+                info: info.clone(),
+                submission: bytes.to_vec(),
+                expires_at: verified.submission.expires_at,
+            });
+            if let Err(e) = kept {
+                lock(&self.jobs.gate).job_ended(verified.submitter);
+                return Err(internal(e));
+            }
             info
         };
         self.announce_job(&info);
@@ -368,6 +392,7 @@ impl Daemon {
         }
         let mut cancel = Vec::new();
         let mut retry = false;
+        let mut decided = None;
         let updated = self.update_origin(&report.job_id, |job| {
             if let Some(r) = job.replicas.iter_mut().find(|r| r.index == report.replica) {
                 r.state = report.state;
@@ -377,31 +402,45 @@ impl Daemon {
                 r.result_set = report.result_set.clone();
                 r.detail = report.detail.clone();
             }
-            match decide(job) {
-                Decision::Pending => job.state = progress_state(job),
-                Decision::Succeeded(hash) => {
+            let replicas: Vec<quorum::ReplicaReport> =
+                job.replicas.iter().map(quorum::ReplicaReport::of).collect();
+            let verdict = quorum::decide(
+                quorum::QuorumRule::of(&job.spec, MAX_RETRIES),
+                &replicas,
+                job.retries,
+            );
+            match &verdict {
+                Verdict::Pending => job.state = progress_state(job),
+                Verdict::Succeeded {
+                    hash, disagreeing, ..
+                } => {
                     job.state = JobState::Succeeded;
-                    job.result_hash = Some(hash);
-                    job.detail = disagreement(job);
+                    job.result_hash = Some(hash.clone());
+                    job.detail = (!disagreeing.is_empty())
+                        .then(|| format!("outvoted: {}", disagreeing.join(", ")));
                 }
-                Decision::Retry(add) => {
+                Verdict::Retry {
+                    replicas_to_add, ..
+                } => {
                     job.retries += 1;
                     let next = job.replicas.iter().map(|r| r.index + 1).max().unwrap_or(0);
-                    for i in 0..add {
+                    for i in 0..u32::from(*replicas_to_add) {
                         job.replicas.push(new_replica(next + i));
                     }
-                    job.state = JobState::Queued;
+                    job.state = progress_state(job);
                     job.detail = Some(format!(
-                        "the results disagree: {add} more replica(s), retry {} of {MAX_RETRIES}",
+                        "the results cannot agree: {replicas_to_add} more replica(s) on other \
+                         nodes, retry {} of {MAX_RETRIES}",
                         job.retries
                     ));
                     retry = true;
                 }
-                Decision::Failed(why) => {
+                Verdict::Failed { reason } => {
                     job.state = JobState::Failed;
-                    job.detail = Some(why);
+                    job.detail = Some(reason.to_string());
                 }
             }
+            decided = Some(verdict);
             if job.state.is_final() {
                 for r in job.replicas.iter_mut().filter(|r| !r.state.is_final()) {
                     r.state = ReplicaState::Cancelled;
@@ -411,6 +450,14 @@ impl Daemon {
                 }
             }
         });
+        if let Some(Verdict::Succeeded {
+            agreeing,
+            disagreeing,
+            ..
+        }) = &decided
+        {
+            self.count_reputation(agreeing, disagreeing);
+        }
         if let Some(job) = updated {
             for (node, index) in cancel {
                 self.clone().send_cancel(job.id.clone(), node, index);
@@ -422,6 +469,30 @@ impl Daemon {
         JobResponse::Ack
     }
 
+    /// Counts agreement and disagreement in the reputation tally, and notes each node's
+    /// standing in the peer table.
+    fn count_reputation(&self, agreeing: &[String], disagreeing: &[String]) {
+        let mut tally = lock(&self.jobs.reputation);
+        for peer in agreeing {
+            tally.agreed(peer);
+        }
+        for peer in disagreeing {
+            tally.disagreed(peer);
+        }
+        for peer in agreeing.iter().chain(disagreeing) {
+            let t = tally.tally(peer);
+            let note = format!(
+                "job results: {} agreed, {} outvoted (score {} per mille)",
+                t.agreements,
+                t.disagreements,
+                t.score_permille()
+            );
+            if let Err(e) = self.state_db.note_peer(peer, &note, &[], now_ms()) {
+                tracing::warn!(%peer, error = %e, "cannot note a peer's reputation");
+            }
+        }
+    }
+
     /// Reads, changes and writes an origin row; announces and returns the job.
     fn update_origin(&self, id: &str, change: impl FnOnce(&mut JobInfo)) -> Option<JobInfo> {
         let job = {
@@ -431,6 +502,11 @@ impl Daemon {
             change(&mut rec.info);
             if rec.info == before {
                 return Some(before);
+            }
+            if rec.info.state.is_final() && !before.state.is_final() {
+                if let Ok(s) = SubmitterId::parse(&rec.info.submitter) {
+                    lock(&self.jobs.gate).job_ended(s);
+                }
             }
             rec.info.updated_at_ms = now_ms();
             if let Err(e) = self.state_db.put_job(&rec) {
@@ -465,8 +541,9 @@ impl Daemon {
         }
     }
 
-    /// Places one replica: offers from the best candidates, best fit first, confirmed with
-    /// the chosen node; again after [`PLACE_RETRY`] while nobody takes it and the job lives.
+    /// Places one replica by a [`PlacementSearch`] (cells ranked by their summaries, offers
+    /// from their members, the best fit confirmed); searched again after [`PLACE_RETRY`]
+    /// while nobody takes it and the job lives.
     async fn place_replica(self: &Arc<Self>, id: &str, index: u32) {
         loop {
             let Ok(Some(rec)) = self.state_db.job(id, JobRole::Origin) else {
@@ -479,113 +556,142 @@ impl Daemon {
                 return;
             }
             let generation = r.generation;
-            // Replicas of a job land on distinct nodes.
-            let mut exclude: Vec<String> = rec
-                .info
-                .replicas
-                .iter()
-                .filter(|o| o.index != index)
-                .filter_map(|o| o.node.clone())
-                .collect();
-            let mut why = Vec::new();
-            let candidates = self.job_candidates(&rec.info.spec, &exclude).await;
-            for round in candidates.chunks(OFFERS_PER_ROUND) {
-                let mut offers = Vec::new();
-                for peer in round {
-                    match self.ask_offer(*peer, id, &rec.info.spec).await {
-                        Ok(offer) => offers.push((*peer, offer)),
-                        Err(e) => why.push(format!("{peer}: {e}")),
-                    }
+            match self.search_once(&rec, index, generation).await {
+                Ok((peer, vm_id)) => {
+                    self.update_origin(id, |job| {
+                        if let Some(r) = job
+                            .replicas
+                            .iter_mut()
+                            .find(|r| r.index == index && r.generation == generation)
+                        {
+                            if r.state == ReplicaState::Placing {
+                                r.state = ReplicaState::Starting;
+                                r.node = Some(peer);
+                                r.vm_id = Some(vm_id);
+                                r.detail = None;
+                            }
+                        }
+                        job.state = progress_state(job);
+                        job.detail = None;
+                    });
+                    return;
                 }
-                offers.sort_by_key(|(_, (mem, slots, load))| (*mem, *slots, *load));
-                for (peer, _) in offers {
-                    if exclude.contains(&peer.to_string()) {
-                        continue;
-                    }
-                    match self.confirm(peer, &rec, index, generation).await {
-                        Ok(vm_id) => {
-                            self.update_origin(id, |job| {
-                                if let Some(r) = job
-                                    .replicas
-                                    .iter_mut()
-                                    .find(|r| r.index == index && r.generation == generation)
-                                {
-                                    if r.state == ReplicaState::Placing {
-                                        r.state = ReplicaState::Starting;
-                                        r.node = Some(peer.to_string());
-                                        r.vm_id = Some(vm_id);
-                                    }
-                                }
-                                job.state = progress_state(job);
-                                job.detail = None;
-                            });
-                            return;
-                        }
-                        Err(e) => {
-                            why.push(format!("{peer}: {e}"));
-                            exclude.push(peer.to_string());
-                        }
-                    }
+                Err(why) => {
+                    let detail = format!("replica {index} not placed yet: {why}; trying again");
+                    self.update_origin(id, |job| job.detail = Some(crate::jobs::wire::cut(detail)));
                 }
             }
-            let detail = if candidates.is_empty() {
-                "no node of the mesh has room for it now; offered again shortly".to_string()
-            } else {
-                format!("no node took replica {index} yet ({})", why.join("; "))
-            };
-            self.update_origin(id, |job| job.detail = Some(crate::jobs::wire::cut(detail)));
             tokio::time::sleep(PLACE_RETRY).await;
         }
     }
 
-    /// Nodes that may take a replica of `spec`, best first: this node and its cell's live
-    /// members that say they have room, then the representatives of other cells whose
-    /// summaries say they have room.
-    async fn job_candidates(&self, spec: &JobSpec, exclude: &[String]) -> Vec<PeerId> {
-        let me = self.mesh.peer_id().to_string();
-        let mut out = Vec::new();
-        if let Some(cell) = self.cell_status().await {
-            let mut members: Vec<_> = cell
-                .members
-                .iter()
-                .filter(|m| m.live && !exclude.contains(&m.peer_id))
-                .filter(|m| m.peer_id == me || (m.free_slots > 0 && m.mem_mib >= spec.memory_mib))
-                .collect();
-            members.sort_by_key(|m| (std::cmp::Reverse(m.free_slots), m.load_permille));
-            out.extend(
-                members
-                    .iter()
-                    .filter_map(|m| m.peer_id.parse::<PeerId>().ok()),
-            );
-        }
-        if !exclude.contains(&me) && !out.contains(&self.mesh.peer_id()) {
-            out.push(self.mesh.peer_id());
-        }
-        let mut summaries = self.mesh.cell_summaries().await.unwrap_or_default();
-        summaries.retain(|s| {
-            s.summary.free_slots > 0
-                && s.summary.free_vcpus >= u64::from(spec.vcpus)
-                && s.summary.free_memory_bytes >= spec.memory_mib << 20
-        });
-        summaries.sort_by_key(|s| std::cmp::Reverse(s.summary.free_slots));
-        for s in summaries {
-            for peer in s.summary.contact_peers().unwrap_or_default() {
-                if !exclude.contains(&peer.to_string()) && !out.contains(&peer) {
-                    out.push(peer);
+    /// One search for replica `index` at `generation`: the chosen peer and its VM, or why
+    /// none took it.
+    async fn search_once(
+        self: &Arc<Self>,
+        rec: &JobRecord,
+        index: u32,
+        generation: u64,
+    ) -> Result<(String, String), String> {
+        let spec = &rec.info.spec;
+        let need = Need::of(spec);
+        // Replicas of a job land on distinct nodes.
+        let exclude: Vec<String> = rec
+            .info
+            .replicas
+            .iter()
+            .filter(|o| o.index != index)
+            .filter_map(|o| o.node.clone())
+            .collect();
+        let Some(own_cell) = self.cell.read().await.as_ref().map(|c| c.cell()) else {
+            return Err("this node has no cell yet".into());
+        };
+        let members = self
+            .cell_status()
+            .await
+            .map(|c| c.members)
+            .unwrap_or_default();
+        let summaries = self.mesh.cell_summaries().await.unwrap_or_default();
+        let seed = rand_seed();
+        let cells = rank_cells(&summaries, own_cell, need, unix_now(), seed)
+            .iter()
+            .map(|c| c.cell)
+            .collect();
+        let plan = SearchPlan {
+            cells,
+            own_cell,
+            need,
+            exclude,
+            seed,
+        };
+        let epoch = Epoch::start();
+        let (mut search, mut actions) =
+            PlacementSearch::start(plan, &members, SearchLimits::default(), epoch.now());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Answer>();
+        let mut admitted: HashMap<String, String> = HashMap::new();
+        loop {
+            for action in std::mem::take(&mut actions) {
+                match action {
+                    SearchAction::LookUpMembers { cell } => {
+                        let _ = tx.send(Answer::Members(cell, contacts_of(&summaries, cell)));
+                    }
+                    SearchAction::AskOffers { peers } => {
+                        for peer in peers {
+                            let (me, tx, spec) = (self.clone(), tx.clone(), spec.clone());
+                            let id = rec.info.id.clone();
+                            tokio::spawn(async move {
+                                let offer = me.ask_offer(&peer, &id, &spec).await;
+                                let _ = tx.send(Answer::Offer(peer, offer));
+                            });
+                        }
+                    }
+                    SearchAction::Confirm { peer } => {
+                        let (me, tx, rec) = (self.clone(), tx.clone(), rec.clone());
+                        tokio::spawn(async move {
+                            let placed = me.confirm(&peer, &rec, index, generation).await;
+                            let _ = tx.send(Answer::Confirm(peer, placed));
+                        });
+                    }
+                    SearchAction::Release { peer } => {
+                        self.clone().send_cancel(rec.info.id.clone(), peer, index);
+                    }
+                    SearchAction::Placed { peer } => {
+                        let vm = admitted.remove(&peer).unwrap_or_default();
+                        return Ok((peer, vm));
+                    }
+                    SearchAction::GiveUp { reason } => return Err(reason.to_string()),
                 }
             }
+            let due = search
+                .next_deadline()
+                .map(|d| epoch.instant(d))
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(60));
+            tokio::select! {
+                answer = rx.recv() => {
+                    let now = epoch.now();
+                    actions = match answer {
+                        Some(Answer::Members(cell, members)) => search.members_of_cell(cell, &members, now),
+                        Some(Answer::Offer(peer, Ok(offer))) => search.offer_received(&peer, offer, now),
+                        Some(Answer::Offer(peer, Err(e))) => search.offer_refused(&peer, &e, now),
+                        Some(Answer::Confirm(peer, Ok(vm))) => {
+                            admitted.insert(peer.clone(), vm);
+                            search.confirmed(&peer, now)
+                        }
+                        Some(Answer::Confirm(peer, Err(e))) => search.confirm_refused(&peer, &e, now),
+                        None => return Err("the search's answers stopped".into()),
+                    };
+                }
+                _ = tokio::time::sleep_until(due) => actions = search.tick(epoch.now()),
+            }
         }
-        out
     }
 
-    /// An offer from `peer` (or this node): free memory MiB, free slots, load.
-    async fn ask_offer(
-        &self,
-        peer: PeerId,
-        id: &str,
-        spec: &JobSpec,
-    ) -> Result<(u64, u32, u16), String> {
-        let answer = if peer == self.mesh.peer_id() {
+    /// An offer from `peer` (or this node).
+    async fn ask_offer(&self, peer: &str, id: &str, spec: &JobSpec) -> Result<Offer, String> {
+        let peer_id: PeerId = peer
+            .parse()
+            .map_err(|_| format!("{peer} is not a peer id"))?;
+        let answer = if peer_id == self.mesh.peer_id() {
             self.job_offer(spec.backend, spec.vcpus, spec.memory_mib)
         } else {
             let link = self.jobs.link().ok_or("the job protocol is not running")?;
@@ -595,30 +701,41 @@ impl Daemon {
                 vcpus: spec.vcpus,
                 memory_mib: spec.memory_mib,
             };
-            link.request(peer, &ask).await.map_err(|e| e.to_string())?
+            link.request(peer_id, &ask)
+                .await
+                .map_err(|e| e.to_string())?
         };
         match answer {
             JobResponse::Offer {
+                free_vcpus,
                 free_memory_mib,
                 free_slots,
                 load_permille,
-                ..
-            } => Ok((free_memory_mib, free_slots, load_permille)),
+            } => Ok(Offer {
+                peer: peer.to_string(),
+                free_vcpus,
+                free_memory_mib,
+                free_slots,
+                load_permille,
+            }),
             JobResponse::Refuse { reason } => Err(reason),
             other => Err(format!("answered {other:?}")),
         }
     }
 
-    /// Asks `peer` (or this node) to run replica `index` at `generation`.
+    /// Asks `peer` (or this node) to run replica `index` at `generation`: its VM's id.
     async fn confirm(
         self: &Arc<Self>,
-        peer: PeerId,
+        peer: &str,
         rec: &JobRecord,
         index: u32,
         generation: u64,
     ) -> Result<String, String> {
-        let answer = if peer == self.mesh.peer_id() {
-            self.job_place(peer, &rec.submission, index, generation)
+        let peer_id: PeerId = peer
+            .parse()
+            .map_err(|_| format!("{peer} is not a peer id"))?;
+        let answer = if peer_id == self.mesh.peer_id() {
+            self.job_place(peer_id, &rec.submission, index, generation)
                 .await
         } else {
             let link = self.jobs.link().ok_or("the job protocol is not running")?;
@@ -627,7 +744,9 @@ impl Daemon {
                 replica: index,
                 generation,
             };
-            link.request(peer, &ask).await.map_err(|e| e.to_string())?
+            link.request(peer_id, &ask)
+                .await
+                .map_err(|e| e.to_string())?
         };
         match answer {
             JobResponse::Admitted { vm_id } => Ok(vm_id),
@@ -668,12 +787,69 @@ impl Daemon {
 
     /// At start: jobs submitted here that are not decided go on being placed.
     pub(super) async fn resume_origin_jobs(self: Arc<Self>) {
-        for rec in self.state_db.jobs(JobRole::Origin).unwrap_or_default() {
+        let rows = self.state_db.jobs(JobRole::Origin).unwrap_or_default();
+        let mut active: HashMap<SubmitterId, u32> = HashMap::new();
+        for rec in rows.iter().filter(|r| !r.info.state.is_final()) {
+            if let Ok(s) = SubmitterId::parse(&rec.info.submitter) {
+                *active.entry(s).or_default() += 1;
+            }
+        }
+        {
+            let mut gate = lock(&self.jobs.gate);
+            for (s, n) in active {
+                gate.set_active(s, n);
+            }
+        }
+        for rec in rows {
             if !rec.info.state.is_final() {
                 self.clone().place_waiting(&rec.info.id);
             }
         }
     }
+}
+
+/// What comes back to a placement search.
+enum Answer {
+    Members(CellId, Vec<MemberStatus>),
+    Offer(String, Result<Offer, String>),
+    Confirm(String, Result<String, String>),
+}
+
+/// The members of another cell this node can name: its summary's contacts (its
+/// representatives), each shown with the cell's free figures (a hint: the offer is the truth).
+fn contacts_of(summaries: &[SummaryRecord], cell: CellId) -> Vec<MemberStatus> {
+    let Some(newest) = summaries
+        .iter()
+        .filter(|s| s.summary.cell().ok() == Some(cell))
+        .max_by_key(|s| s.issued_at)
+    else {
+        return Vec::new();
+    };
+    let s = &newest.summary;
+    s.contact_peers()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| MemberStatus {
+            peer_id: p.to_string(),
+            live: true,
+            signed: true,
+            vcpus: s.free_vcpus.min(u64::from(u32::MAX)) as u32,
+            mem_mib: s.free_memory_bytes >> 20,
+            free_slots: s.free_slots.min(u64::from(u32::MAX)) as u32,
+            load_permille: s.mean_load_permille.into(),
+            version: String::new(),
+            addrs: Vec::new(),
+        })
+        .collect()
+}
+
+/// A fresh seed for the order among equals.
+fn rand_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return now_ms();
+    }
+    u64::from_le_bytes(b)
 }
 
 fn internal(e: crate::state::StateError) -> ServiceError {
@@ -730,49 +906,4 @@ fn progress_state(job: &JobInfo) -> JobState {
     } else {
         JobState::Placed
     }
-}
-
-enum Decision {
-    Pending,
-    Succeeded(String),
-    Retry(u32),
-    Failed(String),
-}
-
-/// BOINC's rule: a result wins once `quorum` replicas agree on its hash.
-fn decide(job: &JobInfo) -> Decision {
-    let quorum = u32::from(job.spec.quorum());
-    let mut counts: Vec<(&String, u32)> = Vec::new();
-    for h in job.replicas.iter().filter_map(|r| r.result_hash.as_ref()) {
-        match counts.iter_mut().find(|(k, _)| *k == h) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((h, 1)),
-        }
-    }
-    if let Some((hash, _)) = counts.iter().find(|(_, n)| *n >= quorum) {
-        return Decision::Succeeded((*hash).clone());
-    }
-    let pending = job.replicas.iter().filter(|r| !r.state.is_final()).count() as u32;
-    let best = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
-    if best + pending >= quorum {
-        return Decision::Pending;
-    }
-    if job.retries >= MAX_RETRIES {
-        return Decision::Failed(format!(
-            "no {quorum} replicas agreed after {} retries",
-            job.retries
-        ));
-    }
-    Decision::Retry(quorum - best - pending)
-}
-
-/// Which nodes' results disagreed with the winner (for the job's detail).
-fn disagreement(job: &JobInfo) -> Option<String> {
-    let odd: Vec<String> = job
-        .replicas
-        .iter()
-        .filter(|r| r.result_hash.is_some() && r.result_hash != job.result_hash)
-        .filter_map(|r| r.node.clone())
-        .collect();
-    (!odd.is_empty()).then(|| format!("outvoted: {}", odd.join(", ")))
 }
