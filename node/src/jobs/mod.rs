@@ -1,4 +1,8 @@
-//! Jobs on the node: the job protocol between nodes ([`wire`], [`link`]).
+//! Jobs on the node: the job protocol between nodes ([`wire`], [`link`]); reading job spec
+//! files ([`spec_file`], also built alone by feature `job-spec`).
 
+#[cfg(feature = "daemon")]
 pub mod link;
+pub mod spec_file;
+#[cfg(feature = "daemon")]
 pub mod wire;
