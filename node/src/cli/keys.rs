@@ -376,9 +376,8 @@ fn node_data_dir(
     let config = match &config_path {
         Some(p) => Some((
             p.clone(),
-            NodeConfig::load(Some(p), env).with_context(|| {
-                format!("cannot read the node's config (or pass --data-dir DIR)")
-            })?,
+            NodeConfig::load(Some(p), env)
+                .context("cannot read the node's config (or pass --data-dir DIR)")?,
         )),
         None => None,
     };
