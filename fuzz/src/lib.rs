@@ -1,5 +1,5 @@
-//! Shared bodies of the fuzz targets of every decoder of outside bytes (novacron-vm and
-//! novacron-mesh).
+//! Shared bodies of the fuzz targets of every decoder of outside bytes (novacron-vm,
+//! novacron-mesh, and the node's job spec files).
 //!
 //! Each module is one target: `check(data)` feeds arbitrary bytes to the real decoder and
 //! asserts the invariants that hold whenever it accepts them (it returns whether the input
@@ -15,6 +15,7 @@ pub mod cell_summary;
 pub mod checksummed_frame;
 pub mod control_recv;
 pub mod guest_spec;
+pub mod job_spec;
 pub mod linux_image;
 pub mod manifest_decode;
 pub mod memory_layer;
@@ -24,6 +25,7 @@ pub mod node_record;
 pub mod scratch;
 pub mod snapshot_load;
 pub mod state_decode;
+pub mod submission;
 
 /// A named seed input.
 pub type Seed = (&'static str, Vec<u8>);
@@ -62,6 +64,8 @@ pub const TARGETS: &[Target] = &[
     ("node_record", node_record::check, node_record::seeds),
     ("cell_summary", cell_summary::check, cell_summary::seeds),
     ("cell_frame", cell_frame::check, cell_frame::seeds),
+    ("job_spec", job_spec::check, job_spec::seeds),
+    ("submission", submission::check, submission::seeds),
 ];
 
 #[cfg(test)]

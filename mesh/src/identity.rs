@@ -9,6 +9,10 @@
 //! A key file with looser permissions, the wrong size or foreign content is an error naming
 //! the file; it is never replaced.
 //!
+//! The same file format, with the magic `NCSUBMK1`, holds a submitter's key (see
+//! [`crate::submitter_key`]); [`KeyKind`] tells the two apart, and each error says which kind
+//! of key it is about. A file of one kind is never loaded as the other.
+//!
 //! What this cannot do: it does not check the file's owner (a key owned by another user but
 //! readable by us is used), does not lock the data directory against a second daemon, and
 //! cannot protect the key from root or from a copy taken while it was world-readable.
@@ -26,8 +30,11 @@ use zeroize::Zeroizing;
 /// Name of the key file inside the data directory.
 pub const KEY_FILE_NAME: &str = "node.key";
 
-/// First bytes of every key file.
+/// First bytes of every node key file.
 pub const KEY_FILE_MAGIC: &[u8; 8] = b"NCNODEK1";
+
+/// First bytes of every submitter key file.
+pub const SUBMITTER_KEY_MAGIC: &[u8; 8] = b"NCSUBMK1";
 
 /// Size of a key file: magic, secret seed, public key.
 pub const KEY_FILE_LEN: usize = 8 + 32 + 32;
@@ -35,41 +42,102 @@ pub const KEY_FILE_LEN: usize = 8 + 32 + 32;
 /// Permission bits a key file may have besides the owner's (none).
 const FORBIDDEN_MODE_BITS: u32 = 0o077;
 
-/// Why the identity could not be loaded or created; each names the file.
+/// The kinds of key file: one format, told apart by the magic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A node's identity (`<data_dir>/node.key`).
+    Node,
+    /// A submitter's signing key (`novacron keys new`).
+    Submitter,
+}
+
+impl KeyKind {
+    /// The first bytes of a key file of this kind.
+    pub fn magic(self) -> &'static [u8; 8] {
+        match self {
+            KeyKind::Node => KEY_FILE_MAGIC,
+            KeyKind::Submitter => SUBMITTER_KEY_MAGIC,
+        }
+    }
+
+    /// The kind of key whose magic `bytes` start with.
+    fn of_magic(bytes: &[u8]) -> Option<KeyKind> {
+        [KeyKind::Node, KeyKind::Submitter]
+            .into_iter()
+            .find(|k| bytes.starts_with(k.magic()))
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyKind::Node => "node key",
+            KeyKind::Submitter => "submitter key",
+        })
+    }
+}
+
+/// Why a key could not be loaded or created; each names the kind of key and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("node key: cannot {op} {path}: {source}")]
+    #[error("{kind}: cannot {op} {path}: {source}")]
     Io {
+        kind: KeyKind,
         op: &'static str,
         path: PathBuf,
         source: io::Error,
     },
     #[error(
-        "node key {path} has mode {mode:04o}; it must be readable by its owner only \
+        "{kind} {path} has mode {mode:04o}; it must be readable by its owner only \
          (run `chmod 600 {path}` if no one else could have read it, else move it away \
-         to get a new identity)"
+         and make a new key)"
     )]
-    LoosePermissions { path: PathBuf, mode: u32 },
-    #[error("node key {path} is not a regular file")]
-    NotAFile { path: PathBuf },
-    #[error("node key {path} is {len} bytes, a key file is {expected}")]
+    LoosePermissions {
+        kind: KeyKind,
+        path: PathBuf,
+        mode: u32,
+    },
+    #[error("{kind} {path} is not a regular file")]
+    NotAFile { kind: KeyKind, path: PathBuf },
+    #[error("{kind} {path} is {len} bytes, a key file is {expected}")]
     WrongSize {
+        kind: KeyKind,
         path: PathBuf,
         len: u64,
         expected: usize,
     },
-    #[error("node key {path} is not a NovaCron node key (it does not start with {magic:?})")]
-    NotAKey { path: PathBuf, magic: &'static str },
-    #[error("node key {path} is damaged: its public key does not match its secret key")]
-    Damaged { path: PathBuf },
-    #[error("node key: the operating system gave no random bytes: {0}")]
+    #[error("{kind} {path} is not a NovaCron {kind} (it does not start with {magic:?})")]
+    NotAKey {
+        kind: KeyKind,
+        path: PathBuf,
+        magic: &'static str,
+    },
+    #[error("{path} is a NovaCron {found}, not a {kind}: give a {kind} file")]
+    WrongKind {
+        kind: KeyKind,
+        found: KeyKind,
+        path: PathBuf,
+    },
+    #[error("{kind} {path} is damaged: its public key does not match its secret key")]
+    Damaged { kind: KeyKind, path: PathBuf },
+    #[error(
+        "{kind} {path} already exists and is never replaced: pick another name (or move it \
+         away first if you mean to lose that key)"
+    )]
+    Exists { kind: KeyKind, path: PathBuf },
+    #[error("cannot make a key: the operating system gave no random bytes: {0}")]
     Random(getrandom::Error),
-    #[error("node key: libp2p refused the ed25519 key: {0}")]
+    #[error("libp2p refused the ed25519 key: {0}")]
     Libp2p(String),
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> IdentityError + 'a {
+fn io_err<'a>(
+    kind: KeyKind,
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> IdentityError + 'a {
     move |source| IdentityError::Io {
+        kind,
         op,
         path: path.to_path_buf(),
         source,
@@ -95,7 +163,7 @@ impl NodeIdentity {
     /// Loads `<data_dir>/node.key`, or creates it (and `data_dir`) when it does not exist.
     pub fn load_or_create(data_dir: &Path) -> Result<NodeIdentity, IdentityError> {
         let path = data_dir.join(KEY_FILE_NAME);
-        match load(&path) {
+        match load_key_file(KeyKind::Node, &path) {
             Err(IdentityError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 create(data_dir, &path)
             }
@@ -157,34 +225,31 @@ fn peer_id_of(signing: &SigningKey) -> Result<PeerId, IdentityError> {
     peer_id_of_public(&signing.verifying_key())
 }
 
-/// Reads and checks an existing key file.
-fn load(path: &Path) -> Result<NodeIdentity, IdentityError> {
-    let mut file = File::open(path).map_err(io_err("open", path))?;
+/// Reads and checks an existing key file of `kind`.
+pub(crate) fn load_key_file(kind: KeyKind, path: &Path) -> Result<NodeIdentity, IdentityError> {
+    let mut file = File::open(path).map_err(io_err(kind, "open", path))?;
     // Checked on the open file, so what is checked is what is read.
-    let meta = file.metadata().map_err(io_err("stat", path))?;
-    check_metadata(path, &meta)?;
+    let meta = file.metadata().map_err(io_err(kind, "stat", path))?;
+    check_metadata(kind, path, &meta)?;
     let mut bytes = Zeroizing::new([0u8; KEY_FILE_LEN]);
     file.read_exact(bytes.as_mut())
-        .map_err(io_err("read", path))?;
-    parse_key_file(path, &bytes)
+        .map_err(io_err(kind, "read", path))?;
+    parse_key_file(kind, path, &bytes)
 }
 
-fn check_metadata(path: &Path, meta: &fs::Metadata) -> Result<(), IdentityError> {
+fn check_metadata(kind: KeyKind, path: &Path, meta: &fs::Metadata) -> Result<(), IdentityError> {
+    let path = path.to_path_buf();
     if !meta.is_file() {
-        return Err(IdentityError::NotAFile {
-            path: path.to_path_buf(),
-        });
+        return Err(IdentityError::NotAFile { kind, path });
     }
     let mode = meta.mode() & 0o7777;
     if mode & FORBIDDEN_MODE_BITS != 0 {
-        return Err(IdentityError::LoosePermissions {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(IdentityError::LoosePermissions { kind, path, mode });
     }
     if meta.len() != KEY_FILE_LEN as u64 {
         return Err(IdentityError::WrongSize {
-            path: path.to_path_buf(),
+            kind,
+            path,
             len: meta.len(),
             expected: KEY_FILE_LEN,
         });
@@ -192,12 +257,24 @@ fn check_metadata(path: &Path, meta: &fs::Metadata) -> Result<(), IdentityError>
     Ok(())
 }
 
-fn parse_key_file(path: &Path, bytes: &[u8; KEY_FILE_LEN]) -> Result<NodeIdentity, IdentityError> {
+fn parse_key_file(
+    kind: KeyKind,
+    path: &Path,
+    bytes: &[u8; KEY_FILE_LEN],
+) -> Result<NodeIdentity, IdentityError> {
     let (magic, rest) = bytes.split_at(8);
-    if magic != KEY_FILE_MAGIC {
-        return Err(IdentityError::NotAKey {
-            path: path.to_path_buf(),
-            magic: "NCNODEK1",
+    if magic != kind.magic() {
+        let path = path.to_path_buf();
+        return Err(match KeyKind::of_magic(magic) {
+            Some(found) => IdentityError::WrongKind { kind, found, path },
+            None => IdentityError::NotAKey {
+                kind,
+                path,
+                magic: match kind {
+                    KeyKind::Node => "NCNODEK1",
+                    KeyKind::Submitter => "NCSUBMK1",
+                },
+            },
         });
     }
     let (seed, public) = rest.split_at(32);
@@ -206,44 +283,89 @@ fn parse_key_file(path: &Path, bytes: &[u8; KEY_FILE_LEN]) -> Result<NodeIdentit
     let identity = NodeIdentity::from_seed(&seed_arr)?;
     if identity.public().as_bytes().as_slice() != public {
         return Err(IdentityError::Damaged {
+            kind,
             path: path.to_path_buf(),
         });
     }
     Ok(identity)
 }
 
-fn key_file_bytes(identity: &NodeIdentity) -> Zeroizing<[u8; KEY_FILE_LEN]> {
+fn key_file_bytes(kind: KeyKind, identity: &NodeIdentity) -> Zeroizing<[u8; KEY_FILE_LEN]> {
     let mut bytes = Zeroizing::new([0u8; KEY_FILE_LEN]);
-    bytes[..8].copy_from_slice(KEY_FILE_MAGIC);
+    bytes[..8].copy_from_slice(kind.magic());
     bytes[8..40].copy_from_slice(&identity.signing.to_bytes());
     bytes[40..].copy_from_slice(identity.public().as_bytes());
     bytes
 }
 
+/// Puts `identity`'s key file of `kind` at `path`, whose directory must exist: written to a
+/// temporary file (0600, fsynced) that is linked into place, then the directory is fsynced.
+/// `link(2)` never replaces a file: when `path` exists, this returns
+/// [`IdentityError::Exists`] and leaves it alone.
+pub(crate) fn write_key_file(
+    kind: KeyKind,
+    path: &Path,
+    identity: &NodeIdentity,
+) -> Result<(), IdentityError> {
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            },
+            n,
+        ),
+        _ => {
+            return Err(io_err(kind, "create", path)(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a file path",
+            )))
+        }
+    };
+    let tmp = dir.join(format!(
+        "{}.tmp.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    write_private_file(kind, &tmp, key_file_bytes(kind, identity).as_slice())?;
+    let linked = fs::hard_link(&tmp, path);
+    fs::remove_file(&tmp).map_err(io_err(kind, "remove", &tmp))?;
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(IdentityError::Exists {
+                kind,
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(io_err(kind, "link the new key into", path)(e)),
+    }
+    sync_dir(kind, dir)
+}
+
 /// Makes a new identity and puts its key file in place, or loads the one another process put
 /// there first.
 fn create(data_dir: &Path, path: &Path) -> Result<NodeIdentity, IdentityError> {
-    fs::create_dir_all(data_dir).map_err(io_err("create directory", data_dir))?;
+    let kind = KeyKind::Node;
+    fs::create_dir_all(data_dir).map_err(io_err(kind, "create directory", data_dir))?;
     let identity = NodeIdentity::generate()?;
-    let tmp = data_dir.join(format!("{KEY_FILE_NAME}.tmp.{}", std::process::id()));
-    write_private_file(&tmp, key_file_bytes(&identity).as_slice())?;
-    let linked = fs::hard_link(&tmp, path);
-    fs::remove_file(&tmp).map_err(io_err("remove", &tmp))?;
-    match linked {
+    match write_key_file(kind, path, &identity) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return load(path),
-        Err(e) => return Err(io_err("link the new key into", path)(e)),
+        Err(IdentityError::Exists { .. }) => return load_key_file(kind, path),
+        Err(e) => return Err(e),
     }
-    sync_dir(data_dir)?;
     tracing::info!(peer_id = %identity.peer_id, path = %path.display(), "created node key");
     Ok(identity)
 }
 
 /// Writes `bytes` to a new file of mode 0600 and fsyncs it. A leftover file of that name
 /// (from a crash) is removed first, so its permissions are not inherited.
-fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+fn write_private_file(kind: KeyKind, path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove", path)(e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io_err(kind, "remove", path)(e))
+        }
         _ => {}
     }
     let mut file = OpenOptions::new()
@@ -251,15 +373,15 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(io_err("create", path))?;
-    file.write_all(bytes).map_err(io_err("write", path))?;
-    file.sync_all().map_err(io_err("fsync", path))
+        .map_err(io_err(kind, "create", path))?;
+    file.write_all(bytes).map_err(io_err(kind, "write", path))?;
+    file.sync_all().map_err(io_err(kind, "fsync", path))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
+fn sync_dir(kind: KeyKind, dir: &Path) -> Result<(), IdentityError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
+        .map_err(io_err(kind, "fsync directory", dir))
 }
 
 #[cfg(test)]
@@ -333,7 +455,8 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.to_string().contains(&path.display().to_string()),
+            err.to_string()
+                .starts_with(&format!("node key {}", path.display())),
             "{err}"
         );
         assert_eq!(fs::read(&path).unwrap(), before, "never replaced");
@@ -354,7 +477,7 @@ mod tests {
 
     fn write_key(dir: &Path, bytes: &[u8]) -> PathBuf {
         let path = key_path(dir);
-        write_private_file(&path, bytes).unwrap();
+        write_private_file(KeyKind::Node, &path, bytes).unwrap();
         path
     }
 
@@ -362,7 +485,7 @@ mod tests {
     fn refuses_a_truncated_key_file() {
         let dir = tempfile::tempdir().unwrap();
         let id = NodeIdentity::from_seed(&[3; 32]).unwrap();
-        let full = key_file_bytes(&id);
+        let full = key_file_bytes(KeyKind::Node, &id);
         let path = write_key(dir.path(), &full[..40]);
         let err = NodeIdentity::load_or_create(dir.path()).unwrap_err();
         assert!(
@@ -400,7 +523,7 @@ mod tests {
     fn refuses_a_key_whose_public_half_does_not_match() {
         let dir = tempfile::tempdir().unwrap();
         let id = NodeIdentity::from_seed(&[5; 32]).unwrap();
-        let mut bytes = key_file_bytes(&id);
+        let mut bytes = key_file_bytes(KeyKind::Node, &id);
         bytes[KEY_FILE_LEN - 1] ^= 1;
         write_key(dir.path(), bytes.as_slice());
         let err = NodeIdentity::load_or_create(dir.path()).unwrap_err();
@@ -425,7 +548,10 @@ mod tests {
     fn a_key_written_by_another_process_first_is_loaded_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let theirs = NodeIdentity::from_seed(&[9; 32]).unwrap();
-        write_key(dir.path(), key_file_bytes(&theirs).as_slice());
+        write_key(
+            dir.path(),
+            key_file_bytes(KeyKind::Node, &theirs).as_slice(),
+        );
         // `create` finds the file already there when it links its own into place.
         let got = create(dir.path(), &key_path(dir.path())).unwrap();
         assert_eq!(got.peer_id(), theirs.peer_id());

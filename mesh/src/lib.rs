@@ -10,6 +10,7 @@
 //! - [`cells`]: cell assignment by a prefix of blake3(PeerId), prefix length, signed summaries.
 //! - [`submission`]: signed job submissions (the submitter's signature, nonce, validity window)
 //!   and the job id they define.
+//! - [`submitter_key`]: a submitter's signing key on disk (the node key's format, its own magic).
 //! - [`summaries`]: who publishes a cell's summary, how it is built, the book of those heard.
 //! - [`cell_wire`]: cell membership (chitchat's format) on streams: frames, a validating parser
 //!   and encoder, short ids, admission caps.
@@ -34,6 +35,7 @@ pub mod dht_keys;
 pub mod identity;
 pub mod records;
 pub mod submission;
+pub mod submitter_key;
 pub mod summaries;
 #[cfg(feature = "swarm")]
 pub mod swarm;

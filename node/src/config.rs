@@ -14,6 +14,10 @@
 //! `LOG_LEVEL`, `API_PORT`, `DB_URL` override the
 //! file; flags override both. Everything has a default, so no file is needed.
 //!
+//! `trustedSubmitters` lists the submitter keys (`ed25519:<64 hex digits>`) whose jobs the
+//! node accepts, besides those in its trust file (`<dataDir>/trusted-submitters`, edited by
+//! `novacron keys trust|untrust`; see [`crate::jobs::trust`]).
+//!
 //! The `politeness` section holds the owner's rules with BOINC's defaults
 //! ([`crate::policy::politeness::Policy`]).
 //!
@@ -25,6 +29,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use novacron_mesh::submission::SubmitterId;
 use novacron_mesh::swarm::{peer_id_of_addr, Multiaddr, Protocol};
 use serde::Deserialize;
 
@@ -260,6 +265,9 @@ pub struct NodeConfig {
     /// Running VMs are checkpointed this often (BOINC's default checkpoint interval, 60 s,
     /// from ../shared/data/mesh-models.toml), so a crash loses at most this much work.
     pub checkpoint_interval_s: u64,
+    /// Submitter keys (`ed25519:<64 hex digits>`) whose signed jobs this node accepts, on
+    /// top of its trust file's. Checked by [`NodeConfig::check`].
+    pub trusted_submitters: Vec<String>,
 }
 
 /// Bounds of the drain deadline and the checkpoint interval (seconds).
@@ -279,6 +287,7 @@ impl Default for NodeConfig {
             vm: VmConfig::default(),
             drain_deadline_s: 120,
             checkpoint_interval_s: 60,
+            trusted_submitters: Vec::new(),
         }
     }
 }
@@ -530,7 +539,23 @@ impl NodeConfig {
             key: e.key,
             reason: e.reason,
         })?;
+        self.trusted_submitters()?;
         Ok(())
+    }
+
+    /// The configured submitter keys, each read by [`SubmitterId::parse`]; a bad one is
+    /// named by its place in the list (not echoed: it may be anything pasted there).
+    pub fn trusted_submitters(&self) -> Result<Vec<SubmitterId>, ConfigError> {
+        self.trusted_submitters
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                SubmitterId::parse(text).map_err(|reason| ConfigError::Value {
+                    key: "trustedSubmitters",
+                    reason: format!("item {} of the list: {reason}", i + 1),
+                })
+            })
+            .collect()
     }
 
     /// What the configuration names on this machine, checked before the node creates or
@@ -814,6 +839,33 @@ mod tests {
                 && err.to_string().contains("postgres://db/x"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn trusted_submitters_are_read_and_a_bad_one_is_named_with_its_line() {
+        let key = novacron_mesh::identity::NodeIdentity::from_seed(&[4; 32]).unwrap();
+        let good = SubmitterId::of(&key.public()).to_string();
+        let cfg = NodeConfig::from_yaml(&format!("trustedSubmitters: [\"{good}\"]\n")).unwrap();
+        cfg.check().unwrap();
+        assert_eq!(
+            cfg.trusted_submitters().unwrap(),
+            vec![SubmitterId::of(&key.public())]
+        );
+        assert_eq!(NodeConfig::default().trusted_submitters().unwrap(), vec![]);
+
+        let (path, err) = load_text(
+            &format!("nodeId: n\ntrustedSubmitters:\n  - {good}\n  - ed25519:abc\n"),
+            no_env,
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "config {path} line 2: key trustedSubmitters: item 2 of the list"
+            )),
+            "{text}"
+        );
+        let err = NodeConfig::from_yaml("trustedSubmitters: ed25519:00\n").unwrap_err();
+        assert!(err.contains("trustedSubmitters"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! With feature `daemon` (the default), the parts that do I/O and drive those cores: the
 //! daemon, the VMs' supervision, the REST and local APIs, the CLI, metrics, persistence and
 //! the benchmarks.
+//!
+//! Feature `job-spec` (part of `daemon`) alone adds [`jobs`]' spec files and [`yaml_keys`]:
+//! reading a job spec from YAML with its lines, without the daemon (the fuzzers build this).
 
 #[cfg(feature = "daemon")]
 pub mod api;
@@ -26,7 +29,7 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod install;
-#[cfg(feature = "daemon")]
+#[cfg(feature = "job-spec")]
 pub mod jobs;
 #[cfg(feature = "daemon")]
 pub mod local_mesh;
@@ -44,5 +47,5 @@ pub mod size;
 pub mod state;
 #[cfg(feature = "daemon")]
 pub mod vms;
-#[cfg(feature = "daemon")]
+#[cfg(feature = "job-spec")]
 pub mod yaml_keys;

@@ -6,8 +6,10 @@
 //! where it stands, refused without a line or silently overwritten. This reads the same text
 //! as an event stream (with marks) so both can be told with the file's line.
 //!
-//! Sequence items share their sequence's path (`mesh.bootstrap`); keys that are not plain
-//! strings (a mapping used as a key) are skipped; aliases are not followed.
+//! Sequence items share their sequence's path (`mesh.bootstrap`), and each also has its own
+//! indexed path (`mesh.bootstrap[1]`, `payload.files[0].name`: the item's line, and its keys'
+//! lines); keys that are not plain strings (a mapping used as a key) are skipped; aliases are
+//! not followed. A shared path whose sequence has several items has the last one's line.
 
 use std::collections::HashMap;
 
@@ -49,14 +51,20 @@ pub fn key_lines(text: &str) -> Result<KeyLines, DuplicateKey> {
 }
 
 enum Frame {
-    /// A mapping at `path`: its keys so far, and the key whose value comes next.
+    /// A mapping at `path` (`ipath` with sequence indices): its keys so far, and the key
+    /// whose value comes next.
     Mapping {
         path: String,
+        ipath: String,
         keys: HashMap<String, usize>,
         pending: Option<String>,
     },
-    /// A sequence at `path` (its items share it).
-    Sequence { path: String },
+    /// A sequence at `path` (its items share it; `ipath[next]` is the next item's own).
+    Sequence {
+        path: String,
+        ipath: String,
+        next: usize,
+    },
 }
 
 #[derive(Default)]
@@ -77,31 +85,42 @@ fn join(parent: &str, key: &str) -> String {
 }
 
 impl Walk {
-    /// The path a value starting now stands at, and whether it is a key (of a mapping
-    /// waiting for one) rather than a value.
-    fn place(&mut self) -> (String, bool) {
+    /// The path (shared and indexed) a value starting now at `line` stands at, and whether
+    /// it is a key (of a mapping waiting for one) rather than a value. A sequence item is
+    /// counted and its indexed path noted with `line`.
+    fn place(&mut self, line: usize) -> (String, String, bool) {
         match self.stack.last_mut() {
-            None => (String::new(), false),
-            Some(Frame::Sequence { path }) => (path.clone(), false),
-            Some(Frame::Mapping { path, pending, .. }) => match pending.take() {
-                Some(key) => (join(path, &key), false),
-                None => (path.clone(), true),
+            None => (String::new(), String::new(), false),
+            Some(Frame::Sequence { path, ipath, next }) => {
+                let item = format!("{ipath}[{next}]");
+                *next += 1;
+                self.lines.insert(item.clone(), line);
+                (path.clone(), item, false)
+            }
+            Some(Frame::Mapping {
+                path,
+                ipath,
+                pending,
+                ..
+            }) => match pending.take() {
+                Some(key) => (join(path, &key), join(ipath, &key), false),
+                None => (path.clone(), ipath.clone(), true),
             },
         }
     }
 
-    fn open(&mut self, frame: impl FnOnce(String) -> Frame) {
+    fn open(&mut self, line: usize, frame: impl FnOnce(String, String) -> Frame) {
         if self.skipping > 0 {
             self.skipping += 1;
             return;
         }
-        let (path, is_key) = self.place();
+        let (path, ipath, is_key) = self.place(line);
         if is_key {
             // A mapping or sequence as a key: skipped, and its value with it.
             self.skipping = 1;
             return;
         }
-        self.stack.push(frame(path));
+        self.stack.push(frame(path, ipath));
     }
 
     fn close(&mut self) {
@@ -121,8 +140,13 @@ impl Walk {
         if self.skipping > 0 || self.duplicate.is_some() {
             return;
         }
+        if let Some(Frame::Sequence { .. }) = self.stack.last() {
+            self.place(line);
+            return;
+        }
         let Some(Frame::Mapping {
             path,
+            ipath,
             keys,
             pending,
         }) = self.stack.last_mut()
@@ -142,6 +166,10 @@ impl Walk {
             return;
         }
         keys.insert(value.clone(), line);
+        let indexed = join(ipath, &value);
+        if indexed != full {
+            self.lines.insert(indexed, line);
+        }
         self.lines.insert(full, line);
         *pending = Some(value);
     }
@@ -149,15 +177,21 @@ impl Walk {
 
 impl Walk {
     /// An alias: a value, or a key that is not followed (nothing recorded, its value skipped).
-    fn alias(&mut self) {
+    fn alias(&mut self, line: usize) {
         if self.skipping > 0 {
             return;
         }
-        if let Some(Frame::Mapping { pending, .. }) = self.stack.last_mut() {
-            *pending = match pending.take() {
-                Some(_) => None,
-                None => Some(String::new()),
-            };
+        match self.stack.last_mut() {
+            Some(Frame::Mapping { pending, .. }) => {
+                *pending = match pending.take() {
+                    Some(_) => None,
+                    None => Some(String::new()),
+                };
+            }
+            Some(Frame::Sequence { .. }) => {
+                self.place(line);
+            }
+            None => {}
         }
     }
 }
@@ -165,15 +199,20 @@ impl Walk {
 impl MarkedEventReceiver for Walk {
     fn on_event(&mut self, event: Event, mark: Marker) {
         match event {
-            Event::MappingStart(..) => self.open(|path| Frame::Mapping {
+            Event::MappingStart(..) => self.open(mark.line(), |path, ipath| Frame::Mapping {
                 path,
+                ipath,
                 keys: HashMap::new(),
                 pending: None,
             }),
-            Event::SequenceStart(..) => self.open(|path| Frame::Sequence { path }),
+            Event::SequenceStart(..) => self.open(mark.line(), |path, ipath| Frame::Sequence {
+                path,
+                ipath,
+                next: 0,
+            }),
             Event::MappingEnd | Event::SequenceEnd => self.close(),
             Event::Scalar(value, ..) => self.scalar(value, mark.line()),
-            Event::Alias(_) => self.alias(),
+            Event::Alias(_) => self.alias(mark.line()),
             _ => {}
         }
     }
@@ -230,6 +269,34 @@ mod tests {
         );
         // The same key in two different mappings is fine.
         key_lines("a: {x: 1}\nb: {x: 1}\nc: [{x: 1}, {x: 2}]\n").unwrap();
+    }
+
+    #[test]
+    fn sequence_items_have_their_own_indexed_lines() {
+        let doc = "payload:\n  files:\n    - name: a\n      chunkSet: x\n    - {name: b,\n       chunkSet: y}\n\
+                   args: [p,\n  q]\nnested: [[1], [2,\n  3]]\n";
+        let k = key_lines(doc).unwrap();
+        for (path, line) in [
+            ("payload.files", 2),
+            ("payload.files[0]", 3),
+            ("payload.files[0].name", 3),
+            ("payload.files[0].chunkSet", 4),
+            ("payload.files[1]", 5),
+            ("payload.files[1].name", 5),
+            ("payload.files[1].chunkSet", 6),
+            ("payload.files.chunkSet", 6),
+            ("args[0]", 7),
+            ("args[1]", 8),
+            ("nested[1][1]", 10),
+            ("nested[1][0]", 9),
+        ] {
+            assert_eq!(k.line_of(path), Some(line), "{path}");
+        }
+        assert_eq!(k.line_of("payload.files[2]"), None);
+        assert_eq!(k.line_of("args[2]"), None);
+        // A key given twice inside one item is still found.
+        let err = key_lines("files:\n  - {name: a}\n  - {name: b, name: c}\n").unwrap_err();
+        assert_eq!((err.path.as_str(), err.line), ("files.name", 3));
     }
 
     #[test]

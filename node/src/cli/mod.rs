@@ -8,6 +8,7 @@ mod drain;
 mod events;
 mod foreground_vm;
 mod jail_run;
+mod keys;
 mod mesh_migrate;
 pub(crate) mod node_vms;
 pub mod output;
@@ -110,6 +111,20 @@ enum Top {
     Owner(owner::OwnerArgs),
     /// A local mesh: N node processes on loopback, joined in one cell, shown live until Ctrl-C.
     Demo(demo::DemoArgs),
+    /// Submitter keys: make, list, show; and which of them a node trusts
+    ///
+    /// Keys live in --keys-dir, else $NOVACRON_KEYS_DIR, else
+    /// $XDG_CONFIG_HOME/novacron/keys, else ~/.config/novacron/keys. trust and untrust
+    /// edit the node's <dataDir>/trusted-submitters; a running node sees it at once.
+    ///
+    /// Examples:
+    ///   novacron keys new alice
+    ///   novacron keys list --json
+    ///   novacron keys show alice
+    ///   novacron keys trust alice --data-dir /var/lib/novacron
+    ///   novacron keys untrust ed25519:3b6a27bc... --data-dir /var/lib/novacron
+    #[command(verbatim_doc_comment)]
+    Keys(keys::KeysArgs),
     /// Share files with the mesh as chunk sets (through the running node).
     #[command(subcommand)]
     Chunks(chunks::ChunksCommand),
@@ -161,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Events(args) => events::run(args),
         Top::Owner(args) => owner::run(args),
         Top::Chunks(cmd) => chunks::run(cmd),
+        Top::Keys(args) => keys::run(args),
         Top::Demo(args) => demo::run(args),
         Top::Bench { suite } => crate::bench::run(suite),
         Top::BareKvm => {

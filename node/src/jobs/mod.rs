@@ -1,6 +1,14 @@
-//! Jobs on the node: the job protocol between nodes ([`wire`], [`link`]) and the VM that runs
-//! a replica ([`vm_spec`]). The daemon's side of jobs is `crate::daemon::jobs`.
+//! Jobs on the node: the job protocol between nodes ([`wire`], [`link`]); reading job spec
+//! files ([`spec_file`], also built alone by feature `job-spec`); which submitters the node
+//! accepts jobs from ([`trust`]); the VM that runs a replica ([`vm_spec`]). The daemon's side
+//! of jobs is `crate::daemon::jobs`.
 
+#[cfg(feature = "daemon")]
 pub mod link;
+pub mod spec_file;
+#[cfg(feature = "daemon")]
+pub mod trust;
+#[cfg(feature = "daemon")]
 pub mod vm_spec;
+#[cfg(feature = "daemon")]
 pub mod wire;
