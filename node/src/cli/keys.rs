@@ -270,6 +270,23 @@ fn keys_dir(flag: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     bail!("no keys directory: give --keys-dir DIR or set NOVACRON_KEYS_DIR (HOME is not set)")
 }
 
+/// Loads the submitter key `name` from the keys directory (`dir`, else as the module doc
+/// says), with an error that says how to make one when it is missing.
+pub fn load_submitter_key(dir: Option<&Path>, name: &str) -> anyhow::Result<SubmitterKey> {
+    check_name(name)?;
+    let env = |k: &str| std::env::var(k).ok();
+    let dir = keys_dir(dir, &env)?;
+    let path = key_path(&dir, name);
+    if !path.exists() {
+        bail!(
+            "no submitter key {name} in {}: make one with `novacron keys new {name}`, and have \
+             each node trust its public key (`novacron keys trust`)",
+            dir.display()
+        );
+    }
+    Ok(SubmitterKey::load(&path)?)
+}
+
 /// Makes the keys directory (and missing parents) readable by its owner only.
 fn make_keys_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;

@@ -8,6 +8,7 @@ mod drain;
 mod events;
 mod foreground_vm;
 mod jail_run;
+mod jobs;
 mod keys;
 mod mesh_migrate;
 pub(crate) mod node_vms;
@@ -15,6 +16,7 @@ pub mod output;
 mod owner;
 mod run_node;
 mod status;
+mod submit;
 
 use std::process::ExitCode;
 
@@ -125,6 +127,18 @@ enum Top {
     ///   novacron keys untrust ed25519:3b6a27bc... --data-dir /var/lib/novacron
     #[command(verbatim_doc_comment)]
     Keys(keys::KeysArgs),
+    /// Sign a job spec with a submitter key and send it into the mesh through the node.
+    ///
+    /// Examples:
+    ///   novacron keys new default && novacron keys trust default --data-dir /tmp/n1
+    ///   novacron submit job.yaml --data-dir /tmp/n1
+    ///   novacron submit job.yaml --wait          # follow it; print the result
+    #[command(verbatim_doc_comment)]
+    Submit(submit::SubmitArgs),
+    /// The jobs the node knows: submitted through it, or running a replica there.
+    Jobs(jobs::JobsArgs),
+    /// One job: show, logs [--follow], result [--out FILE], cancel.
+    Job(jobs::JobArgs),
     /// Share files with the mesh as chunk sets (through the running node).
     #[command(subcommand)]
     Chunks(chunks::ChunksCommand),
@@ -177,6 +191,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Owner(args) => owner::run(args),
         Top::Chunks(cmd) => chunks::run(cmd),
         Top::Keys(args) => keys::run(args),
+        Top::Submit(args) => submit::run(args),
+        Top::Jobs(args) => jobs::run_list(args),
+        Top::Job(args) => jobs::run(args),
         Top::Demo(args) => demo::run(args),
         Top::Bench { suite } => crate::bench::run(suite),
         Top::BareKvm => {

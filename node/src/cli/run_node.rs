@@ -17,8 +17,10 @@ use std::process::ExitCode;
 
 use crate::api;
 use crate::config::{LogLevel, NodeConfig};
+use crate::daemon::jobs::TrustSource;
 use crate::daemon::lines::{member_line, MemberChange};
 use crate::daemon::{Daemon, DaemonOptions};
+use crate::jobs::trust::{trust_file_path, TrustedSubmitters};
 use crate::vms::VmOptions;
 use anyhow::Context;
 use clap::Args;
@@ -143,6 +145,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Who may submit jobs: the config's `trustedSubmitters` and the node's trust file (re-read
+/// when `novacron keys trust|untrust` changes it).
+fn trust_source(cfg: &NodeConfig, data_dir: &Path) -> anyhow::Result<TrustSource> {
+    let trusted = TrustedSubmitters::new(cfg.trusted_submitters()?, trust_file_path(data_dir));
+    Ok(TrustSource(std::sync::Arc::new(move || {
+        trusted.current().map_err(|e| e.to_string())
+    })))
+}
+
 /// The node's own crates at the configured level, libraries at warn (libp2p at info is
 /// chatty); NOVACRON_LOG, when set, wins.
 fn node_log_filter(level: LogLevel) -> String {
@@ -180,7 +191,7 @@ async fn serve(
             outlive_node,
         },
         policy: cfg.politeness.clone(),
-        trust: crate::daemon::jobs::TrustSource::fixed(Default::default()),
+        trust: trust_source(cfg, data_dir)?,
         submitter_limits: Default::default(),
     };
     let (daemon, recovered) = Daemon::start(mesh, identity.clone(), opts).await?;
