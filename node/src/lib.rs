@@ -2,14 +2,17 @@
 //! and the simulator reuse.
 //!
 //! Always built (no I/O, no clock, no async runtime; the simulator links only these):
-//! - [`model`]: the node's domain model (VMs, migrations, cell members, politeness, events);
-//!   the API's types are these.
+//! - [`model`]: the node's domain model (VMs, migrations, cell members, politeness, jobs,
+//!   events); the API's types are these.
 //! - [`policy`]: the decisions the node makes, as pure functions and state machines that
 //!   take `now` and return actions: placement, politeness, admission, the recovery plan,
-//!   the cell keeper and the evacuation planner.
+//!   the cell keeper and the evacuation planner; for jobs, submitter admission
+//!   (`submitters`), job placement (`job_placement`), result quorum (`quorum`) and
+//!   generation fencing (`job_fencing`).
 //!
 //! With feature `daemon` (the default), the parts that do I/O and drive those cores: the
-//! daemon, the VMs' supervision, the REST and local APIs, the CLI, metrics, persistence and
+//! daemon (its jobs side in `daemon::jobs`), the VMs' supervision, [`jobs`] (trust, the job
+//! protocol, a replica's VM), the REST and local APIs, the CLI, metrics, persistence and
 //! the benchmarks.
 //!
 //! Feature `job-spec` (part of `daemon`) alone adds [`jobs`]' spec files and [`yaml_keys`]:
