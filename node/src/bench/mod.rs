@@ -3,6 +3,7 @@
 //! the same run, never assert it.
 
 mod chunks;
+mod jobs;
 mod mesh;
 mod migrate;
 mod node;
@@ -30,6 +31,9 @@ pub enum Suite {
     /// N real `novacron node` processes on loopback: join time, failure detection, bytes
     /// per node in steady state.
     Mesh(mesh::MeshBenchArgs),
+    /// Mesh jobs: the placement decision over a 50,000-node view, submit to running and
+    /// recovery after a kill -9 through a local mesh.
+    Jobs(jobs::JobsBenchArgs),
     /// The node daemon: start to ready, API latency under 200 clients, live migration
     /// between two daemons against the direct-TCP path.
     Node(node::NodeBenchArgs),
@@ -42,6 +46,7 @@ pub fn run(suite: Suite) -> anyhow::Result<ExitCode> {
         Suite::Migrate(args) => (migrate::run(&args)?, args.json()),
         Suite::Mesh(args) => (mesh::run(&args)?, args.json()),
         Suite::Node(args) => (node::run(&args)?, args.json()),
+        Suite::Jobs(args) => (jobs::run(&args)?, args.json()),
     };
     if json {
         outln!("{}", report.to_json())?;

@@ -62,6 +62,10 @@ pub struct NodeArgs {
     /// Run a relay for others (only on a publicly reachable node).
     #[arg(long)]
     relay_server: bool,
+    /// Tests only: report a wrong hash for every job replica this node runs (a faulty or
+    /// cheating volunteer, for the quorum to outvote).
+    #[arg(long, hide = true)]
+    test_corrupt_job_results: bool,
     /// The REST API's port (0: any free port; config: api.port, env API_PORT).
     #[arg(long, value_name = "PORT")]
     api_port: Option<u16>,
@@ -141,6 +145,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         db_path,
         swarm,
         !args.ephemeral,
+        args.test_corrupt_job_results,
     ))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -168,6 +173,7 @@ async fn serve(
     db_path: PathBuf,
     swarm: SwarmConfig,
     outlive_node: bool,
+    corrupt_job_results: bool,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
@@ -193,6 +199,7 @@ async fn serve(
         policy: cfg.politeness.clone(),
         trust: trust_source(cfg, data_dir)?,
         submitter_limits: Default::default(),
+        corrupt_job_results,
     };
     let (daemon, recovered) = Daemon::start(mesh, identity.clone(), opts).await?;
     show_recovery(&recovered);

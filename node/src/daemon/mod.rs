@@ -104,6 +104,8 @@ pub struct DaemonOptions {
     pub trust: jobs::TrustSource,
     /// How much each submitter may submit.
     pub submitter_limits: crate::policy::submitters::SubmitterLimits,
+    /// Tests only: report a wrong result hash for every replica run here.
+    pub corrupt_job_results: bool,
 }
 
 /// Members whose signed records are remembered.
@@ -134,9 +136,11 @@ impl Daemon {
         let counter = metrics.clone();
         registry.on_settled(move |m| counter.observe_migration(m));
         let vms = VmManager::new(opts.vms.clone(), registry);
+        // Job replicas are never restored on the node's own say (see `jobs::runner`).
+        let replica_vms = jobs::replica_vms(&state_db);
         let recovered = {
             let vms = vms.clone();
-            tokio::task::spawn_blocking(move || vms.recover())
+            tokio::task::spawn_blocking(move || vms.recover(&replica_vms))
                 .await
                 .context("VM recovery task")?
         };
@@ -179,7 +183,11 @@ impl Daemon {
             reservations: std::sync::Mutex::new(admission::Reservations::default()),
             migrations: Some(migrations),
             vm_opts_sandbox,
-            jobs: jobs::JobsHere::new(opts.trust.clone(), opts.submitter_limits),
+            jobs: jobs::JobsHere::new(
+                opts.trust.clone(),
+                opts.submitter_limits,
+                opts.corrupt_job_results,
+            ),
             myself: slot.clone(),
         });
         let _ = slot.set(Arc::downgrade(&daemon));
@@ -189,7 +197,7 @@ impl Daemon {
         let cell = CellMembership::start(daemon.mesh.clone(), CellConfig::default(), me).await?;
         *lock(&daemon.forwarder) = Some(forward(&cell, daemon.cell_events.clone()));
         *daemon.cell.write().await = Some(cell);
-        daemon.serve_jobs()?;
+        daemon.serve_jobs(&recovered.not_restored)?;
         tokio::spawn(daemon.clone().take_incoming(incoming));
         tokio::spawn(daemon.clone().settle_in_doubt_loop());
         tokio::spawn(daemon.clone().announce_members());

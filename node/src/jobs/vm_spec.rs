@@ -81,6 +81,30 @@ pub fn replica_vm_spec(
     Ok(vm)
 }
 
+/// What a valid spec asks that this node's replicas cannot do yet, naming the field: the
+/// origin refuses such a job at submission rather than leave it waiting for a node that
+/// can (none can).
+pub fn not_supported_yet(spec: &JobSpec) -> Option<String> {
+    let p = &spec.payload;
+    let by_set = |r: &Option<ImageRef>| r.as_ref().is_some_and(|r| r.chunk_set.is_some());
+    if by_set(&p.kernel) || by_set(&p.initrd) {
+        return Some(
+            "payload.kernel.chunkSet: kernels and initrds by chunk set are not fetched by \
+             nodes yet; give a path in the nodes' image directories"
+                .into(),
+        );
+    }
+    if !p.files.is_empty() {
+        return Some("payload.files: nodes cannot place a command's files yet".into());
+    }
+    if spec.result.file.is_some() {
+        return Some(
+            "result.file: nodes read a job's result from its serial output only yet".into(),
+        );
+    }
+    None
+}
+
 /// `builtin:NAME[:k=v,...]` with `args` as more `k=v` parameters.
 fn with_parameters(guest: &str, args: &[String]) -> String {
     if args.is_empty() {
@@ -140,6 +164,35 @@ mod tests {
         assert_eq!(vm.kernel.as_deref(), Some("/data/images/k"));
         assert_eq!(vm.initrd.as_deref(), Some("/img/initrd"));
         assert_eq!(vm.cmdline.unwrap(), format!("{DEFAULT_CMDLINE} quiet"));
+    }
+
+    #[test]
+    fn what_nodes_cannot_do_yet_is_named() {
+        let set = "cd".repeat(32);
+        let kernel = spec(&format!(
+            r#"{{"payload":{{"kernel":{{"chunkSet":"{set}"}}}}}}"#
+        ));
+        assert!(not_supported_yet(&kernel)
+            .unwrap()
+            .starts_with("payload.kernel.chunkSet"));
+        let files = spec(&format!(
+            r#"{{"backend":"process","payload":{{"command":["/bin/sh"],
+                "files":[{{"name":"a","chunkSet":"{set}"}}]}},"migration":{{"modes":["cold"]}}}}"#
+        ));
+        assert!(not_supported_yet(&files)
+            .unwrap()
+            .starts_with("payload.files"));
+        let result = spec(
+            r#"{"backend":"process","payload":{"command":["/bin/sh"]},
+                "migration":{"modes":["cold"]},"result":{"file":"out"}}"#,
+        );
+        assert!(not_supported_yet(&result)
+            .unwrap()
+            .starts_with("result.file"));
+        assert_eq!(
+            not_supported_yet(&spec(r#"{"payload":{"guest":"builtin:hello"}}"#)),
+            None
+        );
     }
 
     #[test]

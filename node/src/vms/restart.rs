@@ -21,6 +21,10 @@ pub struct RecoveryReport {
     pub restored: Vec<String>,
     /// VMs that ended while the daemon was down, with their new state.
     pub ended: Vec<(String, VmState)>,
+    /// VMs of job replicas that would have been restored from a local checkpoint but were
+    /// not: their job's origin may have placed the replica elsewhere meanwhile, so a copy
+    /// here must never run again on its own say (recorded as exited; the origin decides).
+    pub not_restored: Vec<String>,
 }
 
 /// Removes and returns the first item of `items` that `pick` accepts.
@@ -31,8 +35,10 @@ fn take_first<T>(items: &mut Vec<T>, pick: impl Fn(&T) -> bool) -> Option<T> {
 
 impl VmManager {
     /// Accounts for every VM the database lists (see [`recovery`]). Blocking; run once at
-    /// start, before the API takes requests.
-    pub fn recover(&self) -> RecoveryReport {
+    /// start, before the API takes requests. VMs in `never_restore` (job replicas) are not
+    /// restored from a checkpoint: they are recorded as exited and listed in
+    /// [`RecoveryReport::not_restored`].
+    pub fn recover(&self, never_restore: &std::collections::HashSet<String>) -> RecoveryReport {
         self.sweep_removed();
         let mut report = RecoveryReport::default();
         // Every migration still open was left so by the dead daemon (or by an earlier
@@ -122,6 +128,20 @@ impl VmManager {
                     );
                 }
                 Plan::Adopt => {}
+                Plan::Restore if never_restore.contains(&id) => {
+                    leftovers::kill_leftovers(&self.vmm_id(&id), None, None);
+                    self.registry.update(&id, |r| {
+                        r.info.state = VmState::Exited;
+                        r.info.pid = None;
+                        r.pid_start_ticks = None;
+                        r.info.detail = Some(
+                            "a job replica whose VMM died with the node: not restored here \
+                             (its job's origin decides where it runs next)"
+                                .into(),
+                        );
+                    });
+                    report.not_restored.push(id);
+                }
                 Plan::Restore => {
                     leftovers::kill_leftovers(&self.vmm_id(&id), None, None);
                     match self.start_vm(&id, true) {

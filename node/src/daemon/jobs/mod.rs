@@ -26,6 +26,21 @@ use crate::jobs::wire::ReplicaReport;
 use crate::policy::quorum::Reputation;
 use crate::policy::submitters::{SubmitterGate, SubmitterLimits};
 
+/// The VMs of the replicas this node's runner rows say are not over: the ones a restarted
+/// daemon must not restore by itself.
+pub(super) fn replica_vms(db: &crate::state::StateDb) -> HashSet<String> {
+    db.jobs(crate::state::JobRole::Runner)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| {
+            let replica = r.info.replicas.into_iter().next()?;
+            (!replica.state.is_final())
+                .then_some(replica.vm_id)
+                .flatten()
+        })
+        .collect()
+}
+
 /// What a refusal of a report from a superseded replica starts with; the runner stops its
 /// copy when it reads it.
 pub(super) const STALE: &str = "stale generation";
@@ -75,13 +90,15 @@ pub struct JobsHere {
     gate: Mutex<SubmitterGate>,
     /// Agreement of peers' results with the quorum.
     reputation: Mutex<Reputation>,
+    /// Tests only: replicas run here report a wrong hash.
+    corrupt_results: bool,
 }
 
 /// Peers whose result agreement is remembered.
 const REPUTATION_PEERS: usize = 4096;
 
 impl JobsHere {
-    pub fn new(trust: TrustSource, limits: SubmitterLimits) -> JobsHere {
+    pub fn new(trust: TrustSource, limits: SubmitterLimits, corrupt_results: bool) -> JobsHere {
         JobsHere {
             link: OnceLock::new(),
             trust,
@@ -93,6 +110,7 @@ impl JobsHere {
             placing_replicas: Mutex::new(HashSet::new()),
             gate: Mutex::new(SubmitterGate::new(limits)),
             reputation: Mutex::new(Reputation::new(REPUTATION_PEERS)),
+            corrupt_results,
         }
     }
 

@@ -58,6 +58,9 @@ impl Daemon {
             .map_err(|e| ServiceError::BadRequest(format!("the job spec: {e}")))?;
         spec.validate()
             .map_err(|e| ServiceError::BadRequest(format!("the job spec: {e}")))?;
+        if let Some(why) = crate::jobs::vm_spec::not_supported_yet(&spec) {
+            return Err(ServiceError::BadRequest(format!("the job spec: {why}")));
+        }
         let id = verified.id.to_hex();
         let now = now_ms();
         let trusted = (self.jobs.trust.0)().map_err(ServiceError::Internal)?;
@@ -378,7 +381,14 @@ impl Daemon {
         let Some(r) = rec.info.replicas.iter().find(|r| r.index == report.replica) else {
             return JobResponse::refuse(format!("the job has no replica {}", report.replica));
         };
-        if report.generation < r.generation || r.node.as_deref() != Some(&from.to_string()) {
+        let from_s = from.to_string();
+        if r.node.is_none() && report.generation == r.generation && r.state == ReplicaState::Placing
+        {
+            // The runner's first word can come before its "admitted" answer is recorded
+            // here: not stale, not yet taken (it says it again).
+            return JobResponse::refuse("this replica's placement is still being recorded");
+        }
+        if report.generation < r.generation || r.node.as_deref() != Some(from_s.as_str()) {
             return JobResponse::refuse(format!(
                 "{STALE}: replica {} of job {} is at generation {} on {}; stop this copy",
                 r.index,
@@ -388,6 +398,27 @@ impl Daemon {
             ));
         }
         if r.state.is_final() {
+            return JobResponse::Ack;
+        }
+        if report.state == ReplicaState::Lost {
+            // The node lost its copy (it restarted without it): placed again, fenced by a
+            // new generation.
+            let (job_id, index) = (report.job_id.clone(), report.replica);
+            let detail = report.detail.clone();
+            self.update_origin(&job_id, |job| {
+                if let Some(r) = job.replicas.iter_mut().find(|r| r.index == index) {
+                    r.generation += 1;
+                    r.state = ReplicaState::Placing;
+                    r.node = None;
+                    r.vm_id = None;
+                    r.detail = Some(format!(
+                        "lost on {from} ({}); placed again",
+                        detail.as_deref().unwrap_or("no reason given")
+                    ));
+                }
+                job.state = progress_state(job);
+            });
+            self.clone().place_waiting(&job_id);
             return JobResponse::Ack;
         }
         let mut cancel = Vec::new();

@@ -239,10 +239,15 @@ impl Daemon {
         self.announce_job(&updated);
         if let (Some(r), Ok(origin)) = (updated.replicas.first(), updated.origin.parse::<PeerId>())
         {
-            self.jobs.queue_report(ReportTo {
+            let to = ReportTo {
                 origin,
                 report: report_of(&updated.id, r),
-            });
+            };
+            self.jobs.queue_report(to.clone());
+            // Sent now; the follower's tick sends it again until the origin takes it.
+            if let Some(me) = self.myself.get().and_then(std::sync::Weak::upgrade) {
+                tokio::spawn(me.send_report(to));
+            }
         }
     }
 
@@ -329,7 +334,11 @@ impl Daemon {
             )),
             Ok(_) | Err(_) => {
                 let bytes = std::fs::read(&console).unwrap_or_default();
-                let hash = blake3::hash(&bytes).to_hex().to_string();
+                let mut hash = blake3::hash(&bytes).to_hex().to_string();
+                if self.jobs.corrupt_results {
+                    tracing::warn!(job = job_id, "reporting a corrupt result (test flag)");
+                    hash = blake3::hash(hash.as_bytes()).to_hex().to_string();
+                }
                 let name = format!("job-{}-{}.log", &job_id[..12], rec.info.replicas[0].index);
                 let set = if bytes.is_empty() {
                     None
@@ -451,9 +460,10 @@ impl Daemon {
         }
     }
 
-    /// The jobs this node has runner rows of, for a restarted daemon: their VMs are watched
-    /// again and their last state is reported again.
-    pub(super) fn resume_runner_rows(&self) {
+    /// The jobs this node has runner rows of, for a restarted daemon: the VMs of replicas not
+    /// over are watched again, replicas whose VM the recovery did not restore
+    /// (`not_restored`) are lost here, and every replica's last state is reported again.
+    pub(super) fn resume_runner_rows(&self, not_restored: &[String]) {
         let Ok(rows) = self.state_db.jobs(JobRole::Runner) else {
             return;
         };
@@ -461,15 +471,28 @@ impl Daemon {
             let Some(r) = rec.info.replicas.first() else {
                 continue;
             };
-            if let (Some(vm), false) = (&r.vm_id, r.state.is_final()) {
-                self.jobs.watch(vm.clone(), rec.info.id.clone());
+            let Some(vm) = r.vm_id.clone() else { continue };
+            if r.state.is_final() {
+                // Said once more, in case the origin never heard it.
+                if let Ok(origin) = rec.info.origin.parse::<PeerId>() {
+                    self.jobs.queue_report(ReportTo {
+                        origin,
+                        report: report_of(&rec.info.id, r),
+                    });
+                }
+                continue;
             }
-            if let Ok(origin) = rec.info.origin.parse::<PeerId>() {
-                self.jobs.queue_report(ReportTo {
-                    origin,
-                    report: report_of(&rec.info.id, r),
+            if not_restored.contains(&vm) {
+                self.update_runner(&rec.info.id, |r| {
+                    r.state = ReplicaState::Lost;
+                    r.detail = Some(
+                        "its VMM died with this node; not restored here, so it cannot run twice"
+                            .into(),
+                    );
                 });
+                continue;
             }
+            self.jobs.watch(vm, rec.info.id.clone());
         }
     }
 

@@ -11,7 +11,12 @@ use crate::jobs::wire::{JobRequest, JobResponse};
 
 impl Daemon {
     /// Serves `/novacron/job/1` for this daemon (once, at start).
-    pub(in crate::daemon) fn serve_jobs(self: &Arc<Self>) -> anyhow::Result<()> {
+    /// `not_restored`: the replica VMs the recovery did not restore (their replicas are lost
+    /// here, and their origins are told so).
+    pub(in crate::daemon) fn serve_jobs(
+        self: &Arc<Self>,
+        not_restored: &[String],
+    ) -> anyhow::Result<()> {
         let weak: Weak<Daemon> = Arc::downgrade(self);
         let handler: Handler = Arc::new(move |peer, request| {
             let weak = weak.clone();
@@ -24,7 +29,7 @@ impl Daemon {
         });
         let link = JobLink::start(&self.mesh, handler, JobLinkConfig::default())?;
         let _ = self.jobs.link.set(link);
-        self.resume_runner_rows();
+        self.resume_runner_rows(not_restored);
         tokio::spawn(self.clone().follow_replicas());
         tokio::spawn(self.clone().resume_origin_jobs());
         Ok(())

@@ -22,6 +22,7 @@ mod decision;
 mod offer;
 mod rank;
 mod search;
+pub mod synthetic;
 
 pub use decision::{placement_decision, Decision, View};
 pub use offer::{best_fit, by_fit, choose_offer, Offer, Room};

@@ -1,0 +1,644 @@
+//! Mesh jobs end to end: real `novacron node` processes on loopback, real jailed VMMs (KVM),
+//! jobs signed with submitter keys and sent through `novacron submit` and the REST API.
+//!
+//! - A job submitted through one node runs somewhere in the cell, and its result is read
+//!   from a node that neither placed nor ran it (found through the DHT).
+//! - A replicated job succeeds by quorum, and a node that reports wrong results (started
+//!   with the test flag `--test-corrupt-job-results`) is outvoted and named.
+//! - Untrusted, tampered, replayed, expired and invalid submissions are each refused with
+//!   their own message; a flood from one submitter is rate-limited while another still
+//!   gets in.
+//! - kill -9 of the node running a job: the job is placed again on a surviving node (a new
+//!   generation) and finishes with the result of an uninterrupted run; no two VMMs ever
+//!   run it at once; the dead node's return does not fork it.
+//!
+//! The tests skip with a message when /dev/kvm is unusable.
+
+#[path = "common/guest.rs"]
+mod guest;
+#[allow(dead_code)]
+#[path = "common/mesh.rs"]
+mod mesh;
+#[allow(dead_code)]
+#[path = "common/proc.rs"]
+mod proc;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use guest::kvm_usable;
+use mesh::{live_count, wait_listening, wait_until};
+use novacron_mesh::submission::Submission;
+use novacron_mesh::submitter_key::SubmitterKey;
+use proc::Proc;
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// Builtin guests run ~1000x slower than native here.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
+
+struct Node {
+    proc: Proc,
+    dir: PathBuf,
+    peer: String,
+    addr: String,
+}
+
+/// Starts a node on `dir` trusting `trust` (public keys), joined through `bootstrap`.
+fn start(name: &str, dir: &Path, bootstrap: Option<&str>, trust: &[&str], extra: &[&str]) -> Node {
+    start_on(name, dir, "/ip4/127.0.0.1/tcp/0", bootstrap, trust, extra)
+}
+
+fn start_on(
+    name: &str,
+    dir: &Path,
+    listen: &str,
+    bootstrap: Option<&str>,
+    trust: &[&str],
+    extra: &[&str],
+) -> Node {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("node.yaml");
+    let keys: Vec<String> = trust.iter().map(|k| format!("  - {k}")).collect();
+    // Items of `extra` that start with `yaml:` are more config lines, the rest flags.
+    let (yaml, flags): (Vec<&str>, Vec<&str>) = extra.iter().partition(|e| e.starts_with("yaml:"));
+    let yaml: Vec<&str> = yaml.iter().map(|y| &y[5..]).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "trustedSubmitters:\n{}\n{}\n",
+            keys.join("\n"),
+            yaml.join("\n")
+        ),
+    )
+    .unwrap();
+    let dir_s = dir.to_str().unwrap().to_string();
+    let config_s = config.to_str().unwrap().to_string();
+    let mut args: Vec<&str> = vec![
+        "node",
+        "--config",
+        &config_s,
+        "--data-dir",
+        &dir_s,
+        "--listen",
+        listen,
+        "--kad-server",
+        "--api-port",
+        "0",
+    ];
+    if let Some(b) = bootstrap {
+        args.extend(["--bootstrap", b]);
+    }
+    args.extend(flags);
+    let mut proc = Proc::spawn(name, &args);
+    let (peer, addr) = wait_listening(&mut proc);
+    assert!(
+        proc.wait_stderr_line("novacron: ready, API at", TIMEOUT)
+            .is_some(),
+        "{name} did not get ready\n{}",
+        proc.dump()
+    );
+    Node {
+        proc,
+        dir: dir.to_path_buf(),
+        peer,
+        addr,
+    }
+}
+
+/// `n` nodes (the first is the bootstrap), each trusting `trust`, all seeing each other live.
+fn cell(tmp: &Path, n: usize, trust: &[&str], extra: impl Fn(usize) -> Vec<String>) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let bootstrap = nodes.first().map(|b| b.addr.clone());
+        let flags = extra(i);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        nodes.push(start(
+            &format!("node-{i}"),
+            &tmp.join(format!("n{i}")),
+            bootstrap.as_deref(),
+            trust,
+            &flags,
+        ));
+    }
+    let procs: Vec<&Proc> = nodes.iter().map(|n| &n.proc).collect();
+    wait_until(
+        "every node to see the whole cell live",
+        TIMEOUT,
+        &procs,
+        || {
+            nodes
+                .iter()
+                .all(|n| live_count(&n.proc) == Some(n_live(n)) && n_live(n) == nodes.len())
+        },
+    );
+    nodes
+}
+
+/// The live count a node reports in its last member line (0 before any).
+fn n_live(n: &Node) -> usize {
+    live_count(&n.proc).unwrap_or(0)
+}
+
+/// A new submitter key file `dir/keys/NAME.key`, and its public key.
+fn key(dir: &Path, name: &str) -> (SubmitterKey, String) {
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = SubmitterKey::create(&keys.join(format!("{name}.key"))).unwrap();
+    let public = key.public().to_string();
+    (key, public)
+}
+
+fn novacron(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_novacron"))
+        .args(args)
+        .output()
+        .expect("run novacron")
+}
+
+fn json_of(out: &Output, what: &str) -> Value {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// `novacron job show ID --json` asked of `node`.
+fn job(node: &Node, id: &str) -> Value {
+    let dir = node.dir.to_str().unwrap();
+    json_of(
+        &novacron(&["job", "show", id, "--json", "--data-dir", dir]),
+        "job show",
+    )
+}
+
+/// Writes a job spec and submits it through `node` with `key` (in `keys_dir`); the job.
+fn submit(node: &Node, keys_dir: &Path, key: &str, spec: &str) -> Value {
+    let path = node.dir.join(format!(
+        "job-{}.yaml",
+        blake3::hash(spec.as_bytes()).to_hex()
+    ));
+    std::fs::write(&path, spec).unwrap();
+    let out = novacron(&[
+        "submit",
+        path.to_str().unwrap(),
+        "--key",
+        key,
+        "--keys-dir",
+        keys_dir.to_str().unwrap(),
+        "--json",
+        "--data-dir",
+        node.dir.to_str().unwrap(),
+    ]);
+    json_of(&out, "submit")
+}
+
+fn wait_job(node: &Node, id: &str, procs: &[&Proc], done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    wait_until(
+        "the job to get where the test waits for",
+        GUEST_TIMEOUT,
+        procs,
+        || {
+            last = job(node, id);
+            done(&last)
+        },
+    );
+    last
+}
+
+/// Plain HTTP on the node's API with a JSON body; (status, body).
+fn http_post(dir: &Path, path: &str, json: &Value) -> (u16, String) {
+    let url = std::fs::read_to_string(dir.join("api.url")).unwrap();
+    let host = url.trim().trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = json.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+fn now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+}
+
+/// A signed submission of `spec` (JSON) by `key`, issued at `issued` for `lifetime`.
+fn signed(key: &SubmitterKey, spec: &str, nonce: u8, issued: Duration, lifetime: u64) -> Vec<u8> {
+    Submission::new(
+        spec.as_bytes().to_vec(),
+        [nonce; 16],
+        issued,
+        Duration::from_secs(lifetime),
+    )
+    .sign(key.identity())
+    .unwrap()
+}
+
+fn post_submission(node: &Node, bytes: &[u8]) -> (u16, String) {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    http_post(
+        &node.dir,
+        "/api/v1/jobs",
+        &serde_json::json!({ "submission": hex }),
+    )
+}
+
+/// Processes whose cgroup names VM `id`'s VMM.
+fn vmm_processes(id: &str) -> Vec<i32> {
+    let needle = format!("/vm-{id}-");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(&needle))
+                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    !matches!(
+                        s.rsplit_once(')')
+                            .and_then(|(_, r)| r.split_whitespace().next()),
+                        Some("Z" | "X")
+                    )
+                })
+        })
+        .collect()
+}
+
+const HELLO: &str = "Hello from the NovaCron guest kit";
+
+#[test]
+fn a_job_runs_and_its_result_is_read_from_a_node_that_did_not_run_it() {
+    if !kvm_usable("a_job_runs_and_its_result_is_read_from_a_node_that_did_not_run_it") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, public) = key(tmp.path(), "alice");
+    let keys_dir = tmp.path().join("keys");
+    let nodes = cell(tmp.path(), 3, &[&public], |_| vec![]);
+    let spec = "name: hello\npayload:\n  guest: builtin:hello\nmemoryMib: 16\n";
+    let accepted = submit(&nodes[1], &keys_dir, "alice", spec);
+    let id = accepted["id"].as_str().unwrap().to_string();
+    assert_eq!(accepted["origin"].as_str(), Some(nodes[1].peer.as_str()));
+    let procs: Vec<&Proc> = nodes.iter().map(|n| &n.proc).collect();
+    let done = wait_job(&nodes[1], &id, &procs, |j| j["state"] == "succeeded");
+    let runner = done["replicas"][0]["node"].as_str().unwrap().to_string();
+    // A node that neither placed nor ran the job finds it through the DHT.
+    let other = nodes
+        .iter()
+        .find(|n| n.peer != runner && n.peer != nodes[1].peer);
+    let reader = other.unwrap_or(&nodes[0]);
+    let seen = job(reader, &id);
+    assert_eq!(seen["state"], "succeeded", "{seen}");
+    assert_eq!(seen["result_hash"], done["result_hash"]);
+    let out = reader.dir.join("result.out");
+    let got = novacron(&[
+        "job",
+        "result",
+        &id[..12],
+        "--out",
+        out.to_str().unwrap(),
+        "--data-dir",
+        nodes[1].dir.to_str().unwrap(),
+    ]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let full = novacron(&[
+        "job",
+        "result",
+        &id,
+        "--data-dir",
+        reader.dir.to_str().unwrap(),
+    ]);
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
+    let text = String::from_utf8_lossy(&full.stdout).to_string();
+    assert!(text.contains(HELLO), "{text}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+    assert_eq!(
+        blake3::hash(text.as_bytes()).to_hex().as_str(),
+        done["result_hash"].as_str().unwrap()
+    );
+    let logs = novacron(&[
+        "job",
+        "logs",
+        &id,
+        "--data-dir",
+        reader.dir.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains(HELLO));
+    // The origin lists it.
+    let list = json_of(
+        &novacron(&[
+            "jobs",
+            "--json",
+            "--data-dir",
+            nodes[1].dir.to_str().unwrap(),
+        ]),
+        "jobs",
+    );
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["id"] == id.as_str()));
+}
+
+#[test]
+fn a_replicated_job_succeeds_by_quorum_and_a_faulty_node_is_outvoted() {
+    if !kvm_usable("a_replicated_job_succeeds_by_quorum_and_a_faulty_node_is_outvoted") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, public) = key(tmp.path(), "alice");
+    let keys_dir = tmp.path().join("keys");
+    // Node 2 reports wrong results. Three nodes, three replicas: one lands on each.
+    let mut nodes = cell(tmp.path(), 3, &[&public], |i| match i {
+        2 => vec!["--test-corrupt-job-results".into()],
+        _ => vec![],
+    });
+    let faulty = nodes[2].peer.clone();
+    let (guest, _) = guest::counter(1);
+    let spec = format!(
+        "name: counted\npayload:\n  guest: {guest}\nmemoryMib: 32\nreplicas: 3\nquorum: 3\n"
+    );
+    let accepted = submit(&nodes[0], &keys_dir, "alice", &spec);
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let procs: Vec<&Proc> = nodes.iter().map(|n| &n.proc).collect();
+    // Two agree, one does not: no quorum of three is possible, so the origin asks for one
+    // more replica on a node that held none, which only a fourth node can be.
+    let retried = wait_job(&nodes[0], &id, &procs, |j| j["retries"].as_u64() == Some(1));
+    assert_eq!(
+        retried["replicas"].as_array().unwrap().len(),
+        4,
+        "{retried}"
+    );
+    let bootstrap = nodes[0].addr.clone();
+    nodes.push(start(
+        "node-3",
+        &tmp.path().join("n3"),
+        Some(&bootstrap),
+        &[&public],
+        &[],
+    ));
+    let procs: Vec<&Proc> = nodes.iter().map(|n| &n.proc).collect();
+    let done = wait_job(&nodes[0], &id, &procs, |j| {
+        j["state"]
+            .as_str()
+            .is_some_and(|s| s == "succeeded" || s == "failed")
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let replicas = done["replicas"].as_array().unwrap();
+    let nodes_used: std::collections::BTreeSet<&str> =
+        replicas.iter().filter_map(|r| r["node"].as_str()).collect();
+    assert_eq!(nodes_used.len(), 4, "replicas on distinct nodes: {done}");
+    let winner = done["result_hash"].as_str().unwrap();
+    for r in replicas {
+        let agrees = r["result_hash"].as_str() == Some(winner);
+        assert_eq!(agrees, r["node"].as_str() != Some(faulty.as_str()), "{r}");
+    }
+    assert!(
+        done["detail"].as_str().unwrap_or("").contains(&faulty),
+        "the outvoted node is named: {done}"
+    );
+}
+
+#[test]
+fn bad_submissions_are_refused_each_with_its_own_message_and_a_flood_starves_no_one() {
+    if !kvm_usable(
+        "bad_submissions_are_refused_each_with_its_own_message_and_a_flood_starves_no_one",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (alice, alice_pub) = key(tmp.path(), "alice");
+    let (bob, bob_pub) = key(tmp.path(), "bob");
+    let (mallory, _) = key(tmp.path(), "mallory");
+    let node = start(
+        "node",
+        &tmp.path().join("n"),
+        None,
+        &[&alice_pub, &bob_pub],
+        &[],
+    );
+    let spec = r#"{"payload":{"guest":"builtin:hello"},"memoryMib":8}"#;
+
+    let (status, body) = post_submission(&node, &signed(&mallory, spec, 1, now(), 600));
+    assert_eq!(status, 403, "untrusted: {body}");
+    assert!(
+        body.contains("does not trust") || body.contains("not trusted"),
+        "{body}"
+    );
+    assert!(body.contains("novacron keys trust"), "{body}");
+
+    let mut tampered = signed(&alice, spec, 2, now(), 600);
+    let at = tampered
+        .windows(13)
+        .position(|w| w == b"\"memoryMib\":8")
+        .expect("the spec in the envelope")
+        + 12;
+    tampered[at] = b'9';
+    let (status, body) = post_submission(&node, &tampered);
+    assert_eq!(status, 400, "tampered: {body}");
+    assert!(body.contains("does not verify"), "{body}");
+
+    let expired = signed(&alice, spec, 3, now() - Duration::from_secs(7200), 3600);
+    let (status, body) = post_submission(&node, &expired);
+    assert_eq!(status, 400, "expired: {body}");
+    assert!(body.contains("expired"), "{body}");
+
+    let bad_spec = signed(
+        &alice,
+        r#"{"payload":{"guest":"builtin:hello"},"memoryMib":1}"#,
+        4,
+        now(),
+        600,
+    );
+    let (status, body) = post_submission(&node, &bad_spec);
+    assert_eq!(status, 400, "bad spec: {body}");
+    assert!(body.contains("memoryMib"), "{body}");
+
+    let once = signed(&alice, spec, 5, now(), 600);
+    let (status, body) = post_submission(&node, &once);
+    assert_eq!(status, 201, "first: {body}");
+    let (status, body) = post_submission(&node, &once);
+    assert_eq!(status, 409, "replayed: {body}");
+    assert!(body.contains("already submitted"), "{body}");
+
+    // Alice floods: past her burst she is told to slow down...
+    let mut limited = 0;
+    for n in 0..20u8 {
+        let (status, body) = post_submission(&node, &signed(&alice, spec, 100 + n, now(), 600));
+        match status {
+            201 => {}
+            429 => {
+                assert!(body.contains("too fast"), "{body}");
+                limited += 1;
+            }
+            other => panic!("flood: {other} {body}"),
+        }
+    }
+    assert!(limited >= 5, "only {limited} of 20 rate-limited");
+    // ...while Bob still gets in.
+    let (status, body) = post_submission(&node, &signed(&bob, spec, 1, now(), 600));
+    assert_eq!(status, 201, "bob after alice's flood: {body}");
+
+    // The CLI says the same to a submitter whose key the node does not trust.
+    let keys_dir = tmp.path().join("keys");
+    let path = tmp.path().join("job.json");
+    std::fs::write(&path, spec).unwrap();
+    let out = novacron(&[
+        "submit",
+        path.to_str().unwrap(),
+        "--key",
+        "mallory",
+        "--keys-dir",
+        keys_dir.to_str().unwrap(),
+        "--data-dir",
+        node.dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("403") && err.contains("trust"), "{err}");
+}
+
+#[test]
+fn a_job_whose_node_is_killed_finishes_elsewhere_once_and_the_nodes_return_does_not_fork_it() {
+    if !kvm_usable(
+        "a_job_whose_node_is_killed_finishes_elsewhere_once_and_the_nodes_return_does_not_fork_it",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, public) = key(tmp.path(), "alice");
+    let keys_dir = tmp.path().join("keys");
+    // Runners die with their daemons (--ephemeral): a kill -9 is the machine vanishing.
+    let mut nodes = cell(tmp.path(), 3, &[&public], |i| match i {
+        0 => vec![
+            "yaml:politeness:".into(),
+            "yaml:  runWhileInUse: false".into(),
+        ],
+        _ => vec!["--ephemeral".into()],
+    });
+    // The origin takes no replica itself: its owner is using the machine (and VMs may not
+    // run while the owner does).
+    let owner = novacron(&[
+        "owner",
+        "active",
+        "--data-dir",
+        nodes[0].dir.to_str().unwrap(),
+    ]);
+    assert!(
+        owner.status.success(),
+        "{}",
+        String::from_utf8_lossy(&owner.stderr)
+    );
+    let (guest, expected) = guest::counter(12);
+    let spec = format!("name: long\npayload:\n  guest: {guest}\nmemoryMib: 32\n");
+    let accepted = submit(&nodes[0], &keys_dir, "alice", &spec);
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let procs: Vec<&Proc> = nodes.iter().map(|n| &n.proc).collect();
+    let running = wait_job(&nodes[0], &id, &procs, |j| j["state"] == "running");
+    let first = running["replicas"][0].clone();
+    let victim_peer = first["node"].as_str().unwrap().to_string();
+    let first_vm = first["vm_id"].as_str().unwrap().to_string();
+    assert_eq!(vmm_processes(&first_vm).len(), 1, "one VMM runs it");
+    let victim = nodes.iter().position(|n| n.peer == victim_peer).unwrap();
+    assert_ne!(victim, 0, "the origin took no replica");
+    // Let it run a while, then the machine vanishes.
+    std::thread::sleep(Duration::from_secs(3));
+    nodes[victim].proc.kill_tree();
+    wait_until("the killed node's VMM to be gone", TIMEOUT, &[], || {
+        vmm_processes(&first_vm).is_empty()
+    });
+    let survivor = 3 - victim;
+    let procs: Vec<&Proc> = [&nodes[0].proc, &nodes[survivor].proc].into();
+    let moved = wait_job(&nodes[0], &id, &procs, |j| {
+        j["replicas"][0]["generation"].as_u64() == Some(2) && j["replicas"][0]["state"] == "running"
+    });
+    let second_vm = moved["replicas"][0]["vm_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        moved["replicas"][0]["node"].as_str(),
+        Some(nodes[survivor].peer.as_str())
+    );
+    assert!(vmm_processes(&first_vm).is_empty(), "never two at once");
+    let done = wait_job(&nodes[0], &id, &procs, |j| {
+        j["state"].as_str().is_some_and(|s| s != "running")
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    // Its result is what an uninterrupted run prints.
+    let result = novacron(&[
+        "job",
+        "result",
+        &id,
+        "--data-dir",
+        nodes[0].dir.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&result.stdout).to_string();
+    assert!(text.contains(&expected), "expected {expected:?} in {text}");
+    assert_eq!(text.matches("result=").count(), 1, "{text}");
+
+    // The dead node comes back: its copy is not restored, and the job is not forked.
+    let listen = nodes[victim]
+        .addr
+        .split("/p2p/")
+        .next()
+        .unwrap()
+        .to_string();
+    let bootstrap = nodes[0].addr.clone();
+    let back = start_on(
+        "back",
+        &nodes[victim].dir.clone(),
+        &listen,
+        Some(&bootstrap),
+        &[&public],
+        &["--ephemeral"],
+    );
+    nodes[victim] = back;
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        vmm_processes(&first_vm).is_empty(),
+        "the stale copy never runs again"
+    );
+    let after = job(&nodes[0], &id);
+    assert_eq!(after["state"], "succeeded");
+    assert_eq!(after["result_hash"], done["result_hash"]);
+    assert_eq!(after["replicas"].as_array().unwrap().len(), 1, "{after}");
+    assert!(
+        vmm_processes(&second_vm).is_empty(),
+        "the finished replica's VMM is gone"
+    );
+}
