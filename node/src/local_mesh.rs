@@ -249,12 +249,13 @@ pub struct LocalMesh {
 
 impl LocalMesh {
     /// Starts `n` ephemeral nodes under `root` (`root/node-001`, ...): the first, then, once
-    /// it listens, all the others at once. Gives up (the nodes started so far are stopped)
-    /// once `cancelled` says so.
+    /// it listens, all the others at once. Every node gets `extra` arguments, the first also
+    /// `first_extra`. Gives up (the nodes started so far are stopped) once `cancelled` says so.
     pub fn start(
         root: &Path,
         n: usize,
         extra: &[String],
+        first_extra: &[String],
         cancelled: &dyn Fn() -> bool,
     ) -> anyhow::Result<LocalMesh> {
         if n == 0 {
@@ -263,7 +264,8 @@ impl LocalMesh {
         let mut args = vec!["--ephemeral".to_string()];
         args.extend_from_slice(extra);
         let name = |i: usize| format!("node-{:03}", i + 1);
-        let mut first = NodeProc::spawn(&name(0), &root.join(name(0)), None, &args)?;
+        let first_args = [args.as_slice(), first_extra].concat();
+        let mut first = NodeProc::spawn(&name(0), &root.join(name(0)), None, &first_args)?;
         let (bootstrap, _) = first.wait_listening_unless(Duration::from_secs(30), cancelled)?;
         let started = Instant::now();
         let mut nodes = vec![first];

@@ -369,3 +369,40 @@ fn a_demo_killed_with_sigkill_takes_its_nodes_and_vms_with_it() {
     // Nobody is left to remove the directory; every process must be gone all the same.
     demo.assert_nothing_left(true);
 }
+
+#[test]
+fn demo_check_tells_the_whole_story_and_sums_it_up_as_json() {
+    if !guest::kvm_usable("demo_check_tells_the_whole_story_and_sums_it_up_as_json") {
+        return;
+    }
+    let (mut demo, _) = Demo::start(&["--check", "--json", "--move-every", "5"], false);
+    let status = demo.wait(Duration::from_secs(300));
+    let out = demo.stdout.lock().unwrap().clone();
+    let summary: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{}", demo.dump()));
+    let steps: Vec<&str> = summary["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["hello", "tally", "recovery", "marathon", "live_move"],
+        "{}",
+        demo.dump()
+    );
+    assert_eq!(summary["ok"], true, "{}", demo.dump());
+    assert!(status.success(), "{status:?}\n{}", demo.dump());
+    // The commentary said what happened in plain words.
+    let said = demo.stderr.lock().unwrap().clone();
+    for words in [
+        "job hello",
+        "killing node-",
+        "is placed again on",
+        "moving it live",
+    ] {
+        assert!(said.contains(words), "{words:?} missing\n{}", demo.dump());
+    }
+    demo.assert_nothing_left(false);
+}

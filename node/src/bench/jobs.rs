@@ -163,7 +163,7 @@ fn through_a_mesh(
         format!("trustedSubmitters:\n  - {}\n", key.public()),
     )?;
     let extra = vec!["--config".to_string(), config.display().to_string()];
-    let mut mesh = LocalMesh::start(&dir.join("mesh"), args.nodes, &extra, &|| false)?;
+    let mut mesh = LocalMesh::start(&dir.join("mesh"), args.nodes, &extra, &[], &|| false)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

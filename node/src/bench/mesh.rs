@@ -72,7 +72,7 @@ pub fn run(args: &MeshBenchArgs) -> anyhow::Result<Report> {
 
 fn measure(args: &MeshBenchArgs, scratch: &std::path::Path) -> anyhow::Result<Report> {
     let timeout = Duration::from_secs(args.timeout_secs);
-    let mut mesh = LocalMesh::start(scratch, args.nodes, &[], &|| false)?;
+    let mut mesh = LocalMesh::start(scratch, args.nodes, &[], &[], &|| false)?;
     let mut report = Report::new("mesh");
     // The mesh goals are for 50 nodes.
     let at_50 = args.nodes == 50;

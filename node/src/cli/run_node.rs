@@ -62,6 +62,10 @@ pub struct NodeArgs {
     /// Run a relay for others (only on a publicly reachable node).
     #[arg(long)]
     relay_server: bool,
+    /// Take jobs submitted here and place them, but run no job replica here (an entry node
+    /// of the mesh, as the demo's node-001 is).
+    #[arg(long)]
+    no_job_replicas: bool,
     /// Tests only: report a wrong hash for every job replica this node runs (a faulty or
     /// cheating volunteer, for the quorum to outvote).
     #[arg(long, hide = true)]
@@ -145,9 +149,18 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         db_path,
         swarm,
         !args.ephemeral,
-        args.test_corrupt_job_results,
+        JobRole {
+            run_replicas: !args.no_job_replicas,
+            corrupt_results: args.test_corrupt_job_results,
+        },
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the node does with jobs besides placing the ones submitted to it.
+struct JobRole {
+    run_replicas: bool,
+    corrupt_results: bool,
 }
 
 /// Who may submit jobs: the config's `trustedSubmitters` and the node's trust file (re-read
@@ -173,7 +186,7 @@ async fn serve(
     db_path: PathBuf,
     swarm: SwarmConfig,
     outlive_node: bool,
-    corrupt_job_results: bool,
+    jobs: JobRole,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
@@ -199,7 +212,8 @@ async fn serve(
         policy: cfg.politeness.clone(),
         trust: trust_source(cfg, data_dir)?,
         submitter_limits: Default::default(),
-        corrupt_job_results,
+        run_job_replicas: jobs.run_replicas,
+        corrupt_job_results: jobs.corrupt_results,
     };
     let (daemon, recovered) = Daemon::start(mesh, identity.clone(), opts).await?;
     show_recovery(&recovered);

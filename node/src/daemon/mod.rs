@@ -104,6 +104,8 @@ pub struct DaemonOptions {
     pub trust: jobs::TrustSource,
     /// How much each submitter may submit.
     pub submitter_limits: crate::policy::submitters::SubmitterLimits,
+    /// Whether the node runs job replicas (false: it only places the jobs submitted to it).
+    pub run_job_replicas: bool,
     /// Tests only: report a wrong result hash for every replica run here.
     pub corrupt_job_results: bool,
 }
@@ -186,6 +188,7 @@ impl Daemon {
             jobs: jobs::JobsHere::new(
                 opts.trust.clone(),
                 opts.submitter_limits,
+                opts.run_job_replicas,
                 opts.corrupt_job_results,
             ),
             myself: slot.clone(),

@@ -15,6 +15,7 @@
 //! stop and are reaped (their VMMs with them), then the temporary directory goes. A second
 //! signal hurries it: the nodes are killed at once (their VMMs die with them).
 
+mod jobs;
 mod tour;
 mod view;
 
@@ -53,7 +54,21 @@ pub struct DemoArgs {
     /// Seconds between the VM's moves.
     #[arg(long, default_value_t = 20)]
     move_every: u64,
+    /// Do not tell the job story (sample jobs, a node killed under one).
+    #[arg(long)]
+    no_jobs: bool,
+    /// Run the story once (the jobs, the kill and recovery, one live move of the VM), then
+    /// stop; exit 0 only if every step succeeded.
+    #[arg(long)]
+    check: bool,
+    /// With --check: print one JSON object summing up each step on stdout (the running
+    /// commentary goes to stderr).
+    #[arg(long, requires = "check")]
+    json: bool,
 }
+
+/// Nodes the job story needs: node-001 (the entry node) and three to run a job's replicas.
+const STORY_NODES: usize = 4;
 
 /// The demo VM's name.
 const VM_NAME: &str = "wanderer";
@@ -81,7 +96,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.nodes,
         root.path.display()
     ));
-    let mesh = match LocalMesh::start(&root.path, args.nodes, &[], &|| signals() > 0) {
+    // The story needs an entry node and three nodes to run a job's replicas.
+    let story = match args.no_jobs || args.nodes < STORY_NODES {
+        true => None,
+        false => Some(StoryKey::make(&root.path)?),
+    };
+    if !args.no_jobs && args.nodes < STORY_NODES {
+        note(&format!(
+            "novacron: the job story needs {STORY_NODES} nodes or more; it is left out"
+        ));
+    }
+    let extra = story.as_ref().map(|k| k.node_args()).unwrap_or_default();
+    // node-001 is the story's entry node: it places jobs and runs none, so the node the
+    // story kills is never the one that placed the job.
+    let first_extra = vec!["--no-job-replicas".to_string()];
+    let mesh = match LocalMesh::start(&root.path, args.nodes, &extra, &first_extra, &|| {
+        signals() > 0
+    }) {
         Ok(mesh) => mesh,
         // Interrupted while the first node started: it is stopped already.
         Err(_) if signals() > 0 => {
@@ -100,13 +131,86 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         shown: None,
         wanderer: None,
         vm_off: args.no_vm,
+        story: story.map(|key| (key, jobs::JobStory::default())),
+        moves: Vec::new(),
     };
     let result = demo.show();
+    let summary = demo.summary();
     demo.stop();
     drop(demo);
     // The nodes are reaped: only now may their directories go.
     drop(root);
-    result.map(|()| ExitCode::SUCCESS)
+    result?;
+    if !args.check {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&summary)?)?;
+    } else {
+        for s in &summary.steps {
+            let word = if s.ok { "ok" } else { "FAILED" };
+            outln!("{word:6} {:10} {:6.1} s  {}", s.step, s.seconds, s.detail)?;
+        }
+    }
+    Ok(if summary.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What `demo --check` found: each step, and whether all succeeded.
+#[derive(serde::Serialize)]
+struct Summary {
+    ok: bool,
+    nodes: usize,
+    steps: Vec<jobs::StepReport>,
+}
+
+/// The submitter key the demo signs its jobs with (in its directory), trusted by its nodes
+/// through a config file beside it.
+struct StoryKey {
+    key: novacron_mesh::submitter_key::SubmitterKey,
+    config: PathBuf,
+}
+
+impl StoryKey {
+    fn make(root: &std::path::Path) -> anyhow::Result<StoryKey> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("cannot create {}", root.display()))?;
+        let path = root.join("demo-submitter.key");
+        let key = match path.exists() {
+            true => novacron_mesh::submitter_key::SubmitterKey::load(&path)?,
+            false => novacron_mesh::submitter_key::SubmitterKey::create(&path)?,
+        };
+        let config = root.join("demo-node.yaml");
+        std::fs::write(
+            &config,
+            format!("trustedSubmitters:\n  - {}\n", key.public()),
+        )
+        .with_context(|| format!("cannot write {}", config.display()))?;
+        Ok(StoryKey { key, config })
+    }
+
+    fn node_args(&self) -> Vec<String> {
+        vec!["--config".into(), self.config.display().to_string()]
+    }
+
+    /// `spec` signed for a submission, valid for an hour.
+    fn sign(&self, spec: &str) -> anyhow::Result<crate::api::types::SubmitJobRequest> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no random bytes: {e}"))?;
+        let bytes = novacron_mesh::submission::Submission::new(
+            spec.as_bytes().to_vec(),
+            nonce,
+            novacron_mesh::swarm::clock::unix_now(),
+            Duration::from_secs(3600),
+        )
+        .sign(self.key.identity())?;
+        Ok(crate::api::types::SubmitJobRequest {
+            submission: novacron_mesh::util::hex::encode(&bytes),
+        })
+    }
 }
 
 /// The nodes' root directory; a temporary one is removed when this is dropped (also when
@@ -168,6 +272,10 @@ struct Demo<'a> {
     wanderer: Option<Wanderer>,
     /// No VM (`--no-vm`), or it failed: the mesh runs on without it.
     vm_off: bool,
+    /// The job story and the key it signs with (none with `--no-jobs`).
+    story: Option<(StoryKey, jobs::JobStory)>,
+    /// The VM's moves as `--check` reports them.
+    moves: Vec<jobs::StepReport>,
 }
 
 impl Demo<'_> {
@@ -189,7 +297,7 @@ impl Demo<'_> {
             .args
             .seconds
             .map(|s| self.started + Duration::from_secs(s));
-        while signals() == 0 && until.is_none_or(|u| Instant::now() < u) {
+        while signals() == 0 && until.is_none_or(|u| Instant::now() < u) && !self.checked() {
             std::thread::sleep(Duration::from_millis(250));
             let Ok(status) = self.mesh().nodes[0].status() else {
                 continue;
@@ -205,11 +313,126 @@ impl Demo<'_> {
                         "novacron: demo VM: {e:#} (the mesh runs on without it)"
                     ));
                     self.vm_off = true;
+                    self.moves.push(jobs::StepReport {
+                        step: "live_move",
+                        ok: false,
+                        seconds: 0.0,
+                        detail: format!("the touring VM failed: {e:#}"),
+                    });
                 }
+            }
+            // The story starts once the whole cell is up.
+            if live.len() >= self.args.nodes || self.story_started() {
+                self.tell_story()?;
             }
             self.show_table(&status)?;
         }
         Ok(())
+    }
+
+    /// With `--check`: whether the story is told and the VM moved once (or failed).
+    fn checked(&self) -> bool {
+        if !self.args.check {
+            return false;
+        }
+        let story_done = self.story.as_ref().is_none_or(|(_, s)| s.done());
+        let moved = self.vm_off || !self.moves.is_empty();
+        story_done && moved
+    }
+
+    fn story_started(&self) -> bool {
+        self.story
+            .as_ref()
+            .is_some_and(|(_, s)| !s.reports.is_empty())
+    }
+
+    /// What `--check` reports.
+    fn summary(&self) -> Summary {
+        let mut steps = self
+            .story
+            .as_ref()
+            .map(|(_, s)| s.reports.clone())
+            .unwrap_or_default();
+        steps.extend(self.moves.iter().take(1).cloned());
+        if self.args.check && !self.checked() {
+            steps.push(jobs::StepReport {
+                step: "finished",
+                ok: false,
+                seconds: self.started.elapsed().as_secs_f64(),
+                detail: "the demo stopped before every step was done".into(),
+            });
+        }
+        Summary {
+            ok: steps.iter().all(|s| s.ok) && !steps.is_empty(),
+            nodes: self.args.nodes,
+            steps,
+        }
+    }
+
+    /// One step of the job story: what it asks, done.
+    fn tell_story(&mut self) -> anyhow::Result<()> {
+        let Some((key, mut story)) = self.story.take() else {
+            return Ok(());
+        };
+        let wanderer_on = self.wanderer.as_ref().map(|w| w.node);
+        let mut acts = story.step(wanderer_on);
+        let result = (|| -> anyhow::Result<()> {
+            while let Some(act) = acts.pop() {
+                match act {
+                    jobs::Act::Say(line) => self.say(&format!("{}{line}", self.at()))?,
+                    jobs::Act::Kill { node } => {
+                        if let Some(mesh) = self.mesh.as_mut() {
+                            mesh.nodes[node].kill9();
+                        }
+                        self.clients[node] = None;
+                    }
+                    jobs::Act::Submit { spec } => {
+                        let client = self.client(0)?;
+                        let body = key.sign(&spec)?;
+                        let job = self
+                            .runtime
+                            .block_on(
+                                client.post::<_, crate::api::types::JobInfo>("/api/v1/jobs", &body),
+                            )
+                            .map_err(|e| e.to_string());
+                        acts.extend(story.submitted(job));
+                    }
+                    jobs::Act::Look { job } => {
+                        let client = self.client(0)?;
+                        let path = format!("/api/v1/jobs/{}", path_segment(&job));
+                        let Ok(info) = self
+                            .runtime
+                            .block_on(client.get::<crate::api::types::JobInfo>(&path))
+                        else {
+                            continue;
+                        };
+                        let names =
+                            |peer: &str| (self.names.label(peer), self.names.index_of(peer));
+                        let mut result = |id: &str| {
+                            let path = format!("/api/v1/jobs/{}/result", path_segment(id));
+                            match self.runtime.block_on(client.get_bytes(&path)) {
+                                Ok(b) => last_line(&b),
+                                Err(e) => format!("(cannot read it: {e})"),
+                            }
+                        };
+                        acts.extend(story.seen(&info, &names, &mut result));
+                    }
+                }
+            }
+            Ok(())
+        })();
+        self.story = Some((key, story));
+        result
+    }
+
+    /// A line of commentary: stdout, or stderr under `--json` (stdout is the summary's).
+    fn say(&self, line: &str) -> anyhow::Result<()> {
+        if self.args.json {
+            eprintln!("{line}");
+            Ok(())
+        } else {
+            outln!("{line}")
+        }
     }
 
     fn learn_names(&mut self) {
@@ -246,12 +469,12 @@ impl Demo<'_> {
             return Ok(());
         }
         let live = cell.members.iter().filter(|m| m.live).count();
-        outln!(
+        self.say(&format!(
             "{}cell of node-001: {live} of {} nodes live\n{}",
             self.at(),
             self.args.nodes,
             view::members_table(&self.names, &cell.members, here.as_ref())
-        )?;
+        ))?;
         self.shown = Some(key);
         Ok(())
     }
@@ -306,13 +529,13 @@ impl Demo<'_> {
         }))?;
         let client = self.client(0)?;
         let vm: VmInfo = self.runtime.block_on(client.post("/api/v1/vms", &spec))?;
-        outln!(
+        self.say(&format!(
             "{}{VM_NAME} (VM {}, {}) starts on node-001: {}",
             self.at(),
             vm.id,
             spec.guest.as_deref().unwrap_or("?"),
             view::vm_state(&vm)
-        )?;
+        ))?;
         self.wanderer = Some(Wanderer {
             id: vm.id.clone(),
             node: 0,
@@ -332,13 +555,13 @@ impl Demo<'_> {
         let Some(peer) = self.mesh().nodes[to].peer_id() else {
             return Ok(());
         };
-        outln!(
+        self.say(&format!(
             "{}{VM_NAME} on {} is {}; moving it live to {}",
             self.at(),
             Names::name(from),
             view::vm_state(vm),
             Names::name(to)
-        )?;
+        ))?;
         let client = self.client(from)?;
         let request = MigrationRequest {
             to: peer,
@@ -355,7 +578,17 @@ impl Demo<'_> {
             w.visits.arrive(to);
         }
         let line = view::move_line(VM_NAME, &Names::name(from), &Names::name(to), &ended);
-        outln!("{}{line}", self.at())
+        self.moves.push(jobs::StepReport {
+            step: "live_move",
+            ok: ended.state == MigrationState::Done,
+            seconds: ended
+                .ended_at_ms
+                .unwrap_or(ended.started_at_ms)
+                .saturating_sub(ended.started_at_ms) as f64
+                / 1000.0,
+            detail: line.clone(),
+        });
+        self.say(&format!("{}{line}", self.at()))
     }
 
     /// Stops everything in order: the VM (a move under way was settled in `move_vm`), the
@@ -408,6 +641,17 @@ async fn settle(client: &ApiClient, started: MigrationInfo) -> anyhow::Result<Mi
         m = client.get(&path).await?;
     }
     Ok(m)
+}
+
+/// The last non-empty line of a job's output.
+fn last_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 /// Stop signals received (SIGINT, SIGTERM, SIGHUP).

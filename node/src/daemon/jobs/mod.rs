@@ -90,6 +90,8 @@ pub struct JobsHere {
     gate: Mutex<SubmitterGate>,
     /// Agreement of peers' results with the quorum.
     reputation: Mutex<Reputation>,
+    /// Whether replicas run here at all.
+    run_replicas: bool,
     /// Tests only: replicas run here report a wrong hash.
     corrupt_results: bool,
 }
@@ -98,7 +100,12 @@ pub struct JobsHere {
 const REPUTATION_PEERS: usize = 4096;
 
 impl JobsHere {
-    pub fn new(trust: TrustSource, limits: SubmitterLimits, corrupt_results: bool) -> JobsHere {
+    pub fn new(
+        trust: TrustSource,
+        limits: SubmitterLimits,
+        run_replicas: bool,
+        corrupt_results: bool,
+    ) -> JobsHere {
         JobsHere {
             link: OnceLock::new(),
             trust,
@@ -110,6 +117,7 @@ impl JobsHere {
             placing_replicas: Mutex::new(HashSet::new()),
             gate: Mutex::new(SubmitterGate::new(limits)),
             reputation: Mutex::new(Reputation::new(REPUTATION_PEERS)),
+            run_replicas,
             corrupt_results,
         }
     }

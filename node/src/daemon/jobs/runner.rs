@@ -29,9 +29,15 @@ use crate::policy::admission::Load;
 use crate::state::{JobRecord, JobRole};
 use crate::vms::paths::VmPaths;
 
+/// The refusal of a node started with `--no-job-replicas`.
+const NO_REPLICAS: &str = "this node runs no job replicas (it was started with --no-job-replicas)";
+
 impl Daemon {
     /// Would this node take a replica of this size now (by its own accounting)?
     pub(super) fn job_offer(&self, _backend: Backend, vcpus: u8, memory_mib: u64) -> JobResponse {
+        if !self.jobs.run_replicas {
+            return JobResponse::refuse(NO_REPLICAS);
+        }
         let acc = self.accounting();
         if let Err(short) = acc.admit(Load::new(vcpus, memory_mib << 20)) {
             return JobResponse::refuse(format!("this node cannot take it now: {short}"));
@@ -69,6 +75,9 @@ impl Daemon {
         replica: u32,
         generation: u64,
     ) -> Result<String, String> {
+        if !self.jobs.run_replicas {
+            return Err(NO_REPLICAS.into());
+        }
         let verified = submission::open(submission_bytes).map_err(|e| e.to_string())?;
         self.check_trusted(&verified.submitter)
             .map_err(|e| e.to_string())?;

@@ -1,0 +1,456 @@
+//! The demo's job story, told once the cell is up: three jobs signed with a submitter key
+//! the demo made and submitted through node-001 (an entry node: it places jobs and runs
+//! none, `--no-job-replicas`), each followed to its end in plain words:
+//!
+//! 1. `hello`: one replica; where it ran, how long it took, what it printed.
+//! 2. `tally`: three replicas on three nodes; the result the quorum agreed on.
+//! 3. `marathon`: a long counter; once it runs, its node is killed (kill -9, its VMMs die
+//!    with it); node-001's cell declares it dead, the job is placed again on a survivor at
+//!    a new generation and starts over (no checkpoint is pushed to peers yet), and finishes
+//!    with the result an uninterrupted run prints.
+//!
+//! Pure bookkeeping and words; the demo's loop calls [`JobStory::step`] every tick with what
+//! it needs to act ([`Act`]) and records each step's outcome for `--check --json`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::api::types::{JobInfo, JobState, ReplicaState};
+
+/// The marathon's guest: long enough to be killed mid-run and to finish after it moved.
+pub const MARATHON_GUEST: &str = "builtin:counter:passes=12";
+/// How long the marathon runs before its node is killed.
+const KILL_AFTER: Duration = Duration::from_secs(4);
+/// How long any job of the story may take to get where the story waits for.
+const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// One step's outcome, for `demo --check --json`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StepReport {
+    pub step: &'static str,
+    pub ok: bool,
+    pub seconds: f64,
+    pub detail: String,
+}
+
+/// What the story asks of the demo.
+pub enum Act {
+    /// Sign and submit this spec (JSON) through node-001; report the job with
+    /// [`JobStory::submitted`].
+    Submit { spec: String },
+    /// Read this job from node-001; report with [`JobStory::seen`].
+    Look { job: String },
+    /// Kill node `node` (index) with kill -9.
+    Kill { node: usize },
+    /// Say this line.
+    Say(String),
+}
+
+#[derive(Clone, Debug)]
+enum Phase {
+    Hello,
+    Tally,
+    Marathon,
+    /// The marathon runs on node `on` since `since`.
+    MarathonRuns {
+        on: usize,
+        since: Instant,
+    },
+    /// Its node was killed at `at`.
+    Killed {
+        on: usize,
+        at: Instant,
+    },
+    /// It runs again on `on` (generation 2 or later).
+    Recovered,
+    Done,
+}
+
+pub struct JobStory {
+    phase: Phase,
+    /// The job of the current phase once submitted, and when.
+    job: Option<(String, Instant)>,
+    asked: bool,
+    pub reports: Vec<StepReport>,
+}
+
+impl Default for JobStory {
+    fn default() -> Self {
+        JobStory {
+            phase: Phase::Hello,
+            job: None,
+            asked: false,
+            reports: Vec::new(),
+        }
+    }
+}
+
+impl JobStory {
+    pub fn done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// The next thing to do. `wanderer_on`: the node holding the demo's touring VM (its node
+    /// is not killed while it is there).
+    pub fn step(&mut self, wanderer_on: Option<usize>) -> Vec<Act> {
+        let Some((job, since)) = self.job.clone() else {
+            if self.asked || matches!(self.phase, Phase::Done) {
+                return Vec::new();
+            }
+            self.asked = true;
+            let spec = match self.phase {
+                Phase::Hello => {
+                    r#"{"name":"hello","payload":{"guest":"builtin:hello"},"memoryMib":16}"#
+                        .to_string()
+                }
+                Phase::Tally => r#"{"name":"tally","payload":{"guest":"builtin:counter:passes=1"},
+                    "memoryMib":32,"replicas":3,"quorum":2}"#
+                    .to_string(),
+                _ => format!(
+                    r#"{{"name":"marathon","payload":{{"guest":"{MARATHON_GUEST}"}},"memoryMib":32}}"#
+                ),
+            };
+            return vec![Act::Submit { spec }];
+        };
+        if since.elapsed() > STEP_TIMEOUT {
+            let step = self.step_name();
+            self.report(
+                step,
+                false,
+                since,
+                format!("no end within {STEP_TIMEOUT:?}"),
+            );
+            self.phase = Phase::Done;
+            return vec![Act::Say(format!(
+                "job story: {step} did not get on within {STEP_TIMEOUT:?}; the story stops"
+            ))];
+        }
+        if let Phase::MarathonRuns { on, since } = self.phase {
+            if since.elapsed() >= KILL_AFTER && wanderer_on != Some(on) {
+                self.phase = Phase::Killed {
+                    on,
+                    at: Instant::now(),
+                };
+                return vec![
+                    Act::Say(format!(
+                        "killing {} (kill -9) while it runs job marathon: its VMs die with it",
+                        node_name(on)
+                    )),
+                    Act::Kill { node: on },
+                ];
+            }
+        }
+        vec![Act::Look { job }]
+    }
+
+    /// The job a [`Act::Submit`] made (or why it failed).
+    pub fn submitted(&mut self, job: Result<JobInfo, String>) -> Vec<Act> {
+        self.asked = false;
+        match job {
+            Ok(j) => {
+                let line = format!(
+                    "job {} ({}) submitted through node-001: {} replica(s), quorum {}",
+                    j.spec.name.as_deref().unwrap_or("?"),
+                    &j.id[..12],
+                    j.spec.replicas,
+                    j.spec.quorum()
+                );
+                self.job = Some((j.id, Instant::now()));
+                vec![Act::Say(line)]
+            }
+            Err(e) => {
+                let step = self.step_name();
+                self.report(step, false, Instant::now(), e.clone());
+                self.phase = Phase::Done;
+                vec![Act::Say(format!("job story: cannot submit {step}: {e}"))]
+            }
+        }
+    }
+
+    /// What node-001 says of the current job; `names` turns PeerIds into demo names,
+    /// `result` fetches the agreed result's first line.
+    pub fn seen(
+        &mut self,
+        job: &JobInfo,
+        names: &dyn Fn(&str) -> (String, Option<usize>),
+        result: &mut dyn FnMut(&str) -> String,
+    ) -> Vec<Act> {
+        let Some((_, since)) = self.job.clone() else {
+            return Vec::new();
+        };
+        let node_of = |r: &crate::api::types::ReplicaInfo| {
+            r.node.as_deref().map(names).unwrap_or(("?".into(), None))
+        };
+        match self.phase.clone() {
+            Phase::Hello | Phase::Tally if job.state.is_final() => {
+                let step = self.step_name();
+                let ok = job.state == JobState::Succeeded;
+                let ran: Vec<String> = job
+                    .replicas
+                    .iter()
+                    .filter(|r| r.result_hash.is_some())
+                    .map(|r| node_of(r).0)
+                    .collect();
+                let detail = match (ok, step) {
+                    (true, "hello") => format!(
+                        "ran on {} in {:.1} s and printed {:?}",
+                        ran.join(", "),
+                        since.elapsed().as_secs_f64(),
+                        result(&job.id)
+                    ),
+                    (true, _) => format!(
+                        "{} replicas on {} agree on result {} ({:?})",
+                        ran.len(),
+                        ran.join(", "),
+                        &job.result_hash.as_deref().unwrap_or("?")[..12],
+                        result(&job.id)
+                    ),
+                    (false, _) => format!(
+                        "{}: {}",
+                        job.state.as_str(),
+                        job.detail.as_deref().unwrap_or("no detail")
+                    ),
+                };
+                self.report(step, ok, since, detail.clone());
+                self.next_phase();
+                vec![Act::Say(format!(
+                    "job {step} {}: {detail}",
+                    job.state.as_str()
+                ))]
+            }
+            Phase::Marathon => {
+                let r = &job.replicas[0];
+                match (r.state, node_of(r)) {
+                    (ReplicaState::Running, (name, Some(on))) => {
+                        self.phase = Phase::MarathonRuns {
+                            on,
+                            since: Instant::now(),
+                        };
+                        vec![Act::Say(format!("job marathon runs on {name}"))]
+                    }
+                    _ if job.state.is_final() => self.marathon_failed(job, since),
+                    _ => Vec::new(),
+                }
+            }
+            Phase::Killed { on, at } => {
+                let r = &job.replicas[0];
+                match (r.generation, r.state, node_of(r)) {
+                    (g, ReplicaState::Running, (name, Some(now))) if g > 1 && now != on => {
+                        self.report(
+                            "recovery",
+                            true,
+                            at,
+                            format!(
+                                "{} died; the job runs again on {name} (generation {g}) {:.1} s later",
+                                node_name(on),
+                                at.elapsed().as_secs_f64()
+                            ),
+                        );
+                        self.phase = Phase::Recovered;
+                        vec![Act::Say(format!(
+                            "node-001's cell saw {} die: job marathon is placed again on {name} \
+                             (generation {g}) and starts over ({:.1} s after the kill)",
+                            node_name(on),
+                            at.elapsed().as_secs_f64()
+                        ))]
+                    }
+                    _ if job.state.is_final() => self.marathon_failed(job, since),
+                    _ => Vec::new(),
+                }
+            }
+            Phase::Recovered if job.state.is_final() => {
+                let ok = job.state == JobState::Succeeded;
+                let detail = match ok {
+                    true => format!("succeeded after the move and printed {:?}", result(&job.id)),
+                    false => job.detail.clone().unwrap_or_default(),
+                };
+                self.report("marathon", ok, since, detail.clone());
+                self.phase = Phase::Done;
+                vec![Act::Say(format!(
+                    "job marathon {}: {detail}",
+                    job.state.as_str()
+                ))]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn marathon_failed(&mut self, job: &JobInfo, since: Instant) -> Vec<Act> {
+        let detail = format!(
+            "ended {} before the story's kill and recovery: {}",
+            job.state.as_str(),
+            job.detail.as_deref().unwrap_or("no detail")
+        );
+        self.report("marathon", false, since, detail.clone());
+        self.phase = Phase::Done;
+        vec![Act::Say(format!("job marathon {detail}"))]
+    }
+
+    fn next_phase(&mut self) {
+        self.job = None;
+        self.phase = match self.phase {
+            Phase::Hello => Phase::Tally,
+            Phase::Tally => Phase::Marathon,
+            _ => Phase::Done,
+        };
+    }
+
+    fn step_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Hello => "hello",
+            Phase::Tally => "tally",
+            Phase::Killed { .. } => "recovery",
+            _ => "marathon",
+        }
+    }
+
+    fn report(&mut self, step: &'static str, ok: bool, since: Instant, detail: String) {
+        self.reports.push(StepReport {
+            step,
+            ok,
+            seconds: since.elapsed().as_secs_f64(),
+            detail,
+        });
+    }
+}
+
+fn node_name(i: usize) -> String {
+    super::view::Names::name(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, state: JobState, replicas: Vec<(ReplicaState, &str, u64)>) -> JobInfo {
+        let spec = serde_json::json!({"name": name, "payload": {"guest": "builtin:hello"}});
+        JobInfo {
+            id: "ab".repeat(32),
+            spec: serde_json::from_value(spec).unwrap(),
+            submitter: "ed25519:00".into(),
+            state,
+            detail: None,
+            origin: "o".into(),
+            replicas: replicas
+                .into_iter()
+                .enumerate()
+                .map(
+                    |(i, (state, node, generation))| crate::api::types::ReplicaInfo {
+                        index: i as u32,
+                        state,
+                        node: Some(node.into()),
+                        generation,
+                        vm_id: None,
+                        result_hash: (state == ReplicaState::Finished).then(|| "cd".repeat(32)),
+                        log_set: None,
+                        result_set: None,
+                        detail: None,
+                        updated_at_ms: 0,
+                    },
+                )
+                .collect(),
+            result_hash: (state == JobState::Succeeded).then(|| "cd".repeat(32)),
+            retries: 0,
+            submitted_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn names(peer: &str) -> (String, Option<usize>) {
+        let i: usize = peer.trim_start_matches('p').parse().unwrap();
+        (node_name(i), Some(i))
+    }
+
+    #[test]
+    fn the_story_runs_its_steps_in_order_and_kills_the_marathons_node() {
+        let mut s = JobStory::default();
+        let mut result = |_: &str| "result=1".to_string();
+        assert!(matches!(s.step(None)[..], [Act::Submit { .. }]));
+        assert!(s.step(None).is_empty(), "one submission at a time");
+        s.submitted(Ok(job("hello", JobState::Queued, vec![])));
+        assert!(matches!(s.step(None)[..], [Act::Look { .. }]));
+        let says = s.seen(
+            &job(
+                "hello",
+                JobState::Succeeded,
+                vec![(ReplicaState::Finished, "p2", 1)],
+            ),
+            &names,
+            &mut result,
+        );
+        assert!(
+            matches!(&says[..], [Act::Say(l)] if l.contains("node-003")),
+            "hello names its node"
+        );
+        // Tally.
+        assert!(matches!(&s.step(None)[..], [Act::Submit { spec }] if spec.contains("tally")));
+        s.submitted(Ok(job("tally", JobState::Queued, vec![])));
+        s.seen(
+            &job(
+                "tally",
+                JobState::Succeeded,
+                vec![(ReplicaState::Finished, "p1", 1)],
+            ),
+            &names,
+            &mut result,
+        );
+        // Marathon: runs on node 3, which holds the touring VM: no kill until it leaves.
+        s.step(None);
+        s.submitted(Ok(job("marathon", JobState::Queued, vec![])));
+        s.seen(
+            &job(
+                "marathon",
+                JobState::Running,
+                vec![(ReplicaState::Running, "p3", 1)],
+            ),
+            &names,
+            &mut result,
+        );
+        if let Phase::MarathonRuns { on, .. } = &mut s.phase {
+            assert_eq!(*on, 3);
+        }
+        s.phase = Phase::MarathonRuns {
+            on: 3,
+            since: Instant::now() - KILL_AFTER,
+        };
+        assert!(matches!(s.step(Some(3))[..], [Act::Look { .. }]));
+        let acts = s.step(Some(1));
+        assert!(acts.iter().any(|a| matches!(a, Act::Kill { node: 3 })));
+        // Placed again elsewhere, then done.
+        s.seen(
+            &job(
+                "marathon",
+                JobState::Running,
+                vec![(ReplicaState::Running, "p2", 2)],
+            ),
+            &names,
+            &mut result,
+        );
+        assert!(matches!(s.phase, Phase::Recovered));
+        s.seen(
+            &job(
+                "marathon",
+                JobState::Succeeded,
+                vec![(ReplicaState::Finished, "p2", 2)],
+            ),
+            &names,
+            &mut result,
+        );
+        assert!(
+            s.done() && s.reports.iter().all(|r| r.ok),
+            "{:?}",
+            s.reports
+        );
+        let steps: Vec<&str> = s.reports.iter().map(|r| r.step).collect();
+        assert_eq!(steps, ["hello", "tally", "recovery", "marathon"]);
+    }
+
+    #[test]
+    fn a_failed_submission_ends_the_story_as_failed() {
+        let mut s = JobStory::default();
+        s.step(None);
+        s.submitted(Err("403: untrusted".into()));
+        assert!(s.done() && s.reports.iter().any(|r| !r.ok));
+    }
+}
