@@ -20,17 +20,19 @@ mod guest;
 #[path = "common/mesh.rs"]
 mod mesh;
 #[allow(dead_code)]
+#[path = "common/node_api.rs"]
+mod node_api;
+#[allow(dead_code)]
 #[path = "common/proc.rs"]
 mod proc;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
 use guest::kvm_usable;
 use mesh::{live_count, wait_listening, wait_until};
+use node_api::{http, vmm_processes};
 use novacron_mesh::submission::Submission;
 use novacron_mesh::submitter_key::SubmitterKey;
 use proc::Proc;
@@ -218,31 +220,6 @@ fn wait_job(node: &Node, id: &str, procs: &[&Proc], done: impl Fn(&Value) -> boo
     last
 }
 
-/// Plain HTTP on the node's API with a JSON body; (status, body).
-fn http_post(dir: &Path, path: &str, json: &Value) -> (u16, String) {
-    let url = std::fs::read_to_string(dir.join("api.url")).unwrap();
-    let host = url.trim().trim_start_matches("http://").to_string();
-    let mut s = TcpStream::connect(&host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = json.to_string();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_string())
-}
-
 fn now() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -263,33 +240,12 @@ fn signed(key: &SubmitterKey, spec: &str, nonce: u8, issued: Duration, lifetime:
 
 fn post_submission(node: &Node, bytes: &[u8]) -> (u16, String) {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    http_post(
+    http(
         &node.dir,
+        "POST",
         "/api/v1/jobs",
-        &serde_json::json!({ "submission": hex }),
+        Some(&serde_json::json!({ "submission": hex })),
     )
-}
-
-/// Processes whose cgroup names VM `id`'s VMM.
-fn vmm_processes(id: &str) -> Vec<i32> {
-    let needle = format!("/vm-{id}-");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .is_ok_and(|c| c.contains(&needle))
-                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                    !matches!(
-                        s.rsplit_once(')')
-                            .and_then(|(_, r)| r.split_whitespace().next()),
-                        Some("Z" | "X")
-                    )
-                })
-        })
-        .collect()
 }
 
 const HELLO: &str = "Hello from the NovaCron guest kit";

@@ -8,6 +8,9 @@ mod guest;
 #[path = "common/mesh.rs"]
 mod mesh;
 #[allow(dead_code)]
+#[path = "common/node_api.rs"]
+mod node_api;
+#[allow(dead_code)]
 #[path = "common/proc.rs"]
 mod proc;
 
@@ -20,6 +23,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use mesh::{live_count, wait_listening, wait_until};
+use node_api::{http, pid_alive, vmm_processes};
 use proc::Proc;
 use serde_json::Value;
 
@@ -218,68 +222,9 @@ fn assert_runs_at_lowest_priority(pid: i64) {
     }
 }
 
-/// Whether `pid` runs (a zombie waiting for a parent that is not ours to reap it counts as
-/// ended).
-fn pid_alive(pid: i64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    pid > 0 && state != Some("Z") && state != Some("X")
-}
-
-/// Processes whose cgroup names VM `id`'s VMM (any node's tag).
-fn vmm_processes(id: &str) -> Vec<i32> {
-    let needle = format!("/vm-{id}-");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .is_ok_and(|c| c.contains(&needle))
-                && pid_alive(i64::from(*pid))
-        })
-        .collect()
-}
-
 /// Plain HTTP GET on the node's API; (status, body).
 fn http_get(dir: &Path, path: &str) -> (u16, String) {
     http(dir, "GET", path, None)
-}
-
-/// Plain HTTP on the node's API, with a JSON body when given; (status, body).
-fn http(dir: &Path, method: &str, path: &str, json: Option<&Value>) -> (u16, String) {
-    let url = std::fs::read_to_string(dir.join("api.url")).unwrap();
-    let host = url.trim().trim_start_matches("http://").to_string();
-    let mut s = TcpStream::connect(&host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = json.map(Value::to_string).unwrap_or_default();
-    let content_type = if json.is_some() {
-        "Content-Type: application/json\r\n"
-    } else {
-        ""
-    };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{content_type}\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    // Chunked bodies: good enough to search for lines in.
-    (status, body.to_string())
 }
 
 /// Stops every VM still active on the node (test cleanup: adopted VMMs are no children of

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 
 use super::api_args::{block_on, interrupts, ApiArgs};
 use super::human::{ago, resolve_id, short_ids, short_peer, Table};
@@ -19,9 +19,10 @@ use crate::model::MAX_SERIAL_BYTES;
 
 #[derive(Args, Debug)]
 pub struct JobsArgs {
-    /// Only jobs in this state.
-    #[arg(long, value_enum)]
-    state: Option<StateArg>,
+    /// Only jobs in this state (queued, placed, running, migrating, succeeded, failed,
+    /// cancelled, lost).
+    #[arg(long, value_parser = parse_state)]
+    state: Option<JobState>,
     /// Print JSON: the list as one JSON document.
     #[arg(long)]
     json: bool,
@@ -29,31 +30,12 @@ pub struct JobsArgs {
     api: ApiArgs,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum StateArg {
-    Queued,
-    Placed,
-    Running,
-    Migrating,
-    Succeeded,
-    Failed,
-    Cancelled,
-    Lost,
-}
-
-impl StateArg {
-    fn state(self) -> JobState {
-        match self {
-            StateArg::Queued => JobState::Queued,
-            StateArg::Placed => JobState::Placed,
-            StateArg::Running => JobState::Running,
-            StateArg::Migrating => JobState::Migrating,
-            StateArg::Succeeded => JobState::Succeeded,
-            StateArg::Failed => JobState::Failed,
-            StateArg::Cancelled => JobState::Cancelled,
-            StateArg::Lost => JobState::Lost,
-        }
-    }
+/// A job state by its word (`running`, `succeeded`, ...).
+fn parse_state(word: &str) -> Result<JobState, String> {
+    JobState::parse(word).ok_or_else(|| {
+        let words: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("not a job state: give one of {}", words.join(", "))
+    })
 }
 
 #[derive(Args, Debug)]
@@ -94,7 +76,7 @@ pub fn run_list(args: JobsArgs) -> anyhow::Result<ExitCode> {
     let client = args.api.client()?;
     block_on(async move {
         let path = match args.state {
-            Some(s) => format!("/api/v1/jobs?state={}", s.state().as_str()),
+            Some(s) => format!("/api/v1/jobs?state={}", s.as_str()),
             None => "/api/v1/jobs".to_string(),
         };
         let jobs: Vec<JobInfo> = client.get(&path).await?;

@@ -425,16 +425,8 @@ fn node_data_dir(
 
 #[cfg(test)]
 mod tests {
+    use super::super::api_args::env_of;
     use super::*;
-    use std::collections::HashMap;
-
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k: &str| map.get(k).cloned()
-    }
 
     #[test]
     fn the_keys_directory_is_the_flag_then_env_then_xdg_then_home() {
