@@ -598,3 +598,90 @@ fn a_job_whose_node_is_killed_finishes_elsewhere_once_and_the_nodes_return_does_
         "the finished replica's VMM is gone"
     );
 }
+
+#[test]
+fn a_job_whose_owner_needs_the_machine_moves_live_and_its_record_follows_it() {
+    if !kvm_usable("a_job_whose_owner_needs_the_machine_moves_live_and_its_record_follows_it") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, public) = key(tmp.path(), "alice");
+    let keys_dir = tmp.path().join("keys");
+    // node-0 places jobs and runs none; the others give way when their owner is active.
+    let nodes = cell(tmp.path(), 3, &[&public], |i| match i {
+        0 => vec!["--no-job-replicas".into()],
+        _ => vec![
+            "yaml:politeness:".into(),
+            "yaml:  runWhileInUse: false".into(),
+        ],
+    });
+    let (guest, expected) = guest::counter(12);
+    let spec = format!("name: mover\npayload:\n  guest: {guest}\nmemoryMib: 32\n");
+    let accepted = submit(&nodes[0], &keys_dir, "alice", &spec);
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let procs: Vec<&Proc> = nodes.iter().map(|n| &n.proc).collect();
+    let running = wait_job(&nodes[0], &id, &procs, |j| j["state"] == "running");
+    let from = running["replicas"][0]["node"].as_str().unwrap().to_string();
+    let vm = running["replicas"][0]["vm_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let owner_node = nodes.iter().find(|n| n.peer == from).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // The volunteer sits down at the machine: its VMs must go.
+    let owner = novacron(&[
+        "owner",
+        "active",
+        "--data-dir",
+        owner_node.dir.to_str().unwrap(),
+    ]);
+    assert!(
+        owner.status.success(),
+        "{}",
+        String::from_utf8_lossy(&owner.stderr)
+    );
+    let moved = wait_job(&nodes[0], &id, &procs, |j| {
+        j["replicas"][0]["node"].as_str().is_some_and(|n| n != from)
+    });
+    let r = &moved["replicas"][0];
+    assert_eq!(r["generation"], 1, "a move is not a restart: {moved}");
+    assert_eq!(r["moved_from"].as_str(), Some(from.as_str()), "{moved}");
+    assert_eq!(
+        r["vm_id"].as_str(),
+        Some(vm.as_str()),
+        "the same VM runs on: {moved}"
+    );
+    let done = wait_job(&nodes[0], &id, &procs, |j| {
+        j["state"]
+            .as_str()
+            .is_some_and(|s| s != "running" && s != "migrating")
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let result = novacron(&[
+        "job",
+        "result",
+        &id,
+        "--data-dir",
+        nodes[0].dir.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&result.stdout).to_string();
+    assert!(text.contains(&expected), "expected {expected:?} in {text}");
+    // The node it left has nothing of it running.
+    assert!(vmm_processes(&vm).is_empty());
+    let left = json_of(
+        &novacron(&[
+            "jobs",
+            "--json",
+            "--data-dir",
+            owner_node.dir.to_str().unwrap(),
+        ]),
+        "jobs",
+    );
+    let row = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(row["state"], "cancelled", "{row}");
+}

@@ -10,7 +10,12 @@
 //! anyone -> holder      Status { job }                  <- Status { job } | NotFound
 //! anyone -> runner      Logs { job, replica, offset }   <- Logs { bytes } | NotFound
 //! origin -> runner      Cancel { job, replica }         <- Ack | NotFound
+//! runner -> runner      Handover { submission, replica, vm }  <- Ack | Refuse
 //! ```
+//!
+//! `Handover` follows a replica's VM that moved to another node (politeness, drain): the
+//! node it left tells the node it reached which job the VM runs, and both tell the origin
+//! (`moved_to` from the one, `moved_from` from the other), in whichever order they arrive.
 //!
 //! The stream is authenticated by the mesh (noise): the receiver knows which peer sent a
 //! request, and a report is believed only from the node the origin placed the replica on.
@@ -56,6 +61,15 @@ pub enum JobRequest {
         replica: u32,
         offset: u64,
     },
+    /// The replica's VM `vm_id` moved to the receiver: it runs the replica from now on and
+    /// reports to `origin`.
+    Handover {
+        submission: String,
+        replica: u32,
+        generation: u64,
+        vm_id: String,
+        origin: String,
+    },
 }
 
 /// Where a replica is, as its node reports it to the origin.
@@ -71,6 +85,12 @@ pub struct ReplicaReport {
     pub log_set: Option<String>,
     pub result_set: Option<String>,
     pub detail: Option<String>,
+    /// The replica's VM moved to this peer (sent by the node it left).
+    #[serde(default)]
+    pub moved_to: Option<String>,
+    /// The replica's VM came from this peer (sent by the node it reached).
+    #[serde(default)]
+    pub moved_from: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -148,6 +168,23 @@ impl JobRequest {
                 }
                 (job_id, None)
             }
+            JobRequest::Handover {
+                submission,
+                replica,
+                vm_id,
+                origin,
+                ..
+            } => {
+                if submission.is_empty()
+                    || submission.len() > 2 * novacron_mesh::submission::MAX_SIGNED_SUBMISSION_LEN
+                {
+                    return Err(field("submission", "empty or over the size limit"));
+                }
+                if vm_id.is_empty() || vm_id.len() > 64 || origin.len() > MAX_PEER_ID_TEXT {
+                    return Err(field("vm_id", "a VM id and an origin peer id"));
+                }
+                return check_replica(*replica);
+            }
             JobRequest::Place {
                 submission,
                 replica,
@@ -169,6 +206,12 @@ impl JobRequest {
                 }
                 if !short(&r.detail) || r.vm_id.as_ref().is_some_and(|v| v.len() > 64) {
                     return Err(field("detail", "too long"));
+                }
+                if [&r.moved_to, &r.moved_from]
+                    .iter()
+                    .any(|p| p.as_ref().is_some_and(|p| p.len() > MAX_PEER_ID_TEXT))
+                {
+                    return Err(field("moved_to", "not a peer id"));
                 }
                 (&r.job_id, Some(r.replica))
             }
@@ -194,6 +237,9 @@ impl JobRequest {
         Ok(r)
     }
 }
+
+/// Longest peer id in text (an ed25519 PeerId is 52 characters).
+pub const MAX_PEER_ID_TEXT: usize = 128;
 
 /// Replicas are numbered from 0; retries add new numbers, up to this many in all.
 pub const MAX_REPLICA_INDEX: u32 = MAX_REPLICAS as u32 * 8;
@@ -305,7 +351,16 @@ mod tests {
                 log_set: Some(id()),
                 result_set: None,
                 detail: None,
+                moved_to: None,
+                moved_from: Some("12D3KooWpeer".into()),
             }),
+            JobRequest::Handover {
+                submission: "00ff".into(),
+                replica: 0,
+                generation: 1,
+                vm_id: "0123".into(),
+                origin: "12D3KooWorigin".into(),
+            },
             JobRequest::Cancel {
                 job_id: id(),
                 replica: 0,

@@ -589,6 +589,9 @@ pub struct ReplicaInfo {
     pub result_set: Option<String>,
     pub detail: Option<String>,
     pub updated_at_ms: u64,
+    /// The node its VM came from, when it moved (politeness, drain) at this generation.
+    #[serde(default)]
+    pub moved_from: Option<String>,
 }
 
 /// A job as the node that knows it sees it.

@@ -554,6 +554,7 @@ mod tests {
             result_set: None,
             detail: None,
             updated_at_ms: 0,
+            moved_from: None,
         };
         let outcome = |state, h| ReplicaReport::of(&info(state, h)).outcome;
         assert_eq!(

@@ -160,6 +160,7 @@ mod tests {
                     result_set: None,
                     detail: None,
                     updated_at_ms: 5,
+                    moved_from: None,
                 }],
                 result_hash: None,
                 retries: 0,

@@ -347,6 +347,7 @@ mod tests {
                         result_set: None,
                         detail: None,
                         updated_at_ms: 0,
+                        moved_from: None,
                     },
                 )
                 .collect(),

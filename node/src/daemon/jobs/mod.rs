@@ -6,10 +6,12 @@
 //!   answers for the job (status, logs, result) to any node that asks.
 //! - `runner`: a node asked to run a replica checks the submission again by its own trust,
 //!   admits the VM by its own accounting, follows it to its end and reports to the origin.
+//! - `handover`: a replica's VM that moved (politeness, drain) takes its job record along.
 //! - `serve`: the job protocol's requests, dispatched to those.
 //!
 //! What a node keeps here in memory is rebuilt from its database at start.
 
+mod handover;
 mod origin;
 mod runner;
 mod serve;

@@ -388,7 +388,21 @@ impl Daemon {
             // here: not stale, not yet taken (it says it again).
             return JobResponse::refuse("this replica's placement is still being recorded");
         }
-        if report.generation < r.generation || r.node.as_deref() != Some(from_s.as_str()) {
+        // The replica's VM moved (politeness, drain) from the node on record to `from`.
+        let moved_here = report.generation == r.generation
+            && report.moved_from.is_some()
+            && report.moved_from == r.node
+            && r.node.as_deref() != Some(from_s.as_str());
+        if moved_here && r.state != ReplicaState::Migrating {
+            return JobResponse::refuse("the replica's move is not on record here yet");
+        }
+        // The node it left says where it went, after the node it reached already did.
+        if report.moved_to.is_some() && report.moved_to == r.node {
+            return JobResponse::Ack;
+        }
+        if !moved_here
+            && (report.generation < r.generation || r.node.as_deref() != Some(from_s.as_str()))
+        {
             return JobResponse::refuse(format!(
                 "{STALE}: replica {} of job {} is at generation {} on {}; stop this copy",
                 r.index,
@@ -396,6 +410,32 @@ impl Daemon {
                 r.generation,
                 r.node.as_deref().unwrap_or("no node yet")
             ));
+        }
+        if let Some(to) = &report.moved_to {
+            let (job_id, index, to) = (report.job_id.clone(), report.replica, to.clone());
+            self.update_origin(&job_id, |job| {
+                if let Some(r) = job.replicas.iter_mut().find(|r| r.index == index) {
+                    r.node = Some(to.clone());
+                    r.moved_from = Some(from_s.clone());
+                    r.state = ReplicaState::Running;
+                    r.detail = Some(format!("its VM moved from {from_s} to {to}"));
+                }
+                job.state = progress_state(job);
+            });
+            return JobResponse::Ack;
+        }
+        if moved_here {
+            let (job_id, index) = (report.job_id.clone(), report.replica);
+            self.update_origin(&job_id, |job| {
+                if let Some(r) = job.replicas.iter_mut().find(|r| r.index == index) {
+                    r.detail = Some(format!(
+                        "its VM moved from {} to {from_s}",
+                        r.node.as_deref().unwrap_or("?")
+                    ));
+                    r.moved_from = r.node.take();
+                    r.node = Some(from_s.clone());
+                }
+            });
         }
         if r.state.is_final() {
             return JobResponse::Ack;
@@ -899,6 +939,7 @@ fn new_replica(index: u32) -> ReplicaInfo {
         result_set: None,
         detail: None,
         updated_at_ms: now_ms(),
+        moved_from: None,
     }
 }
 

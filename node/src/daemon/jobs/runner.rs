@@ -134,6 +134,7 @@ impl Daemon {
                 result_set: None,
                 detail: None,
                 updated_at_ms: now,
+                moved_from: None,
             }],
             result_hash: None,
             retries: 0,
@@ -315,6 +316,13 @@ impl Daemon {
             self.finish(&job_id, vm_id).await;
             return;
         }
+        if state == VmState::MovedAway {
+            self.jobs.unwatch(vm_id);
+            if let Some(me) = self.myself.get().and_then(std::sync::Weak::upgrade) {
+                tokio::spawn(me.hand_over(job_id, vm_id.to_string()));
+            }
+            return;
+        }
         self.update_runner(&job_id, |r| {
             if r.state.is_final() {
                 return;
@@ -423,7 +431,7 @@ impl Daemon {
         }
     }
 
-    async fn send_report(self: Arc<Self>, to: ReportTo) {
+    pub(super) async fn send_report(self: Arc<Self>, to: ReportTo) {
         if !self.jobs.start_sending(&to) {
             return;
         }
@@ -541,6 +549,8 @@ pub(super) fn report_of(job_id: &str, r: &ReplicaInfo) -> ReplicaReport {
         log_set: r.log_set.clone(),
         result_set: r.result_set.clone(),
         detail: r.detail.clone().map(crate::jobs::wire::cut),
+        moved_to: None,
+        moved_from: r.moved_from.clone(),
     }
 }
 

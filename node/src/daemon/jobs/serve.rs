@@ -64,6 +64,19 @@ impl Daemon {
                 replica,
                 offset,
             } => self.job_logs_here(&job_id, replica, offset),
+            JobRequest::Handover {
+                submission,
+                replica,
+                generation,
+                vm_id,
+                origin,
+            } => match hex::decode(&submission) {
+                Some(bytes) => {
+                    self.take_handover(peer, &bytes, replica, generation, &vm_id, &origin)
+                        .await
+                }
+                None => JobResponse::refuse("the submission is not hex"),
+            },
         }
     }
 }

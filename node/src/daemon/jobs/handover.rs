@@ -1,0 +1,247 @@
+//! A replica's VM that moved to another node (the owner needed the machine, the node
+//! drained): its job record follows it. The node it left sends `Handover` to the node it
+//! reached, which checks the submission by its own trust, takes a runner row for the VM it
+//! now runs and reports to the origin as the replica's node (`moved_from`); the node it left
+//! ends its row and tells the origin too (`moved_to`). The origin accepts either word first
+//! (see `origin::job_report`); the replica keeps its generation (the VM moved, it did not
+//! restart).
+//!
+//! What this cannot do: follow a VM whose handover is never taken (the node it reached
+//! refuses, or stays unreachable for [`HANDOVER_FOR`]): the node it left then reports the
+//! replica lost, and the origin places it again from the beginning.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use novacron_mesh::submission;
+use novacron_mesh::swarm::PeerId;
+use novacron_mesh::util::{hex, lock};
+
+use super::runner::report_of;
+use super::ReportTo;
+use crate::api::types::{now_ms, MigrationDirection, MigrationState};
+use crate::daemon::Daemon;
+use crate::jobs::wire::{JobRequest, JobResponse};
+use crate::model::{JobInfo, JobSpec, JobState, ReplicaInfo, ReplicaState};
+use crate::state::{JobRecord, JobRole};
+
+/// How long the node a VM left keeps trying to hand its replica over.
+const HANDOVER_FOR: Duration = Duration::from_secs(60);
+const HANDOVER_RETRY: Duration = Duration::from_millis(500);
+
+impl Daemon {
+    /// The replica of `job_id` whose VM `vm_id` moved away: hands it to the node it reached.
+    pub(super) async fn hand_over(self: Arc<Self>, job_id: String, vm_id: String) {
+        let deadline = tokio::time::Instant::now() + HANDOVER_FOR;
+        let mut last = String::from("no migration of the VM out of this node is on record");
+        while tokio::time::Instant::now() < deadline {
+            let Ok(Some(rec)) = self.state_db.job(&job_id, JobRole::Runner) else {
+                return;
+            };
+            let Some(r) = rec.info.replicas.first().cloned() else {
+                return;
+            };
+            if r.state.is_final() {
+                return;
+            }
+            if let Some(to) = self.moved_to(&vm_id) {
+                let ask = JobRequest::Handover {
+                    submission: hex::encode(&rec.submission),
+                    replica: r.index,
+                    generation: r.generation,
+                    vm_id: vm_id.clone(),
+                    origin: rec.info.origin.clone(),
+                };
+                let answer = match self.jobs.link() {
+                    Some(link) => link.request(to, &ask).await.map_err(|e| e.to_string()),
+                    None => Err("the job protocol is not running".into()),
+                };
+                match answer {
+                    Ok(JobResponse::Ack) => {
+                        self.handed_over(&job_id, &to.to_string());
+                        return;
+                    }
+                    Ok(JobResponse::Refuse { reason }) => last = reason,
+                    Ok(other) => last = format!("{to} answered {other:?}"),
+                    Err(e) => last = e,
+                }
+            }
+            tokio::time::sleep(HANDOVER_RETRY).await;
+        }
+        tracing::warn!(job = %job_id, vm = %vm_id, "the replica's handover failed: {last}");
+        self.update_runner(&job_id, |r| {
+            r.state = ReplicaState::Lost;
+            r.detail = Some(format!(
+                "its VM moved away but the node it reached did not take the job: {last}"
+            ));
+        });
+    }
+
+    /// The peer VM `vm_id` moved to, by the newest finished outgoing migration of it.
+    fn moved_to(&self, vm_id: &str) -> Option<PeerId> {
+        self.vms
+            .registry()
+            .migrations()
+            .into_iter()
+            .filter(|m| {
+                m.vm_id == vm_id
+                    && m.direction == MigrationDirection::Out
+                    && m.state == MigrationState::Done
+            })
+            .max_by_key(|m| m.ended_at_ms)
+            .and_then(|m| m.peer.parse().ok())
+    }
+
+    /// The node `to` took the replica: this node's row ends, and the origin hears where the
+    /// replica runs now.
+    fn handed_over(&self, job_id: &str, to: &str) {
+        let updated = {
+            let _one_writer = lock(&self.jobs.runner_writes);
+            let Ok(Some(mut rec)) = self.state_db.job(job_id, JobRole::Runner) else {
+                return;
+            };
+            let Some(r) = rec.info.replicas.first_mut() else {
+                return;
+            };
+            r.state = ReplicaState::Cancelled;
+            r.detail = Some(format!("its VM moved to {to}, which runs it now"));
+            r.updated_at_ms = now_ms();
+            rec.info.state = JobState::Cancelled;
+            rec.info.detail = r.detail.clone();
+            rec.info.updated_at_ms = r.updated_at_ms;
+            if let Err(e) = self.state_db.put_job(&rec) {
+                tracing::warn!(job = job_id, error = %e, "cannot record a handover");
+                return;
+            }
+            rec.info
+        };
+        self.announce_job(&updated);
+        let (Some(r), Ok(origin)) = (updated.replicas.first(), updated.origin.parse::<PeerId>())
+        else {
+            return;
+        };
+        let mut report = report_of(job_id, r);
+        report.state = ReplicaState::Running;
+        report.moved_to = Some(to.to_string());
+        let to = ReportTo { origin, report };
+        self.jobs.queue_report(to.clone());
+        if let Some(me) = self.myself.get().and_then(std::sync::Weak::upgrade) {
+            tokio::spawn(me.send_report(to));
+        }
+    }
+
+    /// `from` says the VM of a replica moved here: take its job (checked by this node's own
+    /// trust), follow the VM, and tell the origin.
+    pub(super) async fn take_handover(
+        self: &Arc<Self>,
+        from: PeerId,
+        submission_bytes: &[u8],
+        replica: u32,
+        generation: u64,
+        vm_id: &str,
+        origin: &str,
+    ) -> JobResponse {
+        match self
+            .take_handover_checked(from, submission_bytes, replica, generation, vm_id, origin)
+            .await
+        {
+            Ok(()) => JobResponse::Ack,
+            Err(reason) => JobResponse::refuse(reason),
+        }
+    }
+
+    async fn take_handover_checked(
+        self: &Arc<Self>,
+        from: PeerId,
+        submission_bytes: &[u8],
+        replica: u32,
+        generation: u64,
+        vm_id: &str,
+        origin: &str,
+    ) -> Result<(), String> {
+        let verified = submission::open(submission_bytes).map_err(|e| e.to_string())?;
+        self.check_trusted(&verified.submitter)
+            .map_err(|e| e.to_string())?;
+        let spec: JobSpec = serde_json::from_slice(&verified.submission.spec)
+            .map_err(|e| format!("the job spec does not parse: {e}"))?;
+        spec.validate()
+            .map_err(|e| format!("the job spec is invalid: {e}"))?;
+        let origin_peer: PeerId = origin
+            .parse()
+            .map_err(|_| format!("{origin:?} is not a peer id"))?;
+        let Some(vm) = self.vms.get(vm_id) else {
+            return Err(format!("VM {vm_id} does not run here"));
+        };
+        // The VM must have come here from the sender, by a finished migration.
+        let came_from_sender = self.vms.registry().migrations().into_iter().any(|m| {
+            m.vm_id == vm_id
+                && m.direction == MigrationDirection::In
+                && m.state == MigrationState::Done
+                && m.peer == from.to_string()
+        });
+        if !came_from_sender || !vm.state.is_active() {
+            return Err(format!("VM {vm_id} did not come here from {from}"));
+        }
+        let job_id = verified.id.to_hex();
+        let _one_at_a_time = self.jobs.placing.lock().await;
+        if let Ok(Some(held)) = self.state_db.job(&job_id, JobRole::Runner) {
+            if let Some(r) = held.info.replicas.first() {
+                if r.vm_id.as_deref() == Some(vm_id) && !r.state.is_final() {
+                    return Ok(()); // taken already (a resent handover)
+                }
+                if !r.state.is_final() {
+                    return Err(format!(
+                        "this node already runs replica {} of job {job_id}",
+                        r.index
+                    ));
+                }
+            }
+        }
+        let now = now_ms();
+        let me = self.mesh.peer_id().to_string();
+        let replica_info = ReplicaInfo {
+            index: replica,
+            state: ReplicaState::Running,
+            node: Some(me),
+            generation,
+            vm_id: Some(vm_id.to_string()),
+            result_hash: None,
+            log_set: None,
+            result_set: None,
+            detail: Some(format!("moved here from {from}")),
+            updated_at_ms: now,
+            moved_from: Some(from.to_string()),
+        };
+        let info = JobInfo {
+            id: job_id.clone(),
+            spec,
+            submitter: verified.submitter.to_string(),
+            state: JobState::Running,
+            detail: None,
+            origin: origin.to_string(),
+            replicas: vec![replica_info.clone()],
+            result_hash: None,
+            retries: 0,
+            submitted_at_ms: now,
+            updated_at_ms: now,
+        };
+        self.state_db
+            .put_job(&JobRecord {
+                role: JobRole::Runner,
+                info: info.clone(),
+                submission: submission_bytes.to_vec(),
+                expires_at: verified.submission.expires_at,
+            })
+            .map_err(|e| format!("cannot record the job: {e}"))?;
+        self.jobs.watch(vm_id.to_string(), job_id.clone());
+        self.announce_job(&info);
+        let report = report_of(&job_id, &replica_info);
+        let to = ReportTo {
+            origin: origin_peer,
+            report,
+        };
+        self.jobs.queue_report(to.clone());
+        tokio::spawn(self.clone().send_report(to));
+        Ok(())
+    }
+}
