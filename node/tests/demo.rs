@@ -388,7 +388,14 @@ fn demo_check_tells_the_whole_story_and_sums_it_up_as_json() {
         .collect();
     assert_eq!(
         steps,
-        ["hello", "tally", "recovery", "marathon", "live_move"],
+        [
+            "hello",
+            "tally",
+            "job_move",
+            "recovery",
+            "marathon",
+            "live_move"
+        ],
         "{}",
         demo.dump()
     );
@@ -401,6 +408,7 @@ fn demo_check_tells_the_whole_story_and_sums_it_up_as_json() {
         "killing node-",
         "is placed again on",
         "moving it live",
+        "moving job marathon's VM live",
     ] {
         assert!(said.contains(words), "{words:?} missing\n{}", demo.dump());
     }

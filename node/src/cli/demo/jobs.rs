@@ -4,10 +4,11 @@
 //!
 //! 1. `hello`: one replica; where it ran, how long it took, what it printed.
 //! 2. `tally`: three replicas on three nodes; the result the quorum agreed on.
-//! 3. `marathon`: a long counter; once it runs, its node is killed (kill -9, its VMMs die
-//!    with it); node-001's cell declares it dead, the job is placed again on a survivor at
-//!    a new generation and starts over (no checkpoint is pushed to peers yet), and finishes
-//!    with the result an uninterrupted run prints.
+//! 3. `marathon`: a long counter; once it runs, its VM is moved live to another node (its
+//!    job record follows it), then that node is killed (kill -9, its VMMs die with it);
+//!    node-001's cell declares it dead, the job is placed again on a survivor at a new
+//!    generation and starts over (no checkpoint is pushed to peers yet), and finishes with
+//!    the result an uninterrupted run prints.
 //!
 //! Pure bookkeeping and words; the demo's loop calls [`JobStory::step`] every tick with what
 //! it needs to act ([`Act`]) and records each step's outcome for `--check --json`.
@@ -20,8 +21,9 @@ use crate::api::types::{JobInfo, JobState, ReplicaState};
 
 /// The marathon's guest: long enough to be killed mid-run and to finish after it moved.
 pub const MARATHON_GUEST: &str = "builtin:counter:passes=12";
-/// How long the marathon runs before its node is killed.
-const KILL_AFTER: Duration = Duration::from_secs(4);
+/// How long the marathon runs before it is moved, and again before its node is killed.
+const MOVE_AFTER: Duration = Duration::from_secs(2);
+const KILL_AFTER: Duration = Duration::from_secs(3);
 /// How long any job of the story may take to get where the story waits for.
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -43,6 +45,8 @@ pub enum Act {
     Look { job: String },
     /// Kill node `node` (index) with kill -9.
     Kill { node: usize },
+    /// Move VM `vm` live from node `from` to node `to`; report with [`JobStory::moved`].
+    Migrate { vm: String, from: usize, to: usize },
     /// Say this line.
     Say(String),
 }
@@ -52,9 +56,18 @@ enum Phase {
     Hello,
     Tally,
     Marathon,
-    /// The marathon runs on node `on` since `since`.
+    /// The marathon runs on node `on` (VM `vm`) since `since`; `moved`: it was moved once.
     MarathonRuns {
         on: usize,
+        vm: String,
+        since: Instant,
+        moved: bool,
+    },
+    /// Its VM is being moved from `from` to `to`.
+    Moving {
+        from: usize,
+        to: usize,
+        vm: String,
         since: Instant,
     },
     /// Its node was killed at `at`.
@@ -93,7 +106,8 @@ impl JobStory {
 
     /// The next thing to do. `wanderer_on`: the node holding the demo's touring VM (its node
     /// is not killed while it is there).
-    pub fn step(&mut self, wanderer_on: Option<usize>) -> Vec<Act> {
+    /// `live`: the nodes node-001 sees live (indices).
+    pub fn step(&mut self, wanderer_on: Option<usize>, live: &[usize]) -> Vec<Act> {
         let Some((job, since)) = self.job.clone() else {
             if self.asked || matches!(self.phase, Phase::Done) {
                 return Vec::new();
@@ -126,7 +140,40 @@ impl JobStory {
                 "job story: {step} did not get on within {STEP_TIMEOUT:?}; the story stops"
             ))];
         }
-        if let Phase::MarathonRuns { on, since } = self.phase {
+        if let Phase::MarathonRuns {
+            on,
+            ref vm,
+            since,
+            moved: false,
+        } = self.phase
+        {
+            // A live node to move it to: not node-001 (the entry node), not where it is.
+            let to = live.iter().copied().find(|&n| n != 0 && n != on);
+            if let (true, Some(to)) = (since.elapsed() >= MOVE_AFTER, to) {
+                let vm = vm.clone();
+                self.phase = Phase::Moving {
+                    from: on,
+                    to,
+                    vm: vm.clone(),
+                    since: Instant::now(),
+                };
+                return vec![
+                    Act::Migrate { vm, from: on, to },
+                    Act::Say(format!(
+                        "moving job marathon's VM live from {} to {}",
+                        node_name(on),
+                        node_name(to)
+                    )),
+                ];
+            }
+        }
+        if let Phase::MarathonRuns {
+            on,
+            since,
+            moved: true,
+            ..
+        } = self.phase
+        {
             if since.elapsed() >= KILL_AFTER && wanderer_on != Some(on) {
                 self.phase = Phase::Killed {
                     on,
@@ -225,9 +272,39 @@ impl JobStory {
                     (ReplicaState::Running, (name, Some(on))) => {
                         self.phase = Phase::MarathonRuns {
                             on,
+                            vm: r.vm_id.clone().unwrap_or_default(),
                             since: Instant::now(),
+                            moved: false,
                         };
                         vec![Act::Say(format!("job marathon runs on {name}"))]
+                    }
+                    _ if job.state.is_final() => self.marathon_failed(job, since),
+                    _ => Vec::new(),
+                }
+            }
+            Phase::Moving {
+                from,
+                to,
+                vm,
+                since: moving_since,
+            } => {
+                let r = &job.replicas[0];
+                match (r.generation, node_of(r)) {
+                    (1, (name, Some(now))) if now == to => {
+                        let detail = format!(
+                            "its VM moved live from {} to {name}; the job's record followed it \
+                             (same generation, {:.1} s)",
+                            node_name(from),
+                            moving_since.elapsed().as_secs_f64()
+                        );
+                        self.report("job_move", true, moving_since, detail.clone());
+                        self.phase = Phase::MarathonRuns {
+                            on: to,
+                            vm,
+                            since: Instant::now(),
+                            moved: true,
+                        };
+                        vec![Act::Say(format!("job marathon: {detail}"))]
                     }
                     _ if job.state.is_final() => self.marathon_failed(job, since),
                     _ => Vec::new(),
@@ -273,6 +350,30 @@ impl JobStory {
                 ))]
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// How the move an [`Act::Migrate`] asked for ended (`Err`: it did not).
+    pub fn moved(&mut self, outcome: Result<(), String>) -> Vec<Act> {
+        let Phase::Moving {
+            from, vm, since, ..
+        } = self.phase.clone()
+        else {
+            return Vec::new();
+        };
+        match outcome {
+            Ok(()) => Vec::new(),
+            Err(e) => {
+                self.report("job_move", false, since, e.clone());
+                // The story goes on where the VM still is.
+                self.phase = Phase::MarathonRuns {
+                    on: from,
+                    vm,
+                    since: Instant::now(),
+                    moved: true,
+                };
+                vec![Act::Say(format!("job marathon's VM did not move: {e}"))]
+            }
         }
     }
 
@@ -367,10 +468,19 @@ mod tests {
     fn the_story_runs_its_steps_in_order_and_kills_the_marathons_node() {
         let mut s = JobStory::default();
         let mut result = |_: &str| "result=1".to_string();
-        assert!(matches!(s.step(None)[..], [Act::Submit { .. }]));
-        assert!(s.step(None).is_empty(), "one submission at a time");
+        assert!(matches!(
+            s.step(None, &[0, 1, 2, 3, 4])[..],
+            [Act::Submit { .. }]
+        ));
+        assert!(
+            s.step(None, &[0, 1, 2, 3, 4]).is_empty(),
+            "one submission at a time"
+        );
         s.submitted(Ok(job("hello", JobState::Queued, vec![])));
-        assert!(matches!(s.step(None)[..], [Act::Look { .. }]));
+        assert!(matches!(
+            s.step(None, &[0, 1, 2, 3, 4])[..],
+            [Act::Look { .. }]
+        ));
         let says = s.seen(
             &job(
                 "hello",
@@ -385,7 +495,9 @@ mod tests {
             "hello names its node"
         );
         // Tally.
-        assert!(matches!(&s.step(None)[..], [Act::Submit { spec }] if spec.contains("tally")));
+        assert!(
+            matches!(&s.step(None, &[0, 1, 2, 3, 4])[..], [Act::Submit { spec }] if spec.contains("tally"))
+        );
         s.submitted(Ok(job("tally", JobState::Queued, vec![])));
         s.seen(
             &job(
@@ -397,7 +509,7 @@ mod tests {
             &mut result,
         );
         // Marathon: runs on node 3, which holds the touring VM: no kill until it leaves.
-        s.step(None);
+        s.step(None, &[0, 1, 2, 3, 4]);
         s.submitted(Ok(job("marathon", JobState::Queued, vec![])));
         s.seen(
             &job(
@@ -408,15 +520,44 @@ mod tests {
             &names,
             &mut result,
         );
-        if let Phase::MarathonRuns { on, .. } = &mut s.phase {
-            assert_eq!(*on, 3);
+        assert!(matches!(
+            s.phase,
+            Phase::MarathonRuns {
+                on: 3,
+                moved: false,
+                ..
+            }
+        ));
+        // After a while its VM is moved live to the first other live node that is not the
+        // entry node: node 1.
+        if let Phase::MarathonRuns { since, .. } = &mut s.phase {
+            *since -= MOVE_AFTER;
         }
+        let acts = s.step(None, &[0, 1, 2, 3, 4]);
+        assert!(acts
+            .iter()
+            .any(|a| matches!(a, Act::Migrate { from: 3, to: 1, .. })));
+        s.seen(
+            &job(
+                "marathon",
+                JobState::Running,
+                vec![(ReplicaState::Running, "p1", 1)],
+            ),
+            &names,
+            &mut result,
+        );
+        // Its node now is node 1, which holds the touring VM: no kill until it leaves.
         s.phase = Phase::MarathonRuns {
             on: 3,
+            vm: "v".into(),
             since: Instant::now() - KILL_AFTER,
+            moved: true,
         };
-        assert!(matches!(s.step(Some(3))[..], [Act::Look { .. }]));
-        let acts = s.step(Some(1));
+        assert!(matches!(
+            s.step(Some(3), &[0, 1, 2, 3, 4])[..],
+            [Act::Look { .. }]
+        ));
+        let acts = s.step(Some(1), &[0, 1, 2, 3, 4]);
         assert!(acts.iter().any(|a| matches!(a, Act::Kill { node: 3 })));
         // Placed again elsewhere, then done.
         s.seen(
@@ -444,13 +585,16 @@ mod tests {
             s.reports
         );
         let steps: Vec<&str> = s.reports.iter().map(|r| r.step).collect();
-        assert_eq!(steps, ["hello", "tally", "recovery", "marathon"]);
+        assert_eq!(
+            steps,
+            ["hello", "tally", "job_move", "recovery", "marathon"]
+        );
     }
 
     #[test]
     fn a_failed_submission_ends_the_story_as_failed() {
         let mut s = JobStory::default();
-        s.step(None);
+        s.step(None, &[0, 1, 2, 3, 4]);
         s.submitted(Err("403: untrusted".into()));
         assert!(s.done() && s.reports.iter().any(|r| !r.ok));
     }

@@ -323,7 +323,7 @@ impl Demo<'_> {
             }
             // The story starts once the whole cell is up.
             if live.len() >= self.args.nodes || self.story_started() {
-                self.tell_story()?;
+                self.tell_story(&live)?;
             }
             self.show_table(&status)?;
         }
@@ -370,16 +370,20 @@ impl Demo<'_> {
     }
 
     /// One step of the job story: what it asks, done.
-    fn tell_story(&mut self) -> anyhow::Result<()> {
+    fn tell_story(&mut self, live: &[usize]) -> anyhow::Result<()> {
         let Some((key, mut story)) = self.story.take() else {
             return Ok(());
         };
         let wanderer_on = self.wanderer.as_ref().map(|w| w.node);
-        let mut acts = story.step(wanderer_on);
+        let mut acts = story.step(wanderer_on, live);
         let result = (|| -> anyhow::Result<()> {
             while let Some(act) = acts.pop() {
                 match act {
                     jobs::Act::Say(line) => self.say(&format!("{}{line}", self.at()))?,
+                    jobs::Act::Migrate { vm, from, to } => {
+                        let moved = self.move_job_vm(&vm, from, to);
+                        acts.extend(story.moved(moved));
+                    }
                     jobs::Act::Kill { node } => {
                         if let Some(mesh) = self.mesh.as_mut() {
                             mesh.nodes[node].kill9();
@@ -423,6 +427,33 @@ impl Demo<'_> {
         })();
         self.story = Some((key, story));
         result
+    }
+
+    /// Moves job VM `vm` live from node `from` to node `to`; `Err` says why it did not.
+    fn move_job_vm(&mut self, vm: &str, from: usize, to: usize) -> Result<(), String> {
+        let peer = self.mesh().nodes[to]
+            .peer_id()
+            .ok_or_else(|| format!("{} has no PeerId yet", Names::name(to)))?;
+        let client = self.client(from).map_err(|e| e.to_string())?;
+        let request = MigrationRequest {
+            to: peer,
+            mode: MigrationMode::Live,
+            downtime_budget_ms: None,
+        };
+        let path = format!("/api/v1/vms/{}/migrate", path_segment(vm));
+        let ended = self.runtime.block_on(async {
+            let started: MigrationInfo = client.post(&path, &request).await?;
+            settle(&client, started).await
+        });
+        match ended {
+            Ok(m) if m.state == MigrationState::Done => Ok(()),
+            Ok(m) => Err(format!(
+                "the move ended {:?}: {}",
+                m.state,
+                m.error.unwrap_or_default()
+            )),
+            Err(e) => Err(format!("{e:#}")),
+        }
     }
 
     /// A line of commentary: stdout, or stderr under `--json` (stdout is the summary's).
