@@ -6,9 +6,10 @@
 //!   Reference, same run: the node's older member-only choice
 //!   ([`crate::policy::placement::candidates`]) over the same 195 members.
 //! - `submit_to_running_ms_p50`: 5 local `novacron node` processes; a builtin-guest job
-//!   submitted (signed) through node-001's API until its origin reports the replica
-//!   running. Reference: a VM created directly through the same node's API until it runs
-//!   (the VMM start the job path adds placement to).
+//!   submitted (signed) through node-001's API (an entry node: `--no-job-replicas`, so the
+//!   replica always runs on a peer) until node-001 reports the replica running. Reference:
+//!   a VM created directly through a runner node's API until it runs (the VMM start the job
+//!   path adds placement and two mesh round trips to).
 //! - `recovery_s`: a long job's runner killed with kill -9 (its VMMs die with it) until the
 //!   job runs again on a surviving node, as its origin reports it.
 //!
@@ -163,7 +164,13 @@ fn through_a_mesh(
         format!("trustedSubmitters:\n  - {}\n", key.public()),
     )?;
     let extra = vec!["--config".to_string(), config.display().to_string()];
-    let mut mesh = LocalMesh::start(&dir.join("mesh"), args.nodes, &extra, &[], &|| false)?;
+    let mut mesh = LocalMesh::start(
+        &dir.join("mesh"),
+        args.nodes,
+        &extra,
+        &["--no-job-replicas".to_string()],
+        &|| false,
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -206,12 +213,12 @@ async fn measure(
             let vm_spec: VmSpec = serde_json::from_value(
                 serde_json::json!({"guest": "builtin:idle", "mem_mib": 16}),
             )?;
-            let vm: VmInfo = origin.post("/api/v1/vms", &vm_spec).await?;
+            let vm: VmInfo = clients[1].post("/api/v1/vms", &vm_spec).await?;
             if vm.state != VmState::Running {
                 bail!("the reference VM is {}", vm.state.as_str());
             }
             vms.push(started.elapsed().as_secs_f64() * 1000.0);
-            let _ = origin
+            let _ = clients[1]
                 .delete::<VmInfo>(&format!("/api/v1/vms/{}", path_segment(&vm.id)))
                 .await;
         }
@@ -320,24 +327,18 @@ async fn recovery(
     clients: &[ApiClient],
     key: &SubmitterKey,
 ) -> anyhow::Result<f64> {
-    // Submitted through the last node, so killing node-001 (the bench's view) is avoided too.
-    let origin = clients.last().context("no nodes")?;
-    let origin_peer = mesh.nodes.last().and_then(|n| n.peer_id());
+    // node-001 (the origin, an entry node) runs no replica: the runner is another node.
+    let origin = &clients[0];
     let spec = r#"{"payload":{"guest":"builtin:idle"},"memoryMib":16}"#;
-    for attempt in 0..10u8 {
-        let (_, job) = submit_until_running(origin, key, spec, 200 + attempt).await?;
-        let r = &job.replicas[0];
-        let runner = r.node.clone().unwrap_or_default();
+    {
+        let (_, job) = submit_until_running(origin, key, spec, 200).await?;
+        let runner = job.replicas[0].node.clone().unwrap_or_default();
         let victim = mesh
             .nodes
             .iter()
-            .position(|n| n.peer_id().as_deref() == Some(runner.as_str()));
-        let Some(victim) = victim.filter(|v| *v != 0 && Some(&runner) != origin_peer.as_ref())
-        else {
-            // It runs on the origin or on node-001: try another job.
-            cancel(origin, &job).await;
-            continue;
-        };
+            .position(|n| n.peer_id().as_deref() == Some(runner.as_str()))
+            .filter(|v| *v != 0)
+            .with_context(|| format!("job {} runs on {runner}, not a runner node", job.id))?;
         let killed = Instant::now();
         mesh.nodes[victim].kill9();
         let path = format!("/api/v1/jobs/{}", path_segment(&job.id));
@@ -359,5 +360,4 @@ async fn recovery(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    bail!("10 jobs in a row ran on node-001 or their origin: nothing to kill")
 }

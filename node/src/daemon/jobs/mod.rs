@@ -47,6 +47,10 @@ pub(super) fn replica_vms(db: &crate::state::StateDb) -> HashSet<String> {
 /// copy when it reads it.
 pub(super) const STALE: &str = "stale generation";
 
+/// What a refusal of a report the origin is about to be ready for starts with (the
+/// placement or the move it follows is being recorded): the runner says it again shortly.
+pub(super) const NOT_YET: &str = "not yet";
+
 /// Who the node trusts to submit jobs now (asked on each use: the trust file may change).
 #[derive(Clone)]
 pub struct TrustSource(pub Arc<dyn Fn() -> Result<BTreeSet<SubmitterId>, String> + Send + Sync>);

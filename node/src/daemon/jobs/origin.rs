@@ -24,7 +24,7 @@ use novacron_mesh::cells::{CellId, SummaryRecord};
 use novacron_mesh::swarm::clock::Epoch;
 
 use super::runner::parse_job_id;
-use super::STALE;
+use super::{NOT_YET, STALE};
 use crate::api::service::{ServiceError, ServiceResult};
 use crate::api::types::now_ms;
 use crate::daemon::Daemon;
@@ -386,7 +386,9 @@ impl Daemon {
         {
             // The runner's first word can come before its "admitted" answer is recorded
             // here: not stale, not yet taken (it says it again).
-            return JobResponse::refuse("this replica's placement is still being recorded");
+            return JobResponse::refuse(format!(
+                "{NOT_YET}: this replica's placement is still being recorded"
+            ));
         }
         // The replica's VM moved (politeness, drain) from the node on record to `from`.
         let moved_here = report.generation == r.generation
@@ -394,7 +396,9 @@ impl Daemon {
             && report.moved_from == r.node
             && r.node.as_deref() != Some(from_s.as_str());
         if moved_here && r.state != ReplicaState::Migrating {
-            return JobResponse::refuse("the replica's move is not on record here yet");
+            return JobResponse::refuse(format!(
+                "{NOT_YET}: the replica's move is not on record here"
+            ));
         }
         // The node it left says where it went, after the node it reached already did.
         if report.moved_to.is_some() && report.moved_to == r.node {

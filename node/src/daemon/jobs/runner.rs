@@ -29,6 +29,11 @@ use crate::policy::admission::Load;
 use crate::state::{JobRecord, JobRole};
 use crate::vms::paths::VmPaths;
 
+/// How soon a report the origin was not ready for is sent again, and how many times in a
+/// row before it waits for the follower's tick (a second).
+const NOT_YET_RETRY: Duration = Duration::from_millis(20);
+const NOT_YET_TRIES: u32 = 50;
+
 /// The refusal of a node started with `--no-job-replicas`.
 const NO_REPLICAS: &str = "this node runs no job replicas (it was started with --no-job-replicas)";
 
@@ -432,6 +437,11 @@ impl Daemon {
     }
 
     pub(super) async fn send_report(self: Arc<Self>, to: ReportTo) {
+        self.send_report_try(to, 0).await
+    }
+
+    /// `send_report`, the `tries`-th time in a row the origin said "not yet".
+    async fn send_report_try(self: Arc<Self>, to: ReportTo, tries: u32) {
         if !self.jobs.start_sending(&to) {
             return;
         }
@@ -465,6 +475,15 @@ impl Daemon {
                     self.jobs.unwatch(&vm);
                     let _ = self.vms.stop(&vm).await;
                 }
+            }
+            Ok(JobResponse::Refuse { reason })
+                if reason.starts_with(super::NOT_YET) && tries < NOT_YET_TRIES =>
+            {
+                // The origin is about to record what this report follows (the placement's
+                // answer, the move): said again shortly, not at the next tick.
+                self.jobs.send_failed(&to);
+                tokio::time::sleep(NOT_YET_RETRY).await;
+                Box::pin(self.send_report_try(to, tries + 1)).await;
             }
             Ok(other) => {
                 tracing::debug!(job = %to.report.job_id, answer = ?other, "report not taken");
