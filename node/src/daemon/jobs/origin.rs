@@ -417,8 +417,13 @@ impl Daemon {
         }
         if let Some(to) = &report.moved_to {
             let (job_id, index, to) = (report.job_id.clone(), report.replica, to.clone());
+            let generation = report.generation;
             self.update_origin(&job_id, |job| {
-                if let Some(r) = job.replicas.iter_mut().find(|r| r.index == index) {
+                if let Some(r) = job.replicas.iter_mut().find(|r| {
+                    r.index == index
+                        && r.generation == generation
+                        && r.node.as_deref() == Some(from_s.as_str())
+                }) {
                     r.node = Some(to.clone());
                     r.moved_from = Some(from_s.clone());
                     r.state = ReplicaState::Running;
@@ -430,8 +435,13 @@ impl Daemon {
         }
         if moved_here {
             let (job_id, index) = (report.job_id.clone(), report.replica);
+            let (generation, came_from) = (report.generation, report.moved_from.clone());
             self.update_origin(&job_id, |job| {
-                if let Some(r) = job.replicas.iter_mut().find(|r| r.index == index) {
+                if let Some(r) = job
+                    .replicas
+                    .iter_mut()
+                    .find(|r| r.index == index && r.generation == generation && r.node == came_from)
+                {
                     r.detail = Some(format!(
                         "its VM moved from {} to {from_s}",
                         r.node.as_deref().unwrap_or("?")
@@ -449,8 +459,14 @@ impl Daemon {
             // new generation.
             let (job_id, index) = (report.job_id.clone(), report.replica);
             let detail = report.detail.clone();
+            let generation = report.generation;
             self.update_origin(&job_id, |job| {
-                if let Some(r) = job.replicas.iter_mut().find(|r| r.index == index) {
+                // Checked again under the writer's lock: the replica may have moved on.
+                if let Some(r) = job.replicas.iter_mut().find(|r| {
+                    r.index == index
+                        && r.generation == generation
+                        && r.node.as_deref() == Some(from_s.as_str())
+                }) {
                     r.generation += 1;
                     r.state = ReplicaState::Placing;
                     r.node = None;
@@ -468,8 +484,15 @@ impl Daemon {
         let mut cancel = Vec::new();
         let mut retry = false;
         let mut decided = None;
+        let mut superseded = false;
         let updated = self.update_origin(&report.job_id, |job| {
             if let Some(r) = job.replicas.iter_mut().find(|r| r.index == report.replica) {
+                // Checked again under the writer's lock: a death or a loss handled since
+                // the check above gave the replica a new generation or node.
+                if r.generation != report.generation || r.node.as_deref() != Some(from_s.as_str()) {
+                    superseded = true;
+                    return;
+                }
                 r.state = report.state;
                 r.vm_id = report.vm_id.clone().or(r.vm_id.take());
                 r.result_hash = report.result_hash.clone();
@@ -525,6 +548,12 @@ impl Daemon {
                 }
             }
         });
+        if superseded {
+            return JobResponse::refuse(format!(
+                "{STALE}: replica {} of job {} was placed again meanwhile; stop this copy",
+                report.replica, report.job_id
+            ));
+        }
         if let Some(Verdict::Succeeded {
             agreeing,
             disagreeing,

@@ -153,9 +153,13 @@ impl Daemon {
             expires_at: verified.submission.expires_at,
         };
         if let Err(e) = self.state_db.put_job(&record) {
-            // The VM is recorded but not started: record its end so it holds nothing.
-            let _ = self.vms.stop(&vm_id).await;
-            return Err(format!("cannot record the job: {e}"));
+            // The VM is recorded but never started: record its end so it holds nothing.
+            let reason = format!("cannot record the job: {e}");
+            self.vms.registry().update(&vm_id, |r| {
+                r.info.state = VmState::Failed;
+                r.info.detail = Some(reason.clone());
+            });
+            return Err(reason);
         }
         self.jobs.watch(vm_id.clone(), job_id.clone());
         self.announce_job(&record.info);
