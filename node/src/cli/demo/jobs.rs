@@ -199,7 +199,7 @@ impl JobStory {
                 let line = format!(
                     "job {} ({}) submitted through node-001: {} replica(s), quorum {}",
                     j.spec.name.as_deref().unwrap_or("?"),
-                    &j.id[..12],
+                    j.id.get(..12).unwrap_or(&j.id),
                     j.spec.replicas,
                     j.spec.quorum()
                 );
@@ -250,7 +250,10 @@ impl JobStory {
                         "{} replicas on {} agree on result {} ({:?})",
                         ran.len(),
                         ran.join(", "),
-                        &job.result_hash.as_deref().unwrap_or("?")[..12],
+                        job.result_hash
+                            .as_deref()
+                            .and_then(|h| h.get(..12))
+                            .unwrap_or("?"),
                         result(&job.id)
                     ),
                     (false, _) => format!(

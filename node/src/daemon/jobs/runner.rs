@@ -365,7 +365,8 @@ impl Daemon {
                     tracing::warn!(job = job_id, "reporting a corrupt result (test flag)");
                     hash = blake3::hash(hash.as_bytes()).to_hex().to_string();
                 }
-                let name = format!("job-{}-{}.log", &job_id[..12], rec.info.replicas[0].index);
+                let short = job_id.get(..12).unwrap_or(job_id);
+                let name = format!("job-{short}-{}.log", rec.info.replicas[0].index);
                 let set = if bytes.is_empty() {
                     None
                 } else {
