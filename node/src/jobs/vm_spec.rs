@@ -4,31 +4,22 @@
 //!
 //! - A builtin guest gets the job's arguments as more `key=value` parameters.
 //! - A kernel by path is booted from that path (it must lie in the running node's image
-//!   directories); a kernel by chunk set is fetched into them first (`local_images` gives
-//!   the paths fetched sets were written to). The arguments extend the command line.
+//!   directories); the arguments extend the command line. A kernel by chunk set is not
+//!   fetched by nodes yet ([`not_supported_yet`]; the origin refuses it at submission).
 //! - A command gets the arguments appended.
-
-use std::collections::HashMap;
 
 use crate::model::{Backend, ImageRef, JobSpec, VmSpec};
 use crate::vms::spec::DEFAULT_CMDLINE;
 
-/// The VM of replica `replica` of job `job_id` with spec `spec`. `local_images` maps the
-/// chunk sets the spec names to where this node wrote them. Errors name the spec field.
-pub fn replica_vm_spec(
-    job_id: &str,
-    replica: u32,
-    spec: &JobSpec,
-    local_images: &HashMap<String, String>,
-) -> Result<VmSpec, String> {
+/// The VM of replica `replica` of job `job_id` with spec `spec`. Errors name the spec field.
+pub fn replica_vm_spec(job_id: &str, replica: u32, spec: &JobSpec) -> Result<VmSpec, String> {
     let p = &spec.payload;
     let image = |field: &str, r: &ImageRef| -> Result<String, String> {
         match (&r.path, &r.chunk_set) {
             (Some(path), _) => Ok(path.clone()),
-            (None, Some(set)) => local_images
-                .get(set)
-                .cloned()
-                .ok_or_else(|| format!("{field}.chunkSet: chunk set {set} is not fetched here")),
+            (None, Some(set)) => Err(format!(
+                "{field}.chunkSet: chunk set {set} is not fetched by nodes yet"
+            )),
             (None, None) => Err(format!("{field}: give a path or a chunk set")),
         }
     };
@@ -143,7 +134,7 @@ mod tests {
             r#"{"payload":{"guest":"builtin:counter"},"arguments":["passes=2"],"memoryMib":32,
                 "vcpus":2,"migration":{"modes":["cold"]}}"#,
         );
-        let vm = replica_vm_spec(&"ab".repeat(32), 3, &s, &HashMap::new()).unwrap();
+        let vm = replica_vm_spec(&"ab".repeat(32), 3, &s).unwrap();
         assert_eq!(vm.guest.as_deref(), Some("builtin:counter:passes=2"));
         assert_eq!((vm.mem_mib, vm.vcpus), (32, 2));
         assert_eq!(vm.name.as_deref(), Some("job-abababababab-3"));
@@ -151,16 +142,19 @@ mod tests {
     }
 
     #[test]
-    fn kernels_come_from_a_path_or_a_fetched_chunk_set() {
+    fn kernels_come_from_a_path_and_not_yet_from_a_chunk_set() {
         let set = "cd".repeat(32);
         let s = spec(&format!(
             r#"{{"payload":{{"kernel":{{"chunkSet":"{set}"}},"initrd":{{"path":"/img/initrd"}}}},
                 "arguments":["quiet"]}}"#
         ));
-        let e = replica_vm_spec("j", 0, &s, &HashMap::new()).unwrap_err();
+        let e = replica_vm_spec("j", 0, &s).unwrap_err();
         assert!(e.starts_with("payload.kernel.chunkSet"), "{e}");
-        let fetched = HashMap::from([(set, "/data/images/k".to_string())]);
-        let vm = replica_vm_spec("j", 0, &s, &fetched).unwrap();
+        let s = spec(
+            r#"{"payload":{"kernel":{"path":"/data/images/k"},"initrd":{"path":"/img/initrd"}},
+                "arguments":["quiet"]}"#,
+        );
+        let vm = replica_vm_spec("j", 0, &s).unwrap();
         assert_eq!(vm.kernel.as_deref(), Some("/data/images/k"));
         assert_eq!(vm.initrd.as_deref(), Some("/img/initrd"));
         assert_eq!(vm.cmdline.unwrap(), format!("{DEFAULT_CMDLINE} quiet"));
@@ -201,7 +195,7 @@ mod tests {
             r#"{"backend":"process","payload":{"command":["/bin/echo","a"]},"arguments":["b"],
                 "migration":{"modes":["cold"]}}"#,
         );
-        let vm = replica_vm_spec("j", 0, &s, &HashMap::new()).unwrap();
+        let vm = replica_vm_spec("j", 0, &s).unwrap();
         assert_eq!(vm.command.unwrap(), ["/bin/echo", "a", "b"]);
         assert_eq!(vm.backend, Backend::Process);
     }

@@ -123,11 +123,7 @@ impl Daemon {
         let mut report = report_of(job_id, r);
         report.state = ReplicaState::Running;
         report.moved_to = Some(to.to_string());
-        let to = ReportTo { origin, report };
-        self.jobs.queue_report(to.clone());
-        if let Some(me) = self.myself.get().and_then(std::sync::Weak::upgrade) {
-            tokio::spawn(me.send_report(to));
-        }
+        self.report_now(ReportTo { origin, report });
     }
 
     /// `from` says the VM of a replica moved here: take its job (checked by this node's own
@@ -235,13 +231,10 @@ impl Daemon {
             .map_err(|e| format!("cannot record the job: {e}"))?;
         self.jobs.watch(vm_id.to_string(), job_id.clone());
         self.announce_job(&info);
-        let report = report_of(&job_id, &replica_info);
-        let to = ReportTo {
+        self.report_now(ReportTo {
             origin: origin_peer,
-            report,
-        };
-        self.jobs.queue_report(to.clone());
-        tokio::spawn(self.clone().send_report(to));
+            report: report_of(&job_id, &replica_info),
+        });
         Ok(())
     }
 }

@@ -55,13 +55,6 @@ pub(super) const NOT_YET: &str = "not yet";
 #[derive(Clone)]
 pub struct TrustSource(pub Arc<dyn Fn() -> Result<BTreeSet<SubmitterId>, String> + Send + Sync>);
 
-impl TrustSource {
-    /// Trusts exactly `keys`.
-    pub fn fixed(keys: BTreeSet<SubmitterId>) -> TrustSource {
-        TrustSource(Arc::new(move || Ok(keys.clone())))
-    }
-}
-
 impl std::fmt::Debug for TrustSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TrustSource")

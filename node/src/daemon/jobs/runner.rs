@@ -7,7 +7,6 @@
 //! the VM already running it (the origin may have lost the first answer). Two replicas of
 //! one job never run on one node.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,7 +113,7 @@ impl Daemon {
                 }
             }
         }
-        let vm_spec = replica_vm_spec(&job_id, replica, &spec, &HashMap::new())?;
+        let vm_spec = replica_vm_spec(&job_id, replica, &spec)?;
         let vm_spec = self.vms.check(vm_spec).await.map_err(|e| e.to_string())?;
         let ask = Load::new(vm_spec.vcpus, vm_spec.mem_mib << 20);
         let vm_id = self
@@ -258,15 +257,19 @@ impl Daemon {
         self.announce_job(&updated);
         if let (Some(r), Ok(origin)) = (updated.replicas.first(), updated.origin.parse::<PeerId>())
         {
-            let to = ReportTo {
+            self.report_now(ReportTo {
                 origin,
                 report: report_of(&updated.id, r),
-            };
-            self.jobs.queue_report(to.clone());
-            // Sent now; the follower's tick sends it again until the origin takes it.
-            if let Some(me) = self.myself.get().and_then(std::sync::Weak::upgrade) {
-                tokio::spawn(me.send_report(to));
-            }
+            });
+        }
+    }
+
+    /// Queues `to` for its origin and sends it now; the follower's tick sends it again until
+    /// the origin takes it.
+    pub(super) fn report_now(&self, to: ReportTo) {
+        self.jobs.queue_report(to.clone());
+        if let Some(me) = self.myself.get().and_then(std::sync::Weak::upgrade) {
+            tokio::spawn(me.send_report(to));
         }
     }
 
