@@ -20,10 +20,10 @@ use serde::Serialize;
 use crate::api::types::{JobInfo, JobState, ReplicaState};
 
 /// The marathon's guest: long enough to be killed mid-run and to finish after it moved.
-pub const MARATHON_GUEST: &str = "builtin:counter:passes=12";
+pub const MARATHON_GUEST: &str = "builtin:counter:passes=16";
 /// How long the marathon runs before it is moved, and again before its node is killed.
 const MOVE_AFTER: Duration = Duration::from_secs(2);
-const KILL_AFTER: Duration = Duration::from_secs(3);
+const KILL_AFTER: Duration = Duration::from_millis(1500);
 /// How long any job of the story may take to get where the story waits for.
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -104,6 +104,17 @@ impl JobStory {
         matches!(self.phase, Phase::Done)
     }
 
+    /// The node the story means to kill (where the marathon runs or is being moved to, until
+    /// it is killed): the touring VM must not go there, or the kill would wait for it to
+    /// leave while the marathon runs to its end.
+    pub fn doomed_node(&self) -> Option<usize> {
+        match self.phase {
+            Phase::MarathonRuns { on, .. } => Some(on),
+            Phase::Moving { to, .. } => Some(to),
+            _ => None,
+        }
+    }
+
     /// The next thing to do. `wanderer_on`: the node holding the demo's touring VM (its node
     /// is not killed while it is there).
     /// `live`: the nodes node-001 sees live (indices).
@@ -147,8 +158,12 @@ impl JobStory {
             moved: false,
         } = self.phase
         {
-            // A live node to move it to: not node-001 (the entry node), not where it is.
-            let to = live.iter().copied().find(|&n| n != 0 && n != on);
+            // A live node to move it to: not node-001 (the entry node), not where it is, not
+            // where the touring VM is (that node is not killed while the VM is there).
+            let to = live
+                .iter()
+                .copied()
+                .find(|&n| n != 0 && n != on && Some(n) != wanderer_on);
             if let (true, Some(to)) = (since.elapsed() >= MOVE_AFTER, to) {
                 let vm = vm.clone();
                 self.phase = Phase::Moving {
@@ -531,12 +546,26 @@ mod tests {
                 ..
             }
         ));
-        // After a while its VM is moved live to the first other live node that is not the
-        // entry node: node 1.
+        // After a while its VM is moved live to the first other live node that is neither
+        // the entry node nor the touring VM's.
         if let Phase::MarathonRuns { since, .. } = &mut s.phase {
             *since -= MOVE_AFTER;
         }
-        let acts = s.step(None, &[0, 1, 2, 3, 4]);
+        assert_eq!(s.doomed_node(), Some(3), "the touring VM keeps off it");
+        let acts = s.step(Some(1), &[0, 1, 2, 3, 4]);
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Act::Migrate { from: 3, to: 2, .. })),
+            "not to node 1: the touring VM is there"
+        );
+        assert_eq!(s.doomed_node(), Some(2));
+        s.phase = Phase::MarathonRuns {
+            on: 3,
+            vm: "v".into(),
+            since: Instant::now() - MOVE_AFTER,
+            moved: false,
+        };
+        let acts = s.step(Some(2), &[0, 1, 2, 3, 4]);
         assert!(acts
             .iter()
             .any(|a| matches!(a, Act::Migrate { from: 3, to: 1, .. })));

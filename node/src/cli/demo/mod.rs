@@ -531,7 +531,14 @@ impl Demo<'_> {
         };
         let (id, node) = (w.id.clone(), w.node);
         let due = w.moved.elapsed() >= Duration::from_secs(self.args.move_every);
-        let next = w.visits.next(node, live);
+        // Never onto the node the job story is about to kill.
+        let doomed = self.story.as_ref().and_then(|(_, s)| s.doomed_node());
+        let open: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&n| Some(n) != doomed)
+            .collect();
+        let next = w.visits.next(node, &open);
         let client = self.client(node)?;
         let path = format!("/api/v1/vms/{}", path_segment(&id));
         let vm: VmInfo = self.runtime.block_on(client.get(&path))?;
