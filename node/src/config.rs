@@ -272,7 +272,8 @@ pub struct NodeConfig {
 
 /// Bounds of the drain deadline and the checkpoint interval (seconds).
 pub const MAX_DRAIN_DEADLINE_S: u64 = 3600;
-pub const CHECKPOINT_INTERVAL_S: std::ops::RangeInclusive<u64> = 5..=86_400;
+pub const CHECKPOINT_INTERVAL_S: std::ops::RangeInclusive<u64> =
+    crate::model::CHECKPOINT_INTERVAL_S;
 
 impl Default for NodeConfig {
     fn default() -> Self {

@@ -492,9 +492,10 @@ fn bad_submissions_are_refused_each_with_its_own_message_and_a_flood_starves_no_
 }
 
 #[test]
-fn a_job_whose_node_is_killed_finishes_elsewhere_once_and_the_nodes_return_does_not_fork_it() {
+fn a_job_whose_node_is_killed_resumes_on_a_checkpoint_holder_once_and_the_nodes_return_does_not_fork_it(
+) {
     if !kvm_usable(
-        "a_job_whose_node_is_killed_finishes_elsewhere_once_and_the_nodes_return_does_not_fork_it",
+        "a_job_whose_node_is_killed_resumes_on_a_checkpoint_holder_once_and_the_nodes_return_does_not_fork_it",
     ) {
         return;
     }
@@ -522,20 +523,43 @@ fn a_job_whose_node_is_killed_finishes_elsewhere_once_and_the_nodes_return_does_
         "{}",
         String::from_utf8_lossy(&owner.stderr)
     );
-    let (guest, expected) = guest::counter(12);
-    let spec = format!("name: long\npayload:\n  guest: {guest}\nmemoryMib: 32\n");
+    let (guest, expected) = guest::counter(20);
+    let spec =
+        format!("name: long\npayload:\n  guest: {guest}\nmemoryMib: 32\ncheckpointIntervalS: 5\n");
     let accepted = submit(&nodes[0], &keys_dir, "alice", &spec);
     let id = accepted["id"].as_str().unwrap().to_string();
     let procs: Vec<&Proc> = nodes.iter().map(|n| &n.proc).collect();
-    let running = wait_job(&nodes[0], &id, &procs, |j| j["state"] == "running");
+    // It runs, checkpoints, and its checkpoint is held by the two other nodes.
+    let running = wait_job(&nodes[0], &id, &procs, |j| {
+        j["state"] == "running"
+            && j["replicas"][0]["checkpoint"]["holders"]
+                .as_array()
+                .is_some_and(|h| h.len() == 2)
+    });
     let first = running["replicas"][0].clone();
+    let checkpoint = first["checkpoint"].clone();
+    let seq = checkpoint["seq"].as_u64().unwrap();
+    assert!(checkpoint["bytes"].as_u64().unwrap() > 0, "{checkpoint}");
     let victim_peer = first["node"].as_str().unwrap().to_string();
     let first_vm = first["vm_id"].as_str().unwrap().to_string();
     assert_eq!(vmm_processes(&first_vm).len(), 1, "one VMM runs it");
     let victim = nodes.iter().position(|n| n.peer == victim_peer).unwrap();
     assert_ne!(victim, 0, "the origin took no replica");
-    // Let it run a while, then the machine vanishes.
-    std::thread::sleep(Duration::from_secs(3));
+    let mut holders: Vec<String> = checkpoint["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    holders.sort();
+    let mut others: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.peer != victim_peer)
+        .map(|n| n.peer.clone())
+        .collect();
+    others.sort();
+    assert_eq!(holders, others, "held by the nodes that do not run it");
+    // The machine vanishes.
     nodes[victim].proc.kill_tree();
     wait_until("the killed node's VMM to be gone", TIMEOUT, &[], || {
         vmm_processes(&first_vm).is_empty()
@@ -546,10 +570,29 @@ fn a_job_whose_node_is_killed_finishes_elsewhere_once_and_the_nodes_return_does_
         j["replicas"][0]["generation"].as_u64() == Some(2) && j["replicas"][0]["state"] == "running"
     });
     let second_vm = moved["replicas"][0]["vm_id"].as_str().unwrap().to_string();
+    // The origin's owner uses its machine: the other holder restored it, from the
+    // checkpoint it held (or a later one it got before the kill).
     assert_eq!(
         moved["replicas"][0]["node"].as_str(),
         Some(nodes[survivor].peer.as_str())
     );
+    let restored_from = moved["replicas"][0]["restored_from"].as_u64();
+    assert!(
+        restored_from.is_some_and(|r| r >= seq),
+        "restored from checkpoint {seq} or later: {moved}"
+    );
+    let (status, vm) = http(
+        &nodes[survivor].dir,
+        "GET",
+        &format!("/api/v1/vms/{second_vm}"),
+        None,
+    );
+    assert_eq!(status, 200, "{vm}");
+    assert!(
+        vm.contains("restored from its last checkpoint"),
+        "its VMM started from the checkpoint's files: {vm}"
+    );
+    eprintln!("checkpoint {checkpoint}; restored from {restored_from:?}");
     assert!(vmm_processes(&first_vm).is_empty(), "never two at once");
     let done = wait_job(&nodes[0], &id, &procs, |j| {
         j["state"].as_str().is_some_and(|s| s != "running")

@@ -38,6 +38,7 @@ fn spec(command: &[&str], mem_mib: u64) -> VmSpec {
         vcpus: 1,
         migration: vec![novacron_node::model::MigrationMode::Cold],
         prefill_mib: None,
+        checkpoint_interval_s: None,
     }
 }
 

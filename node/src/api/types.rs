@@ -10,8 +10,8 @@ pub use crate::model::{
     default_mem_mib, default_migration_modes, default_vcpus, Backend, EventEnvelope, ImageRef,
     JobFile, JobInfo, JobMigration, JobPayload, JobSpec, JobState, MigrationDirection,
     MigrationInfo, MigrationMode, MigrationProgressInfo, MigrationState, NodeEvent, OwnerSetting,
-    PolitenessInfo, ReplicaInfo, ReplicaState, ResultSource, VmInfo, VmSpec, VmState, DEFAULT_MEM,
-    DEFAULT_MEM_MIB,
+    PolitenessInfo, ReplicaCheckpoint, ReplicaInfo, ReplicaState, ResultSource, VmInfo, VmSpec,
+    VmState, DEFAULT_MEM, DEFAULT_MEM_MIB,
 };
 
 /// `POST /api/v1/vms/{id}/migrate`, and `novacron migrate`.

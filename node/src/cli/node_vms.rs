@@ -153,6 +153,7 @@ impl CreateArgs {
             vcpus: self.vcpus,
             migration,
             prefill_mib: self.prefill,
+            checkpoint_interval_s: None,
         })
     }
 }

@@ -35,6 +35,10 @@ pub fn replica_vm_spec(job_id: &str, replica: u32, spec: &JobSpec) -> Result<VmS
         vcpus: spec.vcpus,
         migration: spec.migration.modes.clone(),
         prefill_mib: None,
+        // A process has no snapshots: it restarts from the beginning elsewhere.
+        checkpoint_interval_s: spec
+            .checkpoint_interval_s
+            .filter(|_| spec.backend == Backend::Kvm),
     };
     match spec.backend {
         Backend::Kvm => {

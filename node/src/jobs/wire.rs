@@ -11,7 +11,14 @@
 //! anyone -> runner      Logs { job, replica, offset }   <- Logs { bytes } | NotFound
 //! origin -> runner      Cancel { job, replica }         <- Ack | NotFound
 //! runner -> runner      Handover { submission, replica, vm }  <- Ack | Refuse
+//! runner -> holder      Hold { submission, replica, checkpoint files }  <- Ack | Refuse
+//! origin -> holder      Place { ..., restore: seq }     <- Admitted { vm } | Refuse
+//! origin|runner -> holder  Release { job, replica }     <- Ack | NotFound
 //! ```
+//!
+//! `Hold` asks a peer to keep a replica's latest checkpoint (its files as chunk sets, which
+//! the holder fetches from the mesh); a `Place` with `restore` asks a holder to run the
+//! replica from that checkpoint when the replica's node died.
 //!
 //! `Handover` follows a replica's VM that moved to another node (politeness, drain): the
 //! node it left tells the node it reached which job the VM runs, and both tell the origin
@@ -22,7 +29,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Backend, JobInfo, ReplicaState, MAX_REPLICAS};
+use crate::model::{Backend, JobInfo, ReplicaCheckpoint, ReplicaState, MAX_REPLICAS};
 
 /// Largest frame body: a signed submission (up to 25 KiB) in hex, or a job with its spec.
 pub const MAX_FRAME: usize = 256 << 10;
@@ -48,7 +55,24 @@ pub enum JobRequest {
         submission: String,
         replica: u32,
         generation: u64,
+        /// Restore it from the checkpoint the receiver holds for it (this number or a
+        /// later one) instead of starting it from the beginning.
+        #[serde(default)]
+        restore: Option<u64>,
     },
+    /// Keep replica `replica`'s checkpoint `seq` of the signed submission (hex) until the
+    /// job ends: fetch the chunk sets of its files; the replica runs at `generation` on the
+    /// sender, and `origin` places it.
+    Hold {
+        submission: String,
+        replica: u32,
+        generation: u64,
+        origin: String,
+        seq: u64,
+        files: Vec<CheckpointFile>,
+    },
+    /// Drop the checkpoint held for replica `replica` of `job_id`.
+    Release { job_id: String, replica: u32 },
     /// A replica's node tells the job's origin where the replica is.
     Report(ReplicaReport),
     /// Stop a replica (the job was cancelled or decided).
@@ -91,6 +115,66 @@ pub struct ReplicaReport {
     /// The replica's VM came from this peer (sent by the node it reached).
     #[serde(default)]
     pub moved_from: Option<String>,
+    /// Its latest checkpoint held by peers.
+    #[serde(default)]
+    pub checkpoint: Option<ReplicaCheckpoint>,
+    /// The checkpoint this generation was restored from.
+    #[serde(default)]
+    pub restored_from: Option<u64>,
+}
+
+/// One file of a checkpoint (the snapshot directory's `MANIFEST`, state or a memory layer)
+/// as a chunk set.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointFile {
+    pub name: String,
+    /// The chunk set's id (64 hex digits).
+    pub set: String,
+    pub bytes: u64,
+}
+
+/// Most files in one checkpoint (a manifest, a state file and a chain of layers).
+pub const MAX_CHECKPOINT_FILES: usize = 64;
+/// Most holders a checkpoint lists.
+pub const MAX_HOLDERS: usize = 8;
+/// Largest checkpoint file name.
+const MAX_FILE_NAME: usize = 64;
+
+/// Whether `name` is a plain file name a holder may create: letters, digits, `-`, `_`,
+/// `.`, not starting with a dot, at most [`MAX_FILE_NAME`] bytes.
+pub fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_FILE_NAME
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn check_files(files: &[CheckpointFile]) -> Result<(), WireError> {
+    if files.is_empty() || files.len() > MAX_CHECKPOINT_FILES {
+        return Err(field("files", "a checkpoint has 1 to 64 files"));
+    }
+    for (i, f) in files.iter().enumerate() {
+        if !valid_file_name(&f.name) || files[..i].iter().any(|o| o.name == f.name) {
+            return Err(field("files", "file names are plain, short and distinct"));
+        }
+        if !valid_hex_id(&Some(f.set.clone())) {
+            return Err(field("files", "chunk sets are 64 hex digits"));
+        }
+    }
+    Ok(())
+}
+
+fn check_checkpoint(c: &Option<ReplicaCheckpoint>) -> Result<(), WireError> {
+    let Some(c) = c else {
+        return Ok(());
+    };
+    if c.holders.len() > MAX_HOLDERS || c.holders.iter().any(|h| h.len() > MAX_PEER_ID_TEXT) {
+        return Err(field("checkpoint", "at most 8 holders, each a peer id"));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -104,6 +188,12 @@ pub enum JobResponse {
     },
     Admitted {
         vm_id: String,
+    },
+    /// A `Hold` done: the checkpoint is on the holder's disk; it fetched this many bytes
+    /// (on the wire) for it, in `ms`.
+    Held {
+        fetched_bytes: u64,
+        ms: u64,
     },
     Ack,
     Status {
@@ -175,11 +265,7 @@ impl JobRequest {
                 origin,
                 ..
             } => {
-                if submission.is_empty()
-                    || submission.len() > 2 * novacron_mesh::submission::MAX_SIGNED_SUBMISSION_LEN
-                {
-                    return Err(field("submission", "empty or over the size limit"));
-                }
+                check_submission(submission)?;
                 if vm_id.is_empty() || vm_id.len() > 64 || origin.len() > MAX_PEER_ID_TEXT {
                     return Err(field("vm_id", "a VM id and an origin peer id"));
                 }
@@ -190,11 +276,21 @@ impl JobRequest {
                 replica,
                 ..
             } => {
-                if submission.is_empty()
-                    || submission.len() > 2 * novacron_mesh::submission::MAX_SIGNED_SUBMISSION_LEN
-                {
-                    return Err(field("submission", "empty or over the size limit"));
+                check_submission(submission)?;
+                return check_replica(*replica);
+            }
+            JobRequest::Hold {
+                submission,
+                replica,
+                origin,
+                files,
+                ..
+            } => {
+                check_submission(submission)?;
+                if origin.is_empty() || origin.len() > MAX_PEER_ID_TEXT {
+                    return Err(field("origin", "not a peer id"));
                 }
+                check_files(files)?;
                 return check_replica(*replica);
             }
             JobRequest::Report(r) => {
@@ -213,9 +309,11 @@ impl JobRequest {
                 {
                     return Err(field("moved_to", "not a peer id"));
                 }
+                check_checkpoint(&r.checkpoint)?;
                 (&r.job_id, Some(r.replica))
             }
             JobRequest::Cancel { job_id, replica }
+            | JobRequest::Release { job_id, replica }
             | JobRequest::Logs {
                 job_id, replica, ..
             } => (job_id, Some(*replica)),
@@ -236,6 +334,13 @@ impl JobRequest {
         r.validate()?;
         Ok(r)
     }
+}
+
+fn check_submission(hex: &str) -> Result<(), WireError> {
+    if hex.is_empty() || hex.len() > 2 * novacron_mesh::submission::MAX_SIGNED_SUBMISSION_LEN {
+        return Err(field("submission", "empty or over the size limit"));
+    }
+    Ok(())
 }
 
 /// Longest peer id in text (an ed25519 PeerId is 52 characters).
@@ -340,6 +445,23 @@ mod tests {
                 submission: "00ff".into(),
                 replica: 1,
                 generation: 2,
+                restore: Some(7),
+            },
+            JobRequest::Hold {
+                submission: "00ff".into(),
+                replica: 0,
+                generation: 1,
+                origin: "12D3KooWorigin".into(),
+                seq: 3,
+                files: vec![CheckpointFile {
+                    name: "layer-3.ncl".into(),
+                    set: id(),
+                    bytes: 4096,
+                }],
+            },
+            JobRequest::Release {
+                job_id: id(),
+                replica: 0,
             },
             JobRequest::Report(ReplicaReport {
                 job_id: id(),
@@ -353,6 +475,15 @@ mod tests {
                 detail: None,
                 moved_to: None,
                 moved_from: Some("12D3KooWpeer".into()),
+                checkpoint: Some(ReplicaCheckpoint {
+                    seq: 3,
+                    holders: vec!["12D3KooWholder".into()],
+                    bytes: 1 << 20,
+                    pushed_bytes: 1 << 19,
+                    push_ms: 12,
+                    taken_at_ms: 1,
+                }),
+                restored_from: Some(2),
             }),
             JobRequest::Handover {
                 submission: "00ff".into(),
@@ -404,11 +535,34 @@ mod tests {
                 "submission",
             ),
             (r#"{"type":"status","job_id":"x","extra":1}"#, "extra"),
+            (&hold("../MANIFEST", &id()), "files"),
+            (&hold(".hidden", &id()), "files"),
+            (&hold("layer-1.ncl", "zz"), "files"),
+            (
+                r#"{"type":"hold","submission":"00","replica":0,"generation":1,"origin":"o","seq":1,"files":[]}"#,
+                "files",
+            ),
         ] {
             let e = JobRequest::decode(json.as_bytes()).unwrap_err().to_string();
             assert!(e.contains(what), "{json}: {e}");
         }
         assert!(body_len((MAX_FRAME as u32 + 1).to_le_bytes()).is_err());
+    }
+
+    fn hold(name: &str, set: &str) -> String {
+        format!(
+            r#"{{"type":"hold","submission":"00","replica":0,"generation":1,"origin":"o","seq":1,"files":[{{"name":"{name}","set":"{set}","bytes":1}}]}}"#
+        )
+    }
+
+    #[test]
+    fn checkpoint_file_names_are_plain() {
+        for ok in ["MANIFEST", "layer-12.ncl", "state-3.ncs"] {
+            assert!(valid_file_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "/etc", ".tmp", &"a".repeat(65), "é"] {
+            assert!(!valid_file_name(bad), "{bad}");
+        }
     }
 
     proptest! {

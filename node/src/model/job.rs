@@ -592,6 +592,30 @@ pub struct ReplicaInfo {
     /// The node its VM came from, when it moved (politeness, drain) at this generation.
     #[serde(default)]
     pub moved_from: Option<String>,
+    /// Its latest checkpoint held by peers (kvm replicas with checkpoints on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<ReplicaCheckpoint>,
+    /// The checkpoint this generation was restored from (None: it started from the
+    /// beginning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<u64>,
+}
+
+/// A replica's checkpoint as its peers hold it: what a holder restores from when the
+/// replica's node dies.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct ReplicaCheckpoint {
+    /// The checkpoint's number on the replica's VM (rises with each checkpoint).
+    pub seq: u64,
+    /// Peers holding it (in no order).
+    pub holders: Vec<String>,
+    /// Bytes of the checkpoint's files (MANIFEST, state, memory layers).
+    pub bytes: u64,
+    /// Bytes sent to its holders for it (layers they already held are not sent again).
+    pub pushed_bytes: u64,
+    /// How long pushing it to every holder took, ms.
+    pub push_ms: u64,
+    pub taken_at_ms: u64,
 }
 
 /// A job as the node that knows it sees it.

@@ -66,8 +66,18 @@ pub struct MemberStatus {
 impl NodeStatus {
     /// The live members of the node's cell (itself included).
     pub fn live_members(&self) -> impl Iterator<Item = &MemberStatus> {
-        self.cell
-            .iter()
-            .flat_map(|c| c.members.iter().filter(|m| m.live))
+        self.cell.iter().flat_map(|c| c.live_members())
+    }
+}
+
+impl CellStatus {
+    /// The live members (the node itself included).
+    pub fn live_members(&self) -> impl Iterator<Item = &MemberStatus> {
+        self.members.iter().filter(|m| m.live)
+    }
+
+    /// The live members' peer ids.
+    pub fn live_peers(&self) -> Vec<String> {
+        self.live_members().map(|m| m.peer_id.clone()).collect()
     }
 }

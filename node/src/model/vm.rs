@@ -64,6 +64,11 @@ pub struct VmSpec {
     #[serde(default)]
     #[schema(minimum = 1)]
     pub prefill_mib: Option<u64>,
+    /// kvm: checkpoint this VM this often, seconds (default: the node's
+    /// `checkpointIntervalS`); a job's replica gets its job's `checkpointIntervalS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 5, maximum = 86400)]
+    pub checkpoint_interval_s: Option<u64>,
 }
 
 /// A VM's memory when none is given, in MiB: the API's, `vms create --mem`'s and

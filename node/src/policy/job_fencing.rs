@@ -111,6 +111,38 @@ pub fn restore_order<'a>(
     ranked.into_iter().map(|(_, p)| p).collect()
 }
 
+/// How many peers hold a replica's checkpoint by default (the k).
+pub const HOLDERS: usize = 2;
+
+/// The peers the runner `me` asks, in this order, to hold the checkpoints of `replica` of
+/// `job` until `k` of them agree: the current holders still among `live` first (they have
+/// most of the chunks already: only the new layers travel), then the other live peers in
+/// a hash order of (job, replica, peer), which spreads a node's replicas over the cell as
+/// [`restore_order`] spreads restores. Never `me`; a peer listed twice counts once.
+pub fn holder_candidates(
+    job: &JobId,
+    replica: u32,
+    me: &str,
+    live: &[String],
+    current: &[String],
+) -> Vec<String> {
+    let mut out: Vec<String> = current
+        .iter()
+        .filter(|p| p.as_str() != me && live.contains(p))
+        .cloned()
+        .collect();
+    out.dedup();
+    let mut rest: Vec<([u8; 32], &String)> = live
+        .iter()
+        .filter(|p| p.as_str() != me && !out.contains(p))
+        .map(|p| (restore_rank(job, replica, 0, p), p))
+        .collect();
+    rest.sort_unstable();
+    rest.dedup_by_key(|(_, p)| *p);
+    out.extend(rest.into_iter().map(|(_, p)| p.clone()));
+    out
+}
+
 /// The holder that restores at once: the first live one in [`restore_order`].
 pub fn chosen_restorer<'a>(
     job: &JobId,
@@ -277,6 +309,26 @@ impl RestoreWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holder_candidates_keep_live_holders_first_and_never_the_runner() {
+        let job = JobId([7; 32]);
+        let live: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+        let current = vec!["p4".to_string(), "gone".to_string(), "p0".to_string()];
+        let c = holder_candidates(&job, 0, "p0", &live, &current);
+        assert_eq!(
+            c[0], "p4",
+            "a live holder first; a dead one and the runner dropped"
+        );
+        assert_eq!(c.len(), 5);
+        assert!(!c.contains(&"p0".to_string()) && !c.contains(&"gone".to_string()));
+        // The same facts give the same order; another replica spreads elsewhere.
+        assert_eq!(c, holder_candidates(&job, 0, "p0", &live, &current));
+        let firsts: BTreeSet<String> = (0..32)
+            .map(|r| holder_candidates(&job, r, "p0", &live, &[])[0].clone())
+            .collect();
+        assert!(firsts.len() > 2, "replicas spread over holders: {firsts:?}");
+    }
     use proptest::prelude::*;
 
     const S: Duration = Duration::from_secs(1);

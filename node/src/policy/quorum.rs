@@ -555,6 +555,8 @@ mod tests {
             detail: None,
             updated_at_ms: 0,
             moved_from: None,
+            checkpoint: None,
+            restored_from: None,
         };
         let outcome = |state, h| ReplicaReport::of(&info(state, h)).outcome;
         assert_eq!(

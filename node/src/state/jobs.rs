@@ -161,6 +161,8 @@ mod tests {
                     detail: None,
                     updated_at_ms: 5,
                     moved_from: None,
+                    checkpoint: None,
+                    restored_from: None,
                 }],
                 result_hash: None,
                 retries: 0,

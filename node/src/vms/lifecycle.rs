@@ -49,21 +49,39 @@ impl VmManager {
     /// Starts a VM [recorded](Self::record_new); answers once its machine is built and
     /// running (a VMM that fails leaves the VM failed, saying why).
     pub async fn start_new(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
-        self.start_recorded(id, false).await
+        self.start_recorded(id, false, false).await
+    }
+
+    /// Starts a VM [recorded](Self::record_new) whose snapshot directory holds a checkpoint
+    /// taken elsewhere (a job replica a checkpoint holder restores): it resumes from it,
+    /// and a failure leaves it failed, saying why.
+    pub async fn start_new_from_snapshot(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
+        self.start_recorded(id, true, false).await
     }
 
     /// Starts VM `id` (from its checkpoint when `restore`) off the async threads; a start
-    /// that fails leaves a new VM failed and a restored one suspended, saying why.
-    async fn start_recorded(self: &Arc<Self>, id: &str, restore: bool) -> ServiceResult<VmInfo> {
+    /// that fails leaves the VM failed, or suspended when `resumable` (a restore of this
+    /// node's own VM, which may be resumed later), saying why.
+    async fn start_recorded(
+        self: &Arc<Self>,
+        id: &str,
+        restore: bool,
+        resumable: bool,
+    ) -> ServiceResult<VmInfo> {
         let me = self.clone();
         let vm_id = id.to_string();
         let started = tokio::task::spawn_blocking(move || me.start_vm(&vm_id, restore))
             .await
             .map_err(|e| ServiceError::Internal(format!("VM start task: {e}")))?;
         if let Err(e) = started {
-            let (state, detail, what) = match restore {
-                false => (VmState::Failed, e.clone(), "start"),
-                true => (
+            let (state, detail, what) = match (restore, resumable) {
+                (false, _) => (VmState::Failed, e.clone(), "start"),
+                (true, false) => (
+                    VmState::Failed,
+                    format!("could not restore: {e}"),
+                    "restore",
+                ),
+                (true, true) => (
                     VmState::Suspended,
                     format!("could not resume: {e}"),
                     "resume",
@@ -228,7 +246,7 @@ impl VmManager {
     /// Restores a [claimed](Self::claim_suspended) VM from its snapshot; one that does not
     /// come back is suspended again, saying why.
     pub async fn start_claimed(self: &Arc<Self>, id: &str) -> ServiceResult<VmInfo> {
-        self.start_recorded(id, true).await
+        self.start_recorded(id, true, true).await
     }
 
     /// Waits until the VM's state passes `done` (polling the registry).

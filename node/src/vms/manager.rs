@@ -210,7 +210,13 @@ impl VmManager {
             vmm,
             registry: self.registry.clone(),
             paths: self.paths(id),
-            checkpoint_every: self.opts.checkpoint_every,
+            // The VM's own interval (a job's), else the node's.
+            checkpoint_every: self
+                .registry
+                .vm(id)
+                .and_then(|r| r.info.spec.checkpoint_interval_s)
+                .map(Duration::from_secs)
+                .or(self.opts.checkpoint_every),
         };
         self.start_supervisor(id, format!("vm-{id}"), mark, move |rx| sup.run(rx));
     }

@@ -187,6 +187,17 @@ pub fn validate(spec: &VmSpec) -> Result<(), String> {
             ));
         }
     }
+    if let Some(every) = spec.checkpoint_interval_s {
+        let range = crate::model::CHECKPOINT_INTERVAL_S;
+        if !range.contains(&every) || spec.backend != Backend::Kvm {
+            return Err(format!(
+                "checkpoint_interval_s: {every} must be within {}..={} seconds, on a kvm VM \
+                 (a process has no snapshots)",
+                range.start(),
+                range.end()
+            ));
+        }
+    }
     match spec.backend {
         Backend::Kvm => validate_kvm(spec),
         Backend::Process => validate_process(spec),

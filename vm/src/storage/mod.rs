@@ -31,7 +31,9 @@ pub use atomic::write_atomically;
 pub use checksummed::{read_checksummed, write_checksummed};
 pub use memory_layer::{apply_layer, write_layer, LayerInfo, LayerStats};
 pub use page_runs::{merge_runs, runs_from_dirty_bitmap, runs_of_all_memory, PageRun};
-pub use snapshot_dir::{load, LayerRef, LoadedSnapshot, RestoreStats, SnapshotDir, WriteReport};
+pub use snapshot_dir::{
+    load, read_manifest, LayerRef, LoadedSnapshot, RestoreStats, SnapshotDir, WriteReport,
+};
 
 /// Everything that can go wrong reading or writing snapshot storage. Every variant names the
 /// file (or directory) involved and the value that was wrong.

@@ -497,7 +497,9 @@ fn check_layout(
     Ok(())
 }
 
-fn read_manifest(dir: &Path) -> Result<Manifest> {
+/// Reads and checks the committed manifest in `dir`: which files make the snapshot (a
+/// copier ships `MANIFEST` and those). Never changes anything on disk.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_NAME);
     let (payload, _) = read_checksummed_hashed(&path, kind::MANIFEST, MAX_MANIFEST_BYTES)?;
     Manifest::decode(&path, &payload)

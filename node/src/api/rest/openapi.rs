@@ -15,8 +15,8 @@ use crate::api::types::{
     ApiError, Backend, EventEnvelope, ImageRef, JobFile, JobInfo, JobLogs, JobMigration,
     JobPayload, JobSpec, JobState, MigrationDirection, MigrationInfo, MigrationMode,
     MigrationProgressInfo, MigrationRequest, MigrationState, NodeEvent, OwnerRequest, OwnerSetting,
-    PolitenessInfo, ReplicaInfo, ReplicaState, ResultSource, SubmitJobRequest, VmInfo, VmSpec,
-    VmState,
+    PolitenessInfo, ReplicaCheckpoint, ReplicaInfo, ReplicaState, ResultSource, SubmitJobRequest,
+    VmInfo, VmSpec, VmState,
 };
 use crate::api::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
 
@@ -60,7 +60,7 @@ impl Modify for BearerAuth {
         EventEnvelope, NodeEvent, NodeStatus, CellStatus, MemberStatus, SummaryStatus, CellsView,
         DrainRequest, DrainAccepted,
         SubmitJobRequest, JobInfo, JobSpec, JobPayload, ImageRef, JobFile, JobMigration,
-        ResultSource, JobState, ReplicaInfo, ReplicaState, JobLogs, JobFilter, LogsQuery,
+        ResultSource, JobState, ReplicaCheckpoint, ReplicaInfo, ReplicaState, JobLogs, JobFilter, LogsQuery,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -149,6 +149,7 @@ fn idle_spec(mem_mib: u64, prefill_mib: Option<u64>) -> VmSpec {
         vcpus: 1,
         migration: crate::api::types::default_migration_modes(),
         prefill_mib,
+        checkpoint_interval_s: None,
     }
 }
 

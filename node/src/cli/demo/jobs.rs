@@ -467,6 +467,8 @@ mod tests {
                         detail: None,
                         updated_at_ms: 0,
                         moved_from: None,
+                        checkpoint: None,
+                        restored_from: None,
                     },
                 )
                 .collect(),

@@ -207,6 +207,8 @@ impl Daemon {
             detail: Some(format!("moved here from {from}")),
             updated_at_ms: now,
             moved_from: Some(from.to_string()),
+            checkpoint: None,
+            restored_from: None,
         };
         let info = JobInfo {
             id: job_id.clone(),

@@ -7,10 +7,14 @@
 //! - `runner`: a node asked to run a replica checks the submission again by its own trust,
 //!   admits the VM by its own accounting, follows it to its end and reports to the origin.
 //! - `handover`: a replica's VM that moved (politeness, drain) takes its job record along.
+//! - `checkpoint_push`: a runner pushes its replicas' checkpoints to peers of the cell.
+//! - `checkpoint_hold`: a peer holds them, and restores a replica from one when asked.
 //! - `serve`: the job protocol's requests, dispatched to those.
 //!
 //! What a node keeps here in memory is rebuilt from its database at start.
 
+mod checkpoint_hold;
+mod checkpoint_push;
 mod handover;
 mod origin;
 mod runner;
@@ -78,6 +82,12 @@ pub struct JobsHere {
     runner_writes: Mutex<()>,
     /// Held while an origin row is read, changed and written.
     origin_writes: Mutex<()>,
+    /// Held checkpoint copies in use (written, restored or dropped), by `<job>-<replica>`.
+    holding: Arc<Mutex<HashSet<String>>>,
+    /// Jobs whose replica here has a checkpoint push in flight.
+    pushing: Mutex<HashSet<String>>,
+    /// Per VM of a replica here: its checkpoint files published as chunk sets.
+    published: Mutex<HashMap<String, checkpoint_push::Published>>,
     /// VM id -> job id of the replicas running here.
     watched: Mutex<HashMap<String, String>>,
     /// Per job: the newest report its origin has not acknowledged, and whether it is being
@@ -111,6 +121,9 @@ impl JobsHere {
             placing: tokio::sync::Mutex::new(()),
             runner_writes: Mutex::new(()),
             origin_writes: Mutex::new(()),
+            holding: Arc::new(Mutex::new(HashSet::new())),
+            pushing: Mutex::new(HashSet::new()),
+            published: Mutex::new(HashMap::new()),
             watched: Mutex::new(HashMap::new()),
             reports: Mutex::new(HashMap::new()),
             placing_replicas: Mutex::new(HashSet::new()),
@@ -131,6 +144,7 @@ impl JobsHere {
 
     fn unwatch(&self, vm: &str) {
         lock(&self.watched).remove(vm);
+        lock(&self.published).remove(vm);
     }
 
     fn watched(&self) -> Vec<String> {

@@ -30,8 +30,10 @@ use crate::api::types::now_ms;
 use crate::daemon::Daemon;
 use crate::jobs::wire::{JobRequest, JobResponse, ReplicaReport, MAX_LOG_CHUNK};
 use crate::model::{
-    JobInfo, JobSpec, JobState, MemberStatus, ReplicaInfo, ReplicaState, MAX_SERIAL_BYTES,
+    JobInfo, JobSpec, JobState, MemberStatus, ReplicaCheckpoint, ReplicaInfo, ReplicaState,
+    MAX_SERIAL_BYTES,
 };
+use crate::policy::job_fencing;
 use crate::policy::job_placement::{
     rank_cells, Need, Offer, PlacementSearch, SearchAction, SearchLimits, SearchPlan,
 };
@@ -252,20 +254,31 @@ impl Daemon {
     }
 
     fn send_cancel(self: Arc<Self>, job_id: String, node: String, replica: u32) {
+        self.tell(node, JobRequest::Cancel { job_id, replica });
+    }
+
+    /// Tells `node` to drop its copy of replica `replica`'s checkpoint (best effort).
+    fn send_release(self: Arc<Self>, job_id: String, node: String, replica: u32) {
+        self.tell(node, JobRequest::Release { job_id, replica });
+    }
+
+    /// Sends `request` to `node` (answered here if it is this node), in the background,
+    /// best effort: the answer is only logged.
+    pub(super) fn tell(self: Arc<Self>, node: String, request: JobRequest) {
         tokio::spawn(async move {
             let Ok(peer) = node.parse::<PeerId>() else {
                 return;
             };
-            if peer == self.mesh.peer_id() {
-                self.job_cancel_here(peer, &job_id, replica).await;
-                return;
-            }
-            let Some(link) = self.jobs.link() else { return };
-            if let Err(e) = link
-                .request(peer, &JobRequest::Cancel { job_id, replica })
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "cannot cancel a replica");
+            let answer = if peer == self.mesh.peer_id() {
+                Ok(self.clone().answer_job_request(peer, request).await)
+            } else {
+                let Some(link) = self.jobs.link() else { return };
+                link.request(peer, &request)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(e) = answer {
+                tracing::debug!(%peer, error = %e, "a job request was not answered");
             }
         });
     }
@@ -499,6 +512,10 @@ impl Daemon {
                 r.log_set = report.log_set.clone();
                 r.result_set = report.result_set.clone();
                 r.detail = report.detail.clone();
+                if report.checkpoint.is_some() {
+                    r.checkpoint = report.checkpoint.clone();
+                }
+                r.restored_from = report.restored_from.or(r.restored_from);
             }
             let replicas: Vec<quorum::ReplicaReport> =
                 job.replicas.iter().map(quorum::ReplicaReport::of).collect();
@@ -611,6 +628,7 @@ impl Daemon {
                 if let Ok(s) = SubmitterId::parse(&rec.info.submitter) {
                     lock(&self.jobs.gate).job_ended(s);
                 }
+                self.release_checkpoints(&rec.info);
             }
             rec.info.updated_at_ms = now_ms();
             if let Err(e) = self.state_db.put_job(&rec) {
@@ -660,7 +678,21 @@ impl Daemon {
                 return;
             }
             let generation = r.generation;
-            match self.search_once(&rec, index, generation).await {
+            let restored = match &r.checkpoint {
+                Some(c) => self.restore_once(&rec, index, generation, c).await,
+                None => Err(String::new()),
+            };
+            let restored_from = restored.as_ref().ok().map(|(_, _, seq)| *seq);
+            let placed = match restored {
+                Ok((peer, vm_id, _)) => Ok((peer, vm_id)),
+                Err(why) => {
+                    if !why.is_empty() {
+                        tracing::info!(job = id, index, reason = %why, "no holder restored the replica; it starts from the beginning");
+                    }
+                    self.search_once(&rec, index, generation).await
+                }
+            };
+            match placed {
                 Ok((peer, vm_id)) => {
                     self.update_origin(id, |job| {
                         if let Some(r) = job
@@ -672,7 +704,10 @@ impl Daemon {
                                 r.state = ReplicaState::Starting;
                                 r.node = Some(peer);
                                 r.vm_id = Some(vm_id);
-                                r.detail = None;
+                                r.restored_from = restored_from;
+                                r.detail = restored_from.map(|seq| {
+                                    format!("restored from checkpoint {seq} held by its node")
+                                });
                             }
                         }
                         job.state = progress_state(job);
@@ -752,7 +787,7 @@ impl Daemon {
                     SearchAction::Confirm { peer } => {
                         let (me, tx, rec) = (self.clone(), tx.clone(), rec.clone());
                         tokio::spawn(async move {
-                            let placed = me.confirm(&peer, &rec, index, generation).await;
+                            let placed = me.confirm(&peer, &rec, index, generation, None).await;
                             let _ = tx.send(Answer::Confirm(peer, placed));
                         });
                     }
@@ -834,12 +869,14 @@ impl Daemon {
         rec: &JobRecord,
         index: u32,
         generation: u64,
+        restore: Option<u64>,
     ) -> Result<String, String> {
         let peer_id: PeerId = peer
             .parse()
             .map_err(|_| format!("{peer} is not a peer id"))?;
         let answer = if peer_id == self.mesh.peer_id() {
-            self.job_place(peer_id, &rec.submission, index, generation)
+            let me = self.mesh.peer_id();
+            self.job_place(me, &rec.submission, index, generation, restore)
                 .await
         } else {
             let link = self.jobs.link().ok_or("the job protocol is not running")?;
@@ -847,6 +884,7 @@ impl Daemon {
                 submission: hex::encode(&rec.submission),
                 replica: index,
                 generation,
+                restore,
             };
             link.request(peer_id, &ask)
                 .await
@@ -859,8 +897,69 @@ impl Daemon {
         }
     }
 
+    /// Asks the live holders of checkpoint `c` of replica `index`, in the fenced restore
+    /// order of `generation` (see `policy::job_fencing`), to run it from there, one at a
+    /// time: the first that admits it restores it. The holder, its VM and the checkpoint
+    /// it restored; or why none did.
+    async fn restore_once(
+        self: &Arc<Self>,
+        rec: &JobRecord,
+        index: u32,
+        generation: u64,
+        c: &ReplicaCheckpoint,
+    ) -> Result<(String, String, u64), String> {
+        let live: Vec<String> = self
+            .cell_status()
+            .await
+            .map(|s| s.live_peers())
+            .unwrap_or_default();
+        // Replicas of a job land on distinct nodes.
+        let taken: Vec<&str> = rec
+            .info
+            .replicas
+            .iter()
+            .filter(|o| o.index != index && !o.state.is_final())
+            .filter_map(|o| o.node.as_deref())
+            .collect();
+        let job =
+            novacron_mesh::submission::JobId::parse(&rec.info.id).ok_or("the job id is not hex")?;
+        let order = job_fencing::restore_order(&job, index, generation - 1, &c.holders);
+        let mut why = Vec::new();
+        for holder in order {
+            if !live.iter().any(|p| p == holder) || taken.contains(&holder) {
+                continue;
+            }
+            match self
+                .confirm(holder, rec, index, generation, Some(c.seq))
+                .await
+            {
+                Ok(vm) => return Ok((holder.to_string(), vm, c.seq)),
+                Err(e) => why.push(format!("{holder}: {e}")),
+            }
+        }
+        match why.is_empty() {
+            true => Err("no holder of its checkpoint is live".into()),
+            false => Err(why.join("; ")),
+        }
+    }
+
+    /// The job ended: its replicas' checkpoint holders drop their copies (best effort; a
+    /// holder that misses this drops its copy once the job's runtime is long past).
+    fn release_checkpoints(&self, job: &JobInfo) {
+        let Some(me) = self.myself.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        for r in &job.replicas {
+            for holder in r.checkpoint.iter().flat_map(|c| c.holders.iter()) {
+                me.clone()
+                    .send_release(job.id.clone(), holder.clone(), r.index);
+            }
+        }
+    }
+
     /// A cell member died: each replica of a job submitted here that ran on it gets a new
-    /// generation and is placed again (from the beginning: see docs/jobs.md).
+    /// generation and is placed again: restored by a holder of its latest checkpoint, or
+    /// from the beginning when it has none (see docs/jobs.md).
     pub(in crate::daemon) fn jobs_node_died(self: &Arc<Self>, peer: &PeerId) {
         let dead = peer.to_string();
         for rec in self.state_db.jobs(JobRole::Origin).unwrap_or_default() {
@@ -973,6 +1072,8 @@ fn new_replica(index: u32) -> ReplicaInfo {
         detail: None,
         updated_at_ms: now_ms(),
         moved_from: None,
+        checkpoint: None,
+        restored_from: None,
     }
 }
 

@@ -33,8 +33,12 @@ use crate::vms::paths::VmPaths;
 const NOT_YET_RETRY: Duration = Duration::from_millis(20);
 const NOT_YET_TRIES: u32 = 50;
 
+/// Held checkpoint copies are swept this often (ticks of a second).
+const SWEEP_EVERY_TICKS: u64 = 60;
+
 /// The refusal of a node started with `--no-job-replicas`.
-const NO_REPLICAS: &str = "this node runs no job replicas (it was started with --no-job-replicas)";
+pub(super) const NO_REPLICAS: &str =
+    "this node runs no job replicas (it was started with --no-job-replicas)";
 
 impl Daemon {
     /// Would this node take a replica of this size now (by its own accounting)?
@@ -55,16 +59,19 @@ impl Daemon {
         }
     }
 
-    /// Runs replica `replica` (at `generation`) of the signed submission `origin` sent.
+    /// Runs replica `replica` (at `generation`) of the signed submission `origin` sent:
+    /// from the beginning, or from the checkpoint held here (`restore`: its number or a
+    /// later one).
     pub(super) async fn job_place(
         self: &Arc<Self>,
         origin: PeerId,
         submission_bytes: &[u8],
         replica: u32,
         generation: u64,
+        restore: Option<u64>,
     ) -> JobResponse {
         match self
-            .place_here(origin, submission_bytes, replica, generation)
+            .place_here(origin, submission_bytes, replica, generation, restore)
             .await
         {
             Ok(vm_id) => JobResponse::Admitted { vm_id },
@@ -78,6 +85,7 @@ impl Daemon {
         submission_bytes: &[u8],
         replica: u32,
         generation: u64,
+        restore: Option<u64>,
     ) -> Result<String, String> {
         if !self.jobs.run_replicas {
             return Err(NO_REPLICAS.into());
@@ -115,10 +123,25 @@ impl Daemon {
         }
         let vm_spec = replica_vm_spec(&job_id, replica, &spec)?;
         let vm_spec = self.vms.check(vm_spec).await.map_err(|e| e.to_string())?;
+        // The checkpoint, taken (no other use of it) before anything is recorded.
+        let held = restore
+            .map(|seq| self.take_held(&job_id, replica, seq, generation))
+            .transpose()?;
         let ask = Load::new(vm_spec.vcpus, vm_spec.mem_mib << 20);
         let vm_id = self
             .admit_then(ask, || self.vms.record_new(vm_spec))
             .map_err(|e| e.to_string())?;
+        if let Some(held) = &held {
+            let to = VmPaths::new(&self.data_dir, &vm_id).snapshot();
+            if let Err(e) = super::checkpoint_hold::copy_checkpoint(&held.dir, &to) {
+                let reason = format!("cannot restore the checkpoint: {e}");
+                self.vms.registry().update(&vm_id, |r| {
+                    r.info.state = VmState::Failed;
+                    r.info.detail = Some(reason.clone());
+                });
+                return Err(reason);
+            }
+        }
         let now = now_ms();
         let info = JobInfo {
             id: job_id.clone(),
@@ -139,6 +162,8 @@ impl Daemon {
                 detail: None,
                 updated_at_ms: now,
                 moved_from: None,
+                checkpoint: None,
+                restored_from: held.as_ref().map(|h| h.seq),
             }],
             result_hash: None,
             retries: 0,
@@ -169,7 +194,15 @@ impl Daemon {
                 tracing::debug!(error = %e, "cannot announce the job in the DHT");
             }
         });
-        match self.vms.start_new(&vm_id).await {
+        let started = match &held {
+            None => self.vms.start_new(&vm_id).await,
+            Some(_) => self.vms.start_new_from_snapshot(&vm_id).await,
+        };
+        if let (Some(held), Ok(_)) = (held, &started) {
+            // This node runs the replica now: its own checkpoints go to other holders.
+            super::checkpoint_hold::drop_copy(&held.dir);
+        }
+        match started {
             Ok(_) => Ok(vm_id),
             // The VM failed to start: the watcher reports it; the origin tries elsewhere.
             Err(e) => Err(format!("the VM did not start: {e}")),
@@ -279,6 +312,7 @@ impl Daemon {
         let mut events = self.bus.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
         // What ended while the daemon was down is looked at once.
         for vm in self.jobs.watched() {
             if let Some(info) = self.vms.get(&vm) {
@@ -306,6 +340,11 @@ impl Daemon {
                 _ = tick.tick() => {
                     self.stop_overdue().await;
                     self.clone().send_reports();
+                    self.push_checkpoints();
+                    ticks += 1;
+                    if ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
+                        self.sweep_held();
+                    }
                 }
             }
         }
@@ -578,6 +617,8 @@ pub(super) fn report_of(job_id: &str, r: &ReplicaInfo) -> ReplicaReport {
         detail: r.detail.clone().map(crate::jobs::wire::cut),
         moved_to: None,
         moved_from: r.moved_from.clone(),
+        checkpoint: r.checkpoint.clone(),
+        restored_from: r.restored_from,
     }
 }
 

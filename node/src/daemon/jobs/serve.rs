@@ -35,7 +35,12 @@ impl Daemon {
         Ok(())
     }
 
-    async fn answer_job_request(self: Arc<Self>, peer: PeerId, request: JobRequest) -> JobResponse {
+    /// Answers `request` from `peer` (this node's own requests to itself come here too).
+    pub(super) async fn answer_job_request(
+        self: Arc<Self>,
+        peer: PeerId,
+        request: JobRequest,
+    ) -> JobResponse {
         match request {
             JobRequest::Offer {
                 backend,
@@ -47,10 +52,29 @@ impl Daemon {
                 submission,
                 replica,
                 generation,
+                restore,
             } => match hex::decode(&submission) {
-                Some(bytes) => self.job_place(peer, &bytes, replica, generation).await,
+                Some(bytes) => {
+                    self.job_place(peer, &bytes, replica, generation, restore)
+                        .await
+                }
                 None => JobResponse::refuse("the submission is not hex"),
             },
+            JobRequest::Hold {
+                submission,
+                replica,
+                generation,
+                origin,
+                seq,
+                files,
+            } => match hex::decode(&submission) {
+                Some(bytes) => {
+                    self.job_hold(peer, &bytes, replica, generation, &origin, seq, files)
+                        .await
+                }
+                None => JobResponse::refuse("the submission is not hex"),
+            },
+            JobRequest::Release { job_id, replica } => self.job_release(peer, &job_id, replica),
             JobRequest::Report(report) => self.job_report(peer, report),
             JobRequest::Cancel { job_id, replica } => {
                 self.job_cancel_here(peer, &job_id, replica).await
