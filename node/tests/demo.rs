@@ -407,6 +407,8 @@ fn demo_check_tells_the_whole_story_and_sums_it_up_as_json() {
         "job hello",
         "killing node-",
         "is placed again on",
+        "restored from checkpoint",
+        "is held by",
         "moving it live",
         "moving job marathon's VM live",
     ] {

@@ -4,11 +4,11 @@
 //!
 //! 1. `hello`: one replica; where it ran, how long it took, what it printed.
 //! 2. `tally`: three replicas on three nodes; the result the quorum agreed on.
-//! 3. `marathon`: a long counter; once it runs, its VM is moved live to another node (its
-//!    job record follows it), then that node is killed (kill -9, its VMMs die with it);
-//!    node-001's cell declares it dead, the job is placed again on a survivor at a new
-//!    generation and starts over (no checkpoint is pushed to peers yet), and finishes with
-//!    the result an uninterrupted run prints.
+//! 3. `marathon`: a long counter, checkpointed every 5 s; once it runs, its VM is moved
+//!    live to another node (its job record follows it); once a checkpoint of it there is
+//!    held by two peers, that node is killed (kill -9, its VMMs die with it); node-001's
+//!    cell declares it dead, a holder restores the job from the checkpoint at a new
+//!    generation, and it finishes with the result an uninterrupted run prints.
 //!
 //! Pure bookkeeping and words; the demo's loop calls [`JobStory::step`] every tick with what
 //! it needs to act ([`Act`]) and records each step's outcome for `--check --json`.
@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::api::types::{JobInfo, JobState, ReplicaState};
 
 /// The marathon's guest: long enough to be killed mid-run and to finish after it moved.
-pub const MARATHON_GUEST: &str = "builtin:counter:passes=16";
+pub const MARATHON_GUEST: &str = "builtin:counter:passes=20";
 /// How long the marathon runs before it is moved, and again before its node is killed.
 const MOVE_AFTER: Duration = Duration::from_secs(2);
 const KILL_AFTER: Duration = Duration::from_millis(1500);
@@ -56,12 +56,14 @@ enum Phase {
     Hello,
     Tally,
     Marathon,
-    /// The marathon runs on node `on` (VM `vm`) since `since`; `moved`: it was moved once.
+    /// The marathon runs on node `on` (VM `vm`) since `since`; `moved`: it was moved once;
+    /// `held`: peers hold a checkpoint of it.
     MarathonRuns {
         on: usize,
         vm: String,
         since: Instant,
         moved: bool,
+        held: bool,
     },
     /// Its VM is being moved from `from` to `to`.
     Moving {
@@ -133,7 +135,8 @@ impl JobStory {
                     "memoryMib":32,"replicas":3,"quorum":2}"#
                     .to_string(),
                 _ => format!(
-                    r#"{{"name":"marathon","payload":{{"guest":"{MARATHON_GUEST}"}},"memoryMib":32}}"#
+                    r#"{{"name":"marathon","payload":{{"guest":"{MARATHON_GUEST}"}},"memoryMib":32,
+                    "checkpointIntervalS":5}}"#
                 ),
             };
             return vec![Act::Submit { spec }];
@@ -156,6 +159,7 @@ impl JobStory {
             ref vm,
             since,
             moved: false,
+            ..
         } = self.phase
         {
             // A live node to move it to: not node-001 (the entry node), not where it is, not
@@ -186,6 +190,7 @@ impl JobStory {
             on,
             since,
             moved: true,
+            held: true,
             ..
         } = self.phase
         {
@@ -293,6 +298,7 @@ impl JobStory {
                             vm: r.vm_id.clone().unwrap_or_default(),
                             since: Instant::now(),
                             moved: false,
+                            held: false,
                         };
                         vec![Act::Say(format!("job marathon runs on {name}"))]
                     }
@@ -321,8 +327,40 @@ impl JobStory {
                             vm,
                             since: Instant::now(),
                             moved: true,
+                            held: false,
                         };
                         vec![Act::Say(format!("job marathon: {detail}"))]
+                    }
+                    _ if job.state.is_final() => self.marathon_failed(job, since),
+                    _ => Vec::new(),
+                }
+            }
+            Phase::MarathonRuns {
+                on,
+                vm,
+                since: runs_since,
+                moved: true,
+                held: false,
+            } => {
+                let r = &job.replicas[0];
+                match &r.checkpoint {
+                    Some(c) if !c.holders.is_empty() && node_of(r).1 == Some(on) => {
+                        let holders: Vec<String> = c.holders.iter().map(|h| names(h).0).collect();
+                        self.phase = Phase::MarathonRuns {
+                            on,
+                            vm,
+                            since: runs_since,
+                            moved: true,
+                            held: true,
+                        };
+                        vec![Act::Say(format!(
+                            "job marathon's checkpoint {} ({:.1} MiB) is held by {}: pushed in \
+                             {} ms",
+                            c.seq,
+                            c.bytes as f64 / (1 << 20) as f64,
+                            holders.join(" and "),
+                            c.push_ms
+                        ))]
                     }
                     _ if job.state.is_final() => self.marathon_failed(job, since),
                     _ => Vec::new(),
@@ -332,12 +370,17 @@ impl JobStory {
                 let r = &job.replicas[0];
                 match (r.generation, r.state, node_of(r)) {
                     (g, ReplicaState::Running, (name, Some(now))) if g > 1 && now != on => {
+                        let how = match r.restored_from {
+                            Some(seq) => format!("restored from checkpoint {seq}"),
+                            None => "started over: no holder restored it".to_string(),
+                        };
                         self.report(
                             "recovery",
-                            true,
+                            r.restored_from.is_some(),
                             at,
                             format!(
-                                "{} died; the job runs again on {name} (generation {g}) {:.1} s later",
+                                "{} died; the job runs again on {name} (generation {g}), {how}, \
+                                 {:.1} s later",
                                 node_name(on),
                                 at.elapsed().as_secs_f64()
                             ),
@@ -345,7 +388,7 @@ impl JobStory {
                         self.phase = Phase::Recovered;
                         vec![Act::Say(format!(
                             "node-001's cell saw {} die: job marathon is placed again on {name} \
-                             (generation {g}) and starts over ({:.1} s after the kill)",
+                             (generation {g}) and {how} ({:.1} s after the kill)",
                             node_name(on),
                             at.elapsed().as_secs_f64()
                         ))]
@@ -389,6 +432,7 @@ impl JobStory {
                     vm,
                     since: Instant::now(),
                     moved: true,
+                    held: false,
                 };
                 vec![Act::Say(format!("job marathon's VM did not move: {e}"))]
             }
@@ -566,6 +610,7 @@ mod tests {
             vm: "v".into(),
             since: Instant::now() - MOVE_AFTER,
             moved: false,
+            held: false,
         };
         let acts = s.step(Some(2), &[0, 1, 2, 3, 4]);
         assert!(acts
@@ -580,12 +625,40 @@ mod tests {
             &names,
             &mut result,
         );
-        // Its node now is node 1, which holds the touring VM: no kill until it leaves.
+        // No kill before peers hold a checkpoint of it there.
+        if let Phase::MarathonRuns { since, .. } = &mut s.phase {
+            *since -= KILL_AFTER;
+        }
+        assert!(matches!(
+            s.step(None, &[0, 1, 2, 3, 4])[..],
+            [Act::Look { .. }]
+        ));
+        let mut held = job(
+            "marathon",
+            JobState::Running,
+            vec![(ReplicaState::Running, "p1", 1)],
+        );
+        held.replicas[0].checkpoint = Some(crate::model::ReplicaCheckpoint {
+            seq: 1,
+            holders: vec!["p2".into(), "p4".into()],
+            bytes: 2 << 20,
+            pushed_bytes: 4 << 20,
+            push_ms: 300,
+            taken_at_ms: 0,
+        });
+        let says = s.seen(&held, &names, &mut result);
+        assert!(
+            matches!(&says[..], [Act::Say(l)] if l.contains("node-003 and node-005")),
+            "the holders are named"
+        );
+        assert!(matches!(s.phase, Phase::MarathonRuns { held: true, .. }));
+        // Its node holds the touring VM: no kill until it leaves.
         s.phase = Phase::MarathonRuns {
             on: 3,
             vm: "v".into(),
             since: Instant::now() - KILL_AFTER,
             moved: true,
+            held: true,
         };
         assert!(matches!(
             s.step(Some(3), &[0, 1, 2, 3, 4])[..],
@@ -593,17 +666,21 @@ mod tests {
         ));
         let acts = s.step(Some(1), &[0, 1, 2, 3, 4]);
         assert!(acts.iter().any(|a| matches!(a, Act::Kill { node: 3 })));
-        // Placed again elsewhere, then done.
-        s.seen(
-            &job(
-                "marathon",
-                JobState::Running,
-                vec![(ReplicaState::Running, "p2", 2)],
-            ),
-            &names,
-            &mut result,
+        // Restored elsewhere from the checkpoint, then done.
+        let mut restored = job(
+            "marathon",
+            JobState::Running,
+            vec![(ReplicaState::Running, "p2", 2)],
         );
+        restored.replicas[0].restored_from = Some(1);
+        s.seen(&restored, &names, &mut result);
         assert!(matches!(s.phase, Phase::Recovered));
+        assert!(s
+            .reports
+            .last()
+            .unwrap()
+            .detail
+            .contains("restored from checkpoint 1"));
         s.seen(
             &job(
                 "marathon",
