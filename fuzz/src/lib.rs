@@ -1,5 +1,5 @@
 //! Shared bodies of the fuzz targets of every decoder of outside bytes (novacron-vm,
-//! novacron-mesh, and the node's job spec files).
+//! novacron-mesh, and the node's job spec files and job protocol).
 //!
 //! Each module is one target: `check(data)` feeds arbitrary bytes to the real decoder and
 //! asserts the invariants that hold whenever it accepts them (it returns whether the input
@@ -16,6 +16,7 @@ pub mod checksummed_frame;
 pub mod control_recv;
 pub mod guest_spec;
 pub mod job_spec;
+pub mod job_wire;
 pub mod linux_image;
 pub mod manifest_decode;
 pub mod memory_layer;
@@ -66,6 +67,7 @@ pub const TARGETS: &[Target] = &[
     ("cell_frame", cell_frame::check, cell_frame::seeds),
     ("job_spec", job_spec::check, job_spec::seeds),
     ("submission", submission::check, submission::seeds),
+    ("job_wire", job_wire::check, job_wire::seeds),
 ];
 
 #[cfg(test)]

@@ -16,7 +16,8 @@
 //! the benchmarks.
 //!
 //! Feature `job-spec` (part of `daemon`) alone adds [`jobs`]' spec files and [`yaml_keys`]:
-//! reading a job spec from YAML with its lines, without the daemon (the fuzzers build this).
+//! reading a job spec from YAML with its lines, without the daemon; and the job protocol's
+//! messages (`jobs::wire`, pure). The fuzzers build this.
 
 #[cfg(feature = "daemon")]
 pub mod api;

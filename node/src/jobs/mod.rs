@@ -1,7 +1,8 @@
 //! Jobs on the node: the job protocol between nodes ([`wire`], [`link`]); reading job spec
-//! files ([`spec_file`], also built alone by feature `job-spec`); which submitters the node
-//! accepts jobs from ([`trust`]); the VM that runs a replica ([`vm_spec`]). The daemon's side
-//! of jobs is `crate::daemon::jobs`.
+//! files ([`spec_file`]); which submitters the node accepts jobs from ([`trust`]); the VM
+//! that runs a replica ([`vm_spec`]). The daemon's side of jobs is `crate::daemon::jobs`.
+//! [`spec_file`] and [`wire`] are pure and also built alone by feature `job-spec` (the
+//! fuzzers).
 
 #[cfg(feature = "daemon")]
 pub mod link;
@@ -10,5 +11,4 @@ pub mod spec_file;
 pub mod trust;
 #[cfg(feature = "daemon")]
 pub mod vm_spec;
-#[cfg(feature = "daemon")]
 pub mod wire;

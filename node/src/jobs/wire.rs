@@ -1,7 +1,7 @@
 //! The job protocol's messages (`/novacron/job/1`): one request and one response per
 //! stream, each a frame of a 4-byte little-endian length and that much JSON, at most
 //! [`MAX_FRAME`] bytes. Pure: bytes in, values out; every bound is checked here, before
-//! the daemon looks at a message.
+//! the daemon looks at a message (fuzzed: `fuzz/`, target `job_wire`).
 //!
 //! ```text
 //! origin -> candidate   Offer { job, size }             <- Offer { free ... } | Refuse
