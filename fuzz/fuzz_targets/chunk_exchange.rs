@@ -58,7 +58,11 @@ fn response(input: &[u8]) {
         return;
     };
     assert!(input.len() <= MAX_RESPONSE_BODY);
-    assert_eq!(body(&r.encode()), input, "a response with a second encoding");
+    assert_eq!(
+        body(&r.encode()),
+        input,
+        "a response with a second encoding"
+    );
     if let Response::Chunk {
         id,
         encoded,

@@ -611,7 +611,7 @@ pub fn seeds() -> Vec<Seed> {
                 detail: Some("restored from checkpoint 3".into()),
                 moved_to: None,
                 moved_from: None,
-                checkpoint: Some(checkpoint(crate::submission::NOW * 1000)),
+                checkpoint: Some(Box::new(checkpoint(crate::submission::NOW * 1000))),
                 restored_from: Some(3),
             }),
         ),

@@ -10,6 +10,7 @@
 
 use std::io::Read;
 
+use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkId};
 use novacron_vm::migration::destination::{
     verify_chunk_message, Destination, DestinationConfig, Input, Output,
 };
@@ -18,7 +19,6 @@ use novacron_vm::migration::messages::{
     encode_frame, MemRegion, Message, Mode, OfferEntry, PROTOCOL_VERSION,
 };
 use novacron_vm::migration::wire::FrameReader;
-use novacron_mesh::chunks::{Bitmap, ChunkDecoder, ChunkId};
 
 use crate::Seed;
 
@@ -58,7 +58,10 @@ pub fn check(data: &[u8]) -> bool {
     let mut failed = false;
     let mut accepted = 0;
     while let Ok(msg) = reader.read_message() {
-        assert!(reader.bytes_read() <= body.len() as u64, "read past the input");
+        assert!(
+            reader.bytes_read() <= body.len() as u64,
+            "read past the input"
+        );
         accepted += 1;
         let input = match dest.geometry().cloned() {
             Some(geo) => match verify_chunk_message(&mut decoder, &geo, msg) {

@@ -10,11 +10,15 @@
 //!   replica always runs on a peer) until node-001 reports the replica running. Reference:
 //!   a VM created directly through a runner node's API until it runs (the VMM start the job
 //!   path adds placement and two mesh round trips to).
-//! - `recovery_s`: a long job's runner killed with kill -9 (its VMMs die with it) until the
-//!   job runs again on a surviving node, as its origin reports it.
-//!
-//! What it cannot do yet: `checkpoint_push_mib_s` (checkpoint layers are not pushed to
-//! peers yet: see docs/jobs.md).
+//! - `checkpoint_push_mib_s`: a job whose guest fills 64 MiB with pseudo-random words
+//!   (`builtin:counter`, 8 Mi words), checkpointed every 5 s: the first (full) checkpoint's bytes times its 2
+//!   holders over the push's time as the runner reports it (publishing its files as chunk
+//!   sets, both holders fetching them, until both answer). Reference, same run: node-001
+//!   (which holds nothing) fetches the checkpoint's largest layer, published by the runner,
+//!   as a chunk set (`chunk_fetch_mib_s`, one copy from one provider).
+//! - `recovery_s`: that job's runner killed with kill -9 (its VMMs die with it) until the
+//!   job runs again on a surviving node restored from the checkpoint, as its origin reports
+//!   it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,6 +34,7 @@ use novacron_mesh::util::hex;
 use super::report::{in_scratch_dir, median, Goal, Report};
 use crate::api::client::{path_segment, ApiClient};
 use crate::api::types::{JobInfo, ReplicaState, SubmitJobRequest, VmInfo, VmSpec, VmState};
+use crate::api::{Request, Response};
 use crate::local_mesh::{LocalMesh, STOP_GRACE};
 use crate::policy::job_placement::{placement_decision, synthetic, Decision, Need, View};
 
@@ -66,7 +71,8 @@ pub enum Part {
     Placement,
     /// Submit to running through a local mesh.
     Submit,
-    /// kill -9 of a job's runner to the job running again.
+    /// A checkpoint pushed to 2 peers; kill -9 of the job's runner to the job running
+    /// again, restored from it.
     Recovery,
 }
 
@@ -95,9 +101,6 @@ pub fn run(args: &JobsBenchArgs) -> anyhow::Result<Report> {
             through_a_mesh(args, dir, &mut report)
         })?;
     }
-    report.notes.push(
-        "checkpoint_push_mib_s: not measured (checkpoints are not pushed to peers yet)".into(),
-    );
     Ok(report)
 }
 
@@ -234,10 +237,21 @@ async fn measure(
         report.add("submit_vs_vm_create", job_ms / vm_ms.max(1e-9), "x", None);
     }
     if args.parts.contains(&Part::Recovery) {
-        let secs = recovery(mesh, &clients, key).await?;
+        let r = recovery(mesh, &clients, key).await?;
+        report.add("checkpoint_mib", r.checkpoint_mib, "MiB", None);
+        report.add("checkpoint_push_mib_s", r.push_mib_s, "MiB/s", None);
+        report.add("checkpoint_publish_ms", r.publish_ms, "ms", None);
+        report.add("checkpoint_push_ms", r.push_ms, "ms", None);
+        report.add("chunk_fetch_mib_s", r.fetch_mib_s, "MiB/s", None);
+        report.add(
+            "checkpoint_push_vs_chunk_fetch",
+            r.push_mib_s / r.fetch_mib_s.max(1e-9),
+            "x",
+            None,
+        );
         report.add(
             "recovery_s",
-            secs,
+            r.recovery_s,
             "s",
             Some(Goal::at_most(RECOVERY_GOAL_S)),
         );
@@ -321,43 +335,134 @@ async fn cancel(origin: &ApiClient, job: &JobInfo) {
         .await;
 }
 
-/// A long job's runner killed: seconds until the job runs again elsewhere.
+/// What the recovery part measured.
+struct Recovery {
+    checkpoint_mib: f64,
+    publish_ms: f64,
+    push_ms: f64,
+    push_mib_s: f64,
+    fetch_mib_s: f64,
+    recovery_s: f64,
+}
+
+/// Checkpoint holders of a bench job.
+const HOLDERS: usize = crate::policy::job_fencing::HOLDERS;
+
+/// A job checkpointed to its peers, then its runner killed: the push's rate, the reference
+/// fetch's, and the seconds until the job runs again, restored from the checkpoint.
 async fn recovery(
     mesh: &mut LocalMesh,
     clients: &[ApiClient],
     key: &SubmitterKey,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Recovery> {
     // node-001 (the origin, an entry node) runs no replica: the runner is another node.
     let origin = &clients[0];
-    let spec = r#"{"payload":{"guest":"builtin:idle"},"memoryMib":16}"#;
-    {
-        let (_, job) = submit_until_running(origin, key, spec, 200).await?;
-        let runner = job.replicas[0].node.clone().unwrap_or_default();
-        let victim = mesh
-            .nodes
-            .iter()
-            .position(|n| n.peer_id().as_deref() == Some(runner.as_str()))
-            .filter(|v| *v != 0)
-            .with_context(|| format!("job {} runs on {runner}, not a runner node", job.id))?;
-        let killed = Instant::now();
-        mesh.nodes[victim].kill9();
-        let path = format!("/api/v1/jobs/{}", path_segment(&job.id));
-        loop {
-            let now: JobInfo = origin.get(&path).await?;
-            let r = &now.replicas[0];
-            if r.generation > 1 && r.state == ReplicaState::Running {
-                let secs = killed.elapsed().as_secs_f64();
-                cancel(origin, &now).await;
-                return Ok(secs);
-            }
-            if killed.elapsed() > WAIT {
+    // 8 Mi words: 64 MiB of pseudo-random data written within the first checkpoint
+    // interval (a pass takes ~4 s on the nested development KVM), unique and incompressible.
+    let spec = r#"{"payload":{"guest":"builtin:counter:words=8388608,passes=1000000"},
+        "memoryMib":128,"checkpointIntervalS":5}"#;
+    let (_, job) = submit_until_running(origin, key, spec, 200).await?;
+    let path = format!("/api/v1/jobs/{}", path_segment(&job.id));
+    let held = Instant::now();
+    let (job, checkpoint) = loop {
+        let now: JobInfo = origin.get(&path).await?;
+        if let Some(c) = now.replicas[0]
+            .checkpoint
+            .clone()
+            .filter(|c| c.holders.len() == HOLDERS)
+        {
+            break (now, c);
+        }
+        if now.state.is_final() || held.elapsed() > WAIT {
+            cancel(origin, &now).await;
+            bail!(
+                "job {} has no checkpoint held by {HOLDERS} peers after {:?}: {:?}",
+                now.id,
+                held.elapsed(),
+                now.replicas[0].detail
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let runner = job.replicas[0].node.clone().unwrap_or_default();
+    let victim = mesh
+        .nodes
+        .iter()
+        .position(|n| n.peer_id().as_deref() == Some(runner.as_str()))
+        .filter(|v| *v != 0)
+        .with_context(|| format!("job {} runs on {runner}, not a runner node", job.id))?;
+    let vm = job.replicas[0].vm_id.clone().unwrap_or_default();
+    let fetch_mib_s = reference_fetch(mesh, victim, &vm).await?;
+    let mib = checkpoint.bytes as f64 / (1 << 20) as f64;
+    let push_mib_s = mib * HOLDERS as f64 / (checkpoint.push_ms.max(1) as f64 / 1000.0);
+
+    let killed = Instant::now();
+    mesh.nodes[victim].kill9();
+    loop {
+        let now: JobInfo = origin.get(&path).await?;
+        let r = &now.replicas[0];
+        if r.generation > 1 && r.state == ReplicaState::Running {
+            let recovery_s = killed.elapsed().as_secs_f64();
+            cancel(origin, &now).await;
+            if r.restored_from.is_none() {
                 bail!(
-                    "job {} did not run again within {WAIT:?}: {:?}",
-                    now.id,
-                    now.detail
+                    "job {} ran again from the beginning, not from its checkpoint",
+                    now.id
                 );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            return Ok(Recovery {
+                checkpoint_mib: mib,
+                publish_ms: checkpoint.publish_ms as f64,
+                push_ms: checkpoint.push_ms as f64,
+                push_mib_s,
+                fetch_mib_s,
+                recovery_s,
+            });
         }
+        if killed.elapsed() > WAIT {
+            bail!(
+                "job {} did not run again within {WAIT:?}: {:?}",
+                now.id,
+                now.detail
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The reference: node-001 fetches the largest memory layer of VM `vm`'s checkpoint on node
+/// `runner`, which publishes it, as a chunk set: MiB/s.
+async fn reference_fetch(mesh: &LocalMesh, runner: usize, vm: &str) -> anyhow::Result<f64> {
+    let snapshot = crate::vms::paths::VmPaths::new(&mesh.nodes[runner].data_dir, vm).snapshot();
+    let layer = std::fs::read_dir(&snapshot)
+        .with_context(|| format!("cannot read {}", snapshot.display()))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ncl"))
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .with_context(|| format!("no memory layer in {}", snapshot.display()))?;
+    let copy = mesh.nodes[0].data_dir.with_file_name("reference-layer.ncl");
+    std::fs::copy(layer.path(), &copy)
+        .with_context(|| format!("cannot copy {}", layer.path().display()))?;
+    let id = match mesh.nodes[runner].ask(&Request::PublishFile {
+        path: copy.clone(),
+        name: Some("reference".into()),
+    })? {
+        Response::Published(p) => p.id,
+        other => bail!("the runner could not publish the layer: {other:?}"),
+    };
+    let out = copy.with_extension("fetched");
+    let fetched = match mesh.nodes[0].ask(&Request::Fetch {
+        id,
+        out: out.clone(),
+    })? {
+        Response::Fetched(f) => f,
+        other => bail!("node-001 could not fetch the layer: {other:?}"),
+    };
+    let same = std::fs::read(&out)? == std::fs::read(&copy)?;
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&copy);
+    if !same {
+        bail!("the fetched layer differs from the published one");
+    }
+    Ok(fetched.mib_per_sec)
 }

@@ -27,6 +27,26 @@ pub async fn publish(
     path: &Path,
     name: Option<String>,
 ) -> anyhow::Result<Published> {
+    put_file(mesh, exchange, path, name, true).await
+}
+
+/// [`publish`] without the DHT announcement: peers are told where to fetch it.
+pub async fn serve(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    path: &Path,
+    name: Option<String>,
+) -> anyhow::Result<Published> {
+    put_file(mesh, exchange, path, name, false).await
+}
+
+async fn put_file(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    path: &Path,
+    name: Option<String>,
+    announce: bool,
+) -> anyhow::Result<Published> {
     let name = match name {
         Some(n) => n,
         None => path
@@ -52,7 +72,10 @@ pub async fn publish(
         Ok(ChunkSetManifest::from_store_data(&set_name, &data, &store)?)
     })
     .await??;
-    let id = exchange.publish(mesh, &manifest).await?;
+    let id = match announce {
+        true => exchange.publish(mesh, &manifest).await?,
+        false => exchange.serve(&manifest).await?,
+    };
     Ok(Published {
         id: hex::encode(&id),
         name,
@@ -67,8 +90,23 @@ pub async fn fetch(
     id: &str,
     out: &Path,
 ) -> anyhow::Result<Fetched> {
+    fetch_from(mesh, exchange, id, &[], out).await
+}
+
+/// [`fetch`] from `providers` (known from elsewhere: no DHT lookup), or from the set's
+/// providers in the DHT when `providers` is empty.
+pub async fn fetch_from(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    id: &str,
+    providers: &[novacron_mesh::swarm::PeerId],
+    out: &Path,
+) -> anyhow::Result<Fetched> {
     let set = parse_id(id)?;
-    let report = exchange.fetch(mesh, set).await?;
+    let report = match providers {
+        [] => exchange.fetch(mesh, set).await?,
+        some => exchange.fetch_from(mesh, set, some).await?,
+    };
     let manifest = exchange
         .manifest(&set)
         .with_context(|| format!("chunk set {id} was fetched but its manifest is not held"))?;
@@ -151,7 +189,7 @@ fn write_set(
     Ok(())
 }
 
-fn parse_id(id: &str) -> anyhow::Result<[u8; 32]> {
+pub fn parse_id(id: &str) -> anyhow::Result<[u8; 32]> {
     hex::decode(id)
         .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         .with_context(|| format!("chunk set id {id:?} is not 64 hex digits"))

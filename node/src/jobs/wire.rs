@@ -117,7 +117,7 @@ pub struct ReplicaReport {
     pub moved_from: Option<String>,
     /// Its latest checkpoint held by peers.
     #[serde(default)]
-    pub checkpoint: Option<ReplicaCheckpoint>,
+    pub checkpoint: Option<Box<ReplicaCheckpoint>>,
     /// The checkpoint this generation was restored from.
     #[serde(default)]
     pub restored_from: Option<u64>,
@@ -167,7 +167,7 @@ fn check_files(files: &[CheckpointFile]) -> Result<(), WireError> {
     Ok(())
 }
 
-fn check_checkpoint(c: &Option<ReplicaCheckpoint>) -> Result<(), WireError> {
+fn check_checkpoint(c: &Option<Box<ReplicaCheckpoint>>) -> Result<(), WireError> {
     let Some(c) = c else {
         return Ok(());
     };
@@ -475,14 +475,15 @@ mod tests {
                 detail: None,
                 moved_to: None,
                 moved_from: Some("12D3KooWpeer".into()),
-                checkpoint: Some(ReplicaCheckpoint {
+                checkpoint: Some(Box::new(ReplicaCheckpoint {
                     seq: 3,
                     holders: vec!["12D3KooWholder".into()],
                     bytes: 1 << 20,
                     pushed_bytes: 1 << 19,
                     push_ms: 12,
+                    publish_ms: 5,
                     taken_at_ms: 1,
-                }),
+                })),
                 restored_from: Some(2),
             }),
             JobRequest::Handover {

@@ -613,8 +613,11 @@ pub struct ReplicaCheckpoint {
     pub bytes: u64,
     /// Bytes sent to its holders for it (layers they already held are not sent again).
     pub pushed_bytes: u64,
-    /// How long pushing it to every holder took, ms.
+    /// How long pushing it to every holder took, ms: publishing its new files as chunk
+    /// sets (`publish_ms` of it), then the holders fetching them.
     pub push_ms: u64,
+    #[serde(default)]
+    pub publish_ms: u64,
     pub taken_at_ms: u64,
 }
 

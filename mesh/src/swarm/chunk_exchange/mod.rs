@@ -213,10 +213,51 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
+/// The sets served, and each chunk they name with how many sets name it (a chunk is served
+/// while any set naming it is).
 #[derive(Default)]
 struct Sets {
     manifests: HashMap<[u8; 32], Arc<Vec<u8>>>,
-    chunks: HashSet<ChunkId>,
+    chunks: HashMap<ChunkId, u32>,
+}
+
+impl Sets {
+    fn add(&mut self, id: [u8; 32], bytes: Arc<Vec<u8>>, chunks: &[ChunkId]) {
+        if self.manifests.insert(id, bytes).is_some() {
+            return;
+        }
+        for c in distinct(chunks) {
+            *self.chunks.entry(c).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, id: &[u8; 32]) -> bool {
+        let Some(bytes) = self.manifests.remove(id) else {
+            return false;
+        };
+        // Served manifests were encoded here or checked on fetch: they decode.
+        let Ok(m) = ChunkSetManifest::decode(&bytes) else {
+            return true;
+        };
+        let ids: Vec<ChunkId> = m.chunks().iter().map(|c| c.chunk_id()).collect();
+        for c in distinct(&ids) {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = self.chunks.entry(c) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        true
+    }
+
+    fn serves_chunk(&self, id: &ChunkId) -> bool {
+        self.chunks.contains_key(id)
+    }
+}
+
+fn distinct(chunks: &[ChunkId]) -> HashSet<ChunkId> {
+    chunks.iter().copied().collect()
 }
 
 struct Shared {
@@ -296,6 +337,15 @@ impl ChunkExchange {
         manifest: &ChunkSetManifest,
     ) -> Result<[u8; 32], ExchangeError> {
         self.check_node(node)?;
+        let id = self.serve(manifest).await?;
+        node.start_providing(DhtKey::ChunkSet(id)).await?;
+        info!(set = %hex(&id), name = manifest.name(), chunks = manifest.chunks().len(), "chunk set published");
+        Ok(id)
+    }
+
+    /// Serves `manifest` (whose chunks must all be in the local store) without announcing
+    /// it in the DHT: for peers told where to fetch it ([`Self::fetch_from`]). Its id.
+    pub async fn serve(&self, manifest: &ChunkSetManifest) -> Result<[u8; 32], ExchangeError> {
         let bytes = manifest.encode()?;
         let id = crate::transfer::manifest_id(&bytes);
         let ids: Vec<ChunkId> = manifest.chunks().iter().map(|c| c.chunk_id()).collect();
@@ -311,8 +361,6 @@ impl ChunkExchange {
             });
         }
         self.serve_set(id, bytes, manifest)?;
-        node.start_providing(DhtKey::ChunkSet(id)).await?;
-        info!(set = %hex(&id), name = manifest.name(), chunks = manifest.chunks().len(), "chunk set published");
         Ok(id)
     }
 
@@ -328,10 +376,16 @@ impl ChunkExchange {
                 max: self.shared.cfg.max_sets,
             });
         }
-        sets.manifests.insert(id, Arc::new(bytes));
-        sets.chunks
-            .extend(manifest.chunks().iter().map(|c| c.chunk_id()));
+        let ids: Vec<ChunkId> = manifest.chunks().iter().map(|c| c.chunk_id()).collect();
+        sets.add(id, Arc::new(bytes), &ids);
         Ok(())
+    }
+
+    /// Stops serving set `id` (its chunks stay in the store, and are still served for the
+    /// other sets that name them); false if it was not served. Its DHT provider record
+    /// expires by itself; a peer that still asks is answered "not found" and tries others.
+    pub fn withdraw(&self, id: &[u8; 32]) -> bool {
+        self.shared.sets().remove(id)
     }
 
     /// The manifest of a set this node serves.
@@ -422,9 +476,7 @@ mod fixtures {
             let shared = Shared::new(PeerId::random(), self.store.clone(), cfg);
             {
                 let mut sets = shared.sets();
-                sets.manifests
-                    .insert(manifest.0, Arc::new(manifest.1.to_vec()));
-                sets.chunks.extend(chunks.iter().copied());
+                sets.add(manifest.0, Arc::new(manifest.1.to_vec()), chunks);
             }
             Arc::new(shared)
         }
@@ -433,5 +485,49 @@ mod fixtures {
     /// The raw bytes of test chunk `i`.
     pub(super) fn raw(i: u8) -> Vec<u8> {
         vec![i.wrapping_add(1).max(1); CHUNK_LEN as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunks::Level;
+
+    #[test]
+    fn a_withdrawn_set_stops_serving_only_the_chunks_no_other_set_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path(), Level::default()).unwrap();
+        let data = |seed: u8| -> Vec<u8> { (0..300_000u32).map(|i| (i as u8) ^ seed).collect() };
+        let a = ChunkSetManifest::from_store_data("a", &data(1), &store).unwrap();
+        // b shares all of a's chunks and adds its own (a's data twice over, then more).
+        let mut both = data(1);
+        both.extend(data(2));
+        let b = ChunkSetManifest::from_store_data("b", &both, &store).unwrap();
+        let ids = |m: &ChunkSetManifest| -> Vec<ChunkId> {
+            m.chunks().iter().map(|c| c.chunk_id()).collect()
+        };
+        let (a_bytes, b_bytes) = (a.encode().unwrap(), b.encode().unwrap());
+        let (a_id, b_id) = (
+            crate::transfer::manifest_id(&a_bytes),
+            crate::transfer::manifest_id(&b_bytes),
+        );
+        let mut sets = Sets::default();
+        sets.add(a_id, Arc::new(a_bytes.clone()), &ids(&a));
+        sets.add(a_id, Arc::new(a_bytes), &ids(&a));
+        sets.add(b_id, Arc::new(b_bytes), &ids(&b));
+        let only_b: Vec<ChunkId> = ids(&b)
+            .into_iter()
+            .filter(|c| !ids(&a).contains(c))
+            .collect();
+        assert!(!only_b.is_empty());
+        assert!(sets.remove(&b_id));
+        assert!(!sets.remove(&b_id), "gone already");
+        assert!(
+            ids(&a).iter().all(|c| sets.serves_chunk(c)),
+            "a's chunks stay"
+        );
+        assert!(only_b.iter().all(|c| !sets.serves_chunk(c)), "b's own go");
+        assert!(sets.remove(&a_id));
+        assert!(sets.chunks.is_empty() && sets.manifests.is_empty());
     }
 }

@@ -174,7 +174,7 @@ async fn chunk_response(shared: &Shared, id: ChunkId) -> Response {
         bump(&shared.counters.not_found, 1);
         Response::NotFound(*id.as_bytes())
     };
-    if !shared.sets_read().chunks.contains(&id) {
+    if !shared.sets_read().serves_chunk(&id) {
         return not_found();
     }
     let store = shared.store.clone();

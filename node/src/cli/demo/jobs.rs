@@ -644,6 +644,7 @@ mod tests {
             bytes: 2 << 20,
             pushed_bytes: 4 << 20,
             push_ms: 300,
+            publish_ms: 100,
             taken_at_ms: 0,
         });
         let says = s.seen(&held, &names, &mut result);

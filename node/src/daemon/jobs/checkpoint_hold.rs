@@ -76,6 +76,7 @@ impl Drop for HeldBusy {
 pub(super) struct TakenCheckpoint {
     pub dir: PathBuf,
     pub seq: u64,
+    pub files: Vec<CheckpointFile>,
     pub _busy: HeldBusy,
 }
 
@@ -146,7 +147,7 @@ impl Daemon {
         mut files: Vec<CheckpointFile>,
     ) -> Result<u64, String> {
         if !self.jobs.run_replicas {
-            return Err(super::runner::NO_REPLICAS.into());
+            return Err(super::NO_REPLICAS.into());
         }
         let verified = submission::open(submission_bytes).map_err(|e| e.to_string())?;
         self.check_trusted(&verified.submitter)
@@ -187,6 +188,9 @@ impl Daemon {
         {
             return Err("the checkpoint has no MANIFEST".into());
         }
+        if files.iter().any(|f| f.name == RECORD) {
+            return Err(format!("{RECORD} is not a checkpoint file name"));
+        }
         let _busy = self.claim_held(&job_id, replica)?;
         let dir = self.held_dir(&job_id, replica);
         if let Some(held) = read_record(&dir) {
@@ -207,23 +211,21 @@ impl Daemon {
         // checkpoint's plus new ones nothing names yet.
         files.sort_by_key(|f| f.name == novacron_vm::storage::snapshot_dir::MANIFEST_NAME);
         let kept = read_record(&dir).map(|r| r.files).unwrap_or_default();
+        let (manifest, others): (Vec<&CheckpointFile>, Vec<&CheckpointFile>) = files
+            .iter()
+            .filter(|f| !(kept.contains(f) && dir.join(&f.name).is_file()))
+            .partition(|f| f.name == novacron_vm::storage::snapshot_dir::MANIFEST_NAME);
+        // The new files at once, from the pusher (no DHT lookup); then the MANIFEST.
         let mut fetched = 0u64;
-        for f in &files {
-            let path = dir.join(&f.name);
-            if kept.contains(f) && path.is_file() {
-                continue;
+        for wave in [others, manifest] {
+            let got = futures::future::join_all(
+                wave.iter()
+                    .map(|f| self.fetch_checkpoint_file(&dir, f, from)),
+            )
+            .await;
+            for bytes in got {
+                fetched += bytes?;
             }
-            let got = crate::daemon::chunk_sets::fetch(&self.mesh, &self.exchange, &f.set, &path)
-                .await
-                .map_err(|e| format!("cannot fetch {} of the checkpoint: {e:#}", f.name))?;
-            if got.bytes != f.bytes {
-                let _ = std::fs::remove_file(&path);
-                return Err(format!(
-                    "{} of the checkpoint is {} bytes, not the {} announced",
-                    f.name, got.bytes, f.bytes
-                ));
-            }
-            fetched += got.wire_bytes;
         }
         let record = HoldRecord {
             job_id: job_id.clone(),
@@ -239,8 +241,45 @@ impl Daemon {
         };
         write_record(&dir, &record)?;
         remove_unnamed(&dir, &record.files);
+        let gone: Vec<CheckpointFile> = kept
+            .into_iter()
+            .filter(|k| !record.files.iter().any(|f| f.set == k.set))
+            .collect();
+        self.withdraw_files(&gone);
         tracing::info!(job = %job_id, replica, seq, fetched, "holding a replica's checkpoint");
         Ok(fetched)
+    }
+
+    /// Fetches checkpoint file `f` from `pusher` into `dir` (temp + rename): its wire bytes.
+    async fn fetch_checkpoint_file(
+        &self,
+        dir: &Path,
+        f: &CheckpointFile,
+        pusher: PeerId,
+    ) -> Result<u64, String> {
+        let path = dir.join(&f.name);
+        let chunk_sets = crate::daemon::chunk_sets::fetch_from;
+        let got = chunk_sets(&self.mesh, &self.exchange, &f.set, &[pusher], &path)
+            .await
+            .map_err(|e| format!("cannot fetch {} of the checkpoint: {e:#}", f.name))?;
+        if got.bytes != f.bytes {
+            let _ = std::fs::remove_file(&path);
+            self.withdraw_files(std::slice::from_ref(f));
+            return Err(format!(
+                "{} of the checkpoint is {} bytes, not the {} announced",
+                f.name, got.bytes, f.bytes
+            ));
+        }
+        Ok(got.wire_bytes)
+    }
+
+    /// Stops serving the chunk sets of `files` (their copies are gone from here).
+    pub(super) fn withdraw_files(&self, files: &[CheckpointFile]) {
+        for f in files {
+            if let Ok(id) = crate::daemon::chunk_sets::parse_id(&f.set) {
+                self.exchange.withdraw(&id);
+            }
+        }
     }
 
     /// `Release` from `from`: drops the copy if `from` is its job's origin or its pusher.
@@ -258,6 +297,7 @@ impl Daemon {
         let Ok(_busy) = self.claim_held(job_id, replica) else {
             return JobResponse::refuse("the checkpoint is in use; ask again");
         };
+        self.withdraw_files(&held.files);
         drop_copy(&dir);
         JobResponse::Ack
     }
@@ -286,6 +326,7 @@ impl Daemon {
         Ok(TakenCheckpoint {
             dir,
             seq: held.seq,
+            files: held.files,
             _busy: busy,
         })
     }
@@ -316,6 +357,9 @@ impl Daemon {
             let in_use = lock(&self.jobs.holding).contains(&name);
             if old && !in_use {
                 tracing::info!(dir = %dir.display(), "dropping an expired checkpoint copy");
+                if let Some(r) = read_record(&dir) {
+                    self.withdraw_files(&r.files);
+                }
                 drop_copy(&dir);
             }
         }

@@ -91,13 +91,16 @@ impl Daemon {
             .cloned()
             .unwrap_or_default();
         let mut files = Vec::with_capacity(names.len());
+        // Sets of files no longer in the checkpoint (older layers, the old MANIFEST).
+        let mut stale = Vec::new();
         for name in &names {
             // Files are written once under a name, but the MANIFEST is replaced.
             if let Some(f) = published.get(name).filter(|_| name != MANIFEST_NAME) {
                 files.push(f.clone());
                 continue;
             }
-            let p = crate::daemon::chunk_sets::publish(
+            // Served, not announced: the holders are told to fetch from this node.
+            let p = crate::daemon::chunk_sets::serve(
                 &self.mesh,
                 &self.exchange,
                 &dir.join(name),
@@ -110,9 +113,22 @@ impl Daemon {
                 set: p.id,
                 bytes: p.bytes,
             };
-            published.insert(name.clone(), f.clone());
+            stale.extend(
+                published
+                    .insert(name.clone(), f.clone())
+                    .filter(|old| *old != f),
+            );
             files.push(f);
         }
+        published.retain(|name, f| {
+            let keep = names.contains(name);
+            if !keep {
+                stale.push(f.clone());
+            }
+            keep
+        });
+        lock(&self.jobs.published).insert(vm.to_string(), published);
+        let publish_ms = started.elapsed().as_millis() as u64;
         // Still that checkpoint? (Names are never reused: the same generation means the
         // files published are its files.)
         let now = novacron_vm::storage::read_manifest(&dir).map_err(|e| e.to_string())?;
@@ -122,8 +138,6 @@ impl Daemon {
                 manifest.generation, now.generation
             ));
         }
-        published.retain(|name, _| names.contains(name));
-        lock(&self.jobs.published).insert(vm.to_string(), published);
 
         let job = JobId::parse(&rec.info.id).ok_or("the job id is not hex")?;
         let me = self.mesh.peer_id().to_string();
@@ -147,6 +161,9 @@ impl Daemon {
             files: files.clone(),
         };
         let (holders, pushed_bytes, refusals) = self.ask_holders(&candidates, &ask).await;
+        // The holders have what they need of this checkpoint (or none took it): older
+        // files are not served any more.
+        self.withdraw_files(&stale);
         if holders.is_empty() {
             return Err(format!("no peer holds it: {}", refusals.join("; ")));
         }
@@ -165,6 +182,7 @@ impl Daemon {
             bytes: files.iter().map(|f| f.bytes).sum(),
             pushed_bytes,
             push_ms: started.elapsed().as_millis() as u64,
+            publish_ms,
             taken_at_ms: now_ms(),
         };
         tracing::info!(
@@ -183,6 +201,12 @@ impl Daemon {
             }
         });
         Ok(())
+    }
+
+    /// Stops following replica VM `vm` and serving the checkpoint files it published.
+    pub(super) fn unwatch_replica_vm(&self, vm: &str) {
+        let files = self.jobs.unwatch(vm);
+        self.withdraw_files(&files);
     }
 
     /// Asks `candidates` in order, [`HOLDERS`] at a time, to hold a checkpoint until

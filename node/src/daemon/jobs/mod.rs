@@ -47,6 +47,10 @@ pub(super) fn replica_vms(db: &crate::state::StateDb) -> HashSet<String> {
         .collect()
 }
 
+/// The refusal of a node started with `--no-job-replicas`.
+pub(super) const NO_REPLICAS: &str =
+    "this node runs no job replicas (it was started with --no-job-replicas)";
+
 /// What a refusal of a report from a superseded replica starts with; the runner stops its
 /// copy when it reads it.
 pub(super) const STALE: &str = "stale generation";
@@ -142,9 +146,13 @@ impl JobsHere {
         lock(&self.watched).insert(vm, job);
     }
 
-    fn unwatch(&self, vm: &str) {
+    /// Stops following `vm`; the checkpoint files it published, to withdraw.
+    fn unwatch(&self, vm: &str) -> Vec<crate::jobs::wire::CheckpointFile> {
         lock(&self.watched).remove(vm);
-        lock(&self.published).remove(vm);
+        lock(&self.published)
+            .remove(vm)
+            .map(|p| p.into_values().collect())
+            .unwrap_or_default()
     }
 
     fn watched(&self) -> Vec<String> {

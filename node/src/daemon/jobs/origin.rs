@@ -513,7 +513,7 @@ impl Daemon {
                 r.result_set = report.result_set.clone();
                 r.detail = report.detail.clone();
                 if report.checkpoint.is_some() {
-                    r.checkpoint = report.checkpoint.clone();
+                    r.checkpoint = report.checkpoint.as_deref().cloned();
                 }
                 r.restored_from = report.restored_from.or(r.restored_from);
             }

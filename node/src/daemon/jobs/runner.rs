@@ -15,7 +15,7 @@ use novacron_mesh::submission::{self, JobId};
 use novacron_mesh::swarm::PeerId;
 use novacron_mesh::util::{hex, lock};
 
-use super::ReportTo;
+use super::{ReportTo, NO_REPLICAS};
 use crate::api::service::ServiceError;
 use crate::api::types::{now_ms, VmState};
 use crate::daemon::{capacity, Daemon};
@@ -35,10 +35,6 @@ const NOT_YET_TRIES: u32 = 50;
 
 /// Held checkpoint copies are swept this often (ticks of a second).
 const SWEEP_EVERY_TICKS: u64 = 60;
-
-/// The refusal of a node started with `--no-job-replicas`.
-pub(super) const NO_REPLICAS: &str =
-    "this node runs no job replicas (it was started with --no-job-replicas)";
 
 impl Daemon {
     /// Would this node take a replica of this size now (by its own accounting)?
@@ -200,6 +196,7 @@ impl Daemon {
         };
         if let (Some(held), Ok(_)) = (held, &started) {
             // This node runs the replica now: its own checkpoints go to other holders.
+            self.withdraw_files(&held.files);
             super::checkpoint_hold::drop_copy(&held.dir);
         }
         match started {
@@ -368,7 +365,7 @@ impl Daemon {
             return;
         }
         if state == VmState::MovedAway {
-            self.jobs.unwatch(vm_id);
+            self.unwatch_replica_vm(vm_id);
             if let Some(me) = self.myself.get().and_then(std::sync::Weak::upgrade) {
                 tokio::spawn(me.hand_over(job_id, vm_id.to_string()));
             }
@@ -391,7 +388,7 @@ impl Daemon {
             return;
         };
         if rec.info.replicas.first().is_none_or(|r| r.state.is_final()) {
-            self.jobs.unwatch(vm_id);
+            self.unwatch_replica_vm(vm_id);
             return;
         }
         let console = VmPaths::new(&self.data_dir, vm_id).console();
@@ -430,7 +427,7 @@ impl Daemon {
                 Ok((hash, set))
             }
         };
-        self.jobs.unwatch(vm_id);
+        self.unwatch_replica_vm(vm_id);
         self.update_runner(job_id, |r| match outcome {
             Ok((hash, set)) => {
                 r.state = ReplicaState::Finished;
@@ -468,7 +465,7 @@ impl Daemon {
                     rec.info.spec.max_runtime_s
                 ));
             });
-            self.jobs.unwatch(&vm_id);
+            self.unwatch_replica_vm(&vm_id);
             if let Err(e) = self.vms.stop(&vm_id).await {
                 tracing::warn!(vm = vm_id, error = %e, "cannot stop an overdue replica");
             }
@@ -519,7 +516,7 @@ impl Daemon {
                 });
                 self.jobs.acked_job(&to.report.job_id);
                 if let Some(vm) = vm {
-                    self.jobs.unwatch(&vm);
+                    self.unwatch_replica_vm(&vm);
                     let _ = self.vms.stop(&vm).await;
                 }
             }
@@ -617,7 +614,7 @@ pub(super) fn report_of(job_id: &str, r: &ReplicaInfo) -> ReplicaReport {
         detail: r.detail.clone().map(crate::jobs::wire::cut),
         moved_to: None,
         moved_from: r.moved_from.clone(),
-        checkpoint: r.checkpoint.clone(),
+        checkpoint: r.checkpoint.clone().map(Box::new),
         restored_from: r.restored_from,
     }
 }
