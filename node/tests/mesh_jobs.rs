@@ -659,7 +659,10 @@ fn a_job_whose_owner_needs_the_machine_moves_live_and_its_record_follows_it() {
         ],
     });
     let (guest, expected) = guest::counter(12);
-    let spec = format!("name: mover\npayload:\n  guest: {guest}\nmemoryMib: 32\n");
+    let spec = format!(
+        "name: mover\npayload:\n  guest: {guest}\nmemoryMib: 32\nmigration:\n  \
+         downtimeBudgetMs: 250\n"
+    );
     let accepted = submit(&nodes[0], &keys_dir, "alice", &spec);
     let id = accepted["id"].as_str().unwrap().to_string();
     let procs: Vec<&Proc> = nodes.iter().map(|n| &n.proc).collect();
@@ -694,6 +697,15 @@ fn a_job_whose_owner_needs_the_machine_moves_live_and_its_record_follows_it() {
         Some(vm.as_str()),
         "the same VM runs on: {moved}"
     );
+    // The VM moved with its job's downtime budget, which travels with it.
+    let to = nodes
+        .iter()
+        .find(|n| Some(n.peer.as_str()) == r["node"].as_str())
+        .unwrap();
+    let (status, there) = http(&to.dir, "GET", &format!("/api/v1/vms/{vm}"), None);
+    assert_eq!(status, 200, "{there}");
+    let there: Value = serde_json::from_str(&there).unwrap();
+    assert_eq!(there["spec"]["downtime_budget_ms"], 250, "{there}");
     let done = wait_job(&nodes[0], &id, &procs, |j| {
         j["state"]
             .as_str()

@@ -39,6 +39,7 @@ fn spec(command: &[&str], mem_mib: u64) -> VmSpec {
         migration: vec![novacron_node::model::MigrationMode::Cold],
         prefill_mib: None,
         checkpoint_interval_s: None,
+        downtime_budget_ms: None,
     }
 }
 

@@ -154,6 +154,7 @@ impl CreateArgs {
             migration,
             prefill_mib: self.prefill,
             checkpoint_interval_s: None,
+            downtime_budget_ms: None,
         })
     }
 }

@@ -250,8 +250,10 @@ impl Daemon {
         let cmd = MigrateOut {
             session,
             mode: control_mode(request.mode),
+            // The move's own budget, else the VM's (a job's), else the default.
             downtime_budget_ms: request
                 .downtime_budget_ms
+                .or(vm.spec.downtime_budget_ms)
                 .unwrap_or(DEFAULT_DOWNTIME_BUDGET_MS),
             max_rounds: 30,
             max_precopy_ms: 30_000,

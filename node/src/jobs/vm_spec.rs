@@ -39,6 +39,7 @@ pub fn replica_vm_spec(job_id: &str, replica: u32, spec: &JobSpec) -> Result<VmS
         checkpoint_interval_s: spec
             .checkpoint_interval_s
             .filter(|_| spec.backend == Backend::Kvm),
+        downtime_budget_ms: Some(spec.migration.downtime_budget_ms),
     };
     match spec.backend {
         Backend::Kvm => {
@@ -143,6 +144,18 @@ mod tests {
         assert_eq!((vm.mem_mib, vm.vcpus), (32, 2));
         assert_eq!(vm.name.as_deref(), Some("job-abababababab-3"));
         assert_eq!(vm.migration, vec![crate::model::MigrationMode::Cold]);
+        assert_eq!(vm.checkpoint_interval_s, None, "the node's own interval");
+        assert_eq!(vm.downtime_budget_ms, Some(300), "the job's default budget");
+        let s = spec(
+            r#"{"payload":{"guest":"builtin:idle"},"checkpointIntervalS":7,
+                "migration":{"downtimeBudgetMs":250}}"#,
+        );
+        let vm = replica_vm_spec(&"ab".repeat(32), 0, &s).unwrap();
+        assert_eq!(
+            (vm.checkpoint_interval_s, vm.downtime_budget_ms),
+            (Some(7), Some(250))
+        );
+        crate::vms::spec::validate(&vm).unwrap();
     }
 
     #[test]

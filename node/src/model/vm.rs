@@ -69,6 +69,12 @@ pub struct VmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 5, maximum = 86400)]
     pub checkpoint_interval_s: Option<u64>,
+    /// kvm: the downtime budget of this VM's live moves, ms, when a move does not give one
+    /// (politeness, drain); default 300. A job's replica gets its job's
+    /// `migration.downtimeBudgetMs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 60000)]
+    pub downtime_budget_ms: Option<u64>,
 }
 
 /// A VM's memory when none is given, in MiB: the API's, `vms create --mem`'s and

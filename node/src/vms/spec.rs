@@ -198,6 +198,12 @@ pub fn validate(spec: &VmSpec) -> Result<(), String> {
             ));
         }
     }
+    if let Some(b) = spec.downtime_budget_ms {
+        let max = crate::model::MAX_DOWNTIME_BUDGET_MS;
+        if b == 0 || b > max {
+            return Err(format!("downtime_budget_ms: {b} is outside 1..={max}"));
+        }
+    }
     match spec.backend {
         Backend::Kvm => validate_kvm(spec),
         Backend::Process => validate_process(spec),
@@ -327,6 +333,22 @@ mod tests {
                 "prefill_mib",
             ),
             (r#"{"backend":"process"}"#, "command"),
+            (
+                r#"{"guest":"builtin:idle","checkpoint_interval_s":4}"#,
+                "checkpoint_interval_s",
+            ),
+            (
+                r#"{"backend":"process","command":["/bin/x"],"migration":["cold"],"checkpoint_interval_s":60}"#,
+                "checkpoint_interval_s",
+            ),
+            (
+                r#"{"guest":"builtin:idle","downtime_budget_ms":0}"#,
+                "downtime_budget_ms",
+            ),
+            (
+                r#"{"guest":"builtin:idle","downtime_budget_ms":60001}"#,
+                "downtime_budget_ms",
+            ),
             (r#"{"backend":"process","command":[]}"#, "empty"),
             (
                 r#"{"backend":"process","command":["sleep","1"]}"#,

@@ -150,6 +150,7 @@ fn idle_spec(mem_mib: u64, prefill_mib: Option<u64>) -> VmSpec {
         migration: crate::api::types::default_migration_modes(),
         prefill_mib,
         checkpoint_interval_s: None,
+        downtime_budget_ms: None,
     }
 }
 

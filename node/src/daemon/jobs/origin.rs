@@ -6,7 +6,8 @@
 //! gossip, then representatives of other cells by their signed summaries), choosing by best
 //! fit and confirming with the chosen node, which admits or refuses by its own accounting;
 //! a refusal or a timeout moves on to the next candidate. A replica whose node died gets a
-//! new generation and is placed again: the dead node, if it returns, learns the newer
+//! new generation and is placed again: restored by a peer holding its latest checkpoint
+//! when one can, else from the beginning; the dead node, if it returns, learns the newer
 //! generation when it reports and stops its stale copy.
 
 use std::sync::Arc;
@@ -923,7 +924,8 @@ impl Daemon {
             .collect();
         let job =
             novacron_mesh::submission::JobId::parse(&rec.info.id).ok_or("the job id is not hex")?;
-        let order = job_fencing::restore_order(&job, index, generation - 1, &c.holders);
+        let order =
+            job_fencing::restore_order(&job, index, generation.saturating_sub(1), &c.holders);
         let mut why = Vec::new();
         for holder in order {
             if !live.iter().any(|p| p == holder) || taken.contains(&holder) {
