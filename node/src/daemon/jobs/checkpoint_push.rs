@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use novacron_mesh::submission::JobId;
 use novacron_mesh::swarm::PeerId;
@@ -31,6 +31,17 @@ use crate::model::{ReplicaCheckpoint, ReplicaState};
 use crate::policy::job_fencing::{holder_candidates, HOLDERS};
 use crate::state::{JobRecord, JobRole};
 use crate::vms::paths::VmPaths;
+
+/// How long a replica whose last push failed (no peer would hold it, a file vanished) waits
+/// before the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// A replica's push: running, or failed and waiting for its retry.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Pushing {
+    InFlight,
+    RetryAt(Instant),
+}
 
 /// The files of the checkpoints of one VM published so far, by name.
 pub(super) type Published = HashMap<String, CheckpointFile>;
@@ -59,16 +70,31 @@ impl Daemon {
             if r.checkpoint.as_ref().map(|c| c.seq) >= Some(manifest.generation) {
                 continue;
             }
-            if !lock(&self.jobs.pushing).insert(job_id.clone()) {
-                continue;
+            {
+                // One push per replica at a time, and none before a failed one's retry.
+                let mut pushing = lock(&self.jobs.pushing);
+                match pushing.get(&job_id) {
+                    Some(Pushing::InFlight) => continue,
+                    Some(Pushing::RetryAt(at)) if Instant::now() < *at => continue,
+                    _ => {}
+                }
+                pushing.insert(job_id.clone(), Pushing::InFlight);
             }
             let me = self.clone();
             tokio::spawn(async move {
                 let seq = manifest.generation;
-                if let Err(e) = me.push_checkpoint(&rec, &vm, manifest).await {
-                    tracing::info!(job = %job_id, vm, seq, error = %e, "checkpoint not pushed");
-                }
-                lock(&me.jobs.pushing).remove(&job_id);
+                let next = match me.push_checkpoint(&rec, &vm, manifest).await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::info!(job = %job_id, vm, seq, error = %e, "checkpoint not pushed; trying again in {RETRY_AFTER:?}");
+                        Some(Instant::now() + RETRY_AFTER)
+                    }
+                };
+                let mut pushing = lock(&me.jobs.pushing);
+                match next {
+                    Some(at) => pushing.insert(job_id, Pushing::RetryAt(at)),
+                    None => pushing.remove(&job_id),
+                };
             });
         }
     }

@@ -88,8 +88,9 @@ pub struct JobsHere {
     origin_writes: Mutex<()>,
     /// Held checkpoint copies in use (written, restored or dropped), by `<job>-<replica>`.
     holding: Arc<Mutex<HashSet<String>>>,
-    /// Jobs whose replica here has a checkpoint push in flight.
-    pushing: Mutex<HashSet<String>>,
+    /// Jobs whose replica here has a checkpoint push in flight (until it ends) or a failed
+    /// one (until its retry): no new push before this instant.
+    pushing: Mutex<HashMap<String, checkpoint_push::Pushing>>,
     /// Per VM of a replica here: its checkpoint files published as chunk sets.
     published: Mutex<HashMap<String, checkpoint_push::Published>>,
     /// VM id -> job id of the replicas running here.
@@ -126,7 +127,7 @@ impl JobsHere {
             runner_writes: Mutex::new(()),
             origin_writes: Mutex::new(()),
             holding: Arc::new(Mutex::new(HashSet::new())),
-            pushing: Mutex::new(HashSet::new()),
+            pushing: Mutex::new(HashMap::new()),
             published: Mutex::new(HashMap::new()),
             watched: Mutex::new(HashMap::new()),
             reports: Mutex::new(HashMap::new()),
@@ -148,7 +149,9 @@ impl JobsHere {
 
     /// Stops following `vm`; the checkpoint files it published, to withdraw.
     fn unwatch(&self, vm: &str) -> Vec<crate::jobs::wire::CheckpointFile> {
-        lock(&self.watched).remove(vm);
+        if let Some(job) = lock(&self.watched).remove(vm) {
+            lock(&self.pushing).remove(&job);
+        }
         lock(&self.published)
             .remove(vm)
             .map(|p| p.into_values().collect())
