@@ -240,6 +240,10 @@ async fn serve(
     }
     let mut table = node.routing_table_peers().await?.len();
     eprintln!("novacron: routing table has {table} peers");
+    // Ready means a VM can be admitted: politeness has looked at the machine once.
+    daemon
+        .first_politeness_observation(Duration::from_secs(10))
+        .await;
     match &rest.tls_fingerprint {
         Some(fp) => eprintln!(
             "novacron: ready, API at {} ({}; TLS certificate SHA-256 {fp})",

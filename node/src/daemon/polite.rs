@@ -83,6 +83,15 @@ impl Daemon {
         Ok(self.politeness_info())
     }
 
+    /// Waits until politeness observed the machine once (until then every VM is refused
+    /// "not observed yet"), at most `limit`: the node says it is ready after this.
+    pub async fn first_politeness_observation(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !lock(&self.politeness).observed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Runs until the task is dropped.
     pub async fn politeness_loop(self: Arc<Self>, mut sampler: Sampler) {
         let mut tick = tokio::time::interval(SAMPLE_INTERVAL);

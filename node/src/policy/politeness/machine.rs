@@ -117,6 +117,11 @@ impl Politeness {
         &self.policy
     }
 
+    /// Whether the machine was observed at least once (before that, it suspends).
+    pub fn observed(&self) -> bool {
+        !self.current.reasons().contains(&Reason::NotObserved)
+    }
+
     /// The decision in force.
     #[cfg(test)]
     pub fn current(&self) -> &Decision {
