@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use novacron_mesh::submission;
 use novacron_mesh::swarm::PeerId;
 use novacron_mesh::util::{hex, lock};
 use serde::{Deserialize, Serialize};
@@ -27,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use crate::api::types::now_ms;
 use crate::daemon::Daemon;
 use crate::jobs::wire::{valid_file_name, CheckpointFile, JobResponse};
-use crate::model::{JobSpec, MAX_REPLICAS};
 use crate::state::JobRole;
 
 /// The held checkpoints' directory inside the data directory.
@@ -149,16 +147,7 @@ impl Daemon {
         if !self.jobs.run_replicas {
             return Err(super::NO_REPLICAS.into());
         }
-        let verified = submission::open(submission_bytes).map_err(|e| e.to_string())?;
-        self.check_trusted(&verified.submitter)
-            .map_err(|e| e.to_string())?;
-        let spec: JobSpec = serde_json::from_slice(&verified.submission.spec)
-            .map_err(|e| format!("the job spec does not parse: {e}"))?;
-        spec.validate()
-            .map_err(|e| format!("the job spec is invalid: {e}"))?;
-        if replica >= u32::from(MAX_REPLICAS) * 8 {
-            return Err(format!("replica {replica} is beyond the job's"));
-        }
+        let (verified, spec) = self.open_trusted(submission_bytes)?;
         let job_id = verified.id.to_hex();
         if let Ok(Some(rec)) = self.state_db.job(&job_id, JobRole::Runner) {
             if rec

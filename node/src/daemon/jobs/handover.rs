@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use novacron_mesh::submission;
 use novacron_mesh::swarm::PeerId;
 use novacron_mesh::util::{hex, lock};
 
@@ -22,7 +21,7 @@ use super::ReportTo;
 use crate::api::types::{now_ms, MigrationDirection, MigrationState};
 use crate::daemon::Daemon;
 use crate::jobs::wire::{JobRequest, JobResponse};
-use crate::model::{JobInfo, JobSpec, JobState, ReplicaInfo, ReplicaState};
+use crate::model::{JobInfo, JobState, ReplicaInfo, ReplicaState};
 use crate::state::{JobRecord, JobRole};
 
 /// How long the node a VM left keeps trying to hand its replica over.
@@ -155,13 +154,7 @@ impl Daemon {
         vm_id: &str,
         origin: &str,
     ) -> Result<(), String> {
-        let verified = submission::open(submission_bytes).map_err(|e| e.to_string())?;
-        self.check_trusted(&verified.submitter)
-            .map_err(|e| e.to_string())?;
-        let spec: JobSpec = serde_json::from_slice(&verified.submission.spec)
-            .map_err(|e| format!("the job spec does not parse: {e}"))?;
-        spec.validate()
-            .map_err(|e| format!("the job spec is invalid: {e}"))?;
+        let (verified, spec) = self.open_trusted(submission_bytes)?;
         let origin_peer: PeerId = origin
             .parse()
             .map_err(|_| format!("{origin:?} is not a peer id"))?;

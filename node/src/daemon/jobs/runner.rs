@@ -86,13 +86,7 @@ impl Daemon {
         if !self.jobs.run_replicas {
             return Err(NO_REPLICAS.into());
         }
-        let verified = submission::open(submission_bytes).map_err(|e| e.to_string())?;
-        self.check_trusted(&verified.submitter)
-            .map_err(|e| e.to_string())?;
-        let spec: JobSpec = serde_json::from_slice(&verified.submission.spec)
-            .map_err(|e| format!("the job spec does not parse: {e}"))?;
-        spec.validate()
-            .map_err(|e| format!("the job spec is invalid: {e}"))?;
+        let (verified, spec) = self.open_trusted(submission_bytes)?;
         let job_id = verified.id.to_hex();
         // One placement at a time: the check for a replica already here and its record
         // must not interleave with another's.
@@ -574,6 +568,22 @@ impl Daemon {
             }
             self.jobs.watch(vm, rec.info.id.clone());
         }
+    }
+
+    /// Opens a signed submission from a peer: its signature and window, this node's trust
+    /// in its submitter, and its spec, each refusal saying which.
+    pub(super) fn open_trusted(
+        &self,
+        submission_bytes: &[u8],
+    ) -> Result<(submission::VerifiedSubmission, JobSpec), String> {
+        let verified = submission::open(submission_bytes).map_err(|e| e.to_string())?;
+        self.check_trusted(&verified.submitter)
+            .map_err(|e| e.to_string())?;
+        let spec: JobSpec = serde_json::from_slice(&verified.submission.spec)
+            .map_err(|e| format!("the job spec does not parse: {e}"))?;
+        spec.validate()
+            .map_err(|e| format!("the job spec is invalid: {e}"))?;
+        Ok((verified, spec))
     }
 
     /// Whether this node trusts `submitter` now (its config and its trust file).
