@@ -161,6 +161,17 @@ fn novacron(args: &[&str]) -> Output {
         .expect("run novacron")
 }
 
+/// `novacron job WHAT ID --data-dir` of `node`: its stdout, once it succeeded.
+fn job_cli(node: &Node, what: &str, id: &str) -> Vec<u8> {
+    let out = novacron(&["job", what, id, "--data-dir", node.dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "job {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 fn json_of(out: &Output, what: &str) -> Value {
     assert!(
         out.status.success(),
@@ -289,19 +300,7 @@ fn a_job_runs_and_its_result_is_read_from_a_node_that_did_not_run_it() {
         "{}",
         String::from_utf8_lossy(&got.stderr)
     );
-    let full = novacron(&[
-        "job",
-        "result",
-        &id,
-        "--data-dir",
-        reader.dir.to_str().unwrap(),
-    ]);
-    assert!(
-        full.status.success(),
-        "{}",
-        String::from_utf8_lossy(&full.stderr)
-    );
-    let text = String::from_utf8_lossy(&full.stdout).to_string();
+    let text = String::from_utf8_lossy(&job_cli(reader, "result", &id)).to_string();
     assert!(text.contains(HELLO), "{text}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
     assert_eq!(
@@ -739,4 +738,242 @@ fn a_job_whose_owner_needs_the_machine_moves_live_and_its_record_follows_it() {
         .find(|j| j["id"] == id.as_str())
         .unwrap();
     assert_eq!(row["state"], "cancelled", "{row}");
+}
+
+/// Publishes `bytes` as a chunk set from `node`; its id.
+fn publish(node: &Node, name: &str, bytes: &[u8]) -> String {
+    let file = node.dir.join(name);
+    std::fs::write(&file, bytes).unwrap();
+    let out = novacron(&[
+        "chunks",
+        "publish",
+        "--data-dir",
+        node.dir.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_process_jobs_files_come_from_the_mesh_and_its_result_file_is_read_safely() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the process jail needs root (namespaces, cgroups)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // The jail's user reaches its work directory by its absolute path.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let (_, public) = key(tmp.path(), "alice");
+    let keys_dir = tmp.path().join("keys");
+    let nodes = cell(tmp.path(), 3, &[&public], |_| vec![]);
+    let procs: Vec<&Proc> = nodes.iter().map(|n| &n.proc).collect();
+    // A host file only root can read, which the command links to.
+    let secret = tmp.path().join("host-secret");
+    std::fs::write(&secret, "TOP-SECRET-7f3a").unwrap();
+    let script = format!(
+        "mkdir -p out\nwc -c < data.txt > out/sum.txt\necho \"read $(cat data.txt)\"\n\
+         ln -s {} sneaky.txt\n",
+        secret.display()
+    );
+    let script = script.as_bytes();
+    let data = "0123456789".repeat(10);
+    let run_set = publish(&nodes[0], "run.sh", script);
+    // The data is provided by two nodes.
+    let data_set = publish(&nodes[0], "data.txt", data.as_bytes());
+    assert_eq!(publish(&nodes[2], "data.txt", data.as_bytes()), data_set);
+    let spec = |result_file: &str| {
+        format!(
+            "name: files\nbackend: process\npayload:\n  command: [/bin/sh, run.sh]\n  files:\n\
+             \x20   - {{name: run.sh, chunkSet: {run_set}}}\n\
+             \x20   - {{name: data.txt, chunkSet: {data_set}}}\n\
+             migration: {{modes: [cold]}}\nresult: {{file: {result_file}}}\n"
+        )
+    };
+    let accepted = submit(&nodes[1], &keys_dir, "alice", &spec("out/sum.txt"));
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let done = wait_job(&nodes[1], &id, &procs, |j| {
+        j["state"] == "succeeded" || j["state"] == "failed"
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let serial = format!("read {data}\n");
+    let blob = b"100\n";
+    assert_eq!(
+        done["result_hash"].as_str().unwrap(),
+        novacron_node::model::result_hash(Some(serial.as_bytes()), Some(blob)),
+        "the hash covers the output and the result file: {done}"
+    );
+    // The result file and the log, read from a node that did not run the job.
+    let runner = done["replicas"][0]["node"].as_str().unwrap().to_string();
+    let reader = nodes.iter().find(|n| n.peer != runner).unwrap();
+    assert_eq!(job_cli(reader, "result", &id), blob);
+    assert_eq!(
+        String::from_utf8_lossy(&job_cli(reader, "logs", &id)),
+        serial
+    );
+
+    // A result file that is a symlink to a host file fails the job, naming why, and
+    // nothing of the host file is read or told.
+    let accepted = submit(&nodes[1], &keys_dir, "alice", &spec("sneaky.txt"));
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let done = wait_job(&nodes[1], &id, &procs, |j| {
+        j["state"] == "succeeded" || j["state"] == "failed"
+    });
+    assert_eq!(done["state"], "failed", "{done}");
+    let detail = done["replicas"][0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("result.file sneaky.txt: a symlink"),
+        "{done}"
+    );
+    assert!(!done.to_string().contains("TOP-SECRET"), "{done}");
+    let got = novacron(&[
+        "job",
+        "result",
+        &id,
+        "--data-dir",
+        reader.dir.to_str().unwrap(),
+    ]);
+    assert!(!got.status.success());
+    assert!(!String::from_utf8_lossy(&got.stdout).contains("TOP-SECRET"));
+
+    // A plain process VM takes files by chunk set too: through the REST API on the node
+    // that published them (from its own store), through the CLI on one that fetches them.
+    let body = serde_json::json!({
+        "backend": "process",
+        "command": ["/bin/sh", "run.sh"],
+        "migration": ["cold"],
+        "files": [{"name": "run.sh", "chunkSet": run_set}, {"name": "data.txt", "chunkSet": data_set}],
+    });
+    let (status, text) = http(&nodes[0].dir, "POST", "/api/v1/vms", Some(&body));
+    assert_eq!(status, 201, "{text}");
+    let by_api: Value = serde_json::from_str(&text).unwrap();
+    let run_file = format!("run.sh={run_set}");
+    let data_file = format!("data.txt={data_set}");
+    let by_cli = json_of(
+        &novacron(&[
+            "vms",
+            "create",
+            "--json",
+            "--data-dir",
+            nodes[1].dir.to_str().unwrap(),
+            "--backend",
+            "process",
+            "--migration",
+            "cold",
+            "--file",
+            &run_file,
+            "--file",
+            &data_file,
+            "--command",
+            "/bin/sh",
+            "run.sh",
+        ]),
+        "vms create --file",
+    );
+    for (node, vm) in [(&nodes[0], &by_api), (&nodes[1], &by_cli)] {
+        let vm_id = vm["id"].as_str().unwrap();
+        wait_until("the VM's command to end", TIMEOUT, &procs, || {
+            let (_, text) = http(&node.dir, "GET", &format!("/api/v1/vms/{vm_id}"), None);
+            text.contains("\"exited\"")
+        });
+        let vm_dir = node.dir.join("vms").join(vm_id);
+        let sum = std::fs::read_to_string(vm_dir.join("work/out/sum.txt")).unwrap();
+        assert_eq!(sum, "100\n", "{}", vm_dir.display());
+    }
+    // A set nobody provides is the request's fault, named, and nothing is recorded.
+    let mut bad = body.clone();
+    bad["files"][1]["chunkSet"] = Value::from("ab".repeat(32));
+    let before = http(&nodes[1].dir, "GET", "/api/v1/vms", None).1;
+    let (status, text) = http(&nodes[1].dir, "POST", "/api/v1/vms", Some(&bad));
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains(&"ab".repeat(32)), "{text}");
+    assert_eq!(http(&nodes[1].dir, "GET", "/api/v1/vms", None).1, before);
+
+    // A file no node provides: the placement is refused, naming the set.
+    let missing = "ab".repeat(32);
+    let bad = spec("out/sum.txt").replace(&data_set, &missing);
+    let accepted = submit(&nodes[1], &keys_dir, "alice", &bad);
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let stuck = wait_job(&nodes[1], &id, &procs, |j| {
+        j.to_string().contains(&format!("chunk set {missing}"))
+    });
+    assert_ne!(stuck["state"], "succeeded", "{stuck}");
+}
+
+#[test]
+fn a_kernel_given_by_chunk_set_is_fetched_by_the_node_that_boots_it() {
+    let Some(kernel) = std::env::var_os("NOVACRON_TEST_KERNEL") else {
+        eprintln!(
+            "skipped: set NOVACRON_TEST_KERNEL to a vmlinux or bzImage (.ci/run fetches one)"
+        );
+        return;
+    };
+    if !kvm_usable("a_kernel_given_by_chunk_set_is_fetched_by_the_node_that_boots_it") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, public) = key(tmp.path(), "alice");
+    let keys_dir = tmp.path().join("keys");
+    let nodes = cell(tmp.path(), 3, &[&public], |_| vec![]);
+    let procs: Vec<&Proc> = nodes.iter().map(|n| &n.proc).collect();
+    let bytes = std::fs::read(&kernel).unwrap();
+    let set = publish(&nodes[0], "vmlinux", &bytes);
+    // Node 0 serves the kernel; any other node that runs the job fetches it.
+    let spec = format!(
+        "name: linux\npayload:\n  kernel: {{chunkSet: {set}}}\nmemoryMib: 512\n\
+         arguments: [earlyprintk=serial]\nmigration: {{modes: [cold]}}\n"
+    );
+    let accepted = submit(&nodes[1], &keys_dir, "alice", &spec);
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let running = wait_job(&nodes[1], &id, &procs, |j| {
+        j["state"] == "running" || j["state"] == "failed"
+    });
+    assert_eq!(running["state"], "running", "{running}");
+    let runner = running["replicas"][0]["node"].as_str().unwrap().to_string();
+    let at = nodes.iter().find(|n| n.peer == runner).unwrap();
+    let fetched = at.dir.join("payloads").join(&set);
+    assert_eq!(
+        blake3::hash(&std::fs::read(&fetched).unwrap()),
+        blake3::hash(&bytes),
+        "the runner holds the kernel it fetched, byte for byte"
+    );
+    // The kernel boots: its banner reaches the replica's log.
+    let mut log = String::new();
+    wait_until(
+        "the kernel's banner in the job's log",
+        GUEST_TIMEOUT,
+        &procs,
+        || {
+            let out = novacron(&[
+                "job",
+                "logs",
+                &id,
+                "--data-dir",
+                nodes[1].dir.to_str().unwrap(),
+            ]);
+            log = String::from_utf8_lossy(&out.stdout).into_owned();
+            log.contains("Linux version")
+        },
+    );
+    let out = novacron(&[
+        "job",
+        "cancel",
+        &id,
+        "--data-dir",
+        nodes[1].dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

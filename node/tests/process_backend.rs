@@ -40,6 +40,7 @@ fn spec(command: &[&str], mem_mib: u64) -> VmSpec {
         prefill_mib: None,
         checkpoint_interval_s: None,
         downtime_budget_ms: None,
+        files: Vec::new(),
     }
 }
 

@@ -8,8 +8,8 @@ use utoipa::ToSchema;
 
 pub use crate::model::{
     default_mem_mib, default_migration_modes, default_vcpus, Backend, EventEnvelope, ImageRef,
-    JobFile, JobInfo, JobMigration, JobPayload, JobSpec, JobState, MigrationDirection,
-    MigrationInfo, MigrationMode, MigrationProgressInfo, MigrationState, NodeEvent, OwnerSetting,
+    JobInfo, JobMigration, JobPayload, JobSpec, JobState, MigrationDirection, MigrationInfo,
+    MigrationMode, MigrationProgressInfo, MigrationState, NodeEvent, OwnerSetting, PayloadFile,
     PolitenessInfo, ReplicaCheckpoint, ReplicaInfo, ReplicaState, ResultSource, VmInfo, VmSpec,
     VmState, DEFAULT_MEM, DEFAULT_MEM_MIB,
 };

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::api_args::{block_on, ApiArgs};
 use super::human::{ago, bytes, resolve_id, short_ids, Table};
 use crate::api::client::{path_segment, ApiClient};
-use crate::api::types::{now_ms, Backend, MigrationMode, VmInfo, VmSpec, VmState};
+use crate::api::types::{now_ms, Backend, MigrationMode, PayloadFile, VmInfo, VmSpec, VmState};
 use crate::size::parse_size;
 
 #[derive(Args, Debug)]
@@ -34,6 +34,7 @@ enum VmsCommand {
     ///   novacron vms create --guest builtin:counter
     ///   novacron vms create --guest builtin:counter:passes=4 --mem 128M --vcpus 2 --name job1
     ///   novacron vms create --backend process --mem 256M --command /usr/bin/stress -c 1
+    ///   novacron vms create --backend process --file run.sh=<chunk set> --command /bin/sh run.sh
     #[command(verbatim_doc_comment)]
     Create(CreateArgs),
     /// Everything the node says about one VM.
@@ -96,6 +97,21 @@ struct CreateArgs {
     /// guest memory at 16 MiB (the migration benchmarks' workloads): 64M, ...
     #[arg(long, value_parser = parse_mib, requires = "guest")]
     prefill: Option<u64>,
+    /// process: a file placed in the command's directory before it starts, fetched from the
+    /// mesh by chunk set (`novacron chunks publish FILE` prints the id); repeatable.
+    #[arg(long = "file", value_name = "NAME=CHUNKSET", value_parser = parse_file)]
+    files: Vec<PayloadFile>,
+}
+
+/// `NAME=CHUNKSET` of `--file` (the node checks both).
+fn parse_file(s: &str) -> Result<PayloadFile, String> {
+    let (name, set) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}': give NAME=CHUNKSET, e.g. run.sh=5d41...(64 hex digits)"))?;
+    Ok(PayloadFile {
+        name: name.to_string(),
+        chunk_set: set.to_string(),
+    })
 }
 
 /// A size in whole MiB.
@@ -124,6 +140,9 @@ impl CreateArgs {
             }
             Backend::Process if self.command.is_none() => {
                 bail!("--backend process needs --command PROGRAM [ARG]... (put it last)")
+            }
+            Backend::Kvm if !self.files.is_empty() => {
+                bail!("--file is for --backend process (a command's files)")
             }
             Backend::Process if self.guest.is_some() || self.kernel.is_some() => {
                 bail!("--guest and --kernel are for --backend kvm; a process VM runs --command")
@@ -155,6 +174,7 @@ impl CreateArgs {
             prefill_mib: self.prefill,
             checkpoint_interval_s: None,
             downtime_budget_ms: None,
+            files: self.files.clone(),
         })
     }
 }

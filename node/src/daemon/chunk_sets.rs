@@ -16,6 +16,7 @@ use novacron_mesh::swarm::{ChunkExchange, MeshNode};
 use novacron_mesh::transfer::ChunkSetManifest;
 
 use crate::api::{Fetched, Published};
+use crate::vms::payload::{FetchFuture, PayloadSource};
 use novacron_mesh::util::hex;
 
 /// Largest file published in one go.
@@ -93,6 +94,20 @@ pub async fn fetch(
     fetch_from(mesh, exchange, id, &[], out).await
 }
 
+/// [`fetch`] of a set of at most `max` bytes: a larger one is refused by its manifest,
+/// before any chunk is fetched.
+pub async fn fetch_up_to(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    id: &str,
+    out: &Path,
+    max: u64,
+) -> anyhow::Result<Fetched> {
+    let set = parse_id(id)?;
+    let report = exchange.fetch_up_to(mesh, set, max).await?;
+    write_fetched(exchange, id, set, report, out).await
+}
+
 /// [`fetch`] from `providers` (known from elsewhere: no DHT lookup), or from the set's
 /// providers in the DHT when `providers` is empty.
 pub async fn fetch_from(
@@ -107,6 +122,17 @@ pub async fn fetch_from(
         [] => exchange.fetch(mesh, set).await?,
         some => exchange.fetch_from(mesh, set, some).await?,
     };
+    write_fetched(exchange, id, set, report, out).await
+}
+
+/// Writes the set a fetch brought into the local store to `out`, and says how it went.
+async fn write_fetched(
+    exchange: &ChunkExchange,
+    id: &str,
+    set: [u8; 32],
+    report: novacron_mesh::swarm::FetchReport,
+    out: &Path,
+) -> anyhow::Result<Fetched> {
     let manifest = exchange
         .manifest(&set)
         .with_context(|| format!("chunk set {id} was fetched but its manifest is not held"))?;
@@ -187,6 +213,47 @@ fn write_set(
     tmp.persist(out)
         .with_context(|| format!("cannot move the fetched set to {}", out.display()))?;
     Ok(())
+}
+
+/// Writes chunk set `id` (at most `max` bytes) to `out`: from the local store when this
+/// node serves it already (it published or fetched it), else fetched from the mesh.
+pub async fn write_up_to(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    id: &str,
+    out: &Path,
+    max: u64,
+) -> anyhow::Result<()> {
+    let set = parse_id(id)?;
+    let Some(manifest) = exchange.manifest(&set) else {
+        return fetch_up_to(mesh, exchange, id, out, max).await.map(|_| ());
+    };
+    if manifest.total_len() > max {
+        bail!(
+            "chunk set {id} holds {} bytes, over the {max}-byte limit",
+            manifest.total_len()
+        );
+    }
+    let store = exchange.store().clone();
+    let out = out.to_path_buf();
+    tokio::task::spawn_blocking(move || write_set(&manifest, &store, &out)).await?
+}
+
+/// The VM manager's [`PayloadSource`]: the daemon's chunk exchange. It holds the daemon
+/// weakly (the daemon holds the manager).
+pub struct MeshPayloads(pub std::sync::Weak<super::Daemon>);
+
+impl PayloadSource for MeshPayloads {
+    fn fetch(&self, set: &str, out: &Path, max: u64) -> FetchFuture {
+        let daemon = self.0.upgrade();
+        let (set, out) = (set.to_string(), out.to_path_buf());
+        Box::pin(async move {
+            let daemon = daemon.ok_or("the node is stopping")?;
+            write_up_to(&daemon.mesh, &daemon.exchange, &set, &out, max)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
 }
 
 pub fn parse_id(id: &str) -> anyhow::Result<[u8; 32]> {

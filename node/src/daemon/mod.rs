@@ -194,6 +194,9 @@ impl Daemon {
             myself: slot.clone(),
         });
         let _ = slot.set(Arc::downgrade(&daemon));
+        daemon
+            .vms
+            .set_payload_source(Arc::new(chunk_sets::MeshPayloads(Arc::downgrade(&daemon))));
         // The first word to the cell: the node's capacity by its accounting (nothing free
         // until the politeness policy has observed the machine once).
         let me = cell::member_info(&daemon.own_capacity(0), Vec::new());

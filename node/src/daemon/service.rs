@@ -31,6 +31,13 @@ impl NodeService for Daemon {
         // 400 for a spec that cannot run, 503 for one that does not fit now: both before
         // anything is recorded.
         let spec = self.vms.check(spec).await?;
+        // A process's files, fetched before anything is recorded: a set the mesh cannot
+        // give is the request's fault, named.
+        let sets: Vec<String> = spec.files.iter().map(|f| f.chunk_set.clone()).collect();
+        self.vms
+            .fetch_payload(&sets)
+            .await
+            .map_err(|e| ServiceError::BadRequest(format!("files: {e}")))?;
         let ask = Load::new(spec.vcpus, spec.mem_mib << 20);
         let id = self.admit_then(ask, || self.vms.record_new(spec))?;
         self.vms.start_new(&id).await

@@ -4,22 +4,30 @@
 //!
 //! - A builtin guest gets the job's arguments as more `key=value` parameters.
 //! - A kernel by path is booted from that path (it must lie in the running node's image
-//!   directories); the arguments extend the command line. A kernel by chunk set is not
-//!   fetched by nodes yet ([`not_supported_yet`]; the origin refuses it at submission).
-//! - A command gets the arguments appended.
+//!   directories); a kernel or initrd by chunk set from its file in the node's payload
+//!   directory, where the runner fetched it first ([`payload_sets`]). The arguments extend
+//!   the command line.
+//! - A command gets the arguments appended, and its files (by chunk set) go with the VM:
+//!   whichever node starts it fetches them.
+
+use std::path::Path;
 
 use crate::model::{Backend, ImageRef, JobSpec, VmSpec};
 use crate::vms::spec::DEFAULT_CMDLINE;
 
-/// The VM of replica `replica` of job `job_id` with spec `spec`. Errors name the spec field.
-pub fn replica_vm_spec(job_id: &str, replica: u32, spec: &JobSpec) -> Result<VmSpec, String> {
+/// The VM of replica `replica` of job `job_id` with spec `spec`, its kernel and initrd by
+/// chunk set read from `payload_dir`. Errors name the spec field.
+pub fn replica_vm_spec(
+    job_id: &str,
+    replica: u32,
+    spec: &JobSpec,
+    payload_dir: &Path,
+) -> Result<VmSpec, String> {
     let p = &spec.payload;
     let image = |field: &str, r: &ImageRef| -> Result<String, String> {
         match (&r.path, &r.chunk_set) {
             (Some(path), _) => Ok(path.clone()),
-            (None, Some(set)) => Err(format!(
-                "{field}.chunkSet: chunk set {set} is not fetched by nodes yet"
-            )),
+            (None, Some(set)) => Ok(payload_dir.join(set).to_string_lossy().into_owned()),
             (None, None) => Err(format!("{field}: give a path or a chunk set")),
         }
     };
@@ -40,6 +48,7 @@ pub fn replica_vm_spec(job_id: &str, replica: u32, spec: &JobSpec) -> Result<VmS
             .checkpoint_interval_s
             .filter(|_| spec.backend == Backend::Kvm),
         downtime_budget_ms: Some(spec.migration.downtime_budget_ms),
+        files: Vec::new(),
     };
     match spec.backend {
         Backend::Kvm => {
@@ -67,9 +76,7 @@ pub fn replica_vm_spec(job_id: &str, replica: u32, spec: &JobSpec) -> Result<VmS
                 .command
                 .clone()
                 .ok_or("payload.command: the process backend runs a command")?;
-            if !p.files.is_empty() {
-                return Err("payload.files: this node cannot place files for a command yet".into());
-            }
+            vm.files = p.files.clone();
             command.extend(spec.arguments.iter().cloned());
             vm.command = Some(command);
         }
@@ -77,28 +84,16 @@ pub fn replica_vm_spec(job_id: &str, replica: u32, spec: &JobSpec) -> Result<VmS
     Ok(vm)
 }
 
-/// What a valid spec asks that this node's replicas cannot do yet, naming the field: the
-/// origin refuses such a job at submission rather than leave it waiting for a node that
-/// can (none can).
-pub fn not_supported_yet(spec: &JobSpec) -> Option<String> {
+/// The chunk sets a replica's node fetches into its payload directory before it checks the
+/// VM: the kernel and initrd given by chunk set (a command's files travel in the VM spec).
+pub fn payload_sets(spec: &JobSpec) -> Vec<String> {
     let p = &spec.payload;
-    let by_set = |r: &Option<ImageRef>| r.as_ref().is_some_and(|r| r.chunk_set.is_some());
-    if by_set(&p.kernel) || by_set(&p.initrd) {
-        return Some(
-            "payload.kernel.chunkSet: kernels and initrds by chunk set are not fetched by \
-             nodes yet; give a path in the nodes' image directories"
-                .into(),
-        );
-    }
-    if !p.files.is_empty() {
-        return Some("payload.files: nodes cannot place a command's files yet".into());
-    }
-    if spec.result.file.is_some() {
-        return Some(
-            "result.file: nodes read a job's result from its serial output only yet".into(),
-        );
-    }
-    None
+    [&p.kernel, &p.initrd]
+        .into_iter()
+        .flatten()
+        .filter(|r| r.path.is_none())
+        .filter_map(|r| r.chunk_set.clone())
+        .collect()
 }
 
 /// `builtin:NAME[:k=v,...]` with `args` as more `k=v` parameters.
@@ -139,7 +134,7 @@ mod tests {
             r#"{"payload":{"guest":"builtin:counter"},"arguments":["passes=2"],"memoryMib":32,
                 "vcpus":2,"migration":{"modes":["cold"]}}"#,
         );
-        let vm = replica_vm_spec(&"ab".repeat(32), 3, &s).unwrap();
+        let vm = replica_vm_spec(&"ab".repeat(32), 3, &s, Path::new("/p")).unwrap();
         assert_eq!(vm.guest.as_deref(), Some("builtin:counter:passes=2"));
         assert_eq!((vm.mem_mib, vm.vcpus), (32, 2));
         assert_eq!(vm.name.as_deref(), Some("job-abababababab-3"));
@@ -150,7 +145,7 @@ mod tests {
             r#"{"payload":{"guest":"builtin:idle"},"checkpointIntervalS":7,
                 "migration":{"downtimeBudgetMs":250}}"#,
         );
-        let vm = replica_vm_spec(&"ab".repeat(32), 0, &s).unwrap();
+        let vm = replica_vm_spec(&"ab".repeat(32), 0, &s, Path::new("/p")).unwrap();
         assert_eq!(
             (vm.checkpoint_interval_s, vm.downtime_budget_ms),
             (Some(7), Some(250))
@@ -159,51 +154,25 @@ mod tests {
     }
 
     #[test]
-    fn kernels_come_from_a_path_and_not_yet_from_a_chunk_set() {
+    fn kernels_come_from_a_path_or_from_the_payload_directory_by_chunk_set() {
         let set = "cd".repeat(32);
         let s = spec(&format!(
             r#"{{"payload":{{"kernel":{{"chunkSet":"{set}"}},"initrd":{{"path":"/img/initrd"}}}},
                 "arguments":["quiet"]}}"#
         ));
-        let e = replica_vm_spec("j", 0, &s).unwrap_err();
-        assert!(e.starts_with("payload.kernel.chunkSet"), "{e}");
+        assert_eq!(payload_sets(&s), std::slice::from_ref(&set));
+        let vm = replica_vm_spec("j", 0, &s, Path::new("/data/payloads")).unwrap();
+        assert_eq!(vm.kernel.unwrap(), format!("/data/payloads/{set}"));
+        assert_eq!(vm.initrd.as_deref(), Some("/img/initrd"));
         let s = spec(
             r#"{"payload":{"kernel":{"path":"/data/images/k"},"initrd":{"path":"/img/initrd"}},
                 "arguments":["quiet"]}"#,
         );
-        let vm = replica_vm_spec("j", 0, &s).unwrap();
+        assert!(payload_sets(&s).is_empty());
+        let vm = replica_vm_spec("j", 0, &s, Path::new("/p")).unwrap();
         assert_eq!(vm.kernel.as_deref(), Some("/data/images/k"));
         assert_eq!(vm.initrd.as_deref(), Some("/img/initrd"));
         assert_eq!(vm.cmdline.unwrap(), format!("{DEFAULT_CMDLINE} quiet"));
-    }
-
-    #[test]
-    fn what_nodes_cannot_do_yet_is_named() {
-        let set = "cd".repeat(32);
-        let kernel = spec(&format!(
-            r#"{{"payload":{{"kernel":{{"chunkSet":"{set}"}}}}}}"#
-        ));
-        assert!(not_supported_yet(&kernel)
-            .unwrap()
-            .starts_with("payload.kernel.chunkSet"));
-        let files = spec(&format!(
-            r#"{{"backend":"process","payload":{{"command":["/bin/sh"],
-                "files":[{{"name":"a","chunkSet":"{set}"}}]}},"migration":{{"modes":["cold"]}}}}"#
-        ));
-        assert!(not_supported_yet(&files)
-            .unwrap()
-            .starts_with("payload.files"));
-        let result = spec(
-            r#"{"backend":"process","payload":{"command":["/bin/sh"]},
-                "migration":{"modes":["cold"]},"result":{"file":"out"}}"#,
-        );
-        assert!(not_supported_yet(&result)
-            .unwrap()
-            .starts_with("result.file"));
-        assert_eq!(
-            not_supported_yet(&spec(r#"{"payload":{"guest":"builtin:hello"}}"#)),
-            None
-        );
     }
 
     #[test]
@@ -212,8 +181,21 @@ mod tests {
             r#"{"backend":"process","payload":{"command":["/bin/echo","a"]},"arguments":["b"],
                 "migration":{"modes":["cold"]}}"#,
         );
-        let vm = replica_vm_spec("j", 0, &s).unwrap();
+        let vm = replica_vm_spec("j", 0, &s, Path::new("/p")).unwrap();
         assert_eq!(vm.command.unwrap(), ["/bin/echo", "a", "b"]);
         assert_eq!(vm.backend, Backend::Process);
+        assert!(vm.files.is_empty());
+        let set = "ef".repeat(32);
+        let s = spec(&format!(
+            r#"{{"backend":"process","payload":{{"command":["/bin/sh","run.sh"],
+                "files":[{{"name":"run.sh","chunkSet":"{set}"}}]}},"migration":{{"modes":["cold"]}}}}"#
+        ));
+        let vm = replica_vm_spec("j", 0, &s, Path::new("/p")).unwrap();
+        assert_eq!(vm.files, s.payload.files);
+        assert!(
+            payload_sets(&s).is_empty(),
+            "a command's files travel in its VM spec"
+        );
+        crate::vms::spec::validate(&vm).unwrap();
     }
 }

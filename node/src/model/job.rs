@@ -9,7 +9,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::vm::{Backend, MigrationMode};
+use super::vm::{
+    check_payload_files, is_chunk_set_id, Backend, MigrationMode, PayloadFile, CHUNK_SET_ID_HEX,
+};
 
 /// Bounds of a spec's fields.
 pub const MAX_JOB_NAME_CHARS: usize = 64;
@@ -18,7 +20,6 @@ pub const MIN_JOB_MEMORY_MIB: u64 = 4;
 pub const MAX_JOB_MEMORY_MIB: u64 = 1 << 20;
 pub const MAX_JOB_ARGS: usize = 256;
 pub const MAX_JOB_ARG_BYTES: usize = 4096;
-pub const MAX_JOB_FILES: usize = 64;
 pub const MAX_REPLICAS: u8 = 16;
 /// Longest run a spec may ask for: a week.
 pub const MAX_RUNTIME_S: u64 = 7 * 24 * 3600;
@@ -32,8 +33,6 @@ pub const DEFAULT_DOWNTIME_BUDGET_MS: u64 = 300;
 pub const MAX_RESULT_BLOB_BYTES: u64 = 64 << 20;
 /// Largest serial output kept as a job's log and result.
 pub const MAX_SERIAL_BYTES: u64 = 16 << 20;
-/// A chunk-set id is the hex blake3 of its manifest.
-pub const CHUNK_SET_ID_HEX: usize = 64;
 
 /// What a job runs.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
@@ -92,7 +91,7 @@ pub struct JobPayload {
     pub command: Option<Vec<String>>,
     /// process: files placed in the command's directory before it starts.
     #[serde(default)]
-    pub files: Vec<JobFile>,
+    pub files: Vec<PayloadFile>,
 }
 
 /// A file the job needs: a path on the running node (inside its image directories) or a
@@ -104,15 +103,6 @@ pub struct ImageRef {
     pub path: Option<String>,
     #[serde(default)]
     pub chunk_set: Option<String>,
-}
-
-/// A file of a process-backend job, by chunk set.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct JobFile {
-    /// Its name in the command's directory (no `/`, not `.` or `..`).
-    pub name: String,
-    pub chunk_set: String,
 }
 
 /// How a replica moves when its node needs the machine back.
@@ -136,8 +126,8 @@ impl Default for JobMigration {
     }
 }
 
-/// Where a replica's result is read from once it ends. Its result hash is blake3 over the
-/// serial output (when `serial`) followed by the blob (when one is declared).
+/// Where a replica's result is read from once it ends. Its result hash is [`result_hash`]
+/// of the serial output (when `serial`) and the blob (when one is declared).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResultSource {
@@ -156,6 +146,25 @@ impl Default for ResultSource {
             file: None,
         }
     }
+}
+
+/// A replica's result hash (hex blake3): of the serial output alone, of the blob alone, or,
+/// with both, of the serial output's length (8 bytes, little-endian), the serial output and
+/// the blob, so no two different pairs hash alike.
+pub fn result_hash(serial: Option<&[u8]>, blob: Option<&[u8]>) -> String {
+    let mut h = blake3::Hasher::new();
+    match (serial, blob) {
+        (Some(s), Some(b)) => {
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s);
+            h.update(b);
+        }
+        (Some(only), None) | (None, Some(only)) => {
+            h.update(only);
+        }
+        (None, None) => {}
+    }
+    h.finalize().to_hex().to_string()
 }
 
 fn yes() -> bool {
@@ -350,20 +359,8 @@ impl JobSpec {
                     ));
                 }
                 check_strings("payload.command", command)?;
-                if p.files.len() > MAX_JOB_FILES {
-                    return Err(bad(
-                        "payload.files",
-                        format!("{} files, more than {MAX_JOB_FILES}", p.files.len()),
-                    ));
-                }
-                for (i, f) in p.files.iter().enumerate() {
-                    let field = format!("payload.files[{i}]");
-                    check_file_name(&format!("{field}.name"), &f.name)?;
-                    check_chunk_set(&format!("{field}.chunkSet"), &f.chunk_set)?;
-                    if p.files[..i].iter().any(|o| o.name == f.name) {
-                        return Err(bad(format!("{field}.name"), "a file name is given twice"));
-                    }
-                }
+                check_payload_files(&p.files)
+                    .map_err(|(under, reason)| bad(format!("payload.files{under}"), reason))?;
             }
         }
         Ok(())
@@ -430,23 +427,11 @@ fn check_image(field: &str, image: &ImageRef) -> Result<(), SpecError> {
 }
 
 fn check_chunk_set(field: &str, id: &str) -> Result<(), SpecError> {
-    if id.len() != CHUNK_SET_ID_HEX || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !is_chunk_set_id(id) {
         return Err(bad(
             field,
             format!("a chunk-set id is {CHUNK_SET_ID_HEX} hex digits"),
         ));
-    }
-    Ok(())
-}
-
-fn check_file_name(field: &str, name: &str) -> Result<(), SpecError> {
-    if name.is_empty()
-        || name.len() > 255
-        || name == "."
-        || name == ".."
-        || name.contains(['/', '\0'])
-    {
-        return Err(bad(field, "give a plain file name (no /, not . or ..)"));
     }
     Ok(())
 }
@@ -663,6 +648,20 @@ mod tests {
         assert!(s.result.serial);
         let s = spec(r#"{"payload":{"guest":"builtin:counter"},"replicas":3}"#).unwrap();
         assert_eq!(s.quorum(), 2);
+    }
+
+    #[test]
+    fn result_hashes_tell_every_pair_of_output_and_blob_apart() {
+        let plain = |b: &[u8]| blake3::hash(b).to_hex().to_string();
+        assert_eq!(result_hash(Some(b"out"), None), plain(b"out"));
+        assert_eq!(result_hash(None, Some(b"blob")), plain(b"blob"));
+        let both = result_hash(Some(b"ab"), Some(b"c"));
+        assert_ne!(both, result_hash(Some(b"a"), Some(b"bc")));
+        assert_ne!(both, plain(b"abc"));
+        assert_ne!(
+            result_hash(Some(b""), Some(b"x")),
+            result_hash(None, Some(b"x"))
+        );
     }
 
     #[test]

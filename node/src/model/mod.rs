@@ -14,7 +14,7 @@ mod vm;
 
 pub use event::{EventEnvelope, NodeEvent};
 pub use job::{
-    ImageRef, JobFile, JobInfo, JobMigration, JobPayload, JobSpec, JobState, ReplicaCheckpoint,
+    result_hash, ImageRef, JobInfo, JobMigration, JobPayload, JobSpec, JobState, ReplicaCheckpoint,
     ReplicaInfo, ReplicaState, ResultSource, SpecError, CHECKPOINT_INTERVAL_S,
     MAX_DOWNTIME_BUDGET_MS, MAX_REPLICAS, MAX_RESULT_BLOB_BYTES, MAX_SERIAL_BYTES,
 };
@@ -22,6 +22,7 @@ pub use mesh::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
 pub use migration::{MigrationDirection, MigrationInfo, MigrationProgressInfo, MigrationState};
 pub use politeness::{OwnerSetting, PolitenessInfo};
 pub use vm::{
-    default_mem_mib, default_migration_modes, default_vcpus, Backend, MigrationMode, VmInfo,
-    VmSpec, VmState, DEFAULT_MEM, DEFAULT_MEM_MIB,
+    check_payload_files, default_mem_mib, default_migration_modes, default_vcpus, is_chunk_set_id,
+    Backend, MigrationMode, PayloadFile, VmInfo, VmSpec, VmState, DEFAULT_MEM, DEFAULT_MEM_MIB,
+    MAX_PAYLOAD_FILES,
 };

@@ -75,6 +75,68 @@ pub struct VmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 60000)]
     pub downtime_budget_ms: Option<u64>,
+    /// process: files fetched from the mesh by chunk set and placed in the command's
+    /// directory before it starts (again before each restart from scratch).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 64)]
+    pub files: Vec<PayloadFile>,
+}
+
+/// A file of a process's payload: its name in the command's directory and the chunk set
+/// (64 hex digits) it is fetched from, verified chunk by chunk.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PayloadFile {
+    /// Its name in the command's directory (no `/`, not `.` or `..`).
+    #[schema(min_length = 1, max_length = 255)]
+    pub name: String,
+    #[serde(alias = "chunk_set")]
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
+    pub chunk_set: String,
+}
+
+/// Most files one payload places.
+pub const MAX_PAYLOAD_FILES: usize = 64;
+/// Digits of a chunk-set id (the hex blake3 of its manifest).
+pub const CHUNK_SET_ID_HEX: usize = 64;
+
+/// Checks a payload's files: a field under the list (`[2].name`) and why, on the first
+/// fault.
+pub fn check_payload_files(files: &[PayloadFile]) -> Result<(), (String, String)> {
+    if files.len() > MAX_PAYLOAD_FILES {
+        return Err((
+            String::new(),
+            format!("{} files, more than {MAX_PAYLOAD_FILES}", files.len()),
+        ));
+    }
+    for (i, f) in files.iter().enumerate() {
+        if f.name.is_empty()
+            || f.name.len() > 255
+            || f.name == "."
+            || f.name == ".."
+            || f.name.contains(['/', '\0'])
+        {
+            return Err((
+                format!("[{i}].name"),
+                "give a plain file name (no /, not . or ..)".into(),
+            ));
+        }
+        if files[..i].iter().any(|o| o.name == f.name) {
+            return Err((format!("[{i}].name"), "a file name is given twice".into()));
+        }
+        if !is_chunk_set_id(&f.chunk_set) {
+            return Err((
+                format!("[{i}].chunkSet"),
+                format!("a chunk-set id is {CHUNK_SET_ID_HEX} hex digits"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Is `id` a chunk-set id (64 hex digits)?
+pub fn is_chunk_set_id(id: &str) -> bool {
+    id.len() == CHUNK_SET_ID_HEX && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A VM's memory when none is given, in MiB: the API's, `vms create --mem`'s and

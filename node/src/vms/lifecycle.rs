@@ -31,7 +31,9 @@ impl VmManager {
     /// Checks a spec completely ([`spec::check`]) before anything is recorded: 400 naming
     /// the field. Returns the spec to record.
     pub async fn check(&self, spec: VmSpec) -> ServiceResult<VmSpec> {
-        let image_dirs = self.opts.image_dirs.clone();
+        // Kernels fetched by chunk set are verified files of the node's own.
+        let mut image_dirs = self.opts.image_dirs.clone();
+        image_dirs.push(self.payload_dir());
         tokio::task::spawn_blocking(move || spec::check(spec, &image_dirs))
             .await
             .map_err(|e| ServiceError::Internal(format!("spec check task: {e}")))?
@@ -68,11 +70,7 @@ impl VmManager {
         restore: bool,
         resumable: bool,
     ) -> ServiceResult<VmInfo> {
-        let me = self.clone();
-        let vm_id = id.to_string();
-        let started = tokio::task::spawn_blocking(move || me.start_vm(&vm_id, restore))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("VM start task: {e}")))?;
+        let started = self.fetch_and_start(id, restore).await;
         if let Err(e) = started {
             let (state, detail, what) = match (restore, resumable) {
                 (false, _) => (VmState::Failed, e.clone(), "start"),
@@ -98,6 +96,21 @@ impl VmManager {
         self.info(id)
     }
 
+    /// Fetches the payload files VM `id` lacks, then starts it ([`Self::start_vm`]) off the
+    /// async threads.
+    pub(super) async fn fetch_and_start(
+        self: &Arc<Self>,
+        id: &str,
+        restore: bool,
+    ) -> Result<(), String> {
+        self.fetch_files_of(id).await?;
+        let me = self.clone();
+        let vm_id = id.to_string();
+        tokio::task::spawn_blocking(move || me.start_vm(&vm_id, restore))
+            .await
+            .map_err(|e| format!("VM start task: {e}"))?
+    }
+
     /// Starts VM `id` by its backend; `restore`: a KVM VM from its checkpoint, a process
     /// from scratch (it has no memory snapshot). Blocking.
     pub(super) fn start_vm(&self, id: &str, restore: bool) -> Result<(), String> {
@@ -115,6 +128,11 @@ impl VmManager {
         std::fs::create_dir_all(&paths.dir)
             .map_err(|e| format!("cannot create {}: {e}", paths.dir.display()))?;
         let _ = std::fs::remove_file(paths.dir.join(process_backend::STATUS_FILE));
+        super::payload::place_files(
+            &self.payload_dir(),
+            &paths.dir.join(process_backend::WORK_DIR),
+            &record.info.spec.files,
+        )?;
         let process = ProcessVm::spawn(
             &self.opts.exe,
             &self.vmm_id(id),

@@ -59,6 +59,9 @@ pub struct VmManager {
     pub(super) handles: Mutex<HashMap<String, mpsc::Sender<Cmd>>>,
     /// Supervisor threads still running, by VM (each holds a [`SupervisorGuard`]).
     pub(super) supervisors: Supervised,
+    /// Where payload files come from (the daemon's mesh); none: specs that need one fail
+    /// to start, saying so.
+    pub(super) payload_source: std::sync::OnceLock<Arc<dyn super::payload::PayloadSource>>,
 }
 
 /// How many supervisor threads run for each VM.
@@ -129,7 +132,51 @@ impl VmManager {
             registry,
             handles: Mutex::new(HashMap::new()),
             supervisors: Arc::new(Mutex::new(HashMap::new())),
+            payload_source: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives the manager the mesh to fetch payload files from (once; later calls are
+    /// ignored).
+    pub fn set_payload_source(&self, source: Arc<dyn super::payload::PayloadSource>) {
+        let _ = self.payload_source.set(source);
+    }
+
+    /// This node's payload directory (`<dataDir>/payloads`).
+    pub fn payload_dir(&self) -> PathBuf {
+        self.opts.data_dir.join(super::payload::PAYLOAD_DIR)
+    }
+
+    /// Fetches the chunk sets `sets` this node does not hold yet into its payload directory,
+    /// within [`FETCH_TIMEOUT`](super::payload::FETCH_TIMEOUT) (what came is kept in the
+    /// chunk store for the next try).
+    pub async fn fetch_payload(&self, sets: &[String]) -> Result<(), String> {
+        use super::payload::FETCH_TIMEOUT;
+        let source = self.payload_source.get().map(|s| s.as_ref());
+        let dir = self.payload_dir();
+        let fetch = super::payload::fetch_missing(source, &dir, sets);
+        match tokio::time::timeout(FETCH_TIMEOUT, fetch).await {
+            Ok(fetched) => fetched,
+            Err(_) => Err(format!(
+                "not fetched within {FETCH_TIMEOUT:?} (the chunks that came are kept for the \
+                 next try)"
+            )),
+        }
+    }
+
+    /// Fetches the files of VM `id`'s spec that this node does not hold yet.
+    pub(super) async fn fetch_files_of(&self, id: &str) -> Result<(), String> {
+        let Some(record) = self.registry.vm(id) else {
+            return Ok(());
+        };
+        let sets: Vec<String> = record
+            .info
+            .spec
+            .files
+            .iter()
+            .map(|f| f.chunk_set.clone())
+            .collect();
+        self.fetch_payload(&sets).await
     }
 
     pub fn registry(&self) -> &Arc<Registry> {

@@ -17,6 +17,7 @@ mod lifecycle;
 mod manager;
 mod outgoing;
 pub mod paths;
+pub mod payload;
 pub mod process_backend;
 mod process_supervisor;
 mod receive;

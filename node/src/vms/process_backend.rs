@@ -172,6 +172,76 @@ pub fn validate_command<S: AsRef<OsStr>>(command: &[S]) -> Result<(), String> {
     Ok(())
 }
 
+/// Reads the file `rel` (a relative path of plain names) from the work directory of the
+/// process VM in `dir` once its command has ended: at most `max` bytes, a regular file
+/// reached without following any symlink (the jail's user wrote that directory; a link
+/// to a host file, a FIFO or a device is refused, naming what it is, never read).
+pub fn read_work_file(dir: &Path, rel: &str, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let names: Vec<&OsStr> = Path::new(rel)
+        .components()
+        .map(|c| match c {
+            std::path::Component::Normal(n) => Ok(n),
+            _ => Err(format!("{rel}: give a relative path of plain names")),
+        })
+        .collect::<Result<_, _>>()?;
+    if names.is_empty() {
+        return Err("an empty path".into());
+    }
+    let work = dir.join(WORK_DIR);
+    let mut at: OwnedFd = fs::File::open(&work)
+        .map_err(|e| format!("the work directory: {e}"))?
+        .into();
+    for (i, name) in names.iter().enumerate() {
+        let last = i + 1 == names.len();
+        let c_name = std::ffi::CString::new(name.as_bytes())
+            .map_err(|_| format!("{rel}: a NUL in the path"))?;
+        let flags = libc::O_RDONLY
+            | libc::O_NOFOLLOW
+            | libc::O_CLOEXEC
+            | if last {
+                libc::O_NONBLOCK
+            } else {
+                libc::O_DIRECTORY
+            };
+        // SAFETY: a valid directory fd and a NUL-terminated name.
+        let fd = unsafe { libc::openat(at.as_raw_fd(), c_name.as_ptr(), flags) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT) => format!("{rel}: not found (the command did not write it)"),
+                Some(libc::ELOOP) => format!("{rel}: a symlink is in the way (not followed)"),
+                Some(libc::ENOTDIR) => format!(
+                    "{rel}: a part of the path is not a directory (or is a symlink, not followed)"
+                ),
+                _ => format!("{rel}: {e}"),
+            });
+        }
+        // SAFETY: a fresh fd of ours.
+        at = unsafe { OwnedFd::from_raw_fd(fd) };
+    }
+    let file = fs::File::from(at);
+    let meta = file.metadata().map_err(|e| format!("{rel}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{rel}: not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(format!(
+            "{rel}: {} bytes, over the {max}-byte limit",
+            meta.len()
+        ));
+    }
+    let mut data = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("{rel}: {e}"))?;
+    if data.len() as u64 > max {
+        return Err(format!("{rel}: grew over the {max}-byte limit while read"));
+    }
+    Ok(data)
+}
+
 fn read_limited(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut data = Vec::new();
@@ -756,6 +826,40 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<(), (
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_work_file_is_read_only_when_it_is_a_regular_file_reached_without_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join(WORK_DIR);
+        fs::create_dir_all(work.join("out")).unwrap();
+        fs::write(work.join("out/result.txt"), b"42\n").unwrap();
+        assert_eq!(
+            read_work_file(tmp.path(), "out/result.txt", 16).unwrap(),
+            b"42\n"
+        );
+        let secret = tmp.path().join("host-secret");
+        fs::write(&secret, b"do not echo").unwrap();
+        std::os::unix::fs::symlink(&secret, work.join("link.txt")).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), work.join("up")).unwrap();
+        let fifo = std::ffi::CString::new(work.join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        for (rel, why) in [
+            ("link.txt", "symlink"),
+            ("up/host-secret", "symlink, not followed"),
+            ("fifo", "not a regular file"),
+            ("out", "not a regular file"),
+            ("missing", "did not write it"),
+            ("out/result.txt/x", "not a directory"),
+            ("../host-secret", "plain names"),
+        ] {
+            let e = read_work_file(tmp.path(), rel, 16).unwrap_err();
+            assert!(e.contains(why), "{rel}: {e}");
+            assert!(!e.contains("do not echo"), "{e}");
+        }
+        let e = read_work_file(tmp.path(), "out/result.txt", 2).unwrap_err();
+        assert!(e.contains("over the 2-byte limit"), "{e}");
+    }
 
     #[test]
     fn start_ticks_of_a_live_process_and_not_of_a_missing_one() {

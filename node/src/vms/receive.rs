@@ -112,11 +112,7 @@ impl VmManager {
         migration_id: &str,
         incoming: IncomingMigration,
     ) -> anyhow::Result<()> {
-        let me = self.clone();
-        let vm_id = id.to_string();
-        let started = tokio::task::spawn_blocking(move || me.start_process(&vm_id, false))
-            .await
-            .map_err(|e| anyhow::anyhow!("process start task: {e}"))?;
+        let started = self.fetch_and_start(id, false).await;
         let answer = [if started.is_ok() {
             super::process_backend::RESTARTED
         } else {

@@ -211,8 +211,8 @@ pub fn validate(spec: &VmSpec) -> Result<(), String> {
 }
 
 fn validate_kvm(spec: &VmSpec) -> Result<(), String> {
-    if spec.command.is_some() {
-        return Err("command: only the process backend runs a command".into());
+    if spec.command.is_some() || !spec.files.is_empty() {
+        return Err("command, files: only the process backend runs a command".into());
     }
     match (&spec.guest, &spec.kernel) {
         (Some(_), Some(_)) => Err("give either guest or kernel, not both".into()),
@@ -261,7 +261,8 @@ fn validate_process(spec: &VmSpec) -> Result<(), String> {
             command[0]
         ));
     }
-    Ok(())
+    crate::model::check_payload_files(&spec.files)
+        .map_err(|(under, reason)| format!("files{under}: {reason}"))
 }
 
 /// What the VMM boots for a checked KVM spec.

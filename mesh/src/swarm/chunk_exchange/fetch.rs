@@ -29,6 +29,17 @@ impl ChunkExchange {
     /// Fetches chunk set `id` from its providers in the DHT into the local store, then
     /// serves and provides it. `node` must be the node the exchange was started on.
     pub async fn fetch(&self, node: &MeshNode, id: [u8; 32]) -> Result<FetchReport, ExchangeError> {
+        self.fetch_up_to(node, id, u64::MAX).await
+    }
+
+    /// [`fetch`](Self::fetch), refusing a set whose manifest says it holds more than
+    /// `max_len` bytes before any of its chunks is asked for.
+    pub async fn fetch_up_to(
+        &self,
+        node: &MeshNode,
+        id: [u8; 32],
+        max_len: u64,
+    ) -> Result<FetchReport, ExchangeError> {
         self.check_node(node)?;
         let started = Instant::now();
         let mut providers: Vec<PeerId> = node
@@ -41,7 +52,8 @@ impl ChunkExchange {
         if providers.is_empty() {
             return Err(ExchangeError::NoProviders(hex(&id)));
         }
-        self.fetch_inner(node, id, providers, started).await
+        self.fetch_inner(node, id, providers, started, max_len)
+            .await
     }
 
     /// [`fetch`](Self::fetch) from the given providers, without a DHT lookup (benchmarks,
@@ -61,7 +73,8 @@ impl ChunkExchange {
         if providers.is_empty() {
             return Err(ExchangeError::NoProviders(hex(&id)));
         }
-        self.fetch_inner(node, id, providers, Instant::now()).await
+        self.fetch_inner(node, id, providers, Instant::now(), u64::MAX)
+            .await
     }
 
     async fn fetch_inner(
@@ -70,6 +83,7 @@ impl ChunkExchange {
         id: [u8; 32],
         providers: Vec<PeerId>,
         started: Instant,
+        max_len: u64,
     ) -> Result<FetchReport, ExchangeError> {
         let (manifest, bytes, manifest_from) = match self.manifest(&id) {
             Some(m) => {
@@ -81,6 +95,13 @@ impl ChunkExchange {
                 (m, bytes, Some(from))
             }
         };
+        if manifest.total_len() > max_len {
+            return Err(ExchangeError::TooLarge {
+                id: hex(&id),
+                len: manifest.total_len(),
+                max: max_len,
+            });
+        }
         let all: Vec<(ChunkId, u32)> = manifest
             .chunks()
             .iter()

@@ -114,6 +114,8 @@ pub enum ExchangeError {
     MissingChunk { name: String, id: ChunkId },
     #[error("chunk exchange: already serving the most chunk sets ({max})")]
     TooManySets { max: usize },
+    #[error("chunk exchange: chunk set {id} holds {len} bytes, over the {max}-byte limit")]
+    TooLarge { id: String, len: u64, max: u64 },
     #[error("chunk exchange: nobody provides chunk set {0}")]
     NoProviders(String),
     #[error("chunk exchange: no provider gave the manifest of chunk set {id} (last: {last})")]

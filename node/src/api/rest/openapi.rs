@@ -12,9 +12,9 @@ use super::error::ApiFailure;
 use super::handlers::{self, CellsView, DrainAccepted, DrainRequest};
 use super::jobs::{self as job_routes, JobFilter, LogsQuery};
 use crate::api::types::{
-    ApiError, Backend, EventEnvelope, ImageRef, JobFile, JobInfo, JobLogs, JobMigration,
-    JobPayload, JobSpec, JobState, MigrationDirection, MigrationInfo, MigrationMode,
-    MigrationProgressInfo, MigrationRequest, MigrationState, NodeEvent, OwnerRequest, OwnerSetting,
+    ApiError, Backend, EventEnvelope, ImageRef, JobInfo, JobLogs, JobMigration, JobPayload,
+    JobSpec, JobState, MigrationDirection, MigrationInfo, MigrationMode, MigrationProgressInfo,
+    MigrationRequest, MigrationState, NodeEvent, OwnerRequest, OwnerSetting, PayloadFile,
     PolitenessInfo, ReplicaCheckpoint, ReplicaInfo, ReplicaState, ResultSource, SubmitJobRequest,
     VmInfo, VmSpec, VmState,
 };
@@ -59,7 +59,7 @@ impl Modify for BearerAuth {
         OwnerSetting, OwnerRequest,
         EventEnvelope, NodeEvent, NodeStatus, CellStatus, MemberStatus, SummaryStatus, CellsView,
         DrainRequest, DrainAccepted,
-        SubmitJobRequest, JobInfo, JobSpec, JobPayload, ImageRef, JobFile, JobMigration,
+        SubmitJobRequest, JobInfo, JobSpec, JobPayload, ImageRef, PayloadFile, JobMigration,
         ResultSource, JobState, ReplicaCheckpoint, ReplicaInfo, ReplicaState, JobLogs, JobFilter, LogsQuery,
     )),
     modifiers(&BearerAuth),

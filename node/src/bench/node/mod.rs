@@ -151,6 +151,7 @@ fn idle_spec(mem_mib: u64, prefill_mib: Option<u64>) -> VmSpec {
         prefill_mib,
         checkpoint_interval_s: None,
         downtime_budget_ms: None,
+        files: Vec::new(),
     }
 }
 

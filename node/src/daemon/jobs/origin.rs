@@ -31,8 +31,8 @@ use crate::api::types::now_ms;
 use crate::daemon::Daemon;
 use crate::jobs::wire::{JobRequest, JobResponse, ReplicaReport, MAX_LOG_CHUNK};
 use crate::model::{
-    JobInfo, JobSpec, JobState, MemberStatus, ReplicaCheckpoint, ReplicaInfo, ReplicaState,
-    MAX_SERIAL_BYTES,
+    result_hash, JobInfo, JobSpec, JobState, MemberStatus, ReplicaCheckpoint, ReplicaInfo,
+    ReplicaState, MAX_RESULT_BLOB_BYTES, MAX_SERIAL_BYTES,
 };
 use crate::policy::job_fencing;
 use crate::policy::job_placement::{
@@ -61,9 +61,6 @@ impl Daemon {
             .map_err(|e| ServiceError::BadRequest(format!("the job spec: {e}")))?;
         spec.validate()
             .map_err(|e| ServiceError::BadRequest(format!("the job spec: {e}")))?;
-        if let Some(why) = crate::jobs::vm_spec::not_supported_yet(&spec) {
-            return Err(ServiceError::BadRequest(format!("the job spec: {why}")));
-        }
         let id = verified.id.to_hex();
         let now = now_ms();
         let trusted = (self.jobs.trust.0)().map_err(ServiceError::Internal)?;
@@ -334,7 +331,7 @@ impl Daemon {
                 r.index, job.id
             )));
         };
-        let all = self.fetch_set(set).await?;
+        let all = self.fetch_set(set, MAX_SERIAL_BYTES).await?;
         let from = (offset as usize).min(all.len());
         let to = (from + MAX_LOG_CHUNK).min(all.len());
         Ok((
@@ -358,20 +355,42 @@ impl Daemon {
             .replicas
             .iter()
             .filter(|r| r.result_hash.as_ref() == Some(hash));
+        let declared = &job.spec.result;
         for r in winners {
-            let bytes = match &r.result_set {
-                Some(set) => match self.fetch_set(set).await {
-                    Ok(b) => b,
+            // What the hash covers: the serial output (the log), the result file, or both.
+            let blob = match declared.file.is_some() {
+                true => match self
+                    .fetch_output(&r.result_set, MAX_RESULT_BLOB_BYTES)
+                    .await
+                {
+                    Ok(b) => Some(b),
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot fetch a replica's result");
                         continue;
                     }
                 },
-                // An empty output publishes no set.
-                None => Vec::new(),
+                false => None,
             };
-            if blake3::hash(&bytes).to_hex().as_str() == hash {
-                return Ok(bytes);
+            let serial_set = match declared.file {
+                Some(_) => &r.log_set,
+                None => &r.result_set,
+            };
+            let serial = match declared.serial {
+                false => Ok(None),
+                true => self
+                    .fetch_output(serial_set, MAX_SERIAL_BYTES)
+                    .await
+                    .map(Some),
+            };
+            let serial = match serial {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot fetch a replica's output");
+                    continue;
+                }
+            };
+            if result_hash(serial.as_deref(), blob.as_deref()) == *hash {
+                return Ok(blob.or(serial).unwrap_or_default());
             }
             tracing::warn!(job = %job.id, replica = r.index, "a result's bytes do not match its hash");
         }
@@ -381,8 +400,16 @@ impl Daemon {
         )))
     }
 
-    async fn fetch_set(&self, set: &str) -> ServiceResult<Vec<u8>> {
-        super::super::chunk_sets::fetch_bytes(&self.mesh, &self.exchange, set, MAX_SERIAL_BYTES)
+    /// A replica's output by its chunk set (none: it was empty, which publishes no set).
+    async fn fetch_output(&self, set: &Option<String>, max: u64) -> ServiceResult<Vec<u8>> {
+        match set {
+            Some(set) => self.fetch_set(set, max).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn fetch_set(&self, set: &str, max: u64) -> ServiceResult<Vec<u8>> {
+        super::super::chunk_sets::fetch_bytes(&self.mesh, &self.exchange, set, max)
             .await
             .map_err(|e| ServiceError::Unavailable(format!("cannot fetch chunk set {set}: {e:#}")))
     }

@@ -22,7 +22,8 @@ use crate::daemon::{capacity, Daemon};
 use crate::jobs::vm_spec::replica_vm_spec;
 use crate::jobs::wire::{JobResponse, ReplicaReport, MAX_LOG_CHUNK};
 use crate::model::{
-    Backend, JobInfo, JobSpec, JobState, ReplicaInfo, ReplicaState, MAX_SERIAL_BYTES,
+    result_hash, Backend, JobInfo, JobSpec, JobState, ReplicaInfo, ReplicaState,
+    MAX_RESULT_BLOB_BYTES, MAX_SERIAL_BYTES,
 };
 use crate::policy::admission::Load;
 use crate::state::{JobRecord, JobRole};
@@ -32,6 +33,58 @@ use crate::vms::paths::VmPaths;
 /// row before it waits for the follower's tick (a second).
 const NOT_YET_RETRY: Duration = Duration::from_millis(20);
 const NOT_YET_TRIES: u32 = 50;
+
+/// A replica's result as read when its VM ended.
+struct ReadResult {
+    hash: String,
+    /// The serial output (a command's stdout and stderr).
+    console: std::path::PathBuf,
+    /// The result file, copied out of the work directory (see [`result_blob_path`]).
+    blob_file: Option<std::path::PathBuf>,
+}
+
+/// Where a replica's result file is copied to be published (inside the VM's directory, out
+/// of the jail's reach).
+fn result_blob_path(data_dir: &std::path::Path, vm_id: &str) -> std::path::PathBuf {
+    VmPaths::new(data_dir, vm_id).dir.join("result.blob")
+}
+
+/// Reads the result of the replica VM `vm_id` as `spec` declares it: a failure names why
+/// (an output over its limit, a result file missing, too large or not a plain file).
+fn read_result(
+    data_dir: &std::path::Path,
+    vm_id: &str,
+    spec: &JobSpec,
+) -> Result<ReadResult, String> {
+    let paths = VmPaths::new(data_dir, vm_id);
+    let console = paths.console();
+    if let Ok(m) = std::fs::metadata(&console) {
+        if m.len() > MAX_SERIAL_BYTES {
+            return Err(format!(
+                "its serial output is {} bytes, over the {MAX_SERIAL_BYTES}-byte limit",
+                m.len()
+            ));
+        }
+    }
+    let serial = std::fs::read(&console).unwrap_or_default();
+    let (blob, blob_file) = match &spec.result.file {
+        None => (None, None),
+        Some(rel) => {
+            let blob =
+                crate::vms::process_backend::read_work_file(&paths.dir, rel, MAX_RESULT_BLOB_BYTES)
+                    .map_err(|e| format!("result.file {e}"))?;
+            let out = result_blob_path(data_dir, vm_id);
+            std::fs::write(&out, &blob).map_err(|e| format!("cannot keep the result file: {e}"))?;
+            (Some(blob), Some(out))
+        }
+    };
+    let serial_part = spec.result.serial.then_some(serial.as_slice());
+    Ok(ReadResult {
+        hash: result_hash(serial_part, blob.as_deref()),
+        console,
+        blob_file,
+    })
+}
 
 /// Held checkpoint copies are swept this often (ticks of a second).
 const SWEEP_EVERY_TICKS: u64 = 60;
@@ -88,6 +141,8 @@ impl Daemon {
         }
         let (verified, spec) = self.open_trusted(submission_bytes)?;
         let job_id = verified.id.to_hex();
+        // Outside the one-at-a-time section: a slow fetch holds up no other placement.
+        self.fetch_replica_payload(&spec).await?;
         // One placement at a time: the check for a replica already here and its record
         // must not interleave with another's.
         let _one_at_a_time = self.jobs.placing.lock().await;
@@ -111,7 +166,7 @@ impl Daemon {
                 }
             }
         }
-        let vm_spec = replica_vm_spec(&job_id, replica, &spec)?;
+        let vm_spec = replica_vm_spec(&job_id, replica, &spec, &self.vms.payload_dir())?;
         let vm_spec = self.vms.check(vm_spec).await.map_err(|e| e.to_string())?;
         // The checkpoint, taken (no other use of it) before anything is recorded.
         let held = restore
@@ -198,6 +253,18 @@ impl Daemon {
             // The VM failed to start: the watcher reports it; the origin tries elsewhere.
             Err(e) => Err(format!("the VM did not start: {e}")),
         }
+    }
+
+    /// Fetches what the replica's VM needs from the mesh before anything is recorded (a
+    /// refusal to the origin, not a VM that fails later): its kernel and initrd by chunk
+    /// set, and a command's files (copied from this node's copy whenever it starts).
+    async fn fetch_replica_payload(&self, spec: &JobSpec) -> Result<(), String> {
+        let mut sets = crate::jobs::vm_spec::payload_sets(spec);
+        sets.extend(spec.payload.files.iter().map(|f| f.chunk_set.clone()));
+        self.vms
+            .fetch_payload(&sets)
+            .await
+            .map_err(|e| format!("the payload: {e}"))
     }
 
     /// Stops a replica here because its origin says so (cancelled, or decided without it).
@@ -376,7 +443,9 @@ impl Daemon {
         });
     }
 
-    /// The replica's VM ended: its serial output is its result (hash, and a chunk set).
+    /// The replica's VM ended: its result is read (the serial output, the declared result
+    /// file, or both; see [`result_hash`]) and kept as chunk sets: the serial output as the
+    /// replica's log, the file (or else the serial output) as its result.
     async fn finish(&self, job_id: &str, vm_id: &str) {
         let Ok(Some(rec)) = self.state_db.job(job_id, JobRole::Runner) else {
             return;
@@ -385,55 +454,64 @@ impl Daemon {
             self.unwatch_replica_vm(vm_id);
             return;
         }
-        let console = VmPaths::new(&self.data_dir, vm_id).console();
-        let outcome = match std::fs::metadata(&console) {
-            Ok(m) if m.len() > MAX_SERIAL_BYTES => Err(format!(
-                "its serial output is {} bytes, over the {MAX_SERIAL_BYTES}-byte limit",
-                m.len()
-            )),
-            Ok(_) | Err(_) => {
-                let bytes = std::fs::read(&console).unwrap_or_default();
-                let mut hash = blake3::hash(&bytes).to_hex().to_string();
+        let outcome = match read_result(&self.data_dir, vm_id, &rec.info.spec) {
+            Ok(read) => {
+                let mut hash = read.hash;
                 if self.jobs.corrupt_results {
                     tracing::warn!(job = job_id, "reporting a corrupt result (test flag)");
                     hash = blake3::hash(hash.as_bytes()).to_hex().to_string();
                 }
                 let short = job_id.get(..12).unwrap_or(job_id);
-                let name = format!("job-{short}-{}.log", rec.info.replicas[0].index);
-                let set = if bytes.is_empty() {
-                    None
-                } else {
-                    match super::super::chunk_sets::publish(
-                        &self.mesh,
-                        &self.exchange,
-                        &console,
-                        Some(name),
-                    )
-                    .await
-                    {
-                        Ok(p) => Some(p.id),
-                        Err(e) => {
-                            tracing::warn!(job = job_id, error = %e, "cannot publish a replica's output");
-                            None
-                        }
+                let base = format!("job-{short}-{}", rec.info.replicas[0].index);
+                let log = self
+                    .publish_output(job_id, &read.console, format!("{base}.log"))
+                    .await;
+                let result = match &read.blob_file {
+                    Some(blob) => {
+                        self.publish_output(job_id, blob, format!("{base}.result"))
+                            .await
                     }
+                    None => log.clone(),
                 };
-                Ok((hash, set))
+                Ok((hash, log, result))
             }
+            Err(reason) => Err(reason),
         };
+        let _ = std::fs::remove_file(result_blob_path(&self.data_dir, vm_id));
         self.unwatch_replica_vm(vm_id);
         self.update_runner(job_id, |r| match outcome {
-            Ok((hash, set)) => {
+            Ok((hash, log, result)) => {
                 r.state = ReplicaState::Finished;
                 r.result_hash = Some(hash);
-                r.log_set = set.clone();
-                r.result_set = set;
+                r.log_set = log;
+                r.result_set = result;
             }
             Err(reason) => {
                 r.state = ReplicaState::Failed;
                 r.detail = Some(reason);
             }
         });
+    }
+
+    /// Publishes a non-empty output file as a chunk set (none when empty or on failure,
+    /// which is logged: the result hash stands without it).
+    async fn publish_output(
+        &self,
+        job_id: &str,
+        file: &std::path::Path,
+        name: String,
+    ) -> Option<String> {
+        if std::fs::metadata(file).map_or(true, |m| m.len() == 0) {
+            return None;
+        }
+        match super::super::chunk_sets::publish(&self.mesh, &self.exchange, file, Some(name)).await
+        {
+            Ok(p) => Some(p.id),
+            Err(e) => {
+                tracing::warn!(job = job_id, error = %e, "cannot publish a replica's output");
+                None
+            }
+        }
     }
 
     /// Stops replicas that ran past their job's `maxRuntimeS`.
