@@ -268,6 +268,44 @@ pub struct NodeConfig {
     /// Submitter keys (`ed25519:<64 hex digits>`) whose signed jobs this node accepts, on
     /// top of its trust file's. Checked by [`NodeConfig::check`].
     pub trusted_submitters: Vec<String>,
+    /// How many jobs each trusted submitter may submit through this node.
+    pub submitter_limits: SubmitterLimitsConfig,
+}
+
+/// Per-submitter limits of the jobs this node takes as their origin (a token bucket and a
+/// quota; see `policy::submitters`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SubmitterLimitsConfig {
+    /// Submissions a submitter may make at once (1..=10000; default 10).
+    pub burst: u32,
+    /// Then one more every this many milliseconds (0: no rate limit; at most an hour;
+    /// default 1000).
+    pub refill_every_ms: u64,
+    /// Jobs of one submitter active at once (1..=1000000; default 100).
+    pub max_active_jobs: u32,
+}
+
+impl Default for SubmitterLimitsConfig {
+    fn default() -> Self {
+        let d = crate::policy::submitters::SubmitterLimits::default();
+        SubmitterLimitsConfig {
+            burst: d.burst,
+            refill_every_ms: d.refill_every.as_millis() as u64,
+            max_active_jobs: d.max_active_jobs,
+        }
+    }
+}
+
+impl SubmitterLimitsConfig {
+    /// The limits in force.
+    pub fn limits(&self) -> crate::policy::submitters::SubmitterLimits {
+        crate::policy::submitters::SubmitterLimits::new(
+            self.burst,
+            std::time::Duration::from_millis(self.refill_every_ms),
+            self.max_active_jobs,
+        )
+    }
 }
 
 /// Bounds of the drain deadline and the checkpoint interval (seconds).
@@ -289,6 +327,7 @@ impl Default for NodeConfig {
             drain_deadline_s: 120,
             checkpoint_interval_s: 60,
             trusted_submitters: Vec::new(),
+            submitter_limits: SubmitterLimitsConfig::default(),
         }
     }
 }
@@ -412,6 +451,27 @@ impl NodeConfig {
                     CHECKPOINT_INTERVAL_S.end()
                 ),
             });
+        }
+        let limits = &self.submitter_limits;
+        for (key, value, range) in [
+            ("submitterLimits.burst", limits.burst as u64, 1..=10_000),
+            (
+                "submitterLimits.refillEveryMs",
+                limits.refill_every_ms,
+                0..=3_600_000,
+            ),
+            (
+                "submitterLimits.maxActiveJobs",
+                limits.max_active_jobs as u64,
+                1..=1_000_000,
+            ),
+        ] {
+            if !range.contains(&value) {
+                return Err(ConfigError::Value {
+                    key,
+                    reason: format!("{value} is outside {}..={}", range.start(), range.end()),
+                });
+            }
         }
         if let Some(id) = &self.node_id {
             if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_control()) {
@@ -758,6 +818,27 @@ mod tests {
     }
 
     #[test]
+    fn submitter_limits_are_read_and_become_the_gates_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.yaml");
+        std::fs::write(
+            &path,
+            "submitterLimits:\n  burst: 3\n  refillEveryMs: 0\n  maxActiveJobs: 2\n",
+        )
+        .unwrap();
+        let cfg = NodeConfig::load(Some(&path), no_env).unwrap();
+        let limits = cfg.submitter_limits.limits();
+        assert_eq!(
+            (limits.burst, limits.refill_every, limits.max_active_jobs),
+            (3, std::time::Duration::ZERO, 2)
+        );
+        assert_eq!(
+            NodeConfig::default().submitter_limits.limits(),
+            crate::policy::submitters::SubmitterLimits::default()
+        );
+    }
+
+    #[test]
     fn a_refused_value_and_a_key_given_twice_name_the_file_and_line() {
         let (path, err) = load_text(
             "nodeId: n\npoliteness:\n  idleTimeToRunMin: 3\n  startHour: 25\n",
@@ -790,6 +871,18 @@ mod tests {
                 ConfigError::ValueAt {
                     line: 4,
                     key: "api.maxConnectionsPerAddress",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let (_, err) = load_text("submitterLimits:\n  burst: 0\n", no_env);
+        assert!(
+            matches!(
+                &err,
+                ConfigError::ValueAt {
+                    line: 2,
+                    key: "submitterLimits.burst",
                     ..
                 }
             ),

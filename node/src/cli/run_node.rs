@@ -211,7 +211,7 @@ async fn serve(
         },
         policy: cfg.politeness.clone(),
         trust: trust_source(cfg, data_dir)?,
-        submitter_limits: Default::default(),
+        submitter_limits: cfg.submitter_limits.limits(),
         run_job_replicas: jobs.run_replicas,
         corrupt_job_results: jobs.corrupt_results,
     };

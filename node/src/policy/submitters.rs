@@ -49,14 +49,27 @@ pub struct SubmitterLimits {
 
 impl Default for SubmitterLimits {
     fn default() -> Self {
-        let burst = 10;
-        let refill_every = Duration::from_secs(1);
+        SubmitterLimits::new(10, Duration::from_secs(1), 100)
+    }
+}
+
+/// Most job ids one submitter's replay memory holds when its rate is not limited.
+pub const MAX_REMEMBERED_UNLIMITED: usize = 1 << 20;
+
+impl SubmitterLimits {
+    /// Limits of a burst, a refill period (zero: no rate limit) and a quota of active jobs;
+    /// the replay memory holds what the rate allows over a submission's longest validity.
+    pub fn new(burst: u32, refill_every: Duration, max_active_jobs: u32) -> SubmitterLimits {
+        let refills = match refill_every.as_millis() {
+            0 => MAX_REMEMBERED_UNLIMITED,
+            ms => ((MAX_SUBMISSION_LIFETIME_S as u128 * 1000) / ms)
+                .min(MAX_REMEMBERED_UNLIMITED as u128) as usize,
+        };
         SubmitterLimits {
-            burst,
+            burst: burst.max(1),
             refill_every,
-            max_active_jobs: 100,
-            max_remembered: burst as usize
-                + (MAX_SUBMISSION_LIFETIME_S / refill_every.as_secs()) as usize,
+            max_active_jobs,
+            max_remembered: (burst as usize).saturating_add(refills),
         }
     }
 }
@@ -425,6 +438,13 @@ mod tests {
             .unwrap();
         assert_eq!(g.remembered(), 1, "the four expired ids are forgotten");
         assert!(SubmitterLimits::default().max_remembered >= 86_400);
+        let unlimited = SubmitterLimits::new(5, Duration::ZERO, 7);
+        assert_eq!(unlimited.max_remembered, 5 + MAX_REMEMBERED_UNLIMITED);
+        let slow = SubmitterLimits::new(1, Duration::from_secs(3600), 1);
+        assert_eq!(
+            slow.max_remembered,
+            1 + (MAX_SUBMISSION_LIFETIME_S / 3600) as usize
+        );
     }
 
     #[derive(Clone, Debug)]
