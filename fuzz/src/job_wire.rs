@@ -26,7 +26,7 @@ use novacron_node::jobs::spec_file::parse_spec;
 use novacron_node::jobs::wire::{
     body_len, valid_file_name, CheckpointFile, JobRequest, JobResponse, ReplicaReport, WireError,
     LEN_PREFIX, MAX_CHECKPOINT_FILES, MAX_FRAME, MAX_HOLDERS, MAX_LOG_CHUNK, MAX_PEER_ID_TEXT,
-    MAX_REASON, MAX_REPLICA_INDEX,
+    MAX_LISTED, MAX_REASON, MAX_REPLICA_INDEX,
 };
 use novacron_node::model::{
     Backend, JobInfo, JobState, ReplicaCheckpoint, ReplicaInfo, ReplicaState,
@@ -43,6 +43,10 @@ const REQUEST_SLACK: usize = 256;
 /// omitted optional fields come back as `null`, under 3 times the bytes): a status body
 /// over this may decode and then be too large to send on.
 const STATUS_MAX_REENCODABLE: usize = MAX_FRAME / 4;
+
+/// A list of jobs may grow more (each bare job's spec comes back with every default, a few
+/// hundred bytes): a list body over this may decode and then be too large to send on.
+const JOBS_MAX_REENCODABLE: usize = MAX_FRAME / 16;
 
 /// Longest checkpoint file name (`valid_file_name`'s limit).
 const MAX_FILE_NAME: usize = 64;
@@ -326,6 +330,12 @@ fn assert_request_bounds(request: &JobRequest) {
             assert_replica(*replica);
         }
         JobRequest::Status { job_id } => assert_job_id(job_id),
+        JobRequest::List { limit } => {
+            assert!(
+                (1..=MAX_LISTED as u32).contains(limit),
+                "a list of {limit} jobs asked for"
+            )
+        }
     }
 }
 
@@ -410,7 +420,16 @@ fn check_response(data: &[u8]) -> bool {
             assert_job_id(&job.id);
             true
         }
+        JobResponse::Jobs { jobs } => {
+            assert!(jobs.len() <= MAX_LISTED, "a list of {} jobs", jobs.len());
+            jobs.iter().for_each(|j| assert_job_id(&j.id));
+            true
+        }
         _ => false,
+    };
+    let reencodable = match &response {
+        JobResponse::Jobs { .. } => JOBS_MAX_REENCODABLE,
+        _ => STATUS_MAX_REENCODABLE,
     };
     let frame = match response.encode() {
         Ok(frame) => frame,
@@ -418,7 +437,7 @@ fn check_response(data: &[u8]) -> bool {
             assert!(
                 status
                     && matches!(e, WireError::TooLarge { .. })
-                    && data.len() > STATUS_MAX_REENCODABLE,
+                    && data.len() > reencodable,
                 "an accepted {}-byte response does not encode: {e}",
                 data.len()
             );
@@ -628,6 +647,7 @@ pub fn seeds() -> Vec<Seed> {
                 job_id: job_id.clone(),
             },
         ),
+        ("request_list", JobRequest::List { limit: 50 }),
         (
             "request_logs",
             JobRequest::Logs {
@@ -671,6 +691,12 @@ pub fn seeds() -> Vec<Seed> {
             },
         ),
         ("response_ack", JobResponse::Ack),
+        (
+            "response_jobs",
+            JobResponse::Jobs {
+                jobs: vec![info.clone()],
+            },
+        ),
         (
             "response_status",
             JobResponse::Status {
@@ -749,6 +775,7 @@ mod tests {
             "report",
             "cancel",
             "status",
+            "list",
             "logs",
             "handover",
         ] {
@@ -760,6 +787,7 @@ mod tests {
             "held",
             "ack",
             "status",
+            "jobs",
             "logs",
             "not_found",
             "refuse",
@@ -811,6 +839,30 @@ mod tests {
             body.len(),
             frame.len()
         );
+    }
+
+    #[test]
+    fn a_list_of_bare_jobs_grows_but_re_encodes_up_to_its_bound() {
+        let job = format!(
+            r#"{{"id":"{}","spec":{{"payload":{{}}}},"submitter":"","state":"running","origin":"","retries":0,"submitted_at_ms":0,"updated_at_ms":0,"replicas":[]}}"#,
+            "ab".repeat(32)
+        );
+        let body = format!(
+            r#"{{"type":"jobs","jobs":[{}]}}"#,
+            vec![job.as_str(); MAX_LISTED].join(",")
+        );
+        assert!(body.len() <= JOBS_MAX_REENCODABLE, "{}", body.len());
+        assert!(check(body.as_bytes()));
+        let frame = JobResponse::decode(body.as_bytes())
+            .unwrap()
+            .encode()
+            .unwrap();
+        assert!(frame.len() > body.len(), "{} bytes encode to {}", body.len(), frame.len());
+        let one_more = format!(
+            r#"{{"type":"jobs","jobs":[{}]}}"#,
+            vec![job.as_str(); MAX_LISTED + 1].join(",")
+        );
+        assert!(!check(one_more.as_bytes()));
     }
 
     #[test]

@@ -315,21 +315,28 @@ fn a_job_runs_and_its_result_is_read_from_a_node_that_did_not_run_it() {
         reader.dir.to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&logs.stdout).contains(HELLO));
-    // The origin lists it.
-    let list = json_of(
-        &novacron(&[
-            "jobs",
-            "--json",
-            "--data-dir",
-            nodes[1].dir.to_str().unwrap(),
-        ]),
-        "jobs",
-    );
-    assert!(list
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|j| j["id"] == id.as_str()));
+    // Every node of the cell lists it, as its origin sees it; with --here, only the nodes
+    // that placed or ran it.
+    let list = |node: &Node, here: bool| -> Vec<Value> {
+        let dir = node.dir.to_str().unwrap();
+        let mut args = vec!["jobs", "--json", "--data-dir", dir];
+        if here {
+            args.push("--here");
+        }
+        let v = json_of(&novacron(&args), "jobs");
+        v.as_array().unwrap().clone()
+    };
+    for node in &nodes {
+        let rows = list(node, false);
+        let row = rows.iter().find(|j| j["id"] == id.as_str());
+        let row = row.unwrap_or_else(|| panic!("{} does not list the job: {rows:?}", node.peer));
+        assert_eq!(row["state"], "succeeded");
+        assert_eq!(row["origin"].as_str(), Some(nodes[1].peer.as_str()));
+    }
+    assert!(list(&nodes[1], true).iter().any(|j| j["id"] == id.as_str()));
+    if let Some(other) = other {
+        assert!(!list(other, true).iter().any(|j| j["id"] == id.as_str()));
+    }
 }
 
 #[test]
@@ -720,11 +727,12 @@ fn a_job_whose_owner_needs_the_machine_moves_live_and_its_record_follows_it() {
     ]);
     let text = String::from_utf8_lossy(&result.stdout).to_string();
     assert!(text.contains(&expected), "expected {expected:?} in {text}");
-    // The node it left has nothing of it running.
+    // The node it left has nothing of it running, and its own record of it is closed.
     assert!(vmm_processes(&vm).is_empty());
     let left = json_of(
         &novacron(&[
             "jobs",
+            "--here",
             "--json",
             "--data-dir",
             owner_node.dir.to_str().unwrap(),

@@ -41,6 +41,7 @@ fn spec(command: &[&str], mem_mib: u64) -> VmSpec {
         checkpoint_interval_s: None,
         downtime_budget_ms: None,
         files: Vec::new(),
+        priority: None,
     }
 }
 

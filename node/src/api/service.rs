@@ -96,6 +96,9 @@ pub trait NodeService: Send + Sync + 'static {
 
     /// Jobs this node knows (submitted through it, or running a replica here), newest first.
     fn jobs(&self) -> Vec<JobInfo>;
+    /// [`jobs`](Self::jobs) and those submitted through the live members of this node's
+    /// cell, newest first.
+    fn cell_jobs(&self) -> impl Future<Output = Vec<JobInfo>> + Send;
     /// Takes a signed submission (bytes): checked completely (signature, window, trust,
     /// replay, the submitter's rate and quota, the spec) before anything is kept.
     fn submit_job(

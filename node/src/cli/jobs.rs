@@ -23,6 +23,10 @@ pub struct JobsArgs {
     /// cancelled, lost).
     #[arg(long, value_parser = parse_state)]
     state: Option<JobState>,
+    /// Only the jobs this node knows (submitted through it, or running here); by default
+    /// the jobs of the node's whole cell are listed.
+    #[arg(long)]
+    here: bool,
     /// Print JSON: the list as one JSON document.
     #[arg(long)]
     json: bool,
@@ -75,9 +79,10 @@ enum JobCommand {
 pub fn run_list(args: JobsArgs) -> anyhow::Result<ExitCode> {
     let client = args.api.client()?;
     block_on(async move {
+        let scope = if args.here { "node" } else { "cell" };
         let path = match args.state {
-            Some(s) => format!("/api/v1/jobs?state={}", s.as_str()),
-            None => "/api/v1/jobs".to_string(),
+            Some(s) => format!("/api/v1/jobs?scope={scope}&state={}", s.as_str()),
+            None => format!("/api/v1/jobs?scope={scope}"),
         };
         let jobs: Vec<JobInfo> = client.get(&path).await?;
         if args.json {
@@ -86,7 +91,15 @@ pub fn run_list(args: JobsArgs) -> anyhow::Result<ExitCode> {
         }
         let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
         let short = short_ids(&ids, 8);
-        let mut t = Table::new(&["ID", "STATE", "REPLICAS", "NAME", "SUBMITTED", "DETAIL"]);
+        let mut t = Table::new(&[
+            "ID",
+            "STATE",
+            "REPLICAS",
+            "NAME",
+            "ORIGIN",
+            "SUBMITTED",
+            "DETAIL",
+        ]);
         let now = now_ms();
         for (j, id) in jobs.iter().zip(short) {
             t.row(vec![
@@ -94,6 +107,7 @@ pub fn run_list(args: JobsArgs) -> anyhow::Result<ExitCode> {
                 j.state.as_str().to_string(),
                 replicas_summary(j),
                 j.spec.name.clone().unwrap_or_default(),
+                short_peer(&j.origin),
                 ago(now, j.submitted_at_ms),
                 j.detail.clone().unwrap_or_default(),
             ]);
@@ -163,7 +177,7 @@ async fn resolve(client: &ApiClient, given: &str) -> anyhow::Result<String> {
     if given.len() == 64 {
         return Ok(given.to_string());
     }
-    let jobs: Vec<JobInfo> = client.get("/api/v1/jobs").await?;
+    let jobs: Vec<JobInfo> = client.get("/api/v1/jobs?scope=cell").await?;
     resolve_id(
         jobs.iter().map(|j| j.id.as_str()),
         given,

@@ -101,6 +101,10 @@ struct CreateArgs {
     /// mesh by chunk set (`novacron chunks publish FILE` prints the id); repeatable.
     #[arg(long = "file", value_name = "NAME=CHUNKSET", value_parser = parse_file)]
     files: Vec<PayloadFile>,
+    /// 0 (lowest) to 9: when the node must give memory back, lower priorities leave first
+    /// (default 5).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: Option<u8>,
 }
 
 /// `NAME=CHUNKSET` of `--file` (the node checks both).
@@ -175,6 +179,7 @@ impl CreateArgs {
             checkpoint_interval_s: None,
             downtime_budget_ms: None,
             files: self.files.clone(),
+            priority: self.priority,
         })
     }
 }

@@ -124,6 +124,17 @@ impl NodeService for Daemon {
         self.jobs_known()
     }
 
+    async fn cell_jobs(&self) -> Vec<JobInfo> {
+        let listed = Daemon::cell_jobs(self).await;
+        if listed.unanswered > 0 {
+            tracing::info!(
+                unanswered = listed.unanswered,
+                "cell members did not list their jobs in time; their jobs are left out"
+            );
+        }
+        listed.jobs
+    }
+
     async fn submit_job(&self, submission: Vec<u8>) -> ServiceResult<JobInfo> {
         self.arc()?.submit_job(&submission).await
     }

@@ -49,6 +49,7 @@ pub fn replica_vm_spec(
             .filter(|_| spec.backend == Backend::Kvm),
         downtime_budget_ms: Some(spec.migration.downtime_budget_ms),
         files: Vec::new(),
+        priority: Some(spec.priority),
     };
     match spec.backend {
         Backend::Kvm => {

@@ -9,6 +9,7 @@
 //! runner -> origin      Report { job, replica, state }  <- Ack | Refuse
 //! anyone -> holder      Status { job }                  <- Status { job } | NotFound
 //! anyone -> runner      Logs { job, replica, offset }   <- Logs { bytes } | NotFound
+//! cell peer -> origin   List { limit }                  <- Jobs { newest first }
 //! origin -> runner      Cancel { job, replica }         <- Ack | NotFound
 //! runner -> runner      Handover { submission, replica, vm }  <- Ack | Refuse
 //! runner -> holder      Hold { submission, replica, checkpoint files }  <- Ack | Refuse
@@ -38,6 +39,27 @@ pub const LEN_PREFIX: usize = 4;
 pub const MAX_LOG_CHUNK: usize = 64 << 10;
 /// Longest reason or detail sent (longer ones are cut at a character).
 pub const MAX_REASON: usize = 1024;
+/// Most jobs one `List` answer holds.
+pub const MAX_LISTED: usize = 50;
+/// The bytes of jobs a `List` answer fills at most (the rest of a frame is the envelope).
+pub const LIST_BUDGET: usize = MAX_FRAME - 4096;
+
+/// The first of `jobs` that fit in one `Jobs` answer: at most `limit` (and [`MAX_LISTED`]),
+/// and at most [`LIST_BUDGET`] bytes of JSON.
+pub fn fit_listed(jobs: impl IntoIterator<Item = JobInfo>, limit: u32) -> Vec<JobInfo> {
+    let mut used = 0;
+    let mut out = Vec::new();
+    for job in jobs.into_iter().take((limit as usize).min(MAX_LISTED)) {
+        // A JobInfo is plain data: serde_json cannot fail on it.
+        let len = serde_json::to_vec(&job).map_or(usize::MAX, |b| b.len() + 1);
+        if used + len > LIST_BUDGET {
+            break;
+        }
+        used += len;
+        out.push(job);
+    }
+    out
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -85,6 +107,9 @@ pub enum JobRequest {
         replica: u32,
         offset: u64,
     },
+    /// The jobs submitted through the receiver, newest first: at most `limit` (and at most
+    /// [`MAX_LISTED`]), fewer if they would not fit in a frame.
+    List { limit: u32 },
     /// The replica's VM `vm_id` moved to the receiver: it runs the replica from now on and
     /// reports to `origin`.
     Handover {
@@ -198,6 +223,10 @@ pub enum JobResponse {
     Ack,
     Status {
         job: Box<JobInfo>,
+    },
+    /// An answer to `List`.
+    Jobs {
+        jobs: Vec<JobInfo>,
     },
     Logs {
         /// Hex of the bytes from the asked offset.
@@ -318,6 +347,12 @@ impl JobRequest {
                 job_id, replica, ..
             } => (job_id, Some(*replica)),
             JobRequest::Status { job_id } => (job_id, None),
+            JobRequest::List { limit } => {
+                if *limit == 0 || *limit as usize > MAX_LISTED {
+                    return Err(field("limit", "ask for 1 to 50 jobs"));
+                }
+                return Ok(());
+            }
         };
         if !valid_job_id(job_id) {
             return Err(field("job_id", "a job id is 64 lower-case hex digits"));
@@ -378,6 +413,12 @@ impl JobResponse {
             }
             JobResponse::Status { job } if !valid_job_id(&job.id) => {
                 Err(field("job.id", "a job id is 64 lower-case hex digits"))
+            }
+            JobResponse::Jobs { jobs } if jobs.len() > MAX_LISTED => {
+                Err(field("jobs", "more than 50 jobs"))
+            }
+            JobResponse::Jobs { jobs } if jobs.iter().any(|j| !valid_job_id(&j.id)) => {
+                Err(field("jobs.id", "a job id is 64 lower-case hex digits"))
             }
             _ => Ok(r),
         }
@@ -498,6 +539,7 @@ mod tests {
                 replica: 0,
             },
             JobRequest::Status { job_id: id() },
+            JobRequest::List { limit: 50 },
             JobRequest::Logs {
                 job_id: id(),
                 replica: 0,
@@ -536,6 +578,8 @@ mod tests {
                 "submission",
             ),
             (r#"{"type":"status","job_id":"x","extra":1}"#, "extra"),
+            (r#"{"type":"list","limit":0}"#, "limit"),
+            (r#"{"type":"list","limit":51}"#, "limit"),
             (&hold("../MANIFEST", &id()), "files"),
             (&hold(".hidden", &id()), "files"),
             (&hold("layer-1.ncl", "zz"), "files"),
@@ -554,6 +598,39 @@ mod tests {
         format!(
             r#"{{"type":"hold","submission":"00","replica":0,"generation":1,"origin":"o","seq":1,"files":[{{"name":"{name}","set":"{set}","bytes":1}}]}}"#
         )
+    }
+
+    #[test]
+    fn a_list_answer_fits_in_a_frame_and_is_checked() {
+        let job = |i: u8, args: usize| {
+            let mut j = crate::model::fixtures::job_info(&format!("{i:02x}").repeat(32));
+            j.spec.arguments = vec!["x".repeat(4000); args];
+            j
+        };
+        // Small jobs: the limit decides.
+        let small: Vec<JobInfo> = (0..60).map(|i| job(i, 0)).collect();
+        assert_eq!(fit_listed(small.clone(), 5).len(), 5);
+        assert_eq!(fit_listed(small, 500).len(), MAX_LISTED);
+        // Large ones (4 MB of arguments each at most): the frame decides, and it encodes.
+        let large: Vec<JobInfo> = (0..20).map(|i| job(i, 20)).collect();
+        let fitted = fit_listed(large, 50);
+        assert!(!fitted.is_empty() && fitted.len() < 20, "{}", fitted.len());
+        let frame = JobResponse::Jobs {
+            jobs: fitted.clone(),
+        }
+        .encode()
+        .unwrap();
+        match JobResponse::decode(&frame[LEN_PREFIX..]).unwrap() {
+            JobResponse::Jobs { jobs } => assert_eq!(jobs, fitted),
+            other => panic!("{other:?}"),
+        }
+        let mut bad = job(1, 0);
+        bad.id = "xyz".into();
+        let body = serde_json::to_vec(&JobResponse::Jobs { jobs: vec![bad] }).unwrap();
+        assert!(JobResponse::decode(&body)
+            .unwrap_err()
+            .to_string()
+            .contains("jobs.id"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Test fixtures of the domain model, shared by the tests of the modules that decide on,
 //! show or store it.
 
-use super::{VmInfo, VmState};
+use super::{JobInfo, JobState, VmInfo, VmState};
 
 /// A VM record with every field set, in `state`.
 pub fn vm(id: &str, state: VmState) -> VmInfo {
@@ -17,4 +17,26 @@ pub fn vm(id: &str, state: VmState) -> VmInfo {
         last_report: Some((1, 7)),
         adoptions: 0,
     }
+}
+
+/// A job record of a builtin guest with no replicas yet, in `state`.
+pub fn job_info_in(id: &str, state: JobState) -> JobInfo {
+    JobInfo {
+        id: id.into(),
+        spec: serde_json::from_str(r#"{"payload": {"guest": "builtin:hello"}}"#).expect("spec"),
+        submitter: "ed25519:aa".into(),
+        state,
+        detail: None,
+        origin: "12D3KooWSelf".into(),
+        replicas: vec![],
+        result_hash: None,
+        retries: 0,
+        submitted_at_ms: 1,
+        updated_at_ms: 1,
+    }
+}
+
+/// [`job_info_in`] a running job.
+pub fn job_info(id: &str) -> JobInfo {
+    job_info_in(id, JobState::Running)
 }

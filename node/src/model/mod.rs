@@ -15,8 +15,8 @@ mod vm;
 pub use event::{EventEnvelope, NodeEvent};
 pub use job::{
     result_hash, ImageRef, JobInfo, JobMigration, JobPayload, JobSpec, JobState, ReplicaCheckpoint,
-    ReplicaInfo, ReplicaState, ResultSource, SpecError, CHECKPOINT_INTERVAL_S,
-    MAX_DOWNTIME_BUDGET_MS, MAX_REPLICAS, MAX_RESULT_BLOB_BYTES, MAX_SERIAL_BYTES,
+    ReplicaInfo, ReplicaState, ResultSource, SpecError, CHECKPOINT_INTERVAL_S, DEFAULT_PRIORITY,
+    MAX_DOWNTIME_BUDGET_MS, MAX_PRIORITY, MAX_REPLICAS, MAX_RESULT_BLOB_BYTES, MAX_SERIAL_BYTES,
 };
 pub use mesh::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
 pub use migration::{MigrationDirection, MigrationInfo, MigrationProgressInfo, MigrationState};

@@ -75,6 +75,11 @@ pub struct VmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 60000)]
     pub downtime_budget_ms: Option<u64>,
+    /// 0 (lowest) to 9: when the node must give memory back, VMs of lower priority leave
+    /// first (default 5). A job's replica gets its job's `priority`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 9)]
+    pub priority: Option<u8>,
     /// process: files fetched from the mesh by chunk set and placed in the command's
     /// directory before it starts (again before each restart from scratch).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

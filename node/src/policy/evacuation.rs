@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::admission::held_by;
-use crate::model::{Backend, MigrationMode, VmInfo};
+use crate::model::{Backend, MigrationMode, VmInfo, DEFAULT_PRIORITY};
 
 /// How long one migration may take before the evacuation cancels it and tries the VM's
 /// next mode.
@@ -61,14 +61,21 @@ pub fn modes_for(vm: &VmInfo) -> Vec<MigrationMode> {
     }
 }
 
-/// The VMs to move away so that the rest of `active` fits `mem_cap_bytes`: the largest
-/// first, until what stays fits (none when it fits already, or there is no cap).
+/// The VMs to move away so that the rest of `active` fits `mem_cap_bytes`: the lowest
+/// priority first and, among equals, the largest, until what stays fits; then any of those
+/// that fits back after all stays, the highest priority first (none leaves when all fits
+/// already, or there is no cap).
 pub fn to_fit_memory(mut active: Vec<VmInfo>, mem_cap_bytes: u64) -> Vec<VmInfo> {
     let mut used = held_by(&active).mem_bytes;
     if mem_cap_bytes == 0 || used <= mem_cap_bytes {
         return Vec::new();
     }
-    active.sort_by_key(|v| std::cmp::Reverse(v.spec.mem_mib));
+    active.sort_by_key(|v| {
+        (
+            v.spec.priority.unwrap_or(DEFAULT_PRIORITY),
+            std::cmp::Reverse(v.spec.mem_mib),
+        )
+    });
     let mut over = Vec::new();
     for vm in active {
         if used <= mem_cap_bytes {
@@ -76,6 +83,14 @@ pub fn to_fit_memory(mut active: Vec<VmInfo>, mem_cap_bytes: u64) -> Vec<VmInfo>
         }
         used = used.saturating_sub(vm.spec.mem_mib << 20);
         over.push(vm);
+    }
+    // Leaving in priority order may have taken more than was needed.
+    for i in (0..over.len()).rev() {
+        let mem = over[i].spec.mem_mib << 20;
+        if used.saturating_add(mem) <= mem_cap_bytes {
+            used += mem;
+            over.remove(i);
+        }
     }
     over
 }
@@ -324,13 +339,14 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_vms_leave_until_the_rest_fits_the_memory_cap() {
+    fn the_lowest_priority_then_largest_vms_leave_until_the_rest_fits_the_memory_cap() {
         let sized = |id: &str, mib: u64| {
             let mut v = vm(id, Backend::Kvm, &[Live]);
             v.spec.mem_mib = mib;
             v
         };
-        let active = vec![sized("s", 64), sized("l", 512), sized("m", 256)];
+        let active_default = || vec![sized("s", 64), sized("l", 512), sized("m", 256)];
+        let active = active_default();
         let ids = |v: Vec<VmInfo>| v.into_iter().map(|v| v.id).collect::<Vec<_>>();
         // 832 MiB held: under a 1 GiB cap, or with no cap, nobody moves.
         assert!(to_fit_memory(active.clone(), 1 << 30).is_empty());
@@ -338,7 +354,17 @@ mod tests {
         // A 400 MiB cap: the 512 MiB one leaves and the rest (320 MiB) fits.
         assert_eq!(ids(to_fit_memory(active.clone(), 400 << 20)), ["l"]);
         // A 100 MiB cap: the two largest leave.
-        assert_eq!(ids(to_fit_memory(active, 100 << 20)), ["l", "m"]);
+        assert_eq!(ids(to_fit_memory(active.clone(), 100 << 20)), ["l", "m"]);
+        // Lower priority leaves first: with the 512 MiB one at priority 9, a 600 MiB cap
+        // moves the 256 MiB one (priority 5) and keeps the small one (priority 2), which
+        // fits back once the other left.
+        let mut ranked = active;
+        ranked[0].spec.priority = Some(2);
+        ranked[1].spec.priority = Some(9);
+        assert_eq!(ids(to_fit_memory(ranked.clone(), 600 << 20)), ["m"]);
+        assert_eq!(ids(to_fit_memory(active_default(), 600 << 20)), ["l"]);
+        // A VM over the cap by itself leaves whatever its priority.
+        assert_eq!(ids(to_fit_memory(ranked, 400 << 20)), ["l"]);
     }
 
     #[test]

@@ -198,6 +198,12 @@ pub fn validate(spec: &VmSpec) -> Result<(), String> {
             ));
         }
     }
+    if let Some(p) = spec.priority {
+        let max = crate::model::MAX_PRIORITY;
+        if p > max {
+            return Err(format!("priority: {p} is outside 0..={max}"));
+        }
+    }
     if let Some(b) = spec.downtime_budget_ms {
         let max = crate::model::MAX_DOWNTIME_BUDGET_MS;
         if b == 0 || b > max {

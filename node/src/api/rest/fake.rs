@@ -290,6 +290,10 @@ impl NodeService for Fake {
         self.jobs.lock().unwrap().values().cloned().collect()
     }
 
+    async fn cell_jobs(&self) -> Vec<JobInfo> {
+        self.jobs()
+    }
+
     async fn submit_job(&self, submission: Vec<u8>) -> ServiceResult<JobInfo> {
         self.check()?;
         Err(ServiceError::BadRequest(format!(

@@ -25,6 +25,18 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     /// Only jobs of this submitter (`ed25519:<hex>`).
     pub submitter: Option<String>,
+    /// `node` (the default): jobs this node knows. `cell`: also the jobs submitted through
+    /// the live members of its cell (each asked, within 3 s; one that does not answer is
+    /// left out).
+    pub scope: Option<JobScope>,
+}
+
+/// Which jobs `GET /api/v1/jobs` lists.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobScope {
+    Node,
+    Cell,
 }
 
 /// Where `GET /api/v1/jobs/{id}/logs` reads.
@@ -40,13 +52,16 @@ pub struct LogsQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobFilter),
-    responses((status = 200, description = "Jobs this node knows: submitted through it, or running a replica here; newest first", body = [JobInfo]),
+    responses((status = 200, description = "Jobs this node knows (submitted through it, or running a replica here), or with scope=cell those of its cell's live members too; newest first", body = [JobInfo]),
         (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub async fn list_jobs<S: NodeService>(
     State(st): State<ApiState<S>>,
     QueryParams(filter): QueryParams<JobFilter>,
 ) -> Json<Vec<JobInfo>> {
-    let mut jobs = st.service.jobs();
+    let mut jobs = match filter.scope {
+        Some(JobScope::Cell) => st.service.cell_jobs().await,
+        Some(JobScope::Node) | None => st.service.jobs(),
+    };
     jobs.retain(|j| filter.state.is_none_or(|s| j.state == s));
     jobs.retain(|j| filter.submitter.as_ref().is_none_or(|s| &j.submitter == s));
     Json(jobs)

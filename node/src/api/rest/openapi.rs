@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::ApiFailure;
 use super::handlers::{self, CellsView, DrainAccepted, DrainRequest};
-use super::jobs::{self as job_routes, JobFilter, LogsQuery};
+use super::jobs::{self as job_routes, JobFilter, JobScope, LogsQuery};
 use crate::api::types::{
     ApiError, Backend, EventEnvelope, ImageRef, JobInfo, JobLogs, JobMigration, JobPayload,
     JobSpec, JobState, MigrationDirection, MigrationInfo, MigrationMode, MigrationProgressInfo,
@@ -60,7 +60,7 @@ impl Modify for BearerAuth {
         EventEnvelope, NodeEvent, NodeStatus, CellStatus, MemberStatus, SummaryStatus, CellsView,
         DrainRequest, DrainAccepted,
         SubmitJobRequest, JobInfo, JobSpec, JobPayload, ImageRef, PayloadFile, JobMigration,
-        ResultSource, JobState, ReplicaCheckpoint, ReplicaInfo, ReplicaState, JobLogs, JobFilter, LogsQuery,
+        ResultSource, JobState, ReplicaCheckpoint, ReplicaInfo, ReplicaState, JobLogs, JobFilter, JobScope, LogsQuery,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

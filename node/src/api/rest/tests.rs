@@ -316,19 +316,7 @@ async fn migrations_start_list_read_cancel() {
 }
 
 fn job(id: &str, state: crate::api::types::JobState) -> crate::api::types::JobInfo {
-    crate::api::types::JobInfo {
-        id: id.into(),
-        spec: serde_json::from_value(json!({"payload": {"guest": "builtin:hello"}})).unwrap(),
-        submitter: "ed25519:aa".into(),
-        state,
-        detail: None,
-        origin: "12D3KooWSelf".into(),
-        replicas: vec![],
-        result_hash: None,
-        retries: 0,
-        submitted_at_ms: 1,
-        updated_at_ms: 1,
-    }
+    crate::model::fixtures::job_info_in(id, state)
 }
 
 #[tokio::test]

@@ -152,6 +152,7 @@ fn idle_spec(mem_mib: u64, prefill_mib: Option<u64>) -> VmSpec {
         checkpoint_interval_s: None,
         downtime_budget_ms: None,
         files: Vec::new(),
+        priority: None,
     }
 }
 

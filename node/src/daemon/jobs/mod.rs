@@ -9,10 +9,12 @@
 //! - `handover`: a replica's VM that moved (politeness, drain) takes its job record along.
 //! - `checkpoint_push`: a runner pushes its replicas' checkpoints to peers of the cell.
 //! - `checkpoint_hold`: a peer holds them, and restores a replica from one when asked.
+//! - `cell_list`: the jobs of the cell, asked of its live members.
 //! - `serve`: the job protocol's requests, dispatched to those.
 //!
 //! What a node keeps here in memory is rebuilt from its database at start.
 
+mod cell_list;
 mod checkpoint_hold;
 mod checkpoint_push;
 mod handover;
@@ -26,6 +28,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use novacron_mesh::submission::SubmitterId;
 use novacron_mesh::swarm::PeerId;
 use novacron_mesh::util::lock;
+
+pub use cell_list::CellJobs;
 
 use crate::jobs::link::JobLink;
 use crate::jobs::wire::ReplicaReport;
@@ -100,6 +104,8 @@ pub struct JobsHere {
     reports: Mutex<HashMap<String, (ReportTo, bool)>>,
     /// Replicas this node (as origin) is placing now: one is never placed twice at once.
     placing_replicas: Mutex<HashSet<(String, u32)>>,
+    /// Of those, the ones whose last search found no node, with their job's priority.
+    starved: Mutex<HashMap<(String, u32), u8>>,
     /// Per-submitter trust, replay, quota and rate ([`SubmitterGate`]).
     gate: Mutex<SubmitterGate>,
     /// Agreement of peers' results with the quorum.
@@ -124,6 +130,7 @@ impl JobsHere {
             link: OnceLock::new(),
             trust,
             placing: tokio::sync::Mutex::new(()),
+            starved: Mutex::new(HashMap::new()),
             runner_writes: Mutex::new(()),
             origin_writes: Mutex::new(()),
             holding: Arc::new(Mutex::new(HashSet::new())),
@@ -219,6 +226,29 @@ impl JobsHere {
     }
 
     fn end_placement(&self, job: &str, index: u32) {
-        lock(&self.placing_replicas).remove(&(job.to_string(), index));
+        let key = (job.to_string(), index);
+        lock(&self.starved).remove(&key);
+        lock(&self.placing_replicas).remove(&key);
+    }
+
+    /// Whether replica `index` of `job` (at `priority`, `yielded` rounds skipped in a row)
+    /// waits this round for a starved replica of a job of higher priority
+    /// ([`yields_to_higher`](crate::policy::job_placement::yields_to_higher)).
+    fn yields(&self, job: &str, index: u32, priority: u8, yielded: u32) -> bool {
+        let starved = lock(&self.starved);
+        let others = starved
+            .iter()
+            .filter(|((j, i), _)| !(j == job && *i == index))
+            .map(|(_, p)| *p);
+        crate::policy::job_placement::yields_to_higher(priority, others, yielded)
+    }
+
+    /// Records whether replica `index` of `job` found a node at its last search.
+    fn set_starved(&self, job: &str, index: u32, priority: u8, starved: bool) {
+        let key = (job.to_string(), index);
+        match starved {
+            true => lock(&self.starved).insert(key, priority),
+            false => lock(&self.starved).remove(&key),
+        };
     }
 }

@@ -693,8 +693,10 @@ impl Daemon {
 
     /// Places one replica by a [`PlacementSearch`] (cells ranked by their summaries, offers
     /// from their members, the best fit confirmed); searched again after [`PLACE_RETRY`]
-    /// while nobody takes it and the job lives.
+    /// while nobody takes it and the job lives. A round is skipped while a replica of a job
+    /// of higher priority found no node (at most a few in a row).
     async fn place_replica(self: &Arc<Self>, id: &str, index: u32) {
+        let mut yielded = 0;
         loop {
             let Ok(Some(rec)) = self.state_db.job(id, JobRole::Origin) else {
                 return;
@@ -706,6 +708,16 @@ impl Daemon {
                 return;
             }
             let generation = r.generation;
+            let priority = rec.info.spec.priority;
+            if self.jobs.yields(id, index, priority, yielded) {
+                yielded += 1;
+                let detail =
+                    format!("replica {index} waits: a job of higher priority found no node yet");
+                self.update_origin(id, |job| job.detail = Some(detail));
+                tokio::time::sleep(PLACE_RETRY).await;
+                continue;
+            }
+            yielded = 0;
             let restored = match &r.checkpoint {
                 Some(c) => self.restore_once(&rec, index, generation, c).await,
                 None => Err(String::new()),
@@ -720,6 +732,7 @@ impl Daemon {
                     self.search_once(&rec, index, generation).await
                 }
             };
+            self.jobs.set_starved(id, index, priority, placed.is_err());
             match placed {
                 Ok((peer, vm_id)) => {
                     self.update_origin(id, |job| {

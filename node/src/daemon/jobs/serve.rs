@@ -88,6 +88,7 @@ impl Daemon {
                 replica,
                 offset,
             } => self.job_logs_here(&job_id, replica, offset),
+            JobRequest::List { limit } => self.jobs_listed_here(limit),
             JobRequest::Handover {
                 submission,
                 replica,

@@ -8,6 +8,7 @@
 //! - [`choose_offer`]: among the offers peers sent, the best fit.
 //! - [`PlacementSearch`]: one replica's search over cells and their members, offer rounds,
 //!   timeouts and the confirmation.
+//! - [`yields_to_higher`]: whether a replica waits for a starved one of higher priority.
 //! - [`placement_decision`]: the whole decision for one replica from the node's view, with
 //!   the members' gossiped capacity standing in for their offers (what `novacron bench
 //!   jobs` measures).
@@ -20,12 +21,14 @@
 
 mod decision;
 mod offer;
+mod priority;
 mod rank;
 mod search;
 pub mod synthetic;
 
 pub use decision::{placement_decision, Decision, View};
 pub use offer::{best_fit, by_fit, choose_offer, Offer, Room};
+pub use priority::yields_to_higher;
 pub use rank::{rank_cells, RankedCell};
 pub use search::{GiveUpReason, PlacementSearch, SearchAction, SearchLimits, SearchPlan};
 
