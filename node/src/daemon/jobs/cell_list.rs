@@ -15,7 +15,6 @@ use novacron_mesh::swarm::PeerId;
 use crate::daemon::Daemon;
 use crate::jobs::wire::{fit_listed, JobRequest, JobResponse, MAX_LISTED};
 use crate::model::JobInfo;
-use crate::state::JobRole;
 
 /// How long one member may take to list its jobs.
 const LIST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -29,16 +28,8 @@ pub struct CellJobs {
 impl Daemon {
     /// The answer to a `List`: the jobs submitted through this node, newest first.
     pub(super) fn jobs_listed_here(&self, limit: u32) -> JobResponse {
-        let mut jobs: Vec<JobInfo> = self
-            .state_db
-            .jobs(JobRole::Origin)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| r.info)
-            .collect();
-        newest_first(&mut jobs);
         JobResponse::Jobs {
-            jobs: fit_listed(jobs, limit),
+            jobs: fit_listed(self.origin_jobs(), limit),
         }
     }
 
@@ -81,7 +72,7 @@ impl Daemon {
 
 /// One row a job, newest first: an origin's own view (`origins`: this node's origin rows
 /// and the members' answers) over a copy a runner keeps (`copies`).
-fn merge(
+pub(super) fn merge(
     origins: impl IntoIterator<Item = JobInfo>,
     copies: impl IntoIterator<Item = JobInfo>,
 ) -> Vec<JobInfo> {

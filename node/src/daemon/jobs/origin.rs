@@ -127,24 +127,14 @@ impl Daemon {
     /// Jobs this node knows: the ones submitted through it, and the ones it runs a replica
     /// of (as their runner sees them), newest first.
     pub fn jobs_known(&self) -> Vec<JobInfo> {
-        let mut out: Vec<JobInfo> = self
-            .state_db
-            .jobs(JobRole::Origin)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| r.info)
-            .collect();
-        for r in self.state_db.jobs(JobRole::Runner).unwrap_or_default() {
-            if !out.iter().any(|j| j.id == r.info.id) {
-                out.push(r.info);
-            }
-        }
-        out.sort_by(|a, b| {
-            b.submitted_at_ms
-                .cmp(&a.submitted_at_ms)
-                .then(a.id.cmp(&b.id))
-        });
-        out
+        let copies = self.state_db.jobs(JobRole::Runner).unwrap_or_default();
+        super::cell_list::merge(self.origin_jobs(), copies.into_iter().map(|r| r.info))
+    }
+
+    /// The jobs submitted through this node, newest first.
+    pub(super) fn origin_jobs(&self) -> Vec<JobInfo> {
+        let rows = self.state_db.jobs(JobRole::Origin).unwrap_or_default();
+        super::cell_list::merge(rows.into_iter().map(|r| r.info), [])
     }
 
     /// What this node itself knows of a job: its origin's view if it is the origin, else
