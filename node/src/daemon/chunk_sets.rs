@@ -55,10 +55,8 @@ async fn put_file(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "unnamed".into()),
     };
-    let store = exchange.store().clone();
     let file = path.to_path_buf();
-    let set_name = name.clone();
-    let manifest = tokio::task::spawn_blocking(move || -> anyhow::Result<ChunkSetManifest> {
+    let data = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
         let len = std::fs::metadata(&file)
             .with_context(|| format!("cannot read {}", file.display()))?
             .len();
@@ -68,9 +66,33 @@ async fn put_file(
                 file.display()
             );
         }
-        let data =
-            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        Ok(ChunkSetManifest::from_store_data(&set_name, &data, &store)?)
+        std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))
+    })
+    .await??;
+    put_bytes(mesh, exchange, data, name, announce).await
+}
+
+/// [`publish`] of bytes already in memory, named `name`.
+pub async fn publish_bytes(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    data: Vec<u8>,
+    name: String,
+) -> anyhow::Result<Published> {
+    put_bytes(mesh, exchange, data, name, true).await
+}
+
+async fn put_bytes(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    data: Vec<u8>,
+    name: String,
+    announce: bool,
+) -> anyhow::Result<Published> {
+    let store = exchange.store().clone();
+    let set_name = name.clone();
+    let manifest = tokio::task::spawn_blocking(move || {
+        ChunkSetManifest::from_store_data(&set_name, &data, &store)
     })
     .await??;
     let id = match announce {
@@ -94,20 +116,6 @@ pub async fn fetch(
     fetch_from(mesh, exchange, id, &[], out).await
 }
 
-/// [`fetch`] of a set of at most `max` bytes: a larger one is refused by its manifest,
-/// before any chunk is fetched.
-pub async fn fetch_up_to(
-    mesh: &MeshNode,
-    exchange: &ChunkExchange,
-    id: &str,
-    out: &Path,
-    max: u64,
-) -> anyhow::Result<Fetched> {
-    let set = parse_id(id)?;
-    let report = exchange.fetch_up_to(mesh, set, max).await?;
-    write_fetched(exchange, id, set, report, out).await
-}
-
 /// [`fetch`] from `providers` (known from elsewhere: no DHT lookup), or from the set's
 /// providers in the DHT when `providers` is empty.
 pub async fn fetch_from(
@@ -122,17 +130,6 @@ pub async fn fetch_from(
         [] => exchange.fetch(mesh, set).await?,
         some => exchange.fetch_from(mesh, set, some).await?,
     };
-    write_fetched(exchange, id, set, report, out).await
-}
-
-/// Writes the set a fetch brought into the local store to `out`, and says how it went.
-async fn write_fetched(
-    exchange: &ChunkExchange,
-    id: &str,
-    set: [u8; 32],
-    report: novacron_mesh::swarm::FetchReport,
-    out: &Path,
-) -> anyhow::Result<Fetched> {
     let manifest = exchange
         .manifest(&set)
         .with_context(|| format!("chunk set {id} was fetched but its manifest is not held"))?;
@@ -158,29 +155,42 @@ async fn write_fetched(
     })
 }
 
-/// Reassembles the set into `out` through a temp file renamed into place, so `out` never
-/// holds half a set.
-/// Fetches chunk set `id` (hex) and returns its bytes, refusing a set over `max` bytes
-/// before reassembling it.
-pub async fn fetch_bytes(
+/// Chunk set `id`'s manifest, the set held in the local store (at most `max` bytes): from
+/// the exchange when this node serves it already (it published or fetched it), else
+/// fetched from the mesh, a set over `max` refused by its manifest before any chunk is.
+async fn held_up_to(
     mesh: &MeshNode,
     exchange: &ChunkExchange,
     id: &str,
     max: u64,
-) -> anyhow::Result<Vec<u8>> {
+) -> anyhow::Result<ChunkSetManifest> {
     let set = parse_id(id)?;
-    if exchange.manifest(&set).is_none() {
-        exchange.fetch(mesh, set).await?;
-    }
-    let manifest = exchange
-        .manifest(&set)
-        .with_context(|| format!("chunk set {id} was fetched but its manifest is not held"))?;
+    let manifest = match exchange.manifest(&set) {
+        Some(m) => m,
+        None => {
+            exchange.fetch_up_to(mesh, set, max).await?;
+            exchange.manifest(&set).with_context(|| {
+                format!("chunk set {id} was fetched but its manifest is not held")
+            })?
+        }
+    };
     if manifest.total_len() > max {
         bail!(
             "chunk set {id} is {} bytes, over the {max}-byte limit",
             manifest.total_len()
         );
     }
+    Ok(manifest)
+}
+
+/// Chunk set `id` (hex) as bytes, at most `max` of them ([`held_up_to`]).
+pub async fn fetch_bytes(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    id: &str,
+    max: u64,
+) -> anyhow::Result<Vec<u8>> {
+    let manifest = held_up_to(mesh, exchange, id, max).await?;
     let store = exchange.store().clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(manifest.total_len() as usize);
@@ -190,6 +200,8 @@ pub async fn fetch_bytes(
     .await?
 }
 
+/// Reassembles the set into `out` through a temp file renamed into place, so `out` never
+/// holds half a set.
 fn write_set(
     manifest: &ChunkSetManifest,
     store: &Arc<ChunkStore>,
@@ -215,8 +227,7 @@ fn write_set(
     Ok(())
 }
 
-/// Writes chunk set `id` (at most `max` bytes) to `out`: from the local store when this
-/// node serves it already (it published or fetched it), else fetched from the mesh.
+/// Writes chunk set `id` (at most `max` bytes) to `out` ([`held_up_to`]).
 pub async fn write_up_to(
     mesh: &MeshNode,
     exchange: &ChunkExchange,
@@ -224,16 +235,7 @@ pub async fn write_up_to(
     out: &Path,
     max: u64,
 ) -> anyhow::Result<()> {
-    let set = parse_id(id)?;
-    let Some(manifest) = exchange.manifest(&set) else {
-        return fetch_up_to(mesh, exchange, id, out, max).await.map(|_| ());
-    };
-    if manifest.total_len() > max {
-        bail!(
-            "chunk set {id} holds {} bytes, over the {max}-byte limit",
-            manifest.total_len()
-        );
-    }
+    let manifest = held_up_to(mesh, exchange, id, max).await?;
     let store = exchange.store().clone();
     let out = out.to_path_buf();
     tokio::task::spawn_blocking(move || write_set(&manifest, &store, &out)).await?

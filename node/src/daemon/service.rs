@@ -33,9 +33,8 @@ impl NodeService for Daemon {
         let spec = self.vms.check(spec).await?;
         // A process's files, fetched before anything is recorded: a set the mesh cannot
         // give is the request's fault, named.
-        let sets: Vec<String> = spec.files.iter().map(|f| f.chunk_set.clone()).collect();
         self.vms
-            .fetch_payload(&sets)
+            .fetch_files(&spec)
             .await
             .map_err(|e| ServiceError::BadRequest(format!("files: {e}")))?;
         let ask = Load::new(spec.vcpus, spec.mem_mib << 20);

@@ -164,19 +164,18 @@ impl VmManager {
         }
     }
 
-    /// Fetches the files of VM `id`'s spec that this node does not hold yet.
-    pub(super) async fn fetch_files_of(&self, id: &str) -> Result<(), String> {
-        let Some(record) = self.registry.vm(id) else {
-            return Ok(());
-        };
-        let sets: Vec<String> = record
-            .info
-            .spec
-            .files
-            .iter()
-            .map(|f| f.chunk_set.clone())
-            .collect();
+    /// Fetches the files of `spec` (a process's) that this node does not hold yet.
+    pub async fn fetch_files(&self, spec: &VmSpec) -> Result<(), String> {
+        let sets: Vec<String> = spec.files.iter().map(|f| f.chunk_set.clone()).collect();
         self.fetch_payload(&sets).await
+    }
+
+    /// [`fetch_files`](Self::fetch_files) of VM `id`'s spec.
+    pub(super) async fn fetch_files_of(&self, id: &str) -> Result<(), String> {
+        match self.registry.vm(id) {
+            Some(record) => self.fetch_files(&record.info.spec).await,
+            None => Ok(()),
+        }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {

@@ -38,15 +38,9 @@ const NOT_YET_TRIES: u32 = 50;
 struct ReadResult {
     hash: String,
     /// The serial output (a command's stdout and stderr).
-    console: std::path::PathBuf,
-    /// The result file, copied out of the work directory (see [`result_blob_path`]).
-    blob_file: Option<std::path::PathBuf>,
-}
-
-/// Where a replica's result file is copied to be published (inside the VM's directory, out
-/// of the jail's reach).
-fn result_blob_path(data_dir: &std::path::Path, vm_id: &str) -> std::path::PathBuf {
-    VmPaths::new(data_dir, vm_id).dir.join("result.blob")
+    serial: Vec<u8>,
+    /// The result file, as read out of the work directory.
+    blob: Option<Vec<u8>>,
 }
 
 /// Reads the result of the replica VM `vm_id` as `spec` declares it: a failure names why
@@ -67,22 +61,20 @@ fn read_result(
         }
     }
     let serial = std::fs::read(&console).unwrap_or_default();
-    let (blob, blob_file) = match &spec.result.file {
-        None => (None, None),
-        Some(rel) => {
-            let blob =
-                crate::vms::process_backend::read_work_file(&paths.dir, rel, MAX_RESULT_BLOB_BYTES)
-                    .map_err(|e| format!("result.file {e}"))?;
-            let out = result_blob_path(data_dir, vm_id);
-            std::fs::write(&out, &blob).map_err(|e| format!("cannot keep the result file: {e}"))?;
-            (Some(blob), Some(out))
-        }
-    };
+    let blob = spec
+        .result
+        .file
+        .as_ref()
+        .map(|rel| {
+            crate::vms::process_backend::read_work_file(&paths.dir, rel, MAX_RESULT_BLOB_BYTES)
+                .map_err(|e| format!("result.file {e}"))
+        })
+        .transpose()?;
     let serial_part = spec.result.serial.then_some(serial.as_slice());
     Ok(ReadResult {
         hash: result_hash(serial_part, blob.as_deref()),
-        console,
-        blob_file,
+        serial,
+        blob,
     })
 }
 
@@ -464,9 +456,9 @@ impl Daemon {
                 let short = job_id.get(..12).unwrap_or(job_id);
                 let base = format!("job-{short}-{}", rec.info.replicas[0].index);
                 let log = self
-                    .publish_output(job_id, &read.console, format!("{base}.log"))
+                    .publish_output(job_id, read.serial, format!("{base}.log"))
                     .await;
-                let result = match &read.blob_file {
+                let result = match read.blob {
                     Some(blob) => {
                         self.publish_output(job_id, blob, format!("{base}.result"))
                             .await
@@ -477,7 +469,6 @@ impl Daemon {
             }
             Err(reason) => Err(reason),
         };
-        let _ = std::fs::remove_file(result_blob_path(&self.data_dir, vm_id));
         self.unwatch_replica_vm(vm_id);
         self.update_runner(job_id, |r| match outcome {
             Ok((hash, log, result)) => {
@@ -493,18 +484,13 @@ impl Daemon {
         });
     }
 
-    /// Publishes a non-empty output file as a chunk set (none when empty or on failure,
-    /// which is logged: the result hash stands without it).
-    async fn publish_output(
-        &self,
-        job_id: &str,
-        file: &std::path::Path,
-        name: String,
-    ) -> Option<String> {
-        if std::fs::metadata(file).map_or(true, |m| m.len() == 0) {
+    /// Publishes a non-empty output as a chunk set (none when empty or on failure, which is
+    /// logged: the result hash stands without it).
+    async fn publish_output(&self, job_id: &str, bytes: Vec<u8>, name: String) -> Option<String> {
+        if bytes.is_empty() {
             return None;
         }
-        match super::super::chunk_sets::publish(&self.mesh, &self.exchange, file, Some(name)).await
+        match super::super::chunk_sets::publish_bytes(&self.mesh, &self.exchange, bytes, name).await
         {
             Ok(p) => Some(p.id),
             Err(e) => {
