@@ -8,7 +8,8 @@ use common::{io, kvm_usable, no_setup, wait_report, Console};
 use std::sync::mpsc::Receiver;
 
 use novacron_vm::guest_kit::{
-    counter_expected, result_line, BuiltinGuest, CounterParams, DirtierParams,
+    counter_expected, counter_expected_output, result_line, BuiltinGuest, CounterParams,
+    DirtierParams,
 };
 use novacron_vm::machine::layout::{pv_event, PAGE_SIZE};
 use novacron_vm::machine::memory::hash_range;
@@ -46,6 +47,25 @@ fn lifecycle_and_wrong_state_errors() {
     m.stop().unwrap();
     assert!(m.resume().is_err());
     assert!(console.text().is_empty());
+}
+
+#[test]
+fn a_counter_printing_its_passes_prints_what_its_reference_says() {
+    if !kvm_usable("counter progress") {
+        return;
+    }
+    let params = CounterParams {
+        words: 512,
+        passes: 4,
+        print_passes: true,
+        ..CounterParams::default()
+    };
+    let (mut m, console, rx) = boot(&BuiltinGuest::Counter(params).to_string(), 64 << 20);
+    m.resume().unwrap();
+    wait_report(&rx, pv_event::EXIT, 0);
+    m.stop().unwrap();
+    assert_eq!(console.text(), counter_expected_output(&params));
+    assert!(console.text().starts_with("pass=0000000000000001\n"));
 }
 
 #[test]

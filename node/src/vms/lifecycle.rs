@@ -181,6 +181,10 @@ impl VmManager {
             sandbox: self.sandbox_settings(&paths),
             adopt: self.adopt_socket(&paths),
         };
+        if restore {
+            // The guest goes back to the checkpoint: so does its output.
+            super::console::rewind_to_checkpoint(&paths)?;
+        }
         let console = open_console(&paths)?;
         let mut vmm =
             VmmProcess::spawn(&self.opts.exe, &launch, console).map_err(|e| e.to_string())?;

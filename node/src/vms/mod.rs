@@ -11,6 +11,7 @@
 //! [`outgoing`] (migrations out, settling one in doubt) and [`receive`] (migrations in).
 
 mod adoption;
+pub mod console;
 pub mod events;
 pub mod leftovers;
 mod lifecycle;

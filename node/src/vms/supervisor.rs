@@ -325,8 +325,19 @@ impl Supervisor {
                     let _ = reply.send(Ok(()));
                 }
             }
-            Event::SnapshotDone { .. } => {
+            Event::SnapshotDone { console_bytes, .. } => {
                 *last_checkpoint = Instant::now();
+                // The output that belongs to this checkpoint goes with it.
+                match console_bytes {
+                    Some(bytes) => {
+                        if let Err(e) = super::console::keep_for_checkpoint(&self.paths, bytes) {
+                            tracing::warn!(vm = %id, error = %e, "the checkpoint has no copy of the console");
+                        }
+                    }
+                    None => {
+                        tracing::warn!(vm = %id, "the VMM did not say how long its console was")
+                    }
+                }
                 self.registry
                     .update(&id, |r| r.info.snapshot_at_ms = Some(now_ms()));
                 if let Some(Waiting::Snapshot {

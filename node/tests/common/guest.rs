@@ -1,6 +1,8 @@
 //! The builtin guests the end-to-end tests run, and whether this host can run them.
 
-use novacron_vm::guest_kit::{counter_expected, result_line, BuiltinGuest, CounterParams};
+use novacron_vm::guest_kit::{
+    counter_expected, counter_expected_output, result_line, BuiltinGuest, CounterParams,
+};
 
 /// Whether KVM works here; says why `test` skips when it does not.
 pub fn kvm_usable(test: &str) -> bool {
@@ -19,5 +21,19 @@ pub fn counter(passes: u64) -> (String, String) {
     (
         BuiltinGuest::Counter(params).to_string(),
         result_line(counter_expected(&params)),
+    )
+}
+
+/// The counter guest with `passes` passes that prints a line after each pass (its spec),
+/// and everything it prints when it runs uninterrupted.
+pub fn counter_printing_passes(passes: u64) -> (String, String) {
+    let params = CounterParams {
+        passes,
+        print_passes: true,
+        ..CounterParams::default()
+    };
+    (
+        BuiltinGuest::Counter(params).to_string(),
+        counter_expected_output(&params),
     )
 }

@@ -66,6 +66,12 @@ pub(super) fn counter(p: &CounterParams) -> AsmResult<Vec<u8>> {
     a.jnz(word_loop)?;
     a.inc(r12)?;
     report_reg(&mut a, pv_event::PROGRESS, r12)?;
+    if p.print_passes {
+        // rcx and rdi are free here: the next pass sets rcx again.
+        print_str(&mut a, "pass=")?;
+        print_hex64(&mut a, r12)?;
+        print_str(&mut a, "\n")?;
+    }
     a.cmp(r12, r10)?;
     a.jb(pass_loop)?;
 

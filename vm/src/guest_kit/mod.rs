@@ -79,6 +79,9 @@ pub struct CounterParams {
     pub words: u64,
     /// Number of passes over the range.
     pub passes: u64,
+    /// Also print `pass=<n>` (16 hex digits) on the console after each pass: output that
+    /// grows while the guest runs, for tests that a console survives restores and moves.
+    pub print_passes: bool,
 }
 
 impl Default for CounterParams {
@@ -87,6 +90,7 @@ impl Default for CounterParams {
             base: layout::COUNTER_DEFAULT_BASE,
             words: COUNTER_DEFAULT_WORDS,
             passes: COUNTER_DEFAULT_PASSES,
+            print_passes: false,
         }
     }
 }
@@ -155,6 +159,12 @@ pub enum GuestKitError {
     DuplicateKey { program: &'static str, key: String },
     #[error("builtin:{program}: {key}={value:?} is not a decimal or 0x-hex 64-bit number")]
     BadNumber {
+        program: &'static str,
+        key: &'static str,
+        value: String,
+    },
+    #[error("builtin:{program}: {key}={value:?} is not 0 or 1")]
+    BadFlag {
         program: &'static str,
         key: &'static str,
         value: String,
@@ -310,6 +320,27 @@ pub fn counter_expected(params: &CounterParams) -> u64 {
 /// The line `counter` prints on the serial console for `result` (without the newline).
 pub fn result_line(result: u64) -> String {
     format!("result={result:016x}")
+}
+
+/// The line `counter` with `print_passes` prints after pass `n` (counted from 1; without
+/// the newline).
+pub fn pass_line(n: u64) -> String {
+    format!("pass={n:016x}")
+}
+
+/// Everything `counter` prints on the serial console: the pass lines when it prints them,
+/// then its result line.
+pub fn counter_expected_output(params: &CounterParams) -> String {
+    let mut out = String::new();
+    if params.print_passes {
+        for n in 1..=params.passes {
+            out.push_str(&pass_line(n));
+            out.push('\n');
+        }
+    }
+    out.push_str(&result_line(counter_expected(params)));
+    out.push('\n');
+    out
 }
 
 /// Highest address (exclusive) a data range may reach in a guest of `mem_bytes` bytes: RAM
@@ -469,6 +500,7 @@ mod tests {
                 base: 0x30_0008,
                 words: 1,
                 passes: 1,
+                print_passes: false,
             }),
             BuiltinGuest::Dirtier(DirtierParams::default()),
             BuiltinGuest::Dirtier(DirtierParams {
@@ -598,6 +630,7 @@ mod tests {
                 base: layout::COUNTER_DEFAULT_BASE,
                 words,
                 passes,
+                print_passes: false,
             })
         };
         // words=1, passes=1: rotl17((seed ^ 0) * M) + 0, worked out independently.
@@ -637,6 +670,7 @@ mod tests {
             base,
             words,
             passes,
+            print_passes: false,
         })
     }
 

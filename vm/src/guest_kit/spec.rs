@@ -15,7 +15,12 @@ pub const PROGRAMS: &[(&str, &[(&str, &str)])] = &[
     ("idle", &[]),
     (
         "counter",
-        &[("words", "N"), ("passes", "N"), ("base", "ADDR")],
+        &[
+            ("words", "N"),
+            ("passes", "N"),
+            ("base", "ADDR"),
+            ("progress", "0|1"),
+        ],
     ),
     (
         "dirtier",
@@ -93,6 +98,20 @@ impl FromStr for BuiltinGuest {
             "counter" => {
                 let mut p = CounterParams::default();
                 parse_params("counter", params, |key, value| {
+                    if key == "progress" {
+                        p.print_passes = match parse_number("counter", key, value)? {
+                            0 => false,
+                            1 => true,
+                            _ => {
+                                return Err(GuestKitError::BadFlag {
+                                    program: "counter",
+                                    key: "progress",
+                                    value: value.to_owned(),
+                                })
+                            }
+                        };
+                        return Ok(true);
+                    }
                     let slot = match key {
                         "words" => &mut p.words,
                         "passes" => &mut p.passes,
@@ -203,11 +222,17 @@ impl fmt::Display for BuiltinGuest {
         match self {
             BuiltinGuest::Hello => write!(f, "{PREFIX}hello"),
             BuiltinGuest::Idle => write!(f, "{PREFIX}idle"),
-            BuiltinGuest::Counter(p) => write!(
-                f,
-                "{PREFIX}counter:words={},passes={},base={:#x}",
-                p.words, p.passes, p.base
-            ),
+            BuiltinGuest::Counter(p) => {
+                write!(
+                    f,
+                    "{PREFIX}counter:words={},passes={},base={:#x}",
+                    p.words, p.passes, p.base
+                )?;
+                if p.print_passes {
+                    write!(f, ",progress=1")?;
+                }
+                Ok(())
+            }
             BuiltinGuest::Dirtier(p) => write!(
                 f,
                 "{PREFIX}dirtier:mib={},rate={},base={:#x}",
@@ -256,7 +281,8 @@ mod tests {
             BuiltinGuest::Counter(CounterParams {
                 base: 0x20_0000,
                 words: 1024,
-                passes: 8
+                passes: 8,
+                print_passes: false,
             })
         );
         assert_eq!(
@@ -294,6 +320,7 @@ mod tests {
                 base: u64::MAX,
                 words: 0,
                 passes: u64::MAX,
+                print_passes: true,
             }),
             BuiltinGuest::Dirtier(DirtierParams::default()),
             BuiltinGuest::Dirtier(DirtierParams {
@@ -307,6 +334,18 @@ mod tests {
             assert!(spec.starts_with(&format!("builtin:{}", guest.name())));
             assert_eq!(parse(&spec).unwrap(), guest, "spec {spec}");
         }
+    }
+
+    #[test]
+    fn progress_is_a_flag_and_round_trips() {
+        let on = parse("builtin:counter:passes=3,progress=1").unwrap();
+        assert!(matches!(on, BuiltinGuest::Counter(p) if p.print_passes && p.passes == 3));
+        assert_eq!(on.to_string().parse::<BuiltinGuest>().unwrap(), on);
+        let off = parse("builtin:counter:progress=0").unwrap();
+        assert_eq!(off, BuiltinGuest::Counter(CounterParams::default()));
+        assert!(!off.to_string().contains("progress"));
+        let err = parse("builtin:counter:progress=2").unwrap_err().to_string();
+        assert!(err.contains("progress") && err.contains("0 or 1"), "{err}");
     }
 
     #[test]
@@ -345,7 +384,7 @@ mod tests {
         );
         assert_eq!(
             usage(),
-            "builtin:hello, builtin:idle, builtin:counter[:words=N,passes=N,base=ADDR], \
+            "builtin:hello, builtin:idle, builtin:counter[:words=N,passes=N,base=ADDR,progress=0|1], \
              builtin:dirtier[:mib=N,rate=MiB_PER_S,base=ADDR]"
         );
     }

@@ -317,6 +317,11 @@ pub enum Event {
         pages: u64,
         state_bytes: u64,
         micros: u64,
+        /// The console file's length (the VMM's stdout, flushed) while the VM was paused
+        /// for the snapshot: the serial output that belongs to the snapshot. None when
+        /// stdout is not a regular file.
+        #[serde(default)]
+        console_bytes: Option<u64>,
     },
     Stats {
         rss_bytes: u64,

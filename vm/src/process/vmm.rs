@@ -602,6 +602,19 @@ fn run_probe(probe: &SandboxProbe) -> Event {
     }
 }
 
+/// The length of the console (stdout) when it is a regular file.
+fn console_len() -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat fills the buffer it is given and touches nothing else; fd 1 stays open.
+    let rc = unsafe { libc::fstat(1, st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded, so it wrote the whole struct.
+    let st = unsafe { st.assume_init() };
+    (st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(st.st_size as u64)
+}
+
 /// Pauses, snapshots, and resumes unless told to stop. A failed snapshot is reported and
 /// the VM keeps running as before.
 fn snapshot(
@@ -617,6 +630,8 @@ fn snapshot(
         SnapshotMode::Incremental => SnapshotKind::Incremental,
     };
     let result = machine.snapshot(dir, kind);
+    // Paused, the console flushed: no byte of output is newer than the snapshot.
+    let console_bytes = console_len();
     let ok = result.is_ok();
     if was_running && !(then_stop && ok) {
         machine.resume()?;
@@ -628,6 +643,7 @@ fn snapshot(
             pages: stats.pages,
             state_bytes: stats.state_bytes,
             micros: stats.elapsed.as_micros() as u64,
+            console_bytes,
         },
         Err(e) => Event::CommandFailed {
             message: format!("snapshot to {} failed: {e}", dir.display()),

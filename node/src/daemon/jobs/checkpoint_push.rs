@@ -30,11 +30,29 @@ use crate::jobs::wire::{CheckpointFile, JobRequest, JobResponse};
 use crate::model::{ReplicaCheckpoint, ReplicaState};
 use crate::policy::job_fencing::{holder_candidates, HOLDERS};
 use crate::state::{JobRecord, JobRole};
+use crate::vms::console::checkpoint_console_name;
 use crate::vms::paths::VmPaths;
 
 /// How long a replica whose last push failed (no peer would hold it, a file vanished) waits
 /// before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// How long a committed checkpoint waits for the supervisor's copy of its console before it
+/// is pushed without one (restored, its output then starts at the checkpoint).
+const CONSOLE_COPY_GRACE: Duration = Duration::from_secs(5);
+
+/// Whether checkpoint `generation` in `dir` can be pushed: its console copy is there, or
+/// its MANIFEST is older than [`CONSOLE_COPY_GRACE`] (the copy will not come).
+fn console_copy_ready(dir: &std::path::Path, generation: u64) -> bool {
+    if dir.join(checkpoint_console_name(generation)).is_file() {
+        return true;
+    }
+    std::fs::metadata(dir.join(MANIFEST_NAME))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age >= CONSOLE_COPY_GRACE)
+}
 
 /// A replica's push: running, or failed and waiting for its retry.
 #[derive(Clone, Copy, Debug)]
@@ -68,6 +86,9 @@ impl Daemon {
                 continue;
             };
             if r.checkpoint.as_ref().map(|c| c.seq) >= Some(manifest.generation) {
+                continue;
+            }
+            if !console_copy_ready(&dir, manifest.generation) {
                 continue;
             }
             {
@@ -111,6 +132,10 @@ impl Daemon {
         let dir = VmPaths::new(&self.data_dir, vm).snapshot();
         let mut names = vec![manifest.state.name.clone()];
         names.extend(manifest.layers.iter().map(|l| l.name.clone()));
+        let console = checkpoint_console_name(manifest.generation);
+        if dir.join(&console).is_file() {
+            names.push(console);
+        }
         names.push(MANIFEST_NAME.to_string());
         let mut published = lock(&self.jobs.published)
             .get(vm)
