@@ -82,6 +82,16 @@ pub async fn publish_bytes(
     put_bytes(mesh, exchange, data, name, true).await
 }
 
+/// [`publish_bytes`] without the DHT announcement: peers are told where to fetch it.
+pub async fn serve_bytes(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    data: Vec<u8>,
+    name: String,
+) -> anyhow::Result<Published> {
+    put_bytes(mesh, exchange, data, name, false).await
+}
+
 async fn put_bytes(
     mesh: &MeshNode,
     exchange: &ChunkExchange,
@@ -157,18 +167,23 @@ pub async fn fetch_from(
 
 /// Chunk set `id`'s manifest, the set held in the local store (at most `max` bytes): from
 /// the exchange when this node serves it already (it published or fetched it), else
-/// fetched from the mesh, a set over `max` refused by its manifest before any chunk is.
+/// fetched from `providers` (from its providers in the DHT when empty), a set over `max`
+/// refused by its manifest before any chunk is.
 async fn held_up_to(
     mesh: &MeshNode,
     exchange: &ChunkExchange,
     id: &str,
+    providers: &[novacron_mesh::swarm::PeerId],
     max: u64,
 ) -> anyhow::Result<ChunkSetManifest> {
     let set = parse_id(id)?;
     let manifest = match exchange.manifest(&set) {
         Some(m) => m,
         None => {
-            exchange.fetch_up_to(mesh, set, max).await?;
+            match providers {
+                [] => exchange.fetch_up_to(mesh, set, max).await?,
+                some => exchange.fetch_from_up_to(mesh, set, some, max).await?,
+            };
             exchange.manifest(&set).with_context(|| {
                 format!("chunk set {id} was fetched but its manifest is not held")
             })?
@@ -190,7 +205,18 @@ pub async fn fetch_bytes(
     id: &str,
     max: u64,
 ) -> anyhow::Result<Vec<u8>> {
-    let manifest = held_up_to(mesh, exchange, id, max).await?;
+    fetch_bytes_from(mesh, exchange, id, &[], max).await
+}
+
+/// [`fetch_bytes`] from `providers` known from elsewhere (no DHT lookup).
+pub async fn fetch_bytes_from(
+    mesh: &MeshNode,
+    exchange: &ChunkExchange,
+    id: &str,
+    providers: &[novacron_mesh::swarm::PeerId],
+    max: u64,
+) -> anyhow::Result<Vec<u8>> {
+    let manifest = held_up_to(mesh, exchange, id, providers, max).await?;
     let store = exchange.store().clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(manifest.total_len() as usize);
@@ -235,7 +261,7 @@ pub async fn write_up_to(
     out: &Path,
     max: u64,
 ) -> anyhow::Result<()> {
-    let manifest = held_up_to(mesh, exchange, id, max).await?;
+    let manifest = held_up_to(mesh, exchange, id, &[], max).await?;
     let store = exchange.store().clone();
     let out = out.to_path_buf();
     tokio::task::spawn_blocking(move || write_set(&manifest, &store, &out)).await?

@@ -11,7 +11,7 @@
 //! anyone -> runner      Logs { job, replica, offset }   <- Logs { bytes } | NotFound
 //! cell peer -> origin   List { limit }                  <- Jobs { newest first }
 //! origin -> runner      Cancel { job, replica }         <- Ack | NotFound
-//! runner -> runner      Handover { submission, replica, vm }  <- Ack | Refuse
+//! runner -> runner      Handover { submission, replica, vm, console }  <- Ack | Refuse
 //! runner -> holder      Hold { submission, replica, checkpoint files }  <- Ack | Refuse
 //! origin -> holder      Place { ..., restore: seq }     <- Admitted { vm } | Refuse
 //! origin|runner -> holder  Release { job, replica }     <- Ack | NotFound
@@ -118,6 +118,10 @@ pub enum JobRequest {
         generation: u64,
         vm_id: String,
         origin: String,
+        /// The chunk set (served by the sender) of what the VM printed before it moved:
+        /// the receiver's output of the replica starts with it.
+        #[serde(default)]
+        console_set: Option<String>,
     },
 }
 
@@ -292,11 +296,15 @@ impl JobRequest {
                 replica,
                 vm_id,
                 origin,
+                console_set,
                 ..
             } => {
                 check_submission(submission)?;
                 if vm_id.is_empty() || vm_id.len() > 64 || origin.len() > MAX_PEER_ID_TEXT {
                     return Err(field("vm_id", "a VM id and an origin peer id"));
+                }
+                if !valid_hex_id(console_set) {
+                    return Err(field("console_set", "a chunk set is 64 hex digits"));
                 }
                 return check_replica(*replica);
             }
@@ -533,6 +541,7 @@ mod tests {
                 generation: 1,
                 vm_id: "0123".into(),
                 origin: "12D3KooWorigin".into(),
+                console_set: Some(id()),
             },
             JobRequest::Cancel {
                 job_id: id(),

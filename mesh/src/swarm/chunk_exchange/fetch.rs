@@ -64,6 +64,18 @@ impl ChunkExchange {
         id: [u8; 32],
         providers: &[PeerId],
     ) -> Result<FetchReport, ExchangeError> {
+        self.fetch_from_up_to(node, id, providers, u64::MAX).await
+    }
+
+    /// [`fetch_from`](Self::fetch_from), refusing a set whose manifest says it holds more
+    /// than `max_len` bytes before any of its chunks is asked for.
+    pub async fn fetch_from_up_to(
+        &self,
+        node: &MeshNode,
+        id: [u8; 32],
+        providers: &[PeerId],
+        max_len: u64,
+    ) -> Result<FetchReport, ExchangeError> {
         self.check_node(node)?;
         let providers: Vec<PeerId> = providers
             .iter()
@@ -73,7 +85,7 @@ impl ChunkExchange {
         if providers.is_empty() {
             return Err(ExchangeError::NoProviders(hex(&id)));
         }
-        self.fetch_inner(node, id, providers, Instant::now(), u64::MAX)
+        self.fetch_inner(node, id, providers, Instant::now(), max_len)
             .await
     }
 

@@ -6,6 +6,11 @@
 //! (see `origin::job_report`); the replica keeps its generation (the VM moved, it did not
 //! restart).
 //!
+//! The output the VM printed before the move goes with the handover: the node it left
+//! serves it as a chunk set and names it, and the node it reached fetches it before it takes
+//! the replica, so the replica's output (its log, and a result read from it) is whole,
+//! wherever it ends (`vms::console`).
+//!
 //! What this cannot do: follow a VM whose handover is never taken (the node it reached
 //! refuses, or stays unreachable for [`HANDOVER_FOR`]): the node it left then reports the
 //! replica lost, and the origin places it again from the beginning.
@@ -21,8 +26,19 @@ use super::ReportTo;
 use crate::api::types::{now_ms, MigrationDirection, MigrationState};
 use crate::daemon::Daemon;
 use crate::jobs::wire::{JobRequest, JobResponse};
-use crate::model::{JobInfo, JobState, ReplicaInfo, ReplicaState};
+use crate::model::{JobInfo, JobState, ReplicaInfo, ReplicaState, MAX_SERIAL_BYTES};
 use crate::state::{JobRecord, JobRole};
+
+/// A `Handover` as received: the replica of the signed `submission` whose VM `vm_id` came
+/// here, and the chunk set of what it printed before.
+pub(super) struct Arrival<'a> {
+    pub submission: &'a [u8],
+    pub replica: u32,
+    pub generation: u64,
+    pub vm_id: &'a str,
+    pub origin: &'a str,
+    pub console_set: Option<&'a str>,
+}
 
 /// How long the node a VM left keeps trying to hand its replica over.
 const HANDOVER_FOR: Duration = Duration::from_secs(60);
@@ -33,39 +49,18 @@ impl Daemon {
     pub(super) async fn hand_over(self: Arc<Self>, job_id: String, vm_id: String) {
         let deadline = tokio::time::Instant::now() + HANDOVER_FOR;
         let mut last = String::from("no migration of the VM out of this node is on record");
-        while tokio::time::Instant::now() < deadline {
-            let Ok(Some(rec)) = self.state_db.job(&job_id, JobRole::Runner) else {
-                return;
-            };
-            let Some(r) = rec.info.replicas.first().cloned() else {
-                return;
-            };
-            if r.state.is_final() {
-                return;
+        // The VM left: its output here is complete. Served until the handover is settled.
+        let console_set = self.serve_output(&vm_id).await;
+        let settled = self
+            .hand_over_until(&job_id, &vm_id, &console_set, deadline, &mut last)
+            .await;
+        if let Some(set) = &console_set {
+            if let Ok(id) = crate::daemon::chunk_sets::parse_id(set) {
+                self.exchange.withdraw(&id);
             }
-            if let Some(to) = self.moved_to(&vm_id) {
-                let ask = JobRequest::Handover {
-                    submission: hex::encode(&rec.submission),
-                    replica: r.index,
-                    generation: r.generation,
-                    vm_id: vm_id.clone(),
-                    origin: rec.info.origin.clone(),
-                };
-                let answer = match self.jobs.link() {
-                    Some(link) => link.request(to, &ask).await.map_err(|e| e.to_string()),
-                    None => Err("the job protocol is not running".into()),
-                };
-                match answer {
-                    Ok(JobResponse::Ack) => {
-                        self.handed_over(&job_id, &to.to_string());
-                        return;
-                    }
-                    Ok(JobResponse::Refuse { reason }) => last = reason,
-                    Ok(other) => last = format!("{to} answered {other:?}"),
-                    Err(e) => last = e,
-                }
-            }
-            tokio::time::sleep(HANDOVER_RETRY).await;
+        }
+        if settled {
+            return;
         }
         tracing::warn!(job = %job_id, vm = %vm_id, "the replica's handover failed: {last}");
         self.update_runner(&job_id, |r| {
@@ -74,6 +69,77 @@ impl Daemon {
                 "its VM moved away but the node it reached did not take the job: {last}"
             ));
         });
+    }
+
+    /// Serves what VM `vm_id` printed here (and brought) as a chunk set: its id, or None when
+    /// it printed nothing or cannot be read (the handover goes on without it).
+    async fn serve_output(&self, vm_id: &str) -> Option<String> {
+        let paths = crate::vms::paths::VmPaths::new(&self.data_dir, vm_id);
+        let output = match crate::vms::console::read_output(&paths, MAX_SERIAL_BYTES) {
+            Ok(o) if o.is_empty() => return None,
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(vm = vm_id, error = %e, "the VM's output does not go with it");
+                return None;
+            }
+        };
+        let name = format!("{vm_id}.console");
+        match crate::daemon::chunk_sets::serve_bytes(&self.mesh, &self.exchange, output, name).await
+        {
+            Ok(p) => Some(p.id),
+            Err(e) => {
+                tracing::warn!(vm = vm_id, error = %e, "the VM's output does not go with it");
+                None
+            }
+        }
+    }
+
+    /// Asks the node VM `vm_id` reached to take its replica until it does (true) or the
+    /// replica ended here, or `deadline` passes (false, `last` says why).
+    async fn hand_over_until(
+        &self,
+        job_id: &str,
+        vm_id: &str,
+        console_set: &Option<String>,
+        deadline: tokio::time::Instant,
+        last: &mut String,
+    ) -> bool {
+        while tokio::time::Instant::now() < deadline {
+            let Ok(Some(rec)) = self.state_db.job(job_id, JobRole::Runner) else {
+                return true;
+            };
+            let Some(r) = rec.info.replicas.first().cloned() else {
+                return true;
+            };
+            if r.state.is_final() {
+                return true;
+            }
+            if let Some(to) = self.moved_to(vm_id) {
+                let ask = JobRequest::Handover {
+                    submission: hex::encode(&rec.submission),
+                    replica: r.index,
+                    generation: r.generation,
+                    vm_id: vm_id.to_string(),
+                    origin: rec.info.origin.clone(),
+                    console_set: console_set.clone(),
+                };
+                let answer = match self.jobs.link() {
+                    Some(link) => link.request(to, &ask).await.map_err(|e| e.to_string()),
+                    None => Err("the job protocol is not running".into()),
+                };
+                match answer {
+                    Ok(JobResponse::Ack) => {
+                        self.handed_over(job_id, &to.to_string());
+                        return true;
+                    }
+                    Ok(JobResponse::Refuse { reason }) => *last = reason,
+                    Ok(other) => *last = format!("{to} answered {other:?}"),
+                    Err(e) => *last = e,
+                }
+            }
+            tokio::time::sleep(HANDOVER_RETRY).await;
+        }
+        false
     }
 
     /// The peer VM `vm_id` moved to, by the newest finished outgoing migration of it.
@@ -130,16 +196,9 @@ impl Daemon {
     pub(super) async fn take_handover(
         self: &Arc<Self>,
         from: PeerId,
-        submission_bytes: &[u8],
-        replica: u32,
-        generation: u64,
-        vm_id: &str,
-        origin: &str,
+        arrival: Arrival<'_>,
     ) -> JobResponse {
-        match self
-            .take_handover_checked(from, submission_bytes, replica, generation, vm_id, origin)
-            .await
-        {
+        match self.take_handover_checked(from, arrival).await {
             Ok(()) => JobResponse::Ack,
             Err(reason) => JobResponse::refuse(reason),
         }
@@ -148,12 +207,16 @@ impl Daemon {
     async fn take_handover_checked(
         self: &Arc<Self>,
         from: PeerId,
-        submission_bytes: &[u8],
-        replica: u32,
-        generation: u64,
-        vm_id: &str,
-        origin: &str,
+        arrival: Arrival<'_>,
     ) -> Result<(), String> {
+        let Arrival {
+            submission: submission_bytes,
+            replica,
+            generation,
+            vm_id,
+            origin,
+            console_set,
+        } = arrival;
         let (verified, spec) = self.open_trusted(submission_bytes)?;
         let origin_peer: PeerId = origin
             .parse()
@@ -184,6 +247,19 @@ impl Daemon {
                         r.index
                     ));
                 }
+            }
+        }
+        if let Some(set) = console_set {
+            // From the sender only: it serves the set, and no one else is asked for it.
+            let chunk_sets = crate::daemon::chunk_sets::fetch_bytes_from;
+            let output = chunk_sets(&self.mesh, &self.exchange, set, &[from], MAX_SERIAL_BYTES)
+                .await
+                .map_err(|e| format!("cannot fetch the output the VM printed before: {e:#}"))?;
+            let paths = crate::vms::paths::VmPaths::new(&self.data_dir, vm_id);
+            crate::vms::console::keep_arrived(&paths, &output)?;
+            // Kept in the VM's directory: the chunks need not be served from here.
+            if let Ok(id) = crate::daemon::chunk_sets::parse_id(set) {
+                self.exchange.withdraw(&id);
             }
         }
         let now = now_ms();

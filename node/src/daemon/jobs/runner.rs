@@ -51,16 +51,7 @@ fn read_result(
     spec: &JobSpec,
 ) -> Result<ReadResult, String> {
     let paths = VmPaths::new(data_dir, vm_id);
-    let console = paths.console();
-    if let Ok(m) = std::fs::metadata(&console) {
-        if m.len() > MAX_SERIAL_BYTES {
-            return Err(format!(
-                "its serial output is {} bytes, over the {MAX_SERIAL_BYTES}-byte limit",
-                m.len()
-            ));
-        }
-    }
-    let serial = std::fs::read(&console).unwrap_or_default();
+    let serial = crate::vms::console::read_output(&paths, MAX_SERIAL_BYTES)?;
     let blob = spec
         .result
         .file
@@ -302,8 +293,8 @@ impl Daemon {
         let Some(vm) = &r.vm_id else {
             return JobResponse::NotFound;
         };
-        let path = VmPaths::new(&self.data_dir, vm).console();
-        match read_from(&path, offset, MAX_LOG_CHUNK) {
+        let paths = VmPaths::new(&self.data_dir, vm);
+        match crate::vms::console::read_output_from(&paths, offset, MAX_LOG_CHUNK) {
             Ok(bytes) => JobResponse::Logs {
                 next_offset: offset + bytes.len() as u64,
                 finished: r.state.is_final() && bytes.len() < MAX_LOG_CHUNK,
@@ -705,20 +696,6 @@ fn runner_job_state(r: ReplicaState) -> JobState {
         ReplicaState::Cancelled => JobState::Cancelled,
         ReplicaState::Lost => JobState::Lost,
     }
-}
-
-/// Up to `max` bytes of `path` from `offset` (none past its end).
-fn read_from(path: &std::path::Path, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    f.seek(SeekFrom::Start(offset))?;
-    let mut out = Vec::new();
-    f.take(max as u64).read_to_end(&mut out)?;
-    Ok(out)
 }
 
 /// Parses a job id from the API or the wire.

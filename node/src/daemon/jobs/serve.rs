@@ -95,10 +95,18 @@ impl Daemon {
                 generation,
                 vm_id,
                 origin,
+                console_set,
             } => match hex::decode(&submission) {
-                Some(bytes) => {
-                    self.take_handover(peer, &bytes, replica, generation, &vm_id, &origin)
-                        .await
+                Some(submission) => {
+                    let arrival = super::handover::Arrival {
+                        submission: &submission,
+                        replica,
+                        generation,
+                        vm_id: &vm_id,
+                        origin: &origin,
+                        console_set: console_set.as_deref(),
+                    };
+                    self.take_handover(peer, arrival).await
                 }
                 None => JobResponse::refuse("the submission is not hex"),
             },
