@@ -310,10 +310,14 @@ fn assert_request_bounds(request: &JobRequest) {
             replica,
             vm_id,
             origin,
+            console_set,
             ..
         } => {
             assert_submission(submission);
             assert_replica(*replica);
+            if let Some(set) = console_set {
+                assert_job_id(set);
+            }
             assert!(
                 !vm_id.is_empty() && vm_id.len() <= 64,
                 "accepted VM id {vm_id:?}"
@@ -664,6 +668,7 @@ pub fn seeds() -> Vec<Seed> {
                 generation: 1,
                 vm_id: VM_ID.into(),
                 origin: ORIGIN.into(),
+                console_set: Some(set_of("console")),
             },
         ),
     ];
