@@ -20,13 +20,15 @@ use std::collections::HashSet;
 use std::path::{Component, Path};
 use std::time::Duration;
 
+use novacron_mesh::identity::NodeIdentity;
 use novacron_mesh::submission::{verify, MAX_SIGNED_SUBMISSION_LEN};
 use novacron_mesh::util::hex;
+use novacron_node::jobs::signed_status::{check_answer, ReplicaStatus};
 use novacron_node::jobs::spec_file::parse_spec;
 use novacron_node::jobs::wire::{
     body_len, valid_file_name, CheckpointFile, JobRequest, JobResponse, ReplicaReport, WireError,
-    LEN_PREFIX, MAX_CHECKPOINT_FILES, MAX_FRAME, MAX_HOLDERS, MAX_LOG_CHUNK, MAX_PEER_ID_TEXT,
-    MAX_LISTED, MAX_REASON, MAX_REPLICA_INDEX,
+    LEN_PREFIX, MAX_CHECKPOINT_FILES, MAX_FRAME, MAX_HOLDERS, MAX_LISTED, MAX_LOG_CHUNK,
+    MAX_PEER_ID_TEXT, MAX_REASON, MAX_REPLICA_INDEX,
 };
 use novacron_node::model::{
     Backend, JobInfo, JobState, ReplicaCheckpoint, ReplicaInfo, ReplicaState,
@@ -364,6 +366,12 @@ fn assert_files(files: &[CheckpointFile]) {
 
 fn assert_report(r: &ReplicaReport) {
     assert_job_id(&r.job_id);
+    if let Some(signed) = &r.signed_status {
+        // Opening a signature from the network never panics; what opens names a signer.
+        if let Ok((_, signer)) = ReplicaStatus::open(signed) {
+            assert!(!signer.is_empty());
+        }
+    }
     assert_replica(r.replica);
     for hash in [&r.result_hash, &r.log_set, &r.result_set]
         .into_iter()
@@ -420,8 +428,19 @@ fn check_response(data: &[u8]) -> bool {
             );
             false
         }
-        JobResponse::Status { job } => {
+        JobResponse::Status { job, submission } => {
             assert_job_id(&job.id);
+            // Checking an answer reads signatures and the submission: never a panic, and
+            // a believed answer's spec is the submission's.
+            if let Ok(shown) = check_answer(&job.id, (**job).clone(), submission.as_deref()) {
+                let bytes = submission
+                    .as_deref()
+                    .and_then(hex::decode)
+                    .expect("checked");
+                let v = novacron_mesh::submission::open(&bytes).expect("checked");
+                assert_eq!(v.id.to_hex(), job.id, "believed another job's submission");
+                assert_eq!(shown.submitter, v.submitter.to_string());
+            }
             true
         }
         JobResponse::Jobs { jobs } => {
@@ -439,9 +458,7 @@ fn check_response(data: &[u8]) -> bool {
         Ok(frame) => frame,
         Err(e) => {
             assert!(
-                status
-                    && matches!(e, WireError::TooLarge { .. })
-                    && data.len() > reencodable,
+                status && matches!(e, WireError::TooLarge { .. }) && data.len() > reencodable,
                 "an accepted {}-byte response does not encode: {e}",
                 data.len()
             );
@@ -497,6 +514,7 @@ fn job() -> (String, String, JobInfo) {
     let spec = parse_spec("signed.json", &v.submission.spec).expect("seed spec");
     let id = v.id.to_hex();
     let now_ms = crate::submission::NOW * 1000;
+    let finisher = NodeIdentity::from_seed(&[7; 32]).expect("a seed identity");
     let info = JobInfo {
         id: id.clone(),
         spec,
@@ -519,11 +537,12 @@ fn job() -> (String, String, JobInfo) {
                 moved_from: None,
                 checkpoint: Some(checkpoint(now_ms)),
                 restored_from: Some(3),
+                signed_status: None,
             },
             ReplicaInfo {
                 index: 1,
                 state: ReplicaState::Finished,
-                node: Some(HOLDER.into()),
+                node: Some(finisher.peer_id().to_string()),
                 generation: 1,
                 vm_id: Some("0c1d2e3f4a5b6c7d".into()),
                 result_hash: Some(set_of("result")),
@@ -534,6 +553,7 @@ fn job() -> (String, String, JobInfo) {
                 moved_from: Some(ORIGIN.into()),
                 checkpoint: None,
                 restored_from: None,
+                signed_status: None,
             },
         ],
         result_hash: None,
@@ -541,6 +561,11 @@ fn job() -> (String, String, JobInfo) {
         submitted_at_ms: now_ms - 60_000,
         updated_at_ms: now_ms,
     };
+    // The finished replica's result is its node's signed word, as an origin shows it.
+    let mut info = info;
+    let r = info.replicas[1].clone();
+    info.replicas[1].signed_status =
+        Some(ReplicaStatus::of_replica(&id, &r, now_ms).sign(&finisher));
     (hex::encode(&signed), id, info)
 }
 
@@ -636,6 +661,7 @@ pub fn seeds() -> Vec<Seed> {
                 moved_from: None,
                 checkpoint: Some(Box::new(checkpoint(crate::submission::NOW * 1000))),
                 restored_from: Some(3),
+                signed_status: None,
             }),
         ),
         (
@@ -663,7 +689,7 @@ pub fn seeds() -> Vec<Seed> {
         (
             "request_handover",
             JobRequest::Handover {
-                submission,
+                submission: submission.clone(),
                 replica: 0,
                 generation: 1,
                 vm_id: VM_ID.into(),
@@ -706,6 +732,7 @@ pub fn seeds() -> Vec<Seed> {
             "response_status",
             JobResponse::Status {
                 job: Box::new(info),
+                submission: Some(submission.clone()),
             },
         ),
         (
@@ -862,7 +889,12 @@ mod tests {
             .unwrap()
             .encode()
             .unwrap();
-        assert!(frame.len() > body.len(), "{} bytes encode to {}", body.len(), frame.len());
+        assert!(
+            frame.len() > body.len(),
+            "{} bytes encode to {}",
+            body.len(),
+            frame.len()
+        );
         let one_more = format!(
             r#"{{"type":"jobs","jobs":[{}]}}"#,
             vec![job.as_str(); MAX_LISTED + 1].join(",")

@@ -285,6 +285,10 @@ fn a_job_runs_and_its_result_is_read_from_a_node_that_did_not_run_it() {
     let seen = job(reader, &id);
     assert_eq!(seen["state"], "succeeded", "{seen}");
     assert_eq!(seen["result_hash"], done["result_hash"]);
+    // What it shows is what was signed: the submitter's submission (checked against the job
+    // id), and the result in the words of the node that ran it.
+    assert_eq!(seen["submitter"].as_str(), Some(public.as_str()), "{seen}");
+    assert!(seen["replicas"][0]["signed_status"].is_string(), "{seen}");
     let out = reader.dir.join("result.out");
     let got = novacron(&[
         "job",

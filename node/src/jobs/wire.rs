@@ -150,6 +150,10 @@ pub struct ReplicaReport {
     /// The checkpoint this generation was restored from.
     #[serde(default)]
     pub restored_from: Option<u64>,
+    /// The state and result above, signed by the reporting node
+    /// (`jobs::signed_status::ReplicaStatus`, hex).
+    #[serde(default)]
+    pub signed_status: Option<String>,
 }
 
 /// One file of a checkpoint (the snapshot directory's `MANIFEST`, state or a memory layer)
@@ -227,6 +231,9 @@ pub enum JobResponse {
     Ack,
     Status {
         job: Box<JobInfo>,
+        /// The job's signed submission (hex): what the asker checks the job against.
+        #[serde(default)]
+        submission: Option<String>,
     },
     /// An answer to `List`.
     Jobs {
@@ -347,6 +354,7 @@ impl JobRequest {
                     return Err(field("moved_to", "not a peer id"));
                 }
                 check_checkpoint(&r.checkpoint)?;
+                check_signed_status(&r.signed_status)?;
                 (&r.job_id, Some(r.replica))
             }
             JobRequest::Cancel { job_id, replica }
@@ -386,6 +394,17 @@ fn check_submission(hex: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+fn check_signed_status(signed: &Option<String>) -> Result<(), WireError> {
+    let max = 2 * crate::jobs::signed_status::MAX_SIGNED_STATUS;
+    if signed
+        .as_ref()
+        .is_some_and(|s| s.is_empty() || s.len() > max)
+    {
+        return Err(field("signed_status", "empty or over the size limit"));
+    }
+    Ok(())
+}
+
 /// Longest peer id in text (an ed25519 PeerId is 52 characters).
 pub const MAX_PEER_ID_TEXT: usize = 128;
 
@@ -419,8 +438,22 @@ impl JobResponse {
             JobResponse::Logs { data, .. } if data.len() > 2 * MAX_LOG_CHUNK => {
                 Err(field("data", "more than one log chunk"))
             }
-            JobResponse::Status { job } if !valid_job_id(&job.id) => {
+            JobResponse::Status { job, .. } if !valid_job_id(&job.id) => {
                 Err(field("job.id", "a job id is 64 lower-case hex digits"))
+            }
+            JobResponse::Status {
+                submission: Some(s),
+                ..
+            } if check_submission(s).is_err() => {
+                Err(field("submission", "empty or over the size limit"))
+            }
+            JobResponse::Status { job, .. }
+                if job
+                    .replicas
+                    .iter()
+                    .any(|r| check_signed_status(&r.signed_status).is_err()) =>
+            {
+                Err(field("signed_status", "over the size limit"))
             }
             JobResponse::Jobs { jobs } if jobs.len() > MAX_LISTED => {
                 Err(field("jobs", "more than 50 jobs"))
@@ -534,6 +567,7 @@ mod tests {
                     taken_at_ms: 1,
                 })),
                 restored_from: Some(2),
+                signed_status: Some("00".into()),
             }),
             JobRequest::Handover {
                 submission: "00ff".into(),

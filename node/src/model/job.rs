@@ -584,6 +584,10 @@ pub struct ReplicaInfo {
     /// beginning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<u64>,
+    /// The latest status its node signed (hex of an ed25519 envelope of the node's identity;
+    /// `jobs::signed_status`): on the origin's row, what backs its result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_status: Option<String>,
 }
 
 /// A replica's checkpoint as its peers hold it: what a holder restores from when the

@@ -557,6 +557,7 @@ mod tests {
             moved_from: None,
             checkpoint: None,
             restored_from: None,
+            signed_status: None,
         };
         let outcome = |state, h| ReplicaReport::of(&info(state, h)).outcome;
         assert_eq!(

@@ -163,6 +163,7 @@ mod tests {
                     moved_from: None,
                     checkpoint: None,
                     restored_from: None,
+                    signed_status: None,
                 }],
                 result_hash: None,
                 retries: 0,

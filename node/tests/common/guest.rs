@@ -26,6 +26,7 @@ pub fn counter(passes: u64) -> (String, String) {
 
 /// The counter guest with `passes` passes that prints a line after each pass (its spec),
 /// and everything it prints when it runs uninterrupted.
+#[allow(dead_code)] // not every test binary that includes this file uses it
 pub fn counter_printing_passes(passes: u64) -> (String, String) {
     let params = CounterParams {
         passes,

@@ -513,6 +513,7 @@ mod tests {
                         moved_from: None,
                         checkpoint: None,
                         restored_from: None,
+                        signed_status: None,
                     },
                 )
                 .collect(),

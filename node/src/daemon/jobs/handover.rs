@@ -278,6 +278,7 @@ impl Daemon {
             moved_from: Some(from.to_string()),
             checkpoint: None,
             restored_from: None,
+            signed_status: None,
         };
         let info = JobInfo {
             id: job_id.clone(),

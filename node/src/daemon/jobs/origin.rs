@@ -29,6 +29,7 @@ use super::{NOT_YET, STALE};
 use crate::api::service::{ServiceError, ServiceResult};
 use crate::api::types::now_ms;
 use crate::daemon::Daemon;
+use crate::jobs::signed_status::{check_answer, ReplicaStatus};
 use crate::jobs::wire::{JobRequest, JobResponse, ReplicaReport, MAX_LOG_CHUNK};
 use crate::model::{
     result_hash, JobInfo, JobSpec, JobState, MemberStatus, ReplicaCheckpoint, ReplicaInfo,
@@ -140,9 +141,31 @@ impl Daemon {
     /// What this node itself knows of a job: its origin's view if it is the origin, else
     /// its runner's.
     pub(super) fn local_job(&self, id: &str) -> Option<JobInfo> {
+        self.local_job_record(id).map(|r| r.info)
+    }
+
+    /// `job` as this node shows it to others: a runner's row carries its own replica's
+    /// status signed now (an origin's rows carry what the runners signed).
+    pub(super) fn signed_view(&self, mut job: JobInfo, role: JobRole) -> JobInfo {
+        if role == JobRole::Runner {
+            let me = self.mesh.peer_id().to_string();
+            for r in job
+                .replicas
+                .iter_mut()
+                .filter(|r| r.node.as_deref() == Some(&me))
+            {
+                let status = ReplicaStatus::of_replica(&job.id, r, now_ms());
+                r.signed_status = Some(status.sign(&self.identity));
+            }
+        }
+        job
+    }
+
+    /// [`local_job`](Self::local_job) with the signed submission it came with.
+    pub(super) fn local_job_record(&self, id: &str) -> Option<JobRecord> {
         for role in [JobRole::Origin, JobRole::Runner] {
             if let Ok(Some(r)) = self.state_db.job(id, role) {
-                return Some(r.info);
+                return Some(r);
             }
         }
         None
@@ -194,7 +217,11 @@ impl Daemon {
         let link = self.jobs.link().ok_or("the job protocol is not running")?;
         let request = JobRequest::Status { job_id: id.into() };
         match tokio::time::timeout(STATUS_TIMEOUT, link.request(peer, &request)).await {
-            Ok(Ok(JobResponse::Status { job })) if job.id == id => Ok(*job),
+            // Believed for what is signed: the submitter's submission, the nodes' results.
+            Ok(Ok(JobResponse::Status { job, submission })) => {
+                check_answer(id, *job, submission.as_deref())
+                    .map_err(|e| format!("{peer}'s answer is not believed: {e}"))
+            }
             Ok(Ok(other)) => Err(format!("{peer} answered {other:?}")),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("{peer} did not answer within {STATUS_TIMEOUT:?}")),
@@ -485,6 +512,10 @@ impl Daemon {
         if r.state.is_final() {
             return JobResponse::Ack;
         }
+        // What changes the replica here is its node's signed word, kept to show others.
+        if let Err(e) = ReplicaStatus::check_report(&report, &from_s) {
+            return JobResponse::refuse(e.to_string());
+        }
         if report.state == ReplicaState::Lost {
             // The node lost its copy (it restarted without it): placed again, fenced by a
             // new generation.
@@ -534,6 +565,7 @@ impl Daemon {
                     r.checkpoint = report.checkpoint.as_deref().cloned();
                 }
                 r.restored_from = report.restored_from.or(r.restored_from);
+                r.signed_status = report.signed_status.clone();
             }
             let replicas: Vec<quorum::ReplicaReport> =
                 job.replicas.iter().map(quorum::ReplicaReport::of).collect();
@@ -1106,6 +1138,7 @@ fn new_replica(index: u32) -> ReplicaInfo {
         moved_from: None,
         checkpoint: None,
         restored_from: None,
+        signed_status: None,
     }
 }
 

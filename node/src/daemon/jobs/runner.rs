@@ -19,6 +19,7 @@ use super::{ReportTo, NO_REPLICAS};
 use crate::api::service::ServiceError;
 use crate::api::types::{now_ms, VmState};
 use crate::daemon::{capacity, Daemon};
+use crate::jobs::signed_status::ReplicaStatus;
 use crate::jobs::vm_spec::replica_vm_spec;
 use crate::jobs::wire::{JobResponse, ReplicaReport, MAX_LOG_CHUNK};
 use crate::model::{
@@ -192,6 +193,7 @@ impl Daemon {
                 moved_from: None,
                 checkpoint: None,
                 restored_from: held.as_ref().map(|h| h.seq),
+                signed_status: None,
             }],
             result_hash: None,
             retries: 0,
@@ -340,7 +342,10 @@ impl Daemon {
 
     /// Queues `to` for its origin and sends it now; the follower's tick sends it again until
     /// the origin takes it.
-    pub(super) fn report_now(&self, to: ReportTo) {
+    pub(super) fn report_now(&self, mut to: ReportTo) {
+        // This node's word, signed: the origin keeps it to show others.
+        let status = ReplicaStatus::of(&to.report, now_ms());
+        to.report.signed_status = Some(status.sign(&self.identity));
         self.jobs.queue_report(to.clone());
         if let Some(me) = self.myself.get().and_then(std::sync::Weak::upgrade) {
             tokio::spawn(me.send_report(to));
@@ -681,6 +686,7 @@ pub(super) fn report_of(job_id: &str, r: &ReplicaInfo) -> ReplicaReport {
         moved_from: r.moved_from.clone(),
         checkpoint: r.checkpoint.clone().map(Box::new),
         restored_from: r.restored_from,
+        signed_status: None,
     }
 }
 

@@ -79,8 +79,11 @@ impl Daemon {
             JobRequest::Cancel { job_id, replica } => {
                 self.job_cancel_here(peer, &job_id, replica).await
             }
-            JobRequest::Status { job_id } => match self.local_job(&job_id) {
-                Some(job) => JobResponse::Status { job: Box::new(job) },
+            JobRequest::Status { job_id } => match self.local_job_record(&job_id) {
+                Some(rec) => JobResponse::Status {
+                    job: Box::new(self.signed_view(rec.info, rec.role)),
+                    submission: Some(hex::encode(&rec.submission)),
+                },
                 None => JobResponse::NotFound,
             },
             JobRequest::Logs {
