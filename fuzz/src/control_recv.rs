@@ -105,6 +105,7 @@ fn launch(source: LaunchSource) -> Launch {
         fill_pattern: Some((0x20_0000, 4096)),
         start_paused: false,
         adopt: None,
+        result_blob: Some("/var/lib/novacron/vms/vm-1_a/result.blob".into()),
         sandbox: SandboxSettings {
             enabled: true,
             writable_dirs: vec!["/var/lib/novacron/snap".into()],

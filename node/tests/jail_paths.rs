@@ -370,6 +370,7 @@ fn every_command_runs_in_the_jail() {
         fill_pattern: None,
         start_paused: false,
         adopt: None,
+        result_blob: None,
         sandbox: SandboxSettings::default(),
     };
     let exe = Path::new(env!("CARGO_BIN_EXE_novacron"));

@@ -927,6 +927,65 @@ fn a_process_jobs_files_come_from_the_mesh_and_its_result_file_is_read_safely() 
 }
 
 #[test]
+fn a_kvm_guests_result_blob_is_the_jobs_result_and_a_guest_that_hands_none_over_fails() {
+    if !kvm_usable("a_kvm_guests_result_blob_is_the_jobs_result") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, public) = key(tmp.path(), "alice");
+    let keys_dir = tmp.path().join("keys");
+    let nodes = cell(tmp.path(), 3, &[&public], |_| vec![]);
+    let procs: Vec<&Proc> = nodes.iter().map(|n| &n.proc).collect();
+    // The result is the blob alone: 8 bytes the guest leaves in its memory and hands over.
+    let (guest, blob) = guest::counter_handing_over_a_blob(2);
+    let spec = format!(
+        "name: blob\npayload:\n  guest: {guest}\nmemoryMib: 32\nresult:\n  serial: false\n  \
+         blob: true\n"
+    );
+    let accepted = submit(&nodes[1], &keys_dir, "alice", &spec);
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let done = wait_job(&nodes[1], &id, &procs, |j| {
+        j["state"] == "succeeded" || j["state"] == "failed"
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["result_hash"].as_str(),
+        Some(blake3::hash(&blob).to_hex().as_str()),
+        "the result hash is the blob's"
+    );
+    // Read back from a node that did not run it, byte for byte.
+    let runner = done["replicas"][0]["node"].as_str().unwrap().to_string();
+    let reader = nodes.iter().find(|n| n.peer != runner).unwrap();
+    let out = reader.dir.join("result.bin");
+    let got = novacron(&[
+        "job",
+        "result",
+        &id,
+        "--out",
+        out.to_str().unwrap(),
+        "--data-dir",
+        reader.dir.to_str().unwrap(),
+    ]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), blob);
+
+    // A guest that hands nothing over fails its replica, saying so.
+    let spec = "name: noblob\npayload:\n  guest: builtin:hello\nmemoryMib: 16\nresult:\n  \
+                blob: true\n";
+    let accepted = submit(&nodes[1], &keys_dir, "alice", spec);
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let ended = wait_job(&nodes[1], &id, &procs, |j| {
+        j["state"] == "succeeded" || j["state"] == "failed"
+    });
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert!(ended.to_string().contains("result blob"), "{ended}");
+}
+
+#[test]
 fn a_kernel_given_by_chunk_set_is_fetched_by_the_node_that_boots_it() {
     let Some(kernel) = std::env::var_os("NOVACRON_TEST_KERNEL") else {
         eprintln!(

@@ -166,6 +166,7 @@ fn source_vmm(
         start_paused: false,
         sandbox: SandboxSettings::default(),
         adopt,
+        result_blob: None,
     };
     let mut vmm = VmmProcess::spawn(exe(), &launch, stdout).unwrap();
     vmm.wait_ready(WAIT).unwrap();
@@ -217,6 +218,7 @@ fn destination_vmm_on(offer: &MigrationOffer, streams: &[UnixStream], stdout: St
         start_paused: false,
         sandbox: SandboxSettings::default(),
         adopt: None,
+        result_blob: None,
     };
     VmmProcess::spawn_with_streams(exe(), &launch, stdout, streams).unwrap()
 }

@@ -70,6 +70,7 @@ fn launch(vm_id: &str, spec: &str, adopt: Option<&Path>) -> Launch {
         start_paused: false,
         sandbox: SandboxSettings::default(),
         adopt: adopt.map(Path::to_path_buf),
+        result_blob: None,
     }
 }
 

@@ -389,6 +389,7 @@ impl Bench<'_> {
             fill_pattern,
             start_paused: false,
             adopt: None,
+            result_blob: None,
             sandbox: vmm_sandbox(store),
         };
         if let Some(dir) = store {
@@ -427,6 +428,7 @@ impl Bench<'_> {
             fill_pattern: None,
             start_paused: false,
             adopt: None,
+            result_blob: None,
             sandbox: vmm_sandbox(dest_store),
         };
         let mut destination = VmmProcess::spawn_with_streams(

@@ -159,6 +159,7 @@ fn launch(source: LaunchSource, mem_bytes: u64, sandbox: bool, dirs: Vec<PathBuf
         fill_pattern: None,
         start_paused: false,
         adopt: None,
+        result_blob: None,
         sandbox: SandboxSettings {
             enabled: sandbox,
             writable_dirs: dirs,

@@ -360,6 +360,7 @@ result:
             "result",
             "serial",
             "file",
+            "blob",
             "path",
             "chunkSet",
             "bogus",

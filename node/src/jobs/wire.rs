@@ -7,7 +7,7 @@
 //! origin -> candidate   Offer { job, size }             <- Offer { free ... } | Refuse
 //! origin -> candidate   Place { submission, replica }   <- Admitted { vm } | Refuse
 //! runner -> origin      Report { job, replica, state }  <- Ack | Refuse
-//! anyone -> holder      Status { job }                  <- Status { job } | NotFound
+//! anyone -> holder      Status { job }                  <- Status { job, submission } | NotFound
 //! anyone -> runner      Logs { job, replica, offset }   <- Logs { bytes } | NotFound
 //! cell peer -> origin   List { limit }                  <- Jobs { newest first }
 //! origin -> runner      Cancel { job, replica }         <- Ack | NotFound

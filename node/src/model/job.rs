@@ -137,6 +137,17 @@ pub struct ResultSource {
     /// process: a file the command leaves in its directory (a relative path).
     #[serde(default)]
     pub file: Option<String>,
+    /// kvm: the blob the guest hands over through the result port (docs/jobs.md).
+    #[serde(default)]
+    pub blob: bool,
+}
+
+impl ResultSource {
+    /// Whether the result has a blob part: a process's result file or a kvm guest's blob
+    /// (published as the replica's result set, its output as its log set).
+    pub fn has_blob(&self) -> bool {
+        self.file.is_some() || self.blob
+    }
 }
 
 impl Default for ResultSource {
@@ -144,6 +155,7 @@ impl Default for ResultSource {
         ResultSource {
             serial: true,
             file: None,
+            blob: false,
         }
     }
 }
@@ -385,10 +397,18 @@ impl JobSpec {
                 ));
             }
         }
-        if !self.result.serial && self.result.file.is_none() {
+        if self.result.blob && self.backend != Backend::Kvm {
+            return Err(bad(
+                "result.blob",
+                "a result blob is what a kvm guest hands over through the result port (a \
+                 process job names a result file)",
+            ));
+        }
+        if !self.result.serial && self.result.file.is_none() && !self.result.blob {
             return Err(bad(
                 "result",
-                "nothing to read a result from: keep serial: true or name a file",
+                "nothing to read a result from: keep serial: true, name a file or take the \
+                 blob",
             ));
         }
         Ok(())

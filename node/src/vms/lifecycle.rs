@@ -180,6 +180,7 @@ impl VmManager {
             start_paused: false,
             sandbox: self.sandbox_settings(&paths),
             adopt: self.adopt_socket(&paths),
+            result_blob: Some(paths.result_blob()),
         };
         if restore {
             // The guest goes back to the checkpoint: so does its output.

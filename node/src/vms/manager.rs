@@ -147,6 +147,23 @@ impl VmManager {
         self.opts.data_dir.join(super::payload::PAYLOAD_DIR)
     }
 
+    /// Removes the payload files no VM here names and nothing needed for a while
+    /// ([`payload::sweep`](super::payload::sweep)); returns how many. Blocking.
+    pub fn sweep_payloads(&self) -> usize {
+        let dir = self.payload_dir();
+        let in_use: std::collections::HashSet<String> = self
+            .registry
+            .vms()
+            .iter()
+            .flat_map(|r| super::payload::sets_of(&r.info.spec, &dir))
+            .collect();
+        let removed = super::payload::sweep(&dir, &in_use, super::payload::KEEP_UNUSED);
+        for path in &removed {
+            tracing::info!(file = %path.display(), "removed a payload file no VM uses");
+        }
+        removed.len()
+    }
+
     /// Fetches the chunk sets `sets` this node does not hold yet into its payload directory,
     /// within [`FETCH_TIMEOUT`](super::payload::FETCH_TIMEOUT) (what came is kept in the
     /// chunk store for the next try).

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 /// The VMs' directory inside the data directory.
 pub const VMS_DIR: &str = "vms";
+/// The result blob's name in a VM's directory ([`VmPaths::result_blob`]).
+pub const RESULT_BLOB: &str = "result.blob";
 
 #[derive(Clone, Debug)]
 pub struct VmPaths {
@@ -25,6 +27,11 @@ impl VmPaths {
     /// The guest's serial console (appended across restores and adoptions).
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
+    }
+
+    /// Where the VMM writes the result blob its guest hands over (`result_port`).
+    pub fn result_blob(&self) -> PathBuf {
+        self.dir.join(RESULT_BLOB)
     }
 
     /// The VM's checkpoints (a snapshot directory: full, then incremental layers).

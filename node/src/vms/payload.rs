@@ -12,10 +12,14 @@
 //! written under a fresh name created exclusively (`O_EXCL`, so never through a link) and
 //! renamed over its name, which replaces whatever is there without following it.
 //!
-//! What this cannot do: the payload directory is not swept while the node runs (its files
-//! are removed with the VMs' directories only when the node's data directory is); files
-//! carry no mode (they are 0644: the jail runs programs from the system directories only,
-//! so a script is run as `/bin/sh run.sh`).
+//! The directory is swept while the node runs ([`sweep`], every minute): a set no VM of the
+//! node's registry names (as a file, a kernel or an initrd) goes once nothing has needed it
+//! for [`KEEP_UNUSED`] — each fetch, or each time a start finds the set already here,
+//! touches the file, and a placement records its VM within seconds of that. Temp files of
+//! fetches that never finished go after the same time.
+//!
+//! What this cannot do: files carry no mode (they are 0644: the jail runs programs from the
+//! system directories only, so a script is run as `/bin/sh run.sh`).
 
 use std::future::Future;
 use std::io::Write;
@@ -23,7 +27,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
-use crate::model::{is_chunk_set_id, PayloadFile};
+use std::collections::HashSet;
+
+use crate::model::{is_chunk_set_id, PayloadFile, VmSpec};
 
 /// The payload directory's name in the data directory.
 pub const PAYLOAD_DIR: &str = "payloads";
@@ -61,6 +67,14 @@ pub async fn fetch_missing(
         }
         let out = payload_file(payload_dir, set);
         if out.is_file() {
+            // Needed now: the sweep keeps it for a while from here.
+            let touched = std::fs::File::options()
+                .write(true)
+                .open(&out)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            if let Err(e) = touched {
+                tracing::debug!(file = %out.display(), error = %e, "cannot touch a payload file");
+            }
             continue;
         }
         let Some(source) = source else {
@@ -79,6 +93,70 @@ pub async fn fetch_missing(
             .map_err(|e| format!("cannot make {} readable: {e}", out.display()))?;
     }
     Ok(())
+}
+
+/// How long a payload file that no VM names stays after it was last needed.
+pub const KEEP_UNUSED: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// The chunk sets `spec` needs from the payload directory `payload_dir`: its files, and its
+/// kernel and initrd when they are files there.
+pub fn sets_of(spec: &VmSpec, payload_dir: &Path) -> Vec<String> {
+    let mut sets: Vec<String> = spec.files.iter().map(|f| f.chunk_set.clone()).collect();
+    for path in [&spec.kernel, &spec.initrd].into_iter().flatten() {
+        let path = Path::new(path);
+        if path.parent() == Some(payload_dir) {
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                sets.push(name.to_string());
+            }
+        }
+    }
+    sets
+}
+
+/// Whether the payload directory's entry `name`, last needed `age` ago, goes: a chunk set
+/// not in `in_use`, or a temp file of a fetch, either older than `keep`. Anything else is
+/// not the sweep's to remove.
+pub fn goes(
+    name: &str,
+    in_use: &HashSet<String>,
+    age: std::time::Duration,
+    keep: std::time::Duration,
+) -> bool {
+    let ours = is_chunk_set_id(name) && !in_use.contains(name) || name.starts_with(".tmp");
+    ours && age >= keep
+}
+
+/// Removes what [`goes`] from `payload_dir`; returns the paths removed. Blocking.
+pub fn sweep(
+    payload_dir: &Path,
+    in_use: &HashSet<String>,
+    keep: std::time::Duration,
+) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(payload_dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if goes(&name, in_use, age, keep) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed.push(entry.path()),
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove an unused payload file")
+                }
+            }
+        }
+    }
+    removed
 }
 
 /// Copies `files` from `payload_dir` into the work directory `work` (created if missing),
@@ -138,6 +216,54 @@ fn exclusive_temp(dir: &Path) -> Result<(PathBuf, std::fs::File), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sweep_takes_only_unused_sets_and_old_temp_files_once_they_are_old() {
+        use std::time::Duration;
+        let keep = Duration::from_secs(60);
+        let (old, young) = (Duration::from_secs(61), Duration::from_secs(59));
+        let used = "ab".repeat(32);
+        let unused = "cd".repeat(32);
+        let in_use: HashSet<String> = [used.clone()].into();
+        assert!(goes(&unused, &in_use, old, keep));
+        assert!(!goes(&unused, &in_use, young, keep), "needed not long ago");
+        assert!(!goes(&used, &in_use, old, keep), "a VM names it");
+        assert!(goes(".tmpA1b2C3", &in_use, old, keep));
+        assert!(
+            !goes(".tmpA1b2C3", &in_use, young, keep),
+            "a fetch may be writing it"
+        );
+        for other in ["notes.txt", "ab", &"ab".repeat(31), "run.sh"] {
+            assert!(
+                !goes(other, &in_use, old, keep),
+                "{other} is not the sweep's"
+            );
+        }
+        // On disk: everything is young, so nothing goes; with no grace, only the unused set.
+        let dir = tempfile::tempdir().unwrap();
+        for name in [&used, &unused, &"notes".to_string()] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("ef".repeat(32))).unwrap();
+        assert!(sweep(dir.path(), &in_use, keep).is_empty());
+        let removed = sweep(dir.path(), &in_use, Duration::ZERO);
+        assert_eq!(removed, vec![dir.path().join(&unused)]);
+        assert!(dir.path().join(&used).is_file() && dir.path().join("notes").is_file());
+    }
+
+    #[test]
+    fn a_spec_needs_its_files_and_a_kernel_fetched_into_the_payload_directory() {
+        let dir = Path::new("/var/lib/novacron/payloads");
+        let set = "ab".repeat(32);
+        let mut spec: VmSpec = serde_json::from_str(r#"{"guest": "builtin:hello"}"#).unwrap();
+        spec.kernel = Some(dir.join(&set).to_string_lossy().into_owned());
+        spec.initrd = Some("/srv/images/initrd".into());
+        spec.files = vec![PayloadFile {
+            name: "run.sh".into(),
+            chunk_set: "cd".repeat(32),
+        }];
+        assert_eq!(sets_of(&spec, dir), vec!["cd".repeat(32), set]);
+    }
     use std::sync::Mutex;
 
     /// A source that writes a fixed body for each set and counts its calls.

@@ -177,6 +177,17 @@ pub fn validate_command<S: AsRef<OsStr>>(command: &[S]) -> Result<(), String> {
 /// reached without following any symlink (the jail's user wrote that directory; a link
 /// to a host file, a FIFO or a device is refused, naming what it is, never read).
 pub fn read_work_file(dir: &Path, rel: &str, max: u64) -> Result<Vec<u8>, String> {
+    read_untrusted_file(&dir.join(WORK_DIR), "the work directory", rel, max)
+}
+
+/// [`read_work_file`] of `rel` under `base` (named `base_name` in errors), a directory a
+/// jailed process could write: the VM directory, where a VMM leaves its guest's result blob.
+pub fn read_untrusted_file(
+    base: &Path,
+    base_name: &str,
+    rel: &str,
+    max: u64,
+) -> Result<Vec<u8>, String> {
     use std::io::Read;
     use std::os::unix::ffi::OsStrExt;
     let names: Vec<&OsStr> = Path::new(rel)
@@ -189,9 +200,8 @@ pub fn read_work_file(dir: &Path, rel: &str, max: u64) -> Result<Vec<u8>, String
     if names.is_empty() {
         return Err("an empty path".into());
     }
-    let work = dir.join(WORK_DIR);
-    let mut at: OwnedFd = fs::File::open(&work)
-        .map_err(|e| format!("the work directory: {e}"))?
+    let mut at: OwnedFd = fs::File::open(base)
+        .map_err(|e| format!("{base_name}: {e}"))?
         .into();
     for (i, name) in names.iter().enumerate() {
         let last = i + 1 == names.len();
@@ -210,7 +220,7 @@ pub fn read_work_file(dir: &Path, rel: &str, max: u64) -> Result<Vec<u8>, String
         if fd < 0 {
             let e = std::io::Error::last_os_error();
             return Err(match e.raw_os_error() {
-                Some(libc::ENOENT) => format!("{rel}: not found (the command did not write it)"),
+                Some(libc::ENOENT) => format!("{rel}: not found (nothing wrote it)"),
                 Some(libc::ELOOP) => format!("{rel}: a symlink is in the way (not followed)"),
                 Some(libc::ENOTDIR) => format!(
                     "{rel}: a part of the path is not a directory (or is a symlink, not followed)"
@@ -849,7 +859,7 @@ mod tests {
             ("up/host-secret", "symlink, not followed"),
             ("fifo", "not a regular file"),
             ("out", "not a regular file"),
-            ("missing", "did not write it"),
+            ("missing", "nothing wrote it"),
             ("out/result.txt/x", "not a directory"),
             ("../host-secret", "plain names"),
         ] {

@@ -166,6 +166,7 @@ impl VmManager {
             start_paused: false,
             sandbox: self.sandbox_settings(&paths),
             adopt: self.adopt_socket(&paths),
+            result_blob: Some(paths.result_blob()),
         };
         let console = open_console(&paths)?;
         let fds: Vec<std::os::fd::BorrowedFd<'_>> =

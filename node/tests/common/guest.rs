@@ -1,7 +1,8 @@
 //! The builtin guests the end-to-end tests run, and whether this host can run them.
 
 use novacron_vm::guest_kit::{
-    counter_expected, counter_expected_output, result_line, BuiltinGuest, CounterParams,
+    counter_expected, counter_expected_blob, counter_expected_output, result_line, BuiltinGuest,
+    CounterParams,
 };
 
 /// Whether KVM works here; says why `test` skips when it does not.
@@ -36,5 +37,20 @@ pub fn counter_printing_passes(passes: u64) -> (String, String) {
     (
         BuiltinGuest::Counter(params).to_string(),
         counter_expected_output(&params),
+    )
+}
+
+/// The counter guest with `passes` passes that hands its result over through the result
+/// port (its spec), and the blob it hands over.
+#[allow(dead_code)] // not every test binary that includes this file uses it
+pub fn counter_handing_over_a_blob(passes: u64) -> (String, Vec<u8>) {
+    let params = CounterParams {
+        passes,
+        result_blob: true,
+        ..CounterParams::default()
+    };
+    (
+        BuiltinGuest::Counter(params).to_string(),
+        counter_expected_blob(&params),
     )
 }

@@ -76,6 +76,12 @@ pub(super) fn counter(p: &CounterParams) -> AsmResult<Vec<u8>> {
     a.jb(pass_loop)?;
 
     report_reg(&mut a, pv_event::RESULT, rbx)?;
+    if p.result_blob {
+        // The result over the range's first word, handed over through the result port.
+        a.mov(qword_ptr(r8), rbx)?;
+        report_reg(&mut a, pv_event::RESULT_BLOB_ADDR, r8)?;
+        report_imm(&mut a, pv_event::RESULT_BLOB_LEN, 8)?;
+    }
     print_str(&mut a, "result=")?;
     print_hex64(&mut a, rbx)?;
     print_str(&mut a, "\n")?;

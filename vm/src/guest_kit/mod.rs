@@ -82,6 +82,9 @@ pub struct CounterParams {
     /// Also print `pass=<n>` (16 hex digits) on the console after each pass: output that
     /// grows while the guest runs, for tests that a console survives restores and moves.
     pub print_passes: bool,
+    /// Also hand the result (8 bytes, little-endian, stored over the range's first word)
+    /// over through the result port before exiting.
+    pub result_blob: bool,
 }
 
 impl Default for CounterParams {
@@ -91,6 +94,7 @@ impl Default for CounterParams {
             words: COUNTER_DEFAULT_WORDS,
             passes: COUNTER_DEFAULT_PASSES,
             print_passes: false,
+            result_blob: false,
         }
     }
 }
@@ -328,6 +332,11 @@ pub fn pass_line(n: u64) -> String {
     format!("pass={n:016x}")
 }
 
+/// The result blob `counter` with `result_blob` hands over: its result, little-endian.
+pub fn counter_expected_blob(params: &CounterParams) -> Vec<u8> {
+    counter_expected(params).to_le_bytes().to_vec()
+}
+
 /// Everything `counter` prints on the serial console: the pass lines when it prints them,
 /// then its result line.
 pub fn counter_expected_output(params: &CounterParams) -> String {
@@ -501,6 +510,7 @@ mod tests {
                 words: 1,
                 passes: 1,
                 print_passes: false,
+                result_blob: false,
             }),
             BuiltinGuest::Dirtier(DirtierParams::default()),
             BuiltinGuest::Dirtier(DirtierParams {
@@ -631,6 +641,7 @@ mod tests {
                 words,
                 passes,
                 print_passes: false,
+                result_blob: false,
             })
         };
         // words=1, passes=1: rotl17((seed ^ 0) * M) + 0, worked out independently.
@@ -671,6 +682,7 @@ mod tests {
             words,
             passes,
             print_passes: false,
+            result_blob: false,
         })
     }
 

@@ -20,6 +20,7 @@ pub const PROGRAMS: &[(&str, &[(&str, &str)])] = &[
             ("passes", "N"),
             ("base", "ADDR"),
             ("progress", "0|1"),
+            ("blob", "0|1"),
         ],
     ),
     (
@@ -98,14 +99,19 @@ impl FromStr for BuiltinGuest {
             "counter" => {
                 let mut p = CounterParams::default();
                 parse_params("counter", params, |key, value| {
-                    if key == "progress" {
-                        p.print_passes = match parse_number("counter", key, value)? {
+                    let flag = match key {
+                        "progress" => Some((&mut p.print_passes, "progress")),
+                        "blob" => Some((&mut p.result_blob, "blob")),
+                        _ => None,
+                    };
+                    if let Some((slot, key)) = flag {
+                        *slot = match parse_number("counter", key, value)? {
                             0 => false,
                             1 => true,
                             _ => {
                                 return Err(GuestKitError::BadFlag {
                                     program: "counter",
-                                    key: "progress",
+                                    key,
                                     value: value.to_owned(),
                                 })
                             }
@@ -231,6 +237,9 @@ impl fmt::Display for BuiltinGuest {
                 if p.print_passes {
                     write!(f, ",progress=1")?;
                 }
+                if p.result_blob {
+                    write!(f, ",blob=1")?;
+                }
                 Ok(())
             }
             BuiltinGuest::Dirtier(p) => write!(
@@ -283,6 +292,7 @@ mod tests {
                 words: 1024,
                 passes: 8,
                 print_passes: false,
+                result_blob: false,
             })
         );
         assert_eq!(
@@ -321,6 +331,7 @@ mod tests {
                 words: 0,
                 passes: u64::MAX,
                 print_passes: true,
+                result_blob: true,
             }),
             BuiltinGuest::Dirtier(DirtierParams::default()),
             BuiltinGuest::Dirtier(DirtierParams {
@@ -346,6 +357,11 @@ mod tests {
         assert!(!off.to_string().contains("progress"));
         let err = parse("builtin:counter:progress=2").unwrap_err().to_string();
         assert!(err.contains("progress") && err.contains("0 or 1"), "{err}");
+        let blob = parse("builtin:counter:blob=1").unwrap();
+        assert!(matches!(blob, BuiltinGuest::Counter(p) if p.result_blob && !p.print_passes));
+        assert_eq!(blob.to_string().parse::<BuiltinGuest>().unwrap(), blob);
+        let err = parse("builtin:counter:blob=7").unwrap_err().to_string();
+        assert!(err.contains("blob") && err.contains("0 or 1"), "{err}");
     }
 
     #[test]
@@ -384,7 +400,7 @@ mod tests {
         );
         assert_eq!(
             usage(),
-            "builtin:hello, builtin:idle, builtin:counter[:words=N,passes=N,base=ADDR,progress=0|1], \
+            "builtin:hello, builtin:idle, builtin:counter[:words=N,passes=N,base=ADDR,progress=0|1,blob=0|1], \
              builtin:dirtier[:mib=N,rate=MiB_PER_S,base=ADDR]"
         );
     }

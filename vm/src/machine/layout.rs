@@ -77,4 +77,9 @@ pub mod pv_event {
     pub const RESULT: u32 = 3;
     /// The guest is done and asks the VMM to stop it; value: exit status (0 = success).
     pub const EXIT: u32 = 4;
+    /// The result port: where the guest's result blob starts; value: its guest-physical
+    /// address (`process::result_port`).
+    pub const RESULT_BLOB_ADDR: u32 = 5;
+    /// The result port: hands the blob over; value: its length in bytes.
+    pub const RESULT_BLOB_LEN: u32 = 6;
 }

@@ -81,6 +81,10 @@ pub struct Launch {
     /// closes.
     #[serde(default)]
     pub adopt: Option<PathBuf>,
+    /// Where a result blob the guest hands over is written (`process::result_port`); None:
+    /// the guest's blobs are refused. Its directory must be one of the jail's writable ones.
+    #[serde(default)]
+    pub result_blob: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -11,5 +11,6 @@ mod input;
 mod jail;
 pub mod launcher;
 mod migration;
+pub mod result_port;
 mod usage;
 pub mod vmm;

@@ -33,6 +33,7 @@ use crate::process::input::Input;
 use crate::process::jail::{self, JailError, JailedThreads};
 use crate::process::launcher::{ADOPT_FD, CONTROL_FD};
 use crate::process::migration::{self, ReceiveError};
+use crate::process::result_port::ResultPort;
 use crate::process::usage::current_rss_bytes;
 
 /// Why the VMM process ends in failure. The text is the message of
@@ -304,7 +305,8 @@ fn run(
         guest: machine.guest_description().to_string(),
         sandbox: jail.summary(),
     })?;
-    event_loop(&mut machine, &launch.vm_id, rx, fds, writer, deferred)
+    let port = ResultPort::new(launch.result_blob.clone());
+    event_loop(&mut machine, &launch.vm_id, rx, fds, writer, deferred, port)
 }
 
 /// Creates the machine; the KVM objects are made while the cgroup join may still be under
@@ -430,6 +432,7 @@ fn event_loop(
     fds: &FdQueue,
     writer: &mut Owner,
     mut deferred: Vec<Input>,
+    mut port: ResultPort,
 ) -> Result<ExitReason, VmmError> {
     let mut first_exit_reported = false;
     loop {
@@ -451,7 +454,7 @@ fn event_loop(
         let Some(input) = input else { continue };
         match input {
             Input::Vcpu(event) => {
-                if let Some(reason) = on_vcpu_event(machine, event, writer)? {
+                if let Some(reason) = on_vcpu_event(machine, event, writer, &mut port)? {
                     return Ok(reason);
                 }
             }
@@ -490,9 +493,15 @@ fn on_vcpu_event(
     machine: &mut Machine,
     event: VcpuEvent,
     writer: &mut Owner,
+    port: &mut ResultPort,
 ) -> Result<Option<ExitReason>, VmmError> {
     let reason = match event {
         VcpuEvent::Report { report, .. } => {
+            match port.on_report(machine.memory(), report.code, report.value) {
+                Ok(Some(len)) => tracing::info!(len, "the guest handed over its result blob"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "the guest's result blob is refused"),
+            }
             writer.send(&Event::Guest {
                 code: report.code,
                 value: report.value,

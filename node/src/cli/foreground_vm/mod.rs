@@ -240,6 +240,7 @@ fn drive(
         fill_pattern: plan.fill_pattern,
         start_paused: false,
         adopt: None,
+        result_blob: None,
         sandbox: SandboxSettings {
             enabled: !common.no_sandbox,
             writable_dirs: snapshot_to
@@ -376,6 +377,7 @@ fn check_sandbox() -> anyhow::Result<ExitCode> {
         fill_pattern: None,
         start_paused: true,
         adopt: None,
+        result_blob: None,
         sandbox: SandboxSettings::default(),
     };
     let exe = std::env::current_exe().context("cannot find the novacron executable")?;

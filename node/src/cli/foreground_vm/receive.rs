@@ -102,6 +102,7 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
         fill_pattern: None,
         start_paused: false,
         adopt: None,
+        result_blob: None,
         sandbox: SandboxSettings {
             enabled: !args.no_sandbox,
             writable_dirs: store.into_iter().collect(),

@@ -375,7 +375,7 @@ impl Daemon {
         let declared = &job.spec.result;
         for r in winners {
             // What the hash covers: the serial output (the log), the result file, or both.
-            let blob = match declared.file.is_some() {
+            let blob = match declared.has_blob() {
                 true => match self
                     .fetch_output(&r.result_set, MAX_RESULT_BLOB_BYTES)
                     .await
@@ -388,9 +388,9 @@ impl Daemon {
                 },
                 false => None,
             };
-            let serial_set = match declared.file {
-                Some(_) => &r.log_set,
-                None => &r.result_set,
+            let serial_set = match declared.has_blob() {
+                true => &r.log_set,
+                false => &r.result_set,
             };
             let serial = match declared.serial {
                 false => Ok(None),

@@ -53,15 +53,23 @@ fn read_result(
 ) -> Result<ReadResult, String> {
     let paths = VmPaths::new(data_dir, vm_id);
     let serial = crate::vms::console::read_output(&paths, MAX_SERIAL_BYTES)?;
-    let blob = spec
-        .result
-        .file
-        .as_ref()
-        .map(|rel| {
+    let blob = match (&spec.result.file, spec.result.blob) {
+        (Some(rel), _) => Some(
             crate::vms::process_backend::read_work_file(&paths.dir, rel, MAX_RESULT_BLOB_BYTES)
-                .map_err(|e| format!("result.file {e}"))
-        })
-        .transpose()?;
+                .map_err(|e| format!("result.file {e}"))?,
+        ),
+        // Written by the VMM (jailed, driven by the guest): read without following links.
+        (None, true) => Some(
+            crate::vms::process_backend::read_untrusted_file(
+                &paths.dir,
+                "the VM's directory",
+                crate::vms::paths::RESULT_BLOB,
+                MAX_RESULT_BLOB_BYTES,
+            )
+            .map_err(|e| format!("the guest's result blob: {e}"))?,
+        ),
+        (None, false) => None,
+    };
     let serial_part = spec.result.serial.then_some(serial.as_slice());
     Ok(ReadResult {
         hash: result_hash(serial_part, blob.as_deref()),
@@ -70,7 +78,8 @@ fn read_result(
     })
 }
 
-/// Held checkpoint copies are swept this often (ticks of a second).
+/// Held checkpoint copies and unused payload files are swept this often (ticks of a
+/// second).
 const SWEEP_EVERY_TICKS: u64 = 60;
 
 impl Daemon {
@@ -390,6 +399,8 @@ impl Daemon {
                     ticks += 1;
                     if ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
                         self.sweep_held();
+                        let vms = self.vms.clone();
+                        tokio::task::spawn_blocking(move || vms.sweep_payloads());
                     }
                 }
             }
