@@ -8,6 +8,8 @@
 //! - Untrusted, tampered, replayed, expired and invalid submissions are each refused with
 //!   their own message; a flood from one submitter is rate-limited while another still
 //!   gets in.
+//! - A job placed in a cell its origin cannot see: its runner killed, the origin's probes
+//!   presume it dead and a holder in that cell restores it (`--test-cell-bits`).
 //! - kill -9 of the node running a job: the job is placed again on a surviving node (a new
 //!   generation) and finishes with the result of an uninterrupted run; no two VMMs ever
 //!   run it at once; the dead node's return does not fork it.
@@ -652,6 +654,111 @@ fn a_job_whose_node_is_killed_resumes_on_a_checkpoint_holder_once_and_the_nodes_
         vmm_processes(&second_vm).is_empty(),
         "the finished replica's VMM is gone"
     );
+}
+
+/// A data directory under `tmp` whose node key puts the node in cell `prefix` of
+/// `bits` prefix bits (keys are made until one does).
+fn dir_in_cell(tmp: &Path, name: &str, bits: u8, prefix: u32) -> PathBuf {
+    let dir = tmp.join(name);
+    loop {
+        let identity = novacron_mesh::identity::NodeIdentity::load_or_create(&dir).unwrap();
+        if novacron_mesh::cells::cell_id(&identity.peer_id(), bits).prefix() == prefix {
+            return dir;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn a_replica_in_another_cell_whose_node_goes_silent_is_restored_by_its_holder() {
+    if !kvm_usable("a_replica_in_another_cell_whose_node_goes_silent_is_restored_by_its_holder") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, public) = key(tmp.path(), "alice");
+    let keys_dir = tmp.path().join("keys");
+    // Two cells of two nodes (one prefix bit). Cell 0 places and runs nothing; the job goes
+    // to cell 1, whose nodes the origin's failure detector never sees.
+    let bits = ["--test-cell-bits", "1"];
+    let a0 = start(
+        "a0",
+        &dir_in_cell(tmp.path(), "a0", 1, 0),
+        None,
+        &[&public],
+        &[bits[0], bits[1], "--no-job-replicas"],
+    );
+    let boot = a0.addr.clone();
+    let a1 = start(
+        "a1",
+        &dir_in_cell(tmp.path(), "a1", 1, 0),
+        Some(&boot),
+        &[&public],
+        &[bits[0], bits[1], "--no-job-replicas"],
+    );
+    let mut b: Vec<Node> = (0..2)
+        .map(|i| {
+            let name = format!("b{i}");
+            let dir = dir_in_cell(tmp.path(), &name, 1, 1);
+            start(
+                &name,
+                &dir,
+                Some(&boot),
+                &[&public],
+                &[bits[0], bits[1], "--ephemeral"],
+            )
+        })
+        .collect();
+    let all: Vec<&Node> = [&a0, &a1].into_iter().chain(b.iter()).collect();
+    let procs: Vec<&Proc> = all.iter().map(|n| &n.proc).collect();
+    wait_until(
+        "each node to see its cell of two live",
+        TIMEOUT,
+        &procs,
+        || all.iter().all(|n| n_live(n) == 2),
+    );
+    let (guest, expected) = guest::counter_printing_passes(40);
+    let spec =
+        format!("name: far\npayload:\n  guest: {guest}\nmemoryMib: 32\ncheckpointIntervalS: 5\n");
+    let accepted = submit(&a0, &keys_dir, "alice", &spec);
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let running = wait_job(&a0, &id, &procs, |j| {
+        j["state"] == "running"
+            && j["replicas"][0]["checkpoint"]["holders"]
+                .as_array()
+                .is_some_and(|h| !h.is_empty())
+    });
+    let first = running["replicas"][0].clone();
+    let runner = first["node"].as_str().unwrap().to_string();
+    let victim = b.iter().position(|n| n.peer == runner);
+    let victim = victim.unwrap_or_else(|| panic!("placed in the other cell: {running}"));
+    assert_eq!(
+        first["checkpoint"]["holders"][0].as_str(),
+        Some(b[1 - victim].peer.as_str()),
+        "held in the runner's cell: {running}"
+    );
+    let first_vm = first["vm_id"].as_str().unwrap().to_string();
+    b[victim].proc.kill_tree();
+    let survivor = &b[1 - victim];
+    let procs: Vec<&Proc> = [&a0.proc, &a1.proc, &survivor.proc].into();
+    // Only the origin's probes can tell: after ~30 s of silence, a new generation, restored
+    // by the holder.
+    let moved = wait_job(&a0, &id, &procs, |j| {
+        j["replicas"][0]["generation"].as_u64() == Some(2) && j["replicas"][0]["state"] == "running"
+    });
+    let r = &moved["replicas"][0];
+    assert_eq!(r["node"].as_str(), Some(survivor.peer.as_str()), "{moved}");
+    assert!(
+        r["restored_from"].as_u64().is_some(),
+        "restored from its checkpoint: {moved}"
+    );
+    assert!(vmm_processes(&first_vm).is_empty(), "never two at once");
+    let done = wait_job(&a0, &id, &procs, |j| {
+        j["state"].as_str().is_some_and(|s| s != "running")
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let result = novacron(&["job", "result", &id, "--data-dir", a0.dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&result.stdout).to_string();
+    assert_eq!(text, expected, "the output of an uninterrupted run");
 }
 
 #[test]

@@ -70,6 +70,10 @@ pub struct NodeArgs {
     /// cheating volunteer, for the quorum to outvote).
     #[arg(long, hide = true)]
     test_corrupt_job_results: bool,
+    /// Tests only: keep the node in the cell of this many prefix bits, whatever the mesh
+    /// size (several cells in a handful of local nodes).
+    #[arg(long, hide = true, value_name = "BITS", value_parser = clap::value_parser!(u8).range(0..=16))]
+    test_cell_bits: Option<u8>,
     /// The REST API's port (0: any free port; config: api.port, env API_PORT).
     #[arg(long, value_name = "PORT")]
     api_port: Option<u16>,
@@ -149,18 +153,21 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         db_path,
         swarm,
         !args.ephemeral,
-        JobRole {
+        RunFlags {
             run_replicas: !args.no_job_replicas,
             corrupt_results: args.test_corrupt_job_results,
+            fixed_cell_bits: args.test_cell_bits,
         },
     ))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// What the node does with jobs besides placing the ones submitted to it.
-struct JobRole {
+/// What the command line says of how the node runs, beyond its configuration: whether it
+/// runs job replicas (it always places the jobs submitted to it), and the test-only knobs.
+struct RunFlags {
     run_replicas: bool,
     corrupt_results: bool,
+    fixed_cell_bits: Option<u8>,
 }
 
 /// Who may submit jobs: the config's `trustedSubmitters` and the node's trust file (re-read
@@ -186,7 +193,7 @@ async fn serve(
     db_path: PathBuf,
     swarm: SwarmConfig,
     outlive_node: bool,
-    jobs: JobRole,
+    flags: RunFlags,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
@@ -212,8 +219,9 @@ async fn serve(
         policy: cfg.politeness.clone(),
         trust: trust_source(cfg, data_dir)?,
         submitter_limits: cfg.submitter_limits.limits(),
-        run_job_replicas: jobs.run_replicas,
-        corrupt_job_results: jobs.corrupt_results,
+        run_job_replicas: flags.run_replicas,
+        corrupt_job_results: flags.corrupt_results,
+        fixed_cell_bits: flags.fixed_cell_bits,
     };
     let (daemon, recovered) = Daemon::start(mesh, identity.clone(), opts).await?;
     show_recovery(&recovered);

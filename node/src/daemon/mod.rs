@@ -54,6 +54,8 @@ pub struct Daemon {
     pub exchange: ChunkExchange,
     /// The cell membership; replaced when the mesh grows or shrinks past a cell size bound.
     cell: RwLock<Option<CellMembership>>,
+    /// Tests only: the cell's prefix length, never changed by the mesh-size estimate.
+    fixed_cell_bits: Option<u8>,
     /// Events of whichever membership runs (a forwarder task copies them here).
     cell_events: broadcast::Sender<CellEvent>,
     forwarder: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -108,6 +110,8 @@ pub struct DaemonOptions {
     pub run_job_replicas: bool,
     /// Tests only: report a wrong result hash for every replica run here.
     pub corrupt_job_results: bool,
+    /// Tests only: the cell's prefix length, kept whatever the mesh size.
+    pub fixed_cell_bits: Option<u8>,
 }
 
 /// Members whose signed records are remembered.
@@ -164,6 +168,7 @@ impl Daemon {
             exchange,
             forwarder: std::sync::Mutex::new(None),
             cell: RwLock::new(None),
+            fixed_cell_bits: opts.fixed_cell_bits,
             cell_events,
             identity,
             records: std::sync::Mutex::new(RecordBook::new(RECORD_BOOK_PEERS)),
@@ -200,7 +205,13 @@ impl Daemon {
         // The first word to the cell: the node's capacity by its accounting (nothing free
         // until the politeness policy has observed the machine once).
         let me = cell::member_info(&daemon.own_capacity(0), Vec::new());
-        let cell = CellMembership::start(daemon.mesh.clone(), CellConfig::default(), me).await?;
+        let first = CellConfig {
+            prefix_bits: opts
+                .fixed_cell_bits
+                .unwrap_or(CellConfig::default().prefix_bits),
+            ..CellConfig::default()
+        };
+        let cell = CellMembership::start(daemon.mesh.clone(), first, me).await?;
         *lock(&daemon.forwarder) = Some(forward(&cell, daemon.cell_events.clone()));
         *daemon.cell.write().await = Some(cell);
         daemon.serve_jobs(&recovered.not_restored)?;
@@ -372,7 +383,7 @@ impl Daemon {
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot publish the cell summary"),
                 }
-                if keeper.held_down(epoch.now()) {
+                if keeper.held_down(epoch.now()) || self.fixed_cell_bits.is_some() {
                     continue;
                 }
                 let bits = cell.cell().prefix_bits();

@@ -16,6 +16,8 @@
 //!   generations that keep a stale copy from ever resuming.
 //! - [`job_placement`]: where a job's replica goes: cells ranked by their summaries, the
 //!   best-fitting offer, and the search that asks peers and confirms one.
+//! - [`remote_runners`]: when an origin presumes the node of a replica it placed in
+//!   another cell dead (no failure detector of its own cell watches that node).
 //! - [`quorum`]: whether a job's replicas agree on its result (BOINC-style), when it takes
 //!   new replicas, and each peer's record of agreeing.
 //! - [`submitters`]: whether a verified job submission is taken: a trusted key, a new job
@@ -32,4 +34,5 @@ pub mod placement;
 pub mod politeness;
 pub mod quorum;
 pub mod recovery;
+pub mod remote_runners;
 pub mod submitters;

@@ -10,6 +10,7 @@
 //! - `checkpoint_push`: a runner pushes its replicas' checkpoints to peers of the cell.
 //! - `checkpoint_hold`: a peer holds them, and restores a replica from one when asked.
 //! - `cell_list`: the jobs of the cell, asked of its live members.
+//! - `remote_watch`: an origin's probes of the nodes of its replicas in other cells.
 //! - `serve`: the job protocol's requests, dispatched to those.
 //!
 //! What a node keeps here in memory is rebuilt from its database at start.
@@ -19,6 +20,7 @@ mod checkpoint_hold;
 mod checkpoint_push;
 mod handover;
 mod origin;
+mod remote_watch;
 mod runner;
 mod serve;
 
@@ -110,6 +112,8 @@ pub struct JobsHere {
     gate: Mutex<SubmitterGate>,
     /// Agreement of peers' results with the quorum.
     reputation: Mutex<Reputation>,
+    /// Replicas placed (as origin) outside this node's cell, and what their nodes answered.
+    remote: Mutex<crate::policy::remote_runners::RemoteWatch>,
     /// Whether replicas run here at all.
     run_replicas: bool,
     /// Tests only: replicas run here report a wrong hash.
@@ -141,6 +145,7 @@ impl JobsHere {
             placing_replicas: Mutex::new(HashSet::new()),
             gate: Mutex::new(SubmitterGate::new(limits)),
             reputation: Mutex::new(Reputation::new(REPUTATION_PEERS)),
+            remote: Mutex::default(),
             run_replicas,
             corrupt_results,
         }

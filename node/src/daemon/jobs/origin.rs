@@ -960,10 +960,11 @@ impl Daemon {
         }
     }
 
-    /// Asks the live holders of checkpoint `c` of replica `index`, in the fenced restore
-    /// order of `generation` (see `policy::job_fencing`), to run it from there, one at a
-    /// time: the first that admits it restores it. The holder, its VM and the checkpoint
-    /// it restored; or why none did.
+    /// Asks the holders of checkpoint `c` of replica `index` not known dead, in the fenced
+    /// restore order of `generation` (see `policy::job_fencing`), to run it from there, one
+    /// at a time: the first that admits it restores it. A holder this node's cell declares
+    /// dead is skipped; one in another cell (the runner's) is asked, and answers or times
+    /// out. The holder, its VM and the checkpoint it restored; or why none did.
     async fn restore_once(
         self: &Arc<Self>,
         rec: &JobRecord,
@@ -971,10 +972,16 @@ impl Daemon {
         generation: u64,
         c: &ReplicaCheckpoint,
     ) -> Result<(String, String, u64), String> {
-        let live: Vec<String> = self
+        let dead: Vec<String> = self
             .cell_status()
             .await
-            .map(|s| s.live_peers())
+            .map(|s| {
+                s.members
+                    .into_iter()
+                    .filter(|m| !m.live)
+                    .map(|m| m.peer_id)
+                    .collect()
+            })
             .unwrap_or_default();
         // Replicas of a job land on distinct nodes.
         let taken: Vec<&str> = rec
@@ -990,7 +997,7 @@ impl Daemon {
             job_fencing::restore_order(&job, index, generation.saturating_sub(1), &c.holders);
         let mut why = Vec::new();
         for holder in order {
-            if !live.iter().any(|p| p == holder) || taken.contains(&holder) {
+            if dead.iter().any(|p| p == holder) || taken.contains(&holder) {
                 continue;
             }
             match self
@@ -1002,7 +1009,7 @@ impl Daemon {
             }
         }
         match why.is_empty() {
-            true => Err("no holder of its checkpoint is live".into()),
+            true => Err("no holder of its checkpoint is left".into()),
             false => Err(why.join("; ")),
         }
     }
@@ -1039,16 +1046,40 @@ impl Daemon {
             self.update_origin(&job.id, |job| {
                 for r in job.replicas.iter_mut() {
                     if !r.state.is_final() && r.node.as_deref() == Some(&dead) {
-                        r.generation += 1;
-                        r.state = ReplicaState::Placing;
-                        r.node = None;
-                        r.vm_id = None;
-                        r.detail = Some(format!("its node {dead} died; placed again"));
+                        place_again(r, format!("its node {dead} died; placed again"));
                     }
                 }
                 job.state = progress_state(job);
             });
             self.clone().place_waiting(&job.id);
+        }
+    }
+
+    /// Replica `index` of `job_id`, if it still runs at `generation` on `node`, is placed
+    /// again (its node is presumed dead or lost it: `detail` says which).
+    pub(super) fn place_replica_again(
+        self: &Arc<Self>,
+        job_id: &str,
+        index: u32,
+        generation: u64,
+        node: &str,
+        detail: &str,
+    ) {
+        let mut moved = false;
+        self.update_origin(job_id, |job| {
+            if let Some(r) = job.replicas.iter_mut().find(|r| {
+                r.index == index
+                    && r.generation == generation
+                    && r.node.as_deref() == Some(node)
+                    && !r.state.is_final()
+            }) {
+                place_again(r, format!("{detail}; placed again"));
+                moved = true;
+            }
+            job.state = progress_state(job);
+        });
+        if moved {
+            self.clone().place_waiting(job_id);
         }
     }
 
@@ -1121,6 +1152,16 @@ fn rand_seed() -> u64 {
 
 fn internal(e: crate::state::StateError) -> ServiceError {
     ServiceError::Internal(e.to_string())
+}
+
+/// A replica whose node is gone: a new generation (which fences the old copy), to be placed
+/// again (restored from its checkpoint when it has one).
+fn place_again(r: &mut ReplicaInfo, detail: String) {
+    r.generation += 1;
+    r.state = ReplicaState::Placing;
+    r.node = None;
+    r.vm_id = None;
+    r.detail = Some(detail);
 }
 
 fn new_replica(index: u32) -> ReplicaInfo {

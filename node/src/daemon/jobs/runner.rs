@@ -394,6 +394,7 @@ impl Daemon {
                 },
                 _ = tick.tick() => {
                     self.stop_overdue().await;
+                    self.watch_remote_replicas().await;
                     self.clone().send_reports();
                     self.push_checkpoints();
                     ticks += 1;
