@@ -28,8 +28,7 @@ use crate::model::{JobInfo, JobSpec, ReplicaInfo, ReplicaState};
 
 /// Domain of a replica status signature (never valid as another record's).
 pub const REPLICA_STATUS_DOMAIN: &[u8] = b"novacron-replica-status-v1";
-/// Largest signed replica status (its envelope's bytes).
-pub const MAX_SIGNED_STATUS: usize = 2048;
+pub use crate::jobs::wire::MAX_SIGNED_STATUS;
 
 /// What a runner says of its replica, signed.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

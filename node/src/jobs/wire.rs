@@ -394,8 +394,11 @@ fn check_submission(hex: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Largest signed replica status (its envelope's bytes; `jobs::signed_status`).
+pub const MAX_SIGNED_STATUS: usize = 2048;
+
 fn check_signed_status(signed: &Option<String>) -> Result<(), WireError> {
-    let max = 2 * crate::jobs::signed_status::MAX_SIGNED_STATUS;
+    let max = 2 * MAX_SIGNED_STATUS;
     if signed
         .as_ref()
         .is_some_and(|s| s.is_empty() || s.len() > max)
