@@ -473,6 +473,11 @@ impl Daemon {
                 r.node.as_deref().unwrap_or("no node yet")
             ));
         }
+        // Whatever changes the replica here is its sender's signed word (kept to show others),
+        // checked before anything changes.
+        if let Err(e) = ReplicaStatus::check_report(&report, &from_s) {
+            return JobResponse::refuse(e.to_string());
+        }
         if let Some(to) = &report.moved_to {
             let (job_id, index, to) = (report.job_id.clone(), report.replica, to.clone());
             let generation = report.generation;
@@ -511,10 +516,6 @@ impl Daemon {
         }
         if r.state.is_final() {
             return JobResponse::Ack;
-        }
-        // What changes the replica here is its node's signed word, kept to show others.
-        if let Err(e) = ReplicaStatus::check_report(&report, &from_s) {
-            return JobResponse::refuse(e.to_string());
         }
         if report.state == ReplicaState::Lost {
             // The node lost its copy (it restarted without it): placed again, fenced by a
