@@ -153,6 +153,24 @@ impl ReplicaStatus {
     /// Checks that `signed` is `signer`'s word and says exactly what `self` says (the time
     /// aside).
     pub fn check_signed(&self, signed: &str, signer: &str) -> Result<(), SignedStatusError> {
+        let theirs = self.check_signed_result(signed, signer)?;
+        if theirs.state != self.state {
+            return Err(SignedStatusError::Differs {
+                replica: self.replica,
+                what: "the state",
+            });
+        }
+        Ok(())
+    }
+
+    /// [`check_signed`](Self::check_signed) of everything but the state (which an origin may
+    /// set by itself: cancelled, placed again): which replica, its generation and its
+    /// result. Returns what was signed.
+    fn check_signed_result(
+        &self,
+        signed: &str,
+        signer: &str,
+    ) -> Result<ReplicaStatus, SignedStatusError> {
         let (theirs, by) = ReplicaStatus::open(signed)?;
         if by != signer {
             return Err(SignedStatusError::WrongSigner {
@@ -171,15 +189,12 @@ impl ReplicaStatus {
         if theirs.generation != self.generation {
             return Err(differs("the generation"));
         }
-        if theirs.state != self.state {
-            return Err(differs("the state"));
-        }
         if (&theirs.result_hash, &theirs.log_set, &theirs.result_set)
             != (&self.result_hash, &self.log_set, &self.result_set)
         {
             return Err(differs("the result"));
         }
-        Ok(())
+        Ok(theirs)
     }
 }
 
@@ -208,34 +223,13 @@ pub fn check_answer(
     // is and how it stands are the origin's to say).
     let mut signed_results: Vec<(&str, &str)> = Vec::new();
     for r in &answer.replicas {
-        let runner_owned = (&r.result_hash, &r.log_set, &r.result_set);
-        if runner_owned == (&None, &None, &None) {
+        if (&r.result_hash, &r.log_set, &r.result_set) == (&None, &None, &None) {
             continue;
         }
         let (Some(signed), Some(node)) = (&r.signed_status, r.node.as_deref()) else {
             return Err(SignedStatusError::UnsignedResult { replica: r.index });
         };
-        let (status, signer) = ReplicaStatus::open(signed)?;
-        if signer != node {
-            return Err(SignedStatusError::WrongSigner {
-                replica: r.index,
-                signer,
-                expected: node.to_string(),
-            });
-        }
-        let differs = |what| SignedStatusError::Differs {
-            replica: r.index,
-            what,
-        };
-        if status.job_id != id || status.replica != r.index {
-            return Err(differs("which replica it is"));
-        }
-        if status.generation != r.generation {
-            return Err(differs("the generation"));
-        }
-        if (&status.result_hash, &status.log_set, &status.result_set) != runner_owned {
-            return Err(differs("the result"));
-        }
+        let status = ReplicaStatus::of_replica(id, r, 0).check_signed_result(signed, node)?;
         if let (ReplicaState::Finished, Some(hash)) = (status.state, &r.result_hash) {
             if !signed_results.iter().any(|(n, _)| *n == node) {
                 signed_results.push((node, hash));
