@@ -41,7 +41,7 @@ pub mod local_mesh;
 pub mod mesh_migration;
 #[cfg(feature = "daemon")]
 pub mod metrics;
-pub mod model;
+pub use novacron_model as model;
 pub mod policy;
 #[cfg(feature = "daemon")]
 pub mod politeness;

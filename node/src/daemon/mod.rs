@@ -250,7 +250,16 @@ impl Daemon {
         self.metrics.set_vms(&self.vms.list());
         let connected = self.mesh.connected_peers().await.map_or(0, |p| p.len());
         let routing = self.mesh.routing_table_peers().await.map_or(0, |p| p.len());
-        let (live, dead, estimate) = match &*self.cell.read().await {
+        let (live, dead, estimate) = self.cell_counts().await;
+        self.metrics
+            .set_mesh(connected, routing, live, dead, estimate);
+        self.metrics.set_politeness(&self.politeness_info());
+    }
+
+    /// The node's cell's live and dead members, and the mesh size estimate they and the
+    /// summaries the node holds give.
+    async fn cell_counts(&self) -> (usize, usize, u64) {
+        match &*self.cell.read().await {
             Some(c) => {
                 let members = c.members().await;
                 let live = members.iter().filter(|m| m.live).count();
@@ -264,10 +273,7 @@ impl Daemon {
                 (live, members.len() - live, estimate)
             }
             None => (0, 0, 0),
-        };
-        self.metrics
-            .set_mesh(connected, routing, live, dead, estimate);
-        self.metrics.set_politeness(&self.politeness_info());
+        }
     }
 
     /// Member events of the node's cell, whichever cell that is.
@@ -463,6 +469,7 @@ impl Daemon {
             routing_table_peers: self.mesh.routing_table_peers().await?.len(),
             wire_sent: wire.sent,
             wire_received: wire.received,
+            mesh_size_estimate: self.cell_counts().await.2,
             cell: self.cell_status().await,
             summaries: self.summaries().await?,
         })

@@ -142,6 +142,7 @@ impl NodeService for Fake {
             routing_table_peers: 1,
             wire_sent: 0,
             wire_received: 0,
+            mesh_size_estimate: 2,
             cell: Some(CellStatus {
                 id: "1/0".into(),
                 members: vec![member("12D3KooWSelf", true), member("12D3KooWPeer", false)],
