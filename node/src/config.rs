@@ -11,7 +11,7 @@
 //! plus `dataDir`, `dbUrl`, a `mesh` section (`listen`, `bootstrap`, `kadServer`, `mdns`,
 //! `relayServer`) and a `vm` section (`imageDirs`). Unknown keys, keys given twice and bad
 //! values are errors that name the key and where it is. Environment variables `NODE_ID`,
-//! `LOG_LEVEL`, `API_PORT`, `DB_URL` override the
+//! `LOG_LEVEL`, `API_PORT`, `DASHBOARD_PORT`, `DB_URL` override the
 //! file; flags override both. Everything has a default, so no file is needed.
 //!
 //! `trustedSubmitters` lists the submitter keys (`ed25519:<64 hex digits>`) whose jobs the
@@ -168,6 +168,32 @@ impl ApiConfig {
     }
 }
 
+/// The browser dashboard (`api::dashboard`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    pub host: IpAddr,
+    /// 0 turns the dashboard off. Unset: [`DEFAULT_DASHBOARD_PORT`], or any free port when
+    /// another program (another node) holds it; a port set here must be free.
+    pub port: Option<u16>,
+    /// Where the submitter keys the dashboard signs jobs with are (default: the keys
+    /// directory `novacron keys` uses for the node's user).
+    pub keys_dir: Option<PathBuf>,
+}
+
+/// The dashboard's port unless configured.
+pub const DEFAULT_DASHBOARD_PORT: u16 = 3000;
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: None,
+            keys_dir: None,
+        }
+    }
+}
+
 /// How the node joins the mesh.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -252,6 +278,7 @@ pub struct NodeConfig {
     pub node_id: Option<String>,
     pub log_level: LogLevel,
     pub api: ApiConfig,
+    pub dashboard: DashboardConfig,
     /// Where the node keeps its key, chunks and database.
     pub data_dir: Option<PathBuf>,
     /// The database (default: SQLite in the data directory).
@@ -319,6 +346,7 @@ impl Default for NodeConfig {
             node_id: None,
             log_level: LogLevel::Info,
             api: ApiConfig::default(),
+            dashboard: DashboardConfig::default(),
             data_dir: None,
             db_url: None,
             mesh: MeshConfig::default(),
@@ -422,6 +450,14 @@ impl NodeConfig {
                 value: v.clone(),
                 reason: "not a port number (0-65535; 0 = any free port)".into(),
             })?;
+        }
+        if let Some(v) = env("DASHBOARD_PORT") {
+            set.push("dashboard.port");
+            self.dashboard.port = Some(v.trim().parse().map_err(|_| ConfigError::Env {
+                var: "DASHBOARD_PORT",
+                value: v.clone(),
+                reason: "not a port number (0-65535; 0 turns the dashboard off)".into(),
+            })?);
         }
         if let Some(v) = env("DB_URL") {
             self.db_url = Some(v);

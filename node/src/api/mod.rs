@@ -1,11 +1,12 @@
-//! The node's local API: what `novacron nodes` (and later the dashboard and the job
-//! commands) ask a running `novacron node`, and the answers.
+//! The node's APIs: the REST API ([`rest`]), the browser dashboard ([`dashboard`]), and the
+//! local API: what `novacron nodes` and the job commands ask a running `novacron node`, and the answers.
 //!
 //! Carried as JSON lines over a Unix socket in the data directory ([`socket`]): one request
 //! per line, one answer per line. Only the node's owner can reach it (the socket is 0600 in
 //! a directory the node owns); it is not a network API.
 
 pub mod client;
+pub mod dashboard;
 pub mod rest;
 pub mod service;
 pub mod socket;

@@ -2,6 +2,7 @@
 //! Benchmarks are not tests: they report speed and compare it with a reference measured in
 //! the same run, never assert it.
 
+pub mod browser;
 mod chunks;
 mod jobs;
 mod mesh;

@@ -270,6 +270,17 @@ fn keys_dir(flag: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> anyhow
     bail!("no keys directory: give --keys-dir DIR or set NOVACRON_KEYS_DIR (HOME is not set)")
 }
 
+/// The keys directory: `dir` when given, else as the module doc says (the environment).
+pub fn keys_dir_or_default(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let env = |k: &str| std::env::var(k).ok();
+    keys_dir(dir, &env)
+}
+
+/// Whether `name` can name a key (1-64 of A-Z a-z 0-9 _ -).
+pub fn is_key_name(name: &str) -> bool {
+    check_name(name).is_ok()
+}
+
 /// Loads the submitter key `name` from the keys directory (`dir`, else as the module doc
 /// says), with an error that says how to make one when it is missing.
 pub fn load_submitter_key(dir: Option<&Path>, name: &str) -> anyhow::Result<SubmitterKey> {

@@ -9,7 +9,7 @@ mod events;
 mod foreground_vm;
 mod jail_run;
 mod jobs;
-mod keys;
+pub mod keys;
 mod mesh_migrate;
 pub(crate) mod node_vms;
 pub mod output;

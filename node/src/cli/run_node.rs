@@ -77,6 +77,10 @@ pub struct NodeArgs {
     /// The REST API's port (0: any free port; config: api.port, env API_PORT).
     #[arg(long, value_name = "PORT")]
     api_port: Option<u16>,
+    /// The dashboard's port (0: off; config: dashboard.port, env DASHBOARD_PORT; default
+    /// 3000, or any free port when that one is taken).
+    #[arg(long, value_name = "PORT")]
+    dashboard_port: Option<u16>,
     /// The node's VMs die with it: stopped when it exits, killed by the kernel if it dies,
     /// never left running for a next start to adopt (for throw-away nodes, such as the
     /// demo's, whose data directory goes away with them).
@@ -109,6 +113,9 @@ impl NodeArgs {
         cfg.mesh.relay_server |= self.relay_server;
         if let Some(port) = self.api_port {
             cfg.api.port = port;
+        }
+        if let Some(port) = self.dashboard_port {
+            cfg.dashboard.port = Some(port);
         }
         cfg.check()?;
         Ok(cfg)
@@ -200,6 +207,7 @@ async fn serve(
     // The API's port and certificate first: a port in use stops the node before it listens
     // on the mesh or starts a VM.
     let rest = api::rest::prepare(&cfg.api, data_dir)?;
+    let dashboard = api::dashboard::prepare(&cfg.dashboard, &rest)?;
     let (api, _socket_file) = api::socket::bind(data_dir)?;
     let mesh = MeshNode::start(identity, swarm)?;
     let exe = std::env::current_exe().context("cannot find the novacron executable")?;
@@ -226,6 +234,26 @@ async fn serve(
     let (daemon, recovered) = Daemon::start(mesh, identity.clone(), opts).await?;
     show_recovery(&recovered);
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (dashboard_stop, dashboard_stopped) = tokio::sync::oneshot::channel::<()>();
+    let memory = std::sync::Arc::new(api::dashboard::NodeMemory::default());
+    let recorder = tokio::spawn(api::dashboard::memory::record(
+        daemon.clone(),
+        memory.clone(),
+        daemon.cell_events(),
+    ));
+    let dashboard = match dashboard {
+        Some(d) => Some(d.serve(
+            api::rest::limits(&cfg.api),
+            daemon.clone(),
+            memory,
+            node_name(cfg, identity),
+            cfg.dashboard.keys_dir.clone(),
+            async {
+                let _ = dashboard_stopped.await;
+            },
+        )?),
+        None => None,
+    };
     let rest = rest.serve(
         api::rest::limits(&cfg.api),
         data_dir,
@@ -252,6 +280,12 @@ async fn serve(
     daemon
         .first_politeness_observation(Duration::from_secs(10))
         .await;
+    if let Some(d) = &dashboard {
+        let file = data_dir.join(api::dashboard::URL_FILE);
+        api::rest::write_atomic(&file, format!("{}\n", d.url).as_bytes())
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        eprintln!("novacron: dashboard at {} ({})", d.url, d.addr);
+    }
     match &rest.tls_fingerprint {
         Some(fp) => eprintln!(
             "novacron: ready, API at {} ({}; TLS certificate SHA-256 {fp})",
@@ -294,9 +328,15 @@ async fn serve(
     )
     .await;
     let _ = api_stop.send(());
+    let _ = dashboard_stop.send(());
     if let Err(e) = rest.stopped().await {
         tracing::warn!(error = %e, "the REST API did not stop cleanly");
     }
+    if let Some(d) = dashboard {
+        d.stopped().await;
+    }
+    recorder.abort();
+    let _ = recorder.await;
     api_task.abort();
     let _ = api_task.await;
     maintenance.abort();
@@ -310,6 +350,14 @@ async fn serve(
     vms.wait_unsupervised(REAP_WAIT).await;
     eprintln!("novacron: node {me} stopped");
     Ok(())
+}
+
+/// The node's name for people: its `nodeId`, else its PeerId's tail.
+fn node_name(cfg: &NodeConfig, identity: &NodeIdentity) -> String {
+    match &cfg.node_id {
+        Some(n) => n.clone(),
+        None => novacron_dashboard::format::short_peer(&identity.peer_id().to_string()),
+    }
 }
 
 /// The directories VM kernels and initrds may come from (absolute); the default one,

@@ -100,6 +100,11 @@ impl ApiAuth {
     pub fn has_token(&self) -> bool {
         self.token.is_some()
     }
+
+    /// The token, for what derives from it (the dashboard's sessions).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
 }
 
 /// Whether `ip` is this machine: 127.0.0.0/8, ::1, or an IPv4-mapped loopback.

@@ -47,17 +47,22 @@ pub struct ListenerLimits {
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then waits (up to the grace) for
-/// open connections.
+/// open connections. Connections open and refused are counted in `metrics` when given (the
+/// API's; the dashboard's listener is not counted there).
 pub async fn run(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
     limits: ListenerLimits,
-    metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let gauge = metrics.clone();
-    let gate = ConnectionGate::observed(limits.caps, move |open| gauge.api_connections(open));
+    let gate = ConnectionGate::observed(limits.caps, move |open| {
+        if let Some(m) = &gauge {
+            m.api_connections(open)
+        }
+    });
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut accept_errors = 0u64;
@@ -71,7 +76,7 @@ pub async fn run(
                     let permit = match gate.enter(peer.ip()) {
                         Ok(permit) => permit,
                         Err(refusal) => {
-                            refuse(&tcp, refusal, tls.is_some(), &metrics);
+                            refuse(&tcp, refusal, tls.is_some(), metrics.as_deref());
                             continue;
                         }
                     };
@@ -115,8 +120,10 @@ pub async fn run(
 
 /// Turns a connection away without waiting for it: a plain HTTP caller is told why in a
 /// 503 written only if the socket takes it at once.
-fn refuse(tcp: &TcpStream, refusal: Refusal, tls: bool, metrics: &Metrics) {
-    metrics.api_connection_refused(refusal.label());
+fn refuse(tcp: &TcpStream, refusal: Refusal, tls: bool, metrics: Option<&Metrics>) {
+    if let Some(m) = metrics {
+        m.api_connection_refused(refusal.label());
+    }
     tracing::debug!(peer = ?tcp.peer_addr().ok(), ?refusal, "API connection refused");
     if tls {
         return;

@@ -12,7 +12,7 @@ pub mod connections;
 pub mod error;
 pub mod handlers;
 pub mod jobs;
-mod listener;
+pub(crate) mod listener;
 pub mod openapi;
 mod serve;
 pub mod tls;
@@ -20,9 +20,9 @@ mod watched;
 pub mod ws;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_e2e;
 #[cfg(test)]
@@ -39,7 +39,8 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use auth::ApiAuth;
-pub use serve::{limits, prepare};
+pub(crate) use serve::write_atomic;
+pub use serve::{limits, prepare, PreparedApi};
 
 use crate::api::service::NodeService;
 use crate::metrics::Metrics;

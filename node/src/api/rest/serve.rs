@@ -155,6 +155,16 @@ pub fn prepare(config: &ApiConfig, data_dir: &Path) -> Result<PreparedApi, Serve
 }
 
 impl PreparedApi {
+    /// The API's token (the dashboard derives its sessions from it).
+    pub fn auth(&self) -> &ApiAuth {
+        &self.auth
+    }
+
+    /// The API's TLS setup, when it serves TLS (the dashboard serves the same).
+    pub fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.as_ref().map(|t| t.config.clone())
+    }
+
     /// Serves `service` (on the current tokio runtime) until `shutdown` completes, and
     /// writes the URL to `<data_dir>/api.url`.
     pub fn serve<S: NodeService>(
@@ -192,7 +202,12 @@ impl PreparedApi {
             "API connection limits"
         );
         let task = tokio::spawn(listener::run(
-            listener, app, acceptor, limits, metrics, shutdown,
+            listener,
+            app,
+            acceptor,
+            limits,
+            Some(metrics),
+            shutdown,
         ));
 
         let path = url_path(data_dir);
@@ -230,7 +245,8 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` whole or not at all (temp file, fsync, rename).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("url.tmp");
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;

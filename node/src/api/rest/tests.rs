@@ -21,10 +21,10 @@ use crate::api::types::{ApiError, MigrationInfo, MigrationState, OwnerSetting, V
 
 const TOKEN: &str = "5f0e9c1d2b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c";
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
 }
 
 impl Answer {
@@ -49,7 +49,7 @@ impl Answer {
     }
 }
 
-struct Req<'a> {
+pub(crate) struct Req<'a> {
     method: &'a str,
     uri: &'a str,
     peer: Option<&'a str>,
@@ -58,7 +58,7 @@ struct Req<'a> {
 }
 
 impl<'a> Req<'a> {
-    fn new(method: &'a str, uri: &'a str) -> Req<'a> {
+    pub fn new(method: &'a str, uri: &'a str) -> Req<'a> {
         Req {
             method,
             uri,
@@ -75,23 +75,23 @@ impl<'a> Req<'a> {
         self
     }
 
-    fn from(mut self, peer: Option<&'a str>) -> Self {
+    pub fn from(mut self, peer: Option<&'a str>) -> Self {
         self.peer = peer;
         self
     }
 
-    fn header(mut self, k: &'a str, v: impl Into<String>) -> Self {
+    pub fn header(mut self, k: &'a str, v: impl Into<String>) -> Self {
         self.headers.push((k, v.into()));
         self
     }
 
-    fn body(mut self, b: impl Into<Vec<u8>>) -> Self {
+    pub fn body(mut self, b: impl Into<Vec<u8>>) -> Self {
         self.body = b.into();
         self
     }
 }
 
-async fn call(app: &Router, req: Req<'_>) -> Answer {
+pub(crate) async fn call(app: &Router, req: Req<'_>) -> Answer {
     let mut builder = Request::builder().method(req.method).uri(req.uri);
     for (k, v) in &req.headers {
         builder = builder.header(*k, v.as_str());
