@@ -250,7 +250,8 @@ pub struct LocalMesh {
 impl LocalMesh {
     /// Starts `n` ephemeral nodes under `root` (`root/node-001`, ...): the first, then, once
     /// it listens, all the others at once. Every node gets `extra` arguments, the first also
-    /// `first_extra`. Gives up (the nodes started so far are stopped) once `cancelled` says so.
+    /// `first_extra`; only the first may have a dashboard (as `first_extra` says; the others
+    /// run with theirs off, so a mesh of many costs no more than one). Gives up (the nodes started so far are stopped) once `cancelled` says so.
     pub fn start(
         root: &Path,
         n: usize,
@@ -274,6 +275,8 @@ impl LocalMesh {
                 break;
             }
             let dir = root.join(name(i));
+            let mut args = args.clone();
+            args.extend(["--dashboard-port".to_string(), "0".to_string()]);
             nodes.push(NodeProc::spawn(&name(i), &dir, Some(&bootstrap), &args)?);
         }
         Ok(LocalMesh { nodes, started })

@@ -171,7 +171,11 @@ fn through_a_mesh(
         &dir.join("mesh"),
         args.nodes,
         &extra,
-        &["--no-job-replicas".to_string()],
+        &[
+            "--no-job-replicas".to_string(),
+            "--dashboard-port".to_string(),
+            "0".to_string(),
+        ],
         &|| false,
     )?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -327,10 +327,7 @@ pub fn table(vms: &[VmInfo], now_ms: u64) -> String {
             id,
             vm.spec.name.clone().unwrap_or_else(|| "-".into()),
             vm.state.as_str().into(),
-            match vm.spec.backend {
-                Backend::Kvm => "kvm".into(),
-                Backend::Process => "process".into(),
-            },
+            vm.spec.backend.as_str().into(),
             clip(&what(&vm.spec), 40),
             bytes(vm.spec.mem_mib.saturating_mul(1 << 20)),
             vm.spec.vcpus.to_string(),
@@ -349,13 +346,7 @@ pub fn details(vm: &VmInfo, now_ms: u64) -> String {
         ("name", s.name.clone().unwrap_or_else(|| "-".into())),
         ("state", vm.state.as_str().into()),
         ("detail", vm.detail.clone().unwrap_or_else(|| "-".into())),
-        (
-            "backend",
-            match s.backend {
-                Backend::Kvm => "kvm".into(),
-                Backend::Process => "process".into(),
-            },
-        ),
+        ("backend", s.backend.as_str().into()),
         ("runs", what(s)),
         ("memory", bytes(s.mem_mib.saturating_mul(1 << 20))),
         ("vcpus", s.vcpus.to_string()),
@@ -363,11 +354,7 @@ pub fn details(vm: &VmInfo, now_ms: u64) -> String {
             "migration",
             s.migration
                 .iter()
-                .map(|m| match m {
-                    MigrationMode::Live => "live",
-                    MigrationMode::Warm => "warm",
-                    MigrationMode::Cold => "cold",
-                })
+                .map(|m| m.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
         ),

@@ -91,6 +91,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // The dashboard first: node-001 serves it, on 3000 unless something else holds that.
+    let dashboard_port = dashboard_port();
+    note(&format!(
+        "novacron: dashboard: http://localhost:{dashboard_port}/ (open it in a browser: the \
+         mesh fills in as its nodes come up)"
+    ));
     note(&format!(
         "novacron: starting {} nodes under {} (Ctrl-C stops them all)",
         args.nodes,
@@ -109,7 +115,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let extra = story.as_ref().map(|k| k.node_args()).unwrap_or_default();
     // node-001 is the story's entry node: it places jobs and runs none, so the node the
     // story kills is never the one that placed the job.
-    let first_extra = vec!["--no-job-replicas".to_string()];
+    let first_extra = vec![
+        "--no-job-replicas".to_string(),
+        "--dashboard-port".to_string(),
+        dashboard_port.to_string(),
+    ];
     let mesh = match LocalMesh::start(&root.path, args.nodes, &extra, &first_extra, &|| {
         signals() > 0
     }) {
@@ -159,6 +169,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The port node-001's dashboard gets: the usual one when it is free, else any free one.
+fn dashboard_port() -> u16 {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).ok();
+    free(crate::config::DEFAULT_DASHBOARD_PORT)
+        .or_else(|| free(0))
+        .and_then(|l| l.local_addr().ok())
+        .map_or(crate::config::DEFAULT_DASHBOARD_PORT, |a| a.port())
+}
+
 /// What `demo --check` found: each step, and whether all succeeded.
 #[derive(serde::Serialize)]
 struct Summary {
@@ -184,9 +203,14 @@ impl StoryKey {
             false => novacron_mesh::submitter_key::SubmitterKey::create(&path)?,
         };
         let config = root.join("demo-node.yaml");
+        // The dashboard signs jobs with the keys in the demo's directory (this one).
         std::fs::write(
             &config,
-            format!("trustedSubmitters:\n  - {}\n", key.public()),
+            format!(
+                "trustedSubmitters:\n  - {}\ndashboard:\n  keysDir: {}\n",
+                key.public(),
+                root.display()
+            ),
         )
         .with_context(|| format!("cannot write {}", config.display()))?;
         Ok(StoryKey { key, config })

@@ -121,7 +121,7 @@ pub fn move_line(vm: &str, from: &str, to: &str, m: &MigrationInfo) -> String {
     match m.state {
         crate::api::types::MigrationState::Done => format!(
             "{vm} moved {from} -> {to}: {}, downtime {}, {} on the wire{}",
-            mode_name(m),
+            m.mode.as_str(),
             m.downtime_ms
                 .map_or("unknown".into(), |d| format!("{d:.1} ms")),
             bytes(m.wire_bytes),
@@ -135,14 +135,6 @@ pub fn move_line(vm: &str, from: &str, to: &str, m: &MigrationInfo) -> String {
             },
             m.error.as_deref().unwrap_or("no reason given")
         ),
-    }
-}
-
-fn mode_name(m: &MigrationInfo) -> &'static str {
-    match m.mode {
-        crate::api::types::MigrationMode::Live => "live",
-        crate::api::types::MigrationMode::Warm => "warm",
-        crate::api::types::MigrationMode::Cold => "cold",
     }
 }
 
