@@ -193,6 +193,11 @@ impl NodeProc {
         }
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, then reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -251,7 +256,8 @@ impl LocalMesh {
     /// Starts `n` ephemeral nodes under `root` (`root/node-001`, ...): the first, then, once
     /// it listens, all the others at once. Every node gets `extra` arguments, the first also
     /// `first_extra`; only the first may have a dashboard (as `first_extra` says; the others
-    /// run with theirs off, so a mesh of many costs no more than one). Gives up (the nodes started so far are stopped) once `cancelled` says so.
+    /// run with theirs off, so a mesh of many costs no more than one). Gives up (the nodes
+    /// started so far are stopped) once `cancelled` says so.
     pub fn start(
         root: &Path,
         n: usize,

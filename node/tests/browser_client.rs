@@ -7,6 +7,10 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[path = "common/browser.rs"]
+mod browser;
+
+use browser::launch_or_skip;
 use novacron_node::bench::browser::{Browser, BrowserError};
 
 const PAGE: &str = r#"<!doctype html>
@@ -71,26 +75,11 @@ fn live_group_members(pgid: i32) -> Vec<String> {
     out
 }
 
-fn launch_or_skip() -> Option<Browser> {
-    match Browser::launch() {
-        Ok(b) => Some(b),
-        Err(BrowserError::Missing(why)) => {
-            assert!(
-                std::env::var_os("NOVACRON_REQUIRE_BROWSER").is_none(),
-                "NOVACRON_REQUIRE_BROWSER is set but there is no browser: {why}"
-            );
-            eprintln!("skipping: no headless Chromium ({why})");
-            None
-        }
-        Err(e) => panic!("launch failed: {e}"),
-    }
-}
-
 #[test]
 fn drives_a_real_page() {
     let url = serve();
     let t0 = Instant::now();
-    let Some(mut b) = launch_or_skip() else {
+    let Some(mut b) = launch_or_skip(module_path!()) else {
         return;
     };
     eprintln!("launch: {:?}", t0.elapsed());
@@ -264,7 +253,7 @@ fn png_size(png: &[u8]) -> (u32, u32) {
 
 #[test]
 fn browser_death_is_an_error_not_a_hang() {
-    let Some(mut b) = launch_or_skip() else {
+    let Some(mut b) = launch_or_skip(module_path!()) else {
         return;
     };
     let pgid = b.process_group_id();

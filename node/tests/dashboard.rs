@@ -13,6 +13,8 @@
 //! Skips (saying why) without KVM or Chromium; `NOVACRON_REQUIRE_BROWSER=1` (CI) makes a
 //! missing browser a failure.
 
+#[path = "common/browser.rs"]
+mod browser;
 #[allow(dead_code)]
 #[path = "common/guest.rs"]
 mod guest;
@@ -31,10 +33,11 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use browser::launch_or_skip;
 use guest::kvm_usable;
 use mesh::wait_listening;
 use node_api::http;
-use novacron_node::bench::browser::{Browser, BrowserError};
+use novacron_node::bench::browser::Browser;
 use proc::Proc;
 use serde_json::{json, Value};
 
@@ -42,21 +45,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Builtin guests run ~1000x slower than native here.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
 const TOKEN: &str = "dashboard-test-token-0123456789abcdef0123456789abcdef";
-
-fn browser(test: &str) -> Option<Browser> {
-    match Browser::launch() {
-        Ok(b) => Some(b),
-        Err(BrowserError::Missing(why)) => {
-            assert!(
-                std::env::var_os("NOVACRON_REQUIRE_BROWSER").is_none(),
-                "NOVACRON_REQUIRE_BROWSER is set but there is no browser: {why}"
-            );
-            eprintln!("skipping {test}: no headless Chromium ({why})");
-            None
-        }
-        Err(e) => panic!("cannot start Chromium: {e}"),
-    }
-}
 
 /// Where screenshots go: `target/dashboard-screenshots/`.
 fn screenshots() -> PathBuf {
@@ -147,7 +135,7 @@ fn the_dashboard_follows_the_mesh_live_in_a_browser() {
     if !kvm_usable(test) {
         return;
     }
-    let Some(mut b) = browser(test) else {
+    let Some(mut b) = launch_or_skip(test) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -411,6 +399,10 @@ fn the_dashboard_follows_the_mesh_live_in_a_browser() {
         json!(true),
         "the page reloaded"
     );
+
+    // The sign-in page strangers see.
+    b.goto(&format!("{url}/login")).unwrap();
+    shot(&mut b, "login");
 
     // A phone, dark theme.
     b.viewport(390, 844, true).unwrap();

@@ -34,3 +34,35 @@ pub enum NodeEvent {
     /// A job this node knows (submitted through it, or one it runs a replica of) changed.
     Job { job: Box<JobInfo> },
 }
+
+impl NodeEvent {
+    /// The event's kind, as its JSON `kind` tag names it (`vm`, `migration`, `member`,
+    /// `politeness`, `draining`, `job`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeEvent::Vm { .. } => "vm",
+            NodeEvent::Migration { .. } => "migration",
+            NodeEvent::Member { .. } => "member",
+            NodeEvent::Politeness { .. } => "politeness",
+            NodeEvent::Draining { .. } => "draining",
+            NodeEvent::Job { .. } => "job",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_is_the_json_tag() {
+        let e = NodeEvent::Draining { deadline_s: 3 };
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["kind"], e.kind());
+        let e = NodeEvent::Member {
+            peer_id: "p".into(),
+            live: true,
+        };
+        assert_eq!(serde_json::to_value(&e).unwrap()["kind"], e.kind());
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod browser;
 mod chunks;
+mod dashboard;
 mod jobs;
 mod mesh;
 mod migrate;
@@ -35,6 +36,9 @@ pub enum Suite {
     /// Mesh jobs: the placement decision over a 50,000-node view, submit to running and
     /// recovery after a kill -9 through a local mesh.
     Jobs(jobs::JobsBenchArgs),
+    /// The dashboard: the slowest page's render with 200 members and 1,000 VMs and jobs,
+    /// a change through the API to its paint in headless Chromium, the memory it costs.
+    Dashboard(dashboard::DashboardBenchArgs),
     /// The node daemon: start to ready, API latency under 200 clients, live migration
     /// between two daemons against the direct-TCP path.
     Node(node::NodeBenchArgs),
@@ -48,6 +52,7 @@ pub fn run(suite: Suite) -> anyhow::Result<ExitCode> {
         Suite::Mesh(args) => (mesh::run(&args)?, args.json()),
         Suite::Node(args) => (node::run(&args)?, args.json()),
         Suite::Jobs(args) => (jobs::run(&args)?, args.json()),
+        Suite::Dashboard(args) => (dashboard::run(&args)?, args.json()),
     };
     if json {
         outln!("{}", report.to_json())?;

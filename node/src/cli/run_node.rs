@@ -235,24 +235,28 @@ async fn serve(
     show_recovery(&recovered);
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let (dashboard_stop, dashboard_stopped) = tokio::sync::oneshot::channel::<()>();
-    let memory = std::sync::Arc::new(api::dashboard::NodeMemory::default());
-    let recorder = tokio::spawn(api::dashboard::memory::record(
-        daemon.clone(),
-        memory.clone(),
-        daemon.cell_events(),
-    ));
-    let dashboard = match dashboard {
-        Some(d) => Some(d.serve(
-            api::rest::limits(&cfg.api),
-            daemon.clone(),
-            memory,
-            node_name(cfg, identity),
-            cfg.dashboard.keys_dir.clone(),
-            async {
-                let _ = dashboard_stopped.await;
-            },
-        )?),
-        None => None,
+    // The dashboard's memory of the node (samples, churn, events) is kept only for it.
+    let (dashboard, recorder) = match dashboard {
+        Some(d) => {
+            let memory = std::sync::Arc::new(api::dashboard::NodeMemory::default());
+            let recorder = tokio::spawn(api::dashboard::memory::record(
+                daemon.clone(),
+                memory.clone(),
+                daemon.cell_events(),
+            ));
+            let served = d.serve(
+                api::rest::limits(&cfg.api),
+                daemon.clone(),
+                memory,
+                node_name(cfg, identity),
+                cfg.dashboard.keys_dir.clone(),
+                async {
+                    let _ = dashboard_stopped.await;
+                },
+            )?;
+            (Some(served), Some(recorder))
+        }
+        None => (None, None),
     };
     let rest = rest.serve(
         api::rest::limits(&cfg.api),
@@ -335,8 +339,10 @@ async fn serve(
     if let Some(d) = dashboard {
         d.stopped().await;
     }
-    recorder.abort();
-    let _ = recorder.await;
+    if let Some(r) = recorder {
+        r.abort();
+        let _ = r.await;
+    }
     api_task.abort();
     let _ = api_task.await;
     maintenance.abort();

@@ -31,14 +31,7 @@ impl EventBus {
 
     pub fn publish(&self, event: NodeEvent) -> EventEnvelope {
         let at_ms = now_ms();
-        let kind = match &event {
-            NodeEvent::Vm { .. } => "vm",
-            NodeEvent::Migration { .. } => "migration",
-            NodeEvent::Member { .. } => "member",
-            NodeEvent::Politeness { .. } => "politeness",
-            NodeEvent::Draining { .. } => "draining",
-            NodeEvent::Job { .. } => "job",
-        };
+        let kind = event.kind();
         // The database numbers events across restarts; without one, this run does.
         let seq = self
             .db

@@ -34,6 +34,44 @@ pub struct Access {
     pub session: String,
 }
 
+/// Why an action was refused before it reached the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The form's CSRF token is missing, wrong or from before a restart.
+    Csrf,
+    /// The browser says the form came from another site's page.
+    Origin,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let why = match self {
+            Refused::Csrf => {
+                "The form's CSRF token is missing or stale: reload the page and try again.\n"
+            }
+            Refused::Origin => "This action came from another site's page: refused.\n",
+        };
+        (StatusCode::FORBIDDEN, why).into_response()
+    }
+}
+
+/// Refuses a POST whose `Origin` (sent by browsers) is not the dashboard itself.
+pub fn check_origin(headers: &HeaderMap) -> Result<(), Refused> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    match (origin_host, host) {
+        (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => Ok(()),
+        _ => Err(Refused::Origin),
+    }
+}
+
 /// Whether the Host header names this machine by a loopback name.
 pub fn host_is_loopback(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
@@ -125,7 +163,7 @@ fn login_response<S>(d: &Dashboard<S>, status: StatusCode, failed: bool) -> Resp
         notice: None,
     };
     let html = document(&frame, views::login::render(&csrf, failed));
-    (status, super::pages::html_headers(), html).into_response()
+    (status, super::answers::html_headers(), html).into_response()
 }
 
 pub async fn login_page<S: NodeService>(State(d): State<Arc<Dashboard<S>>>) -> Response {
@@ -146,11 +184,11 @@ pub async fn login<S: NodeService>(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if let Err(refused) = super::actions::check_origin(&headers) {
+    if let Err(refused) = check_origin(&headers) {
         return refused.into_response();
     }
     if !d.csrf.check(ANONYMOUS, &form.csrf) {
-        return super::actions::Refused::Csrf.into_response();
+        return Refused::Csrf.into_response();
     }
     let Some(token) = d.auth.token() else {
         return (
@@ -168,7 +206,7 @@ pub async fn login<S: NodeService>(
         "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={SESSION_MAX_AGE_S}{secure}",
         session_for_token(token)
     );
-    let mut resp = super::actions::see_other("/");
+    let mut resp = super::answers::see_other("/");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -215,5 +253,27 @@ mod tests {
         assert_eq!(cookie(&h, "novacron_session"), Some("abc"));
         assert_eq!(cookie(&h, "b"), Some("2"));
         assert_eq!(cookie(&h, "c"), None);
+    }
+
+    #[test]
+    fn a_post_from_another_site_is_refused_and_one_from_here_passes() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("localhost:3000"));
+        assert!(
+            check_origin(&h).is_ok(),
+            "no Origin: not a browser's cross-site form"
+        );
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://localhost:3000"),
+        );
+        assert!(check_origin(&h).is_ok());
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(check_origin(&h).is_err());
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(check_origin(&h).is_err());
     }
 }

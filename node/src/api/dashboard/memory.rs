@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 
 use crate::api::service::NodeService;
 use crate::api::types::{EventEnvelope, NodeEvent};
+use crate::clock::now_ms;
 
 /// Recent events kept.
 pub const RECENT_EVENTS: usize = 200;
@@ -119,12 +120,6 @@ pub fn host_memory(meminfo: &str) -> Option<(u64, u64)> {
     let total = field("MemTotal:")?;
     let available = field("MemAvailable:")?;
     Some((total.saturating_sub(available), total))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Keeps `memory` up to date from `service` until the service's event stream closes:

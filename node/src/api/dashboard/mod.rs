@@ -8,11 +8,13 @@
 //! - [`pages`]: the pages, whole or as the fragment the live script swaps in, a job's log
 //!   and result, the assets;
 //! - [`actions`]: the POSTs, each checked against the session's CSRF token;
+//! - [`answers`]: the HTML headers and redirects the handlers share;
 //! - [`stream`]: the server-sent events that drive live updates;
 //! - [`memory`]: what the node keeps for the charts, churn and recent events.
 
 pub mod access;
 pub mod actions;
+pub mod answers;
 pub mod memory;
 pub mod pages;
 pub mod stream;

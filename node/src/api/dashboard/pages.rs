@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use leptos::prelude::*;
@@ -18,8 +18,10 @@ use novacron_dashboard::views::{self, job::LogView};
 use serde::{Deserialize, Serialize};
 
 use super::access::Access;
+use super::answers::html_headers;
 use super::Dashboard;
 use crate::api::service::{NodeService, ServiceError};
+use crate::clock::now_ms;
 
 /// What a page's query string may say.
 #[derive(Debug, Default, Deserialize)]
@@ -41,23 +43,6 @@ impl PageQuery {
         }
         .normalized()
     }
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Headers of an HTML answer.
-pub fn html_headers() -> [(HeaderName, HeaderValue); 2] {
-    [
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        ),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-    ]
 }
 
 /// What every answer carries: nothing from elsewhere may run, frame or be sniffed.
@@ -107,15 +92,7 @@ fn respond<S>(
 
 /// A page that says what went wrong, with the status that says it too.
 pub fn error_page<S>(d: &Dashboard<S>, access: &Access, page: Page, e: ServiceError) -> Response {
-    let status = match &e {
-        ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-        ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        ServiceError::Conflict(_) => StatusCode::CONFLICT,
-        ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
-        ServiceError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
-        ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status = crate::api::rest::error::status_of(&e);
     let message = e.to_string();
     let content = view! {
         <h1>{page.title()}</h1>

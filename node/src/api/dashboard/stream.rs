@@ -22,16 +22,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How soon a browser reconnects after the stream drops.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// The `event:` name of a node event.
+/// The `event:` name of a node event: its kind.
 pub fn kind(e: &NodeEvent) -> &'static str {
-    match e {
-        NodeEvent::Vm { .. } => "vm",
-        NodeEvent::Migration { .. } => "migration",
-        NodeEvent::Member { .. } => "member",
-        NodeEvent::Politeness { .. } => "politeness",
-        NodeEvent::Draining { .. } => "draining",
-        NodeEvent::Job { .. } => "job",
-    }
+    e.kind()
 }
 
 pub async fn events<S: NodeService>(

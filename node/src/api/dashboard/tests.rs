@@ -274,6 +274,43 @@ async fn strangers_get_the_sign_in_page_and_assets_revalidate() {
     assert_eq!(a.status, StatusCode::FORBIDDEN);
 }
 
+#[tokio::test]
+async fn a_sign_in_over_tls_sets_a_secure_session_cookie() {
+    let fake = Fake::new(16);
+    let d = Arc::new(
+        Dashboard::new(
+            fake.clone(),
+            Arc::new(NodeMemory::default()),
+            ApiAuth::with_token(TOKEN),
+            "n".into(),
+            None,
+            true,
+        )
+        .unwrap(),
+    );
+    let csrf = d.csrf.token(super::access::ANONYMOUS);
+    let app = router(d);
+    let a = call(
+        &app,
+        post("/login", format!("csrf={csrf}&token={TOKEN}")).from(Some("203.0.113.9:5000")),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let cookie = a.headers["set-cookie"].to_str().unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(attr), "{attr}: {cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_string();
+    let a = call(
+        &app,
+        get("/vms")
+            .from(Some("203.0.113.9:5000"))
+            .header("cookie", session),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
 #[test]
 fn every_node_event_has_its_stream_name() {
     use super::stream::kind;

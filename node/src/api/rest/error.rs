@@ -54,17 +54,22 @@ impl IntoResponse for ApiFailure {
     }
 }
 
+/// The HTTP status that says what `e` is.
+pub fn status_of(e: &ServiceError) -> StatusCode {
+    match e {
+        ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ServiceError::Conflict(_) => StatusCode::CONFLICT,
+        ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ServiceError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+        ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<ServiceError> for ApiFailure {
     fn from(e: ServiceError) -> ApiFailure {
-        let status = match &e {
-            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ServiceError::Conflict(_) => StatusCode::CONFLICT,
-            ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ServiceError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
-            ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = status_of(&e);
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::warn!(error = %e, "API request failed on the node");
         }

@@ -91,12 +91,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    // The dashboard first: node-001 serves it, on 3000 unless something else holds that.
-    let dashboard_port = dashboard_port();
-    note(&format!(
-        "novacron: dashboard: http://localhost:{dashboard_port}/ (open it in a browser: the \
-         mesh fills in as its nodes come up)"
-    ));
+    // A URL a node-001 of an earlier run left behind would be read as this one's.
+    let _ = std::fs::remove_file(
+        root.path
+            .join("node-001")
+            .join(crate::api::dashboard::URL_FILE),
+    );
+    // The dashboard first: node-001 serves it, on 3000 unless something else holds that
+    // (then on another port, said once node-001 is up).
+    let promised = dashboard_url_if_free();
+    match &promised {
+        Some(url) => note(&format!(
+            "novacron: dashboard: {url} (open it in a browser: the mesh fills in as its nodes \
+             come up)"
+        )),
+        None => note(&format!(
+            "novacron: dashboard: port {} is taken; node-001's address follows once it is up",
+            crate::config::DEFAULT_DASHBOARD_PORT
+        )),
+    }
     note(&format!(
         "novacron: starting {} nodes under {} (Ctrl-C stops them all)",
         args.nodes,
@@ -115,11 +128,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let extra = story.as_ref().map(|k| k.node_args()).unwrap_or_default();
     // node-001 is the story's entry node: it places jobs and runs none, so the node the
     // story kills is never the one that placed the job.
-    let first_extra = vec![
-        "--no-job-replicas".to_string(),
-        "--dashboard-port".to_string(),
-        dashboard_port.to_string(),
-    ];
+    let first_extra = vec!["--no-job-replicas".to_string()];
     let mesh = match LocalMesh::start(&root.path, args.nodes, &extra, &first_extra, &|| {
         signals() > 0
     }) {
@@ -131,6 +140,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e),
     };
+    confirm_dashboard(&root.path, promised.as_deref());
     let mut demo = Demo {
         names: Names::new(vec![None; args.nodes]),
         mesh: Some(mesh),
@@ -169,13 +179,34 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The port node-001's dashboard gets: the usual one when it is free, else any free one.
-fn dashboard_port() -> u16 {
-    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).ok();
-    free(crate::config::DEFAULT_DASHBOARD_PORT)
-        .or_else(|| free(0))
-        .and_then(|l| l.local_addr().ok())
-        .map_or(crate::config::DEFAULT_DASHBOARD_PORT, |a| a.port())
+/// The dashboard's URL when its usual port is free now (node-001 takes it as it starts).
+fn dashboard_url_if_free() -> Option<String> {
+    let port = crate::config::DEFAULT_DASHBOARD_PORT;
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .ok()
+        .map(|_| format!("http://localhost:{port}/"))
+}
+
+/// Says where node-001's dashboard really is when that is not what was `promised` (its
+/// port was taken meanwhile, or was taken from the start). Waits a while for node-001 to
+/// write its URL.
+fn confirm_dashboard(root: &std::path::Path, promised: Option<&str>) {
+    let file = root.join("node-001").join(crate::api::dashboard::URL_FILE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = loop {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            break format!("{}/", text.trim());
+        }
+        if Instant::now() > deadline || signals() > 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if promised != Some(url.as_str()) {
+        note(&format!(
+            "novacron: dashboard: {url} (open it in a browser)"
+        ));
+    }
 }
 
 /// What `demo --check` found: each step, and whether all succeeded.
