@@ -39,7 +39,14 @@ pub fn render(d: VmsData) -> impl IntoView {
     let count = format!("{} of {total}", shown.len());
     let rows = shown
         .into_iter()
-        .map(|vm| row(vm, &d.targets, &d.csrf, d.now_ms))
+        .map(|vm| row(vm, &d.csrf, d.now_ms))
+        .collect_view();
+    // One list of targets for every row's migrate field (a select per row would repeat the
+    // cell's members in every row).
+    let targets = d
+        .targets
+        .iter()
+        .map(|t| view! { <option value=t.clone()>{format::short_peer(t)}</option> })
         .collect_view();
     let states = state_names();
     view! {
@@ -49,6 +56,7 @@ pub fn render(d: VmsData) -> impl IntoView {
             <label>"Find"<input type="search" name="q" value=d.filter.q.clone() placeholder="id or name"/></label>
             <button type="submit">"Filter"</button>
         </form>
+        <datalist id="migrate-targets"><option value="auto">"auto"</option>{targets}</datalist>
         <section class="panel" data-live="vms">
             <p class="muted">{count}</p>
             <div class="scroll">
@@ -64,9 +72,9 @@ pub fn render(d: VmsData) -> impl IntoView {
     }
 }
 
-fn row(vm: VmInfo, targets: &[String], csrf: &str, now_ms: u64) -> impl IntoView {
+fn row(vm: VmInfo, csrf: &str, now_ms: u64) -> impl IntoView {
     let id = vm.id.clone();
-    let actions = vm_actions(&vm, targets, csrf);
+    let actions = vm_actions(&vm, csrf);
     view! {
         <tr data-vm=id.clone()>
             <td class="mono">{id.clone()}</td>
@@ -82,7 +90,7 @@ fn row(vm: VmInfo, targets: &[String], csrf: &str, now_ms: u64) -> impl IntoView
     }
 }
 
-fn vm_actions(vm: &VmInfo, targets: &[String], csrf: &str) -> impl IntoView {
+fn vm_actions(vm: &VmInfo, csrf: &str) -> impl IntoView {
     let base = format!("/vms/{}", vm.id);
     let simple = |action: &'static str, label: &'static str| {
         view! {
@@ -97,10 +105,6 @@ fn vm_actions(vm: &VmInfo, targets: &[String], csrf: &str) -> impl IntoView {
     let stop =
         (vm.state.is_active() || vm.state == VmState::Suspended).then(|| simple("stop", "Stop"));
     let migrate = (vm.state == VmState::Running).then(|| {
-        let targets = targets
-            .iter()
-            .map(|t| view! { <option value=t.clone()>{format::short_peer(t)}</option> })
-            .collect_view();
         view! {
             <form class="inline" method="post" action=format!("{base}/migrate")>
                 {csrf_field(csrf)}
@@ -109,10 +113,8 @@ fn vm_actions(vm: &VmInfo, targets: &[String], csrf: &str) -> impl IntoView {
                     <option value="warm">"warm"</option>
                     <option value="cold">"cold"</option>
                 </select>
-                <select name="target" aria-label="target">
-                    <option value="auto">"auto"</option>
-                    {targets}
-                </select>
+                <input name="target" value="auto" list="migrate-targets" size="14"
+                    aria-label="target: auto, or a member's PeerId" spellcheck="false"/>
                 <button type="submit" class="primary">"Migrate"</button>
             </form>
         }
