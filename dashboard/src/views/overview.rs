@@ -24,10 +24,9 @@ pub struct MeshTotals {
     pub cells: u64,
     pub vcpus: u64,
     pub free_vcpus: u64,
+    /// Memory of the live members (members gossip their memory and free VM slots, not their
+    /// free memory: the slots are what the mesh can still take).
     pub memory_mib: u64,
-    /// Free memory: members' memory less their load's share (members report load, not free
-    /// memory; an estimate).
-    pub free_memory_mib: u64,
     pub free_slots: u64,
 }
 
@@ -60,7 +59,6 @@ pub fn mesh_totals(status: &NodeStatus) -> MeshTotals {
             let idle = 1.0 - (f64::from(m.load_permille.min(1000)) / 1000.0);
             t.free_vcpus += (f64::from(m.vcpus) * idle).floor() as u64;
             t.memory_mib += m.mem_mib;
-            t.free_memory_mib += (m.mem_mib as f64 * idle) as u64;
             t.free_slots += u64::from(m.free_slots);
         }
     }
@@ -70,8 +68,6 @@ pub fn mesh_totals(status: &NodeStatus) -> MeshTotals {
         t.vcpus += s.total_vcpus;
         t.free_vcpus += s.free_vcpus;
         t.memory_mib += s.total_memory_mib;
-        let idle = 1.0 - (f64::from(s.mean_load_permille.min(1000)) / 1000.0);
-        t.free_memory_mib += (s.total_memory_mib as f64 * idle) as u64;
         t.free_slots += s.free_slots;
     }
     t
@@ -84,8 +80,8 @@ pub fn render(d: OverviewData) -> impl IntoView {
             {card("Nodes live", t.live_nodes.to_string(), format!("estimate {} in the mesh", d.status.mesh_size_estimate))}
             {card("Cells", t.cells.to_string(), "this one and those with summaries".to_string())}
             {card("vCPUs free", format!("{} / {}", t.free_vcpus, t.vcpus), "free / total".to_string())}
-            {card("Memory free", format!("≈{}", format::mib(t.free_memory_mib)), format!("of {}", format::mib(t.memory_mib)))}
-            {card("Free slots", t.free_slots.to_string(), "VMs the mesh can still take".to_string())}
+            {card("Memory", format::mib(t.memory_mib), "in the live nodes".to_string())}
+            {card("Free slots", t.free_slots.to_string(), "VMs the mesh can still take now".to_string())}
             {card("Churn, last hour", format!("+{} −{}", d.churn.joins, d.churn.leaves), format!("{} failures detected", d.churn.failures))}
         </div>
     };

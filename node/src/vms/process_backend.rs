@@ -612,16 +612,24 @@ impl ProcessVm {
             (CgroupLayout::V2 { .. }, Some(dirs)) => {
                 let dir = dirs.into_iter().next().ok_or("no cgroup directory")?;
                 write(&dir.join("cgroup.freeze"), "1")?;
-                wait_until(FREEZE_TIMEOUT, || {
+                let frozen = wait_until(FREEZE_TIMEOUT, || {
                     fs::read_to_string(dir.join("cgroup.events"))
                         .is_ok_and(|t| t.lines().any(|l| l == "frozen 1"))
-                })
-                .map_err(|_| format!("VM {}: {} did not freeze", self.id, dir.display()))?;
+                });
+                if frozen.is_err() {
+                    // A pause that failed leaves the VM running, not half frozen.
+                    let _ = write(&dir.join("cgroup.freeze"), "0");
+                    return Err(format!("VM {}: {} did not freeze", self.id, dir.display()));
+                }
                 Pause::V2Freeze(dir)
             }
             (CgroupLayout::V1 { .. }, Some(dirs)) => match self.v1_freezer_dir() {
                 Some(freezer) => {
-                    self.v1_freeze(&dirs[0], &freezer)?;
+                    if let Err(e) = self.v1_freeze(&dirs[0], &freezer) {
+                        // A pause that failed leaves the VM running, not half frozen.
+                        let _ = write(&freezer.join("freezer.state"), "THAWED");
+                        return Err(e);
+                    }
                     Pause::V1Freezer(freezer)
                 }
                 None => self.stop_signals()?,
