@@ -14,7 +14,10 @@
 //! - [`summaries`]: who publishes a cell's summary, how it is built, the book of those heard.
 //! - [`cell_wire`]: cell membership (chitchat's format) on streams: frames, a validating parser
 //!   and encoder, short ids, admission caps.
+//! - [`bootstrap_backoff`]: when a node whose routing table is small bootstraps again.
 //! - [`dht_keys`]: the DHT key namespaces (cells, chunk sets); only these are stored for others.
+//! - [`gossip_pace`]: how often a node starts exchanges with its cell: the interval that keeps
+//!   cell gossip within its byte budget, following the live cell size with hysteresis.
 //! - [`chunks`]: the content-addressed chunk store that migration, snapshots and images share.
 //! - [`transfer`]: chunk sets across the mesh: manifests, wire messages, the fetch scheduler,
 //!   per-peer rate limits.
@@ -28,10 +31,12 @@
 //!   `swarm::cell`, `swarm::cell_transport`); the chunk exchange (`swarm::chunk_exchange`:
 //!   serving and fetching chunk sets); the drivers' clocks (`swarm::clock`).
 
+pub mod bootstrap_backoff;
 pub mod cell_wire;
 pub mod cells;
 pub mod chunks;
 pub mod dht_keys;
+pub mod gossip_pace;
 pub mod identity;
 pub mod records;
 pub mod submission;

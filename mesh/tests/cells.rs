@@ -27,7 +27,7 @@ use tokio::time::{sleep, timeout, Instant};
 /// Fast gossip for tests: 300 ms rounds.
 fn cell_config(candidates: Vec<(PeerId, Vec<Multiaddr>)>) -> CellConfig {
     CellConfig {
-        gossip_interval: Duration::from_millis(300),
+        round_interval: Duration::from_millis(300),
         initial_candidates: candidates,
         candidate_retry: Duration::from_secs(1),
         ..CellConfig::default()
@@ -73,6 +73,16 @@ async fn start_node(
     boot: Option<(PeerId, Multiaddr)>,
     vcpus: u32,
 ) -> CellNode {
+    start_node_with(identity, boot, vcpus, |cfg| cfg).await
+}
+
+/// [`start_node`] with the test's cell config changed by `adjust`.
+async fn start_node_with(
+    identity: &NodeIdentity,
+    boot: Option<(PeerId, Multiaddr)>,
+    vcpus: u32,
+    adjust: impl FnOnce(CellConfig) -> CellConfig,
+) -> CellNode {
     let bootstrap = boot
         .iter()
         .map(|(p, a)| format!("{a}/p2p/{p}").parse().unwrap())
@@ -82,7 +92,7 @@ async fn start_node(
     let candidates = boot.map(|(p, a)| vec![(p, vec![a])]).unwrap_or_default();
     let cell = CellMembership::start(
         node.clone(),
-        cell_config(candidates),
+        adjust(cell_config(candidates)),
         info(vcpus, vec![addr.clone()]),
     )
     .await
@@ -167,6 +177,52 @@ async fn six_nodes_join_through_one_bootstrap_and_see_each_other() {
     for n in nodes {
         n.stop().await;
     }
+}
+
+/// The gossip interval follows a cell that grows and shrinks in place (no node moves): a
+/// budget small enough that a handful of members moves it (one member: ~0.5 s; six: ~3 s;
+/// two or three: 1–1.5 s, as the hysteresis settles), dead members forgotten after 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gossip_interval_follows_a_cell_that_grows_and_shrinks() {
+    let small_budget = |cfg: CellConfig| CellConfig {
+        gossip_budget_bytes_per_s: 500,
+        dead_node_grace_period: Duration::from_secs(2),
+        ..cfg
+    };
+    let id = NodeIdentity::generate().unwrap();
+    let first = start_node_with(&id, None, 1, small_budget).await;
+    let alone = first.cell.gossip_interval();
+    assert!(
+        alone >= Duration::from_millis(400) && alone <= Duration::from_millis(600),
+        "{alone:?}"
+    );
+    let boot = (first.peer(), first.addr.clone());
+    let mut others = Vec::new();
+    for i in 0..5 {
+        let id = NodeIdentity::generate().unwrap();
+        others.push(start_node_with(&id, Some(boot.clone()), i + 2, small_budget).await);
+    }
+    let grown = eventually("the interval to grow with the cell", || async {
+        let i = first.cell.gossip_interval();
+        (i >= Duration::from_millis(2500)).then_some(i)
+    })
+    .await;
+    assert!(grown <= Duration::from_millis(3500), "{grown:?}");
+    // Four leave without a goodbye: once they are declared dead and forgotten, the interval
+    // comes back down.
+    for node in others.drain(1..) {
+        node.stop().await;
+    }
+    let shrunk = eventually("the interval to shrink with the cell", || async {
+        let i = first.cell.gossip_interval();
+        (i <= Duration::from_millis(1600)).then_some(i)
+    })
+    .await;
+    assert!(shrunk >= Duration::from_millis(800), "{shrunk:?}");
+    for node in others {
+        node.stop().await;
+    }
+    first.stop().await;
 }
 
 async fn next_event(
@@ -387,7 +443,7 @@ async fn measure_cell_bytes_and_failure_detection() {
     let defaults = CellConfig::default();
     let interval = Duration::from_millis(env_or(
         "CELL_INTERVAL_MS",
-        defaults.gossip_interval.as_millis() as u64,
+        defaults.round_interval.as_millis() as u64,
     ));
     let phi: f64 = env_or("CELL_PHI", defaults.phi_threshold);
     let start = |identity: NodeIdentity, boot: Option<(PeerId, Multiaddr)>| async move {
@@ -398,7 +454,7 @@ async fn measure_cell_bytes_and_failure_detection() {
         let node = Arc::new(MeshNode::start(&identity, loopback_config(bootstrap)).unwrap());
         let addr = listen_addr(&node).await;
         let cfg = CellConfig {
-            gossip_interval: interval,
+            round_interval: interval,
             phi_threshold: phi,
             initial_candidates: boot.map(|(p, a)| vec![(p, vec![a])]).unwrap_or_default(),
             ..CellConfig::default()

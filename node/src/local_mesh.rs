@@ -93,6 +93,11 @@ impl NodeProc {
             .find_map(|(at, line)| pick(line).map(|v| (*at, v)))
     }
 
+    /// Runs `read` on every stderr line so far (when each was read, the line).
+    pub fn with_lines<T>(&self, read: impl FnOnce(&[(Instant, String)]) -> T) -> T {
+        read(&lock(&self.lines))
+    }
+
     /// Every stderr line so far.
     pub fn stderr(&self) -> String {
         lock(&self.lines)

@@ -226,6 +226,7 @@ mod tests {
             routing_table_peers: 2,
             wire_sent: 1,
             wire_received: 2,
+            wire_by_protocol: Vec::new(),
             mesh_size_estimate: 23,
             cell: Some(CellStatus {
                 id: "1/0".into(),
@@ -236,6 +237,7 @@ mod tests {
                 ],
                 gossip_sent: 10,
                 gossip_received: 20,
+                gossip_interval_ms: 1000,
             }),
             summaries: vec![
                 summary("1/0", 5, 3),

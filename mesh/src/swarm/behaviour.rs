@@ -1,5 +1,6 @@
 //! The composed libp2p behaviour of a mesh node and how each part is configured.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
@@ -51,7 +52,8 @@ impl MeshBehaviour {
                 key,
             )
             .with_agent_version(cfg.agent_version.clone())
-            .with_push_listen_addr_updates(true),
+            .with_push_listen_addr_updates(true)
+            .with_interval(IDENTIFY_INTERVAL),
         );
         let mdns = if cfg.mdns {
             let m = mdns::tokio::Behaviour::new(mdns::Config::default(), me)
@@ -66,7 +68,7 @@ impl MeshBehaviour {
         Ok(MeshBehaviour {
             limits: connection_limits::Behaviour::new(limits),
             identify,
-            ping: ping::Behaviour::new(ping::Config::new()),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
             kad: kademlia(me, cfg),
             autonat: autonat::Behaviour::new(me, autonat::Config::default()),
             relay_client,
@@ -78,6 +80,17 @@ impl MeshBehaviour {
         })
     }
 }
+
+/// How often a connection is pinged. A node of a full cell holds a connection to most of
+/// its ~200 members; libp2p's default (15 s) would cost each node ~13 pings a second, which
+/// nothing here reads: a dead peer is found by the cell's failure detector and by write
+/// timeouts.
+const PING_INTERVAL: Duration = Duration::from_secs(120);
+
+/// How often identify asks a connected peer again. Changes of a node's own addresses are
+/// pushed to its peers when they happen, so the periodic round (libp2p's default: 5 minutes)
+/// only repairs what a push missed; over ~200 connections it cost ~2.6 KB/s per node.
+const IDENTIFY_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
 /// Kademlia with k = 20, α = 3, manual routing-table inserts (every insert passes the
 /// subnet cap) and records only stored after the node validated them (the driver stores
@@ -128,6 +141,14 @@ fn gossip(key: &Keypair) -> Result<gossipsub::Behaviour, SwarmError> {
             .map_err(|e| SwarmError::Gossipsub(e.to_string()))?;
     let topics = [ANNOUNCE_TOPIC, CELLS_TOPIC].map(gossipsub::IdentTopic::new);
     let mut params = gossipsub::PeerScoreParams::default();
+    // Many peers behind one address cost score (a Sybil signal on the Internet), but a mesh
+    // on one host (tests, demos) shares loopback: left counted, every peer there would be
+    // greylisted and gossipsub would carry nothing. Like the routing table's subnet cap,
+    // loopback is exempt.
+    params.ip_colocation_factor_whitelist.extend([
+        IpAddr::from(Ipv4Addr::LOCALHOST),
+        IpAddr::from(Ipv6Addr::LOCALHOST),
+    ]);
     for topic in &topics {
         params.topics.insert(topic.hash(), rare_topic_score());
     }

@@ -28,11 +28,19 @@
 //! (two keys with one short id: a birthday search of ~2^37.5) is refused. A malformed frame
 //! closes its stream; a frame refused by admission is dropped and the stream stays open.
 //!
+//! Pacing: chitchat starts [`FANOUT`](crate::gossip_pace::FANOUT) exchanges every round of
+//! its fixed tick (with live members, or with any it holds when none looks live, plus
+//! maybe a dead one and a seed); the transport lets through only the Syns to members that
+//! the cell's [`GossipPace`] admits (its interval follows the number of members chitchat
+//! holds, whose digests are what an exchange costs; the runner reports them with
+//! [`CellTransport::observe_members`]). Syns to peers not yet members (candidates the runner
+//! asks chitchat to reach) and every answer always pass.
+//!
 //! What this cannot do: it authenticates the sender of a frame, not what the frame says about
 //! other members (see [`crate::cell_wire`]); the map of virtual addresses is capped
 //! ([`CellTransportConfig::max_peers`]) and never shrinks below what the runner re-registers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,7 +48,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
-use chitchat::ChitchatEnvelope;
+use chitchat::{ChitchatEnvelope, ChitchatMessage};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, watch};
@@ -50,6 +58,7 @@ use super::cell::codec::{Decoder, Encoder};
 use super::clock::Epoch;
 use crate::cell_wire::{self, virtual_addr, Admission, ShortId, WireNodeId, FRAME_HEADER_BYTES};
 use crate::cells::CellId;
+use crate::gossip_pace::GossipPace;
 use crate::util::lock;
 
 /// The protocol of cell membership streams.
@@ -105,6 +114,8 @@ pub struct CellBytes {
     pub frames_received: u64,
     /// Inbound frames refused (malformed, or over an admission cap).
     pub refused_frames: u64,
+    /// Exchanges with members chitchat asked for and the pace held back.
+    pub paced_exchanges: u64,
 }
 
 struct WriterSlot {
@@ -125,6 +136,11 @@ struct Shared {
     frames_sent: AtomicU64,
     frames_received: AtomicU64,
     refused: AtomicU64,
+    paced: AtomicU64,
+    /// The virtual addresses of the members chitchat holds (the runner's view, refreshed
+    /// every tick).
+    members: Mutex<HashSet<SocketAddr>>,
+    pace: Mutex<GossipPace>,
     next_writer: AtomicU64,
     opened: AtomicBool,
     epoch: Epoch,
@@ -140,6 +156,15 @@ impl Shared {
         }
         peers.insert(addr, peer);
         Some(addr)
+    }
+
+    /// Whether a Syn to `to` may go: always to a peer not yet a member, to a member when the
+    /// pace admits one more exchange.
+    fn admit_syn(&self, to: &SocketAddr) -> bool {
+        if !lock(&self.members).contains(to) {
+            return true;
+        }
+        lock(&self.pace).admit(self.epoch.now())
     }
 
     fn enqueue(self: &Arc<Self>, peer: PeerId, frame: Vec<u8>) {
@@ -173,14 +198,17 @@ pub struct CellTransport {
 impl CellTransport {
     /// A transport for the node `local` in `cell`, opening and accepting streams through
     /// `control`.
+    /// `pace` says how many exchanges with live members may start.
     pub fn new(
         local: PeerId,
         control: libp2p_stream::Control,
         cell: CellId,
         cfg: CellTransportConfig,
+        pace: GossipPace,
     ) -> CellTransport {
         let (stop_tx, _) = watch::channel(false);
         let admission = Admission::new(cell, cfg.max_members);
+        let epoch = Epoch::start();
         CellTransport {
             shared: Arc::new(Shared {
                 local,
@@ -195,9 +223,12 @@ impl CellTransport {
                 frames_sent: AtomicU64::new(0),
                 frames_received: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                paced: AtomicU64::new(0),
+                members: Mutex::new(HashSet::new()),
+                pace: Mutex::new(pace),
                 next_writer: AtomicU64::new(0),
                 opened: AtomicBool::new(false),
-                epoch: Epoch::start(),
+                epoch,
                 stop_tx,
             }),
         }
@@ -221,7 +252,27 @@ impl CellTransport {
             frames_sent: self.shared.frames_sent.load(Ordering::Relaxed),
             frames_received: self.shared.frames_received.load(Ordering::Relaxed),
             refused_frames: self.shared.refused.load(Ordering::Relaxed),
+            paced_exchanges: self.shared.paced.load(Ordering::Relaxed),
         }
+    }
+
+    /// The members chitchat holds now, live or not (their peers; this node's own is
+    /// ignored): the pace follows their count. Returns the new gossip interval when it
+    /// changed.
+    pub fn observe_members(&self, members: impl IntoIterator<Item = PeerId>) -> Option<Duration> {
+        let addrs: HashSet<SocketAddr> = members
+            .into_iter()
+            .filter(|p| *p != self.shared.local)
+            .map(|p| virtual_addr(&p))
+            .collect();
+        let count = addrs.len() as u64 + 1;
+        *lock(&self.shared.members) = addrs;
+        lock(&self.shared.pace).observe_members(count)
+    }
+
+    /// The interval of the exchanges with members.
+    pub fn gossip_interval(&self) -> Duration {
+        lock(&self.shared.pace).interval()
     }
 
     /// Lets admission forget members and generations chitchat no longer holds.
@@ -285,6 +336,10 @@ impl Socket for CellSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
+        if matches!(envelope.message, ChitchatMessage::Syn { .. }) && !self.shared.admit_syn(&to) {
+            self.shared.paced.fetch_add(1, Ordering::Relaxed);
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
         let body = self.encoder.encode(envelope).await?;
         let num_bytes_sent = body.len();
         let Some(peer) = lock(&self.shared.peers).get(&to).copied() else {

@@ -23,7 +23,7 @@ use libp2p::{autonat, gossipsub, identify, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::behaviour::{MeshBehaviour, MeshBehaviourEvent};
-use super::clock::unix_now;
+use super::clock::{unix_now, Epoch};
 use super::config::{
     SwarmConfig, ANNOUNCE_TOPIC, CELLS_TOPIC, IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL,
     MAX_ADDRS_PER_PEER,
@@ -31,6 +31,7 @@ use super::config::{
 use super::node::{Command, MeshEvent};
 use super::sybil::{admit, Admission};
 use super::{SwarmError, MAX_ANNOUNCEMENT_BYTES};
+use crate::bootstrap_backoff::BootstrapBackoff;
 use crate::cells::{verify_summary, CellId, SummaryRecord};
 use crate::dht_keys::DhtKey;
 use crate::summaries::{dht_prefers, SummaryBook};
@@ -41,14 +42,7 @@ const TABLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A routing table with fewer entries than this is small: the node has not found its
 /// neighbourhood yet (Kademlia's k, the bound libp2p's own bootstrap-on-insert uses).
-const SMALL_TABLE: usize = libp2p::kad::K_VALUE.get();
-
-/// While the table is small, the bootstrap query runs again this often. Nodes that join
-/// through the same peer at the same moment can each finish their bootstrap before that
-/// peer has admitted the other, and Kademlia bootstraps again only when a new entry
-/// arrives or the periodic interval (minutes) passes; asking again finds them. In a small
-/// mesh this costs one FIND_NODE to each known peer every interval.
-const SMALL_TABLE_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const SMALL_TABLE: usize = libp2p::kad::K_VALUE.get();
 
 type Reply<T> = oneshot::Sender<Result<T, SwarmError>>;
 
@@ -84,8 +78,10 @@ pub(super) struct Driver {
     pub metrics: prometheus_client::registry::Registry,
     /// Verified cell summaries heard on gossipsub or put by this node.
     pub book: SummaryBook,
-    /// When this node last started a bootstrap query because its table was small.
-    pub last_small_table_bootstrap: tokio::time::Instant,
+    /// When a small table bootstraps again.
+    pub small_table: BootstrapBackoff,
+    /// What `small_table` counts time from.
+    pub epoch: Epoch,
 }
 
 impl Driver {
@@ -306,21 +302,17 @@ impl Driver {
         }
     }
 
-    /// Runs the bootstrap query again if the table is small but not empty and the last
-    /// such run is [`SMALL_TABLE_BOOTSTRAP_INTERVAL`] ago. Kademlia keeps a peer whose
-    /// dial failed in the table, so this also dials a bootstrap peer that was down when
-    /// the node started.
+    /// Looks up this node's own id again if the table is small but not empty, as the
+    /// backoff says ([`BootstrapBackoff`]): the lookup that finds a node's neighbours. Not
+    /// Kademlia's whole bootstrap, which adds a lookup per bucket: in a small mesh each one
+    /// asks every peer, ~200 KB per node per run at 20 nodes. Kademlia keeps a peer whose dial
+    /// failed in the table, so this also dials a bootstrap peer that was down at start.
     fn bootstrap_if_small(&mut self) {
-        if self.table_size == 0
-            || self.table_size >= SMALL_TABLE
-            || self.last_small_table_bootstrap.elapsed() < SMALL_TABLE_BOOTSTRAP_INTERVAL
-        {
+        if !self.small_table.due(self.epoch.now(), self.table_size) {
             return;
         }
-        self.last_small_table_bootstrap = tokio::time::Instant::now();
-        if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
-            tracing::debug!(error = %e, "small-table bootstrap");
-        }
+        let me = *self.swarm.local_peer_id();
+        self.swarm.behaviour_mut().kad.get_closest_peers(me);
     }
 
     /// Adds `addr` of `peer` to the routing table if the subnet cap allows it.

@@ -41,10 +41,12 @@ pub mod clock;
 mod config;
 mod driver;
 mod node;
+pub mod protocol_bytes;
 pub mod sybil;
 mod wire_metrics;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use libp2p::{noise, tcp, yamux};
 use tokio::sync::{broadcast, mpsc};
@@ -124,19 +126,25 @@ impl MeshNode {
         let key = identity.to_libp2p_keypair()?;
         let behaviour_cfg = cfg.clone();
         let mut metrics = prometheus_client::registry::Registry::default();
+        let protocol_bytes = Arc::new(protocol_bytes::ProtocolBytes::default());
+        let (tcp_counters, relay_counters) = (protocol_bytes.clone(), protocol_bytes.clone());
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(
                 tcp::Config::new().nodelay(true),
                 noise::Config::new,
-                yamux::Config::default,
+                move || {
+                    protocol_bytes::CountingUpgrade::new(yamux::Config::default(), tcp_counters)
+                },
             )
             .map_err(|e| SwarmError::Transport {
                 what: "TCP",
                 reason: e.to_string(),
             })?
             .with_quic()
-            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .with_relay_client(noise::Config::new, move || {
+                protocol_bytes::CountingUpgrade::new(yamux::Config::default(), relay_counters)
+            })
             .map_err(|e| SwarmError::Transport {
                 what: "relay",
                 reason: e.to_string(),
@@ -180,6 +188,7 @@ impl MeshNode {
         let streams = swarm.behaviour().stream.new_control();
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, _) = broadcast::channel(cfg.event_capacity.max(1));
+        let epoch = clock::Epoch::start();
         let driver = driver::Driver {
             swarm,
             commands: command_rx,
@@ -190,9 +199,20 @@ impl MeshNode {
             table_size: 0,
             metrics,
             book: crate::summaries::SummaryBook::default(),
-            last_small_table_bootstrap: tokio::time::Instant::now(),
+            small_table: crate::bootstrap_backoff::BootstrapBackoff::new(
+                driver::SMALL_TABLE,
+                epoch.now(),
+            ),
+            epoch,
         };
         let task = tokio::spawn(driver.run());
-        Ok(MeshNode::new(peer_id, streams, command_tx, event_tx, task))
+        Ok(MeshNode::new(
+            peer_id,
+            streams,
+            command_tx,
+            event_tx,
+            task,
+            protocol_bytes,
+        ))
     }
 }

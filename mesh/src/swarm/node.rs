@@ -8,7 +8,9 @@
 //! more than `event_capacity` events behind loses the oldest (its receiver says how many).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use super::protocol_bytes::{ProtocolBytes, ProtocolTotals};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -92,6 +94,7 @@ pub struct MeshNode {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<MeshEvent>,
     task: JoinHandle<()>,
+    protocol_bytes: Arc<ProtocolBytes>,
 }
 
 impl MeshNode {
@@ -101,6 +104,7 @@ impl MeshNode {
         commands: mpsc::Sender<Command>,
         events: broadcast::Sender<MeshEvent>,
         task: JoinHandle<()>,
+        protocol_bytes: Arc<ProtocolBytes>,
     ) -> MeshNode {
         MeshNode {
             peer_id,
@@ -108,7 +112,14 @@ impl MeshNode {
             commands,
             events,
             task,
+            protocol_bytes,
         }
+    }
+
+    /// Payload bytes of each protocol's substreams since start (TCP and relayed
+    /// connections; see [`super::protocol_bytes`]).
+    pub fn protocol_bytes(&self) -> Vec<ProtocolTotals> {
+        self.protocol_bytes.totals()
     }
 
     pub fn peer_id(&self) -> PeerId {

@@ -18,7 +18,7 @@ pub use job::{
     ReplicaInfo, ReplicaState, ResultSource, SpecError, CHECKPOINT_INTERVAL_S, DEFAULT_PRIORITY,
     MAX_DOWNTIME_BUDGET_MS, MAX_PRIORITY, MAX_REPLICAS, MAX_RESULT_BLOB_BYTES, MAX_SERIAL_BYTES,
 };
-pub use mesh::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
+pub use mesh::{CellStatus, MemberStatus, NodeStatus, ProtocolBytesStatus, SummaryStatus};
 pub use migration::{MigrationDirection, MigrationInfo, MigrationProgressInfo, MigrationState};
 pub use politeness::{OwnerSetting, PolitenessInfo};
 pub use vm::{

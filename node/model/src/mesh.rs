@@ -14,6 +14,10 @@ pub struct NodeStatus {
     /// Bytes on the wire since start (all connections, after encryption and multiplexing).
     pub wire_sent: u64,
     pub wire_received: u64,
+    /// The wire bytes' payload by protocol (the rest of the totals is framing: the
+    /// multiplexer's headers, encryption, handshakes; QUIC connections are not split).
+    #[serde(default)]
+    pub wire_by_protocol: Vec<ProtocolBytesStatus>,
     /// How many nodes the mesh holds, as this node estimates it (its cell's live members
     /// pooled with the summaries it holds; what sets the cell prefix length).
     #[serde(default)]
@@ -22,6 +26,16 @@ pub struct NodeStatus {
     pub cell: Option<CellStatus>,
     /// Verified cell summaries the node holds (its own cell's included), newest per signer.
     pub summaries: Vec<SummaryStatus>,
+}
+
+/// Payload bytes of one protocol's substreams since the node started.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ProtocolBytesStatus {
+    /// `cell_gossip`, `chunk_exchange`, `kademlia`, `identify`, `ping`, `gossipsub`,
+    /// `autonat`, `relay`, `dcutr` or `other`.
+    pub protocol: String,
+    pub sent: u64,
+    pub received: u64,
 }
 
 /// A signed cell summary as a representative published it.
@@ -49,6 +63,10 @@ pub struct CellStatus {
     /// Bytes of cell gossip frames sent and received.
     pub gossip_sent: u64,
     pub gossip_received: u64,
+    /// How often this node starts exchanges with live members now, in milliseconds (it
+    /// follows the cell's live size to keep gossip within its byte budget).
+    #[serde(default)]
+    pub gossip_interval_ms: u64,
 }
 
 /// One member of a cell and what it reports about itself.

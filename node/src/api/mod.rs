@@ -12,7 +12,7 @@ pub mod service;
 pub mod socket;
 pub mod types;
 
-pub use crate::model::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
+pub use crate::model::{CellStatus, MemberStatus, NodeStatus, ProtocolBytesStatus, SummaryStatus};
 
 use std::path::PathBuf;
 

@@ -138,12 +138,14 @@ fn big_view() -> View {
         routing_table_peers: 180,
         wire_sent: 1 << 33,
         wire_received: 1 << 33,
+        wire_by_protocol: Vec::new(),
         mesh_size_estimate: 9_200,
         cell: Some(CellStatus {
             id: "8/00".into(),
             members,
             gossip_sent: 1 << 30,
             gossip_received: 1 << 30,
+            gossip_interval_ms: 1000,
         }),
         summaries,
     };
@@ -555,16 +557,6 @@ fn live(args: &DashboardBenchArgs, scratch: &Path, report: &mut Report) -> anyho
 
 // ---- rss_overhead_mib --------------------------------------------------------------------
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse().ok())
-        .context("no VmRSS")
-}
-
 /// The node's median RSS over a few readings after `settle`, in MiB; `touch` runs first.
 fn settled_rss(node: &NodeProc, settle: Duration, touch: &dyn Fn()) -> anyhow::Result<f64> {
     let end = Instant::now() + settle;
@@ -574,7 +566,7 @@ fn settled_rss(node: &NodeProc, settle: Duration, touch: &dyn Fn()) -> anyhow::R
     }
     let mut readings = Vec::new();
     for _ in 0..5 {
-        readings.push(rss_kib(node.pid())? as f64 / 1024.0);
+        readings.push(super::proc_usage::rss_kib(node.pid())? as f64 / 1024.0);
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(report::median(&mut readings))

@@ -5,10 +5,12 @@
 pub mod browser;
 mod chunks;
 mod dashboard;
+mod detection;
 mod jobs;
 mod mesh;
 mod migrate;
 mod node;
+mod proc_usage;
 mod report;
 mod vm;
 

@@ -218,6 +218,7 @@ pub(crate) mod tests {
             routing_table_peers: 12,
             wire_sent: 2048,
             wire_received: 5 << 20,
+            wire_by_protocol: Vec::new(),
             mesh_size_estimate: 1,
             cell: None,
             summaries: vec![],

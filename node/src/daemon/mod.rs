@@ -31,7 +31,9 @@ use tokio::task::JoinHandle;
 
 use crate::api::socket::Handler;
 use crate::api::types::NodeEvent;
-use crate::api::{CellStatus, MemberStatus, NodeStatus, Request, Response, SummaryStatus};
+use crate::api::{
+    CellStatus, MemberStatus, NodeStatus, ProtocolBytesStatus, Request, Response, SummaryStatus,
+};
 use crate::mesh_migration::MeshMigrations;
 use crate::metrics::Metrics;
 use crate::policy::admission;
@@ -302,7 +304,7 @@ impl Daemon {
         }
         let cfg = CellConfig {
             prefix_bits: bits,
-            gossip_interval: cell_size::gossip_interval_for(estimate >> bits),
+            expected_members: estimate >> bits,
             ..CellConfig::default()
         };
         let new = CellMembership::start(self.mesh.clone(), cfg, me).await?;
@@ -469,6 +471,16 @@ impl Daemon {
             routing_table_peers: self.mesh.routing_table_peers().await?.len(),
             wire_sent: wire.sent,
             wire_received: wire.received,
+            wire_by_protocol: self
+                .mesh
+                .protocol_bytes()
+                .into_iter()
+                .map(|t| ProtocolBytesStatus {
+                    protocol: t.protocol.to_string(),
+                    sent: t.sent,
+                    received: t.received,
+                })
+                .collect(),
             mesh_size_estimate: self.cell_counts().await.2,
             cell: self.cell_status().await,
             summaries: self.summaries().await?,
@@ -499,6 +511,8 @@ impl Daemon {
             members,
             gossip_sent: bytes.sent,
             gossip_received: bytes.received,
+            gossip_interval_ms: u64::try_from(cell.gossip_interval().as_millis())
+                .unwrap_or(u64::MAX),
         })
     }
 

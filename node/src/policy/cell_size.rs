@@ -1,31 +1,12 @@
 //! How big the node's cell should be: the mesh-size estimate (this cell's live members
-//! pooled with the other cells' summaries), the prefix length it calls for, and the gossip
-//! interval that keeps a cell of that size within the gossip byte budget. Pure: the cell
+//! pooled with the other cells' summaries) and the prefix length it calls for (the gossip
+//! interval follows the cell's live size: `novacron_mesh::gossip_pace`). Pure: the cell
 //! keeper ([`super::cell_keeper`]) and the simulator call these with what the node holds.
 
 use std::time::Duration;
 
 use novacron_mesh::cells::{estimate_mesh_size, next_prefix_bits, SummaryRecord};
 use novacron_mesh::summaries::{estimate_mesh_size_from_book, SummaryBook};
-
-/// Cell gossip bytes per node per second the interval is chosen for (sent + received; the
-/// goal is 20 KB/s for everything, the rest of the node's traffic included).
-pub const GOSSIP_BUDGET_BYTES_PER_S: u64 = 15_000;
-
-/// Bytes one member costs per gossip round, as measured: ~12 digests pass through a node
-/// per round (3 exchanges started, ~3 answered, a digest each way), ~21 B per member each.
-const ROUND_BYTES_PER_MEMBER: u64 = 12 * 21;
-
-/// The gossip interval that keeps a cell of `members` within the byte budget: 1 s up to
-/// ~60 members, growing linearly after (195 members: ~3.3 s), at most 5 s. Failure detection
-/// takes ~6 intervals, so big cells detect more slowly; that is the price of the budget.
-pub fn gossip_interval_for(members: u64) -> Duration {
-    let ms = members
-        .saturating_mul(ROUND_BYTES_PER_MEMBER)
-        .saturating_mul(1000)
-        / GOSSIP_BUDGET_BYTES_PER_S;
-    Duration::from_millis(ms.clamp(1000, 5000))
-}
 
 /// The node's estimate of the mesh size (what cell sizing uses, and the
 /// `novacron_mesh_size_estimate` metric): this cell (`live` members at `bits`) pooled with
@@ -146,18 +127,6 @@ mod tests {
         // Alone with no summaries: its own cell, scaled by its prefix.
         assert_eq!(mesh_size_estimate(0, 2, Vec::new(), secs(1_100)), 2);
         assert_eq!(mesh_size_estimate(2, 10, Vec::new(), secs(1_100)), 40);
-    }
-
-    #[test]
-    fn the_interval_keeps_bigger_cells_within_the_budget() {
-        assert_eq!(gossip_interval_for(0), Duration::from_secs(1));
-        assert_eq!(gossip_interval_for(50), Duration::from_secs(1));
-        let big = gossip_interval_for(195);
-        assert!(
-            big > Duration::from_secs(3) && big < Duration::from_secs(4),
-            "{big:?}"
-        );
-        assert_eq!(gossip_interval_for(100_000), Duration::from_secs(5));
     }
 
     #[test]

@@ -32,8 +32,14 @@
 //! node. State is bounded by the transport's admission (members, generations, keys per
 //! member, value sizes; see [`crate::cell_wire`]).
 //!
-//! What this cannot do: the prefix length is fixed at start (no re-split of a growing cell
-//! yet); a member that restarts within the dead-node grace period is listed once, by its
+//! How often it gossips: chitchat runs a fixed round tick ([`CellConfig::round_interval`]);
+//! the transport's [`GossipPace`] admits the exchanges with members, at an interval that
+//! follows the cell's size (the members chitchat holds, whose digest entries are what an
+//! exchange costs; the runner reports them every tick), so a cell that grows or shrinks in
+//! place stays within [`CellConfig::gossip_budget_bytes_per_s`].
+//!
+//! What this cannot do: the prefix length is fixed at start (the node moves to another
+//! cell by starting another membership); a member that restarts within the dead-node grace period is listed once, by its
 //! newest generation, while chitchat still holds the old one.
 
 pub(crate) mod codec;
@@ -60,19 +66,20 @@ use super::clock::{unix_now, Epoch};
 use super::{MeshNode, SwarmError};
 use crate::cell_wire::{check_peer_key, virtual_addr, ShortId, WireNodeId, PEER_KEY};
 use crate::cells::{cell_id, CellId, MAX_PREFIX_BITS};
+use crate::gossip_pace::{GossipPace, DEFAULT_BUDGET_BYTES_PER_S};
 use crate::util::lock;
 
-/// Default gossip interval. With short node ids a 50-member digest is ~1.05 KB (21 B per
-/// member; PeerId ids made it ~3 KB). Measured with `novacron bench mesh --nodes 50` (50
-/// release-build processes, one cell, noisy 2-core machine): at 1.5 s, 9.8 KB/s per node on
-/// the wire (sent + received, everything) and failure detection p50 8.6 s (max 11.7); at
-/// 1.0 s, 14.3 KB/s and p50 5.9 s (max 7.7). 1.0 s keeps both goals (20 KB/s, 10 s) with a
-/// margin. Bytes grow with the cell's size: the daemon lengthens the interval for larger
-/// cells (`gossip_interval_for` in the node's daemon).
+/// Default round tick of chitchat: how often it beats this node's heartbeat, re-checks every
+/// member's phi and asks for [`FANOUT`](crate::gossip_pace::FANOUT) exchanges. How many of
+/// those exchanges with live members really start is the cell's
+/// [`GossipPace`](crate::gossip_pace::GossipPace), whose interval follows the live cell size
+/// (1 s up to ~60 members, ~3.4 s at 200). Measured with `novacron bench mesh --nodes 50`
+/// (50 release-build processes, one cell, noisy 2-core machine): at 1.0 s, 14.3 KB/s per node
+/// on the wire and failure detection p50 5.9 s (max 7.7); at 1.5 s, 9.8 KB/s and p50 8.6 s.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(1000);
-/// Default phi threshold: a member is declared dead after ~14 mean heartbeat arrival
-/// intervals of silence (phi = silence / (mean · ln 10)). With [`GOSSIP_INTERVAL`]: failure
-/// detection p50 5.9 s, max 7.7 s in the 50-process benchmark (goal: p50 ≤ 10 s).
+/// Default phi threshold: a member is declared dead after 6 mean heartbeat arrival intervals
+/// of silence (chitchat's phi = silence / mean interval). With a 1 s interval: failure
+/// detection p50 5.9 s, max 7.7 s in the 50-process benchmark.
 pub const PHI_THRESHOLD: f64 = 6.0;
 /// A peer that may be in the cell, with addresses to dial it.
 pub type Candidate = (PeerId, Vec<Multiaddr>);
@@ -88,8 +95,14 @@ pub struct CellConfig {
     /// Cell prefix length: 0 = one cell (meshes under ~300 nodes); see
     /// [`crate::cells::prefix_bits_for`].
     pub prefix_bits: u8,
-    /// How often chitchat gossips (with 3 live members, maybe a dead one and a seed).
-    pub gossip_interval: Duration,
+    /// chitchat's round tick: its heartbeat, liveness checks and requests for exchanges (with
+    /// 3 live members, maybe a dead one and a seed), of which the pace admits those with live
+    /// members.
+    pub round_interval: Duration,
+    /// Cell gossip bytes per second (sent + received) the pace keeps to.
+    pub gossip_budget_bytes_per_s: u64,
+    /// The cell's size as expected at start (the pace's first guess, until members are seen).
+    pub expected_members: u64,
     /// Phi above which a member is declared dead.
     pub phi_threshold: f64,
     /// How long a dead member stays in chitchat's state before it is collected.
@@ -109,7 +122,9 @@ impl Default for CellConfig {
     fn default() -> Self {
         CellConfig {
             prefix_bits: 0,
-            gossip_interval: GOSSIP_INTERVAL,
+            round_interval: GOSSIP_INTERVAL,
+            gossip_budget_bytes_per_s: DEFAULT_BUDGET_BYTES_PER_S,
+            expected_members: 1,
             phi_threshold: PHI_THRESHOLD,
             dead_node_grace_period: Duration::from_secs(10 * 60),
             initial_candidates: Vec::new(),
@@ -203,12 +218,20 @@ impl CellMembership {
         if cfg.prefix_bits > MAX_PREFIX_BITS {
             return Err(CellError::PrefixBits(cfg.prefix_bits));
         }
-        if cfg.gossip_interval.is_zero() {
+        if cfg.round_interval.is_zero() {
             return Err(CellError::ZeroInterval);
         }
         let me = node.peer_id();
         let cell = cell_id(&me, cfg.prefix_bits);
-        let transport = CellTransport::new(me, node.stream_control(), cell, cfg.transport.clone());
+        let epoch = Epoch::start();
+        let pace = GossipPace::new(
+            cfg.expected_members.max(1),
+            cfg.gossip_budget_bytes_per_s,
+            cfg.round_interval,
+            epoch.now(),
+        );
+        let transport =
+            CellTransport::new(me, node.stream_control(), cell, cfg.transport.clone(), pace);
         let my_addr = virtual_addr(&me);
         transport.register(me);
 
@@ -226,14 +249,14 @@ impl CellMembership {
         }
         let failure_detector_config = FailureDetectorConfig {
             phi_threshold: cfg.phi_threshold,
-            initial_interval: cfg.gossip_interval,
+            initial_interval: cfg.round_interval,
             dead_node_grace_period: cfg.dead_node_grace_period,
             ..FailureDetectorConfig::default()
         };
         let config = ChitchatConfig {
             chitchat_id: ChitchatId::new(ShortId::of(&me).as_str(), now_ms(), my_addr),
             cluster_id: cluster_id(cell),
-            gossip_interval: cfg.gossip_interval,
+            gossip_interval: cfg.round_interval,
             listen_addr: my_addr,
             seed_nodes: seeds,
             failure_detector_config,
@@ -256,7 +279,7 @@ impl CellMembership {
             transport: transport.clone(),
             candidates: Arc::new(Mutex::new(Vec::new())),
             clock: Arc::new(Mutex::new(HeartbeatClock::default())),
-            epoch: Epoch::start(),
+            epoch,
             events: events.clone(),
             stop_tx,
             task: None,
@@ -327,6 +350,12 @@ impl CellMembership {
         self.transport.bytes()
     }
 
+    /// The interval of this node's exchanges with live members now (it follows the cell's
+    /// live size).
+    pub fn gossip_interval(&self) -> Duration {
+        self.transport.gossip_interval()
+    }
+
     /// Stops gossiping (no goodbye: others will declare this node dead) and waits for the
     /// runner, which drops its share of the [`MeshNode`].
     pub async fn stop(mut self) {
@@ -363,7 +392,7 @@ struct Runner {
 
 impl Runner {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.cfg.gossip_interval);
+        let mut tick = tokio::time::interval(self.cfg.round_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -399,6 +428,13 @@ impl Runner {
             build_members(self.me, views, &mut clock, self.epoch.now())
         };
         self.transport.retain_admitted(&held);
+        if let Some(interval) = self.transport.observe_members(members.keys().copied()) {
+            tracing::info!(
+                ?interval,
+                members = members.len(),
+                "cell: gossip interval follows the cell's size"
+            );
+        }
         for m in members.values().filter(|m| !m.is_self) {
             self.transport.register(m.peer);
             let addrs = m.info.addrs.clone();

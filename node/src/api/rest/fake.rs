@@ -142,12 +142,14 @@ impl NodeService for Fake {
             routing_table_peers: 1,
             wire_sent: 0,
             wire_received: 0,
+            wire_by_protocol: Vec::new(),
             mesh_size_estimate: 2,
             cell: Some(CellStatus {
                 id: "1/0".into(),
                 members: vec![member("12D3KooWSelf", true), member("12D3KooWPeer", false)],
                 gossip_sent: 0,
                 gossip_received: 0,
+                gossip_interval_ms: 1000,
             }),
             summaries: vec![SummaryStatus {
                 cell: "1/0".into(),

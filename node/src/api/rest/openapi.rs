@@ -18,7 +18,7 @@ use crate::api::types::{
     PolitenessInfo, ReplicaCheckpoint, ReplicaInfo, ReplicaState, ResultSource, SubmitJobRequest,
     VmInfo, VmSpec, VmState,
 };
-use crate::api::{CellStatus, MemberStatus, NodeStatus, SummaryStatus};
+use crate::api::{CellStatus, MemberStatus, NodeStatus, ProtocolBytesStatus, SummaryStatus};
 
 struct BearerAuth;
 
@@ -57,7 +57,7 @@ impl Modify for BearerAuth {
         ApiError, Backend, MigrationMode, VmSpec, VmState, VmInfo, MigrationRequest,
         MigrationDirection, MigrationState, MigrationProgressInfo, MigrationInfo, PolitenessInfo,
         OwnerSetting, OwnerRequest,
-        EventEnvelope, NodeEvent, NodeStatus, CellStatus, MemberStatus, SummaryStatus, CellsView,
+        EventEnvelope, NodeEvent, NodeStatus, CellStatus, MemberStatus, SummaryStatus, ProtocolBytesStatus, CellsView,
         DrainRequest, DrainAccepted,
         SubmitJobRequest, JobInfo, JobSpec, JobPayload, ImageRef, PayloadFile, JobMigration,
         ResultSource, JobState, ReplicaCheckpoint, ReplicaInfo, ReplicaState, JobLogs, JobFilter, JobScope, LogsQuery,
