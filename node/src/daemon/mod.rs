@@ -291,6 +291,14 @@ impl Daemon {
         }
     }
 
+    /// Every member of the node's cell, live or not (None before the node has a cell):
+    /// their peers only, with none of [`Daemon::cell_status`]'s record checks.
+    pub(crate) async fn cell_member_peers(&self) -> Option<Vec<novacron_mesh::swarm::PeerId>> {
+        let guard = self.cell.read().await;
+        let cell = guard.as_ref()?;
+        Some(cell.members().await.into_iter().map(|m| m.peer).collect())
+    }
+
     /// Moves to the cell of `bits` prefix bits: stops the current membership (its protocol
     /// must be free before the next one registers), starts the new one with what the node
     /// last told its cell, and forwards the new one's events. The node has no cell in between.

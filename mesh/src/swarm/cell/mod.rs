@@ -18,7 +18,8 @@
 //! known from digests only and cannot be dialed until its delta arrives), registers
 //! every member's virtual address with the transport and hands its gossiped addresses to the
 //! swarm, emits [`CellEvent`]s, and finds cell peers chitchat does not know yet: connected
-//! peers and routing-table peers of the same cell, plus [`CellMembership::add_candidates`];
+//! peers and routing-table peers of the same cell (every fifth round), plus
+//! [`CellMembership::add_candidates`] (the round after they are handed in);
 //! it asks chitchat to gossip with a few of those it does not know yet (each at most every
 //! [`CellConfig::candidate_retry`]). A node that knows only its bootstrap peer so
 //! reaches its whole cell: the bootstrap peer's digest names every member.
@@ -84,6 +85,9 @@ pub const PHI_THRESHOLD: f64 = 6.0;
 /// A peer that may be in the cell, with addresses to dial it.
 pub type Candidate = (PeerId, Vec<Multiaddr>);
 
+/// Connected and routing-table peers are searched for cell members once per this many
+/// rounds (and on every round with candidates handed in).
+const DISCOVER_EVERY_TICKS: u64 = 5;
 /// Most candidates kept waiting between ticks.
 const MAX_PENDING_CANDIDATES: usize = 1024;
 /// Forget the addresses handed to the swarm when this many peers are remembered.
@@ -298,6 +302,7 @@ impl CellMembership {
             prev: BTreeMap::new(),
             fed: HashMap::new(),
             tried: HashMap::new(),
+            ticks: 0,
         };
         membership.task = Some(tokio::spawn(runner.run(stop_rx)));
         Ok(membership)
@@ -388,6 +393,8 @@ struct Runner {
     fed: HashMap<PeerId, Vec<Multiaddr>>,
     /// When chitchat was last asked to gossip with a candidate.
     tried: HashMap<PeerId, Instant>,
+    /// Rounds so far.
+    ticks: u64,
 }
 
 impl Runner {
@@ -428,12 +435,16 @@ impl Runner {
             build_members(self.me, views, &mut clock, self.epoch.now())
         };
         self.transport.retain_admitted(&held);
-        if let Some(interval) = self.transport.observe_members(members.keys().copied()) {
-            tracing::info!(
-                ?interval,
-                members = members.len(),
-                "cell: gossip interval follows the cell's size"
-            );
+        let same_members = members.len() == self.prev.len()
+            && members.keys().zip(self.prev.keys()).all(|(a, b)| a == b);
+        if !same_members {
+            if let Some(interval) = self.transport.observe_members(members.keys().copied()) {
+                tracing::info!(
+                    ?interval,
+                    members = members.len(),
+                    "cell: gossip interval follows the cell's size"
+                );
+            }
         }
         for m in members.values().filter(|m| !m.is_self) {
             self.transport.register(m.peer);
@@ -447,6 +458,12 @@ impl Runner {
         self.prev = members;
 
         let mut found: Vec<Candidate> = std::mem::take(&mut *lock(&self.candidates));
+        self.ticks = self.ticks.wrapping_add(1);
+        // Connected and routing-table peers change slowly: asking the swarm for them every
+        // round costs a full cell's worth of work per second for nothing.
+        if found.is_empty() && self.ticks % DISCOVER_EVERY_TICKS != 1 {
+            return Ok(());
+        }
         found.extend(
             self.node
                 .connected_peers()

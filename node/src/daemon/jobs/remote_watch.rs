@@ -26,11 +26,6 @@ impl Daemon {
     /// Probes the nodes due a probe of the replicas placed here (as origin) outside this
     /// node's cell.
     pub(super) async fn watch_remote_replicas(self: &Arc<Self>) {
-        let Some(cell) = self.cell_status().await else {
-            return;
-        };
-        // Members of the cell, live or not: its failure detector speaks for them.
-        let members: HashSet<String> = cell.members.into_iter().map(|m| m.peer_id).collect();
         let me = self.mesh.peer_id().to_string();
         let mut watched = Vec::new();
         for rec in self.state_db.jobs(JobRole::Origin).unwrap_or_default() {
@@ -39,7 +34,7 @@ impl Daemon {
             }
             for r in rec.info.replicas.iter().filter(|r| !r.state.is_final()) {
                 let Some(node) = &r.node else { continue };
-                if *node != me && !members.contains(node) {
+                if *node != me {
                     watched.push(Watched {
                         job_id: rec.info.id.clone(),
                         replica: r.index,
@@ -49,6 +44,16 @@ impl Daemon {
                 }
             }
         }
+        // Nothing placed elsewhere (an idle node): the cell is not even read.
+        if watched.is_empty() {
+            return;
+        }
+        let Some(members) = self.cell_member_peers().await else {
+            return;
+        };
+        // Members of the cell, live or not: its failure detector speaks for them.
+        let members: HashSet<String> = members.iter().map(|p| p.to_string()).collect();
+        watched.retain(|w| !members.contains(&w.node));
         let due = lock(&self.jobs.remote).due(&watched, now_ms());
         for w in due {
             tokio::spawn(self.clone().probe_remote(w));
