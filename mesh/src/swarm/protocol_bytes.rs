@@ -102,9 +102,7 @@ fn proposed_protocol(start: &[u8]) -> Option<Option<usize>> {
         if len == 0 || len > SNIFF_LIMIT {
             return Some(None);
         }
-        let Some(message) = after.get(..len) else {
-            return None;
-        };
+        let message = after.get(..len)?;
         rest = &after[len..];
         if message == MULTISTREAM_HEADER {
             continue;
@@ -161,6 +159,22 @@ impl<U: UpgradeInfo> UpgradeInfo for CountingUpgrade<U> {
     }
 }
 
+/// The multiplexer an upgrade yields, its substreams counted.
+fn counted<F, M, E>(
+    upgrade: F,
+    counters: Arc<ProtocolBytes>,
+) -> BoxFuture<'static, Result<CountingMuxer, E>>
+where
+    F: std::future::Future<Output = Result<M, E>> + Send + 'static,
+    M: StreamMuxer + Send + 'static,
+    M::Substream: Send + 'static,
+    M::Error: Send + Sync + 'static,
+{
+    upgrade
+        .map(move |r| r.map(|m| CountingMuxer::new(StreamMuxerBox::new(m), counters)))
+        .boxed()
+}
+
 impl<C, U, M, E> InboundConnectionUpgrade<C> for CountingUpgrade<U>
 where
     U: InboundConnectionUpgrade<C, Output = M, Error = E>,
@@ -174,11 +188,7 @@ where
     type Future = BoxFuture<'static, Result<CountingMuxer, E>>;
 
     fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
-        let counters = self.counters;
-        self.inner
-            .upgrade_inbound(socket, info)
-            .map(move |r| r.map(|m| CountingMuxer::new(StreamMuxerBox::new(m), counters)))
-            .boxed()
+        counted(self.inner.upgrade_inbound(socket, info), self.counters)
     }
 }
 
@@ -195,11 +205,7 @@ where
     type Future = BoxFuture<'static, Result<CountingMuxer, E>>;
 
     fn upgrade_outbound(self, socket: C, info: Self::Info) -> Self::Future {
-        let counters = self.counters;
-        self.inner
-            .upgrade_outbound(socket, info)
-            .map(move |r| r.map(|m| CountingMuxer::new(StreamMuxerBox::new(m), counters)))
-            .boxed()
+        counted(self.inner.upgrade_outbound(socket, info), self.counters)
     }
 }
 

@@ -110,7 +110,7 @@ impl CellKeeper {
         self.next_round = now + self.cfg.round_interval;
         let joining = self.join_lookups > 0;
         self.join_lookups = self.join_lookups.saturating_sub(1);
-        let periodic = index % self.cfg.lookup_every_rounds.max(1) == 0;
+        let periodic = index.is_multiple_of(self.cfg.lookup_every_rounds.max(1));
         Some(Round {
             look_up_members: joining || periodic,
             publish_summary: phase == 1,
