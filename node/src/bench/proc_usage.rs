@@ -22,15 +22,10 @@ fn clock_ticks_per_second() -> f64 {
     }
 }
 
-/// utime + stime (fields 14 and 15) of a /proc/PID/stat line. The command name (field 2) is
-/// in parentheses and may hold ')' and spaces, so fields are counted from the last ')'.
+/// utime + stime (fields 14 and 15) of a /proc/PID/stat line.
 fn parse_cpu_ticks(stat: &[u8]) -> Option<u64> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    // After the name, field 3 (state) comes first: field 14 is the 12th.
-    let mut fields = rest.split_ascii_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
+    let utime = novacron_vm::process::adopt::stat_field(stat, 14)?;
+    let stime = novacron_vm::process::adopt::stat_field(stat, 15)?;
     Some(utime + stime)
 }
 

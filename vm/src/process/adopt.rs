@@ -235,13 +235,22 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     parse_start_ticks(&stat)
 }
 
-/// Field 22 of a /proc/PID/stat line. The command name (field 2) is in parentheses and may
-/// itself hold ')' and spaces, so the fields are counted from the last ')'.
+/// Field 22 of a /proc/PID/stat line.
 fn parse_start_ticks(stat: &[u8]) -> Option<u64> {
+    stat_field(stat, 22)
+}
+
+/// Numeric field `field` (numbered from 1, as proc(5) does; 3 or later) of a /proc/PID/stat
+/// line. The command name (field 2) is in parentheses and may itself hold ')' and spaces, so
+/// the fields are counted from the last ')'.
+pub fn stat_field(stat: &[u8], field: usize) -> Option<u64> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    // After the name: field 3 (state) is the first, so field 22 is the 20th.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    // After the name, field 3 (state) is the first.
+    rest.split_ascii_whitespace()
+        .nth(field.checked_sub(3)?)?
+        .parse()
+        .ok()
 }
 
 /// The inodes of the listening Unix sockets bound at `path` (several if the file was removed

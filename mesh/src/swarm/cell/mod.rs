@@ -40,8 +40,8 @@
 //! place stays within [`CellConfig::gossip_budget_bytes_per_s`].
 //!
 //! What this cannot do: the prefix length is fixed at start (the node moves to another
-//! cell by starting another membership); a member that restarts within the dead-node grace period is listed once, by its
-//! newest generation, while chitchat still holds the old one.
+//! cell by starting another membership); a member that restarts within the dead-node grace
+//! period is listed once, by its newest generation, while chitchat still holds the old one.
 
 pub(crate) mod codec;
 mod members;
@@ -72,9 +72,9 @@ use crate::util::lock;
 
 /// Default round tick of chitchat: how often it beats this node's heartbeat, re-checks every
 /// member's phi and asks for [`FANOUT`](crate::gossip_pace::FANOUT) exchanges. How many of
-/// those exchanges with live members really start is the cell's
-/// [`GossipPace`](crate::gossip_pace::GossipPace), whose interval follows the live cell size
-/// (1 s up to ~60 members, ~3.4 s at 200). Measured with `novacron bench mesh --nodes 50`
+/// those exchanges with members really start is the cell's
+/// [`GossipPace`](crate::gossip_pace::GossipPace), whose interval follows the number of
+/// members held (1 s up to ~60 members, ~3.4 s at 200). Measured with `novacron bench mesh --nodes 50`
 /// (50 release-build processes, one cell, noisy 2-core machine): at 1.0 s, 14.3 KB/s per node
 /// on the wire and failure detection p50 5.9 s (max 7.7); at 1.5 s, 9.8 KB/s and p50 8.6 s.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(1000);
@@ -100,7 +100,7 @@ pub struct CellConfig {
     /// [`crate::cells::prefix_bits_for`].
     pub prefix_bits: u8,
     /// chitchat's round tick: its heartbeat, liveness checks and requests for exchanges (with
-    /// 3 live members, maybe a dead one and a seed), of which the pace admits those with live
+    /// 3 live members, maybe a dead one and a seed), of which the pace admits those with
     /// members.
     pub round_interval: Duration,
     /// Cell gossip bytes per second (sent + received) the pace keeps to.
