@@ -185,7 +185,7 @@ async fn six_nodes_join_through_one_bootstrap_and_see_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gossip_interval_follows_a_cell_that_grows_and_shrinks() {
     let small_budget = |cfg: CellConfig| CellConfig {
-        gossip_budget_bytes_per_s: 500,
+        gossip_budget_bytes_per_s: 336,
         dead_node_grace_period: Duration::from_secs(2),
         ..cfg
     };

@@ -161,7 +161,8 @@ pub struct NodeView {
     pub generation: u64,
     pub live: bool,
     pub heartbeat: u64,
-    pub key_values: Vec<(String, String)>,
+    /// What its key-values say.
+    pub info: MemberInfo,
 }
 
 /// When each member's heartbeat last advanced, across ticks.
@@ -217,15 +218,12 @@ pub fn build_members(
         .map(|n| {
             let is_self = n.peer == me;
             let age = clock.observe(n.peer, n.generation, n.heartbeat, now);
-            let info = MemberInfo::from_key_values(
-                n.key_values.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            );
             let member = Member {
                 peer: n.peer,
                 generation: n.generation,
                 live: n.live || is_self,
                 is_self,
-                info,
+                info: n.info,
                 heartbeat_age: (!is_self).then_some(age),
             };
             (n.peer, member)
@@ -343,7 +341,7 @@ mod tests {
             generation,
             live,
             heartbeat,
-            key_values: info().to_key_values(),
+            info: info(),
         }
     }
 

@@ -45,8 +45,9 @@
 
 pub(crate) mod codec;
 mod members;
+mod view_cache;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,10 +63,12 @@ pub use members::{
     MAX_GOSSIPED_ADDRS,
 };
 
+use view_cache::ViewCache;
+
 use super::cell_transport::{CellBytes, CellTransport, CellTransportConfig};
 use super::clock::{unix_now, Epoch};
 use super::{MeshNode, SwarmError};
-use crate::cell_wire::{check_peer_key, virtual_addr, ShortId, WireNodeId, PEER_KEY};
+use crate::cell_wire::{virtual_addr, ShortId, PEER_KEY};
 use crate::cells::{cell_id, CellId, MAX_PREFIX_BITS};
 use crate::gossip_pace::{GossipPace, DEFAULT_BUDGET_BYTES_PER_S};
 use crate::util::lock;
@@ -74,7 +77,7 @@ use crate::util::lock;
 /// member's phi and asks for [`FANOUT`](crate::gossip_pace::FANOUT) exchanges. How many of
 /// those exchanges with members really start is the cell's
 /// [`GossipPace`](crate::gossip_pace::GossipPace), whose interval follows the number of
-/// members held (1 s up to ~60 members, ~3.4 s at 200). Measured with `novacron bench mesh --nodes 50`
+/// members held (1 s up to ~90 members, ~2.2 s at 200). Measured with `novacron bench mesh --nodes 50`
 /// (50 release-build processes, one cell, noisy 2-core machine): at 1.0 s, 14.3 KB/s per node
 /// on the wire and failure detection p50 5.9 s (max 7.7); at 1.5 s, 9.8 KB/s and p50 8.6 s.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(1000);
@@ -167,6 +170,8 @@ pub struct CellMembership {
     transport: CellTransport,
     candidates: Arc<Mutex<Vec<Candidate>>>,
     clock: Arc<Mutex<HeartbeatClock>>,
+    /// The last read of chitchat's nodes (the runner's too).
+    views: Arc<Mutex<ViewCache>>,
     /// What `clock` counts time from (the runner's too).
     epoch: Epoch,
     events: broadcast::Sender<CellEvent>,
@@ -177,38 +182,6 @@ pub struct CellMembership {
 /// Unix milliseconds of the wall clock: this start's chitchat generation.
 fn now_ms() -> u64 {
     u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Chitchat's nodes as [`NodeView`]s, and the ids it holds. Node ids that are not short ids
-/// (none pass the transport) are skipped; so are nodes (held, not viewed) without a `peer`
-/// key-value naming a PeerId with their short id.
-fn read_views(cc: &Chitchat) -> (Vec<NodeView>, BTreeSet<WireNodeId>) {
-    let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
-    let mut views = Vec::new();
-    let mut held = BTreeSet::new();
-    for (id, state) in cc.node_states() {
-        let Ok(short) = ShortId::parse(&id.node_id) else {
-            continue;
-        };
-        held.insert(WireNodeId {
-            id: short,
-            generation: id.generation_id,
-        });
-        let Some(Ok(peer)) = state.get(PEER_KEY).map(|v| check_peer_key(&short, v)) else {
-            continue;
-        };
-        views.push(NodeView {
-            peer,
-            generation: id.generation_id,
-            live: live.contains(id),
-            heartbeat: u64::from(state.heartbeat()),
-            key_values: state
-                .key_values()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        });
-    }
-    (views, held)
 }
 
 impl CellMembership {
@@ -283,6 +256,7 @@ impl CellMembership {
             transport: transport.clone(),
             candidates: Arc::new(Mutex::new(Vec::new())),
             clock: Arc::new(Mutex::new(HeartbeatClock::default())),
+            views: Arc::new(Mutex::new(ViewCache::default())),
             epoch,
             events: events.clone(),
             stop_tx,
@@ -296,6 +270,7 @@ impl CellMembership {
             transport,
             candidates: membership.candidates.clone(),
             clock: membership.clock.clone(),
+            views: membership.views.clone(),
             epoch: membership.epoch,
             events,
             cfg,
@@ -319,7 +294,10 @@ impl CellMembership {
 
     /// Every member chitchat holds (this node included), one per peer (newest generation).
     pub async fn members(&self) -> Vec<Member> {
-        let (views, _) = read_views(&*self.chitchat.lock().await);
+        let (views, _) = {
+            let cc = self.chitchat.lock().await;
+            lock(&self.views).read(&cc)
+        };
         let mut clock = lock(&self.clock);
         build_members(self.me, views, &mut clock, self.epoch.now())
             .into_values()
@@ -385,6 +363,7 @@ struct Runner {
     transport: CellTransport,
     candidates: Arc<Mutex<Vec<Candidate>>>,
     clock: Arc<Mutex<HeartbeatClock>>,
+    views: Arc<Mutex<ViewCache>>,
     epoch: Epoch,
     events: broadcast::Sender<CellEvent>,
     cfg: CellConfig,
@@ -429,7 +408,11 @@ impl Runner {
     }
 
     async fn tick(&mut self) -> Result<(), SwarmError> {
-        let (views, held) = read_views(&*self.handle.chitchat().lock().await);
+        let (views, held) = {
+            let chitchat = self.handle.chitchat();
+            let cc = chitchat.lock().await;
+            lock(&self.views).read(&cc)
+        };
         let members = {
             let mut clock = lock(&self.clock);
             build_members(self.me, views, &mut clock, self.epoch.now())

@@ -10,27 +10,50 @@
 //! is the way to say otherwise. A host with none of these files gets `None`: the policy then
 //! judges the owner by CPU load.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 /// Most directory entries looked at per directory (a `/dev` has a few hundred).
 const MAX_ENTRIES: usize = 4096;
 
-/// Time since the newest access of an input device or terminal under `dev` (normally
-/// `/dev`), as of `now`; None when there are none. An access time in the future counts as
-/// now.
-pub fn owner_idle(dev: &Path, now: SystemTime) -> Option<Duration> {
-    let newest = [
-        newest_atime(&dev.join("input"), |n| n.starts_with("event")),
-        newest_atime(dev, is_console_tty),
-        newest_atime(&dev.join("pts"), |n| {
-            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-        }),
-    ]
-    .into_iter()
-    .flatten()
-    .max()?;
-    Some(now.duration_since(newest).unwrap_or(Duration::ZERO))
+/// How long the list of virtual consoles is kept before `/dev` is listed again. Consoles are
+/// made at boot; listing all of `/dev` every second was most of what an idle daemon's
+/// politeness sampling cost. Input devices and pseudo-terminals (small directories, and a new
+/// SSH login makes a new terminal) are listed on every sample.
+pub const CONSOLES_RELISTED_EVERY: Duration = Duration::from_secs(60);
+
+/// Owner idle time with the list of virtual consoles kept between samples.
+#[derive(Debug, Default)]
+pub struct OwnerIdle {
+    consoles: Vec<PathBuf>,
+    listed_at: Option<SystemTime>,
+}
+
+impl OwnerIdle {
+    /// Time since the newest access of an input device or terminal under `dev` (normally
+    /// `/dev`), as of `now`; None when there are none. An access time in the future counts
+    /// as now.
+    pub fn sample(&mut self, dev: &Path, now: SystemTime) -> Option<Duration> {
+        let fresh = self.listed_at.is_some_and(|at| {
+            now.duration_since(at)
+                .is_ok_and(|age| age < CONSOLES_RELISTED_EVERY)
+        });
+        if !fresh {
+            self.consoles = list(dev, is_console_tty);
+            self.listed_at = Some(now);
+        }
+        let newest = [
+            newest_atime(&dev.join("input"), |n| n.starts_with("event")),
+            newest_of(&self.consoles),
+            newest_atime(&dev.join("pts"), |n| {
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .max()?;
+        Some(now.duration_since(newest).unwrap_or(Duration::ZERO))
+    }
 }
 
 /// `tty` followed by digits: the virtual consoles, not serial ports (`ttyS0`) or `/dev/tty`.
@@ -39,13 +62,27 @@ fn is_console_tty(name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn newest_atime(dir: &Path, wanted: impl Fn(&str) -> bool) -> Option<SystemTime> {
-    let entries = std::fs::read_dir(dir).ok()?;
+/// The entries of `dir` whose names are `wanted`.
+fn list(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     entries
         .take(MAX_ENTRIES)
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_str().is_some_and(&wanted))
-        .filter_map(|e| e.metadata().ok()?.accessed().ok())
+        .map(|e| e.path())
+        .collect()
+}
+
+fn newest_atime(dir: &Path, wanted: impl Fn(&str) -> bool) -> Option<SystemTime> {
+    newest_of(&list(dir, wanted))
+}
+
+fn newest_of(paths: &[PathBuf]) -> Option<SystemTime> {
+    paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok()?.accessed().ok())
         .max()
 }
 
@@ -74,25 +111,70 @@ mod tests {
         touch(&dev.path().join("ttyS0"), ago(2)); // a serial port
         touch(&dev.path().join("tty"), ago(3)); // the controlling terminal alias
         touch(&dev.path().join("pts/ptmx"), ago(4));
-        assert_eq!(owner_idle(dev.path(), now), Some(Duration::from_secs(300)));
+        assert_eq!(
+            OwnerIdle::default().sample(dev.path(), now),
+            Some(Duration::from_secs(300))
+        );
         touch(&dev.path().join("pts/3"), ago(40));
-        assert_eq!(owner_idle(dev.path(), now), Some(Duration::from_secs(40)));
+        assert_eq!(
+            OwnerIdle::default().sample(dev.path(), now),
+            Some(Duration::from_secs(40))
+        );
         touch(&dev.path().join("input/event7"), ago(7));
-        assert_eq!(owner_idle(dev.path(), now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            OwnerIdle::default().sample(dev.path(), now),
+            Some(Duration::from_secs(7))
+        );
         // A timestamp from the future is "now".
         touch(&dev.path().join("tty2"), now + Duration::from_secs(60));
-        assert_eq!(owner_idle(dev.path(), now), Some(Duration::ZERO));
+        assert_eq!(
+            OwnerIdle::default().sample(dev.path(), now),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
     fn no_devices_is_unknown() {
         let dev = tempfile::tempdir().unwrap();
         let now = SystemTime::now();
-        assert_eq!(owner_idle(dev.path(), now), None);
+        assert_eq!(OwnerIdle::default().sample(dev.path(), now), None);
         touch(&dev.path().join("null"), now);
         touch(&dev.path().join("ttyS1"), now);
         std::fs::create_dir_all(dev.path().join("input")).unwrap();
-        assert_eq!(owner_idle(dev.path(), now), None);
-        assert_eq!(owner_idle(Path::new("/nonexistent/dev"), now), None);
+        assert_eq!(OwnerIdle::default().sample(dev.path(), now), None);
+        assert_eq!(
+            OwnerIdle::default().sample(Path::new("/nonexistent/dev"), now),
+            None
+        );
+    }
+
+    #[test]
+    fn consoles_are_listed_once_a_minute_and_statted_every_sample() {
+        let dev = tempfile::tempdir().unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ago = |s| now - Duration::from_secs(s);
+        touch(&dev.path().join("tty1"), ago(300));
+        let mut idle = OwnerIdle::default();
+        assert_eq!(idle.sample(dev.path(), now), Some(Duration::from_secs(300)));
+        // A listed console's new access shows at once.
+        touch(&dev.path().join("tty1"), ago(5));
+        assert_eq!(idle.sample(dev.path(), now), Some(Duration::from_secs(5)));
+        // A console made after the listing shows after the next one; a new terminal at once.
+        touch(&dev.path().join("tty2"), ago(2));
+        assert_eq!(idle.sample(dev.path(), now), Some(Duration::from_secs(5)));
+        let later = now + CONSOLES_RELISTED_EVERY;
+        assert_eq!(
+            idle.sample(dev.path(), later),
+            Some(CONSOLES_RELISTED_EVERY + Duration::from_secs(2))
+        );
+        touch(&dev.path().join("pts/7"), later);
+        assert_eq!(idle.sample(dev.path(), later), Some(Duration::ZERO));
+        // A console that went away is skipped.
+        std::fs::remove_file(dev.path().join("tty2")).unwrap();
+        std::fs::remove_file(dev.path().join("pts/7")).unwrap();
+        assert_eq!(
+            idle.sample(dev.path(), later),
+            Some(CONSOLES_RELISTED_EVERY + Duration::from_secs(5))
+        );
     }
 }

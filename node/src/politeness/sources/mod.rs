@@ -64,6 +64,7 @@ impl HostPaths {
 pub struct Sampler {
     paths: HostPaths,
     cpu: cpu_load::CpuLoadMeter,
+    owner_idle: idle::OwnerIdle,
     vm_pids: Vec<u32>,
     api_override: Option<OwnerSignal>,
     clock: Box<dyn Fn() -> SystemTime + Send + Sync>,
@@ -74,6 +75,7 @@ impl Sampler {
         Sampler {
             paths,
             cpu: cpu_load::CpuLoadMeter::default(),
+            owner_idle: idle::OwnerIdle::default(),
             vm_pids: Vec::new(),
             api_override: None,
             clock: Box::new(SystemTime::now),
@@ -107,7 +109,7 @@ impl Sampler {
             .or_else(|| owner::owner_signal_file(&p.data_dir));
         let (mem_total_bytes, mem_available_bytes) = meminfo::meminfo(&p.proc_dir);
         Observation {
-            owner_idle: idle::owner_idle(&p.dev, now),
+            owner_idle: self.owner_idle.sample(&p.dev, now),
             on_battery: power::on_battery(&p.sys),
             local_time: clock::local_time(now),
             other_cpu_load: self.cpu.sample(&p.proc_dir, &self.vm_pids),
