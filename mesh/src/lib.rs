@@ -42,6 +42,7 @@ pub mod records;
 pub mod submission;
 pub mod submitter_key;
 pub mod summaries;
+pub mod suspicion;
 #[cfg(feature = "swarm")]
 pub mod swarm;
 pub mod transfer;

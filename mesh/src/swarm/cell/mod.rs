@@ -45,6 +45,7 @@
 
 pub(crate) mod codec;
 mod members;
+mod probe;
 mod view_cache;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -56,13 +57,14 @@ use chitchat::{
 };
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 pub use members::{
     build_members, diff_members, CellEvent, HeartbeatClock, Member, MemberInfo, NodeView,
     MAX_GOSSIPED_ADDRS,
 };
 
+use probe::Suspect;
 use view_cache::ViewCache;
 
 use super::cell_transport::{CellBytes, CellTransport, CellTransportConfig};
@@ -71,6 +73,7 @@ use super::{MeshNode, SwarmError};
 use crate::cell_wire::{virtual_addr, ShortId, PEER_KEY};
 use crate::cells::{cell_id, CellId, MAX_PREFIX_BITS};
 use crate::gossip_pace::{GossipPace, DEFAULT_BUDGET_BYTES_PER_S};
+use crate::suspicion::{Suspicion, SuspicionConfig};
 use crate::util::lock;
 
 /// Default round tick of chitchat: how often it beats this node's heartbeat, re-checks every
@@ -114,6 +117,8 @@ pub struct CellConfig {
     pub phi_threshold: f64,
     /// How long a dead member stays in chitchat's state before it is collected.
     pub dead_node_grace_period: Duration,
+    /// How a member the detector holds dead is probed before it is reported dead.
+    pub suspicion: SuspicionConfig,
     /// Peers to start from (chitchat seeds) with addresses to dial them.
     pub initial_candidates: Vec<(PeerId, Vec<Multiaddr>)>,
     /// Candidates chitchat is asked to gossip with per tick.
@@ -134,6 +139,7 @@ impl Default for CellConfig {
             expected_members: 1,
             phi_threshold: PHI_THRESHOLD,
             dead_node_grace_period: Duration::from_secs(10 * 60),
+            suspicion: SuspicionConfig::default(),
             initial_candidates: Vec::new(),
             candidates_per_tick: 3,
             candidate_retry: Duration::from_secs(10),
@@ -172,6 +178,9 @@ pub struct CellMembership {
     clock: Arc<Mutex<HeartbeatClock>>,
     /// The last read of chitchat's nodes (the runner's too).
     views: Arc<Mutex<ViewCache>>,
+    /// Members the detector holds dead, probed before they are reported dead (the runner's
+    /// too).
+    suspicion: Arc<Mutex<Suspicion<Suspect>>>,
     /// What `clock` counts time from (the runner's too).
     epoch: Epoch,
     events: broadcast::Sender<CellEvent>,
@@ -257,6 +266,7 @@ impl CellMembership {
             candidates: Arc::new(Mutex::new(Vec::new())),
             clock: Arc::new(Mutex::new(HeartbeatClock::default())),
             views: Arc::new(Mutex::new(ViewCache::default())),
+            suspicion: Arc::new(Mutex::new(Suspicion::new(cfg.suspicion))),
             epoch,
             events: events.clone(),
             stop_tx,
@@ -271,6 +281,8 @@ impl CellMembership {
             candidates: membership.candidates.clone(),
             clock: membership.clock.clone(),
             views: membership.views.clone(),
+            suspicion: membership.suspicion.clone(),
+            probes: JoinSet::new(),
             epoch: membership.epoch,
             events,
             cfg,
@@ -298,10 +310,18 @@ impl CellMembership {
             let cc = self.chitchat.lock().await;
             lock(&self.views).read(&cc)
         };
-        let mut clock = lock(&self.clock);
-        build_members(self.me, views, &mut clock, self.epoch.now())
-            .into_values()
-            .collect()
+        let mut members = {
+            let mut clock = lock(&self.clock);
+            build_members(self.me, views, &mut clock, self.epoch.now())
+        };
+        probe::apply(&lock(&self.suspicion), &mut members);
+        members.into_values().collect()
+    }
+
+    /// Members the failure detector gave up on that answered a probe, so were not reported
+    /// dead, since the start.
+    pub fn refuted_suspicions(&self) -> u64 {
+        lock(&self.suspicion).refuted()
     }
 
     /// Publishes new key-values for this node.
@@ -364,6 +384,9 @@ struct Runner {
     candidates: Arc<Mutex<Vec<Candidate>>>,
     clock: Arc<Mutex<HeartbeatClock>>,
     views: Arc<Mutex<ViewCache>>,
+    suspicion: Arc<Mutex<Suspicion<Suspect>>>,
+    /// Probes running (aborted when the runner ends).
+    probes: JoinSet<()>,
     epoch: Epoch,
     events: broadcast::Sender<CellEvent>,
     cfg: CellConfig,
@@ -407,16 +430,52 @@ impl Runner {
         self.node.add_peer_addresses(peer, addrs.to_vec()).await
     }
 
+    /// Runs the suspicion's round over the detector's view, starts its probes and reports
+    /// each member's liveness as the suspicion has it.
+    fn suspect(&mut self, members: &mut BTreeMap<PeerId, Member>) {
+        while self.probes.try_join_next().is_some() {}
+        let views = members.values().filter(|m| !m.is_self).map(|m| {
+            let was_live = self
+                .prev
+                .get(&m.peer)
+                .is_some_and(|p| p.live && p.generation == m.generation);
+            ((m.peer, m.generation), m.live, was_live)
+        });
+        let mut suspicion = lock(&self.suspicion);
+        let probes = suspicion.round(views, self.epoch.now());
+        probe::apply(&suspicion, members);
+        drop(suspicion);
+        for (peer, generation) in probes {
+            tracing::debug!(%peer, "cell: the failure detector gave up on a member; probing it");
+            let mut control = self.node.stream_control();
+            let suspicion = self.suspicion.clone();
+            let epoch = self.epoch;
+            let limit = self.cfg.suspicion.probe_timeout;
+            self.probes.spawn(async move {
+                let answered = probe::probe(&mut control, peer, limit).await;
+                if answered {
+                    tracing::info!(
+                        %peer,
+                        "cell: a member the failure detector gave up on answered a probe; \
+                         still live"
+                    );
+                }
+                lock(&suspicion).probed((peer, generation), answered, epoch.now());
+            });
+        }
+    }
+
     async fn tick(&mut self) -> Result<(), SwarmError> {
         let (views, held) = {
             let chitchat = self.handle.chitchat();
             let cc = chitchat.lock().await;
             lock(&self.views).read(&cc)
         };
-        let members = {
+        let mut members = {
             let mut clock = lock(&self.clock);
             build_members(self.me, views, &mut clock, self.epoch.now())
         };
+        self.suspect(&mut members);
         self.transport.retain_admitted(&held);
         let same_members = members.len() == self.prev.len()
             && members.keys().zip(self.prev.keys()).all(|(a, b)| a == b);
