@@ -9,14 +9,16 @@
 //! *suspected*: it is still reported live while one direct probe (a fresh stream to it,
 //! answered by its own network stack) runs. An answer refutes the suspicion for
 //! [`SuspicionConfig::refuted_for`], after which a member the detector still holds dead is
-//! probed again; no answer within [`SuspicionConfig::probe_timeout`] confirms it dead. A
+//! probed again. A refusal (dial refused, protocol not served) confirms it dead, and so do
+//! [`SuspicionConfig::attempts`] probes in a row unanswered within
+//! [`SuspicionConfig::probe_timeout`] (one silent probe is not enough on a loaded host). A
 //! dead member that was never reported live (known only from gossip, or already confirmed)
 //! is not probed.
 //!
 //! What it costs: a probe per suspicion, none while every member is heard. What it adds to a
 //! real failure's detection: the probe of a process that is gone fails at once (the dial is
 //! refused), so a round or two of the driver; a host that vanished (no refusal) adds the
-//! probe timeout.
+//! probe timeout once per attempt.
 //!
 //! Pure: the driver passes `now` (since its epoch), the detector's view each round and each
 //! probe's outcome. Keys are generic so the simulator can use its own node ids; ordered, so
@@ -28,8 +30,10 @@ use std::time::Duration;
 /// How suspicion is confirmed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SuspicionConfig {
-    /// A probe not answered within this confirms the member dead.
+    /// A probe not answered within this is silent.
     pub probe_timeout: Duration,
+    /// Silent probes in a row that confirm a member dead (a refused one confirms at once).
+    pub attempts: u8,
     /// How long an answered probe keeps a member live while the detector still holds it dead.
     pub refuted_for: Duration,
     /// Probes in flight at once; other suspects wait (still reported live) for a slot.
@@ -40,18 +44,32 @@ impl Default for SuspicionConfig {
     fn default() -> Self {
         SuspicionConfig {
             probe_timeout: Duration::from_secs(5),
+            attempts: 2,
             refuted_for: Duration::from_secs(10),
             max_probes: 8,
         }
     }
 }
 
+/// How a probe ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The member answered: it is alive.
+    Answered,
+    /// Its host or stack said no (dial refused, protocol not served, connection reset): the
+    /// process is gone, or its cell is.
+    Refused,
+    /// No word within the timeout: gone, or too slow to tell; probed again up to
+    /// [`SuspicionConfig::attempts`] times.
+    Silent,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Suspected; waiting for a probe slot.
-    Waiting,
-    /// A probe started at this time.
-    Probing { started: Duration },
+    /// Suspected; waiting for a probe slot, after `silent` silent probes.
+    Waiting { silent: u8 },
+    /// A probe started at this time, after `silent` silent probes.
+    Probing { started: Duration, silent: u8 },
     /// A probe was answered; live until then.
     Refuted { until: Duration },
     /// No answer: dead, until the detector hears it again.
@@ -99,12 +117,14 @@ impl<K: Copy + Ord> Suspicion<K> {
             }
             let state = self.states.get(&member).copied();
             let next = match state {
-                None if was_reported_live => Some(State::Waiting),
+                None if was_reported_live => Some(State::Waiting { silent: 0 }),
                 None => None,
-                Some(State::Refuted { until }) if now >= until => Some(State::Waiting),
+                Some(State::Refuted { until }) if now >= until => {
+                    Some(State::Waiting { silent: 0 })
+                }
                 // A probe whose outcome never came back (its task is gone) counts as
-                // unanswered, with a round of grace.
-                Some(State::Probing { started })
+                // refused, with a round of grace.
+                Some(State::Probing { started, .. })
                     if now.saturating_sub(started) > self.cfg.probe_timeout * 2 =>
                 {
                     Some(State::Confirmed)
@@ -133,8 +153,11 @@ impl<K: Copy + Ord> Suspicion<K> {
             if slots == 0 {
                 break;
             }
-            if *state == State::Waiting {
-                *state = State::Probing { started: now };
+            if let State::Waiting { silent } = *state {
+                *state = State::Probing {
+                    started: now,
+                    silent,
+                };
                 probes.push(*member);
                 slots -= 1;
             }
@@ -142,19 +165,27 @@ impl<K: Copy + Ord> Suspicion<K> {
         probes
     }
 
-    /// A probe of `member` ended: `answered` or not. An outcome nobody waits for (the
-    /// member was heard again, or forgotten, meanwhile) is ignored.
-    pub fn probed(&mut self, member: K, answered: bool, now: Duration) {
-        if let Some(state @ State::Probing { .. }) = self.states.get_mut(&member) {
-            self.refuted += u64::from(answered);
-            *state = if answered {
+    /// A probe of `member` ended. An outcome nobody waits for (the member was heard again,
+    /// or forgotten, meanwhile) is ignored.
+    pub fn probed(&mut self, member: K, outcome: ProbeOutcome, now: Duration) {
+        let Some(state) = self.states.get_mut(&member) else {
+            return;
+        };
+        let State::Probing { silent, .. } = *state else {
+            return;
+        };
+        *state = match outcome {
+            ProbeOutcome::Answered => {
+                self.refuted += 1;
                 State::Refuted {
                     until: now + self.cfg.refuted_for,
                 }
-            } else {
-                State::Confirmed
-            };
-        }
+            }
+            ProbeOutcome::Silent if silent.saturating_add(1) < self.cfg.attempts => {
+                State::Waiting { silent: silent + 1 }
+            }
+            ProbeOutcome::Silent | ProbeOutcome::Refused => State::Confirmed,
+        };
     }
 
     /// Whether to report `member` live, given the detector's word (which may be newer than
@@ -193,6 +224,7 @@ mod tests {
     fn cfg() -> SuspicionConfig {
         SuspicionConfig {
             probe_timeout: s(5),
+            attempts: 2,
             refuted_for: s(10),
             max_probes: 2,
         }
@@ -209,14 +241,14 @@ mod tests {
             sus.round([(1, false, true)], s(2)).is_empty(),
             "one probe at a time"
         );
-        sus.probed(1, true, s(2));
+        sus.probed(1, ProbeOutcome::Answered, s(2));
         assert!(sus.reported_live(&1, false));
         // Refuted for 10 s; then probed again if the detector still holds it dead.
         assert!(sus.round([(1, false, true)], s(11)).is_empty());
         assert_eq!(sus.round([(1, false, true)], s(12)), vec![1]);
         // Heard again: no longer suspected; a late outcome is ignored.
         assert!(sus.round([(1, true, true)], s(13)).is_empty());
-        sus.probed(1, false, s(14));
+        sus.probed(1, ProbeOutcome::Refused, s(14));
         assert!(sus.reported_live(&1, true));
         assert_eq!(sus.suspected(), 0);
         assert_eq!(sus.refuted(), 1);
@@ -226,7 +258,7 @@ mod tests {
     fn no_answer_confirms_and_a_confirmed_member_is_not_probed_again() {
         let mut sus = Suspicion::new(cfg());
         assert_eq!(sus.round([(7, false, true)], s(0)), vec![7]);
-        sus.probed(7, false, s(0));
+        sus.probed(7, ProbeOutcome::Refused, s(0));
         assert!(!sus.reported_live(&7, false));
         assert!(sus.round([(7, false, false)], s(1)).is_empty());
         assert!(sus.round([(7, false, false)], s(100)).is_empty());
@@ -248,9 +280,27 @@ mod tests {
             sus.round([(1, false, true), (2, false, false)], s(1)),
             vec![1]
         );
-        sus.probed(1, false, s(1));
+        sus.probed(1, ProbeOutcome::Refused, s(1));
         assert!(!sus.reported_live(&1, false));
         sus.round([(1, false, false), (2, false, false)], s(2));
+        assert!(!sus.reported_live(&1, false));
+    }
+
+    #[test]
+    fn a_silent_probe_is_tried_again_and_a_refused_one_is_final() {
+        let mut sus = Suspicion::new(cfg());
+        let view = [(1, false, true), (2, false, true)];
+        assert_eq!(sus.round(view, s(0)), vec![1, 2]);
+        sus.probed(1, ProbeOutcome::Silent, s(5));
+        sus.probed(2, ProbeOutcome::Refused, s(0));
+        assert!(sus.reported_live(&1, false));
+        assert!(!sus.reported_live(&2, false));
+        // 1 is probed a second time; silent again, it is dead.
+        assert_eq!(sus.round(view, s(6)), vec![1]);
+        assert!(sus.reported_live(&1, false));
+        sus.probed(1, ProbeOutcome::Silent, s(11));
+        assert!(!sus.reported_live(&1, false));
+        assert!(sus.round(view, s(12)).is_empty());
         assert!(!sus.reported_live(&1, false));
     }
 
@@ -282,7 +332,7 @@ mod tests {
         assert!((0..5).all(|m| sus.reported_live(&m, false)));
         assert!(sus.round(all(false), s(1)).is_empty());
         for m in &first {
-            sus.probed(*m, true, s(1));
+            sus.probed(*m, ProbeOutcome::Answered, s(1));
         }
         let second = sus.round(all(false), s(2));
         assert_eq!(second.len(), 2);

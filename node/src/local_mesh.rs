@@ -255,6 +255,8 @@ pub struct LocalMesh {
     pub nodes: Vec<NodeProc>,
     /// When the joiners were started (after the first node listened).
     pub started: Instant,
+    /// When the last of them was started (`started` unless the start was paced).
+    pub last_started: Instant,
 }
 
 impl LocalMesh {
@@ -270,6 +272,19 @@ impl LocalMesh {
         first_extra: &[String],
         cancelled: &dyn Fn() -> bool,
     ) -> anyhow::Result<LocalMesh> {
+        Self::start_paced(root, n, extra, first_extra, cancelled, Duration::ZERO)
+    }
+
+    /// [`LocalMesh::start`] with `gap` between two joiners' starts, as volunteers arrive
+    /// rather than all in one second.
+    pub fn start_paced(
+        root: &Path,
+        n: usize,
+        extra: &[String],
+        first_extra: &[String],
+        cancelled: &dyn Fn() -> bool,
+        gap: Duration,
+    ) -> anyhow::Result<LocalMesh> {
         if n == 0 {
             bail!("a mesh needs at least one node");
         }
@@ -280,17 +295,26 @@ impl LocalMesh {
         let mut first = NodeProc::spawn(&name(0), &root.join(name(0)), None, &first_args)?;
         let (bootstrap, _) = first.wait_listening_unless(Duration::from_secs(30), cancelled)?;
         let started = Instant::now();
+        let mut last_started = started;
         let mut nodes = vec![first];
         for i in 1..n {
             if cancelled() {
                 break;
             }
+            if i > 1 && !gap.is_zero() {
+                std::thread::sleep(gap);
+            }
             let dir = root.join(name(i));
             let mut args = args.clone();
             args.extend(["--dashboard-port".to_string(), "0".to_string()]);
+            last_started = Instant::now();
             nodes.push(NodeProc::spawn(&name(i), &dir, Some(&bootstrap), &args)?);
         }
-        Ok(LocalMesh { nodes, started })
+        Ok(LocalMesh {
+            nodes,
+            started,
+            last_started,
+        })
     }
 
     /// Stops every node at once (each drains in parallel), then waits up to `grace` for

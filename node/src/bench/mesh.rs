@@ -54,6 +54,10 @@ pub struct MeshBenchArgs {
     /// MiB of the chunk set fetched (a pattern that compresses ~2x, as memory does).
     #[arg(long, default_value_t = 64)]
     fetch_mib: usize,
+    /// Start the joiners at this many per second, as volunteers arrive (0: all at once). With
+    /// a pace, `join_all_s` counts from the last joiner's start.
+    #[arg(long, default_value_t = 0.0)]
+    start_per_sec: f64,
     /// Give up waiting for the join (or a detection) after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
@@ -83,12 +87,27 @@ pub fn run(args: &MeshBenchArgs) -> anyhow::Result<Report> {
 fn measure(args: &MeshBenchArgs, scratch: &std::path::Path) -> anyhow::Result<Report> {
     let timeout = Duration::from_secs(args.timeout_secs);
     let off = ["--dashboard-port".to_string(), "0".to_string()];
-    let mut mesh = LocalMesh::start(scratch, args.nodes, &[], &off, &|| false)?;
+    let gap = if args.start_per_sec > 0.0 {
+        Duration::try_from_secs_f64(1.0 / args.start_per_sec).context("--start-per-sec")?
+    } else {
+        Duration::ZERO
+    };
+    let mut mesh = LocalMesh::start_paced(scratch, args.nodes, &[], &off, &|| false, gap)?;
     let mut report = Report::new("mesh");
     let n = args.nodes;
     // The goals: 50 nodes as measured first, full-size cells (100-250) since.
     let small = n <= 50;
     report.add("nodes", n as f64, "", None);
+    if !gap.is_zero() {
+        report.add(
+            "start_spread_s",
+            mesh.last_started
+                .saturating_duration_since(mesh.started)
+                .as_secs_f64(),
+            "s",
+            None,
+        );
+    }
 
     let join = wait_all_live(&mesh, n, timeout)?;
     let joined = Instant::now();
@@ -217,8 +236,12 @@ fn wait_all_live(mesh: &LocalMesh, n: usize, timeout: Duration) -> anyhow::Resul
             })
             .collect();
         if reached.iter().all(Option::is_some) {
-            let last = reached.into_iter().flatten().max().unwrap_or(mesh.started);
-            return Ok(last.saturating_duration_since(mesh.started));
+            let last = reached
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(mesh.last_started);
+            return Ok(last.saturating_duration_since(mesh.last_started));
         }
         if Instant::now() > deadline {
             let done = reached.iter().filter(|r| r.is_some()).count();

@@ -73,7 +73,7 @@ use super::{MeshNode, SwarmError};
 use crate::cell_wire::{virtual_addr, ShortId, PEER_KEY};
 use crate::cells::{cell_id, CellId, MAX_PREFIX_BITS};
 use crate::gossip_pace::{GossipPace, DEFAULT_BUDGET_BYTES_PER_S};
-use crate::suspicion::{Suspicion, SuspicionConfig};
+use crate::suspicion::{ProbeOutcome, Suspicion, SuspicionConfig};
 use crate::util::lock;
 
 /// Default round tick of chitchat: how often it beats this node's heartbeat, re-checks every
@@ -452,15 +452,15 @@ impl Runner {
             let epoch = self.epoch;
             let limit = self.cfg.suspicion.probe_timeout;
             self.probes.spawn(async move {
-                let answered = probe::probe(&mut control, peer, limit).await;
-                if answered {
+                let outcome = probe::probe(&mut control, peer, limit).await;
+                if outcome == ProbeOutcome::Answered {
                     tracing::info!(
                         %peer,
                         "cell: a member the failure detector gave up on answered a probe; \
                          still live"
                     );
                 }
-                lock(&suspicion).probed((peer, generation), answered, epoch.now());
+                lock(&suspicion).probed((peer, generation), outcome, epoch.now());
             });
         }
     }

@@ -11,18 +11,24 @@ use std::time::Duration;
 use libp2p::PeerId;
 
 use super::members::Member;
-use crate::suspicion::Suspicion;
+use crate::suspicion::{ProbeOutcome, Suspicion};
 use crate::swarm::cell_transport::CELL_PROTOCOL;
 
 /// Suspects are members of one generation: a restart is a new member.
 pub type Suspect = (PeerId, u64);
 
-/// Whether `peer` answered a probe within `limit`.
-pub async fn probe(control: &mut libp2p_stream::Control, peer: PeerId, limit: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(limit, control.open_stream(peer, CELL_PROTOCOL)).await,
-        Ok(Ok(_))
-    )
+/// How a probe of `peer` ended within `limit`: an error before it (dial refused, protocol not
+/// served, connection reset) is a refusal.
+pub async fn probe(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    limit: Duration,
+) -> ProbeOutcome {
+    match tokio::time::timeout(limit, control.open_stream(peer, CELL_PROTOCOL)).await {
+        Ok(Ok(_)) => ProbeOutcome::Answered,
+        Ok(Err(_)) => ProbeOutcome::Refused,
+        Err(_) => ProbeOutcome::Silent,
+    }
 }
 
 /// Reports each member's liveness as the suspicion has it: a suspect is live until its probe
