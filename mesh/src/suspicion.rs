@@ -4,7 +4,7 @@
 //! Why: phi accrual judges a member by how late its heartbeats reach this node through
 //! gossip. When this node, the member or the gossip between them is slow for a while (a
 //! loaded host; measured: 100 nodes on 2 cores, load average over 100, gave 19 false "down"s
-//! in 30 s), the heartbeats are late although the member is alive. A false "down" is not
+//! in one `bench mesh` run), the heartbeats are late although the member is alive. A false "down" is not
 //! harmless: it moves work for nothing. So a member the detector gives up on is only
 //! *suspected*: it is still reported live while one direct probe (a fresh stream to it,
 //! answered by its own network stack) runs. An answer refutes the suspicion for
