@@ -37,7 +37,7 @@ pub fn member_info(cap: &Capacity, addrs: Vec<Multiaddr>) -> MemberInfo {
 }
 
 /// A member as the API (and placement) sees it: what it gossips about itself.
-pub fn member_status(peer: &PeerId, live: bool, signed: bool, info: MemberInfo) -> MemberStatus {
+pub fn member_status(peer: &PeerId, live: bool, signed: bool, info: &MemberInfo) -> MemberStatus {
     MemberStatus {
         signed,
         peer_id: peer.to_string(),
@@ -46,7 +46,7 @@ pub fn member_status(peer: &PeerId, live: bool, signed: bool, info: MemberInfo) 
         mem_mib: info.mem_mib,
         free_slots: info.free_slots,
         load_permille: info.load_permille.into(),
-        version: info.version,
+        version: info.version.clone(),
         addrs: info.addrs.iter().map(|a| a.to_string()).collect(),
     }
 }

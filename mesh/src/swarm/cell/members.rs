@@ -3,6 +3,7 @@
 //! (callers pass `now`, the time since their epoch).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
@@ -148,7 +149,8 @@ pub struct Member {
     /// Whether the failure detector holds it alive (this node always is).
     pub live: bool,
     pub is_self: bool,
-    pub info: MemberInfo,
+    /// Shared with the runner's view cache: rounds re-read a member only when it changed.
+    pub info: Arc<MemberInfo>,
     /// Time since this node last saw its heartbeat advance (None until seen once after the
     /// runner's start; tick granularity).
     pub heartbeat_age: Option<Duration>,
@@ -162,7 +164,7 @@ pub struct NodeView {
     pub live: bool,
     pub heartbeat: u64,
     /// What its key-values say.
-    pub info: MemberInfo,
+    pub info: Arc<MemberInfo>,
 }
 
 /// When each member's heartbeat last advanced, across ticks.
@@ -341,7 +343,7 @@ mod tests {
             generation,
             live,
             heartbeat,
-            info: info(),
+            info: Arc::new(info()),
         }
     }
 
@@ -361,7 +363,7 @@ mod tests {
         );
         assert_eq!(a.len(), 3);
         assert!(a[&peer(1)].is_self && a[&peer(1)].heartbeat_age.is_none());
-        assert_eq!(a[&peer(2)].info, info());
+        assert_eq!(*a[&peer(2)].info, info());
         let joined = diff_members(&BTreeMap::new(), &a);
         assert_eq!(joined.len(), 2, "{joined:?}");
 

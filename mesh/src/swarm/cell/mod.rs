@@ -488,10 +488,18 @@ impl Runner {
                 );
             }
         }
+        // Only members new since the last round, or whose key-values changed (the view cache
+        // made a new `info`): the transport's map keeps what it was given.
         for m in members.values().filter(|m| !m.is_self) {
+            let unchanged = self
+                .prev
+                .get(&m.peer)
+                .is_some_and(|p| Arc::ptr_eq(&p.info, &m.info));
+            if unchanged {
+                continue;
+            }
             self.transport.register(m.peer);
-            let addrs = m.info.addrs.clone();
-            self.feed(m.peer, &addrs).await?;
+            self.feed(m.peer, &m.info.addrs).await?;
         }
         for event in diff_members(&self.prev, &members) {
             tracing::debug!(?event, "cell");

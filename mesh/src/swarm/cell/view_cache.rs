@@ -8,6 +8,7 @@
 //! a node whose `max_version` is the one read last time has the same `peer` and info.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use chitchat::{Chitchat, ChitchatId};
 use libp2p::PeerId;
@@ -21,7 +22,7 @@ struct Read {
     /// None when the node's `peer` key-value is missing or does not name a PeerId with its
     /// short id (such a node is held but not viewed).
     peer: Option<PeerId>,
-    info: MemberInfo,
+    info: Arc<MemberInfo>,
 }
 
 /// The last read of each node chitchat holds, by node id.
@@ -64,7 +65,7 @@ impl ViewCache {
                 let read = Read {
                     max_version,
                     peer,
-                    info,
+                    info: Arc::new(info),
                 };
                 self.reads.insert(node, read);
             }
@@ -79,7 +80,7 @@ impl ViewCache {
                 generation: id.generation_id,
                 live: live.contains(id),
                 heartbeat: u64::from(state.heartbeat()),
-                info: read.info.clone(),
+                info: Arc::clone(&read.info),
             });
         }
         self.reads.retain(|node, _| held.contains(node));
