@@ -34,6 +34,45 @@ pub fn host_load_permille() -> u16 {
     load_permille(load, cpus)
 }
 
+/// How far a measured figure must move from the one told last before the cell is told the
+/// new one: every value a member changes is a new version that each member's chitchat copies
+/// and sends, and figures that wobble (the load average, the host's available memory) made
+/// most gossip rounds of a 200-member cell carry a change that changed no placement.
+#[derive(Clone, Copy, Debug)]
+pub struct TellStep {
+    /// The smallest move told.
+    pub min: u64,
+    /// A move of at least the told figure divided by this is told too (0: none).
+    pub divisor: u64,
+}
+
+/// The load, per mille of a CPU: a tenth of a CPU, or a quarter of the told load.
+pub const LOAD_STEP: TellStep = TellStep {
+    min: 100,
+    divisor: 4,
+};
+
+/// The host's available memory: 64 MiB. Memory the node's own VMs hold is not behind this
+/// step: the accounting subtracts it exactly.
+pub const AVAILABLE_MEMORY_STEP: TellStep = TellStep {
+    min: 64 << 20,
+    divisor: 0,
+};
+
+/// The figure to tell, given the one told last (None: nothing yet) and the one measured now:
+/// the measured one when it moved far enough (`step`), else the told one.
+pub fn figure_to_tell(told: Option<u64>, measured: u64, step: TellStep) -> u64 {
+    let Some(told) = told else {
+        return measured;
+    };
+    let relative = told.checked_div(step.divisor).unwrap_or(0);
+    if measured.abs_diff(told) >= step.min.max(relative) {
+        measured
+    } else {
+        told
+    }
+}
+
 /// The 1-minute load average.
 fn parse_loadavg(text: &str) -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
@@ -102,12 +141,42 @@ mod tests {
     }
 
     #[test]
+    fn a_figure_is_told_again_only_when_it_moved_a_step() {
+        let load = |told: Option<u64>, measured| figure_to_tell(told, measured, LOAD_STEP);
+        assert_eq!(load(None, 37), 37, "the first is told as measured");
+        assert_eq!(load(Some(300), 399), 300);
+        assert_eq!(load(Some(300), 201), 300);
+        assert_eq!(load(Some(300), 400), 400);
+        assert_eq!(load(Some(300), 200), 200);
+        // A high load moves by a quarter of itself.
+        assert_eq!(load(Some(2000), 2400), 2000);
+        assert_eq!(load(Some(2000), 2500), 2500);
+        assert_eq!(load(Some(2000), 1500), 1500);
+        // A wobble around one figure is told once.
+        let mut told = None;
+        let mut changes = 0;
+        for measured in [500u64, 540, 470, 520, 455, 545, 500] {
+            let next = load(told, measured);
+            changes += usize::from(told != Some(next));
+            told = Some(next);
+        }
+        assert_eq!((told, changes), (Some(500), 1));
+        // Memory moves by an absolute step, whatever its size.
+        let mib = 1u64 << 20;
+        let mem = |told, measured| figure_to_tell(Some(told), measured, AVAILABLE_MEMORY_STEP);
+        assert_eq!(mem(21_483 * mib, 21_484 * mib), 21_483 * mib);
+        assert_eq!(mem(21_483 * mib, 21_419 * mib), 21_419 * mib);
+        assert_eq!(mem(100 * mib, 37 * mib), 100 * mib);
+        assert_eq!(mem(100 * mib, 36 * mib), 36 * mib);
+    }
+
+    #[test]
     fn auto_placement_skips_a_node_whose_vms_take_its_slots() {
         use novacron_mesh::identity::NodeIdentity;
         let node = |held: Load| {
             let info = super::super::cell::member_info(&offer(&host(held), 0), Vec::new());
             let peer = NodeIdentity::generate().unwrap().peer_id();
-            super::super::cell::member_status(&peer, true, true, info)
+            super::super::cell::member_status(&peer, true, true, &info)
         };
         let full = node(Load::new(2, 128 * MIB));
         let half = node(Load::new(1, 128 * MIB));

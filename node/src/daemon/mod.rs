@@ -335,6 +335,7 @@ impl Daemon {
         let epoch = Epoch::start();
         let mut keeper = CellKeeper::new(KeeperConfig::default(), Duration::ZERO);
         let mut told: Option<MemberInfo> = None;
+        let mut told_available: Option<u64> = None;
         let mut signer = cell::RecordSigner::new(self.identity.clone());
         let mut events = Some(self.bus.subscribe());
         loop {
@@ -360,10 +361,26 @@ impl Daemon {
                 (Some(t), None) => (t.addrs.clone(), t.load_permille),
                 _ => (
                     self.advertised_addrs().await,
-                    capacity::host_load_permille(),
+                    capacity::figure_to_tell(
+                        told.as_ref().map(|t| u64::from(t.load_permille)),
+                        u64::from(capacity::host_load_permille()),
+                        capacity::LOAD_STEP,
+                    ) as u16,
                 ),
             };
-            let cap = self.own_capacity(load);
+            let cap = {
+                let mut acc = self.accounting();
+                acc.mem_available_bytes = acc.mem_available_bytes.map(|measured| {
+                    let told = capacity::figure_to_tell(
+                        told_available,
+                        measured,
+                        capacity::AVAILABLE_MEMORY_STEP,
+                    );
+                    told_available = Some(told);
+                    told
+                });
+                capacity::offer(&acc, load)
+            };
             let mut info = cell::member_info(&cap, addrs);
             info.signed_record = signer.current(&cap, &info.addrs, unix_now());
             let Some(round) = round else {
@@ -509,7 +526,7 @@ impl Daemon {
                     &mut lock(&self.records),
                     unix_now(),
                 );
-                cell::member_status(&m.peer, m.live, signed, m.info)
+                cell::member_status(&m.peer, m.live, signed, &m.info)
             })
             .collect();
         members.sort_by(|a, b| b.live.cmp(&a.live).then(a.peer_id.cmp(&b.peer_id)));
