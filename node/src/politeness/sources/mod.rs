@@ -28,7 +28,7 @@ pub(crate) fn read_limited(path: &Path, limit: u64) -> Option<String> {
 pub struct HostPaths {
     /// `/dev`: input devices and terminals.
     pub dev: PathBuf,
-    /// `/sys`: power supplies.
+    /// `/sys`: power supplies, the foreground console.
     pub sys: PathBuf,
     /// `/proc`: CPU times and memory.
     pub proc_dir: PathBuf,
@@ -109,7 +109,7 @@ impl Sampler {
             .or_else(|| owner::owner_signal_file(&p.data_dir));
         let (mem_total_bytes, mem_available_bytes) = meminfo::meminfo(&p.proc_dir);
         Observation {
-            owner_idle: self.owner_idle.sample(&p.dev, now),
+            owner_idle: self.owner_idle.sample(&p.dev, &p.sys, now),
             on_battery: power::on_battery(&p.sys),
             local_time: clock::local_time(now),
             other_cpu_load: self.cpu.sample(&p.proc_dir, &self.vm_pids),
