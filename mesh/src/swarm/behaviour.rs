@@ -92,13 +92,6 @@ const PING_INTERVAL: Duration = Duration::from_secs(120);
 /// only repairs what a push missed; over ~200 connections it cost ~2.6 KB/s per node.
 const IDENTIFY_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
-/// How often gossipsub maintains its meshes, gossips what it has seen and decays the peers'
-/// scores. Each heartbeat scores every connected peer, ~200 in a full cell; the topics carry
-/// a few messages a minute, flooded on publish, and a subscriber is grafted when it
-/// subscribes, so the 1 s default bought nothing but that work (every second, on every
-/// node).
-const GOSSIPSUB_HEARTBEAT: Duration = Duration::from_secs(5);
-
 /// Kademlia with k = 20, α = 3, manual routing-table inserts (every insert passes the
 /// subnet cap) and records only stored after the node validated them (the driver stores
 /// provider records under NovaCron keys and verified cell summaries under their cell's key).
@@ -140,17 +133,14 @@ fn gossip(key: &Keypair) -> Result<gossipsub::Behaviour, SwarmError> {
         .max_transmit_size(GOSSIP_MAX_TRANSMIT_BYTES)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
-        .heartbeat_interval(GOSSIPSUB_HEARTBEAT)
+        .heartbeat_interval(Duration::from_secs(1))
         .build()
         .map_err(|e| SwarmError::Gossipsub(e.to_string()))?;
     let mut g =
         gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
             .map_err(|e| SwarmError::Gossipsub(e.to_string()))?;
     let topics = [ANNOUNCE_TOPIC, CELLS_TOPIC].map(gossipsub::IdentTopic::new);
-    let mut params = gossipsub::PeerScoreParams {
-        decay_interval: GOSSIPSUB_HEARTBEAT,
-        ..gossipsub::PeerScoreParams::default()
-    };
+    let mut params = gossipsub::PeerScoreParams::default();
     // Many peers behind one address cost score (a Sybil signal on the Internet), but a mesh
     // on one host (tests, demos) shares loopback: left counted, every peer there would be
     // greylisted and gossipsub would carry nothing. Like the routing table's subnet cap,
@@ -173,7 +163,7 @@ fn gossip(key: &Keypair) -> Result<gossipsub::Behaviour, SwarmError> {
 
 /// Score parameters of a topic with rare messages: time in mesh and first deliveries count a
 /// little, each invalid message costs 50 points (weight −100 × topic weight 0.5, squared
-/// per count), decaying by 0.3 per decay interval (a heartbeat).
+/// per count), decaying by 0.3 per decay interval.
 fn rare_topic_score() -> gossipsub::TopicScoreParams {
     gossipsub::TopicScoreParams {
         topic_weight: 0.5,
