@@ -4,9 +4,9 @@
 //! Why: phi accrual judges a member by how late its heartbeats reach this node through
 //! gossip. When this node, the member or the gossip between them is slow for a while (a
 //! loaded host; measured: 100 nodes on 2 cores, load average over 100, gave 19 false "down"s
-//! in one `bench mesh` run), the heartbeats are late although the member is alive. A false "down" is not
-//! harmless: it moves work for nothing. So a member the detector gives up on is only
-//! *suspected*: it is still reported live while one direct probe (a fresh stream to it,
+//! in one `bench mesh` run), the heartbeats are late although the member is alive. A false
+//! "down" is not harmless: it moves work for nothing. So a member the detector gives up on is
+//! only *suspected*: it is still reported live while one direct probe (a fresh stream to it,
 //! answered by its own network stack) runs. An answer refutes the suspicion for
 //! [`SuspicionConfig::refuted_for`], after which a member the detector still holds dead is
 //! probed again. A refusal (dial refused, protocol not served) confirms it dead, and so do
