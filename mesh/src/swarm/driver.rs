@@ -521,10 +521,26 @@ impl Driver {
             kad::Event::ModeChanged { new_mode } => {
                 tracing::info!(%new_mode, "kademlia mode");
             }
-            kad::Event::InboundRequest { request } => self.on_kad_inbound(request),
+            kad::Event::InboundRequest { request } => {
+                tracing::trace!(request = inbound_kind(&request), "kademlia request served");
+                self.on_kad_inbound(request)
+            }
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
-            } => self.on_query(id, result, step.last),
+                id,
+                result,
+                step,
+                stats,
+            } => {
+                if step.last {
+                    tracing::debug!(
+                        query = query_kind(&result),
+                        requests = stats.num_requests(),
+                        ms = stats.duration().map_or(0, |d| d.as_millis()),
+                        "kademlia query finished"
+                    );
+                }
+                self.on_query(id, result, step.last)
+            }
             _ => {}
         }
     }
@@ -706,6 +722,31 @@ fn dialable(addr: &Multiaddr) -> bool {
         _ => false,
     };
     ip_ok && matches!(it.next(), Some(Protocol::Tcp(_) | Protocol::Udp(_)))
+}
+
+/// The name of a Kademlia query's kind, for logs.
+fn query_kind(result: &QueryResult) -> &'static str {
+    match result {
+        QueryResult::Bootstrap(_) => "bootstrap",
+        QueryResult::GetClosestPeers(_) => "get_closest_peers",
+        QueryResult::GetProviders(_) => "get_providers",
+        QueryResult::StartProviding(_) => "start_providing",
+        QueryResult::RepublishProvider(_) => "republish_provider",
+        QueryResult::GetRecord(_) => "get_record",
+        QueryResult::PutRecord(_) => "put_record",
+        QueryResult::RepublishRecord(_) => "republish_record",
+    }
+}
+
+/// The name of a served Kademlia request's kind, for logs.
+fn inbound_kind(request: &kad::InboundRequest) -> &'static str {
+    match request {
+        kad::InboundRequest::FindNode { .. } => "find_node",
+        kad::InboundRequest::GetProvider { .. } => "get_provider",
+        kad::InboundRequest::AddProvider { .. } => "add_provider",
+        kad::InboundRequest::GetRecord { .. } => "get_record",
+        kad::InboundRequest::PutRecord { .. } => "put_record",
+    }
 }
 
 #[cfg(test)]
