@@ -270,6 +270,12 @@ impl CellTransport {
         lock(&self.shared.pace).observe_members(count)
     }
 
+    /// How many members chitchat held at the last [`CellTransport::observe_members`], this
+    /// node included.
+    pub fn members_held(&self) -> u64 {
+        lock(&self.shared.members).len() as u64 + 1
+    }
+
     /// The interval of the exchanges with members.
     pub fn gossip_interval(&self) -> Duration {
         lock(&self.shared.pace).interval()

@@ -166,13 +166,18 @@ fn capacity_of(info: &MemberInfo) -> Capacity {
     }
 }
 
-/// Announces this node as a member of its cell in the DHT and hands every member the DHT
-/// knows of to chitchat as a candidate. Returns how many were found.
+/// Announces this node as a member of its cell in the DHT (a provider record on the peers
+/// closest to the cell's key).
+pub async fn announce_in_dht(mesh: &MeshNode, cell: &CellMembership) -> anyhow::Result<()> {
+    mesh.start_providing(DhtKey::Cell(cell.cell()))
+        .await
+        .context("announcing the cell in the DHT")
+}
+
+/// Hands every member of the cell the DHT knows of to chitchat as a candidate. Returns how
+/// many were found.
 pub async fn find_members_in_dht(mesh: &MeshNode, cell: &CellMembership) -> anyhow::Result<usize> {
     let key = DhtKey::Cell(cell.cell());
-    mesh.start_providing(key)
-        .await
-        .context("announcing the cell in the DHT")?;
     let found: Vec<(PeerId, Vec<Multiaddr>)> = mesh
         .providers(key)
         .await

@@ -333,7 +333,12 @@ impl Daemon {
     /// changes or the node starts draining (its free capacity then changes).
     pub async fn maintain(self: Arc<Daemon>) {
         let epoch = Epoch::start();
-        let mut keeper = CellKeeper::new(KeeperConfig::default(), Duration::ZERO);
+        let seed = u64::from_le_bytes(
+            blake3::hash(&self.mesh.peer_id().to_bytes()).as_bytes()[..8]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        let mut keeper = CellKeeper::new(KeeperConfig::default(), Duration::ZERO, seed);
         let mut told: Option<MemberInfo> = None;
         let mut told_available: Option<u64> = None;
         let mut signer = cell::RecordSigner::new(self.identity.clone());
@@ -341,7 +346,13 @@ impl Daemon {
         loop {
             let due = epoch.instant(keeper.next_deadline());
             let round = tokio::select! {
-                _ = tokio::time::sleep_until(due) => keeper.round(epoch.now()),
+                _ = tokio::time::sleep_until(due) => {
+                    let members = match self.cell.read().await.as_ref() {
+                        Some(cell) => cell.members_held(),
+                        None => 1,
+                    };
+                    keeper.round(epoch.now(), members)
+                }
                 event = async { Some(events.as_mut()?.recv().await) }, if events.is_some() => {
                     match event {
                         Some(Ok(e)) if !capacity_may_change(&e.event) => continue,
@@ -400,6 +411,11 @@ impl Daemon {
                     told = Some(info.clone());
                 }
                 // The DHT needs a routing table; the first rounds may find none yet.
+                if round.provide {
+                    if let Err(e) = cell::announce_in_dht(&self.mesh, cell).await {
+                        tracing::debug!(error = %e, "cell announcement in the DHT");
+                    }
+                }
                 if round.look_up_members {
                     match cell::find_members_in_dht(&self.mesh, cell).await {
                         Ok(n) => tracing::debug!(n, "cell members found in the DHT"),

@@ -353,6 +353,12 @@ impl CellMembership {
         self.transport.bytes()
     }
 
+    /// How many members chitchat holds (this node included), live or not, as of the
+    /// runner's last round.
+    pub fn members_held(&self) -> u64 {
+        self.transport.members_held()
+    }
+
     /// The interval of this node's exchanges with live members now (it follows the cell's
     /// live size).
     pub fn gossip_interval(&self) -> Duration {

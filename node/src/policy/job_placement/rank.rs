@@ -23,6 +23,7 @@ use std::cmp::Ordering;
 use std::time::Duration;
 
 use super::Need;
+use crate::policy::mix::splitmix64;
 use novacron_mesh::cells::{CellId, SummaryRecord};
 
 /// A cell a replica could go to, by its summary.
@@ -146,10 +147,7 @@ fn headroom(record: &SummaryRecord, need: Need) -> Option<u64> {
 /// mix (splitmix64) spreads them as well as a cryptographic hash would, at a fraction of the
 /// cost (this runs for every placement over a few hundred cells).
 fn cell_tie_break(seed: u64, cell: CellId) -> u64 {
-    let mut z = seed ^ cell_key(cell).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    splitmix64(seed ^ cell_key(cell).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 #[cfg(test)]
