@@ -245,10 +245,36 @@ fn wait_all_live(mesh: &LocalMesh, n: usize, timeout: Duration) -> anyhow::Resul
         }
         if Instant::now() > deadline {
             let done = reached.iter().filter(|r| r.is_some()).count();
-            bail!("after {timeout:?} only {done} of {n} nodes saw their whole cell live");
+            let behind: Vec<String> = mesh
+                .nodes
+                .iter()
+                .zip(&reached)
+                .filter(|(_, r)| r.is_none())
+                .take(5)
+                .map(|(node, _)| format!("{} ({})", node.name, live_counts(node)))
+                .collect();
+            bail!(
+                "after {timeout:?} only {done} of {n} nodes saw their whole cell live; behind: {}",
+                behind.join(", ")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The most members `node` reported live at once, and how many it reports live now.
+fn live_counts(node: &NodeProc) -> String {
+    let (most, last, downs) = node.with_lines(|lines| {
+        lines.iter().fold(
+            (0, 0, 0),
+            |(most, last, downs), (_, line)| match parse_member_line(line) {
+                Some((MemberChange::Up, _, live)) => (most.max(live), live, downs),
+                Some((MemberChange::Down, _, live)) => (most, live, downs + 1),
+                None => (most, last, downs),
+            },
+        )
+    });
+    format!("at most {most} live, {last} at its last change, {downs} down reports")
 }
 
 /// What a node costs in steady state, per node: means over the nodes.
