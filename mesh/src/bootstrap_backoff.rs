@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// The first retry after a run, and the retry while the table keeps changing.
 pub const FIRST_RETRY: Duration = Duration::from_secs(10);
-/// The longest wait between retries (Kademlia's own periodic bootstrap is 5 minutes).
+/// The longest wait between retries (the table refresh comes every ~10 minutes).
 pub const MAX_RETRY: Duration = Duration::from_secs(5 * 60);
 
 /// The retry schedule of a small table's bootstrap.

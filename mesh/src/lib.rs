@@ -15,6 +15,9 @@
 //! - [`cell_wire`]: cell membership (chitchat's format) on streams: frames, a validating parser
 //!   and encoder, short ids, admission caps.
 //! - [`bootstrap_backoff`]: when a node whose routing table is small bootstraps again.
+//! - [`table_refresh`]: when a node refreshes its routing table (jittered, so nodes started
+//!   together refresh apart).
+//! - [`jitter`]: waits drawn around a period from a seed, and the splitmix64 mix.
 //! - [`dht_keys`]: the DHT key namespaces (cells, chunk sets); only these are stored for others.
 //! - [`gossip_pace`]: how often a node starts exchanges with its cell: the interval that keeps
 //!   cell gossip within its byte budget, following the live cell size with hysteresis.
@@ -38,6 +41,7 @@ pub mod chunks;
 pub mod dht_keys;
 pub mod gossip_pace;
 pub mod identity;
+pub mod jitter;
 pub mod records;
 pub mod submission;
 pub mod submitter_key;
@@ -45,6 +49,7 @@ pub mod summaries;
 pub mod suspicion;
 #[cfg(feature = "swarm")]
 pub mod swarm;
+pub mod table_refresh;
 pub mod transfer;
 pub mod util;
 pub mod workload;

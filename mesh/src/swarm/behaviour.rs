@@ -101,7 +101,9 @@ fn kademlia(me: PeerId, cfg: &SwarmConfig) -> kad::Behaviour<kad::store::MemoryS
         .set_record_filtering(kad::StoreInserts::FilterBoth)
         .set_max_packet_size(KAD_MAX_PACKET_BYTES)
         .set_query_timeout(cfg.kad_query_timeout)
-        .set_periodic_bootstrap_interval(cfg.kad_bootstrap_interval);
+        // The driver refreshes on its own jittered schedule (`table_refresh`); libp2p's
+        // bootstrap when a peer joins a small table stays.
+        .set_periodic_bootstrap_interval(None);
     if let Some(k) = NonZeroUsize::new(20) {
         kc.set_replication_factor(k);
     }

@@ -55,7 +55,9 @@ pub struct SwarmConfig {
     pub subnet_limits: SubnetLimits,
     /// Close a connection after this long without use.
     pub idle_connection_timeout: Duration,
-    /// Re-run the Kademlia bootstrap query this often (None: only when the table is low).
+    /// Refresh the routing table (Kademlia's bootstrap) about this often, each wait drawn
+    /// between half and one and a half times it ([`crate::table_refresh`]); None: only when
+    /// the table is low.
     pub kad_bootstrap_interval: Option<Duration>,
     /// Give up a Kademlia query after this long.
     pub kad_query_timeout: Duration,
@@ -79,7 +81,7 @@ impl Default for SwarmConfig {
             mdns: false,
             subnet_limits: SubnetLimits::default(),
             idle_connection_timeout: Duration::from_secs(60),
-            kad_bootstrap_interval: Some(Duration::from_secs(5 * 60)),
+            kad_bootstrap_interval: Some(crate::table_refresh::REFRESH_EVERY),
             kad_query_timeout: Duration::from_secs(30),
             max_incoming_connections: 512,
             max_connections_per_peer: 4,

@@ -35,6 +35,7 @@ use crate::bootstrap_backoff::BootstrapBackoff;
 use crate::cells::{verify_summary, CellId, SummaryRecord};
 use crate::dht_keys::DhtKey;
 use crate::summaries::{dht_prefers, SummaryBook};
+use crate::table_refresh::TableRefresh;
 
 /// How often the routing-table size is checked for changes Kademlia does not report
 /// (entries dropped after failed dials).
@@ -80,6 +81,8 @@ pub(super) struct Driver {
     pub book: SummaryBook,
     /// When a small table bootstraps again.
     pub small_table: BootstrapBackoff,
+    /// When the table is refreshed (None: never on a schedule).
+    pub refresh: Option<TableRefresh>,
     /// What `small_table` counts time from.
     pub epoch: Epoch,
 }
@@ -98,6 +101,7 @@ impl Driver {
                 _ = tick.tick() => {
                     self.check_table();
                     self.bootstrap_if_small();
+                    self.refresh_if_due();
                     self.book.prune(unix_now());
                 }
             }
@@ -313,6 +317,17 @@ impl Driver {
         }
         let me = *self.swarm.local_peer_id();
         self.swarm.behaviour_mut().kad.get_closest_peers(me);
+    }
+
+    /// Refreshes the routing table when its jittered schedule says so ([`TableRefresh`]).
+    fn refresh_if_due(&mut self) {
+        let now = self.epoch.now();
+        if !self.refresh.as_mut().is_some_and(|r| r.due(now)) || self.table_size == 0 {
+            return;
+        }
+        if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+            tracing::debug!(error = %e, "routing table refresh");
+        }
     }
 
     /// Adds `addr` of `peer` to the routing table if the subnet cap allows it.

@@ -189,6 +189,7 @@ impl MeshNode {
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, _) = broadcast::channel(cfg.event_capacity.max(1));
         let epoch = clock::Epoch::start();
+        let refresh_every = cfg.kad_bootstrap_interval;
         let driver = driver::Driver {
             swarm,
             commands: command_rx,
@@ -203,6 +204,13 @@ impl MeshNode {
                 driver::SMALL_TABLE,
                 epoch.now(),
             ),
+            refresh: refresh_every.map(|every| {
+                crate::table_refresh::TableRefresh::new(
+                    every,
+                    epoch.now(),
+                    crate::jitter::seed_of(&peer_id.to_bytes()),
+                )
+            }),
             epoch,
         };
         let task = tokio::spawn(driver.run());

@@ -333,11 +333,7 @@ impl Daemon {
     /// changes or the node starts draining (its free capacity then changes).
     pub async fn maintain(self: Arc<Daemon>) {
         let epoch = Epoch::start();
-        let seed = u64::from_le_bytes(
-            blake3::hash(&self.mesh.peer_id().to_bytes()).as_bytes()[..8]
-                .try_into()
-                .unwrap_or_default(),
-        );
+        let seed = novacron_mesh::jitter::seed_of(&self.mesh.peer_id().to_bytes());
         let mut keeper = CellKeeper::new(KeeperConfig::default(), Duration::ZERO, seed);
         let mut told: Option<MemberInfo> = None;
         let mut told_available: Option<u64> = None;

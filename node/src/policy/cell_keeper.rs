@@ -36,7 +36,7 @@
 
 use std::time::Duration;
 
-use super::mix::splitmix64;
+use novacron_mesh::jitter::Jitter;
 
 /// How long a published cell summary lives (seconds): its signed expiry, and the hold-down
 /// after a move.
@@ -141,8 +141,7 @@ pub struct CellKeeper {
     join_rounds: u32,
     lookup: Recurring,
     provide: Recurring,
-    /// The jitter's generator state (splitmix64).
-    rng: u64,
+    jitter: Jitter,
 }
 
 impl CellKeeper {
@@ -161,7 +160,7 @@ impl CellKeeper {
             join_rounds: JOIN_ROUNDS,
             lookup: start,
             provide: start,
-            rng: seed,
+            jitter: Jitter::new(seed),
         }
     }
 
@@ -203,11 +202,9 @@ impl CellKeeper {
 
     /// A recurring task that ran at round `index`, with a fresh wait in [50%, 150%).
     fn restart(&mut self, index: u32) -> Recurring {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let wait_pct = 50 + (splitmix64(self.rng) % 100) as u32;
         Recurring {
             last: index,
-            wait_pct,
+            wait_pct: self.jitter.next_pct(),
         }
     }
 

@@ -30,7 +30,6 @@ pub mod evacuation;
 pub mod in_doubt;
 pub mod job_fencing;
 pub mod job_placement;
-pub mod mix;
 pub mod placement;
 pub mod politeness;
 pub mod quorum;

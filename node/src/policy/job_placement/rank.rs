@@ -23,8 +23,8 @@ use std::cmp::Ordering;
 use std::time::Duration;
 
 use super::Need;
-use crate::policy::mix::splitmix64;
 use novacron_mesh::cells::{CellId, SummaryRecord};
+use novacron_mesh::jitter::splitmix64;
 
 /// A cell a replica could go to, by its summary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
