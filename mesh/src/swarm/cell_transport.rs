@@ -87,6 +87,11 @@ pub struct CellTransportConfig {
     /// Longest wait to write a frame, or to read the rest of one once its header arrived.
     pub io_timeout: Duration,
     /// A writer with nothing to send, or a stream with nothing to read, closes after this.
+    /// Longer than the usual wait between two frames to one member: in a cell of 200, a
+    /// member writes to each other member about every 2 minutes (each exchange is with a
+    /// random one), so a 2-minute timeout closed most streams between uses, and every
+    /// exchange paid a stream's opening and closing on both sides (multiplexer frames,
+    /// protocol negotiation, a negotiation timer each, extra wakeups).
     pub idle_timeout: Duration,
 }
 
@@ -100,7 +105,7 @@ impl Default for CellTransportConfig {
             queue_per_peer: 8,
             open_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
