@@ -44,6 +44,25 @@ impl Jitter {
     }
 }
 
+/// The most of `times` that fall within any window `[t, t + width)`: how bunched periodic
+/// work is (tests and the simulator check that jitter spreads it).
+pub fn most_within(times: &[u64], width: u64) -> usize {
+    if width == 0 {
+        return 0;
+    }
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let mut most = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] >= width {
+            start += 1;
+        }
+        most = most.max(end + 1 - start);
+    }
+    most
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +98,15 @@ mod tests {
         let mut j = Jitter::new(7);
         let w = j.wait(Duration::from_secs(600));
         assert!(w >= Duration::from_secs(300) && w < Duration::from_secs(900));
+    }
+
+    #[test]
+    fn most_within_counts_the_busiest_window() {
+        assert_eq!(most_within(&[], 10), 0);
+        assert_eq!(most_within(&[5], 0), 0);
+        assert_eq!(most_within(&[30, 1, 9, 10, 2], 10), 4);
+        assert_eq!(most_within(&[0, 10, 20], 10), 1);
+        assert_eq!(most_within(&[0, 10, 20], 11), 2);
     }
 
     #[test]
