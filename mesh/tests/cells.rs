@@ -180,7 +180,8 @@ async fn six_nodes_join_through_one_bootstrap_and_see_each_other() {
 }
 
 /// The gossip interval follows a cell that grows and shrinks in place (no node moves): a
-/// budget small enough that a handful of members moves it (one member: 0.5 s; six: 3 s),
+/// budget small enough that a handful of members moves it (one member: 0.5 s; six: 3 s, at
+/// 12 digests of 21 B per member per interval),
 /// dead members forgotten after 2 s. With the hysteresis (a change needs the count to move by
 /// more than 2 here) the count the interval was last set for depends on the order members
 /// were seen in: 4 to 6 of the 6, so 2 to 3 s; and, once the five others left, 1 to 3
@@ -188,7 +189,7 @@ async fn six_nodes_join_through_one_bootstrap_and_see_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gossip_interval_follows_a_cell_that_grows_and_shrinks() {
     let small_budget = |cfg: CellConfig| CellConfig {
-        gossip_budget_bytes_per_s: 336,
+        gossip_budget_bytes_per_s: 504,
         dead_node_grace_period: Duration::from_secs(2),
         ..cfg
     };

@@ -80,7 +80,7 @@ use crate::util::lock;
 /// member's phi and asks for [`FANOUT`](crate::gossip_pace::FANOUT) exchanges. How many of
 /// those exchanges with members really start is the cell's
 /// [`GossipPace`](crate::gossip_pace::GossipPace), whose interval follows the number of
-/// members held (1 s up to ~90 members, ~2.2 s at 200). Measured with `novacron bench mesh --nodes 50`
+/// members held (1 s up to ~60 members, ~3.4 s at 200). Measured with `novacron bench mesh --nodes 50`
 /// (50 release-build processes, one cell, noisy 2-core machine): at 1.0 s, 14.3 KB/s per node
 /// on the wire and failure detection p50 5.9 s (max 7.7); at 1.5 s, 9.8 KB/s and p50 8.6 s.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(1000);
