@@ -1,9 +1,9 @@
 //! The pure cores stay pure: the crates' builds without their I/O features (what the
 //! simulator links: mesh's chunks, records, cells, summaries and transfer scheduler; vm's
-//! migration protocol and its in-memory harness; node's domain model and policy) pull in no
-//! async runtime, no libp2p, no chitchat, no KVM and no database. Checked on the resolved
-//! dependency graph (`cargo tree -e normal`), so a dependency that creeps in through another
-//! crate is caught too.
+//! migration protocol and its in-memory harness; node's domain model and policy), and the
+//! simulator itself, pull in no async runtime, no libp2p, no chitchat, no KVM and no
+//! database. Checked on the resolved dependency graph (`cargo tree -e normal`), so a
+//! dependency that creeps in through another crate is caught too.
 
 use std::process::Command;
 
@@ -26,6 +26,8 @@ const PURE_BUILDS: &[(&str, &[&str])] = &[
     ("novacron-mesh", &[]),
     ("novacron-vm", &["sim"]),
     ("novacron-node", &[]),
+    // The simulator itself: it drives the cores in virtual time, never their drivers.
+    ("novacron-sim", &[]),
 ];
 
 /// The names of every crate in `package`'s normal dependency graph, built with `features`

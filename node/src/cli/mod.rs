@@ -15,6 +15,7 @@ pub(crate) mod node_vms;
 pub mod output;
 mod owner;
 mod run_node;
+mod sim;
 mod status;
 mod submit;
 
@@ -147,6 +148,9 @@ enum Top {
         #[command(subcommand)]
         suite: crate::bench::Suite,
     },
+    /// Simulate the mesh in virtual time from a scenario file (simulator/scenarios/).
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
     /// Internal: the per-VM sandboxed VMM process (spawned by novacron itself; its
     /// control socket is fd 3).
     #[command(hide = true)]
@@ -196,6 +200,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Job(args) => jobs::run(args),
         Top::Demo(args) => demo::run(args),
         Top::Bench { suite } => crate::bench::run(suite),
+        Top::Sim(cmd) => sim::run_command(cmd),
         Top::BareKvm => {
             output::outln!("{}", crate::bench::bare_kvm_first_exit_ns()?)?;
             Ok(ExitCode::SUCCESS)

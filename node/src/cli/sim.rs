@@ -1,0 +1,154 @@
+//! `novacron sim`: the simulator (simulator/, crate novacron-sim) on a scenario file.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use novacron_sim::run::{run, Progress};
+use novacron_sim::scenario::Scenario;
+
+use super::output::outln;
+
+/// Scenario files are small; a bigger file is a mistake, refused before it is read.
+const MAX_SCENARIO_BYTES: u64 = 1024 * 1024;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SimCommand {
+    /// Run a scenario: writes summary.json, CSV series, SVG plots and report.md into --out
+    /// and prints a summary.
+    ///
+    /// Example: novacron sim run simulator/scenarios/flat-serf.toml --out /tmp/serf
+    #[command(verbatim_doc_comment)]
+    Run(SimRunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SimRunArgs {
+    /// The scenario (TOML; see simulator/scenarios/ and docs/simulator.md).
+    scenario: PathBuf,
+    /// Directory for the results (created if missing; its files are replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed of every random draw (default: the scenario's `run.seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_command(cmd: SimCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SimCommand::Run(args) => run_scenario(&args),
+    }
+}
+
+fn read_scenario(path: &std::path::Path) -> anyhow::Result<Scenario> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the scenario {}", path.display()))?;
+    anyhow::ensure!(
+        meta.len() <= MAX_SCENARIO_BYTES,
+        "the scenario {} is {} bytes, more than the {MAX_SCENARIO_BYTES} a scenario may have",
+        path.display(),
+        meta.len()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the scenario {}", path.display()))?;
+    Scenario::parse(&text).with_context(|| format!("{} is not a scenario to run", path.display()))
+}
+
+/// The process's peak resident set (VmHWM), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn run_scenario(args: &SimRunArgs) -> anyhow::Result<ExitCode> {
+    let scenario = read_scenario(&args.scenario)?;
+    let seed = args.seed.unwrap_or(scenario.run.seed);
+    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} simulating [{bar:30}] {pos}/{len} {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let started = Instant::now();
+    let mut on_progress = |p: Progress| {
+        if let Some(bar) = &bar {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("{:.0} events/s", p.events as f64 / secs));
+        }
+    };
+    let out = run(&scenario, seed, &mut on_progress);
+    let wall_s = started.elapsed().as_secs_f64();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    novacron_sim::report::write(&out, &args.out)
+        .with_context(|| format!("cannot write the results into {}", args.out.display()))?;
+    let s = &out.summary;
+    let events_per_s = s.events as f64 / wall_s.max(1e-9);
+    let peak = peak_rss_mib();
+    if args.json {
+        let mut v = serde_json::to_value(s)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("wall_s".into(), wall_s.into());
+            obj.insert("events_per_s".into(), events_per_s.into());
+            obj.insert("peak_rss_mib".into(), peak.into());
+            obj.insert("out".into(), args.out.display().to_string().into());
+        }
+        outln!("{v}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opt = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    let pct = s.target_fraction * 100.0;
+    outln!(
+        "scenario      {} ({} nodes, seed {})",
+        s.scenario,
+        s.nodes,
+        s.seed
+    )?;
+    outln!(
+        "model         {}: fanout {}, interval {} ms, {} broadcasts",
+        s.model,
+        s.fanout,
+        s.interval_ms,
+        s.broadcasts
+    )?;
+    outln!(
+        "rounds to {pct}%  p50 {}  p90 {}  max {}",
+        opt(s.rounds_to_target_p50),
+        opt(s.rounds_to_target_p90),
+        opt(s.rounds_to_target_max)
+    )?;
+    outln!(
+        "closed form   {:.2} rounds (Serf); p50 / closed form {}",
+        s.closed_form_rounds,
+        opt(s.vs_closed_form)
+    )?;
+    outln!("died out      {} of {}", s.died_out, s.broadcasts)?;
+    outln!(
+        "events        {} in {wall_s:.2} s wall ({events_per_s:.0} events/s), peak RSS {} MiB",
+        s.events,
+        opt(peak)
+    )?;
+    outln!("results       {}", args.out.display())?;
+    Ok(ExitCode::SUCCESS)
+}
