@@ -42,13 +42,19 @@ pub fn is_stdout_closed(e: &anyhow::Error) -> bool {
 /// The progress bar of a migration on a terminal, starting at the VM's size in bytes (both
 /// `novacron vm migrate` and `novacron migrate` show it).
 pub fn migration_bar(mem_bytes: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(mem_bytes.max(1));
+    progress_bar(
+        mem_bytes,
+        "{spinner} migrating [{bar:30}] {bytes}/{total_bytes} {wide_msg}",
+    )
+}
+
+/// A progress bar of `len` steps drawn with `template` (indicatif's syntax).
+pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len.max(1));
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} migrating [{bar:30}] {bytes}/{total_bytes} {wide_msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     bar
 }

@@ -77,15 +77,7 @@ fn run_scenario(args: &SimRunArgs) -> anyhow::Result<ExitCode> {
     let scenario = read_scenario(&args.scenario)?;
     let seed = args.seed.unwrap_or(scenario.run.seed);
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(1);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} simulating [{bar:30}] {pos}/{len} {wide_msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar
+        super::output::progress_bar(1, "{spinner} simulating [{bar:30}] {pos}/{len} {wide_msg}")
     });
     let started = Instant::now();
     let mut on_progress = |p: Progress| {
