@@ -188,15 +188,20 @@ mod tests {
     use super::*;
     use crate::scenario::NetworkSection;
     use crate::serf_model;
+    use crate::stats::quantile;
 
-    fn lan() -> Network {
-        // ~0.2 ms round trips: far below the 200 ms interval, as on Serf's LAN.
+    /// ~0.2 ms round trips, far below the 200 ms interval, as on Serf's LAN.
+    fn lan_with_loss(loss: f64) -> Network {
         let section = NetworkSection {
             rtt_lognormal_mu_ln_ms: -1.6,
             rtt_lognormal_sigma: 0.3,
-            loss: 0.0,
+            loss,
         };
         Network::new(&section, 1)
+    }
+
+    fn lan() -> Network {
+        lan_with_loss(0.0)
     }
 
     fn model(nodes: u64) -> Epidemic {
@@ -210,9 +215,17 @@ mod tests {
         }
     }
 
-    fn p50(mut xs: Vec<f64>) -> f64 {
-        xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
+    /// The p50 over 9 broadcasts of `m` over `net` is within 10% of the closed form.
+    fn assert_near_the_closed_form(m: &Epidemic, net: &Network, seed: u64, loss: f64) {
+        let rounds: Vec<f64> = (0..9)
+            .map(|i| m.broadcast(net, seed, i).rounds_to_target.unwrap())
+            .collect();
+        let got = quantile(&rounds, 0.5).unwrap();
+        let want = serf_model::rounds_to(0.9999, m.nodes, m.fanout, loss, m.failed_fraction);
+        assert!(
+            (got / want - 1.0).abs() <= 0.10,
+            "simulated {got} rounds, closed form {want}"
+        );
     }
 
     #[test]
@@ -229,17 +242,7 @@ mod tests {
 
     #[test]
     fn the_spread_matches_serfs_closed_form_within_ten_percent() {
-        let m = model(20_000);
-        let net = lan();
-        let rounds: Vec<f64> = (0..9)
-            .map(|i| m.broadcast(&net, 42, i).rounds_to_target.unwrap())
-            .collect();
-        let want = serf_model::rounds_to(0.9999, 20_000, 3, 0.0, 0.0);
-        let got = p50(rounds);
-        assert!(
-            (got / want - 1.0).abs() <= 0.10,
-            "simulated {got} rounds, closed form {want}"
-        );
+        assert_near_the_closed_form(&model(20_000), &lan(), 42, 0.0);
     }
 
     #[test]
@@ -248,28 +251,10 @@ mod tests {
             failed_fraction: 0.1,
             ..model(20_000)
         };
-        let lossy = Network::new(
-            &NetworkSection {
-                loss: 0.05,
-                ..NetworkSection {
-                    rtt_lognormal_mu_ln_ms: -1.6,
-                    rtt_lognormal_sigma: 0.3,
-                    loss: 0.0,
-                }
-            },
-            1,
-        );
-        let rounds: Vec<f64> = (0..9)
-            .map(|i| m.broadcast(&lossy, 7, i).rounds_to_target.unwrap())
-            .collect();
+        let lossy = lan_with_loss(0.05);
         let b = m.broadcast(&lossy, 7, 0);
         assert!((17_500..18_500).contains(&b.live), "{}", b.live);
-        let want = serf_model::rounds_to(0.9999, 20_000, 3, 0.05, 0.1);
-        let got = p50(rounds);
-        assert!(
-            (got / want - 1.0).abs() <= 0.10,
-            "simulated {got} rounds, closed form {want}"
-        );
+        assert_near_the_closed_form(&m, &lossy, 7, 0.05);
     }
 
     #[test]

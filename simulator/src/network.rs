@@ -2,13 +2,12 @@
 //! log-normal model, fixed by the run's seed and the pair (so it costs no memory per pair),
 //! and each message may be lost.
 
-use crate::rng::{pair_unit, SimRng};
+use crate::rng::{pair_hash, SimRng};
 use crate::scenario::NetworkSection;
 use crate::time::SimDuration;
 
-/// Streams of [`pair_unit`] kept apart from every other per-pair draw.
-const RTT_STREAM_A: u64 = 0x5254_545f_4100_0001;
-const RTT_STREAM_B: u64 = 0x5254_545f_4200_0002;
+/// Keeps the round-trip draws apart from every other per-pair draw.
+const RTT_STREAM: u64 = 0x5254_545f_0000_0001;
 
 /// A run's network.
 #[derive(Clone, Debug)]
@@ -31,11 +30,8 @@ impl Network {
 
     /// The round-trip time between `a` and `b` (the same both ways, every time).
     pub fn rtt(&self, a: u64, b: u64) -> SimDuration {
-        // Box-Muller from two per-pair uniforms.
-        let u1 = 1.0 - pair_unit(self.seed ^ RTT_STREAM_A, a, b);
-        let u2 = pair_unit(self.seed ^ RTT_STREAM_B, a, b);
-        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-        SimDuration::from_millis_f64((self.mu + self.sigma * z).exp())
+        let mut pair = SimRng::new(pair_hash(self.seed ^ RTT_STREAM, a, b));
+        SimDuration::from_millis_f64(pair.lognormal(self.mu, self.sigma))
     }
 
     /// The one-way delay from `a` to `b`: half the round trip.

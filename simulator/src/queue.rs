@@ -93,11 +93,6 @@ impl<E> EventQueue<E> {
     pub fn processed(&self) -> u64 {
         self.popped
     }
-
-    /// Drops every pending event (the end of a phase of a run).
-    pub fn clear(&mut self) {
-        self.heap.clear();
-    }
 }
 
 #[cfg(test)]

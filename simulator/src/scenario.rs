@@ -119,13 +119,29 @@ fn invalid(key: &'static str, why: impl Into<String>) -> ScenarioError {
     }
 }
 
-fn check_fraction(key: &'static str, v: f64, one_allowed: bool) -> Result<(), ScenarioError> {
-    let ok = v.is_finite() && v >= 0.0 && (v < 1.0 || (one_allowed && v == 1.0));
-    if ok {
+/// `v` within `[lo, hi]` (NaN never is), or an error naming `key`.
+fn within<T: PartialOrd + std::fmt::Display>(
+    key: &'static str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ScenarioError> {
+    if v >= lo && v <= hi {
         Ok(())
     } else {
-        let range = if one_allowed { "[0, 1]" } else { "[0, 1)" };
-        Err(invalid(key, format!("must be within {range} (got {v})")))
+        Err(invalid(
+            key,
+            format!("must be within [{lo}, {hi}] (got {v})"),
+        ))
+    }
+}
+
+/// A share in `[0, 1)`, or an error naming `key`.
+fn share_below_one(key: &'static str, v: f64) -> Result<(), ScenarioError> {
+    if (0.0..1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("must be within [0, 1) (got {v})")))
     }
 }
 
@@ -169,67 +185,38 @@ impl Scenario {
 
     fn check(&self) -> Result<(), ScenarioError> {
         let n = self.run.nodes;
-        if !(2..=MAX_NODES).contains(&n) {
-            return Err(invalid(
-                "run.nodes",
-                format!("must be between 2 and {MAX_NODES} (got {n})"),
-            ));
-        }
+        within("run.nodes", n, 2, MAX_NODES)?;
         let net = &self.network;
-        if !net.rtt_lognormal_mu_ln_ms.is_finite() || net.rtt_lognormal_mu_ln_ms > 12.0 {
-            return Err(invalid(
-                "network.rtt_lognormal_mu_ln_ms",
-                format!(
-                    "must be a finite ln(ms) of at most 12 (~45 hours) (got {})",
-                    net.rtt_lognormal_mu_ln_ms
-                ),
-            ));
-        }
-        if !net.rtt_lognormal_sigma.is_finite() || !(0.0..=5.0).contains(&net.rtt_lognormal_sigma) {
-            return Err(invalid(
-                "network.rtt_lognormal_sigma",
-                format!("must be within [0, 5] (got {})", net.rtt_lognormal_sigma),
-            ));
-        }
-        check_fraction("network.loss", net.loss, false)?;
+        within(
+            "network.rtt_lognormal_mu_ln_ms",
+            net.rtt_lognormal_mu_ln_ms,
+            -1000.0,
+            12.0,
+        )?;
+        within(
+            "network.rtt_lognormal_sigma",
+            net.rtt_lognormal_sigma,
+            0.0,
+            5.0,
+        )?;
+        share_below_one("network.loss", net.loss)?;
         let Some(e) = &self.epidemic else {
             return Err(ScenarioError::NoModel);
         };
-        if e.fanout == 0 || u64::from(e.fanout) >= n || e.fanout > 64 {
-            return Err(invalid(
-                "epidemic.fanout",
-                format!(
-                    "must be at least 1, at most 64 and below run.nodes (got {})",
-                    e.fanout
-                ),
-            ));
-        }
-        if !e.interval_ms.is_finite() || !(0.001..=3_600_000.0).contains(&e.interval_ms) {
-            return Err(invalid(
-                "epidemic.interval_ms",
-                format!("must be within [0.001, 3600000] (got {})", e.interval_ms),
-            ));
-        }
-        if !(1..=10_000).contains(&e.broadcasts) {
-            return Err(invalid(
-                "epidemic.broadcasts",
-                format!("must be between 1 and 10000 (got {})", e.broadcasts),
-            ));
-        }
-        check_fraction("epidemic.failed_fraction", e.failed_fraction, false)?;
-        if e.retransmit_mult > 1_000 {
-            return Err(invalid(
-                "epidemic.retransmit_mult",
-                format!("must be at most 1000 (got {})", e.retransmit_mult),
-            ));
-        }
-        if !(e.target_fraction.is_finite() && e.target_fraction > 0.0 && e.target_fraction <= 1.0) {
-            return Err(invalid(
+        within("epidemic.fanout", u64::from(e.fanout), 1, 64.min(n - 1))?;
+        within("epidemic.interval_ms", e.interval_ms, 0.001, 3_600_000.0)?;
+        within("epidemic.broadcasts", e.broadcasts, 1, 10_000)?;
+        share_below_one("epidemic.failed_fraction", e.failed_fraction)?;
+        within("epidemic.retransmit_mult", e.retransmit_mult, 0, 1_000)?;
+        let t = e.target_fraction;
+        if t > 0.0 && t <= 1.0 {
+            Ok(())
+        } else {
+            Err(invalid(
                 "epidemic.target_fraction",
-                format!("must be within (0, 1] (got {})", e.target_fraction),
-            ));
+                format!("must be within (0, 1] (got {t})"),
+            ))
         }
-        Ok(())
     }
 }
 

@@ -10,17 +10,19 @@
 
 /// Rounds until `fraction` of the `nodes` hold the message, by the closed form.
 pub fn rounds_to(fraction: f64, nodes: u64, fanout: u32, loss: f64, failed: f64) -> f64 {
-    let n = nodes as f64;
-    let rate = f64::from(fanout) * (1.0 - loss) * (1.0 - failed);
     // infected / N = f  <=>  (N + 1) * exp(-rate * r) = 1/f - 1
-    ((n + 1.0) * fraction / (1.0 - fraction)).ln() / rate
+    ((nodes as f64 + 1.0) * fraction / (1.0 - fraction)).ln() / rate(fanout, loss, failed)
 }
 
 /// The share of the `nodes` holding the message after `rounds`, by the closed form.
 pub fn reached_fraction(rounds: f64, nodes: u64, fanout: u32, loss: f64, failed: f64) -> f64 {
-    let n = nodes as f64;
-    let rate = f64::from(fanout) * (1.0 - loss) * (1.0 - failed);
-    1.0 / (1.0 + (n + 1.0) * (-rate * rounds).exp())
+    let rate = rate(fanout, loss, failed);
+    1.0 / (1.0 + (nodes as f64 + 1.0) * (-rate * rounds).exp())
+}
+
+/// `contact * N`: the members a holder reaches per round.
+fn rate(fanout: u32, loss: f64, failed: f64) -> f64 {
+    f64::from(fanout) * (1.0 - loss) * (1.0 - failed)
 }
 
 #[cfg(test)]

@@ -3,8 +3,7 @@
 //! Integer microseconds (not floats) so that the order of events, and so every output, is
 //! the same on every machine and every run with the same seed.
 
-use std::fmt;
-use std::ops::{Add, Sub};
+use std::ops::Add;
 
 /// An instant of a run's virtual time, in microseconds since its start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -17,10 +16,6 @@ pub struct SimDuration(pub u64);
 impl SimTime {
     pub const ZERO: SimTime = SimTime(0);
 
-    pub fn as_secs_f64(self) -> f64 {
-        self.0 as f64 / 1e6
-    }
-
     /// The span from `earlier` to `self` (zero if `earlier` is later).
     pub fn since(self, earlier: SimTime) -> SimDuration {
         SimDuration(self.0.saturating_sub(earlier.0))
@@ -32,10 +27,6 @@ impl SimDuration {
 
     pub fn from_millis(ms: u64) -> SimDuration {
         SimDuration(ms.saturating_mul(1_000))
-    }
-
-    pub fn from_secs(s: u64) -> SimDuration {
-        SimDuration(s.saturating_mul(1_000_000))
     }
 
     /// `ms` milliseconds, rounded to the microsecond (negative and NaN: zero).
@@ -59,26 +50,6 @@ impl Add<SimDuration> for SimTime {
     type Output = SimTime;
     fn add(self, d: SimDuration) -> SimTime {
         SimTime(self.0.saturating_add(d.0))
-    }
-}
-
-impl Add for SimDuration {
-    type Output = SimDuration;
-    fn add(self, d: SimDuration) -> SimDuration {
-        SimDuration(self.0.saturating_add(d.0))
-    }
-}
-
-impl Sub for SimDuration {
-    type Output = SimDuration;
-    fn sub(self, d: SimDuration) -> SimDuration {
-        SimDuration(self.0.saturating_sub(d.0))
-    }
-}
-
-impl fmt::Display for SimTime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:.6} s", self.as_secs_f64())
     }
 }
 

@@ -10,7 +10,7 @@ mod jobs;
 mod mesh;
 mod migrate;
 mod node;
-mod proc_usage;
+pub(crate) mod proc_usage;
 mod report;
 mod vm;
 

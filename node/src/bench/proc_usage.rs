@@ -31,13 +31,23 @@ fn parse_cpu_ticks(stat: &[u8]) -> Option<u64> {
 
 /// The resident set of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// The peak resident set of process `pid` so far (its high-water mark), in KiB.
+pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+/// A `kB` field of /proc/PID/status.
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|kb| kb.parse().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 #[cfg(test)]

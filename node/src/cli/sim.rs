@@ -59,18 +59,10 @@ fn read_scenario(path: &std::path::Path) -> anyhow::Result<Scenario> {
     Scenario::parse(&text).with_context(|| format!("{} is not a scenario to run", path.display()))
 }
 
-/// The process's peak resident set (VmHWM), in MiB.
+/// This process's peak resident set, in MiB.
 fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+    let kib = crate::bench::proc_usage::peak_rss_kib(std::process::id()).ok()?;
+    Some(kib as f64 / 1024.0)
 }
 
 fn run_scenario(args: &SimRunArgs) -> anyhow::Result<ExitCode> {
