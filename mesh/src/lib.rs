@@ -14,6 +14,8 @@
 //! - [`summaries`]: who publishes a cell's summary, how it is built, the book of those heard.
 //! - [`cell_wire`]: cell membership (chitchat's format) on streams: frames, a validating parser
 //!   and encoder, short ids, admission caps.
+//! - [`subnet_cap`]: the routing table's per-subnet cap (Sybil resistance): classification and
+//!   verdict, shared by the swarm and the simulator's Kademlia model.
 //! - [`bootstrap_backoff`]: when a node whose routing table is small bootstraps again.
 //! - [`table_refresh`]: when a node refreshes its routing table (jittered, so nodes started
 //!   together refresh apart).
@@ -45,6 +47,7 @@ pub mod jitter;
 pub mod records;
 pub mod submission;
 pub mod submitter_key;
+pub mod subnet_cap;
 pub mod summaries;
 pub mod suspicion;
 #[cfg(feature = "swarm")]

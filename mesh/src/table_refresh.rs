@@ -39,6 +39,11 @@ impl TableRefresh {
         }
     }
 
+    /// When the next refresh is due (a driver that sleeps until a deadline waits for this).
+    pub fn next_at(&self) -> Duration {
+        self.next_at
+    }
+
     /// Whether to refresh now; if so, the next one is scheduled.
     pub fn due(&mut self, now: Duration) -> bool {
         if now < self.next_at {

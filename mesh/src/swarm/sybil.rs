@@ -1,138 +1,26 @@
-//! Sybil resistance for the Kademlia routing table: at most N peers per IP subnet (a /24 for
-//! IPv4, a /48 for IPv6 by default). A pure function over the candidate and the table's
-//! current contents; the swarm calls it before every `kad::Behaviour::add_address`.
+//! Sybil resistance for the Kademlia routing table: the subnet cap of [`crate::subnet_cap`]
+//! applied to multiaddrs; the swarm calls [`admit`] before every
+//! `kad::Behaviour::add_address`.
 //!
-//! A peer is counted in a subnet when any of its routing-table addresses falls in it, so a
-//! peer already counted there may always add more addresses in that subnet.
-//!
-//! What this cannot do: it limits addresses, not machines. An attacker with addresses in many
-//! subnets (a cloud account, an IPv6 /32) passes it; a relayed address (`/p2p-circuit`)
-//! counts against the relay's subnet, so many honest NATed peers behind one relay crowd each
-//! other out; and loopback/private addresses are exempt by default (a LAN is trusted), which
-//! an attacker on the same LAN also gets.
-
-use std::collections::HashSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+//! A relayed address (`/p2p-circuit`) counts against the relay's subnet, so many honest
+//! NATed peers behind one relay crowd each other out.
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
-/// How many routing-table peers one subnet may hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SubnetLimits {
-    /// Peers per IPv4 /24.
-    pub per_ipv4_24: usize,
-    /// Peers per IPv6 /48.
-    pub per_ipv6_48: usize,
-    /// Loopback, private (RFC 1918, fc00::/7), link-local, CGNAT and unspecified addresses
-    /// are not counted at all (true) or counted like any other (false; tests use this to
-    /// exercise the cap on 127.0.0.1).
-    pub exempt_non_global: bool,
-}
-
-impl Default for SubnetLimits {
-    fn default() -> Self {
-        SubnetLimits {
-            per_ipv4_24: 2,
-            per_ipv6_48: 2,
-            exempt_non_global: true,
-        }
-    }
-}
-
-/// The subnet an address counts against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Subnet {
-    /// The first three octets of an IPv4 address.
-    V4([u8; 3]),
-    /// The first six bytes of an IPv6 address.
-    V6([u8; 6]),
-}
-
-impl std::fmt::Display for Subnet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Subnet::V4([a, b, c]) => write!(f, "{a}.{b}.{c}.0/24"),
-            Subnet::V6(p) => {
-                let ip = Ipv6Addr::from([
-                    p[0], p[1], p[2], p[3], p[4], p[5], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                ]);
-                write!(f, "{ip}/48")
-            }
-        }
-    }
-}
-
-/// How an address is treated by the cap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AddrClass {
-    /// Not counted (non-global address with `exempt_non_global`).
-    Exempt,
-    /// Counted against this subnet.
-    Capped(Subnet),
-    /// No IP address in it (DNS name, memory transport…): refused, since it cannot be capped.
-    NoIp,
-}
+use crate::subnet_cap::classify_ip;
+pub use crate::subnet_cap::{AddrClass, Admission, Subnet, SubnetLimits};
 
 /// The class of `addr`: its first IP component decides.
 pub fn classify(addr: &Multiaddr, limits: &SubnetLimits) -> AddrClass {
     for proto in addr.iter() {
         match proto {
-            Protocol::Ip4(ip) => return classify_v4(ip, limits),
-            Protocol::Ip6(ip) => {
-                if let Some(v4) = ip.to_ipv4_mapped() {
-                    return classify_v4(v4, limits);
-                }
-                if limits.exempt_non_global && !is_global_v6(&ip) {
-                    return AddrClass::Exempt;
-                }
-                let o = ip.octets();
-                return AddrClass::Capped(Subnet::V6([o[0], o[1], o[2], o[3], o[4], o[5]]));
-            }
+            Protocol::Ip4(ip) => return classify_ip(ip.into(), limits),
+            Protocol::Ip6(ip) => return classify_ip(ip.into(), limits),
             _ => {}
         }
     }
     AddrClass::NoIp
-}
-
-fn classify_v4(ip: Ipv4Addr, limits: &SubnetLimits) -> AddrClass {
-    if limits.exempt_non_global && !is_global_v4(&ip) {
-        return AddrClass::Exempt;
-    }
-    let o = ip.octets();
-    AddrClass::Capped(Subnet::V4([o[0], o[1], o[2]]))
-}
-
-fn is_global_v4(ip: &Ipv4Addr) -> bool {
-    let o = ip.octets();
-    let cgnat = o[0] == 100 && (o[1] & 0xc0) == 64;
-    !(ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_documentation()
-        || cgnat)
-}
-
-fn is_global_v6(ip: &Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    let unique_local = (first & 0xfe00) == 0xfc00;
-    let link_local = (first & 0xffc0) == 0xfe80;
-    !(ip.is_loopback() || ip.is_unspecified() || unique_local || link_local)
-}
-
-/// The verdict on adding one address of one peer to the routing table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
-    Admit,
-    /// The subnet already holds `limit` other peers.
-    SubnetFull {
-        subnet: Subnet,
-        limit: usize,
-    },
-    /// The address has no IP component.
-    NoIp,
 }
 
 /// May `candidate` be added to the routing table with `addr`, given the table's current
@@ -143,31 +31,11 @@ pub fn admit<'a>(
     table: impl IntoIterator<Item = (&'a PeerId, &'a Multiaddr)>,
     limits: &SubnetLimits,
 ) -> Admission {
-    let subnet = match classify(addr, limits) {
-        AddrClass::Exempt => return Admission::Admit,
-        AddrClass::NoIp => return Admission::NoIp,
-        AddrClass::Capped(subnet) => subnet,
-    };
-    let limit = match subnet {
-        Subnet::V4(_) => limits.per_ipv4_24,
-        Subnet::V6(_) => limits.per_ipv6_48,
-    };
-    let mut others: HashSet<&PeerId> = HashSet::new();
-    for (peer, existing) in table {
-        if classify(existing, limits) != AddrClass::Capped(subnet) {
-            continue;
-        }
-        if peer == candidate {
-            // Already counted in this subnet: more addresses there change nothing.
-            return Admission::Admit;
-        }
-        others.insert(peer);
-    }
-    if others.len() >= limit {
-        Admission::SubnetFull { subnet, limit }
-    } else {
-        Admission::Admit
-    }
+    let class = classify(addr, limits);
+    let table = table
+        .into_iter()
+        .map(|(peer, existing)| (peer, classify(existing, limits)));
+    crate::subnet_cap::admit(candidate, class, table, limits)
 }
 
 #[cfg(test)]
