@@ -40,6 +40,9 @@ fn a_run_prints_one_json_object_and_writes_its_report() {
         "events_per_s",
         "rounds_to_target_p50",
         "closed_form_rounds",
+        "lookup_hops_p50",
+        "lookup_hops_p90",
+        "availability",
     ] {
         assert!(
             v.get(key).is_some_and(|x| !x.is_null()),
@@ -54,6 +57,10 @@ fn a_run_prints_one_json_object_and_writes_its_report() {
         "broadcasts.csv",
         "dissemination.csv",
         "dissemination.svg",
+        "mesh.csv",
+        "mesh.svg",
+        "lookups.csv",
+        "lookup_hops.svg",
         "report.md",
     ] {
         let len = std::fs::metadata(out.join(f)).unwrap().len();

@@ -196,6 +196,7 @@ mod tests {
             rtt_lognormal_mu_ln_ms: -1.6,
             rtt_lognormal_sigma: 0.3,
             loss,
+            ..NetworkSection::default()
         };
         Network::new(&section, 1)
     }

@@ -10,8 +10,11 @@
 //! Serf's closed form ([`serf_model`]). docs/simulator.md says what each model is, where its
 //! parameters come from, how it is validated, and what is still to come.
 
+pub mod churn;
 pub mod epidemic;
+pub mod kademlia;
 pub mod network;
+pub mod overlay;
 pub mod queue;
 pub mod report;
 pub mod rng;

@@ -2,30 +2,48 @@
 
 use serde::Serialize;
 
+use crate::churn;
 use crate::epidemic::{Broadcast, Epidemic};
 use crate::network::Network;
-use crate::scenario::Scenario;
+use crate::overlay::{self, OverlayOutput};
+use crate::scenario::{EpidemicSection, Scenario};
 use crate::serf_model;
 use crate::stats::quantile;
+use crate::time::SimTime;
 
 /// What a run did, in full (the report writes it out).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunOutput {
     pub summary: Summary,
     pub broadcasts: Vec<Broadcast>,
+    pub overlay: Option<OverlayOutput>,
 }
 
-/// A run's figures: the same for the same scenario and seed, on every machine.
+/// A run's figures: the same for the same scenario and seed, on every machine. Each model
+/// that ran adds its own figures; JSON has them all at the top level.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
     pub scenario: String,
-    pub model: &'static str,
+    /// The models that ran, in the order they ran.
+    pub models: Vec<&'static str>,
     pub nodes: u64,
     pub seed: u64,
     pub events: u64,
-    /// Virtual time simulated: the broadcasts' spans (each from its start until its last
-    /// member got the message or it died out), added up.
+    /// Virtual time simulated: the run's hours when the mesh ran over time, else the
+    /// broadcasts' spans (each from its start until its last member got the message or it
+    /// died out), added up.
     pub sim_hours: f64,
+    #[serde(flatten)]
+    pub epidemic: Option<EpidemicSummary>,
+    #[serde(flatten)]
+    pub churn: Option<ChurnSummary>,
+    #[serde(flatten)]
+    pub kademlia: Option<KademliaSummary>,
+}
+
+/// The flat epidemic's figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EpidemicSummary {
     pub broadcasts: u64,
     pub fanout: u32,
     pub interval_ms: f64,
@@ -47,33 +65,176 @@ pub struct Summary {
     pub messages_per_node_mean: f64,
 }
 
+/// Churn's figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChurnSummary {
+    /// Node-hours up / (nodes * hours).
+    pub availability: f64,
+    /// The clusters' long-run availability, weighted: what `availability` should be.
+    pub availability_expected: f64,
+    pub departures: u64,
+    pub arrivals: u64,
+    pub departures_per_node_hour: f64,
+}
+
+/// The DHT's figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KademliaSummary {
+    pub lookups: u64,
+    pub lookup_hops_p50: Option<f64>,
+    pub lookup_hops_p90: Option<f64>,
+    pub lookup_hops_p99: Option<f64>,
+    pub lookup_walk_hops_p50: Option<f64>,
+    pub lookup_walk_hops_p90: Option<f64>,
+    pub lookup_latency_ms_p50: Option<f64>,
+    pub lookup_latency_ms_p90: Option<f64>,
+    pub lookup_latency_ms_p99: Option<f64>,
+    /// Share of lookups whose result holds the closest live server to the key.
+    pub lookup_success: Option<f64>,
+    pub lookup_queries_mean: Option<f64>,
+    pub lookup_unresponsive_mean: Option<f64>,
+    pub table_refreshes: u64,
+    pub table_entries_mean: Option<f64>,
+    /// Share of table entries whose host is down, over the run's samples.
+    pub table_stale_fraction_mean: Option<f64>,
+    pub state_bytes_per_node: f64,
+}
+
 /// What a long run reports as it goes.
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
+    /// Virtual time reached, and where the run ends (µs); the flat epidemic reports
+    /// broadcasts done of all instead.
     pub done: u64,
     pub total: u64,
     pub events: u64,
+    /// Whether `done`/`total` are virtual microseconds (else units of work).
+    pub in_sim_time: bool,
 }
 
-/// Runs `scenario` with `seed`, calling `progress` after each unit of work.
+/// Runs `scenario` with `seed`, calling `progress` as it goes.
 pub fn run(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -> RunOutput {
-    let Some(section) = &scenario.epidemic else {
-        unreachable!("Scenario::parse refuses a scenario without a model")
-    };
     let nodes = scenario.run.nodes;
     let net = Network::new(&scenario.network, seed);
+    let mut models = Vec::new();
+    let mut events = 0u64;
+    let mut sim_hours = 0.0;
+    let (broadcasts, epidemic) = match &scenario.epidemic {
+        Some(section) => {
+            models.push("epidemic");
+            let (bs, summary) = run_epidemic(section, scenario, &net, seed, &mut events, progress);
+            sim_hours = bs.iter().map(|b| b.span.as_secs_f64()).sum::<f64>() / 3600.0;
+            (bs, Some(summary))
+        }
+        None => (Vec::new(), None),
+    };
+    let overlay = (scenario.kademlia.is_some() || scenario.churn.is_some()).then(|| {
+        let before = events;
+        let out = overlay::run(scenario, seed, &net, &mut |now: SimTime, end, ev| {
+            progress(Progress {
+                done: now.0,
+                total: end.0,
+                events: before + ev,
+                in_sim_time: true,
+            })
+        });
+        events += out.events;
+        sim_hours = out.hours;
+        out
+    });
+    let churn = scenario.churn.as_ref().zip(overlay.as_ref()).map(|(c, o)| {
+        models.push("churn");
+        let model = churn::Churn::from_section(c);
+        let total_weight: f64 = model.clusters().iter().map(|c| c.weight).sum();
+        let expected = model
+            .clusters()
+            .iter()
+            .map(|c| c.weight / total_weight * churn::availability(c))
+            .sum();
+        ChurnSummary {
+            availability: o.availability,
+            availability_expected: expected,
+            departures: o.departures,
+            arrivals: o.arrivals,
+            departures_per_node_hour: o.departures as f64 / (nodes as f64 * o.hours),
+        }
+    });
+    let kademlia = scenario
+        .kademlia
+        .as_ref()
+        .zip(overlay.as_ref())
+        .map(|(_, o)| {
+            models.push("kademlia");
+            kademlia_summary(o)
+        });
+    RunOutput {
+        summary: Summary {
+            scenario: scenario.run.name.clone(),
+            models,
+            nodes,
+            seed,
+            events,
+            sim_hours,
+            epidemic,
+            churn,
+            kademlia,
+        },
+        broadcasts,
+        overlay,
+    }
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = xs.fold((0.0, 0u64), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+fn kademlia_summary(o: &OverlayOutput) -> KademliaSummary {
+    let ls = &o.lookups;
+    let hops: Vec<f64> = ls.iter().map(|l| f64::from(l.hops)).collect();
+    let walk: Vec<f64> = ls.iter().map(|l| f64::from(l.walk_hops)).collect();
+    let latency: Vec<f64> = ls.iter().map(|l| l.latency.as_millis_f64()).collect();
+    KademliaSummary {
+        lookups: ls.len() as u64,
+        lookup_hops_p50: quantile(&hops, 0.5),
+        lookup_hops_p90: quantile(&hops, 0.9),
+        lookup_hops_p99: quantile(&hops, 0.99),
+        lookup_walk_hops_p50: quantile(&walk, 0.5),
+        lookup_walk_hops_p90: quantile(&walk, 0.9),
+        lookup_latency_ms_p50: quantile(&latency, 0.5),
+        lookup_latency_ms_p90: quantile(&latency, 0.9),
+        lookup_latency_ms_p99: quantile(&latency, 0.99),
+        lookup_success: mean(ls.iter().map(|l| f64::from(u8::from(l.found_closest)))),
+        lookup_queries_mean: mean(ls.iter().map(|l| f64::from(l.queries))),
+        lookup_unresponsive_mean: mean(ls.iter().map(|l| f64::from(l.unresponsive))),
+        table_refreshes: o.refreshes,
+        table_entries_mean: mean(o.samples.iter().map(|s| s.table_entries_mean)),
+        table_stale_fraction_mean: mean(o.samples.iter().map(|s| s.stale_fraction)),
+        state_bytes_per_node: o.state_bytes_per_node,
+    }
+}
+
+fn run_epidemic(
+    section: &EpidemicSection,
+    scenario: &Scenario,
+    net: &Network,
+    seed: u64,
+    events: &mut u64,
+    progress: &mut dyn FnMut(Progress),
+) -> (Vec<Broadcast>, EpidemicSummary) {
+    let nodes = scenario.run.nodes;
     let model = Epidemic::from_section(section, nodes);
     let total = u64::from(section.broadcasts);
     let mut broadcasts = Vec::with_capacity(section.broadcasts as usize);
-    let mut events = 0u64;
     for index in 0..total {
-        let b = model.broadcast(&net, seed, index);
-        events += b.events;
+        let b = model.broadcast(net, seed, index);
+        *events += b.events;
         broadcasts.push(b);
         progress(Progress {
             done: index + 1,
             total,
-            events,
+            events: *events,
+            in_sim_time: false,
         });
     }
     let to_target: Vec<f64> = broadcasts
@@ -90,13 +251,7 @@ pub fn run(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -
     );
     let p50 = quantile(&to_target, 0.5);
     let messages: u64 = broadcasts.iter().map(|b| b.messages).sum();
-    let summary = Summary {
-        scenario: scenario.run.name.clone(),
-        model: "epidemic",
-        nodes,
-        seed,
-        events,
-        sim_hours: broadcasts.iter().map(|b| b.span.as_secs_f64()).sum::<f64>() / 3600.0,
+    let summary = EpidemicSummary {
         broadcasts: total,
         fanout: section.fanout,
         interval_ms: section.interval_ms,
@@ -112,8 +267,5 @@ pub fn run(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -
         vs_closed_form: p50.map(|p| p / closed_form_rounds),
         messages_per_node_mean: messages as f64 / (total as f64 * nodes as f64),
     };
-    RunOutput {
-        summary,
-        broadcasts,
-    }
+    (broadcasts, summary)
 }

@@ -17,7 +17,7 @@ pub enum ScenarioError {
     /// A key whose value cannot be simulated.
     #[error("scenario: {key}: {why}")]
     Invalid { key: &'static str, why: String },
-    #[error("scenario: nothing to simulate: add an [epidemic] table (the only model so far)")]
+    #[error("scenario: nothing to simulate: add an [epidemic], [kademlia] or [churn] table")]
     NoModel,
 }
 
@@ -29,6 +29,8 @@ pub struct Scenario {
     #[serde(default)]
     pub network: NetworkSection,
     pub epidemic: Option<EpidemicSection>,
+    pub kademlia: Option<KademliaSection>,
+    pub churn: Option<ChurnSection>,
 }
 
 /// `[run]`: the population and the seed.
@@ -43,6 +45,9 @@ pub struct RunSection {
     /// The seed of every random draw (`--seed` overrides it).
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Virtual hours the mesh runs ([kademlia] and [churn] need it; the flat epidemic runs
+    /// each broadcast until it is done).
+    pub hours: Option<f64>,
 }
 
 /// `[network]`: the links between nodes.
@@ -59,6 +64,12 @@ pub struct NetworkSection {
     /// Share of messages lost on the way. Default 0.
     #[serde(default)]
     pub loss: f64,
+    /// Share of nodes behind a NAT: they are Kademlia clients (they look up but are never in
+    /// routing tables), as the node is when autonat finds it unreachable. Default 0; the
+    /// IPFS network has at least 0.52 (Henningsen et al. 2020; mesh-models.toml
+    /// `nat.behind_nat_fraction_min`).
+    #[serde(default)]
+    pub behind_nat_fraction: f64,
 }
 
 /// `[epidemic]`: one message spread by gossip through a flat membership, the way Serf's
@@ -86,6 +97,91 @@ pub struct EpidemicSection {
     pub target_fraction: f64,
 }
 
+/// `[kademlia]`: the DHT's routing tables and iterative lookups, the node's way (k-buckets
+/// of `k`, lookups of parallelism `alpha` that end when the `k` closest peers answered,
+/// libp2p's rules), with the node's subnet cap on every insert and its jittered table
+/// refresh.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KademliaSection {
+    /// Bucket size and lookup result size. Default 20 (the node's; mesh-models.toml
+    /// `kademlia.k`).
+    #[serde(default = "default_k")]
+    pub k: u32,
+    /// Queries in flight per lookup. Default 3 (the node's; `kademlia.alpha`).
+    #[serde(default = "default_alpha")]
+    pub alpha: u32,
+    /// Lookups of random keys from random live nodes, spread uniformly over the run.
+    pub lookups: u32,
+    /// How long a lookup waits for a peer before counting it unresponsive. Default 10 s
+    /// (libp2p's `ClosestPeersIter` peer timeout).
+    #[serde(default = "default_peer_timeout_s")]
+    pub peer_timeout_s: f64,
+    /// Mean minutes between a node's routing-table refreshes. Default: the node's
+    /// (`mesh::table_refresh::REFRESH_EVERY`, 10 minutes).
+    #[serde(default = "default_refresh_minutes")]
+    pub refresh_minutes: f64,
+    /// Spread the nodes over this many IPv4 /24 subnets (crowded subnets, a Sybil setting).
+    /// Absent (the default): each node has a /24 of its own.
+    pub subnets: Option<u64>,
+    /// Routing-table peers per /24. Default: the node's (`mesh::subnet_cap::SubnetLimits`, 2).
+    #[serde(default = "default_per_subnet")]
+    pub per_subnet_limit: usize,
+}
+
+/// `[churn]`: hosts come and go, each in one of these clusters.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChurnSection {
+    /// `[[churn.cluster]]`: SETI@home's host clusters (mesh-models.toml
+    /// `[[churn.seti_cluster]]`), each with a population weight.
+    pub cluster: Vec<ClusterSection>,
+}
+
+/// One host cluster.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Its share of the population (weights need not add up to 1).
+    pub weight: f64,
+    /// Up intervals.
+    pub up: UpTime,
+    /// Down intervals: a hyperexponential (phase probabilities `p`, rates per hour).
+    pub down_h3: HyperExp,
+}
+
+/// An up-time distribution, in hours.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(tag = "dist", rename_all = "lowercase", deny_unknown_fields)]
+pub enum UpTime {
+    Gamma { shape: f64, scale_h: f64 },
+    Weibull { shape: f64, scale_h: f64 },
+}
+
+/// A hyperexponential distribution over hours.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HyperExp {
+    pub p: Vec<f64>,
+    pub rate_per_h: Vec<f64>,
+}
+
+fn default_k() -> u32 {
+    20
+}
+fn default_alpha() -> u32 {
+    3
+}
+fn default_peer_timeout_s() -> f64 {
+    10.0
+}
+fn default_refresh_minutes() -> f64 {
+    novacron_mesh::table_refresh::REFRESH_EVERY.as_secs_f64() / 60.0
+}
+fn default_per_subnet() -> usize {
+    novacron_mesh::subnet_cap::SubnetLimits::default().per_ipv4_24
+}
+
 fn default_seed() -> u64 {
     1
 }
@@ -105,12 +201,16 @@ impl Default for NetworkSection {
             rtt_lognormal_mu_ln_ms: default_rtt_mu(),
             rtt_lognormal_sigma: default_rtt_sigma(),
             loss: 0.0,
+            behind_nat_fraction: 0.0,
         }
     }
 }
 
 /// The most nodes a scenario may ask for.
 pub const MAX_NODES: u64 = 10_000_000;
+
+/// The most /24 subnets a scenario may spread its nodes over (addresses stay global IPv4).
+pub const MAX_SUBNETS: u64 = 1 << 22;
 
 fn invalid(key: &'static str, why: impl Into<String>) -> ScenarioError {
     ScenarioError::Invalid {
@@ -200,24 +300,100 @@ impl Scenario {
             5.0,
         )?;
         share_below_one("network.loss", net.loss)?;
-        let Some(e) = &self.epidemic else {
+        share_below_one("network.behind_nat_fraction", net.behind_nat_fraction)?;
+        if self.epidemic.is_none() && self.kademlia.is_none() && self.churn.is_none() {
             return Err(ScenarioError::NoModel);
-        };
-        within("epidemic.fanout", u64::from(e.fanout), 1, 64.min(n - 1))?;
-        within("epidemic.interval_ms", e.interval_ms, 0.001, 3_600_000.0)?;
-        within("epidemic.broadcasts", e.broadcasts, 1, 10_000)?;
-        share_below_one("epidemic.failed_fraction", e.failed_fraction)?;
-        within("epidemic.retransmit_mult", e.retransmit_mult, 0, 1_000)?;
-        let t = e.target_fraction;
-        if t > 0.0 && t <= 1.0 {
-            Ok(())
-        } else {
-            Err(invalid(
-                "epidemic.target_fraction",
-                format!("must be within (0, 1] (got {t})"),
-            ))
+        }
+        if let Some(e) = &self.epidemic {
+            check_epidemic(e, n)?;
+        }
+        let needs_hours = self.kademlia.is_some() || self.churn.is_some();
+        match self.run.hours {
+            Some(h) => within("run.hours", h, 0.001, 10_000.0)?,
+            None if needs_hours => {
+                return Err(invalid(
+                    "run.hours",
+                    "is required with [kademlia] or [churn]: how long the mesh runs",
+                ))
+            }
+            None => {}
+        }
+        if let Some(k) = &self.kademlia {
+            check_kademlia(k, n)?;
+        }
+        if let Some(c) = &self.churn {
+            check_churn(c)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_epidemic(e: &EpidemicSection, n: u64) -> Result<(), ScenarioError> {
+    within("epidemic.fanout", u64::from(e.fanout), 1, 64.min(n - 1))?;
+    within("epidemic.interval_ms", e.interval_ms, 0.001, 3_600_000.0)?;
+    within("epidemic.broadcasts", e.broadcasts, 1, 10_000)?;
+    share_below_one("epidemic.failed_fraction", e.failed_fraction)?;
+    within("epidemic.retransmit_mult", e.retransmit_mult, 0, 1_000)?;
+    let t = e.target_fraction;
+    if t > 0.0 && t <= 1.0 {
+        Ok(())
+    } else {
+        Err(invalid(
+            "epidemic.target_fraction",
+            format!("must be within (0, 1] (got {t})"),
+        ))
+    }
+}
+
+fn check_kademlia(k: &KademliaSection, n: u64) -> Result<(), ScenarioError> {
+    within("kademlia.k", k.k, 1, 256)?;
+    within("kademlia.alpha", k.alpha, 1, 64)?;
+    within("kademlia.lookups", k.lookups, 0, 10_000_000)?;
+    within("kademlia.peer_timeout_s", k.peer_timeout_s, 0.001, 3_600.0)?;
+    within("kademlia.refresh_minutes", k.refresh_minutes, 0.1, 10_000.0)?;
+    if let Some(s) = k.subnets {
+        within("kademlia.subnets", s, 1, MAX_SUBNETS.min(n))?;
+    }
+    within("kademlia.per_subnet_limit", k.per_subnet_limit, 1, 100_000)
+}
+
+fn check_churn(c: &ChurnSection) -> Result<(), ScenarioError> {
+    within("churn.cluster", c.cluster.len(), 1, 64)?;
+    for cl in &c.cluster {
+        within("churn.cluster.weight", cl.weight, 0.0, 1e9)?;
+        let (UpTime::Gamma { shape, scale_h } | UpTime::Weibull { shape, scale_h }) = cl.up;
+        within("churn.cluster.up.shape", shape, 0.01, 100.0)?;
+        within("churn.cluster.up.scale_h", scale_h, 1e-6, 1e6)?;
+        let d = &cl.down_h3;
+        within("churn.cluster.down_h3.p", d.p.len(), 1, 8)?;
+        if d.rate_per_h.len() != d.p.len() {
+            return Err(invalid(
+                "churn.cluster.down_h3.rate_per_h",
+                format!("needs one rate per phase ({} phases)", d.p.len()),
+            ));
+        }
+        for &p in &d.p {
+            within("churn.cluster.down_h3.p", p, 0.0, 1.0)?;
+        }
+        let total: f64 = d.p.iter().sum();
+        // Published figures are rounded to three decimals (one SETI cluster adds up to 1.001).
+        if (total - 1.0).abs() > 0.005 {
+            return Err(invalid(
+                "churn.cluster.down_h3.p",
+                format!("phase probabilities must add up to 1 (got {total})"),
+            ));
+        }
+        for &r in &d.rate_per_h {
+            within("churn.cluster.down_h3.rate_per_h", r, 1e-6, 1e6)?;
         }
     }
+    if c.cluster.iter().all(|cl| cl.weight == 0.0) {
+        return Err(invalid(
+            "churn.cluster.weight",
+            "at least one must be above 0",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -255,7 +431,11 @@ mod tests {
                 GOOD.replace("fanout = 3", "fanout = 3\nfan_out = 2"),
                 "fan_out",
             ),
-            (format!("{GOOD}\n[churn]\nx = 1\n"), "churn"),
+            (format!("{GOOD}\n[chern]\nx = 1\n"), "chern"),
+            (
+                format!("{GOOD}\n[kademlia]\nlookups = 1\nalfa = 3\n"),
+                "alfa",
+            ),
         ] {
             let err = Scenario::parse(&text).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

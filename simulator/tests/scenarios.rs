@@ -36,8 +36,8 @@ fn every_scenario_file_parses() {
 fn flat_serf_matches_serfs_closed_form_within_ten_percent() {
     let s = load("flat-serf.toml");
     let out = run(&s, s.run.seed, &mut |_| {});
-    let sum = &out.summary;
-    assert_eq!(sum.nodes, 50_000);
+    assert_eq!(out.summary.nodes, 50_000);
+    let sum = out.summary.epidemic.as_ref().unwrap();
     assert_eq!(sum.died_out, 0);
     // mesh-models.toml: 99.99% of 50,000 in 7 rounds at fanout 3.
     assert_eq!(sum.closed_form_rounds.ceil(), 7.0);
@@ -50,8 +50,8 @@ fn flat_serf_matches_serfs_closed_form_within_ten_percent() {
     );
 }
 
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    report::FILES
+fn files_of(dir: &Path, names: &[&str]) -> Vec<(String, Vec<u8>)> {
+    names
         .iter()
         .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
         .collect()
@@ -62,10 +62,28 @@ fn the_same_seed_writes_the_same_files_and_another_seed_does_not() {
     let s = load("smoke-1k.toml");
     let tmp = std::env::temp_dir().join(format!("novacron-sim-test-{}", std::process::id()));
     let dirs = ["a", "b", "c"].map(|d| tmp.join(d));
+    let mut written = Vec::new();
     for (dir, seed) in dirs.iter().zip([7, 7, 8]) {
-        report::write(&run(&s, seed, &mut |_| {}), dir).unwrap();
+        written.push(report::write(&run(&s, seed, &mut |_| {}), dir).unwrap());
     }
-    let (a, b, c) = (files_of(&dirs[0]), files_of(&dirs[1]), files_of(&dirs[2]));
+    assert!(written.iter().all(|w| *w == written[0]));
+    for f in [
+        "summary.json",
+        "dissemination.svg",
+        "mesh.csv",
+        "mesh.svg",
+        "lookups.csv",
+        "lookup_hops.svg",
+        "report.md",
+    ] {
+        assert!(written[0].contains(&f), "{f} not written: {:?}", written[0]);
+    }
+    let names = &written[0];
+    let (a, b, c) = (
+        files_of(&dirs[0], names),
+        files_of(&dirs[1], names),
+        files_of(&dirs[2], names),
+    );
     assert_eq!(a, b, "the same seed wrote different files");
     for ((name, x), (_, y)) in a.iter().zip(&c) {
         assert_ne!(x, y, "{name} did not change with the seed");
@@ -89,4 +107,38 @@ fn the_same_seed_writes_the_same_files_and_another_seed_does_not() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn lookups_at_fifteen_thousand_servers_take_the_hops_ipfs_measured() {
+    let s = load("ipfs-dht-15k.toml");
+    let out = run(&s, s.run.seed, &mut |_| {});
+    let k = out.summary.kademlia.as_ref().unwrap();
+    assert_eq!(k.lookups, 20_000);
+    // ProbeLab RFM17 (mesh-models.toml [kademlia]): hops p50 3, walk hops p50 4, p90 6.
+    let (hops, walk50, walk90) = (
+        k.lookup_hops_p50.unwrap(),
+        k.lookup_walk_hops_p50.unwrap(),
+        k.lookup_walk_hops_p90.unwrap(),
+    );
+    assert!((3.0..=4.0).contains(&hops), "hops p50 {hops}");
+    assert!((3.0..=5.0).contains(&walk50), "walk hops p50 {walk50}");
+    assert!(walk90 <= 6.0, "walk hops p90 {walk90}");
+    assert!(k.lookup_success.unwrap() > 0.99, "{k:?}");
+}
+
+#[test]
+fn churn_keeps_the_clusters_availability_and_lookups_route_around_it() {
+    let s = load("smoke-1k.toml");
+    let out = run(&s, s.run.seed, &mut |_| {});
+    let c = out.summary.churn.as_ref().unwrap();
+    assert!(c.departures > 50 && c.arrivals > 50, "{c:?}");
+    assert!(
+        (c.availability - c.availability_expected).abs() < 0.05,
+        "{c:?}"
+    );
+    let k = out.summary.kademlia.as_ref().unwrap();
+    assert!(k.table_stale_fraction_mean.unwrap() > 0.0, "{k:?}");
+    assert!(k.lookup_unresponsive_mean.unwrap() > 0.0, "{k:?}");
+    assert!(k.lookup_success.unwrap() > 0.8, "{k:?}");
 }

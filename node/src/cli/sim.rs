@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use novacron_sim::run::{run, Progress};
+use novacron_sim::run::{run, EpidemicSummary, KademliaSummary, Progress};
 use novacron_sim::scenario::Scenario;
 
 use super::output::outln;
@@ -68,16 +68,24 @@ fn peak_rss_mib() -> Option<f64> {
 fn run_scenario(args: &SimRunArgs) -> anyhow::Result<ExitCode> {
     let scenario = read_scenario(&args.scenario)?;
     let seed = args.seed.unwrap_or(scenario.run.seed);
-    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
-        super::output::progress_bar(1, "{spinner} simulating [{bar:30}] {pos}/{len} {wide_msg}")
-    });
+    let bar = (!args.json && std::io::stderr().is_terminal())
+        .then(|| super::output::progress_bar(1, "{spinner} simulating [{bar:30}] {wide_msg}"));
     let started = Instant::now();
     let mut on_progress = |p: Progress| {
         if let Some(bar) = &bar {
             bar.set_length(p.total);
             bar.set_position(p.done);
             let secs = started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("{:.0} events/s", p.events as f64 / secs));
+            let rate = p.events as f64 / secs;
+            bar.set_message(if p.in_sim_time {
+                format!(
+                    "{:.2} of {:.2} simulated hours, {rate:.0} events/s",
+                    p.done as f64 / 3.6e9,
+                    p.total as f64 / 3.6e9
+                )
+            } else {
+                format!("{} of {} broadcasts, {rate:.0} events/s", p.done, p.total)
+            });
         }
     };
     let out = run(&scenario, seed, &mut on_progress);
@@ -101,33 +109,29 @@ fn run_scenario(args: &SimRunArgs) -> anyhow::Result<ExitCode> {
         outln!("{v}")?;
         return Ok(ExitCode::SUCCESS);
     }
-    let opt = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-    let pct = s.target_fraction * 100.0;
     outln!(
-        "scenario      {} ({} nodes, seed {})",
+        "scenario      {} ({} nodes, seed {}, {:.2} simulated hours; {})",
         s.scenario,
         s.nodes,
-        s.seed
+        s.seed,
+        s.sim_hours,
+        s.models.join(", ")
     )?;
-    outln!(
-        "model         {}: fanout {}, interval {} ms, {} broadcasts",
-        s.model,
-        s.fanout,
-        s.interval_ms,
-        s.broadcasts
-    )?;
-    outln!(
-        "rounds to {pct}%  p50 {}  p90 {}  max {}",
-        opt(s.rounds_to_target_p50),
-        opt(s.rounds_to_target_p90),
-        opt(s.rounds_to_target_max)
-    )?;
-    outln!(
-        "closed form   {:.2} rounds (Serf); p50 / closed form {}",
-        s.closed_form_rounds,
-        opt(s.vs_closed_form)
-    )?;
-    outln!("died out      {} of {}", s.died_out, s.broadcasts)?;
+    if let Some(e) = &s.epidemic {
+        print_epidemic(e)?;
+    }
+    if let Some(c) = &s.churn {
+        outln!(
+            "churn         availability {:.3} (clusters: {:.3}), {} departures, {} arrivals",
+            c.availability,
+            c.availability_expected,
+            c.departures,
+            c.arrivals
+        )?;
+    }
+    if let Some(k) = &s.kademlia {
+        print_kademlia(k)?;
+    }
     outln!(
         "events        {} in {wall_s:.2} s wall ({events_per_s:.0} events/s), peak RSS {} MiB",
         s.events,
@@ -135,4 +139,56 @@ fn run_scenario(args: &SimRunArgs) -> anyhow::Result<ExitCode> {
     )?;
     outln!("results       {}", args.out.display())?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
+}
+
+fn print_epidemic(e: &EpidemicSummary) -> anyhow::Result<()> {
+    let pct = e.target_fraction * 100.0;
+    outln!(
+        "epidemic      fanout {}, interval {} ms, {} broadcasts",
+        e.fanout,
+        e.interval_ms,
+        e.broadcasts
+    )?;
+    outln!(
+        "rounds to {pct}%  p50 {}  p90 {}  max {}",
+        opt(e.rounds_to_target_p50),
+        opt(e.rounds_to_target_p90),
+        opt(e.rounds_to_target_max)
+    )?;
+    outln!(
+        "closed form   {:.2} rounds (Serf); p50 / closed form {}",
+        e.closed_form_rounds,
+        opt(e.vs_closed_form)
+    )?;
+    outln!("died out      {} of {}", e.died_out, e.broadcasts)?;
+    Ok(())
+}
+
+fn print_kademlia(k: &KademliaSummary) -> anyhow::Result<()> {
+    outln!(
+        "lookups       {}: hops p50 {} p90 {} (walk p50 {} p90 {}), latency p50 {} ms p99 {} ms",
+        k.lookups,
+        opt(k.lookup_hops_p50),
+        opt(k.lookup_hops_p90),
+        opt(k.lookup_walk_hops_p50),
+        opt(k.lookup_walk_hops_p90),
+        opt(k.lookup_latency_ms_p50),
+        opt(k.lookup_latency_ms_p99)
+    )?;
+    outln!(
+        "              found the closest live server {}, {} unresponsive peers a lookup",
+        opt(k.lookup_success),
+        opt(k.lookup_unresponsive_mean)
+    )?;
+    outln!(
+        "tables        {} entries, {} stale, {:.0} state bytes a node",
+        opt(k.table_entries_mean),
+        opt(k.table_stale_fraction_mean),
+        k.state_bytes_per_node
+    )?;
+    Ok(())
 }
