@@ -42,7 +42,7 @@ pub mod mesh_migration;
 #[cfg(feature = "daemon")]
 pub mod metrics;
 pub use novacron_model as model;
-pub mod policy;
+pub use novacron_policy as policy;
 #[cfg(feature = "daemon")]
 pub mod politeness;
 #[cfg(feature = "daemon")]

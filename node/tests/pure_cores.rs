@@ -1,6 +1,6 @@
 //! The pure cores stay pure: the crates' builds without their I/O features (what the
 //! simulator links: mesh's chunks, records, cells, summaries and transfer scheduler; vm's
-//! migration protocol and its in-memory harness; node's domain model and policy), and the
+//! migration protocol and its in-memory harness; node's domain model and its policy crate), and the
 //! simulator itself, pull in no async runtime, no libp2p, no chitchat, no KVM and no
 //! database. Checked on the resolved dependency graph (`cargo tree -e normal`), so a
 //! dependency that creeps in through another crate is caught too.
@@ -26,6 +26,8 @@ const PURE_BUILDS: &[(&str, &[&str])] = &[
     ("novacron-mesh", &[]),
     ("novacron-vm", &["sim"]),
     ("novacron-node", &[]),
+    // The node's decisions, which the simulator links.
+    ("novacron-policy", &[]),
     // The simulator itself: it drives the cores in virtual time, never their drivers.
     ("novacron-sim", &[]),
 ];

@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{JobSpec, ReplicaInfo, ReplicaState};
+use novacron_model::{JobSpec, ReplicaInfo, ReplicaState};
 
 /// How a job's results are validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

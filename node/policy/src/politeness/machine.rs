@@ -27,7 +27,7 @@ use super::decision::{Decision, Reason};
 use super::observation::{Observation, OwnerSignal};
 use super::policy::Policy;
 use super::window::TimeWindow;
-use crate::model::PolitenessInfo;
+use novacron_model::PolitenessInfo;
 
 const MIB: u64 = 1 << 20;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::offer::{best_fit, Room};
 use super::rank::rank_cells;
 use super::Need;
-use crate::model::MemberStatus;
+use novacron_model::MemberStatus;
 use novacron_mesh::cells::{CellId, SummaryRecord};
 
 /// What the node knows when it places a replica.
@@ -63,7 +63,7 @@ pub fn placement_decision<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::job_placement::{PlacementSearch, SearchAction, SearchLimits, SearchPlan};
+    use crate::job_placement::{PlacementSearch, SearchAction, SearchLimits, SearchPlan};
 
     const NOW: Duration = Duration::from_secs(1_700_000_000);
     const NEED: Need = Need {
@@ -160,7 +160,7 @@ mod tests {
             for p in peers {
                 let m = members.iter().find(|m| &m.peer_id == p).unwrap();
                 let room = Room::of_member(m);
-                let offer = crate::policy::job_placement::Offer {
+                let offer = crate::job_placement::Offer {
                     peer: p.clone(),
                     free_vcpus: room.free_vcpus,
                     free_memory_mib: room.free_memory_mib,

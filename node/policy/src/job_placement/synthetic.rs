@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use novacron_mesh::cells::{CellSummary, SummaryRecord};
 
-use crate::model::MemberStatus;
+use novacron_model::MemberStatus;
 
 const GIB: u64 = 1 << 30;
 

@@ -1,6 +1,6 @@
 //! Which peer's offer a replica takes: the best fit, the offer that leaves the least memory
 //! free once the replica is placed, then the fewest vCPUs, then the lowest load; equals in
-//! an order drawn from a seed (as [`crate::policy::placement`] does, so nodes that look
+//! an order drawn from a seed (as [`crate::placement`] does, so nodes that look
 //! alike take turns).
 //!
 //! Best fit, not the emptiest node: a mesh of volunteers has a few large machines and many
@@ -12,8 +12,8 @@
 //! room to someone else since. Only its confirmation places the replica.
 
 use super::Need;
-use crate::model::MemberStatus;
-use crate::policy::placement::tie_break;
+use novacron_model::MemberStatus;
+use crate::placement::tie_break;
 use novacron_mesh::records::MAX_LOAD_PERMILLE;
 
 /// A peer's answer to "could you take this replica": what it has free now.

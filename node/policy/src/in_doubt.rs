@@ -13,7 +13,7 @@
 
 use novacron_vm::exit::{ExitReason, IN_DOUBT_PREFIX};
 
-use crate::model::{MigrationDirection, MigrationInfo, MigrationState};
+use novacron_model::{MigrationDirection, MigrationInfo, MigrationState};
 
 /// Whether `m` is an outgoing migration that ended in doubt and has not settled since.
 pub fn in_doubt(m: &MigrationInfo) -> bool {
@@ -121,7 +121,7 @@ pub fn settle(here: &Here, answer: Option<&PeerAnswer>, peer: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::MigrationMode;
+    use novacron_model::MigrationMode;
 
     fn migration(
         direction: MigrationDirection,

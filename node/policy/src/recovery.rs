@@ -34,7 +34,7 @@ use novacron_vm::exit::{
     describe_reason, ExitReason, INCOMING_ROLLED_BACK_PREFIX, IN_DOUBT_PREFIX,
 };
 
-use crate::model::{MigrationDirection, VmState};
+use novacron_model::{MigrationDirection, VmState};
 
 /// What was found of a VM's VMM.
 #[derive(Clone, Debug, PartialEq)]

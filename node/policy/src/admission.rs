@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::model::VmInfo;
+use novacron_model::VmInfo;
 
 const MIB: u64 = 1 << 20;
 

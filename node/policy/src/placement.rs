@@ -8,7 +8,7 @@
 //! again and again would shuttle between two of them. The daemon draws a fresh seed per
 //! choice; with the same seed the choice is the same.
 
-use crate::model::MemberStatus;
+use novacron_model::MemberStatus;
 
 /// Live members that could take a VM of `mem_mib`, best first, skipping `me` and `exclude`;
 /// equals in an order drawn from `seed`.

@@ -32,7 +32,7 @@ pub use priority::yields_to_higher;
 pub use rank::{rank_cells, RankedCell};
 pub use search::{GiveUpReason, PlacementSearch, SearchAction, SearchLimits, SearchPlan};
 
-use crate::model::JobSpec;
+use novacron_model::JobSpec;
 
 /// What one replica needs of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use super::offer::{by_fit, choose_offer, Offer, Room};
 use super::Need;
-use crate::model::MemberStatus;
+use novacron_model::MemberStatus;
 use novacron_mesh::cells::CellId;
 
 /// How far and how long one replica's search goes.

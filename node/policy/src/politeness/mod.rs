@@ -6,7 +6,7 @@
 //! - [`Politeness`]: the sans-IO state machine, [`observation::Observation`] in,
 //!   [`Decision`] out.
 //!
-//! It reads nothing itself: the daemon samples the host (`crate::politeness::sources`, with
+//! It reads nothing itself: the daemon samples the host (`novacron_node::politeness::sources`, with
 //! feature `daemon`) and acts on the decisions; the simulator feeds it virtual owners.
 
 pub mod decision;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::admission::held_by;
-use crate::model::{Backend, MigrationMode, VmInfo, DEFAULT_PRIORITY};
+use novacron_model::{Backend, MigrationMode, VmInfo, DEFAULT_PRIORITY};
 
 /// How long one migration may take before the evacuation cancels it and tries the VM's
 /// next mode.
@@ -230,12 +230,12 @@ impl Evacuation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::VmState;
+    use novacron_model::VmState;
 
     const S: Duration = Duration::from_secs(1);
 
     fn vm(id: &str, backend: Backend, modes: &[MigrationMode]) -> VmInfo {
-        let mut vm = crate::model::fixtures::vm(id, VmState::Running);
+        let mut vm = novacron_model::fixtures::vm(id, VmState::Running);
         vm.spec.backend = backend;
         vm.spec.migration = modes.to_vec();
         vm
