@@ -43,6 +43,7 @@ fn a_run_prints_one_json_object_and_writes_its_report() {
         "lookup_hops_p50",
         "lookup_hops_p90",
         "availability",
+        "polite_run_fraction",
     ] {
         assert!(
             v.get(key).is_some_and(|x| !x.is_null()),

@@ -15,6 +15,7 @@ pub mod epidemic;
 pub mod kademlia;
 pub mod network;
 pub mod overlay;
+pub mod owner;
 pub mod queue;
 pub mod report;
 pub mod rng;

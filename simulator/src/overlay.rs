@@ -13,6 +13,7 @@ use novacron_mesh::table_refresh::TableRefresh;
 use crate::churn::Churn;
 use crate::kademlia::{Dht, Lookup, NodeId};
 use crate::network::Network;
+use crate::owner::{Next, OwnerState, OwnerTotals, Owners};
 use crate::queue::EventQueue;
 use crate::rng::SimRng;
 use crate::scenario::Scenario;
@@ -54,6 +55,8 @@ pub struct OverlayOutput {
     pub availability: f64,
     /// Bytes of per-node state the run holds (tables, keys, schedules), per node.
     pub state_bytes_per_node: f64,
+    /// The owners and the politeness decisions, when the scenario has owners.
+    pub owners: Option<OwnerTotals>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +65,10 @@ enum Event {
     Change(NodeId),
     /// A routing-table refresh of the node, in the epoch it was scheduled in.
     Refresh(NodeId, u32),
+    /// The owner of the node comes or goes (in the node's epoch).
+    OwnerToggle(NodeId, u32),
+    /// A look at the node where its politeness decision may change (the look's generation).
+    OwnerLook(NodeId, u32),
     Lookup,
     Sample,
 }
@@ -72,6 +79,9 @@ struct NodeState {
     epoch: u32,
     rng: SimRng,
     refresh: Option<TableRefresh>,
+    owner: Option<Box<OwnerState>>,
+    /// The generation of the node's pending owner look; older looks are dropped.
+    look: u32,
 }
 
 fn as_duration(t: SimTime) -> Duration {
@@ -88,6 +98,8 @@ struct Mesh<'a> {
     up: Vec<bool>,
     churn: Option<Churn>,
     dht: Option<Dht>,
+    owners: Option<Owners>,
+    owner_totals: OwnerTotals,
     refresh_every: Duration,
     net: &'a Network,
     seed: u64,
@@ -99,6 +111,11 @@ impl Mesh<'_> {
     fn arrive(&mut self, n: NodeId, now: SimTime, queue: &mut EventQueue<Event>) {
         let node = &mut self.nodes[n as usize];
         node.epoch = node.epoch.wrapping_add(1);
+        if let Some(owners) = &self.owners {
+            let (st, next) = owners.arrive(now, &mut node.rng, &mut self.owner_totals);
+            node.owner = Some(Box::new(st));
+            schedule_owner(queue, n, node, next);
+        }
         let Some(dht) = &mut self.dht else { return };
         dht.refresh(n, self.up.as_slice(), &mut node.rng);
         let seed = node.rng.next_u64();
@@ -110,10 +127,13 @@ impl Mesh<'_> {
         node.refresh = Some(schedule);
     }
 
-    fn leave(&mut self, n: NodeId) {
+    fn leave(&mut self, n: NodeId, now: SimTime) {
         let node = &mut self.nodes[n as usize];
         node.epoch = node.epoch.wrapping_add(1);
         node.refresh = None;
+        if let (Some(owners), Some(mut st)) = (&self.owners, node.owner.take()) {
+            owners.leave(&mut st, now, &mut self.owner_totals);
+        }
         if let Some(dht) = &mut self.dht {
             dht.clear(n);
         }
@@ -157,6 +177,23 @@ impl Mesh<'_> {
     }
 }
 
+fn schedule_owner(queue: &mut EventQueue<Event>, n: NodeId, node: &mut NodeState, next: Next) {
+    queue.schedule(next.toggle_at, Event::OwnerToggle(n, node.epoch));
+    schedule_look(queue, n, node, next.observe_at);
+}
+
+fn schedule_look(
+    queue: &mut EventQueue<Event>,
+    n: NodeId,
+    node: &mut NodeState,
+    at: Option<SimTime>,
+) {
+    node.look = node.look.wrapping_add(1);
+    if let Some(at) = at {
+        queue.schedule(at, Event::OwnerLook(n, node.look));
+    }
+}
+
 /// Runs the overlay of `scenario` for its `run.hours`.
 pub fn run(
     scenario: &Scenario,
@@ -184,6 +221,8 @@ pub fn run(
         up: Vec::with_capacity(nodes as usize),
         churn,
         dht,
+        owners: scenario.owner.as_ref().map(Owners::from_section),
+        owner_totals: OwnerTotals::default(),
         refresh_every,
         net,
         seed,
@@ -205,6 +244,8 @@ pub fn run(
             epoch: 0,
             rng,
             refresh: None,
+            owner: None,
+            look: 0,
         });
         mesh.up.push(up);
     }
@@ -235,6 +276,7 @@ pub fn run(
         events: 0,
         availability: 0.0,
         state_bytes_per_node: 0.0,
+        owners: None,
     };
     let mut up_count = mesh.up.iter().filter(|&&u| u).count() as u64;
     let mut up_us: u128 = 0;
@@ -267,7 +309,7 @@ pub fn run(
                 } else {
                     up_count -= 1;
                     out.departures += 1;
-                    mesh.leave(n);
+                    mesh.leave(n, now);
                 }
             }
             Event::Refresh(n, epoch) => {
@@ -286,6 +328,28 @@ pub fn run(
                 }
                 queue.schedule(from_duration(schedule.next_at()), Event::Refresh(n, epoch));
             }
+            Event::OwnerToggle(n, epoch) => {
+                let node = &mut mesh.nodes[n as usize];
+                let (Some(owners), Some(st)) = (&mesh.owners, node.owner.as_mut()) else {
+                    continue;
+                };
+                if node.epoch != epoch {
+                    continue;
+                }
+                let next = owners.toggle(st, now, &mut node.rng, &mut mesh.owner_totals);
+                schedule_owner(&mut queue, n, node, next);
+            }
+            Event::OwnerLook(n, look) => {
+                let node = &mut mesh.nodes[n as usize];
+                let (Some(owners), Some(st)) = (&mesh.owners, node.owner.as_mut()) else {
+                    continue;
+                };
+                if node.look != look {
+                    continue;
+                }
+                let next = owners.tick(st, now, &mut mesh.owner_totals);
+                schedule_look(&mut queue, n, node, next);
+            }
             Event::Lookup => {
                 if let Some(l) = mesh.lookup(&mut lookup_rng) {
                     out.events += u64::from(l.queries) * 2;
@@ -300,6 +364,14 @@ pub fn run(
         }
     }
     up_us += u128::from(up_count) * u128::from(end.since(last).0);
+    if let Some(owners) = &mesh.owners {
+        for node in &mut mesh.nodes {
+            if let Some(st) = node.owner.as_mut() {
+                owners.leave(st, end, &mut mesh.owner_totals);
+            }
+        }
+        out.owners = Some(mesh.owner_totals);
+    }
     out.availability = up_us as f64 / (f64::from(nodes) * end.0.max(1) as f64);
     let per_node_fixed = std::mem::size_of::<NodeState>() + 1;
     let dht_bytes = mesh.dht.as_ref().map_or(0, Dht::state_bytes);

@@ -12,7 +12,7 @@ use plotters::prelude::*;
 use crate::epidemic::Broadcast;
 use crate::kademlia::Lookup;
 use crate::overlay::Sample;
-use crate::run::{ChurnSummary, EpidemicSummary, KademliaSummary, RunOutput};
+use crate::run::{ChurnSummary, EpidemicSummary, KademliaSummary, OwnerSummary, RunOutput};
 use crate::serf_model;
 
 /// Steps per round of the dissemination series.
@@ -422,6 +422,35 @@ fn kademlia_md(md: &mut String, k: &KademliaSummary) {
     );
 }
 
+fn owner_md(md: &mut String, o: &OwnerSummary) {
+    md.push_str("## Owners and politeness\n\nOwners come and go at their machines; the node's own politeness state machine decides.\n\n");
+    table(
+        md,
+        &[
+            (
+                "VMs may run (share of up-time)".into(),
+                format!("{:.4}", o.polite_run_fraction),
+            ),
+            (
+                "of which with the owner at the machine".into(),
+                format!("{:.4}", o.run_owner_active_fraction),
+            ),
+            (
+                "VMs must leave (share of up-time)".into(),
+                format!("{:.4}", o.evacuate_fraction),
+            ),
+            (
+                "evacuations per node-hour".into(),
+                format!("{:.4}", o.evacuations_per_node_hour),
+            ),
+            (
+                "owner returns while VMs ran, per node-hour".into(),
+                format!("{:.4}", o.owner_returns_per_node_hour),
+            ),
+        ],
+    );
+}
+
 fn report_md(out: &RunOutput) -> String {
     let s = &out.summary;
     let name = if s.scenario.is_empty() {
@@ -444,6 +473,9 @@ fn report_md(out: &RunOutput) -> String {
     }
     if let Some(c) = &s.churn {
         churn_md(&mut md, c);
+    }
+    if let Some(o) = &s.owner {
+        owner_md(&mut md, o);
     }
     if out.overlay.is_some() {
         md.push_str("![the mesh over time](mesh.svg)\n\nSeries: `mesh.csv` (hosts up, routing-table entries and their stale share, 96 samples).\n\n");

@@ -39,6 +39,24 @@ pub struct Summary {
     pub churn: Option<ChurnSummary>,
     #[serde(flatten)]
     pub kademlia: Option<KademliaSummary>,
+    #[serde(flatten)]
+    pub owner: Option<OwnerSummary>,
+}
+
+/// The owners' figures: what the node's politeness policy let VMs do, per host up-time.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OwnerSummary {
+    /// Share of up-time VMs may run.
+    pub polite_run_fraction: f64,
+    /// Share of that run time with the owner at the machine (busy memory cap).
+    pub run_owner_active_fraction: f64,
+    /// Share of up-time VMs must leave (`Evacuate`).
+    pub evacuate_fraction: f64,
+    /// Decisions that turned to `Evacuate`, per up node-hour: moves the owner asks for.
+    pub evacuations_per_node_hour: f64,
+    /// Owners who came back while VMs ran, per up node-hour.
+    pub owner_returns_per_node_hour: f64,
+    pub politeness_observations: u64,
 }
 
 /// The flat epidemic's figures.
@@ -129,6 +147,7 @@ pub fn run(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -
         None => (Vec::new(), None),
     };
     let overlay = (scenario.kademlia.is_some() || scenario.churn.is_some()).then(|| {
+        // ([owner] needs one of the two: Scenario::parse checks it.)
         let before = events;
         let out = overlay::run(scenario, seed, &net, &mut |now: SimTime, end, ev| {
             progress(Progress {
@@ -167,6 +186,19 @@ pub fn run(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -
             models.push("kademlia");
             kademlia_summary(o)
         });
+    let owner = overlay.as_ref().and_then(|o| o.owners).map(|t| {
+        models.push("owner");
+        let up = t.up_us.max(1) as f64;
+        let up_hours = up / 3_600e6;
+        OwnerSummary {
+            polite_run_fraction: t.run_us as f64 / up,
+            run_owner_active_fraction: t.run_owner_active_us as f64 / t.run_us.max(1) as f64,
+            evacuate_fraction: t.evacuate_us as f64 / up,
+            evacuations_per_node_hour: t.evacuations as f64 / up_hours,
+            owner_returns_per_node_hour: t.owner_returns_while_running as f64 / up_hours,
+            politeness_observations: t.observations,
+        }
+    });
     RunOutput {
         summary: Summary {
             scenario: scenario.run.name.clone(),
@@ -178,6 +210,7 @@ pub fn run(scenario: &Scenario, seed: u64, progress: &mut dyn FnMut(Progress)) -
             epidemic,
             churn,
             kademlia,
+            owner,
         },
         broadcasts,
         overlay,

@@ -31,6 +31,7 @@ pub struct Scenario {
     pub epidemic: Option<EpidemicSection>,
     pub kademlia: Option<KademliaSection>,
     pub churn: Option<ChurnSection>,
+    pub owner: Option<OwnerSection>,
 }
 
 /// `[run]`: the population and the seed.
@@ -148,6 +149,24 @@ pub struct ClusterSection {
     pub up: UpTime,
     /// Down intervals: a hyperexponential (phase probabilities `p`, rates per hour).
     pub down_h3: HyperExp,
+}
+
+/// `[owner]`: the volunteers at their machines, and the node's politeness policy.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerSection {
+    /// Share of hosts that are desktops (an owner at the input devices); the others are
+    /// servers nobody sits at.
+    pub desktop_fraction: f64,
+    /// Mean minutes an owner stays at the machine (exponential).
+    pub session_mean_min: f64,
+    /// Mean minutes an owner stays away (exponential).
+    pub away_mean_min: f64,
+    /// `[owner.politeness]`: the node's `politeness:` config section, in its own keys
+    /// (`idleTimeToRunMin`, `runWhileInUse`, `startHour`, ...). Default: the node's default
+    /// (BOINC's defaults).
+    #[serde(default)]
+    pub politeness: novacron_policy::politeness::Policy,
 }
 
 /// An up-time distribution, in hours.
@@ -301,6 +320,12 @@ impl Scenario {
         )?;
         share_below_one("network.loss", net.loss)?;
         share_below_one("network.behind_nat_fraction", net.behind_nat_fraction)?;
+        if self.owner.is_some() && self.churn.is_none() && self.kademlia.is_none() {
+            return Err(invalid(
+                "owner",
+                "needs hosts that run over time: add [churn] or [kademlia]",
+            ));
+        }
         if self.epidemic.is_none() && self.kademlia.is_none() && self.churn.is_none() {
             return Err(ScenarioError::NoModel);
         }
@@ -323,6 +348,9 @@ impl Scenario {
         }
         if let Some(c) = &self.churn {
             check_churn(c)?;
+        }
+        if let Some(o) = &self.owner {
+            check_owner(o)?;
         }
         Ok(())
     }
@@ -355,6 +383,15 @@ fn check_kademlia(k: &KademliaSection, n: u64) -> Result<(), ScenarioError> {
         within("kademlia.subnets", s, 1, MAX_SUBNETS.min(n))?;
     }
     within("kademlia.per_subnet_limit", k.per_subnet_limit, 1, 100_000)
+}
+
+fn check_owner(o: &OwnerSection) -> Result<(), ScenarioError> {
+    within("owner.desktop_fraction", o.desktop_fraction, 0.0, 1.0)?;
+    within("owner.session_mean_min", o.session_mean_min, 0.01, 1e6)?;
+    within("owner.away_mean_min", o.away_mean_min, 0.01, 1e6)?;
+    o.politeness
+        .validate()
+        .map_err(|e| invalid("owner.politeness", format!("{}: {}", e.key, e.reason)))
 }
 
 fn check_churn(c: &ChurnSection) -> Result<(), ScenarioError> {
@@ -476,6 +513,22 @@ mod tests {
                 "{to}: {err}"
             );
         }
+        let churned = "[run]\nnodes = 10\nhours = 1\n[[churn.cluster]]\nweight = 1\nup = { dist = \"gamma\", shape = 0.3, scale_h = 10 }\ndown_h3 = { p = [1.0], rate_per_h = [1.0] }\n";
+        Scenario::parse(churned).unwrap();
+        for (extra, key, names) in [
+            ("[owner]\ndesktop_fraction = 0.5\nsession_mean_min = 1\naway_mean_min = 1\n[owner.politeness]\nidleTimeToRunMin = 100000\n", "owner.politeness", "idleTimeToRunMin"),
+            ("[owner]\ndesktop_fraction = 1.5\nsession_mean_min = 1\naway_mean_min = 1\n", "owner.desktop_fraction", "1.5"),
+        ] {
+            let err = Scenario::parse(&format!("{churned}{extra}")).unwrap_err();
+            assert!(
+                matches!(&err, ScenarioError::Invalid { key: k, .. } if *k == key),
+                "{err}"
+            );
+            assert!(err.to_string().contains(names), "{err}");
+        }
+        let typo = format!("{churned}[owner]\ndesktop_fraction = 0.5\nsession_mean_min = 1\naway_mean_min = 1\n[owner.politeness]\nrunWhileInuse = true\n");
+        let err = Scenario::parse(&typo).unwrap_err().to_string();
+        assert!(err.contains("runWhileInuse"), "{err}");
         let lossy = format!("{GOOD}\n[network]\nloss = 1.5\n");
         let err = Scenario::parse(&lossy).unwrap_err().to_string();
         assert!(err.contains("network.loss"), "{err}");

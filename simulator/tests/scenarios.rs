@@ -128,7 +128,7 @@ fn lookups_at_fifteen_thousand_servers_take_the_hops_ipfs_measured() {
 }
 
 #[test]
-fn churn_keeps_the_clusters_availability_and_lookups_route_around_it() {
+fn churn_keeps_the_clusters_availability_lookups_route_around_it_and_owners_send_vms_away() {
     let s = load("smoke-1k.toml");
     let out = run(&s, s.run.seed, &mut |_| {});
     let c = out.summary.churn.as_ref().unwrap();
@@ -141,4 +141,13 @@ fn churn_keeps_the_clusters_availability_and_lookups_route_around_it() {
     assert!(k.table_stale_fraction_mean.unwrap() > 0.0, "{k:?}");
     assert!(k.lookup_unresponsive_mean.unwrap() > 0.0, "{k:?}");
     assert!(k.lookup_success.unwrap() > 0.8, "{k:?}");
+    // Owners come back and the node's politeness (idle-only in this scenario) sends VMs away.
+    let o = out.summary.owner.as_ref().unwrap();
+    assert!(o.evacuations_per_node_hour > 0.1, "{o:?}");
+    assert!(
+        (0.3..0.95).contains(&o.polite_run_fraction)
+            && o.polite_run_fraction + o.evacuate_fraction <= 1.0 + 1e-9,
+        "{o:?}"
+    );
+    assert_eq!(o.run_owner_active_fraction, 0.0, "{o:?}");
 }

@@ -129,6 +129,15 @@ fn run_scenario(args: &SimRunArgs) -> anyhow::Result<ExitCode> {
             c.arrivals
         )?;
     }
+    if let Some(o) = &s.owner {
+        outln!(
+            "owners        VMs may run {:.3} of up-time ({:.3} of it with the owner there), must leave {:.3}; {:.3} evacuations a node-hour",
+            o.polite_run_fraction,
+            o.run_owner_active_fraction,
+            o.evacuate_fraction,
+            o.evacuations_per_node_hour
+        )?;
+    }
     if let Some(k) = &s.kademlia {
         print_kademlia(k)?;
     }

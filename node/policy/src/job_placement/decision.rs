@@ -12,8 +12,8 @@ use std::time::Duration;
 use super::offer::{best_fit, Room};
 use super::rank::rank_cells;
 use super::Need;
-use novacron_model::MemberStatus;
 use novacron_mesh::cells::{CellId, SummaryRecord};
+use novacron_model::MemberStatus;
 
 /// What the node knows when it places a replica.
 #[derive(Clone, Copy, Debug)]

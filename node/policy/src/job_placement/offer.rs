@@ -12,9 +12,9 @@
 //! room to someone else since. Only its confirmation places the replica.
 
 use super::Need;
-use novacron_model::MemberStatus;
 use crate::placement::tie_break;
 use novacron_mesh::records::MAX_LOAD_PERMILLE;
+use novacron_model::MemberStatus;
 
 /// A peer's answer to "could you take this replica": what it has free now.
 #[derive(Clone, Debug, PartialEq, Eq)]

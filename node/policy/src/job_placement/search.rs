@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use super::offer::{by_fit, choose_offer, Offer, Room};
 use super::Need;
-use novacron_model::MemberStatus;
 use novacron_mesh::cells::CellId;
+use novacron_model::MemberStatus;
 
 /// How far and how long one replica's search goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
