@@ -114,3 +114,78 @@ fn a_bad_scenario_is_refused_naming_the_key_and_writes_nothing() {
         assert!(!out.exists(), "a refused scenario wrote results");
     }
 }
+
+#[test]
+fn a_sweep_runs_every_combination_and_tabulates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let run = novacron()
+        .args(["sim", "sweep"])
+        .arg(scenario("smoke-1k.toml"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--set", "kademlia.alpha=1,3", "--seeds", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["runs"], 4);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0]["params"]["kademlia.alpha"], "1");
+    assert_eq!(results[3]["params"]["kademlia.alpha"], "3");
+    assert_eq!(
+        (results[0]["seed"].clone(), results[1]["seed"].clone()),
+        (1.into(), 2.into())
+    );
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(csv.starts_with("run,seed,kademlia.alpha,"), "{csv}");
+    for i in 0..4 {
+        assert!(out.join(format!("run-{i}/summary.json")).exists());
+    }
+    // A run of the sweep is the run `sim run` makes with the same settings and seed.
+    let single = dir.path().join("single");
+    let alpha1 = dir.path().join("alpha1.toml");
+    let text = std::fs::read_to_string(scenario("smoke-1k.toml")).unwrap();
+    std::fs::write(
+        &alpha1,
+        text.replace("lookups = 2000", "lookups = 2000\nalpha = 1"),
+    )
+    .unwrap();
+    let one = novacron()
+        .args(["sim", "run"])
+        .arg(&alpha1)
+        .arg("--out")
+        .arg(&single)
+        .args(["--seed", "2"])
+        .output()
+        .unwrap();
+    assert!(one.status.success());
+    assert_ne!(
+        std::fs::read(out.join("run-1/lookups.csv")).unwrap(),
+        std::fs::read(out.join("run-3/lookups.csv")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(single.join("lookups.csv")).unwrap(),
+        std::fs::read(out.join("run-1/lookups.csv")).unwrap()
+    );
+    // A value the scenario refuses is named, and nothing is written.
+    let refused = dir.path().join("refused");
+    let bad = novacron()
+        .args(["sim", "sweep"])
+        .arg(scenario("smoke-1k.toml"))
+        .arg("--out")
+        .arg(&refused)
+        .args(["--set", "network.loss=0.1,7"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("network.loss"), "{err}");
+    assert!(!refused.exists());
+}

@@ -23,4 +23,5 @@ pub mod run;
 pub mod scenario;
 pub mod serf_model;
 pub mod stats;
+pub mod sweep;
 pub mod time;
