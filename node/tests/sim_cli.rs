@@ -3,8 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn novacron() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_novacron"))
+/// `novacron sim <what> <scenario> --out <out>`, more arguments to add.
+fn sim(what: &str, scenario: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_novacron"));
+    cmd.args(["sim", what]).arg(scenario).arg("--out").arg(out);
+    cmd
 }
 
 fn scenario(name: &str) -> PathBuf {
@@ -17,11 +20,7 @@ fn scenario(name: &str) -> PathBuf {
 fn a_run_prints_one_json_object_and_writes_its_report() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results");
-    let run = novacron()
-        .args(["sim", "run"])
-        .arg(scenario("smoke-1k.toml"))
-        .arg("--out")
-        .arg(&out)
+    let run = sim("run", &scenario("smoke-1k.toml"), &out)
         .args(["--seed", "3", "--json"])
         .output()
         .unwrap();
@@ -68,11 +67,7 @@ fn a_run_prints_one_json_object_and_writes_its_report() {
         assert!(len > 0, "{f} is empty");
     }
     // The human table says where the results are.
-    let table = novacron()
-        .args(["sim", "run"])
-        .arg(scenario("smoke-1k.toml"))
-        .arg("--out")
-        .arg(&out)
+    let table = sim("run", &scenario("smoke-1k.toml"), &out)
         .output()
         .unwrap();
     assert!(table.status.success());
@@ -100,11 +95,7 @@ fn a_bad_scenario_is_refused_naming_the_key_and_writes_nothing() {
         ("root:x:0:0:secret-value\n", "line 1"),
     ] {
         std::fs::write(&bad, text).unwrap();
-        let run = novacron()
-            .args(["sim", "run"])
-            .arg(&bad)
-            .arg("--out")
-            .arg(&out)
+        let run = sim("run", &bad, &out)
             .output()
             .unwrap();
         assert_eq!(run.status.code(), Some(1));
@@ -119,11 +110,7 @@ fn a_bad_scenario_is_refused_naming_the_key_and_writes_nothing() {
 fn a_sweep_runs_every_combination_and_tabulates_them() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sweep");
-    let run = novacron()
-        .args(["sim", "sweep"])
-        .arg(scenario("smoke-1k.toml"))
-        .arg("--out")
-        .arg(&out)
+    let run = sim("sweep", &scenario("smoke-1k.toml"), &out)
         .args(["--set", "kademlia.alpha=1,3", "--seeds", "2", "--json"])
         .output()
         .unwrap();
@@ -157,11 +144,7 @@ fn a_sweep_runs_every_combination_and_tabulates_them() {
         text.replace("lookups = 2000", "lookups = 2000\nalpha = 1"),
     )
     .unwrap();
-    let one = novacron()
-        .args(["sim", "run"])
-        .arg(&alpha1)
-        .arg("--out")
-        .arg(&single)
+    let one = sim("run", &alpha1, &single)
         .args(["--seed", "2"])
         .output()
         .unwrap();
@@ -176,11 +159,7 @@ fn a_sweep_runs_every_combination_and_tabulates_them() {
     );
     // A value the scenario refuses is named, and nothing is written.
     let refused = dir.path().join("refused");
-    let bad = novacron()
-        .args(["sim", "sweep"])
-        .arg(scenario("smoke-1k.toml"))
-        .arg("--out")
-        .arg(&refused)
+    let bad = sim("sweep", &scenario("smoke-1k.toml"), &refused)
         .args(["--set", "network.loss=0.1,7"])
         .output()
         .unwrap();
