@@ -233,11 +233,12 @@ impl Dht {
         let old = std::mem::take(&mut self.tables[node as usize]);
         let mut table: Vec<NodeId> = Vec::with_capacity(old.len().max(self.k * 4));
         let mut old_at = 0;
-        for bucket in 0..64u32 {
-            // Nothing else shares our first `bucket` bits: every deeper bucket is empty.
-            if self.prefix_range(prefix_of(me, bucket), bucket).len() <= 1 {
-                break;
-            }
+        let Some(deepest) = self.deepest_bucket(me) else {
+            // The only node.
+            self.tables[node as usize] = table;
+            return;
+        };
+        for bucket in 0..=deepest {
             let start = table.len();
             while old_at < old.len() && cpl(me, self.keys[old[old_at] as usize]) == bucket {
                 let e = old[old_at];
@@ -246,10 +247,26 @@ impl Dht {
                 }
                 old_at += 1;
             }
-            let range = self.prefix_range(prefix_of(me, bucket + 1) ^ 1, bucket + 1);
-            self.fill_bucket(&mut table, start, range, up, rng);
+            if table.len() - start < self.k {
+                let range = self.prefix_range(prefix_of(me, bucket + 1) ^ 1, bucket + 1);
+                self.fill_bucket(&mut table, start, range, up, rng);
+            }
         }
         self.tables[node as usize] = table;
+    }
+
+    /// The deepest bucket any other node falls in for `me`: the longest prefix `me` shares
+    /// with a key next to it in key order (`None` when no other node exists).
+    fn deepest_bucket(&self, me: u64) -> Option<u32> {
+        let pos = self.sorted_keys.partition_point(|&k| k < me);
+        let before = pos.checked_sub(1).map(|i| self.sorted_keys[i]);
+        // Skip our own key (and, with 64-bit keys, the vanishing chance of a twin).
+        let after = self.sorted_keys[pos..].iter().find(|&&k| k != me).copied();
+        before
+            .into_iter()
+            .chain(after)
+            .map(|k| cpl(me, k).min(63))
+            .max()
     }
 
     /// Adds live servers from `range` to the bucket that starts at `table[start]` until it
@@ -297,18 +314,38 @@ impl Dht {
     }
 
     /// The `k` entries of `node`'s table closest to `target`, closest first, into `out`.
+    ///
+    /// The table is in bucket order, and buckets order by distance to the target: with `b`
+    /// the prefix the target shares with the owner, bucket `b`'s entries share `b + 1` bits
+    /// with the target (closest); all deeper buckets' entries share exactly `b` (next); a
+    /// shallower bucket `j` shares `j` bits (then `b - 1`, `b - 2`, ...). So only the
+    /// buckets that supply the `k` are sorted.
     fn closest_entries(&self, node: NodeId, target: u64, out: &mut Vec<(u64, NodeId)>) {
         out.clear();
-        out.extend(
-            self.tables[node as usize]
-                .iter()
-                .map(|&e| (self.keys[e as usize] ^ target, e)),
-        );
-        if out.len() > self.k {
-            out.select_nth_unstable(self.k - 1);
-            out.truncate(self.k);
+        let me = self.keys[node as usize];
+        let table = &self.tables[node as usize];
+        let bucket_of = |e: &NodeId| cpl(me, self.keys[*e as usize]);
+        let b = cpl(me, target);
+        let lo = table.partition_point(|e| bucket_of(e) < b);
+        let hi = table.partition_point(|e| bucket_of(e) <= b);
+        let k = self.k;
+        let take = |out: &mut Vec<(u64, NodeId)>, segment: &[NodeId]| {
+            let start = out.len();
+            out.extend(segment.iter().map(|&e| (self.keys[e as usize] ^ target, e)));
+            out[start..].sort_unstable();
+            out.truncate(k);
+        };
+        take(out, &table[lo..hi]);
+        if out.len() < k {
+            take(out, &table[hi..]);
         }
-        out.sort_unstable();
+        let mut end = lo;
+        while out.len() < k && end > 0 {
+            let j = bucket_of(&table[end - 1]);
+            let start = table[..end].partition_point(|e| bucket_of(e) < j);
+            take(out, &table[start..end]);
+            end = start;
+        }
     }
 
     /// The live server closest to `target`, other than `exclude`.
@@ -586,6 +623,35 @@ mod tests {
             })
         });
         assert!(over);
+    }
+
+    #[test]
+    fn a_tables_closest_entries_are_the_brute_force_k_closest() {
+        let nodes = 5_000;
+        let up = vec![true; nodes as usize];
+        let dht = built(&section(), nodes, 0.0, &up);
+        let mut rng = SimRng::new(8);
+        let mut out = Vec::new();
+        for _ in 0..500 {
+            let n = rng.below(u64::from(nodes)) as NodeId;
+            // Random keys, and keys next to the owner's and to its entries' (deep buckets).
+            let target = match rng.below(3) {
+                0 => rng.next_u64(),
+                1 => dht.key(n) ^ (1 << rng.below(12)),
+                _ => dht.key(dht.table(n)[rng.below(dht.table(n).len() as u64) as usize]) ^ 1,
+            };
+            dht.closest_entries(n, target, &mut out);
+            let mut brute: Vec<(u64, NodeId)> = dht
+                .table(n)
+                .iter()
+                .map(|&e| (dht.key(e) ^ target, e))
+                .collect();
+            brute.sort_unstable();
+            brute.truncate(20);
+            assert_eq!(out, brute);
+        }
+        dht.closest_entries(0, dht.key(0), &mut out);
+        assert_eq!(out.len(), 20);
     }
 
     #[test]

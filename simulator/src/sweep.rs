@@ -111,13 +111,9 @@ pub fn plan(text: &str, settings: &[Setting], seeds: &[u64]) -> Result<Vec<Sweep
     if seeds.is_empty() {
         return Err(SweepError::Empty);
     }
-    let base: toml::Table = toml::from_str(text).map_err(|_| SweepError::Invalid {
-        key: "scenario".into(),
-        value: String::new(),
-        error: Scenario::parse(text)
-            .err()
-            .unwrap_or(ScenarioError::NoModel),
-    })?;
+    Scenario::parse(text).map_err(SweepError::Scenario)?;
+    let base: toml::Table = toml::from_str(text)
+        .map_err(|e| SweepError::Scenario(ScenarioError::Parse(e.message().to_string())))?;
     let total = settings
         .iter()
         .try_fold(seeds.len(), |n, s| n.checked_mul(s.values.len()))
