@@ -374,9 +374,12 @@ pub fn run(
     }
     out.availability = up_us as f64 / (f64::from(nodes) * end.0.max(1) as f64);
     let per_node_fixed = std::mem::size_of::<NodeState>() + 1;
+    let owner_bytes =
+        mesh.nodes.iter().filter(|n| n.owner.is_some()).count() * std::mem::size_of::<OwnerState>();
     let dht_bytes = mesh.dht.as_ref().map_or(0, Dht::state_bytes);
-    out.state_bytes_per_node =
-        (dht_bytes as f64 + (per_node_fixed * nodes as usize) as f64) / f64::from(nodes);
+    out.state_bytes_per_node = (dht_bytes as f64
+        + (per_node_fixed * nodes as usize + owner_bytes) as f64)
+        / f64::from(nodes);
     progress(end, end, out.events);
     out
 }

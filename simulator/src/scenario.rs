@@ -334,6 +334,12 @@ impl Scenario {
         }
         let needs_hours = self.kademlia.is_some() || self.churn.is_some();
         match self.run.hours {
+            Some(_) if !needs_hours => {
+                return Err(invalid(
+                    "run.hours",
+                    "is used only with [kademlia] or [churn] (the flat epidemic runs each broadcast to its end)",
+                ))
+            }
             Some(h) => within("run.hours", h, 0.001, 10_000.0)?,
             None if needs_hours => {
                 return Err(invalid(
@@ -529,6 +535,30 @@ mod tests {
         let typo = format!("{churned}[owner]\ndesktop_fraction = 0.5\nsession_mean_min = 1\naway_mean_min = 1\n[owner.politeness]\nrunWhileInuse = true\n");
         let err = Scenario::parse(&typo).unwrap_err().to_string();
         assert!(err.contains("runWhileInuse"), "{err}");
+        let idle_hours = GOOD.replace("nodes = 1000", "nodes = 1000\nhours = 2");
+        let err = Scenario::parse(&idle_hours).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ScenarioError::Invalid {
+                    key: "run.hours",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let no_hours = "[run]\nnodes = 10\n[kademlia]\nlookups = 1\n";
+        let err = Scenario::parse(no_hours).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ScenarioError::Invalid {
+                    key: "run.hours",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let lossy = format!("{GOOD}\n[network]\nloss = 1.5\n");
         let err = Scenario::parse(&lossy).unwrap_err().to_string();
         assert!(err.contains("network.loss"), "{err}");
