@@ -10,6 +10,17 @@ fn sim(what: &str, scenario: &Path, out: &Path) -> Command {
     cmd
 }
 
+/// Runs `cmd`, which must succeed, and parses the one JSON object it prints.
+fn json_of(cmd: &mut Command) -> serde_json::Value {
+    let run = cmd.output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_slice(&run.stdout).unwrap()
+}
+
 fn scenario(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../simulator/scenarios")
@@ -20,16 +31,7 @@ fn scenario(name: &str) -> PathBuf {
 fn a_run_prints_one_json_object_and_writes_its_report() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results");
-    let run = sim("run", &scenario("smoke-1k.toml"), &out)
-        .args(["--seed", "3", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let v = json_of(sim("run", &scenario("smoke-1k.toml"), &out).args(["--seed", "3", "--json"]));
     for key in [
         "nodes",
         "sim_hours",
@@ -110,16 +112,13 @@ fn a_bad_scenario_is_refused_naming_the_key_and_writes_nothing() {
 fn a_sweep_runs_every_combination_and_tabulates_them() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sweep");
-    let run = sim("sweep", &scenario("smoke-1k.toml"), &out)
-        .args(["--set", "kademlia.alpha=1,3", "--seeds", "2", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let v = json_of(sim("sweep", &scenario("smoke-1k.toml"), &out).args([
+        "--set",
+        "kademlia.alpha=1,3",
+        "--seeds",
+        "2",
+        "--json",
+    ]));
     assert_eq!(v["runs"], 4);
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 4);

@@ -117,17 +117,6 @@ struct Candidate {
     state: PeerState,
 }
 
-/// Whether each node is up, as the run sees it now.
-pub trait Liveness {
-    fn is_up(&self, node: NodeId) -> bool;
-}
-
-impl Liveness for [bool] {
-    fn is_up(&self, node: NodeId) -> bool {
-        self[node as usize]
-    }
-}
-
 impl Dht {
     /// Keys, server roles and subnets for `nodes` nodes; tables empty.
     pub fn new(section: &KademliaSection, nodes: u32, behind_nat: f64, rng: &mut SimRng) -> Dht {
@@ -228,7 +217,7 @@ impl Dht {
 
     /// Fills `node`'s table: its live entries stay, each bucket's vacancies are filled
     /// with live servers from the bucket's key range.
-    pub fn refresh(&mut self, node: NodeId, up: &(impl Liveness + ?Sized), rng: &mut SimRng) {
+    pub fn refresh(&mut self, node: NodeId, up: &[bool], rng: &mut SimRng) {
         let me = self.keys[node as usize];
         let old = std::mem::take(&mut self.tables[node as usize]);
         let mut table: Vec<NodeId> = Vec::with_capacity(old.len().max(self.k * 4));
@@ -242,7 +231,7 @@ impl Dht {
             let start = table.len();
             while old_at < old.len() && cpl(me, self.keys[old[old_at] as usize]) == bucket {
                 let e = old[old_at];
-                if up.is_up(e) && self.server[e as usize] {
+                if up[e as usize] && self.server[e as usize] {
                     table.push(e);
                 }
                 old_at += 1;
@@ -276,7 +265,7 @@ impl Dht {
         table: &mut Vec<NodeId>,
         start: usize,
         range: std::ops::Range<usize>,
-        up: &(impl Liveness + ?Sized),
+        up: &[bool],
         rng: &mut SimRng,
     ) {
         let size = range.len();
@@ -285,7 +274,7 @@ impl Dht {
         }
         let consider = |table: &mut Vec<NodeId>, pos: usize| {
             let n = self.by_key[pos];
-            if up.is_up(n)
+            if up[n as usize]
                 && self.server[n as usize]
                 && !table[start..].contains(&n)
                 && self.admits(n, table)
@@ -349,19 +338,14 @@ impl Dht {
     }
 
     /// The live server closest to `target`, other than `exclude`.
-    pub fn closest_live(
-        &self,
-        target: u64,
-        up: &(impl Liveness + ?Sized),
-        exclude: NodeId,
-    ) -> Option<NodeId> {
+    pub fn closest_live(&self, target: u64, up: &[bool], exclude: NodeId) -> Option<NodeId> {
         // The keys sharing `len` bits with the target are one range; the closest live
         // server is in the narrowest such range that holds one.
         for len in (0..=64u32).rev() {
             let range = self.prefix_range(prefix_of(target, len), len);
             let best = range
                 .map(|pos| self.by_key[pos])
-                .filter(|&n| n != exclude && up.is_up(n) && self.server[n as usize])
+                .filter(|&n| n != exclude && up[n as usize] && self.server[n as usize])
                 .min_by_key(|&n| self.keys[n as usize] ^ target);
             if best.is_some() {
                 return best;
@@ -370,12 +354,13 @@ impl Dht {
         None
     }
 
-    /// A lookup of `target` by `from`, starting at virtual `now` (latency is relative).
+    /// A lookup of `target` by `from` against the tables as they are (its latency counts
+    /// from its start). `up`: whether each node is up.
     pub fn lookup(
         &self,
         from: NodeId,
         target: u64,
-        up: &(impl Liveness + ?Sized),
+        up: &[bool],
         net: &Network,
         rng: &mut SimRng,
     ) -> Lookup {
@@ -420,7 +405,7 @@ impl Dht {
                         p.state = PeerState::Waiting;
                         waiting += 1;
                         queries += 1;
-                        let answers = up.is_up(p.node)
+                        let answers = up[p.node as usize]
                             && self.server[p.node as usize]
                             && !net.lost(rng)
                             && !net.lost(rng);

@@ -74,7 +74,6 @@ enum Event {
 }
 
 struct NodeState {
-    up: bool,
     cluster: u8,
     epoch: u32,
     rng: SimRng,
@@ -102,7 +101,6 @@ struct Mesh<'a> {
     owner_totals: OwnerTotals,
     refresh_every: Duration,
     net: &'a Network,
-    seed: u64,
 }
 
 impl Mesh<'_> {
@@ -225,10 +223,9 @@ pub fn run(
         owner_totals: OwnerTotals::default(),
         refresh_every,
         net,
-        seed,
     };
     for n in 0..nodes {
-        let mut rng = SimRng::for_stream(mesh.seed ^ NODE_STREAM, u64::from(n));
+        let mut rng = SimRng::for_stream(seed ^ NODE_STREAM, u64::from(n));
         let (up, cluster) = match &mesh.churn {
             Some(churn) => {
                 let cluster = churn.draw_cluster(&mut rng);
@@ -239,7 +236,6 @@ pub fn run(
             None => (true, 0),
         };
         mesh.nodes.push(NodeState {
-            up,
             cluster,
             epoch: 0,
             rng,
@@ -294,15 +290,15 @@ pub fn run(
             Event::Change(n) => {
                 let Some(churn) = &mesh.churn else { continue };
                 let node = &mut mesh.nodes[n as usize];
-                node.up = !node.up;
-                mesh.up[n as usize] = node.up;
-                let next = if node.up {
+                let up = !mesh.up[n as usize];
+                mesh.up[n as usize] = up;
+                let next = if up {
                     churn.up_time(node.cluster, &mut node.rng)
                 } else {
                     churn.down_time(node.cluster, &mut node.rng)
                 };
                 queue.schedule(now + next, Event::Change(n));
-                if node.up {
+                if up {
                     up_count += 1;
                     out.arrivals += 1;
                     mesh.arrive(n, now, &mut queue);
@@ -314,7 +310,7 @@ pub fn run(
             }
             Event::Refresh(n, epoch) => {
                 let node = &mut mesh.nodes[n as usize];
-                if node.epoch != epoch || !node.up {
+                if node.epoch != epoch || !mesh.up[n as usize] {
                     continue;
                 }
                 let Some(schedule) = node.refresh.as_mut() else {

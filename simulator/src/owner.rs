@@ -107,7 +107,7 @@ impl Owners {
         self.observe(&mut st, now, totals);
         let next = Next {
             toggle_at: now + self.stay(desktop, true, rng),
-            observe_at: self.next_hour(&st, now),
+            observe_at: self.next_look(&st, now),
         };
         (st, next)
     }
@@ -143,14 +143,9 @@ impl Owners {
             st.away_since = now;
         }
         self.observe(st, now, totals);
-        let idle_at = (!st.active).then(|| now + self.idle_needed());
-        let observe_at = match (idle_at, self.next_hour(st, now)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         Next {
             toggle_at: now + self.stay(st.desktop, st.active, rng),
-            observe_at,
+            observe_at: self.next_look(st, now),
         }
     }
 
@@ -163,9 +158,20 @@ impl Owners {
     ) -> Option<SimTime> {
         self.account(st, now, totals);
         self.observe(st, now, totals);
-        let pending_idle = (!st.active && now.since(st.away_since) < self.idle_needed())
+        self.next_look(st, now)
+    }
+
+    /// After `now`, the first instant the decision may change with the owner staying put:
+    /// the owner has been away `idleTimeToRunMin`, or (with time windows) a full hour.
+    fn next_look(&self, st: &OwnerState, now: SimTime) -> Option<SimTime> {
+        // (A host without an owner has no idle time to wait for.)
+        let idle_at = (st.desktop && !st.active && now.since(st.away_since) < self.idle_needed())
             .then(|| st.away_since + self.idle_needed());
-        match (pending_idle, self.next_hour(st, now)) {
+        // Offsets are whole hours: local full hours are UTC full hours.
+        let hour_at = self
+            .windows
+            .then(|| SimTime((now.0 / HOUR_US + 1) * HOUR_US));
+        match (idle_at, hour_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -216,13 +222,6 @@ impl Owners {
             st.evacuating = evacuating;
             st.running = matches!(decision, Decision::Run { .. });
         }
-    }
-
-    /// The next local full hour, when the policy has time windows.
-    fn next_hour(&self, _st: &OwnerState, now: SimTime) -> Option<SimTime> {
-        // Offsets are whole hours: local full hours are UTC full hours.
-        self.windows
-            .then(|| SimTime((now.0 / HOUR_US + 1) * HOUR_US))
     }
 }
 

@@ -535,30 +535,22 @@ mod tests {
         let typo = format!("{churned}[owner]\ndesktop_fraction = 0.5\nsession_mean_min = 1\naway_mean_min = 1\n[owner.politeness]\nrunWhileInuse = true\n");
         let err = Scenario::parse(&typo).unwrap_err().to_string();
         assert!(err.contains("runWhileInuse"), "{err}");
+        // Hours without a model that runs over time, and a model over time without hours.
         let idle_hours = GOOD.replace("nodes = 1000", "nodes = 1000\nhours = 2");
-        let err = Scenario::parse(&idle_hours).unwrap_err();
-        assert!(
-            matches!(
-                &err,
-                ScenarioError::Invalid {
-                    key: "run.hours",
-                    ..
-                }
-            ),
-            "{err}"
-        );
         let no_hours = "[run]\nnodes = 10\n[kademlia]\nlookups = 1\n";
-        let err = Scenario::parse(no_hours).unwrap_err();
-        assert!(
-            matches!(
-                &err,
-                ScenarioError::Invalid {
-                    key: "run.hours",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        for text in [idle_hours.as_str(), no_hours] {
+            let err = Scenario::parse(text).unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    ScenarioError::Invalid {
+                        key: "run.hours",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
         let lossy = format!("{GOOD}\n[network]\nloss = 1.5\n");
         let err = Scenario::parse(&lossy).unwrap_err().to_string();
         assert!(err.contains("network.loss"), "{err}");
